@@ -1,0 +1,28 @@
+/**
+ * Who is asking. Agent keys produce `kind: 'agent'`; OIDC-verified JWTs will produce
+ * `kind: 'oidc'` with the same shape, so policy, tickets and audit treat both alike.
+ */
+export interface Principal {
+  readonly kind: 'agent' | 'oidc' | 'admin';
+  /** Stable reference used for ticket binding and audit: `agent:agt_…`, `oidc:<issuer>#<sub>`, `admin`. */
+  readonly ref: string;
+  /** Human-readable name (agent name, JWT subject or email). */
+  readonly name: string;
+  readonly groups: readonly string[];
+  readonly attributes: Readonly<Record<string, string | number | boolean | readonly string[]>>;
+  /** Epoch ms after which the identity is no longer valid (agent key expiry, JWT exp). */
+  readonly expiresAt: number | null;
+}
+
+export function agentRef(agentId: string): string {
+  return `agent:${agentId}`;
+}
+
+export const ADMIN_PRINCIPAL: Principal = {
+  kind: 'admin',
+  ref: 'admin',
+  name: 'admin',
+  groups: [],
+  attributes: {},
+  expiresAt: null,
+};
