@@ -1,0 +1,75 @@
+/**
+ * Versioned schema migrations, one list per driver, applied in order at start. Never
+ * edit a published migration: add a new one.
+ */
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: string;
+}
+
+export const SQLITE_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'foundation',
+    sql: `
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE secrets (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, allow TEXT NOT NULL,
+  wrapped_key BLOB, key_id TEXT, ciphertext BLOB, fingerprint TEXT NOT NULL,
+  created_at INTEGER NOT NULL, erased_at INTEGER);
+CREATE UNIQUE INDEX secrets_live_name ON secrets(name) WHERE erased_at IS NULL;
+CREATE TABLE tickets (
+  id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, secret_id TEXT NOT NULL REFERENCES secrets(id),
+  principal TEXT NOT NULL, destinations TEXT NOT NULL, expires_at INTEGER, max_uses INTEGER,
+  uses INTEGER NOT NULL DEFAULT 0, parent_id TEXT REFERENCES tickets(id),
+  created_at INTEGER NOT NULL, revoked_at INTEGER);
+CREATE INDEX tickets_parent ON tickets(parent_id);
+CREATE INDEX tickets_secret ON tickets(secret_id);
+CREATE INDEX tickets_principal ON tickets(principal);
+CREATE TABLE agents (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, groups TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
+  created_at INTEGER NOT NULL, expires_at INTEGER, revoked_at INTEGER);
+CREATE UNIQUE INDEX agents_live_name ON agents(name) WHERE revoked_at IS NULL;
+CREATE TABLE connections (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, type TEXT NOT NULL, url TEXT NOT NULL,
+  credential TEXT, inject_headers TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE audit (
+  seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL,
+  data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+`,
+  },
+];
+
+export const POSTGRES_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'foundation',
+    sql: `
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE secrets (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, allow JSONB NOT NULL,
+  wrapped_key BYTEA, key_id TEXT, ciphertext BYTEA, fingerprint TEXT NOT NULL,
+  created_at BIGINT NOT NULL, erased_at BIGINT);
+CREATE UNIQUE INDEX secrets_live_name ON secrets(name) WHERE erased_at IS NULL;
+CREATE TABLE tickets (
+  id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, secret_id TEXT NOT NULL REFERENCES secrets(id),
+  principal TEXT NOT NULL, destinations JSONB NOT NULL, expires_at BIGINT, max_uses INTEGER,
+  uses INTEGER NOT NULL DEFAULT 0, parent_id TEXT REFERENCES tickets(id),
+  created_at BIGINT NOT NULL, revoked_at BIGINT);
+CREATE INDEX tickets_parent ON tickets(parent_id);
+CREATE INDEX tickets_secret ON tickets(secret_id);
+CREATE INDEX tickets_principal ON tickets(principal);
+CREATE TABLE agents (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, groups JSONB NOT NULL, key_hash TEXT NOT NULL UNIQUE,
+  created_at BIGINT NOT NULL, expires_at BIGINT, revoked_at BIGINT);
+CREATE UNIQUE INDEX agents_live_name ON agents(name) WHERE revoked_at IS NULL;
+CREATE TABLE connections (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, type TEXT NOT NULL, url TEXT NOT NULL,
+  credential TEXT, inject_headers JSONB NOT NULL, created_at BIGINT NOT NULL);
+CREATE TABLE audit (
+  seq BIGINT PRIMARY KEY, ts BIGINT NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL,
+  data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+`,
+  },
+];

@@ -1,0 +1,33 @@
+import { CoatcheckError } from '../core/errors.js';
+
+/** Parse a JSON column, turning damage into CC_ERR_STORE_CORRUPT instead of a crash. */
+export function jsonColumn<T>(text: unknown, table: string, column: string): T {
+  if (typeof text !== 'string') {
+    throw new CoatcheckError('CC_ERR_STORE_CORRUPT', `${table}.${column} is not text`, {
+      details: { table, column },
+    });
+  }
+  try {
+    return JSON.parse(text) as T;
+  } catch (cause) {
+    throw new CoatcheckError('CC_ERR_STORE_CORRUPT', `${table}.${column} is not valid JSON`, {
+      cause,
+      details: { table, column },
+    });
+  }
+}
+
+export function stringArrayColumn(text: unknown, table: string, column: string): string[] {
+  const value = jsonColumn<unknown>(text, table, column);
+  if (!Array.isArray(value) || !value.every((item) => typeof item === 'string')) {
+    throw new CoatcheckError('CC_ERR_STORE_CORRUPT', `${table}.${column} is not a list of strings`, {
+      details: { table, column },
+    });
+  }
+  return value;
+}
+
+export function nullableNumber(value: unknown): number | null {
+  if (value === null || value === undefined) return null;
+  return Number(value);
+}

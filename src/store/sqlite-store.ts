@@ -1,0 +1,490 @@
+import { EventEmitter } from 'node:events';
+import Database from 'better-sqlite3';
+import { CoatcheckError } from '../core/errors.js';
+import { SQLITE_MIGRATIONS } from './migrations.js';
+import { Mutex } from './mutex.js';
+import { jsonColumn, nullableNumber, stringArrayColumn } from './rows.js';
+import type {
+  AgentRecord,
+  AuditRecord,
+  ConnectionRecord,
+  SecretRecord,
+  Store,
+  StoreChange,
+  StoreOps,
+  StoreTx,
+  TicketFilter,
+  TicketRecord,
+} from './types.js';
+
+type Row = Record<string, unknown>;
+
+function secretFromRow(row: Row): SecretRecord {
+  return {
+    id: String(row.id),
+    name: String(row.name),
+    kind: String(row.kind),
+    allow: stringArrayColumn(row.allow, 'secrets', 'allow'),
+    wrappedKey: row.wrapped_key === null ? null : Buffer.from(row.wrapped_key as Uint8Array),
+    keyId: row.key_id === null ? null : String(row.key_id),
+    ciphertext: row.ciphertext === null ? null : Buffer.from(row.ciphertext as Uint8Array),
+    fingerprint: String(row.fingerprint),
+    createdAt: Number(row.created_at),
+    erasedAt: nullableNumber(row.erased_at),
+  };
+}
+
+function ticketFromRow(row: Row): TicketRecord {
+  return {
+    id: String(row.id),
+    hash: String(row.hash),
+    secretId: String(row.secret_id),
+    principal: String(row.principal),
+    destinations: stringArrayColumn(row.destinations, 'tickets', 'destinations'),
+    expiresAt: nullableNumber(row.expires_at),
+    maxUses: nullableNumber(row.max_uses),
+    uses: Number(row.uses),
+    parentId: row.parent_id === null ? null : String(row.parent_id),
+    createdAt: Number(row.created_at),
+    revokedAt: nullableNumber(row.revoked_at),
+  };
+}
+
+function agentFromRow(row: Row): AgentRecord {
+  return {
+    id: String(row.id),
+    name: String(row.name),
+    groups: stringArrayColumn(row.groups, 'agents', 'groups'),
+    keyHash: String(row.key_hash),
+    createdAt: Number(row.created_at),
+    expiresAt: nullableNumber(row.expires_at),
+    revokedAt: nullableNumber(row.revoked_at),
+  };
+}
+
+function connectionFromRow(row: Row): ConnectionRecord {
+  return {
+    id: String(row.id),
+    name: String(row.name),
+    type: String(row.type),
+    url: String(row.url),
+    credential: row.credential === null ? null : String(row.credential),
+    injectHeaders: jsonColumn<Record<string, string>>(row.inject_headers, 'connections', 'inject_headers'),
+    createdAt: Number(row.created_at),
+  };
+}
+
+function auditFromRow(row: Row): AuditRecord {
+  return {
+    seq: Number(row.seq),
+    ts: Number(row.ts),
+    type: String(row.type),
+    actor: String(row.actor),
+    data: jsonColumn<Record<string, unknown>>(row.data, 'audit', 'data'),
+    prevHash: String(row.prev_hash),
+    hash: String(row.hash),
+  };
+}
+
+/** Map driver errors to stable codes: a damaged file is CORRUPT, unique violations are ALREADY_EXISTS. */
+function translate(error: unknown): never {
+  if (error instanceof CoatcheckError) throw error;
+  const code = (error as { code?: string }).code ?? '';
+  if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' || code.startsWith('SQLITE_CORRUPT')) {
+    throw new CoatcheckError('CC_ERR_STORE_CORRUPT', 'the SQLite store file is damaged or not a database', {
+      cause: error,
+    });
+  }
+  if (code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+    throw new CoatcheckError('CC_ERR_ALREADY_EXISTS', 'a record with that name or id already exists', {
+      cause: error,
+    });
+  }
+  if (
+    code === 'SQLITE_FULL' ||
+    code === 'SQLITE_IOERR' ||
+    code.startsWith('SQLITE_IOERR') ||
+    code === 'SQLITE_READONLY' ||
+    code === 'SQLITE_BUSY' ||
+    code === 'SQLITE_CANTOPEN'
+  ) {
+    throw new CoatcheckError('CC_ERR_STORE_UNAVAILABLE', `the SQLite store cannot be written (${code})`, {
+      cause: error,
+    });
+  }
+  throw error;
+}
+
+class SqliteOps implements StoreOps {
+  constructor(protected readonly db: Database.Database) {}
+
+  protected all(sql: string, ...params: unknown[]): Row[] {
+    try {
+      return this.db.prepare(sql).all(...params) as Row[];
+    } catch (error) {
+      translate(error);
+    }
+  }
+
+  protected get(sql: string, ...params: unknown[]): Row | undefined {
+    try {
+      return this.db.prepare(sql).get(...params) as Row | undefined;
+    } catch (error) {
+      translate(error);
+    }
+  }
+
+  protected run(sql: string, ...params: unknown[]): number {
+    try {
+      return this.db.prepare(sql).run(...params).changes;
+    } catch (error) {
+      translate(error);
+    }
+  }
+
+  async getMeta(key: string) {
+    const row = this.get('SELECT value FROM meta WHERE key = ?', key);
+    return row === undefined ? null : String(row.value);
+  }
+  async setMeta(key: string, value: string) {
+    this.run(
+      'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value',
+      key,
+      value,
+    );
+  }
+
+  async insertSecret(r: SecretRecord) {
+    this.run(
+      'INSERT INTO secrets (id, name, kind, allow, wrapped_key, key_id, ciphertext, fingerprint, created_at, erased_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      r.id,
+      r.name,
+      r.kind,
+      JSON.stringify(r.allow),
+      r.wrappedKey,
+      r.keyId,
+      r.ciphertext,
+      r.fingerprint,
+      r.createdAt,
+      r.erasedAt,
+    );
+  }
+  async getSecretByName(name: string) {
+    const row = this.get('SELECT * FROM secrets WHERE name = ? AND erased_at IS NULL', name);
+    return row === undefined ? null : secretFromRow(row);
+  }
+  async getSecretById(id: string) {
+    const row = this.get('SELECT * FROM secrets WHERE id = ?', id);
+    return row === undefined ? null : secretFromRow(row);
+  }
+  async listSecrets() {
+    return this.all('SELECT * FROM secrets WHERE erased_at IS NULL ORDER BY name').map(secretFromRow);
+  }
+  async eraseSecret(id: string, at: number) {
+    return (
+      this.run(
+        'UPDATE secrets SET wrapped_key = NULL, key_id = NULL, ciphertext = NULL, erased_at = ? WHERE id = ? AND erased_at IS NULL',
+        at,
+        id,
+      ) === 1
+    );
+  }
+  async updateSecretKey(id: string, wrappedKey: Buffer, keyId: string) {
+    this.run(
+      'UPDATE secrets SET wrapped_key = ?, key_id = ? WHERE id = ? AND erased_at IS NULL',
+      wrappedKey,
+      keyId,
+      id,
+    );
+  }
+
+  async insertTicket(r: TicketRecord) {
+    this.run(
+      'INSERT INTO tickets (id, hash, secret_id, principal, destinations, expires_at, max_uses, uses, parent_id, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      r.id,
+      r.hash,
+      r.secretId,
+      r.principal,
+      JSON.stringify(r.destinations),
+      r.expiresAt,
+      r.maxUses,
+      r.uses,
+      r.parentId,
+      r.createdAt,
+      r.revokedAt,
+    );
+  }
+  async getTicketByHash(hash: string) {
+    const row = this.get('SELECT * FROM tickets WHERE hash = ?', hash);
+    return row === undefined ? null : ticketFromRow(row);
+  }
+  async getTicketById(id: string) {
+    const row = this.get('SELECT * FROM tickets WHERE id = ?', id);
+    return row === undefined ? null : ticketFromRow(row);
+  }
+  async listTickets(filter: TicketFilter) {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (filter.secretId !== undefined) {
+      where.push('secret_id = ?');
+      params.push(filter.secretId);
+    }
+    if (filter.principal !== undefined) {
+      where.push('principal = ?');
+      params.push(filter.principal);
+    }
+    if (!filter.includeInactive) {
+      where.push('revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)');
+      params.push(filter.now ?? Date.now());
+    }
+    const sql = `SELECT * FROM tickets ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id LIMIT ?`;
+    params.push(filter.limit ?? 1000);
+    return this.all(sql, ...params).map(ticketFromRow);
+  }
+  async revokeTicketTree(id: string, at: number) {
+    return this.all(
+      `WITH RECURSIVE tree(id) AS (
+         SELECT id FROM tickets WHERE id = ?
+         UNION ALL SELECT t.id FROM tickets t JOIN tree ON t.parent_id = tree.id)
+       UPDATE tickets SET revoked_at = ? WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL RETURNING id`,
+      id,
+      at,
+    ).map((row) => String(row.id));
+  }
+  async revokeTicketsOfSecret(secretId: string, at: number) {
+    return this.all(
+      'UPDATE tickets SET revoked_at = ? WHERE secret_id = ? AND revoked_at IS NULL RETURNING id',
+      at,
+      secretId,
+    ).map((row) => String(row.id));
+  }
+  async consumeUses(ids: readonly string[]) {
+    if (ids.length === 0) return true;
+    const marks = ids.map(() => '?').join(', ');
+    const limited = this.all(
+      `SELECT id, uses, max_uses FROM tickets WHERE id IN (${marks}) AND max_uses IS NOT NULL`,
+      ...ids,
+    );
+    if (limited.some((row) => Number(row.uses) >= Number(row.max_uses))) return false;
+    if (limited.length > 0) {
+      this.run(
+        `UPDATE tickets SET uses = uses + 1 WHERE id IN (${limited.map(() => '?').join(', ')})`,
+        ...limited.map((r) => r.id),
+      );
+    }
+    return true;
+  }
+
+  async insertAgent(r: AgentRecord) {
+    this.run(
+      'INSERT INTO agents (id, name, groups, key_hash, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      r.id,
+      r.name,
+      JSON.stringify(r.groups),
+      r.keyHash,
+      r.createdAt,
+      r.expiresAt,
+      r.revokedAt,
+    );
+  }
+  async getAgentByName(name: string) {
+    const row = this.get('SELECT * FROM agents WHERE name = ? AND revoked_at IS NULL', name);
+    return row === undefined ? null : agentFromRow(row);
+  }
+  async getAgentById(id: string) {
+    const row = this.get('SELECT * FROM agents WHERE id = ?', id);
+    return row === undefined ? null : agentFromRow(row);
+  }
+  async getAgentByKeyHash(keyHash: string) {
+    const row = this.get('SELECT * FROM agents WHERE key_hash = ?', keyHash);
+    return row === undefined ? null : agentFromRow(row);
+  }
+  async listAgents() {
+    return this.all('SELECT * FROM agents ORDER BY name, created_at').map(agentFromRow);
+  }
+  async revokeAgent(id: string, at: number) {
+    return this.run('UPDATE agents SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL', at, id) === 1;
+  }
+
+  async insertConnection(r: ConnectionRecord) {
+    this.run(
+      'INSERT INTO connections (id, name, type, url, credential, inject_headers, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      r.id,
+      r.name,
+      r.type,
+      r.url,
+      r.credential,
+      JSON.stringify(r.injectHeaders),
+      r.createdAt,
+    );
+  }
+  async getConnection(name: string) {
+    const row = this.get('SELECT * FROM connections WHERE name = ?', name);
+    return row === undefined ? null : connectionFromRow(row);
+  }
+  async listConnections() {
+    return this.all('SELECT * FROM connections ORDER BY name').map(connectionFromRow);
+  }
+  async deleteConnection(name: string) {
+    return this.run('DELETE FROM connections WHERE name = ?', name) === 1;
+  }
+
+  async auditHead() {
+    const row = this.get('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1');
+    return row === undefined ? null : { seq: Number(row.seq), hash: String(row.hash) };
+  }
+  async insertAuditRecords(records: readonly AuditRecord[]) {
+    const statement = this.db.prepare(
+      'INSERT INTO audit (seq, ts, type, actor, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    );
+    try {
+      for (const r of records) {
+        statement.run(r.seq, r.ts, r.type, r.actor, JSON.stringify(r.data), r.prevHash, r.hash);
+      }
+    } catch (error) {
+      translate(error);
+    }
+  }
+  async readAudit(afterSeq: number, limit: number) {
+    return this.all('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?', afterSeq, limit).map(
+      auditFromRow,
+    );
+  }
+  async tailAudit(limit: number) {
+    return this.all('SELECT * FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?) ORDER BY seq', limit).map(
+      auditFromRow,
+    );
+  }
+}
+
+class SqliteTx extends SqliteOps implements StoreTx {
+  #depth = 0;
+  async savepoint<T>(fn: () => Promise<T>): Promise<T> {
+    const name = `sp${++this.#depth}`;
+    this.run(`SAVEPOINT ${name}`);
+    try {
+      const result = await fn();
+      this.run(`RELEASE ${name}`);
+      return result;
+    } catch (error) {
+      this.run(`ROLLBACK TO ${name}`);
+      this.run(`RELEASE ${name}`);
+      throw error;
+    } finally {
+      this.#depth--;
+    }
+  }
+}
+
+type LockedOps = { [K in keyof StoreOps]: StoreOps[K] };
+
+function lockOps(ops: StoreOps, mutex: Mutex): LockedOps {
+  const out: Record<string, unknown> = {};
+  const proto = Object.getPrototypeOf(ops) as object;
+  for (const name of Object.getOwnPropertyNames(proto)) {
+    if (name === 'constructor') continue;
+    const method = (ops as unknown as Record<string, unknown>)[name];
+    if (typeof method !== 'function') continue;
+    out[name] = (...args: unknown[]) =>
+      mutex.run(() => (method as (...a: unknown[]) => unknown).apply(ops, args));
+  }
+  return out as unknown as LockedOps;
+}
+
+export interface SqliteStoreOptions {
+  /** File path, or ':memory:' for tests. */
+  readonly path: string;
+}
+
+/**
+ * Embedded default store: one SQLite file in WAL mode with full synchronous commits, so
+ * a committed audit batch survives a crash. One connection; a mutex keeps async
+ * transactions from interleaving on it.
+ */
+export async function openSqliteStore(options: SqliteStoreOptions): Promise<Store> {
+  let db: Database.Database;
+  try {
+    db = new Database(options.path);
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+    db.pragma('foreign_keys = ON');
+    // Overwrite deleted content, so an erased secret's sealed key does not linger in free pages.
+    db.pragma('secure_delete = ON');
+    db.pragma('busy_timeout = 5000');
+  } catch (error) {
+    translate(error);
+  }
+  const mutex = new Mutex();
+  const tx = new SqliteTx(db);
+  const events = new EventEmitter();
+  const ops = lockOps(new SqliteOps(db), mutex);
+
+  const store: Store = {
+    ...ops,
+    driver: 'sqlite',
+    location: options.path,
+    async migrate() {
+      await mutex.run(() => {
+        try {
+          db.exec(
+            'CREATE TABLE IF NOT EXISTS coatcheck_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
+          );
+          const row = db.prepare('SELECT MAX(version) AS v FROM coatcheck_migrations').get() as {
+            v: number | null;
+          };
+          const current = row.v ?? 0;
+          const latest = SQLITE_MIGRATIONS.at(-1)?.version ?? 0;
+          if (current > latest) {
+            throw new CoatcheckError(
+              'CC_ERR_STORE_SCHEMA_NEWER',
+              `store schema version ${current} is newer than this coatcheck (${latest})`,
+            );
+          }
+          for (const migration of SQLITE_MIGRATIONS) {
+            if (migration.version <= current) continue;
+            db.transaction(() => {
+              db.exec(migration.sql);
+              db.prepare('INSERT INTO coatcheck_migrations (version, name, applied_at) VALUES (?, ?, ?)').run(
+                migration.version,
+                migration.name,
+                Date.now(),
+              );
+            }).immediate();
+          }
+        } catch (error) {
+          translate(error);
+        }
+      });
+    },
+    transaction<T>(fn: (t: StoreTx) => Promise<T>): Promise<T> {
+      return mutex.run(async () => {
+        try {
+          db.exec('BEGIN IMMEDIATE');
+        } catch (error) {
+          translate(error);
+        }
+        try {
+          const result = await fn(tx);
+          db.exec('COMMIT');
+          return result;
+        } catch (error) {
+          if (db.inTransaction) db.exec('ROLLBACK');
+          if (error instanceof CoatcheckError) throw error;
+          translate(error);
+        }
+      });
+    },
+    async publish(change: StoreChange) {
+      // One process owns an SQLite file's gateway; local listeners are all there is.
+      events.emit('change', change);
+    },
+    subscribe(listener) {
+      events.on('change', listener);
+      return () => events.off('change', listener);
+    },
+    async close() {
+      await mutex.run(() => db.close());
+    },
+  };
+  return store;
+}

@@ -1,0 +1,154 @@
+/**
+ * Store ports. Services depend on these interfaces only; the SQLite (embedded default)
+ * and PostgreSQL (several replicas) adapters implement them and pass one contract suite
+ * (test/store/contract.ts). All times are epoch milliseconds.
+ */
+
+export interface SecretRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly kind: string;
+  /** Canonical destinations (`conn:…`, `host:…`) the secret may be released to. */
+  readonly allow: readonly string[];
+  /** Data key sealed under the master key; null once the secret is erased. */
+  readonly wrappedKey: Buffer | null;
+  /** Id of the master key that sealed `wrappedKey`. */
+  readonly keyId: string | null;
+  /** Value sealed under the data key; null once erased. */
+  readonly ciphertext: Buffer | null;
+  /** Keyed fingerprint of the value (for audit and matching), never the value. */
+  readonly fingerprint: string;
+  readonly createdAt: number;
+  readonly erasedAt: number | null;
+}
+
+export interface TicketRecord {
+  readonly id: string;
+  /** HMAC of the ticket text under the lookup key. The ticket itself is never stored. */
+  readonly hash: string;
+  readonly secretId: string;
+  /** Principal reference the ticket is bound to (`agent:agt_…`). */
+  readonly principal: string;
+  readonly destinations: readonly string[];
+  readonly expiresAt: number | null;
+  readonly maxUses: number | null;
+  readonly uses: number;
+  readonly parentId: string | null;
+  readonly createdAt: number;
+  readonly revokedAt: number | null;
+}
+
+export interface AgentRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly groups: readonly string[];
+  readonly keyHash: string;
+  readonly createdAt: number;
+  readonly expiresAt: number | null;
+  readonly revokedAt: number | null;
+}
+
+export interface ConnectionRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly type: string;
+  readonly url: string;
+  /** Name of the secret the gateway injects itself (never a literal). */
+  readonly credential: string | null;
+  /** Header templates such as `Bearer {{secret:github}}`. */
+  readonly injectHeaders: Readonly<Record<string, string>>;
+  readonly createdAt: number;
+}
+
+export interface AuditRecord {
+  readonly seq: number;
+  readonly ts: number;
+  readonly type: string;
+  readonly actor: string;
+  readonly data: Readonly<Record<string, unknown>>;
+  readonly prevHash: string;
+  readonly hash: string;
+}
+
+export interface TicketFilter {
+  readonly secretId?: string;
+  readonly principal?: string;
+  readonly includeInactive?: boolean;
+  readonly now?: number;
+  readonly limit?: number;
+}
+
+/** Operations available inside a transaction (and, one at a time, outside one). */
+export interface StoreOps {
+  getMeta(key: string): Promise<string | null>;
+  setMeta(key: string, value: string): Promise<void>;
+
+  insertSecret(record: SecretRecord): Promise<void>;
+  /** The live (not erased) secret with that name. */
+  getSecretByName(name: string): Promise<SecretRecord | null>;
+  getSecretById(id: string): Promise<SecretRecord | null>;
+  listSecrets(): Promise<SecretRecord[]>;
+  /** Destroy the data key and ciphertext; keep a tombstone so tickets report erasure. */
+  eraseSecret(id: string, at: number): Promise<boolean>;
+  updateSecretKey(id: string, wrappedKey: Buffer, keyId: string): Promise<void>;
+
+  insertTicket(record: TicketRecord): Promise<void>;
+  getTicketByHash(hash: string): Promise<TicketRecord | null>;
+  getTicketById(id: string): Promise<TicketRecord | null>;
+  listTickets(filter: TicketFilter): Promise<TicketRecord[]>;
+  /** Revoke the ticket and every descendant not yet revoked; returns the ids revoked now. */
+  revokeTicketTree(id: string, at: number): Promise<string[]>;
+  /** Revoke every live ticket of a secret; returns the ids revoked now. */
+  revokeTicketsOfSecret(secretId: string, at: number): Promise<string[]>;
+  /**
+   * Take one use from each ticket in `ids` (a ticket and its ancestors) if every one of
+   * them with a limit has a use left; all or nothing. Returns false when exhausted.
+   */
+  consumeUses(ids: readonly string[]): Promise<boolean>;
+
+  insertAgent(record: AgentRecord): Promise<void>;
+  getAgentByName(name: string): Promise<AgentRecord | null>;
+  getAgentById(id: string): Promise<AgentRecord | null>;
+  getAgentByKeyHash(keyHash: string): Promise<AgentRecord | null>;
+  listAgents(): Promise<AgentRecord[]>;
+  revokeAgent(id: string, at: number): Promise<boolean>;
+
+  insertConnection(record: ConnectionRecord): Promise<void>;
+  getConnection(name: string): Promise<ConnectionRecord | null>;
+  listConnections(): Promise<ConnectionRecord[]>;
+  deleteConnection(name: string): Promise<boolean>;
+
+  /** The last audit record's seq and hash, or null for an empty log. */
+  auditHead(): Promise<{ seq: number; hash: string } | null>;
+  insertAuditRecords(records: readonly AuditRecord[]): Promise<void>;
+  /** Records with seq > afterSeq, ascending, at most `limit`. */
+  readAudit(afterSeq: number, limit: number): Promise<AuditRecord[]>;
+  /** The last `limit` records, ascending. */
+  tailAudit(limit: number): Promise<AuditRecord[]>;
+}
+
+export interface StoreTx extends StoreOps {
+  /** Run `fn` in a savepoint: if it throws, only its writes are undone and the error rethrown. */
+  savepoint<T>(fn: () => Promise<T>): Promise<T>;
+}
+
+/** A change another replica must hear about (cache invalidation). */
+export type StoreChange =
+  | { readonly type: 'ticket.revoked'; readonly ids: readonly string[] }
+  | { readonly type: 'secret.erased'; readonly id: string }
+  | { readonly type: 'agent.revoked'; readonly id: string }
+  | { readonly type: 'keys.rotated' }
+  | { readonly type: 'connection.changed'; readonly name: string };
+
+export interface Store extends StoreOps {
+  readonly driver: 'sqlite' | 'postgres';
+  /** Human-readable location without credentials. */
+  readonly location: string;
+  /** Apply pending migrations (versioned, in order, each in its own transaction). */
+  migrate(): Promise<void>;
+  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
+  /** Tell every replica (including this one) about a change. */
+  publish(change: StoreChange): Promise<void>;
+  subscribe(listener: (change: StoreChange) => void): () => void;
+  close(): Promise<void>;
+}

@@ -1,0 +1,264 @@
+import { describe, expect, it } from 'vitest';
+import type { AuditRecord, SecretRecord, Store, TicketRecord } from '../../src/store/types.js';
+
+/**
+ * One contract, every adapter: SQLite and PostgreSQL must behave identically here.
+ * `open` returns a fresh, migrated, empty store.
+ */
+export function storeContract(name: string, open: () => Promise<Store>): void {
+  describe(`store contract: ${name}`, () => {
+    const secret = (overrides: Partial<SecretRecord> = {}): SecretRecord => ({
+      id: `sec_${Math.random().toString(36).slice(2, 12)}`,
+      name: 'github',
+      kind: 'generic',
+      allow: ['conn:github', 'host:*.github.com'],
+      wrappedKey: Buffer.from([1, 2, 3]),
+      keyId: 'kid1',
+      ciphertext: Buffer.from([4, 5, 6]),
+      fingerprint: 'fp1',
+      createdAt: 1000,
+      erasedAt: null,
+      ...overrides,
+    });
+    const ticket = (
+      overrides: Partial<TicketRecord> & Pick<TicketRecord, 'id' | 'secretId'>,
+    ): TicketRecord => ({
+      hash: `h_${overrides.id}`,
+      principal: 'agent:agt_1',
+      destinations: ['conn:github'],
+      expiresAt: null,
+      maxUses: null,
+      uses: 0,
+      parentId: null,
+      createdAt: 1000,
+      revokedAt: null,
+      ...overrides,
+    });
+
+    it('round-trips meta, secrets and enforces live-name uniqueness', async () => {
+      const store = await open();
+      try {
+        expect(await store.getMeta('x')).toBeNull();
+        await store.setMeta('x', '1');
+        await store.setMeta('x', '2');
+        expect(await store.getMeta('x')).toBe('2');
+
+        const s = secret();
+        await store.insertSecret(s);
+        expect(await store.getSecretByName('github')).toEqual(s);
+        expect(await store.getSecretById(s.id)).toEqual(s);
+        await expect(store.insertSecret(secret())).rejects.toMatchObject({ code: 'CC_ERR_ALREADY_EXISTS' });
+
+        expect(await store.eraseSecret(s.id, 2000)).toBe(true);
+        expect(await store.eraseSecret(s.id, 3000)).toBe(false);
+        expect(await store.getSecretByName('github')).toBeNull();
+        const tomb = await store.getSecretById(s.id);
+        expect(tomb).toMatchObject({ wrappedKey: null, ciphertext: null, keyId: null, erasedAt: 2000 });
+        // The name is free again after erasure.
+        const again = secret();
+        await store.insertSecret(again);
+        expect((await store.listSecrets()).map((x) => x.id)).toEqual([again.id]);
+        await store.updateSecretKey(again.id, Buffer.from([9]), 'kid2');
+        expect(await store.getSecretById(again.id)).toMatchObject({
+          wrappedKey: Buffer.from([9]),
+          keyId: 'kid2',
+        });
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('revokes a ticket tree, and only that tree', async () => {
+      const store = await open();
+      try {
+        const s = secret();
+        await store.insertSecret(s);
+        await store.insertTicket(ticket({ id: 't1', secretId: s.id }));
+        await store.insertTicket(ticket({ id: 't2', secretId: s.id, parentId: 't1' }));
+        await store.insertTicket(ticket({ id: 't3', secretId: s.id, parentId: 't2' }));
+        await store.insertTicket(ticket({ id: 't4', secretId: s.id, parentId: 't1' }));
+        await store.insertTicket(ticket({ id: 'u1', secretId: s.id }));
+        expect((await store.getTicketByHash('h_t3'))?.id).toBe('t3');
+        expect((await store.revokeTicketTree('t2', 5000)).sort()).toEqual(['t2', 't3']);
+        expect((await store.revokeTicketTree('t1', 6000)).sort()).toEqual(['t1', 't4']);
+        expect((await store.getTicketById('t3'))?.revokedAt).toBe(5000);
+        expect((await store.getTicketById('u1'))?.revokedAt).toBeNull();
+        expect((await store.listTickets({ now: 2000 })).map((t) => t.id)).toEqual(['u1']);
+        expect((await store.listTickets({ includeInactive: true })).length).toBe(5);
+        expect(await store.revokeTicketsOfSecret(s.id, 7000)).toEqual(['u1']);
+        await expect(
+          store.insertTicket(ticket({ id: 't1', secretId: s.id, hash: 'other' })),
+        ).rejects.toMatchObject({
+          code: 'CC_ERR_ALREADY_EXISTS',
+        });
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('consumes uses along a chain, all or nothing', async () => {
+      const store = await open();
+      try {
+        const s = secret();
+        await store.insertSecret(s);
+        await store.insertTicket(ticket({ id: 'p', secretId: s.id, maxUses: 2 }));
+        await store.insertTicket(ticket({ id: 'c', secretId: s.id, parentId: 'p', maxUses: 5 }));
+        await store.insertTicket(ticket({ id: 'free', secretId: s.id }));
+        expect(await store.consumeUses(['c', 'p'])).toBe(true);
+        expect(await store.consumeUses(['c', 'p'])).toBe(true);
+        expect(await store.consumeUses(['c', 'p'])).toBe(false);
+        expect((await store.getTicketById('c'))?.uses).toBe(2);
+        expect((await store.getTicketById('p'))?.uses).toBe(2);
+        expect(await store.consumeUses(['free'])).toBe(true);
+        expect((await store.getTicketById('free'))?.uses).toBe(0);
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('keeps agents and connections', async () => {
+      const store = await open();
+      try {
+        const agent = {
+          id: 'agt_1',
+          name: 'builder',
+          groups: ['ci'],
+          keyHash: 'kh',
+          createdAt: 1,
+          expiresAt: 99,
+          revokedAt: null,
+        };
+        await store.insertAgent(agent);
+        expect(await store.getAgentByKeyHash('kh')).toEqual(agent);
+        expect(await store.getAgentByName('builder')).toEqual(agent);
+        expect(await store.revokeAgent('agt_1', 50)).toBe(true);
+        expect(await store.revokeAgent('agt_1', 60)).toBe(false);
+        expect(await store.getAgentByName('builder')).toBeNull();
+        expect((await store.getAgentById('agt_1'))?.revokedAt).toBe(50);
+        await store.insertAgent({ ...agent, id: 'agt_2', keyHash: 'kh2' });
+        expect((await store.listAgents()).map((a) => a.id).sort()).toEqual(['agt_1', 'agt_2']);
+
+        const conn = {
+          id: 'con_1',
+          name: 'github',
+          type: 'http',
+          url: 'https://api.github.com',
+          credential: 'github',
+          injectHeaders: { Authorization: 'Bearer {{secret:github}}' },
+          createdAt: 5,
+        };
+        await store.insertConnection(conn);
+        expect(await store.getConnection('github')).toEqual(conn);
+        await expect(store.insertConnection({ ...conn, id: 'con_2' })).rejects.toMatchObject({
+          code: 'CC_ERR_ALREADY_EXISTS',
+        });
+        expect(await store.listConnections()).toEqual([conn]);
+        expect(await store.deleteConnection('github')).toBe(true);
+        expect(await store.deleteConnection('github')).toBe(false);
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('appends and reads audit records in order, data byte-exact', async () => {
+      const store = await open();
+      try {
+        expect(await store.auditHead()).toBeNull();
+        const records: AuditRecord[] = Array.from({ length: 5 }, (_, i) => ({
+          seq: i + 1,
+          ts: 100 + i,
+          type: 'token.issue',
+          actor: 'admin',
+          data: { z: i, a: 'x', nested: { b: [1, 2], a: null } },
+          prevHash: `p${i}`,
+          hash: `h${i + 1}`,
+        }));
+        await store.insertAuditRecords(records);
+        expect(await store.auditHead()).toEqual({ seq: 5, hash: 'h5' });
+        expect(await store.readAudit(0, 100)).toEqual(records);
+        expect(await store.readAudit(2, 2)).toEqual(records.slice(2, 4));
+        expect(await store.tailAudit(2)).toEqual(records.slice(3));
+        // Key order survives storage (the hash chain is computed over it).
+        expect(Object.keys((await store.readAudit(0, 1))[0]!.data)).toEqual(['z', 'a', 'nested']);
+        await expect(store.insertAuditRecords([records[0]!])).rejects.toMatchObject({
+          code: 'CC_ERR_ALREADY_EXISTS',
+        });
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('rolls back a failed transaction and a failed savepoint only', async () => {
+      const store = await open();
+      try {
+        await expect(
+          store.transaction(async (tx) => {
+            await tx.setMeta('a', '1');
+            throw new Error('boom');
+          }),
+        ).rejects.toThrow('boom');
+        expect(await store.getMeta('a')).toBeNull();
+
+        await store.transaction(async (tx) => {
+          await tx.setMeta('b', '1');
+          await expect(
+            tx.savepoint(async () => {
+              await tx.setMeta('c', '1');
+              throw new Error('inner');
+            }),
+          ).rejects.toThrow('inner');
+          await tx.savepoint(async () => tx.setMeta('d', '1'));
+        });
+        expect(await store.getMeta('b')).toBe('1');
+        expect(await store.getMeta('c')).toBeNull();
+        expect(await store.getMeta('d')).toBe('1');
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('serialises concurrent transactions', async () => {
+      const store = await open();
+      try {
+        await store.setMeta('n', '0');
+        await Promise.all(
+          Array.from({ length: 20 }, () =>
+            store.transaction(async (tx) => {
+              const n = Number(await tx.getMeta('n'));
+              await tx.setMeta('n', String(n + 1));
+            }),
+          ),
+        );
+        expect(await store.getMeta('n')).toBe('20');
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('tells subscribers about published changes', async () => {
+      const store = await open();
+      try {
+        const seen: unknown[] = [];
+        const off = store.subscribe((change) => seen.push(change));
+        await store.publish({ type: 'ticket.revoked', ids: ['t1'] });
+        await expect.poll(() => seen.length).toBe(1);
+        expect(seen[0]).toEqual({ type: 'ticket.revoked', ids: ['t1'] });
+        off();
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('migrating twice is harmless', async () => {
+      const store = await open();
+      try {
+        await store.migrate();
+        await store.setMeta('k', 'v');
+        await store.migrate();
+        expect(await store.getMeta('k')).toBe('v');
+      } finally {
+        await store.close();
+      }
+    });
+  });
+}
