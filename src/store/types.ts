@@ -138,7 +138,13 @@ export type StoreChange =
   | { readonly type: 'secret.erased'; readonly id: string }
   | { readonly type: 'agent.revoked'; readonly id: string }
   | { readonly type: 'keys.rotated' }
-  | { readonly type: 'connection.changed'; readonly name: string };
+  | { readonly type: 'connection.changed'; readonly name: string }
+  /**
+   * Caches must drop everything: changes may have been missed (the PostgreSQL adapter's
+   * LISTEN connection was lost and re-established, or a change was too large to send).
+   * The SQLite adapter never emits it on its own (one process, nothing can be missed).
+   */
+  | { readonly type: 'resync' };
 
 export interface Store extends StoreOps {
   readonly driver: 'sqlite' | 'postgres';
