@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { CoatcheckError } from '../core/errors.js';
 import { SQLITE_MIGRATIONS } from './migrations.js';
@@ -404,6 +405,10 @@ export interface SqliteStoreOptions {
 export async function openSqliteStore(options: SqliteStoreOptions): Promise<Store> {
   let db: Database.Database;
   try {
+    if (options.path !== ':memory:' && !existsSync(options.path)) {
+      // Owner-only from the first byte; SQLite gives the -wal and -shm files the same mode.
+      closeSync(openSync(options.path, 'a', 0o600));
+    }
     db = new Database(options.path);
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = FULL');

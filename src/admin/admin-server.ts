@@ -1,0 +1,185 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { adminKeyHash, sameHash } from '../config/home.js';
+import { CoatcheckError } from '../core/errors.js';
+import { ADMIN_KEY_META, type Context } from '../server/context.js';
+import { toHttpError } from './http-errors.js';
+import { openApiDocument } from './openapi.js';
+import { type OperationName, operations } from './operations.js';
+
+const MAX_BODY_BYTES = 256 * 1024;
+const VERSION = '0.1.0';
+
+interface Route {
+  readonly name: OperationName;
+  readonly method: string;
+  readonly pattern: RegExp;
+  readonly params: readonly string[];
+}
+
+const routes: Route[] = Object.entries(operations).map(([name, operation]) => {
+  const params = [...operation.path.matchAll(/:([A-Za-z]+)/g)].map((m) => m[1]!);
+  const pattern = new RegExp(`^${operation.path.replace(/:([A-Za-z]+)/g, '([^/]+)')}$`);
+  return { name: name as OperationName, method: operation.method, pattern, params };
+});
+
+async function readBody(req: IncomingMessage): Promise<unknown> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > MAX_BODY_BYTES)
+    throw new CoatcheckError('CC_ERR_BODY_TOO_LARGE', `request body exceeds ${MAX_BODY_BYTES} bytes`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES)
+      throw new CoatcheckError('CC_ERR_BODY_TOO_LARGE', `request body exceeds ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  if (size === 0) return {};
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', 'request body is not valid JSON', {
+      details: { field: 'body' },
+    });
+  }
+}
+
+/** Query values arrive as text; the operation schemas want numbers and booleans. */
+function queryInput(url: URL): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of url.searchParams) {
+    out[key] =
+      value === 'true'
+        ? true
+        : value === 'false'
+          ? false
+          : /^[0-9]{1,15}$/.test(value)
+            ? Number(value)
+            : value;
+  }
+  return out;
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    'x-content-type-options': 'nosniff',
+  });
+  res.end(text);
+}
+
+export interface AdminServer {
+  readonly server: Server;
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * The admin HTTP API: every operation in operations.ts, behind the admin key. Bodies
+ * are never logged (a secret value travels in one); errors carry stable codes.
+ */
+export async function startAdminServer(
+  ctx: Context,
+  listen: { host: string; port: number },
+  log: Logger,
+): Promise<AdminServer> {
+  const expectedHash = await ctx.store.getMeta(ADMIN_KEY_META);
+  if (expectedHash === null)
+    throw new CoatcheckError('CC_ERR_STORE_CORRUPT', 'the store has no admin key hash (was it initialized?)');
+  const openapi = JSON.stringify(openApiDocument(VERSION));
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const url = new URL(req.url ?? '/', 'http://admin.invalid');
+    if (req.method === 'GET' && url.pathname === '/v1/openapi.json') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(openapi);
+      return;
+    }
+    if (req.method === 'GET' && url.pathname === '/healthz') {
+      send(res, 200, { ok: true });
+      return;
+    }
+    const auth = req.headers.authorization ?? '';
+    const presented = auth.startsWith('Bearer ') ? auth.slice(7).trim() : '';
+    if (
+      presented === '' ||
+      presented.length > 256 ||
+      !sameHash(adminKeyHash(ctx.keys.index.lookup, presented), expectedHash)
+    ) {
+      throw new CoatcheckError(
+        'CC_ERR_ADMIN_UNAUTHORIZED',
+        'a valid admin key is required (Authorization: Bearer <admin key>)',
+      );
+    }
+    const route = routes.find((r) => r.method === req.method && r.pattern.test(url.pathname));
+    if (route === undefined)
+      throw new CoatcheckError('CC_ERR_NOT_FOUND', `no route ${req.method} ${url.pathname}`);
+    const match = route.pattern.exec(url.pathname)!;
+    const input: Record<string, unknown> =
+      req.method === 'GET' ? queryInput(url) : ((await readBody(req)) as Record<string, unknown>);
+    if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+      throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', 'request body must be a JSON object', {
+        details: { field: 'body' },
+      });
+    }
+    route.params.forEach((param, index) => {
+      input[param] = decodeURIComponent(match[index + 1]!);
+    });
+    const operation = operations[route.name];
+    const parsed = operation.input.parse(input);
+    const result = await (operation.run as (c: Context, i: unknown, a: string) => Promise<unknown>)(
+      ctx,
+      parsed,
+      'admin:api',
+    );
+    send(res, 200, result);
+  };
+
+  const server = createServer((req, res) => {
+    const started = performance.now();
+    handle(req, res)
+      .catch((error: unknown) => {
+        const { status, body, incident } = toHttpError(error);
+        if (incident !== undefined) log.error({ incident, err: error }, 'admin API internal error');
+        if (!res.headersSent) send(res, status, body);
+        else res.destroy();
+      })
+      .finally(() => {
+        // Method, path and status only: bodies and headers can carry secrets and keys.
+        log.debug(
+          {
+            method: req.method,
+            path: (req.url ?? '').split('?')[0],
+            status: res.statusCode,
+            ms: Math.round(performance.now() - started),
+          },
+          'admin request',
+        );
+      });
+  });
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listen.port, listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return {
+    server,
+    url: `http://${host}:${address.port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

@@ -1,0 +1,274 @@
+import { z } from 'zod';
+import { CONNECTION_TYPES } from '../config/schema.js';
+import { parseDuration } from '../core/duration.js';
+import { CoatcheckError } from '../core/errors.js';
+import { agentRef } from '../core/principal.js';
+import type { Context } from '../server/context.js';
+import { rotateMasterKey } from './rotate.js';
+
+/**
+ * Every admin operation, defined once. The admin HTTP API serves them, the CLI calls
+ * them (through the API when a server runs, in process when not), and the OpenAPI
+ * document is generated from them. Inputs are validated here, whichever way they came.
+ */
+export interface Operation<I extends z.ZodType, O> {
+  readonly method: 'GET' | 'POST' | 'DELETE';
+  /** Path with `:field` placeholders taken from the input. */
+  readonly path: string;
+  readonly summary: string;
+  readonly input: I;
+  /** Runs only where the store is open: in `serve`, or in the CLI without a server. */
+  run(ctx: Context, input: z.infer<I>, actor: string): Promise<O>;
+}
+
+function op<I extends z.ZodType, O>(definition: Operation<I, O>): Operation<I, O> {
+  return definition;
+}
+
+const name = z.string().min(1).max(128);
+const duration = z
+  .string()
+  .max(16)
+  .optional()
+  .transform((text, context) => {
+    if (text === undefined) return undefined;
+    try {
+      return parseDuration(text, 'ttl');
+    } catch {
+      context.addIssue({ code: 'custom', message: 'must look like 90s, 15m, 8h or 7d' });
+      return z.NEVER;
+    }
+  });
+const destinations = z.array(z.string().min(1).max(260)).max(64).optional();
+const ticketOrId = z.string().min(1).max(64);
+
+async function principalOf(ctx: Context, agentName: string): Promise<string> {
+  const agent = await ctx.agents.get(agentName);
+  if (agent.status !== 'active') {
+    throw new CoatcheckError(
+      agent.status === 'revoked' ? 'CC_ERR_AGENT_REVOKED' : 'CC_ERR_AGENT_EXPIRED',
+      `agent ${agentName} is ${agent.status}`,
+      {
+        details: { agent: agent.id },
+      },
+    );
+  }
+  return agentRef(agent.id);
+}
+
+export const operations = {
+  status: op({
+    method: 'GET',
+    path: '/v1/status',
+    summary: 'Gateway status: store, master key id, audit head.',
+    input: z.object({}),
+    async run(ctx) {
+      const head = await ctx.store.auditHead();
+      return {
+        store: ctx.store.driver,
+        location: ctx.store.location,
+        masterKey: ctx.keys.master.kid,
+        auditHead: head?.seq ?? 0,
+      };
+    },
+  }),
+
+  secretAdd: op({
+    method: 'POST',
+    path: '/v1/secrets',
+    summary: 'Store a secret (value base64-encoded in the body; never echoed).',
+    input: z.object({
+      name,
+      valueBase64: z
+        .string()
+        .max(100_000)
+        .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64'),
+      kind: z.string().min(1).max(64).optional(),
+      allow: destinations,
+    }),
+    run: (ctx, input, actor) =>
+      ctx.vault.addSecret(
+        {
+          name: input.name,
+          value: Buffer.from(input.valueBase64, 'base64'),
+          kind: input.kind,
+          allow: input.allow ?? [],
+        },
+        actor,
+      ),
+  }),
+  secretList: op({
+    method: 'GET',
+    path: '/v1/secrets',
+    summary: 'List secrets (metadata and fingerprints only).',
+    input: z.object({}),
+    run: (ctx) => ctx.vault.listSecrets(),
+  }),
+  secretRemove: op({
+    method: 'DELETE',
+    path: '/v1/secrets/:name',
+    summary: 'Erase a secret: its data key is destroyed and every ticket for it stops working.',
+    input: z.object({ name, force: z.boolean().optional() }),
+    run: (ctx, input, actor) => ctx.vault.removeSecret(input.name, actor, { force: input.force ?? false }),
+  }),
+
+  connectionAdd: op({
+    method: 'POST',
+    path: '/v1/connections',
+    summary: 'Register a connection (a named target and the credential the gateway injects).',
+    input: z.object({
+      name,
+      type: z.enum(CONNECTION_TYPES),
+      url: z.string().min(1).max(2048),
+      credential: z.string().min(1).max(128).optional(),
+      injectHeaders: z.record(z.string().max(256), z.string().max(4096)).optional(),
+    }),
+    run: (ctx, input, actor) => ctx.connections.add(input, actor),
+  }),
+  connectionList: op({
+    method: 'GET',
+    path: '/v1/connections',
+    summary: 'List connections from the config file and the store.',
+    input: z.object({}),
+    run: (ctx) => ctx.connections.list(),
+  }),
+  connectionRemove: op({
+    method: 'DELETE',
+    path: '/v1/connections/:name',
+    summary: 'Remove a connection added with `connection add`.',
+    input: z.object({ name }),
+    async run(ctx, input, actor) {
+      await ctx.connections.remove(input.name, actor);
+      return { name: input.name, removed: true };
+    },
+  }),
+
+  agentCreate: op({
+    method: 'POST',
+    path: '/v1/agents',
+    summary: 'Create an agent; the response carries its key, shown this once.',
+    input: z.object({ name, groups: z.array(z.string().max(64)).max(64).optional(), ttl: duration }),
+    run: (ctx, input, actor) =>
+      ctx.agents.create({ name: input.name, groups: input.groups, ttlMs: input.ttl }, actor),
+  }),
+  agentList: op({
+    method: 'GET',
+    path: '/v1/agents',
+    summary: 'List agents.',
+    input: z.object({}),
+    run: (ctx) => ctx.agents.list(),
+  }),
+  agentRevoke: op({
+    method: 'POST',
+    path: '/v1/agents/:name/revoke',
+    summary: 'Revoke an agent: its key stops working at once.',
+    input: z.object({ name }),
+    run: (ctx, input, actor) => ctx.agents.revoke(input.name, actor),
+  }),
+
+  tokenIssue: op({
+    method: 'POST',
+    path: '/v1/tokens',
+    summary: 'Issue a ticket for a secret, bound to an agent; the response carries the ticket.',
+    input: z.object({
+      secret: name,
+      to: name,
+      destinations,
+      ttl: duration,
+      uses: z.number().int().min(1).max(1_000_000_000).optional(),
+    }),
+    async run(ctx, input, actor) {
+      const principal = await principalOf(ctx, input.to);
+      return ctx.vault.issueTicket(
+        {
+          secret: input.secret,
+          principal,
+          destinations: input.destinations,
+          ttlMs: input.ttl,
+          maxUses: input.uses,
+        },
+        actor,
+      );
+    },
+  }),
+  tokenNarrow: op({
+    method: 'POST',
+    path: '/v1/tokens/narrow',
+    summary: 'Derive a narrower child ticket from a ticket.',
+    input: z.object({
+      ticket: ticketOrId,
+      destinations,
+      ttl: duration,
+      uses: z.number().int().min(1).max(1_000_000_000).optional(),
+    }),
+    run: (ctx, input, actor) =>
+      ctx.vault.narrowTicket(
+        input.ticket,
+        { destinations: input.destinations, ttlMs: input.ttl, maxUses: input.uses },
+        actor,
+      ),
+  }),
+  tokenInspect: op({
+    method: 'POST',
+    path: '/v1/tokens/inspect',
+    summary: "Show a ticket's scope and status (by ticket or id; POST keeps tickets out of URLs).",
+    input: z.object({ ticket: ticketOrId }),
+    run: (ctx, input) => ctx.vault.inspectTicket(input.ticket),
+  }),
+  tokenRevoke: op({
+    method: 'POST',
+    path: '/v1/tokens/revoke',
+    summary: 'Revoke a ticket (by ticket or id) and all tickets narrowed from it.',
+    input: z.object({ ticket: ticketOrId }),
+    run: (ctx, input, actor) => ctx.vault.revokeTicket(input.ticket, actor),
+  }),
+  tokenList: op({
+    method: 'GET',
+    path: '/v1/tokens',
+    summary: 'List tickets (active only unless all=true).',
+    input: z.object({ secret: name.optional(), agent: name.optional(), all: z.boolean().optional() }),
+    async run(ctx, input) {
+      const principal =
+        input.agent === undefined ? undefined : agentRef((await ctx.agents.get(input.agent)).id);
+      return ctx.vault.listTickets({ secret: input.secret, principal, all: input.all });
+    },
+  }),
+
+  auditTail: op({
+    method: 'GET',
+    path: '/v1/audit/tail',
+    summary: 'The last N audit records.',
+    input: z.object({ limit: z.number().int().min(1).max(10_000).optional() }),
+    run: (ctx, input) => ctx.audit.tail(input.limit ?? 20),
+  }),
+  auditExport: op({
+    method: 'GET',
+    path: '/v1/audit/records',
+    summary: 'Audit records after a sequence number, in order (page through with after).',
+    input: z.object({
+      after: z.number().int().min(0).optional(),
+      limit: z.number().int().min(1).max(10_000).optional(),
+    }),
+    run: (ctx, input) => ctx.store.readAudit(input.after ?? 0, input.limit ?? 1000),
+  }),
+  auditVerify: op({
+    method: 'POST',
+    path: '/v1/audit/verify',
+    summary: 'Verify the audit hash chain; reports the first bad record.',
+    input: z.object({}),
+    run: (ctx) => ctx.audit.verify(),
+  }),
+
+  keysRotate: op({
+    method: 'POST',
+    path: '/v1/keys/rotate',
+    summary: 'Rewrap every data key under a new master key (tickets are unchanged).',
+    input: z.object({}),
+    run: (ctx, _input, actor) => rotateMasterKey(ctx, actor),
+  }),
+} as const;
+
+export type Operations = typeof operations;
+export type OperationName = keyof Operations;
+export type OperationInput<N extends OperationName> = z.input<Operations[N]['input']>;
+export type OperationOutput<N extends OperationName> = Awaited<ReturnType<Operations[N]['run']>>;

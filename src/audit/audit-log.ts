@@ -1,0 +1,283 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import { canonicalJson } from '../core/canonical-json.js';
+import type { Clock } from '../core/clock.js';
+import { CoatcheckError } from '../core/errors.js';
+import type { AuditRecord, Store, StoreTx } from '../store/types.js';
+
+/**
+ * The audit log: append-only, hash-chained (HMAC under a key derived from the store's
+ * index key, so an edit cannot be re-chained without the master key), and durable
+ * before anything it describes takes effect.
+ *
+ * Group commit: appends wait in a queue; every `groupCommitMs` (or when `maxBatch` are
+ * waiting) one transaction writes the whole batch, so N concurrent exchanges cost one
+ * disk flush. Each `append` resolves only after its batch is committed. An append may
+ * carry a mutation that runs in the same transaction (in a savepoint), so a state change
+ * and its record commit together or not at all.
+ */
+
+export interface AuditDraft {
+  readonly type: string;
+  readonly actor: string;
+  readonly data: Record<string, unknown>;
+}
+
+export type AuditMutation = (tx: StoreTx) => Promise<void>;
+
+export interface AuditOptions {
+  readonly groupCommitMs?: number;
+  readonly maxBatch?: number;
+}
+
+export type AuditVerifyResult =
+  | { readonly ok: true; readonly records: number; readonly headSeq: number }
+  | {
+      readonly ok: false;
+      readonly records: number;
+      readonly seq: number;
+      readonly problem: 'edited' | 'removed' | 'chain-broken' | 'truncated' | 'unreadable';
+      readonly message: string;
+    };
+
+interface Pending {
+  readonly draft: AuditDraft;
+  readonly mutate: AuditMutation | undefined;
+  readonly resolve: (record: AuditRecord) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+const HEAD_META_KEY = 'audit_head';
+
+export function chainHash(
+  key: Buffer,
+  prevHash: string,
+  record: Omit<AuditRecord, 'hash' | 'prevHash'>,
+): string {
+  const body = canonicalJson({
+    seq: record.seq,
+    ts: record.ts,
+    type: record.type,
+    actor: record.actor,
+    data: record.data,
+  });
+  return createHmac('sha256', key).update(prevHash).update('\n').update(body).digest('hex');
+}
+
+function sameHex(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+export class AuditLog {
+  readonly #store: Store;
+  readonly #key: Buffer;
+  readonly #clock: Clock;
+  readonly #groupCommitMs: number;
+  readonly #maxBatch: number;
+  #queue: Pending[] = [];
+  #timer: NodeJS.Timeout | null = null;
+  #flushing: Promise<void> | null = null;
+  #closed = false;
+
+  constructor(store: Store, auditKey: Buffer, clock: Clock, options: AuditOptions = {}) {
+    this.#store = store;
+    this.#key = auditKey;
+    this.#clock = clock;
+    this.#groupCommitMs = options.groupCommitMs ?? 2;
+    this.#maxBatch = options.maxBatch ?? 512;
+  }
+
+  /** Append a record; resolves once it (and `mutate`, if given) is durable. */
+  append(draft: AuditDraft, mutate?: AuditMutation): Promise<AuditRecord> {
+    if (this.#closed) {
+      return Promise.reject(new CoatcheckError('CC_ERR_AUDIT_UNAVAILABLE', 'the audit log is closed'));
+    }
+    return new Promise<AuditRecord>((resolve, reject) => {
+      this.#queue.push({ draft, mutate, resolve, reject });
+      this.#schedule();
+    });
+  }
+
+  #schedule(): void {
+    if (this.#flushing !== null) return; // the running flush re-schedules when done
+    if (this.#queue.length >= this.#maxBatch) {
+      if (this.#timer !== null) clearTimeout(this.#timer);
+      this.#timer = null;
+      this.#startFlush();
+      return;
+    }
+    if (this.#timer === null) {
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.#startFlush();
+      }, this.#groupCommitMs);
+    }
+  }
+
+  #startFlush(): void {
+    if (this.#flushing !== null || this.#queue.length === 0) return;
+    const batch = this.#queue.splice(0, this.#maxBatch);
+    this.#flushing = this.#writeBatch(batch).finally(() => {
+      this.#flushing = null;
+      if (this.#queue.length > 0) this.#schedule();
+    });
+  }
+
+  async #writeBatch(batch: Pending[]): Promise<void> {
+    const outcomes = new Map<Pending, { record?: AuditRecord; error?: unknown }>();
+    try {
+      await this.#store.transaction(async (tx) => {
+        outcomes.clear();
+        const head = await tx.auditHead();
+        let seq = head?.seq ?? 0;
+        let prevHash = head?.hash ?? '';
+        const records: AuditRecord[] = [];
+        for (const item of batch) {
+          if (item.mutate !== undefined) {
+            try {
+              await tx.savepoint(() => item.mutate!(tx));
+            } catch (error) {
+              outcomes.set(item, { error });
+              continue;
+            }
+          }
+          seq += 1;
+          const base = {
+            seq,
+            ts: this.#clock.now(),
+            type: item.draft.type,
+            actor: item.draft.actor,
+            data: item.draft.data,
+          };
+          const record: AuditRecord = { ...base, prevHash, hash: chainHash(this.#key, prevHash, base) };
+          prevHash = record.hash;
+          records.push(record);
+          outcomes.set(item, { record });
+        }
+        if (records.length > 0) {
+          await tx.insertAuditRecords(records);
+          await tx.setMeta(HEAD_META_KEY, `${seq}:${prevHash}`);
+        }
+      });
+    } catch (cause) {
+      const error = new CoatcheckError(
+        'CC_ERR_AUDIT_UNAVAILABLE',
+        'the audit log could not be written; the operation was refused',
+        {
+          cause,
+        },
+      );
+      for (const item of batch) item.reject(error);
+      return;
+    }
+    for (const item of batch) {
+      const outcome = outcomes.get(item);
+      if (outcome?.record !== undefined) item.resolve(outcome.record);
+      else
+        item.reject(
+          outcome?.error ?? new CoatcheckError('CC_ERR_AUDIT_UNAVAILABLE', 'audit record was not written'),
+        );
+    }
+  }
+
+  /** Wait until everything appended so far is durable (or failed). */
+  async flush(): Promise<void> {
+    while (this.#queue.length > 0 || this.#flushing !== null) {
+      if (this.#flushing === null) {
+        if (this.#timer !== null) clearTimeout(this.#timer);
+        this.#timer = null;
+        this.#startFlush();
+      }
+      await this.#flushing;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    this.#closed = true;
+  }
+
+  tail(limit: number): Promise<AuditRecord[]> {
+    return this.#store.tailAudit(limit);
+  }
+
+  async *records(afterSeq = 0, pageSize = 1000): AsyncGenerator<AuditRecord> {
+    let after = afterSeq;
+    for (;;) {
+      const page = await this.#store.readAudit(after, pageSize);
+      for (const record of page) yield record;
+      if (page.length < pageSize) return;
+      after = page[page.length - 1]!.seq;
+    }
+  }
+
+  /** Walk the whole chain; report the first record that was edited, removed, inserted or reordered. */
+  async verify(): Promise<AuditVerifyResult> {
+    let expectedSeq = 1;
+    let prevHash = '';
+    let count = 0;
+    try {
+      for await (const record of this.records()) {
+        count++;
+        if (record.seq !== expectedSeq) {
+          return {
+            ok: false,
+            records: count,
+            seq: expectedSeq,
+            problem: 'removed',
+            message: `record ${expectedSeq}${record.seq - 1 > expectedSeq ? `..${record.seq - 1}` : ''} is missing (next present is ${record.seq})`,
+          };
+        }
+        const recomputed = chainHash(this.#key, record.prevHash, record);
+        if (!sameHex(recomputed, record.hash)) {
+          return {
+            ok: false,
+            records: count,
+            seq: record.seq,
+            problem: 'edited',
+            message: `record ${record.seq} was edited (its hash does not match its content)`,
+          };
+        }
+        if (!sameHex(record.prevHash, prevHash)) {
+          return {
+            ok: false,
+            records: count,
+            seq: record.seq,
+            problem: 'chain-broken',
+            message: `record ${record.seq} does not follow record ${record.seq - 1} (records were removed, inserted or reordered)`,
+          };
+        }
+        prevHash = record.hash;
+        expectedSeq++;
+      }
+    } catch (error) {
+      const seq = expectedSeq;
+      return {
+        ok: false,
+        records: count,
+        seq,
+        problem: 'unreadable',
+        message: `record ${seq} cannot be read (${(error as { code?: string }).code ?? 'damaged'})`,
+      };
+    }
+    const head = await this.#store.getMeta(HEAD_META_KEY);
+    if (head !== null) {
+      const [headSeqText, headHash] = head.split(':');
+      const headSeq = Number(headSeqText);
+      if (
+        headSeq > expectedSeq - 1 ||
+        (headSeq === expectedSeq - 1 && headHash !== undefined && !sameHex(headHash, prevHash))
+      ) {
+        return {
+          ok: false,
+          records: count,
+          seq: expectedSeq,
+          problem: 'truncated',
+          message: `the log ends at record ${expectedSeq - 1} but record ${headSeq} was committed (records were removed from the end)`,
+        };
+      }
+    }
+    return { ok: true, records: count, headSeq: expectedSeq - 1 };
+  }
+}

@@ -1,0 +1,531 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { Command, CommanderError, Option } from 'commander';
+import { type AdminClient, createLocalClient, createRemoteClient } from '../admin/client.js';
+import type { OperationOutput } from '../admin/operations.js';
+import { readAdminKey, resolveHome } from '../config/home.js';
+import { CoatcheckError, toCoatcheckError } from '../core/errors.js';
+import { newIncidentId } from '../core/ids.js';
+import { initHome, openContext } from '../server/context.js';
+import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
+import { serveCommand } from './serve.js';
+
+interface GlobalOptions {
+  dir?: string;
+  json?: boolean;
+  server?: string;
+}
+
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+function parsePositiveInt(value: string): number {
+  if (!/^[1-9][0-9]{0,9}$/.test(value)) {
+    throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', '--uses must be a whole number of at least 1', {
+      details: { field: '--uses' },
+    });
+  }
+  return Number(value);
+}
+
+/** The server this home's `serve` wrote down, if its process is still alive. */
+function runningServerUrl(serverFile: string): string | null {
+  if (!existsSync(serverFile)) return null;
+  try {
+    const info = JSON.parse(readFileSync(serverFile, 'utf8')) as { pid?: number; admin?: string };
+    if (typeof info.pid !== 'number' || typeof info.admin !== 'string') return null;
+    process.kill(info.pid, 0);
+    return info.admin;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Reach the operations: through a running server's admin API (so its caches and key
+ * stay coherent), or directly against the store when none runs. One implementation.
+ */
+async function connect(options: GlobalOptions, io: CliIo): Promise<AdminClient> {
+  const home = resolveHome(options.dir, io.env);
+  const serverUrl =
+    options.server ?? (io.env.COATCHECK_ADMIN_URL || null) ?? runningServerUrl(home.serverFile);
+  if (serverUrl !== null) {
+    const key = readAdminKey(home, io.env);
+    if (key === null) {
+      throw new CoatcheckError(
+        'CC_ERR_ADMIN_UNAUTHORIZED',
+        `no admin key: set COATCHECK_ADMIN_KEY or run in the home (${home.adminKeyFile})`,
+      );
+    }
+    return createRemoteClient(serverUrl, key);
+  }
+  return createLocalClient(await openContext(home, { env: io.env }));
+}
+
+type Renderer<T> = (result: T) => string;
+
+function table(rows: string[][]): string {
+  if (rows.length === 0) return '';
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!)))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
+}
+
+export async function runCli(argv: readonly string[], io: CliIo): Promise<number> {
+  let exitCode: number = EXIT.ok;
+  const write = (text: string) => io.stdout.write(text);
+
+  const program = new Command('coatcheck')
+    .description('A gateway that gives AI agents claim tickets instead of secrets.')
+    .version('0.1.0')
+    .option('--dir <dir>', 'coatcheck home (default: $COATCHECK_HOME, else ./.coatcheck)')
+    .option('--json', 'print one JSON document')
+    .option(
+      '--server <url>',
+      "admin API of a running server (default: $COATCHECK_ADMIN_URL, else the home's running server)",
+    )
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
+    .showHelpAfterError();
+
+  const globals = (command: Command) => command.optsWithGlobals() as GlobalOptions;
+
+  /** Run an operation and print its result (human text, or JSON with --json). */
+  async function perform<T>(
+    command: Command,
+    fn: (client: AdminClient) => Promise<T>,
+    render: Renderer<T>,
+  ): Promise<void> {
+    const options = globals(command);
+    const client = await connect(options, io);
+    try {
+      const result = await fn(client);
+      write(options.json ? `${JSON.stringify(result, null, 2)}\n` : render(result));
+    } finally {
+      await client.close();
+    }
+  }
+
+  program
+    .command('init')
+    .description('create a coatcheck home: config, master key (0600), admin key (0600), store')
+    .action(async (_opts, command: Command) => {
+      const options = globals(command);
+      const result = await initHome(resolveHome(options.dir, io.env), { env: io.env });
+      const out = {
+        home: result.home.dir,
+        config: result.home.configFile,
+        masterKey: result.masterKeySource === 'env' ? 'COATCHECK_MASTER_KEY' : result.home.masterKeyFile,
+        adminKeyFile: result.home.adminKeyFile,
+        store: result.store,
+      };
+      write(
+        options.json
+          ? `${JSON.stringify(out, null, 2)}\n`
+          : `initialized coatcheck home ${out.home}\n  config      ${out.config}\n  master key  ${out.masterKey}\n  admin key   ${out.adminKeyFile}\n  store       ${out.store}\n`,
+      );
+    });
+
+  program
+    .command('serve')
+    .description('run the gateway (admin API; front-ends as configured)')
+    .option('--listen-admin <addr>', 'admin API address (overrides the config)')
+    .option('--listen-http <addr>', 'HTTP front-end address (overrides the config)')
+    .option('--listen-postgres <addr>', 'PostgreSQL front-end address (overrides the config)')
+    .option('--init', 'create the home first if it does not exist')
+    .action(async (opts, command: Command) => {
+      exitCode = await serveCommand({ ...globals(command), ...opts }, io);
+    });
+
+  // ---- secrets
+  const secret = program.command('secret').description('secrets in the vault');
+  secret
+    .command('add <name>')
+    .description('store a secret; the value is read from stdin (or --file), never from an argument')
+    .option(
+      '--allow <dest>',
+      'a destination it may be released to: connection name or host pattern (repeatable)',
+      collect,
+    )
+    .option('--kind <kind>', 'what it is (api-key, password, ...)')
+    .option('--file <path>', 'read the value from this file instead of stdin')
+    .option('--keep-newline', 'keep one trailing newline (stripped by default)')
+    .action(async (name: string, opts, command: Command) => {
+      let value: Buffer;
+      if (opts.file !== undefined) {
+        try {
+          value = readFileSync(opts.file);
+        } catch {
+          throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', '--file cannot be read', {
+            details: { field: '--file' },
+          });
+        }
+      } else {
+        if (io.stdin.isTTY) io.stderr.write('reading the secret value from stdin; end with Ctrl-D\n');
+        value = await readAllStdin(io, 70 * 1024);
+      }
+      if (!opts.keepNewline) {
+        if (value.at(-1) === 0x0a) value = value.subarray(0, value.at(-2) === 0x0d ? -2 : -1);
+      }
+      await perform(
+        command,
+        (c) =>
+          c.call('secretAdd', {
+            name,
+            valueBase64: value.toString('base64'),
+            kind: opts.kind,
+            allow: opts.allow ?? [],
+          }),
+        (r) =>
+          `added secret ${r.name} (${r.id}, ${r.fingerprint})\n  allow: ${r.allow.join(', ') || '(nowhere yet)'}\n`,
+      );
+    });
+  secret
+    .command('list')
+    .description('list secrets (names, destinations, fingerprints; never values)')
+    .action(async (_opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('secretList', {}),
+        (rows) =>
+          table([
+            ['NAME', 'ID', 'KIND', 'FINGERPRINT', 'ALLOW'],
+            ...rows.map((r) => [r.name, r.id, r.kind, r.fingerprint, r.allow.join(',')]),
+          ]),
+      );
+    });
+  secret
+    .command('rm <name>')
+    .description('erase a secret: its data key is destroyed and every ticket for it stops working')
+    .option('--force', 'erase even if a connection uses it')
+    .action(async (name: string, opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('secretRemove', { name, force: opts.force ?? false }),
+        (r) => `erased secret ${r.name} (${r.id})\n`,
+      );
+    });
+
+  // ---- connections
+  const connection = program
+    .command('connection')
+    .description('named targets and the credentials the gateway injects');
+  connection
+    .command('add <name>')
+    .description('register a connection')
+    .requiredOption('--type <type>', 'http | postgres | mysql | ssh | mcp | llm')
+    .requiredOption('--url <url>', 'where it points (no credentials in it)')
+    .option('--credential <secret>', 'secret the gateway uses to log in upstream')
+    .option(
+      '--inject-header <header>',
+      "header to add, like 'Authorization: Bearer {{secret:NAME}}' (repeatable)",
+      collect,
+    )
+    .action(async (name: string, opts, command: Command) => {
+      const injectHeaders: Record<string, string> = {};
+      for (const header of (opts.injectHeader as string[] | undefined) ?? []) {
+        const colon = header.indexOf(':');
+        if (colon <= 0) {
+          throw new CoatcheckError(
+            'CC_ERR_INVALID_ARGUMENT',
+            "--inject-header must look like 'Name: value'",
+            { details: { field: '--inject-header' } },
+          );
+        }
+        injectHeaders[header.slice(0, colon).trim()] = header.slice(colon + 1).trim();
+      }
+      await perform(
+        command,
+        (c) =>
+          c.call('connectionAdd', {
+            name,
+            type: opts.type,
+            url: opts.url,
+            credential: opts.credential,
+            injectHeaders,
+          }),
+        (r) => `added connection ${r.name} (${r.type} ${r.url})\n`,
+      );
+    });
+  connection
+    .command('list')
+    .description('list connections')
+    .action(async (_opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('connectionList', {}),
+        (rows) =>
+          table([
+            ['NAME', 'TYPE', 'URL', 'CREDENTIAL', 'SOURCE'],
+            ...rows.map((r) => [r.name, r.type, r.url, r.credential ?? '-', r.source]),
+          ]),
+      );
+    });
+  connection
+    .command('rm <name>')
+    .description('remove a connection added with `connection add`')
+    .action(async (name: string, _opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('connectionRemove', { name }),
+        (r) => `removed connection ${r.name}\n`,
+      );
+    });
+
+  // ---- agents
+  const agent = program.command('agent').description('agent identities and their keys');
+  agent
+    .command('create <name>')
+    .description('create an agent; prints its key, once')
+    .option('--group <group>', 'group membership (repeatable)', collect)
+    .option('--ttl <duration>', 'key lifetime, like 8h or 30d')
+    .action(async (name: string, opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('agentCreate', { name, groups: opts.group, ttl: opts.ttl }),
+        (r) => `${r.key}\n`,
+      );
+    });
+  agent
+    .command('list')
+    .description('list agents')
+    .action(async (_opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('agentList', {}),
+        (rows) =>
+          table([
+            ['NAME', 'ID', 'GROUPS', 'STATUS', 'EXPIRES'],
+            ...rows.map((r) => [r.name, r.id, r.groups.join(','), r.status, r.expiresAt ?? '-']),
+          ]),
+      );
+    });
+  agent
+    .command('revoke <name>')
+    .description('revoke an agent; its key stops working')
+    .action(async (name: string, _opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('agentRevoke', { name }),
+        (r) => `revoked agent ${r.name} (${r.id})\n`,
+      );
+    });
+
+  // ---- tokens
+  const token = program.command('token').description('tickets: issue, narrow, inspect, revoke');
+  const ticketLine = (r: OperationOutput<'tokenIssue'>) => `${r.ticket}\n`;
+  token
+    .command('issue')
+    .description('issue a ticket for a secret, bound to an agent; prints the ticket alone')
+    .requiredOption('--secret <name>', 'the secret it stands for')
+    .requiredOption('--to <agent>', 'the agent it is bound to')
+    .option(
+      '--dest <dest>',
+      "destination, within the secret's --allow (repeatable; default: all of them)",
+      collect,
+    )
+    .option('--ttl <duration>', 'lifetime, like 15m (default from config)')
+    .addOption(new Option('--uses <n>', 'maximum number of exchanges').argParser(parsePositiveInt))
+    .action(async (opts, command: Command) => {
+      await perform(
+        command,
+        (c) =>
+          c.call('tokenIssue', {
+            secret: opts.secret,
+            to: opts.to,
+            destinations: opts.dest,
+            ttl: opts.ttl,
+            uses: opts.uses,
+          }),
+        ticketLine,
+      );
+    });
+  token
+    .command('narrow <ticket>')
+    .description('derive a narrower child ticket; prints it alone')
+    .option('--dest <dest>', "destination within the parent's (repeatable)", collect)
+    .option('--ttl <duration>', "lifetime, ending no later than the parent's")
+    .addOption(
+      new Option('--uses <n>', 'maximum exchanges, no more than the parent has left').argParser(
+        parsePositiveInt,
+      ),
+    )
+    .action(async (ticket: string, opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('tokenNarrow', { ticket, destinations: opts.dest, ttl: opts.ttl, uses: opts.uses }),
+        ticketLine,
+      );
+    });
+  token
+    .command('inspect <ticketOrId>')
+    .description("show a ticket's scope and status")
+    .action(async (ticket: string, _opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('tokenInspect', { ticket }),
+        (r) =>
+          [
+            `ticket       ${r.id}`,
+            `status       ${r.status}`,
+            `secret       ${r.secret ?? '(erased)'} (${r.secretId})`,
+            `principal    ${r.principal}`,
+            `destinations ${r.destinations.join(', ')}`,
+            `expires      ${r.expiresAt ?? 'never'}`,
+            `uses         ${r.uses}${r.maxUses === null ? '' : ` of ${r.maxUses}`}`,
+            `parent       ${r.parentId ?? '-'}`,
+            `chain        ${r.chain.join(' <- ')}`,
+            '',
+          ].join('\n'),
+      );
+    });
+  token
+    .command('revoke <ticketOrId>')
+    .description('revoke a ticket and every ticket narrowed from it')
+    .action(async (ticket: string, _opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('tokenRevoke', { ticket }),
+        (r) =>
+          `revoked ${r.revoked.length} ticket(s): ${r.revoked.join(', ') || `(${r.id} was already revoked)`}\n`,
+      );
+    });
+  token
+    .command('list')
+    .description('list tickets (ids and scope; tickets themselves are never stored)')
+    .option('--secret <name>', 'only tickets for this secret')
+    .option('--agent <name>', 'only tickets bound to this agent')
+    .option('--all', 'include revoked and expired tickets')
+    .action(async (opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('tokenList', { secret: opts.secret, agent: opts.agent, all: opts.all }),
+        (rows) =>
+          table([
+            ['ID', 'SECRET', 'PRINCIPAL', 'STATUS', 'EXPIRES', 'USES'],
+            ...rows.map((r) => [
+              r.id,
+              r.secret ?? '-',
+              r.principal,
+              r.status,
+              r.expiresAt ?? '-',
+              `${r.uses}/${r.maxUses ?? '∞'}`,
+            ]),
+          ]),
+      );
+    });
+
+  // ---- audit
+  const audit = program.command('audit').description('the hash-chained audit log');
+  const auditLine = (r: {
+    seq: number;
+    ts: number;
+    type: string;
+    actor: string;
+    data: Record<string, unknown>;
+  }) =>
+    `${String(r.seq).padStart(6)} ${new Date(r.ts).toISOString()} ${r.type.padEnd(18)} ${r.actor.padEnd(24)} ${JSON.stringify(r.data)}\n`;
+  audit
+    .command('tail')
+    .description('the last records')
+    .option('-n, --lines <n>', 'how many', '20')
+    .action(async (opts, command: Command) => {
+      const limit = Number(opts.lines);
+      if (!Number.isSafeInteger(limit) || limit < 1 || limit > 10_000) {
+        throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', '--lines must be 1 to 10000', {
+          details: { field: '--lines' },
+        });
+      }
+      await perform(
+        command,
+        (c) => c.call('auditTail', { limit }),
+        (rows) => rows.map(auditLine).join(''),
+      );
+    });
+  audit
+    .command('export')
+    .description('every record, in order (JSON Lines with --json)')
+    .action(async (_opts, command: Command) => {
+      const options = globals(command);
+      const client = await connect(options, io);
+      try {
+        let after = 0;
+        for (;;) {
+          const page = await client.call('auditExport', { after, limit: 1000 });
+          for (const record of page) write(options.json ? `${JSON.stringify(record)}\n` : auditLine(record));
+          if (page.length < 1000) break;
+          after = page.at(-1)!.seq;
+        }
+      } finally {
+        await client.close();
+      }
+    });
+  audit
+    .command('verify')
+    .description('check the hash chain; exit 0 when intact, 1 and the first bad record when not')
+    .action(async (_opts, command: Command) => {
+      const options = globals(command);
+      const client = await connect(options, io);
+      try {
+        const r = await client.call('auditVerify', {});
+        write(
+          options.json
+            ? `${JSON.stringify(r, null, 2)}\n`
+            : r.ok
+              ? `audit log intact: ${r.records} records\n`
+              : `audit log damaged at record ${r.seq} (${r.problem}): ${r.message}\n`,
+        );
+        if (!r.ok) exitCode = EXIT.failed;
+      } finally {
+        await client.close();
+      }
+    });
+
+  // ---- keys
+  program
+    .command('keys')
+    .description('master key management')
+    .command('rotate')
+    .description('rewrap every data key under a new master key (tickets are unchanged)')
+    .action(async (_opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('keysRotate', {}),
+        (r) =>
+          `rotated master key ${r.previousKey} -> ${r.newKey} (${r.dataKeysRewrapped} data keys rewrapped)\n` +
+          (r.newMasterKey === undefined ? '' : `set COATCHECK_MASTER_KEY=${r.newMasterKey}\n`),
+      );
+    });
+
+  try {
+    await program.parseAsync([...argv], { from: 'user' });
+    return exitCode;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      if (
+        error.code === 'commander.helpDisplayed' ||
+        error.code === 'commander.version' ||
+        error.code === 'commander.help'
+      )
+        return EXIT.ok;
+      return EXIT.usage;
+    }
+    const incident = newIncidentId();
+    const failure = toCoatcheckError(error, incident);
+    const json = argv.includes('--json');
+    if (failure.code === 'CC_ERR_INTERNAL') {
+      io.stderr.write(
+        `coatcheck: internal error (incident ${incident}): ${(error as Error)?.name ?? 'Error'}\n`,
+      );
+    }
+    if (json) io.stdout.write(`${JSON.stringify({ error: failure.toJSON() }, null, 2)}\n`);
+    else io.stderr.write(`coatcheck: ${failure.code}: ${failure.message}\n`);
+    return exitCodeFor(failure);
+  }
+}

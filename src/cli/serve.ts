@@ -1,0 +1,93 @@
+import { existsSync, rmSync } from 'node:fs';
+import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
+import { resolveHome, writeFileDurably } from '../config/home.js';
+import { listenAddress } from '../config/schema.js';
+import { CoatcheckError } from '../core/errors.js';
+import { createLogger } from '../core/logger.js';
+import { initHome, openContext } from '../server/context.js';
+import { type CliIo, EXIT } from './io.js';
+
+export interface ServeOptions {
+  dir?: string;
+  json?: boolean;
+  init?: boolean;
+  listenAdmin?: string;
+  listenHttp?: string;
+  listenPostgres?: string;
+}
+
+export function splitAddress(text: string, field: string): { host: string; port: number } {
+  if (!listenAddress.safeParse(text).success) {
+    throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', `${field} must be HOST:PORT, like 127.0.0.1:7070`, {
+      details: { field },
+    });
+  }
+  const colon = text.lastIndexOf(':');
+  return { host: text.slice(0, colon).replace(/^\[|\]$/g, ''), port: Number(text.slice(colon + 1)) };
+}
+
+/**
+ * `coatcheck serve`: opens the home, checks the wiring (fails at start, not on a
+ * request), starts the listeners, prints what it listens on, and runs until SIGINT or
+ * SIGTERM, then drains: listeners close, pending audit records are flushed.
+ */
+export async function serveCommand(options: ServeOptions, io: CliIo): Promise<number> {
+  const home = resolveHome(options.dir, io.env);
+  if (options.init && !existsSync(home.configFile)) {
+    await initHome(home, { env: io.env });
+    io.stderr.write(`initialized coatcheck home ${home.dir} (admin key in ${home.adminKeyFile})\n`);
+  }
+  const ctx = await openContext(home, { env: io.env });
+  const log = createLogger({ level: ctx.config.log.level });
+  let admin: AdminServer | null = null;
+  try {
+    await ctx.connections.checkDeclared();
+    for (const [flag, value] of [
+      ['--listen-http', options.listenHttp ?? ctx.config.listen.http],
+      ['--listen-postgres', options.listenPostgres ?? ctx.config.listen.postgres],
+    ] as const) {
+      if (value !== null && value !== undefined) {
+        // Fail closed: a listener that was asked for and cannot be provided is an error, not a warning.
+        throw new CoatcheckError(
+          'CC_ERR_INVALID_ARGUMENT',
+          `${flag}: this front-end is not available in this version of coatcheck`,
+          {
+            details: { field: flag },
+          },
+        );
+      }
+    }
+    admin = await startAdminServer(
+      ctx,
+      splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
+      log,
+    );
+    writeFileDurably(home.serverFile, `${JSON.stringify({ pid: process.pid, admin: admin.url })}\n`, 0o600);
+    const listening = {
+      admin: admin.url,
+      store: `${ctx.store.driver} ${ctx.store.location}`,
+      home: home.dir,
+    };
+    io.stdout.write(
+      options.json
+        ? `${JSON.stringify(listening)}\n`
+        : `coatcheck listening\n  admin API  ${listening.admin}\n  store      ${listening.store}\n  home       ${listening.home}\n`,
+    );
+    log.info({ admin: admin.url, store: ctx.store.driver }, 'coatcheck started');
+    await new Promise<void>((resolve) => {
+      const stop = () => {
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
+        resolve();
+      };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+    });
+    log.info('coatcheck stopping');
+    return EXIT.ok;
+  } finally {
+    await admin?.close();
+    rmSync(home.serverFile, { force: true });
+    await ctx.close();
+  }
+}

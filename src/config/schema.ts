@@ -1,0 +1,118 @@
+import { z } from 'zod';
+import { parseDuration } from '../core/duration.js';
+
+const ADDRESS_RE = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/;
+
+export const listenAddress = z
+  .string()
+  .regex(ADDRESS_RE, 'must be HOST:PORT, like 127.0.0.1:7070')
+  .refine((text) => Number(text.slice(text.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
+
+const duration = z.string().refine((text) => {
+  try {
+    parseDuration(text);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'must look like 90s, 15m, 8h or 7d');
+
+export const CONNECTION_TYPES = ['http', 'postgres', 'mysql', 'ssh', 'mcp', 'llm'] as const;
+
+export const connectionSchema = z
+  .object({
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/, 'must be letters, digits, _ or -, at most 63'),
+    type: z.enum(CONNECTION_TYPES),
+    url: z.string().min(1).max(2048),
+    credential: z.string().min(1).max(128).optional(),
+    injectHeaders: z.record(z.string().max(256), z.string().max(4096)).optional(),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    store: z
+      .object({
+        driver: z.enum(['sqlite', 'postgres']).default('sqlite'),
+        /** SQLite file, relative to the home directory. */
+        path: z.string().min(1).default('coatcheck.db'),
+        /** PostgreSQL URL; COATCHECK_DATABASE_URL overrides it (and keeps the password out of the file). */
+        url: z.string().optional(),
+      })
+      .strict()
+      .prefault({}),
+    listen: z
+      .object({
+        admin: listenAddress.default('127.0.0.1:7070'),
+        http: listenAddress.nullable().default(null),
+        postgres: listenAddress.nullable().default(null),
+      })
+      .strict()
+      .prefault({}),
+    tickets: z
+      .object({
+        defaultTtl: duration.default('1h'),
+        maxTtl: duration.default('30d'),
+        cacheMs: z.number().int().min(0).max(60_000).default(5_000),
+      })
+      .strict()
+      .prefault({}),
+    agents: z
+      .object({ maxTtl: duration.default('90d') })
+      .strict()
+      .prefault({}),
+    audit: z
+      .object({
+        groupCommitMs: z.number().int().min(0).max(1_000).default(2),
+        maxBatch: z.number().int().min(1).max(10_000).default(512),
+      })
+      .strict()
+      .prefault({}),
+    log: z
+      .object({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      })
+      .strict()
+      .prefault({}),
+    connections: z.array(connectionSchema).default([]),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+export type ConnectionConfig = z.infer<typeof connectionSchema>;
+
+export const DEFAULT_CONFIG_YAML = `# coatcheck configuration. Every field is optional; these are the defaults.
+# Docs: docs/configuration.md
+
+store:
+  driver: sqlite          # sqlite (embedded) or postgres (COATCHECK_DATABASE_URL)
+  path: coatcheck.db      # relative to this directory
+
+listen:
+  admin: 127.0.0.1:7070   # admin API (CLI and console)
+  # http: 127.0.0.1:7080  # HTTP front-end
+  # postgres: 127.0.0.1:7432
+
+tickets:
+  defaultTtl: 1h
+  maxTtl: 30d
+  cacheMs: 5000
+
+agents:
+  maxTtl: 90d
+
+audit:
+  groupCommitMs: 2        # how long appends wait to share one disk flush
+  maxBatch: 512
+
+log:
+  level: info
+
+# connections:
+#   - name: github
+#     type: http
+#     url: https://api.github.com
+#     injectHeaders:
+#       Authorization: "Bearer {{secret:github-token}}"
+connections: []
+`;

@@ -1,0 +1,230 @@
+import type { AuditLog } from '../audit/audit-log.js';
+import { CONNECTION_TYPES, type ConnectionConfig } from '../config/schema.js';
+import type { Clock } from '../core/clock.js';
+import { CoatcheckError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import type { ConnectionRecord, Store } from '../store/types.js';
+import { isConnectionName } from '../vault/destinations.js';
+
+export type ConnectionType = (typeof CONNECTION_TYPES)[number];
+
+export interface ConnectionView {
+  readonly name: string;
+  readonly type: string;
+  readonly url: string;
+  readonly credential: string | null;
+  readonly injectHeaders: Readonly<Record<string, string>>;
+  /** Where it is declared: the config file, or the store (`connection add`). */
+  readonly source: 'config' | 'store';
+}
+
+const SECRET_REF_RE = /\{\{\s*secret:([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\s*\}\}/g;
+const HEADER_NAME_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$/;
+const SCHEMES: Record<ConnectionType, readonly string[]> = {
+  http: ['http:', 'https:'],
+  postgres: ['postgres:', 'postgresql:'],
+  mysql: ['mysql:'],
+  ssh: ['ssh:'],
+  mcp: ['http:', 'https:', 'stdio:'],
+  llm: ['http:', 'https:'],
+};
+/** Headers the gateway owns; a connection may not set them. */
+const RESERVED_HEADERS = new Set([
+  'host',
+  'content-length',
+  'transfer-encoding',
+  'connection',
+  'proxy-authorization',
+  'upgrade',
+]);
+
+function invalid(field: string, message: string): CoatcheckError {
+  return new CoatcheckError('CC_ERR_INVALID_ARGUMENT', `${field}: ${message}`, { details: { field } });
+}
+
+/** The secret names a header template refers to (`{{secret:NAME}}`). */
+export function secretRefs(template: string): string[] {
+  return [...template.matchAll(SECRET_REF_RE)].map((m) => m[1]!);
+}
+
+/** Check a connection's shape; returns the secret names it depends on. */
+export function validateConnection(input: ConnectionConfig): string[] {
+  if (!isConnectionName(input.name))
+    throw invalid('name', 'must be letters, digits, _ or -, at most 63, and contain no dot');
+  if (!(CONNECTION_TYPES as readonly string[]).includes(input.type)) {
+    throw invalid('--type', `must be one of ${CONNECTION_TYPES.join(', ')}`);
+  }
+  let url: URL;
+  try {
+    url = new URL(input.url);
+  } catch {
+    throw invalid('--url', 'is not a URL');
+  }
+  if (!SCHEMES[input.type as ConnectionType].includes(url.protocol)) {
+    throw invalid(
+      '--url',
+      `a ${input.type} connection needs a ${SCHEMES[input.type as ConnectionType].join(' or ')} URL`,
+    );
+  }
+  if (url.username !== '' || url.password !== '') {
+    // A literal credential in a URL would be stored and shown in clear: it belongs in the vault.
+    throw invalid(
+      '--url',
+      'must not contain a user or password; store it with `secret add` and pass --credential',
+    );
+  }
+  const refs: string[] = [];
+  if (input.credential !== undefined) refs.push(input.credential);
+  for (const [name, template] of Object.entries(input.injectHeaders ?? {})) {
+    if (!HEADER_NAME_RE.test(name) || RESERVED_HEADERS.has(name.toLowerCase())) {
+      throw invalid('--inject-header', `${name.slice(0, 64)} is not a header the gateway can inject`);
+    }
+    if (/[\r\n\0]/.test(template))
+      throw invalid('--inject-header', `the value of ${name} contains a line break`);
+    const found = secretRefs(template);
+    if (found.length === 0) {
+      throw invalid(
+        '--inject-header',
+        `the value of ${name} names no secret; use {{secret:NAME}} (literal credentials are not stored)`,
+      );
+    }
+    refs.push(...found);
+  }
+  return [...new Set(refs)];
+}
+
+export class Connections {
+  readonly #store: Store;
+  readonly #audit: AuditLog;
+  readonly #clock: Clock;
+  readonly #declared: readonly ConnectionConfig[];
+
+  constructor(store: Store, audit: AuditLog, clock: Clock, declared: readonly ConnectionConfig[]) {
+    this.#store = store;
+    this.#audit = audit;
+    this.#clock = clock;
+    this.#declared = declared;
+  }
+
+  #fromConfig(c: ConnectionConfig): ConnectionView {
+    return {
+      name: c.name,
+      type: c.type,
+      url: c.url,
+      credential: c.credential ?? null,
+      injectHeaders: c.injectHeaders ?? {},
+      source: 'config',
+    };
+  }
+
+  #fromStore(r: ConnectionRecord): ConnectionView {
+    return {
+      name: r.name,
+      type: r.type,
+      url: r.url,
+      credential: r.credential,
+      injectHeaders: r.injectHeaders,
+      source: 'store',
+    };
+  }
+
+  async #checkSecretsExist(names: readonly string[]): Promise<void> {
+    for (const name of names) {
+      if ((await this.#store.getSecretByName(name)) === null) {
+        throw new CoatcheckError(
+          'CC_ERR_NOT_FOUND',
+          `no secret named ${name} (add it with \`coatcheck secret add ${name}\`)`,
+          {
+            details: { name },
+          },
+        );
+      }
+    }
+  }
+
+  /** Check the config-declared connections against the vault (at `serve` start). */
+  async checkDeclared(): Promise<void> {
+    for (const declared of this.#declared) await this.#checkSecretsExist(validateConnection(declared));
+  }
+
+  async add(input: ConnectionConfig, actor: string): Promise<ConnectionView> {
+    const refs = validateConnection(input);
+    if (this.#declared.some((c) => c.name === input.name)) {
+      throw new CoatcheckError(
+        'CC_ERR_ALREADY_EXISTS',
+        `connection ${input.name} is declared in the config file`,
+        {
+          details: { name: input.name },
+        },
+      );
+    }
+    await this.#checkSecretsExist(refs);
+    const record: ConnectionRecord = {
+      id: newId('con'),
+      name: input.name,
+      type: input.type,
+      url: input.url,
+      credential: input.credential ?? null,
+      injectHeaders: input.injectHeaders ?? {},
+      createdAt: this.#clock.now(),
+    };
+    await this.#audit.append(
+      {
+        type: 'connection.add',
+        actor,
+        data: {
+          connection: record.id,
+          name: record.name,
+          type: record.type,
+          url: record.url,
+          credential: record.credential,
+          secrets: refs,
+        },
+      },
+      async (tx) => {
+        if (await tx.getConnection(record.name)) {
+          throw new CoatcheckError(
+            'CC_ERR_ALREADY_EXISTS',
+            `a connection named ${record.name} already exists`,
+            { details: { name: record.name } },
+          );
+        }
+        await tx.insertConnection(record);
+      },
+    );
+    await this.#store.publish({ type: 'connection.changed', name: record.name });
+    return this.#fromStore(record);
+  }
+
+  async list(): Promise<ConnectionView[]> {
+    const stored = (await this.#store.listConnections()).map((r) => this.#fromStore(r));
+    return [...this.#declared.map((c) => this.#fromConfig(c)), ...stored].sort((a, b) =>
+      a.name.localeCompare(b.name),
+    );
+  }
+
+  async get(name: string): Promise<ConnectionView | null> {
+    const declared = this.#declared.find((c) => c.name === name);
+    if (declared !== undefined) return this.#fromConfig(declared);
+    const record = await this.#store.getConnection(name);
+    return record === null ? null : this.#fromStore(record);
+  }
+
+  async remove(name: string, actor: string): Promise<void> {
+    if (this.#declared.some((c) => c.name === name)) {
+      throw new CoatcheckError(
+        'CC_ERR_INVALID_ARGUMENT',
+        `connection ${name} is declared in the config file; remove it there`,
+        {
+          details: { name },
+        },
+      );
+    }
+    await this.#audit.append({ type: 'connection.remove', actor, data: { name } }, async (tx) => {
+      if (!(await tx.deleteConnection(name))) {
+        throw new CoatcheckError('CC_ERR_NOT_FOUND', `no connection named ${name}`, { details: { name } });
+      }
+    });
+    await this.#store.publish({ type: 'connection.changed', name });
+  }
+}

@@ -1,0 +1,166 @@
+import type { AuditLog } from '../audit/audit-log.js';
+import type { Clock } from '../core/clock.js';
+import { CoatcheckError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import { agentRef, type Principal } from '../core/principal.js';
+import { assertAgentKey, mintAgentKey } from '../core/ticket-format.js';
+import type { AgentRecord, Store } from '../store/types.js';
+import { keyedHash } from '../vault/envelope.js';
+import { validateName } from '../vault/vault.js';
+
+export interface AgentView {
+  readonly id: string;
+  readonly name: string;
+  readonly groups: readonly string[];
+  readonly createdAt: string;
+  readonly expiresAt: string | null;
+  readonly revokedAt: string | null;
+  readonly status: 'active' | 'expired' | 'revoked';
+}
+
+const GROUP_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+/**
+ * Agent identities: a name, groups, and a key shown once at creation. The store keeps
+ * only a keyed hash of the key; presenting it yields a Principal of kind 'agent'.
+ */
+export class Agents {
+  readonly #store: Store;
+  readonly #audit: AuditLog;
+  readonly #clock: Clock;
+  readonly #lookupKey: Buffer;
+  readonly #maxTtlMs: number;
+
+  constructor(store: Store, audit: AuditLog, clock: Clock, lookupKey: Buffer, options: { maxTtlMs: number }) {
+    this.#store = store;
+    this.#audit = audit;
+    this.#clock = clock;
+    this.#lookupKey = lookupKey;
+    this.#maxTtlMs = options.maxTtlMs;
+  }
+
+  #view(record: AgentRecord): AgentView {
+    const now = this.#clock.now();
+    return {
+      id: record.id,
+      name: record.name,
+      groups: record.groups,
+      createdAt: new Date(record.createdAt).toISOString(),
+      expiresAt: iso(record.expiresAt),
+      revokedAt: iso(record.revokedAt),
+      status:
+        record.revokedAt !== null
+          ? 'revoked'
+          : record.expiresAt !== null && record.expiresAt <= now
+            ? 'expired'
+            : 'active',
+    };
+  }
+
+  async create(
+    input: { name: string; groups?: readonly string[]; ttlMs?: number },
+    actor: string,
+  ): Promise<{ key: string; agent: AgentView }> {
+    validateName(input.name, 'agent');
+    const groups = [...new Set(input.groups ?? [])];
+    for (const group of groups) {
+      if (!GROUP_RE.test(group)) {
+        throw new CoatcheckError(
+          'CC_ERR_INVALID_ARGUMENT',
+          '--group must be 1-64 letters, digits or . _ : -',
+          { details: { field: '--group' } },
+        );
+      }
+    }
+    if (input.ttlMs !== undefined && input.ttlMs > this.#maxTtlMs) {
+      throw new CoatcheckError(
+        'CC_ERR_INVALID_ARGUMENT',
+        `--ttl exceeds the maximum agent key lifetime (${this.#maxTtlMs / 1000}s)`,
+        {
+          details: { field: '--ttl' },
+        },
+      );
+    }
+    const now = this.#clock.now();
+    const key = mintAgentKey();
+    const record: AgentRecord = {
+      id: newId('agt'),
+      name: input.name,
+      groups,
+      keyHash: keyedHash(this.#lookupKey, key),
+      createdAt: now,
+      expiresAt: now + (input.ttlMs ?? this.#maxTtlMs),
+      revokedAt: null,
+    };
+    await this.#audit.append(
+      {
+        type: 'agent.create',
+        actor,
+        data: { agent: record.id, name: record.name, groups, expiresAt: iso(record.expiresAt) },
+      },
+      async (tx) => {
+        if (await tx.getAgentByName(record.name)) {
+          throw new CoatcheckError('CC_ERR_ALREADY_EXISTS', `an agent named ${record.name} already exists`, {
+            details: { name: record.name },
+          });
+        }
+        await tx.insertAgent(record);
+      },
+    );
+    return { key, agent: this.#view(record) };
+  }
+
+  async list(): Promise<AgentView[]> {
+    return (await this.#store.listAgents()).map((record) => this.#view(record));
+  }
+
+  /** The live agent with this name. */
+  async get(name: string): Promise<AgentView> {
+    const record = await this.#store.getAgentByName(name);
+    if (record === null) {
+      throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', `no agent named ${name}`, { details: { name } });
+    }
+    return this.#view(record);
+  }
+
+  async revoke(name: string, actor: string): Promise<AgentView> {
+    const record = await this.#store.getAgentByName(name);
+    if (record === null)
+      throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', `no agent named ${name}`, { details: { name } });
+    const at = this.#clock.now();
+    await this.#audit.append(
+      { type: 'agent.revoke', actor, data: { agent: record.id, name } },
+      async (tx) => {
+        await tx.revokeAgent(record.id, at);
+      },
+    );
+    await this.#store.publish({ type: 'agent.revoked', id: record.id });
+    return this.#view({ ...record, revokedAt: at });
+  }
+
+  /** Authenticate a presented agent key. Errors name the agent id where known, never the key. */
+  async authenticate(key: string): Promise<Principal> {
+    assertAgentKey(key);
+    const record = await this.#store.getAgentByKeyHash(keyedHash(this.#lookupKey, key));
+    if (record === null) throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', 'the agent key is not known');
+    if (record.revokedAt !== null) {
+      throw new CoatcheckError('CC_ERR_AGENT_REVOKED', `agent ${record.id} was revoked`, {
+        details: { agent: record.id },
+      });
+    }
+    if (record.expiresAt !== null && record.expiresAt <= this.#clock.now()) {
+      throw new CoatcheckError('CC_ERR_AGENT_EXPIRED', `the key of agent ${record.id} has expired`, {
+        details: { agent: record.id },
+      });
+    }
+    return {
+      kind: 'agent',
+      ref: agentRef(record.id),
+      name: record.name,
+      groups: record.groups,
+      attributes: {},
+      expiresAt: record.expiresAt,
+    };
+  }
+}

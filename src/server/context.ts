@@ -1,0 +1,169 @@
+import { existsSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
+import { AuditLog } from '../audit/audit-log.js';
+import {
+  adminKeyHash,
+  candidateMasterKeys,
+  ensureHomeDir,
+  type Home,
+  masterKeyFromEnv,
+  newAdminKey,
+  promoteNextMasterKey,
+  writeFileDurably,
+} from '../config/home.js';
+import { loadConfigFile, parseConfig } from '../config/load-config.js';
+import { type Config, DEFAULT_CONFIG_YAML } from '../config/schema.js';
+import { Connections } from '../connections/connections.js';
+import { type Clock, systemClock } from '../core/clock.js';
+import { parseDuration } from '../core/duration.js';
+import { CoatcheckError } from '../core/errors.js';
+import { Agents } from '../identity/agents.js';
+import { openStore } from '../store/open-store.js';
+import type { Store } from '../store/types.js';
+import { MasterKey } from '../vault/envelope.js';
+import { initializeKeyring, type Keyring, openKeyring } from '../vault/keyring.js';
+import { Vault } from '../vault/vault.js';
+
+/**
+ * The composition root's shared services. Every front-end and the admin API receive
+ * this one object; nothing is constructed twice.
+ */
+export interface Context {
+  readonly home: Home;
+  readonly config: Config;
+  readonly clock: Clock;
+  readonly store: Store;
+  readonly keys: Keyring;
+  readonly audit: AuditLog;
+  readonly vault: Vault;
+  readonly agents: Agents;
+  readonly connections: Connections;
+  close(): Promise<void>;
+}
+
+export const ADMIN_KEY_META = 'admin_key_hash';
+
+function sqlitePath(home: Home, config: Config): string {
+  return isAbsolute(config.store.path) ? config.store.path : join(home.dir, config.store.path);
+}
+
+async function openConfiguredStore(home: Home, config: Config): Promise<Store> {
+  const store = await openStore(
+    config.store.driver === 'postgres'
+      ? { driver: 'postgres', url: config.store.url! }
+      : { driver: 'sqlite', path: sqlitePath(home, config) },
+  );
+  try {
+    await store.migrate();
+  } catch (error) {
+    await store.close().catch(() => undefined);
+    throw error;
+  }
+  return store;
+}
+
+function buildContext(home: Home, config: Config, clock: Clock, store: Store, keys: Keyring): Context {
+  const audit = new AuditLog(store, keys.index.audit, clock, config.audit);
+  const vault = new Vault(store, keys, audit, clock, {
+    defaultTicketTtlMs: parseDuration(config.tickets.defaultTtl),
+    maxTicketTtlMs: parseDuration(config.tickets.maxTtl),
+    cacheMs: config.tickets.cacheMs,
+  });
+  const agents = new Agents(store, audit, clock, keys.index.lookup, {
+    maxTtlMs: parseDuration(config.agents.maxTtl),
+  });
+  const connections = new Connections(store, audit, clock, config.connections);
+  return {
+    home,
+    config,
+    clock,
+    store,
+    keys,
+    audit,
+    vault,
+    agents,
+    connections,
+    async close() {
+      vault.close();
+      await audit.close().catch(() => undefined);
+      await store.close();
+    },
+  };
+}
+
+/** Open an initialized home: config, store, master key, services. */
+export async function openContext(
+  home: Home,
+  options: { clock?: Clock; env?: NodeJS.ProcessEnv } = {},
+): Promise<Context> {
+  const env = options.env ?? process.env;
+  if (!existsSync(home.configFile)) {
+    throw new CoatcheckError(
+      'CC_ERR_HOME_MISSING',
+      `no coatcheck home at ${home.dir} (run \`coatcheck init\`)`,
+      { details: { dir: home.dir } },
+    );
+  }
+  const config = loadConfigFile(home.configFile, env);
+  const candidates = candidateMasterKeys(home, env);
+  const store = await openConfiguredStore(home, config);
+  let lastError: unknown;
+  for (const [index, master] of candidates.entries()) {
+    try {
+      const keys = await openKeyring(store, master);
+      // Index 1 is master.key.next: a rotation committed but the file was not promoted yet.
+      if (index === 1) promoteNextMasterKey(home);
+      return buildContext(home, config, options.clock ?? systemClock, store, keys);
+    } catch (error) {
+      lastError = error;
+      if (!(error instanceof CoatcheckError) || error.code !== 'CC_ERR_MASTER_KEY_WRONG') break;
+    }
+  }
+  await store.close().catch(() => undefined);
+  throw lastError;
+}
+
+export interface InitResult {
+  readonly home: Home;
+  readonly adminKey: string;
+  readonly masterKeySource: 'env' | 'file';
+  readonly store: string;
+}
+
+/** Create a home: config file, master key (unless from env), admin key, initialized store. */
+export async function initHome(
+  home: Home,
+  options: { env?: NodeJS.ProcessEnv; clock?: Clock } = {},
+): Promise<InitResult> {
+  const env = options.env ?? process.env;
+  if (existsSync(home.configFile)) {
+    throw new CoatcheckError('CC_ERR_HOME_EXISTS', `a coatcheck home already exists at ${home.dir}`, {
+      details: { dir: home.dir },
+    });
+  }
+  ensureHomeDir(home);
+  const fromEnv = masterKeyFromEnv(env);
+  const master = fromEnv ? MasterKey.fromBase64(env.COATCHECK_MASTER_KEY!) : MasterKey.generate();
+  // The config file is written last: it is what marks a home as complete.
+  const config = parseConfig(DEFAULT_CONFIG_YAML, home.configFile, env);
+  const store = await openConfiguredStore(home, config);
+  try {
+    if (!fromEnv) writeFileDurably(home.masterKeyFile, `${master.toBase64()}\n`, 0o600);
+    const keys = await initializeKeyring(store, master);
+    const adminKey = newAdminKey();
+    await store.setMeta(ADMIN_KEY_META, adminKeyHash(keys.index.lookup, adminKey));
+    writeFileDurably(home.adminKeyFile, `${adminKey}\n`, 0o600);
+    const context = buildContext(home, config, options.clock ?? systemClock, store, keys);
+    await context.audit.append({
+      type: 'home.init',
+      actor: 'admin:cli',
+      data: { store: store.driver, masterKey: master.kid, masterKeySource: fromEnv ? 'env' : 'file' },
+    });
+    await context.audit.close();
+    context.vault.close();
+    writeFileDurably(home.configFile, DEFAULT_CONFIG_YAML, 0o600);
+    return { home, adminKey, masterKeySource: fromEnv ? 'env' : 'file', store: store.location };
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,750 @@
+import { timingSafeEqual } from 'node:crypto';
+import type { AuditLog } from '../audit/audit-log.js';
+import type { Clock } from '../core/clock.js';
+import { CoatcheckError, type ErrorCode } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import type { Principal } from '../core/principal.js';
+import { SecretValue } from '../core/secret-value.js';
+import { assertTicket, mintTicket, TICKET_PATTERN } from '../core/ticket-format.js';
+import type { SecretRecord, Store, StoreChange, TicketRecord } from '../store/types.js';
+import {
+  coveredByAny,
+  describeTarget,
+  matchesTarget,
+  normalizeDestinations,
+  parseDestination,
+  type Target,
+} from './destinations.js';
+import { keyedHash, newDataKey, open, seal } from './envelope.js';
+import { dataKeyAad, type Keyring, valueAad } from './keyring.js';
+
+export const MAX_SECRET_BYTES = 64 * 1024;
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+/** Longest ancestor chain walked; narrowing deeper than this is refused. */
+const MAX_CHAIN = 32;
+
+export interface SecretView {
+  readonly id: string;
+  readonly name: string;
+  readonly kind: string;
+  readonly allow: readonly string[];
+  readonly fingerprint: string;
+  readonly createdAt: string;
+}
+
+export type TicketStatus = 'active' | 'revoked' | 'expired' | 'exhausted' | 'erased';
+
+export interface TicketView {
+  readonly id: string;
+  readonly secretId: string;
+  readonly secret: string | null;
+  readonly principal: string;
+  readonly destinations: readonly string[];
+  readonly expiresAt: string | null;
+  readonly maxUses: number | null;
+  readonly uses: number;
+  readonly parentId: string | null;
+  readonly createdAt: string;
+  readonly revokedAt: string | null;
+  readonly status: TicketStatus;
+}
+
+export interface IssuedTicket {
+  /** The ticket text: shown once, never stored. */
+  readonly ticket: string;
+  readonly view: TicketView;
+}
+
+export interface Exchange {
+  readonly ticketId: string;
+  readonly secretId: string;
+  readonly secretName: string;
+  readonly fingerprint: string;
+  readonly value: SecretValue;
+  /** The record that made this release durable. */
+  readonly auditSeq: number;
+}
+
+export interface ExchangeRequest {
+  readonly principal: Principal;
+  readonly target: Target;
+  /** Non-secret description of what the release is for (`GET /repos`, `postgres login`). */
+  readonly operation?: string;
+  /** Extra audit fields (session id, workflow). Never secret values. */
+  readonly context?: Record<string, unknown>;
+}
+
+export interface VaultOptions {
+  readonly defaultTicketTtlMs: number;
+  readonly maxTicketTtlMs: number;
+  /** How long a resolved ticket stays cached; invalidated early on revocation events. */
+  readonly cacheMs: number;
+}
+
+interface CachedTicket {
+  readonly chain: readonly TicketRecord[]; // [ticket, parent, grandparent, ...]
+  readonly secret: SecretRecord;
+  readonly value: SecretValue | null;
+  readonly cachedAt: number;
+}
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+function refuse(code: ErrorCode, message: string, details?: Record<string, unknown>): CoatcheckError {
+  return new CoatcheckError(code, message, details === undefined ? undefined : { details });
+}
+
+export function validateName(name: string, what: string): void {
+  if (typeof name !== 'string' || !NAME_RE.test(name)) {
+    throw new CoatcheckError(
+      'CC_ERR_INVALID_ARGUMENT',
+      `${what} name must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit`,
+      { details: { field: 'name' } },
+    );
+  }
+}
+
+function sameText(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/**
+ * The vault: secrets under envelope encryption, and the tickets that stand for them.
+ * Every state change commits together with its audit record; a secret is released only
+ * after the record of that release is durable.
+ */
+export class Vault {
+  readonly #store: Store;
+  readonly #keys: Keyring;
+  readonly #audit: AuditLog;
+  readonly #clock: Clock;
+  readonly #options: VaultOptions;
+  readonly #cache = new Map<string, CachedTicket>();
+  readonly #unsubscribe: () => void;
+
+  constructor(store: Store, keys: Keyring, audit: AuditLog, clock: Clock, options: VaultOptions) {
+    this.#store = store;
+    this.#keys = keys;
+    this.#audit = audit;
+    this.#clock = clock;
+    this.#options = options;
+    this.#unsubscribe = store.subscribe((change) => this.#onChange(change));
+  }
+
+  close(): void {
+    this.#unsubscribe();
+    this.#cache.clear();
+  }
+
+  #onChange(_change: StoreChange): void {
+    // Revocations, erasures and rotations are rare: dropping the whole cache is simplest and safe.
+    this.#cache.clear();
+  }
+
+  ticketHash(ticket: string): string {
+    return keyedHash(this.#keys.index.lookup, ticket);
+  }
+
+  /** Keyed fingerprint of a value: stable, comparable, useless without the index key. */
+  fingerprint(value: Buffer | string): string {
+    return `fp_${keyedHash(this.#keys.index.fingerprint, value).slice(0, 24)}`;
+  }
+
+  // ---- secrets -------------------------------------------------------------------
+
+  async addSecret(
+    input: { name: string; value: Buffer; kind?: string; allow: readonly string[] },
+    actor: string,
+  ): Promise<SecretView> {
+    validateName(input.name, 'secret');
+    if (input.value.length === 0) throw refuse('CC_ERR_SECRET_EMPTY', 'the secret value is empty');
+    if (input.value.length > MAX_SECRET_BYTES) {
+      throw refuse(
+        'CC_ERR_SECRET_TOO_LARGE',
+        `the secret value is ${input.value.length} bytes; the limit is ${MAX_SECRET_BYTES}`,
+      );
+    }
+    const allow = normalizeDestinations(input.allow, '--allow');
+    const id = newId('sec');
+    const dataKey = newDataKey();
+    const record: SecretRecord = {
+      id,
+      name: input.name,
+      kind: input.kind ?? 'generic',
+      allow,
+      wrappedKey: this.#keys.master.wrap(dataKey, dataKeyAad(id)),
+      keyId: this.#keys.master.kid,
+      ciphertext: seal(dataKey, input.value, valueAad(id)),
+      fingerprint: this.fingerprint(input.value),
+      createdAt: this.#clock.now(),
+      erasedAt: null,
+    };
+    dataKey.fill(0);
+    await this.#audit.append(
+      {
+        type: 'secret.add',
+        actor,
+        data: { secret: id, name: record.name, kind: record.kind, allow, fingerprint: record.fingerprint },
+      },
+      async (tx) => {
+        if (await tx.getSecretByName(record.name)) {
+          throw refuse('CC_ERR_ALREADY_EXISTS', `a secret named ${record.name} already exists`, {
+            name: record.name,
+          });
+        }
+        await tx.insertSecret(record);
+      },
+    );
+    return this.#secretView(record);
+  }
+
+  #secretView(record: SecretRecord): SecretView {
+    return {
+      id: record.id,
+      name: record.name,
+      kind: record.kind,
+      allow: record.allow,
+      fingerprint: record.fingerprint,
+      createdAt: new Date(record.createdAt).toISOString(),
+    };
+  }
+
+  async listSecrets(): Promise<SecretView[]> {
+    return (await this.#store.listSecrets()).map((record) => this.#secretView(record));
+  }
+
+  async getSecret(name: string): Promise<SecretView> {
+    const record = await this.#store.getSecretByName(name);
+    if (record === null) throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+    return this.#secretView(record);
+  }
+
+  /**
+   * Erase a secret: its data key and ciphertext are destroyed (crypto-shredding), so
+   * every ticket for it stops working for good. Refused while a connection uses it,
+   * unless `force`.
+   */
+  async removeSecret(name: string, actor: string, options: { force?: boolean } = {}): Promise<SecretView> {
+    const record = await this.#store.getSecretByName(name);
+    if (record === null) throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+    const users = (await this.#store.listConnections()).filter(
+      (c) =>
+        c.credential === name || Object.values(c.injectHeaders).some((v) => v.includes(`{{secret:${name}}}`)),
+    );
+    if (users.length > 0 && !options.force) {
+      throw refuse(
+        'CC_ERR_SECRET_IN_USE',
+        `secret ${name} is used by connection ${users.map((c) => c.name).join(', ')}`,
+        {
+          connections: users.map((c) => c.name),
+        },
+      );
+    }
+    const at = this.#clock.now();
+    await this.#audit.append(
+      { type: 'secret.erase', actor, data: { secret: record.id, name, fingerprint: record.fingerprint } },
+      async (tx) => {
+        if (!(await tx.eraseSecret(record.id, at)))
+          throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+      },
+    );
+    this.#cache.clear();
+    await this.#store.publish({ type: 'secret.erased', id: record.id });
+    return this.#secretView(record);
+  }
+
+  /** Decrypt a secret by record, for credential injection and exchange. */
+  #decrypt(record: SecretRecord): SecretValue | null {
+    if (record.wrappedKey === null || record.ciphertext === null) return null;
+    const dataKey = this.#keys.master.unwrap(record.wrappedKey, dataKeyAad(record.id));
+    if (dataKey === null) {
+      throw refuse('CC_ERR_STORE_CORRUPT', `the data key of secret ${record.id} does not authenticate`, {
+        secret: record.id,
+      });
+    }
+    const value = open(dataKey, record.ciphertext, valueAad(record.id));
+    dataKey.fill(0);
+    if (value === null) {
+      throw refuse('CC_ERR_STORE_CORRUPT', `the value of secret ${record.id} does not authenticate`, {
+        secret: record.id,
+      });
+    }
+    return new SecretValue(value);
+  }
+
+  /**
+   * Release a secret by name for the gateway's own use (a connection's credential).
+   * Audited before release, like an exchange.
+   */
+  async releaseCredential(name: string, request: ExchangeRequest): Promise<Exchange> {
+    const record = await this.#store.getSecretByName(name);
+    if (record === null) throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+    const value = this.#decrypt(record);
+    if (value === null)
+      throw refuse('CC_ERR_TICKET_SECRET_ERASED', `secret ${record.id} was erased`, { secret: record.id });
+    const audited = await this.#audit.append({
+      type: 'credential.inject',
+      actor: request.principal.ref,
+      data: {
+        secret: record.id,
+        fingerprint: record.fingerprint,
+        target: describeTarget(request.target),
+        operation: request.operation ?? null,
+        ...request.context,
+      },
+    });
+    return {
+      ticketId: '',
+      secretId: record.id,
+      secretName: record.name,
+      fingerprint: record.fingerprint,
+      value,
+      auditSeq: audited.seq,
+    };
+  }
+
+  // ---- tickets -------------------------------------------------------------------
+
+  #ticketStatus(chain: readonly TicketRecord[], secret: SecretRecord | null, now: number): TicketStatus {
+    if (chain.some((t) => t.revokedAt !== null)) return 'revoked';
+    if (secret === null || secret.erasedAt !== null) return 'erased';
+    if (chain.some((t) => t.expiresAt !== null && t.expiresAt <= now)) return 'expired';
+    if (chain.some((t) => t.maxUses !== null && t.uses >= t.maxUses)) return 'exhausted';
+    return 'active';
+  }
+
+  #ticketView(chain: readonly TicketRecord[], secret: SecretRecord | null): TicketView {
+    const t = chain[0]!;
+    return {
+      id: t.id,
+      secretId: t.secretId,
+      secret: secret?.name ?? null,
+      principal: t.principal,
+      destinations: t.destinations,
+      expiresAt: iso(t.expiresAt),
+      maxUses: t.maxUses,
+      uses: t.uses,
+      parentId: t.parentId,
+      createdAt: new Date(t.createdAt).toISOString(),
+      revokedAt: iso(t.revokedAt),
+      status: this.#ticketStatus(chain, secret, this.#clock.now()),
+    };
+  }
+
+  async #chain(ticket: TicketRecord): Promise<TicketRecord[]> {
+    const chain = [ticket];
+    let parentId = ticket.parentId;
+    while (parentId !== null) {
+      if (chain.length > MAX_CHAIN)
+        throw refuse(
+          'CC_ERR_STORE_CORRUPT',
+          `ticket ${ticket.id} has an ancestor chain longer than ${MAX_CHAIN}`,
+        );
+      const parent = await this.#store.getTicketById(parentId);
+      if (parent === null)
+        throw refuse('CC_ERR_STORE_CORRUPT', `ticket ${ticket.id} names a missing parent`, {
+          ticket: ticket.id,
+        });
+      chain.push(parent);
+      parentId = parent.parentId;
+    }
+    return chain;
+  }
+
+  #checkTtl(ttlMs: number | undefined): number {
+    const ttl = ttlMs ?? this.#options.defaultTicketTtlMs;
+    if (ttl > this.#options.maxTicketTtlMs) {
+      throw refuse(
+        'CC_ERR_INVALID_ARGUMENT',
+        `--ttl exceeds the maximum ticket lifetime (${this.#options.maxTicketTtlMs / 1000}s)`,
+        {
+          field: '--ttl',
+        },
+      );
+    }
+    return ttl;
+  }
+
+  #checkUses(uses: number | undefined): void {
+    if (uses !== undefined && (!Number.isSafeInteger(uses) || uses < 1)) {
+      throw refuse('CC_ERR_INVALID_ARGUMENT', '--uses must be a whole number of at least 1', {
+        field: '--uses',
+      });
+    }
+  }
+
+  /** Issue a ticket for `secretName`, bound to `principalRef`, within the secret's destinations. */
+  async issueTicket(
+    input: {
+      secret: string;
+      principal: string;
+      destinations?: readonly string[];
+      ttlMs?: number;
+      maxUses?: number;
+    },
+    actor: string,
+  ): Promise<IssuedTicket> {
+    const secret = await this.#store.getSecretByName(input.secret);
+    if (secret === null)
+      throw refuse('CC_ERR_NOT_FOUND', `no secret named ${input.secret}`, { name: input.secret });
+    this.#checkUses(input.maxUses);
+    const ttl = this.#checkTtl(input.ttlMs);
+    const secretDests = secret.allow.map((d) => parseDestination(d));
+    const destinations =
+      input.destinations === undefined || input.destinations.length === 0
+        ? [...secret.allow]
+        : normalizeDestinations(input.destinations, '--dest');
+    for (const dest of destinations) {
+      if (!coveredByAny(secretDests, parseDestination(dest))) {
+        throw refuse(
+          'CC_ERR_TICKET_WIDENING',
+          `destination ${dest} is not within secret ${secret.name}'s allowed destinations`,
+          {
+            destination: dest,
+            allowed: secret.allow,
+          },
+        );
+      }
+    }
+    const now = this.#clock.now();
+    const ticket = mintTicket();
+    const record: TicketRecord = {
+      id: newId('tkt'),
+      hash: this.ticketHash(ticket),
+      secretId: secret.id,
+      principal: input.principal,
+      destinations,
+      expiresAt: now + ttl,
+      maxUses: input.maxUses ?? null,
+      uses: 0,
+      parentId: null,
+      createdAt: now,
+      revokedAt: null,
+    };
+    await this.#audit.append(
+      {
+        type: 'token.issue',
+        actor,
+        data: {
+          ticket: record.id,
+          secret: secret.id,
+          principal: record.principal,
+          destinations,
+          expiresAt: iso(record.expiresAt),
+          maxUses: record.maxUses,
+        },
+      },
+      async (tx) => {
+        const live = await tx.getSecretById(secret.id);
+        if (live === null || live.erasedAt !== null)
+          throw refuse('CC_ERR_NOT_FOUND', `no secret named ${secret.name}`);
+        await tx.insertTicket(record);
+      },
+    );
+    return { ticket, view: this.#ticketView([record], secret) };
+  }
+
+  /** Find a ticket by its text (checksum first) or by its id. */
+  async #lookup(ticketOrId: string): Promise<TicketRecord> {
+    if (ticketOrId.startsWith('tkt_')) {
+      const byId = await this.#store.getTicketById(ticketOrId);
+      if (byId === null)
+        throw refuse('CC_ERR_TICKET_UNKNOWN', `no ticket ${ticketOrId}`, { ticket: ticketOrId });
+      return byId;
+    }
+    assertTicket(ticketOrId);
+    const record = await this.#store.getTicketByHash(this.ticketHash(ticketOrId));
+    if (record === null) throw refuse('CC_ERR_TICKET_UNKNOWN', 'no such ticket in this store');
+    return record;
+  }
+
+  async inspectTicket(ticketOrId: string): Promise<TicketView & { chain: string[] }> {
+    const record = await this.#lookup(ticketOrId);
+    const chain = await this.#chain(record);
+    const secret = await this.#store.getSecretById(record.secretId);
+    return { ...this.#ticketView(chain, secret), chain: chain.map((t) => t.id) };
+  }
+
+  async listTickets(
+    filter: { secret?: string; principal?: string; all?: boolean } = {},
+  ): Promise<TicketView[]> {
+    let secretId: string | undefined;
+    if (filter.secret !== undefined) {
+      const secret = await this.#store.getSecretByName(filter.secret);
+      if (secret === null)
+        throw refuse('CC_ERR_NOT_FOUND', `no secret named ${filter.secret}`, { name: filter.secret });
+      secretId = secret.id;
+    }
+    const records = await this.#store.listTickets({
+      secretId,
+      principal: filter.principal,
+      includeInactive: filter.all ?? false,
+      now: this.#clock.now(),
+    });
+    const secrets = new Map<string, SecretRecord | null>();
+    const out: TicketView[] = [];
+    for (const record of records) {
+      if (!secrets.has(record.secretId))
+        secrets.set(record.secretId, await this.#store.getSecretById(record.secretId));
+      out.push(this.#ticketView(await this.#chain(record), secrets.get(record.secretId) ?? null));
+    }
+    return out;
+  }
+
+  /**
+   * Derive a child ticket that can only be narrower than its parent: destinations within
+   * the parent's, expiry no later, uses no more than the parent has left. Uses taken
+   * through the child also count against the parent.
+   */
+  async narrowTicket(
+    parentTicket: string,
+    input: { destinations?: readonly string[]; ttlMs?: number; maxUses?: number; principal?: string },
+    actor: string,
+  ): Promise<IssuedTicket> {
+    assertTicket(parentTicket);
+    const parent = await this.#lookup(parentTicket);
+    const chain = await this.#chain(parent);
+    const secret = await this.#store.getSecretById(parent.secretId);
+    const now = this.#clock.now();
+    const status = this.#ticketStatus(chain, secret, now);
+    if (status !== 'active') throw this.#statusError(status, parent.id);
+    this.#checkUses(input.maxUses);
+
+    const parentDests = parent.destinations.map((d) => parseDestination(d));
+    const destinations =
+      input.destinations === undefined || input.destinations.length === 0
+        ? [...parent.destinations]
+        : normalizeDestinations(input.destinations, '--dest');
+    for (const dest of destinations) {
+      if (!coveredByAny(parentDests, parseDestination(dest))) {
+        throw refuse(
+          'CC_ERR_TICKET_WIDENING',
+          `destination ${dest} is not within the parent ticket's destinations`,
+          {
+            destination: dest,
+            parent: parent.id,
+          },
+        );
+      }
+    }
+    const parentExpiry = chain.reduce<number | null>(
+      (min, t) => (t.expiresAt === null ? min : min === null ? t.expiresAt : Math.min(min, t.expiresAt)),
+      null,
+    );
+    let expiresAt = parentExpiry;
+    if (input.ttlMs !== undefined) {
+      const requested = now + this.#checkTtl(input.ttlMs);
+      if (parentExpiry !== null && requested > parentExpiry) {
+        throw refuse(
+          'CC_ERR_TICKET_WIDENING',
+          `the requested lifetime ends after the parent ticket expires (${iso(parentExpiry)})`,
+          {
+            parent: parent.id,
+          },
+        );
+      }
+      expiresAt = requested;
+    }
+    const remaining = chain.reduce<number | null>(
+      (min, t) =>
+        t.maxUses === null ? min : min === null ? t.maxUses - t.uses : Math.min(min, t.maxUses - t.uses),
+      null,
+    );
+    if (input.maxUses !== undefined && remaining !== null && input.maxUses > remaining) {
+      throw refuse(
+        'CC_ERR_TICKET_WIDENING',
+        `the parent ticket has ${remaining} uses left; cannot grant ${input.maxUses}`,
+        {
+          parent: parent.id,
+        },
+      );
+    }
+    if (input.principal !== undefined && input.principal !== parent.principal) {
+      throw refuse('CC_ERR_TICKET_WIDENING', "a narrowed ticket stays bound to its parent's principal", {
+        parent: parent.id,
+      });
+    }
+    const ticket = mintTicket();
+    const record: TicketRecord = {
+      id: newId('tkt'),
+      hash: this.ticketHash(ticket),
+      secretId: parent.secretId,
+      principal: parent.principal,
+      destinations,
+      expiresAt,
+      maxUses: input.maxUses ?? remaining,
+      uses: 0,
+      parentId: parent.id,
+      createdAt: now,
+      revokedAt: null,
+    };
+    await this.#audit.append(
+      {
+        type: 'token.narrow',
+        actor,
+        data: {
+          ticket: record.id,
+          parent: parent.id,
+          secret: record.secretId,
+          principal: record.principal,
+          destinations,
+          expiresAt: iso(expiresAt),
+          maxUses: record.maxUses,
+        },
+      },
+      async (tx) => {
+        const current = await tx.getTicketById(parent.id);
+        if (current === null || current.revokedAt !== null) throw this.#statusError('revoked', parent.id);
+        await tx.insertTicket(record);
+      },
+    );
+    return { ticket, view: this.#ticketView([record, ...chain], secret) };
+  }
+
+  /** Revoke a ticket (by text or id) and all its descendants. */
+  async revokeTicket(ticketOrId: string, actor: string): Promise<{ id: string; revoked: string[] }> {
+    const record = await this.#lookup(ticketOrId);
+    let revoked: string[] = [];
+    const at = this.#clock.now();
+    await this.#audit.append({ type: 'token.revoke', actor, data: { ticket: record.id } }, async (tx) => {
+      revoked = await tx.revokeTicketTree(record.id, at);
+    });
+    if (revoked.length > 0) {
+      // The record above names the root; the descendants revoked with it get their own record.
+      await this.#audit.append({ type: 'token.revoke.tree', actor, data: { ticket: record.id, revoked } });
+    }
+    this.#cache.clear();
+    await this.#store.publish({ type: 'ticket.revoked', ids: revoked.length > 0 ? revoked : [record.id] });
+    return { id: record.id, revoked };
+  }
+
+  #statusError(status: Exclude<TicketStatus, 'active'>, ticketId: string): CoatcheckError {
+    switch (status) {
+      case 'revoked':
+        return refuse('CC_ERR_TICKET_REVOKED', `ticket ${ticketId} was revoked`, { ticket: ticketId });
+      case 'expired':
+        return refuse('CC_ERR_TICKET_EXPIRED', `ticket ${ticketId} has expired`, { ticket: ticketId });
+      case 'exhausted':
+        return refuse('CC_ERR_TICKET_EXHAUSTED', `ticket ${ticketId} has no uses left`, { ticket: ticketId });
+      case 'erased':
+        return refuse('CC_ERR_TICKET_SECRET_ERASED', `the secret behind ticket ${ticketId} was erased`, {
+          ticket: ticketId,
+        });
+    }
+  }
+
+  async #resolveCached(ticket: string, hash: string): Promise<CachedTicket> {
+    const now = this.#clock.now();
+    const cached = this.#cache.get(hash);
+    if (cached !== undefined && now - cached.cachedAt < this.#options.cacheMs) return cached;
+    const record = await this.#store.getTicketByHash(hash);
+    if (record === null) throw refuse('CC_ERR_TICKET_UNKNOWN', 'no such ticket in this store');
+    // The stored hash is an index lookup; compare again in constant time before trusting it.
+    if (!sameText(record.hash, this.ticketHash(ticket)))
+      throw refuse('CC_ERR_TICKET_UNKNOWN', 'no such ticket in this store');
+    const chain = await this.#chain(record);
+    const secret = await this.#store.getSecretById(record.secretId);
+    if (secret === null)
+      throw refuse('CC_ERR_STORE_CORRUPT', `ticket ${record.id} names a missing secret`, {
+        ticket: record.id,
+      });
+    const entry: CachedTicket = { chain, secret, value: this.#decrypt(secret), cachedAt: now };
+    if (this.#cache.size > 100_000) this.#cache.clear();
+    this.#cache.set(hash, entry);
+    return entry;
+  }
+
+  /**
+   * Exchange a ticket for its secret. Checks, in this order: shape and checksum,
+   * existence, revocation (the whole chain), erasure, expiry, principal binding,
+   * destination binding (ticket and secret), uses left. Every refusal is audited; a
+   * release happens only after its audit record is durable.
+   */
+  async exchange(ticket: string, request: ExchangeRequest): Promise<Exchange> {
+    const baseData = {
+      target: describeTarget(request.target),
+      operation: request.operation ?? null,
+      ...request.context,
+    };
+    let ticketId: string | null = null;
+    try {
+      assertTicket(ticket);
+      const hash = this.ticketHash(ticket);
+      const { chain, secret, value } = await this.#resolveCached(ticket, hash);
+      const record = chain[0]!;
+      ticketId = record.id;
+      const now = this.#clock.now();
+      if (chain.some((t) => t.revokedAt !== null)) throw this.#statusError('revoked', record.id);
+      if (secret.erasedAt !== null || value === null) throw this.#statusError('erased', record.id);
+      if (chain.some((t) => t.expiresAt !== null && t.expiresAt <= now))
+        throw this.#statusError('expired', record.id);
+      if (!sameText(record.principal, request.principal.ref)) {
+        throw refuse('CC_ERR_TICKET_WRONG_PRINCIPAL', `ticket ${record.id} is bound to another principal`, {
+          ticket: record.id,
+        });
+      }
+      const allowedByTicket = record.destinations.some((d) =>
+        matchesTarget(parseDestination(d), request.target),
+      );
+      const allowedBySecret = secret.allow.some((d) => matchesTarget(parseDestination(d), request.target));
+      if (!allowedByTicket || !allowedBySecret) {
+        throw refuse(
+          'CC_ERR_TICKET_WRONG_DESTINATION',
+          `ticket ${record.id} may not be released to ${describeTarget(request.target)}`,
+          {
+            ticket: record.id,
+          },
+        );
+      }
+      const limited = chain.filter((t) => t.maxUses !== null).map((t) => t.id);
+      const audited = await this.#audit.append(
+        {
+          type: 'token.exchange',
+          actor: request.principal.ref,
+          data: { ticket: record.id, secret: secret.id, fingerprint: secret.fingerprint, ...baseData },
+        },
+        limited.length === 0
+          ? undefined
+          : async (tx) => {
+              if (!(await tx.consumeUses(limited))) throw this.#statusError('exhausted', record.id);
+            },
+      );
+      return {
+        ticketId: record.id,
+        secretId: secret.id,
+        secretName: secret.name,
+        fingerprint: secret.fingerprint,
+        value,
+        auditSeq: audited.seq,
+      };
+    } catch (error) {
+      const refusal =
+        error instanceof CoatcheckError
+          ? error
+          : new CoatcheckError('CC_ERR_INTERNAL', 'exchange failed', { cause: error });
+      if (refusal.code !== 'CC_ERR_AUDIT_UNAVAILABLE') {
+        await this.#audit
+          .append({
+            type: 'token.refused',
+            actor: request.principal.ref,
+            data: {
+              code: refusal.code,
+              ticket: ticketId,
+              // A keyed fingerprint of what was presented: correlates repeats, reveals nothing.
+              presented: ticketId === null ? this.fingerprint(ticket.slice(0, 256)) : null,
+              ...baseData,
+            },
+          })
+          .catch(() => undefined); // the refusal stands whether or not it could be recorded
+      }
+      throw refusal;
+    }
+  }
+
+  /** Every ticket-shaped substring of `text` (for front-ends that look for tickets in bodies). */
+  static findTickets(text: string): string[] {
+    return text.match(TICKET_PATTERN) ?? [];
+  }
+}
