@@ -282,6 +282,7 @@ export function parseChange(payload: string | undefined): StoreChange | null {
   switch (v.type) {
     case 'ticket.revoked':
       return isStringArray(v.ids) ? { type: 'ticket.revoked', ids: v.ids } : null;
+    case 'secret.added':
     case 'secret.erased':
     case 'agent.revoked':
       return typeof v.id === 'string' ? { type: v.type, id: v.id } : null;

@@ -136,6 +136,7 @@ export interface StoreTx extends StoreOps {
 export type StoreChange =
   | { readonly type: 'ticket.revoked'; readonly ids: readonly string[] }
   | { readonly type: 'secret.erased'; readonly id: string }
+  | { readonly type: 'secret.added'; readonly id: string }
   | { readonly type: 'agent.revoked'; readonly id: string }
   | { readonly type: 'keys.rotated' }
   | { readonly type: 'connection.changed'; readonly name: string }

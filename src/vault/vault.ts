@@ -122,6 +122,8 @@ export class Vault {
   readonly #clock: Clock;
   readonly #options: VaultOptions;
   readonly #cache = new Map<string, CachedTicket>();
+  #known: ReadonlyArray<{ id: string; name: string; allow: readonly string[]; value: SecretValue }> | null =
+    null;
   readonly #unsubscribe: () => void;
 
   constructor(store: Store, keys: Keyring, audit: AuditLog, clock: Clock, options: VaultOptions) {
@@ -141,6 +143,7 @@ export class Vault {
   #onChange(_change: StoreChange): void {
     // Revocations, erasures and rotations are rare: dropping the whole cache is simplest and safe.
     this.#cache.clear();
+    this.#known = null;
   }
 
   ticketHash(ticket: string): string {
@@ -197,6 +200,8 @@ export class Vault {
         await tx.insertSecret(record);
       },
     );
+    this.#known = null;
+    await this.#store.publish({ type: 'secret.added', id });
     return this.#secretView(record);
   }
 
@@ -303,6 +308,74 @@ export class Vault {
       value,
       auditSeq: audited.seq,
     };
+  }
+
+  /**
+   * Every live secret's value, for the response scanners (a known secret in a response
+   * becomes a ticket). Cached until the next change event.
+   */
+  async knownSecrets(): Promise<
+    ReadonlyArray<{ id: string; name: string; allow: readonly string[]; value: SecretValue }>
+  > {
+    if (this.#known !== null) return this.#known;
+    const out: Array<{ id: string; name: string; allow: readonly string[]; value: SecretValue }> = [];
+    for (const record of await this.#store.listSecrets()) {
+      const value = this.#decrypt(record);
+      if (value !== null) out.push({ id: record.id, name: record.name, allow: record.allow, value });
+    }
+    this.#known = out;
+    return out;
+  }
+
+  /**
+   * A secret came back in a response: hand the caller a fresh ticket for it instead,
+   * bound to the same principal and (within the secret's own) the same destinations.
+   */
+  async reissueForResponse(
+    secretId: string,
+    input: { principal: string; destinations?: readonly string[]; context?: Record<string, unknown> },
+    actor: string,
+  ): Promise<IssuedTicket> {
+    const secret = await this.#store.getSecretById(secretId);
+    if (secret === null || secret.erasedAt !== null)
+      throw refuse('CC_ERR_NOT_FOUND', `no live secret ${secretId}`, { secret: secretId });
+    const secretDests = secret.allow.map((d) => parseDestination(d));
+    const wanted =
+      input.destinations === undefined || input.destinations.length === 0 ? secret.allow : input.destinations;
+    const destinations = normalizeDestinations(wanted).filter((d) =>
+      coveredByAny(secretDests, parseDestination(d)),
+    );
+    const now = this.#clock.now();
+    const ticket = mintTicket();
+    const record: TicketRecord = {
+      id: newId('tkt'),
+      hash: this.ticketHash(ticket),
+      secretId,
+      principal: input.principal,
+      destinations,
+      expiresAt: now + this.#options.defaultTicketTtlMs,
+      maxUses: null,
+      uses: 0,
+      parentId: null,
+      createdAt: now,
+      revokedAt: null,
+    };
+    await this.#audit.append(
+      {
+        type: 'token.reissue',
+        actor,
+        data: {
+          ticket: record.id,
+          secret: secretId,
+          principal: record.principal,
+          destinations,
+          expiresAt: iso(record.expiresAt),
+          ...input.context,
+        },
+      },
+      async (tx) => tx.insertTicket(record),
+    );
+    return { ticket, view: this.#ticketView([record], secret) };
   }
 
   // ---- tickets -------------------------------------------------------------------
