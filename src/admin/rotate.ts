@@ -1,9 +1,4 @@
-import {
-  discardNextMasterKey,
-  masterKeyFromEnv,
-  promoteNextMasterKey,
-  writeNextMasterKey,
-} from '../config/home.js';
+import { discardNextMasterKey, promoteNextMasterKey, writeNextMasterKey } from '../config/home.js';
 import type { Context } from '../server/context.js';
 import { MasterKey } from '../vault/envelope.js';
 import { rewrapAll } from '../vault/keyring.js';
@@ -27,7 +22,7 @@ export interface RotateResult {
 export async function rotateMasterKey(ctx: Context, actor: string): Promise<RotateResult> {
   const next = MasterKey.generate();
   const current = ctx.keys.master;
-  const fromEnv = masterKeyFromEnv();
+  const fromEnv = ctx.masterKeySource === 'env';
   if (!fromEnv) writeNextMasterKey(ctx.home, next);
   let count = 0;
   try {

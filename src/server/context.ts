@@ -38,6 +38,8 @@ export interface Context {
   readonly vault: Vault;
   readonly agents: Agents;
   readonly connections: Connections;
+  /** Where the master key came from: rotation writes a file, or hands an env key back. */
+  readonly masterKeySource: 'env' | 'file';
   close(): Promise<void>;
 }
 
@@ -62,7 +64,14 @@ async function openConfiguredStore(home: Home, config: Config): Promise<Store> {
   return store;
 }
 
-function buildContext(home: Home, config: Config, clock: Clock, store: Store, keys: Keyring): Context {
+function buildContext(
+  home: Home,
+  config: Config,
+  clock: Clock,
+  store: Store,
+  keys: Keyring,
+  masterKeySource: 'env' | 'file',
+): Context {
   const audit = new AuditLog(store, keys.index.audit, clock, config.audit);
   const vault = new Vault(store, keys, audit, clock, {
     defaultTicketTtlMs: parseDuration(config.tickets.defaultTtl),
@@ -83,6 +92,7 @@ function buildContext(home: Home, config: Config, clock: Clock, store: Store, ke
     vault,
     agents,
     connections,
+    masterKeySource,
     async close() {
       vault.close();
       await audit.close().catch(() => undefined);
@@ -113,7 +123,14 @@ export async function openContext(
       const keys = await openKeyring(store, master);
       // Index 1 is master.key.next: a rotation committed but the file was not promoted yet.
       if (index === 1) promoteNextMasterKey(home);
-      return buildContext(home, config, options.clock ?? systemClock, store, keys);
+      return buildContext(
+        home,
+        config,
+        options.clock ?? systemClock,
+        store,
+        keys,
+        masterKeyFromEnv(env) ? 'env' : 'file',
+      );
     } catch (error) {
       lastError = error;
       if (!(error instanceof CoatcheckError) || error.code !== 'CC_ERR_MASTER_KEY_WRONG') break;
@@ -153,7 +170,14 @@ export async function initHome(
     const adminKey = newAdminKey();
     await store.setMeta(ADMIN_KEY_META, adminKeyHash(keys.index.lookup, adminKey));
     writeFileDurably(home.adminKeyFile, `${adminKey}\n`, 0o600);
-    const context = buildContext(home, config, options.clock ?? systemClock, store, keys);
+    const context = buildContext(
+      home,
+      config,
+      options.clock ?? systemClock,
+      store,
+      keys,
+      fromEnv ? 'env' : 'file',
+    );
     await context.audit.append({
       type: 'home.init',
       actor: 'admin:cli',
