@@ -65,6 +65,14 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     throw configError(file, line, field, problem);
   }
   const config = result.data;
+  const level = env.COATCHECK_LOG_LEVEL;
+  if (level !== undefined && level !== '') {
+    const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+    if (!(levels as readonly string[]).includes(level)) {
+      throw configError('COATCHECK_LOG_LEVEL', null, 'log.level', `must be one of ${levels.join(', ')}`);
+    }
+    config.log = { level: level as (typeof levels)[number] };
+  }
   const url = env.COATCHECK_DATABASE_URL;
   if (url !== undefined && url !== '') {
     config.store = { ...config.store, driver: 'postgres', url };

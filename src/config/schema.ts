@@ -68,6 +68,24 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    http: z
+      .object({
+        /** Largest request body accepted (bytes); bodies that are scanned for tickets are buffered up to this. */
+        bodyLimit: z
+          .number()
+          .int()
+          .min(1024)
+          .max(1024 * 1024 * 1024)
+          .default(8 * 1024 * 1024),
+        /** Upstream connect, response-headers and body-idle timeout (ms). */
+        upstreamTimeoutMs: z.number().int().min(100).max(600_000).default(30_000),
+        /** PEM file of extra CA certificates trusted for https upstreams (besides the system roots). */
+        upstreamCaFile: z.string().min(1).max(4096).optional(),
+        /** Most distinct tickets one request may carry. */
+        maxTicketsPerRequest: z.number().int().min(1).max(1024).default(64),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -104,6 +122,12 @@ agents:
 audit:
   groupCommitMs: 2        # how long appends wait to share one disk flush
   maxBatch: 512
+
+http:
+  bodyLimit: 8388608      # bytes; larger request bodies get 413 CC_ERR_BODY_TOO_LARGE
+  upstreamTimeoutMs: 30000
+  # upstreamCaFile: /path/to/extra-ca.pem
+  maxTicketsPerRequest: 64
 
 log:
   level: info
