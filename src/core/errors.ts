@@ -194,6 +194,47 @@ export const ERROR_CODES = {
     description: 'A request body exceeds the configured limit.',
     solution: 'Send a smaller body or raise the limit in the config.',
   },
+  CC_ERR_DETECT_RULE_INVALID: {
+    status: 500,
+    description:
+      'A detection rule is malformed: its id is not kebab-case, its pattern has no capture group or an unbounded quantifier, or a keyword is not lower-case ASCII. The message names the rule id.',
+    solution: 'Fix the named rule (see docs/detect.md, "How to add a rule").',
+  },
+  CC_ERR_DETECT_UNKNOWN_RULE: {
+    status: 400,
+    description: 'The detector configuration (enable, disable or allowlist) names a rule id that does not exist.',
+    solution: 'Use a rule id from the rule list in docs/detect.md.',
+  },
+  CC_ERR_DETECT_ALLOWLIST_INVALID: {
+    status: 400,
+    description: 'An allowlist entry is malformed: a value hash that is not 64 hex digits, or a pattern that is not a valid regular expression.',
+    solution: 'Give value hashes as full SHA-256 hex digests and patterns as valid JavaScript regular expressions.',
+  },
+  CC_ERR_DETECT_KNOWN_SECRET_TOO_SHORT: {
+    status: 400,
+    description: 'A value registered with the known-secret matcher is shorter than the minimum (8 bytes); it would match ordinary text.',
+    solution: 'Register only real secrets; short values are found by the pattern rules if they have a known shape.',
+  },
+  CC_ERR_DETECT_KNOWN_SECRET_TOO_LARGE: {
+    status: 413,
+    description: 'A value registered with the known-secret matcher exceeds 64 KiB.',
+    solution: 'Register the key itself, not a document that contains it.',
+  },
+  CC_ERR_DETECT_TOKENIZE_FAILED: {
+    status: 500,
+    description: 'The tokenize callback failed for a finding, so the text was not released (fail closed). The message names the rule id and the fingerprint.',
+    solution: 'Check the vault the callback writes to; the cause is attached to the error.',
+  },
+  CC_ERR_DETECT_INPUT_UNREADABLE: {
+    status: 400,
+    description: '`coatcheck scan` could not read a path it was given; the message names the path.',
+    solution: 'Check that the path exists and is readable.',
+  },
+  CC_ERR_DETECT_STREAM_ENDED: {
+    status: 500,
+    description: 'A chunk was written to a stream scanner after end() was called.',
+    solution: 'Create a new scanner for each stream.',
+  },
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

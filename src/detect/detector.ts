@@ -1,0 +1,347 @@
+import { CoatcheckError } from '../core/errors.js';
+import { isTicket } from '../core/ticket-format.js';
+import { inEncodedBlobContext, isHashLike, isPlaceholder } from './false-positives.js';
+import { createFingerprinter, valueHash } from './fingerprint.js';
+import { createKeywordIndex } from './keyword-index.js';
+import type { KnownSecretMatcher } from './known-secrets.js';
+import { assertRuleValid } from './rule-check.js';
+import { BUILTIN_RULES } from './rules/index.js';
+import type { Allowlist, Confidence, Finding, Rule, RuleFamily } from './types.js';
+import { shannonEntropy } from './validators.js';
+
+export interface DetectorOptions {
+  /** The rule set (default: the built-in rules). */
+  readonly rules?: readonly Rule[];
+  /** Turn on the PII rules (email, card, IBAN, SSN, phone, IP). Default false. */
+  readonly pii?: boolean;
+  /** Rule ids to turn on in addition (e.g. one PII rule). */
+  readonly enable?: readonly string[];
+  /** Rule ids to turn off. */
+  readonly disable?: readonly string[];
+  readonly allowlist?: Allowlist;
+  /** Vault values to find exactly (and encoded). Shared, so additions apply to later scans. */
+  readonly knownSecrets?: KnownSecretMatcher;
+  /** Key for fingerprints (HMAC-SHA-256 instead of SHA-256), so low-entropy values cannot be guessed from them. */
+  readonly fingerprintKey?: string | Buffer;
+}
+
+export interface Detector {
+  /** The active rules. */
+  readonly rules: readonly Rule[];
+  /** Upper bound of a match's length in characters (the overlap a stream scanner keeps). */
+  readonly maxMatchLength: number;
+  /**
+   * Findings, sorted by start, not overlapping. Offsets are UTF-16 code units for a string
+   * and bytes for a Buffer (which is read as latin1, one character per byte).
+   */
+  scan(input: string | Buffer): Finding[];
+}
+
+/** Rule id used for matches of the known-secret matcher. */
+export const KNOWN_SECRET_RULE_ID = 'known-secret';
+
+const FAMILY_PRIORITY: Record<RuleFamily, number> = {
+  'known-secret': 6,
+  cloud: 5,
+  'vcs-ci': 5,
+  ai: 5,
+  saas: 5,
+  payments: 5,
+  'private-key': 5,
+  jwt: 4,
+  'database-uri': 4,
+  'http-auth': 3,
+  generic: 2,
+  pii: 1,
+};
+const CONFIDENCE_RANK: Record<Confidence, number> = { high: 3, medium: 2, low: 1 };
+
+interface CompiledRule {
+  readonly rule: Rule;
+  readonly re: RegExp;
+  readonly priority: number;
+}
+
+interface Candidate {
+  readonly rule: CompiledRule | undefined;
+  readonly start: number;
+  readonly end: number;
+  readonly secretId?: string;
+  readonly encoding?: Finding['encoding'];
+}
+
+function compileAllowlist(allowlist: Allowlist | undefined, ids: ReadonlySet<string>) {
+  const rules = new Set(allowlist?.rules ?? []);
+  for (const id of rules) {
+    if (!ids.has(id) && id !== KNOWN_SECRET_RULE_ID) {
+      throw new CoatcheckError('CC_ERR_DETECT_UNKNOWN_RULE', `allowlist names unknown rule ${id}`, {
+        details: { rule: id },
+      });
+    }
+  }
+  const hashes = new Set<string>();
+  for (const h of allowlist?.valueHashes ?? []) {
+    if (!/^[0-9a-f]{64}$/i.test(h)) {
+      throw new CoatcheckError(
+        'CC_ERR_DETECT_ALLOWLIST_INVALID',
+        'allowlist value hash must be 64 hex digits (SHA-256)',
+      );
+    }
+    hashes.add(h.toLowerCase());
+  }
+  const patterns = (allowlist?.patterns ?? []).map((p, i) => {
+    if (p instanceof RegExp) return new RegExp(p.source, p.flags.replace(/[gy]/g, ''));
+    try {
+      return new RegExp(p);
+    } catch (cause) {
+      throw new CoatcheckError(
+        'CC_ERR_DETECT_ALLOWLIST_INVALID',
+        `allowlist pattern ${i} is not a valid regular expression`,
+        {
+          cause,
+        },
+      );
+    }
+  });
+  return { rules, hashes, patterns };
+}
+
+function selectRules(options: DetectorOptions): Rule[] {
+  const all = options.rules ?? BUILTIN_RULES;
+  const ids = new Set(all.map((r) => r.id));
+  for (const id of [...(options.enable ?? []), ...(options.disable ?? [])]) {
+    if (!ids.has(id)) {
+      throw new CoatcheckError('CC_ERR_DETECT_UNKNOWN_RULE', `unknown rule ${id}`, { details: { rule: id } });
+    }
+  }
+  const enable = new Set(options.enable ?? []);
+  const disable = new Set(options.disable ?? []);
+  return all.filter((r) => {
+    if (disable.has(r.id)) return false;
+    if (enable.has(r.id)) return true;
+    return r.defaultEnabled || (options.pii === true && r.family === 'pii');
+  });
+}
+
+/** Lookbehind/lookahead context kept around each keyword window. */
+const MARGIN = 16;
+
+export function createDetector(options: DetectorOptions = {}): Detector {
+  const rules = selectRules(options);
+  for (const r of rules) assertRuleValid(r);
+  const allow = compileAllowlist(
+    options.allowlist,
+    new Set((options.rules ?? BUILTIN_RULES).map((r) => r.id)),
+  );
+  const fingerprint = createFingerprinter(options.fingerprintKey);
+  const known = options.knownSecrets;
+
+  const compiled: CompiledRule[] = rules
+    .filter((r) => !allow.rules.has(r.id))
+    .map((rule) => {
+      const flags = new Set(`${rule.pattern.flags}gd`);
+      return {
+        rule,
+        re: new RegExp(rule.pattern.source, [...flags].join('')),
+        priority: FAMILY_PRIORITY[rule.family],
+      };
+    });
+
+  // Keyword -> rules.
+  const keywordList: string[] = [];
+  const keywordSlot = new Map<string, number>();
+  const rulesOfKeyword: number[][] = [];
+  const fullText: number[] = [];
+  compiled.forEach((c, ri) => {
+    if (c.rule.keywords.length === 0) {
+      fullText.push(ri);
+      return;
+    }
+    for (const kw of c.rule.keywords) {
+      let k = keywordSlot.get(kw);
+      if (k === undefined) {
+        k = keywordList.length;
+        keywordSlot.set(kw, k);
+        keywordList.push(kw);
+        rulesOfKeyword.push([]);
+      }
+      if (!rulesOfKeyword[k]!.includes(ri)) rulesOfKeyword[k]!.push(ri);
+    }
+  });
+  const keywordLength = Int32Array.from(keywordList.map((k) => k.length));
+  const index = createKeywordIndex(keywordList);
+  const maxMatchLength = compiled.reduce((m, c) => Math.max(m, c.rule.maxLength), 0);
+  const knownSkipped = allow.rules.has(KNOWN_SECRET_RULE_ID);
+
+  function accept(c: CompiledRule, value: string, text: string, start: number): boolean {
+    const rule = c.rule;
+    if (value.length === 0) return false;
+    if (isTicket(value)) return false;
+    if (rule.validate !== undefined && !rule.validate(value)) return false;
+    if (rule.minEntropy !== undefined && shannonEntropy(value) < rule.minEntropy) return false;
+    if (rule.allowPlaceholders !== true && isPlaceholder(value)) return false;
+    if (rule.rejectHashLike === true && isHashLike(value)) return false;
+    if (rule.family !== 'private-key' && inEncodedBlobContext(text, start)) return false;
+    return true;
+  }
+
+  function runWindow(
+    c: CompiledRule,
+    text: string,
+    from: number,
+    to: number,
+    hitStart: number[],
+    hitEnd: number[],
+    out: Candidate[],
+  ): void {
+    const base = Math.max(0, from - MARGIN);
+    const subject = text.slice(base, Math.min(text.length, to + MARGIN));
+    const re = c.re;
+    re.lastIndex = 0;
+    let h = 0;
+    for (let m = re.exec(subject); m !== null; m = re.exec(subject)) {
+      const ms = base + m.index;
+      const me = ms + m[0].length;
+      if (m[0].length === 0) re.lastIndex++;
+      // The match must contain a keyword occurrence.
+      while (h < hitStart.length && hitStart[h]! < ms) h++;
+      let contains = false;
+      for (let j = h; j < hitStart.length && hitStart[j]! < me; j++) {
+        if (hitEnd[j]! <= me) {
+          contains = true;
+          break;
+        }
+      }
+      if (!contains) continue;
+      const span = m.indices?.[1];
+      const value = m[1];
+      if (span === undefined || value === undefined) continue;
+      const start = base + span[0];
+      if (!accept(c, value, text, start)) continue;
+      out.push({ rule: c, start, end: base + span[1] });
+    }
+  }
+
+  function runFullText(c: CompiledRule, text: string, out: Candidate[]): void {
+    const re = c.re;
+    re.lastIndex = 0;
+    for (let m = re.exec(text); m !== null; m = re.exec(text)) {
+      if (m[0].length === 0) re.lastIndex++;
+      const span = m.indices?.[1];
+      const value = m[1];
+      if (span === undefined || value === undefined) continue;
+      if (!accept(c, value, text, span[0])) continue;
+      out.push({ rule: c, start: span[0], end: span[1] });
+    }
+  }
+
+  function resolve(cands: Candidate[]): Candidate[] {
+    const rank = (x: Candidate): number =>
+      x.rule === undefined ? 1_000 : x.rule.priority * 10 + CONFIDENCE_RANK[x.rule.rule.confidence];
+    const sorted = cands
+      .slice()
+      .sort((a, b) => rank(b) - rank(a) || b.end - b.start - (a.end - a.start) || a.start - b.start);
+    // `kept` stays sorted by start and free of overlaps, so one binary search per candidate.
+    const kept: Candidate[] = [];
+    for (const c of sorted) {
+      let lo = 0;
+      let hi = kept.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (kept[mid]!.end <= c.start) lo = mid + 1;
+        else hi = mid;
+      }
+      if (lo < kept.length && kept[lo]!.start < c.end) continue;
+      kept.splice(lo, 0, c);
+    }
+    return kept;
+  }
+
+  function scan(input: string | Buffer): Finding[] {
+    const bytes = typeof input !== 'string';
+    const text = bytes ? input.toString('latin1') : input;
+    const cands: Candidate[] = [];
+
+    const hits = index.find(text);
+    // Per rule: the current window and the hits inside it.
+    const winFrom = new Int32Array(compiled.length).fill(-1);
+    const winTo = new Int32Array(compiled.length);
+    const winHitStart: number[][] = compiled.map(() => []);
+    const winHitEnd: number[][] = compiled.map(() => []);
+    const flush = (ri: number): void => {
+      const c = compiled[ri]!;
+      runWindow(c, text, winFrom[ri]!, winTo[ri]!, winHitStart[ri]!, winHitEnd[ri]!, cands);
+      winHitStart[ri] = [];
+      winHitEnd[ri] = [];
+      winFrom[ri] = -1;
+    };
+    for (let i = 0; i < hits.count; i++) {
+      const k = hits.keyword[i]!;
+      const end = hits.end[i]!;
+      const start = end - keywordLength[k]!;
+      for (const ri of rulesOfKeyword[k]!) {
+        const maxLen = compiled[ri]!.rule.maxLength;
+        const from = Math.max(0, start - maxLen);
+        const to = end + maxLen;
+        if (winFrom[ri] !== -1 && from > winTo[ri]!) flush(ri);
+        if (winFrom[ri] === -1) {
+          winFrom[ri] = from;
+          winTo[ri] = to;
+        } else if (to > winTo[ri]!) {
+          winTo[ri] = to;
+        }
+        winHitStart[ri]!.push(start);
+        winHitEnd[ri]!.push(end);
+      }
+    }
+    for (let ri = 0; ri < compiled.length; ri++) if (winFrom[ri] !== -1) flush(ri);
+    for (const ri of fullText) runFullText(compiled[ri]!, text, cands);
+
+    if (known !== undefined && !knownSkipped && known.size > 0) {
+      for (const m of known.find(text, bytes ? 'bytes' : 'text')) {
+        cands.push({
+          rule: undefined,
+          start: m.start,
+          end: m.end,
+          secretId: m.secretId,
+          encoding: m.encoding,
+        });
+      }
+    }
+    if (cands.length === 0) return [];
+
+    const findings: Finding[] = [];
+    for (const c of resolve(cands)) {
+      const raw = Buffer.from(text.slice(c.start, c.end), bytes ? 'latin1' : 'utf8');
+      if (allow.hashes.size > 0 && allow.hashes.has(valueHash(raw))) continue;
+      if (allow.patterns.length > 0) {
+        const v = text.slice(c.start, c.end);
+        if (allow.patterns.some((p) => p.test(v))) continue;
+      }
+      if (c.rule === undefined) {
+        findings.push({
+          ruleId: KNOWN_SECRET_RULE_ID,
+          family: 'known-secret',
+          start: c.start,
+          end: c.end,
+          fingerprint: fingerprint(raw),
+          confidence: 'high',
+          secretId: c.secretId!,
+          encoding: c.encoding!,
+        });
+      } else {
+        findings.push({
+          ruleId: c.rule.rule.id,
+          family: c.rule.rule.family,
+          start: c.start,
+          end: c.end,
+          fingerprint: fingerprint(raw),
+          confidence: c.rule.rule.confidence,
+        });
+      }
+    }
+    return findings;
+  }
+
+  return { rules: compiled.map((c) => c.rule), maxMatchLength: Math.max(maxMatchLength, 64), scan };
+}

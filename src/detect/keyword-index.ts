@@ -1,0 +1,136 @@
+/**
+ * One pass over the text that finds every occurrence of every keyword, case-insensitively:
+ * an Aho-Corasick automaton compiled to a dense DFA over a small character-class alphabet.
+ * Characters that occur in no keyword share class 0, so the table stays small
+ * (states x 64 classes) and the inner loop is one table lookup per character.
+ */
+
+const CLASS_BITS = 6;
+const MAX_CLASSES = 1 << CLASS_BITS;
+
+export interface KeywordHits {
+  /** Keyword index of each hit, in order of the hit's end offset. */
+  readonly keyword: Int32Array;
+  /** End offset (exclusive) of each hit. */
+  readonly end: Int32Array;
+  readonly count: number;
+}
+
+export interface KeywordIndex {
+  readonly keywords: readonly string[];
+  find(text: string): KeywordHits;
+}
+
+export function createKeywordIndex(keywords: readonly string[]): KeywordIndex {
+  const classOf = new Uint8Array(128);
+  let classes = 1;
+  for (const kw of keywords) {
+    if (kw.length === 0) throw new Error('empty keyword');
+    for (let i = 0; i < kw.length; i++) {
+      const c = kw.charCodeAt(i);
+      if (c >= 128) throw new Error(`keyword "${kw}" is not ASCII`);
+      if (c >= 65 && c <= 90) throw new Error(`keyword "${kw}" is not lower-case`);
+      if (classOf[c] === 0) {
+        if (classes === MAX_CLASSES) throw new Error('too many distinct keyword characters');
+        classOf[c] = classes++;
+      }
+    }
+  }
+  // Upper-case letters share the class of their lower-case form.
+  for (let c = 65; c <= 90; c++) classOf[c] = classOf[c + 32]!;
+
+  // Trie.
+  const goto: number[][] = [new Array<number>(MAX_CLASSES).fill(-1)];
+  const outputs: number[][] = [[]];
+  keywords.forEach((kw, k) => {
+    let s = 0;
+    for (let i = 0; i < kw.length; i++) {
+      const cls = classOf[kw.charCodeAt(i)]!;
+      let next = goto[s]![cls]!;
+      if (next === -1) {
+        next = goto.length;
+        goto.push(new Array<number>(MAX_CLASSES).fill(-1));
+        outputs.push([]);
+        goto[s]![cls] = next;
+      }
+      s = next;
+    }
+    outputs[s]!.push(k);
+  });
+
+  // Failure links (BFS) and the dense DFA.
+  const states = goto.length;
+  const delta = new Int32Array(states * MAX_CLASSES);
+  const fail = new Int32Array(states);
+  const queue: number[] = [];
+  for (let cls = 0; cls < MAX_CLASSES; cls++) {
+    const next = goto[0]![cls]!;
+    if (next === -1 || cls === 0) {
+      delta[cls] = 0;
+    } else {
+      delta[cls] = next;
+      fail[next] = 0;
+      queue.push(next);
+    }
+  }
+  for (let head = 0; head < queue.length; head++) {
+    const s = queue[head]!;
+    outputs[s]!.push(...outputs[fail[s]!]!);
+    for (let cls = 0; cls < MAX_CLASSES; cls++) {
+      const next = goto[s]![cls]!;
+      if (next === -1 || cls === 0) {
+        delta[s * MAX_CLASSES + cls] = delta[fail[s]! * MAX_CLASSES + cls]!;
+      } else {
+        delta[s * MAX_CLASSES + cls] = next;
+        fail[next] = delta[fail[s]! * MAX_CLASSES + cls]!;
+        queue.push(next);
+      }
+    }
+  }
+  // Class 0 (a character in no keyword) always returns to the root.
+  for (let s = 0; s < states; s++) delta[s * MAX_CLASSES] = 0;
+
+  const outStart = new Int32Array(states + 1);
+  const flat: number[] = [];
+  for (let s = 0; s < states; s++) {
+    outStart[s] = flat.length;
+    flat.push(...new Set(outputs[s]));
+  }
+  outStart[states] = flat.length;
+  const outList = Int32Array.from(flat);
+
+  return {
+    keywords,
+    find(text: string): KeywordHits {
+      let cap = 64;
+      let kwArr = new Int32Array(cap);
+      let endArr = new Int32Array(cap);
+      let count = 0;
+      let s = 0;
+      const n = text.length;
+      for (let i = 0; i < n; i++) {
+        const c = text.charCodeAt(i);
+        s = delta[(s << CLASS_BITS) | (c < 128 ? classOf[c]! : 0)]!;
+        const from = outStart[s]!;
+        const to = outStart[s + 1]!;
+        if (from !== to) {
+          for (let o = from; o < to; o++) {
+            if (count === cap) {
+              cap *= 2;
+              const k2 = new Int32Array(cap);
+              k2.set(kwArr);
+              kwArr = k2;
+              const e2 = new Int32Array(cap);
+              e2.set(endArr);
+              endArr = e2;
+            }
+            kwArr[count] = outList[o]!;
+            endArr[count] = i + 1;
+            count++;
+          }
+        }
+      }
+      return { keyword: kwArr, end: endArr, count };
+    },
+  };
+}

@@ -1,0 +1,159 @@
+import { charClassCount } from '../false-positives.js';
+import { ALNUM, B64, HEX } from '../synth.js';
+import type { Rng, Rule } from '../types.js';
+import { keyed } from './builders.js';
+
+/** Generic values must mix character classes: plain words and numbers are not secrets. */
+function mixed(value: string): boolean {
+  if (charClassCount(value) < 2 || /^\d+(?:\.\d+)*$/.test(value)) return false;
+  // Slugs and identifiers (my-app-secret-name, bert-base-v2, getPasswordHash) are names, not secrets.
+  if (/^[a-z]{1,40}(?:[-_.][a-z0-9]{1,40}){1,12}$/.test(value)) return false;
+  if (/^[a-z]{1,40}(?:[A-Z][a-z]{1,40}){1,12}$/.test(value)) return false;
+  return true;
+}
+
+const GENERIC_VALUE = '[^\\s\'"`,;<>(){}\\[\\]\\\\]';
+
+function pwd(rng: Rng): string {
+  return `${rng.chars(ALNUM, 5)}${rng.chars('!#%+-_.@', 1)}${rng.chars(ALNUM, 8)}${rng.int(10)}`;
+}
+
+export const GENERIC_RULES: readonly Rule[] = [
+  keyed({
+    id: 'generic-password',
+    family: 'generic',
+    title: 'Password assigned to a password / passwd / pwd field',
+    keys: ['password', 'passwd', 'passphrase', 'pwd', 'db_pass', 'user_pass', 'pass'],
+    keywords: ['pass', 'pwd'],
+    value: `${GENERIC_VALUE}{8,128}`,
+    valueBoundary: '^\\s\'"`,;<>){}\\]\\\\',
+    maxValueLength: 128,
+    make: pwd,
+    key: 'password',
+    minEntropy: 2.8,
+    confidence: 'low',
+    validate: mixed,
+    rejectHashLike: true,
+    negatives: [
+      'password: string;',
+      'password = getPassword()',
+      'password: process.env.DB_PASSWORD',
+      'password=%s',
+      'password: ********',
+      '"password_hash": "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW"',
+      'passport_number: 12345678',
+      'password: changeme123',
+      'password=required',
+    ],
+  }),
+  keyed({
+    id: 'generic-secret',
+    family: 'generic',
+    title: 'Secret assigned to a secret / client_secret / signing_secret field',
+    keys: [
+      'client_secret',
+      'app_secret',
+      'secret_key',
+      'signing_secret',
+      'jwt_secret',
+      'session_secret',
+      'consumer_secret',
+      'secret',
+    ],
+    keywords: ['secret'],
+    value: `${GENERIC_VALUE}{12,256}`,
+    valueBoundary: '^\\s\'"`,;<>){}\\]\\\\',
+    maxValueLength: 256,
+    make: (rng) => rng.chars(ALNUM, 32),
+    key: 'client_secret',
+    minEntropy: 3.2,
+    confidence: 'low',
+    validate: mixed,
+    rejectHashLike: true,
+    negatives: [
+      'secret: d41d8cd98f00b204e9800998ecf8427e',
+      'secret_name: my-app-secret-name',
+      'secretRef: config.secrets.main',
+    ],
+  }),
+  keyed({
+    id: 'generic-api-key',
+    family: 'generic',
+    title: 'API key assigned to an api_key / apikey / access_key field',
+    keys: ['api_key', 'apikey', 'access_key', 'app_key', 'auth_key', 'service_key', 'subscription_key'],
+    keywords: [
+      'api',
+      'access',
+      'app_key',
+      'app-key',
+      'appkey',
+      'auth_key',
+      'auth-key',
+      'authkey',
+      'service',
+      'subscription',
+    ],
+    value: '[A-Za-z0-9_\\-.+/=~]{16,256}',
+    valueBoundary: 'A-Za-z0-9_\\-.+/=~',
+    maxValueLength: 256,
+    make: (rng) => rng.chars(ALNUM, 32),
+    key: 'api_key',
+    minEntropy: 3.3,
+    confidence: 'low',
+    validate: mixed,
+    rejectHashLike: true,
+    negatives: [
+      'api_key: 550e8400-e29b-41d4-a716-446655440000',
+      'api_key = settings.API_KEY_FROM_VAULT',
+      'apiKey: "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="',
+    ],
+  }),
+  keyed({
+    id: 'generic-token',
+    family: 'generic',
+    title: 'Token assigned to a token / access_token / auth_token field',
+    keys: ['access_token', 'auth_token', 'refresh_token', 'session_token', 'bot_token', 'api_token', 'token'],
+    keywords: ['token'],
+    value: '[A-Za-z0-9_\\-.+/=~]{20,512}',
+    valueBoundary: 'A-Za-z0-9_\\-.+/=~',
+    maxValueLength: 512,
+    make: (rng) => rng.chars(ALNUM, 40),
+    key: 'access_token',
+    minEntropy: 3.5,
+    confidence: 'low',
+    validate: mixed,
+    rejectHashLike: true,
+    negatives: [
+      'token: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08',
+      'max_tokens: 4096',
+      'tokenizer: bert-base-uncased-v2',
+      'csrf_token = request.session.csrf_token',
+    ],
+  }),
+  keyed({
+    id: 'generic-encryption-key',
+    family: 'generic',
+    title: 'Key material assigned to an encryption / signing / master / HMAC key field',
+    keys: [
+      'encryption_key',
+      'signing_key',
+      'master_key',
+      'hmac_key',
+      'aes_key',
+      'crypt_key',
+      'cipher_key',
+      'private_key',
+    ],
+    keywords: ['encryption', 'signing', 'master', 'hmac', 'aes', 'crypt', 'cipher', 'private'],
+    value: '[A-Za-z0-9_\\-+/=]{16,256}',
+    valueBoundary: 'A-Za-z0-9_\\-+/=',
+    maxValueLength: 256,
+    make: (rng) => Buffer.from(rng.chars(HEX + B64, 32)).toString('base64'),
+    key: 'encryption_key',
+    minEntropy: 3.3,
+    confidence: 'low',
+    validate: mixed,
+    rejectHashLike: true,
+    negatives: ['master_key: config/master.key', 'signing_key_id: kid-2024-01'],
+  }),
+];
