@@ -321,3 +321,67 @@ describe('vault: tickets and exchange', () => {
     });
   });
 });
+
+describe('vault: a tampered store', () => {
+  it('refuses a value or data key that was altered or swapped between secrets, naming the secret', async () => {
+    const t = await makeTestHome();
+    try {
+      let ctx = await t.open();
+      const a = await ctx.vault.addSecret(
+        { name: 'a', value: Buffer.from(CANARY), allow: ['svc'] },
+        'admin:test',
+      );
+      await ctx.vault.addSecret({ name: 'b', value: Buffer.from('other'), allow: ['svc'] }, 'admin:test');
+      const agent = await ctx.agents.create({ name: 'x' }, 'admin:test');
+      const principal = await ctx.agents.authenticate(agent.key);
+      const { ticket } = await ctx.vault.issueTicket({ secret: 'a', principal: principal.ref }, 'admin:test');
+      await ctx.close();
+
+      const db = new Database(join(t.home.dir, 'coatcheck.db'));
+      // Swap the sealed data keys of a and b: each authenticates only for its own id.
+      const rows = db.prepare('SELECT id, wrapped_key FROM secrets ORDER BY name').all() as {
+        id: string;
+        wrapped_key: Buffer;
+      }[];
+      const update = db.prepare('UPDATE secrets SET wrapped_key = ? WHERE id = ?');
+      update.run(rows[1]!.wrapped_key, rows[0]!.id);
+      update.run(rows[0]!.wrapped_key, rows[1]!.id);
+      db.close();
+      ctx = await t.open();
+      const swapped = await ctx.vault
+        .exchange(ticket, { principal, target: { connection: 'svc' } })
+        .catch((e: unknown) => e);
+      expect(swapped).toMatchObject({
+        code: 'CC_ERR_STORE_CORRUPT',
+        message: `the data key of secret ${a.id} does not authenticate`,
+      });
+      await ctx.close();
+
+      const db2 = new Database(join(t.home.dir, 'coatcheck.db'));
+      const swapBack = db2.prepare('UPDATE secrets SET wrapped_key = ? WHERE id = ?');
+      swapBack.run(rows[0]!.wrapped_key, rows[0]!.id);
+      swapBack.run(rows[1]!.wrapped_key, rows[1]!.id);
+      const cipher = (
+        db2.prepare('SELECT ciphertext FROM secrets WHERE id = ?').get(a.id) as { ciphertext: Buffer }
+      ).ciphertext;
+      cipher[cipher.length - 1] ^= 1;
+      db2.prepare('UPDATE secrets SET ciphertext = ? WHERE id = ?').run(cipher, a.id);
+      db2.close();
+      ctx = await t.open();
+      await expect(
+        ctx.vault.exchange(ticket, { principal, target: { connection: 'svc' } }),
+      ).rejects.toMatchObject({
+        code: 'CC_ERR_STORE_CORRUPT',
+        message: `the value of secret ${a.id} does not authenticate`,
+      });
+      await ctx.close();
+
+      const db3 = new Database(join(t.home.dir, 'coatcheck.db'));
+      db3.prepare("UPDATE meta SET value = 'AAAA' || substr(value, 5) WHERE key = 'index_key'").run();
+      db3.close();
+      await expect(t.open()).rejects.toMatchObject({ code: 'CC_ERR_STORE_CORRUPT' });
+    } finally {
+      t.remove();
+    }
+  });
+});
