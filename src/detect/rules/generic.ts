@@ -9,6 +9,8 @@ function mixed(value: string): boolean {
   // Slugs and identifiers (my-app-secret-name, bert-base-v2, getPasswordHash) are names, not secrets.
   if (/^[a-z]{1,40}(?:[-_.][a-z0-9]{1,40}){1,12}$/.test(value)) return false;
   if (/^[a-z]{1,40}(?:[A-Z][a-z]{1,40}){1,12}$/.test(value)) return false;
+  // Another assignment captured as the value (`password=password=...`, `secret:token=`) is structure.
+  if (/(?:pass(?:word|wd)?|pwd|secret|token|key)[=:]/i.test(value)) return false;
   return true;
 }
 

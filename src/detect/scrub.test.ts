@@ -1,0 +1,87 @@
+import { PassThrough } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { createDetector } from './detector.js';
+import { createLogScrubber, createScrubTransform, scrubText, tokenizeText } from './scrub.js';
+import { ALNUM, BASE32_UPPER, createRng } from './synth.js';
+import { withBase62Crc32 } from './validators.js';
+
+const rng = createRng('scrub');
+const aws = `AKIA${rng.chars(BASE32_UPPER, 16)}`;
+const gh = withBase62Crc32('ghp_', rng.chars(ALNUM, 30));
+const detector = createDetector();
+
+describe('scrubText', () => {
+  it('masks each finding with its rule id', () => {
+    expect(scrubText(`a=${aws} b=${gh}`, { detector })).toBe(
+      'a=[REDACTED:aws-access-key] b=[REDACTED:github-pat-classic]',
+    );
+  });
+
+  it('leaves clean text alone', () => {
+    expect(scrubText('nothing to see', { detector })).toBe('nothing to see');
+  });
+});
+
+describe('tokenizeText', () => {
+  it('replaces each finding with what the callback returns and hands it the value', async () => {
+    const seen: string[] = [];
+    const out = await tokenizeText(
+      `x ${aws} y ${gh}`,
+      (f, value) => {
+        seen.push(value);
+        return `<ticket:${f.ruleId}>`;
+      },
+      { detector },
+    );
+    expect(out.text).toBe('x <ticket:aws-access-key> y <ticket:github-pat-classic>');
+    expect(seen).toEqual([aws, gh]);
+    expect(out.findings.map((f) => f.ruleId)).toEqual(['aws-access-key', 'github-pat-classic']);
+  });
+
+  it('fails closed when the callback fails, naming rule and fingerprint only', async () => {
+    const err = await tokenizeText(`k=${aws}`, () => Promise.reject(new Error('vault down')), {
+      detector,
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'CC_ERR_DETECT_TOKENIZE_FAILED' });
+    const fp = detector.scan(`k=${aws}`)[0]!.fingerprint;
+    expect((err as Error).message).toBe(`tokenize failed for a aws-access-key finding (fingerprint ${fp})`);
+    expect((err as Error).message).not.toContain(aws);
+  });
+});
+
+describe('createLogScrubber', () => {
+  it('masks a log line and returns clean lines unchanged', () => {
+    const scrub = createLogScrubber({ detector });
+    expect(scrub(`{"level":30,"msg":"login","token":"${gh}"}`)).toBe(
+      '{"level":30,"msg":"login","token":"[REDACTED:github-pat-classic]"}',
+    );
+    const clean = '{"level":30,"msg":"ok"}';
+    expect(scrub(clean)).toBe(clean);
+  });
+});
+
+describe('createScrubTransform', () => {
+  it('writes each complete line as soon as it arrives, masked', async () => {
+    const t = createScrubTransform({ detector });
+    const out: string[] = [];
+    t.on('data', (d: Buffer) => out.push(d.toString()));
+    t.write(`first ${aws}\nsecond `);
+    await new Promise((r) => setImmediate(r));
+    expect(out).toEqual(['first [REDACTED:aws-access-key]\n']);
+    t.write(`${gh.slice(0, 10)}`);
+    t.end(`${gh.slice(10)}`);
+    await new Promise((r) => t.on('end', r));
+    expect(out.join('')).toBe('first [REDACTED:aws-access-key]\nsecond [REDACTED:github-pat-classic]');
+  });
+
+  it('tokenizes when given a callback', async () => {
+    const t = createScrubTransform({ detector, tokenize: () => 'cct_TICKET' });
+    const sink = new PassThrough();
+    t.pipe(sink);
+    const chunks: Buffer[] = [];
+    sink.on('data', (d: Buffer) => chunks.push(d));
+    t.end(`k=${aws}\n`);
+    await new Promise((r) => sink.on('end', r));
+    expect(Buffer.concat(chunks).toString()).toBe('k=cct_TICKET\n');
+  });
+});
