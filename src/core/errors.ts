@@ -194,6 +194,78 @@ export const ERROR_CODES = {
     description: 'A request body exceeds the configured limit.',
     solution: 'Send a smaller body or raise the limit in the config.',
   },
+  CC_ERR_HTTP_PROXY_AUTH_REQUIRED: {
+    status: 407,
+    description: 'A request to the HTTP front-end carried no agent key.',
+    solution: 'Send `Proxy-Authorization: Bearer <agent key>` with every request.',
+  },
+  CC_ERR_HTTP_BAD_REQUEST: {
+    status: 400,
+    description:
+      'The HTTP front-end could not route or parse the request (path outside /c/<connection>/, dot segments, malformed body framing).',
+    solution: 'Send requests to /c/<connection>/<path> with a well-formed path.',
+  },
+  CC_ERR_HTTP_UNSUPPORTED: {
+    status: 501,
+    description:
+      'The request uses an HTTP feature the front-end does not carry (CONNECT, protocol upgrades).',
+    solution: 'Use plain HTTP requests through /c/<connection>/.',
+  },
+  CC_ERR_HTTP_TOO_MANY_TICKETS: {
+    status: 400,
+    description: 'A request carried more distinct tickets than http.maxTicketsPerRequest allows.',
+    solution: 'Send fewer tickets per request, or raise the limit in the config.',
+  },
+  CC_ERR_HTTP_INJECTION_UNSAFE: {
+    status: 502,
+    description:
+      'A released secret cannot be placed where its ticket stood (a header value would contain a line break or NUL).',
+    solution: 'Store a value that is valid in an HTTP header, or send the ticket in the body.',
+  },
+  CC_ERR_GATEWAY_MISCONFIGURED: {
+    status: 500,
+    description:
+      'A front-end was started without a required shared service (a wiring fault, found at start).',
+    solution: 'Report it: the composition root must pass every service.',
+  },
+  CC_ERR_GATEWAY_CONNECTION_TYPE: {
+    status: 400,
+    description: 'The named connection exists but is not of a type this front-end serves.',
+    solution: 'Use the front-end that matches the connection type (http connections on the HTTP front-end).',
+  },
+  CC_ERR_GATEWAY_DENIED: {
+    status: 403,
+    description: 'Policy denied the operation; nothing was released.',
+    solution: 'Ask an operator to allow the operation; the audit record names the policy.',
+  },
+  CC_ERR_GATEWAY_UPSTREAM_UNREACHABLE: {
+    status: 502,
+    description: 'The upstream could not be reached, refused the connection, failed TLS, or reset it.',
+    solution: "Check the connection's URL, the upstream's health and (for https) its certificate.",
+  },
+  CC_ERR_GATEWAY_UPSTREAM_TIMEOUT: {
+    status: 504,
+    description: 'The upstream did not answer (or went silent mid-body) within http.upstreamTimeoutMs.',
+    solution: 'Check the upstream; raise http.upstreamTimeoutMs for slow endpoints.',
+  },
+  CC_ERR_GATEWAY_UPSTREAM_ENCODING: {
+    status: 502,
+    description:
+      'The upstream answered with a content encoding the gateway cannot inspect, so the response was withheld (fail closed).',
+    solution: 'Have the upstream answer with identity, gzip, deflate or br encoding.',
+  },
+  CC_ERR_GATEWAY_INSPECTION_FAILED: {
+    status: 502,
+    description:
+      'The response could not be inspected or a secret in it could not be replaced by a ticket; it was withheld (fail closed).',
+    solution:
+      'Check the gateway log for the incident; the store must be writable to issue replacement tickets.',
+  },
+  CC_ERR_GATEWAY_SESSION_TERMINATED: {
+    status: 403,
+    description: 'A live session was ended because a ticket, agent or secret it depends on was revoked.',
+    solution: 'Ask for a new ticket.',
+  },
   CC_ERR_DETECT_RULE_INVALID: {
     status: 500,
     description:
@@ -202,18 +274,23 @@ export const ERROR_CODES = {
   },
   CC_ERR_DETECT_UNKNOWN_RULE: {
     status: 400,
-    description: 'The detector configuration (enable, disable or allowlist) names a rule id that does not exist.',
+    description:
+      'The detector configuration (enable, disable or allowlist) names a rule id that does not exist.',
     solution: 'Use a rule id from the rule list in docs/detect.md.',
   },
   CC_ERR_DETECT_ALLOWLIST_INVALID: {
     status: 400,
-    description: 'An allowlist entry is malformed: a value hash that is not 64 hex digits, or a pattern that is not a valid regular expression.',
-    solution: 'Give value hashes as full SHA-256 hex digests and patterns as valid JavaScript regular expressions.',
+    description:
+      'An allowlist entry is malformed: a value hash that is not 64 hex digits, or a pattern that is not a valid regular expression.',
+    solution:
+      'Give value hashes as full SHA-256 hex digests and patterns as valid JavaScript regular expressions.',
   },
   CC_ERR_DETECT_KNOWN_SECRET_TOO_SHORT: {
     status: 400,
-    description: 'A value registered with the known-secret matcher is shorter than the minimum (8 bytes); it would match ordinary text.',
-    solution: 'Register only real secrets; short values are found by the pattern rules if they have a known shape.',
+    description:
+      'A value registered with the known-secret matcher is shorter than the minimum (8 bytes); it would match ordinary text.',
+    solution:
+      'Register only real secrets; short values are found by the pattern rules if they have a known shape.',
   },
   CC_ERR_DETECT_KNOWN_SECRET_TOO_LARGE: {
     status: 413,
@@ -222,7 +299,8 @@ export const ERROR_CODES = {
   },
   CC_ERR_DETECT_TOKENIZE_FAILED: {
     status: 500,
-    description: 'The tokenize callback failed for a finding, so the text was not released (fail closed). The message names the rule id and the fingerprint.',
+    description:
+      'The tokenize callback failed for a finding, so the text was not released (fail closed). The message names the rule id and the fingerprint.',
     solution: 'Check the vault the callback writes to; the cause is attached to the error.',
   },
   CC_ERR_DETECT_INPUT_UNREADABLE: {
@@ -234,6 +312,134 @@ export const ERROR_CODES = {
     status: 500,
     description: 'A chunk was written to a stream scanner after end() was called.',
     solution: 'Create a new scanner for each stream.',
+  },
+  CC_ERR_POLICY_INVALID: {
+    status: 500,
+    description: 'A policy file does not parse or does not validate against the schema; the message names the file, line and policy.',
+    solution: 'Fix the named policy; `coatcheck policy check --policy PATH` validates without serving.',
+  },
+  CC_ERR_POLICY_DENIED: {
+    status: 403,
+    description: 'Policy denied the operation (no permit applied, or a forbid did); the message names the deciding policies.',
+    solution: 'Ask an operator to change the policy; `coatcheck policy check` explains a decision.',
+  },
+  CC_ERR_APPROVAL_REQUIRED: {
+    status: 403,
+    description: 'Policy requires a human approval for this exact operation and none was given.',
+    solution: 'Have an approver approve it (`coatcheck approvals approve ID`), then retry.',
+  },
+  CC_ERR_OIDC_MALFORMED: {
+    status: 401,
+    description: 'The bearer token is not a well-formed JWT.',
+    solution: 'Send the identity token exactly as the issuer gave it.',
+  },
+  CC_ERR_OIDC_EXPIRED: {
+    status: 401,
+    description: 'The JWT has expired (or is not yet valid), beyond the allowed clock skew.',
+    solution: 'Get a fresh token from the issuer.',
+  },
+  CC_ERR_OIDC_ISSUER: {
+    status: 401,
+    description: 'The JWT was issued by an issuer that is not configured.',
+    solution: 'Configure the issuer under identity.oidc, or use a token from a configured one.',
+  },
+  CC_ERR_OIDC_AUDIENCE: {
+    status: 401,
+    description: 'The JWT is not meant for this gateway (wrong audience).',
+    solution: 'Request a token for the configured audience.',
+  },
+  CC_ERR_OIDC_UNKNOWN_KEY: {
+    status: 401,
+    description: 'The JWT is signed with a key the issuer does not publish (even after refreshing its JWKS).',
+    solution: 'Check that the token comes from the configured issuer.',
+  },
+  CC_ERR_OIDC_SIGNATURE: {
+    status: 401,
+    description: 'The JWT signature does not verify, or a claim check failed: the token was altered.',
+    solution: 'Use an unaltered token from the issuer.',
+  },
+  CC_ERR_OIDC_UNAVAILABLE: {
+    status: 503,
+    description: 'The issuer\'s discovery document or JWKS cannot be fetched.',
+    solution: 'Check the issuer URL and its reachability from the gateway.',
+  },
+  CC_ERR_PG_PROTOCOL: {
+    status: 400,
+    description:
+      'A PostgreSQL client sent a malformed or unexpected message (bad length, truncated field, a message out of turn). The client gets SQLSTATE 08P01 and the connection is closed.',
+    solution: 'Use a conforming PostgreSQL client or driver; the gateway log names the message type.',
+  },
+  CC_ERR_PG_MESSAGE_TOO_LARGE: {
+    status: 413,
+    description:
+      'A PostgreSQL message declared a length above postgres.maxMessageBytes (or 10 KiB for a startup packet); it was refused before anything was allocated. SQLSTATE 08P01, connection closed.',
+    solution: 'Send smaller messages (split large COPY data), or raise postgres.maxMessageBytes.',
+  },
+  CC_ERR_PG_UNSUPPORTED: {
+    status: 501,
+    description:
+      'The client asked for something the PostgreSQL front-end does not carry: protocol version 2, a replication connection, the FunctionCall message. SQLSTATE 0A000.',
+    solution: 'Use protocol 3 and ordinary SQL (SELECT f(...) instead of the fast-path function call).',
+  },
+  CC_ERR_PG_TLS_REQUIRED: {
+    status: 403,
+    description:
+      'The client tried to log in without TLS on a non-loopback PostgreSQL listener; the password (a ticket or agent key) would travel in clear. SQLSTATE 28000.',
+    solution: 'Connect with sslmode=require (or verify-full with the gateway certificate).',
+  },
+  CC_ERR_PG_LOGIN_FAILED: {
+    status: 401,
+    description:
+      'The PostgreSQL login was refused: the user is not a live agent, or the password is neither a ticket bound to that agent and connection nor the key of that agent. SQLSTATE 28P01; the audit record carries the precise reason.',
+    solution:
+      'Connect as the agent the ticket was issued to, with a ticket issued with --dest <connection>, or with that agent\'s key.',
+  },
+  CC_ERR_PG_DATABASE_INVALID: {
+    status: 400,
+    description:
+      'The database name of a PostgreSQL login does not name a postgres connection (or names a database the connection does not allow). SQLSTATE 3D000.',
+    solution: 'Use the connection name as the database (`postgresql://AGENT:TICKET@HOST/CONNECTION`).',
+  },
+  CC_ERR_PG_STATEMENT_DENIED: {
+    status: 403,
+    description:
+      "A statement was refused by the connection's rules (read-only, block DDL); the message names the rule and the statement class. SQLSTATE 42501; the session stays usable.",
+    solution: 'Run statements the connection allows, or ask an operator to change its rules.',
+  },
+  CC_ERR_PG_APPROVAL_REQUIRED: {
+    status: 403,
+    description:
+      'The connection requires a human approval for writes, and approvals are not available yet: the write was refused. SQLSTATE 42501; the session stays usable.',
+    solution: 'Ask an operator to run the write, or to lift requireApprovalForWrites on the connection.',
+  },
+  CC_ERR_PG_STATEMENT_UNPARSABLE: {
+    status: 400,
+    description:
+      'A statement could not be parsed by the PostgreSQL parser, so it cannot be classified and was refused (never guessed). SQLSTATE 42601.',
+    solution: 'Fix the SQL syntax; the message gives the parser error position.',
+  },
+  CC_ERR_PG_UPSTREAM_UNREACHABLE: {
+    status: 502,
+    description:
+      "The gateway could not reach the connection's PostgreSQL server, or TLS to it failed (verify-full). SQLSTATE 08001.",
+    solution: "Check the connection's URL, the server's health and its certificate.",
+  },
+  CC_ERR_PG_UPSTREAM_AUTH: {
+    status: 502,
+    description:
+      "The upstream PostgreSQL server refused the connection's credential, or asked for an authentication method the gateway does not speak (only SCRAM-SHA-256, md5 and password). SQLSTATE 08004.",
+    solution: "Check the secret named by the connection's --credential and the server's pg_hba.conf.",
+  },
+  CC_ERR_PG_MASKING_FAILED: {
+    status: 502,
+    description:
+      'A result value could not be masked or a secret in it could not be replaced by a ticket; the session was ended rather than let it through (fail closed). SQLSTATE XX000.',
+    solution: 'Check the gateway log for the incident; the store must be writable to issue replacement tickets.',
+  },
+  CC_ERR_PG_TOO_MANY_CONNECTIONS: {
+    status: 503,
+    description: 'The PostgreSQL listener already serves postgres.maxConnections clients. SQLSTATE 53300.',
+    solution: 'Close idle sessions, or raise postgres.maxConnections.',
   },
 } as const satisfies Record<string, ErrorCodeInfo>;
 

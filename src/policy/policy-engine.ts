@@ -1,0 +1,206 @@
+import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
+import { CoatcheckError } from '../core/errors.js';
+import type { Principal } from '../core/principal.js';
+import type { LoadedPolicy, LoadedPolicySet } from './load-policies.js';
+import { BUILTIN_POLICY, BUILTIN_POLICY_ID, CEDAR_SCHEMA } from './schema.js';
+
+export type Effect = 'allow' | 'deny' | 'approval';
+
+export interface Decision {
+  readonly effect: Effect;
+  /** Policies that decided (the satisfied permits, or the forbids that overrode them). */
+  readonly policies: readonly string[];
+  /** Groups whose members may approve (from `@approvers`), when effect is 'approval'. */
+  readonly approvers: readonly string[];
+  /** Column or field patterns to mask (from `@mask`). */
+  readonly mask: readonly string[];
+  /** Evaluation errors (each makes the policy that raised it not apply; never an allow). */
+  readonly errors: readonly string[];
+}
+
+export type CedarValue = string | number | boolean | CedarValue[] | { [key: string]: CedarValue };
+
+export interface PolicyRequest {
+  readonly principal: Pick<Principal, 'kind' | 'name' | 'groups'> & {
+    readonly type?: 'Agent' | 'Human' | 'Subtask';
+  };
+  readonly action: string;
+  readonly resource: {
+    readonly type: 'Connection' | 'Secret';
+    readonly id: string;
+    readonly attrs?: Record<string, CedarValue>;
+  };
+  /** Request facts; `hour` and `weekday` are filled in from the clock and time zone. */
+  readonly context?: Record<string, CedarValue>;
+  readonly now?: number;
+}
+
+const WEEKDAYS = ['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'];
+const CACHE_LIMIT = 10_000;
+
+function principalType(p: PolicyRequest['principal']): 'Agent' | 'Human' | 'Subtask' {
+  if (p.type !== undefined) return p.type;
+  return p.kind === 'agent' ? 'Agent' : 'Human';
+}
+
+/** Hour (0-23) and weekday (`mon`…) at `now` in `timeZone`. */
+export function clockContext(now: number, timeZone: string): { hour: number; weekday: string } {
+  const parts = new Intl.DateTimeFormat('en-US', {
+    timeZone,
+    hour: 'numeric',
+    hourCycle: 'h23',
+    weekday: 'short',
+  }).formatToParts(now);
+  const hour = Number(parts.find((p) => p.type === 'hour')?.value ?? 0);
+  const weekday = (parts.find((p) => p.type === 'weekday')?.value ?? 'Sun').slice(0, 3).toLowerCase();
+  return { hour: hour === 24 ? 0 : hour, weekday: WEEKDAYS.includes(weekday) ? weekday : 'sun' };
+}
+
+let engines = 0;
+
+/**
+ * Decisions from one parsed policy set. Pure apart from Cedar's own preparse cache:
+ * the set is parsed once, and decisions whose inputs repeat are served from a cache that
+ * is dropped when the set is replaced.
+ */
+export class PolicyEngine {
+  readonly source: 'builtin' | 'configured';
+  readonly policies: readonly LoadedPolicy[];
+  readonly #byId: Map<string, LoadedPolicy>;
+  readonly #setId: string;
+  readonly #timeZone: string;
+  readonly #cache = new Map<string, Decision>();
+
+  constructor(set: LoadedPolicySet | null, options: { timeZone?: string } = {}) {
+    this.source = set === null ? 'builtin' : 'configured';
+    this.policies =
+      set === null
+        ? [
+            {
+              id: BUILTIN_POLICY_ID,
+              text: BUILTIN_POLICY,
+              file: '(built in)',
+              line: 1,
+              effect: 'permit',
+              annotations: {},
+            },
+          ]
+        : set.policies;
+    this.#byId = new Map(this.policies.map((p) => [p.id, p]));
+    this.#timeZone = options.timeZone ?? 'UTC';
+    try {
+      new Intl.DateTimeFormat('en-US', { timeZone: this.#timeZone });
+    } catch {
+      throw new CoatcheckError(
+        'CC_ERR_CONFIG_INVALID',
+        `policy.timeZone: ${this.#timeZone} is not a time zone`,
+        {
+          details: { field: 'policy.timeZone' },
+        },
+      );
+    }
+    this.#setId = `coatcheck-${++engines}`;
+    const parsed = cedar.preparsePolicySet(this.#setId, {
+      staticPolicies: Object.fromEntries(this.policies.map((p) => [p.id, p.text])),
+    });
+    if (parsed.type === 'failure') {
+      throw new CoatcheckError(
+        'CC_ERR_POLICY_INVALID',
+        `policy set: ${parsed.errors[0]?.message ?? 'does not parse'}`,
+      );
+    }
+    const schema = cedar.preparseSchema('coatcheck', CEDAR_SCHEMA);
+    if (schema.type === 'failure')
+      throw new CoatcheckError('CC_ERR_INTERNAL', 'the built-in Cedar schema does not parse');
+  }
+
+  get timeZone(): string {
+    return this.#timeZone;
+  }
+
+  decide(request: PolicyRequest): Decision {
+    const context: Record<string, CedarValue> = {
+      ...clockContext(request.now ?? Date.now(), this.#timeZone),
+      ...request.context,
+    };
+    const type = principalType(request.principal);
+    const key = JSON.stringify([
+      type,
+      request.principal.name,
+      request.principal.groups,
+      request.action,
+      request.resource,
+      context,
+    ]);
+    const cached = this.#cache.get(key);
+    if (cached !== undefined) return cached;
+
+    const principal = { type, id: request.principal.name };
+    const entities = [
+      {
+        uid: principal,
+        attrs: { name: request.principal.name },
+        parents: request.principal.groups.map((g) => ({ type: 'Group', id: g })),
+      },
+      ...request.principal.groups.map((g) => ({ uid: { type: 'Group', id: g }, attrs: {}, parents: [] })),
+      {
+        uid: { type: request.resource.type, id: request.resource.id },
+        attrs:
+          request.resource.attrs ??
+          (request.resource.type === 'Connection' ? { type: 'unknown' } : { kind: 'generic' }),
+        parents: [],
+      },
+    ];
+    const answer = cedar.statefulIsAuthorized({
+      principal,
+      action: { type: 'Action', id: request.action },
+      resource: { type: request.resource.type, id: request.resource.id },
+      context: context as Record<string, never>,
+      preparsedPolicySetId: this.#setId,
+      entities,
+    });
+    let decision: Decision;
+    if (answer.type === 'failure') {
+      // Fail closed: a request Cedar cannot evaluate is denied.
+      decision = {
+        effect: 'deny',
+        policies: [],
+        approvers: [],
+        mask: [],
+        errors: answer.errors.map((e) => e.message),
+      };
+    } else {
+      const reasons = answer.response.diagnostics.reason;
+      const errors = answer.response.diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
+      if (answer.response.decision === 'deny') {
+        decision = { effect: 'deny', policies: reasons, approvers: [], mask: [], errors };
+      } else {
+        const permits = reasons
+          .map((id) => this.#byId.get(id))
+          .filter((p): p is LoadedPolicy => p !== undefined);
+        // Conservative: if any satisfied permit asks for approval, approval is required.
+        const approval = permits.filter((p) => p.annotations.approval === 'required');
+        const split = (text: string | undefined) =>
+          (text ?? '')
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean);
+        decision = {
+          effect: approval.length > 0 ? 'approval' : 'allow',
+          policies: reasons,
+          approvers: [...new Set(approval.flatMap((p) => split(p.annotations.approvers)))],
+          mask: [...new Set(permits.flatMap((p) => split(p.annotations.mask)))],
+          errors,
+        };
+      }
+    }
+    if (this.#cache.size >= CACHE_LIMIT) this.#cache.clear();
+    this.#cache.set(key, decision);
+    return decision;
+  }
+
+  /** Drop cached decisions (on revocation or any change that could alter an input). */
+  invalidate(): void {
+    this.#cache.clear();
+  }
+}

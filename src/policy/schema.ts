@@ -1,0 +1,57 @@
+/**
+ * The Cedar schema every policy is validated against at load. Entity and action names
+ * are part of the public contract (docs/policy.md); add, never rename.
+ */
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+export const SQL_ACTIONS = [
+  'sql:read',
+  'sql:write',
+  'sql:ddl',
+  'sql:privilege',
+  'sql:session',
+  'sql:call',
+] as const;
+
+export const ACTIONS = [
+  'exchange',
+  ...HTTP_METHODS.map((m) => `http:${m}`),
+  ...SQL_ACTIONS,
+  'ssh:exec',
+  'mcp:call',
+  'llm:call',
+] as const;
+
+const principals = '[Agent, Human, Subtask]';
+
+export const CEDAR_SCHEMA = `
+entity Group;
+entity Agent in [Group] { name: String };
+entity Human in [Group] { name: String };
+entity Workflow;
+entity Subtask in [Workflow] { name: String };
+entity Connection { type: String };
+entity Secret { kind: String };
+
+type RequestContext = {
+  hour: Long,
+  weekday: String,
+  source_ip?: String,
+  statement?: String,
+  sql_class?: String,
+  method?: String,
+  path?: String,
+  host?: String,
+  workflow?: String,
+  subtask?: String,
+  tool?: String,
+};
+
+action "exchange" appliesTo { principal: ${principals}, resource: [Secret, Connection], context: RequestContext };
+action ${HTTP_METHODS.map((m) => `"http:${m}"`).join(', ')} appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
+action ${SQL_ACTIONS.map((a) => `"${a}"`).join(', ')} appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
+action "ssh:exec", "mcp:call", "llm:call" appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
+`;
+
+/** Used when no policy is configured: a valid ticket, bound to the caller and the destination, is enough. */
+export const BUILTIN_POLICY_ID = 'builtin:allow-valid-tickets';
+export const BUILTIN_POLICY = 'permit(principal, action, resource);';
