@@ -364,7 +364,7 @@ describe('vault: a tampered store', () => {
       const cipher = (
         db2.prepare('SELECT ciphertext FROM secrets WHERE id = ?').get(a.id) as { ciphertext: Buffer }
       ).ciphertext;
-      cipher[cipher.length - 1] ^= 1;
+      cipher.writeUInt8(cipher.readUInt8(cipher.length - 1) ^ 1, cipher.length - 1);
       db2.prepare('UPDATE secrets SET ciphertext = ? WHERE id = ?').run(cipher, a.id);
       db2.close();
       ctx = await t.open();
