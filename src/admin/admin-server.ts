@@ -100,6 +100,14 @@ export async function startAdminServer(
       res.end(openapi);
       return;
     }
+    if (req.method === 'GET' && url.pathname === '/metrics') {
+      // Unauthenticated, like /healthz: the admin listener is loopback by default, and no
+      // metric carries a secret, ticket, path or header (labels are closed sets).
+      const text = await ctx.metrics.metrics();
+      res.writeHead(200, { 'content-type': ctx.metrics.contentType, 'cache-control': 'no-store' });
+      res.end(text);
+      return;
+    }
     if (req.method === 'GET' && url.pathname === '/healthz') {
       send(res, 200, { ok: true });
       return;

@@ -4,6 +4,7 @@ import { resolveHome, writeFileDurably } from '../config/home.js';
 import { listenAddress } from '../config/schema.js';
 import { CoatcheckError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
+import { type HttpFrontend, startHttpFrontend } from '../frontends/http/start.js';
 import { initHome, openContext } from '../server/context.js';
 import { type CliIo, EXIT } from './io.js';
 
@@ -40,22 +41,21 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
   const ctx = await openContext(home, { env: io.env });
   const log = createLogger({ level: ctx.config.log.level });
   let admin: AdminServer | null = null;
+  let http: HttpFrontend | null = null;
   try {
     await ctx.connections.checkDeclared();
-    for (const [flag, value] of [
-      ['--listen-http', options.listenHttp ?? ctx.config.listen.http],
-      ['--listen-postgres', options.listenPostgres ?? ctx.config.listen.postgres],
-    ] as const) {
-      if (value !== null && value !== undefined) {
-        // Fail closed: a listener that was asked for and cannot be provided is an error, not a warning.
-        throw new CoatcheckError(
-          'CC_ERR_INVALID_ARGUMENT',
-          `${flag}: this front-end is not available in this version of coatcheck`,
-          {
-            details: { field: flag },
-          },
-        );
-      }
+    const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
+    if (postgres !== null && postgres !== undefined) {
+      // Fail closed: a listener that was asked for and cannot be provided is an error, not a warning.
+      throw new CoatcheckError(
+        'CC_ERR_INVALID_ARGUMENT',
+        '--listen-postgres: this front-end is not available in this version of coatcheck',
+        { details: { field: '--listen-postgres' } },
+      );
+    }
+    const httpAddress = options.listenHttp ?? ctx.config.listen.http;
+    if (httpAddress !== null && httpAddress !== undefined) {
+      http = await startHttpFrontend(ctx, splitAddress(httpAddress, '--listen-http'), log);
     }
     admin = await startAdminServer(
       ctx,
@@ -65,15 +65,16 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     writeFileDurably(home.serverFile, `${JSON.stringify({ pid: process.pid, admin: admin.url })}\n`, 0o600);
     const listening = {
       admin: admin.url,
+      ...(http === null ? {} : { http: http.url }),
       store: `${ctx.store.driver} ${ctx.store.location}`,
       home: home.dir,
     };
     io.stdout.write(
       options.json
         ? `${JSON.stringify(listening)}\n`
-        : `coatcheck listening\n  admin API  ${listening.admin}\n  store      ${listening.store}\n  home       ${listening.home}\n`,
+        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}  store      ${listening.store}\n  home       ${listening.home}\n`,
     );
-    log.info({ admin: admin.url, store: ctx.store.driver }, 'coatcheck started');
+    log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
     await new Promise<void>((resolve) => {
       const stop = () => {
         process.off('SIGINT', stop);
@@ -86,6 +87,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     log.info('coatcheck stopping');
     return EXIT.ok;
   } finally {
+    await http?.close();
     await admin?.close();
     rmSync(home.serverFile, { force: true });
     await ctx.close();

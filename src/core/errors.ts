@@ -315,12 +315,14 @@ export const ERROR_CODES = {
   },
   CC_ERR_POLICY_INVALID: {
     status: 500,
-    description: 'A policy file does not parse or does not validate against the schema; the message names the file, line and policy.',
+    description:
+      'A policy file does not parse or does not validate against the schema; the message names the file, line and policy.',
     solution: 'Fix the named policy; `coatcheck policy check --policy PATH` validates without serving.',
   },
   CC_ERR_POLICY_DENIED: {
     status: 403,
-    description: 'Policy denied the operation (no permit applied, or a forbid did); the message names the deciding policies.',
+    description:
+      'Policy denied the operation (no permit applied, or a forbid did); the message names the deciding policies.',
     solution: 'Ask an operator to change the policy; `coatcheck policy check` explains a decision.',
   },
   CC_ERR_APPROVAL_REQUIRED: {
@@ -360,7 +362,7 @@ export const ERROR_CODES = {
   },
   CC_ERR_OIDC_UNAVAILABLE: {
     status: 503,
-    description: 'The issuer\'s discovery document or JWKS cannot be fetched.',
+    description: "The issuer's discovery document or JWKS cannot be fetched.",
     solution: 'Check the issuer URL and its reachability from the gateway.',
   },
   CC_ERR_PG_PROTOCOL: {
@@ -392,7 +394,7 @@ export const ERROR_CODES = {
     description:
       'The PostgreSQL login was refused: the user is not a live agent, or the password is neither a ticket bound to that agent and connection nor the key of that agent. SQLSTATE 28P01; the audit record carries the precise reason.',
     solution:
-      'Connect as the agent the ticket was issued to, with a ticket issued with --dest <connection>, or with that agent\'s key.',
+      "Connect as the agent the ticket was issued to, with a ticket issued with --dest <connection>, or with that agent's key.",
   },
   CC_ERR_PG_DATABASE_INVALID: {
     status: 400,
@@ -434,7 +436,8 @@ export const ERROR_CODES = {
     status: 502,
     description:
       'A result value could not be masked or a secret in it could not be replaced by a ticket; the session was ended rather than let it through (fail closed). SQLSTATE XX000.',
-    solution: 'Check the gateway log for the incident; the store must be writable to issue replacement tickets.',
+    solution:
+      'Check the gateway log for the incident; the store must be writable to issue replacement tickets.',
   },
   CC_ERR_PG_TOO_MANY_CONNECTIONS: {
     status: 503,

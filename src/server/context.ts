@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
+import { Registry } from 'prom-client';
 import { AuditLog } from '../audit/audit-log.js';
 import {
   adminKeyHash,
@@ -40,6 +41,8 @@ export interface Context {
   readonly connections: Connections;
   /** Where the master key came from: rotation writes a file, or hands an env key back. */
   readonly masterKeySource: 'env' | 'file';
+  /** Prometheus registry shared by the front-ends; the admin listener serves it at GET /metrics. */
+  readonly metrics: Registry;
   close(): Promise<void>;
 }
 
@@ -93,6 +96,7 @@ function buildContext(
     agents,
     connections,
     masterKeySource,
+    metrics: new Registry(),
     async close() {
       vault.close();
       await audit.close().catch(() => undefined);

@@ -39,6 +39,16 @@ CREATE TABLE audit (
   data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
 `,
   },
+  {
+    version: 2,
+    name: 'sessions',
+    sql: `
+CREATE TABLE sessions (
+  id TEXT PRIMARY KEY, frontend TEXT NOT NULL, principal TEXT, connection TEXT,
+  started_at INTEGER NOT NULL, ended_at INTEGER NOT NULL, outcome TEXT NOT NULL, summary TEXT NOT NULL);
+CREATE INDEX sessions_started ON sessions(started_at, id);
+`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -70,6 +80,16 @@ CREATE TABLE connections (
 CREATE TABLE audit (
   seq BIGINT PRIMARY KEY, ts BIGINT NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL,
   data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+`,
+  },
+  {
+    version: 2,
+    name: 'sessions',
+    sql: `
+CREATE TABLE sessions (
+  id TEXT PRIMARY KEY, frontend TEXT NOT NULL, principal TEXT, connection TEXT,
+  started_at BIGINT NOT NULL, ended_at BIGINT NOT NULL, outcome TEXT NOT NULL, summary TEXT NOT NULL);
+CREATE INDEX sessions_started ON sessions(started_at, id);
 `,
   },
 ];

@@ -9,6 +9,8 @@ import type {
   AuditRecord,
   ConnectionRecord,
   SecretRecord,
+  SessionFilter,
+  SessionRecord,
   Store,
   StoreChange,
   StoreOps,
@@ -121,6 +123,19 @@ function connectionFromRow(row: Row): ConnectionRecord {
     credential: nullableString(row.credential),
     injectHeaders: stringRecord(row.inject_headers, 'connections', 'inject_headers'),
     createdAt: Number(row.created_at),
+  };
+}
+
+function sessionFromRow(row: Row): SessionRecord {
+  return {
+    id: String(row.id),
+    frontend: String(row.frontend),
+    principal: nullableString(row.principal),
+    connection: nullableString(row.connection),
+    startedAt: Number(row.started_at),
+    endedAt: Number(row.ended_at),
+    outcome: String(row.outcome),
+    summary: jsonColumn<Record<string, unknown>>(row.summary, 'sessions', 'summary'),
   };
 }
 
@@ -529,6 +544,33 @@ class PgOps implements StoreOps {
   }
   async deleteConnection(name: string) {
     return (await this.db.execute('DELETE FROM connections WHERE name = $1', [name])) === 1;
+  }
+
+  async insertSession(r: SessionRecord) {
+    await this.db.execute(
+      'INSERT INTO sessions (id, frontend, principal, connection, started_at, ended_at, outcome, summary) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)',
+      [
+        r.id,
+        r.frontend,
+        r.principal,
+        r.connection,
+        r.startedAt,
+        r.endedAt,
+        r.outcome,
+        JSON.stringify(r.summary),
+      ],
+    );
+  }
+  async getSession(id: string) {
+    const rows = await this.db.query('SELECT * FROM sessions WHERE id = $1', [id]);
+    return rows[0] === undefined ? null : sessionFromRow(rows[0]);
+  }
+  async listSessions(filter: SessionFilter) {
+    const rows = await this.db.query(
+      'SELECT * FROM sessions WHERE started_at < $1 AND ($2::text IS NULL OR principal = $2) ORDER BY started_at DESC, id DESC LIMIT $3',
+      [filter.before ?? Number.MAX_SAFE_INTEGER, filter.principal ?? null, filter.limit],
+    );
+    return rows.map(sessionFromRow);
   }
 
   async auditHead() {

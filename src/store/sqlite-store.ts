@@ -10,6 +10,8 @@ import type {
   AuditRecord,
   ConnectionRecord,
   SecretRecord,
+  SessionFilter,
+  SessionRecord,
   Store,
   StoreChange,
   StoreOps,
@@ -72,6 +74,19 @@ function connectionFromRow(row: Row): ConnectionRecord {
     credential: row.credential === null ? null : String(row.credential),
     injectHeaders: jsonColumn<Record<string, string>>(row.inject_headers, 'connections', 'inject_headers'),
     createdAt: Number(row.created_at),
+  };
+}
+
+function sessionFromRow(row: Row): SessionRecord {
+  return {
+    id: String(row.id),
+    frontend: String(row.frontend),
+    principal: row.principal === null ? null : String(row.principal),
+    connection: row.connection === null ? null : String(row.connection),
+    startedAt: Number(row.started_at),
+    endedAt: Number(row.ended_at),
+    outcome: String(row.outcome),
+    summary: jsonColumn<Record<string, unknown>>(row.summary, 'sessions', 'summary'),
   };
 }
 
@@ -328,6 +343,33 @@ class SqliteOps implements StoreOps {
   }
   async deleteConnection(name: string) {
     return this.run('DELETE FROM connections WHERE name = ?', name) === 1;
+  }
+
+  async insertSession(r: SessionRecord) {
+    this.run(
+      'INSERT INTO sessions (id, frontend, principal, connection, started_at, ended_at, outcome, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+      r.id,
+      r.frontend,
+      r.principal,
+      r.connection,
+      r.startedAt,
+      r.endedAt,
+      r.outcome,
+      JSON.stringify(r.summary),
+    );
+  }
+  async getSession(id: string) {
+    const row = this.get('SELECT * FROM sessions WHERE id = ?', id);
+    return row === undefined ? null : sessionFromRow(row);
+  }
+  async listSessions(filter: SessionFilter) {
+    return this.all(
+      'SELECT * FROM sessions WHERE started_at < ? AND (? IS NULL OR principal = ?) ORDER BY started_at DESC, id DESC LIMIT ?',
+      filter.before ?? Number.MAX_SAFE_INTEGER,
+      filter.principal ?? null,
+      filter.principal ?? null,
+      filter.limit,
+    ).map(sessionFromRow);
   }
 
   async auditHead() {

@@ -70,6 +70,28 @@ export interface AuditRecord {
   readonly hash: string;
 }
 
+/** One recorded data-path session: metadata only (never a header value or a body). */
+export interface SessionRecord {
+  readonly id: string;
+  /** Front-end that served it (`http`). */
+  readonly frontend: string;
+  readonly principal: string | null;
+  readonly connection: string | null;
+  readonly startedAt: number;
+  readonly endedAt: number;
+  /** `ok`, or the error code that ended it. */
+  readonly outcome: string;
+  /** Protocol-level, scrubbed metadata (method, path, status, sizes, ticket ids, timings). */
+  readonly summary: Readonly<Record<string, unknown>>;
+}
+
+export interface SessionFilter {
+  /** Only sessions that started before this (epoch ms): pages back through history. */
+  readonly before?: number;
+  readonly principal?: string;
+  readonly limit: number;
+}
+
 export interface TicketFilter {
   readonly secretId?: string;
   readonly principal?: string;
@@ -117,6 +139,11 @@ export interface StoreOps {
   getConnection(name: string): Promise<ConnectionRecord | null>;
   listConnections(): Promise<ConnectionRecord[]>;
   deleteConnection(name: string): Promise<boolean>;
+
+  insertSession(record: SessionRecord): Promise<void>;
+  getSession(id: string): Promise<SessionRecord | null>;
+  /** Newest first. */
+  listSessions(filter: SessionFilter): Promise<SessionRecord[]>;
 
   /** The last audit record's seq and hash, or null for an empty log. */
   auditHead(): Promise<{ seq: number; hash: string } | null>;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { AuditRecord, SecretRecord, Store, TicketRecord } from '../../src/store/types.js';
+import type { AuditRecord, SecretRecord, SessionRecord, Store, TicketRecord } from '../../src/store/types.js';
 
 /**
  * One contract, every adapter: SQLite and PostgreSQL must behave identically here.
@@ -155,6 +155,50 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
         expect(await store.listConnections()).toEqual([conn]);
         expect(await store.deleteConnection('github')).toBe(true);
         expect(await store.deleteConnection('github')).toBe(false);
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('keeps session recordings, newest first, filtered and paged', async () => {
+      const store = await open();
+      try {
+        const session = (id: string, startedAt: number, principal: string | null): SessionRecord => ({
+          id,
+          frontend: 'http',
+          principal,
+          connection: 'github',
+          startedAt,
+          endedAt: startedAt + 5,
+          outcome: 'ok',
+          summary: { method: 'GET', path: '/c/github/user', status: 200, tickets: ['tkt_1'] },
+        });
+        const records = [
+          session('ses_1', 10, 'agent:agt_1'),
+          session('ses_2', 20, 'agent:agt_2'),
+          session('ses_3', 30, 'agent:agt_1'),
+          session('ses_4', 40, null),
+        ];
+        for (const record of records) await store.insertSession(record);
+        expect(await store.getSession('ses_2')).toEqual(records[1]);
+        expect(await store.getSession('ses_none')).toBeNull();
+        expect((await store.listSessions({ limit: 10 })).map((s) => s.id)).toEqual([
+          'ses_4',
+          'ses_3',
+          'ses_2',
+          'ses_1',
+        ]);
+        expect((await store.listSessions({ limit: 2, before: 30 })).map((s) => s.id)).toEqual([
+          'ses_2',
+          'ses_1',
+        ]);
+        expect((await store.listSessions({ limit: 10, principal: 'agent:agt_1' })).map((s) => s.id)).toEqual([
+          'ses_3',
+          'ses_1',
+        ]);
+        await expect(store.insertSession(records[0]!)).rejects.toMatchObject({
+          code: 'CC_ERR_ALREADY_EXISTS',
+        });
       } finally {
         await store.close();
       }

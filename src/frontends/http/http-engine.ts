@@ -1,0 +1,492 @@
+import { once } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+import { pipeline as pipe } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import type { Dispatcher } from 'undici';
+import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/errors.js';
+import { newIncidentId } from '../../core/ids.js';
+import type { Engine } from '../../gateway/engine.js';
+import type { ResponseScan } from '../../gateway/inspector.js';
+import { methodLabel, statusLabel } from '../../gateway/metrics.js';
+import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
+import { GatewaySession } from '../../gateway/session.js';
+import { bearer, hopByHop } from './protocol/headers.js';
+import { parseRouteTarget, scrubPath, upstreamPath } from './protocol/request-target.js';
+import {
+  assertHeaderSafe,
+  bodyKind,
+  bodyTickets,
+  formTickets,
+  headerTickets,
+  type SecretOf,
+  substituteBody,
+  substituteForm,
+  substituteHeader,
+} from './protocol/tickets.js';
+
+export interface HttpEngineOptions {
+  readonly bodyLimit: number;
+  readonly upstreamTimeoutMs: number;
+  readonly maxTicketsPerRequest: number;
+  readonly dispatcher: Dispatcher;
+}
+
+/** One request/response pair and its session. */
+export interface HttpClient {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly session: GatewaySession;
+  /** Filled in as the request advances; becomes the recording's summary. */
+  readonly summary: Record<string, unknown>;
+}
+
+const NO_BODY_STATUS = new Set([204, 304]);
+
+function upstreamFailure(error: unknown, terminatedBy: ErrorCode | null): CoatcheckError {
+  if (terminatedBy !== null) {
+    return new CoatcheckError(
+      terminatedBy,
+      'the session was ended: a ticket, agent or secret it used was revoked',
+    );
+  }
+  if (error instanceof CoatcheckError) return error;
+  const code = (error as { code?: string } | null)?.code ?? '';
+  const name = (error as { name?: string } | null)?.name ?? '';
+  if (
+    code === 'UND_ERR_CONNECT_TIMEOUT' ||
+    code === 'UND_ERR_HEADERS_TIMEOUT' ||
+    code === 'UND_ERR_BODY_TIMEOUT'
+  ) {
+    return new CoatcheckError('CC_ERR_GATEWAY_UPSTREAM_TIMEOUT', 'the upstream did not answer in time', {
+      details: { cause: code },
+    });
+  }
+  if (name === 'AbortError' || code === 'UND_ERR_ABORTED') {
+    return new CoatcheckError('CC_ERR_GATEWAY_UPSTREAM_UNREACHABLE', 'the upstream request was aborted');
+  }
+  return new CoatcheckError(
+    'CC_ERR_GATEWAY_UPSTREAM_UNREACHABLE',
+    'the upstream could not be reached or reset the connection',
+    {
+      details: { cause: /^[A-Z_]{1,40}$/.test(code) ? code : 'error' },
+    },
+  );
+}
+
+/**
+ * Read the request body, refusing more than `limit` bytes before buffering them. On
+ * refusal the rest of the body is drained unread (the connection is closed after the
+ * error response, since it cannot be reused).
+ */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
+  const declared = req.headers['content-length'];
+  const framed = declared !== undefined || req.headers['transfer-encoding'] !== undefined;
+  const tooLarge = () => new CoatcheckError('CC_ERR_BODY_TOO_LARGE', `request body exceeds ${limit} bytes`);
+  if (declared !== undefined && Number(declared) > limit) {
+    req.resume();
+    return Promise.reject(tooLarge());
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const cleanup = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        cleanup();
+        chunks.length = 0;
+        req.resume();
+        reject(tooLarge());
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      if (size === 0) resolve(framed ? Buffer.alloc(0) : null);
+      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(
+        new CoatcheckError('CC_ERR_HTTP_BAD_REQUEST', 'the request body could not be read', { cause: error }),
+      );
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+  });
+}
+
+function decoderFor(encoding: string | undefined): NodeJS.ReadWriteStream | null | 'unsupported' {
+  const value = (encoding ?? '').trim().toLowerCase();
+  if (value === '' || value === 'identity') return null;
+  if (value === 'gzip' || value === 'x-gzip') return createGunzip();
+  if (value === 'deflate') return createInflate();
+  if (value === 'br') return createBrotliDecompress();
+  return 'unsupported';
+}
+
+/**
+ * The HTTP reverse-proxy engine: `/c/<connection>/<path>` → the connection's URL.
+ * Tickets in headers, query and body are exchanged; the connection's credential headers
+ * are injected; the response is scanned and any secret in it comes back as a ticket.
+ */
+export class HttpEngine implements Engine<HttpClient> {
+  readonly name = 'http';
+  readonly #pipeline: ExchangePipeline;
+  readonly #options: HttpEngineOptions;
+
+  constructor(pipeline: ExchangePipeline, options: HttpEngineOptions) {
+    if (options.dispatcher === undefined || options.dispatcher === null) {
+      throw new CoatcheckError(
+        'CC_ERR_GATEWAY_MISCONFIGURED',
+        'the HTTP front-end was started without an upstream dispatcher',
+      );
+    }
+    this.#pipeline = pipeline;
+    this.#options = options;
+  }
+
+  /** Bind a request to a new session. */
+  client(req: IncomingMessage, res: ServerResponse): HttpClient {
+    const session = this.#pipeline.openSession(new GatewaySession(this.name, this.#pipeline.services.clock));
+    return { req, res, session, summary: { method: req.method, httpVersion: req.httpVersion } };
+  }
+
+  async initialize(client: HttpClient): Promise<void> {
+    const { req } = client;
+    if (req.method === 'CONNECT' || req.headers.upgrade !== undefined) {
+      throw new CoatcheckError(
+        'CC_ERR_HTTP_UNSUPPORTED',
+        'CONNECT and protocol upgrades are not served by this front-end',
+      );
+    }
+  }
+
+  sendError(client: HttpClient, error: CoatcheckError): void {
+    const { req, res } = client;
+    if (res.headersSent) {
+      // Mid-body: the only honest signal left is to cut the connection (the client sees a truncated message).
+      res.destroy();
+      return;
+    }
+    const body = JSON.stringify({ error: { code: error.code, message: error.message } });
+    const headers: Record<string, string | number> = {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      'cache-control': 'no-store',
+      'x-content-type-options': 'nosniff',
+      'x-coatcheck-error': error.code,
+    };
+    if (error.code === 'CC_ERR_HTTP_PROXY_AUTH_REQUIRED')
+      headers['proxy-authenticate'] = 'Bearer realm="coatcheck"';
+    // An unread request body would desynchronise a kept-alive connection.
+    if (!req.complete) headers.connection = 'close';
+    res.writeHead(error.status, headers);
+    res.end(body);
+  }
+
+  async handle(client: HttpClient): Promise<void> {
+    const { req, session, summary } = client;
+    const { services } = this.#pipeline;
+    const started = performance.now();
+    await this.initialize(client);
+
+    // authenticate
+    const principal = await this.#pipeline.authenticate(session, bearer(req.headers['proxy-authorization']));
+
+    // route
+    const route = parseRouteTarget(req.url ?? '/');
+    summary.path = scrubPath(route.path || '/');
+    summary.queryLength = route.query?.length ?? 0;
+    const connection = await this.#pipeline.resolveConnection(session, route.connection, ['http']);
+
+    // classify
+    const method = req.method ?? 'GET';
+    const operation: Operation = {
+      action: `http:${method}`,
+      description: `${method} ${connection.url.host}${scrubPath(upstreamPath(connection.url.pathname, { ...route, query: null }))}`,
+      attributes: { method, host: connection.target.host ?? '', path: scrubPath(route.path || '/') },
+    };
+
+    // decide (before any release)
+    const decision = await this.#pipeline.decide(session, {
+      principal,
+      connection: connection.view,
+      target: connection.target,
+      operation,
+    });
+    summary.decision = decision.verdict;
+
+    // read and search the request
+    const body = await readBody(req, this.#options.bodyLimit);
+    summary.requestBytes = body?.length ?? 0;
+    const skip = hopByHop(req.headers.connection);
+    for (const name of ['host', 'content-length', 'expect', 'accept-encoding']) skip.add(name);
+    const injectedNames = new Set([
+      ...Object.keys(connection.view.injectHeaders).map((h) => h.toLowerCase()),
+      ...(connection.view.credential !== null ? ['authorization'] : []),
+    ]);
+    const raw = req.rawHeaders;
+    const headerPairs: Array<[string, string]> = [];
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const name = raw[i]!;
+      const lower = name.toLowerCase();
+      if (skip.has(lower) || injectedNames.has(lower)) continue;
+      headerPairs.push([name, raw[i + 1]!]);
+    }
+    const bodyEncoded = !['', 'identity'].includes(
+      (req.headers['content-encoding'] ?? '').trim().toLowerCase(),
+    );
+    const kind = bodyKind(req.headers['content-type']);
+    const bodyText = body === null || body.length === 0 || bodyEncoded ? null : body.toString('latin1');
+    const found = {
+      header: headerPairs.flatMap(([, value]) => headerTickets(value)),
+      query: route.query === null ? [] : formTickets(route.query, false),
+      body: bodyText === null ? [] : bodyTickets(kind, bodyText),
+    };
+    summary.ticketsFound = {
+      header: found.header.length,
+      query: found.query.length,
+      body: found.body.length,
+    };
+    const tickets = [...new Set([...found.header, ...found.query, ...found.body])];
+    if (tickets.length > this.#options.maxTicketsPerRequest) {
+      throw new CoatcheckError(
+        'CC_ERR_HTTP_TOO_MANY_TICKETS',
+        `the request carries ${tickets.length} tickets; the limit is ${this.#options.maxTicketsPerRequest}`,
+      );
+    }
+
+    // exchange tickets, release credentials (each release audited durably first)
+    const exchangeStarted = performance.now();
+    const request = { principal, target: connection.target, operation };
+    const released = await this.#pipeline.exchange(session, tickets, request);
+    const injected = await this.#pipeline.credentials(session, connection.view, request);
+    services.metrics.duration.observe(
+      { frontend: this.name, phase: 'exchange' },
+      (performance.now() - exchangeStarted) / 1000,
+    );
+
+    const secretOf: SecretOf = (ticket) => released.get(ticket)!.value.reveal();
+    const upstreamHeaders: string[] = [];
+    for (const [name, value] of headerPairs) {
+      upstreamHeaders.push(name, found.header.length > 0 ? substituteHeader(value, secretOf) : value);
+    }
+    for (const [name, value] of injected) {
+      assertHeaderSafe(value);
+      upstreamHeaders.push(name, value);
+    }
+    upstreamHeaders.push('accept-encoding', 'identity');
+    let upstreamBody: Buffer | null = body;
+    if (body !== null && bodyText !== null && found.body.length > 0) {
+      upstreamBody = Buffer.from(substituteBody(kind, bodyText, secretOf), 'latin1');
+    }
+    const query =
+      route.query !== null && found.query.length > 0
+        ? substituteForm(route.query, secretOf, false)
+        : route.query;
+    const path = upstreamPath(connection.url.pathname, { ...route, query });
+
+    // forward
+    const gone = new AbortController();
+    const onClose = () => {
+      if (!client.res.writableFinished) gone.abort();
+    };
+    client.res.once('close', onClose);
+    const signal = AbortSignal.any([session.signal, gone.signal]);
+    const upstreamStarted = performance.now();
+    let response: Dispatcher.ResponseData;
+    try {
+      response = await this.#options.dispatcher.request({
+        origin: connection.url.origin,
+        path,
+        method: method as Dispatcher.HttpMethod,
+        headers: upstreamHeaders,
+        body: upstreamBody,
+        signal,
+        headersTimeout: this.#options.upstreamTimeoutMs,
+        bodyTimeout: this.#options.upstreamTimeoutMs,
+      });
+    } catch (error) {
+      throw upstreamFailure(error, session.terminatedBy);
+    }
+    const upstreamMs = performance.now() - upstreamStarted;
+    summary.upstreamMs = Math.round(upstreamMs);
+    summary.upstreamStatus = response.statusCode;
+    services.metrics.duration.observe({ frontend: this.name, phase: 'upstream' }, upstreamMs / 1000);
+
+    try {
+      await this.#respond(client, response, principal, connection.target, signal);
+    } catch (error) {
+      response.body.on('error', () => undefined); // destroying an unread undici body emits an AbortError
+      response.body.destroy();
+      throw upstreamFailure(error, session.terminatedBy);
+    } finally {
+      client.res.off('close', onClose);
+      summary.totalMs = Math.round(performance.now() - started);
+    }
+  }
+
+  async #respond(
+    client: HttpClient,
+    response: Dispatcher.ResponseData,
+    principal: Parameters<ExchangePipeline['inspect']>[1],
+    target: Parameters<ExchangePipeline['inspect']>[2],
+    signal: AbortSignal,
+  ): Promise<void> {
+    const { req, res, session, summary } = client;
+    let scan: ResponseScan;
+    try {
+      scan = await this.#pipeline.inspect(session, principal, target);
+    } catch (error) {
+      throw new CoatcheckError('CC_ERR_GATEWAY_INSPECTION_FAILED', 'the response could not be inspected', {
+        cause: error,
+      });
+    }
+    const decoder = decoderFor(response.headers['content-encoding'] as string | undefined);
+    if (decoder === 'unsupported') {
+      throw new CoatcheckError(
+        'CC_ERR_GATEWAY_UPSTREAM_ENCODING',
+        'the upstream answered with a content encoding the gateway cannot inspect',
+      );
+    }
+    const skip = hopByHop(response.headers.connection as string | string[] | undefined);
+    skip.add('content-length');
+    if (decoder !== null) skip.add('content-encoding');
+    const hasBody = req.method !== 'HEAD' && !NO_BODY_STATUS.has(response.statusCode);
+    const out: string[] = [];
+    const rawHeaders = response.headers;
+    for (const [name, value] of Object.entries(rawHeaders)) {
+      const lower = name.toLowerCase();
+      if (value === undefined) continue;
+      if (skip.has(lower) && !(lower === 'content-length' && !hasBody)) continue;
+      for (const item of Array.isArray(value) ? value : [value])
+        out.push(name, await this.#scanned(scan, item));
+    }
+    if (signal.aborted)
+      throw session.terminatedBy !== null ? new Error('terminated') : new Error('client gone');
+    res.writeHead(response.statusCode, out);
+    summary.status = response.statusCode;
+    let sent = 0;
+    if (hasBody) {
+      const source: Readable =
+        decoder === null
+          ? response.body
+          : (pipe(response.body, decoder, () => undefined) as unknown as Readable);
+      for await (const chunk of source) {
+        const clean = await this.#scannedChunk(scan, chunk as Buffer);
+        if (clean.length > 0) {
+          sent += clean.length;
+          if (!res.write(clean)) await Promise.race([once(res, 'drain'), once(res, 'close')]);
+          if (res.destroyed) throw new Error('client gone');
+        }
+      }
+      const tail = await this.#scanEnd(scan);
+      sent += tail.length;
+      res.end(tail);
+    } else {
+      await response.body.dump();
+      res.end();
+    }
+    summary.responseBytes = sent;
+    summary.responseSecrets = [...scan.findings.values()].reduce((a, b) => a + b, 0);
+  }
+
+  async #scanned(scan: ResponseScan, value: string): Promise<string> {
+    try {
+      return await scan.header(value);
+    } catch (error) {
+      throw new CoatcheckError(
+        'CC_ERR_GATEWAY_INSPECTION_FAILED',
+        'a response header could not be inspected',
+        { cause: error },
+      );
+    }
+  }
+
+  async #scannedChunk(scan: ResponseScan, chunk: Buffer): Promise<Buffer> {
+    try {
+      return await scan.push(chunk);
+    } catch (error) {
+      throw new CoatcheckError(
+        'CC_ERR_GATEWAY_INSPECTION_FAILED',
+        'the response body could not be inspected',
+        { cause: error },
+      );
+    }
+  }
+
+  async #scanEnd(scan: ResponseScan): Promise<Buffer> {
+    try {
+      return await scan.end();
+    } catch (error) {
+      throw new CoatcheckError(
+        'CC_ERR_GATEWAY_INSPECTION_FAILED',
+        'the response body could not be inspected',
+        { cause: error },
+      );
+    }
+  }
+
+  /** Run one request end to end: errors in the client's protocol, metrics, recording. */
+  async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const { services } = this.#pipeline;
+    const client = this.client(req, res);
+    const started = performance.now();
+    let outcome: ErrorCode | 'ok' = 'ok';
+    try {
+      await this.handle(client);
+    } catch (error) {
+      const incident = newIncidentId();
+      const failure = toCoatcheckError(error, incident);
+      outcome = failure.code;
+      if (failure.code === 'CC_ERR_INTERNAL') {
+        services.log.error(
+          {
+            incident,
+            session: client.session.id,
+            errName: (error as Error)?.name,
+            errCode: (error as { code?: unknown })?.code,
+          },
+          'http front-end internal error',
+        );
+      }
+      services.metrics.refusals.inc({ frontend: this.name, code: failure.code });
+      client.summary.error = failure.code;
+      this.sendError(client, failure);
+      if (!req.complete) req.resume();
+    } finally {
+      const status = res.headersSent ? res.statusCode : 0;
+      client.summary.status ??= status;
+      services.metrics.requests.inc({
+        frontend: this.name,
+        method: methodLabel(req.method),
+        status: statusLabel(status),
+      });
+      services.metrics.duration.observe(
+        { frontend: this.name, phase: 'total' },
+        (performance.now() - started) / 1000,
+      );
+      services.log.debug(
+        {
+          session: client.session.id,
+          method: req.method,
+          connection: client.session.connection,
+          path: client.summary.path,
+          status,
+          outcome,
+          ms: Math.round(performance.now() - started),
+        },
+        'http request',
+      );
+      this.#pipeline.closeSession(client.session, outcome, client.summary);
+    }
+  }
+}

@@ -1,0 +1,141 @@
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { rootCertificates } from 'node:tls';
+import type { Logger } from 'pino';
+import { Agent } from 'undici';
+import { CoatcheckError } from '../../core/errors.js';
+import { createKnownSecretInspector, type ResponseInspector } from '../../gateway/inspector.js';
+import { createGatewayMetrics, type GatewayMetrics } from '../../gateway/metrics.js';
+import { allowBoundTickets, type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
+import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
+import type { Context } from '../../server/context.js';
+import { HttpEngine } from './http-engine.js';
+
+export interface HttpFrontend {
+  readonly server: Server;
+  readonly url: string;
+  readonly engine: HttpEngine;
+  readonly pipeline: ExchangePipeline;
+  readonly recorder: Recorder;
+  /** Stop accepting, end live requests, flush recordings. */
+  close(): Promise<void>;
+}
+
+export interface HttpFrontendOverrides {
+  /** Replace the known-secret inspector (the detection engine plugs in here). */
+  readonly inspector?: ResponseInspector;
+  /** Replace the default decision (policy plugs in here). */
+  readonly decide?: Decide;
+}
+
+const metricsByRegistry = new WeakMap<object, GatewayMetrics>();
+
+function gatewayMetrics(ctx: Context): GatewayMetrics {
+  let metrics = metricsByRegistry.get(ctx.metrics);
+  if (metrics === undefined) {
+    metrics = createGatewayMetrics(ctx.metrics);
+    metricsByRegistry.set(ctx.metrics, metrics);
+  }
+  return metrics;
+}
+
+function upstreamCa(file: string | undefined): string[] | undefined {
+  if (file === undefined) return undefined;
+  try {
+    return [...rootCertificates, readFileSync(file, 'utf8')];
+  } catch {
+    throw new CoatcheckError('CC_ERR_CONFIG_INVALID', `http.upstreamCaFile cannot be read: ${file}`, {
+      details: { field: 'http.upstreamCaFile' },
+    });
+  }
+}
+
+/** Start the HTTP front-end on `listen`. Wiring faults (missing services, unreadable CA file) fail here. */
+export async function startHttpFrontend(
+  ctx: Context,
+  listen: { host: string; port: number },
+  log: Logger,
+  overrides: HttpFrontendOverrides = {},
+): Promise<HttpFrontend> {
+  const options = ctx.config.http;
+  const metrics = gatewayMetrics(ctx);
+  const recorder = createStoreRecorder(ctx.store, log, metrics);
+  const pipeline = new ExchangePipeline('http', {
+    vault: ctx.vault,
+    agents: ctx.agents,
+    connections: ctx.connections,
+    audit: ctx.audit,
+    store: ctx.store,
+    clock: ctx.clock,
+    log,
+    metrics,
+    recorder,
+    inspector: overrides.inspector ?? createKnownSecretInspector(() => ctx.vault.knownSecrets()),
+    decide: overrides.decide ?? allowBoundTickets,
+  });
+  const ca = upstreamCa(options.upstreamCaFile);
+  const dispatcher = new Agent({
+    connect: { timeout: Math.min(options.upstreamTimeoutMs, 10_000), ...(ca === undefined ? {} : { ca }) },
+    headersTimeout: options.upstreamTimeoutMs,
+    bodyTimeout: options.upstreamTimeoutMs,
+    keepAliveTimeout: 4_000,
+  });
+  const engine = new HttpEngine(pipeline, {
+    bodyLimit: options.bodyLimit,
+    upstreamTimeoutMs: options.upstreamTimeoutMs,
+    maxTicketsPerRequest: options.maxTicketsPerRequest,
+    dispatcher,
+  });
+  const server = createServer((req, res) => {
+    engine.serve(req, res).catch((error: unknown) => {
+      log.error({ errName: (error as Error)?.name }, 'http front-end: unhandled failure');
+      res.destroy();
+    });
+  });
+  const refuseRaw = (socket: import('node:stream').Duplex) => {
+    const body = JSON.stringify({
+      error: {
+        code: 'CC_ERR_HTTP_UNSUPPORTED',
+        message: 'CONNECT and protocol upgrades are not served by this front-end',
+      },
+    });
+    socket.end(
+      `HTTP/1.1 501 Not Implemented\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  };
+  server.on('connect', (_req, socket) => refuseRaw(socket));
+  server.on('upgrade', (_req, socket) => refuseRaw(socket));
+  server.on('clientError', (_error, socket) => {
+    if (socket.writable)
+      socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    else socket.destroy();
+  });
+  server.headersTimeout = 15_000;
+  server.requestTimeout = 60_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listen.port, listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return {
+    server,
+    url: `http://${host}:${address.port}`,
+    engine,
+    pipeline,
+    recorder,
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+      await dispatcher.close().catch(() => undefined);
+      pipeline.close();
+      await recorder.flush();
+    },
+  };
+}

@@ -1,0 +1,68 @@
+import { Counter, Histogram, type Registry } from 'prom-client';
+
+/**
+ * Gateway metrics. Labels are closed sets chosen by the gateway (front-end, method,
+ * status class, error code, outcome) — never a path, a header, a ticket or a value.
+ */
+export interface GatewayMetrics {
+  readonly requests: Counter<'frontend' | 'method' | 'status'>;
+  readonly exchanges: Counter<'frontend' | 'outcome'>;
+  readonly refusals: Counter<'frontend' | 'code'>;
+  readonly responseSecrets: Counter<'frontend'>;
+  readonly recordingFailures: Counter<'frontend'>;
+  readonly duration: Histogram<'frontend' | 'phase'>;
+}
+
+const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+
+/** Collapse a method to a closed set, so a client cannot grow the label space. */
+export function methodLabel(method: string | undefined): string {
+  return method !== undefined && METHODS.has(method) ? method : 'OTHER';
+}
+
+export function statusLabel(status: number): string {
+  return `${Math.floor(status / 100)}xx`;
+}
+
+export function createGatewayMetrics(registry: Registry): GatewayMetrics {
+  const registers = [registry];
+  return {
+    requests: new Counter({
+      name: 'coatcheck_http_requests_total',
+      help: 'Requests handled by a front-end, by method and status class.',
+      labelNames: ['frontend', 'method', 'status'],
+      registers,
+    }),
+    exchanges: new Counter({
+      name: 'coatcheck_http_exchanges_total',
+      help: 'Ticket exchanges by outcome (released, or the refusal code).',
+      labelNames: ['frontend', 'outcome'],
+      registers,
+    }),
+    refusals: new Counter({
+      name: 'coatcheck_http_refusals_total',
+      help: 'Requests refused by the gateway, by error code.',
+      labelNames: ['frontend', 'code'],
+      registers,
+    }),
+    responseSecrets: new Counter({
+      name: 'coatcheck_http_response_secrets_total',
+      help: 'Secrets found in upstream responses and replaced by tickets.',
+      labelNames: ['frontend'],
+      registers,
+    }),
+    recordingFailures: new Counter({
+      name: 'coatcheck_http_recording_failures_total',
+      help: 'Session recordings that could not be written.',
+      labelNames: ['frontend'],
+      registers,
+    }),
+    duration: new Histogram({
+      name: 'coatcheck_http_duration_seconds',
+      help: 'Time spent per phase: exchange (tickets + credentials), upstream (until response headers), total.',
+      labelNames: ['frontend', 'phase'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,331 @@
+import type { Logger } from 'pino';
+import type { AuditLog } from '../audit/audit-log.js';
+import type { Connections, ConnectionView } from '../connections/connections.js';
+import { secretRefs } from '../connections/connections.js';
+import type { Clock } from '../core/clock.js';
+import { CoatcheckError, type ErrorCode } from '../core/errors.js';
+import type { Principal } from '../core/principal.js';
+import type { Agents } from '../identity/agents.js';
+import type { Store } from '../store/types.js';
+import { parseDestination, type Target } from '../vault/destinations.js';
+import type { Exchange, Vault } from '../vault/vault.js';
+import type { InspectionContext, ResponseInspector, ResponseScan } from './inspector.js';
+import type { GatewayMetrics } from './metrics.js';
+import { type GatewaySession, LiveSessions, type Recorder } from './session.js';
+
+/** What the client asked to do, classified (HTTP method + host + path; later SQL kind, tool name). */
+export interface Operation {
+  /** Policy action: `http:GET`, `sql:select`, `mcp:call`. */
+  readonly action: string;
+  /** Human-readable, non-secret description for audit (`GET api.github.com/user`). */
+  readonly description: string;
+  readonly attributes: Readonly<Record<string, string>>;
+}
+
+export interface DecisionInput {
+  readonly principal: Principal;
+  readonly connection: ConnectionView;
+  readonly target: Target;
+  readonly operation: Operation;
+}
+
+export interface Decision {
+  readonly verdict: 'allow' | 'deny';
+  /** Policy ids or reasons; recorded and audited. */
+  readonly reasons: readonly string[];
+}
+
+/** Where a ticket handed back in a response may go: the connection it came from, and its host. */
+function responseDestinations(target: Target): string[] {
+  const out: string[] = [];
+  if (target.connection !== undefined) out.push(`conn:${target.connection}`);
+  if (target.host !== undefined) {
+    try {
+      parseDestination(`host:${target.host}`);
+      out.push(`host:${target.host}`);
+    } catch {
+      // Not a host pattern (an IPv6 literal): the connection destination stands alone.
+    }
+  }
+  return out;
+}
+
+/** The policy seam. Until the policy engine lands: a valid ticket bound to caller and destination is enough. */
+export type Decide = (input: DecisionInput) => Promise<Decision>;
+
+export const allowBoundTickets: Decide = async () => ({ verdict: 'allow', reasons: ['bound-ticket'] });
+
+/** Everything a front-end needs. Required at construction, checked there: a wiring fault fails at start. */
+export interface GatewayServices {
+  readonly vault: Vault;
+  readonly agents: Agents;
+  readonly connections: Connections;
+  readonly audit: AuditLog;
+  readonly store: Store;
+  readonly clock: Clock;
+  readonly log: Logger;
+  readonly metrics: GatewayMetrics;
+  readonly recorder: Recorder;
+  readonly inspector: ResponseInspector;
+  readonly decide: Decide;
+}
+
+const REQUIRED: readonly (keyof GatewayServices)[] = [
+  'vault',
+  'agents',
+  'connections',
+  'audit',
+  'store',
+  'clock',
+  'log',
+  'metrics',
+  'recorder',
+  'inspector',
+  'decide',
+];
+
+export function checkServices(services: Partial<GatewayServices>): GatewayServices {
+  const missing = REQUIRED.filter((key) => services[key] === undefined || services[key] === null);
+  if (missing.length > 0) {
+    throw new CoatcheckError(
+      'CC_ERR_GATEWAY_MISCONFIGURED',
+      `the gateway was started without: ${missing.join(', ')}`,
+      { details: { missing } },
+    );
+  }
+  return services as GatewayServices;
+}
+
+export interface ResolvedConnection {
+  readonly view: ConnectionView;
+  readonly url: URL;
+  readonly target: Target;
+}
+
+/**
+ * The shared exchange pipeline. Front-ends call its steps in this order:
+ *
+ *   openSession → authenticate → resolveConnection → (front-end classifies) → decide
+ *   → exchange (tickets; each release audited durably before it returns: fail closed)
+ *   → credentials (connection's injected headers, audited the same way)
+ *   → (front-end forwards) → inspect (response secrets become tickets) → closeSession (record)
+ *
+ * Refusals are audited here (authentication, policy) or by the vault (tickets).
+ */
+export class ExchangePipeline {
+  readonly services: GatewayServices;
+  readonly live: LiveSessions;
+  readonly #frontend: string;
+
+  constructor(frontend: string, services: Partial<GatewayServices>) {
+    this.services = checkServices(services);
+    this.#frontend = frontend;
+    this.live = new LiveSessions(this.services.store, this.services.vault, this.services.log);
+  }
+
+  close(): void {
+    this.live.close();
+  }
+
+  openSession(session: GatewaySession): GatewaySession {
+    this.live.add(session);
+    return session;
+  }
+
+  /** Authenticate an agent key. Refusals are audited with the code, never the key. */
+  async authenticate(session: GatewaySession, key: string | null): Promise<Principal> {
+    if (key === null) {
+      throw new CoatcheckError(
+        'CC_ERR_HTTP_PROXY_AUTH_REQUIRED',
+        'an agent key is required (Proxy-Authorization: Bearer <agent key>)',
+      );
+    }
+    try {
+      const principal = await this.services.agents.authenticate(key);
+      session.principal = principal;
+      session.event('authenticated', { principal: principal.ref });
+      return principal;
+    } catch (error) {
+      const code = error instanceof CoatcheckError ? error.code : 'CC_ERR_INTERNAL';
+      await this.services.audit.append({
+        type: 'gateway.auth.refused',
+        actor: 'unauthenticated',
+        data: {
+          frontend: this.#frontend,
+          session: session.id,
+          code,
+          presented: this.services.vault.fingerprint(key.slice(0, 256)),
+        },
+      });
+      throw error;
+    }
+  }
+
+  async resolveConnection(
+    session: GatewaySession,
+    name: string,
+    types: readonly string[],
+  ): Promise<ResolvedConnection> {
+    const view = await this.services.connections.get(name);
+    if (view === null)
+      throw new CoatcheckError('CC_ERR_NOT_FOUND', `no connection named ${name}`, { details: { name } });
+    if (!types.includes(view.type)) {
+      throw new CoatcheckError(
+        'CC_ERR_GATEWAY_CONNECTION_TYPE',
+        `connection ${name} is of type ${view.type}; the ${this.#frontend} front-end serves ${types.join(', ')}`,
+        { details: { name, type: view.type } },
+      );
+    }
+    const url = new URL(view.url);
+    const port = url.port !== '' ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
+    session.connection = name;
+    return { view, url, target: { connection: name, host: url.hostname.replace(/^\[|\]$/g, ''), port } };
+  }
+
+  /** The policy step. A denial is audited and refused before anything is released. */
+  async decide(session: GatewaySession, input: DecisionInput): Promise<Decision> {
+    const decision = await this.services.decide(input);
+    session.event('decision', {
+      verdict: decision.verdict,
+      reasons: decision.reasons,
+      action: input.operation.action,
+    });
+    if (decision.verdict !== 'allow') {
+      await this.services.audit.append({
+        type: 'gateway.denied',
+        actor: input.principal.ref,
+        data: {
+          frontend: this.#frontend,
+          session: session.id,
+          connection: input.connection.name,
+          operation: input.operation.description,
+          reasons: [...decision.reasons],
+        },
+      });
+      throw new CoatcheckError(
+        'CC_ERR_GATEWAY_DENIED',
+        `policy denied ${input.operation.action} on connection ${input.connection.name}`,
+        {
+          details: { reasons: decision.reasons },
+        },
+      );
+    }
+    return decision;
+  }
+
+  /**
+   * Exchange every ticket (concurrently, so N tickets share one audit flush). All or
+   * nothing: if any is refused the request is refused with the first refusal (in the
+   * order the tickets were found), and nothing is forwarded.
+   */
+  async exchange(
+    session: GatewaySession,
+    tickets: readonly string[],
+    request: { principal: Principal; target: Target; operation: Operation },
+  ): Promise<Map<string, Exchange>> {
+    const results = await Promise.allSettled(
+      tickets.map((ticket) =>
+        this.services.vault.exchange(ticket, {
+          principal: request.principal,
+          target: request.target,
+          operation: request.operation.description,
+          context: { frontend: this.#frontend, session: session.id },
+        }),
+      ),
+    );
+    const released = new Map<string, Exchange>();
+    let refusal: unknown = null;
+    results.forEach((result, index) => {
+      if (result.status === 'fulfilled') {
+        released.set(tickets[index]!, result.value);
+        session.ticketIds.add(result.value.ticketId);
+        session.secretIds.add(result.value.secretId);
+        this.services.metrics.exchanges.inc({ frontend: this.#frontend, outcome: 'released' });
+      } else {
+        const code = result.reason instanceof CoatcheckError ? result.reason.code : 'CC_ERR_INTERNAL';
+        this.services.metrics.exchanges.inc({ frontend: this.#frontend, outcome: code });
+        refusal ??= result.reason;
+      }
+    });
+    session.event('exchange', {
+      released: [...released.values()].map((e) => e.ticketId),
+      refused: results.length - released.size,
+    });
+    if (refusal !== null) throw refusal;
+    return released;
+  }
+
+  /** The connection's injected headers, each `{{secret:NAME}}` released (and audited) for this request. */
+  async credentials(
+    session: GatewaySession,
+    connection: ConnectionView,
+    request: { principal: Principal; target: Target; operation: Operation },
+  ): Promise<Map<string, string>> {
+    const templates: Record<string, string> = { ...connection.injectHeaders };
+    if (
+      connection.credential !== null &&
+      !Object.keys(templates).some((h) => h.toLowerCase() === 'authorization')
+    ) {
+      templates.Authorization = `Bearer {{secret:${connection.credential}}}`;
+    }
+    const names = [...new Set(Object.values(templates).flatMap((t) => secretRefs(t)))];
+    const values = new Map<string, Exchange>();
+    await Promise.all(
+      names.map(async (name) => {
+        values.set(
+          name,
+          await this.services.vault.releaseCredential(name, {
+            principal: request.principal,
+            target: request.target,
+            operation: request.operation.description,
+            context: { frontend: this.#frontend, session: session.id, connection: connection.name },
+          }),
+        );
+      }),
+    );
+    const headers = new Map<string, string>();
+    for (const [header, template] of Object.entries(templates)) {
+      headers.set(
+        header,
+        template.replace(/\{\{\s*secret:([A-Za-z0-9][A-Za-z0-9_.-]{0,127})\s*\}\}/g, (_, name: string) =>
+          values.get(name)!.value.revealText(),
+        ),
+      );
+    }
+    for (const exchange of values.values()) session.secretIds.add(exchange.secretId);
+    if (headers.size > 0)
+      session.event('credentials', {
+        headers: [...headers.keys()],
+        secrets: [...values.values()].map((e) => e.secretId),
+      });
+    return headers;
+  }
+
+  /** Start inspecting a response: secrets found become tickets bound to the same principal and connection. */
+  async inspect(session: GatewaySession, principal: Principal, target: Target): Promise<ResponseScan> {
+    const context: InspectionContext = {
+      reissue: async (secretId) => {
+        const issued = await this.services.vault.reissueForResponse(
+          secretId,
+          {
+            principal: principal.ref,
+            destinations: responseDestinations(target),
+            context: { frontend: this.#frontend, session: session.id },
+          },
+          `gateway:${this.#frontend}`,
+        );
+        session.ticketIds.add(issued.view.id);
+        session.event('response.secret', { secret: secretId, ticket: issued.view.id });
+        this.services.metrics.responseSecrets.inc({ frontend: this.#frontend });
+        return issued.ticket;
+      },
+    };
+    return this.services.inspector.begin(context);
+  }
+
+  /** Record the session (scrubbed metadata) and stop watching it. */
+  closeSession(session: GatewaySession, outcome: ErrorCode | 'ok', summary: Record<string, unknown>): void {
+    this.live.delete(session);
+    this.services.recorder.record(session.toRecord(outcome, summary, this.services.clock.now()));
+  }
+}

@@ -1,0 +1,200 @@
+import type { Logger } from 'pino';
+import type { Clock } from '../core/clock.js';
+import type { ErrorCode } from '../core/errors.js';
+import { newId } from '../core/ids.js';
+import type { Principal } from '../core/principal.js';
+import type { SessionRecord, Store, StoreChange } from '../store/types.js';
+import type { Vault } from '../vault/vault.js';
+import type { GatewayMetrics } from './metrics.js';
+
+/** Most events kept per session; later ones are counted, not kept (recordings stay bounded). */
+export const MAX_SESSION_EVENTS = 256;
+
+export interface SessionEvent {
+  /** Milliseconds since the session started. */
+  readonly at: number;
+  readonly type: string;
+  readonly data: Readonly<Record<string, unknown>>;
+}
+
+/**
+ * One data-path session: who, through which connection, with which tickets, and what
+ * happened (events carry ids, sizes and codes — never a value). Revoking a ticket,
+ * agent or secret it depends on terminates it (see LiveSessions).
+ */
+export class GatewaySession {
+  readonly id = newId('ses');
+  readonly frontend: string;
+  readonly startedAt: number;
+  readonly #clock: Clock;
+  readonly #abort = new AbortController();
+  readonly ticketIds = new Set<string>();
+  readonly secretIds = new Set<string>();
+  readonly events: SessionEvent[] = [];
+  droppedEvents = 0;
+  principal: Principal | null = null;
+  connection: string | null = null;
+  terminatedBy: ErrorCode | null = null;
+
+  constructor(frontend: string, clock: Clock) {
+    this.frontend = frontend;
+    this.#clock = clock;
+    this.startedAt = clock.now();
+  }
+
+  /** Aborted when the session must end (revocation); engines tear their streams down on it. */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+
+  event(type: string, data: Record<string, unknown>): void {
+    if (this.events.length >= MAX_SESSION_EVENTS) {
+      this.droppedEvents++;
+      return;
+    }
+    this.events.push({ at: this.#clock.now() - this.startedAt, type, data });
+  }
+
+  terminate(code: ErrorCode): void {
+    if (this.terminatedBy !== null) return;
+    this.terminatedBy = code;
+    this.event('session.terminated', { code });
+    this.#abort.abort(code);
+  }
+
+  toRecord(outcome: string, summary: Record<string, unknown>, endedAt: number): SessionRecord {
+    return {
+      id: this.id,
+      frontend: this.frontend,
+      principal: this.principal?.ref ?? null,
+      connection: this.connection,
+      startedAt: this.startedAt,
+      endedAt,
+      outcome,
+      summary: {
+        ...summary,
+        tickets: [...this.ticketIds],
+        secrets: [...this.secretIds],
+        events: this.events,
+        droppedEvents: this.droppedEvents,
+      },
+    };
+  }
+}
+
+/**
+ * Live sessions, watched against the store's change feed: on every replica, a
+ * revocation (ticket tree, agent, secret erasure) ends the sessions that depend on it.
+ * After a `resync` (changes may have been missed) every live ticket is checked again.
+ */
+export class LiveSessions {
+  readonly #sessions = new Set<GatewaySession>();
+  readonly #vault: Vault;
+  readonly #store: Store;
+  readonly #log: Logger;
+  readonly #unsubscribe: () => void;
+
+  constructor(store: Store, vault: Vault, log: Logger) {
+    this.#store = store;
+    this.#vault = vault;
+    this.#log = log;
+    this.#unsubscribe = store.subscribe((change) => this.#onChange(change));
+  }
+
+  get size(): number {
+    return this.#sessions.size;
+  }
+
+  add(session: GatewaySession): void {
+    this.#sessions.add(session);
+  }
+
+  delete(session: GatewaySession): void {
+    this.#sessions.delete(session);
+  }
+
+  close(): void {
+    this.#unsubscribe();
+  }
+
+  #onChange(change: StoreChange): void {
+    switch (change.type) {
+      case 'ticket.revoked': {
+        const ids = new Set(change.ids);
+        for (const s of this.#sessions) {
+          if ([...s.ticketIds].some((id) => ids.has(id))) s.terminate('CC_ERR_TICKET_REVOKED');
+        }
+        return;
+      }
+      case 'agent.revoked':
+        for (const s of this.#sessions) {
+          if (s.principal?.ref === `agent:${change.id}`) s.terminate('CC_ERR_AGENT_REVOKED');
+        }
+        return;
+      case 'secret.erased':
+        for (const s of this.#sessions) {
+          if (s.secretIds.has(change.id)) s.terminate('CC_ERR_TICKET_SECRET_ERASED');
+        }
+        return;
+      case 'resync':
+        this.#recheck().catch((error: unknown) => {
+          // Cannot tell whether anything was revoked: fail closed, end every session holding tickets.
+          this.#log.error({ err: error }, 'live session recheck failed; ending sessions that hold tickets');
+          for (const s of this.#sessions) if (s.ticketIds.size > 0) s.terminate('CC_ERR_STORE_UNAVAILABLE');
+        });
+        return;
+      default:
+        return;
+    }
+  }
+
+  async #recheck(): Promise<void> {
+    for (const s of [...this.#sessions]) {
+      for (const id of s.ticketIds) {
+        const view = await this.#vault.inspectTicket(id);
+        if (view.status !== 'active' && view.status !== 'exhausted') {
+          s.terminate(view.status === 'erased' ? 'CC_ERR_TICKET_SECRET_ERASED' : 'CC_ERR_TICKET_REVOKED');
+          break;
+        }
+      }
+      const ref = s.principal?.ref;
+      if (ref?.startsWith('agent:')) {
+        const agent = await this.#store.getAgentById(ref.slice('agent:'.length));
+        if (agent === null || agent.revokedAt !== null) s.terminate('CC_ERR_AGENT_REVOKED');
+      }
+    }
+  }
+}
+
+/** Where finished sessions go. Recording is best-effort and bounded; the audit log is the record of releases. */
+export interface Recorder {
+  record(record: SessionRecord): void;
+  /** Wait for queued recordings to be written. */
+  flush(): Promise<void>;
+}
+
+/** Writes recordings to the store in the background, with a bounded queue. */
+export function createStoreRecorder(store: Store, log: Logger, metrics: GatewayMetrics): Recorder {
+  const MAX_PENDING = 10_000;
+  const pending = new Set<Promise<void>>();
+  return {
+    record(record) {
+      if (pending.size >= MAX_PENDING) {
+        metrics.recordingFailures.inc({ frontend: record.frontend });
+        log.warn({ session: record.id }, 'recording queue full; session not recorded');
+        return;
+      }
+      const write = store
+        .insertSession(record)
+        .catch((error: unknown) => {
+          metrics.recordingFailures.inc({ frontend: record.frontend });
+          log.error({ session: record.id, code: (error as { code?: string })?.code }, 'recording failed');
+        })
+        .finally(() => pending.delete(write));
+      pending.add(write);
+    },
+    async flush() {
+      await Promise.all([...pending]);
+    },
+  };
+}
