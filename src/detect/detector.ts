@@ -182,6 +182,14 @@ export function createDetector(options: DetectorOptions = {}): Detector {
     if (rule.allowPlaceholders !== true && isPlaceholder(value)) return false;
     if (rule.rejectHashLike === true && isHashLike(value)) return false;
     if (rule.family !== 'private-key' && inEncodedBlobContext(text, start)) return false;
+    // A value running into a template (`pypi-<YOUR_TOKEN>`, `sk_${KEY}`) is a placeholder.
+    const next = text.charCodeAt(start + value.length);
+    if (
+      next === 60 /* < */ ||
+      ((next === 36 /* $ */ || next === 123) /* { */ && text.charCodeAt(start + value.length + 1) === 123)
+    ) {
+      return rule.allowPlaceholders === true;
+    }
     return true;
   }
 

@@ -105,7 +105,7 @@ export const CLOUD_RULES: readonly Rule[] = [
     id: 'gcp-service-account-key',
     family: 'cloud',
     title: 'Google Cloud service-account key file (private_key_id)',
-    pattern: /"private_key_id"\s{0,3}:\s{0,3}"([0-9a-f]{40})"/,
+    pattern: /"private_key_id\\{0,3}"\s{0,3}:\s{0,3}\\{0,3}"([0-9a-f]{40})\\{0,3}"/,
     keywords: ['private_key_id'],
     maxLength: 80,
     sample: gcpKeyId,
@@ -801,11 +801,11 @@ export const CLOUD_RULES: readonly Rule[] = [
   }),
   custom({
     id: 'gcp-service-account-private-key',
-    family: 'cloud',
+    family: 'private-key',
     title: 'Google Cloud service-account JSON with an inline private key',
     pattern:
       /"private_key"\s{0,3}:\s{0,3}"(-----BEGIN PRIVATE KEY-----\\n[A-Za-z0-9+/=\\]{64,4000}\\n-----END PRIVATE KEY-----(?:\\n)?)"/,
-    keywords: ['"private_key"'],
+    keywords: ['"private_key'],
     maxLength: 4200,
     sample: gcpPrivateKey,
     positives: samplePositives('gcp-service-account-private-key', gcpPrivateKey),

@@ -8,13 +8,13 @@ function mixed(value: string): boolean {
   if (charClassCount(value) < 2 || /^\d+(?:\.\d+)*$/.test(value)) return false;
   // Slugs and identifiers (my-app-secret-name, bert-base-v2, getPasswordHash) are names, not secrets.
   if (/^[a-z]{1,40}(?:[-_.][a-z0-9]{1,40}){1,12}$/.test(value)) return false;
-  if (/^[a-z]{1,40}(?:[A-Z][a-z]{1,40}){1,12}$/.test(value)) return false;
+  if (/^[A-Za-z][a-z]{0,40}(?:[A-Z][a-z]{1,40}){1,12}$/.test(value)) return false;
   // Another assignment captured as the value (`password=password=...`, `secret:token=`) is structure.
   if (/(?:pass(?:word|wd)?|pwd|secret|token|key)[=:]/i.test(value)) return false;
   return true;
 }
 
-const GENERIC_VALUE = '[^\\s\'"`,;<>(){}\\[\\]\\\\]';
+const GENERIC_VALUE = '[^\\s\'"`,;&<>(){}\\[\\]\\\\]';
 
 function pwd(rng: Rng): string {
   return `${rng.chars(ALNUM, 5)}${rng.chars('!#%+-_.@', 1)}${rng.chars(ALNUM, 8)}${rng.int(10)}`;
@@ -28,7 +28,7 @@ export const GENERIC_RULES: readonly Rule[] = [
     keys: ['password', 'passwd', 'passphrase', 'pwd', 'db_pass', 'user_pass', 'pass'],
     keywords: ['pass', 'pwd'],
     value: `${GENERIC_VALUE}{8,128}`,
-    valueBoundary: '^\\s\'"`,;<>){}\\]\\\\',
+    valueBoundary: '^\\s\'"`,;&>){}\\]\\\\',
     maxValueLength: 128,
     make: pwd,
     key: 'password',
@@ -64,7 +64,7 @@ export const GENERIC_RULES: readonly Rule[] = [
     ],
     keywords: ['secret'],
     value: `${GENERIC_VALUE}{12,256}`,
-    valueBoundary: '^\\s\'"`,;<>){}\\]\\\\',
+    valueBoundary: '^\\s\'"`,;&>){}\\]\\\\',
     maxValueLength: 256,
     make: (rng) => rng.chars(ALNUM, 32),
     key: 'client_secret',

@@ -36,7 +36,7 @@ const urlSample = (rng: Rng): RuleSample => {
 
 const basicSample = (rng: Rng): RuleSample => {
   const v = Buffer.from(`svc-report:${pw(rng)}`).toString('base64');
-  return { key: 'Authorization', value: `Basic ${v}`, secret: v, standalone: true };
+  return { key: 'Authorization', value: `Basic ${v}`, secret: v, standalone: false };
 };
 
 const bearerSample = (rng: Rng): RuleSample => {
@@ -75,7 +75,7 @@ export const HTTP_AUTH_RULES: readonly Rule[] = [
     family: 'http-auth',
     title: 'HTTP Basic credentials in an Authorization header',
     pattern:
-      /authorization["']?\s{0,3}[:=]\s{0,3}["']?basic\s{1,3}([A-Za-z0-9+/]{8,1000}={0,2})(?![A-Za-z0-9+/=])/i,
+      /authorization["']?\s{0,3}[:=|]\s{0,3}["']?basic\s{1,3}([A-Za-z0-9+/]{8,1000}={0,2})(?![A-Za-z0-9+/=])/i,
     keywords: ['basic'],
     maxLength: 1100,
     confidence: 'high',
@@ -107,15 +107,19 @@ export const HTTP_AUTH_RULES: readonly Rule[] = [
     family: 'http-auth',
     title: 'API key in an X-Api-Key / X-Auth-Token style header',
     pattern:
-      /(?:x-api-key|x-auth-token|x-access-token|x-apikey|api-key|x-secret|x-goog-api-key)["']?\s{0,3}[:=]\s{0,3}["']?([A-Za-z0-9._~+/-]{16,512}={0,2})(?![A-Za-z0-9._~+/=-])/i,
+      /(?:x[_-]api[_-]?key|x[_-]auth[_-]token|x[_-]access[_-]token|api-key|x[_-]secret|x[_-]goog[_-]api[_-]key)["']?\s{0,3}[:=|]\s{0,3}["']?([A-Za-z0-9._~+/-]{16,512}={0,2})(?![A-Za-z0-9._~+/=-])/i,
     keywords: [
-      'x-api-key',
-      'x-auth-token',
-      'x-access-token',
-      'x-apikey',
+      'x-api',
+      'x_api',
+      'x-auth',
+      'x_auth',
+      'x-access',
+      'x_access',
       'api-key',
       'x-secret',
-      'x-goog-api-key',
+      'x_secret',
+      'x-goog',
+      'x_goog',
     ],
     maxLength: 560,
     confidence: 'medium',

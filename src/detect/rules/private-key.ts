@@ -69,7 +69,7 @@ export const PRIVATE_KEY_RULES: readonly Rule[] = [
     family: 'private-key',
     title: 'PuTTY private key file (PPK)',
     pattern:
-      /PuTTY-User-Key-File-[23]: [^\r\n]{1,64}\r?\n[\s\S]{0,2000}?Private-Lines: \d{1,3}\r?\n((?:[A-Za-z0-9+/=]{1,64}\r?\n){1,60})/,
+      /PuTTY-User-Key-File-[23]: [^\r\n\\]{1,64}(?:\r?\n|(?:\\r)?\\n)[\s\S]{0,2000}?Private-Lines: \d{1,3}(?:\r?\n|(?:\\r)?\\n)((?:[A-Za-z0-9+/=]{1,64}(?:\r?\n|(?:\\r)?\\n)){1,60})/,
     keywords: ['putty-user-key-file-'],
     maxLength: 8000,
     allowPlaceholders: true,

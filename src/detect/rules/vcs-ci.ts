@@ -283,8 +283,9 @@ export const VCS_CI_RULES: readonly Rule[] = [
     id: 'docker-config-auth',
     family: 'vcs-ci',
     title: 'Docker config.json registry auth (base64 user:password)',
-    pattern: /"auths"\s{0,3}:\s{0,3}\{[^}]{0,300}?"auth"\s{0,3}:\s{0,3}"([A-Za-z0-9+/]{8,400}={0,2})"/,
-    keywords: ['"auths"'],
+    pattern:
+      /"auths\\{0,3}"\s{0,3}:\s{0,3}\{[^}]{0,300}?"auth\\{0,3}"\s{0,3}:\s{0,3}\\{0,3}"([A-Za-z0-9+/]{8,400}={0,2})\\{0,3}"/,
+    keywords: ['"auths'],
     maxLength: 800,
     sample: (rng) => {
       const v = Buffer.from(`deploy:${rng.chars(ALNUM, 24)}`).toString('base64');
