@@ -259,6 +259,45 @@ export const operations = {
     run: (ctx) => ctx.audit.verify(),
   }),
 
+  sessionList: op({
+    method: 'GET',
+    path: '/v1/sessions',
+    summary: 'Recorded data-path sessions, newest first (metadata only; page back with before).',
+    input: z.object({
+      limit: z.number().int().min(1).max(1000).optional(),
+      before: z.number().int().min(0).optional(),
+      agent: name.optional(),
+    }),
+    async run(ctx, input) {
+      const principal =
+        input.agent === undefined ? undefined : agentRef((await ctx.agents.get(input.agent)).id);
+      const rows = await ctx.store.listSessions({
+        limit: input.limit ?? 50,
+        before: input.before,
+        principal,
+      });
+      return rows.map(({ summary, ...rest }) => ({
+        ...rest,
+        method: summary.method ?? null,
+        path: summary.path ?? null,
+        status: summary.status ?? null,
+      }));
+    },
+  }),
+  sessionShow: op({
+    method: 'GET',
+    path: '/v1/sessions/:id',
+    summary: 'One recorded session with its events (ids, sizes, codes and timings; never values).',
+    input: z.object({ id: z.string().min(1).max(64) }),
+    async run(ctx, input) {
+      const record = await ctx.store.getSession(input.id);
+      if (record === null) {
+        throw new CoatcheckError('CC_ERR_NOT_FOUND', `no session ${input.id}`, { details: { id: input.id } });
+      }
+      return record;
+    },
+  }),
+
   keysRotate: op({
     method: 'POST',
     path: '/v1/keys/rotate',

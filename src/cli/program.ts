@@ -8,6 +8,7 @@ import { newIncidentId } from '../core/ids.js';
 import { initHome, openContext } from '../server/context.js';
 import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
 import { serveCommand } from './serve.js';
+import { registerSessionCommands } from './sessions.js';
 
 interface GlobalOptions {
   dir?: string;
@@ -486,6 +487,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         await client.close();
       }
     });
+
+  registerSessionCommands(program, { perform, table });
 
   // ---- keys
   program
