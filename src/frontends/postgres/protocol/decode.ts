@@ -1,8 +1,8 @@
 import { CoatcheckError } from '../../../core/errors.js';
 import { describeCode, protocolError } from './framer.js';
 import {
-  CANCEL_REQUEST_CODE,
   type BackendMessage,
+  CANCEL_REQUEST_CODE,
   type FieldDescription,
   type Frame,
   type FrontendMessage,
@@ -48,7 +48,8 @@ export function decodeStartup(frame: Frame): StartupPhaseMessage {
   for (;;) {
     const name = r.cstring();
     if (name === '') break;
-    if (parameters.length >= MAX_STARTUP_PARAMETERS) throw protocolError('startup packet has too many parameters');
+    if (parameters.length >= MAX_STARTUP_PARAMETERS)
+      throw protocolError('startup packet has too many parameters');
     parameters.push([name, r.cstring()]);
   }
   r.end();
@@ -149,7 +150,9 @@ export function decodeFrontend(frame: Frame): FrontendMessage {
     case 0x46:
       return { type: 'FunctionCall', data: body };
     default:
-      throw protocolError(`unknown frontend message type ${describeCode(code)}`, { type: describeCode(code) });
+      throw protocolError(`unknown frontend message type ${describeCode(code)}`, {
+        type: describeCode(code),
+      });
   }
 }
 

@@ -130,5 +130,7 @@ export class MessageFramer {
 }
 
 export function describeCode(code: number): string {
-  return code >= 0x20 && code < 0x7f ? `'${String.fromCharCode(code)}'` : `0x${code.toString(16).padStart(2, '0')}`;
+  return code >= 0x20 && code < 0x7f
+    ? `'${String.fromCharCode(code)}'`
+    : `0x${code.toString(16).padStart(2, '0')}`;
 }
