@@ -2,6 +2,16 @@
  * Detection engine: finds secrets and personal data in text, pure (no I/O). Front-ends call
  * it; the vault supplies known secrets and the tokenize callback. See docs/detect.md.
  */
+
+export {
+  type DetectCommandDeps,
+  registerDetectCommands,
+  runScan,
+  runScrub,
+  runTokenize,
+  SCAN_EXIT,
+  type TokenizeOrigin,
+} from './cli.js';
 export { createDetector, type Detector, type DetectorOptions, KNOWN_SECRET_RULE_ID } from './detector.js';
 export { createFingerprinter, FINGERPRINT_HEX_LENGTH, valueHash } from './fingerprint.js';
 export {
