@@ -7,6 +7,7 @@ import { CoatcheckError, toCoatcheckError } from '../core/errors.js';
 import { newIncidentId } from '../core/ids.js';
 import { initHome, openContext } from '../server/context.js';
 import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
+import { registerPolicyCommands } from './policy.js';
 import { serveCommand } from './serve.js';
 import { registerSessionCommands } from './sessions.js';
 
@@ -140,6 +141,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option('--listen-http <addr>', 'HTTP front-end address (overrides the config)')
     .option('--listen-postgres <addr>', 'PostgreSQL front-end address (overrides the config)')
     .option('--init', 'create the home first if it does not exist')
+    .option('--policy <path>', 'a .cedar file or a folder of them (overrides the config)')
     .action(async (opts, command: Command) => {
       exitCode = await serveCommand({ ...globals(command), ...opts }, io);
     });
@@ -489,6 +491,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     });
 
   registerSessionCommands(program, { perform, table });
+  registerPolicyCommands(program, io, (code) => {
+    exitCode = code;
+  });
 
   // ---- keys
   program

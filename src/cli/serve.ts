@@ -5,7 +5,8 @@ import { listenAddress } from '../config/schema.js';
 import { CoatcheckError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
 import { type HttpFrontend, startHttpFrontend } from '../frontends/http/start.js';
-import { initHome, openContext } from '../server/context.js';
+import type { ReloadResult } from '../policy/policy-holder.js';
+import { type Context, initHome, openContext } from '../server/context.js';
 import { type CliIo, EXIT } from './io.js';
 
 export interface ServeOptions {
@@ -14,6 +15,7 @@ export interface ServeOptions {
   init?: boolean;
   listenAdmin?: string;
   listenHttp?: string;
+  policy?: string;
   listenPostgres?: string;
 }
 
@@ -32,13 +34,20 @@ export function splitAddress(text: string, field: string): { host: string; port:
  * request), starts the listeners, prints what it listens on, and runs until SIGINT or
  * SIGTERM, then drains: listeners close, pending audit records are flushed.
  */
+function policyInForce(ctx: Context): string {
+  const engine = ctx.policy.engine;
+  return engine.source === 'builtin'
+    ? 'built-in: a valid ticket, bound to the caller and the destination, is enough'
+    : `${ctx.policy.path} (${engine.policies.length} policies, default deny)`;
+}
+
 export async function serveCommand(options: ServeOptions, io: CliIo): Promise<number> {
   const home = resolveHome(options.dir, io.env);
   if (options.init && !existsSync(home.configFile)) {
     await initHome(home, { env: io.env });
     io.stderr.write(`initialized coatcheck home ${home.dir} (admin key in ${home.adminKeyFile})\n`);
   }
-  const ctx = await openContext(home, { env: io.env });
+  const ctx = await openContext(home, { env: io.env, policyPath: options.policy });
   const log = createLogger({ level: ctx.config.log.level });
   let admin: AdminServer | null = null;
   let http: HttpFrontend | null = null;
@@ -68,17 +77,31 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
       ...(http === null ? {} : { http: http.url }),
       store: `${ctx.store.driver} ${ctx.store.location}`,
       home: home.dir,
+      policy: policyInForce(ctx),
     };
     io.stdout.write(
       options.json
         ? `${JSON.stringify(listening)}\n`
-        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}  store      ${listening.store}\n  home       ${listening.home}\n`,
+        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
     );
     log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
+    // Policies reload on change and on SIGHUP; a set that does not validate keeps the old one in force.
+    const onReload = (result: ReloadResult) => {
+      if (result.ok) log.info({ policies: result.policies, policy: policyInForce(ctx) }, 'policy reloaded');
+      else
+        log.error(
+          { code: result.error.code, reason: result.error.message },
+          'policy reload refused; the previous policy set stays in force',
+        );
+    };
+    ctx.policy.watch(onReload);
+    const onHangup = () => onReload(ctx.policy.reload());
+    process.on('SIGHUP', onHangup);
     await new Promise<void>((resolve) => {
       const stop = () => {
         process.off('SIGINT', stop);
         process.off('SIGTERM', stop);
+        process.off('SIGHUP', onHangup);
         resolve();
       };
       process.on('SIGINT', stop);

@@ -86,6 +86,36 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    identity: z
+      .object({
+        oidc: z
+          .array(
+            z
+              .object({
+                issuer: z.string().url().max(2048),
+                audience: z.union([
+                  z.string().min(1).max(512),
+                  z.array(z.string().min(1).max(512)).min(1).max(16),
+                ]),
+                groupsClaim: z.string().min(1).max(128).default('groups'),
+                clockSkew: duration.default('60s'),
+              })
+              .strict(),
+          )
+          .max(16)
+          .default([]),
+      })
+      .strict()
+      .prefault({}),
+    policy: z
+      .object({
+        /** A .cedar file or a folder of them, relative to the home. None: the built-in policy. */
+        path: z.string().min(1).nullable().default(null),
+        /** Zone for `context.hour` and `context.weekday`. */
+        timeZone: z.string().min(1).max(64).default('UTC'),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { isAbsolute, join } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import { Registry } from 'prom-client';
 import { AuditLog } from '../audit/audit-log.js';
 import {
@@ -19,6 +19,9 @@ import { type Clock, systemClock } from '../core/clock.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { Agents } from '../identity/agents.js';
+import { Identity } from '../identity/identity.js';
+import { OidcVerifier } from '../identity/oidc.js';
+import { PolicyHolder } from '../policy/policy-holder.js';
 import { openStore } from '../store/open-store.js';
 import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
@@ -39,6 +42,10 @@ export interface Context {
   readonly vault: Vault;
   readonly agents: Agents;
   readonly connections: Connections;
+  /** Agent keys and OIDC JWTs: who is asking. */
+  readonly identity: Identity;
+  /** The policy set in force (reloadable). */
+  readonly policy: PolicyHolder;
   /** Where the master key came from: rotation writes a file, or hands an env key back. */
   readonly masterKeySource: 'env' | 'file';
   /** Prometheus registry shared by the front-ends; the admin listener serves it at GET /metrics. */
@@ -85,6 +92,21 @@ function buildContext(
     maxTtlMs: parseDuration(config.agents.maxTtl),
   });
   const connections = new Connections(store, audit, clock, config.connections);
+  const oidc = new OidcVerifier(
+    config.identity.oidc.map((issuer) => ({
+      issuer: issuer.issuer,
+      audience: issuer.audience,
+      groupsClaim: issuer.groupsClaim,
+      clockSkewSeconds: parseDuration(issuer.clockSkew) / 1000,
+    })),
+  );
+  const identity = new Identity(agents, oidc);
+  const policy = new PolicyHolder(config.policy.path, {
+    timeZone: config.policy.timeZone,
+    baseDir: home.dir,
+  });
+  // Any revocation or change may alter a cached decision's inputs.
+  const unsubscribe = store.subscribe(() => policy.engine.invalidate());
   return {
     home,
     config,
@@ -95,9 +117,13 @@ function buildContext(
     vault,
     agents,
     connections,
+    identity,
+    policy,
     masterKeySource,
     metrics: new Registry(),
     async close() {
+      unsubscribe();
+      policy.close();
       vault.close();
       await audit.close().catch(() => undefined);
       await store.close();
@@ -108,7 +134,7 @@ function buildContext(
 /** Open an initialized home: config, store, master key, services. */
 export async function openContext(
   home: Home,
-  options: { clock?: Clock; env?: NodeJS.ProcessEnv } = {},
+  options: { clock?: Clock; env?: NodeJS.ProcessEnv; policyPath?: string } = {},
 ): Promise<Context> {
   const env = options.env ?? process.env;
   if (!existsSync(home.configFile)) {
@@ -119,6 +145,8 @@ export async function openContext(
     );
   }
   const config = loadConfigFile(home.configFile, env);
+  if (options.policyPath !== undefined)
+    config.policy = { ...config.policy, path: resolve(options.policyPath) };
   const candidates = candidateMasterKeys(home, env);
   const store = await openConfiguredStore(home, config);
   let lastError: unknown;
