@@ -49,6 +49,17 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_started ON sessions(started_at, id);
 `,
   },
+  {
+    version: 3,
+    name: 'approvals',
+    sql: `
+CREATE TABLE approvals (
+  id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, requester TEXT NOT NULL, status TEXT NOT NULL,
+  created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE INDEX approvals_fingerprint ON approvals(fingerprint, requester);
+CREATE INDEX approvals_status ON approvals(status, created_at);
+`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -90,6 +101,17 @@ CREATE TABLE sessions (
   id TEXT PRIMARY KEY, frontend TEXT NOT NULL, principal TEXT, connection TEXT,
   started_at BIGINT NOT NULL, ended_at BIGINT NOT NULL, outcome TEXT NOT NULL, summary TEXT NOT NULL);
 CREATE INDEX sessions_started ON sessions(started_at, id);
+`,
+  },
+  {
+    version: 3,
+    name: 'approvals',
+    sql: `
+CREATE TABLE approvals (
+  id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, requester TEXT NOT NULL, status TEXT NOT NULL,
+  created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX approvals_fingerprint ON approvals(fingerprint, requester);
+CREATE INDEX approvals_status ON approvals(status, created_at);
 `,
   },
 ];

@@ -6,6 +6,7 @@ import { Mutex } from './mutex.js';
 import { jsonColumn, nullableNumber } from './rows.js';
 import type {
   AgentRecord,
+  ApprovalRecord,
   AuditRecord,
   ConnectionRecord,
   SecretRecord,
@@ -123,6 +124,18 @@ function connectionFromRow(row: Row): ConnectionRecord {
     credential: nullableString(row.credential),
     injectHeaders: stringRecord(row.inject_headers, 'connections', 'inject_headers'),
     createdAt: Number(row.created_at),
+  };
+}
+
+function approvalFromRow(row: Row): ApprovalRecord {
+  return {
+    id: String(row.id),
+    fingerprint: String(row.fingerprint),
+    requester: String(row.requester),
+    status: String(row.status) as ApprovalRecord['status'],
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+    data: jsonColumn<Record<string, unknown>>(row.data, 'approvals', 'data'),
   };
 }
 
@@ -301,6 +314,8 @@ export function parseChange(payload: string | undefined): StoreChange | null {
     case 'secret.erased':
     case 'agent.revoked':
       return typeof v.id === 'string' ? { type: v.type, id: v.id } : null;
+    case 'approval.changed':
+      return typeof v.id === 'string' ? { type: 'approval.changed', id: v.id } : null;
     case 'connection.changed':
       return typeof v.name === 'string' ? { type: 'connection.changed', name: v.name } : null;
     case 'keys.rotated':
@@ -544,6 +559,39 @@ class PgOps implements StoreOps {
   }
   async deleteConnection(name: string) {
     return (await this.db.execute('DELETE FROM connections WHERE name = $1', [name])) === 1;
+  }
+
+  async insertApproval(r: ApprovalRecord) {
+    await this.db.execute(
+      'INSERT INTO approvals (id, fingerprint, requester, status, created_at, expires_at, data) VALUES ($1, $2, $3, $4, $5, $6, $7)',
+      [r.id, r.fingerprint, r.requester, r.status, r.createdAt, r.expiresAt, JSON.stringify(r.data)],
+    );
+  }
+  async getApproval(id: string) {
+    const rows = await this.db.query('SELECT * FROM approvals WHERE id = $1', [id]);
+    return rows[0] === undefined ? null : approvalFromRow(rows[0]);
+  }
+  async updateApproval(r: ApprovalRecord, expectedStatus: ApprovalRecord['status']) {
+    return (
+      (await this.db.execute(
+        'UPDATE approvals SET status = $1, expires_at = $2, data = $3 WHERE id = $4 AND status = $5',
+        [r.status, r.expiresAt, JSON.stringify(r.data), r.id, expectedStatus],
+      )) === 1
+    );
+  }
+  async findApprovals(fingerprint: string, requester: string) {
+    const rows = await this.db.query(
+      'SELECT * FROM approvals WHERE fingerprint = $1 AND requester = $2 ORDER BY created_at DESC, id DESC LIMIT 50',
+      [fingerprint, requester],
+    );
+    return rows.map(approvalFromRow);
+  }
+  async listApprovals(filter: { status?: ApprovalRecord['status']; limit?: number }) {
+    const rows = await this.db.query(
+      'SELECT * FROM approvals WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC, id DESC LIMIT $2',
+      [filter.status ?? null, filter.limit ?? 100],
+    );
+    return rows.map(approvalFromRow);
   }
 
   async insertSession(r: SessionRecord) {

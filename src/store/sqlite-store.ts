@@ -7,6 +7,7 @@ import { Mutex } from './mutex.js';
 import { jsonColumn, nullableNumber, stringArrayColumn } from './rows.js';
 import type {
   AgentRecord,
+  ApprovalRecord,
   AuditRecord,
   ConnectionRecord,
   SecretRecord,
@@ -74,6 +75,18 @@ function connectionFromRow(row: Row): ConnectionRecord {
     credential: row.credential === null ? null : String(row.credential),
     injectHeaders: jsonColumn<Record<string, string>>(row.inject_headers, 'connections', 'inject_headers'),
     createdAt: Number(row.created_at),
+  };
+}
+
+function approvalFromRow(row: Row): ApprovalRecord {
+  return {
+    id: String(row.id),
+    fingerprint: String(row.fingerprint),
+    requester: String(row.requester),
+    status: String(row.status) as ApprovalRecord['status'],
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+    data: jsonColumn<Record<string, unknown>>(row.data, 'approvals', 'data'),
   };
 }
 
@@ -343,6 +356,50 @@ class SqliteOps implements StoreOps {
   }
   async deleteConnection(name: string) {
     return this.run('DELETE FROM connections WHERE name = ?', name) === 1;
+  }
+
+  async insertApproval(r: ApprovalRecord) {
+    this.run(
+      'INSERT INTO approvals (id, fingerprint, requester, status, created_at, expires_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      r.id,
+      r.fingerprint,
+      r.requester,
+      r.status,
+      r.createdAt,
+      r.expiresAt,
+      JSON.stringify(r.data),
+    );
+  }
+  async getApproval(id: string) {
+    const row = this.get('SELECT * FROM approvals WHERE id = ?', id);
+    return row === undefined ? null : approvalFromRow(row);
+  }
+  async updateApproval(r: ApprovalRecord, expectedStatus: ApprovalRecord['status']) {
+    return (
+      this.run(
+        'UPDATE approvals SET status = ?, expires_at = ?, data = ? WHERE id = ? AND status = ?',
+        r.status,
+        r.expiresAt,
+        JSON.stringify(r.data),
+        r.id,
+        expectedStatus,
+      ) === 1
+    );
+  }
+  async findApprovals(fingerprint: string, requester: string) {
+    return this.all(
+      'SELECT * FROM approvals WHERE fingerprint = ? AND requester = ? ORDER BY created_at DESC, id DESC LIMIT 50',
+      fingerprint,
+      requester,
+    ).map(approvalFromRow);
+  }
+  async listApprovals(filter: { status?: ApprovalRecord['status']; limit?: number }) {
+    return this.all(
+      'SELECT * FROM approvals WHERE (? IS NULL OR status = ?) ORDER BY created_at DESC, id DESC LIMIT ?',
+      filter.status ?? null,
+      filter.status ?? null,
+      filter.limit ?? 100,
+    ).map(approvalFromRow);
   }
 
   async insertSession(r: SessionRecord) {

@@ -70,6 +70,20 @@ export interface AuditRecord {
   readonly hash: string;
 }
 
+/** A request for a human decision on one exact operation (see src/approvals/). */
+export interface ApprovalRecord {
+  readonly id: string;
+  /** Hash of the exact operation (and requester); an approval is valid only for it. */
+  readonly fingerprint: string;
+  readonly requester: string;
+  readonly status: 'pending' | 'approved' | 'denied' | 'expired' | 'used';
+  readonly createdAt: number;
+  /** Pending: when the request lapses. Approved: until when it may be used. */
+  readonly expiresAt: number;
+  /** Everything else (operation summary, approvers, decisions), as JSON. */
+  readonly data: Readonly<Record<string, unknown>>;
+}
+
 /** One recorded data-path session: metadata only (never a header value or a body). */
 export interface SessionRecord {
   readonly id: string;
@@ -140,6 +154,13 @@ export interface StoreOps {
   listConnections(): Promise<ConnectionRecord[]>;
   deleteConnection(name: string): Promise<boolean>;
 
+  insertApproval(record: ApprovalRecord): Promise<void>;
+  getApproval(id: string): Promise<ApprovalRecord | null>;
+  /** Replace status, expiry and data if the stored status is still `expectedStatus`; false otherwise. */
+  updateApproval(record: ApprovalRecord, expectedStatus: ApprovalRecord['status']): Promise<boolean>;
+  /** Approvals for an operation fingerprint and requester, newest first. */
+  findApprovals(fingerprint: string, requester: string): Promise<ApprovalRecord[]>;
+  listApprovals(filter: { status?: ApprovalRecord['status']; limit?: number }): Promise<ApprovalRecord[]>;
   insertSession(record: SessionRecord): Promise<void>;
   getSession(id: string): Promise<SessionRecord | null>;
   /** Newest first. */
@@ -166,6 +187,7 @@ export type StoreChange =
   | { readonly type: 'secret.added'; readonly id: string }
   | { readonly type: 'agent.revoked'; readonly id: string }
   | { readonly type: 'keys.rotated' }
+  | { readonly type: 'approval.changed'; readonly id: string }
   | { readonly type: 'connection.changed'; readonly name: string }
   /**
    * Caches must drop everything: changes may have been missed (the PostgreSQL adapter's

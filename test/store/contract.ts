@@ -293,6 +293,36 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       }
     });
 
+    it('keeps approvals: compare-and-set updates, lookup by fingerprint and requester', async () => {
+      const store = await open();
+      try {
+        const approval = {
+          id: 'apr_1',
+          fingerprint: 'fp-a',
+          requester: 'agent:agt_1',
+          status: 'pending' as const,
+          createdAt: 10,
+          expiresAt: 1000,
+          data: { summary: 'DELETE FROM t', decisions: [] },
+        };
+        await store.insertApproval(approval);
+        await store.insertApproval({ ...approval, id: 'apr_2', createdAt: 20, fingerprint: 'fp-b' });
+        expect(await store.getApproval('apr_1')).toEqual(approval);
+        expect(
+          await store.updateApproval({ ...approval, status: 'approved', expiresAt: 2000 }, 'pending'),
+        ).toBe(true);
+        // A second decision on the same pending request loses the race.
+        expect(await store.updateApproval({ ...approval, status: 'denied' }, 'pending')).toBe(false);
+        expect((await store.getApproval('apr_1'))?.status).toBe('approved');
+        expect((await store.findApprovals('fp-a', 'agent:agt_1')).map((a) => a.id)).toEqual(['apr_1']);
+        expect(await store.findApprovals('fp-a', 'agent:agt_2')).toEqual([]);
+        expect((await store.listApprovals({ status: 'pending' })).map((a) => a.id)).toEqual(['apr_2']);
+        expect((await store.listApprovals({})).map((a) => a.id)).toEqual(['apr_2', 'apr_1']);
+      } finally {
+        await store.close();
+      }
+    });
+
     it('migrating twice is harmless', async () => {
       const store = await open();
       try {
