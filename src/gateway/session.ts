@@ -173,28 +173,59 @@ export interface Recorder {
   flush(): Promise<void>;
 }
 
-/** Writes recordings to the store in the background, with a bounded queue. */
-export function createStoreRecorder(store: Store, log: Logger, metrics: GatewayMetrics): Recorder {
-  const MAX_PENDING = 10_000;
-  const pending = new Set<Promise<void>>();
+/**
+ * Writes recordings to the store in the background, batched: one transaction (one disk
+ * flush) per `batchMs` or per `maxBatch` recordings. The queue is bounded; beyond it,
+ * recordings are dropped and counted (the audit log, not the recording, is the record
+ * of every release).
+ */
+export function createStoreRecorder(
+  store: Store,
+  log: Logger,
+  metrics: GatewayMetrics,
+  options: { batchMs?: number; maxBatch?: number; maxQueued?: number } = {},
+): Recorder {
+  const batchMs = options.batchMs ?? 50;
+  const maxBatch = options.maxBatch ?? 256;
+  const maxQueued = options.maxQueued ?? 10_000;
+  let queue: SessionRecord[] = [];
+  let timer: NodeJS.Timeout | null = null;
+  let writing: Promise<void> = Promise.resolve();
+
+  const write = () => {
+    if (timer !== null) {
+      clearTimeout(timer);
+      timer = null;
+    }
+    const batch = queue;
+    queue = [];
+    if (batch.length === 0) return writing;
+    writing = writing.then(() =>
+      store
+        .transaction(async (tx) => {
+          for (const record of batch) await tx.insertSession(record);
+        })
+        .catch((error: unknown) => {
+          for (const record of batch) metrics.recordingFailures.inc({ frontend: record.frontend });
+          log.error(
+            { sessions: batch.length, code: (error as { code?: string })?.code },
+            'session recordings could not be written',
+          );
+        }),
+    );
+    return writing;
+  };
+
   return {
     record(record) {
-      if (pending.size >= MAX_PENDING) {
+      if (queue.length >= maxQueued) {
         metrics.recordingFailures.inc({ frontend: record.frontend });
-        log.warn({ session: record.id }, 'recording queue full; session not recorded');
         return;
       }
-      const write = store
-        .insertSession(record)
-        .catch((error: unknown) => {
-          metrics.recordingFailures.inc({ frontend: record.frontend });
-          log.error({ session: record.id, code: (error as { code?: string })?.code }, 'recording failed');
-        })
-        .finally(() => pending.delete(write));
-      pending.add(write);
+      queue.push(record);
+      if (queue.length >= maxBatch) void write();
+      else timer ??= setTimeout(() => void write(), batchMs);
     },
-    async flush() {
-      await Promise.all([...pending]);
-    },
+    flush: () => write(),
   };
 }

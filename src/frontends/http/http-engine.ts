@@ -1,4 +1,3 @@
-import { once } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
@@ -120,6 +119,19 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
     req.on('data', onData);
     req.on('end', onEnd);
     req.on('error', onError);
+  });
+}
+
+/** Wait until `res` can take more, or is gone; leaves no listener behind. */
+function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
   });
 }
 
@@ -384,7 +396,7 @@ export class HttpEngine implements Engine<HttpClient> {
         const clean = await this.#scannedChunk(scan, chunk as Buffer);
         if (clean.length > 0) {
           sent += clean.length;
-          if (!res.write(clean)) await Promise.race([once(res, 'drain'), once(res, 'close')]);
+          if (!res.write(clean)) await drained(res);
           if (res.destroyed) throw new Error('client gone');
         }
       }

@@ -1,0 +1,23 @@
+// The upstream for bench/http.ts, in its own process so that "direct" measures it alone.
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+const small = Buffer.from(JSON.stringify({ ok: true, id: 12345, name: 'octocat', pad: 'x'.repeat(20) }));
+const big = Buffer.alloc(1024 * 1024, 'The quick brown fox jumps over the lazy dog. ');
+
+const server = createServer((req, res) => {
+  const chunks: Buffer[] = [];
+  req.on('data', (c: Buffer) => chunks.push(c));
+  req.on('end', () => {
+    const body = req.url?.startsWith('/big') ? big : small;
+    res.writeHead(200, {
+      'content-type': req.url?.startsWith('/big') ? 'text/plain' : 'application/json',
+      'content-length': body.length,
+    });
+    res.end(body);
+  });
+});
+server.keepAliveTimeout = 60_000;
+server.listen(0, '127.0.0.1', () => {
+  process.stdout.write(`${(server.address() as AddressInfo).port}\n`);
+});

@@ -1,0 +1,192 @@
+// HTTP front-end overhead: requests/s and latency (p50, p99) direct to an upstream vs
+// through the gateway, for four cases: pass-through, one header ticket, a 16 KB JSON
+// body with three tickets, and a 1 MiB response scanned for known secrets.
+//
+// Run: npm run bench:http   (BENCH_SECONDS=5 BENCH_CONNECTIONS=16 by default)
+//
+// The upstream runs in its own process, the load generator (autocannon) in another, and
+// the gateway in this one (SQLite store in a temp dir, audit group commit as configured
+// by default, session recordings on). All three share the machine: on few cores the
+// absolute numbers say more about the machine than the gateway; the ratio is the point.
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import pino from 'pino';
+import { request } from 'undici';
+import { resolveHome } from '../src/config/home.js';
+import { agentRef } from '../src/core/principal.js';
+import { startHttpFrontend } from '../src/frontends/http/start.js';
+import { initHome, openContext } from '../src/server/context.js';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
+const run = promisify(execFile);
+const autocannonBin = createRequire(import.meta.url).resolve('autocannon/autocannon.js');
+
+interface Result {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+}
+
+async function load(
+  url: string,
+  options: { method?: string; headers?: Record<string, string>; body?: string },
+): Promise<Result> {
+  const args = [
+    autocannonBin,
+    '-j',
+    '-c',
+    String(CONNECTIONS),
+    '-d',
+    String(SECONDS),
+    '-m',
+    options.method ?? 'GET',
+  ];
+  for (const [k, v] of Object.entries(options.headers ?? {})) args.push('-H', `${k}=${v}`);
+  if (options.body !== undefined) args.push('-b', options.body);
+  args.push(url);
+  const { stdout } = await run(process.execPath, args, { maxBuffer: 16 * 1024 * 1024 });
+  const r = JSON.parse(stdout) as {
+    requests: { average: number };
+    latency: { p50: number; p99: number };
+    errors: number;
+    non2xx: number;
+    timeouts: number;
+  };
+  return {
+    rps: r.requests.average,
+    p50: r.latency.p50,
+    p99: r.latency.p99,
+    errors: r.errors + r.non2xx + r.timeouts,
+  };
+}
+
+/** Unloaded latency: one request at a time, so the machine's other processes do not compete. */
+async function sequential(
+  url: string,
+  options: { method?: string; headers?: Record<string, string>; body?: string },
+  count = Number(process.env.BENCH_SEQUENTIAL ?? 1000),
+): Promise<{ p50: number; p99: number }> {
+  const times: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const started = performance.now();
+    const res = await request(url, {
+      method: (options.method ?? 'GET') as 'GET',
+      headers: options.headers,
+      body: options.body,
+    });
+    await res.body.dump();
+    times.push(performance.now() - started);
+  }
+  times.sort((a, b) => a - b);
+  return { p50: times[Math.floor(count * 0.5)]!, p99: times[Math.floor(count * 0.99)]! };
+}
+
+async function main() {
+  const upstream = spawn(
+    process.execPath,
+    ['--import', 'tsx', new URL('./http-upstream.ts', import.meta.url).pathname],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  const port = await new Promise<number>((resolve) =>
+    upstream.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))),
+  );
+  const upstreamUrl = `http://127.0.0.1:${port}`;
+
+  const dir = mkdtempSync(join(tmpdir(), 'coatcheck-bench-http-'));
+  const home = resolveHome(dir, {});
+  await initHome(home, { env: {} });
+  writeFileSync(home.configFile, 'log:\n  level: warn\n');
+  const ctx = await openContext(home, { env: {} });
+  const gateway = await startHttpFrontend(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }));
+  try {
+    const { key, agent } = await ctx.agents.create({ name: 'bench' }, 'admin:bench');
+    const tickets: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      await ctx.vault.addSecret(
+        { name: `s${i}`, value: Buffer.from(`bench-secret-value-${i}-0123456789abcdef`), allow: ['up'] },
+        'admin:bench',
+      );
+      tickets.push(
+        (await ctx.vault.issueTicket({ secret: `s${i}`, principal: agentRef(agent.id) }, 'admin:bench'))
+          .ticket,
+      );
+    }
+    await ctx.connections.add({ name: 'up', type: 'http', url: upstreamUrl }, 'admin:bench');
+    const auth = { 'proxy-authorization': `Bearer ${key}` };
+    const json = JSON.stringify({
+      a: tickets[0],
+      items: Array.from({ length: 270 }, (_, i) => ({
+        id: i,
+        text: 'lorem ipsum dolor sit amet consectetur ad',
+      })),
+      b: { nested: tickets[1] },
+      c: [tickets[2]],
+    });
+    const cases: Array<
+      [
+        string,
+        string,
+        { method?: string; headers?: Record<string, string>; body?: string },
+        { method?: string; headers?: Record<string, string>; body?: string },
+      ]
+    > = [
+      ['pass-through (GET, no ticket)', '/small', {}, { headers: auth }],
+      [
+        'one header ticket',
+        '/small',
+        { headers: { authorization: 'Bearer direct' } },
+        { headers: { ...auth, authorization: `Bearer ${tickets[0]}` } },
+      ],
+      [
+        `16 KB JSON body, 3 tickets (${(json.length / 1024).toFixed(1)} KB)`,
+        '/echo',
+        { method: 'POST', headers: { 'content-type': 'application/json' }, body: json },
+        { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: json },
+      ],
+      ['1 MiB response, scanned', '/big', {}, { headers: auth }],
+    ];
+    console.log(
+      `HTTP front-end bench: ${CONNECTIONS} connections, ${SECONDS}s per run, node ${process.version}, ${cpus().length} CPUs (${cpus()[0]?.model ?? '?'})`,
+    );
+    console.log(
+      `${'case'.padEnd(36)} ${'direct req/s'.padStart(12)} ${'gw req/s'.padStart(10)} ${'ratio'.padStart(6)} ${'direct p50/p99 ms'.padStart(18)} ${'gw p50/p99 ms'.padStart(14)} ${'errors'.padStart(7)}`,
+    );
+    const results: Array<[string, { p50: number; p99: number }, { p50: number; p99: number }]> = [];
+    for (const [label, path, direct, through] of cases) {
+      const d = await load(`${upstreamUrl}${path}`, direct);
+      const g = await load(`${gateway.url}/c/up${path}`, through);
+      results.push([
+        label,
+        await sequential(`${upstreamUrl}${path}`, direct),
+        await sequential(`${gateway.url}/c/up${path}`, through),
+      ]);
+      console.log(
+        `${label.padEnd(36)} ${d.rps.toFixed(0).padStart(12)} ${g.rps.toFixed(0).padStart(10)} ${(g.rps / d.rps).toFixed(2).padStart(6)} ${`${d.p50}/${d.p99}`.padStart(18)} ${`${g.p50}/${g.p99}`.padStart(14)} ${String(d.errors + g.errors).padStart(7)}`,
+      );
+    }
+    console.log('\nunloaded latency, one request at a time (ms)');
+    console.log(
+      `${'case'.padEnd(36)} ${'direct p50/p99'.padStart(16)} ${'gw p50/p99'.padStart(16)} ${'added p50'.padStart(10)}`,
+    );
+    for (const [label, d, g] of results) {
+      console.log(
+        `${label.padEnd(36)} ${`${d.p50.toFixed(2)}/${d.p99.toFixed(2)}`.padStart(16)} ${`${g.p50.toFixed(2)}/${g.p99.toFixed(2)}`.padStart(16)} ${(g.p50 - d.p50).toFixed(2).padStart(10)}`,
+      );
+    }
+  } finally {
+    await gateway.close();
+    await ctx.close();
+    upstream.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
