@@ -56,6 +56,15 @@ async function principalOf(ctx: Context, agentName: string): Promise<string> {
   return agentRef(agent.id);
 }
 
+/**
+ * The approver behind an admin-key request. The admin key is fully trusted, so it may act
+ * as a named human with named groups (`--as`, `--group`); the record keeps who did.
+ */
+function approverOf(as: string | undefined, groups: readonly string[] | undefined, actor: string) {
+  const name = as ?? actor;
+  return { ref: `human:${name}`, name, groups: groups ?? [] };
+}
+
 export const operations = {
   status: op({
     method: 'GET',
@@ -304,6 +313,53 @@ export const operations = {
     summary: 'Rewrap every data key under a new master key (tickets are unchanged).',
     input: z.object({}),
     run: (ctx, _input, actor) => rotateMasterKey(ctx, actor),
+  }),
+  approvalList: op({
+    method: 'GET',
+    path: '/v1/approvals',
+    summary: 'List approval requests (newest first), optionally by status.',
+    input: z.object({ status: z.enum(['pending', 'approved', 'denied', 'expired', 'used']).optional() }),
+    run: (ctx, input) => ctx.approvals.list(input.status),
+  }),
+  approvalShow: op({
+    method: 'GET',
+    path: '/v1/approvals/:id',
+    summary: 'One approval request: the exact operation, the approvers, the decisions.',
+    input: z.object({ id: z.string().min(1).max(64) }),
+    run: (ctx, input) => ctx.approvals.get(input.id),
+  }),
+  approvalApprove: op({
+    method: 'POST',
+    path: '/v1/approvals/:id/approve',
+    summary: 'Approve a pending request: single-use, or for a time window with `for`.',
+    input: z.object({
+      id: z.string().min(1).max(64),
+      for: duration,
+      as: z.string().min(1).max(128).optional(),
+      groups: z.array(z.string().min(1).max(64)).max(32).optional(),
+    }),
+    run: (ctx, input, actor) =>
+      ctx.approvals.decide(
+        input.id,
+        { approver: approverOf(input.as, input.groups, actor), decision: 'approve', forMs: input.for },
+        actor,
+      ),
+  }),
+  approvalDeny: op({
+    method: 'POST',
+    path: '/v1/approvals/:id/deny',
+    summary: 'Deny a pending request.',
+    input: z.object({
+      id: z.string().min(1).max(64),
+      reason: z.string().max(500).optional(),
+      as: z.string().min(1).max(128).optional(),
+    }),
+    run: (ctx, input, actor) =>
+      ctx.approvals.decide(
+        input.id,
+        { approver: approverOf(input.as, [], actor), decision: 'deny', reason: input.reason },
+        actor,
+      ),
   }),
 } as const;
 

@@ -6,6 +6,7 @@ import { readAdminKey, resolveHome } from '../config/home.js';
 import { CoatcheckError, toCoatcheckError } from '../core/errors.js';
 import { newIncidentId } from '../core/ids.js';
 import { initHome, openContext } from '../server/context.js';
+import { registerApprovalCommands } from './approvals.js';
 import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
 import { registerPolicyCommands } from './policy.js';
 import { serveCommand } from './serve.js';
@@ -491,6 +492,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     });
 
   registerSessionCommands(program, { perform, table });
+  registerApprovalCommands(program, { perform, table });
   registerPolicyCommands(program, io, (code) => {
     exitCode = code;
   });

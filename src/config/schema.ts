@@ -116,6 +116,21 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    approvals: z
+      .object({
+        /** Slack-compatible webhook told about every new approval request. */
+        webhookUrl: z.string().url().max(2048).nullable().default(null),
+        /** Base URL of the console, for links in notifications. */
+        consoleUrl: z.string().url().max(2048).nullable().default(null),
+        /** How long a data-path operation waits for a decision before it is refused. */
+        holdTimeout: duration.default('30s'),
+        /** How long a request stays open for approvers. */
+        pendingTtl: duration.default('1h'),
+        /** How long a single-use approval stays usable for a retry of the same operation. */
+        useWindow: duration.default('15m'),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -327,7 +327,7 @@ export const ERROR_CODES = {
   },
   CC_ERR_APPROVAL_REQUIRED: {
     status: 403,
-    description: 'Policy requires a human approval for this exact operation and none was given.',
+    description: 'Policy requires a human approval for this exact operation; the request (id in the message) is pending and the hold time ran out.',
     solution: 'Have an approver approve it (`coatcheck approvals approve ID`), then retry.',
   },
   CC_ERR_OIDC_MALFORMED: {
@@ -443,6 +443,26 @@ export const ERROR_CODES = {
     status: 503,
     description: 'The PostgreSQL listener already serves postgres.maxConnections clients. SQLSTATE 53300.',
     solution: 'Close idle sessions, or raise postgres.maxConnections.',
+  },
+  CC_ERR_APPROVAL_DENIED: {
+    status: 403,
+    description: 'An approver denied this exact operation.',
+    solution: 'Do not retry the same operation; ask the approver why (the reason is in the approval record).',
+  },
+  CC_ERR_APPROVAL_SELF: {
+    status: 403,
+    description: 'The identity that requested an operation cannot approve it.',
+    solution: 'Another approver must decide.',
+  },
+  CC_ERR_APPROVAL_NOT_APPROVER: {
+    status: 403,
+    description: 'The approver is not in any of the groups the policy names (@approvers), or already approved.',
+    solution: 'Ask a member of the named groups.',
+  },
+  CC_ERR_APPROVAL_NOT_PENDING: {
+    status: 409,
+    description: 'The approval request was already decided, used, or has expired.',
+    solution: 'Retry the operation to create a new request.',
   },
 } as const satisfies Record<string, ErrorCodeInfo>;
 

@@ -12,6 +12,8 @@ export interface Decision {
   readonly policies: readonly string[];
   /** Groups whose members may approve (from `@approvers`), when effect is 'approval'. */
   readonly approvers: readonly string[];
+  /** How many distinct approvers are needed (from `@quorum`, default 1). */
+  readonly quorum: number;
   /** Column or field patterns to mask (from `@mask`). */
   readonly mask: readonly string[];
   /** Evaluation errors (each makes the policy that raised it not apply; never an allow). */
@@ -166,6 +168,7 @@ export class PolicyEngine {
         effect: 'deny',
         policies: [],
         approvers: [],
+        quorum: 1,
         mask: [],
         errors: answer.errors.map((e) => e.message),
       };
@@ -173,7 +176,7 @@ export class PolicyEngine {
       const reasons = answer.response.diagnostics.reason;
       const errors = answer.response.diagnostics.errors.map((e) => `${e.policyId}: ${e.error.message}`);
       if (answer.response.decision === 'deny') {
-        decision = { effect: 'deny', policies: reasons, approvers: [], mask: [], errors };
+        decision = { effect: 'deny', policies: reasons, approvers: [], quorum: 1, mask: [], errors };
       } else {
         const permits = reasons
           .map((id) => this.#byId.get(id))
@@ -189,6 +192,7 @@ export class PolicyEngine {
           effect: approval.length > 0 ? 'approval' : 'allow',
           policies: reasons,
           approvers: [...new Set(approval.flatMap((p) => split(p.annotations.approvers)))],
+          quorum: Math.max(1, ...approval.map((p) => Number(p.annotations.quorum ?? 1))),
           mask: [...new Set(permits.flatMap((p) => split(p.annotations.mask)))],
           errors,
         };

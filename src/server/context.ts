@@ -1,6 +1,10 @@
 import { existsSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
+import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
+import { Approvals } from '../approvals/approvals.js';
+import type { GateServices } from '../approvals/gate.js';
+import { createWebhookNotifier } from '../approvals/webhook.js';
 import { AuditLog } from '../audit/audit-log.js';
 import {
   adminKeyHash,
@@ -18,6 +22,7 @@ import { Connections } from '../connections/connections.js';
 import { type Clock, systemClock } from '../core/clock.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
+import { createLogger } from '../core/logger.js';
 import { Agents } from '../identity/agents.js';
 import { Identity } from '../identity/identity.js';
 import { OidcVerifier } from '../identity/oidc.js';
@@ -46,6 +51,12 @@ export interface Context {
   readonly identity: Identity;
   /** The policy set in force (reloadable). */
   readonly policy: PolicyHolder;
+  /** Just-in-time approvals of exact operations. */
+  readonly approvals: Approvals;
+  /** What a front-end needs for the policy step: policy, approvals, audit, hold time. */
+  readonly gate: GateServices;
+  /** The gateway logger (pino JSON on stderr, every line scrubbed). */
+  readonly log: Logger;
   /** Where the master key came from: rotation writes a file, or hands an env key back. */
   readonly masterKeySource: 'env' | 'file';
   /** Prometheus registry shared by the front-ends; the admin listener serves it at GET /metrics. */
@@ -101,12 +112,25 @@ function buildContext(
     })),
   );
   const identity = new Identity(agents, oidc);
+  const log = createLogger({ level: config.log.level });
+  const { webhookUrl, consoleUrl } = config.approvals;
+  const approvals = new Approvals(store, audit, clock, {
+    pendingTtlMs: parseDuration(config.approvals.pendingTtl),
+    useWindowMs: parseDuration(config.approvals.useWindow),
+    notify: webhookUrl === null ? undefined : createWebhookNotifier({ url: webhookUrl, consoleUrl, log }),
+  });
   const policy = new PolicyHolder(config.policy.path, {
     timeZone: config.policy.timeZone,
     baseDir: home.dir,
   });
   // Any revocation or change may alter a cached decision's inputs.
   const unsubscribe = store.subscribe(() => policy.engine.invalidate());
+  const gate: GateServices = {
+    policy,
+    approvals,
+    audit,
+    holdTimeoutMs: parseDuration(config.approvals.holdTimeout),
+  };
   return {
     home,
     config,
@@ -119,6 +143,9 @@ function buildContext(
     connections,
     identity,
     policy,
+    approvals,
+    gate,
+    log,
     masterKeySource,
     metrics: new Registry(),
     async close() {
