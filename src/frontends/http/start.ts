@@ -94,6 +94,8 @@ export async function startHttpFrontend(
     });
   });
   const refuseRaw = (socket: import('node:stream').Duplex) => {
+    // The socket is ours now: without an error listener a client reset would crash the process.
+    socket.on('error', () => socket.destroy());
     const body = JSON.stringify({
       error: {
         code: 'CC_ERR_HTTP_UNSUPPORTED',
@@ -101,7 +103,7 @@ export async function startHttpFrontend(
       },
     });
     socket.end(
-      `HTTP/1.1 501 Not Implemented\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      `HTTP/1.1 501 Not Implemented\r\ncontent-type: application/json\r\nx-coatcheck-error: CC_ERR_HTTP_UNSUPPORTED\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
     );
   };
   server.on('connect', (_req, socket) => refuseRaw(socket));
