@@ -23,6 +23,8 @@ export interface DetectorOptions {
   readonly knownSecrets?: KnownSecretMatcher;
   /** Key for fingerprints (HMAC-SHA-256 instead of SHA-256), so low-entropy values cannot be guessed from them. */
   readonly fingerprintKey?: string | Buffer;
+  /** @internal bench/detect.ts: accumulates milliseconds spent per rule. */
+  readonly profile?: Map<string, number>;
 }
 
 export interface Detector {
@@ -270,15 +272,28 @@ export function createDetector(options: DetectorOptions = {}): Detector {
     const text = bytes ? input.toString('latin1') : input;
     const cands: Candidate[] = [];
 
-    const hits = index.find(text);
+    const prof = options.profile;
+    let tp = prof === undefined ? 0 : performance.now();
+    const phase = (name: string): void => {
+      if (prof === undefined) return;
+      const now = performance.now();
+      prof.set(name, (prof.get(name) ?? 0) + now - tp);
+      tp = now;
+    };
+    const hits = index.find(input);
+    phase('#keywords');
     // Per rule: the current window and the hits inside it.
     const winFrom = new Int32Array(compiled.length).fill(-1);
     const winTo = new Int32Array(compiled.length);
     const winHitStart: number[][] = compiled.map(() => []);
     const winHitEnd: number[][] = compiled.map(() => []);
+    const profile = options.profile;
     const flush = (ri: number): void => {
       const c = compiled[ri]!;
+      const t0 = profile === undefined ? 0 : performance.now();
       runWindow(c, text, winFrom[ri]!, winTo[ri]!, winHitStart[ri]!, winHitEnd[ri]!, cands);
+      if (profile !== undefined)
+        profile.set(c.rule.id, (profile.get(c.rule.id) ?? 0) + performance.now() - t0);
       winHitStart[ri] = [];
       winHitEnd[ri] = [];
       winFrom[ri] = -1;
@@ -288,9 +303,9 @@ export function createDetector(options: DetectorOptions = {}): Detector {
       const end = hits.end[i]!;
       const start = end - keywordLength[k]!;
       for (const ri of rulesOfKeyword[k]!) {
-        const maxLen = compiled[ri]!.rule.maxLength;
-        const from = Math.max(0, start - maxLen);
-        const to = end + maxLen;
+        const rule = compiled[ri]!.rule;
+        const from = Math.max(0, start - (rule.maxKeywordOffset ?? rule.maxLength));
+        const to = end + rule.maxLength;
         if (winFrom[ri] !== -1 && from > winTo[ri]!) flush(ri);
         if (winFrom[ri] === -1) {
           winFrom[ri] = from;
@@ -303,7 +318,9 @@ export function createDetector(options: DetectorOptions = {}): Detector {
       }
     }
     for (let ri = 0; ri < compiled.length; ri++) if (winFrom[ri] !== -1) flush(ri);
+    phase('#windows');
     for (const ri of fullText) runFullText(compiled[ri]!, text, cands);
+    phase('#full-text');
 
     if (known !== undefined && !knownSkipped && known.size > 0) {
       for (const m of known.find(text, bytes ? 'bytes' : 'text')) {
@@ -316,6 +333,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
         });
       }
     }
+    phase('#known');
     if (cands.length === 0) return [];
 
     const findings: Finding[] = [];

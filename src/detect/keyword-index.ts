@@ -18,7 +18,8 @@ export interface KeywordHits {
 
 export interface KeywordIndex {
   readonly keywords: readonly string[];
-  find(text: string): KeywordHits;
+  /** Works on a string (UTF-16 units) or a Buffer (bytes); offsets are in the same units. */
+  find(input: string | Buffer): KeywordHits;
 }
 
 export function createKeywordIndex(keywords: readonly string[]): KeywordIndex {
@@ -90,44 +91,68 @@ export function createKeywordIndex(keywords: readonly string[]): KeywordIndex {
   // Class 0 (a character in no keyword) always returns to the root.
   for (let s = 0; s < states; s++) delta[s * MAX_CLASSES] = 0;
 
+  // Renumber: states without output first, so "has output" is one comparison (s >= firstOut).
+  const order: number[] = [];
+  for (let st = 0; st < states; st++) if (outputs[st]!.length === 0) order.push(st);
+  const firstOut = order.length;
+  for (let st = 0; st < states; st++) if (outputs[st]!.length !== 0) order.push(st);
+  const newId = new Int32Array(states);
+  order.forEach((old, i) => {
+    newId[old] = i;
+  });
+  const table = new Int32Array(states * MAX_CLASSES);
+  for (let old = 0; old < states; old++) {
+    const row = newId[old]! * MAX_CLASSES;
+    for (let cls = 0; cls < MAX_CLASSES; cls++) table[row + cls] = newId[delta[old * MAX_CLASSES + cls]!]!;
+  }
   const outStart = new Int32Array(states + 1);
   const flat: number[] = [];
-  for (let s = 0; s < states; s++) {
-    outStart[s] = flat.length;
-    flat.push(...new Set(outputs[s]));
+  for (let i = 0; i < states; i++) {
+    outStart[i] = flat.length;
+    flat.push(...new Set(outputs[order[i]!]));
   }
   outStart[states] = flat.length;
   const outList = Int32Array.from(flat);
+  // Byte classes for Buffer input (bytes >= 128 are in no keyword).
+  const byteClass = new Uint8Array(256);
+  byteClass.set(classOf);
 
   return {
     keywords,
-    find(text: string): KeywordHits {
+    find(input: string | Buffer): KeywordHits {
       let cap = 64;
       let kwArr = new Int32Array(cap);
       let endArr = new Int32Array(cap);
       let count = 0;
-      let s = 0;
-      const n = text.length;
-      for (let i = 0; i < n; i++) {
-        const c = text.charCodeAt(i);
-        s = delta[(s << CLASS_BITS) | (c < 128 ? classOf[c]! : 0)]!;
-        const from = outStart[s]!;
-        const to = outStart[s + 1]!;
-        if (from !== to) {
-          for (let o = from; o < to; o++) {
-            if (count === cap) {
-              cap *= 2;
-              const k2 = new Int32Array(cap);
-              k2.set(kwArr);
-              kwArr = k2;
-              const e2 = new Int32Array(cap);
-              e2.set(endArr);
-              endArr = e2;
-            }
-            kwArr[count] = outList[o]!;
-            endArr[count] = i + 1;
-            count++;
+      const record = (st: number, i: number): void => {
+        for (let o = outStart[st]!; o < outStart[st + 1]!; o++) {
+          if (count === cap) {
+            cap *= 2;
+            const k2 = new Int32Array(cap);
+            k2.set(kwArr);
+            kwArr = k2;
+            const e2 = new Int32Array(cap);
+            e2.set(endArr);
+            endArr = e2;
           }
+          kwArr[count] = outList[o]!;
+          endArr[count] = i + 1;
+          count++;
+        }
+      };
+      let st = 0;
+      if (typeof input === 'string') {
+        const n = input.length;
+        for (let i = 0; i < n; i++) {
+          const c = input.charCodeAt(i);
+          st = table[(st << CLASS_BITS) | (c < 128 ? classOf[c]! : 0)]!;
+          if (st >= firstOut) record(st, i);
+        }
+      } else {
+        const n = input.length;
+        for (let i = 0; i < n; i++) {
+          st = table[(st << CLASS_BITS) | byteClass[input[i]!]!]!;
+          if (st >= firstOut) record(st, i);
         }
       }
       return { keyword: kwArr, end: endArr, count };

@@ -6,15 +6,16 @@ export const KNOWN_SECRET_MIN_BYTES = 8;
 /** Mirrors the vault's limit on secret values. */
 export const KNOWN_SECRET_MAX_BYTES = 64 * 1024;
 
-/** Prefix length hashed at every position of the scanned text. */
-const PREFIX = 8;
-const BASE = 0x9e3779b1 | 0;
+/**
+ * The scan hashes a window of Q characters at every S-th position of the text. Every
+ * registered form is indexed by the hashes of its windows at offsets 0..S-1, so any
+ * occurrence (length >= Q + S - 1 = 8) has exactly one window on a sampled position.
+ * One lookup per S characters in a bitset keeps the scan cheap however many secrets exist.
+ */
+const Q = 6;
+const S = 3;
+const MIN_FORM = Q + S - 1;
 const MIX = 0x85ebca6b | 0;
-const POW = (() => {
-  let p = 1;
-  for (let i = 0; i < PREFIX - 1; i++) p = Math.imul(p, BASE);
-  return p;
-})();
 
 /** Which representation of the scanned input a pattern applies to. */
 const TEXT = 1; // a JavaScript string (UTF-16)
@@ -25,6 +26,12 @@ interface Pattern {
   readonly text: string;
   readonly encoding: KnownSecretEncoding;
   readonly modes: number;
+}
+
+/** One indexed window of a pattern: the hash of text[offset, offset + Q). */
+interface Entry {
+  readonly pattern: Pattern;
+  readonly offset: number;
   readonly hash: number;
 }
 
@@ -52,9 +59,9 @@ export interface KnownSecretMatcher {
   find(input: string, mode: 'text' | 'bytes'): KnownSecretMatch[];
 }
 
-function prefixHash(s: string, from: number): number {
-  let h = 0;
-  for (let i = from; i < from + PREFIX; i++) h = (Math.imul(h, BASE) + (s.charCodeAt(i) & 0xffff)) | 0;
+function windowHash(s: string, from: number): number {
+  let h = 0x811c9dc5 | 0;
+  for (let i = from; i < from + Q; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
   return h;
 }
 
@@ -77,7 +84,7 @@ export function encodedForms(
   const forms: { text: string; encoding: KnownSecretEncoding; modes: number }[] = [];
   const seen = new Map<string, number>();
   const push = (text: string, encoding: KnownSecretEncoding, modes: number): void => {
-    if (text.length < PREFIX) return;
+    if (text.length < MIN_FORM) return;
     const at = seen.get(text);
     if (at !== undefined) {
       const prev = forms[at]!;
@@ -118,55 +125,56 @@ export function encodedForms(
 }
 
 export function createKnownSecretMatcher(): KnownSecretMatcher {
-  const byId = new Map<string, Pattern[]>();
-  const byHash = new Map<number, Pattern[]>();
+  const byId = new Map<string, { patterns: Pattern[]; entries: Entry[] }>();
+  const byHash = new Map<number, Entry[]>();
   let bits = 16;
-  let filter = new Uint8Array(1 << bits);
-  let patternCount = 0;
+  // Scan-side bitset: one bit per slot, kept at most ~1/16 full. Removals leave stale bits
+  // (a stale bit only costs a Map lookup); the bitset is rebuilt once they pile up.
+  let bitset = new Int32Array(1 << (bits - 5));
+  let entryCount = 0;
+  let stale = 0;
   let maxLen = 0;
 
   const slot = (hash: number): number => Math.imul(hash, MIX) >>> (32 - bits);
+  const mark = (hash: number): void => {
+    const s = slot(hash);
+    bitset[s >>> 5]! |= 1 << (s & 31);
+  };
 
   function rebuild(newBits: number): void {
     bits = newBits;
-    filter = new Uint8Array(1 << bits);
-    for (const list of byHash.values()) {
-      for (const p of list) {
-        const s = slot(p.hash);
-        if (filter[s]! < 255) filter[s]!++;
-      }
-    }
+    bitset = new Int32Array(1 << (bits - 5));
+    stale = 0;
+    for (const list of byHash.values()) for (const e of list) mark(e.hash);
   }
 
-  function insert(p: Pattern): void {
-    let list = byHash.get(p.hash);
+  function insert(e: Entry): void {
+    let list = byHash.get(e.hash);
     if (list === undefined) {
       list = [];
-      byHash.set(p.hash, list);
+      byHash.set(e.hash, list);
     }
-    list.push(p);
-    const s = slot(p.hash);
-    if (filter[s]! < 255) filter[s]!++;
-    patternCount++;
-    if (patternCount * 16 > 1 << bits && bits < 26) rebuild(bits + 1);
+    list.push(e);
+    mark(e.hash);
+    entryCount++;
+    if (entryCount * 16 > 1 << bits && bits < 28) rebuild(bits + 1);
   }
 
-  function drop(p: Pattern): void {
-    const list = byHash.get(p.hash);
+  function drop(e: Entry): void {
+    const list = byHash.get(e.hash);
     if (list === undefined) return;
-    const i = list.indexOf(p);
+    const i = list.indexOf(e);
     if (i === -1) return;
     list.splice(i, 1);
-    if (list.length === 0) byHash.delete(p.hash);
-    const s = slot(p.hash);
-    // A saturated counter stays set: it may still cover other patterns.
-    if (filter[s]! < 255) filter[s]!--;
-    patternCount--;
+    if (list.length === 0) byHash.delete(e.hash);
+    entryCount--;
+    stale++;
   }
 
   function recomputeMax(): void {
     maxLen = 0;
-    for (const list of byId.values()) for (const p of list) maxLen = Math.max(maxLen, p.text.length);
+    for (const { patterns } of byId.values())
+      for (const p of patterns) maxLen = Math.max(maxLen, p.text.length);
   }
 
   return {
@@ -190,25 +198,22 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
       }
       if (byId.has(id)) this.remove(id);
       const patterns = encodedForms(bytes).map(
-        (f): Pattern => ({
-          id,
-          text: f.text,
-          encoding: f.encoding,
-          modes: f.modes,
-          hash: prefixHash(f.text, 0),
-        }),
+        (f): Pattern => ({ id, text: f.text, encoding: f.encoding, modes: f.modes }),
       );
-      byId.set(id, patterns);
+      const entries: Entry[] = [];
       for (const p of patterns) {
-        insert(p);
+        for (let k = 0; k < S; k++) entries.push({ pattern: p, offset: k, hash: windowHash(p.text, k) });
         maxLen = Math.max(maxLen, p.text.length);
       }
+      byId.set(id, { patterns, entries });
+      for (const e of entries) insert(e);
     },
     remove(id) {
-      const patterns = byId.get(id);
-      if (patterns === undefined) return false;
-      for (const p of patterns) drop(p);
+      const held = byId.get(id);
+      if (held === undefined) return false;
+      for (const e of held.entries) drop(e);
       byId.delete(id);
+      if (stale > 1024 && stale * 4 > entryCount) rebuild(bits);
       recomputeMax();
       return true;
     },
@@ -224,28 +229,31 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
     find(input, mode) {
       const out: KnownSecretMatch[] = [];
       const n = input.length;
-      if (byId.size === 0 || n < PREFIX) return out;
+      if (byId.size === 0 || n < MIN_FORM) return out;
       const want = mode === 'text' ? TEXT : BYTES;
-      const f = filter;
+      const set = bitset;
       const shift = 32 - bits;
-      let h = prefixHash(input, 0);
-      for (let i = 0; ; i++) {
-        if (f[Math.imul(h, MIX) >>> shift] !== 0) {
-          const list = byHash.get(h);
-          if (list !== undefined) {
-            for (const p of list) {
-              if ((p.modes & want) !== 0 && input.startsWith(p.text, i)) {
-                out.push({ secretId: p.id, encoding: p.encoding, start: i, end: i + p.text.length });
-              }
-            }
+      for (let i = 0; i + Q <= n; i += S) {
+        let h = 0x811c9dc5 | 0;
+        h = Math.imul(h ^ input.charCodeAt(i), 0x01000193);
+        h = Math.imul(h ^ input.charCodeAt(i + 1), 0x01000193);
+        h = Math.imul(h ^ input.charCodeAt(i + 2), 0x01000193);
+        h = Math.imul(h ^ input.charCodeAt(i + 3), 0x01000193);
+        h = Math.imul(h ^ input.charCodeAt(i + 4), 0x01000193);
+        h = Math.imul(h ^ input.charCodeAt(i + 5), 0x01000193);
+        const sl = Math.imul(h, MIX) >>> shift;
+        if ((set[sl >>> 5]! & (1 << (sl & 31))) === 0) continue;
+        const list = byHash.get(h);
+        if (list === undefined) continue;
+        for (const e of list) {
+          const p = e.pattern;
+          const start = i - e.offset;
+          if (start >= 0 && (p.modes & want) !== 0 && input.startsWith(p.text, start)) {
+            out.push({ secretId: p.id, encoding: p.encoding, start, end: start + p.text.length });
           }
         }
-        if (i + PREFIX >= n) break;
-        const gone = input.charCodeAt(i) & 0xffff;
-        const come = input.charCodeAt(i + PREFIX) & 0xffff;
-        h = (Math.imul((h - Math.imul(gone, POW)) | 0, BASE) + come) | 0;
       }
-      return out;
+      return out.length > 1 ? out.sort((a, b) => a.start - b.start || a.end - b.end) : out;
     },
   };
 }

@@ -66,6 +66,12 @@ export interface Rule {
   readonly keywords: readonly string[];
   /** Upper bound of the length of a whole match (window size and streaming overlap). */
   readonly maxLength: number;
+  /**
+   * Upper bound of the distance from the start of a match to the start of its keyword
+   * (0 when the keyword is the token's prefix). Narrows the window scanned before a keyword;
+   * absent means `maxLength`.
+   */
+  readonly maxKeywordOffset?: number;
   readonly confidence: Confidence;
   /** Minimum Shannon entropy (bits per character) of the secret. */
   readonly minEntropy?: number;

@@ -90,6 +90,7 @@ export function prefixed(spec: PrefixedSpec): Rule {
     title: spec.title,
     pattern: new RegExp(source, spec.caseInsensitive ? 'i' : ''),
     keywords: spec.keywords ?? [spec.prefix.toLowerCase()],
+    ...(spec.keywords === undefined && spec.prefix !== '' ? { maxKeywordOffset: 0 } : {}),
     maxLength: spec.prefix.length + maxOf(spec.length) + (spec.suffix?.length ?? 0) + 2,
     confidence: spec.confidence ?? 'high',
     defaultEnabled: true,
@@ -118,8 +119,11 @@ export function prefixed(spec: PrefixedSpec): Rule {
 export interface KeyedSpec extends Common {
   /** RegExp alternatives for the field name; `_` stands for an optional `_`, `-` or `.`. */
   readonly keys: readonly string[];
-  /** Lower-case literals, each contained in some key. */
-  readonly keywords: readonly string[];
+  /**
+   * Lower-case literals, each contained in some key. Omit to derive them from plain keys
+   * (`api_key` gives api_key, api-key, api.key, apikey): precise keywords keep windows few.
+   */
+  readonly keywords?: readonly string[];
   /** RegExp of the value (without a capture group). */
   readonly value: string;
   /** Characters that continue a value (right boundary). */
@@ -129,6 +133,21 @@ export interface KeyedSpec extends Common {
   readonly key: string;
   readonly maxValueLength: number;
   readonly rejectHashLike?: boolean;
+}
+
+/** Spellings of plain keys: each `_` as `_`, `-`, `.` or nothing (lower-case). */
+export function keyVariants(keys: readonly string[]): string[] {
+  const out = new Set<string>();
+  for (const key of keys) {
+    if (!/^[a-z0-9_]+$/i.test(key)) throw new Error(`cannot derive keywords from key ${key}`);
+    let forms = [''];
+    for (const part of key.toLowerCase().split(/(_)/)) {
+      const options = part === '_' ? ['_', '-', '.', ''] : [part];
+      forms = forms.flatMap((f) => options.map((o) => f + o));
+    }
+    for (const f of forms) out.add(f);
+  }
+  return [...out];
 }
 
 const SEPARATOR = `[\\s'"\`]{0,3}(?:=>|:=|=|:|\\|)[\\s'"\`]{0,5}`;
@@ -151,8 +170,10 @@ export function keyed(spec: KeyedSpec): Rule {
     family: spec.family,
     title: spec.title,
     pattern: new RegExp(source, 'i'),
-    keywords: spec.keywords,
+    keywords: spec.keywords ?? keyVariants(spec.keys),
     maxLength: 64 + spec.maxValueLength,
+    // The keyword sits inside the field name at the start of the match.
+    maxKeywordOffset: 64,
     confidence: spec.confidence ?? 'medium',
     defaultEnabled: true,
     sample,

@@ -257,7 +257,7 @@ export const CLOUD_RULES: readonly Rule[] = [
       'azdo_pat',
       'system_accesstoken',
     ],
-    keywords: ['azure', 'ado', 'azdo', 'accesstoken'],
+
     value: '[a-z2-7]{52}',
     maxValueLength: 52,
     make: (rng) => rng.chars('abcdefghijklmnopqrstuvwxyz234567', 52),
@@ -723,7 +723,7 @@ export const CLOUD_RULES: readonly Rule[] = [
     family: 'cloud',
     title: 'Oracle Cloud Infrastructure auth token / key passphrase',
     keys: ['oci_auth_token', 'oci_cli_auth_token', 'oci_pass_phrase', 'oci_key_passphrase'],
-    keywords: ['oci'],
+
     value: '[A-Za-z0-9()<>;:.+#_\\-]{20}',
     valueBoundary: 'A-Za-z0-9',
     maxValueLength: 20,
@@ -768,7 +768,7 @@ export const CLOUD_RULES: readonly Rule[] = [
     family: 'cloud',
     title: 'Kubernetes bootstrap token',
     keys: ['bootstrap_token', 'kubeadm_token', 'join_token'],
-    keywords: ['bootstrap', 'kubeadm', 'join'],
+
     value: '[a-z0-9]{6}\\.[a-z0-9]{16}',
     maxValueLength: 23,
     make: (rng) => `${rng.chars(ALNUM_LOWER, 6)}.${rng.chars(ALNUM_LOWER, 16)}`,

@@ -246,7 +246,7 @@ export const PAYMENTS_RULES: readonly Rule[] = [
     family: 'payments',
     title: 'Authorize.Net transaction key',
     keys: ['authorizenet_transaction_key', 'authnet_transaction_key', 'transaction_key'],
-    keywords: ['transaction_key', 'transaction-key', 'transactionkey'],
+
     value: '[A-Za-z0-9]{16}',
     maxValueLength: 16,
     make: (rng) => rng.chars(ALNUM, 16),
@@ -270,7 +270,7 @@ export const PAYMENTS_RULES: readonly Rule[] = [
     family: 'payments',
     title: 'Wise (TransferWise) API token',
     keys: ['wise_api_token', 'transferwise_api_token', 'wise_token'],
-    keywords: ['wise'],
+
     value: '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}',
     valueBoundary: 'A-Za-z0-9\\-',
     maxValueLength: 36,

@@ -518,7 +518,7 @@ export const SAAS_RULES: readonly Rule[] = [
     family: 'saas',
     title: 'Segment write key / public API token',
     keys: ['segment_write_key', 'segment_api_token', 'segment_token'],
-    keywords: ['segment'],
+
     value: '[A-Za-z0-9]{32}|sgp_[A-Za-z0-9]{64}',
     maxValueLength: 68,
     make: (rng) => rng.chars(ALNUM, 32),
@@ -576,7 +576,7 @@ export const SAAS_RULES: readonly Rule[] = [
     family: 'saas',
     title: 'X (Twitter) API bearer token',
     keys: ['twitter_bearer_token', 'x_bearer_token', 'twitter_token', 'bearer_token'],
-    keywords: ['twitter', 'bearer'],
+
     value: 'A{22}[A-Za-z0-9%]{30,120}',
     valueBoundary: 'A-Za-z0-9%',
     maxValueLength: 142,
@@ -744,7 +744,7 @@ export const SAAS_RULES: readonly Rule[] = [
     family: 'saas',
     title: 'Mattermost access token',
     keys: ['mattermost_token', 'mattermost_access_token', 'mm_token'],
-    keywords: ['mattermost', 'mm_token', 'mm-token'],
+
     value: '[a-z0-9]{26}',
     maxValueLength: 26,
     make: (rng) => rng.chars('abcdefghijklmnopqrstuvwxyz0123456789', 26),

@@ -463,15 +463,16 @@ export const VCS_CI_RULES: readonly Rule[] = [
     length: [50, 60],
     make: (rng) => `cmVmdGtuOjAxOj${rng.chars(ALNUM, 50)}`,
   }),
-  prefixed({
+  keyed({
     id: 'octopus-deploy-api-key',
     family: 'vcs-ci',
     title: 'Octopus Deploy API key',
-    prefix: 'API-',
-    body: 'A-Z0-9',
-    length: [26, 32],
-    alphabet: ALNUM_UPPER,
+    keys: ['octopus_api_key', 'octopus_cli_api_key', 'x_octopus_apikey', 'octopus_apikey'],
+    value: 'API-[A-Z0-9]{26,32}',
+    maxValueLength: 36,
     make: (rng) => `API-${rng.chars(ALNUM_UPPER, 27)}`,
+    key: 'OCTOPUS_CLI_API_KEY',
+    confidence: 'high',
   }),
   custom({
     id: 'harness-pat',
@@ -550,7 +551,7 @@ export const VCS_CI_RULES: readonly Rule[] = [
     family: 'vcs-ci',
     title: 'Gradle plugin portal publish secret',
     keys: ['gradle_publish_secret', 'gradle_publish_key'],
-    keywords: ['gradle'],
+
     value: '[A-Za-z0-9]{32}',
     maxValueLength: 32,
     make: (rng) => rng.chars(ALNUM, 32),
@@ -562,7 +563,7 @@ export const VCS_CI_RULES: readonly Rule[] = [
     family: 'vcs-ci',
     title: 'Sonatype OSSRH / Maven Central token password',
     keys: ['ossrh_password', 'sonatype_password', 'maven_central_password', 'sonatype_token'],
-    keywords: ['ossrh', 'sonatype', 'maven'],
+
     value: '[A-Za-z0-9+/=_\\-]{16,64}',
     valueBoundary: 'A-Za-z0-9+/=_\\-',
     maxValueLength: 64,
@@ -586,7 +587,7 @@ export const VCS_CI_RULES: readonly Rule[] = [
     family: 'vcs-ci',
     title: 'GitHub webhook secret',
     keys: ['github_webhook_secret', 'gh_webhook_secret'],
-    keywords: ['webhook'],
+
     value: '[A-Za-z0-9_\\-]{16,64}',
     valueBoundary: 'A-Za-z0-9_\\-',
     maxValueLength: 64,
@@ -635,7 +636,7 @@ export const VCS_CI_RULES: readonly Rule[] = [
     family: 'vcs-ci',
     title: 'Expo access token',
     keys: ['expo_token', 'expo_access_token'],
-    keywords: ['expo'],
+
     value: '[A-Za-z0-9_\\-]{40}',
     valueBoundary: 'A-Za-z0-9_\\-',
     maxValueLength: 40,
