@@ -27,6 +27,9 @@ export interface DecisionInput {
   readonly connection: ConnectionView;
   readonly target: Target;
   readonly operation: Operation;
+  /** The session id (for audit correlation) and its signal (aborted on revocation or client exit: stop waiting for approvals). */
+  readonly session: string;
+  readonly signal: AbortSignal;
 }
 
 export interface Decision {
@@ -183,7 +186,11 @@ export class ExchangePipeline {
   }
 
   /** The policy step. A denial is audited and refused before anything is released. */
-  async decide(session: GatewaySession, input: DecisionInput): Promise<Decision> {
+  async decide(
+    session: GatewaySession,
+    request: Omit<DecisionInput, 'session' | 'signal'>,
+  ): Promise<Decision> {
+    const input: DecisionInput = { ...request, session: session.id, signal: session.signal };
     const decision = await this.services.decide(input);
     session.event('decision', {
       verdict: decision.verdict,

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
@@ -219,15 +220,23 @@ export class HttpEngine implements Engine<HttpClient> {
     summary.queryLength = route.query?.length ?? 0;
     const connection = await this.#pipeline.resolveConnection(session, route.connection, ['http']);
 
-    // classify
     const method = req.method ?? 'GET';
+
+    // classify: read the body (bounded) so the operation names the request exactly; decide before any release
+    const body = await readBody(req, this.#options.bodyLimit);
+    summary.requestBytes = body?.length ?? 0;
     const operation: Operation = {
       action: `http:${method}`,
       description: `${method} ${connection.url.host}${scrubPath(upstreamPath(connection.url.pathname, { ...route, query: null }))}`,
-      attributes: { method, host: connection.target.host ?? '', path: scrubPath(route.path || '/') },
+      attributes: {
+        method,
+        host: connection.target.host ?? '',
+        path: scrubPath(route.path || '/'),
+        // Hashes, not values: enough to bind an approval to this exact request.
+        querySha256: route.query === null ? '' : createHash('sha256').update(route.query).digest('hex'),
+        bodySha256: body === null ? '' : createHash('sha256').update(body).digest('hex'),
+      },
     };
-
-    // decide (before any release)
     const decision = await this.#pipeline.decide(session, {
       principal,
       connection: connection.view,
@@ -236,9 +245,7 @@ export class HttpEngine implements Engine<HttpClient> {
     });
     summary.decision = decision.verdict;
 
-    // read and search the request
-    const body = await readBody(req, this.#options.bodyLimit);
-    summary.requestBytes = body?.length ?? 0;
+    // search the request
     const skip = hopByHop(req.headers.connection);
     for (const name of ['host', 'content-length', 'expect', 'accept-encoding']) skip.add(name);
     const injectedNames = new Set([

@@ -57,12 +57,21 @@ describe('pipeline seams and protocol edges', () => {
   });
 
   it('a policy denial is audited and releases nothing', async () => {
+    const seen: Array<Record<string, unknown>> = [];
     const denying = await startHttpFrontend(
       gw.ctx,
       { host: '127.0.0.1', port: 0 },
       pino({ level: 'silent' }),
       {
-        decide: async () => ({ verdict: 'deny', reasons: ['policy:no-writes'] }),
+        decide: async (input) => {
+          seen.push({
+            action: input.operation.action,
+            bodySha256: input.operation.attributes.bodySha256,
+            aborted: input.signal.aborted,
+            session: input.session,
+          });
+          return { verdict: 'deny', reasons: ['policy:no-writes'] };
+        },
       },
     );
     extra.push(denying);
@@ -76,6 +85,14 @@ describe('pipeline seams and protocol edges', () => {
       code: 'CC_ERR_GATEWAY_DENIED',
     });
     expect(up.received.length).toBe(before);
+    expect(seen).toEqual([
+      {
+        action: 'http:DELETE',
+        bodySha256: '',
+        aborted: false,
+        session: expect.stringMatching(/^ses_[0-9A-Za-z]{16}$/),
+      },
+    ]);
     const audit = await gw.ctx.store.readAudit(0, 10_000);
     expect(audit.filter((r) => r.type === 'token.exchange').length).toBe(exchangesBefore);
     expect(audit.at(-1)).toMatchObject({
