@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { CONNECTION_TYPES } from '../config/schema.js';
+import { CONNECTION_TYPES, connectionRulesSchema } from '../config/schema.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { agentRef } from '../core/principal.js';
@@ -131,6 +131,7 @@ export const operations = {
       url: z.string().min(1).max(2048),
       credential: z.string().min(1).max(128).optional(),
       injectHeaders: z.record(z.string().max(256), z.string().max(4096)).optional(),
+      rules: connectionRulesSchema.optional(),
     }),
     run: (ctx, input, actor) => ctx.connections.add(input, actor),
   }),

@@ -231,7 +231,37 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       "header to add, like 'Authorization: Bearer {{secret:NAME}}' (repeatable)",
       collect,
     )
+    .option(
+      '--read-only',
+      'postgres: refuse every statement that may write (writes, DDL, privilege, unknown functions)',
+    )
+    .option('--block-ddl', 'postgres: refuse schema and privilege changes')
+    .option(
+      '--require-approval-for-writes',
+      'postgres: writes need a human approval (refused until approvals exist)',
+    )
+    .option('--row-limit <rows>', 'postgres: most rows one statement returns', (v) => Number(v))
+    .option(
+      '--mask-column <pattern>',
+      "postgres: mask columns whose name matches, like '*email*' (repeatable)",
+      collect,
+    )
+    .option('--no-scan-secrets', 'postgres: do not replace known vault secrets found in results')
     .action(async (name: string, opts, command: Command) => {
+      const rules: Record<string, unknown> = {};
+      if (opts.readOnly === true) rules.readOnly = true;
+      if (opts.blockDdl === true) rules.blockDdl = true;
+      if (opts.requireApprovalForWrites === true) rules.requireApprovalForWrites = true;
+      if (opts.rowLimit !== undefined) {
+        if (!Number.isInteger(opts.rowLimit) || opts.rowLimit < 1) {
+          throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', '--row-limit must be a positive integer', {
+            details: { field: '--row-limit' },
+          });
+        }
+        rules.rowLimit = opts.rowLimit;
+      }
+      if (Array.isArray(opts.maskColumn) && opts.maskColumn.length > 0) rules.maskColumns = opts.maskColumn;
+      if (opts.scanSecrets === false) rules.scanSecrets = false;
       const injectHeaders: Record<string, string> = {};
       for (const header of (opts.injectHeader as string[] | undefined) ?? []) {
         const colon = header.indexOf(':');
@@ -253,6 +283,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
             url: opts.url,
             credential: opts.credential,
             injectHeaders,
+            ...(Object.keys(rules).length > 0 ? { rules } : {}),
           }),
         (r) => `added connection ${r.name} (${r.type} ${r.url})\n`,
       );

@@ -5,6 +5,7 @@ import { listenAddress } from '../config/schema.js';
 import { CoatcheckError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
 import { type HttpFrontend, startHttpFrontend } from '../frontends/http/start.js';
+import { type PostgresFrontend, startPostgresFrontend } from '../frontends/postgres/start.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { type Context, initHome, openContext } from '../server/context.js';
 import { type CliIo, EXIT } from './io.js';
@@ -51,16 +52,12 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
   const log = createLogger({ level: ctx.config.log.level });
   let admin: AdminServer | null = null;
   let http: HttpFrontend | null = null;
+  let pg: PostgresFrontend | null = null;
   try {
     await ctx.connections.checkDeclared();
     const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
     if (postgres !== null && postgres !== undefined) {
-      // Fail closed: a listener that was asked for and cannot be provided is an error, not a warning.
-      throw new CoatcheckError(
-        'CC_ERR_INVALID_ARGUMENT',
-        '--listen-postgres: this front-end is not available in this version of coatcheck',
-        { details: { field: '--listen-postgres' } },
-      );
+      pg = await startPostgresFrontend(ctx, splitAddress(postgres, '--listen-postgres'), log);
     }
     const httpAddress = options.listenHttp ?? ctx.config.listen.http;
     if (httpAddress !== null && httpAddress !== undefined) {
@@ -75,6 +72,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     const listening = {
       admin: admin.url,
       ...(http === null ? {} : { http: http.url }),
+      ...(pg === null ? {} : { postgres: `${pg.host}:${pg.port}`, postgresCert: pg.tls.cert }),
       store: `${ctx.store.driver} ${ctx.store.location}`,
       home: home.dir,
       policy: policyInForce(ctx),
@@ -82,7 +80,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     io.stdout.write(
       options.json
         ? `${JSON.stringify(listening)}\n`
-        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
+        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
     );
     log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
     // Policies reload on change and on SIGHUP; a set that does not validate keeps the old one in force.
@@ -110,6 +108,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     log.info('coatcheck stopping');
     return EXIT.ok;
   } finally {
+    await pg?.close();
     await http?.close();
     await admin?.close();
     rmSync(home.serverFile, { force: true });

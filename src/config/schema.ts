@@ -19,6 +19,18 @@ const duration = z.string().refine((text) => {
 
 export const CONNECTION_TYPES = ['http', 'postgres', 'mysql', 'ssh', 'mcp', 'llm'] as const;
 
+/** Per-connection statement rules (PostgreSQL front-end), until the policy engine replaces them. */
+export const connectionRulesSchema = z
+  .object({
+    readOnly: z.boolean().optional(),
+    blockDdl: z.boolean().optional(),
+    requireApprovalForWrites: z.boolean().optional(),
+    rowLimit: z.number().int().min(1).max(1_000_000_000).optional(),
+    maskColumns: z.array(z.string().min(1).max(128)).max(64).optional(),
+    scanSecrets: z.boolean().optional(),
+  })
+  .strict();
+
 export const connectionSchema = z
   .object({
     name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/, 'must be letters, digits, _ or -, at most 63'),
@@ -26,6 +38,7 @@ export const connectionSchema = z
     url: z.string().min(1).max(2048),
     credential: z.string().min(1).max(128).optional(),
     injectHeaders: z.record(z.string().max(256), z.string().max(4096)).optional(),
+    rules: connectionRulesSchema.optional(),
   })
   .strict();
 
@@ -128,6 +141,26 @@ export const configSchema = z
         pendingTtl: duration.default('1h'),
         /** How long a single-use approval stays usable for a retry of the same operation. */
         useWindow: duration.default('15m'),
+      })
+      .strict()
+      .prefault({}),
+    postgres: z
+      .object({
+        /** PEM certificate and key for TLS from clients; a self-signed pair is generated in the home when absent. */
+        tlsCert: z.string().min(1).max(4096).optional(),
+        tlsKey: z.string().min(1).max(4096).optional(),
+        /** Largest protocol message accepted (bytes), checked before anything is allocated. */
+        maxMessageBytes: z
+          .number()
+          .int()
+          .min(64 * 1024)
+          .max(1024 * 1024 * 1024)
+          .default(64 * 1024 * 1024),
+        maxConnections: z.number().int().min(1).max(100_000).default(1000),
+        loginTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+        upstreamTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+        /** Audit every statement (true) or only refused ones (false). */
+        auditStatements: z.boolean().default(true),
       })
       .strict()
       .prefault({}),

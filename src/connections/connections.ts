@@ -14,6 +14,8 @@ export interface ConnectionView {
   readonly url: string;
   readonly credential: string | null;
   readonly injectHeaders: Readonly<Record<string, string>>;
+  /** Statement rules for the PostgreSQL front-end (readOnly, blockDdl, rowLimit, maskColumns, ...). */
+  readonly rules: Readonly<Record<string, unknown>>;
   /** Where it is declared: the config file, or the store (`connection add`). */
   readonly source: 'config' | 'store';
 }
@@ -66,11 +68,19 @@ export function validateConnection(input: ConnectionConfig): string[] {
       `a ${input.type} connection needs a ${SCHEMES[input.type as ConnectionType].join(' or ')} URL`,
     );
   }
-  if (url.username !== '' || url.password !== '') {
+  // A database URL names the user the gateway logs in as (postgres://USER@HOST/DB); never a password.
+  const userAllowed = input.type === 'postgres' || input.type === 'mysql';
+  if (url.password !== '' || (url.username !== '' && !userAllowed)) {
     // A literal credential in a URL would be stored and shown in clear: it belongs in the vault.
     throw invalid(
       '--url',
       'must not contain a user or password; store it with `secret add` and pass --credential',
+    );
+  }
+  if (input.rules !== undefined && Object.keys(input.rules).length > 0 && input.type !== 'postgres') {
+    throw invalid(
+      'rules',
+      'statement rules (--read-only, --block-ddl, --mask-column, ...) apply to postgres connections only',
     );
   }
   const refs: string[] = [];
@@ -113,6 +123,7 @@ export class Connections {
       url: c.url,
       credential: c.credential ?? null,
       injectHeaders: c.injectHeaders ?? {},
+      rules: c.rules ?? {},
       source: 'config',
     };
   }
@@ -124,6 +135,7 @@ export class Connections {
       url: r.url,
       credential: r.credential,
       injectHeaders: r.injectHeaders,
+      rules: r.rules,
       source: 'store',
     };
   }
@@ -166,6 +178,7 @@ export class Connections {
       url: input.url,
       credential: input.credential ?? null,
       injectHeaders: input.injectHeaders ?? {},
+      rules: input.rules ?? {},
       createdAt: this.#clock.now(),
     };
     await this.#audit.append(
@@ -179,6 +192,7 @@ export class Connections {
           url: record.url,
           credential: record.credential,
           secrets: refs,
+          rules: record.rules,
         },
       },
       async (tx) => {

@@ -60,6 +60,13 @@ CREATE INDEX approvals_fingerprint ON approvals(fingerprint, requester);
 CREATE INDEX approvals_status ON approvals(status, created_at);
 `,
   },
+  {
+    version: 4,
+    name: 'connection-rules',
+    sql: `
+ALTER TABLE connections ADD COLUMN rules TEXT NOT NULL DEFAULT '{}';
+`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -112,6 +119,13 @@ CREATE TABLE approvals (
   created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX approvals_fingerprint ON approvals(fingerprint, requester);
 CREATE INDEX approvals_status ON approvals(status, created_at);
+`,
+  },
+  {
+    version: 4,
+    name: 'connection-rules',
+    sql: `
+ALTER TABLE connections ADD COLUMN rules TEXT NOT NULL DEFAULT '{}';
 `,
   },
 ];

@@ -123,6 +123,7 @@ function connectionFromRow(row: Row): ConnectionRecord {
     url: String(row.url),
     credential: nullableString(row.credential),
     injectHeaders: stringRecord(row.inject_headers, 'connections', 'inject_headers'),
+    rules: jsonColumn<Record<string, unknown>>(row.rules, 'connections', 'rules'),
     createdAt: Number(row.created_at),
   };
 }
@@ -545,8 +546,17 @@ class PgOps implements StoreOps {
 
   async insertConnection(r: ConnectionRecord) {
     await this.db.execute(
-      'INSERT INTO connections (id, name, type, url, credential, inject_headers, created_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)',
-      [r.id, r.name, r.type, r.url, r.credential, JSON.stringify(r.injectHeaders), r.createdAt],
+      'INSERT INTO connections (id, name, type, url, credential, inject_headers, rules, created_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)',
+      [
+        r.id,
+        r.name,
+        r.type,
+        r.url,
+        r.credential,
+        JSON.stringify(r.injectHeaders),
+        JSON.stringify(r.rules),
+        r.createdAt,
+      ],
     );
   }
   async getConnection(name: string) {

@@ -74,6 +74,7 @@ function connectionFromRow(row: Row): ConnectionRecord {
     url: String(row.url),
     credential: row.credential === null ? null : String(row.credential),
     injectHeaders: jsonColumn<Record<string, string>>(row.inject_headers, 'connections', 'inject_headers'),
+    rules: jsonColumn<Record<string, unknown>>(row.rules, 'connections', 'rules'),
     createdAt: Number(row.created_at),
   };
 }
@@ -337,13 +338,14 @@ class SqliteOps implements StoreOps {
 
   async insertConnection(r: ConnectionRecord) {
     this.run(
-      'INSERT INTO connections (id, name, type, url, credential, inject_headers, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO connections (id, name, type, url, credential, inject_headers, rules, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
       r.id,
       r.name,
       r.type,
       r.url,
       r.credential,
       JSON.stringify(r.injectHeaders),
+      JSON.stringify(r.rules),
       r.createdAt,
     );
   }

@@ -57,6 +57,8 @@ export interface ConnectionRecord {
   readonly credential: string | null;
   /** Header templates such as `Bearer {{secret:github}}`. */
   readonly injectHeaders: Readonly<Record<string, string>>;
+  /** Statement rules (PostgreSQL front-end): readOnly, blockDdl, rowLimit, maskColumns, ... */
+  readonly rules: Readonly<Record<string, unknown>>;
   readonly createdAt: number;
 }
 

@@ -101,10 +101,20 @@ describe('serve and the admin API', () => {
 
   it('refuses a listener it cannot provide instead of silently skipping it', async () => {
     const env = { COATCHECK_HOME: t.home.dir };
-    const result = await cli(['serve', '--listen-admin', '127.0.0.1:0', '--listen-postgres', '127.0.0.1:0'], {
-      env,
-    });
-    expect(result.code).toBe(2);
-    expect(result.stderr).toContain('--listen-postgres');
+    // The PostgreSQL listener's port is taken: serve must fail at start, naming the flag.
+    const { createServer } = await import('node:net');
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as { port: number }).port;
+    try {
+      const result = await cli(
+        ['serve', '--listen-admin', '127.0.0.1:0', '--listen-postgres', `127.0.0.1:${port}`],
+        { env },
+      );
+      expect(result.code).toBe(2);
+      expect(result.stderr).toContain('--listen-postgres');
+    } finally {
+      taken.close();
+    }
   });
 });

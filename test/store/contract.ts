@@ -145,6 +145,7 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
           url: 'https://api.github.com',
           credential: 'github',
           injectHeaders: { Authorization: 'Bearer {{secret:github}}' },
+          rules: { readOnly: true, maskColumns: ['*email*', 'ssn'], rowLimit: 100 },
           createdAt: 5,
         };
         await store.insertConnection(conn);

@@ -1,0 +1,449 @@
+import { randomInt, timingSafeEqual } from 'node:crypto';
+import type { Socket } from 'node:net';
+import { type SecureContext, TLSSocket } from 'node:tls';
+import type { Logger } from 'pino';
+import type { AuditLog } from '../../audit/audit-log.js';
+import type { ConnectionView } from '../../connections/connections.js';
+import type { Clock } from '../../core/clock.js';
+import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
+import { newId } from '../../core/ids.js';
+import { agentRef, type Principal } from '../../core/principal.js';
+import { AGENT_KEY_PREFIX, isTicket } from '../../core/ticket-format.js';
+import type { Engine } from '../../gateway/engine.js';
+import type { PatternSet } from '../../gateway/inspector.js';
+import type { ExchangePipeline } from '../../gateway/pipeline.js';
+import { GatewaySession } from '../../gateway/session.js';
+import type { Store } from '../../store/types.js';
+import type { Target } from '../../vault/destinations.js';
+import { RelaySession, type StatementEvent } from './client-session.js';
+import { decodeFrontend, decodeStartup } from './protocol/decode.js';
+import { encodeBackend } from './protocol/encode.js';
+import { MessageFramer } from './protocol/framer.js';
+import { AUTH } from './protocol/messages.js';
+import { type PostgresRules, rulesFrom } from './rules.js';
+import { SocketReader } from './socket-reader.js';
+import type { SqlClassifier } from './sql/classify.js';
+import { cancelUpstream, connectUpstream, type UpstreamTarget, upstreamTarget } from './upstream/connect.js';
+import { toErrorResponse } from './wire-errors.js';
+
+export interface PostgresEngineOptions {
+  readonly maxMessageBytes: number;
+  readonly loginTimeoutMs: number;
+  readonly upstreamTimeoutMs: number;
+  /** The listener's TLS context; null = no TLS offered (SSLRequest answered 'N'). */
+  readonly tls: SecureContext | null;
+  /** Refuse the cleartext password unless the client connection is TLS (false only for loopback listeners). */
+  readonly requireTls: boolean;
+  /** Audit every statement (true), or only refused ones. */
+  readonly auditStatements: boolean;
+}
+
+export interface PostgresEngineServices {
+  readonly pipeline: ExchangePipeline;
+  readonly classifier: SqlClassifier;
+  readonly store: Store;
+  readonly audit: AuditLog;
+  readonly log: Logger;
+  readonly patterns: () => PatternSet;
+  readonly now: () => number;
+  readonly clock: Clock;
+}
+
+/** Client startup parameters forwarded upstream. Anything else (options, role settings) is dropped. */
+const FORWARDED_PARAMETERS = new Set([
+  'application_name',
+  'client_encoding',
+  'datestyle',
+  'timezone',
+  'intervalstyle',
+  'extra_float_digits',
+]);
+
+interface CancelKey {
+  readonly secret: number;
+  readonly target: UpstreamTarget;
+  readonly processId: number;
+  readonly secretKey: number;
+}
+
+interface Client {
+  socket: Socket;
+  readonly reader: SocketReader;
+  tls: boolean;
+  readonly remote: string;
+}
+
+interface Login {
+  readonly principal: Principal;
+  readonly view: ConnectionView;
+  readonly rules: PostgresRules;
+  readonly upstream: UpstreamTarget;
+  readonly target: Target;
+  /** The upstream password: the secret the ticket stood for, or the connection's credential. */
+  readonly password: Buffer;
+}
+
+function loginFailed(reason: ErrorCode, message: string): CoatcheckError {
+  return new CoatcheckError('CC_ERR_PG_LOGIN_FAILED', message, { details: { reason } });
+}
+
+/**
+ * The PostgreSQL engine: handshake (SSLRequest, GSSENCRequest, CancelRequest,
+ * StartupMessage), login with a ticket or agent key as the password, upstream login
+ * with the connection's credential, then the relay (client-session.ts).
+ */
+export class PostgresEngine implements Engine<Client> {
+  readonly name = 'postgres';
+  readonly #services: PostgresEngineServices;
+  readonly #options: PostgresEngineOptions;
+  readonly #cancels = new Map<number, CancelKey>();
+  readonly live = new Set<RelaySession>();
+
+  constructor(services: PostgresEngineServices, options: PostgresEngineOptions) {
+    this.#services = services;
+    this.#options = options;
+  }
+
+  /** Wrap an accepted socket. */
+  client(socket: Socket): Client {
+    return {
+      socket,
+      reader: new SocketReader(
+        socket,
+        new MessageFramer({ startup: true, maxMessageBytes: this.#options.maxMessageBytes }),
+      ),
+      tls: false,
+      remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`,
+    };
+  }
+
+  async initialize(_client: Client): Promise<void> {
+    // The handshake needs the whole startup exchange; `handle` runs it.
+  }
+
+  sendError(client: Client, error: CoatcheckError): void {
+    if (!client.socket.destroyed) client.socket.end(toErrorResponse(error, 'FATAL'));
+  }
+
+  /** Serve one client connection to its end. Never throws: failures become a FATAL ErrorResponse and a close. */
+  async handle(client: Client): Promise<void> {
+    const timer = setTimeout(() => {
+      this.sendError(client, new CoatcheckError('CC_ERR_PG_PROTOCOL', 'coatcheck: login timed out'));
+      client.socket.destroy();
+    }, this.#options.loginTimeoutMs);
+    let session: GatewaySession | null = null;
+    try {
+      const startup = await this.#startup(client);
+      if (startup === null) return;
+      session = this.#services.pipeline.openSession(new GatewaySession('postgres', this.#services.clock));
+      session.event('connected', { remote: client.remote, tls: client.tls });
+      const login = await this.#login(client, session, startup);
+      clearTimeout(timer);
+      await this.#relay(client, session, login, startup);
+    } catch (error) {
+      clearTimeout(timer);
+      const e = this.#deliberate(error);
+      session?.event('session.error', { code: e.code });
+      this.sendError(client, e);
+      if (session !== null) this.#services.pipeline.closeSession(session, e.code, {});
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #deliberate(error: unknown): CoatcheckError {
+    if (error instanceof CoatcheckError) return error;
+    const incident = newId('inc');
+    this.#services.log.error(
+      { incident, errName: (error as Error)?.name },
+      'postgres front-end: unexpected failure',
+    );
+    return new CoatcheckError('CC_ERR_INTERNAL', `coatcheck: internal error (incident ${incident})`, {
+      details: { incident },
+    });
+  }
+
+  /** The startup exchange. Returns the StartupMessage parameters, or null when the connection was a cancel. */
+  async #startup(client: Client): Promise<Map<string, string> | null> {
+    let sslAsked = false;
+    let gssAsked = false;
+    for (;;) {
+      const m = decodeStartup(await client.reader.next());
+      switch (m.type) {
+        case 'SSLRequest': {
+          if (sslAsked || client.tls) throw new CoatcheckError('CC_ERR_PG_PROTOCOL', 'SSLRequest sent twice');
+          sslAsked = true;
+          if (this.#options.tls === null) {
+            client.socket.write('N');
+            continue;
+          }
+          // Bytes pipelined after SSLRequest would be read as if they came over TLS: refuse them.
+          if (client.reader.framer.pending > 0)
+            throw new CoatcheckError(
+              'CC_ERR_PG_PROTOCOL',
+              'data was sent after SSLRequest before the answer',
+            );
+          client.socket.write('S');
+          await this.#upgrade(client);
+          continue;
+        }
+        case 'GSSENCRequest':
+          if (gssAsked) throw new CoatcheckError('CC_ERR_PG_PROTOCOL', 'GSSENCRequest sent twice');
+          gssAsked = true;
+          client.socket.write('N');
+          continue;
+        case 'CancelRequest':
+          await this.#cancel(m.processId, m.secretKey);
+          client.socket.destroy();
+          return null;
+        case 'StartupMessage': {
+          const parameters = new Map<string, string>();
+          for (const [k, v] of m.parameters) parameters.set(k, v);
+          if (parameters.has('replication')) {
+            throw new CoatcheckError(
+              'CC_ERR_PG_UNSUPPORTED',
+              'coatcheck: replication connections are not carried',
+            );
+          }
+          const unrecognized = m.parameters.map(([k]) => k).filter((k) => k.startsWith('_pq_.'));
+          if (m.minor > 0 || unrecognized.length > 0) {
+            client.socket.write(
+              encodeBackend({ type: 'NegotiateProtocolVersion', newestMinor: 0, unrecognized }),
+            );
+          }
+          client.reader.framer.expectStartup = false;
+          return parameters;
+        }
+      }
+    }
+  }
+
+  async #upgrade(client: Client): Promise<void> {
+    const tls = new TLSSocket(client.socket, { isServer: true, secureContext: this.#options.tls! });
+    client.reader.switchTo(tls);
+    await new Promise<void>((resolve, reject) => {
+      tls.once('secure', () => resolve());
+      tls.once('error', (error) =>
+        reject(new CoatcheckError('CC_ERR_PG_PROTOCOL', 'the TLS handshake failed', { cause: error })),
+      );
+    });
+    client.socket = tls;
+    client.tls = true;
+  }
+
+  async #cancel(processId: number, secretKey: number): Promise<void> {
+    const key = this.#cancels.get(processId);
+    const given = Buffer.alloc(4);
+    given.writeInt32BE(secretKey);
+    const expected = Buffer.alloc(4);
+    expected.writeInt32BE(key?.secret ?? 0);
+    // Unknown or wrong keys are dropped silently, as PostgreSQL does.
+    if (key === undefined || !timingSafeEqual(given, expected)) return;
+    await cancelUpstream(key.target, key.processId, key.secretKey, this.#options.upstreamTimeoutMs).catch(
+      () => undefined,
+    );
+  }
+
+  async #login(client: Client, session: GatewaySession, parameters: Map<string, string>): Promise<Login> {
+    const user = parameters.get('user') ?? '';
+    const database = parameters.get('database') || user;
+    if (this.#options.requireTls && !client.tls) {
+      throw new CoatcheckError(
+        'CC_ERR_PG_TLS_REQUIRED',
+        'coatcheck: this listener requires TLS before the password is sent (use sslmode=require)',
+      );
+    }
+    client.socket.write(
+      encodeBackend({ type: 'Authentication', code: AUTH.CleartextPassword, data: Buffer.alloc(0) }),
+    );
+    const m = decodeFrontend(await client.reader.next());
+    if (m.type !== 'PasswordMessage')
+      throw new CoatcheckError('CC_ERR_PG_PROTOCOL', 'expected a password message');
+    const nul = m.data.indexOf(0);
+    if (nul !== m.data.length - 1)
+      throw new CoatcheckError('CC_ERR_PG_PROTOCOL', 'malformed password message');
+    const password = m.data.toString('utf8', 0, nul);
+    const shown = user.slice(0, 64);
+    try {
+      if (database.includes('/')) {
+        throw new CoatcheckError(
+          'CC_ERR_PG_DATABASE_INVALID',
+          `coatcheck: connection ${database.slice(0, 64)} does not allow choosing a database`,
+        );
+      }
+      const view = await this.#services.pipeline.services.connections.get(database);
+      if (view === null || view.type !== 'postgres') {
+        throw new CoatcheckError(
+          'CC_ERR_PG_DATABASE_INVALID',
+          `coatcheck: there is no postgres connection named ${database.slice(0, 64)}`,
+          { details: { connection: database.slice(0, 64) } },
+        );
+      }
+      session.connection = view.name;
+      const upstream = upstreamTarget(view.url, view.name);
+      const target: Target = { connection: view.name, host: upstream.host, port: upstream.port };
+      const agent = await this.#services.store.getAgentByName(user);
+      const now = this.#services.now();
+      if (agent === null)
+        throw loginFailed('CC_ERR_AGENT_UNKNOWN', `coatcheck: login refused: no agent named ${shown}`);
+      if (agent.revokedAt !== null)
+        throw loginFailed('CC_ERR_AGENT_REVOKED', `coatcheck: login refused: agent ${agent.id} was revoked`);
+      if (agent.expiresAt !== null && agent.expiresAt <= now)
+        throw loginFailed(
+          'CC_ERR_AGENT_EXPIRED',
+          `coatcheck: login refused: the key of agent ${agent.id} has expired`,
+        );
+      const operation = {
+        action: 'postgres:connect',
+        description: `postgres login to ${view.name}`,
+        attributes: {},
+      };
+      let principal: Principal;
+      let secret: Buffer;
+      if (password.startsWith(AGENT_KEY_PREFIX)) {
+        principal = await this.#services.pipeline.services.agents
+          .authenticate(password)
+          .catch((error: unknown) => {
+            const code = error instanceof CoatcheckError ? error.code : 'CC_ERR_INTERNAL';
+            throw loginFailed(code, `coatcheck: login refused: the agent key was not accepted (${code})`);
+          });
+        if (principal.ref !== agentRef(agent.id))
+          throw loginFailed(
+            'CC_ERR_AGENT_UNKNOWN',
+            `coatcheck: login refused: the agent key is not the key of ${shown}`,
+          );
+        session.principal = principal;
+        await this.#services.pipeline.decide(session, { principal, connection: view, target, operation });
+        if (view.credential === null) {
+          throw loginFailed(
+            'CC_ERR_PG_LOGIN_FAILED',
+            `coatcheck: connection ${view.name} has no credential; log in with a ticket instead of an agent key`,
+          );
+        }
+        const released = await this.#services.pipeline.services.vault.releaseCredential(view.credential, {
+          principal,
+          target,
+          operation: operation.description,
+          context: { frontend: 'postgres', session: session.id, connection: view.name },
+        });
+        session.secretIds.add(released.secretId);
+        secret = released.value.reveal();
+      } else if (isTicket(password)) {
+        principal = {
+          kind: 'agent',
+          ref: agentRef(agent.id),
+          name: agent.name,
+          groups: agent.groups,
+          attributes: {},
+          expiresAt: agent.expiresAt,
+        };
+        session.principal = principal;
+        await this.#services.pipeline.decide(session, { principal, connection: view, target, operation });
+        const released = await this.#services.pipeline
+          .exchange(session, [password], { principal, target, operation })
+          .catch((error: unknown) => {
+            const code = error instanceof CoatcheckError ? error.code : 'CC_ERR_INTERNAL';
+            const why = error instanceof CoatcheckError ? error.message : 'exchange failed';
+            throw loginFailed(code, `coatcheck: login refused: ${why} (${code})`);
+          });
+        secret = released.get(password)!.value.reveal();
+      } else {
+        throw loginFailed(
+          'CC_ERR_TICKET_MALFORMED',
+          'coatcheck: login refused: the password must be a ticket (cct_...) or an agent key (cca_...)',
+        );
+      }
+      session.event('authenticated', { principal: principal.ref, connection: view.name, tls: client.tls });
+      return {
+        principal,
+        view,
+        rules: rulesFrom(view.rules),
+        upstream,
+        target,
+        password: secret,
+      };
+    } catch (error) {
+      const e = error instanceof CoatcheckError ? error : null;
+      await this.#services.audit.append({
+        type: 'postgres.login.refused',
+        actor: session.principal?.ref ?? 'unauthenticated',
+        data: {
+          session: session.id,
+          user: shown,
+          connection: database.slice(0, 64),
+          code: e?.code ?? 'CC_ERR_INTERNAL',
+          reason: (e?.details?.reason as string | undefined) ?? e?.code ?? 'CC_ERR_INTERNAL',
+          remote: client.remote,
+        },
+      });
+      throw error;
+    }
+  }
+
+  async #relay(
+    client: Client,
+    session: GatewaySession,
+    login: Login,
+    parameters: Map<string, string>,
+  ): Promise<void> {
+    const forwarded: Array<readonly [string, string]> = [];
+    for (const [k, v] of parameters) if (FORWARDED_PARAMETERS.has(k.toLowerCase())) forwarded.push([k, v]);
+    // Defence in depth: a read-only connection's sessions are read-only on the server too.
+    if (login.rules.readOnly) forwarded.push(['options', '-c default_transaction_read_only=on']);
+    const upstream = await connectUpstream(login.upstream, login.password, {
+      timeoutMs: this.#options.upstreamTimeoutMs,
+      parameters: forwarded,
+    });
+    let processId = randomInt(1, 2 ** 31 - 1);
+    while (this.#cancels.has(processId)) processId = randomInt(1, 2 ** 31 - 1);
+    const secret = randomInt(-(2 ** 31), 2 ** 31 - 1);
+    this.#cancels.set(processId, {
+      secret,
+      target: login.upstream,
+      processId: upstream.processId,
+      secretKey: upstream.secretKey,
+    });
+    const hello: Buffer[] = [encodeBackend({ type: 'Authentication', code: AUTH.Ok, data: Buffer.alloc(0) })];
+    for (const [name, value] of upstream.parameters)
+      hello.push(encodeBackend({ type: 'ParameterStatus', name, value }));
+    hello.push(encodeBackend({ type: 'BackendKeyData', processId, secretKey: secret }));
+    hello.push(encodeBackend({ type: 'ReadyForQuery', status: 'I' }));
+    client.reader.detach();
+    client.socket.setNoDelay?.(true);
+    const audit = this.#services.audit;
+    const relay = new RelaySession(client.socket, client.reader.framer, upstream, {
+      services: {
+        pipeline: this.#services.pipeline,
+        classifier: this.#services.classifier,
+        now: this.#services.now,
+        patterns: this.#services.patterns,
+        onStatement: async (event: StatementEvent) => {
+          session.event('statement', { ...event });
+          if (!this.#options.auditStatements && event.decision === 'allow') return;
+          await audit.append({
+            type: 'postgres.query',
+            actor: login.principal.ref,
+            data: { session: session.id, connection: login.view.name, ...event },
+          });
+        },
+      },
+      session,
+      principal: login.principal,
+      target: login.target,
+      rules: login.rules,
+    });
+    this.live.add(relay);
+    client.socket.write(Buffer.concat(hello));
+    session.event('upstream', { tls: upstream.tls });
+    try {
+      await relay.run();
+    } finally {
+      this.live.delete(relay);
+      this.#cancels.delete(processId);
+      this.#services.pipeline.closeSession(session, session.terminatedBy ?? 'ok', {
+        statements: relay.statements,
+        rows: relay.rows,
+      });
+    }
+  }
+}

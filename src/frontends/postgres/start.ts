@@ -1,0 +1,175 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { Registry } from 'prom-client';
+import { CoatcheckError } from '../../core/errors.js';
+import { buildPatterns, createKnownSecretInspector, type PatternSet } from '../../gateway/inspector.js';
+import { createGatewayMetrics } from '../../gateway/metrics.js';
+import { allowBoundTickets, type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
+import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
+import type { Context } from '../../server/context.js';
+import { PostgresEngine } from './engine.js';
+import { DEFAULT_MAX_MESSAGE_BYTES } from './protocol/framer.js';
+import { loadParser, SqlClassifier } from './sql/classify.js';
+import { listenerTls, secureContext, type TlsFiles } from './tls.js';
+import { toErrorResponse } from './wire-errors.js';
+
+export interface PostgresOptions {
+  readonly tlsCert?: string | undefined;
+  readonly tlsKey?: string | undefined;
+  readonly maxMessageBytes: number;
+  readonly maxConnections: number;
+  readonly loginTimeoutMs: number;
+  readonly upstreamTimeoutMs: number;
+  readonly auditStatements: boolean;
+  readonly classifierCacheSize: number;
+}
+
+export const DEFAULT_POSTGRES_OPTIONS: PostgresOptions = {
+  maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
+  maxConnections: 1000,
+  loginTimeoutMs: 10_000,
+  upstreamTimeoutMs: 10_000,
+  auditStatements: true,
+  classifierCacheSize: 10_000,
+};
+
+export interface PostgresFrontend {
+  readonly server: Server;
+  readonly host: string;
+  readonly port: number;
+  readonly tls: TlsFiles;
+  readonly engine: PostgresEngine;
+  readonly pipeline: ExchangePipeline;
+  readonly recorder: Recorder;
+  /** Stop accepting, end live sessions, flush recordings. */
+  close(): Promise<void>;
+}
+
+export interface PostgresFrontendOverrides {
+  readonly decide?: Decide;
+  readonly options?: Partial<PostgresOptions>;
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+/** Start the PostgreSQL front-end. Wiring faults (parser, certificate, missing services) fail here. */
+export async function startPostgresFrontend(
+  ctx: Context,
+  listen: { host: string; port: number },
+  log: Logger,
+  overrides: PostgresFrontendOverrides = {},
+): Promise<PostgresFrontend> {
+  const configured = ctx.config.postgres;
+  const options: PostgresOptions = { ...DEFAULT_POSTGRES_OPTIONS, ...configured, ...overrides.options };
+  await loadParser();
+  const tls = listenerTls(ctx.home.dir, { cert: options.tlsCert, key: options.tlsKey });
+  const context = secureContext(tls);
+  // The pipeline's counters are named for the HTTP front-end; keep them off the shared registry.
+  const metrics = createGatewayMetrics(new Registry());
+  const recorder = createStoreRecorder(ctx.store, log, metrics);
+  const pipeline = new ExchangePipeline('postgres', {
+    vault: ctx.vault,
+    agents: ctx.agents,
+    connections: ctx.connections,
+    audit: ctx.audit,
+    store: ctx.store,
+    clock: ctx.clock,
+    log,
+    metrics,
+    recorder,
+    inspector: createKnownSecretInspector(() => ctx.vault.knownSecrets()),
+    decide: overrides.decide ?? allowBoundTickets,
+  });
+  let patterns: PatternSet = buildPatterns([]);
+  let generation = 0;
+  const refresh = async () => {
+    const mine = ++generation;
+    const secrets = await ctx.vault.knownSecrets();
+    if (mine === generation)
+      patterns = buildPatterns(secrets.map((s) => ({ id: s.id, value: s.value.reveal() })));
+  };
+  await refresh();
+  const unsubscribe = ctx.store.subscribe(() => {
+    refresh().catch((error: unknown) =>
+      log.error({ errName: (error as Error)?.name }, 'postgres: secret patterns refresh failed'),
+    );
+  });
+  const engine = new PostgresEngine(
+    {
+      pipeline,
+      classifier: new SqlClassifier({ capacity: options.classifierCacheSize }),
+      store: ctx.store,
+      audit: ctx.audit,
+      log,
+      patterns: () => patterns,
+      now: () => ctx.clock.now(),
+      clock: ctx.clock,
+    },
+    {
+      maxMessageBytes: options.maxMessageBytes,
+      loginTimeoutMs: options.loginTimeoutMs,
+      upstreamTimeoutMs: options.upstreamTimeoutMs,
+      tls: context,
+      requireTls: !isLoopback(listen.host),
+      auditStatements: options.auditStatements,
+    },
+  );
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    socket.on('error', () => undefined);
+    if (sockets.size >= options.maxConnections) {
+      socket.end(
+        toErrorResponse(
+          new CoatcheckError('CC_ERR_PG_TOO_MANY_CONNECTIONS', 'coatcheck: too many connections', {}),
+          'FATAL',
+        ),
+      );
+      return;
+    }
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    const client = engine.client(socket);
+    engine.handle(client).catch((error: unknown) => {
+      log.error({ errName: (error as Error)?.name }, 'postgres front-end: unhandled failure');
+      socket.destroy();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (error) =>
+      reject(
+        new CoatcheckError(
+          'CC_ERR_INVALID_ARGUMENT',
+          `--listen-postgres: cannot listen on ${listen.host}:${listen.port}`,
+          {
+            cause: error,
+            details: { field: '--listen-postgres' },
+          },
+        ),
+      ),
+    );
+    server.listen(listen.port, listen.host, () => resolve());
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : listen.port;
+  return {
+    server,
+    host: listen.host,
+    port,
+    tls,
+    engine,
+    pipeline,
+    recorder,
+    async close() {
+      unsubscribe();
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const relay of engine.live) relay.close();
+        for (const socket of sockets) socket.destroy();
+      });
+      pipeline.close();
+      await recorder.flush();
+    },
+  };
+}
