@@ -89,6 +89,17 @@ describe('createKnownSecretMatcher', () => {
     expect(m.find(text, 'text').map((x) => x.secretId)).toEqual(['s0', 's777', 's19999']);
   });
 
+  it('keeps finding the survivors after many removals (compaction)', () => {
+    const m = createKnownSecretMatcher();
+    const values = Array.from({ length: 2_000 }, (_, i) => `value-${i}-${rng.chars('abcdefghijklmnop', 12)}`);
+    values.forEach((v, i) => m.add(`s${i}`, v));
+    for (let i = 0; i < 1_500; i++) m.remove(`s${i}`);
+    expect(m.size).toBe(500);
+    expect(m.find(`${values[10]} ${values[1_600]}`, 'text').map((x) => x.secretId)).toEqual(['s1600']);
+    m.add('s10', values[10]!);
+    expect(m.find(`${values[10]} ${values[1_999]}`, 'text').map((x) => x.secretId)).toEqual(['s10', 's1999']);
+  });
+
   it('has no encoded form shorter than the hashed prefix', () => {
     for (const f of encodedForms(Buffer.from('12345678'))) expect(f.text.length).toBeGreaterThanOrEqual(8);
   });

@@ -10,30 +10,17 @@ export const KNOWN_SECRET_MAX_BYTES = 64 * 1024;
  * The scan hashes a window of Q characters at every S-th position of the text. Every
  * registered form is indexed by the hashes of its windows at offsets 0..S-1, so any
  * occurrence (length >= Q + S - 1 = 8) has exactly one window on a sampled position.
- * One lookup per S characters in a bitset keeps the scan cheap however many secrets exist.
+ * One bit test per S characters keeps the scan cheap however many secrets exist.
  */
-const Q = 6;
-const S = 3;
+const Q = 5;
+const S = 4;
 const MIN_FORM = Q + S - 1;
 const MIX = 0x85ebca6b | 0;
+const FNV = 0x01000193;
 
 /** Which representation of the scanned input a pattern applies to. */
 const TEXT = 1; // a JavaScript string (UTF-16)
 const BYTES = 2; // a Buffer viewed as latin1 (one char per byte)
-
-interface Pattern {
-  readonly id: string;
-  readonly text: string;
-  readonly encoding: KnownSecretEncoding;
-  readonly modes: number;
-}
-
-/** One indexed window of a pattern: the hash of text[offset, offset + Q). */
-interface Entry {
-  readonly pattern: Pattern;
-  readonly offset: number;
-  readonly hash: number;
-}
 
 export interface KnownSecretMatch {
   readonly secretId: string;
@@ -61,7 +48,7 @@ export interface KnownSecretMatcher {
 
 function windowHash(s: string, from: number): number {
   let h = 0x811c9dc5 | 0;
-  for (let i = from; i < from + Q; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  for (let i = from; i < from + Q; i++) h = Math.imul(h ^ s.charCodeAt(i), FNV);
   return h;
 }
 
@@ -125,56 +112,98 @@ export function encodedForms(
 }
 
 export function createKnownSecretMatcher(): KnownSecretMatcher {
-  const byId = new Map<string, { patterns: Pattern[]; entries: Entry[] }>();
-  const byHash = new Map<number, Entry[]>();
-  let bits = 16;
-  // Scan-side bitset: one bit per slot, kept at most ~1/16 full. Removals leave stale bits
-  // (a stale bit only costs a Map lookup); the bitset is rebuilt once they pile up.
-  let bitset = new Int32Array(1 << (bits - 5));
-  let entryCount = 0;
-  let stale = 0;
+  // Patterns (encoded forms), stored column-wise; removed ones are marked dead and dropped
+  // at the next rebuild.
+  const pText: string[] = [];
+  const pId: string[] = [];
+  const pEnc: KnownSecretEncoding[] = [];
+  const pModes: number[] = [];
+  const pAlive: boolean[] = [];
+  const byId = new Map<string, number[]>();
+  let live = 0;
+  let dead = 0;
   let maxLen = 0;
 
-  const slot = (hash: number): number => Math.imul(hash, MIX) >>> (32 - bits);
-  const mark = (hash: number): void => {
-    const s = slot(hash);
-    bitset[s >>> 5]! |= 1 << (s & 31);
-  };
+  // Open-addressing table of windows: hash and (pattern index * S + offset). Load <= 1/2.
+  let tBits = 10;
+  let tHash = new Int32Array(1 << tBits);
+  let tRef = new Int32Array(1 << tBits).fill(-1);
+  let tCount = 0;
+  // Scan-side bitset over a larger slot space, at most ~1/16 full.
+  let fBits = 14;
+  let filter = new Int32Array(1 << (fBits - 5));
 
-  function rebuild(newBits: number): void {
-    bits = newBits;
-    bitset = new Int32Array(1 << (bits - 5));
-    stale = 0;
-    for (const list of byHash.values()) for (const e of list) mark(e.hash);
+  function place(hash: number, ref: number): void {
+    const mask = (1 << tBits) - 1;
+    let k = Math.imul(hash, MIX) >>> (32 - tBits);
+    while (tRef[k] !== -1) k = (k + 1) & mask;
+    tHash[k] = hash;
+    tRef[k] = ref;
+    tCount++;
+    const f = Math.imul(hash, MIX) >>> (32 - fBits);
+    filter[f >>> 5]! |= 1 << (f & 31);
   }
 
-  function insert(e: Entry): void {
-    let list = byHash.get(e.hash);
-    if (list === undefined) {
-      list = [];
-      byHash.set(e.hash, list);
+  function rebuild(): void {
+    while (tCount * 2 > 1 << tBits) tBits++;
+    while (tCount * 16 > 1 << fBits) fBits++;
+    tHash = new Int32Array(1 << tBits);
+    tRef = new Int32Array(1 << tBits).fill(-1);
+    filter = new Int32Array(1 << (fBits - 5));
+    tCount = 0;
+    for (let p = 0; p < pText.length; p++) {
+      if (!pAlive[p]) continue;
+      for (let k = 0; k < S; k++) place(windowHash(pText[p]!, k), p * S + k);
     }
-    list.push(e);
-    mark(e.hash);
-    entryCount++;
-    if (entryCount * 16 > 1 << bits && bits < 28) rebuild(bits + 1);
+    dead = 0;
   }
 
-  function drop(e: Entry): void {
-    const list = byHash.get(e.hash);
-    if (list === undefined) return;
-    const i = list.indexOf(e);
-    if (i === -1) return;
-    list.splice(i, 1);
-    if (list.length === 0) byHash.delete(e.hash);
-    entryCount--;
-    stale++;
+  function addPattern(id: string, text: string, encoding: KnownSecretEncoding, modes: number): number {
+    const p = pText.length;
+    pText.push(text);
+    pId.push(id);
+    pEnc.push(encoding);
+    pModes.push(modes);
+    pAlive.push(true);
+    live++;
+    maxLen = Math.max(maxLen, text.length);
+    if ((tCount + S) * 2 > 1 << tBits || (tCount + S) * 16 > 1 << fBits) {
+      tCount += S;
+      rebuild();
+    } else {
+      for (let k = 0; k < S; k++) place(windowHash(text, k), p * S + k);
+    }
+    return p;
+  }
+
+  function compact(): void {
+    // Drop dead patterns entirely (indices change, so byId is rebuilt too).
+    let w = 0;
+    byId.clear();
+    for (let p = 0; p < pText.length; p++) {
+      if (!pAlive[p]) continue;
+      pText[w] = pText[p]!;
+      pId[w] = pId[p]!;
+      pEnc[w] = pEnc[p]!;
+      pModes[w] = pModes[p]!;
+      pAlive[w] = true;
+      const list = byId.get(pId[w]!) ?? [];
+      list.push(w);
+      byId.set(pId[w]!, list);
+      w++;
+    }
+    pText.length = w;
+    pId.length = w;
+    pEnc.length = w;
+    pModes.length = w;
+    pAlive.length = w;
+    tCount = w * S;
+    rebuild();
   }
 
   function recomputeMax(): void {
     maxLen = 0;
-    for (const { patterns } of byId.values())
-      for (const p of patterns) maxLen = Math.max(maxLen, p.text.length);
+    for (let p = 0; p < pText.length; p++) if (pAlive[p]) maxLen = Math.max(maxLen, pText[p]!.length);
   }
 
   return {
@@ -197,23 +226,21 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
         );
       }
       if (byId.has(id)) this.remove(id);
-      const patterns = encodedForms(bytes).map(
-        (f): Pattern => ({ id, text: f.text, encoding: f.encoding, modes: f.modes }),
+      byId.set(
+        id,
+        encodedForms(bytes).map((f) => addPattern(id, f.text, f.encoding, f.modes)),
       );
-      const entries: Entry[] = [];
-      for (const p of patterns) {
-        for (let k = 0; k < S; k++) entries.push({ pattern: p, offset: k, hash: windowHash(p.text, k) });
-        maxLen = Math.max(maxLen, p.text.length);
-      }
-      byId.set(id, { patterns, entries });
-      for (const e of entries) insert(e);
     },
     remove(id) {
       const held = byId.get(id);
       if (held === undefined) return false;
-      for (const e of held.entries) drop(e);
+      for (const p of held) {
+        pAlive[p] = false;
+        live--;
+        dead++;
+      }
       byId.delete(id);
-      if (stale > 1024 && stale * 4 > entryCount) rebuild(bits);
+      if (dead > 256 && dead * 4 > live) compact();
       recomputeMax();
       return true;
     },
@@ -231,25 +258,27 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
       const n = input.length;
       if (byId.size === 0 || n < MIN_FORM) return out;
       const want = mode === 'text' ? TEXT : BYTES;
-      const set = bitset;
-      const shift = 32 - bits;
+      const f = filter;
+      const fShift = 32 - fBits;
+      const tShift = 32 - tBits;
+      const tMask = (1 << tBits) - 1;
       for (let i = 0; i + Q <= n; i += S) {
-        let h = 0x811c9dc5 | 0;
-        h = Math.imul(h ^ input.charCodeAt(i), 0x01000193);
-        h = Math.imul(h ^ input.charCodeAt(i + 1), 0x01000193);
-        h = Math.imul(h ^ input.charCodeAt(i + 2), 0x01000193);
-        h = Math.imul(h ^ input.charCodeAt(i + 3), 0x01000193);
-        h = Math.imul(h ^ input.charCodeAt(i + 4), 0x01000193);
-        h = Math.imul(h ^ input.charCodeAt(i + 5), 0x01000193);
-        const sl = Math.imul(h, MIX) >>> shift;
-        if ((set[sl >>> 5]! & (1 << (sl & 31))) === 0) continue;
-        const list = byHash.get(h);
-        if (list === undefined) continue;
-        for (const e of list) {
-          const p = e.pattern;
-          const start = i - e.offset;
-          if (start >= 0 && (p.modes & want) !== 0 && input.startsWith(p.text, start)) {
-            out.push({ secretId: p.id, encoding: p.encoding, start, end: start + p.text.length });
+        let h = Math.imul(0x811c9dc5 ^ input.charCodeAt(i), FNV);
+        h = Math.imul(h ^ input.charCodeAt(i + 1), FNV);
+        h = Math.imul(h ^ input.charCodeAt(i + 2), FNV);
+        h = Math.imul(h ^ input.charCodeAt(i + 3), FNV);
+        h = Math.imul(h ^ input.charCodeAt(i + 4), FNV);
+        const m = Math.imul(h, MIX);
+        const fs = m >>> fShift;
+        if ((f[fs >>> 5]! & (1 << (fs & 31))) === 0) continue;
+        for (let k = m >>> tShift; tRef[k] !== -1; k = (k + 1) & tMask) {
+          if (tHash[k] !== h) continue;
+          const ref = tRef[k]!;
+          const p = (ref / S) | 0;
+          const start = i - (ref - p * S);
+          const text = pText[p]!;
+          if (start >= 0 && pAlive[p] && (pModes[p]! & want) !== 0 && input.startsWith(text, start)) {
+            out.push({ secretId: pId[p]!, encoding: pEnc[p]!, start, end: start + text.length });
           }
         }
       }
