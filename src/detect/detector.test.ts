@@ -50,6 +50,7 @@ describe('createDetector', () => {
     ['AWS documentation key', 'aws_access_key_id = AKIAIOSFODNN7EXAMPLE'],
     ['xxxx filler', 'token: ghp_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'],
     ['angle placeholder', 'api_key=<YOUR_KEY>'],
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
     ['shell variable', 'password=${DB_PASSWORD}'],
     ['template variable', 'secret: "{{ app_secret }}"'],
     ['printf verb', 'password=%s'],

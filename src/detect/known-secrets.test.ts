@@ -92,7 +92,9 @@ describe('createKnownSecretMatcher', () => {
   it('keeps finding the survivors after many removals (compaction)', () => {
     const m = createKnownSecretMatcher();
     const values = Array.from({ length: 2_000 }, (_, i) => `value-${i}-${rng.chars('abcdefghijklmnop', 12)}`);
-    values.forEach((v, i) => m.add(`s${i}`, v));
+    values.forEach((v, i) => {
+      m.add(`s${i}`, v);
+    });
     for (let i = 0; i < 1_500; i++) m.remove(`s${i}`);
     expect(m.size).toBe(500);
     expect(m.find(`${values[10]} ${values[1_600]}`, 'text').map((x) => x.secretId)).toEqual(['s1600']);

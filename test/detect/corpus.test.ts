@@ -132,7 +132,9 @@ describe('labeled corpus', () => {
     const known = createKnownSecretMatcher();
     const detector = createDetector({ knownSecrets: known });
     const docs = records.filter((r): r is KnownRecord => r.kind === 'known').map(materializeKnown);
-    docs.forEach((d, i) => known.add(`secret-${i}`, d.secret));
+    docs.forEach((d, i) => {
+      known.add(`secret-${i}`, d.secret);
+    });
     const tallies = new Map<RuleFamily, Tally>();
     for (const d of docs) tallyInto(tallies, d, detector.scan(d.text), new Set<RuleFamily>(['known-secret']));
     const result = report(tallies);

@@ -32,6 +32,7 @@ function uri(id: string, title: string, schemes: readonly string[], example: (pw
       ...samplePositives(`${id}:env`, sample, (v) => `DATABASE_URL="${v}"`),
     ],
     negatives: [
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
       example('${DB_PASSWORD}'),
       example('<password>'),
       example('****'),
@@ -138,6 +139,7 @@ export const DATABASE_URI_RULES: readonly Rule[] = [
         standalone: true,
       };
     }),
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
     negatives: ['jdbc:postgresql://db:5432/app?user=app&password=${DB_PASSWORD}', 'jdbc:h2:mem:test'],
   }),
   custom({

@@ -64,6 +64,7 @@ export const HTTP_AUTH_RULES: readonly Rule[] = [
     sample: urlSample,
     positives: samplePositives('url-basic-auth', urlSample, (v) => `git clone ${v}`),
     negatives: [
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
       'https://user:${TOKEN}@github.com/x/y.git',
       'https://user:<password>@host',
       'https://example.com:8080/path',
@@ -97,6 +98,7 @@ export const HTTP_AUTH_RULES: readonly Rule[] = [
     positives: samplePositives('http-bearer-token', bearerSample, (v) => `Authorization: ${v}`),
     negatives: [
       'Authorization: Bearer <token>',
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
       'Authorization: Bearer ${ACCESS_TOKEN}',
       'the bearer token is passed in the header',
       'Authorization: Bearer xxxxxxxxxxxxxxxxxxxxxxxx',
@@ -127,6 +129,7 @@ export const HTTP_AUTH_RULES: readonly Rule[] = [
     rejectHashLike: true,
     sample: apiKeyHeaderSample,
     positives: samplePositives('http-api-key-header', apiKeyHeaderSample, (v) => `X-Api-Key: ${v}`),
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
     negatives: ['X-Api-Key: <your-api-key>', 'x-api-key: ${API_KEY}'],
   }),
   custom({
@@ -154,6 +157,7 @@ export const HTTP_AUTH_RULES: readonly Rule[] = [
         standalone: true,
       };
     }),
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
     negatives: ['machine github.com login bot password ${GITHUB_TOKEN}'],
   }),
   custom({

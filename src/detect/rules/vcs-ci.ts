@@ -236,6 +236,7 @@ export const VCS_CI_RULES: readonly Rule[] = [
       const v = rng.chars(B64URL, 40);
       return { key: 'k', value: `//npm.pkg.github.com/:_authToken=${v}`, secret: v, standalone: true };
     }),
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
     negatives: ['//registry.npmjs.org/:_authToken=${NPM_TOKEN}'],
   }),
   prefixed({
