@@ -211,6 +211,12 @@ export const ERROR_CODES = {
       'The request uses an HTTP feature the front-end does not carry (CONNECT, protocol upgrades).',
     solution: 'Use plain HTTP requests through /c/<connection>/.',
   },
+  CC_ERR_HTTP_AGENT_KEY_FORWARDED: {
+    status: 400,
+    description:
+      'The request carries the agent key somewhere other than Proxy-Authorization (a header, the query or the body); it would have reached the upstream, so the request was refused.',
+    solution: 'Send the agent key only in Proxy-Authorization; use tickets for upstream credentials.',
+  },
   CC_ERR_HTTP_TOO_MANY_TICKETS: {
     status: 400,
     description: 'A request carried more distinct tickets than http.maxTicketsPerRequest allows.',
@@ -327,7 +333,8 @@ export const ERROR_CODES = {
   },
   CC_ERR_APPROVAL_REQUIRED: {
     status: 403,
-    description: 'Policy requires a human approval for this exact operation; the request (id in the message) is pending and the hold time ran out.',
+    description:
+      'Policy requires a human approval for this exact operation; the request (id in the message) is pending and the hold time ran out.',
     solution: 'Have an approver approve it (`coatcheck approvals approve ID`), then retry.',
   },
   CC_ERR_OIDC_MALFORMED: {
@@ -456,7 +463,8 @@ export const ERROR_CODES = {
   },
   CC_ERR_APPROVAL_NOT_APPROVER: {
     status: 403,
-    description: 'The approver is not in any of the groups the policy names (@approvers), or already approved.',
+    description:
+      'The approver is not in any of the groups the policy names (@approvers), or already approved.',
     solution: 'Ask a member of the named groups.',
   },
   CC_ERR_APPROVAL_NOT_PENDING: {

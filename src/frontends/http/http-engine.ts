@@ -212,7 +212,8 @@ export class HttpEngine implements Engine<HttpClient> {
     await this.initialize(client);
 
     // authenticate
-    const principal = await this.#pipeline.authenticate(session, bearer(req.headers['proxy-authorization']));
+    const agentKey = bearer(req.headers['proxy-authorization']);
+    const principal = await this.#pipeline.authenticate(session, agentKey);
 
     // route
     const route = parseRouteTarget(req.url ?? '/');
@@ -270,6 +271,18 @@ export class HttpEngine implements Engine<HttpClient> {
       query: route.query === null ? [] : formTickets(route.query, false),
       body: bodyText === null ? [] : bodyTickets(kind, bodyText),
     };
+    // The agent key authenticates to the gateway only: it must not ride along to the upstream.
+    if (
+      agentKey !== null &&
+      (headerPairs.some(([, value]) => value.includes(agentKey)) ||
+        (route.query?.includes(agentKey) ?? false) ||
+        (bodyText?.includes(agentKey) ?? false))
+    ) {
+      throw new CoatcheckError(
+        'CC_ERR_HTTP_AGENT_KEY_FORWARDED',
+        'the agent key appears outside Proxy-Authorization; it is never forwarded upstream',
+      );
+    }
     summary.ticketsFound = {
       header: found.header.length,
       query: found.query.length,

@@ -202,6 +202,22 @@ describe('refusals: audited, never forwarded', () => {
     );
   });
 
+  it('refuses a request that would carry the agent key upstream', async () => {
+    await refused(
+      '/c/api/x',
+      { headers: { authorization: `Bearer ${agent.key}` } },
+      400,
+      'CC_ERR_HTTP_AGENT_KEY_FORWARDED',
+    );
+    await refused(`/c/api/x?k=${agent.key}`, {}, 400, 'CC_ERR_HTTP_AGENT_KEY_FORWARDED');
+    await refused(
+      '/c/api/x',
+      { method: 'POST', body: `{"k":"${agent.key}"}` },
+      400,
+      'CC_ERR_HTTP_AGENT_KEY_FORWARDED',
+    );
+  });
+
   it('refuses bodies over the limit (413), unknown connections (404), dot segments (400)', async () => {
     await refused(
       '/c/api/big',
