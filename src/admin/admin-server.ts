@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { adminKeyHash, sameHash } from '../config/home.js';
 import { CoatcheckError } from '../core/errors.js';
 import { ADMIN_KEY_META, type Context } from '../server/context.js';
+import { serveConsole } from './console-assets.js';
 import { toHttpError } from './http-errors.js';
 import { openApiDocument } from './openapi.js';
 import { type OperationName, operations } from './operations.js';
@@ -112,6 +113,8 @@ export async function startAdminServer(
       send(res, 200, { ok: true });
       return;
     }
+    // The web console's static files (public; the console sends the admin key itself).
+    if (await serveConsole(req, res)) return;
     const auth = req.headers.authorization ?? '';
     const presented = auth.startsWith('Bearer ') ? auth.slice(7).trim() : '';
     if (

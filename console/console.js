@@ -1,0 +1,975 @@
+// coatcheck web console: plain ES module, no framework, no build step, no external assets.
+//
+// Security rules for this file:
+// - Server data is rendered with text nodes only (el() below); never innerHTML. Audit
+//   records, approval summaries and agent names can carry attacker-chosen text.
+// - The admin key lives in sessionStorage only (never localStorage, never a cookie), and
+//   travels as `Authorization: Bearer`, so there is no ambient credential to forge (CSRF).
+
+const KEY_STORE = 'coatcheck.adminKey';
+const AUDIT_PAGE = 50;
+const AUDIT_CHUNK = 500;
+const AUDIT_SCAN_MAX = 5000;
+const REFRESH_MS = 5000;
+
+// ---------------------------------------------------------------------------
+// DOM helpers
+
+/**
+ * Build an element. Children that are strings or numbers become text nodes; null and
+ * false are skipped. Attributes starting with `on` are event listeners.
+ */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith('on') && typeof value === 'function') node.addEventListener(name.slice(2), value);
+    else if (name === 'class') node.className = value;
+    else if (value === true) node.setAttribute(name, '');
+    else node.setAttribute(name, String(value));
+  }
+  append(node, children);
+  return node;
+}
+
+function append(node, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+const $ = (selector) => document.querySelector(selector);
+
+function show(...children) {
+  const main = $('#main');
+  main.replaceChildren();
+  append(main, children);
+}
+
+function announce(text, kind = 'info') {
+  const status = $('#status');
+  status.dataset.kind = kind;
+  status.textContent = text;
+}
+
+let uid = 0;
+const nextId = (prefix) => `${prefix}-${++uid}`;
+
+/** `2026-01-02 03:04:05Z` from an ISO string or epoch milliseconds. */
+function when(value) {
+  if (value === null || value === undefined || value === '') return el('span', { class: 'muted' }, '—');
+  const date = new Date(value);
+  if (Number.isNaN(date.getTime())) return String(value);
+  const iso = date.toISOString();
+  return el('time', { datetime: iso }, `${iso.slice(0, 10)} ${iso.slice(11, 19)}Z`);
+}
+
+const dash = () => el('span', { class: 'muted' }, '—');
+const orDash = (value) => (value === null || value === undefined || value === '' ? dash() : String(value));
+const list = (values) => (values && values.length > 0 ? values.join(', ') : dash());
+const badge = (status) =>
+  el('span', { class: `badge badge-${String(status).replace(/[^a-z-]/g, '')}` }, status);
+const code = (text) => el('code', {}, text);
+/** Ids and event types: kept on one line. */
+const ident = (text) => el('code', { class: 'nowrap' }, text);
+
+/**
+ * A data table. columns: [{ label, cell(row) → node|string }]. Headers get scope=col;
+ * the first column is the row header.
+ */
+function table(caption, columns, rows, empty = 'Nothing here yet.') {
+  if (rows.length === 0) return el('p', { class: 'empty' }, empty);
+  return el(
+    'div',
+    { class: 'table-wrap' },
+    el(
+      'table',
+      {},
+      el('caption', {}, caption),
+      el(
+        'thead',
+        {},
+        el(
+          'tr',
+          {},
+          columns.map((c) => el('th', { scope: 'col' }, c.label)),
+        ),
+      ),
+      el(
+        'tbody',
+        {},
+        rows.map((row) =>
+          el(
+            'tr',
+            {},
+            columns.map((c, i) => el(i === 0 ? 'th' : 'td', i === 0 ? { scope: 'row' } : {}, c.cell(row))),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+/** A definition list from [label, value] pairs. */
+function facts(pairs) {
+  return el(
+    'dl',
+    { class: 'facts' },
+    pairs.map(([label, value]) => [el('dt', {}, label), el('dd', {}, value)]),
+  );
+}
+
+function heading(text, ...extra) {
+  return el('div', { class: 'page-head' }, el('h1', { tabindex: '-1' }, text), extra);
+}
+
+/** Key/value text of a JSON object, for details that have no fixed shape. */
+function kv(data) {
+  if (data === null || data === undefined) return dash();
+  const entries = Object.entries(data).filter(([, v]) => v !== undefined);
+  if (entries.length === 0) return dash();
+  return el(
+    'ul',
+    { class: 'kv' },
+    entries.map(([k, v]) => el('li', {}, el('span', { class: 'k' }, k), ' ', code(flat(v)))),
+  );
+}
+
+function flat(value) {
+  if (value === null) return 'null';
+  if (typeof value === 'object') return JSON.stringify(value);
+  return String(value);
+}
+
+/** Hide a password that someone put in a connection URL. */
+function safeUrl(text) {
+  try {
+    const url = new URL(text);
+    if (url.password !== '') url.password = '***';
+    return url.toString();
+  } catch {
+    return text;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// API
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const adminKey = () => sessionStorage.getItem(KEY_STORE);
+
+async function api(method, path, body) {
+  const key = adminKey();
+  if (key === null) throw new ApiError(401, 'CC_ERR_ADMIN_UNAUTHORIZED', 'not logged in');
+  const init = {
+    method,
+    headers: { authorization: `Bearer ${key}` },
+    cache: 'no-store',
+    credentials: 'omit',
+  };
+  if (body !== undefined) {
+    init.headers['content-type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch {
+    throw new ApiError(0, 'CC_ERR_UNAVAILABLE', 'the gateway did not answer (is coatcheck serve running?)');
+  }
+  const payload = await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = payload?.error ?? {};
+    throw new ApiError(
+      response.status,
+      error.code ?? 'CC_ERR_INTERNAL',
+      error.message ?? `request failed (${response.status})`,
+    );
+  }
+  return payload;
+}
+
+const enc = encodeURIComponent;
+
+// ---------------------------------------------------------------------------
+// Login
+
+function loggedIn(yes) {
+  $('#nav').hidden = !yes;
+  $('#logout').hidden = !yes;
+}
+
+function loginPage(message) {
+  loggedIn(false);
+  document.title = 'Log in · coatcheck console';
+  const errorId = 'login-error';
+  const input = el('input', {
+    id: 'admin-key',
+    name: 'admin-key',
+    type: 'password',
+    autocomplete: 'off',
+    spellcheck: 'false',
+    required: true,
+    'aria-describedby': message ? `${errorId} key-help` : 'key-help',
+  });
+  const error = el('p', { id: errorId, class: 'error', role: 'alert' }, message ?? '');
+  error.hidden = !message;
+  const form = el(
+    'form',
+    { class: 'login', 'aria-labelledby': 'login-title' },
+    el('h1', { id: 'login-title', tabindex: '-1' }, 'Log in'),
+    error,
+    el('label', { for: 'admin-key' }, 'Admin key'),
+    input,
+    el(
+      'p',
+      { id: 'key-help', class: 'help' },
+      'The key printed by coatcheck init (also in the home directory, file admin.key). ',
+      'It is kept in this tab only (sessionStorage) and sent to this gateway as a bearer header.',
+    ),
+    el('button', { type: 'submit' }, 'Log in'),
+  );
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const key = input.value.trim();
+    if (key === '') return;
+    sessionStorage.setItem(KEY_STORE, key);
+    try {
+      await api('GET', '/v1/status');
+    } catch (e) {
+      sessionStorage.removeItem(KEY_STORE);
+      const text =
+        e instanceof ApiError && e.status === 401
+          ? 'That admin key was not accepted. Check it and try again.'
+          : `Could not log in: ${e.message}`;
+      error.textContent = text;
+      error.hidden = false;
+      input.setAttribute('aria-invalid', 'true');
+      input.setAttribute('aria-describedby', `${errorId} key-help`);
+      input.focus();
+      return;
+    }
+    input.value = '';
+    announce('Logged in.');
+    if (location.hash === '' || location.hash === '#/login') location.hash = '#/approvals';
+    else route();
+  });
+  show(form);
+  input.focus();
+}
+
+function logout(message) {
+  sessionStorage.removeItem(KEY_STORE);
+  stopRefresh();
+  $('#foot').replaceChildren();
+  announce(message ?? 'Logged out.');
+  history.replaceState(null, '', '#/login');
+  loginPage();
+}
+
+// ---------------------------------------------------------------------------
+// Pages
+
+const pages = {
+  approvals: approvalsPage,
+  approval: approvalPage,
+  audit: auditPage,
+  sessions: sessionsPage,
+  session: sessionPage,
+  tickets: ticketsPage,
+  secrets: secretsPage,
+  agents: agentsPage,
+  connections: connectionsPage,
+};
+
+function parseHash() {
+  const hash = location.hash.replace(/^#\/?/, '');
+  const [path, query = ''] = hash.split('?');
+  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  return { parts, query: new URLSearchParams(query) };
+}
+
+let refreshTimer = null;
+function stopRefresh() {
+  if (refreshTimer !== null) clearInterval(refreshTimer);
+  refreshTimer = null;
+}
+
+let routeSerial = 0;
+async function route() {
+  stopRefresh();
+  if (adminKey() === null) {
+    loginPage();
+    return;
+  }
+  loggedIn(true);
+  const { parts, query } = parseHash();
+  let [section = 'approvals', id] = parts;
+  if (section === 'login') section = 'approvals';
+  const name =
+    id !== undefined && (section === 'approvals' || section === 'sessions') ? section.slice(0, -1) : section;
+  const page = pages[name];
+  for (const link of document.querySelectorAll('#nav a')) {
+    if (link.dataset.page === section) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  const serial = ++routeSerial;
+  if (page === undefined) {
+    show(
+      heading('Not found'),
+      el('p', {}, 'There is no such page. ', el('a', { href: '#/approvals' }, 'Go to approvals')),
+    );
+    return;
+  }
+  $('#main').setAttribute('aria-busy', 'true');
+  try {
+    const view = await page({ id, query, serial });
+    if (serial !== routeSerial) return; // the user moved on meanwhile
+    show(view);
+    document.title = `${$('#main h1')?.textContent ?? 'coatcheck'} · coatcheck console`;
+    $('#main h1')?.focus({ preventScroll: true });
+    footer();
+  } catch (error) {
+    if (serial !== routeSerial) return;
+    failed(error);
+  } finally {
+    $('#main').removeAttribute('aria-busy');
+  }
+}
+
+/** Errors from an action or a page: a 401 sends the user back to the login page. */
+function failed(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    sessionStorage.removeItem(KEY_STORE);
+    stopRefresh();
+    announce('');
+    loginPage('Your admin key was not accepted (it may have been changed). Log in again.');
+    return true;
+  }
+  const text =
+    error instanceof ApiError ? `${error.code}: ${error.message}` : String(error?.message ?? error);
+  announce(text, 'error');
+  if ($('#main').childElementCount === 0 || $('#main noscript')) {
+    show(heading('Something went wrong'), el('p', { class: 'error' }, text));
+  }
+  return false;
+}
+
+async function footer() {
+  try {
+    const status = await api('GET', '/v1/status');
+    $('#foot').replaceChildren(
+      el(
+        'p',
+        {},
+        `Store ${status.store} · master key ${status.masterKey} · audit head #${status.auditHead} · `,
+        el('a', { href: '/v1/openapi.json' }, 'API (OpenAPI)'),
+      ),
+    );
+  } catch {
+    // The footer is informational; page errors are reported by the page.
+  }
+}
+
+/**
+ * Run an action from a button: disable it, report the outcome, and show the page as it
+ * now is (also after a refusal: the request may have been decided elsewhere meanwhile).
+ */
+async function act(button, work, success) {
+  button.disabled = true;
+  try {
+    await work();
+    announce(success);
+  } catch (error) {
+    if (failed(error)) return; // back at the login page
+  }
+  await route();
+}
+
+// --- approvals ---------------------------------------------------------------
+
+function signer() {
+  const as = sessionStorage.getItem('coatcheck.as') ?? '';
+  const groups = (sessionStorage.getItem('coatcheck.groups') ?? '')
+    .split(',')
+    .map((g) => g.trim())
+    .filter(Boolean);
+  return { ...(as ? { as } : {}), ...(groups.length > 0 ? { groups } : {}) };
+}
+
+function signerForm() {
+  const as = el('input', {
+    id: 'sign-as',
+    type: 'text',
+    autocomplete: 'name',
+    value: sessionStorage.getItem('coatcheck.as') ?? '',
+  });
+  const groups = el('input', {
+    id: 'sign-groups',
+    type: 'text',
+    autocomplete: 'off',
+    'aria-describedby': 'sign-help',
+    value: sessionStorage.getItem('coatcheck.groups') ?? '',
+  });
+  const save = () => {
+    sessionStorage.setItem('coatcheck.as', as.value.trim());
+    sessionStorage.setItem('coatcheck.groups', groups.value.trim());
+  };
+  as.addEventListener('change', save);
+  groups.addEventListener('change', save);
+  return el(
+    'details',
+    { class: 'signer' },
+    el('summary', {}, 'Sign decisions as…'),
+    el(
+      'div',
+      { class: 'row' },
+      el('div', {}, el('label', { for: 'sign-as' }, 'Name'), as),
+      el('div', {}, el('label', { for: 'sign-groups' }, 'Groups (comma-separated)'), groups),
+    ),
+    el(
+      'p',
+      { id: 'sign-help', class: 'help' },
+      'The admin key may decide as a named person in named groups, for requests that need approvers from a group. Left empty, decisions are recorded as admin:api.',
+    ),
+  );
+}
+
+function decisionControls(approval, { compact }) {
+  const reasonId = nextId('reason');
+  const reason = el('input', {
+    id: reasonId,
+    type: 'text',
+    maxlength: '500',
+    autocomplete: 'off',
+    class: 'reason',
+    placeholder: 'Reason (optional)',
+  });
+  const approve = el('button', { type: 'button', class: 'approve' }, 'Approve');
+  const deny = el('button', { type: 'button', class: 'deny' }, 'Deny');
+  const label = compact ? `Reason for denying ${approval.id} (optional)` : 'Reason for denying (optional)';
+  approve.setAttribute('aria-label', compact ? `Approve ${approval.id}` : 'Approve');
+  deny.setAttribute('aria-label', compact ? `Deny ${approval.id}` : 'Deny');
+  approve.addEventListener('click', () =>
+    act(
+      approve,
+      () => api('POST', `/v1/approvals/${enc(approval.id)}/approve`, signer()),
+      `Approved ${approval.id}.`,
+    ),
+  );
+  deny.addEventListener('click', () =>
+    act(
+      deny,
+      () =>
+        api('POST', `/v1/approvals/${enc(approval.id)}/deny`, {
+          ...signer(),
+          groups: undefined,
+          ...(reason.value.trim() ? { reason: reason.value.trim() } : {}),
+        }),
+      `Denied ${approval.id}.`,
+    ),
+  );
+  return el(
+    'div',
+    { class: 'decide' },
+    el('label', { for: reasonId, class: compact ? 'visually-hidden' : undefined }, label),
+    reason,
+    el('div', { class: 'buttons' }, approve, deny),
+  );
+}
+
+function operationText(approval) {
+  const op = approval.operation ?? {};
+  return el(
+    'div',
+    { class: 'op' },
+    el('span', { class: 'muted' }, `${op.action ?? '?'} on ${op.connection ?? '?'}`),
+    code(op.summary ?? ''),
+  );
+}
+
+async function approvalsPage({ serial }) {
+  const all = await api('GET', '/v1/approvals');
+  const pending = all.filter((a) => a.status === 'pending');
+  const decided = all.filter((a) => a.status !== 'pending').slice(0, 25);
+  const refresh = el('button', { type: 'button', class: 'secondary' }, 'Refresh');
+  refresh.addEventListener('click', () => route());
+  // New requests show up on their own, unless the user is typing a reason.
+  const seen = pending.map((a) => a.id).join(',');
+  if (serial !== routeSerial) return [];
+  refreshTimer = setInterval(async () => {
+    const typing = [...document.querySelectorAll('#main input')].some(
+      (i) => i.value !== '' || i === document.activeElement,
+    );
+    if (typing || document.hidden) return;
+    try {
+      const now = (await api('GET', '/v1/approvals?status=pending')).map((a) => a.id).join(',');
+      if (now !== seen) route();
+    } catch (error) {
+      failed(error);
+    }
+  }, REFRESH_MS);
+  return [
+    heading('Approvals', refresh),
+    el(
+      'section',
+      { 'aria-labelledby': 'pending-title' },
+      el('h2', { id: 'pending-title' }, `Pending (${pending.length})`),
+      signerForm(),
+      table(
+        'Operations waiting for a human decision, newest first',
+        [
+          { label: 'Request', cell: (a) => el('a', { href: `#/approvals/${enc(a.id)}` }, a.id) },
+          { label: 'Requester', cell: (a) => a.requesterName },
+          { label: 'Operation', cell: operationText },
+          {
+            label: 'Needs',
+            cell: (a) =>
+              `${a.quorum} approver${a.quorum === 1 ? '' : 's'}${a.approvers.length ? ` from ${a.approvers.join(', ')}` : ''}`,
+          },
+          { label: 'Requested', cell: (a) => when(a.createdAt) },
+          { label: 'Expires', cell: (a) => when(a.expiresAt) },
+          { label: 'Decision', cell: (a) => decisionControls(a, { compact: true }) },
+        ],
+        pending,
+        'No operation is waiting for approval.',
+      ),
+    ),
+    el(
+      'section',
+      { 'aria-labelledby': 'decided-title' },
+      el('h2', { id: 'decided-title' }, 'Recently decided'),
+      table(
+        'The latest decided, expired and used requests',
+        [
+          { label: 'Request', cell: (a) => el('a', { href: `#/approvals/${enc(a.id)}` }, a.id) },
+          { label: 'Status', cell: (a) => badge(a.status) },
+          { label: 'Requester', cell: (a) => a.requesterName },
+          { label: 'Operation', cell: operationText },
+          { label: 'Decided by', cell: (a) => list(a.decisions.map((d) => `${d.name} (${d.decision})`)) },
+          { label: 'Requested', cell: (a) => when(a.createdAt) },
+        ],
+        decided,
+        'No decisions yet.',
+      ),
+    ),
+  ];
+}
+
+async function approvalPage({ id }) {
+  const a = await api('GET', `/v1/approvals/${enc(id)}`);
+  const op = a.operation ?? {};
+  return [
+    el('p', { class: 'crumbs' }, el('a', { href: '#/approvals' }, '← Approvals')),
+    heading(`Approval ${a.id}`),
+    facts([
+      ['Status', badge(a.status)],
+      ['Requester', [a.requesterName, ' ', el('span', { class: 'muted' }, `(${a.requester})`)]],
+      ['Kind', op.kind ?? dash()],
+      ['Connection', op.connection ?? dash()],
+      ['Action', op.action ?? dash()],
+      ['Operation', el('pre', {}, op.summary ?? '')],
+      ['Exact operation', kv(op.detail)],
+      ['Approvers', a.approvers.length ? `${a.quorum} from ${a.approvers.join(', ')}` : `${a.quorum} (any)`],
+      ['Use', a.singleUse ? 'single use' : 'time-boxed'],
+      ['Requested', when(a.createdAt)],
+      ...(a.status === 'pending' ? [['Expires', when(a.expiresAt)]] : []),
+      ...(a.status === 'approved' ? [['Valid until', when(a.expiresAt)]] : []),
+    ]),
+    el('h2', {}, 'Decisions'),
+    table(
+      `Decisions on ${a.id}`,
+      [
+        { label: 'By', cell: (d) => d.name },
+        { label: 'Decision', cell: (d) => badge(d.decision) },
+        { label: 'At', cell: (d) => when(d.at) },
+        { label: 'Reason', cell: (d) => orDash(d.reason) },
+      ],
+      a.decisions,
+      'No decision yet.',
+    ),
+    a.status === 'pending'
+      ? [el('h2', {}, 'Decide'), signerForm(), decisionControls(a, { compact: false })]
+      : null,
+  ];
+}
+
+// --- audit -------------------------------------------------------------------
+
+function auditMatches(record, filter) {
+  if (filter.type && !record.type.startsWith(filter.type)) return false;
+  if (filter.actor && !record.actor.toLowerCase().includes(filter.actor.toLowerCase())) return false;
+  if (filter.text && !JSON.stringify(record).toLowerCase().includes(filter.text.toLowerCase())) return false;
+  return true;
+}
+
+/**
+ * Newest first, AUDIT_PAGE matches per page: reads /v1/audit/records backwards in
+ * chunks (after = a lower bound) from `before` (exclusive) until the page is full.
+ */
+async function auditPage({ query }) {
+  const filter = {
+    type: query.get('type') ?? '',
+    actor: query.get('actor') ?? '',
+    text: query.get('text') ?? '',
+  };
+  const head = (await api('GET', '/v1/status')).auditHead;
+  const requested = Number(query.get('before'));
+  let upper = Number.isInteger(requested) && requested > 0 ? Math.min(requested, head + 1) : head + 1;
+  const start = upper;
+  const shown = [];
+  let scanned = 0;
+  while (upper > 1 && shown.length < AUDIT_PAGE && scanned < AUDIT_SCAN_MAX) {
+    const lower = Math.max(0, upper - 1 - AUDIT_CHUNK);
+    const chunk = (await api('GET', `/v1/audit/records?after=${lower}&limit=${AUDIT_CHUNK}`)).filter(
+      (r) => r.seq < upper,
+    );
+    scanned += chunk.length;
+    let next = lower + 1;
+    for (let i = chunk.length - 1; i >= 0; i--) {
+      const record = chunk[i];
+      if (auditMatches(record, filter)) shown.push(record);
+      if (shown.length === AUDIT_PAGE) {
+        next = record.seq;
+        break;
+      }
+    }
+    upper = next;
+  }
+
+  const field = (name, label, help) => {
+    const id = `audit-${name}`;
+    return el(
+      'div',
+      {},
+      el('label', { for: id }, label),
+      el('input', {
+        id,
+        name,
+        type: 'search',
+        value: filter[name],
+        autocomplete: 'off',
+        'aria-describedby': `${id}-help`,
+      }),
+      el('p', { id: `${id}-help`, class: 'help' }, help),
+    );
+  };
+  const form = el(
+    'form',
+    { class: 'filters', role: 'search', 'aria-label': 'Filter audit records' },
+    field('type', 'Type starts with', 'e.g. approval. or token.exchange'),
+    field('actor', 'Actor contains', 'e.g. agent: or human:ada'),
+    field('text', 'Text contains', 'searched in the whole record'),
+    el(
+      'div',
+      { class: 'buttons' },
+      el('button', { type: 'submit' }, 'Filter'),
+      el('a', { href: '#/audit', class: 'button secondary' }, 'Clear'),
+    ),
+  );
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const params = new URLSearchParams();
+    for (const name of ['type', 'actor', 'text']) {
+      const value = form.elements[name].value.trim();
+      if (value) params.set(name, value);
+    }
+    const text = params.toString();
+    location.hash = `#/audit${text ? `?${text}` : ''}`;
+  });
+  const pageLink = (before, label) => {
+    const params = new URLSearchParams();
+    for (const name of ['type', 'actor', 'text']) if (filter[name]) params.set(name, filter[name]);
+    if (before !== null) params.set('before', String(before));
+    const text = params.toString();
+    return el('a', { href: `#/audit${text ? `?${text}` : ''}`, class: 'button secondary' }, label);
+  };
+  const filtered = filter.type || filter.actor || filter.text;
+  const range =
+    shown.length > 0
+      ? `Showing ${shown.length} record${shown.length === 1 ? '' : 's'}, #${shown[0].seq} to #${shown.at(-1).seq}, of ${head}.`
+      : `No record matches${upper > 1 ? ` in the ${scanned} records searched` : ''}.`;
+  return [
+    heading('Audit log'),
+    form,
+    el(
+      'p',
+      { class: 'muted', id: 'audit-range' },
+      range,
+      upper > 1 && shown.length < AUDIT_PAGE && filtered ? ` Searched back to #${upper}.` : '',
+    ),
+    table(
+      'Audit records, newest first',
+      [
+        { label: '#', cell: (r) => String(r.seq) },
+        { label: 'Time', cell: (r) => when(r.ts) },
+        { label: 'Type', cell: (r) => ident(r.type) },
+        { label: 'Actor', cell: (r) => r.actor },
+        {
+          label: 'Data',
+          cell: (r) => {
+            const text = JSON.stringify(r.data);
+            if (text.length <= 120) return code(text);
+            return el(
+              'details',
+              {},
+              el('summary', {}, code(`${text.slice(0, 100)}…`)),
+              el('pre', {}, JSON.stringify(r.data, null, 2)),
+            );
+          },
+        },
+      ],
+      shown,
+      'No audit records.',
+    ),
+    el(
+      'nav',
+      { class: 'pager', 'aria-label': 'Audit pages' },
+      start <= head ? pageLink(null, 'Newest') : null,
+      upper > 1 ? pageLink(upper, 'Older') : null,
+    ),
+  ];
+}
+
+// --- sessions ------------------------------------------------------------------
+
+async function sessionsPage({ query }) {
+  const before = Number(query.get('before'));
+  const rows = await api(
+    'GET',
+    `/v1/sessions?limit=50${Number.isInteger(before) && before > 0 ? `&before=${before}` : ''}`,
+  );
+  return [
+    heading('Sessions'),
+    el(
+      'p',
+      { class: 'muted' },
+      'Recorded data-path sessions, newest first: metadata, ids and codes only, never values.',
+    ),
+    table(
+      'Recorded sessions',
+      [
+        { label: 'Session', cell: (s) => el('a', { href: `#/sessions/${enc(s.id)}` }, s.id) },
+        { label: 'Front-end', cell: (s) => s.frontend },
+        { label: 'Principal', cell: (s) => orDash(s.principal) },
+        { label: 'Connection', cell: (s) => orDash(s.connection) },
+        {
+          label: 'Request',
+          cell: (s) => (s.method || s.path ? code(`${s.method ?? ''} ${s.path ?? ''}`.trim()) : dash()),
+        },
+        { label: 'Status', cell: (s) => orDash(s.status) },
+        { label: 'Outcome', cell: (s) => badge(s.outcome === 'ok' ? 'ok' : 'error') },
+        { label: 'Started', cell: (s) => when(s.startedAt) },
+        { label: 'Duration', cell: (s) => `${Math.max(0, s.endedAt - s.startedAt)} ms` },
+      ],
+      rows,
+      'No recorded sessions.',
+    ),
+    rows.length === 50
+      ? el(
+          'nav',
+          { class: 'pager', 'aria-label': 'Session pages' },
+          el('a', { href: `#/sessions?before=${rows.at(-1).startedAt}`, class: 'button secondary' }, 'Older'),
+        )
+      : null,
+  ];
+}
+
+async function sessionPage({ id }) {
+  const s = await api('GET', `/v1/sessions/${enc(id)}`);
+  const summary = s.summary ?? {};
+  const { events = [], tickets = [], secrets = [], droppedEvents = 0, ...rest } = summary;
+  return [
+    el('p', { class: 'crumbs' }, el('a', { href: '#/sessions' }, '← Sessions')),
+    heading(`Session ${s.id}`),
+    facts([
+      ['Front-end', s.frontend],
+      ['Principal', orDash(s.principal)],
+      ['Connection', orDash(s.connection)],
+      ['Outcome', [badge(s.outcome === 'ok' ? 'ok' : 'error'), ' ', code(s.outcome)]],
+      ['Started', when(s.startedAt)],
+      ['Ended', when(s.endedAt)],
+      ['Duration', `${Math.max(0, s.endedAt - s.startedAt)} ms`],
+      ['Tickets used', list(tickets)],
+      ['Secrets touched', list(secrets)],
+      ['Summary', kv(rest)],
+    ]),
+    el('h2', {}, 'Statements and requests'),
+    table(
+      `Events of ${s.id}`,
+      [
+        { label: 'At', cell: (e) => `+${e.at} ms` },
+        { label: 'Event', cell: (e) => ident(e.type) },
+        { label: 'Details', cell: (e) => kv(e.data) },
+      ],
+      events,
+      'No events recorded.',
+    ),
+    droppedEvents > 0
+      ? el('p', { class: 'muted' }, `${droppedEvents} later events were counted, not kept.`)
+      : null,
+  ];
+}
+
+// --- tickets, secrets, agents, connections -----------------------------------
+
+function confirmed(text) {
+  return window.confirm(text);
+}
+
+async function ticketsPage({ query }) {
+  const all = query.get('all') === '1';
+  const rows = await api('GET', `/v1/tokens${all ? '?all=true' : ''}`);
+  const toggle = el(
+    'a',
+    { href: all ? '#/tickets' : '#/tickets?all=1', class: 'button secondary' },
+    all ? 'Show active only' : 'Show all',
+  );
+  return [
+    heading('Tickets', toggle),
+    el(
+      'p',
+      { class: 'muted' },
+      'Ids and scopes only: a ticket itself is shown once, when it is issued, and never stored.',
+    ),
+    table(
+      all ? 'All tickets' : 'Active tickets',
+      [
+        { label: 'Ticket id', cell: (t) => ident(t.id) },
+        { label: 'Secret', cell: (t) => orDash(t.secret) },
+        { label: 'Bound to', cell: (t) => t.principal },
+        { label: 'Destinations', cell: (t) => list(t.destinations) },
+        { label: 'Uses', cell: (t) => `${t.uses}${t.maxUses === null ? '' : `\u00a0/\u00a0${t.maxUses}`}` },
+        { label: 'Expires', cell: (t) => when(t.expiresAt) },
+        { label: 'Parent', cell: (t) => orDash(t.parentId) },
+        { label: 'Status', cell: (t) => badge(t.status) },
+        {
+          label: 'Actions',
+          cell: (t) => {
+            if (t.status !== 'active') return dash();
+            const button = el(
+              'button',
+              { type: 'button', class: 'deny', 'aria-label': `Revoke ticket ${t.id}` },
+              'Revoke',
+            );
+            button.addEventListener('click', () => {
+              if (!confirmed(`Revoke ticket ${t.id} and every ticket narrowed from it?`)) return;
+              act(
+                button,
+                () => api('POST', '/v1/tokens/revoke', { ticket: t.id }),
+                `Revoked ticket ${t.id}.`,
+              );
+            });
+            return button;
+          },
+        },
+      ],
+      rows,
+      all ? 'No tickets.' : 'No active tickets.',
+    ),
+  ];
+}
+
+async function secretsPage() {
+  const rows = await api('GET', '/v1/secrets');
+  return [
+    heading('Secrets'),
+    el(
+      'p',
+      { class: 'muted' },
+      'Metadata and fingerprints only: values never leave the vault through the admin API.',
+    ),
+    table(
+      'Secrets in the vault',
+      [
+        { label: 'Name', cell: (s) => s.name },
+        { label: 'Id', cell: (s) => ident(s.id) },
+        { label: 'Kind', cell: (s) => s.kind },
+        { label: 'Allowed destinations', cell: (s) => list(s.allow) },
+        { label: 'Fingerprint', cell: (s) => code(s.fingerprint) },
+        { label: 'Created', cell: (s) => when(s.createdAt) },
+      ],
+      rows,
+      'No secrets.',
+    ),
+  ];
+}
+
+async function agentsPage() {
+  const rows = await api('GET', '/v1/agents');
+  return [
+    heading('Agents'),
+    table(
+      'Agent identities',
+      [
+        { label: 'Name', cell: (a) => a.name },
+        { label: 'Id', cell: (a) => ident(a.id) },
+        { label: 'Groups', cell: (a) => list(a.groups) },
+        { label: 'Status', cell: (a) => badge(a.status) },
+        { label: 'Created', cell: (a) => when(a.createdAt) },
+        { label: 'Expires', cell: (a) => when(a.expiresAt) },
+        { label: 'Revoked', cell: (a) => when(a.revokedAt) },
+        {
+          label: 'Actions',
+          cell: (a) => {
+            if (a.status !== 'active') return dash();
+            const button = el(
+              'button',
+              { type: 'button', class: 'deny', 'aria-label': `Revoke agent ${a.name}` },
+              'Revoke',
+            );
+            button.addEventListener('click', () => {
+              if (!confirmed(`Revoke agent ${a.name}? Its key stops working at once.`)) return;
+              act(
+                button,
+                () => api('POST', `/v1/agents/${enc(a.name)}/revoke`, {}),
+                `Revoked agent ${a.name}.`,
+              );
+            });
+            return button;
+          },
+        },
+      ],
+      rows,
+      'No agents.',
+    ),
+  ];
+}
+
+async function connectionsPage() {
+  const rows = await api('GET', '/v1/connections');
+  return [
+    heading('Connections'),
+    table(
+      'Registered connections',
+      [
+        { label: 'Name', cell: (c) => c.name },
+        { label: 'Type', cell: (c) => c.type },
+        { label: 'URL', cell: (c) => code(safeUrl(c.url)) },
+        { label: 'Credential (secret)', cell: (c) => orDash(c.credential) },
+        { label: 'Injected headers', cell: (c) => list(Object.keys(c.injectHeaders ?? {})) },
+        { label: 'Declared in', cell: (c) => (c.source === 'config' ? 'config file' : 'store') },
+      ],
+      rows,
+      'No connections.',
+    ),
+  ];
+}
+
+// ---------------------------------------------------------------------------
+// Start
+
+$('#logout').addEventListener('click', () => logout());
+window.addEventListener('hashchange', () => {
+  announce('');
+  route();
+});
+route();
