@@ -25,6 +25,8 @@ const SRI = /^sha(?:256|384|512)-[A-Za-z0-9+/]{20,}={0,2}$/;
 const PREFIXED_DIGEST = /^(?:sha1|sha256|sha384|sha512|md5|blake2b?|git)[:-]/i;
 const PASSWORD_HASH = /^\$(?:2[abxy]?|argon2(?:id|i|d)|[1567]|scrypt|pbkdf2[\w-]{0,20})\$/;
 const IDENTIFIER_PATH = /^[A-Za-z_$][\w$]*(?:(?:\.|::|->|\?\.)[A-Za-z_$][\w$]*)+(?:\(\)?)?$/;
+/** An identifier made of words (camelCase, snake_case, CONSTANT_CASE), maybe a short number. */
+const WORDISH = /^(?:[A-Za-z_$][a-z_$]{0,40}(?:[A-Z][a-z_]{1,40}){0,8}|[A-Z][A-Z0-9_]{0,60})\d{0,2}$/;
 const ENV_REFERENCE = /^(?:process\.env|os\.environ|env|ENV|getenv|System\.getenv|secrets\.|vars\.)/;
 
 /**
@@ -38,7 +40,8 @@ export function isHashLike(value: string): boolean {
     SRI.test(value) ||
     PREFIXED_DIGEST.test(value) ||
     PASSWORD_HASH.test(value) ||
-    IDENTIFIER_PATH.test(value) ||
+    (IDENTIFIER_PATH.test(value) &&
+      value.split(/\.|::|->|\?\./).every((seg) => WORDISH.test(seg.replace(/\(\)?$/, '')))) ||
     ENV_REFERENCE.test(value)
   );
 }

@@ -24,7 +24,11 @@ export interface NegativeRecord {
   readonly kind: 'negative';
   readonly id: string;
   readonly context: string;
-  readonly text: string;
+  /** Literal text (hard negatives) ... */
+  readonly text?: string;
+  /** ... or a reference to a rule's own negative example. */
+  readonly rule?: string;
+  readonly index?: number;
 }
 export interface KnownRecord {
   readonly kind: 'known';
@@ -105,7 +109,12 @@ function render(
 }
 
 export function materialize(record: CorpusRecord): Labeled {
-  if (record.kind === 'negative') return { id: record.id, text: record.text };
+  if (record.kind === 'negative') {
+    if (record.text !== undefined) return { id: record.id, text: record.text };
+    const text = RULES.get(record.rule ?? '')?.examples.negatives[record.index ?? -1];
+    if (text === undefined) throw new Error(`corpus record ${record.id} names a missing rule negative`);
+    return { id: record.id, text };
+  }
   if (record.kind === 'known') {
     throw new Error('known records are materialised by materializeKnown');
   }
