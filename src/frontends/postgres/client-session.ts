@@ -721,7 +721,8 @@ export class RelaySession {
     if (m.type !== 'ReadyForQuery') return;
     this.#txStatus = m.status;
     if (m.status === 'I') this.#poisoned = false;
-    while (this.#open.length > 0) this.#finishStatement('error');
+    // A simple query that got no ErrorResponse succeeded; an Execute still open at Sync never ran.
+    while (this.#open.length > 0) this.#finishStatement(this.#open[0]!.simple ? 'ok' : 'error');
     this.#describes.length = 0;
     const head = this.#outputs.shift();
     if (head === undefined || head.kind !== 'upstream')
