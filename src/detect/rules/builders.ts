@@ -172,8 +172,9 @@ export function keyed(spec: KeyedSpec): Rule {
     pattern: new RegExp(source, 'i'),
     keywords: spec.keywords ?? keyVariants(spec.keys),
     maxLength: 64 + spec.maxValueLength,
-    // The keyword sits inside the field name at the start of the match.
-    maxKeywordOffset: 64,
+    // The keyword sits inside the field name at the start of the match; a derived keyword is
+    // a spelling of the whole key, so some keyword occurrence starts exactly there.
+    maxKeywordOffset: spec.keywords === undefined ? 0 : 64,
     confidence: spec.confidence ?? 'medium',
     defaultEnabled: true,
     sample,
