@@ -323,7 +323,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
     phase('#full-text');
 
     if (known !== undefined && !knownSkipped && known.size > 0) {
-      for (const m of known.find(text, bytes ? 'bytes' : 'text')) {
+      for (const m of known.find(text, bytes ? 'bytes' : 'text', bytes ? input : undefined)) {
         cands.push({
           rule: undefined,
           start: m.start,
