@@ -1,3 +1,4 @@
+import { setFlagsFromString } from 'node:v8';
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
 import { CoatcheckError } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
@@ -37,6 +38,13 @@ export interface PolicyRequest {
   readonly now?: number;
 }
 
+// Node 20's V8 crashes the process (a fatal error in the deoptimizer) when TurboFan has
+// inlined the JS-to-WASM call into Cedar and the frame is later deoptimized lazily.
+// `npm run bench:policy` reproduced it within 50,000 distinct decisions. Turning the
+// inlining off before any of this code is optimized avoids it; the cost is a few
+// hundred nanoseconds a call.
+setFlagsFromString('--no-turbo-inline-js-wasm-calls');
+
 const WEEKDAYS = ['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'];
 const CACHE_LIMIT = 10_000;
 
@@ -45,17 +53,72 @@ function principalType(p: PolicyRequest['principal']): 'Agent' | 'Human' | 'Subt
   return p.kind === 'agent' ? 'Agent' : 'Human';
 }
 
-/** Hour (0-23) and weekday (`mon`…) at `now` in `timeZone`. */
+const formatters = new Map<string, Intl.DateTimeFormat>();
+let lastClock: { zone: string; minute: number; value: { hour: number; weekday: string } } | null = null;
+
+/** Hour (0-23) and weekday (`mon`…) at `now` in `timeZone`. Formatters are costly to build: cached. */
 export function clockContext(now: number, timeZone: string): { hour: number; weekday: string } {
-  const parts = new Intl.DateTimeFormat('en-US', {
-    timeZone,
-    hour: 'numeric',
-    hourCycle: 'h23',
-    weekday: 'short',
-  }).formatToParts(now);
+  const minute = Math.floor(now / 60_000);
+  if (lastClock !== null && lastClock.zone === timeZone && lastClock.minute === minute)
+    return lastClock.value;
+  let format = formatters.get(timeZone);
+  if (format === undefined) {
+    format = new Intl.DateTimeFormat('en-US', {
+      timeZone,
+      hour: 'numeric',
+      hourCycle: 'h23',
+      weekday: 'short',
+    });
+    formatters.set(timeZone, format);
+  }
+  const parts = format.formatToParts(now);
   const hour = Number(parts.find((p) => p.type === 'hour')?.value ?? 0);
   const weekday = (parts.find((p) => p.type === 'weekday')?.value ?? 'Sun').slice(0, 3).toLowerCase();
-  return { hour: hour === 24 ? 0 : hour, weekday: WEEKDAYS.includes(weekday) ? weekday : 'sun' };
+  const value = { hour: hour === 24 ? 0 : hour, weekday: WEEKDAYS.includes(weekday) ? weekday : 'sun' };
+  lastClock = { zone: timeZone, minute, value };
+  return value;
+}
+
+/**
+ * Build the Cedar call with plain loops and keep it out of `decide`: V8 on Node 20 has
+ * crashed (a deoptimizer fatal error) when array spreads and callbacks sat in the same
+ * optimized frame as this WASM call. `npm run bench:policy` exercises the path.
+ */
+function evaluate(
+  setId: string,
+  type: 'Agent' | 'Human' | 'Subtask',
+  request: PolicyRequest,
+  context: Record<string, CedarValue>,
+): cedar.AuthorizationAnswer {
+  const groups = request.principal.groups;
+  const parents: { type: string; id: string }[] = [];
+  const entities: cedar.EntityJson[] = [];
+  for (let i = 0; i < groups.length; i++) {
+    const group = groups[i]!;
+    parents.push({ type: 'Group', id: group });
+    entities.push({ uid: { type: 'Group', id: group }, attrs: {}, parents: [] });
+  }
+  entities.push({
+    uid: { type, id: request.principal.name },
+    attrs: { name: request.principal.name },
+    parents,
+  });
+  const resourceAttrs =
+    request.resource.attrs ??
+    (request.resource.type === 'Connection' ? { type: 'unknown' } : { kind: 'generic' });
+  entities.push({
+    uid: { type: request.resource.type, id: request.resource.id },
+    attrs: resourceAttrs as Record<string, cedar.CedarValueJson>,
+    parents: [],
+  });
+  return cedar.statefulIsAuthorized({
+    principal: { type, id: request.principal.name },
+    action: { type: 'Action', id: request.action },
+    resource: { type: request.resource.type, id: request.resource.id },
+    context: context as Record<string, cedar.CedarValueJson>,
+    preparsedPolicySetId: setId,
+    entities,
+  });
 }
 
 let engines = 0;
@@ -137,30 +200,7 @@ export class PolicyEngine {
     const cached = this.#cache.get(key);
     if (cached !== undefined) return cached;
 
-    const principal = { type, id: request.principal.name };
-    const entities = [
-      {
-        uid: principal,
-        attrs: { name: request.principal.name },
-        parents: request.principal.groups.map((g) => ({ type: 'Group', id: g })),
-      },
-      ...request.principal.groups.map((g) => ({ uid: { type: 'Group', id: g }, attrs: {}, parents: [] })),
-      {
-        uid: { type: request.resource.type, id: request.resource.id },
-        attrs:
-          request.resource.attrs ??
-          (request.resource.type === 'Connection' ? { type: 'unknown' } : { kind: 'generic' }),
-        parents: [],
-      },
-    ];
-    const answer = cedar.statefulIsAuthorized({
-      principal,
-      action: { type: 'Action', id: request.action },
-      resource: { type: request.resource.type, id: request.resource.id },
-      context: context as Record<string, never>,
-      preparsedPolicySetId: this.#setId,
-      entities,
-    });
+    const answer = evaluate(this.#setId, type, request, context);
     let decision: Decision;
     if (answer.type === 'failure') {
       // Fail closed: a request Cedar cannot evaluate is denied.
