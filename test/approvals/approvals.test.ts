@@ -64,7 +64,7 @@ describe('just-in-time approvals', () => {
     writeFileSync(join(t.home.dir, 'policy.cedar'), POLICY);
     writeFileSync(
       t.home.configFile,
-      `policy:\n  path: policy.cedar\napprovals:\n  webhookUrl: ${hook.url}\n  consoleUrl: http://127.0.0.1:7070/console\n  holdTimeout: 3s\n`,
+      `policy:\n  path: policy.cedar\napprovals:\n  webhookUrl: ${hook.url}\n  consoleUrl: http://127.0.0.1:7070/console\n  holdTimeout: 10s\n`,
     );
     ctx = await t.open();
     const created = await ctx.agents.create({ name: 'writer' }, 'admin:test');
@@ -76,8 +76,8 @@ describe('just-in-time approvals', () => {
     t.remove();
   });
 
-  const run = (operation: Operation, onHold?: (id: string) => void) =>
-    gate(ctx.gate, {
+  const run = (operation: Operation, onHold?: (id: string) => void, holdTimeoutMs?: number) =>
+    gate(holdTimeoutMs === undefined ? ctx.gate : { ...ctx.gate, holdTimeoutMs }, {
       principal: agent,
       action: operation.action,
       resource: { type: 'Connection', id: operation.connection },
@@ -91,7 +91,7 @@ describe('just-in-time approvals', () => {
     const pending = run(sql('DELETE FROM orders WHERE id = 7'), (id) => {
       held = id;
     });
-    await expect.poll(() => hook.received.length, { timeout: 5000 }).toBe(1);
+    await expect.poll(() => hook.received.length, { timeout: 15_000 }).toBe(1);
     const note = hook.received[0]!;
     expect(note.approval.id).toBe(held);
     expect(note.text).toContain('writer asks to run sql:write on orders');
@@ -107,7 +107,7 @@ describe('just-in-time approvals', () => {
       approval: { id: held, status: 'used' },
     });
     // Single use: the same statement again needs a new approval.
-    await expect(run(sql('DELETE FROM orders WHERE id = 7'))).rejects.toMatchObject({
+    await expect(run(sql('DELETE FROM orders WHERE id = 7'), undefined, 500)).rejects.toMatchObject({
       code: 'CC_ERR_APPROVAL_REQUIRED',
     });
     const shown = await cli(['approvals', 'show', held], { env: env() });
@@ -124,7 +124,7 @@ describe('just-in-time approvals', () => {
     const pending = run(sql('UPDATE orders SET total = 0'), (id) => {
       held = id;
     });
-    await expect.poll(() => held, { timeout: 5000 }).not.toBe('');
+    await expect.poll(() => held, { timeout: 15_000 }).not.toBe('');
     expect(await cli(['approvals', 'deny', held, '--reason', 'not today'], { env: env() })).toMatchObject({
       code: 0,
     });
@@ -139,14 +139,14 @@ describe('just-in-time approvals', () => {
   });
 
   it('times out with the approval id; a later approval lets the same operation through, but never another one', async () => {
-    const first = await run(sql('DELETE FROM orders WHERE id = 1')).catch(
+    const first = await run(sql('DELETE FROM orders WHERE id = 1'), undefined, 500).catch(
       (e: { code: string; details: { approval: string } }) => e,
     );
     expect(first).toMatchObject({ code: 'CC_ERR_APPROVAL_REQUIRED' });
     const id = (first as { details: { approval: string } }).details.approval;
     await cli(['approvals', 'approve', id], { env: env() });
     // Replay for a different statement: refused (a new request is made and times out).
-    await expect(run(sql('DELETE FROM orders WHERE id = 2'))).rejects.toMatchObject({
+    await expect(run(sql('DELETE FROM orders WHERE id = 2'), undefined, 500)).rejects.toMatchObject({
       code: 'CC_ERR_APPROVAL_REQUIRED',
     });
     // The approved statement itself passes at once.
@@ -158,7 +158,7 @@ describe('just-in-time approvals', () => {
     const pending = run(sql('ALTER TABLE orders ADD COLUMN note text', 'sql:ddl'), (id) => {
       held = id;
     });
-    await expect.poll(() => held, { timeout: 5000 }).not.toBe('');
+    await expect.poll(() => held, { timeout: 15_000 }).not.toBe('');
     await expect(
       ctx.approvals.decide(
         held,
