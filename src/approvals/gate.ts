@@ -33,6 +33,12 @@ export interface GateRequest {
 export interface GateResult {
   readonly decision: Decision;
   readonly approval: ApprovalView | null;
+  /**
+   * Resolves once the decision's audit record is durable. For an allow the gate does not
+   * wait for it (the front-end's own release records share the same group commit); the
+   * front-end must await it before it forwards anything.
+   */
+  readonly recorded: Promise<unknown>;
 }
 
 /**
@@ -48,7 +54,7 @@ export async function gate(services: GateServices, request: GateRequest): Promis
     resource: request.resource,
     context: request.context,
   });
-  await services.audit.append({
+  const recorded = services.audit.append({
     type: 'policy.decision',
     actor: request.principal.ref,
     data: {
@@ -61,6 +67,11 @@ export async function gate(services: GateServices, request: GateRequest): Promis
       errors: decision.errors.length > 0 ? [...decision.errors] : undefined,
     },
   });
+  if (decision.effect === 'allow') {
+    recorded.catch(() => undefined); // awaited by the caller before it forwards
+    return { decision, approval: null, recorded };
+  }
+  await recorded;
   if (decision.effect === 'deny') {
     const why =
       decision.policies.length > 0
@@ -70,10 +81,8 @@ export async function gate(services: GateServices, request: GateRequest): Promis
       details: { action: request.action, policies: [...decision.policies] },
     });
   }
-  if (decision.effect === 'allow') return { decision, approval: null };
-
   const ready = await services.approvals.use(request.principal, request.operation);
-  if (ready !== null) return { decision, approval: ready };
+  if (ready !== null) return { decision, approval: ready, recorded };
   const pending = await services.approvals.request(request.principal, request.operation, {
     approvers: decision.approvers,
     quorum: decision.quorum,
@@ -86,7 +95,7 @@ export async function gate(services: GateServices, request: GateRequest): Promis
   );
   if (outcome.status === 'approved') {
     const used = await services.approvals.use(request.principal, request.operation);
-    if (used !== null) return { decision, approval: used };
+    if (used !== null) return { decision, approval: used, recorded };
   }
   if (outcome.status === 'denied') {
     throw new CoatcheckError('CC_ERR_APPROVAL_DENIED', `approval ${pending.id} was denied`, {

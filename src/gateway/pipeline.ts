@@ -5,7 +5,6 @@ import { secretRefs } from '../connections/connections.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
-import type { Agents } from '../identity/agents.js';
 import type { Store } from '../store/types.js';
 import { parseDestination, type Target } from '../vault/destinations.js';
 import type { Exchange, Vault } from '../vault/vault.js';
@@ -36,6 +35,15 @@ export interface Decision {
   readonly verdict: 'allow' | 'deny';
   /** Policy ids or reasons; recorded and audited. */
   readonly reasons: readonly string[];
+  /** The decision's audit record; front-ends await it before forwarding anything. */
+  readonly recorded?: Promise<unknown>;
+  /** Obligations from policy: field or column patterns to mask. */
+  readonly mask?: readonly string[];
+}
+
+/** Who is asking: agent keys and OIDC JWTs (src/identity/identity.ts) both fit. */
+export interface Authenticator {
+  authenticate(credential: string): Promise<Principal>;
 }
 
 /** Where a ticket handed back in a response may go: the connection it came from, and its host. */
@@ -61,7 +69,7 @@ export const allowBoundTickets: Decide = async () => ({ verdict: 'allow', reason
 /** Everything a front-end needs. Required at construction, checked there: a wiring fault fails at start. */
 export interface GatewayServices {
   readonly vault: Vault;
-  readonly agents: Agents;
+  readonly agents: Authenticator;
   readonly connections: Connections;
   readonly audit: AuditLog;
   readonly store: Store;

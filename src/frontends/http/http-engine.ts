@@ -326,6 +326,10 @@ export class HttpEngine implements Engine<HttpClient> {
         : route.query;
     const path = upstreamPath(connection.url.pathname, { ...route, query });
 
+    // The decision's audit record must be durable before anything leaves (it shares the
+    // group commit with the releases above, so this rarely waits).
+    await decision.recorded;
+
     // forward
     const gone = new AbortController();
     const onClose = () => {

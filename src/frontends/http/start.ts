@@ -7,7 +7,8 @@ import { Agent } from 'undici';
 import { CoatcheckError } from '../../core/errors.js';
 import { createKnownSecretInspector, type ResponseInspector } from '../../gateway/inspector.js';
 import { createGatewayMetrics, type GatewayMetrics } from '../../gateway/metrics.js';
-import { allowBoundTickets, type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
+import { type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
+import { createPolicyDecide } from '../../gateway/policy-decide.js';
 import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
 import type { Context } from '../../server/context.js';
 import { HttpEngine } from './http-engine.js';
@@ -63,7 +64,7 @@ export async function startHttpFrontend(
   const recorder = createStoreRecorder(ctx.store, log, metrics);
   const pipeline = new ExchangePipeline('http', {
     vault: ctx.vault,
-    agents: ctx.agents,
+    agents: ctx.identity,
     connections: ctx.connections,
     audit: ctx.audit,
     store: ctx.store,
@@ -72,7 +73,7 @@ export async function startHttpFrontend(
     metrics,
     recorder,
     inspector: overrides.inspector ?? createKnownSecretInspector(() => ctx.vault.knownSecrets()),
-    decide: overrides.decide ?? allowBoundTickets,
+    decide: overrides.decide ?? createPolicyDecide(ctx.gate),
   });
   const ca = upstreamCa(options.upstreamCaFile);
   const dispatcher = new Agent({

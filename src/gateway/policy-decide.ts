@@ -1,0 +1,55 @@
+import { type GateServices, gate } from '../approvals/gate.js';
+import type { Decide, DecisionInput } from './pipeline.js';
+
+/**
+ * The pipeline's policy step, backed by the Cedar policy set and just-in-time approvals.
+ * Denials and failed approvals throw with their own codes (CC_ERR_POLICY_DENIED,
+ * CC_ERR_APPROVAL_*); an approval-required operation is held here until decided.
+ */
+export function createPolicyDecide(services: GateServices): Decide {
+  return async (input: DecisionInput) => {
+    const attributes = input.operation.attributes;
+    const context: Record<string, string> = {};
+    for (const key of [
+      'method',
+      'path',
+      'host',
+      'statement',
+      'sql_class',
+      'tool',
+      'workflow',
+      'subtask',
+      'source_ip',
+    ] as const) {
+      const value = attributes[key];
+      if (value !== undefined && value !== '') context[key] = value;
+    }
+    const result = await gate(services, {
+      principal: input.principal,
+      action: input.operation.action,
+      resource: { type: 'Connection', id: input.connection.name, attrs: { type: input.connection.type } },
+      context,
+      operation: {
+        kind: input.operation.action.startsWith('sql:')
+          ? 'sql'
+          : input.operation.action.startsWith('http:')
+            ? 'http'
+            : 'other',
+        connection: input.connection.name,
+        action: input.operation.action,
+        summary: input.operation.description,
+        detail: { ...attributes },
+      },
+      signal: input.signal,
+    });
+    return {
+      verdict: 'allow',
+      reasons: [
+        ...result.decision.policies,
+        ...(result.approval === null ? [] : [`approval:${result.approval.id}`]),
+      ],
+      recorded: result.recorded,
+      mask: result.decision.mask,
+    };
+  };
+}
