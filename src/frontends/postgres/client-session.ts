@@ -155,12 +155,12 @@ export class RelaySession {
     this.#clientPump = new FramePump(client, clientFramer, {
       frame: (f) => this.#fromClient(f),
       afterBatch: () => undefined,
-      error: (e) => this.#fail(e),
+      error: (e) => this.fail(e),
     });
     this.#upstreamPump = new FramePump(upstream.socket, upstream.framer, {
       frame: (f) => this.#fromUpstream(f),
       afterBatch: () => this.#toClient.flush(),
-      error: (e) => this.#fail(e),
+      error: (e) => this.fail(e),
     });
   }
 
@@ -202,7 +202,8 @@ export class RelaySession {
     this.#finish();
   }
 
-  #fail(error: unknown): void {
+  /** End the session with a FATAL error (audit failure, masking failure, protocol error). */
+  fail(error: unknown): void {
     if (this.#closed) return;
     const e =
       error instanceof CoatcheckError
@@ -367,7 +368,7 @@ export class RelaySession {
 
   #emit(event: StatementEvent): void {
     this.statements++;
-    this.#services.onStatement(event).catch((error: unknown) => this.#fail(error));
+    this.#services.onStatement(event).catch((error: unknown) => this.fail(error));
   }
 
   /** While a refused statement's transaction block is open, only ROLLBACK (or COMMIT, made a ROLLBACK) goes through. */

@@ -83,6 +83,58 @@ interface Login {
   readonly password: Buffer;
 }
 
+/**
+ * Statement audit records, batched per session: every statement is audited (class,
+ * decision, duration, rows, scrubbed text) in `postgres.query` records that each carry
+ * up to MAX_BATCH statements, written at most BATCH_MS after the first of them. A
+ * refusal is written at once. A failed write ends the session (fail closed).
+ */
+class StatementAudit {
+  static readonly MAX_BATCH = 64;
+  static readonly BATCH_MS = 50;
+  readonly #audit: AuditLog;
+  readonly #actor: string;
+  readonly #base: Record<string, unknown>;
+  #pending: StatementEvent[] = [];
+  #timer: NodeJS.Timeout | null = null;
+  /** Called when a timed flush fails (the relay ends the session). */
+  onFailure: (error: unknown) => void = () => undefined;
+
+  constructor(audit: AuditLog, actor: string, base: Record<string, unknown>) {
+    this.#audit = audit;
+    this.#actor = actor;
+    this.#base = base;
+  }
+
+  add(event: StatementEvent): Promise<void> {
+    this.#pending.push(event);
+    if (event.decision === 'deny' || this.#pending.length >= StatementAudit.MAX_BATCH) return this.flush();
+    if (this.#timer === null) {
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.flush().catch((error: unknown) => this.onFailure(error));
+      }, StatementAudit.BATCH_MS);
+      this.#timer.unref();
+    }
+    return Promise.resolve();
+  }
+
+  async flush(): Promise<void> {
+    if (this.#timer !== null) {
+      clearTimeout(this.#timer);
+      this.#timer = null;
+    }
+    if (this.#pending.length === 0) return;
+    const batch = this.#pending;
+    this.#pending = [];
+    await this.#audit.append({
+      type: 'postgres.query',
+      actor: this.#actor,
+      data: { ...this.#base, statements: batch },
+    });
+  }
+}
+
 function loginFailed(reason: ErrorCode, message: string): CoatcheckError {
   return new CoatcheckError('CC_ERR_PG_LOGIN_FAILED', message, { details: { reason } });
 }
@@ -410,21 +462,20 @@ export class PostgresEngine implements Engine<Client> {
     hello.push(encodeBackend({ type: 'ReadyForQuery', status: 'I' }));
     client.reader.detach();
     client.socket.setNoDelay?.(true);
-    const audit = this.#services.audit;
+    const statements = new StatementAudit(this.#services.audit, login.principal.ref, {
+      session: session.id,
+      connection: login.view.name,
+    });
     const relay = new RelaySession(client.socket, client.reader.framer, upstream, {
       services: {
         pipeline: this.#services.pipeline,
         classifier: this.#services.classifier,
         now: this.#services.now,
         patterns: this.#services.patterns,
-        onStatement: async (event: StatementEvent) => {
+        onStatement: (event: StatementEvent) => {
           session.event('statement', { ...event });
-          if (!this.#options.auditStatements && event.decision === 'allow') return;
-          await audit.append({
-            type: 'postgres.query',
-            actor: login.principal.ref,
-            data: { session: session.id, connection: login.view.name, ...event },
-          });
+          if (!this.#options.auditStatements && event.decision === 'allow') return Promise.resolve();
+          return statements.add(event);
         },
       },
       session,
@@ -432,12 +483,19 @@ export class PostgresEngine implements Engine<Client> {
       target: login.target,
       rules: login.rules,
     });
+    statements.onFailure = (error) => relay.fail(error);
     this.live.add(relay);
     client.socket.write(Buffer.concat(hello));
     session.event('upstream', { tls: upstream.tls });
     try {
       await relay.run();
     } finally {
+      await statements.flush().catch((error: unknown) => {
+        this.#services.log.error(
+          { session: session.id, errName: (error as Error)?.name },
+          'postgres: statement audit failed',
+        );
+      });
       this.live.delete(relay);
       this.#cancels.delete(processId);
       this.#services.pipeline.closeSession(session, session.terminatedBy ?? 'ok', {

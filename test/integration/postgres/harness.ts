@@ -119,6 +119,8 @@ export interface PgGateway {
   readonly host: string;
   readonly port: number;
   logs(): string;
+  /** Wait until every session has ended and its audit records and recording are written. */
+  settled(): Promise<void>;
   createAgent(name: string): Promise<{ key: string; ref: string }>;
   addSecret(name: string, value: string, allow: string[]): Promise<void>;
   issue(secret: string, principal: string, destinations?: string[], uses?: number): Promise<string>;
@@ -165,6 +167,13 @@ export async function startPgGateway(
     host: listenHost,
     port: frontend.port,
     logs: () => logText,
+    async settled() {
+      for (let i = 0; i < 200 && frontend.engine.live.size > 0; i++)
+        await new Promise((r) => setTimeout(r, 25));
+      await new Promise((r) => setTimeout(r, 25));
+      await ctx.audit.flush();
+      await frontend.recorder.flush();
+    },
     async createAgent(name) {
       const { key, agent } = await ctx.agents.create({ name }, 'admin:test');
       return { key, ref: agentRef(agent.id) };

@@ -59,12 +59,13 @@ it('relays a 1,000,000-row result with backpressure, and audits the row count', 
   expect(r.rows).toBe(1_000_000);
   expect(r.tag).toBe('SELECT 1000000');
   expect(r.sample[0]).toBe(`1|c4ca4238a0b923820dcc509a6f75849b|some text`);
-  await gw.ctx.audit.flush();
+  await gw.settled();
   const records = await gw.ctx.store.readAudit(0, 10_000);
-  const statement = records.find(
-    (a) => a.type === 'postgres.query' && String(a.data.sql).includes('generate_series'),
-  );
-  expect(statement?.data).toMatchObject({ rows: 1_000_000, class: 'read', decision: 'allow', outcome: 'ok' });
+  const statement = records
+    .filter((a) => a.type === 'postgres.query')
+    .flatMap((a) => a.data.statements as Array<Record<string, unknown>>)
+    .find((s) => String(s.sql).includes('generate_series'));
+  expect(statement).toMatchObject({ rows: 1_000_000, class: 'read', decision: 'allow', outcome: 'ok' });
 }, 180_000);
 
 it('masks one column of a 1,000,000-row result', async () => {

@@ -304,9 +304,12 @@ describe('tickets in SQL', () => {
         a.type === 'token.exchange' && a.actor === bot.ref && a.data.operation === 'postgres read on main',
     );
     expect(exchanges.length).toBe(2);
-    const statements = records.filter((a) => a.type === 'postgres.query');
-    const withTicket = statements.find((s) => String(s.data.sql).includes("email = 'tkt_"));
-    expect(withTicket).toBeDefined();
+    const statements = records
+      .filter((a) => a.type === 'postgres.query')
+      .flatMap((a) => a.data.statements as Array<Record<string, unknown>>);
+    const withTicket = statements.find((s) => String(s.sql).includes("email = 'tkt_"));
+    expect(withTicket).toMatchObject({ class: 'read', decision: 'allow', outcome: 'ok', rows: 1 });
+    expect(withTicket?.tickets).toHaveLength(1);
   });
 
   it('refuses a ticket bound to another agent, and the session stays usable', async () => {
@@ -332,7 +335,7 @@ async function auditRecords(): Promise<
   Array<{ type: string; actor: string; data: Record<string, unknown> }>
 > {
   const rows: Array<{ type: string; actor: string; data: Record<string, unknown> }> = [];
-  await gw.ctx.audit.flush();
+  await gw.settled();
   let after = 0;
   for (;;) {
     const page = await gw.ctx.store.readAudit(after, 500);

@@ -216,6 +216,37 @@ function literalAt(sql: Buffer, start: number): StringLiteral | null {
   return null;
 }
 
+/** Text that the shape normalizer leaves alone: quoted identifiers, escapes, dollar quotes, comments, tickets. */
+const NO_SHAPE = /["\\$]|--|\/\*|cct_/;
+const NUMBER = /(?<![A-Za-z_0-9.])[0-9]+(?:\.[0-9]+)?(?![A-Za-z_0-9.])/g;
+
+/**
+ * The statement with every number replaced by 0 and every standard string literal by
+ * '', so `... WHERE aid = 17` and `... WHERE aid = 42` share one cache entry. Literals
+ * never change a statement's class (keywords and identifiers do, and are untouched).
+ * Returns null (no normalizing) for text with anything the simple lexer here does not
+ * model exactly: quoted identifiers, backslashes, dollar quotes, comments, tickets.
+ */
+export function shapeOf(sql: string): string | null {
+  if (sql.length > MAX_CACHED_TEXT || NO_SHAPE.test(sql)) return null;
+  let out = '';
+  let at = 0;
+  for (;;) {
+    const open = sql.indexOf("'", at);
+    if (open === -1) break;
+    let close = open + 1;
+    for (;;) {
+      close = sql.indexOf("'", close);
+      if (close === -1) return null; // unterminated: let the parser say so
+      if (sql[close + 1] === "'") close += 2;
+      else break;
+    }
+    out += sql.slice(at, open).replace(NUMBER, '0') + "''";
+    at = close + 1;
+  }
+  return out + sql.slice(at).replace(NUMBER, '0');
+}
+
 let loaded: Promise<void> | null = null;
 
 /** Load the parser once (WASM instantiation); call at start so a fault fails there. */
@@ -241,16 +272,18 @@ export class SqlClassifier {
   }
 
   classify(sql: string): Classification {
-    const hit = this.#cache.get(sql);
+    const key = shapeOf(sql) ?? sql;
+    const hit = this.#cache.get(key);
     if (hit !== undefined) {
-      this.#cache.delete(sql);
-      this.#cache.set(sql, hit);
+      this.#cache.delete(key);
+      this.#cache.set(key, hit);
       return hit;
     }
     const result = this.#parse(sql);
-    if (sql.length <= MAX_CACHED_TEXT) {
+    if (key.length <= MAX_CACHED_TEXT) {
       if (this.#cache.size >= this.#capacity) this.#cache.delete(this.#cache.keys().next().value!);
-      this.#cache.set(sql, result);
+      // A shape's literal positions are not those of its other texts: cache them without.
+      this.#cache.set(key, key === sql ? result : { ...result, literals: [] });
     }
     return result;
   }
