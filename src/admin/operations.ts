@@ -106,6 +106,37 @@ export const operations = {
         actor,
       ),
   }),
+  secretTokenize: op({
+    method: 'POST',
+    path: '/v1/secrets/tokenize',
+    summary:
+      'Register a secret found in text and return a ticket for it, bound to an agent (value base64 in the body).',
+    input: z.object({
+      valueBase64: z
+        .string()
+        .min(1)
+        .max(100_000)
+        .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64'),
+      kind: z.string().min(1).max(64),
+      to: name,
+      destinations: destinations,
+      source: z.string().max(64).optional(),
+    }),
+    async run(ctx, input, actor) {
+      const principal = await principalOf(ctx, input.to);
+      const issued = await ctx.vault.tokenizeFound(
+        Buffer.from(input.valueBase64, 'base64'),
+        {
+          principal,
+          destinations: input.destinations ?? [],
+          kind: input.kind,
+          source: input.source ?? 'cli',
+        },
+        actor,
+      );
+      return { ticket: issued.ticket, id: issued.view.id, secretId: issued.view.secretId };
+    },
+  }),
   secretList: op({
     method: 'GET',
     path: '/v1/secrets',

@@ -5,6 +5,7 @@ import type { OperationOutput } from '../admin/operations.js';
 import { readAdminKey, resolveHome } from '../config/home.js';
 import { CoatcheckError, toCoatcheckError } from '../core/errors.js';
 import { newIncidentId } from '../core/ids.js';
+import { registerDetectCommands } from '../detect/cli.js';
 import { initHome, openContext } from '../server/context.js';
 import { registerApprovalCommands } from './approvals.js';
 import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
@@ -82,6 +83,8 @@ function table(rows: string[][]): string {
 
 export async function runCli(argv: readonly string[], io: CliIo): Promise<number> {
   let exitCode: number = EXIT.ok;
+  /** Resources commands opened lazily (the tokenizing client), closed when the run ends. */
+  const closeAfterRun: Array<() => Promise<void>> = [];
   const write = (text: string) => io.stdout.write(text);
 
   const program = new Command('coatcheck')
@@ -523,6 +526,32 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     });
 
   registerSessionCommands(program, { perform, table });
+  // scan, scrub, tokenize: the detector; tokenizing registers found secrets in the vault.
+  let tokenizeClient: Promise<AdminClient> | null = null;
+  registerDetectCommands(program, {
+    stdin: io.stdin,
+    stdout: io.stdout,
+    stderr: io.stderr as CliIo['stderr'] & { isTTY?: boolean },
+    setExitCode: (code) => {
+      exitCode = code;
+    },
+    version: '0.1.0',
+    async tokenize(finding, value, origin) {
+      tokenizeClient ??= connect(program.opts() as GlobalOptions, io);
+      const client = await tokenizeClient;
+      const result = await client.call('secretTokenize', {
+        valueBase64: Buffer.from(value, 'utf8').toString('base64'),
+        kind: finding.ruleId,
+        to: origin.to ?? '',
+        destinations: [...(origin.destinations ?? [])],
+        source: origin.command,
+      });
+      return result.ticket;
+    },
+  });
+  closeAfterRun.push(async () => {
+    if (tokenizeClient !== null) await (await tokenizeClient).close();
+  });
   registerApprovalCommands(program, { perform, table });
   registerPolicyCommands(program, io, (code) => {
     exitCode = code;
@@ -546,8 +575,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
 
   try {
     await program.parseAsync([...argv], { from: 'user' });
+    for (const close of closeAfterRun) await close();
     return exitCode;
   } catch (error) {
+    for (const close of closeAfterRun) await close().catch(() => undefined);
     if (error instanceof CommanderError) {
       if (
         error.code === 'commander.helpDisplayed' ||

@@ -3,7 +3,6 @@ import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
 import { resolveHome, writeFileDurably } from '../config/home.js';
 import { listenAddress } from '../config/schema.js';
 import { CoatcheckError } from '../core/errors.js';
-import { createLogger } from '../core/logger.js';
 import { type HttpFrontend, startHttpFrontend } from '../frontends/http/start.js';
 import { type PostgresFrontend, startPostgresFrontend } from '../frontends/postgres/start.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
@@ -49,7 +48,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     io.stderr.write(`initialized coatcheck home ${home.dir} (admin key in ${home.adminKeyFile})\n`);
   }
   const ctx = await openContext(home, { env: io.env, policyPath: options.policy });
-  const log = createLogger({ level: ctx.config.log.level });
+  const log = ctx.log;
   let admin: AdminServer | null = null;
   let http: HttpFrontend | null = null;
   let pg: PostgresFrontend | null = null;

@@ -186,15 +186,27 @@ describe('coatcheck scrub', () => {
 
   it('tokenizes with --tokenize through deps.tokenize', async () => {
     const calls: string[] = [];
-    const r = await run(['scrub', '--tokenize'], {
+    const r = await run(['scrub', '--tokenize', '--to', 'builder', '--dest', 'aws'], {
       stdin: `x=${AWS}\n`,
       tokenize: async (f, value, origin) => {
-        calls.push(`${f.ruleId}:${origin.command}:${origin.source}:${value === AWS}`);
+        calls.push(
+          `${f.ruleId}:${origin.command}:${origin.source}:${value === AWS}:${origin.to}:${origin.destinations?.join(',')}`,
+        );
         return 'cct_TICKET';
       },
     });
     expect(r).toEqual({ code: 0, stdout: 'x=cct_TICKET\n', stderr: '' });
-    expect(calls).toEqual(['aws-access-key:scrub:stdin:true']);
+    expect(calls).toEqual(['aws-access-key:scrub:stdin:true:builder:aws']);
+  });
+
+  it('exits 2 when --tokenize names no agent', async () => {
+    const r = await run(['scrub', '--tokenize'], { stdin: 'x', tokenize: async () => 'cct_x' });
+    expect(r).toEqual({
+      code: 2,
+      stdout: '',
+      stderr:
+        'coatcheck: CC_ERR_INVALID_ARGUMENT: scrub: --to AGENT is required: every ticket is bound to an agent\n',
+    });
   });
 
   it('exits 2 when --tokenize has no vault', async () => {
@@ -211,7 +223,7 @@ describe('coatcheck scrub', () => {
 describe('coatcheck tokenize', () => {
   it('replaces every secret with a ticket', async () => {
     let n = 0;
-    const r = await run(['tokenize'], {
+    const r = await run(['tokenize', '--to', 'builder'], {
       stdin: `use ${AWS} and ${GH}`,
       tokenize: async () => `cct_T${++n}`,
     });
@@ -219,7 +231,7 @@ describe('coatcheck tokenize', () => {
   });
 
   it('fails closed (exit 2, nothing on stdout) when the vault fails', async () => {
-    const r = await run(['tokenize'], {
+    const r = await run(['tokenize', '--to', 'builder'], {
       stdin: `use ${AWS}`,
       tokenize: async () => {
         throw new Error('store down');

@@ -14,6 +14,16 @@ import type { Finding } from './types.js';
 export interface TokenizeOrigin {
   readonly command: 'scrub' | 'tokenize';
   readonly source: 'stdin';
+  /** The agent the new tickets are bound to (`--to`). */
+  readonly to?: string;
+  /** Where the secrets may be released (`--dest`); none: nowhere until an operator allows it. */
+  readonly destinations?: readonly string[];
+}
+
+/** Who the tickets are for: `--to AGENT [--dest D]...` on scrub --tokenize and tokenize. */
+export interface TokenizeBinding {
+  readonly to?: string;
+  readonly dest?: readonly string[];
 }
 
 /** What the detect commands need from the host CLI. */
@@ -254,7 +264,11 @@ export async function runScan(
   return results.length > 0 ? SCAN_EXIT.found : SCAN_EXIT.clean;
 }
 
-function requireTokenize(deps: DetectCommandDeps, command: TokenizeOrigin['command']) {
+function requireTokenize(
+  deps: DetectCommandDeps,
+  command: TokenizeOrigin['command'],
+  binding: TokenizeBinding = {},
+) {
   const tokenize = deps.tokenize;
   if (tokenize === undefined) {
     throw new CoatcheckError(
@@ -262,19 +276,34 @@ function requireTokenize(deps: DetectCommandDeps, command: TokenizeOrigin['comma
       `${command}: tokenizing needs the vault, which is not configured here`,
     );
   }
-  return (f: Finding, value: string) => tokenize(f, value, { command, source: 'stdin' });
+  if (binding.to === undefined) {
+    throw new CoatcheckError(
+      'CC_ERR_INVALID_ARGUMENT',
+      `${command}: --to AGENT is required: every ticket is bound to an agent`,
+      {
+        details: { field: '--to' },
+      },
+    );
+  }
+  const origin: TokenizeOrigin = {
+    command,
+    source: 'stdin',
+    to: binding.to,
+    destinations: binding.dest ?? [],
+  };
+  return (f: Finding, value: string) => tokenize(f, value, origin);
 }
 
 /** `coatcheck scrub`: stdin to stdout, line by line, masked (or tokenized). */
 export async function runScrub(
-  options: { tokenize?: boolean; pii?: boolean },
+  options: { tokenize?: boolean; pii?: boolean } & TokenizeBinding,
   deps: DetectCommandDeps,
 ): Promise<number> {
   try {
     const detector = createDetector({ ...deps.detectorOptions, pii: options.pii === true });
     const transform = createScrubTransform({
       detector,
-      ...(options.tokenize === true ? { tokenize: requireTokenize(deps, 'scrub') } : {}),
+      ...(options.tokenize === true ? { tokenize: requireTokenize(deps, 'scrub', options) } : {}),
     });
     await pipeline(deps.stdin, transform, deps.stdout, { end: false });
     return SCAN_EXIT.clean;
@@ -285,9 +314,12 @@ export async function runScrub(
 }
 
 /** `coatcheck tokenize`: text in, the same text with every secret replaced by a ticket out. */
-export async function runTokenize(options: { pii?: boolean }, deps: DetectCommandDeps): Promise<number> {
+export async function runTokenize(
+  options: { pii?: boolean } & TokenizeBinding,
+  deps: DetectCommandDeps,
+): Promise<number> {
   try {
-    const tokenize = requireTokenize(deps, 'tokenize');
+    const tokenize = requireTokenize(deps, 'tokenize', options);
     const chunks: Buffer[] = [];
     let size = 0;
     for await (const chunk of deps.stdin) {
@@ -330,14 +362,26 @@ export function registerDetectCommands(program: Command, deps: DetectCommandDeps
     .description('copy stdin to stdout with every secret masked, line by line')
     .option('--tokenize', 'replace secrets with tickets registered in the vault instead of masks')
     .option('--pii', 'also mask personal data')
-    .action(async (opts: { tokenize?: boolean; pii?: boolean }) => {
+    .option('--to <agent>', 'with --tokenize: the agent the tickets are bound to')
+    .option(
+      '--dest <dest>',
+      'with --tokenize: where the secrets may be released (repeatable)',
+      (v: string, p: string[] = []) => [...p, v],
+    )
+    .action(async (opts: { tokenize?: boolean; pii?: boolean } & TokenizeBinding) => {
       deps.setExitCode(await runScrub(opts, deps));
     });
   program
     .command('tokenize')
     .description('read text on stdin, write it back with every secret replaced by a ticket')
     .option('--pii', 'also tokenize personal data')
-    .action(async (opts: { pii?: boolean }) => {
+    .option('--to <agent>', 'the agent the tickets are bound to')
+    .option(
+      '--dest <dest>',
+      'where the secrets may be released (repeatable)',
+      (v: string, p: string[] = []) => [...p, v],
+    )
+    .action(async (opts: { pii?: boolean } & TokenizeBinding) => {
       deps.setExitCode(await runTokenize(opts, deps));
     });
 }

@@ -23,6 +23,9 @@ import { type Clock, systemClock } from '../core/clock.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
+import { createDetector } from '../detect/detector.js';
+import { createKnownSecretMatcher } from '../detect/known-secrets.js';
+import { createLogScrubber } from '../detect/scrub.js';
 import { Agents } from '../identity/agents.js';
 import { Identity } from '../identity/identity.js';
 import { OidcVerifier } from '../identity/oidc.js';
@@ -112,7 +115,28 @@ function buildContext(
     })),
   );
   const identity = new Identity(agents, oidc);
-  const log = createLogger({ level: config.log.level });
+  // Every log line passes the detector: known vault secrets (any encoding) and secret
+  // formats are masked before the line is written.
+  const knownInLogs = createKnownSecretMatcher();
+  const log = createLogger({
+    level: config.log.level,
+    scrub: createLogScrubber({ detector: createDetector({ knownSecrets: knownInLogs }) }),
+  });
+  const refreshKnownInLogs = async () => {
+    const live = await vault.knownSecrets();
+    const ids = new Set(live.map((s) => s.id));
+    for (const secret of live) {
+      if (knownInLogs.has(secret.id)) continue;
+      try {
+        knownInLogs.add(secret.id, secret.value.reveal());
+      } catch {
+        // Values under 8 bytes cannot be matched without false positives; the rules still apply.
+      }
+    }
+    for (const secret of loggedIds) if (!ids.has(secret)) knownInLogs.remove(secret);
+    loggedIds = ids;
+  };
+  let loggedIds = new Set<string>();
   const { webhookUrl, consoleUrl } = config.approvals;
   const approvals = new Approvals(store, audit, clock, {
     pendingTtlMs: parseDuration(config.approvals.pendingTtl),
@@ -124,7 +148,18 @@ function buildContext(
     baseDir: home.dir,
   });
   // Any revocation or change may alter a cached decision's inputs.
-  const unsubscribe = store.subscribe(() => policy.engine.invalidate());
+  const unsubscribe = store.subscribe((change) => {
+    policy.engine.invalidate();
+    if (
+      change.type === 'secret.added' ||
+      change.type === 'secret.erased' ||
+      change.type === 'keys.rotated' ||
+      change.type === 'resync'
+    ) {
+      refreshKnownInLogs().catch(() => undefined);
+    }
+  });
+  refreshKnownInLogs().catch(() => undefined);
   const gate: GateServices = {
     policy,
     approvals,

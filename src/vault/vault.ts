@@ -378,6 +378,34 @@ export class Vault {
     return { ticket, view: this.#ticketView([record], secret) };
   }
 
+  /**
+   * A secret found in text (a prompt, a log line, a response): register it (once per
+   * value: an existing live secret with the same fingerprint is reused) and hand back a
+   * ticket bound to `principal`, releasable only to `destinations` (within the secret's).
+   */
+  async tokenizeFound(
+    value: Buffer,
+    input: { principal: string; destinations: readonly string[]; kind: string; source: string },
+    actor: string,
+  ): Promise<IssuedTicket> {
+    const fingerprint = this.fingerprint(value);
+    let secret = (await this.#store.listSecrets()).find((s) => s.fingerprint === fingerprint) ?? null;
+    if (secret === null) {
+      const kind = /^[a-z0-9-]{1,48}$/.test(input.kind) ? input.kind : 'found';
+      const view = await this.addSecret(
+        { name: `found-${kind}-${fingerprint.slice(3, 15)}`, value, kind, allow: input.destinations },
+        actor,
+      );
+      secret = await this.#store.getSecretById(view.id);
+      if (secret === null) throw refuse('CC_ERR_NOT_FOUND', `secret ${view.id} vanished`);
+    }
+    return this.reissueForResponse(
+      secret.id,
+      { principal: input.principal, destinations: input.destinations, context: { source: input.source } },
+      actor,
+    );
+  }
+
   // ---- tickets -------------------------------------------------------------------
 
   #ticketStatus(chain: readonly TicketRecord[], secret: SecretRecord | null, now: number): TicketStatus {
