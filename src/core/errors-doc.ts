@@ -2,10 +2,10 @@ import { ERROR_CODES } from './errors.js';
 
 /** docs/errors.md, generated from the code registry (`npm run docs:errors`); a test keeps them equal. */
 export function renderErrorsDoc(): string {
-  const escape = (text: string) => text.replaceAll('|', '\\|');
+  const escapeCell = (text: string) => text.replaceAll('|', '\\|');
   const rows = Object.entries(ERROR_CODES).map(
     ([code, info]) =>
-      `| \`${code}\` | ${info.status} | ${escape(info.description)} | ${escape(info.solution)} |`,
+      `| \`${code}\` | ${info.status} | ${escapeCell(info.description)} | ${escapeCell(info.solution)} |`,
   );
   return `# Error codes
 
