@@ -93,6 +93,7 @@ export class RelaySession {
   readonly #clientPump: FramePump;
   readonly #upstreamPump: FramePump;
   readonly #toClient: WriteBatcher;
+  readonly #toUpstream: WriteBatcher;
   readonly #services: RelayServices;
   readonly #session: GatewaySession;
   readonly #principal: Principal;
@@ -152,9 +153,13 @@ export class RelaySession {
       this.#upstreamPump.hold('client-full');
       client.once('drain', () => this.#upstreamPump.release('client-full'));
     });
+    this.#toUpstream = new WriteBatcher(upstream.socket, () => {
+      this.#clientPump.hold('upstream-full');
+      upstream.socket.once('drain', () => this.#clientPump.release('upstream-full'));
+    });
     this.#clientPump = new FramePump(client, clientFramer, {
       frame: (f) => this.#fromClient(f),
-      afterBatch: () => undefined,
+      afterBatch: () => this.#toUpstream.flush(),
       error: (e) => this.fail(e),
     });
     this.#upstreamPump = new FramePump(upstream.socket, upstream.framer, {
@@ -196,8 +201,10 @@ export class RelaySession {
     this.#clientPump.stop();
     this.#upstreamPump.stop();
     this.#toClient.flush();
+    this.#toUpstream.flush();
     this.#client.end();
-    this.#upstream.destroy();
+    this.#upstream.end();
+    setTimeout(() => this.#upstream.destroy(), 1000).unref();
     setTimeout(() => this.#client.destroy(), 1000).unref();
     this.#finish();
   }
@@ -227,12 +234,9 @@ export class RelaySession {
     }
   }
 
+  /** Queue bytes for the upstream; adjacent frames of one client read go out in one write. */
   #writeUpstream(bytes: Buffer): void {
-    if (this.#upstream.destroyed) return;
-    if (!this.#upstream.write(bytes)) {
-      this.#clientPump.hold('upstream-full');
-      this.#upstream.once('drain', () => this.#clientPump.release('upstream-full'));
-    }
+    this.#toUpstream.push(bytes);
   }
 
   /** A gateway-made answer, placed after every answer the upstream still owes. */
