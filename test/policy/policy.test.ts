@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -186,5 +186,22 @@ describe('policy loading', () => {
       effect: 'deny',
       policies: ['b.cedar:1'],
     });
+  });
+});
+
+describe('docs/policy.md', () => {
+  it('its cookbook validates against the schema', () => {
+    const doc = readFileSync(new URL('../../docs/policy.md', import.meta.url), 'utf8');
+    const cookbook = /## Cookbook\n\n```cedar\n([\s\S]*?)```/.exec(doc)?.[1];
+    expect(cookbook).toBeDefined();
+    const set = loadPolicies(write('cookbook.cedar', cookbook!), dir);
+    expect(set.policies.map((p) => p.id)).toEqual([
+      'reads',
+      'writes-office-hours',
+      'writes-after-hours',
+      'no-drop',
+      'ci-github',
+      'crm-masked',
+    ]);
   });
 });
