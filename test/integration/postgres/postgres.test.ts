@@ -354,6 +354,17 @@ describe('canary', () => {
     const logs = gw.logs();
     const errors = seen.join('\n');
     expect(sessions).toContain('postgres');
+    // Recordings replay each statement: class, decision, duration and rows, with tickets as ids.
+    const recorded = (await gw.ctx.store.listSessions({ limit: 1000 })).flatMap(
+      (s) => (s.summary.events as Array<{ type: string; data: Record<string, unknown> }>) ?? [],
+    );
+    const statement = recorded.find(
+      (e) => e.type === 'statement' && e.data.sql === 'SELECT count(*) FROM people',
+    );
+    expect(statement?.data).toMatchObject({ class: 'read', decision: 'allow', outcome: 'ok', rows: 1 });
+    expect(recorded.some((e) => e.type === 'statement' && String(e.data.sql).includes("email = 'tkt_"))).toBe(
+      true,
+    );
     for (const text of [records, sessions, logs, errors]) {
       expect(text).not.toContain(CANARY);
       expect(text).not.toContain(db.password);
