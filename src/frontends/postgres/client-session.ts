@@ -665,16 +665,20 @@ export class RelaySession {
         return this.#dataRow(frame);
       case 0x54: {
         // RowDescription: for the running simple query, or the answer to a Describe.
-        const m = decodeBackend(frame);
-        if (m.type !== 'RowDescription') return;
+        // Column names matter only to mask rules; without them it is passed on undecoded.
         const head = this.#open[0];
-        if (this.#describes.length > 0 && (head === undefined || !head.simple)) {
-          const d = this.#describes.shift()!;
-          if (d.kind === 'S') this.#statementDescriptions.set(d.name, m.fields);
-          else this.#portalDescriptions.set(d.name, m.fields);
-        } else if (head !== undefined) {
-          head.description = m.fields;
-          head.mask = this.#planMask(m.fields);
+        const forDescribe = this.#describes.length > 0 && (head === undefined || !head.simple);
+        const d = forDescribe ? this.#describes.shift()! : null;
+        if (this.#rules.maskColumns.length > 0) {
+          const m = decodeBackend(frame);
+          if (m.type !== 'RowDescription') return;
+          if (d !== null) {
+            if (d.kind === 'S') this.#statementDescriptions.set(d.name, m.fields);
+            else this.#portalDescriptions.set(d.name, m.fields);
+          } else if (head !== undefined) {
+            head.description = m.fields;
+            head.mask = this.#planMask(m.fields);
+          }
         }
         this.#toClient.push(frame.raw);
         return;
