@@ -146,11 +146,25 @@ function translate(error: unknown): never {
 }
 
 class SqliteOps implements StoreOps {
+  /** Prepared statements by SQL text: preparing costs more than most of our queries. */
+  readonly #statements = new Map<string, Database.Statement>();
+
   constructor(protected readonly db: Database.Database) {}
+
+  protected prepare(sql: string): Database.Statement {
+    let statement = this.#statements.get(sql);
+    if (statement === undefined) {
+      statement = this.db.prepare(sql);
+      // Queries are fixed strings plus placeholder lists; bound the cache all the same.
+      if (this.#statements.size > 500) this.#statements.clear();
+      this.#statements.set(sql, statement);
+    }
+    return statement;
+  }
 
   protected all(sql: string, ...params: unknown[]): Row[] {
     try {
-      return this.db.prepare(sql).all(...params) as Row[];
+      return this.prepare(sql).all(...params) as Row[];
     } catch (error) {
       translate(error);
     }
@@ -158,7 +172,7 @@ class SqliteOps implements StoreOps {
 
   protected get(sql: string, ...params: unknown[]): Row | undefined {
     try {
-      return this.db.prepare(sql).get(...params) as Row | undefined;
+      return this.prepare(sql).get(...params) as Row | undefined;
     } catch (error) {
       translate(error);
     }
@@ -166,7 +180,7 @@ class SqliteOps implements StoreOps {
 
   protected run(sql: string, ...params: unknown[]): number {
     try {
-      return this.db.prepare(sql).run(...params).changes;
+      return this.prepare(sql).run(...params).changes;
     } catch (error) {
       translate(error);
     }
@@ -436,7 +450,7 @@ class SqliteOps implements StoreOps {
     return row === undefined ? null : { seq: Number(row.seq), hash: String(row.hash) };
   }
   async insertAuditRecords(records: readonly AuditRecord[]) {
-    const statement = this.db.prepare(
+    const statement = this.prepare(
       'INSERT INTO audit (seq, ts, type, actor, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)',
     );
     try {
