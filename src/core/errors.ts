@@ -472,6 +472,49 @@ export const ERROR_CODES = {
     description: 'The approval request was already decided, used, or has expired.',
     solution: 'Retry the operation to create a new request.',
   },
+  CC_ERR_LLM_SCAN_FAILED: {
+    status: 502,
+    description:
+      'The LLM prompt guard could not scan or tokenize the request (detector or vault failure); it was not sent to the model provider.',
+    solution:
+      'Check the gateway log for the incident and retry; the guard never forwards an unscanned prompt.',
+  },
+  CC_ERR_LLM_BAD_REQUEST: {
+    status: 400,
+    description:
+      'The LLM request is not a JSON object the guard can walk (malformed JSON, a non-JSON content type, or nesting too deep).',
+    solution: 'Send the provider API request as JSON (application/json).',
+  },
+  CC_ERR_LLM_ATTACHMENT_SECRET: {
+    status: 422,
+    description:
+      'A base64 attachment (image or file data) in the request contains a secret; attachments cannot be rewritten, so the request is refused.',
+    solution: 'Remove the secret from the attachment, or send it as text (where it is replaced by a ticket).',
+  },
+  CC_ERR_LLM_ROUTE: {
+    status: 404,
+    description:
+      'The path under /llm/<connection>/ is not an API the guard serves (/v1/chat/completions, /v1/responses, /v1/messages, /v1/models).',
+    solution: 'Point the SDK base URL at http://<gateway>/llm/<connection>/v1.',
+  },
+  CC_ERR_MCP_UPSTREAM_FAILED: {
+    status: 502,
+    description:
+      'The MCP server behind the connection could not be started, crashed, or closed the session; the call was not completed.',
+    solution:
+      'Check the MCP server (its command or URL) and the gateway log; a new MCP session starts it again.',
+  },
+  CC_ERR_MCP_TOOL_FORBIDDEN: {
+    status: 403,
+    description:
+      'Policy does not allow this principal to call the named MCP tool (mcp:call with context.tool).',
+    solution: 'Ask an operator to permit the tool in policy, or use another tool.',
+  },
+  CC_ERR_MCP_BAD_COMMAND: {
+    status: 400,
+    description: 'The --command of an MCP connection is empty or has an unterminated quote.',
+    solution: "Give the command and its arguments, quoted as in a shell: --command 'node server.js --flag'.",
+  },
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
