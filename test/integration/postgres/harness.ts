@@ -47,6 +47,8 @@ export interface ThrowawayPostgres {
   readonly user: string;
   readonly password: string;
   readonly url: string;
+  /** The server certificate (its own CA) when started with `ssl: true`. */
+  readonly caFile: string | null;
   /** A superuser client straight to the server (no gateway). */
   direct(): pg.Client;
   stop(): void;
@@ -57,7 +59,7 @@ export interface ThrowawayPostgres {
  * its socket in a temp directory. `stop` shuts it down and removes everything.
  */
 export async function startThrowawayPostgres(
-  options: { auth?: 'scram-sha-256' | 'md5' } = {},
+  options: { auth?: 'scram-sha-256' | 'md5'; ssl?: boolean } = {},
 ): Promise<ThrowawayPostgres> {
   const dir = mkdtempSync(join(tmpdir(), 'coatcheck-pg-'));
   const data = join(dir, 'data');
@@ -83,6 +85,39 @@ export async function startThrowawayPostgres(
     '--no-sync',
   ]);
   const port = await freePort();
+  let sslOptions = '';
+  let caFile: string | null = null;
+  if (options.ssl === true) {
+    // A self-signed server certificate for 127.0.0.1; clients verify it with sslrootcert = the same file.
+    caFile = join(dir, 'server.crt');
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-keyout',
+        join(dir, 'server.key'),
+        '-out',
+        caFile,
+        '-days',
+        '1',
+        '-subj',
+        '/CN=127.0.0.1',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+      ],
+      { stdio: 'ignore' },
+    );
+    chmodSync(join(dir, 'server.key'), 0o600);
+    chmodSync(caFile, 0o644);
+    if (asRoot) execFileSync('chown', ['postgres:postgres', join(dir, 'server.key'), caFile]);
+    sslOptions = ` -c ssl=on -c ssl_cert_file=${caFile} -c ssl_key_file=${join(dir, 'server.key')}`;
+  }
   runPg('pg_ctl', [
     '-D',
     data,
@@ -90,7 +125,7 @@ export async function startThrowawayPostgres(
     '-l',
     join(dir, 'log'),
     '-o',
-    `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c password_encryption=${auth} -c max_connections=200`,
+    `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c password_encryption=${auth} -c max_connections=200${sslOptions}`,
     'start',
   ]);
   const url = `postgres://postgres@127.0.0.1:${port}/postgres?sslmode=disable`;
@@ -100,6 +135,7 @@ export async function startThrowawayPostgres(
     user: 'postgres',
     password,
     url,
+    caFile,
     direct: () =>
       new pg.Client({ host: '127.0.0.1', port, user: 'postgres', password, database: 'postgres' }),
     stop() {
