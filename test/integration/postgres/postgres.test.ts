@@ -346,6 +346,19 @@ async function auditRecords(): Promise<
   }
 }
 
+describe('revocation', () => {
+  it('ends a live session when its login ticket is revoked (57P01)', async () => {
+    const own = await gw.issue('dbpw', bot.ref, ['conn:main']);
+    const c = await connectAs('main', own);
+    expect((await c.query('SELECT 1 AS n')).rows).toEqual([{ n: 1 }]);
+    const ended = new Promise<{ code: string }>((resolve) => c.once('error', (e) => resolve(e as never)));
+    await gw.ctx.vault.revokeTicket(own, 'admin:test');
+    const e = await ended;
+    seen.push(String((e as unknown as Error).message));
+    expect(e.code).toBe('57P01');
+  });
+});
+
 describe('canary', () => {
   it('never shows the database password, the canary secret or a ticket in logs, audit, recordings or errors', async () => {
     await gw.frontend.recorder.flush();
