@@ -228,6 +228,20 @@ export const ERROR_CODES = {
       'A released secret cannot be placed where its ticket stood (a header value would contain a line break or NUL).',
     solution: 'Store a value that is valid in an HTTP header, or send the ticket in the body.',
   },
+  CC_ERR_PROXY_HOST_REFUSED: {
+    status: 403,
+    description:
+      'The forward proxy was asked for a host no secret or connection is bound to, and `proxy.unboundHosts` is `refuse` (the default): the gateway does not open channels it cannot see into.',
+    solution:
+      'Bind a secret (`secret add NAME --allow HOST`) or an http connection to the host, set `proxy.unboundHosts: tunnel`, or keep the host out of the proxy with NO_PROXY.',
+  },
+  CC_ERR_PROXY_UPSTREAM_CERTIFICATE: {
+    status: 502,
+    description:
+      'An intercepted upstream presented a TLS certificate the gateway cannot verify (unknown issuer, wrong name, expired). Nothing was sent to it.',
+    solution:
+      'Fix the upstream certificate, or trust its CA with `serve --upstream-ca FILE` (or `proxy.upstreamCaFile`).',
+  },
   CC_ERR_GATEWAY_MISCONFIGURED: {
     status: 500,
     description:
@@ -514,6 +528,59 @@ export const ERROR_CODES = {
     status: 400,
     description: 'The --command of an MCP connection is empty or has an unterminated quote.',
     solution: "Give the command and its arguments, quoted as in a shell: --command 'node server.js --flag'.",
+  },
+  CC_ERR_WORKFLOW_KEY_MALFORMED: {
+    status: 401,
+    description:
+      'The credential starts like a subtask key (`ccs_`) but is malformed or its checksum does not match.',
+    solution: 'Pass the COATCHECK_SUBTASK_KEY exactly as `workflow spawn` printed it.',
+  },
+  CC_ERR_WORKFLOW_UNKNOWN: {
+    status: 401,
+    description: 'The subtask key is not known to this gateway.',
+    solution: 'Spawn the subtask again (`coatcheck workflow spawn`) and use the key it prints.',
+  },
+  CC_ERR_WORKFLOW_ENDED: {
+    status: 401,
+    description:
+      'The workflow or subtask (or one of its ancestors) was ended; its key and tickets no longer work.',
+    solution: 'Start a new workflow or spawn a new subtask.',
+  },
+  CC_ERR_WORKFLOW_REVOKED: {
+    status: 401,
+    description:
+      'The workflow or subtask (or one of its ancestors) was revoked, or the agent that started the workflow was revoked or expired.',
+    solution:
+      'Find out why it was revoked (`coatcheck workflow show ID`); start a new workflow if appropriate.',
+  },
+  CC_ERR_WORKFLOW_EXPIRED: {
+    status: 401,
+    description: 'The deadline of the workflow or subtask (or one of its ancestors) has passed.',
+    solution: "Spawn a new subtask with a longer --ttl (within its parent's).",
+  },
+  CC_ERR_WORKFLOW_INACTIVE: {
+    status: 409,
+    description:
+      'A subtask cannot be spawned under a workflow node that has ended, was revoked or is past its deadline.',
+    solution: 'Spawn under an active node (`coatcheck workflow show ID` shows each status).',
+  },
+  CC_ERR_WORKFLOW_NOT_HELD: {
+    status: 403,
+    description:
+      'A subtask asked for a secret its parent holds no live ticket for: subtasks get fewer secrets, never more.',
+    solution:
+      'Name only secrets the parent node holds (see `coatcheck workflow show ID`), or start the workflow with them.',
+  },
+  CC_ERR_WORKFLOW_NOT_DESCENDANT: {
+    status: 403,
+    description:
+      'A ticket may be derived for another principal only when that principal is a subtask below the node the ticket belongs to.',
+    solution: "Derive tickets through `workflow spawn`, which derives from the parent node's own tickets.",
+  },
+  CC_ERR_WORKFLOW_TOO_DEEP: {
+    status: 400,
+    description: 'Subtasks nest at most 16 levels deep.',
+    solution: 'Spawn from a node nearer the root.',
   },
 } as const satisfies Record<string, ErrorCodeInfo>;
 

@@ -16,6 +16,8 @@ export const TICKET_LENGTH = TICKET_PREFIX.length + TICKET_RANDOM_LENGTH + 6;
 export const AGENT_KEY_PREFIX = 'cca_';
 export const AGENT_KEY_RANDOM_LENGTH = 37;
 export const AGENT_KEY_LENGTH = AGENT_KEY_PREFIX.length + AGENT_KEY_RANDOM_LENGTH + 6;
+/** Subtask keys (workflow nodes' credentials): the agent-key construction with its own prefix. */
+export const SUBTASK_KEY_PREFIX = 'ccs_';
 
 /** Finds ticket-shaped text anywhere (checksum is verified separately). */
 export const TICKET_PATTERN = /cct_[0-9A-Za-z]{28}/g;
@@ -35,6 +37,10 @@ export function mintTicket(): string {
 
 export function mintAgentKey(): string {
   return mint(AGENT_KEY_PREFIX, AGENT_KEY_RANDOM_LENGTH);
+}
+
+export function mintSubtaskKey(): string {
+  return mint(SUBTASK_KEY_PREFIX, AGENT_KEY_RANDOM_LENGTH);
 }
 
 type Shape = 'ok' | 'malformed' | 'checksum';
@@ -79,6 +85,15 @@ export function assertAgentKey(text: string): void {
     throw new CoatcheckError(
       'CC_ERR_AGENT_KEY_MALFORMED',
       'not an agent key, or its checksum does not match',
+    );
+  }
+}
+
+export function assertSubtaskKey(text: string): void {
+  if (checkShape(text, SUBTASK_KEY_PREFIX, AGENT_KEY_RANDOM_LENGTH) !== 'ok') {
+    throw new CoatcheckError(
+      'CC_ERR_WORKFLOW_KEY_MALFORMED',
+      'not a subtask key, or its checksum does not match',
     );
   }
 }

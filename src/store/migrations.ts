@@ -67,6 +67,22 @@ CREATE INDEX approvals_status ON approvals(status, created_at);
 ALTER TABLE connections ADD COLUMN rules TEXT NOT NULL DEFAULT '{}';
 `,
   },
+  {
+    version: 5,
+    name: 'workflows',
+    sql: `
+CREATE TABLE workflows (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, parent_id TEXT REFERENCES workflows(id), root_id TEXT NOT NULL,
+  started_by TEXT NOT NULL, groups TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+  expires_at INTEGER, created_at INTEGER NOT NULL, ended_at INTEGER);
+CREATE INDEX workflows_parent ON workflows(parent_id);
+CREATE INDEX workflows_root ON workflows(root_id);
+CREATE TABLE workflow_tickets (
+  workflow_id TEXT NOT NULL REFERENCES workflows(id), ticket_id TEXT NOT NULL REFERENCES tickets(id),
+  PRIMARY KEY (workflow_id, ticket_id));
+CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
+`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -126,6 +142,22 @@ CREATE INDEX approvals_status ON approvals(status, created_at);
     name: 'connection-rules',
     sql: `
 ALTER TABLE connections ADD COLUMN rules TEXT NOT NULL DEFAULT '{}';
+`,
+  },
+  {
+    version: 5,
+    name: 'workflows',
+    sql: `
+CREATE TABLE workflows (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, parent_id TEXT REFERENCES workflows(id), root_id TEXT NOT NULL,
+  started_by TEXT NOT NULL, groups JSONB NOT NULL, key_hash TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+  expires_at BIGINT, created_at BIGINT NOT NULL, ended_at BIGINT);
+CREATE INDEX workflows_parent ON workflows(parent_id);
+CREATE INDEX workflows_root ON workflows(root_id);
+CREATE TABLE workflow_tickets (
+  workflow_id TEXT NOT NULL REFERENCES workflows(id), ticket_id TEXT NOT NULL REFERENCES tickets(id),
+  PRIMARY KEY (workflow_id, ticket_id));
+CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
 `,
   },
 ];

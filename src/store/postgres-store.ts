@@ -18,6 +18,7 @@ import type {
   StoreTx,
   TicketFilter,
   TicketRecord,
+  WorkflowRecord,
 } from './types.js';
 
 type Row = QueryResultRow;
@@ -150,6 +151,22 @@ function sessionFromRow(row: Row): SessionRecord {
     endedAt: Number(row.ended_at),
     outcome: String(row.outcome),
     summary: jsonColumn<Record<string, unknown>>(row.summary, 'sessions', 'summary'),
+  };
+}
+
+function workflowFromRow(row: Row): WorkflowRecord {
+  return {
+    id: String(row.id),
+    name: String(row.name),
+    parentId: row.parent_id === null ? null : String(row.parent_id),
+    rootId: String(row.root_id),
+    startedBy: String(row.started_by),
+    groups: stringArray(row.groups, 'workflows', 'groups'),
+    keyHash: String(row.key_hash),
+    status: String(row.status) as WorkflowRecord['status'],
+    expiresAt: nullableNumber(row.expires_at),
+    createdAt: Number(row.created_at),
+    endedAt: nullableNumber(row.ended_at),
   };
 }
 
@@ -629,6 +646,80 @@ class PgOps implements StoreOps {
       [filter.before ?? Number.MAX_SAFE_INTEGER, filter.principal ?? null, filter.limit],
     );
     return rows.map(sessionFromRow);
+  }
+
+  async insertWorkflow(r: WorkflowRecord) {
+    await this.db.execute(
+      'INSERT INTO workflows (id, name, parent_id, root_id, started_by, groups, key_hash, status, expires_at, created_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)',
+      [
+        r.id,
+        r.name,
+        r.parentId,
+        r.rootId,
+        r.startedBy,
+        JSON.stringify(r.groups),
+        r.keyHash,
+        r.status,
+        r.expiresAt,
+        r.createdAt,
+        r.endedAt,
+      ],
+    );
+  }
+  async getWorkflow(id: string) {
+    const rows = await this.db.query('SELECT * FROM workflows WHERE id = $1', [id]);
+    return rows[0] === undefined ? null : workflowFromRow(rows[0]);
+  }
+  async getWorkflowByKeyHash(keyHash: string) {
+    const rows = await this.db.query('SELECT * FROM workflows WHERE key_hash = $1', [keyHash]);
+    return rows[0] === undefined ? null : workflowFromRow(rows[0]);
+  }
+  async listWorkflowSubtree(id: string) {
+    const rows = await this.db.query(
+      `WITH RECURSIVE tree(id) AS (
+         SELECT id FROM workflows WHERE id = $1
+         UNION SELECT w.id FROM workflows w JOIN tree ON w.parent_id = tree.id)
+       SELECT * FROM workflows WHERE id IN (SELECT id FROM tree) ORDER BY created_at, id ${ORDER_TEXT}`,
+      [id],
+    );
+    return rows.map(workflowFromRow);
+  }
+  async endWorkflowTree(id: string, status: 'ended' | 'revoked', at: number) {
+    const rows = await this.db.query(
+      `WITH RECURSIVE tree(id) AS (
+         SELECT id FROM workflows WHERE id = $1
+         UNION SELECT w.id FROM workflows w JOIN tree ON w.parent_id = tree.id)
+       UPDATE workflows SET status = $2, ended_at = $3 WHERE id IN (SELECT id FROM tree) AND status = 'active' RETURNING id`,
+      [id, status, at],
+    );
+    return rows.map((row) => String(row.id));
+  }
+  async addWorkflowTicket(workflowId: string, ticketId: string) {
+    await this.db.execute('INSERT INTO workflow_tickets (workflow_id, ticket_id) VALUES ($1, $2)', [
+      workflowId,
+      ticketId,
+    ]);
+  }
+  async listWorkflowTickets(workflowId: string) {
+    const rows = await this.db.query(
+      `SELECT t.id FROM workflow_tickets wt JOIN tickets t ON t.id = wt.ticket_id WHERE wt.workflow_id = $1 ORDER BY t.created_at, t.id ${ORDER_TEXT}`,
+      [workflowId],
+    );
+    return rows.map((row) => String(row.id));
+  }
+  async getTicketWorkflow(ticketId: string) {
+    const rows = await this.db.query('SELECT workflow_id FROM workflow_tickets WHERE ticket_id = $1', [
+      ticketId,
+    ]);
+    return rows[0] === undefined ? null : String(rows[0].workflow_id);
+  }
+  async expireTickets(ids: readonly string[], at: number) {
+    if (ids.length === 0) return [];
+    const rows = await this.db.query(
+      'UPDATE tickets SET expires_at = $1 WHERE id = ANY($2::text[]) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) RETURNING id',
+      [at, [...ids]],
+    );
+    return rows.map((row) => String(row.id));
   }
 
   async auditHead() {

@@ -19,6 +19,7 @@ import type {
   StoreTx,
   TicketFilter,
   TicketRecord,
+  WorkflowRecord,
 } from './types.js';
 
 type Row = Record<string, unknown>;
@@ -101,6 +102,22 @@ function sessionFromRow(row: Row): SessionRecord {
     endedAt: Number(row.ended_at),
     outcome: String(row.outcome),
     summary: jsonColumn<Record<string, unknown>>(row.summary, 'sessions', 'summary'),
+  };
+}
+
+function workflowFromRow(row: Row): WorkflowRecord {
+  return {
+    id: String(row.id),
+    name: String(row.name),
+    parentId: row.parent_id === null ? null : String(row.parent_id),
+    rootId: String(row.root_id),
+    startedBy: String(row.started_by),
+    groups: stringArrayColumn(row.groups, 'workflows', 'groups'),
+    keyHash: String(row.key_hash),
+    status: String(row.status) as WorkflowRecord['status'],
+    expiresAt: nullableNumber(row.expires_at),
+    createdAt: Number(row.created_at),
+    endedAt: nullableNumber(row.ended_at),
   };
 }
 
@@ -443,6 +460,73 @@ class SqliteOps implements StoreOps {
       filter.principal ?? null,
       filter.limit,
     ).map(sessionFromRow);
+  }
+
+  async insertWorkflow(r: WorkflowRecord) {
+    this.run(
+      'INSERT INTO workflows (id, name, parent_id, root_id, started_by, groups, key_hash, status, expires_at, created_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      r.id,
+      r.name,
+      r.parentId,
+      r.rootId,
+      r.startedBy,
+      JSON.stringify(r.groups),
+      r.keyHash,
+      r.status,
+      r.expiresAt,
+      r.createdAt,
+      r.endedAt,
+    );
+  }
+  async getWorkflow(id: string) {
+    const row = this.get('SELECT * FROM workflows WHERE id = ?', id);
+    return row === undefined ? null : workflowFromRow(row);
+  }
+  async getWorkflowByKeyHash(keyHash: string) {
+    const row = this.get('SELECT * FROM workflows WHERE key_hash = ?', keyHash);
+    return row === undefined ? null : workflowFromRow(row);
+  }
+  async listWorkflowSubtree(id: string) {
+    return this.all(
+      `WITH RECURSIVE tree(id) AS (
+         SELECT id FROM workflows WHERE id = ?
+         UNION SELECT w.id FROM workflows w JOIN tree ON w.parent_id = tree.id)
+       SELECT * FROM workflows WHERE id IN (SELECT id FROM tree) ORDER BY created_at, id`,
+      id,
+    ).map(workflowFromRow);
+  }
+  async endWorkflowTree(id: string, status: 'ended' | 'revoked', at: number) {
+    return this.all(
+      `WITH RECURSIVE tree(id) AS (
+         SELECT id FROM workflows WHERE id = ?
+         UNION SELECT w.id FROM workflows w JOIN tree ON w.parent_id = tree.id)
+       UPDATE workflows SET status = ?, ended_at = ? WHERE id IN (SELECT id FROM tree) AND status = 'active' RETURNING id`,
+      id,
+      status,
+      at,
+    ).map((row) => String(row.id));
+  }
+  async addWorkflowTicket(workflowId: string, ticketId: string) {
+    this.run('INSERT INTO workflow_tickets (workflow_id, ticket_id) VALUES (?, ?)', workflowId, ticketId);
+  }
+  async listWorkflowTickets(workflowId: string) {
+    return this.all(
+      'SELECT t.id FROM workflow_tickets wt JOIN tickets t ON t.id = wt.ticket_id WHERE wt.workflow_id = ? ORDER BY t.created_at, t.id',
+      workflowId,
+    ).map((row) => String(row.id));
+  }
+  async getTicketWorkflow(ticketId: string) {
+    const row = this.get('SELECT workflow_id FROM workflow_tickets WHERE ticket_id = ?', ticketId);
+    return row === undefined ? null : String(row.workflow_id);
+  }
+  async expireTickets(ids: readonly string[], at: number) {
+    if (ids.length === 0) return [];
+    return this.all(
+      `UPDATE tickets SET expires_at = ? WHERE id IN (${ids.map(() => '?').join(', ')}) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) RETURNING id`,
+      at,
+      ...ids,
+      at,
+    ).map((row) => String(row.id));
   }
 
   async auditHead() {

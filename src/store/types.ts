@@ -101,6 +101,25 @@ export interface SessionRecord {
   readonly summary: Readonly<Record<string, unknown>>;
 }
 
+/** A node of a workflow run: the root (parentId null) or a subtask. See docs/workflows.md. */
+export interface WorkflowRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly parentId: string | null;
+  readonly rootId: string;
+  /** Principal ref of whoever the run was started for (`agent:agt_…`); subtasks inherit it. */
+  readonly startedBy: string;
+  /** Groups inherited from the starting principal. */
+  readonly groups: readonly string[];
+  /** HMAC of the node's subtask key under the lookup key. */
+  readonly keyHash: string;
+  /** Stored status; a passed deadline (`expiresAt`) is computed, not stored. */
+  readonly status: 'active' | 'ended' | 'revoked';
+  readonly expiresAt: number | null;
+  readonly createdAt: number;
+  readonly endedAt: number | null;
+}
+
 export interface SessionFilter {
   /** Only sessions that started before this (epoch ms): pages back through history. */
   readonly before?: number;
@@ -167,6 +186,22 @@ export interface StoreOps {
   getSession(id: string): Promise<SessionRecord | null>;
   /** Newest first. */
   listSessions(filter: SessionFilter): Promise<SessionRecord[]>;
+
+  insertWorkflow(record: WorkflowRecord): Promise<void>;
+  getWorkflow(id: string): Promise<WorkflowRecord | null>;
+  getWorkflowByKeyHash(keyHash: string): Promise<WorkflowRecord | null>;
+  /** The node and every node below it, oldest first. */
+  listWorkflowSubtree(id: string): Promise<WorkflowRecord[]>;
+  /** Set `status` on the node and every still-active node below it; returns the ids changed now. */
+  endWorkflowTree(id: string, status: 'ended' | 'revoked', at: number): Promise<string[]>;
+  /** Record that a ticket belongs to a workflow node. */
+  addWorkflowTicket(workflowId: string, ticketId: string): Promise<void>;
+  /** Ids of the tickets that belong to a node, oldest first. */
+  listWorkflowTickets(workflowId: string): Promise<string[]>;
+  /** The node a ticket belongs to, if any. */
+  getTicketWorkflow(ticketId: string): Promise<string | null>;
+  /** Make live tickets expire at `at` (those not revoked and expiring later); returns the ids changed. */
+  expireTickets(ids: readonly string[], at: number): Promise<string[]>;
 
   /** The last audit record's seq and hash, or null for an empty log. */
   auditHead(): Promise<{ seq: number; hash: string } | null>;

@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import type { AuditRecord, SecretRecord, SessionRecord, Store, TicketRecord } from '../../src/store/types.js';
+import type {
+  AuditRecord,
+  SecretRecord,
+  SessionRecord,
+  Store,
+  TicketRecord,
+  WorkflowRecord,
+} from '../../src/store/types.js';
 
 /**
  * One contract, every adapter: SQLite and PostgreSQL must behave identically here.
@@ -319,6 +326,82 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
         expect(await store.findApprovals('fp-a', 'agent:agt_2')).toEqual([]);
         expect((await store.listApprovals({ status: 'pending' })).map((a) => a.id)).toEqual(['apr_2']);
         expect((await store.listApprovals({})).map((a) => a.id)).toEqual(['apr_2', 'apr_1']);
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('keeps workflow trees: subtree listing, ending, ticket membership, expiry', async () => {
+      const store = await open();
+      try {
+        const node = (id: string, parentId: string | null, createdAt: number): WorkflowRecord => ({
+          id,
+          name: `n-${id}`,
+          parentId,
+          rootId: 'wfl_root',
+          startedBy: 'agent:agt_1',
+          groups: ['ci'],
+          keyHash: `kh_${id}`,
+          status: 'active',
+          expiresAt: 9000,
+          createdAt,
+          endedAt: null,
+        });
+        const root = node('wfl_root', null, 1);
+        await store.insertWorkflow(root);
+        await store.insertWorkflow(node('wfl_a', 'wfl_root', 2));
+        await store.insertWorkflow(node('wfl_a1', 'wfl_a', 3));
+        await store.insertWorkflow(node('wfl_b', 'wfl_root', 4));
+        expect(await store.getWorkflow('wfl_root')).toEqual(root);
+        expect(await store.getWorkflow('wfl_nope')).toBeNull();
+        expect((await store.getWorkflowByKeyHash('kh_wfl_a1'))?.id).toBe('wfl_a1');
+        await expect(store.insertWorkflow(node('wfl_c', 'wfl_root', 5))).resolves.toBeUndefined();
+        await expect(
+          store.insertWorkflow({ ...node('wfl_d', null, 6), keyHash: 'kh_wfl_c' }),
+        ).rejects.toMatchObject({
+          code: 'CC_ERR_ALREADY_EXISTS',
+        });
+        expect((await store.listWorkflowSubtree('wfl_root')).map((w) => w.id)).toEqual([
+          'wfl_root',
+          'wfl_a',
+          'wfl_a1',
+          'wfl_b',
+          'wfl_c',
+        ]);
+        expect((await store.listWorkflowSubtree('wfl_a')).map((w) => w.id)).toEqual(['wfl_a', 'wfl_a1']);
+
+        const s = secret();
+        await store.insertSecret(s);
+        await store.insertTicket(ticket({ id: 't1', secretId: s.id, createdAt: 1 }));
+        await store.insertTicket(
+          ticket({ id: 't2', secretId: s.id, parentId: 't1', createdAt: 2, expiresAt: 5000 }),
+        );
+        await store.insertTicket(
+          ticket({ id: 't3', secretId: s.id, parentId: 't1', createdAt: 3, revokedAt: 7 }),
+        );
+        await store.addWorkflowTicket('wfl_root', 't1');
+        await store.addWorkflowTicket('wfl_a', 't2');
+        await store.addWorkflowTicket('wfl_a', 't3');
+        expect(await store.listWorkflowTickets('wfl_a')).toEqual(['t2', 't3']);
+        expect(await store.listWorkflowTickets('wfl_b')).toEqual([]);
+        expect(await store.getTicketWorkflow('t2')).toBe('wfl_a');
+        expect(await store.getTicketWorkflow('nope')).toBeNull();
+
+        // Expiry moves earlier only, and never touches revoked tickets.
+        expect((await store.expireTickets(['t1', 't2', 't3'], 4000)).sort()).toEqual(['t1', 't2']);
+        expect(await store.expireTickets(['t2'], 6000)).toEqual([]);
+        expect((await store.getTicketById('t2'))?.expiresAt).toBe(4000);
+        expect(await store.expireTickets([], 1)).toEqual([]);
+
+        expect((await store.endWorkflowTree('wfl_a', 'revoked', 100)).sort()).toEqual(['wfl_a', 'wfl_a1']);
+        expect(await store.endWorkflowTree('wfl_a', 'ended', 200)).toEqual([]);
+        expect(await store.getWorkflow('wfl_a1')).toMatchObject({ status: 'revoked', endedAt: 100 });
+        expect((await store.endWorkflowTree('wfl_root', 'ended', 300)).sort()).toEqual([
+          'wfl_b',
+          'wfl_c',
+          'wfl_root',
+        ]);
+        expect(await store.getWorkflow('wfl_a')).toMatchObject({ status: 'revoked', endedAt: 100 });
       } finally {
         await store.close();
       }
