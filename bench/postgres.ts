@@ -4,7 +4,8 @@
 // then MB/s for a 1,000,000-row result directly and through coatcheck with masking off,
 // one column masked, and every text value scanned for known secrets.
 //
-// Run: npm run bench:postgres   (BENCH_SECONDS=10 BENCH_CLIENTS=8 BENCH_SCALE=10 by default)
+// Run: npm run bench:postgres   (BENCH_SECONDS=10 BENCH_CLIENTS=8 BENCH_SCALE=10 by default;
+//      BENCH_AUDIT=0 audits only refused statements, to show what per-statement audit costs)
 // Needs pgbench and pgbouncer (apt-get install -y pgbouncer); not run in CI.
 //
 // The gateway runs in this process (one Node thread), audit of every statement on
