@@ -11,6 +11,8 @@ import { type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
 import { createPolicyDecide } from '../../gateway/policy-decide.js';
 import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
 import type { Context } from '../../server/context.js';
+import { LlmEngine } from '../llm/llm-engine.js';
+import { McpGateway } from '../mcp/mcp-gateway.js';
 import { HttpEngine } from './http-engine.js';
 
 export interface HttpFrontend {
@@ -18,6 +20,10 @@ export interface HttpFrontend {
   readonly url: string;
   readonly engine: HttpEngine;
   readonly pipeline: ExchangePipeline;
+  /** The LLM prompt guard at /llm/<connection>/v1/… (docs/llm.md). */
+  readonly llm: LlmEngine;
+  /** The MCP gateway at /mcp/<connection> (docs/mcp.md). */
+  readonly mcp: McpGateway;
   readonly recorder: Recorder;
   /** Stop accepting, end live requests, flush recordings. */
   close(): Promise<void>;
@@ -88,8 +94,38 @@ export async function startHttpFrontend(
     maxTicketsPerRequest: options.maxTicketsPerRequest,
     dispatcher,
   });
+  // Model answers stream (SSE): only known vault secrets are replaced there, so nothing is held
+  // back longer than the longest secret. Prompts are scanned in full before they leave.
+  const llmPipeline = new ExchangePipeline('llm', {
+    ...pipeline.services,
+    inspector: overrides.inspector ?? createKnownSecretInspector(() => ctx.vault.knownSecrets()),
+  });
+  const llm = new LlmEngine(llmPipeline, {
+    bodyLimit: options.bodyLimit,
+    upstreamTimeoutMs: options.upstreamTimeoutMs,
+    dispatcher,
+  });
+  const mcpPipeline = new ExchangePipeline('mcp', { ...pipeline.services });
+  const mcp = new McpGateway(mcpPipeline, {
+    bodyLimit: options.bodyLimit,
+    upstreamTimeoutMs: options.upstreamTimeoutMs,
+    maxTicketsPerRequest: options.maxTicketsPerRequest,
+    // tools/list shows what policy allows or holds for approval; nothing is requested by listing.
+    visible: (principal, connection, tool) =>
+      ctx.policy.engine.decide({
+        principal,
+        action: 'mcp:call',
+        resource: { type: 'Connection', id: connection, attrs: { type: 'mcp' } },
+        context: { tool },
+      }).effect !== 'deny',
+  });
   const server = createServer((req, res) => {
-    engine.serve(req, res).catch((error: unknown) => {
+    const served = req.url?.startsWith('/llm/')
+      ? llm.serve(req, res)
+      : req.url?.startsWith('/mcp/')
+        ? mcp.serve(req, res)
+        : engine.serve(req, res);
+    served.catch((error: unknown) => {
       log.error({ errName: (error as Error)?.name }, 'http front-end: unhandled failure');
       res.destroy();
     });
@@ -130,6 +166,8 @@ export async function startHttpFrontend(
     url: `http://${host}:${address.port}`,
     engine,
     pipeline,
+    llm,
+    mcp,
     recorder,
     async close() {
       await new Promise<void>((resolve) => {
@@ -138,6 +176,9 @@ export async function startHttpFrontend(
       });
       await dispatcher.close().catch(() => undefined);
       pipeline.close();
+      llmPipeline.close();
+      await mcp.close();
+      mcpPipeline.close();
       await recorder.flush();
     },
   };
