@@ -345,10 +345,11 @@ export class PostgresEngine implements Engine<Client> {
           'CC_ERR_AGENT_EXPIRED',
           `coatcheck: login refused: the key of agent ${agent.id} has expired`,
         );
+      // Opening a session is decided like a session statement (policy action sql:session).
       const operation = {
-        action: 'postgres:connect',
+        action: 'sql:session',
         description: `postgres login to ${view.name}`,
-        attributes: {},
+        attributes: { sql_class: 'login' },
       };
       let principal: Principal;
       let secret: Buffer;

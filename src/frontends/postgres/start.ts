@@ -4,7 +4,8 @@ import { Registry } from 'prom-client';
 import { CoatcheckError } from '../../core/errors.js';
 import { buildPatterns, createKnownSecretInspector, type PatternSet } from '../../gateway/inspector.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
-import { allowBoundTickets, type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
+import { type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
+import { createPolicyDecide } from '../../gateway/policy-decide.js';
 import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
 import type { Context } from '../../server/context.js';
 import { PostgresEngine } from './engine.js';
@@ -80,7 +81,8 @@ export async function startPostgresFrontend(
     metrics,
     recorder,
     inspector: createKnownSecretInspector(() => ctx.vault.knownSecrets()),
-    decide: overrides.decide ?? allowBoundTickets,
+    // Logins are decided by policy (action sql:session): with policies configured, default deny.
+    decide: overrides.decide ?? createPolicyDecide(ctx.gate),
   });
   let patterns: PatternSet = buildPatterns([]);
   let generation = 0;

@@ -179,11 +179,12 @@ export interface PgGateway {
 export async function startPgGateway(
   options: Partial<PostgresOptions> = {},
   listenHost = '127.0.0.1',
+  extraConfig = '',
 ): Promise<PgGateway> {
   const dir = mkdtempSync(join(tmpdir(), 'coatcheck-pgfe-'));
   const home = resolveHome(dir, {});
   await initHome(home, { env: {} });
-  writeFileSync(home.configFile, 'log:\n  level: debug\n', { mode: 0o600 });
+  writeFileSync(home.configFile, `log:\n  level: debug\n${extraConfig}`, { mode: 0o600 });
   const ctx = await openContext(home, { env: {} });
   let logText = '';
   const log = createLogger({
