@@ -59,6 +59,8 @@ export const configSchema = z
         admin: listenAddress.default('127.0.0.1:7070'),
         http: listenAddress.nullable().default(null),
         postgres: listenAddress.nullable().default(null),
+        /** Forward proxy (HTTPS_PROXY / HTTP_PROXY, CONNECT with TLS interception). */
+        proxy: listenAddress.nullable().default(null),
       })
       .strict()
       .prefault({}),
@@ -96,6 +98,19 @@ export const configSchema = z
         upstreamCaFile: z.string().min(1).max(4096).optional(),
         /** Most distinct tickets one request may carry. */
         maxTicketsPerRequest: z.number().int().min(1).max(1024).default(64),
+        /** Run the detection engine over responses: secrets the vault does not know become tickets too. */
+        detectSecrets: z.boolean().default(true),
+      })
+      .strict()
+      .prefault({}),
+    proxy: z
+      .object({
+        /** Hosts no secret or http connection is bound to: refuse the CONNECT (default), or tunnel it untouched. */
+        unboundHosts: z.enum(['refuse', 'tunnel']).default('refuse'),
+        /** PEM file of extra CA certificates trusted for intercepted upstreams (besides the system roots). */
+        upstreamCaFile: z.string().min(1).max(4096).optional(),
+        /** Most leaf certificates kept in memory. */
+        leafCacheSize: z.number().int().min(1).max(100_000).default(1000),
       })
       .strict()
       .prefault({}),
@@ -188,6 +203,7 @@ listen:
   admin: 127.0.0.1:7070   # admin API (CLI and console)
   # http: 127.0.0.1:7080  # HTTP front-end
   # postgres: 127.0.0.1:7432
+  # proxy: 127.0.0.1:7090  # forward proxy (HTTPS_PROXY); see docs/frontends/forward-proxy.md
 
 tickets:
   defaultTtl: 1h
@@ -206,6 +222,11 @@ http:
   upstreamTimeoutMs: 30000
   # upstreamCaFile: /path/to/extra-ca.pem
   maxTicketsPerRequest: 64
+  detectSecrets: true     # unknown secrets in responses become tickets too
+
+proxy:
+  unboundHosts: refuse    # hosts no secret or connection is bound to: refuse or tunnel
+  # upstreamCaFile: /path/to/extra-ca.pem
 
 log:
   level: info

@@ -9,6 +9,11 @@
 export interface InspectionContext {
   /** A ticket that stands for `secretId`, bound to the caller (one per secret per response). */
   reissue(secretId: string): Promise<string>;
+  /**
+   * A secret the vault did not know (a detector finding): register it and return a ticket
+   * bound to the caller and to where the response came from.
+   */
+  tokenize?(value: Buffer, kind: string): Promise<string>;
 }
 
 export interface ResponseScan {

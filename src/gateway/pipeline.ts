@@ -334,6 +334,26 @@ export class ExchangePipeline {
         this.services.metrics.responseSecrets.inc({ frontend: this.#frontend });
         return issued.ticket;
       },
+      tokenize: async (value, kind) => {
+        const issued = await this.services.vault.tokenizeFound(
+          value,
+          {
+            principal: principal.ref,
+            destinations: responseDestinations(target),
+            kind,
+            source: `${this.#frontend}-response`,
+          },
+          `gateway:${this.#frontend}`,
+        );
+        session.ticketIds.add(issued.view.id);
+        session.event('response.secret', {
+          secret: issued.view.secretId,
+          ticket: issued.view.id,
+          rule: kind,
+        });
+        this.services.metrics.responseSecrets.inc({ frontend: this.#frontend });
+        return issued.ticket;
+      },
     };
     return this.services.inspector.begin(context);
   }

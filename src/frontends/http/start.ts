@@ -5,6 +5,7 @@ import { rootCertificates } from 'node:tls';
 import type { Logger } from 'pino';
 import { Agent } from 'undici';
 import { CoatcheckError } from '../../core/errors.js';
+import { chainInspectors, createDetectorInspector } from '../../gateway/detector-inspector.js';
 import { createKnownSecretInspector, type ResponseInspector } from '../../gateway/inspector.js';
 import { createGatewayMetrics, type GatewayMetrics } from '../../gateway/metrics.js';
 import { type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
@@ -47,15 +48,44 @@ function gatewayMetrics(ctx: Context): GatewayMetrics {
   return metrics;
 }
 
-function upstreamCa(file: string | undefined): string[] | undefined {
+export function upstreamCa(file: string | undefined, field = 'http.upstreamCaFile'): string[] | undefined {
   if (file === undefined) return undefined;
   try {
     return [...rootCertificates, readFileSync(file, 'utf8')];
   } catch {
-    throw new CoatcheckError('CC_ERR_CONFIG_INVALID', `http.upstreamCaFile cannot be read: ${file}`, {
-      details: { field: 'http.upstreamCaFile' },
+    throw new CoatcheckError('CC_ERR_CONFIG_INVALID', `${field} cannot be read: ${file}`, {
+      details: { field },
     });
   }
+}
+
+/** The exchange pipeline for an HTTP listener (reverse or forward proxy): the same services, checked here. */
+export function createHttpPipeline(
+  ctx: Context,
+  log: Logger,
+  frontend: string,
+  overrides: HttpFrontendOverrides = {},
+): { pipeline: ExchangePipeline; recorder: Recorder } {
+  const metrics = gatewayMetrics(ctx);
+  const recorder = createStoreRecorder(ctx.store, log, metrics);
+  const pipeline = new ExchangePipeline(frontend, {
+    vault: ctx.vault,
+    agents: ctx.identity,
+    connections: ctx.connections,
+    audit: ctx.audit,
+    store: ctx.store,
+    clock: ctx.clock,
+    log,
+    metrics,
+    recorder,
+    inspector:
+      overrides.inspector ??
+      (ctx.config.http.detectSecrets
+        ? chainInspectors(createKnownSecretInspector(() => ctx.vault.knownSecrets()), createDetectorInspector())
+        : createKnownSecretInspector(() => ctx.vault.knownSecrets())),
+    decide: overrides.decide ?? createPolicyDecide(ctx.gate),
+  });
+  return { pipeline, recorder };
 }
 
 /** Start the HTTP front-end on `listen`. Wiring faults (missing services, unreadable CA file) fail here. */
@@ -66,21 +96,7 @@ export async function startHttpFrontend(
   overrides: HttpFrontendOverrides = {},
 ): Promise<HttpFrontend> {
   const options = ctx.config.http;
-  const metrics = gatewayMetrics(ctx);
-  const recorder = createStoreRecorder(ctx.store, log, metrics);
-  const pipeline = new ExchangePipeline('http', {
-    vault: ctx.vault,
-    agents: ctx.identity,
-    connections: ctx.connections,
-    audit: ctx.audit,
-    store: ctx.store,
-    clock: ctx.clock,
-    log,
-    metrics,
-    recorder,
-    inspector: overrides.inspector ?? createKnownSecretInspector(() => ctx.vault.knownSecrets()),
-    decide: overrides.decide ?? createPolicyDecide(ctx.gate),
-  });
+  const { pipeline, recorder } = createHttpPipeline(ctx, log, 'http', overrides);
   const ca = upstreamCa(options.upstreamCaFile);
   const dispatcher = new Agent({
     connect: { timeout: Math.min(options.upstreamTimeoutMs, 10_000), ...(ca === undefined ? {} : { ca }) },
