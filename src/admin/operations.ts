@@ -5,6 +5,7 @@ import { CoatcheckError } from '../core/errors.js';
 import { agentRef } from '../core/principal.js';
 import type { Context } from '../server/context.js';
 import { rotateMasterKey } from './rotate.js';
+import { workflowOperations } from './workflow-operations.js';
 
 /**
  * Every admin operation, defined once. The admin HTTP API serves them, the CLI calls
@@ -393,6 +394,7 @@ export const operations = {
         actor,
       ),
   }),
+  ...workflowOperations,
 } as const;
 
 export type Operations = typeof operations;

@@ -12,6 +12,7 @@ import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
 import { registerPolicyCommands } from './policy.js';
 import { serveCommand } from './serve.js';
 import { registerSessionCommands } from './sessions.js';
+import { registerWorkflowCommands } from './workflows.js';
 
 interface GlobalOptions {
   dir?: string;
@@ -526,6 +527,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     });
 
   registerSessionCommands(program, { perform, table });
+  registerWorkflowCommands(program, { perform, table });
   // scan, scrub, tokenize: the detector; tokenizing registers found secrets in the vault.
   let tokenizeClient: Promise<AdminClient> | null = null;
   registerDetectCommands(program, {

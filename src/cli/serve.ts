@@ -61,6 +61,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     const httpAddress = options.listenHttp ?? ctx.config.listen.http;
     if (httpAddress !== null && httpAddress !== undefined) {
       http = await startHttpFrontend(ctx, splitAddress(httpAddress, '--listen-http'), log);
+      ctx.endpoints.http = http.url;
     }
     admin = await startAdminServer(
       ctx,

@@ -24,6 +24,12 @@ export function createPolicyDecide(services: GateServices): Decide {
       const value = attributes[key];
       if (value !== undefined && value !== '') context[key] = value;
     }
+    // A subtask's workflow and node come from its authenticated identity, never from the request.
+    for (const key of ['workflow', 'subtask'] as const) {
+      const value = input.principal.kind === 'subtask' ? input.principal.attributes[key] : undefined;
+      if (typeof value === 'string') context[key] = value;
+      else if (input.principal.kind === 'subtask') delete context[key];
+    }
     const result = await gate(services, {
       principal: input.principal,
       action: input.operation.action,

@@ -50,6 +50,7 @@ const CACHE_LIMIT = 10_000;
 
 function principalType(p: PolicyRequest['principal']): 'Agent' | 'Human' | 'Subtask' {
   if (p.type !== undefined) return p.type;
+  if (p.kind === 'subtask') return 'Subtask';
   return p.kind === 'agent' ? 'Agent' : 'Human';
 }
 

@@ -35,6 +35,7 @@ import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
 import { initializeKeyring, type Keyring, openKeyring } from '../vault/keyring.js';
 import { Vault } from '../vault/vault.js';
+import { Workflows } from '../workflows/workflows.js';
 
 /**
  * The composition root's shared services. Every front-end and the admin API receive
@@ -50,8 +51,12 @@ export interface Context {
   readonly vault: Vault;
   readonly agents: Agents;
   readonly connections: Connections;
-  /** Agent keys and OIDC JWTs: who is asking. */
+  /** Agent keys, subtask keys and OIDC JWTs: who is asking. */
   readonly identity: Identity;
+  /** Workflow runs and their subtasks (a tree of principals with narrowed tickets). */
+  readonly workflows: Workflows;
+  /** Where this process's front-ends listen (set by `serve`), for the environments handed to subtasks. */
+  readonly endpoints: { http?: string | null; proxy?: string | null };
   /** The policy set in force (reloadable). */
   readonly policy: PolicyHolder;
   /** Just-in-time approvals of exact operations. */
@@ -114,7 +119,17 @@ function buildContext(
       clockSkewSeconds: parseDuration(issuer.clockSkew) / 1000,
     })),
   );
-  const identity = new Identity(agents, oidc);
+  const listen = config.listen as { http?: string | null; proxy?: string | null };
+  const endpoints: { http?: string | null; proxy?: string | null } = {};
+  const workflows = new Workflows(store, audit, vault, clock, keys.index.lookup, {
+    defaultTtlMs: parseDuration(config.tickets.defaultTtl),
+    maxTtlMs: parseDuration(config.tickets.maxTtl),
+    endpoints: () => ({
+      http: endpoints.http ?? (listen.http ? `http://${listen.http}` : null),
+      proxy: endpoints.proxy ?? (listen.proxy ? `http://${listen.proxy}` : null),
+    }),
+  });
+  const identity = new Identity(agents, oidc, workflows);
   // Every log line passes the detector: known vault secrets (any encoding) and secret
   // formats are masked before the line is written.
   const knownInLogs = createKnownSecretMatcher();
@@ -177,6 +192,8 @@ function buildContext(
     agents,
     connections,
     identity,
+    workflows,
+    endpoints,
     policy,
     approvals,
     gate,

@@ -3,7 +3,7 @@ import type { AuditLog } from '../audit/audit-log.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
-import type { Principal } from '../core/principal.js';
+import { type Principal, workflowNodeRef } from '../core/principal.js';
 import { SecretValue } from '../core/secret-value.js';
 import { assertTicket, mintTicket, TICKET_PATTERN } from '../core/ticket-format.js';
 import type { SecretRecord, Store, StoreChange, TicketRecord } from '../store/types.js';
@@ -86,6 +86,27 @@ interface CachedTicket {
   readonly secret: SecretRecord;
   readonly value: SecretValue | null;
   readonly cachedAt: number;
+}
+
+/** A ticket that belongs to a workflow node: recorded with it, in the same transaction. */
+export interface TicketLink {
+  /** The root workflow id. */
+  readonly workflow: string;
+  /** The node the ticket belongs to (the root's own id for the root's tickets). */
+  readonly subtask: string;
+}
+
+/** Subtasks nest at most this deep below their root. */
+export const MAX_WORKFLOW_DEPTH = 16;
+
+/** Workflow and subtask ids of a workflow-node principal, for audit records. Empty for anyone else. */
+export function workflowTags(principal: Principal): { workflow?: string; subtask?: string } {
+  if (principal.kind !== 'subtask') return {};
+  const { workflow, subtask } = principal.attributes;
+  return {
+    ...(typeof workflow === 'string' ? { workflow } : {}),
+    ...(typeof subtask === 'string' ? { subtask } : {}),
+  };
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
@@ -297,6 +318,7 @@ export class Vault {
         fingerprint: record.fingerprint,
         target: describeTarget(request.target),
         operation: request.operation ?? null,
+        ...workflowTags(request.principal),
         ...request.context,
       },
     });
@@ -486,6 +508,7 @@ export class Vault {
       maxUses?: number;
     },
     actor: string,
+    link?: TicketLink,
   ): Promise<IssuedTicket> {
     const secret = await this.#store.getSecretByName(input.secret);
     if (secret === null)
@@ -535,6 +558,7 @@ export class Vault {
           destinations,
           expiresAt: iso(record.expiresAt),
           maxUses: record.maxUses,
+          ...link,
         },
       },
       async (tx) => {
@@ -542,6 +566,7 @@ export class Vault {
         if (live === null || live.erasedAt !== null)
           throw refuse('CC_ERR_NOT_FOUND', `no secret named ${secret.name}`);
         await tx.insertTicket(record);
+        if (link !== undefined) await tx.addWorkflowTicket(link.subtask, record.id);
       },
     );
     return { ticket, view: this.#ticketView([record], secret) };
@@ -606,6 +631,59 @@ export class Vault {
   ): Promise<IssuedTicket> {
     assertTicket(parentTicket);
     const parent = await this.#lookup(parentTicket);
+    return this.#narrowFrom(parent, input, input.principal ?? parent.principal, actor, null);
+  }
+
+  /**
+   * Derive a child ticket for a workflow node (a subtask) from a ticket that belongs to
+   * one of its ancestors. The one way a narrowed ticket gets a principal other than its
+   * parent's: only a node strictly below the node holding the parent ticket qualifies,
+   * never an unrelated principal. Every other narrowing rule holds, and uses taken
+   * through the child still count against every ancestor ticket.
+   */
+  async narrowForSubtask(
+    parentTicketId: string,
+    subtaskId: string,
+    input: { destinations?: readonly string[]; ttlMs?: number; maxUses?: number },
+    actor: string,
+  ): Promise<IssuedTicket> {
+    const parent = await this.#lookup(parentTicketId);
+    const owner = await this.#store.getTicketWorkflow(parent.id);
+    const child = await this.#store.getWorkflow(subtaskId);
+    let below = false;
+    let cursor = child;
+    for (let depth = 0; cursor !== null && cursor.parentId !== null && depth <= MAX_WORKFLOW_DEPTH; depth++) {
+      if (cursor.parentId === owner) {
+        below = true;
+        break;
+      }
+      cursor = await this.#store.getWorkflow(cursor.parentId);
+    }
+    if (
+      owner === null ||
+      child === null ||
+      !below ||
+      child.rootId !== (await this.#store.getWorkflow(owner))?.rootId
+    ) {
+      throw refuse(
+        'CC_ERR_WORKFLOW_NOT_DESCENDANT',
+        `ticket ${parent.id} does not belong to an ancestor of ${subtaskId}`,
+        { ticket: parent.id, subtask: subtaskId },
+      );
+    }
+    return this.#narrowFrom(parent, input, workflowNodeRef(child.id, child.parentId === null), actor, {
+      workflow: child.rootId,
+      subtask: child.id,
+    });
+  }
+
+  async #narrowFrom(
+    parent: TicketRecord,
+    input: { destinations?: readonly string[]; ttlMs?: number; maxUses?: number },
+    principal: string,
+    actor: string,
+    link: TicketLink | null,
+  ): Promise<IssuedTicket> {
     const chain = await this.#chain(parent);
     const secret = await this.#store.getSecretById(parent.secretId);
     const now = this.#clock.now();
@@ -662,7 +740,7 @@ export class Vault {
         },
       );
     }
-    if (input.principal !== undefined && input.principal !== parent.principal) {
+    if (link === null && principal !== parent.principal) {
       throw refuse('CC_ERR_TICKET_WIDENING', "a narrowed ticket stays bound to its parent's principal", {
         parent: parent.id,
       });
@@ -672,7 +750,7 @@ export class Vault {
       id: newId('tkt'),
       hash: this.ticketHash(ticket),
       secretId: parent.secretId,
-      principal: parent.principal,
+      principal,
       destinations,
       expiresAt,
       maxUses: input.maxUses ?? remaining,
@@ -693,12 +771,22 @@ export class Vault {
           destinations,
           expiresAt: iso(expiresAt),
           maxUses: record.maxUses,
+          ...link,
         },
       },
       async (tx) => {
         const current = await tx.getTicketById(parent.id);
         if (current === null || current.revokedAt !== null) throw this.#statusError('revoked', parent.id);
+        if (link !== null) {
+          const node = await tx.getWorkflow(link.subtask);
+          if (node === null || node.status !== 'active') {
+            throw refuse('CC_ERR_WORKFLOW_INACTIVE', `workflow node ${link.subtask} is no longer active`, {
+              subtask: link.subtask,
+            });
+          }
+        }
         await tx.insertTicket(record);
+        if (link !== null) await tx.addWorkflowTicket(link.subtask, record.id);
       },
     );
     return { ticket, view: this.#ticketView([record, ...chain], secret) };
@@ -767,6 +855,7 @@ export class Vault {
     const baseData = {
       target: describeTarget(request.target),
       operation: request.operation ?? null,
+      ...workflowTags(request.principal),
       ...request.context,
     };
     let ticketId: string | null = null;

@@ -1,0 +1,112 @@
+import { z } from 'zod';
+import { parseDuration } from '../core/duration.js';
+import { CoatcheckError } from '../core/errors.js';
+import { agentRef } from '../core/principal.js';
+import type { Context } from '../server/context.js';
+import type { Operation } from './operations.js';
+
+/**
+ * Workflow and subtask operations (docs/workflows.md), part of the one operations table
+ * (src/admin/operations.ts): the CLI, the admin API, the OpenAPI document and the SDK
+ * (src/sdk/) all reach them from there.
+ */
+function op<I extends z.ZodType, O>(definition: Operation<I, O>): Operation<I, O> {
+  return definition;
+}
+
+const name = z.string().min(1).max(128);
+const nodeId = z.string().min(1).max(64);
+const secrets = z.array(name).max(64).optional();
+const destinations = z.array(z.string().min(1).max(260)).max(64).optional();
+const duration = z
+  .string()
+  .max(16)
+  .optional()
+  .transform((text, context) => {
+    if (text === undefined) return undefined;
+    try {
+      return parseDuration(text, 'ttl');
+    } catch {
+      context.addIssue({ code: 'custom', message: 'must look like 90s, 15m, 8h or 7d' });
+      return z.NEVER;
+    }
+  });
+
+export const workflowOperations = {
+  workflowStart: op({
+    method: 'POST',
+    path: '/v1/workflows',
+    summary:
+      'Start a workflow run for an agent; the response carries its key and tickets (shown this once) and an environment.',
+    input: z.object({ name, agent: name, secrets, destinations, ttl: duration }),
+    async run(ctx: Context, input, actor) {
+      const agent = await ctx.agents.get(input.agent);
+      if (agent.status !== 'active') {
+        throw new CoatcheckError(
+          agent.status === 'revoked' ? 'CC_ERR_AGENT_REVOKED' : 'CC_ERR_AGENT_EXPIRED',
+          `agent ${input.agent} is ${agent.status}`,
+          { details: { agent: agent.id } },
+        );
+      }
+      return ctx.workflows.start(
+        {
+          name: input.name,
+          principal: agentRef(agent.id),
+          groups: agent.groups,
+          secrets: input.secrets ?? [],
+          destinations: input.destinations,
+          ttlMs: input.ttl,
+        },
+        actor,
+      );
+    },
+  }),
+  workflowSpawn: op({
+    method: 'POST',
+    path: '/v1/workflows/:parent/subtasks',
+    summary:
+      "Spawn a subtask under a workflow or subtask, with tickets narrowed from its parent's; the response carries its key, tickets and environment.",
+    input: z.object({
+      parent: nodeId,
+      name,
+      secrets,
+      destinations,
+      ttl: duration,
+      uses: z.number().int().min(1).max(1_000_000_000).optional(),
+    }),
+    run: (ctx: Context, input, actor) =>
+      ctx.workflows.spawn(
+        {
+          parent: input.parent,
+          name: input.name,
+          secrets: input.secrets,
+          destinations: input.destinations,
+          ttlMs: input.ttl,
+          maxUses: input.uses,
+        },
+        actor,
+      ),
+  }),
+  workflowEnd: op({
+    method: 'POST',
+    path: '/v1/workflows/:id/end',
+    summary: 'End a workflow or subtask and everything under it: keys stop working, tickets expire now.',
+    input: z.object({ id: nodeId }),
+    run: (ctx: Context, input, actor) => ctx.workflows.end(input.id, actor),
+  }),
+  workflowRevoke: op({
+    method: 'POST',
+    path: '/v1/workflows/:id/revoke',
+    summary: 'Revoke a workflow or subtask and everything under it: keys and tickets are revoked.',
+    input: z.object({ id: nodeId }),
+    run: (ctx: Context, input, actor) => ctx.workflows.revoke(input.id, actor),
+  }),
+  workflowShow: op({
+    method: 'GET',
+    path: '/v1/workflows/:id',
+    summary:
+      'A workflow or subtask and the tree under it: tickets, and which node exchanged which secret, where and when, and what was refused.',
+    input: z.object({ id: nodeId }),
+    run: (ctx: Context, input) => ctx.workflows.show(input.id),
+  }),
+} as const;
