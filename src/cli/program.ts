@@ -8,7 +8,9 @@ import { newIncidentId } from '../core/ids.js';
 import { registerDetectCommands } from '../detect/cli.js';
 import { initHome, openContext } from '../server/context.js';
 import { registerApprovalCommands } from './approvals.js';
+import { stdioUrl } from '../frontends/mcp/command.js';
 import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
+import { registerMcpCommands } from './mcp.js';
 import { registerPolicyCommands } from './policy.js';
 import { serveCommand } from './serve.js';
 import { registerSessionCommands } from './sessions.js';
@@ -66,6 +68,32 @@ async function connect(options: GlobalOptions, io: CliIo): Promise<AdminClient> 
 }
 
 type Renderer<T> = (result: T) => string;
+
+/** `--url`, or for an mcp connection `--command` (stored as a stdio: URL, docs/mcp.md). */
+function connectionUrl(type: string, url: string | undefined, command: string | undefined): string {
+  if (command !== undefined) {
+    if (type !== 'mcp' || url !== undefined) {
+      throw new CoatcheckError(
+        'CC_ERR_INVALID_ARGUMENT',
+        '--command is for mcp connections, instead of --url',
+        {
+          details: { field: '--command' },
+        },
+      );
+    }
+    return stdioUrl(command);
+  }
+  if (url === undefined) {
+    throw new CoatcheckError(
+      'CC_ERR_INVALID_ARGUMENT',
+      '--url is required (or --command for an mcp connection)',
+      {
+        details: { field: '--url' },
+      },
+    );
+  }
+  return url;
+}
 
 function table(rows: string[][]): string {
   if (rows.length === 0) return '';
@@ -228,7 +256,11 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .command('add <name>')
     .description('register a connection')
     .requiredOption('--type <type>', 'http | postgres | mysql | ssh | mcp | llm')
-    .requiredOption('--url <url>', 'where it points (no credentials in it)')
+    .option('--url <url>', 'where it points (no credentials in it)')
+    .option(
+      '--command <command>',
+      "mcp: a stdio MCP server the gateway launches, like 'node server.js' (instead of --url)",
+    )
     .option('--credential <secret>', 'secret the gateway uses to log in upstream')
     .option(
       '--inject-header <header>',
@@ -284,7 +316,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
           c.call('connectionAdd', {
             name,
             type: opts.type,
-            url: opts.url,
+            url: connectionUrl(opts.type, opts.url, opts.command),
             credential: opts.credential,
             injectHeaders,
             ...(Object.keys(rules).length > 0 ? { rules } : {}),
@@ -555,6 +587,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     if (tokenizeClient !== null) await (await tokenizeClient).close();
   });
   registerApprovalCommands(program, { perform, table });
+  registerMcpCommands(program, io, async () =>
+    openContext(resolveHome((program.opts() as GlobalOptions).dir, io.env), { env: io.env }),
+  );
   registerPolicyCommands(program, io, (code) => {
     exitCode = code;
   });
