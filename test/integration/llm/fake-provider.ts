@@ -62,6 +62,39 @@ export async function startFakeProvider(): Promise<FakeProvider> {
         res.end(JSON.stringify({ data: [{ id: 'fake-1' }] }));
         return;
       }
+      const tools = (json as { tools?: Array<{ function?: { name?: string } }> }).tools;
+      if (Array.isArray(tools) && tools.length > 0) {
+        // The "model" calls the first tool with the first ticket it was shown (it only ever sees tickets).
+        const ticket = /cct_[0-9A-Za-z]{28}/.exec(body)?.[0] ?? '';
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(
+          JSON.stringify({
+            id: 'chatcmpl-2',
+            object: 'chat.completion',
+            choices: [
+              {
+                index: 0,
+                finish_reason: 'tool_calls',
+                message: {
+                  role: 'assistant',
+                  content: null,
+                  tool_calls: [
+                    {
+                      id: 'call_1',
+                      type: 'function',
+                      function: {
+                        name: tools[0]!.function?.name ?? '',
+                        arguments: JSON.stringify({ text: ticket }),
+                      },
+                    },
+                  ],
+                },
+              },
+            ],
+          }),
+        );
+        return;
+      }
       if (json.stream === true) {
         const words = answer.match(/\S+\s*/g) ?? [];
         sse(
