@@ -18,6 +18,7 @@ import type { FieldDescription, Frame, FrontendMessage } from './protocol/messag
 import { FramePump, WriteBatcher } from './pump.js';
 import { checkRules, columnMatcher, type PostgresRules } from './rules.js';
 import type { Classification, SqlClassifier, StatementClass } from './sql/classify.js';
+import type { StatementPolicy, StatementVerdict } from './statement-policy.js';
 import type { Upstream } from './upstream/connect.js';
 import { sqlstateFor, toErrorResponse } from './wire-errors.js';
 
@@ -47,6 +48,8 @@ export interface RelayServices {
   readonly patterns: () => PatternSet;
   /** Report one statement (audit + recording); a rejection ends the session (fail closed). */
   readonly onStatement: (event: StatementEvent) => Promise<void>;
+  /** Per-statement policy and approvals; absent when no policy is configured. */
+  readonly statementPolicy?: StatementPolicy | null;
 }
 
 interface OpenStatement {
@@ -413,6 +416,45 @@ export class RelaySession {
       copyOut: c.statements.includes('CopyStmt') && c.class === 'read',
     });
     if (refusal !== null) return this.#refuseSimple(refusal.code, refusal.message, sql, c.class);
+    const verdict = this.#statementPolicy(sql, c);
+    if (verdict instanceof Promise) {
+      return verdict.then((v) =>
+        v.allow
+          ? this.#queryAllowed(sql, c, frame, gate)
+          : this.#refuseSimple(v.code, v.message, sql, c.class),
+      );
+    }
+    if (!verdict.allow) return this.#refuseSimple(verdict.code, verdict.message, sql, c.class);
+    return this.#queryAllowed(sql, c, frame, gate);
+  }
+
+  /** Decide a statement by policy (synchronously when no human is needed). */
+  #statementPolicy(sql: string, c: Classification): StatementVerdict | Promise<StatementVerdict> {
+    const policy = this.#services.statementPolicy;
+    if (policy === undefined || policy === null) return { allow: true };
+    return policy({
+      principal: this.#principal,
+      connection: this.#target.connection ?? '',
+      sql,
+      cls: c.class,
+      onHold: (id) => {
+        this.#toClient.flush();
+        this.#writeClient(
+          noticeResponse(
+            '01000',
+            `coatcheck: statement waits for approval ${id} (coatcheck approvals approve ${id})`,
+          ),
+        );
+      },
+    });
+  }
+
+  #queryAllowed(
+    sql: string,
+    c: Classification,
+    frame: Frame,
+    gate: { rewrite: string | null },
+  ): void | Promise<void> {
     if (gate.rewrite !== null) {
       this.#poisoned = false;
       return this.#forwardQuery(gate.rewrite, c, encodeFrontend({ type: 'Query', sql: gate.rewrite }), []);
@@ -550,6 +592,17 @@ export class RelaySession {
       copyOut: c.statements.includes('CopyStmt') && c.class === 'read',
     });
     if (refusal !== null) return this.#refuseExtended(refusal.code, refusal.message, m.sql, c.class);
+    const verdict = this.#statementPolicy(m.sql, c);
+    if (verdict instanceof Promise) {
+      return verdict.then((v) =>
+        v.allow ? this.#parseAllowed(m, c, frame) : this.#refuseExtended(v.code, v.message, m.sql, c.class),
+      );
+    }
+    if (!verdict.allow) return this.#refuseExtended(verdict.code, verdict.message, m.sql, c.class);
+    return this.#parseAllowed(m, c, frame);
+  }
+
+  #parseAllowed(m: Extract<FrontendMessage, { type: 'Parse' }>, c: Classification, frame: Frame): void {
     if (m.sql.includes('cct_')) {
       return this.#refuseExtended(
         'CC_ERR_PG_STATEMENT_DENIED',

@@ -23,6 +23,7 @@ import { AUTH } from './protocol/messages.js';
 import { type PostgresRules, rulesFrom } from './rules.js';
 import { SocketReader } from './socket-reader.js';
 import type { SqlClassifier } from './sql/classify.js';
+import type { StatementPolicy } from './statement-policy.js';
 import { cancelUpstream, connectUpstream, type UpstreamTarget, upstreamTarget } from './upstream/connect.js';
 import { toErrorResponse } from './wire-errors.js';
 
@@ -47,6 +48,8 @@ export interface PostgresEngineServices {
   readonly patterns: () => PatternSet;
   readonly now: () => number;
   readonly clock: Clock;
+  /** Per-statement policy and approvals (null: no policy configured). */
+  readonly statementPolicy?: StatementPolicy | null;
 }
 
 /** Client startup parameters forwarded upstream. Anything else (options, role settings) is dropped. */
@@ -473,6 +476,7 @@ export class PostgresEngine implements Engine<Client> {
         classifier: this.#services.classifier,
         now: this.#services.now,
         patterns: this.#services.patterns,
+        statementPolicy: this.#services.statementPolicy ?? null,
         onStatement: (event: StatementEvent) => {
           session.event('statement', { ...event });
           if (!this.#options.auditStatements && event.decision === 'allow') return Promise.resolve();

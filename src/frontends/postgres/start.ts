@@ -11,6 +11,7 @@ import type { Context } from '../../server/context.js';
 import { PostgresEngine } from './engine.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './protocol/framer.js';
 import { loadParser, SqlClassifier } from './sql/classify.js';
+import { createStatementPolicy } from './statement-policy.js';
 import { listenerTls, secureContext, type TlsFiles } from './tls.js';
 import { toErrorResponse } from './wire-errors.js';
 
@@ -72,7 +73,7 @@ export async function startPostgresFrontend(
   const recorder = createStoreRecorder(ctx.store, log, metrics);
   const pipeline = new ExchangePipeline('postgres', {
     vault: ctx.vault,
-    agents: ctx.agents,
+    agents: ctx.identity,
     connections: ctx.connections,
     audit: ctx.audit,
     store: ctx.store,
@@ -108,6 +109,7 @@ export async function startPostgresFrontend(
       patterns: () => patterns,
       now: () => ctx.clock.now(),
       clock: ctx.clock,
+      statementPolicy: createStatementPolicy(ctx.gate),
     },
     {
       maxMessageBytes: options.maxMessageBytes,

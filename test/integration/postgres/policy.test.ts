@@ -14,9 +14,19 @@ beforeAll(async () => {
   const policyFile = join(dir, 'sessions.cedar');
   writeFileSync(
     policyFile,
-    '@id("bot-sessions")\npermit(principal == Agent::"bot", action == Action::"sql:session", resource == Connection::"main");\n',
+    `@id("bot-sessions")
+permit(principal, action == Action::"sql:session", resource == Connection::"main") when { ["bot", "bot-statements", "bot-writes"].contains(principal.name) };
+@id("reads") permit(principal, action == Action::"sql:read", resource == Connection::"main");
+@id("writes-need-approval") @approval("required")
+permit(principal, action == Action::"sql:write", resource == Connection::"main");
+@id("no-drop") forbid(principal, action, resource) when { context has statement && context.statement like "*DROP*" };
+`,
   );
-  gw = await startPgGateway({}, '127.0.0.1', `policy:\n  path: ${policyFile}\n`);
+  gw = await startPgGateway(
+    {},
+    '127.0.0.1',
+    `policy:\n  path: ${policyFile}\napprovals:\n  holdTimeout: 20s\n`,
+  );
   await gw.addSecret('dbpw', db.password, ['conn:main']);
   await gw.addConnection('main', db.url, { credential: 'dbpw' });
 }, 120_000);
@@ -47,3 +57,81 @@ it('decides logins by policy (sql:session): permitted agent in, others refused w
   const releases = records.filter((r) => r.type === 'credential.inject');
   expect(releases.map((r) => r.actor)).toEqual([bot.ref]);
 });
+
+it('decides every statement by policy: reads pass, DDL is default-denied, a forbid names itself, the session stays usable', async () => {
+  const bot = await gw.createAgent('bot-statements');
+  const client = gw.client('bot-statements', bot.key, 'main');
+  await client.connect();
+  try {
+    expect((await client.query('SELECT 41 + 1 AS n')).rows).toEqual([{ n: 42 }]);
+    const ddl = await client.query('CREATE TABLE t_policy (id int)').then(
+      () => null,
+      (e: { code: string; detail: string; message: string }) => e,
+    );
+    expect(ddl).toMatchObject({
+      code: '42501',
+      detail: 'CC_ERR_POLICY_DENIED',
+      message: 'coatcheck: no policy permits sql:ddl on Connection main (default deny)',
+    });
+    const drop = await client.query('DROP TABLE IF EXISTS nothing_here').then(
+      () => null,
+      (e: { detail: string; message: string }) => e,
+    );
+    expect(drop).toMatchObject({
+      detail: 'CC_ERR_POLICY_DENIED',
+      message: 'coatcheck: forbidden by policy no-drop',
+    });
+    // Extended protocol (a prepared statement) is decided the same way.
+    expect((await client.query({ text: 'SELECT $1::int AS v', values: [7] })).rows).toEqual([{ v: 7 }]);
+  } finally {
+    await client.end();
+  }
+}, 60_000);
+
+it('holds a write for approval: a notice names the approval; approved via the CLI, it runs; denied, it is refused', async () => {
+  const { cli } = await import('../../helpers/cli.js');
+  const bot = await gw.createAgent('bot-writes');
+  const client = gw.client('bot-writes', bot.key, 'main');
+  const notices: string[] = [];
+  client.on('notice', (n) => notices.push(n.message ?? ''));
+  await client.connect();
+  try {
+    await client.query('SELECT 1'); // warm up
+    const env = { COATCHECK_HOME: gw.dir };
+    const create = await cli(['approvals', 'list', '--status', 'pending', '--json'], { env });
+    expect(JSON.parse(create.stdout)).toEqual([]);
+    const held = client.query('SELECT set_config($1, $2, false)', ['coatcheck.test', 'x']).then(() => 'ran');
+    // set_config is a function call, not a write: it is sql:call, which no policy permits.
+    await expect(held).rejects.toMatchObject({ detail: 'CC_ERR_POLICY_DENIED' });
+
+    const write = client
+      .query('CREATE TEMP TABLE IF NOT EXISTS _x AS SELECT 1 AS id')
+      .catch(() => 'ddl refused');
+    expect(await write).toBe('ddl refused');
+
+    const pending = client.query('UPDATE pg_catalog.pg_class SET relname = relname WHERE false');
+    await expect
+      .poll(() => notices.find((n) => n.includes('waits for approval')), { timeout: 15_000 })
+      .toBeDefined();
+    const id = /approval (apr_[0-9A-Za-z]+)/.exec(
+      notices.find((n) => n.includes('waits for approval'))!,
+    )![1]!;
+    expect((await cli(['approvals', 'approve', id], { env })).code).toBe(0);
+    expect((await pending).rowCount).toBe(0);
+
+    const denied = client.query('UPDATE pg_catalog.pg_class SET relname = relname WHERE 1 = 0');
+    await expect
+      .poll(() => notices.filter((n) => n.includes('waits for approval')).length, { timeout: 15_000 })
+      .toBe(2);
+    const second = /approval (apr_[0-9A-Za-z]+)/.exec(
+      notices.filter((n) => n.includes('waits for approval'))[1]!,
+    )![1]!;
+    expect(second).not.toBe(id);
+    await cli(['approvals', 'deny', second], { env });
+    await expect(denied).rejects.toMatchObject({ code: '42501', detail: 'CC_ERR_APPROVAL_DENIED' });
+    // The session is still usable.
+    expect((await client.query('SELECT 2 AS n')).rows).toEqual([{ n: 2 }]);
+  } finally {
+    await client.end();
+  }
+}, 90_000);
