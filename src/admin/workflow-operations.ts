@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { agentRef } from '../core/principal.js';
+import { createDetector, createKnownSecretMatcher, tokenizeText } from '../detect/index.js';
 import type { Context } from '../server/context.js';
 import type { Operation } from './operations.js';
 
@@ -100,6 +101,61 @@ export const workflowOperations = {
     summary: 'Revoke a workflow or subtask and everything under it: keys and tickets are revoked.',
     input: z.object({ id: nodeId }),
     run: (ctx: Context, input, actor) => ctx.workflows.revoke(input.id, actor),
+  }),
+  workflowTokenize: op({
+    method: 'POST',
+    path: '/v1/workflows/:id/tokenize',
+    summary:
+      'Replace every secret found in a text (a prompt) with a ticket bound to the workflow node, releasable only to its destinations.',
+    input: z.object({
+      id: nodeId,
+      text: z.string().max(1024 * 1024),
+      destinations,
+    }),
+    async run(ctx: Context, input, actor) {
+      const node = await ctx.workflows.get(input.id);
+      if (node.status !== 'active') {
+        throw new CoatcheckError('CC_ERR_WORKFLOW_INACTIVE', `workflow node ${node.id} is ${node.status}`, {
+          details: { id: node.id, status: node.status },
+        });
+      }
+      const known = createKnownSecretMatcher();
+      for (const secret of await ctx.vault.knownSecrets()) {
+        try {
+          known.add(secret.id, secret.value.reveal());
+        } catch {
+          // Too short to match without false positives; the format rules still apply.
+        }
+      }
+      const context = { workflow: node.rootId, subtask: node.id, source: 'prompt' };
+      const tickets: Array<{ id: string; rule: string }> = [];
+      const result = await tokenizeText(
+        input.text,
+        async (finding, value) => {
+          const issued =
+            finding.secretId !== undefined
+              ? await ctx.vault.reissueForResponse(
+                  finding.secretId,
+                  { principal: node.principal, destinations: input.destinations, context },
+                  actor,
+                )
+              : await ctx.vault.tokenizeFound(
+                  Buffer.from(value, 'utf8'),
+                  {
+                    principal: node.principal,
+                    destinations: input.destinations ?? [],
+                    kind: finding.ruleId,
+                    source: 'prompt',
+                  },
+                  actor,
+                );
+          tickets.push({ id: issued.view.id, rule: finding.ruleId });
+          return issued.ticket;
+        },
+        { detector: createDetector({ knownSecrets: known }) },
+      );
+      return { text: result.text, tickets };
+    },
   }),
   workflowShow: op({
     method: 'GET',
