@@ -154,6 +154,7 @@ export class ExchangePipeline {
     try {
       const principal = await this.services.agents.authenticate(key);
       session.principal = principal;
+      this.#endAtExpiry(session, principal);
       session.event('authenticated', { principal: principal.ref });
       return principal;
     } catch (error) {
@@ -170,6 +171,25 @@ export class ExchangePipeline {
       });
       throw error;
     }
+  }
+
+  /**
+   * A short-lived identity (an OIDC token, an expiring agent key) must not outlive itself
+   * inside a long session: the session ends when the identity does.
+   */
+  #endAtExpiry(session: GatewaySession, principal: Principal): void {
+    if (principal.expiresAt === null) return;
+    const left = principal.expiresAt - this.services.clock.now();
+    const code = principal.kind === 'oidc' ? 'CC_ERR_OIDC_EXPIRED' : 'CC_ERR_AGENT_EXPIRED';
+    if (left <= 0) {
+      session.terminate(code);
+      return;
+    }
+    // Timers cap at about 24.8 days; an identity living longer is re-checked by revocation events.
+    if (left > 2_147_000_000) return;
+    const timer = setTimeout(() => session.terminate(code), left);
+    timer.unref();
+    session.cleanups.push(() => clearTimeout(timer));
   }
 
   async resolveConnection(
@@ -360,6 +380,7 @@ export class ExchangePipeline {
 
   /** Record the session (scrubbed metadata) and stop watching it. */
   closeSession(session: GatewaySession, outcome: ErrorCode | 'ok', summary: Record<string, unknown>): void {
+    for (const cleanup of session.cleanups.splice(0)) cleanup();
     this.live.delete(session);
     this.services.recorder.record(session.toRecord(outcome, summary, this.services.clock.now()));
   }

@@ -35,6 +35,8 @@ export class GatewaySession {
   principal: Principal | null = null;
   connection: string | null = null;
   terminatedBy: ErrorCode | null = null;
+  /** Run when the session closes (timers, listeners). */
+  readonly cleanups: Array<() => void> = [];
 
   constructor(frontend: string, clock: Clock) {
     this.frontend = frontend;

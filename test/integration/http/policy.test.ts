@@ -149,4 +149,35 @@ describe('HTTP front-end under policy, approvals and OIDC identities', () => {
     expect(JSON.parse(stolen.text).error.code).toBe('CC_ERR_TICKET_WRONG_PRINCIPAL');
     expect(gw.logs()).not.toContain(SECRET);
   });
+
+  it('ends a long stream when the OIDC token behind it expires', async () => {
+    let timer: NodeJS.Timeout | undefined;
+    up.handle('/ticks', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      timer = setInterval(() => res.write('data: tick\n\n'), 50);
+      res.on('close', () => clearInterval(timer));
+    });
+    const { SignJWT } = await import('jose');
+    const shortLived = await new SignJWT({ groups: ['ops'] })
+      .setProtectedHeader({ alg: 'ES256', kid: signing.kid })
+      .setIssuer(idp.issuer)
+      .setAudience('coatcheck')
+      .setSubject('u-short')
+      .setExpirationTime(Math.floor(Date.now() / 1000) + 2)
+      .sign(signing.privateKey);
+    const res = await request(`${gw.url}/c/svc/ticks`, {
+      headers: { 'proxy-authorization': `Bearer ${shortLived}` },
+    });
+    expect(res.statusCode).toBe(200);
+    const reading = (async () => {
+      let text = '';
+      for await (const chunk of res.body) text += chunk.toString();
+      return text;
+    })();
+    await expect(reading).rejects.toThrow();
+    clearInterval(timer);
+    await gw.http.recorder.flush();
+    const [latest] = await gw.ctx.store.listSessions({ limit: 1 });
+    expect(latest?.outcome).toBe('CC_ERR_OIDC_EXPIRED');
+  }, 30_000);
 });
