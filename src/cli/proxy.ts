@@ -1,0 +1,97 @@
+import { rootCertificates } from 'node:tls';
+import type { Command } from 'commander';
+import { resolveHome, writeFileDurably } from '../config/home.js';
+import { CoatcheckError } from '../core/errors.js';
+import type { SessionCommandHelpers } from './sessions.js';
+
+const DEFAULT_PROXY = '127.0.0.1:7090';
+/** Left in the block when the agent key is not at hand: the shell or compose file fills it in. */
+// biome-ignore lint/suspicious/noTemplateCurlyInString: a shell variable reference, printed as is
+export const AGENT_KEY_REFERENCE = '${COATCHECK_AGENT_KEY}';
+
+export interface ProxyEnvInput {
+  readonly agent: string;
+  /** HOST:PORT of the forward proxy. */
+  readonly proxy: string;
+  /** The agent key, or null to leave a `${COATCHECK_AGENT_KEY}` reference for the shell to fill. */
+  readonly agentKey: string | null;
+  /** The CA certificate alone (Node's NODE_EXTRA_CA_CERTS adds to its roots). */
+  readonly caFile: string;
+  /** The CA plus the public roots (SSL_CERT_FILE and friends replace the roots). */
+  readonly bundleFile: string;
+}
+
+/** The environment block for an agent's process or container: pure, one KEY=VALUE a line. */
+export function proxyEnvLines(input: ProxyEnvInput): string {
+  const key = input.agentKey === null ? AGENT_KEY_REFERENCE : encodeURIComponent(input.agentKey);
+  const url = `http://${encodeURIComponent(input.agent)}:${key}@${input.proxy}`;
+  const lines = [
+    `HTTPS_PROXY=${url}`,
+    `HTTP_PROXY=${url}`,
+    `https_proxy=${url}`,
+    `http_proxy=${url}`,
+    `NODE_EXTRA_CA_CERTS=${input.caFile}`,
+    `SSL_CERT_FILE=${input.bundleFile}`,
+    `REQUESTS_CA_BUNDLE=${input.bundleFile}`,
+    `CURL_CA_BUNDLE=${input.bundleFile}`,
+    `GIT_SSL_CAINFO=${input.bundleFile}`,
+  ];
+  return `${lines.join('\n')}\n`;
+}
+
+export function registerProxyCommands(
+  program: Command,
+  helpers: Pick<SessionCommandHelpers, 'perform'>,
+  io: { env: NodeJS.ProcessEnv; stderr: { write(text: string): unknown } },
+): void {
+  const { perform } = helpers;
+  program
+    .command('ca')
+    .description("the forward proxy's certificate authority")
+    .command('export')
+    .description('print the CA certificate (PEM) for clients to trust; the key never leaves the vault')
+    .action(async (_opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('caExport', {}),
+        (r) => r.certificate,
+      );
+    });
+
+  program
+    .command('env <agent>')
+    .description(
+      "print the environment block (proxy variables, CA paths) for an agent's process; writes the CA files into the home",
+    )
+    .option(
+      '--proxy <addr>',
+      `forward proxy address (default: listen.proxy in the config, else ${DEFAULT_PROXY})`,
+    )
+    .option('--ca-dir <dir>', 'where to write proxy-ca.pem and proxy-ca-bundle.pem (default: the home)')
+    .action(async (agent: string, opts: { proxy?: string; caDir?: string }, command: Command) => {
+      const globals = command.optsWithGlobals() as { dir?: string };
+      await perform(
+        command,
+        (c) => c.call('agentEnv', { name: agent }),
+        (r) => {
+          const dir = opts.caDir ?? resolveHome(globals.dir, io.env).dir;
+          const caFile = `${dir.replace(/\/$/, '')}/proxy-ca.pem`;
+          const bundleFile = `${dir.replace(/\/$/, '')}/proxy-ca-bundle.pem`;
+          const proxy = opts.proxy ?? r.proxy ?? DEFAULT_PROXY;
+          if (!/^[A-Za-z0-9.:[\]-]{1,300}$/.test(proxy)) {
+            throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', '--proxy must be HOST:PORT', {
+              details: { field: '--proxy' },
+            });
+          }
+          writeFileDurably(caFile, r.certificate, 0o644);
+          writeFileDurably(bundleFile, `${r.certificate}${rootCertificates.join('\n')}\n`, 0o644);
+          const agentKey = io.env.COATCHECK_AGENT_KEY?.trim() || null;
+          if (agentKey === null)
+            io.stderr.write(
+              `note: the agent key is left as ${AGENT_KEY_REFERENCE}; set it in the environment that reads this block\n`,
+            );
+          return proxyEnvLines({ agent: r.agent, proxy, agentKey, caFile, bundleFile });
+        },
+      );
+    });
+}
