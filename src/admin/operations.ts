@@ -4,6 +4,7 @@ import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { agentRef } from '../core/principal.js';
 import type { Context } from '../server/context.js';
+import { openProxyCa } from '../vault/proxy-ca.js';
 import { rotateMasterKey } from './rotate.js';
 import { workflowOperations } from './workflow-operations.js';
 
@@ -346,6 +347,33 @@ export const operations = {
     summary: 'Rewrap every data key under a new master key (tickets are unchanged).',
     input: z.object({}),
     run: (ctx, _input, actor) => rotateMasterKey(ctx, actor),
+  }),
+  caExport: op({
+    method: 'GET',
+    path: '/v1/ca',
+    summary:
+      "The forward proxy's CA certificate (PEM; made now if the home predates it). Its key never leaves the vault.",
+    input: z.object({}),
+    async run(ctx) {
+      const ca = await openProxyCa(ctx.store, ctx.keys.master);
+      return { certificate: ca.cert, fingerprint: ca.fingerprint };
+    },
+  }),
+  agentEnv: op({
+    method: 'GET',
+    path: '/v1/agents/:name/env',
+    summary: "What an agent's process needs to use the forward proxy: its address and the CA certificate.",
+    input: z.object({ name }),
+    async run(ctx, input) {
+      await principalOf(ctx, input.name);
+      const ca = await openProxyCa(ctx.store, ctx.keys.master);
+      return {
+        agent: input.name,
+        proxy: ctx.config.listen.proxy,
+        certificate: ca.cert,
+        fingerprint: ca.fingerprint,
+      };
+    },
   }),
   approvalList: op({
     method: 'GET',

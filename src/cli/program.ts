@@ -6,12 +6,13 @@ import { readAdminKey, resolveHome } from '../config/home.js';
 import { CoatcheckError, toCoatcheckError } from '../core/errors.js';
 import { newIncidentId } from '../core/ids.js';
 import { registerDetectCommands } from '../detect/cli.js';
+import { stdioUrl } from '../frontends/mcp/command.js';
 import { initHome, openContext } from '../server/context.js';
 import { registerApprovalCommands } from './approvals.js';
-import { stdioUrl } from '../frontends/mcp/command.js';
 import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
 import { registerMcpCommands } from './mcp.js';
 import { registerPolicyCommands } from './policy.js';
+import { registerProxyCommands } from './proxy.js';
 import { serveCommand } from './serve.js';
 import { registerSessionCommands } from './sessions.js';
 import { registerWorkflowCommands } from './workflows.js';
@@ -173,6 +174,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option('--listen-admin <addr>', 'admin API address (overrides the config)')
     .option('--listen-http <addr>', 'HTTP front-end address (overrides the config)')
     .option('--listen-postgres <addr>', 'PostgreSQL front-end address (overrides the config)')
+    .option('--listen-proxy <addr>', 'forward proxy address, HTTPS_PROXY (overrides the config)')
+    .option('--upstream-ca <file>', 'extra CA certificates (PEM) trusted for forward-proxy upstreams')
     .option('--init', 'create the home first if it does not exist')
     .option('--policy <path>', 'a .cedar file or a folder of them (overrides the config)')
     .action(async (opts, command: Command) => {
@@ -593,6 +596,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   registerPolicyCommands(program, io, (code) => {
     exitCode = code;
   });
+  registerProxyCommands(program, { perform }, io);
 
   // ---- keys
   program

@@ -3,6 +3,7 @@ import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
 import { resolveHome, writeFileDurably } from '../config/home.js';
 import { listenAddress } from '../config/schema.js';
 import { CoatcheckError } from '../core/errors.js';
+import { type ForwardProxy, startForwardProxy } from '../frontends/http/forward-proxy.js';
 import { type HttpFrontend, startHttpFrontend } from '../frontends/http/start.js';
 import { type PostgresFrontend, startPostgresFrontend } from '../frontends/postgres/start.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
@@ -17,6 +18,8 @@ export interface ServeOptions {
   listenHttp?: string;
   policy?: string;
   listenPostgres?: string;
+  listenProxy?: string;
+  upstreamCa?: string;
 }
 
 export function splitAddress(text: string, field: string): { host: string; port: number } {
@@ -52,6 +55,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
   let admin: AdminServer | null = null;
   let http: HttpFrontend | null = null;
   let pg: PostgresFrontend | null = null;
+  let proxy: ForwardProxy | null = null;
   try {
     await ctx.connections.checkDeclared();
     const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
@@ -63,6 +67,13 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
       http = await startHttpFrontend(ctx, splitAddress(httpAddress, '--listen-http'), log);
       ctx.endpoints.http = http.url;
     }
+    const proxyAddress = options.listenProxy ?? ctx.config.listen.proxy;
+    if (proxyAddress !== null && proxyAddress !== undefined) {
+      proxy = await startForwardProxy(ctx, splitAddress(proxyAddress, '--listen-proxy'), log, {
+        ...(options.upstreamCa === undefined ? {} : { upstreamCaFile: options.upstreamCa }),
+      });
+      ctx.endpoints.proxy = proxy.url;
+    }
     admin = await startAdminServer(
       ctx,
       splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
@@ -72,6 +83,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     const listening = {
       admin: admin.url,
       ...(http === null ? {} : { http: http.url }),
+      ...(proxy === null ? {} : { proxy: proxy.url, proxyCa: proxy.ca.fingerprint }),
       ...(pg === null ? {} : { postgres: `${pg.host}:${pg.port}`, postgresCert: pg.tls.cert }),
       store: `${ctx.store.driver} ${ctx.store.location}`,
       home: home.dir,
@@ -80,7 +92,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     io.stdout.write(
       options.json
         ? `${JSON.stringify(listening)}\n`
-        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
+        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
     );
     log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
     // Policies reload on change and on SIGHUP; a set that does not validate keeps the old one in force.
@@ -109,6 +121,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     return EXIT.ok;
   } finally {
     await pg?.close();
+    await proxy?.close();
     await http?.close();
     await admin?.close();
     rmSync(home.serverFile, { force: true });

@@ -34,6 +34,7 @@ import { openStore } from '../store/open-store.js';
 import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
 import { initializeKeyring, type Keyring, openKeyring } from '../vault/keyring.js';
+import { ensureProxyCa } from '../vault/proxy-ca.js';
 import { Vault } from '../vault/vault.js';
 import { Workflows } from '../workflows/workflows.js';
 
@@ -278,6 +279,8 @@ export async function initHome(
   try {
     if (!fromEnv) writeFileDurably(home.masterKeyFile, `${master.toBase64()}\n`, 0o600);
     const keys = await initializeKeyring(store, master);
+    // The forward proxy's CA: its key sealed under the master key, never on disk in clear.
+    await ensureProxyCa(store, master);
     const adminKey = newAdminKey();
     await store.setMeta(ADMIN_KEY_META, adminKeyHash(keys.index.lookup, adminKey));
     writeFileDurably(home.adminKeyFile, `${adminKey}\n`, 0o600);

@@ -11,6 +11,9 @@ import { deriveIndexKeys, type IndexKeys, KEY_LENGTH, type MasterKey } from './e
 const INDEX_KEY_META = 'index_key';
 const MASTER_KID_META = 'master_kid';
 const INDEX_KEY_AAD = 'coatcheck index key';
+/** The forward proxy's CA private key (PKCS#8), sealed under the master key; see vault/proxy-ca.ts. */
+export const PROXY_CA_KEY_META = 'proxy_ca_key';
+export const PROXY_CA_KEY_AAD = 'coatcheck proxy ca key';
 
 export interface Keyring {
   readonly master: MasterKey;
@@ -73,7 +76,7 @@ export function valueAad(secretId: string): string {
 }
 
 /**
- * Rewrap the index key and every live data key under `next`, inside `tx`. Tickets, agent
+ * Rewrap the index key, the proxy CA key (when there is one) and every live data key under `next`, inside `tx`. Tickets, agent
  * keys and the audit chain depend on the index key's content, which does not change.
  * Returns the number of data keys rewrapped.
  */
@@ -81,6 +84,15 @@ export async function rewrapAll(tx: StoreTx, current: MasterKey, next: MasterKey
   const indexKey = await unsealIndexKey(tx, current);
   await tx.setMeta(INDEX_KEY_META, next.wrap(indexKey, INDEX_KEY_AAD).toString('base64'));
   await tx.setMeta(MASTER_KID_META, next.kid);
+  const caSealed = await tx.getMeta(PROXY_CA_KEY_META);
+  if (caSealed !== null) {
+    const caKey = current.unwrap(Buffer.from(caSealed, 'base64'), PROXY_CA_KEY_AAD);
+    if (caKey === null) {
+      throw new CoatcheckError('CC_ERR_STORE_CORRUPT', 'the sealed proxy CA key does not authenticate');
+    }
+    await tx.setMeta(PROXY_CA_KEY_META, next.wrap(caKey, PROXY_CA_KEY_AAD).toString('base64'));
+    caKey.fill(0);
+  }
   let count = 0;
   for (const secret of await tx.listSecrets()) {
     if (secret.wrappedKey === null) continue;

@@ -4,12 +4,13 @@ import type { Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Dispatcher } from 'undici';
+import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/errors.js';
 import { newIncidentId } from '../../core/ids.js';
 import type { Engine } from '../../gateway/engine.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
-import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
+import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
 import { bearer, hopByHop } from './protocol/headers.js';
 import { parseRouteTarget, scrubPath, upstreamPath } from './protocol/request-target.js';
@@ -32,6 +33,48 @@ export interface HttpEngineOptions {
   readonly dispatcher: Dispatcher;
 }
 
+/**
+ * A forward-proxy request (plain `http://` through the proxy, or one request inside an
+ * intercepted CONNECT tunnel): where it goes, already parsed by the proxy listener, and
+ * the agent key it authenticated with. The rest of the request runs exactly as a
+ * reverse-proxy request does.
+ */
+export interface ForwardRoute {
+  readonly scheme: 'http:' | 'https:';
+  readonly host: string;
+  readonly port: number;
+  readonly origin: string;
+  /** Raw path (at least '/') and query of the request. */
+  readonly path: string;
+  readonly query: string | null;
+  readonly agentKey: string | null;
+  /** The http connection whose URL is on this host and port, if any: its injected headers apply. */
+  readonly connection: ConnectionView | null;
+}
+
+/** Where one request goes, for either routing. */
+interface Routed extends ResolvedConnection {
+  readonly origin: string;
+  /** Raw path below the origin or connection, and query, as the client sent them. */
+  readonly path: string;
+  readonly query: string | null;
+  upstreamPath(query: string | null): string;
+}
+
+const TLS_CERT_ERRORS = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_UNTRUSTED',
+  'CERT_REVOKED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'HOSTNAME_MISMATCH',
+]);
+
 /** One request/response pair and its session. */
 export interface HttpClient {
   readonly req: IncomingMessage;
@@ -39,11 +82,13 @@ export interface HttpClient {
   readonly session: GatewaySession;
   /** Filled in as the request advances; becomes the recording's summary. */
   readonly summary: Record<string, unknown>;
+  /** Set for forward-proxy requests; absent for `/c/<connection>/` requests. */
+  readonly forward?: ForwardRoute;
 }
 
 const NO_BODY_STATUS = new Set([204, 304]);
 
-function upstreamFailure(error: unknown, terminatedBy: ErrorCode | null): CoatcheckError {
+function upstreamFailure(error: unknown, terminatedBy: ErrorCode | null, forward = false): CoatcheckError {
   if (terminatedBy !== null) {
     return new CoatcheckError(
       terminatedBy,
@@ -61,6 +106,13 @@ function upstreamFailure(error: unknown, terminatedBy: ErrorCode | null): Coatch
     return new CoatcheckError('CC_ERR_GATEWAY_UPSTREAM_TIMEOUT', 'the upstream did not answer in time', {
       details: { cause: code },
     });
+  }
+  if (forward && TLS_CERT_ERRORS.has(code)) {
+    return new CoatcheckError(
+      'CC_ERR_PROXY_UPSTREAM_CERTIFICATE',
+      'the upstream presented a TLS certificate the gateway does not trust; nothing was sent to it',
+      { details: { cause: code } },
+    );
   }
   if (name === 'AbortError' || code === 'UND_ERR_ABORTED') {
     return new CoatcheckError('CC_ERR_GATEWAY_UPSTREAM_UNREACHABLE', 'the upstream request was aborted');
@@ -167,9 +219,52 @@ export class HttpEngine implements Engine<HttpClient> {
   }
 
   /** Bind a request to a new session. */
-  client(req: IncomingMessage, res: ServerResponse): HttpClient {
+  client(req: IncomingMessage, res: ServerResponse, forward?: ForwardRoute): HttpClient {
     const session = this.#pipeline.openSession(new GatewaySession(this.name, this.#pipeline.services.clock));
-    return { req, res, session, summary: { method: req.method, httpVersion: req.httpVersion } };
+    const summary: Record<string, unknown> = { method: req.method, httpVersion: req.httpVersion };
+    if (forward !== undefined) summary.proxy = forward.scheme === 'https:' ? 'intercepted' : 'http';
+    return forward === undefined ? { req, res, session, summary } : { req, res, session, summary, forward };
+  }
+
+  /** `/c/<connection>/<path>`: the connection's URL, its base path joined with the path below it. */
+  async #reverseRoute(session: GatewaySession, url: string): Promise<Routed> {
+    const route = parseRouteTarget(url);
+    const connection = await this.#pipeline.resolveConnection(session, route.connection, ['http']);
+    return {
+      ...connection,
+      origin: connection.url.origin,
+      path: route.path || '/',
+      query: route.query,
+      upstreamPath: (query) => upstreamPath(connection.url.pathname, { ...route, query }),
+    };
+  }
+
+  /** A forward-proxy request: the host the client named, through the matching connection if there is one. */
+  #forwardRoute(session: GatewaySession, forward: ForwardRoute): Routed {
+    const authority = `${forward.host}:${forward.port}`;
+    const view: ConnectionView = forward.connection ?? {
+      name: authority,
+      type: 'http',
+      url: forward.origin,
+      credential: null,
+      injectHeaders: {},
+      rules: {},
+      source: 'config',
+    };
+    session.connection = view.name;
+    return {
+      view,
+      url: new URL(forward.origin),
+      target: {
+        ...(forward.connection === null ? {} : { connection: forward.connection.name }),
+        host: forward.host,
+        port: forward.port,
+      },
+      origin: forward.origin,
+      path: forward.path,
+      query: forward.query,
+      upstreamPath: (query) => (query === null ? forward.path : `${forward.path}?${query}`),
+    };
   }
 
   async initialize(client: HttpClient): Promise<void> {
@@ -198,7 +293,10 @@ export class HttpEngine implements Engine<HttpClient> {
       'x-coatcheck-error': error.code,
     };
     if (error.code === 'CC_ERR_HTTP_PROXY_AUTH_REQUIRED')
-      headers['proxy-authenticate'] = 'Bearer realm="coatcheck"';
+      headers['proxy-authenticate'] =
+        client.forward === undefined
+          ? 'Bearer realm="coatcheck"'
+          : 'Basic realm="coatcheck", Bearer realm="coatcheck"';
     // An unread request body would desynchronise a kept-alive connection.
     if (!req.complete) headers.connection = 'close';
     res.writeHead(error.status, headers);
@@ -211,15 +309,19 @@ export class HttpEngine implements Engine<HttpClient> {
     const started = performance.now();
     await this.initialize(client);
 
-    // authenticate
-    const agentKey = bearer(req.headers['proxy-authorization']);
+    // authenticate (the forward proxy authenticated the tunnel or request already parsed the key)
+    const agentKey =
+      client.forward === undefined ? bearer(req.headers['proxy-authorization']) : client.forward.agentKey;
     const principal = await this.#pipeline.authenticate(session, agentKey);
 
     // route
-    const route = parseRouteTarget(req.url ?? '/');
-    summary.path = scrubPath(route.path || '/');
+    const route =
+      client.forward === undefined
+        ? await this.#reverseRoute(session, req.url ?? '/')
+        : this.#forwardRoute(session, client.forward);
+    const connection = route;
+    summary.path = scrubPath(route.path);
     summary.queryLength = route.query?.length ?? 0;
-    const connection = await this.#pipeline.resolveConnection(session, route.connection, ['http']);
 
     const method = req.method ?? 'GET';
 
@@ -228,11 +330,11 @@ export class HttpEngine implements Engine<HttpClient> {
     summary.requestBytes = body?.length ?? 0;
     const operation: Operation = {
       action: `http:${method}`,
-      description: `${method} ${connection.url.host}${scrubPath(upstreamPath(connection.url.pathname, { ...route, query: null }))}`,
+      description: `${method} ${connection.url.host}${scrubPath(route.upstreamPath(null))}`,
       attributes: {
         method,
         host: connection.target.host ?? '',
-        path: scrubPath(route.path || '/'),
+        path: scrubPath(route.path),
         // Hashes, not values: enough to bind an approval to this exact request.
         querySha256: route.query === null ? '' : createHash('sha256').update(route.query).digest('hex'),
         bodySha256: body === null ? '' : createHash('sha256').update(body).digest('hex'),
@@ -324,7 +426,7 @@ export class HttpEngine implements Engine<HttpClient> {
       route.query !== null && found.query.length > 0
         ? substituteForm(route.query, secretOf, false)
         : route.query;
-    const path = upstreamPath(connection.url.pathname, { ...route, query });
+    const path = route.upstreamPath(query);
 
     // The decision's audit record must be durable before anything leaves (it shares the
     // group commit with the releases above, so this rarely waits).
@@ -341,7 +443,7 @@ export class HttpEngine implements Engine<HttpClient> {
     let response: Dispatcher.ResponseData;
     try {
       response = await this.#options.dispatcher.request({
-        origin: connection.url.origin,
+        origin: route.origin,
         path,
         method: method as Dispatcher.HttpMethod,
         headers: upstreamHeaders,
@@ -351,7 +453,7 @@ export class HttpEngine implements Engine<HttpClient> {
         bodyTimeout: this.#options.upstreamTimeoutMs,
       });
     } catch (error) {
-      throw upstreamFailure(error, session.terminatedBy);
+      throw upstreamFailure(error, session.terminatedBy, client.forward !== undefined);
     }
     const upstreamMs = performance.now() - upstreamStarted;
     summary.upstreamMs = Math.round(upstreamMs);
@@ -472,9 +574,9 @@ export class HttpEngine implements Engine<HttpClient> {
   }
 
   /** Run one request end to end: errors in the client's protocol, metrics, recording. */
-  async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async serve(req: IncomingMessage, res: ServerResponse, forward?: ForwardRoute): Promise<void> {
     const { services } = this.#pipeline;
-    const client = this.client(req, res);
+    const client = this.client(req, res, forward);
     const started = performance.now();
     let outcome: ErrorCode | 'ok' = 'ok';
     try {

@@ -1,0 +1,349 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { type AddressInfo, connect as netConnect, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
+import type { Logger } from 'pino';
+import { Agent } from 'undici';
+import type { ConnectionView } from '../../connections/connections.js';
+import { CoatcheckError, toCoatcheckError } from '../../core/errors.js';
+import { newIncidentId } from '../../core/ids.js';
+import type { Principal } from '../../core/principal.js';
+import type { ExchangePipeline } from '../../gateway/pipeline.js';
+import { GatewaySession, type Recorder } from '../../gateway/session.js';
+import type { Context } from '../../server/context.js';
+import { openProxyCa, type ProxyCa } from '../../vault/proxy-ca.js';
+import { createHostBindings, type HostBindings } from './host-bindings.js';
+import { type ForwardRoute, HttpEngine } from './http-engine.js';
+import { createLeafCerts, type LeafCerts } from './leaf-certs.js';
+import {
+  type Authority,
+  originOf,
+  parseAbsoluteTarget,
+  parseAuthority,
+  proxyAgentKey,
+} from './protocol/proxy-target.js';
+import { createHttpPipeline, type HttpFrontendOverrides, upstreamCa } from './start.js';
+
+export interface ForwardProxy {
+  readonly server: Server;
+  /** `http://host:port`: the value of HTTPS_PROXY / HTTP_PROXY (with credentials added). */
+  readonly url: string;
+  readonly ca: ProxyCa;
+  readonly engine: HttpEngine;
+  readonly pipeline: ExchangePipeline;
+  readonly leaves: LeafCerts;
+  close(): Promise<void>;
+}
+
+export interface ForwardProxyOptions extends HttpFrontendOverrides {
+  /** Extra CA certificates (PEM file) trusted for upstreams; `--upstream-ca`, else `proxy.upstreamCaFile`. */
+  readonly upstreamCaFile?: string;
+}
+
+/** One intercepted tunnel: what the CONNECT named and who opened it. */
+interface Tunnel extends Authority {
+  readonly agentKey: string;
+  readonly connection: ConnectionView | null;
+}
+
+const PROXY_AUTHENTICATE = 'Basic realm="coatcheck", Bearer realm="coatcheck"';
+
+function rawError(socket: Duplex, error: CoatcheckError): void {
+  const body = JSON.stringify({ error: { code: error.code, message: error.message } });
+  const reason = error.status === 407 ? 'Proxy Authentication Required' : 'Error';
+  const extra = error.status === 407 ? `proxy-authenticate: ${PROXY_AUTHENTICATE}\r\n` : '';
+  socket.end(
+    `HTTP/1.1 ${error.status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\nx-coatcheck-error: ${error.code}\r\n${extra}content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
+}
+
+function responseError(res: ServerResponse, error: CoatcheckError): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = JSON.stringify({ error: { code: error.code, message: error.message } });
+  res.writeHead(error.status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'x-coatcheck-error': error.code,
+    connection: 'close',
+    ...(error.status === 407 ? { 'proxy-authenticate': PROXY_AUTHENTICATE } : {}),
+  });
+  res.end(body);
+}
+
+/**
+ * The forward proxy (`HTTPS_PROXY`/`HTTP_PROXY`): plain `http://` requests and CONNECT
+ * tunnels, authenticated with Proxy-Authorization (Basic with the agent key as password,
+ * or Bearer). A tunnel to a host a secret or connection is bound to is intercepted: TLS
+ * is terminated with a leaf certificate minted under the local CA, and each request in
+ * it runs through the same `HttpEngine` as the reverse proxy, then goes to the real host
+ * over TLS with its certificate verified. Other hosts are refused or tunnelled untouched
+ * (`proxy.unboundHosts`).
+ */
+export async function startForwardProxy(
+  ctx: Context,
+  listen: { host: string; port: number },
+  log: Logger,
+  options: ForwardProxyOptions = {},
+): Promise<ForwardProxy> {
+  const config = ctx.config.proxy;
+  const caFile = options.upstreamCaFile ?? config.upstreamCaFile;
+  const ca = upstreamCa(
+    caFile,
+    options.upstreamCaFile !== undefined ? '--upstream-ca' : 'proxy.upstreamCaFile',
+  );
+  const authority = await openProxyCa(ctx.store, ctx.keys.master);
+  const leaves = createLeafCerts(authority, { max: config.leafCacheSize });
+  const { pipeline, recorder } = createHttpPipeline(ctx, log, 'http-proxy', options);
+  const bindings: HostBindings = createHostBindings(ctx.vault, ctx.connections, ctx.store);
+  const dispatcher = new Agent({
+    connect: {
+      timeout: Math.min(ctx.config.http.upstreamTimeoutMs, 10_000),
+      rejectUnauthorized: true,
+      ...(ca === undefined ? {} : { ca }),
+    },
+    headersTimeout: ctx.config.http.upstreamTimeoutMs,
+    bodyTimeout: ctx.config.http.upstreamTimeoutMs,
+    keepAliveTimeout: 4_000,
+  });
+  const engine = new HttpEngine(pipeline, {
+    bodyLimit: ctx.config.http.bodyLimit,
+    upstreamTimeoutMs: ctx.config.http.upstreamTimeoutMs,
+    maxTicketsPerRequest: ctx.config.http.maxTicketsPerRequest,
+    dispatcher,
+  });
+  const tunnels = new WeakMap<object, Tunnel>();
+  const open = new Set<Socket | Duplex>();
+  const track = (socket: Socket | Duplex) => {
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+  };
+
+  /**
+   * Authenticate the opener of a tunnel (or a plain request to a refused host) in a
+   * session of its own: refusals are audited by the pipeline, and the tunnel is recorded.
+   */
+  const withSession = async <T>(
+    summary: Record<string, unknown>,
+    fn: (session: GatewaySession) => Promise<T>,
+  ): Promise<T> => {
+    const session = pipeline.openSession(new GatewaySession('http-proxy', ctx.clock));
+    let outcome: Parameters<ExchangePipeline['closeSession']>[1] = 'ok';
+    try {
+      return await fn(session);
+    } catch (error) {
+      const failure = toCoatcheckError(error, newIncidentId());
+      outcome = failure.code;
+      summary.error = failure.code;
+      throw failure;
+    } finally {
+      pipeline.closeSession(session, outcome, summary);
+    }
+  };
+
+  const refuseHost = async (principal: Principal, target: Authority, session: GatewaySession) => {
+    await ctx.audit.append({
+      type: 'gateway.proxy.refused',
+      actor: principal.ref,
+      data: { frontend: 'http-proxy', session: session.id, host: target.host, port: target.port },
+    });
+    return new CoatcheckError(
+      'CC_ERR_PROXY_HOST_REFUSED',
+      `no secret or connection is bound to ${target.host}:${target.port}; the proxy refuses channels it cannot inspect`,
+      { details: { host: target.host, port: target.port } },
+    );
+  };
+
+  // Requests inside intercepted tunnels (origin-form targets): the same engine as the reverse proxy.
+  const inner = createServer((req, res) => {
+    const tunnel = tunnels.get(req.socket);
+    if (tunnel === undefined) {
+      res.destroy();
+      return;
+    }
+    let route: ForwardRoute;
+    try {
+      const parsed = parseAbsoluteTarget(
+        (req.url ?? '/').startsWith('/') ? `https://${tunnel.host}${req.url ?? '/'}` : '',
+      );
+      route = {
+        scheme: 'https:',
+        host: tunnel.host,
+        port: tunnel.port,
+        origin: originOf('https:', tunnel),
+        path: parsed.path,
+        query: parsed.query,
+        agentKey: tunnel.agentKey,
+        connection: tunnel.connection,
+      };
+    } catch (error) {
+      responseError(res, toCoatcheckError(error, newIncidentId()));
+      return;
+    }
+    engine.serve(req, res, route).catch(() => res.destroy());
+  });
+  inner.on('upgrade', (_req, socket: Duplex) => {
+    socket.on('error', () => socket.destroy());
+    rawError(
+      socket,
+      new CoatcheckError(
+        'CC_ERR_HTTP_UNSUPPORTED',
+        'protocol upgrades are not carried through the proxy yet',
+      ),
+    );
+  });
+  inner.on('clientError', (_error, socket) => socket.destroy());
+
+  const intercept = (socket: Socket, head: Buffer, tunnel: Tunnel) => {
+    if (head.length > 0) socket.unshift(head);
+    const tls = new TLSSocket(socket, {
+      isServer: true,
+      secureContext: leaves.get(tunnel.host),
+      ALPNProtocols: ['http/1.1'],
+    });
+    tls.on('error', () => tls.destroy());
+    tunnels.set(tls, tunnel);
+    track(tls);
+    inner.emit('connection', tls);
+  };
+
+  const passThrough = (socket: Socket, head: Buffer, target: Authority) => {
+    const upstream = netConnect({ host: target.host, port: target.port });
+    track(upstream);
+    upstream.once('connect', () => {
+      socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      if (head.length > 0) upstream.write(head);
+      socket.pipe(upstream);
+      upstream.pipe(socket);
+    });
+    upstream.on('error', () => {
+      if (upstream.connecting || !upstream.readable)
+        rawError(
+          socket,
+          new CoatcheckError('CC_ERR_GATEWAY_UPSTREAM_UNREACHABLE', 'the upstream could not be reached'),
+        );
+      socket.destroy();
+    });
+    socket.on('close', () => upstream.destroy());
+  };
+
+  const server = createServer((req, res) => {
+    const summary: Record<string, unknown> = { method: req.method };
+    (async () => {
+      const agentKey = proxyAgentKey(req.headers['proxy-authorization']);
+      const target = parseAbsoluteTarget(req.url ?? '');
+      const binding = await bindings.resolve(target.host, target.port);
+      if (!binding.bound && config.unboundHosts === 'refuse') {
+        await withSession(
+          { ...summary, proxy: 'http', target: `${target.host}:${target.port}` },
+          async (session) => {
+            const principal = await pipeline.authenticate(session, agentKey);
+            throw await refuseHost(principal, target, session);
+          },
+        );
+      }
+      await engine.serve(req, res, {
+        scheme: target.scheme,
+        host: target.host,
+        port: target.port,
+        origin: originOf(target.scheme, target),
+        path: target.path,
+        query: target.query,
+        agentKey,
+        connection: binding.connection,
+      });
+    })().catch((error: unknown) => {
+      const failure = toCoatcheckError(error, newIncidentId());
+      if (!req.complete) req.resume();
+      responseError(res, failure);
+    });
+  });
+
+  server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    socket.on('error', () => socket.destroy());
+    track(socket);
+    const summary: Record<string, unknown> = { method: 'CONNECT' };
+    (async () => {
+      const target = parseAuthority(req.url ?? '');
+      summary.target = `${target.host}:${target.port}`;
+      const agentKey = proxyAgentKey(req.headers['proxy-authorization']);
+      await withSession(summary, async (session) => {
+        await pipeline.authenticate(session, agentKey);
+        const principal = session.principal!;
+        const binding = await bindings.resolve(target.host, target.port);
+        if (binding.bound) {
+          summary.proxy = 'intercepted';
+          socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+          intercept(socket, head, { ...target, agentKey: agentKey!, connection: binding.connection });
+        } else if (config.unboundHosts === 'tunnel') {
+          summary.proxy = 'tunnel';
+          await ctx.audit.append({
+            type: 'gateway.proxy.tunnel',
+            actor: principal.ref,
+            data: { frontend: 'http-proxy', session: session.id, host: target.host, port: target.port },
+          });
+          passThrough(socket, head, target);
+        } else {
+          summary.proxy = 'refused';
+          throw await refuseHost(principal, target, session);
+        }
+      });
+    })().catch((error: unknown) => {
+      const failure = toCoatcheckError(error, newIncidentId());
+      if (failure.code === 'CC_ERR_INTERNAL')
+        log.error({ errName: (error as Error)?.name }, 'forward proxy: CONNECT failed');
+      if (socket.writable) rawError(socket, failure);
+      else socket.destroy();
+    });
+  });
+  server.on('upgrade', (_req, socket: Duplex) => {
+    socket.on('error', () => socket.destroy());
+    rawError(
+      socket,
+      new CoatcheckError(
+        'CC_ERR_HTTP_UNSUPPORTED',
+        'protocol upgrades are not carried through the proxy yet',
+      ),
+    );
+  });
+  server.on('clientError', (_error, socket) => {
+    if (socket.writable)
+      socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    else socket.destroy();
+  });
+  server.headersTimeout = 15_000;
+  server.requestTimeout = 0; // tunnels live as long as their clients keep them
+  inner.headersTimeout = 15_000;
+  inner.requestTimeout = 60_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(listen.port, listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return {
+    server,
+    url: `http://${host}:${address.port}`,
+    ca: authority,
+    engine,
+    pipeline,
+    leaves,
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+        for (const socket of open) socket.destroy();
+      });
+      inner.close();
+      bindings.close();
+      await dispatcher.close().catch(() => undefined);
+      pipeline.close();
+      await (recorder as Recorder).flush();
+    },
+  };
+}
