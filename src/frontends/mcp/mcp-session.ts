@@ -164,7 +164,16 @@ export class McpSession {
     return current.client;
   }
 
-  async #decide(tool: string, argumentsJson: string, what: string): Promise<Operation> {
+  /**
+   * The policy step. Resolves once allowed; `recorded` is the decision's audit record, which
+   * must be durable before anything is sent upstream (it shares the group commit with the
+   * ticket releases that follow, so awaiting it after them rarely waits).
+   */
+  async #decide(
+    tool: string,
+    argumentsJson: string,
+    what: string,
+  ): Promise<{ operation: Operation; recorded: Promise<unknown> }> {
     const { pipeline, session, principal, connection } = this.#o;
     const operation: Operation = {
       action: 'mcp:call',
@@ -174,6 +183,7 @@ export class McpSession {
         argumentsSha256: createHash('sha256').update(argumentsJson).digest('hex'),
       },
     };
+    let recorded: Promise<unknown>;
     try {
       const decision = await pipeline.decide(session, {
         principal,
@@ -181,7 +191,7 @@ export class McpSession {
         target: this.#target,
         operation,
       });
-      await decision.recorded;
+      recorded = decision.recorded ?? Promise.resolve();
     } catch (error) {
       if (error instanceof CoatcheckError && error.code === 'CC_ERR_POLICY_DENIED') {
         throw new CoatcheckError(
@@ -192,7 +202,7 @@ export class McpSession {
       }
       throw error;
     }
-    return operation;
+    return { operation, recorded };
   }
 
   /** Every secret in an upstream answer becomes a ticket bound to the caller (known secrets: to this connection). */
@@ -320,13 +330,14 @@ export class McpSession {
       this.server.setRequestHandler(CallToolRequestSchema, async (request) => {
         const tool = request.params.name;
         return this.#audited(tool, async (state) => {
-          const operation = await this.#decide(
+          const { operation, recorded } = await this.#decide(
             tool,
             JSON.stringify(request.params.arguments ?? {}),
             `tools/call ${tool.slice(0, 200)}`,
           );
           const exchanged = await this.#exchangeArguments(request.params.arguments, operation);
           state.tickets = exchanged.tickets;
+          await recorded;
           const result = await this.#upstreamCall((c) =>
             c.callTool({ ...request.params, arguments: exchanged.args }, undefined, {
               timeout: this.#o.upstreamTimeoutMs,
@@ -346,7 +357,7 @@ export class McpSession {
       this.server.setRequestHandler(ReadResourceRequestSchema, async (request) => {
         const tool = `resource:${request.params.uri.slice(0, 500)}`;
         return this.#audited(tool, async () => {
-          await this.#decide(tool, '{}', `resources/read ${tool}`);
+          await (await this.#decide(tool, '{}', `resources/read ${tool}`)).recorded;
           return this.#scan(await this.#upstreamCall((c) => c.readResource(request.params)));
         });
       });
@@ -358,7 +369,12 @@ export class McpSession {
       this.server.setRequestHandler(GetPromptRequestSchema, async (request) => {
         const tool = `prompt:${request.params.name.slice(0, 200)}`;
         return this.#audited(tool, async () => {
-          await this.#decide(tool, JSON.stringify(request.params.arguments ?? {}), `prompts/get ${tool}`);
+          const decided = await this.#decide(
+            tool,
+            JSON.stringify(request.params.arguments ?? {}),
+            `prompts/get ${tool}`,
+          );
+          await decided.recorded;
           return this.#scan(await this.#upstreamCall((c) => c.getPrompt(request.params)));
         });
       });
