@@ -1,7 +1,12 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { renderEnv, renderTree } from '../../src/cli/workflows.js';
 import { manualClock } from '../../src/core/clock.js';
+import { loadPolicies } from '../../src/policy/load-policies.js';
+import { PolicyEngine } from '../../src/policy/policy-engine.js';
 import type { Context } from '../../src/server/context.js';
 import { coveredByAny, parseDestination } from '../../src/vault/destinations.js';
 import { envNameFor } from '../../src/workflows/workflows.js';
@@ -277,6 +282,34 @@ describe('workflows and subtasks', () => {
     await expect(
       ctx.vault.narrowForSubtask(run.tickets[0]!.id, a.workflow.id, {}, 'admin:test'),
     ).resolves.toBeDefined();
+  });
+
+  it('policy sees a subtask as Subtask in its inherited groups', async () => {
+    const run = await start(['users-api']);
+    const a = await ctx.workflows.spawn({ parent: run.workflow.id, name: 'fetch' }, 'admin:test');
+    const p = await ctx.identity.authenticate(a.key);
+    const dir = mkdtempSync(join(tmpdir(), 'coatcheck-wf-policy-'));
+    try {
+      writeFileSync(
+        join(dir, 'p.cedar'),
+        `permit(principal is Subtask, action == Action::"http:GET", resource == Connection::"users")
+when { principal in Group::"ci" && context has workflow && context.workflow == "${run.workflow.id}" };\n`,
+      );
+      const engine = new PolicyEngine(loadPolicies(join(dir, 'p.cedar'), dir), { timeZone: 'UTC' });
+      const decide = (principal: typeof p, workflow: string) =>
+        engine.decide({
+          principal,
+          action: 'http:GET',
+          resource: { type: 'Connection', id: 'users', attrs: { type: 'http' } },
+          context: { workflow },
+        }).effect;
+      expect(decide(p, String(p.attributes.workflow))).toBe('allow');
+      expect(decide(p, 'wfl_other')).toBe('deny');
+      expect(decide({ ...p, groups: ['other'] }, String(p.attributes.workflow))).toBe('deny');
+      expect(decide({ ...p, kind: 'agent' }, String(p.attributes.workflow))).toBe('deny');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('names environment variables safely', () => {
