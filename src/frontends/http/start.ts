@@ -81,7 +81,10 @@ export function createHttpPipeline(
     inspector:
       overrides.inspector ??
       (ctx.config.http.detectSecrets
-        ? chainInspectors(createKnownSecretInspector(() => ctx.vault.knownSecrets()), createDetectorInspector())
+        ? chainInspectors(
+            createKnownSecretInspector(() => ctx.vault.knownSecrets()),
+            createDetectorInspector(),
+          )
         : createKnownSecretInspector(() => ctx.vault.knownSecrets())),
     decide: overrides.decide ?? createPolicyDecide(ctx.gate),
   });

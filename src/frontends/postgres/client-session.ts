@@ -604,12 +604,13 @@ export class RelaySession {
 
   #parseAllowed(m: Extract<FrontendMessage, { type: 'Parse' }>, c: Classification, frame: Frame): void {
     if (m.sql.includes('cct_')) {
-      return this.#refuseExtended(
+      this.#refuseExtended(
         'CC_ERR_PG_STATEMENT_DENIED',
         'coatcheck: statement refused by rule ticket-placement; in the extended protocol pass tickets as bound parameters',
         m.sql,
         c.class,
       );
+      return;
     }
     this.#statements.set(m.name, { sql: m.sql, classification: c });
     this.#forwardExtended(frame.raw);
