@@ -21,7 +21,7 @@ import { startAdminServer } from '../../src/admin/admin-server.js';
 import { renderTree } from '../../src/cli/workflows.js';
 import { resolveHome } from '../../src/config/home.js';
 import { startHttpFrontend } from '../../src/frontends/http/start.js';
-import { createClient, subtaskEnv, type WorkflowNode } from '../../src/sdk/index.js'; // in an application: 'coatcheck/sdk'
+import { createClient, createGatewayFetch, subtaskEnv, type WorkflowNode } from '../../src/sdk/index.js'; // in an application: 'coatcheck/sdk'
 import { initHome, openContext } from '../../src/server/context.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -130,7 +130,15 @@ try {
   for (const line of results) process.stdout.write(`  ${line.trim()}\n`);
 
   const ended = await coatcheck.end(run.workflow.id);
-  process.stdout.write(`ended ${ended.ended.length} nodes, ${ended.tickets.length} tickets expired\n\n`);
+  process.stdout.write(`ended ${ended.ended.length} nodes, ${ended.tickets.length} tickets expired\n`);
+  // After the end, the subtask's key no longer opens the gateway.
+  const late = await createGatewayFetch({
+    gatewayUrl: gateway.url,
+    credential: users.env.COATCHECK_SUBTASK_KEY,
+    connection: 'api',
+  })('/users', { headers: { authorization: `Bearer ${users.env.API_TOKEN}` } });
+  const lateCode = ((await late.json()) as { error?: { code?: string } }).error?.code;
+  process.stdout.write(`fetch-users after the end: ${late.status} ${lateCode}\n\n`);
 
   const tree = await coatcheck.show(run.workflow.id);
   const rendered = renderTree(tree as Parameters<typeof renderTree>[0]);

@@ -63,7 +63,7 @@ export function renderTree(tree: OperationOutput<'workflowShow'>): string {
             ? `credential ${e.secret ?? '?'} injected`
             : e.kind === 'denied'
               ? 'denied by policy'
-              : `refused ${e.code ?? '?'} (${e.ticket ?? 'unknown ticket'}${e.ticketOwner === null ? '' : ` of ${e.ticketOwner}`})`;
+              : `refused ${e.code ?? '?'}${e.ticket === null ? '' : ` (${e.ticket}${e.ticketOwner === null ? '' : ` of ${e.ticketOwner}`})`}`;
       const where = [e.target, e.operation].filter((x) => x !== null).join(': ');
       lines.push(`${pad}  ${e.at} ${what}${where === '' ? '' : ` at ${where}`}`);
     }

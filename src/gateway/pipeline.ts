@@ -46,6 +46,14 @@ export interface Authenticator {
   authenticate(credential: string): Promise<Principal>;
 }
 
+/** The workflow and subtask ids in an error's details, when it names them. */
+function workflowIds(details: Readonly<Record<string, unknown>> | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (typeof details?.workflow === 'string') out.workflow = details.workflow;
+  if (typeof details?.subtask === 'string') out.subtask = details.subtask;
+  return out;
+}
+
 /** Where a ticket handed back in a response may go: the connection it came from, and its host. */
 function responseDestinations(target: Target): string[] {
   const out: string[] = [];
@@ -167,6 +175,10 @@ export class ExchangePipeline {
           session: session.id,
           code,
           presented: this.services.vault.fingerprint(key.slice(0, 256)),
+          // A subtask key that no longer works names its node, so `workflow show` lists the attempt.
+          ...(error instanceof CoatcheckError && code.startsWith('CC_ERR_WORKFLOW_')
+            ? workflowIds(error.details)
+            : {}),
         },
       });
       throw error;
@@ -180,7 +192,12 @@ export class ExchangePipeline {
   #endAtExpiry(session: GatewaySession, principal: Principal): void {
     if (principal.expiresAt === null) return;
     const left = principal.expiresAt - this.services.clock.now();
-    const code = principal.kind === 'oidc' ? 'CC_ERR_OIDC_EXPIRED' : 'CC_ERR_AGENT_EXPIRED';
+    const code =
+      principal.kind === 'oidc'
+        ? 'CC_ERR_OIDC_EXPIRED'
+        : principal.kind === 'subtask'
+          ? 'CC_ERR_WORKFLOW_EXPIRED'
+          : 'CC_ERR_AGENT_EXPIRED';
     if (left <= 0) {
       session.terminate(code);
       return;

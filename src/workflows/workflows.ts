@@ -626,6 +626,7 @@ export class Workflows {
       'token.refused': 'refused',
       'credential.inject': 'credential',
       'gateway.denied': 'denied',
+      'gateway.auth.refused': 'refused',
     };
     const text = (value: unknown) => (typeof value === 'string' ? value : null);
     let after = await this.#firstSeqNear(root.createdAt);
