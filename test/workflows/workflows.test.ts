@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createLocalClient } from '../../src/admin/client.js';
 import { renderEnv, renderTree } from '../../src/cli/workflows.js';
 import { manualClock } from '../../src/core/clock.js';
 import { loadPolicies } from '../../src/policy/load-policies.js';
@@ -310,6 +311,31 @@ when { principal in Group::"ci" && context has workflow && context.workflow == "
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('tokenizes a prompt for a node: secrets become tickets that node (and only it) can use', async () => {
+    const run = await start(['users-api']);
+    const a = await ctx.workflows.spawn({ parent: run.workflow.id, name: 'a' }, 'admin:test');
+    const client = createLocalClient(ctx, 'admin:test');
+    const result = await client.call('workflowTokenize', {
+      id: a.workflow.id,
+      text: `call the users API with ${CANARY} please`,
+    });
+    expect(result.text).toMatch(/^call the users API with cct_[0-9A-Za-z]{28} please$/);
+    expect(result.tickets).toHaveLength(1);
+    const ticket = result.text.split(' ')[5]!;
+    const pa = await ctx.identity.authenticate(a.key);
+    const root = await ctx.identity.authenticate(run.key);
+    expect((await ctx.vault.exchange(ticket, { principal: pa, target: users })).value.revealText()).toBe(
+      CANARY,
+    );
+    expect(await code(ctx.vault.exchange(ticket, { principal: root, target: users }))).toBe(
+      'CC_ERR_TICKET_WRONG_PRINCIPAL',
+    );
+    await ctx.workflows.end(a.workflow.id, 'admin:test');
+    expect(await code(client.call('workflowTokenize', { id: a.workflow.id, text: `x ${CANARY}` }))).toBe(
+      'CC_ERR_WORKFLOW_INACTIVE',
+    );
   });
 
   it('names environment variables safely', () => {

@@ -197,9 +197,7 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
       body: JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/list' }),
     });
     expect(res.status).toBe(404);
-    expect(((await res.json()) as { error: { data: { code: string } } }).error.data.code).toBe(
-      'CC_ERR_NOT_FOUND',
-    );
+    expect((await res.json()).error.data.code).toBe('CC_ERR_NOT_FOUND');
   });
 
   it('audits every call (tool and outcome, never argument values) and leaks no secret to logs, audit or recordings', async () => {
