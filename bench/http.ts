@@ -1,6 +1,9 @@
 // HTTP front-end overhead: requests/s and latency (p50, p99) direct to an upstream vs
 // through the gateway, for four cases: pass-through, one header ticket, a 16 KB JSON
-// body with three tickets, and a 1 MiB response scanned for known secrets.
+// body with three tickets, and a 1 MiB response scanned for known secrets. Then the
+// forward proxy (HTTPS_PROXY: CONNECT, TLS interception with a minted certificate, TLS
+// again to the upstream) beside the reverse proxy, against an HTTPS upstream, with the
+// same client for the direct baseline (bench/http-proxy-load.ts; BENCH_PROXY=0 skips it).
 //
 // Run: npm run bench:http   (BENCH_SECONDS=5 BENCH_CONNECTIONS=16 by default)
 //
@@ -8,8 +11,8 @@
 // the gateway in this one (SQLite store in a temp dir, audit group commit as configured
 // by default, session recordings on). All three share the machine: on few cores the
 // absolute numbers say more about the machine than the gateway; the ratio is the point.
-import { execFile, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +21,7 @@ import pino from 'pino';
 import { request } from 'undici';
 import { resolveHome } from '../src/config/home.js';
 import { agentRef } from '../src/core/principal.js';
+import { startForwardProxy } from '../src/frontends/http/forward-proxy.js';
 import { startHttpFrontend } from '../src/frontends/http/start.js';
 import { initHome, openContext } from '../src/server/context.js';
 
@@ -87,31 +91,99 @@ async function sequential(
   return { p50: times[Math.floor(count * 0.5)]!, p99: times[Math.floor(count * 0.99)]! };
 }
 
-async function main() {
-  const upstream = spawn(
+/** A test CA and a certificate for 127.0.0.1 signed by it (openssl CLI), for the HTTPS upstream. */
+function upstreamCerts(dir: string): { caFile: string; keyFile: string; certFile: string } {
+  const ssl = (args: string[]) => execFileSync('openssl', args, { stdio: 'ignore' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  const f = (name: string) => join(dir, name);
+  ssl([
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    f('ca.key'),
+    '-out',
+    f('ca.crt'),
+    '-days',
+    '1',
+    '-subj',
+    '/CN=bench CA',
+  ]);
+  writeFileSync(f('ext'), 'subjectAltName=IP:127.0.0.1\n');
+  ssl(['req', ...ec, '-keyout', f('up.key'), '-out', f('up.csr'), '-subj', '/CN=127.0.0.1']);
+  ssl(
+    ['x509', '-req', '-in', f('up.csr'), '-CA', f('ca.crt'), '-CAkey', f('ca.key'), '-CAcreateserial'].concat(
+      ['-out', f('up.crt'), '-days', '1', '-extfile', f('ext')],
+    ),
+  );
+  return { caFile: f('ca.crt'), keyFile: f('up.key'), certFile: f('up.crt') };
+}
+
+async function spawnUpstream(env: NodeJS.ProcessEnv = {}) {
+  const child = spawn(
     process.execPath,
     ['--import', 'tsx', new URL('./http-upstream.ts', import.meta.url).pathname],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, ...env },
     },
   );
   const port = await new Promise<number>((resolve) =>
-    upstream.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))),
+    child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))),
   );
+  return { child, port };
+}
+
+interface ProxyLoad {
+  url: string;
+  ca: string;
+  proxy?: { uri: string; token: string; ca: string };
+  headers: Record<string, string>;
+}
+
+async function proxyLoad(input: ProxyLoad): Promise<Result> {
+  const { stdout } = await run(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      new URL('./http-proxy-load.ts', import.meta.url).pathname,
+      JSON.stringify({ ...input, connections: CONNECTIONS, seconds: SECONDS }),
+    ],
+    { maxBuffer: 1024 * 1024 },
+  );
+  return JSON.parse(stdout) as Result;
+}
+
+async function main() {
+  const { child: upstream, port } = await spawnUpstream();
   const upstreamUrl = `http://127.0.0.1:${port}`;
 
   const dir = mkdtempSync(join(tmpdir(), 'coatcheck-bench-http-'));
-  const home = resolveHome(dir, {});
+  const certs = upstreamCerts(dir);
+  const { child: tlsUpstream, port: tlsPort } = await spawnUpstream({
+    BENCH_TLS_KEY: certs.keyFile,
+    BENCH_TLS_CERT: certs.certFile,
+  });
+  const tlsUrl = `https://127.0.0.1:${tlsPort}`;
+  const home = resolveHome(join(dir, 'home'), {});
   await initHome(home, { env: {} });
-  writeFileSync(home.configFile, 'log:\n  level: warn\n');
+  writeFileSync(home.configFile, `log:\n  level: warn\nhttp:\n  upstreamCaFile: ${certs.caFile}\n`);
   const ctx = await openContext(home, { env: {} });
   const gateway = await startHttpFrontend(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }));
+  const proxy = await startForwardProxy(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }), {
+    upstreamCaFile: certs.caFile,
+  });
   try {
     const { key, agent } = await ctx.agents.create({ name: 'bench' }, 'admin:bench');
     const tickets: string[] = [];
     for (let i = 0; i < 3; i++) {
       await ctx.vault.addSecret(
-        { name: `s${i}`, value: Buffer.from(`bench-secret-value-${i}-0123456789abcdef`), allow: ['up'] },
+        {
+          name: `s${i}`,
+          value: Buffer.from(`bench-secret-value-${i}-0123456789abcdef`),
+          allow: ['up', 'ups', `127.0.0.1:${tlsPort}`],
+        },
         'admin:bench',
       );
       tickets.push(
@@ -120,6 +192,7 @@ async function main() {
       );
     }
     await ctx.connections.add({ name: 'up', type: 'http', url: upstreamUrl }, 'admin:bench');
+    await ctx.connections.add({ name: 'ups', type: 'http', url: tlsUrl }, 'admin:bench');
     const auth = { 'proxy-authorization': `Bearer ${key}` };
     const json = JSON.stringify({
       a: tickets[0],
@@ -181,7 +254,46 @@ async function main() {
         `${label.padEnd(36)} ${`${d.p50.toFixed(2)}/${d.p99.toFixed(2)}`.padStart(16)} ${`${g.p50.toFixed(2)}/${g.p99.toFixed(2)}`.padStart(16)} ${(g.p50 - d.p50).toFixed(2).padStart(10)}`,
       );
     }
+
+    if (process.env.BENCH_PROXY !== '0') {
+      // Forward proxy beside the reverse proxy, HTTPS upstream, one client for all three.
+      const caPem = readFileSync(certs.caFile, 'utf8');
+      const ticketHeader = { authorization: `Bearer ${tickets[0]}` };
+      console.log(
+        `\nforward proxy (CONNECT + TLS interception) vs reverse proxy, HTTPS upstream, undici client, ${CONNECTIONS} connections`,
+      );
+      console.log(
+        `${'case'.padEnd(36)} ${'direct req/s'.padStart(12)} ${'reverse'.padStart(8)} ${'ratio'.padStart(6)} ${'forward'.padStart(8)} ${'ratio'.padStart(6)} ${'p50/p99 ms d|r|f'.padStart(22)} ${'errors'.padStart(7)}`,
+      );
+      for (const [label, path, headers] of [
+        ['pass-through (GET, no ticket)', '/small', {}],
+        ['one header ticket', '/small', ticketHeader],
+        ['1 MiB response, scanned', '/big', {}],
+      ] as Array<[string, string, Record<string, string>]>) {
+        const d = await proxyLoad({
+          url: `${tlsUrl}${path}`,
+          ca: caPem,
+          headers: { authorization: 'Bearer direct' },
+        });
+        const r = await proxyLoad({
+          url: `${gateway.url}/c/ups${path}`,
+          ca: caPem,
+          headers: { ...headers, 'proxy-authorization': `Bearer ${key}` },
+        });
+        const f = await proxyLoad({
+          url: `${tlsUrl}${path}`,
+          ca: caPem,
+          proxy: { uri: proxy.url, token: `Bearer ${key}`, ca: proxy.ca.cert },
+          headers,
+        });
+        console.log(
+          `${label.padEnd(36)} ${d.rps.toFixed(0).padStart(12)} ${r.rps.toFixed(0).padStart(8)} ${(r.rps / d.rps).toFixed(2).padStart(6)} ${f.rps.toFixed(0).padStart(8)} ${(f.rps / d.rps).toFixed(2).padStart(6)} ${`${d.p50}/${d.p99}|${r.p50}/${r.p99}|${f.p50}/${f.p99}`.padStart(22)} ${String(d.errors + r.errors + f.errors).padStart(7)}`,
+        );
+      }
+    }
   } finally {
+    await proxy.close();
+    tlsUpstream.kill();
     await gateway.close();
     await ctx.close();
     upstream.kill();
