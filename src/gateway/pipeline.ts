@@ -7,7 +7,7 @@ import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
 import type { Store } from '../store/types.js';
 import { parseDestination, type Target } from '../vault/destinations.js';
-import type { Exchange, Vault } from '../vault/vault.js';
+import { type Exchange, type Vault, workflowTags } from '../vault/vault.js';
 import type { InspectionContext, ResponseInspector, ResponseScan } from './inspector.js';
 import type { GatewayMetrics } from './metrics.js';
 import { type GatewaySession, LiveSessions, type Recorder } from './session.js';
@@ -252,6 +252,7 @@ export class ExchangePipeline {
           connection: input.connection.name,
           operation: input.operation.description,
           reasons: [...decision.reasons],
+          ...workflowTags(input.principal),
         },
       });
       throw new CoatcheckError(

@@ -179,28 +179,6 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
     await other.close();
   });
 
-  it('keeps a secret smuggled into a tool name out of policy and audit records', async () => {
-    const result = await client.callTool({ name: `probe-${CANARY}`, arguments: {} });
-    expect(JSON.stringify(result)).not.toContain(CANARY);
-    await gw.ctx.audit.flush();
-    const audit = await gw.ctx.store.readAudit(0, 100_000);
-    const probe = audit.filter((r) => r.type === 'mcp.call').at(-1)!;
-    expect(probe.data.tool).toMatch(/^probe-\[REDACTED:[0-9a-f]+\]$/);
-  });
-
-  it('ends a live MCP session when its agent is revoked', async () => {
-    const temp = await gw.createAgent('short-lived');
-    const c = await connect(temp.key);
-    expect((await c.callTool({ name: 'echo', arguments: { text: 'x' } })).content).toEqual([
-      { type: 'text', text: 'echo: x' },
-    ]);
-    const before = gw.http.mcp.sessions;
-    await gw.ctx.agents.revoke('short-lived', 'admin:test');
-    await expect.poll(() => gw.http.mcp.sessions).toBe(before - 1);
-    await expect(c.callTool({ name: 'echo', arguments: { text: 'y' } })).rejects.toThrow();
-    await c.close();
-  });
-
   it('refuses a session without an agent key, and another principal on an existing session', async () => {
     const anonymous = new Client({ name: 'anon', version: '1.0.0' });
     await expect(
@@ -219,9 +197,7 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
       body: JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/list' }),
     });
     expect(res.status).toBe(404);
-    expect(((await res.json()) as { error: { data: { code: string } } }).error.data.code).toBe(
-      'CC_ERR_NOT_FOUND',
-    );
+    expect((await res.json()).error.data.code).toBe('CC_ERR_NOT_FOUND');
   });
 
   it('audits every call (tool and outcome, never argument values) and leaks no secret to logs, audit or recordings', async () => {
