@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
@@ -57,6 +58,15 @@ describe('sdk', () => {
       { url: 'http://127.0.0.1:7080/c/other/path', auth: 'Bearer ccs_key', ticket: null },
     ]);
     expect(() => createGatewayFetch({ gatewayUrl: '', credential: 'x' })).toThrow(CoatcheckError);
+  });
+
+  it('is published as coatcheck/sdk with types, and imports nothing', () => {
+    const pkg = JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as {
+      exports: Record<string, { types: string; default: string }>;
+    };
+    expect(pkg.exports['./sdk']).toEqual({ types: './dist/sdk/index.d.ts', default: './dist/sdk/index.js' });
+    // Dependency-free: the SDK module imports nothing, so it costs an application nothing.
+    expect(readFileSync(join(repo, 'src/sdk/index.ts'), 'utf8')).not.toMatch(/^import /m);
   });
 
   it('turns admin API errors into CoatcheckError with the code', async () => {
