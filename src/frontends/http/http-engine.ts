@@ -303,12 +303,14 @@ export class HttpEngine implements Engine<HttpClient> {
     res.end(body);
   }
 
-  async handle(client: HttpClient): Promise<void> {
+  /**
+   * The checks every request passes before anything leaves, shared by plain requests and
+   * upgrades: authenticate, route, classify, decide, find and exchange tickets, release
+   * the connection's credentials (each release audited durably first), substitute.
+   */
+  async #prepare(client: HttpClient, upgrade: boolean) {
     const { req, session, summary } = client;
     const { services } = this.#pipeline;
-    const started = performance.now();
-    await this.initialize(client);
-
     // authenticate (the forward proxy authenticated the tunnel or request already parsed the key)
     const agentKey =
       client.forward === undefined ? bearer(req.headers['proxy-authorization']) : client.forward.agentKey;
@@ -326,7 +328,7 @@ export class HttpEngine implements Engine<HttpClient> {
     const method = req.method ?? 'GET';
 
     // classify: read the body (bounded) so the operation names the request exactly; decide before any release
-    const body = await readBody(req, this.#options.bodyLimit);
+    const body = upgrade ? null : await readBody(req, this.#options.bodyLimit);
     summary.requestBytes = body?.length ?? 0;
     const operation: Operation = {
       action: `http:${method}`,
@@ -417,7 +419,7 @@ export class HttpEngine implements Engine<HttpClient> {
       assertHeaderSafe(value);
       upstreamHeaders.push(name, value);
     }
-    upstreamHeaders.push('accept-encoding', 'identity');
+    if (!upgrade) upstreamHeaders.push('accept-encoding', 'identity');
     let upstreamBody: Buffer | null = body;
     if (body !== null && bodyText !== null && found.body.length > 0) {
       upstreamBody = Buffer.from(substituteBody(kind, bodyText, secretOf), 'latin1');
@@ -431,6 +433,20 @@ export class HttpEngine implements Engine<HttpClient> {
     // The decision's audit record must be durable before anything leaves (it shares the
     // group commit with the releases above, so this rarely waits).
     await decision.recorded;
+    return { principal, route, method, path, upstreamHeaders, upstreamBody };
+  }
+
+  async handle(client: HttpClient): Promise<void> {
+    const { session, summary } = client;
+    const { services } = this.#pipeline;
+    const started = performance.now();
+    await this.initialize(client);
+
+    const { principal, route, method, path, upstreamHeaders, upstreamBody } = await this.#prepare(
+      client,
+      false,
+    );
+    const connection = route;
 
     // forward
     const gone = new AbortController();
