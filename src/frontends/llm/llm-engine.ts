@@ -225,6 +225,27 @@ export class LlmEngine implements Engine<LlmClient> {
     res.end(body);
   }
 
+  /** The model name as policy and audit see it: a secret put there is replaced by its fingerprint. */
+  async #modelLabel(principal: Principal, model: string): Promise<string> {
+    if (model === '' || /^[A-Za-z0-9._:/@-]{1,128}$/.test(model) === false)
+      return model === '' ? '' : 'other';
+    try {
+      const scan = await this.#found.begin({
+        principal: principal.ref,
+        source: 'llm',
+        actor: `gateway:${this.name}`,
+      });
+      const findings = scan.findIn(Buffer.from(model, 'latin1'));
+      return findings.length === 0 ? model : `[REDACTED:${findings[0]!.fingerprint}]`;
+    } catch (error) {
+      throw new CoatcheckError(
+        'CC_ERR_LLM_SCAN_FAILED',
+        'the request could not be scanned for secrets; it was not sent to the model provider',
+        { cause: error },
+      );
+    }
+  }
+
   /** Replace every secret in the JSON body by a ticket; refuse attachments that hold one. */
   async #scanBody(
     session: GatewaySession,
@@ -324,10 +345,12 @@ export class LlmEngine implements Engine<LlmClient> {
       );
     }
 
-    const peek =
+    const peek = await this.#modelLabel(
+      principal,
       body === null
         ? ''
-        : (/"model"\s*:\s*"([^"\\]{0,128})"/.exec(body.subarray(0, 4096).toString('utf8'))?.[1] ?? '');
+        : (/"model"\s*:\s*"([^"\\]{0,128})"/.exec(body.subarray(0, 4096).toString('utf8'))?.[1] ?? ''),
+    );
     const operation: Operation = {
       action: 'llm:call',
       description: `${method} ${connection.url.host}${route.path}${peek === '' ? '' : ` model=${peek}`}`,
@@ -342,7 +365,7 @@ export class LlmEngine implements Engine<LlmClient> {
     summary.decision = decision.verdict;
 
     const scanned = body === null ? null : await this.#scanBody(session, principal, body, summary);
-    summary.model = scanned?.model ?? '';
+    summary.model = await this.#modelLabel(principal, scanned?.model ?? '');
 
     // The provider key, injected (never from the client): x-api-key for Anthropic's API, Bearer otherwise.
     const view = connection.view;
@@ -353,6 +376,22 @@ export class LlmEngine implements Engine<LlmClient> {
       else templates.Authorization = `Bearer {{secret:${view.credential}}}`;
     }
     const request = { principal, target: connection.target, operation };
+    // The release and the request record share one group commit; both (and the decision's
+    // record) are durable before anything leaves.
+    const recorded = pipeline.services.audit.append({
+      type: 'llm.request',
+      actor: principal.ref,
+      data: {
+        session: session.id,
+        connection: view.name,
+        endpoint: route.path,
+        model: summary.model,
+        promptSecrets: summary.promptSecrets ?? 0,
+        attachments: summary.attachments ?? 0,
+        tickets: [...session.ticketIds],
+      },
+    });
+    recorded.catch(() => undefined); // awaited below
     const injected = await pipeline.credentials(
       session,
       { ...view, injectHeaders: templates, credential: null },
@@ -378,21 +417,8 @@ export class LlmEngine implements Engine<LlmClient> {
     }
     headers.push('accept-encoding', 'identity');
 
-    // Every release and tokenization above is audited; this record says the prompt left, scanned.
     await decision.recorded;
-    await pipeline.services.audit.append({
-      type: 'llm.request',
-      actor: principal.ref,
-      data: {
-        session: session.id,
-        connection: view.name,
-        endpoint: route.path,
-        model: summary.model,
-        promptSecrets: summary.promptSecrets ?? 0,
-        attachments: summary.attachments ?? 0,
-        tickets: [...session.ticketIds],
-      },
-    });
+    await recorded;
 
     const gone = new AbortController();
     const onClose = () => {
