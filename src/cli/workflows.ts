@@ -65,7 +65,8 @@ export function renderTree(tree: OperationOutput<'workflowShow'>): string {
               ? 'denied by policy'
               : `refused ${e.code ?? '?'}${e.ticket === null ? '' : ` (${e.ticket}${e.ticketOwner === null ? '' : ` of ${e.ticketOwner}`})`}`;
       const where = [e.target, e.operation].filter((x) => x !== null).join(': ');
-      lines.push(`${pad}  ${e.at} ${what}${where === '' ? '' : ` at ${where}`}`);
+      const by = e.actor === node.principal ? '' : ` by ${e.actor}`;
+      lines.push(`${pad}  ${e.at} ${what}${by}${where === '' ? '' : ` at ${where}`}`);
     }
   }
   return `${lines.join('\n')}\n`;

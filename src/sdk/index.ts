@@ -109,6 +109,7 @@ export interface WorkflowEvent {
   readonly operation: string | null;
   readonly code: string | null;
   readonly ticketOwner: string | null;
+  readonly actor: string;
 }
 
 export interface WorkflowTreeNode extends WorkflowInfo {

@@ -60,6 +60,8 @@ export interface WorkflowEvent {
   readonly code: string | null;
   /** When the ticket presented belongs to another node (a refusal): that node's id. */
   readonly ticketOwner: string | null;
+  /** Who acted: the node's own principal, or (someone presenting the node's ticket) another one. */
+  readonly actor: string;
 }
 
 export interface WorkflowTreeNode extends WorkflowView {
@@ -637,11 +639,18 @@ export class Workflows {
         if (kind === undefined) continue;
         const data = record.data;
         const ticket = text(data.ticket);
-        // Who did it: the node named in the record, else the principal, else the ticket's owner.
+        // Who did it: the node named in the record (nodes outside this subtree are not shown),
+        // else the node whose principal acted, else (anyone else presenting a node's ticket)
+        // the node the ticket belongs to.
+        const named = text(data.subtask);
+        const isNode = record.actor.startsWith('workflow:') || record.actor.startsWith('subtask:');
         const nodeId =
-          (text(data.subtask) !== null && byId.has(text(data.subtask)!) ? text(data.subtask) : null) ??
-          refs.get(record.actor) ??
-          (ticket !== null ? (ticketOwner.get(ticket) ?? null) : null);
+          named !== null
+            ? byId.has(named)
+              ? named
+              : null
+            : (refs.get(record.actor) ??
+              (!isNode && ticket !== null ? (ticketOwner.get(ticket) ?? null) : null));
         if (nodeId === null || !byId.has(nodeId)) continue;
         const secretId = text(data.secret);
         const owner = ticket === null ? null : (ticketOwner.get(ticket) ?? null);
@@ -655,6 +664,7 @@ export class Workflows {
           operation: text(data.operation),
           code: text(data.code),
           ticketOwner: owner !== null && owner !== nodeId ? owner : null,
+          actor: record.actor,
         });
       }
       if (page.length < 1000) break;

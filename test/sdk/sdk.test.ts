@@ -110,7 +110,7 @@ describe('sdk', () => {
     expect(out).toContain('ended 4 nodes, 4 tickets expired');
     expect(out).toContain('fetch-users after the end: 401 CC_ERR_WORKFLOW_ENDED');
     expect(out).toMatch(
-      /subtask fetch-users wfl_\w+ \(ended[^\n]*\n(?: {4}[^\n]*\n)* {4}\S+ refused CC_ERR_WORKFLOW_ENDED$/m,
+      /subtask fetch-users wfl_\w+ \(ended[^\n]*\n(?: {4}[^\n]*\n)* {4}\S+ refused CC_ERR_WORKFLOW_ENDED by unauthenticated$/m,
     );
     expect(out).toContain('the API token appeared in no output');
     // Logs included: the gateway's stderr never shows the token either.

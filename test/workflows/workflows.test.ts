@@ -148,6 +148,24 @@ describe('workflows and subtasks', () => {
       expect.objectContaining({ kind: 'refused', code: 'CC_ERR_TICKET_WRONG_PRINCIPAL', ticketOwner: fa.id }),
     ]);
     expect(tree.nodes[0]!.events.map((e) => e.code)).toEqual(['CC_ERR_TICKET_WRONG_PRINCIPAL']);
+    // Someone outside the run presenting a node's ticket: listed under that node, with who it was.
+    const outsider = await ctx.agents.authenticate(
+      (await ctx.agents.create({ name: 'outsider' }, 'admin:test')).key,
+    );
+    expect(await code(ctx.vault.exchange(a.env.USERS_API!, { principal: outsider, target: users }))).toBe(
+      'CC_ERR_TICKET_WRONG_PRINCIPAL',
+    );
+    const again = await ctx.workflows.show(a.workflow.id);
+    expect(again.nodes.map((n) => n.id)).toEqual([a.workflow.id]);
+    expect(again.nodes[0]!.events.map((e) => [e.kind, e.code, e.actor])).toEqual([
+      ['exchange', null, pa.ref],
+      ['refused', 'CC_ERR_TICKET_WRONG_PRINCIPAL', pa.ref],
+      ['refused', 'CC_ERR_TICKET_WRONG_DESTINATION', pa.ref],
+      ['refused', 'CC_ERR_TICKET_WRONG_PRINCIPAL', outsider.ref],
+    ]);
+    expect(renderTree(again)).toContain(
+      `refused CC_ERR_TICKET_WRONG_PRINCIPAL (${fa.tickets[0]!.id}) by ${outsider.ref}`,
+    );
     expect(fa.tickets[0]).toMatchObject({ secret: 'users-api', uses: 1, maxUses: 3, principal: pa.ref });
     const text = renderTree(tree);
     expect(text).toContain(`subtask fetch-users ${fa.id} (active`);
