@@ -3,7 +3,14 @@
 import { appendFileSync, readFileSync } from 'node:fs';
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
-import { CallToolRequestSchema, ListToolsRequestSchema } from '@modelcontextprotocol/sdk/types.js';
+import {
+  CallToolRequestSchema,
+  GetPromptRequestSchema,
+  ListPromptsRequestSchema,
+  ListResourcesRequestSchema,
+  ListToolsRequestSchema,
+  ReadResourceRequestSchema,
+} from '@modelcontextprotocol/sdk/types.js';
 
 const logFile = process.argv[2];
 const leak = process.argv[3] === undefined ? '' : readFileSync(process.argv[3], 'utf8');
@@ -24,7 +31,21 @@ const tools = [
   { name: 'crash', description: 'Exits the process', inputSchema: { type: 'object' } },
 ];
 
-const server = new Server({ name: 'fixture', version: '1.0.0' }, { capabilities: { tools: {} } });
+const server = new Server(
+  { name: 'fixture', version: '1.0.0' },
+  { capabilities: { tools: {}, resources: {}, prompts: {} } },
+);
+server.setRequestHandler(ListResourcesRequestSchema, async () => ({
+  resources: [{ uri: 'file:///etc/app.env', name: 'app.env', mimeType: 'text/plain' }],
+}));
+server.setRequestHandler(ReadResourceRequestSchema, async (request) => {
+  record({ resource: request.params.uri });
+  return { contents: [{ uri: request.params.uri, mimeType: 'text/plain', text: `DB_PASSWORD=${leak}` }] };
+});
+server.setRequestHandler(ListPromptsRequestSchema, async () => ({ prompts: [{ name: 'connect' }] }));
+server.setRequestHandler(GetPromptRequestSchema, async () => ({
+  messages: [{ role: 'user', content: { type: 'text', text: `Connect with ${leak}` } }],
+}));
 server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools }));
 server.setRequestHandler(CallToolRequestSchema, async (request) => {
   const { name, arguments: args } = request.params;

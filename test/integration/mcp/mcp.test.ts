@@ -128,6 +128,18 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
     expect((await gw.ctx.vault.inspectTicket(canaryTicket)).destinations).toEqual(['conn:tools']);
   });
 
+  it('scans resources and prompts the same way', async () => {
+    expect((await client.listResources()).resources.map((r) => r.uri)).toEqual(['file:///etc/app.env']);
+    const read = await client.readResource({ uri: 'file:///etc/app.env' });
+    const prompt = await client.getPrompt({ name: 'connect' });
+    for (const answer of [read, prompt]) {
+      const text = JSON.stringify(answer);
+      expect(text).not.toContain(CANARY);
+      expect(text).not.toContain(GITHUB_TOKEN);
+      expect(text.match(TICKET_RE)).toHaveLength(2);
+    }
+  });
+
   it('refuses a forbidden tool without calling the server', async () => {
     const before = upstreamLog().length;
     const refused = await refusal(client.callTool({ name: 'admin_delete', arguments: {} }));
@@ -179,6 +191,28 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
     await other.close();
   });
 
+  it('keeps a secret smuggled into a tool name out of policy and audit records', async () => {
+    const result = await client.callTool({ name: `probe-${CANARY}`, arguments: {} });
+    expect(JSON.stringify(result)).not.toContain(CANARY);
+    await gw.ctx.audit.flush();
+    const audit = await gw.ctx.store.readAudit(0, 100_000);
+    const probe = audit.filter((r) => r.type === 'mcp.call').at(-1)!;
+    expect(probe.data.tool).toMatch(/^probe-\[REDACTED:[0-9a-f]+\]$/);
+  });
+
+  it('ends a live MCP session when its agent is revoked', async () => {
+    const temp = await gw.createAgent('short-lived');
+    const c = await connect(temp.key);
+    expect((await c.callTool({ name: 'echo', arguments: { text: 'x' } })).content).toEqual([
+      { type: 'text', text: 'echo: x' },
+    ]);
+    const before = gw.http.mcp.sessions;
+    await gw.ctx.agents.revoke('short-lived', 'admin:test');
+    await expect.poll(() => gw.http.mcp.sessions).toBe(before - 1);
+    await expect(c.callTool({ name: 'echo', arguments: { text: 'y' } })).rejects.toThrow();
+    await c.close();
+  });
+
   it('refuses a session without an agent key, and another principal on an existing session', async () => {
     const anonymous = new Client({ name: 'anon', version: '1.0.0' });
     await expect(
@@ -197,7 +231,9 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
       body: JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'tools/list' }),
     });
     expect(res.status).toBe(404);
-    expect((await res.json()).error.data.code).toBe('CC_ERR_NOT_FOUND');
+    expect(((await res.json()) as { error: { data: { code: string } } }).error.data.code).toBe(
+      'CC_ERR_NOT_FOUND',
+    );
   });
 
   it('audits every call (tool and outcome, never argument values) and leaks no secret to logs, audit or recordings', async () => {
@@ -213,6 +249,8 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
         ['deploy', 'ok'],
         ['crash', 'CC_ERR_MCP_UPSTREAM_FAILED'],
         ['echo', 'ok'],
+        ['resource:file:///etc/app.env', 'ok'],
+        ['prompt:connect', 'ok'],
       ]),
     );
     // Ending the session (DELETE) stops its upstream and records it.
