@@ -213,6 +213,38 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
     await c.close();
   });
 
+  it('answers initialize with CC_ERR_MCP_UPSTREAM_FAILED when the server cannot be started', async () => {
+    await gw.ctx.connections.add(
+      { name: 'missing', type: 'mcp', url: stdioUrl('/nonexistent/mcp-server --x') },
+      'admin:test',
+    );
+    const res = await fetch(`${gw.url}/mcp/missing`, {
+      method: 'POST',
+      headers: {
+        authorization: `Bearer ${agent.key}`,
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+      },
+      body: JSON.stringify({
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'initialize',
+        params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } },
+      }),
+    });
+    expect(res.status).toBe(502);
+    expect(await res.json()).toEqual({
+      jsonrpc: '2.0',
+      id: 1,
+      error: {
+        code: -32011,
+        message:
+          'the MCP server behind this connection could not be started or did not complete the MCP handshake',
+        data: { code: 'CC_ERR_MCP_UPSTREAM_FAILED' },
+      },
+    });
+  });
+
   it('refuses a session without an agent key, and another principal on an existing session', async () => {
     const anonymous = new Client({ name: 'anon', version: '1.0.0' });
     await expect(
