@@ -246,6 +246,32 @@ export class LlmEngine implements Engine<LlmClient> {
     }
   }
 
+  /** Secrets in forwarded header values and the query string become tickets too (fail closed). */
+  async #scanTexts(session: GatewaySession, principal: Principal, texts: string[]): Promise<string[]> {
+    try {
+      const scan = await this.#found.begin({
+        principal: principal.ref,
+        source: 'llm',
+        actor: `gateway:${this.name}`,
+        context: { frontend: this.name, session: session.id },
+        onTicket: (ticketId, secretId) => {
+          session.ticketIds.add(ticketId);
+          session.secretIds.add(secretId);
+          session.event('prompt.secret', { ticket: ticketId, secret: secretId });
+        },
+      });
+      const out: string[] = [];
+      for (const text of texts) out.push(await scan.text(text));
+      return out;
+    } catch (error) {
+      throw new CoatcheckError(
+        'CC_ERR_LLM_SCAN_FAILED',
+        'the request could not be scanned for secrets; it was not sent to the model provider',
+        { cause: error },
+      );
+    }
+  }
+
   /** Replace every secret in the JSON body by a ticket; refuse attachments that hold one. */
   async #scanBody(
     session: GatewaySession,
@@ -366,6 +392,18 @@ export class LlmEngine implements Engine<LlmClient> {
 
     const scanned = body === null ? null : await this.#scanBody(session, principal, body, summary);
     summary.model = await this.#modelLabel(principal, scanned?.model ?? '');
+    const forwarded: Array<[string, string]> = [];
+    const raw = req.rawHeaders;
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const name = raw[i]!;
+      if (DROP_HEADERS.has(name.toLowerCase())) continue;
+      if (agentKey !== null && raw[i + 1]!.includes(agentKey)) continue;
+      forwarded.push([name, raw[i + 1]!]);
+    }
+    const [query, ...values] = await this.#scanTexts(session, principal, [
+      route.query ?? '',
+      ...forwarded.map(([, value]) => value),
+    ]);
 
     // The provider key, injected (never from the client): x-api-key for Anthropic's API, Bearer otherwise.
     const view = connection.view;
@@ -399,14 +437,9 @@ export class LlmEngine implements Engine<LlmClient> {
     );
 
     const headers: string[] = [];
-    const raw = req.rawHeaders;
-    for (let i = 0; i + 1 < raw.length; i += 2) {
-      const name = raw[i]!;
-      const lower = name.toLowerCase();
-      if (DROP_HEADERS.has(lower) || injected.has(name)) continue;
-      if (agentKey !== null && raw[i + 1]!.includes(agentKey)) continue;
-      headers.push(name, raw[i + 1]!);
-    }
+    forwarded.forEach(([name], i) => {
+      if (!injected.has(name)) headers.push(name, values[i]!);
+    });
     for (const [name, value] of injected) {
       if (/[\r\n\0]/.test(value))
         throw new CoatcheckError(
@@ -431,7 +464,7 @@ export class LlmEngine implements Engine<LlmClient> {
     try {
       response = await this.#options.dispatcher.request({
         origin: connection.url.origin,
-        path: providerPath(connection.url, route.path, route.query),
+        path: providerPath(connection.url, route.path, route.query === null ? null : query!),
         method: method as Dispatcher.HttpMethod,
         headers,
         body: scanned?.body ?? null,

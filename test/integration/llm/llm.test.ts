@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BUILTIN_RULES } from '../../../src/detect/rules/index.js';
@@ -13,10 +16,16 @@ describe('LLM prompt guard (/llm/<connection>/v1/…)', () => {
   let gw: Gateway;
   let provider: FakeProvider;
   let agent: { key: string; ref: string };
+  const policyDir = mkdtempSync(join(tmpdir(), 'coatcheck-llm-policy-'));
 
   beforeAll(async () => {
     provider = await startFakeProvider();
-    gw = await startGateway();
+    const policyFile = join(policyDir, 'llm.cedar');
+    writeFileSync(
+      policyFile,
+      '@id("models") permit(principal, action == Action::"llm:call", resource) unless { resource == Connection::"blocked" };\n',
+    );
+    gw = await startGateway({ extraConfig: `policy:\n  path: ${policyFile}\n` });
     agent = await gw.createAgent('writer');
     await gw.addSecret('db-password', CANARY, ['db']);
     await gw.addSecret('openai-key', PROVIDER_KEY, ['openai', 'anthropic']);
@@ -28,11 +37,13 @@ describe('LLM prompt guard (/llm/<connection>/v1/…)', () => {
       { name: 'anthropic', type: 'llm', url: provider.url, credential: 'openai-key' },
       'admin:test',
     );
+    await gw.ctx.connections.add({ name: 'blocked', type: 'llm', url: provider.url }, 'admin:test');
   });
 
   afterAll(async () => {
     await gw?.close();
     await provider?.close();
+    rmSync(policyDir, { recursive: true, force: true });
   });
 
   const post = async (path: string, body: unknown, headers: Record<string, string> = {}) => {
@@ -200,6 +211,51 @@ describe('LLM prompt guard (/llm/<connection>/v1/…)', () => {
     } finally {
       provider.say = '';
     }
+  });
+
+  it('replaces secrets in forwarded headers and the query string as well', async () => {
+    const res = await post(
+      `/llm/openai/v1/chat/completions?api-version=1&key=${encodeURIComponent(CANARY)}`,
+      { model: 'gpt-test', messages: [{ role: 'user', content: 'hi' }] },
+      { 'x-debug-note': `pw ${CANARY}` },
+    );
+    expect(res.status).toBe(200);
+    const got = provider.received.at(-1)!;
+    expectClean(got.url);
+    expectClean(JSON.stringify(got.headers));
+    expect(got.url).toMatch(/^\/v1\/chat\/completions\?api-version=1&key=cct_[0-9A-Za-z]{28}$/);
+    expect(got.headers['x-debug-note']).toMatch(/^pw cct_[0-9A-Za-z]{28}$/);
+  });
+
+  it('serves the Responses API (instructions, input items, function call outputs)', async () => {
+    const res = await post('/llm/openai/v1/responses', {
+      model: 'gpt-test',
+      instructions: `Use ${CANARY} when asked.`,
+      input: [
+        { role: 'user', content: [{ type: 'input_text', text: `token ${GITHUB_TOKEN}` }] },
+        { type: 'function_call_output', call_id: 'c1', output: `{"password":"${CANARY}"}` },
+      ],
+    });
+    expect(res.status).toBe(200);
+    const got = provider.received.at(-1)!;
+    expect(got.url).toBe('/v1/responses');
+    expectClean(got.body);
+    expect(new Set(got.body.match(TICKET_RE))).toHaveProperty('size', 2);
+  });
+
+  it('decides llm:call by policy, and keeps a secret smuggled into the model name out of audit', async () => {
+    const before = provider.received.length;
+    const denied = await post('/llm/blocked/v1/chat/completions', { model: 'm', messages: [] });
+    expect(denied.status).toBe(403);
+    expect(JSON.parse(denied.text).error.code).toBe('CC_ERR_POLICY_DENIED');
+    expect(provider.received.length).toBe(before);
+
+    const smuggled = await post('/llm/openai/v1/chat/completions', {
+      model: `gpt-${GITHUB_TOKEN}`,
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    expect(smuggled.status).toBe(200);
+    expectClean(provider.received.at(-1)!.body);
   });
 
   it('refuses (and sends nothing) when scanning fails', async () => {
