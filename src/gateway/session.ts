@@ -133,6 +133,14 @@ export class LiveSessions {
           if (s.principal?.ref === `agent:${change.id}`) s.terminate('CC_ERR_AGENT_REVOKED');
         }
         return;
+      case 'workflow.ended': {
+        const ids = new Set(change.ids);
+        for (const s of this.#sessions) {
+          const node = s.principal?.kind === 'subtask' ? s.principal.attributes.subtask : undefined;
+          if (typeof node === 'string' && ids.has(node)) s.terminate('CC_ERR_WORKFLOW_ENDED');
+        }
+        return;
+      }
       case 'secret.erased':
         for (const s of this.#sessions) {
           if (s.secretIds.has(change.id)) s.terminate('CC_ERR_TICKET_SECRET_ERASED');
@@ -158,6 +166,11 @@ export class LiveSessions {
           s.terminate(view.status === 'erased' ? 'CC_ERR_TICKET_SECRET_ERASED' : 'CC_ERR_TICKET_REVOKED');
           break;
         }
+      }
+      const node = s.principal?.kind === 'subtask' ? s.principal.attributes.subtask : undefined;
+      if (typeof node === 'string') {
+        const record = await this.#store.getWorkflow(node);
+        if (record === null || record.status !== 'active') s.terminate('CC_ERR_WORKFLOW_ENDED');
       }
       const ref = s.principal?.ref;
       if (ref?.startsWith('agent:')) {

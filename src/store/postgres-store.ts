@@ -328,6 +328,8 @@ export function parseChange(payload: string | undefined): StoreChange | null {
   switch (v.type) {
     case 'ticket.revoked':
       return isStringArray(v.ids) ? { type: 'ticket.revoked', ids: v.ids } : null;
+    case 'workflow.ended':
+      return isStringArray(v.ids) ? { type: 'workflow.ended', ids: v.ids } : null;
     case 'secret.added':
     case 'secret.erased':
     case 'agent.revoked':

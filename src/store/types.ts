@@ -223,6 +223,8 @@ export type StoreChange =
   | { readonly type: 'secret.erased'; readonly id: string }
   | { readonly type: 'secret.added'; readonly id: string }
   | { readonly type: 'agent.revoked'; readonly id: string }
+  /** Workflow nodes ended or revoked (ids): live sessions of their subtask keys end. */
+  | { readonly type: 'workflow.ended'; readonly ids: readonly string[] }
   | { readonly type: 'keys.rotated' }
   | { readonly type: 'approval.changed'; readonly id: string }
   | { readonly type: 'connection.changed'; readonly name: string }

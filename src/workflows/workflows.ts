@@ -529,6 +529,8 @@ export class Workflows {
     if (tickets.length > 0 || ended.length > 0) {
       await this.#store.publish({ type: 'ticket.revoked', ids: tickets.length > 0 ? tickets : ticketIds });
     }
+    // Live sessions opened with the nodes' keys end too, on every replica.
+    if (ended.length > 0) await this.#store.publish({ type: 'workflow.ended', ids: ended });
     return { id: node.id, ended, tickets };
   }
 

@@ -2,13 +2,15 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createLocalClient } from '../../src/admin/client.js';
 import { renderEnv, renderTree } from '../../src/cli/workflows.js';
 import { manualClock } from '../../src/core/clock.js';
+import { GatewaySession, LiveSessions } from '../../src/gateway/session.js';
 import { loadPolicies } from '../../src/policy/load-policies.js';
 import { PolicyEngine } from '../../src/policy/policy-engine.js';
 import type { Context } from '../../src/server/context.js';
+import { encodeChange, parseChange } from '../../src/store/postgres-store.js';
 import { coveredByAny, parseDestination } from '../../src/vault/destinations.js';
 import { envNameFor } from '../../src/workflows/workflows.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
@@ -219,6 +221,40 @@ describe('workflows and subtasks', () => {
       ['leaf', 'revoked'],
       ['sibling', 'ended'],
     ]);
+  });
+
+  it('ending a node ends the live sessions of its key (and of the keys below it), on every replica', async () => {
+    const run = await start(['users-api']);
+    const a = await ctx.workflows.spawn({ parent: run.workflow.id, name: 'a' }, 'admin:test');
+    const b = await ctx.workflows.spawn({ parent: a.workflow.id, name: 'b' }, 'admin:test');
+    const c = await ctx.workflows.spawn({ parent: run.workflow.id, name: 'c' }, 'admin:test');
+    const live = new LiveSessions(ctx.store, ctx.vault, ctx.log);
+    try {
+      const sessions = await Promise.all(
+        [a, b, c].map(async (node) => {
+          const session = new GatewaySession('test', clock);
+          session.principal = await ctx.identity.authenticate(node.key);
+          live.add(session);
+          return session;
+        }),
+      );
+      await ctx.workflows.end(a.workflow.id, 'admin:test');
+      expect(sessions.map((s) => s.terminatedBy)).toEqual([
+        'CC_ERR_WORKFLOW_ENDED',
+        'CC_ERR_WORKFLOW_ENDED',
+        null,
+      ]);
+      // A replica that missed the notification rechecks on resync.
+      await ctx.store.transaction((tx) => tx.endWorkflowTree(c.workflow.id, 'revoked', clock.now()));
+      await ctx.store.publish({ type: 'resync' });
+      await vi.waitFor(() => expect(sessions[2]!.terminatedBy).toBe('CC_ERR_WORKFLOW_ENDED'), {
+        timeout: 10_000,
+      });
+    } finally {
+      live.close();
+    }
+    const change = { type: 'workflow.ended', ids: [a.workflow.id] } as const;
+    expect(encodeChange(change).map((p) => parseChange(p))).toEqual([change]);
   });
 
   it('deadlines: a subtask past its deadline is refused, its parent is not', async () => {
