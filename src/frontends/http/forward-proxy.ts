@@ -113,6 +113,7 @@ export async function startForwardProxy(
     upstreamTimeoutMs: ctx.config.http.upstreamTimeoutMs,
     maxTicketsPerRequest: ctx.config.http.maxTicketsPerRequest,
     dispatcher,
+    ...(ca === undefined ? {} : { upstreamCa: ca }),
   });
   const tunnels = new WeakMap<object, Tunnel>();
   const open = new Set<Socket | Duplex>();
@@ -156,7 +157,22 @@ export async function startForwardProxy(
     );
   };
 
-  // Requests inside intercepted tunnels (origin-form targets): the same engine as the reverse proxy.
+  /** The route of a request inside an intercepted tunnel (origin-form target, the tunnel's host and port). */
+  const tunnelRoute = (tunnel: Tunnel, url: string): ForwardRoute => {
+    const parsed = parseAbsoluteTarget(url.startsWith('/') ? `https://${tunnel.host}${url}` : '');
+    return {
+      scheme: 'https:',
+      host: tunnel.host,
+      port: tunnel.port,
+      origin: originOf('https:', tunnel),
+      path: parsed.path,
+      query: parsed.query,
+      agentKey: tunnel.agentKey,
+      connection: tunnel.connection,
+    };
+  };
+
+  // Requests inside intercepted tunnels: the same engine as the reverse proxy.
   const inner = createServer((req, res) => {
     const tunnel = tunnels.get(req.socket);
     if (tunnel === undefined) {
@@ -165,34 +181,30 @@ export async function startForwardProxy(
     }
     let route: ForwardRoute;
     try {
-      const parsed = parseAbsoluteTarget(
-        (req.url ?? '/').startsWith('/') ? `https://${tunnel.host}${req.url ?? '/'}` : '',
-      );
-      route = {
-        scheme: 'https:',
-        host: tunnel.host,
-        port: tunnel.port,
-        origin: originOf('https:', tunnel),
-        path: parsed.path,
-        query: parsed.query,
-        agentKey: tunnel.agentKey,
-        connection: tunnel.connection,
-      };
+      route = tunnelRoute(tunnel, req.url ?? '/');
     } catch (error) {
       responseError(res, toCoatcheckError(error, newIncidentId()));
       return;
     }
     engine.serve(req, res, route).catch(() => res.destroy());
   });
-  inner.on('upgrade', (_req, socket: Duplex) => {
+  // WebSocket (and other) upgrades inside a tunnel pass the same checks, then the sides are joined.
+  inner.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => socket.destroy());
-    rawError(
-      socket,
-      new CoatcheckError(
-        'CC_ERR_HTTP_UNSUPPORTED',
-        'protocol upgrades are not carried through the proxy yet',
-      ),
-    );
+    track(socket);
+    const tunnel = tunnels.get(req.socket);
+    if (tunnel === undefined) {
+      socket.destroy();
+      return;
+    }
+    let route: ForwardRoute;
+    try {
+      route = tunnelRoute(tunnel, req.url ?? '/');
+    } catch (error) {
+      rawError(socket, toCoatcheckError(error, newIncidentId()));
+      return;
+    }
+    engine.upgrade(req, socket, head, route).catch(() => socket.destroy());
   });
   inner.on('clientError', (_error, socket) => socket.destroy());
 
@@ -298,15 +310,35 @@ export async function startForwardProxy(
       else socket.destroy();
     });
   });
-  server.on('upgrade', (_req, socket: Duplex) => {
+  // Plain-http upgrades (ws:// through the proxy without CONNECT).
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => socket.destroy());
-    rawError(
-      socket,
-      new CoatcheckError(
-        'CC_ERR_HTTP_UNSUPPORTED',
-        'protocol upgrades are not carried through the proxy yet',
-      ),
-    );
+    track(socket);
+    (async () => {
+      const agentKey = proxyAgentKey(req.headers['proxy-authorization']);
+      const target = parseAbsoluteTarget(req.url ?? '');
+      const binding = await bindings.resolve(target.host, target.port);
+      if (!binding.bound && config.unboundHosts === 'refuse') {
+        const summary = { method: req.method, proxy: 'http', target: `${target.host}:${target.port}` };
+        await withSession(summary, async (session) => {
+          const principal = await pipeline.authenticate(session, agentKey);
+          throw await refuseHost(principal, target, session);
+        });
+      }
+      await engine.upgrade(req, socket, head, {
+        scheme: target.scheme,
+        host: target.host,
+        port: target.port,
+        origin: originOf(target.scheme, target),
+        path: target.path,
+        query: target.query,
+        agentKey,
+        connection: binding.connection,
+      });
+    })().catch((error: unknown) => {
+      if (socket.writable) rawError(socket, toCoatcheckError(error, newIncidentId()));
+      else socket.destroy();
+    });
   });
   server.on('clientError', (_error, socket) => {
     if (socket.writable)

@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
+import { type IncomingMessage, ServerResponse } from 'node:http';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import type { Duplex, Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
+import { connect as tlsConnect } from 'node:tls';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Dispatcher } from 'undici';
 import type { ConnectionView } from '../../connections/connections.js';
@@ -31,6 +33,95 @@ export interface HttpEngineOptions {
   readonly upstreamTimeoutMs: number;
   readonly maxTicketsPerRequest: number;
   readonly dispatcher: Dispatcher;
+  /** CA certificates for upstream TLS opened directly (protocol upgrades); default: the system roots. */
+  readonly upstreamCa?: readonly string[];
+}
+
+/** Largest upstream response head accepted on an upgrade. */
+const MAX_UPGRADE_HEAD = 64 * 1024;
+
+/** Open a raw connection to the origin (TLS verified for https) and wait until it is ready. */
+function connectRaw(origin: URL, ca: readonly string[] | undefined, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const host = origin.hostname.replace(/^\[|\]$/g, '');
+    const port = Number(origin.port || (origin.protocol === 'https:' ? 443 : 80));
+    const socket =
+      origin.protocol === 'https:'
+        ? tlsConnect({
+            host,
+            port,
+            ...(isIP(host) === 0 ? { servername: host } : {}),
+            ...(ca === undefined ? {} : { ca: [...ca] }),
+            ALPNProtocols: ['http/1.1'],
+            rejectUnauthorized: true,
+          })
+        : netConnect({ host, port });
+    const timer = setTimeout(
+      () => socket.destroy(Object.assign(new Error('timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
+      timeoutMs,
+    );
+    const ready = origin.protocol === 'https:' ? 'secureConnect' : 'connect';
+    socket.once(ready, () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      resolve(socket);
+    });
+    const onError = (error: Error) => {
+      clearTimeout(timer);
+      reject(error);
+    };
+    socket.once('error', onError);
+  });
+}
+
+/** Read an HTTP/1.1 response head (bounded); returns it and whatever bytes followed it. */
+function readResponseHead(
+  socket: Socket,
+): Promise<{ status: number; headers: Array<[string, string]>; rest: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let buffer = Buffer.alloc(0);
+    const cleanup = () => {
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('end', onEnd);
+    };
+    const onData = (chunk: Buffer) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      const end = buffer.indexOf('\r\n\r\n');
+      if (end === -1) {
+        if (buffer.length > MAX_UPGRADE_HEAD) {
+          cleanup();
+          reject(new Error('upstream response head too large'));
+        }
+        return;
+      }
+      cleanup();
+      socket.pause();
+      const lines = buffer.subarray(0, end).toString('latin1').split('\r\n');
+      const status = /^HTTP\/1\.[01] (\d{3})/.exec(lines[0] ?? '');
+      if (status === null) {
+        reject(new Error('malformed upstream response'));
+        return;
+      }
+      const headers: Array<[string, string]> = [];
+      for (const line of lines.slice(1)) {
+        const colon = line.indexOf(':');
+        if (colon > 0) headers.push([line.slice(0, colon).trim(), line.slice(colon + 1).trim()]);
+      }
+      resolve({ status: Number(status[1]), headers, rest: buffer.subarray(end + 4) });
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(error);
+    };
+    const onEnd = () => {
+      cleanup();
+      reject(new Error('upstream closed before answering'));
+    };
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('end', onEnd);
+  });
 }
 
 /**
@@ -586,6 +677,102 @@ export class HttpEngine implements Engine<HttpClient> {
         'the response body could not be inspected',
         { cause: error },
       );
+    }
+  }
+
+  /**
+   * A protocol upgrade (WebSocket) through the forward proxy: the request passes the same
+   * checks as any other (authentication, policy, tickets in headers and query exchanged,
+   * credentials injected, audit first), the upstream's answer head is inspected, and on
+   * 101 the two sides are joined. Frames after the upgrade are relayed, not inspected.
+   * Revoking what the session used ends it.
+   */
+  async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, forward: ForwardRoute): Promise<void> {
+    const { services } = this.#pipeline;
+    const res = new ServerResponse(req);
+    res.assignSocket(socket as Socket);
+    const client = this.client(req, res, forward);
+    client.summary.upgrade = String(req.headers.upgrade ?? '').slice(0, 32);
+    let outcome: ErrorCode | 'ok' = 'ok';
+    let joined = false;
+    const close = () => this.#pipeline.closeSession(client.session, outcome, client.summary);
+    try {
+      const { principal, route, method, path, upstreamHeaders } = await this.#prepare(client, true);
+      let upstream: Socket;
+      try {
+        upstream = await connectRaw(
+          route.url,
+          this.#options.upstreamCa,
+          Math.min(this.#options.upstreamTimeoutMs, 10_000),
+        );
+      } catch (error) {
+        throw upstreamFailure(error, client.session.terminatedBy, true);
+      }
+      upstream.on('error', () => upstream.destroy());
+      const lines = [`${method} ${path} HTTP/1.1`, `Host: ${route.url.host}`];
+      for (let i = 0; i + 1 < upstreamHeaders.length; i += 2)
+        lines.push(`${upstreamHeaders[i]}: ${upstreamHeaders[i + 1]}`);
+      lines.push('Connection: Upgrade', `Upgrade: ${String(req.headers.upgrade)}`);
+      upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
+      let answer: Awaited<ReturnType<typeof readResponseHead>>;
+      try {
+        answer = await readResponseHead(upstream);
+      } catch (error) {
+        upstream.destroy();
+        throw upstreamFailure(error, client.session.terminatedBy, true);
+      }
+      client.summary.upstreamStatus = answer.status;
+      const scan = await this.#pipeline.inspect(client.session, principal, route.target);
+      const out: string[] = [];
+      for (const [name, value] of answer.headers) out.push(`${name}: ${await this.#scanned(scan, value)}`);
+      if (answer.status !== 101) {
+        // Not upgraded: the answer's head (inspected) without its body, and the connection closes.
+        upstream.destroy();
+        res.detachSocket(socket as Socket);
+        const kept = out.filter((l) => !/^(content-length|transfer-encoding|connection):/i.test(l));
+        socket.end(
+          `HTTP/1.1 ${answer.status} Upstream\r\n${kept.map((l) => `${l}\r\n`).join('')}content-length: 0\r\nconnection: close\r\n\r\n`,
+        );
+        client.summary.status = answer.status;
+        return;
+      }
+      res.detachSocket(socket as Socket);
+      socket.write(`HTTP/1.1 101 Switching Protocols\r\n${out.map((l) => `${l}\r\n`).join('')}\r\n`);
+      client.summary.status = 101;
+      if (head.length > 0) upstream.write(head);
+      if (answer.rest.length > 0) socket.write(answer.rest);
+      joined = true;
+      const end = () => {
+        socket.destroy();
+        upstream.destroy();
+      };
+      const onRevoked = () => {
+        outcome = client.session.terminatedBy ?? outcome;
+        end();
+      };
+      client.session.signal.addEventListener('abort', onRevoked, { once: true });
+      let closed = false;
+      const onClose = () => {
+        if (closed) return;
+        closed = true;
+        client.session.signal.removeEventListener('abort', onRevoked);
+        end();
+        close();
+      };
+      socket.on('close', onClose);
+      upstream.on('close', onClose);
+      socket.pipe(upstream);
+      upstream.pipe(socket);
+      upstream.resume();
+    } catch (error) {
+      const failure = toCoatcheckError(error, newIncidentId());
+      outcome = failure.code;
+      client.summary.error = failure.code;
+      services.metrics.refusals.inc({ frontend: this.name, code: failure.code });
+      this.sendError(client, failure);
+      res.once('finish', () => socket.end());
+    } finally {
+      if (!joined) close();
     }
   }
 

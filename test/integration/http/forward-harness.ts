@@ -217,3 +217,59 @@ export async function startGitServer(
     },
   };
 }
+
+/**
+ * A minimal WebSocket echo server over TLS (RFC 6455: handshake, one masked client text
+ * frame in, one text frame out): it answers every message with the message and the
+ * Authorization header it saw, `"<message> <authorization>"`.
+ */
+export async function startWebSocketServer(tls: { key: string; cert: string }): Promise<{
+  url: string;
+  authorizations: string[];
+  close(): Promise<void>;
+}> {
+  const { createHash } = await import('node:crypto');
+  const authorizations: string[] = [];
+  const server: Server = createHttpsServer(tls, (_req, res) => {
+    res.writeHead(426, { 'content-length': 0 });
+    res.end();
+  });
+  server.on('upgrade', (req, socket) => {
+    const auth = String(req.headers.authorization ?? '');
+    authorizations.push(auth);
+    const accept = createHash('sha1')
+      .update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
+      .digest('base64');
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\nX-Seen: ${auth}\r\n\r\n`,
+    );
+    let buffer = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      while (buffer.length >= 6) {
+        const opcode = buffer[0]! & 0x0f;
+        const len = buffer[1]! & 0x7f; // small frames only
+        if (buffer.length < 6 + len) return;
+        const mask = buffer.subarray(2, 6);
+        const payload = Buffer.from(buffer.subarray(6, 6 + len).map((b, i) => b ^ mask[i % 4]!));
+        buffer = buffer.subarray(6 + len);
+        if (opcode === 0x8) {
+          socket.end(Buffer.from([0x88, 0x00]));
+          return;
+        }
+        const reply = Buffer.from(`${payload.toString('utf8')} ${auth}`);
+        socket.write(Buffer.concat([Buffer.from([0x81, reply.length]), reply]));
+      }
+    });
+    socket.on('error', () => socket.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `wss://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    authorizations,
+    async close() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}

@@ -3,9 +3,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { fetch, ProxyAgent } from 'undici';
+import { fetch, ProxyAgent, WebSocket } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { basic, type Proxied, rawConnect, startProxy, testCa } from './forward-harness.js';
+import {
+  basic,
+  type Proxied,
+  rawConnect,
+  startProxy,
+  startWebSocketServer,
+  testCa,
+} from './forward-harness.js';
 import { type Gateway, startGateway, startUpstream, type Upstream } from './harness.js';
 
 const run = promisify(execFile);
@@ -242,6 +249,47 @@ describe('forward proxy (HTTPS_PROXY) with TLS interception', () => {
       expect(up.received.length).toBe(before);
     } finally {
       await dispatcher.close();
+    }
+  });
+
+  it('WebSocket upgrades pass the same checks: the ticket is exchanged, the answer head is cleaned', async () => {
+    const ws = await startWebSocketServer(ca);
+    const wsHost = ws.url.replace(/^wss:\/\//, '');
+    await gw.addSecret('ws', `${SECRET}-ws`, [wsHost]);
+    const ticket = await gw.issue('ws', agent.ref);
+    const dispatcher = new ProxyAgent({
+      uri: px.proxy.url,
+      token: `Bearer ${agent.key}`,
+      requestTls: { ca: px.proxy.ca.cert },
+    });
+    try {
+      const socket = new WebSocket(`${ws.url}/chat`, {
+        dispatcher,
+        headers: { authorization: `Bearer ${ticket}` },
+      } as never);
+      const message = await new Promise<string>((resolve, reject) => {
+        socket.addEventListener('open', () => socket.send('hello'));
+        socket.addEventListener('message', (event) => resolve(String(event.data)));
+        socket.addEventListener('error', () => reject(new Error('websocket failed')));
+      });
+      socket.close();
+      expect(ws.authorizations).toEqual([`Bearer ${SECRET}-ws`]);
+      // The echo carries the secret back in a frame: frames after the upgrade are relayed, not inspected.
+      expect(message).toBe(`hello Bearer ${SECRET}-ws`);
+      // A revoked ticket is refused before the upgrade reaches the server.
+      await gw.ctx.vault.revokeTicket(ticket, 'admin:test');
+      const refused = new WebSocket(`${ws.url}/chat`, {
+        dispatcher,
+        headers: { authorization: `Bearer ${ticket}` },
+      } as never);
+      await new Promise<void>((resolve) => {
+        refused.addEventListener('error', () => resolve());
+        refused.addEventListener('close', () => resolve());
+      });
+      expect(ws.authorizations.length).toBe(1);
+    } finally {
+      await dispatcher.close();
+      await ws.close();
     }
   });
 
