@@ -271,9 +271,35 @@ export class McpSession {
     }
   }
 
-  async #audited<T>(tool: string, work: (state: { tickets: string[] }) => Promise<T>): Promise<T> {
+  /**
+   * The name policy and audit see: a secret inside it (a token in a resource URI, a tool
+   * name chosen to smuggle one into the audit log) is replaced by its fingerprint.
+   */
+  async #label(raw: string): Promise<string> {
+    const bytes = Buffer.from(raw.slice(0, 500), 'utf8');
+    const scan = await this.#o.foundSecrets.begin({
+      principal: this.#o.principal.ref,
+      source: 'mcp',
+      actor: 'gateway:mcp',
+    });
+    const findings = scan.findIn(bytes);
+    if (findings.length === 0) return bytes.toString('utf8');
+    let out = '';
+    let at = 0;
+    for (const f of findings) {
+      out += `${bytes.subarray(at, f.start).toString('utf8')}[REDACTED:${f.fingerprint}]`;
+      at = f.end;
+    }
+    return out + bytes.subarray(at).toString('utf8');
+  }
+
+  async #audited<T>(
+    raw: string,
+    work: (state: { tickets: string[] }, tool: string) => Promise<T>,
+  ): Promise<T> {
     const { pipeline, session, principal, connection } = this.#o;
     const state = { tickets: [] as string[] };
+    let tool = '[unscanned]';
     this.calls++;
     // Every call is audited, refused or not (tool name and outcome; never argument values).
     const record = (outcome: string) => {
@@ -292,7 +318,8 @@ export class McpSession {
     };
     let result: T;
     try {
-      result = await work(state);
+      tool = await this.#label(raw);
+      result = await work(state, tool);
     } catch (error) {
       const outcome =
         error instanceof CoatcheckError
@@ -328,8 +355,7 @@ export class McpSession {
         return this.#scan({ ...listed, tools });
       });
       this.server.setRequestHandler(CallToolRequestSchema, async (request) => {
-        const tool = request.params.name;
-        return this.#audited(tool, async (state) => {
+        return this.#audited(request.params.name, async (state, tool) => {
           const { operation, recorded } = await this.#decide(
             tool,
             JSON.stringify(request.params.arguments ?? {}),
@@ -355,8 +381,7 @@ export class McpSession {
         this.#scan(await this.#upstreamCall((c) => c.listResourceTemplates(request.params))),
       );
       this.server.setRequestHandler(ReadResourceRequestSchema, async (request) => {
-        const tool = `resource:${request.params.uri.slice(0, 500)}`;
-        return this.#audited(tool, async () => {
+        return this.#audited(`resource:${request.params.uri}`, async (_state, tool) => {
           await (await this.#decide(tool, '{}', `resources/read ${tool}`)).recorded;
           return this.#scan(await this.#upstreamCall((c) => c.readResource(request.params)));
         });
@@ -367,8 +392,7 @@ export class McpSession {
         this.#scan(await this.#upstreamCall((c) => c.listPrompts(request.params))),
       );
       this.server.setRequestHandler(GetPromptRequestSchema, async (request) => {
-        const tool = `prompt:${request.params.name.slice(0, 200)}`;
-        return this.#audited(tool, async () => {
+        return this.#audited(`prompt:${request.params.name}`, async (_state, tool) => {
           const decided = await this.#decide(
             tool,
             JSON.stringify(request.params.arguments ?? {}),
