@@ -659,11 +659,14 @@ export class Vault {
       }
       cursor = await this.#store.getWorkflow(cursor.parentId);
     }
+    const ownerNode = owner === null ? null : await this.#store.getWorkflow(owner);
     if (
-      owner === null ||
+      ownerNode === null ||
       child === null ||
       !below ||
-      child.rootId !== (await this.#store.getWorkflow(owner))?.rootId
+      child.rootId !== ownerNode.rootId ||
+      // The parent ticket must be bound to the node it belongs to (defence in depth).
+      parent.principal !== workflowNodeRef(ownerNode.id, ownerNode.parentId === null)
     ) {
       throw refuse(
         'CC_ERR_WORKFLOW_NOT_DESCENDANT',
