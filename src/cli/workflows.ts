@@ -61,9 +61,11 @@ export function renderTree(tree: OperationOutput<'workflowShow'>): string {
           ? `exchanged ${e.secret ?? '?'} (${e.ticket ?? '-'})`
           : e.kind === 'credential'
             ? `credential ${e.secret ?? '?'} injected`
-            : e.kind === 'denied'
-              ? 'denied by policy'
-              : `refused ${e.code ?? '?'}${e.ticket === null ? '' : ` (${e.ticket}${e.ticketOwner === null ? '' : ` of ${e.ticketOwner}`})`}`;
+            : e.kind === 'reissued'
+              ? `new ticket ${e.ticket ?? '-'} for a secret found (${e.secret ?? '?'})`
+              : e.kind === 'denied'
+                ? 'denied by policy'
+                : `refused ${e.code ?? '?'}${e.ticket === null ? '' : ` (${e.ticket}${e.ticketOwner === null ? '' : ` of ${e.ticketOwner}`})`}`;
       const where = [e.target, e.operation].filter((x) => x !== null).join(': ');
       const by = e.actor === node.principal ? '' : ` by ${e.actor}`;
       lines.push(`${pad}  ${e.at} ${what}${by}${where === '' ? '' : ` at ${where}`}`);

@@ -102,7 +102,7 @@ export interface TicketInfo {
 export interface WorkflowEvent {
   readonly seq: number;
   readonly at: string;
-  readonly kind: 'exchange' | 'refused' | 'credential' | 'denied';
+  readonly kind: 'exchange' | 'refused' | 'credential' | 'denied' | 'reissued';
   readonly ticket: string | null;
   readonly secret: string | null;
   readonly target: string | null;

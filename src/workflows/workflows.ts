@@ -51,8 +51,11 @@ export interface StartedNode {
 export interface WorkflowEvent {
   readonly seq: number;
   readonly at: string;
-  /** `exchange`, `refused`, `credential` (a connection credential injected), `denied` (policy). */
-  readonly kind: 'exchange' | 'refused' | 'credential' | 'denied';
+  /**
+   * `exchange`, `refused`, `credential` (a connection credential injected), `denied` (policy),
+   * `reissued` (a secret in a response or prompt became a new ticket bound to the node).
+   */
+  readonly kind: 'exchange' | 'refused' | 'credential' | 'denied' | 'reissued';
   readonly ticket: string | null;
   readonly secret: string | null;
   readonly target: string | null;
@@ -631,6 +634,7 @@ export class Workflows {
       'credential.inject': 'credential',
       'gateway.denied': 'denied',
       'gateway.auth.refused': 'refused',
+      'token.reissue': 'reissued',
     };
     const text = (value: unknown) => (typeof value === 'string' ? value : null);
     let after = await this.#firstSeqNear(root.createdAt);
@@ -646,13 +650,16 @@ export class Workflows {
         // the node the ticket belongs to.
         const named = text(data.subtask);
         const isNode = record.actor.startsWith('workflow:') || record.actor.startsWith('subtask:');
+        const boundTo = kind === 'reissued' ? text(data.principal) : null;
         const nodeId =
-          named !== null
-            ? byId.has(named)
-              ? named
-              : null
-            : (refs.get(record.actor) ??
-              (!isNode && ticket !== null ? (ticketOwner.get(ticket) ?? null) : null));
+          boundTo !== null
+            ? (refs.get(boundTo) ?? null)
+            : named !== null
+              ? byId.has(named)
+                ? named
+                : null
+              : (refs.get(record.actor) ??
+                (!isNode && ticket !== null ? (ticketOwner.get(ticket) ?? null) : null));
         if (nodeId === null || !byId.has(nodeId)) continue;
         const secretId = text(data.secret);
         const owner = ticket === null ? null : (ticketOwner.get(ticket) ?? null);

@@ -377,6 +377,8 @@ when { principal in Group::"ci" && context has workflow && context.workflow == "
     });
     expect(result.text).toMatch(/^call the users API with cct_[0-9A-Za-z]{28} please$/);
     expect(result.tickets).toHaveLength(1);
+    const reissued = (await ctx.workflows.show(a.workflow.id)).nodes[0]!.events;
+    expect(reissued.map((e) => [e.kind, e.ticket])).toEqual([['reissued', result.tickets[0]!.id]]);
     const ticket = result.text.split(' ')[5]!;
     const pa = await ctx.identity.authenticate(a.key);
     const root = await ctx.identity.authenticate(run.key);
