@@ -27,6 +27,7 @@ import {
   substituteForm,
   substituteHeader,
 } from './protocol/tickets.js';
+import { createFrameParser, encodeFrame } from './protocol/ws-frames.js';
 
 export interface HttpEngineOptions {
   readonly bodyLimit: number;
@@ -697,6 +698,12 @@ export class HttpEngine implements Engine<HttpClient> {
     let joined = false;
     const close = () => this.#pipeline.closeSession(client.session, outcome, client.summary);
     try {
+      if (String(req.headers.upgrade ?? '').toLowerCase() !== 'websocket') {
+        throw new CoatcheckError(
+          'CC_ERR_HTTP_UNSUPPORTED',
+          'only WebSocket upgrades are carried (the gateway must be able to inspect what comes back)',
+        );
+      }
       const { principal, route, method, path, upstreamHeaders } = await this.#prepare(client, true);
       let upstream: Socket;
       try {
@@ -710,8 +717,10 @@ export class HttpEngine implements Engine<HttpClient> {
       }
       upstream.on('error', () => upstream.destroy());
       const lines = [`${method} ${path} HTTP/1.1`, `Host: ${route.url.host}`];
+      // No extensions: compressed frames could not be inspected.
       for (let i = 0; i + 1 < upstreamHeaders.length; i += 2)
-        lines.push(`${upstreamHeaders[i]}: ${upstreamHeaders[i + 1]}`);
+        if (upstreamHeaders[i]!.toLowerCase() !== 'sec-websocket-extensions')
+          lines.push(`${upstreamHeaders[i]}: ${upstreamHeaders[i + 1]}`);
       lines.push('Connection: Upgrade', `Upgrade: ${String(req.headers.upgrade)}`);
       upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
       let answer: Awaited<ReturnType<typeof readResponseHead>>;
@@ -722,6 +731,16 @@ export class HttpEngine implements Engine<HttpClient> {
         throw upstreamFailure(error, client.session.terminatedBy, true);
       }
       client.summary.upstreamStatus = answer.status;
+      if (
+        answer.status === 101 &&
+        answer.headers.some(([name]) => name.toLowerCase() === 'sec-websocket-extensions')
+      ) {
+        upstream.destroy();
+        throw new CoatcheckError(
+          'CC_ERR_GATEWAY_UPSTREAM_ENCODING',
+          'the upstream negotiated a WebSocket extension the gateway did not offer; its frames cannot be inspected',
+        );
+      }
       const scan = await this.#pipeline.inspect(client.session, principal, route.target);
       const out: string[] = [];
       for (const [name, value] of answer.headers) out.push(`${name}: ${await this.#scanned(scan, value)}`);
@@ -740,7 +759,35 @@ export class HttpEngine implements Engine<HttpClient> {
       socket.write(`HTTP/1.1 101 Switching Protocols\r\n${out.map((l) => `${l}\r\n`).join('')}\r\n`);
       client.summary.status = 101;
       if (head.length > 0) upstream.write(head);
-      if (answer.rest.length > 0) socket.write(answer.rest);
+      // Server-to-client frames are inspected one by one (a secret becomes a ticket); client frames pass as sent.
+      const parser = createFrameParser();
+      let queue = Promise.resolve();
+      const fromUpstream = (chunk: Buffer) => {
+        upstream.pause();
+        queue = queue
+          .then(async () => {
+            for (const frame of parser.push(chunk)) {
+              if (frame.opcode >= 8) {
+                socket.write(encodeFrame(frame));
+                continue;
+              }
+              const frameScan = await this.#pipeline.inspect(client.session, principal, route.target);
+              const clean = Buffer.concat([
+                await this.#scannedChunk(frameScan, frame.payload),
+                await this.#scanEnd(frameScan),
+              ]);
+              socket.write(encodeFrame({ ...frame, payload: clean }));
+            }
+            upstream.resume();
+          })
+          .catch(() => {
+            outcome = 'CC_ERR_GATEWAY_INSPECTION_FAILED';
+            socket.destroy();
+            upstream.destroy();
+          });
+      };
+      upstream.on('data', fromUpstream);
+      if (answer.rest.length > 0) fromUpstream(answer.rest);
       joined = true;
       const end = () => {
         socket.destroy();
@@ -762,7 +809,6 @@ export class HttpEngine implements Engine<HttpClient> {
       socket.on('close', onClose);
       upstream.on('close', onClose);
       socket.pipe(upstream);
-      upstream.pipe(socket);
       upstream.resume();
     } catch (error) {
       const failure = toCoatcheckError(error, newIncidentId());

@@ -252,7 +252,7 @@ describe('forward proxy (HTTPS_PROXY) with TLS interception', () => {
     }
   });
 
-  it('WebSocket upgrades pass the same checks: the ticket is exchanged, the answer head is cleaned', async () => {
+  it('WebSocket upgrades pass the same checks: the ticket is exchanged, server frames are cleaned', async () => {
     const ws = await startWebSocketServer(ca);
     const wsHost = ws.url.replace(/^wss:\/\//, '');
     await gw.addSecret('ws', `${SECRET}-ws`, [wsHost]);
@@ -274,8 +274,9 @@ describe('forward proxy (HTTPS_PROXY) with TLS interception', () => {
       });
       socket.close();
       expect(ws.authorizations).toEqual([`Bearer ${SECRET}-ws`]);
-      // The echo carries the secret back in a frame: frames after the upgrade are relayed, not inspected.
-      expect(message).toBe(`hello Bearer ${SECRET}-ws`);
+      // The echo carries the secret back in a frame: server frames are inspected, so it comes back as a ticket.
+      expect(message).toMatch(/^hello Bearer cct_[0-9A-Za-z]{28}$/);
+      expect(message).not.toContain(SECRET);
       // A revoked ticket is refused before the upgrade reaches the server.
       await gw.ctx.vault.revokeTicket(ticket, 'admin:test');
       const refused = new WebSocket(`${ws.url}/chat`, {
@@ -291,6 +292,26 @@ describe('forward proxy (HTTPS_PROXY) with TLS interception', () => {
       await dispatcher.close();
       await ws.close();
     }
+  });
+
+  it('refuses upgrades to other protocols (their traffic could not be inspected)', async () => {
+    const { connect } = await import('node:net');
+    const [host, port] = px.address.split(':');
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = connect({ host: host!, port: Number(port) });
+      let text = '';
+      socket.on('data', (d: Buffer) => {
+        text += d.toString();
+      });
+      socket.on('end', () => resolve(text));
+      socket.on('error', reject);
+      socket.write(
+        `GET ${plain.url}/x HTTP/1.1\r\nHost: ${plain.url.slice(7)}\r\nProxy-Authorization: ${basic('a', agent.key)}\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n`,
+      );
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 501 /);
+    expect(answer).toContain('x-coatcheck-error: CC_ERR_HTTP_UNSUPPORTED');
+    bodies.push(answer);
   });
 
   it('mints one leaf per host, signed by the CA, and keeps it in memory', () => {
