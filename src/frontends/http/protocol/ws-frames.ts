@@ -22,7 +22,7 @@ function bad(message: string): CoatcheckError {
 
 /** An incremental parser: feed it chunks in any split, get whole frames in order. */
 export function createFrameParser(max = MAX_WS_FRAME): { push(chunk: Buffer): WsFrame[] } {
-  let buffer = Buffer.alloc(0);
+  let buffer: Buffer = Buffer.alloc(0);
   return {
     push(chunk) {
       buffer = buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk]);
