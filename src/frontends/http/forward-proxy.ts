@@ -1,7 +1,12 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createSecureServer,
+  type Http2SecureServer,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+} from 'node:http2';
 import { type AddressInfo, connect as netConnect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { Agent } from 'undici';
 import type { ConnectionView } from '../../connections/connections.js';
@@ -14,7 +19,7 @@ import type { Context } from '../../server/context.js';
 import { openProxyCa, type ProxyCa } from '../../vault/proxy-ca.js';
 import { createHostBindings, type HostBindings } from './host-bindings.js';
 import { type ForwardRoute, HttpEngine } from './http-engine.js';
-import { createLeafCerts, type LeafCerts } from './leaf-certs.js';
+import { createLeafCerts, type LeafCert, type LeafCerts } from './leaf-certs.js';
 import {
   type Authority,
   originOf,
@@ -67,7 +72,8 @@ function responseError(res: ServerResponse, error: CoatcheckError): void {
     'content-type': 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     'x-coatcheck-error': error.code,
-    connection: 'close',
+    // HTTP/2 has no Connection header (RFC 9113 §8.2.2).
+    ...(res.req?.httpVersionMajor === 2 ? {} : { connection: 'close' }),
     ...(error.status === 407 ? { 'proxy-authenticate': PROXY_AUTHENTICATE } : {}),
   });
   res.end(body);
@@ -172,27 +178,39 @@ export async function startForwardProxy(
     };
   };
 
-  // Requests inside intercepted tunnels: the same engine as the reverse proxy.
-  const inner = createServer((req, res) => {
-    const tunnel = tunnels.get(req.socket);
+  /** The tunnel a request arrived in: the CONNECT socket under the TLS socket (HTTP/1.1 or the HTTP/2 session's). */
+  const tunnelOf = (req: IncomingMessage | Http2ServerRequest): Tunnel | undefined => {
+    const tlsSocket = 'stream' in req ? req.stream.session?.socket : req.socket;
+    const parent = (tlsSocket as { _parent?: object } | undefined)?._parent;
+    return parent === undefined ? undefined : tunnels.get(parent);
+  };
+
+  // Requests inside intercepted tunnels, HTTP/1.1 or HTTP/2 (ALPN), all in the reverse proxy's engine.
+  const onRequest = (
+    req: IncomingMessage | Http2ServerRequest,
+    res: ServerResponse | Http2ServerResponse,
+  ) => {
+    const h1req = req as IncomingMessage;
+    const h1res = res as ServerResponse;
+    const tunnel = tunnelOf(req);
     if (tunnel === undefined) {
-      res.destroy();
+      h1res.destroy();
       return;
     }
     let route: ForwardRoute;
     try {
       route = tunnelRoute(tunnel, req.url ?? '/');
     } catch (error) {
-      responseError(res, toCoatcheckError(error, newIncidentId()));
+      responseError(h1res, toCoatcheckError(error, newIncidentId()));
       return;
     }
-    engine.serve(req, res, route).catch(() => res.destroy());
-  });
+    engine.serve(h1req, h1res, route).catch(() => h1res.destroy());
+  };
   // WebSocket (and other) upgrades inside a tunnel pass the same checks, then the sides are joined.
-  inner.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => socket.destroy());
     track(socket);
-    const tunnel = tunnels.get(req.socket);
+    const tunnel = tunnelOf(req);
     if (tunnel === undefined) {
       socket.destroy();
       return;
@@ -205,20 +223,37 @@ export async function startForwardProxy(
       return;
     }
     engine.upgrade(req, socket, head, route).catch(() => socket.destroy());
-  });
-  inner.on('clientError', (_error, socket) => socket.destroy());
+  };
+
+  /**
+   * One TLS server per intercepted host (not listening: CONNECT sockets are handed to it),
+   * presenting that host's leaf certificate and offering h2 and http/1.1 by ALPN. Kept as
+   * long as its leaf is.
+   */
+  const servers = new Map<string, { leaf: LeafCert; server: Http2SecureServer }>();
+  const serverFor = (host: string): Http2SecureServer => {
+    const leaf = leaves.get(host);
+    const cached = servers.get(host);
+    if (cached !== undefined && cached.leaf === leaf) return cached.server;
+    cached?.server.close();
+    const server = createSecureServer({ key: leaf.key, cert: leaf.cert, allowHTTP1: true }, onRequest);
+    server.on('upgrade', onUpgrade);
+    server.on('sessionError', () => undefined);
+    server.on('tlsClientError', () => undefined);
+    servers.delete(host);
+    servers.set(host, { leaf, server });
+    while (servers.size > config.leafCacheSize) {
+      const oldest = servers.keys().next().value!;
+      servers.get(oldest)?.server.close();
+      servers.delete(oldest);
+    }
+    return server;
+  };
 
   const intercept = (socket: Socket, head: Buffer, tunnel: Tunnel) => {
     if (head.length > 0) socket.unshift(head);
-    const tls = new TLSSocket(socket, {
-      isServer: true,
-      secureContext: leaves.get(tunnel.host),
-      ALPNProtocols: ['http/1.1'],
-    });
-    tls.on('error', () => tls.destroy());
-    tunnels.set(tls, tunnel);
-    track(tls);
-    inner.emit('connection', tls);
+    tunnels.set(socket, tunnel);
+    serverFor(tunnel.host).emit('connection', socket);
   };
 
   const passThrough = (socket: Socket, head: Buffer, target: Authority) => {
@@ -347,8 +382,6 @@ export async function startForwardProxy(
   });
   server.headersTimeout = 15_000;
   server.requestTimeout = 0; // tunnels live as long as their clients keep them
-  inner.headersTimeout = 15_000;
-  inner.requestTimeout = 60_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(listen.port, listen.host, () => {
@@ -371,7 +404,7 @@ export async function startForwardProxy(
         server.closeAllConnections();
         for (const socket of open) socket.destroy();
       });
-      inner.close();
+      for (const { server } of servers.values()) server.close();
       bindings.close();
       await dispatcher.close().catch(() => undefined);
       pipeline.close();

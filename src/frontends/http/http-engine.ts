@@ -390,7 +390,7 @@ export class HttpEngine implements Engine<HttpClient> {
           ? 'Bearer realm="coatcheck"'
           : 'Basic realm="coatcheck", Bearer realm="coatcheck"';
     // An unread request body would desynchronise a kept-alive connection.
-    if (!req.complete) headers.connection = 'close';
+    if (!req.complete && req.httpVersionMajor < 2) headers.connection = 'close';
     res.writeHead(error.status, headers);
     res.end(body);
   }
@@ -454,7 +454,8 @@ export class HttpEngine implements Engine<HttpClient> {
     for (let i = 0; i + 1 < raw.length; i += 2) {
       const name = raw[i]!;
       const lower = name.toLowerCase();
-      if (skip.has(lower) || injectedNames.has(lower)) continue;
+      // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) are not headers to forward.
+      if (skip.has(lower) || injectedNames.has(lower) || lower.startsWith(':')) continue;
       headerPairs.push([name, raw[i + 1]!]);
     }
     const bodyEncoded = !['', 'identity'].includes(

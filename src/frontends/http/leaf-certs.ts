@@ -1,5 +1,4 @@
 import { generateKeyPairSync } from 'node:crypto';
-import { createSecureContext, type SecureContext } from 'node:tls';
 import { createCertificate } from '../../core/x509.js';
 import type { ProxyCa } from '../../vault/proxy-ca.js';
 
@@ -7,9 +6,16 @@ const LEAF_LIFETIME_MS = 7 * 24 * 3600 * 1000;
 /** A cached leaf is replaced once it has this little life left. */
 const RENEW_BEFORE_MS = 24 * 3600 * 1000;
 
+/** A leaf certificate and its key, PEM, in memory only. */
+export interface LeafCert {
+  readonly key: string;
+  /** The leaf then the CA. */
+  readonly cert: string;
+}
+
 export interface LeafCerts {
-  /** The TLS context presenting a certificate for `host`, minted under the CA on first use. */
-  get(host: string): SecureContext;
+  /** The certificate (and key) for `host`, minted under the CA on first use; the same object while cached. */
+  get(host: string): LeafCert;
   readonly size: number;
 }
 
@@ -20,7 +26,7 @@ export interface LeafCerts {
 export function createLeafCerts(ca: ProxyCa, options: { max?: number; now?: () => number } = {}): LeafCerts {
   const max = options.max ?? 1000;
   const now = options.now ?? Date.now;
-  const cache = new Map<string, { context: SecureContext; notAfter: number }>();
+  const cache = new Map<string, { leaf: LeafCert; notAfter: number }>();
   return {
     get(host) {
       const key = host.toLowerCase();
@@ -29,7 +35,7 @@ export function createLeafCerts(ca: ProxyCa, options: { max?: number; now?: () =
       if (hit !== undefined && hit.notAfter - t > RENEW_BEFORE_MS) {
         cache.delete(key);
         cache.set(key, hit);
-        return hit.context;
+        return hit.leaf;
       }
       const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
       const notAfter = t + LEAF_LIFETIME_MS;
@@ -42,14 +48,14 @@ export function createLeafCerts(ca: ProxyCa, options: { max?: number; now?: () =
         ca: false,
         hosts: [key],
       });
-      const context = createSecureContext({
-        key: privateKey.export({ type: 'pkcs8', format: 'pem' }),
+      const leaf: LeafCert = {
+        key: privateKey.export({ type: 'pkcs8', format: 'pem' }) as string,
         cert: `${cert}${ca.cert}`,
-      });
+      };
       cache.delete(key);
-      cache.set(key, { context, notAfter });
+      cache.set(key, { leaf, notAfter });
       while (cache.size > max) cache.delete(cache.keys().next().value!);
-      return context;
+      return leaf;
     },
     get size() {
       return cache.size;

@@ -113,6 +113,38 @@ describe('forward proxy (HTTPS_PROXY) with TLS interception', () => {
     expect(up.received.at(-1)!.headers.authorization).toBe(`Bearer ${SECRET}`);
   });
 
+  it('curl over HTTP/2 inside the tunnel (ALPN h2), GET and POST with a JSON body', async () => {
+    const ticket = await gw.issue('api', agent.ref);
+    const common = ['--http2', '--proxy', `http://${px.address}`, '--proxy-user', `a:${agent.key}`];
+    const out = await curl([
+      ...common,
+      '--cacert',
+      px.caFile,
+      '-w',
+      '\n%{http_version}',
+      '-H',
+      `Authorization: Bearer ${ticket}`,
+      `${up.url}/whoami`,
+    ]);
+    const [body, version] = out.stdout.split('\n');
+    expect(version).toBe('2');
+    expect(body).toMatch(/^you sent Bearer cct_[0-9A-Za-z]{28}$/);
+    expect(up.received.at(-1)!.headers.authorization).toBe(`Bearer ${SECRET}`);
+    const post = await curl([
+      ...common,
+      '--cacert',
+      px.caFile,
+      '-H',
+      'content-type: application/json',
+      '--data',
+      JSON.stringify({ key: ticket }),
+      `${up.url}/echo`,
+    ]);
+    expect(JSON.parse(post.stdout)).toMatchObject({ method: 'POST', ok: true });
+    expect(JSON.parse(up.received.at(-1)!.body.toString())).toEqual({ key: SECRET });
+    expect(Object.keys(up.received.at(-1)!.headers).some((h) => h.startsWith(':'))).toBe(false);
+  });
+
   it('curl with plain http:// through the proxy (absolute-form)', async () => {
     const ticket = await gw.issue('api', agent.ref);
     const out = await curl([
