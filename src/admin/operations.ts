@@ -369,7 +369,8 @@ export const operations = {
       const ca = await openProxyCa(ctx.store, ctx.keys.master);
       return {
         agent: input.name,
-        proxy: ctx.config.listen.proxy,
+        // The running server's forward proxy (serve --listen-proxy), else the configured one.
+        proxy: ctx.endpoints.proxy?.replace(/^http:\/\//, '') ?? ctx.config.listen.proxy,
         certificate: ca.cert,
         fingerprint: ca.fingerprint,
       };
