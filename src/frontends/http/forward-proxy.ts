@@ -339,6 +339,7 @@ export async function startForwardProxy(
       });
     })().catch((error: unknown) => {
       const failure = toCoatcheckError(error, newIncidentId());
+      pipeline.services.metrics.refusals.inc({ frontend: 'http-proxy', code: failure.code });
       if (failure.code === 'CC_ERR_INTERNAL')
         log.error({ errName: (error as Error)?.name }, 'forward proxy: CONNECT failed');
       if (socket.writable) rawError(socket, failure);
