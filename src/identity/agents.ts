@@ -38,7 +38,16 @@ export class Agents {
     this.#clock = clock;
     this.#lookupKey = lookupKey;
     this.#maxTtlMs = options.maxTtlMs;
+    // Revocations (from any replica) and resyncs drop cached keys at once.
+    store.subscribe((change) => {
+      if (change.type === 'agent.revoked' || change.type === 'resync' || change.type === 'keys.rotated')
+        this.#cache.clear();
+    });
   }
+
+  /** Agent records by key hash, for a few seconds: the data path authenticates every request. */
+  readonly #cache = new Map<string, { record: AgentRecord; at: number }>();
+  static readonly CACHE_MS = 5_000;
 
   #view(record: AgentRecord): AgentView {
     const now = this.#clock.now();
@@ -142,7 +151,18 @@ export class Agents {
   /** Authenticate a presented agent key. Errors name the agent id where known, never the key. */
   async authenticate(key: string): Promise<Principal> {
     assertAgentKey(key);
-    const record = await this.#store.getAgentByKeyHash(keyedHash(this.#lookupKey, key));
+    const hash = keyedHash(this.#lookupKey, key);
+    const now = this.#clock.now();
+    const hit = this.#cache.get(hash);
+    let record: AgentRecord | null;
+    if (hit !== undefined && now - hit.at < Agents.CACHE_MS) record = hit.record;
+    else {
+      record = await this.#store.getAgentByKeyHash(hash);
+      if (record !== null) {
+        if (this.#cache.size >= 10_000) this.#cache.clear();
+        this.#cache.set(hash, { record, at: now });
+      }
+    }
     if (record === null) throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', 'the agent key is not known');
     if (record.revokedAt !== null) {
       throw new CoatcheckError('CC_ERR_AGENT_REVOKED', `agent ${record.id} was revoked`, {
