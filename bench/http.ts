@@ -119,15 +119,11 @@ function upstreamCerts(dir: string): { caFile: string; keyFile: string; certFile
   return { caFile: f('ca.crt'), keyFile: f('up.key'), certFile: f('up.crt') };
 }
 
-async function spawnUpstream(env: NodeJS.ProcessEnv = {}) {
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', new URL('./http-upstream.ts', import.meta.url).pathname],
-    {
-      stdio: ['ignore', 'pipe', 'inherit'],
-      env: { ...process.env, ...env },
-    },
-  );
+async function spawnUpstream(env: NodeJS.ProcessEnv = {}, script = './http-upstream.ts') {
+  const child = spawn(process.execPath, ['--import', 'tsx', new URL(script, import.meta.url).pathname], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, ...env },
+  });
   const port = await new Promise<number>((resolve) =>
     child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))),
   );
@@ -245,6 +241,24 @@ async function main() {
         `${label.padEnd(36)} ${d.rps.toFixed(0).padStart(12)} ${g.rps.toFixed(0).padStart(10)} ${(g.rps / d.rps).toFixed(2).padStart(6)} ${`${d.p50}/${d.p99}`.padStart(18)} ${`${g.p50}/${g.p99}`.padStart(14)} ${String(d.errors + g.errors).padStart(7)}`,
       );
     }
+    // The reference peer: @fastify/http-proxy doing plain pass-through, in its own process.
+    const { child: peer, port: peerPort } = await spawnUpstream(
+      { BENCH_PEER_UPSTREAM: upstreamUrl },
+      './http-peer.ts',
+    );
+    try {
+      const d = await load(`${upstreamUrl}/small`, {});
+      const p = await load(`http://127.0.0.1:${peerPort}/small`, {});
+      const g = await load(`${gateway.url}/c/up/small`, {
+        headers: { ...auth, authorization: `Bearer ${tickets[0]}` },
+      });
+      console.log(
+        `\nreference peer, back to back: direct ${d.rps.toFixed(0)} req/s; @fastify/http-proxy pass-through ${p.rps.toFixed(0)} req/s (${(p.rps / d.rps).toFixed(2)} of direct, p50 ${p.p50} ms); coatcheck with one ticket ${g.rps.toFixed(0)} req/s (${(g.rps / p.rps).toFixed(2)} of the peer, p50 ${g.p50} ms)`,
+      );
+    } finally {
+      peer.kill();
+    }
+
     console.log('\nunloaded latency, one request at a time (ms)');
     console.log(
       `${'case'.padEnd(36)} ${'direct p50/p99'.padStart(16)} ${'gw p50/p99'.padStart(16)} ${'added p50'.padStart(10)}`,

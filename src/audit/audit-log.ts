@@ -9,7 +9,8 @@ import type { AuditRecord, Store, StoreTx } from '../store/types.js';
  * index key, so an edit cannot be re-chained without the master key), and durable
  * before anything it describes takes effect.
  *
- * Group commit: appends wait in a queue; every `groupCommitMs` (or when `maxBatch` are
+ * Group commit: appends wait in a queue; at the next turn of the event loop (or after
+ * `groupCommitMs`, or as soon as `maxBatch` are
  * waiting) one transaction writes the whole batch, so N concurrent exchanges cost one
  * disk flush. Each `append` resolves only after its batch is committed. An append may
  * carry a mutation that runs in the same transaction (in a savepoint), so a state change
@@ -76,7 +77,7 @@ export class AuditLog {
   readonly #groupCommitMs: number;
   readonly #maxBatch: number;
   #queue: Pending[] = [];
-  #timer: NodeJS.Timeout | null = null;
+  #timer: NodeJS.Timeout | NodeJS.Immediate | null = null;
   #flushing: Promise<void> | null = null;
   #closed = false;
 
@@ -84,7 +85,7 @@ export class AuditLog {
     this.#store = store;
     this.#key = auditKey;
     this.#clock = clock;
-    this.#groupCommitMs = options.groupCommitMs ?? 2;
+    this.#groupCommitMs = options.groupCommitMs ?? 0;
     this.#maxBatch = options.maxBatch ?? 512;
   }
 
@@ -102,17 +103,29 @@ export class AuditLog {
   #schedule(): void {
     if (this.#flushing !== null) return; // the running flush re-schedules when done
     if (this.#queue.length >= this.#maxBatch) {
-      if (this.#timer !== null) clearTimeout(this.#timer);
+      if (this.#timer !== null) this.#clearTimer();
       this.#timer = null;
       this.#startFlush();
       return;
     }
     if (this.#timer === null) {
-      this.#timer = setTimeout(() => {
+      const fire = () => {
         this.#timer = null;
         this.#startFlush();
-      }, this.#groupCommitMs);
+      };
+      // 0: flush once the current I/O has been handled. Appends that arrive while a flush
+      // is running wait for the next one, so batches still form under load without
+      // making a lone request wait for a timer.
+      this.#timer = this.#groupCommitMs === 0 ? setImmediate(fire) : setTimeout(fire, this.#groupCommitMs);
     }
+  }
+
+  #clearTimer(): void {
+    const timer = this.#timer;
+    if (timer === null) return;
+    if ('hasRef' in timer && typeof (timer as NodeJS.Timeout).refresh === 'function')
+      clearTimeout(timer as NodeJS.Timeout);
+    else clearImmediate(timer as NodeJS.Immediate);
   }
 
   #startFlush(): void {
@@ -185,7 +198,7 @@ export class AuditLog {
   async flush(): Promise<void> {
     while (this.#queue.length > 0 || this.#flushing !== null) {
       if (this.#flushing === null) {
-        if (this.#timer !== null) clearTimeout(this.#timer);
+        if (this.#timer !== null) this.#clearTimer();
         this.#timer = null;
         this.#startFlush();
       }

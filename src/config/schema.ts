@@ -78,7 +78,7 @@ export const configSchema = z
       .prefault({}),
     audit: z
       .object({
-        groupCommitMs: z.number().int().min(0).max(1_000).default(2),
+        groupCommitMs: z.number().int().min(0).max(1_000).default(0),
         maxBatch: z.number().int().min(1).max(10_000).default(512),
       })
       .strict()
@@ -214,7 +214,7 @@ agents:
   maxTtl: 90d
 
 audit:
-  groupCommitMs: 2        # how long appends wait to share one disk flush
+  groupCommitMs: 0        # 0: flush at the next turn of the event loop; N: wait N ms to batch more
   maxBatch: 512
 
 http:
