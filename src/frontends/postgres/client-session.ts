@@ -63,6 +63,8 @@ interface OpenStatement {
   dropped: number;
   description: readonly FieldDescription[] | null;
   mask: MaskPlan | null;
+  /** Column patterns from a policy's `@mask` for this statement, beside the connection's. */
+  readonly policyMask: ((name: string) => boolean) | null;
 }
 
 interface MaskPlan {
@@ -74,6 +76,7 @@ interface MaskPlan {
 interface Prepared {
   readonly sql: string;
   readonly classification: Classification;
+  readonly policyMask?: ((name: string) => boolean) | null;
 }
 
 type Output =
@@ -103,6 +106,8 @@ export class RelaySession {
   readonly #target: Target;
   readonly #rules: PostgresRules;
   readonly #masked: (name: string) => boolean;
+  /** Row descriptions are tracked when a connection rule or a policy may mask columns. */
+  readonly #maskingActive: boolean;
   readonly #done: Promise<void>;
   #finish!: () => void;
 
@@ -146,6 +151,8 @@ export class RelaySession {
     this.#target = context.target;
     this.#rules = context.rules;
     this.#masked = columnMatcher(context.rules.maskColumns);
+    this.#maskingActive =
+      context.rules.maskColumns.length > 0 || (context.services.statementPolicy?.hasMasks() ?? false);
     for (const [name, value] of upstream.parameters) {
       if (name === 'standard_conforming_strings') this.#standardStrings = value === 'on';
     }
@@ -420,12 +427,12 @@ export class RelaySession {
     if (verdict instanceof Promise) {
       return verdict.then((v) =>
         v.allow
-          ? this.#queryAllowed(sql, c, frame, gate)
+          ? this.#queryAllowed(sql, c, frame, gate, v.mask)
           : this.#refuseSimple(v.code, v.message, sql, c.class),
       );
     }
     if (!verdict.allow) return this.#refuseSimple(verdict.code, verdict.message, sql, c.class);
-    return this.#queryAllowed(sql, c, frame, gate);
+    return this.#queryAllowed(sql, c, frame, gate, verdict.mask);
   }
 
   /** Decide a statement by policy (synchronously when no human is needed). */
@@ -454,16 +461,37 @@ export class RelaySession {
     c: Classification,
     frame: Frame,
     gate: { rewrite: string | null },
+    mask?: readonly string[],
   ): void | Promise<void> {
+    if (mask !== undefined && mask.length > 0 && c.statements.includes('CopyStmt') && c.class === 'read') {
+      return this.#refuseSimple(
+        'CC_ERR_PG_STATEMENT_DENIED',
+        'coatcheck: statement refused by rule mask-columns (COPY TO); a policy masks columns here and COPY output cannot be masked, use SELECT',
+        sql,
+        c.class,
+      );
+    }
     if (gate.rewrite !== null) {
       this.#poisoned = false;
-      return this.#forwardQuery(gate.rewrite, c, encodeFrontend({ type: 'Query', sql: gate.rewrite }), []);
+      return this.#forwardQuery(
+        gate.rewrite,
+        c,
+        encodeFrontend({ type: 'Query', sql: gate.rewrite }),
+        [],
+        mask,
+      );
     }
-    if (sql.includes('cct_')) return this.#queryWithTickets(sql, c);
-    return this.#forwardQuery(sql, c, frame.raw, []);
+    if (sql.includes('cct_')) return this.#queryWithTickets(sql, c, mask);
+    return this.#forwardQuery(sql, c, frame.raw, [], mask);
   }
 
-  #forwardQuery(sql: string, c: Classification, raw: Buffer, tickets: readonly string[]): void {
+  #forwardQuery(
+    sql: string,
+    c: Classification,
+    raw: Buffer,
+    tickets: readonly string[],
+    mask?: readonly string[],
+  ): void {
     this.#open.push({
       sql,
       cls: c.class,
@@ -475,20 +503,22 @@ export class RelaySession {
       dropped: 0,
       description: null,
       mask: null,
+      policyMask: mask === undefined || mask.length === 0 ? null : columnMatcher(mask),
     });
     this.#outputs.push({ kind: 'upstream', prefix: null });
     this.#writeUpstream(raw);
   }
 
   /** Tickets in a simple query: only inside standard string literals, exchanged (audited) for this agent and connection. */
-  async #queryWithTickets(sql: string, c: Classification): Promise<void> {
+  async #queryWithTickets(sql: string, c: Classification, mask?: readonly string[]): Promise<void> {
     const bytes = Buffer.from(sql, 'utf8');
     const found: Array<{ at: number; ticket: string }> = [];
     for (let at = bytes.indexOf('cct_'); at !== -1; at = bytes.indexOf('cct_', at + 1)) {
       const text = bytes.toString('latin1', at, at + TICKET_LENGTH);
       if (isTicket(text)) found.push({ at, ticket: text });
     }
-    if (found.length === 0) return this.#forwardQuery(sql, c, encodeFrontend({ type: 'Query', sql }), []);
+    if (found.length === 0)
+      return this.#forwardQuery(sql, c, encodeFrontend({ type: 'Query', sql }), [], mask);
     const outside = found.some(
       ({ at }) => !c.literals.some((l) => l.start < at && at + TICKET_LENGTH < l.end),
     );
@@ -520,6 +550,7 @@ export class RelaySession {
       c,
       encodeFrontend({ type: 'Query', sql: rewritten }),
       [...exchanged.ids.values()],
+      mask,
     );
   }
 
@@ -595,14 +626,21 @@ export class RelaySession {
     const verdict = this.#statementPolicy(m.sql, c);
     if (verdict instanceof Promise) {
       return verdict.then((v) =>
-        v.allow ? this.#parseAllowed(m, c, frame) : this.#refuseExtended(v.code, v.message, m.sql, c.class),
+        v.allow
+          ? this.#parseAllowed(m, c, frame, v.mask)
+          : this.#refuseExtended(v.code, v.message, m.sql, c.class),
       );
     }
     if (!verdict.allow) return this.#refuseExtended(verdict.code, verdict.message, m.sql, c.class);
-    return this.#parseAllowed(m, c, frame);
+    return this.#parseAllowed(m, c, frame, verdict.mask);
   }
 
-  #parseAllowed(m: Extract<FrontendMessage, { type: 'Parse' }>, c: Classification, frame: Frame): void {
+  #parseAllowed(
+    m: Extract<FrontendMessage, { type: 'Parse' }>,
+    c: Classification,
+    frame: Frame,
+    mask?: readonly string[],
+  ): void {
     if (m.sql.includes('cct_')) {
       this.#refuseExtended(
         'CC_ERR_PG_STATEMENT_DENIED',
@@ -612,7 +650,11 @@ export class RelaySession {
       );
       return;
     }
-    this.#statements.set(m.name, { sql: m.sql, classification: c });
+    this.#statements.set(m.name, {
+      sql: m.sql,
+      classification: c,
+      policyMask: mask === undefined || mask.length === 0 ? null : columnMatcher(mask),
+    });
     this.#forwardExtended(frame.raw);
   }
 
@@ -678,17 +720,18 @@ export class RelaySession {
       dropped: 0,
       description: null,
       mask: null,
+      policyMask: prepared?.policyMask ?? null,
     });
     this.#forwardExtended(frame.raw);
   }
 
   // ---- upstream → client -----------------------------------------------------------
 
-  #planMask(fields: readonly FieldDescription[]): MaskPlan {
+  #planMask(fields: readonly FieldDescription[], policyMask: ((name: string) => boolean) | null): MaskPlan {
     const columns = new Uint8Array(fields.length);
     let any = false;
     fields.forEach((f, i) => {
-      if (this.#masked(f.name)) {
+      if (this.#masked(f.name) || policyMask?.(f.name) === true) {
         columns[i] = 1;
         any = true;
       }
@@ -723,7 +766,7 @@ export class RelaySession {
         const head = this.#open[0];
         const forDescribe = this.#describes.length > 0 && (head === undefined || !head.simple);
         const d = forDescribe ? this.#describes.shift()! : null;
-        if (this.#rules.maskColumns.length > 0) {
+        if (this.#maskingActive) {
           const m = decodeBackend(frame);
           if (m.type !== 'RowDescription') return;
           if (d !== null) {
@@ -731,7 +774,7 @@ export class RelaySession {
             else this.#portalDescriptions.set(d.name, m.fields);
           } else if (head !== undefined) {
             head.description = m.fields;
-            head.mask = this.#planMask(m.fields);
+            head.mask = this.#planMask(m.fields, head.policyMask);
           }
         }
         this.#toClient.push(frame.raw);
@@ -839,7 +882,7 @@ export class RelaySession {
         return;
       }
       head.rows++;
-      if (this.#rules.maskColumns.length > 0 && head.mask === null) {
+      if (this.#maskingActive && head.mask === null) {
         const description = this.#descriptionFor(head);
         if (description === null) {
           throw new CoatcheckError(
@@ -848,7 +891,7 @@ export class RelaySession {
           );
         }
         head.description = description;
-        head.mask = this.#planMask(description);
+        head.mask = this.#planMask(description, head.policyMask);
       }
     }
     const mask = head?.mask?.any ? head.mask : null;

@@ -5,7 +5,8 @@ import { TICKET_PATTERN } from '../../core/ticket-format.js';
 import type { StatementClass } from './sql/classify.js';
 
 export type StatementVerdict =
-  | { readonly allow: true }
+  /** `mask`: column patterns a policy's `@mask` asks to hide in this statement's rows. */
+  | { readonly allow: true; readonly mask?: readonly string[] }
   | { readonly allow: false; readonly code: ErrorCode; readonly message: string };
 
 /**
@@ -15,13 +16,16 @@ export type StatementVerdict =
  * deny or an approval goes through the gate, which audits the decision and holds an
  * approval-required statement until a human decides (`onHold` sends the client a notice).
  */
-export type StatementPolicy = (input: {
+export type StatementPolicy = ((input: {
   principal: Principal;
   connection: string;
   sql: string;
   cls: StatementClass;
   onHold: (approvalId: string) => void;
-}) => StatementVerdict | Promise<StatementVerdict>;
+}) => StatementVerdict | Promise<StatementVerdict>) & {
+  /** Whether any policy in force carries `@mask` (then row descriptions must be tracked). */
+  hasMasks(): boolean;
+};
 
 const ACTIONS: Partial<Record<StatementClass, string>> = {
   read: 'sql:read',
@@ -41,14 +45,17 @@ function redact(sql: string): string {
 /** Null when no policy is configured: the built-in policy allows every statement, so skip the work. */
 export function createStatementPolicy(services: GateServices): StatementPolicy | null {
   if (services.policy.engine.source === 'builtin' && services.policy.path === null) return null;
-  return (input) => {
+  const decideStatement = (
+    input: Parameters<StatementPolicy>[0],
+  ): StatementVerdict | Promise<StatementVerdict> => {
     const action = ACTIONS[input.cls];
     if (action === undefined) return ALLOW; // empty statements and transaction control
     const statement = redact(input.sql);
     const context = { statement, sql_class: input.cls };
     const resource = { type: 'Connection' as const, id: input.connection, attrs: { type: 'postgres' } };
     const decision = services.policy.engine.decide({ principal: input.principal, action, resource, context });
-    if (decision.effect === 'allow') return ALLOW;
+    if (decision.effect === 'allow')
+      return decision.mask.length > 0 ? { allow: true, mask: decision.mask } : ALLOW;
     return gate(services, {
       principal: input.principal,
       action,
@@ -63,7 +70,8 @@ export function createStatementPolicy(services: GateServices): StatementPolicy |
       },
       onHold: (approval) => input.onHold(approval.id),
     }).then(
-      () => ALLOW,
+      (result): StatementVerdict =>
+        result.decision.mask.length > 0 ? { allow: true, mask: result.decision.mask } : ALLOW,
       (error: unknown) => {
         if (error instanceof CoatcheckError)
           return { allow: false as const, code: error.code, message: `coatcheck: ${error.message}` };
@@ -71,4 +79,7 @@ export function createStatementPolicy(services: GateServices): StatementPolicy |
       },
     );
   };
+  return Object.assign(decideStatement, {
+    hasMasks: () => services.policy.engine.policies.some((p) => p.annotations.mask !== undefined),
+  });
 }

@@ -15,8 +15,8 @@ beforeAll(async () => {
   writeFileSync(
     policyFile,
     `@id("bot-sessions")
-permit(principal, action == Action::"sql:session", resource == Connection::"main") when { ["bot", "bot-statements", "bot-writes"].contains(principal.name) };
-@id("reads") permit(principal, action == Action::"sql:read", resource == Connection::"main");
+permit(principal, action == Action::"sql:session", resource == Connection::"main") when { ["bot", "bot-statements", "bot-writes", "bot-mask"].contains(principal.name) };
+@id("reads") @mask("*email*") permit(principal, action == Action::"sql:read", resource == Connection::"main");
 @id("writes-need-approval") @approval("required")
 permit(principal, action == Action::"sql:write", resource == Connection::"main");
 @id("no-drop") forbid(principal, action, resource) when { context has statement && context.statement like "*DROP*" };
@@ -135,3 +135,31 @@ it('holds a write for approval: a notice names the approval; approved via the CL
     await client.end();
   }
 }, 90_000);
+
+it("applies a policy's @mask to the columns it names, in simple and prepared statements; COPY TO is refused", async () => {
+  const bot = await gw.createAgent('bot-mask');
+  const client = gw.client('bot-mask', bot.key, 'main');
+  await client.connect();
+  try {
+    const simple = await client.query("SELECT 'ada@example.com' AS email, 'Ada' AS name");
+    expect(simple.rows).toHaveLength(1);
+    expect(simple.rows[0].name).toBe('Ada');
+    expect(simple.rows[0].email).toBe('***');
+    const prepared = await client.query({
+      text: 'SELECT $1::text AS work_email, $2::text AS name',
+      values: ['bo@example.com', 'Bo'],
+    });
+    expect(prepared.rows[0].name).toBe('Bo');
+    expect(prepared.rows[0].work_email).toBe('***');
+    const copy = await client.query('COPY (SELECT 1 AS n) TO STDOUT').then(
+      () => null,
+      (e: { detail: string; message: string }) => e,
+    );
+    expect(copy).toMatchObject({
+      detail: 'CC_ERR_PG_STATEMENT_DENIED',
+      message: expect.stringContaining('mask-columns (COPY TO)'),
+    });
+  } finally {
+    await client.end();
+  }
+}, 60_000);
