@@ -582,6 +582,12 @@ export const ERROR_CODES = {
     description: 'Subtasks nest at most 16 levels deep.',
     solution: 'Spawn from a node nearer the root.',
   },
+  CC_ERR_GATEWAY_MASK_UNSUPPORTED: {
+    status: 502,
+    description:
+      'Policy asks to mask fields of this response (@mask), and the response is not JSON the gateway can rewrite, so it was withheld.',
+    solution: 'Narrow the @mask policy to JSON APIs, or ask for a JSON representation.',
+  },
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

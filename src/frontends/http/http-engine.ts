@@ -10,6 +10,7 @@ import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/errors.js';
 import { newIncidentId } from '../../core/ids.js';
 import type { Engine } from '../../gateway/engine.js';
+import { fieldMatcher, maskJson } from '../../gateway/field-mask.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
@@ -526,7 +527,7 @@ export class HttpEngine implements Engine<HttpClient> {
     // The decision's audit record must be durable before anything leaves (it shares the
     // group commit with the releases above, so this rarely waits).
     await decision.recorded;
-    return { principal, route, method, path, upstreamHeaders, upstreamBody };
+    return { principal, route, method, path, upstreamHeaders, upstreamBody, mask: decision.mask ?? [] };
   }
 
   async handle(client: HttpClient): Promise<void> {
@@ -535,7 +536,7 @@ export class HttpEngine implements Engine<HttpClient> {
     const started = performance.now();
     await this.initialize(client);
 
-    const { principal, route, method, path, upstreamHeaders, upstreamBody } = await this.#prepare(
+    const { principal, route, method, path, upstreamHeaders, upstreamBody, mask } = await this.#prepare(
       client,
       false,
     );
@@ -570,7 +571,7 @@ export class HttpEngine implements Engine<HttpClient> {
     services.metrics.duration.observe({ frontend: this.name, phase: 'upstream' }, upstreamMs / 1000);
 
     try {
-      await this.#respond(client, response, principal, connection.target, signal);
+      await this.#respond(client, response, principal, connection.target, signal, mask);
     } catch (error) {
       response.body.on('error', () => undefined); // destroying an unread undici body emits an AbortError
       response.body.destroy();
@@ -587,8 +588,10 @@ export class HttpEngine implements Engine<HttpClient> {
     principal: Parameters<ExchangePipeline['inspect']>[1],
     target: Parameters<ExchangePipeline['inspect']>[2],
     signal: AbortSignal,
+    mask?: readonly string[],
   ): Promise<void> {
     const { req, res, session, summary } = client;
+    const masking = mask !== undefined && mask.length > 0 ? fieldMatcher(mask) : null;
     let scan: ResponseScan;
     try {
       scan = await this.#pipeline.inspect(session, principal, target);
@@ -619,6 +622,43 @@ export class HttpEngine implements Engine<HttpClient> {
     }
     if (signal.aborted)
       throw session.terminatedBy !== null ? new Error('terminated') : new Error('client gone');
+    if (masking !== null && hasBody) {
+      // Policy obligations (@mask): the whole JSON body is rewritten before any of it is sent.
+      const type = String(response.headers['content-type'] ?? '').toLowerCase();
+      if (!/^application\/([a-z0-9.+-]*\+)?json\b/.test(type)) {
+        throw new CoatcheckError(
+          'CC_ERR_GATEWAY_MASK_UNSUPPORTED',
+          'policy masks fields of this response, and it is not JSON',
+        );
+      }
+      const source: Readable =
+        decoder === null
+          ? response.body
+          : (pipe(response.body, decoder, () => undefined) as unknown as Readable);
+      const parts: Buffer[] = [];
+      let size = 0;
+      for await (const chunk of source) {
+        const clean = await this.#scannedChunk(scan, chunk as Buffer);
+        size += clean.length;
+        if (size > this.#options.bodyLimit) {
+          throw new CoatcheckError(
+            'CC_ERR_GATEWAY_MASK_UNSUPPORTED',
+            'policy masks fields of this response, and it is larger than http.bodyLimit',
+          );
+        }
+        parts.push(clean);
+      }
+      parts.push(await this.#scanEnd(scan));
+      const body = Buffer.from(maskJson(Buffer.concat(parts).toString('utf8'), masking), 'utf8');
+      if (signal.aborted)
+        throw session.terminatedBy !== null ? new Error('terminated') : new Error('client gone');
+      res.writeHead(response.statusCode, out);
+      summary.status = response.statusCode;
+      res.end(body);
+      summary.responseBytes = body.length;
+      summary.masked = masking === null ? 0 : (mask?.length ?? 0);
+      return;
+    }
     res.writeHead(response.statusCode, out);
     summary.status = response.statusCode;
     let sent = 0;

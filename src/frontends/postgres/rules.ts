@@ -1,4 +1,5 @@
 import type { ErrorCode } from '../../core/errors.js';
+import { fieldMatcher } from '../../gateway/field-mask.js';
 import type { Classification } from './sql/classify.js';
 
 /**
@@ -95,17 +96,5 @@ export function checkRules(
   return null;
 }
 
-/** A case-insensitive matcher for column-name glob patterns. */
-export function columnMatcher(patterns: readonly string[]): (name: string) => boolean {
-  if (patterns.length === 0) return () => false;
-  const source = patterns
-    .map((p) =>
-      p
-        .split('')
-        .map((ch) => (ch === '*' ? '.*' : ch === '?' ? '.' : ch.replace(/[.+^${}()|[\]\\]/g, '\\$&')))
-        .join(''),
-    )
-    .join('|');
-  const re = new RegExp(`^(?:${source})$`, 'i');
-  return (name) => re.test(name);
-}
+/** A case-insensitive matcher for column-name glob patterns (shared with every front-end). */
+export const columnMatcher = fieldMatcher;

@@ -15,6 +15,8 @@ const POLICY = `@id("reads") permit(principal, action == Action::"http:GET", res
 @id("posts-need-approval") @approval("required")
 permit(principal, action == Action::"http:POST", resource == Connection::"svc");
 @id("ops-may-put") permit(principal in Group::"ops", action == Action::"http:PUT", resource == Connection::"svc");
+@id("users-masked") @mask("email,*token*")
+permit(principal, action == Action::"http:GET", resource == Connection::"svc") when { context has path && context.path like "/users*" };
 `;
 
 describe('HTTP front-end under policy, approvals and OIDC identities', () => {
@@ -180,4 +182,34 @@ describe('HTTP front-end under policy, approvals and OIDC identities', () => {
     const [latest] = await gw.ctx.store.listSessions({ limit: 1 });
     expect(latest?.outcome).toBe('CC_ERR_OIDC_EXPIRED');
   }, 30_000);
+
+  it("applies a policy's @mask to JSON response fields, and withholds a body it cannot mask", async () => {
+    up.handle('/users', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(
+        JSON.stringify([
+          { id: 1, name: 'Ada', email: 'ada@example.com', profile: { api_token: 'abc', theme: 'dark' } },
+        ]),
+      );
+    });
+    up.handle('/users.txt', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('ada@example.com');
+    });
+    const masked = await call('GET', '/users', agent.key);
+    expect(masked.status).toBe(200);
+    expect(JSON.parse(masked.text)).toEqual([
+      { id: 1, name: 'Ada', email: '***', profile: { api_token: '***', theme: 'dark' } },
+    ]);
+    const text = await call('GET', '/users.txt', agent.key);
+    expect(text.status).toBe(502);
+    expect(JSON.parse(text.text).error.code).toBe('CC_ERR_GATEWAY_MASK_UNSUPPORTED');
+    expect(text.text).not.toContain('ada@example.com');
+    // Paths the masking policy does not name are untouched.
+    up.handle('/items', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ email: 'kept@example.com' }));
+    });
+    expect(JSON.parse((await call('GET', '/items', agent.key)).text)).toEqual({ email: 'kept@example.com' });
+  });
 });
