@@ -237,6 +237,22 @@ function loginPage(message) {
     ),
     el('button', { type: 'submit' }, 'Log in'),
   );
+  // Single sign-on, when the gateway has an OIDC issuer for the console.
+  fetch('/console/oidc/config', { headers: { accept: 'application/json' } })
+    .then((r) => (r.ok ? r.json() : { enabled: false }))
+    .then((config) => {
+      if (config.enabled !== true) return;
+      form.append(
+        el(
+          'p',
+          { class: 'help' },
+          'Or ',
+          el('a', { id: 'sso', href: '/console/oidc/login' }, 'sign in with single sign-on'),
+          '.',
+        ),
+      );
+    })
+    .catch(() => undefined);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const key = input.value.trim();
@@ -306,6 +322,13 @@ function stopRefresh() {
 let routeSerial = 0;
 async function route() {
   stopRefresh();
+  // Back from single sign-on: the console session token arrives in the fragment (never
+  // in a URL a server logs). Keep it like an admin key, and take it out of the address.
+  const arrived = parseHash();
+  if (arrived.parts[0] === 'login' && arrived.query.get('session')?.startsWith('ccu_')) {
+    sessionStorage.setItem(KEY_STORE, arrived.query.get('session'));
+    history.replaceState(null, '', '#/approvals');
+  }
   if (adminKey() === null) {
     loginPage();
     return;

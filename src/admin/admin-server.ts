@@ -3,8 +3,10 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { adminKeyHash, sameHash } from '../config/home.js';
 import { CoatcheckError } from '../core/errors.js';
+import type { Principal } from '../core/principal.js';
 import { ADMIN_KEY_META, type Context } from '../server/context.js';
 import { serveConsole } from './console-assets.js';
+import { ConsoleLogin } from './console-login.js';
 import { toHttpError } from './http-errors.js';
 import { openApiDocument } from './openapi.js';
 import { type OperationName, operations } from './operations.js';
@@ -93,6 +95,7 @@ export async function startAdminServer(
   if (expectedHash === null)
     throw new CoatcheckError('CC_ERR_STORE_CORRUPT', 'the store has no admin key hash (was it initialized?)');
   const openapi = JSON.stringify(openApiDocument(VERSION));
+  const login = ctx.config.console.oidc === null ? null : new ConsoleLogin(ctx.config.console.oidc);
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? '/', 'http://admin.invalid');
@@ -113,11 +116,25 @@ export async function startAdminServer(
       send(res, 200, { ok: true });
       return;
     }
+    if (req.method === 'GET' && url.pathname === '/console/oidc/config') {
+      send(res, 200, { enabled: login !== null });
+      return;
+    }
+    // Single sign-on for humans at the console (authorization code flow with PKCE).
+    if (login !== null && url.pathname.startsWith('/console/oidc/') && (await login.handle(req, res, url)))
+      return;
     // The web console's static files (public; the console sends the admin key itself).
     if (await serveConsole(req, res)) return;
     const auth = req.headers.authorization ?? '';
     const presented = auth.startsWith('Bearer ') ? auth.slice(7).trim() : '';
-    if (
+    // The admin key acts as `admin:api`; a console session acts as the human who signed in.
+    let actor = 'admin:api';
+    let principal: Principal | null = null;
+    const human = presented.startsWith('ccu_') && login !== null ? login.session(presented) : null;
+    if (human !== null) {
+      actor = human.ref;
+      principal = human;
+    } else if (
       presented === '' ||
       presented.length > 256 ||
       !sameHash(adminKeyHash(ctx.keys.index.lookup, presented), expectedHash)
@@ -143,11 +160,9 @@ export async function startAdminServer(
     });
     const operation = operations[route.name];
     const parsed = operation.input.parse(input);
-    const result = await (operation.run as (c: Context, i: unknown, a: string) => Promise<unknown>)(
-      ctx,
-      parsed,
-      'admin:api',
-    );
+    const result = await (
+      operation.run as (c: Context, i: unknown, a: string, p: Principal | null) => Promise<unknown>
+    )(ctx, parsed, actor, principal);
     send(res, 200, result);
   };
 

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { CONNECTION_TYPES, connectionRulesSchema } from '../config/schema.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
+import type { Principal } from '../core/principal.js';
 import { agentRef } from '../core/principal.js';
 import type { Context } from '../server/context.js';
 import { openProxyCa } from '../vault/proxy-ca.js';
@@ -20,7 +21,8 @@ export interface Operation<I extends z.ZodType, O> {
   readonly summary: string;
   readonly input: I;
   /** Runs only where the store is open: in `serve`, or in the CLI without a server. */
-  run(ctx: Context, input: z.infer<I>, actor: string): Promise<O>;
+  /** `principal`: the human behind a console session, when the caller is not the admin key. */
+  run(ctx: Context, input: z.infer<I>, actor: string, principal?: Principal | null): Promise<O>;
 }
 
 function op<I extends z.ZodType, O>(definition: Operation<I, O>): Operation<I, O> {
@@ -62,7 +64,16 @@ async function principalOf(ctx: Context, agentName: string): Promise<string> {
  * The approver behind an admin-key request. The admin key is fully trusted, so it may act
  * as a named human with named groups (`--as`, `--group`); the record keeps who did.
  */
-function approverOf(as: string | undefined, groups: readonly string[] | undefined, actor: string) {
+function approverOf(
+  as: string | undefined,
+  groups: readonly string[] | undefined,
+  actor: string,
+  principal?: Principal | null,
+) {
+  // A human signed in at the console approves as themselves, with the groups their token carries.
+  if (principal !== undefined && principal !== null && principal.kind === 'oidc') {
+    return { ref: principal.ref, name: principal.name, groups: principal.groups };
+  }
   const name = as ?? actor;
   return { ref: `human:${name}`, name, groups: groups ?? [] };
 }
@@ -400,10 +411,14 @@ export const operations = {
       as: z.string().min(1).max(128).optional(),
       groups: z.array(z.string().min(1).max(64)).max(32).optional(),
     }),
-    run: (ctx, input, actor) =>
+    run: (ctx, input, actor, principal) =>
       ctx.approvals.decide(
         input.id,
-        { approver: approverOf(input.as, input.groups, actor), decision: 'approve', forMs: input.for },
+        {
+          approver: approverOf(input.as, input.groups, actor, principal),
+          decision: 'approve',
+          forMs: input.for,
+        },
         actor,
       ),
   }),

@@ -179,6 +179,25 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    console: z
+      .object({
+        /** Single sign-on for humans at the console (OIDC authorization code flow with PKCE, public client). */
+        oidc: z
+          .object({
+            issuer: z.string().url().max(2048),
+            clientId: z.string().min(1).max(256),
+            /** `<admin URL>/console/oidc/callback`, registered at the issuer. */
+            redirectUrl: z.string().url().max(2048),
+            /** Members of these groups may use the console. */
+            adminGroups: z.array(z.string().min(1).max(128)).min(1).max(32),
+            groupsClaim: z.string().min(1).max(128).default('groups'),
+          })
+          .strict()
+          .nullable()
+          .default(null),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
