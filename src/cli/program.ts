@@ -286,6 +286,11 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       collect,
     )
     .option('--no-scan-secrets', 'postgres: do not replace known vault secrets found in results')
+    .option(
+      '--database <name>',
+      "postgres: another database clients may pick as '<connection>/<database>' ('*' for any; repeatable)",
+      collect,
+    )
     .action(async (name: string, opts, command: Command) => {
       const rules: Record<string, unknown> = {};
       if (opts.readOnly === true) rules.readOnly = true;
@@ -301,6 +306,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       }
       if (Array.isArray(opts.maskColumn) && opts.maskColumn.length > 0) rules.maskColumns = opts.maskColumn;
       if (opts.scanSecrets === false) rules.scanSecrets = false;
+      if (Array.isArray(opts.database) && opts.database.length > 0) rules.databases = opts.database;
       const injectHeaders: Record<string, string> = {};
       for (const header of (opts.injectHeader as string[] | undefined) ?? []) {
         const colon = header.indexOf(':');

@@ -28,6 +28,11 @@ export const connectionRulesSchema = z
     rowLimit: z.number().int().min(1).max(1_000_000_000).optional(),
     maskColumns: z.array(z.string().min(1).max(128)).max(64).optional(),
     scanSecrets: z.boolean().optional(),
+    /** Other databases a client may pick as `<connection>/<database>` (`*`: any). */
+    databases: z
+      .array(z.string().regex(/^(\*|[A-Za-z0-9_][A-Za-z0-9_$-]{0,62})$/, 'must be a database name or *'))
+      .max(256)
+      .optional(),
   })
   .strict();
 

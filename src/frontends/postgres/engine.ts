@@ -320,22 +320,34 @@ export class PostgresEngine implements Engine<Client> {
     const password = m.data.toString('utf8', 0, nul);
     const shown = user.slice(0, 64);
     try {
-      if (database.includes('/')) {
-        throw new CoatcheckError(
-          'CC_ERR_PG_DATABASE_INVALID',
-          `coatcheck: connection ${database.slice(0, 64)} does not allow choosing a database`,
-        );
-      }
-      const view = await this.#services.pipeline.services.connections.get(database);
+      // `<connection>` or `<connection>/<database>` (when the connection lists the database).
+      const slash = database.indexOf('/');
+      const connectionName = slash === -1 ? database : database.slice(0, slash);
+      const chosen = slash === -1 ? null : database.slice(slash + 1);
+      const view = await this.#services.pipeline.services.connections.get(connectionName);
       if (view === null || view.type !== 'postgres') {
         throw new CoatcheckError(
           'CC_ERR_PG_DATABASE_INVALID',
-          `coatcheck: there is no postgres connection named ${database.slice(0, 64)}`,
-          { details: { connection: database.slice(0, 64) } },
+          `coatcheck: there is no postgres connection named ${connectionName.slice(0, 64)}`,
+          { details: { connection: connectionName.slice(0, 64) } },
         );
       }
+      if (chosen !== null) {
+        const allowed = rulesFrom(view.rules).databases;
+        const valid = /^[A-Za-z0-9_][A-Za-z0-9_$-]{0,62}$/.test(chosen);
+        if (!valid || !(allowed.includes('*') || allowed.includes(chosen))) {
+          throw new CoatcheckError(
+            'CC_ERR_PG_DATABASE_INVALID',
+            `coatcheck: connection ${view.name} does not allow database ${valid ? chosen : '(invalid name)'}`,
+            { details: { connection: view.name } },
+          );
+        }
+      }
       session.connection = view.name;
-      const upstream = upstreamTarget(view.url, view.name);
+      const upstream =
+        chosen === null
+          ? upstreamTarget(view.url, view.name)
+          : { ...upstreamTarget(view.url, view.name), database: chosen };
       const target: Target = { connection: view.name, host: upstream.host, port: upstream.port };
       const agent = await this.#services.store.getAgentByName(user);
       const now = this.#services.now();

@@ -17,6 +17,8 @@ export interface PostgresRules {
   readonly maskColumns: readonly string[];
   /** Replace known vault secrets found in any text value with tickets bound to the agent. */
   readonly scanSecrets: boolean;
+  /** Databases a client may pick with `<connection>/<database>` (`*`: any); empty: only the URL's. */
+  readonly databases: readonly string[];
 }
 
 export const DEFAULT_RULES: PostgresRules = {
@@ -26,6 +28,7 @@ export const DEFAULT_RULES: PostgresRules = {
   rowLimit: 0,
   maskColumns: [],
   scanSecrets: true,
+  databases: [],
 };
 
 /** Read rules from a connection's stored/declared `rules` object; unknown fields are ignored, bad types fall back. */
@@ -42,6 +45,9 @@ export function rulesFrom(raw: unknown): PostgresRules {
       ? (r.maskColumns as unknown[]).filter((p): p is string => typeof p === 'string')
       : [],
     scanSecrets: bool('scanSecrets', true),
+    databases: Array.isArray(r.databases)
+      ? (r.databases as unknown[]).filter((d): d is string => typeof d === 'string')
+      : [],
   };
 }
 

@@ -59,6 +59,7 @@ beforeAll(async () => {
   await gw.addSecret('api-key', CANARY, ['conn:main', 'conn:masked']);
   await gw.addSecret('lookup', LOOKUP, ['conn:main']);
   await gw.addConnection('main', db.url, { credential: 'dbpw' });
+  await gw.addConnection('multi', db.url, { credential: 'dbpw', rules: { databases: ['template1'] } });
   await gw.addConnection('ro', db.url, { credential: 'dbpw', rules: { readOnly: true } });
   await gw.addConnection('noddl', db.url, { credential: 'dbpw', rules: { blockDdl: true } });
   await gw.addConnection('approve', db.url, {
@@ -123,6 +124,20 @@ describe('login', () => {
     const e = await pgError(connectAs('nope'));
     expect(e.code).toBe('3D000');
     expect(e.detail).toBe('CC_ERR_PG_DATABASE_INVALID');
+  });
+
+  it('lets a client pick another database as <connection>/<database> only when the connection lists it', async () => {
+    const picked = await connectAs('multi/template1', bot.key);
+    expect((await picked.query('SELECT current_database() AS db')).rows).toEqual([{ db: 'template1' }]);
+    await picked.end();
+    const plain = await connectAs('multi', bot.key);
+    expect((await plain.query('SELECT current_database() AS db')).rows).toEqual([{ db: 'postgres' }]);
+    await plain.end();
+    const notListed = await pgError(connectAs('multi/other', bot.key));
+    expect(notListed).toMatchObject({ code: '3D000', detail: 'CC_ERR_PG_DATABASE_INVALID' });
+    expect(notListed.message).toBe('coatcheck: connection multi does not allow database other');
+    const noChoice = await pgError(connectAs('main/template1', bot.key));
+    expect(noChoice).toMatchObject({ code: '3D000', message: 'coatcheck: connection main does not allow database template1' });
   });
 
   it('requires TLS for the password on a non-loopback listener', async () => {
