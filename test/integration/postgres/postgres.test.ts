@@ -137,7 +137,10 @@ describe('login', () => {
     expect(notListed).toMatchObject({ code: '3D000', detail: 'CC_ERR_PG_DATABASE_INVALID' });
     expect(notListed.message).toBe('coatcheck: connection multi does not allow database other');
     const noChoice = await pgError(connectAs('main/template1', bot.key));
-    expect(noChoice).toMatchObject({ code: '3D000', message: 'coatcheck: connection main does not allow database template1' });
+    expect(noChoice).toMatchObject({
+      code: '3D000',
+      message: 'coatcheck: connection main does not allow database template1',
+    });
   });
 
   it('requires TLS for the password on a non-loopback listener', async () => {
