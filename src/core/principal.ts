@@ -25,12 +25,3 @@ export function agentRef(agentId: string): string {
 export function workflowNodeRef(id: string, isRoot: boolean): string {
   return `${isRoot ? 'workflow' : 'subtask'}:${id}`;
 }
-
-export const ADMIN_PRINCIPAL: Principal = {
-  kind: 'admin',
-  ref: 'admin',
-  name: 'admin',
-  groups: [],
-  attributes: {},
-  expiresAt: null,
-};

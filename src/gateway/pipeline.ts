@@ -69,10 +69,8 @@ function responseDestinations(target: Target): string[] {
   return out;
 }
 
-/** The policy seam. Until the policy engine lands: a valid ticket bound to caller and destination is enough. */
+/** The policy step: `createPolicyDecide` (Cedar + approvals) in production; tests may pass their own. */
 export type Decide = (input: DecisionInput) => Promise<Decision>;
-
-export const allowBoundTickets: Decide = async () => ({ verdict: 'allow', reasons: ['bound-ticket'] });
 
 /** Everything a front-end needs. Required at construction, checked there: a wiring fault fails at start. */
 export interface GatewayServices {

@@ -18,6 +18,15 @@ import {
 import { keyedHash, newDataKey, open, seal } from './envelope.js';
 import { dataKeyAad, type Keyring, valueAad } from './keyring.js';
 
+/** A live secret, decrypted, as the response scanners and found-secret dedup need it. */
+export interface KnownSecret {
+  readonly id: string;
+  readonly name: string;
+  readonly allow: readonly string[];
+  readonly fingerprint: string;
+  readonly value: SecretValue;
+}
+
 export const MAX_SECRET_BYTES = 64 * 1024;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 /** Longest ancestor chain walked; narrowing deeper than this is refused. */
@@ -143,8 +152,7 @@ export class Vault {
   readonly #clock: Clock;
   readonly #options: VaultOptions;
   readonly #cache = new Map<string, CachedTicket>();
-  #known: ReadonlyArray<{ id: string; name: string; allow: readonly string[]; value: SecretValue }> | null =
-    null;
+  #known: ReadonlyArray<KnownSecret> | null = null;
   readonly #unsubscribe: () => void;
 
   constructor(store: Store, keys: Keyring, audit: AuditLog, clock: Clock, options: VaultOptions) {
@@ -161,10 +169,15 @@ export class Vault {
     this.#cache.clear();
   }
 
-  #onChange(_change: StoreChange): void {
-    // Revocations, erasures and rotations are rare: dropping the whole cache is simplest and safe.
-    this.#cache.clear();
+  #onChange(change: StoreChange): void {
+    // Approvals and connections do not touch tickets or values; a new secret changes only
+    // the known-secret list (found secrets are added on the response path, so the ticket
+    // cache must survive them). Anything else — revocations, erasures, rotations, ended
+    // workflows, resyncs, and any change type added later — drops both caches.
+    if (change.type === 'approval.changed' || change.type === 'connection.changed') return;
     this.#known = null;
+    if (change.type === 'secret.added') return;
+    this.#cache.clear();
   }
 
   ticketHash(ticket: string): string {
@@ -239,12 +252,6 @@ export class Vault {
 
   async listSecrets(): Promise<SecretView[]> {
     return (await this.#store.listSecrets()).map((record) => this.#secretView(record));
-  }
-
-  async getSecret(name: string): Promise<SecretView> {
-    const record = await this.#store.getSecretByName(name);
-    if (record === null) throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
-    return this.#secretView(record);
   }
 
   /**
@@ -336,14 +343,19 @@ export class Vault {
    * Every live secret's value, for the response scanners (a known secret in a response
    * becomes a ticket). Cached until the next change event.
    */
-  async knownSecrets(): Promise<
-    ReadonlyArray<{ id: string; name: string; allow: readonly string[]; value: SecretValue }>
-  > {
+  async knownSecrets(): Promise<ReadonlyArray<KnownSecret>> {
     if (this.#known !== null) return this.#known;
-    const out: Array<{ id: string; name: string; allow: readonly string[]; value: SecretValue }> = [];
+    const out: KnownSecret[] = [];
     for (const record of await this.#store.listSecrets()) {
       const value = this.#decrypt(record);
-      if (value !== null) out.push({ id: record.id, name: record.name, allow: record.allow, value });
+      if (value !== null)
+        out.push({
+          id: record.id,
+          name: record.name,
+          allow: record.allow,
+          fingerprint: record.fingerprint,
+          value,
+        });
     }
     this.#known = out;
     return out;
@@ -411,18 +423,26 @@ export class Vault {
     actor: string,
   ): Promise<IssuedTicket> {
     const fingerprint = this.fingerprint(value);
-    let secret = (await this.#store.listSecrets()).find((s) => s.fingerprint === fingerprint) ?? null;
-    if (secret === null) {
+    // The cached known-secret list, not a table scan: this runs on the response path.
+    let secretId = (await this.knownSecrets()).find((s) => s.fingerprint === fingerprint)?.id ?? null;
+    if (secretId === null) {
       const kind = /^[a-z0-9-]{1,48}$/.test(input.kind) ? input.kind : 'found';
-      const view = await this.addSecret(
-        { name: `found-${kind}-${fingerprint.slice(3, 15)}`, value, kind, allow: input.destinations },
-        actor,
-      );
-      secret = await this.#store.getSecretById(view.id);
-      if (secret === null) throw refuse('CC_ERR_NOT_FOUND', `secret ${view.id} vanished`);
+      try {
+        const view = await this.addSecret(
+          { name: `found-${kind}-${fingerprint.slice(3, 15)}`, value, kind, allow: input.destinations },
+          actor,
+        );
+        secretId = view.id;
+      } catch (error) {
+        // Two responses found the same value at once: the other one registered it.
+        if (!(error instanceof CoatcheckError) || error.code !== 'CC_ERR_ALREADY_EXISTS') throw error;
+        this.#known = null;
+        secretId = (await this.knownSecrets()).find((s) => s.fingerprint === fingerprint)?.id ?? null;
+        if (secretId === null) throw error;
+      }
     }
     return this.reissueForResponse(
-      secret.id,
+      secretId,
       { principal: input.principal, destinations: input.destinations, context: { source: input.source } },
       actor,
     );

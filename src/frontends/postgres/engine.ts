@@ -381,7 +381,12 @@ export class PostgresEngine implements Engine<Client> {
             `coatcheck: login refused: the agent key is not the key of ${shown}`,
           );
         session.principal = principal;
-        await this.#services.pipeline.decide(session, { principal, connection: view, target, operation });
+        const decision = await this.#services.pipeline.decide(session, {
+          principal,
+          connection: view,
+          target,
+          operation,
+        });
         if (view.credential === null) {
           throw loginFailed(
             'CC_ERR_PG_LOGIN_FAILED',
@@ -395,6 +400,8 @@ export class PostgresEngine implements Engine<Client> {
           context: { frontend: 'postgres', session: session.id, connection: view.name },
         });
         session.secretIds.add(released.secretId);
+        // The login decision's record shares the release's group commit; it too must be durable.
+        await decision.recorded;
         secret = released.value.reveal();
       } else if (isTicket(password)) {
         principal = {
@@ -406,7 +413,12 @@ export class PostgresEngine implements Engine<Client> {
           expiresAt: agent.expiresAt,
         };
         session.principal = principal;
-        await this.#services.pipeline.decide(session, { principal, connection: view, target, operation });
+        const decision = await this.#services.pipeline.decide(session, {
+          principal,
+          connection: view,
+          target,
+          operation,
+        });
         const released = await this.#services.pipeline
           .exchange(session, [password], { principal, target, operation })
           .catch((error: unknown) => {
@@ -414,6 +426,7 @@ export class PostgresEngine implements Engine<Client> {
             const why = error instanceof CoatcheckError ? error.message : 'exchange failed';
             throw loginFailed(code, `coatcheck: login refused: ${why} (${code})`);
           });
+        await decision.recorded;
         secret = released.get(password)!.value.reveal();
       } else {
         throw loginFailed(
