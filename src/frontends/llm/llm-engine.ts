@@ -1,7 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
-import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import type { Dispatcher } from 'undici';
 import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/errors.js';
 import { newIncidentId } from '../../core/ids.js';
@@ -13,6 +12,7 @@ import {
   type JsonValue,
   rewriteJsonStrings,
 } from '../../gateway/found-secrets.js';
+import { decoderFor, drained, readBody, upstreamFailure } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
@@ -99,70 +99,6 @@ export function llmAgentKey(headers: IncomingMessage['headers']): string | null 
   const apiKey = headers['x-api-key'];
   if (typeof apiKey === 'string' && apiKey.trim() !== '' && apiKey.length <= 4096) return apiKey.trim();
   return null;
-}
-
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  const declared = Number(req.headers['content-length'] ?? '0');
-  const tooLarge = () => new CoatcheckError('CC_ERR_BODY_TOO_LARGE', `request body exceeds ${limit} bytes`);
-  if (declared > limit) {
-    req.resume();
-    return Promise.reject(tooLarge());
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      if (size > limit) return;
-      size += chunk.length;
-      if (size > limit) {
-        chunks.length = 0;
-        reject(tooLarge());
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks, size)));
-    req.on('error', (error) =>
-      reject(
-        new CoatcheckError('CC_ERR_HTTP_BAD_REQUEST', 'the request body could not be read', { cause: error }),
-      ),
-    );
-  });
-}
-
-function drained(res: ServerResponse): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      res.off('drain', done);
-      res.off('close', done);
-      resolve();
-    };
-    res.on('drain', done);
-    res.on('close', done);
-  });
-}
-
-function decoderFor(encoding: string | undefined): NodeJS.ReadWriteStream | null | 'unsupported' {
-  const value = (encoding ?? '').trim().toLowerCase();
-  if (value === '' || value === 'identity') return null;
-  if (value === 'gzip' || value === 'x-gzip') return createGunzip();
-  if (value === 'deflate') return createInflate();
-  if (value === 'br') return createBrotliDecompress();
-  return 'unsupported';
-}
-
-function upstreamFailure(error: unknown, terminatedBy: ErrorCode | null): CoatcheckError {
-  if (terminatedBy !== null)
-    return new CoatcheckError(terminatedBy, 'the session was ended: an agent or ticket it used was revoked');
-  if (error instanceof CoatcheckError) return error;
-  const code = String((error as { code?: unknown } | null)?.code ?? '');
-  if (/TIMEOUT/.test(code))
-    return new CoatcheckError('CC_ERR_GATEWAY_UPSTREAM_TIMEOUT', 'the model provider did not answer in time');
-  return new CoatcheckError(
-    'CC_ERR_GATEWAY_UPSTREAM_UNREACHABLE',
-    'the model provider could not be reached or reset the connection',
-    { details: { cause: /^[A-Z_]{1,40}$/.test(code) ? code : 'error' } },
-  );
 }
 
 /** Provider path below the connection's base URL (a base URL ending in /v1 is not doubled). */
@@ -360,7 +296,7 @@ export class LlmEngine implements Engine<LlmClient> {
       const encoding = String(req.headers['content-encoding'] ?? 'identity').toLowerCase();
       if (encoding !== 'identity')
         throw new CoatcheckError('CC_ERR_LLM_BAD_REQUEST', 'compressed request bodies are not accepted');
-      body = await readBody(req, this.#options.bodyLimit);
+      body = (await readBody(req, this.#options.bodyLimit)) ?? Buffer.alloc(0);
       summary.requestBytes = body.length;
     }
     // The agent key authenticates to the gateway only.

@@ -1,0 +1,136 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { CoatcheckError, type ErrorCode } from '../core/errors.js';
+
+/**
+ * Request and response plumbing shared by the HTTP-based front-ends (reverse and forward
+ * proxy, LLM guard): bounded body reading, backpressure, content decoding, and one
+ * mapping of upstream failures to stable codes.
+ */
+
+const TLS_CERT_ERRORS = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_UNTRUSTED',
+  'CERT_REVOKED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+  'HOSTNAME_MISMATCH',
+]);
+
+export function upstreamFailure(
+  error: unknown,
+  terminatedBy: ErrorCode | null,
+  forward = false,
+): CoatcheckError {
+  if (terminatedBy !== null) {
+    return new CoatcheckError(
+      terminatedBy,
+      'the session was ended: a ticket, agent or secret it used was revoked',
+    );
+  }
+  if (error instanceof CoatcheckError) return error;
+  const code = (error as { code?: string } | null)?.code ?? '';
+  const name = (error as { name?: string } | null)?.name ?? '';
+  if (
+    code === 'UND_ERR_CONNECT_TIMEOUT' ||
+    code === 'UND_ERR_HEADERS_TIMEOUT' ||
+    code === 'UND_ERR_BODY_TIMEOUT'
+  ) {
+    return new CoatcheckError('CC_ERR_GATEWAY_UPSTREAM_TIMEOUT', 'the upstream did not answer in time', {
+      details: { cause: code },
+    });
+  }
+  if (forward && TLS_CERT_ERRORS.has(code)) {
+    return new CoatcheckError(
+      'CC_ERR_PROXY_UPSTREAM_CERTIFICATE',
+      'the upstream presented a TLS certificate the gateway does not trust; nothing was sent to it',
+      { details: { cause: code } },
+    );
+  }
+  if (name === 'AbortError' || code === 'UND_ERR_ABORTED') {
+    return new CoatcheckError('CC_ERR_GATEWAY_UPSTREAM_UNREACHABLE', 'the upstream request was aborted');
+  }
+  return new CoatcheckError(
+    'CC_ERR_GATEWAY_UPSTREAM_UNREACHABLE',
+    'the upstream could not be reached or reset the connection',
+    {
+      details: { cause: /^[A-Z_]{1,40}$/.test(code) ? code : 'error' },
+    },
+  );
+}
+
+/**
+ * Read the request body, refusing more than `limit` bytes before buffering them. On
+ * refusal the rest of the body is drained unread (the connection is closed after the
+ * error response, since it cannot be reused).
+ */
+export function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
+  const declared = req.headers['content-length'];
+  const framed = declared !== undefined || req.headers['transfer-encoding'] !== undefined;
+  const tooLarge = () => new CoatcheckError('CC_ERR_BODY_TOO_LARGE', `request body exceeds ${limit} bytes`);
+  if (declared !== undefined && Number(declared) > limit) {
+    req.resume();
+    return Promise.reject(tooLarge());
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const cleanup = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        cleanup();
+        chunks.length = 0;
+        req.resume();
+        reject(tooLarge());
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      if (size === 0) resolve(framed ? Buffer.alloc(0) : null);
+      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(
+        new CoatcheckError('CC_ERR_HTTP_BAD_REQUEST', 'the request body could not be read', { cause: error }),
+      );
+    };
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+  });
+}
+
+/** Wait until `res` can take more, or is gone; leaves no listener behind. */
+export function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
+export function decoderFor(encoding: string | undefined): NodeJS.ReadWriteStream | null | 'unsupported' {
+  const value = (encoding ?? '').trim().toLowerCase();
+  if (value === '' || value === 'identity') return null;
+  if (value === 'gzip' || value === 'x-gzip') return createGunzip();
+  if (value === 'deflate') return createInflate();
+  if (value === 'br') return createBrotliDecompress();
+  return 'unsupported';
+}
