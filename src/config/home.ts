@@ -4,6 +4,7 @@ import {
   closeSync,
   existsSync,
   fsyncSync,
+  linkSync,
   mkdirSync,
   openSync,
   readFileSync,
@@ -64,6 +65,32 @@ export function writeFileDurably(path: string, content: string, mode: number): v
   renameSync(temp, path);
 }
 
+/**
+ * Create a file that must not exist yet (key material): temp file, fsync, then a hard
+ * link to the final name, which fails if anything is already there. Unlike a rename it
+ * can never replace a key that data depends on. Returns false when the file exists.
+ */
+export function writeFileExclusive(path: string, content: string, mode: number): boolean {
+  const temp = `${path}.tmp-${process.pid}`;
+  const fd = openSync(temp, 'w', mode);
+  try {
+    writeSync(fd, content);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  chmodSync(temp, mode);
+  try {
+    linkSync(temp, path);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw error;
+  } finally {
+    unlinkSync(temp);
+  }
+}
+
 function readKeyFile(path: string, what: string): string {
   const stat = statSync(path);
   if ((stat.mode & 0o077) !== 0) {
@@ -114,7 +141,23 @@ export function promoteNextMasterKey(home: Home): void {
 }
 
 export function writeNextMasterKey(home: Home, key: MasterKey): void {
-  writeFileDurably(join(home.dir, MASTER_KEY_NEXT_FILE), `${key.toBase64()}\n`, 0o600);
+  const next = join(home.dir, MASTER_KEY_NEXT_FILE);
+  if (!writeFileExclusive(next, `${key.toBase64()}\n`, 0o600)) {
+    // A leftover from an interrupted rotation: the store may be sealed under it. Opening
+    // the home resolves it (promoted or discarded); never overwrite it here.
+    throw new CoatcheckError(
+      'CC_ERR_KEYS_ROTATION_PENDING',
+      `${next} exists from an interrupted rotation; restart the server (it resolves it) before rotating again`,
+      { details: { file: next } },
+    );
+  }
+}
+
+/** The key files of a home that exist now (any of them means the home holds key material). */
+export function existingKeyFiles(home: Home): string[] {
+  return [home.masterKeyFile, join(home.dir, MASTER_KEY_NEXT_FILE), home.adminKeyFile].filter((f) =>
+    existsSync(f),
+  );
 }
 
 export function discardNextMasterKey(home: Home): void {

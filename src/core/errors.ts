@@ -47,6 +47,13 @@ export const ERROR_CODES = {
     description: '`coatcheck init` found an existing home and refuses to overwrite it.',
     solution: 'Use another --dir, or remove the old home deliberately.',
   },
+  CC_ERR_KEYS_ROTATION_PENDING: {
+    status: 409,
+    description:
+      'A master.key.next file from an interrupted rotation is present; a new rotation would overwrite key material the store may be sealed under.',
+    solution:
+      'Restart the server (opening the home promotes or discards the pending key), then rotate again.',
+  },
   CC_ERR_MASTER_KEY_MISSING: {
     status: 500,
     description: 'No master key: COATCHECK_MASTER_KEY is unset and the key file is absent.',

@@ -1,5 +1,5 @@
-import { existsSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { existsSync, unlinkSync } from 'node:fs';
+import { basename, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { Approvals } from '../approvals/approvals.js';
@@ -10,11 +10,13 @@ import {
   adminKeyHash,
   candidateMasterKeys,
   ensureHomeDir,
+  existingKeyFiles,
   type Home,
   masterKeyFromEnv,
   newAdminKey,
   promoteNextMasterKey,
   writeFileDurably,
+  writeFileExclusive,
 } from '../config/home.js';
 import { loadConfigFile, parseConfig } from '../config/load-config.js';
 import { type Config, DEFAULT_CONFIG_YAML } from '../config/schema.js';
@@ -33,7 +35,7 @@ import { PolicyHolder } from '../policy/policy-holder.js';
 import { openStore } from '../store/open-store.js';
 import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
-import { initializeKeyring, type Keyring, openKeyring } from '../vault/keyring.js';
+import { initializeKeyring, isInitialized, type Keyring, openKeyring } from '../vault/keyring.js';
 import { ensureProxyCa } from '../vault/proxy-ca.js';
 import { Vault } from '../vault/vault.js';
 import { Workflows } from '../workflows/workflows.js';
@@ -265,10 +267,20 @@ export async function initHome(
   options: { env?: NodeJS.ProcessEnv; clock?: Clock } = {},
 ): Promise<InitResult> {
   const env = options.env ?? process.env;
+  // Check everything before writing anything: a home with data but no config file must
+  // never get a new master key (the old one is the only way into its vault).
   if (existsSync(home.configFile)) {
     throw new CoatcheckError('CC_ERR_HOME_EXISTS', `a coatcheck home already exists at ${home.dir}`, {
       details: { dir: home.dir },
     });
+  }
+  const keyFiles = existingKeyFiles(home);
+  if (keyFiles.length > 0) {
+    throw new CoatcheckError(
+      'CC_ERR_HOME_EXISTS',
+      `${home.dir} has key material (${keyFiles.map((f) => basename(f)).join(', ')}) but no ${basename(home.configFile)}: restore the config file instead of running init`,
+      { details: { dir: home.dir } },
+    );
   }
   ensureHomeDir(home);
   const fromEnv = masterKeyFromEnv(env);
@@ -277,13 +289,36 @@ export async function initHome(
   const config = parseConfig(DEFAULT_CONFIG_YAML, home.configFile, env);
   const store = await openConfiguredStore(home, config);
   try {
-    if (!fromEnv) writeFileDurably(home.masterKeyFile, `${master.toBase64()}\n`, 0o600);
-    const keys = await initializeKeyring(store, master);
+    if (await isInitialized(store)) {
+      throw new CoatcheckError(
+        'CC_ERR_HOME_EXISTS',
+        `the store ${store.location} is already initialized: restore ${basename(home.configFile)} and the master key instead of running init`,
+        { details: { dir: home.dir } },
+      );
+    }
+    if (!fromEnv && !writeFileExclusive(home.masterKeyFile, `${master.toBase64()}\n`, 0o600)) {
+      throw new CoatcheckError('CC_ERR_HOME_EXISTS', `${home.masterKeyFile} appeared while init ran`, {
+        details: { dir: home.dir },
+      });
+    }
+    let keys: Keyring;
+    try {
+      keys = await initializeKeyring(store, master);
+    } catch (error) {
+      // The store was not sealed under the key just written (another init won the race,
+      // or the store failed): that key protects nothing, remove it so init can be rerun.
+      if (!fromEnv) unlinkSync(home.masterKeyFile);
+      throw error;
+    }
     // The forward proxy's CA: its key sealed under the master key, never on disk in clear.
     await ensureProxyCa(store, master);
     const adminKey = newAdminKey();
     await store.setMeta(ADMIN_KEY_META, adminKeyHash(keys.index.lookup, adminKey));
-    writeFileDurably(home.adminKeyFile, `${adminKey}\n`, 0o600);
+    if (!writeFileExclusive(home.adminKeyFile, `${adminKey}\n`, 0o600)) {
+      throw new CoatcheckError('CC_ERR_HOME_EXISTS', `${home.adminKeyFile} appeared while init ran`, {
+        details: { dir: home.dir },
+      });
+    }
     const context = buildContext(
       home,
       config,
