@@ -112,8 +112,11 @@ export async function startAdminServer(
       res.end(text);
       return;
     }
-    if (req.method === 'GET' && url.pathname === '/healthz') {
-      send(res, 200, { ok: true });
+    if (req.method === 'GET' && (url.pathname === '/healthz' || url.pathname === '/readyz')) {
+      // Not ok while the store does not answer or audit writes fail: every exchange would be
+      // refused, so a load balancer should send agents to another replica.
+      const health = await ctx.health();
+      send(res, health.ok ? 200 : 503, health);
       return;
     }
     if (req.method === 'GET' && url.pathname === '/console/oidc/config') {

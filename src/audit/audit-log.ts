@@ -80,6 +80,10 @@ export class AuditLog {
   #timer: NodeJS.Timeout | NodeJS.Immediate | null = null;
   #flushing: Promise<void> | null = null;
   #closed = false;
+  /** The last failed batch write (health checks and logs read it); cleared by the next success. */
+  lastFailure: { readonly at: number; readonly reason: string } | null = null;
+  /** Told of every failed batch write (the server logs it; the cause never holds a secret value). */
+  onFailure: (error: unknown) => void = () => undefined;
 
   constructor(store: Store, auditKey: Buffer, clock: Clock, options: AuditOptions = {}) {
     this.#store = store;
@@ -174,6 +178,12 @@ export class AuditLog {
         }
       });
     } catch (cause) {
+      this.lastFailure = { at: this.#clock.now(), reason: (cause as Error)?.name ?? 'Error' };
+      try {
+        this.onFailure(cause);
+      } catch {
+        // A failing logger must not keep the waiting operations from being refused.
+      }
       const error = new CoatcheckError(
         'CC_ERR_AUDIT_UNAVAILABLE',
         'the audit log could not be written; the operation was refused',
@@ -184,6 +194,7 @@ export class AuditLog {
       for (const item of batch) item.reject(error);
       return;
     }
+    this.lastFailure = null;
     for (const item of batch) {
       const outcome = outcomes.get(item);
       if (outcome?.record !== undefined) item.resolve(outcome.record);

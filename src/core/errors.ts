@@ -74,6 +74,13 @@ export const ERROR_CODES = {
     description: 'A stored record failed its integrity check (authenticated encryption or structure).',
     solution: 'Restore the store from a backup; run `coatcheck audit verify` to see what changed.',
   },
+  CC_ERR_STORE_MISSING: {
+    status: 500,
+    description:
+      'The configured SQLite store file does not exist. A server never creates an empty store in place of a missing one (that would hide lost data).',
+    solution:
+      'Restore the store file (or fix store.path in coatcheck.yaml); `coatcheck init` creates a new home.',
+  },
   CC_ERR_STORE_UNAVAILABLE: {
     status: 503,
     description: 'The data store cannot be reached or written.',

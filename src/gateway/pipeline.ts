@@ -129,6 +129,14 @@ export interface ResolvedConnection {
  *
  * Refusals are audited here (authentication, policy) or by the vault (tickets).
  */
+/** Codes that mean the gateway failed (not the agent): each one is logged when a session ends with it. */
+const GATEWAY_FAULTS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'CC_ERR_AUDIT_UNAVAILABLE',
+  'CC_ERR_STORE_CORRUPT',
+  'CC_ERR_STORE_UNAVAILABLE',
+  'CC_ERR_GATEWAY_INSPECTION_FAILED',
+]);
+
 export class ExchangePipeline {
   readonly services: GatewayServices;
   readonly live: LiveSessions;
@@ -396,6 +404,14 @@ export class ExchangePipeline {
 
   /** Record the session (scrubbed metadata) and stop watching it. */
   closeSession(session: GatewaySession, outcome: ErrorCode | 'ok', summary: Record<string, unknown>): void {
+    // Failures of the gateway itself (audit, store, inspection) must reach the operator's
+    // log, not only the client; refusals of the agent are audited, not logged as errors.
+    if (outcome !== 'ok' && GATEWAY_FAULTS.has(outcome)) {
+      this.services.log.error(
+        { code: outcome, session: session.id, frontend: session.frontend },
+        'the gateway failed a session (fail closed)',
+      );
+    }
     for (const cleanup of session.cleanups.splice(0)) cleanup();
     this.live.delete(session);
     this.services.recorder.record(session.toRecord(outcome, summary, this.services.clock.now()));

@@ -66,6 +66,8 @@ export interface Context {
   readonly approvals: Approvals;
   /** What a front-end needs for the policy step: policy, approvals, audit, hold time. */
   readonly gate: GateServices;
+  /** Whether this replica can serve: the store answers and the audit log is writable. */
+  health(): Promise<HealthReport>;
   /** The gateway logger (pino JSON on stderr, every line scrubbed). */
   readonly log: Logger;
   /** Where the master key came from: rotation writes a file, or hands an env key back. */
@@ -81,7 +83,14 @@ function sqlitePath(home: Home, config: Config): string {
   return isAbsolute(config.store.path) ? config.store.path : join(home.dir, config.store.path);
 }
 
-async function openConfiguredStore(home: Home, config: Config): Promise<Store> {
+async function openConfiguredStore(home: Home, config: Config, create: boolean): Promise<Store> {
+  if (!create && config.store.driver === 'sqlite' && !existsSync(sqlitePath(home, config))) {
+    throw new CoatcheckError(
+      'CC_ERR_STORE_MISSING',
+      `the store ${sqlitePath(home, config)} does not exist; restore it (a new empty store is never created in its place)`,
+      { details: { path: sqlitePath(home, config) } },
+    );
+  }
   const store = await openStore(
     config.store.driver === 'postgres'
       ? { driver: 'postgres', url: config.store.url! }
@@ -94,6 +103,38 @@ async function openConfiguredStore(home: Home, config: Config): Promise<Store> {
     throw error;
   }
   return store;
+}
+
+export interface HealthReport {
+  readonly ok: boolean;
+  readonly checks: {
+    readonly store: 'ok' | 'unavailable' | 'timeout';
+    readonly audit: 'ok' | 'failing';
+  };
+}
+
+/** A failed audit write this recent makes the replica unhealthy (until a write succeeds). */
+const AUDIT_FAILURE_WINDOW_MS = 30_000;
+const STORE_PROBE_TIMEOUT_MS = 2_000;
+
+async function checkHealth(store: Store, audit: AuditLog, clock: Clock): Promise<HealthReport> {
+  let timer: NodeJS.Timeout | undefined;
+  const storeState = await Promise.race([
+    store.getMeta(ADMIN_KEY_META).then(
+      (v) => (v === null ? ('unavailable' as const) : ('ok' as const)),
+      () => 'unavailable' as const,
+    ),
+    new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), STORE_PROBE_TIMEOUT_MS);
+    }),
+  ]).finally(() => clearTimeout(timer));
+  const failure = audit.lastFailure;
+  const auditState =
+    failure !== null && clock.now() - failure.at < AUDIT_FAILURE_WINDOW_MS ? 'failing' : 'ok';
+  return {
+    ok: storeState === 'ok' && auditState === 'ok',
+    checks: { store: storeState, audit: auditState },
+  };
 }
 
 function buildContext(
@@ -155,6 +196,15 @@ function buildContext(
     loggedIds = ids;
   };
   let loggedIds = new Set<string>();
+  audit.onFailure = (cause) =>
+    log.error(
+      {
+        code: 'CC_ERR_AUDIT_UNAVAILABLE',
+        errName: (cause as Error)?.name,
+        errCode: (cause as { code?: unknown })?.code,
+      },
+      'audit write failed: the operations waiting on it were refused',
+    );
   const { webhookUrl, consoleUrl } = config.approvals;
   const approvals = new Approvals(store, audit, clock, {
     pendingTtlMs: parseDuration(config.approvals.pendingTtl),
@@ -203,6 +253,7 @@ function buildContext(
     log,
     masterKeySource,
     metrics: new Registry(),
+    health: () => checkHealth(store, audit, clock),
     async close() {
       unsubscribe();
       policy.close();
@@ -230,7 +281,7 @@ export async function openContext(
   if (options.policyPath !== undefined)
     config.policy = { ...config.policy, path: resolve(options.policyPath) };
   const candidates = candidateMasterKeys(home, env);
-  const store = await openConfiguredStore(home, config);
+  const store = await openConfiguredStore(home, config, false);
   let lastError: unknown;
   for (const [index, master] of candidates.entries()) {
     try {
@@ -287,7 +338,7 @@ export async function initHome(
   const master = fromEnv ? MasterKey.fromBase64(env.COATCHECK_MASTER_KEY!) : MasterKey.generate();
   // The config file is written last: it is what marks a home as complete.
   const config = parseConfig(DEFAULT_CONFIG_YAML, home.configFile, env);
-  const store = await openConfiguredStore(home, config);
+  const store = await openConfiguredStore(home, config, true);
   try {
     if (await isInitialized(store)) {
       throw new CoatcheckError(
