@@ -1,6 +1,6 @@
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
-import { resolveHome, writeFileDurably } from '../config/home.js';
+import { type Home, resolveHome, writeFileDurably, writeFileExclusive } from '../config/home.js';
 import { listenAddress } from '../config/schema.js';
 import { CoatcheckError } from '../core/errors.js';
 import { type ForwardProxy, startForwardProxy } from '../frontends/http/forward-proxy.js';
@@ -44,13 +44,86 @@ function policyInForce(ctx: Context): string {
     : `${ctx.policy.path} (${engine.policies.length} policies, default deny)`;
 }
 
+interface ServerFile {
+  readonly pid: number;
+  readonly admin?: string;
+  readonly listening?: Record<string, string>;
+}
+
+function readServerFile(path: string): ServerFile | null {
+  try {
+    const info = JSON.parse(readFileSync(path, 'utf8')) as ServerFile;
+    return typeof info.pid === 'number' ? info : null;
+  } catch {
+    return null;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * One server per home: server.json is created exclusively before anything starts. A file
+ * left by a process that is gone is stale and replaced; a live one refuses this start.
+ */
+function claimHome(home: Home): void {
+  const claim = `${JSON.stringify({ pid: process.pid, starting: true })}\n`;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    if (writeFileExclusive(home.serverFile, claim, 0o600)) return;
+    const other = readServerFile(home.serverFile);
+    if (other !== null && other.pid !== process.pid && alive(other.pid)) {
+      const where = Object.entries(other.listening ?? (other.admin ? { admin: other.admin } : {}))
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ');
+      throw new CoatcheckError(
+        'CC_ERR_SERVER_RUNNING',
+        `coatcheck is already running on ${home.dir} (pid ${other.pid}${where === '' ? ', starting' : `, ${where}`})`,
+        { details: { pid: other.pid } },
+      );
+    }
+    rmSync(home.serverFile, { force: true });
+  }
+  throw new CoatcheckError('CC_ERR_SERVER_RUNNING', `could not claim ${home.serverFile}`);
+}
+
+/** A listener's EADDRINUSE names the address (the raw error says only "Error"). */
+function listenError(error: unknown): unknown {
+  const e = error as NodeJS.ErrnoException & { address?: string; port?: number };
+  if (e?.code !== 'EADDRINUSE') return error;
+  const address = e.address === undefined ? 'the address' : `${e.address}:${e.port ?? '?'}`;
+  return new CoatcheckError('CC_ERR_LISTEN_ADDRESS_IN_USE', `coatcheck: ${address} is already in use`, {
+    details: { address: e.address ?? null, port: e.port ?? null },
+  });
+}
+
 export async function serveCommand(options: ServeOptions, io: CliIo): Promise<number> {
   const home = resolveHome(options.dir, io.env);
   if (options.init && !existsSync(home.configFile)) {
     await initHome(home, { env: io.env });
     io.stderr.write(`initialized coatcheck home ${home.dir} (admin key in ${home.adminKeyFile})\n`);
   }
-  const ctx = await openContext(home, { env: io.env, policyPath: options.policy });
+  if (!existsSync(home.configFile)) {
+    // Let openContext give its own error (no home); nothing to claim.
+    await openContext(home, { env: io.env, policyPath: options.policy });
+  }
+  claimHome(home);
+  let ctx: Context;
+  try {
+    ctx = await openContext(home, { env: io.env, policyPath: options.policy });
+  } catch (error) {
+    rmSync(home.serverFile, { force: true });
+    throw error;
+  }
+  return serveWithContext(ctx, home, options, io);
+}
+
+async function serveWithContext(ctx: Context, home: Home, options: ServeOptions, io: CliIo): Promise<number> {
   const log = ctx.log;
   let admin: AdminServer | null = null;
   let http: HttpFrontend | null = null;
@@ -79,7 +152,6 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
       splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
       log,
     );
-    writeFileDurably(home.serverFile, `${JSON.stringify({ pid: process.pid, admin: admin.url })}\n`, 0o600);
     const listening = {
       admin: admin.url,
       ...(http === null ? {} : { http: http.url }),
@@ -89,6 +161,15 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
       home: home.dir,
       policy: policyInForce(ctx),
     };
+    const addresses: Record<string, string> = { admin: admin.url };
+    if (http !== null) addresses.http = http.url;
+    if (proxy !== null) addresses.proxy = proxy.url;
+    if (pg !== null) addresses.postgres = `${pg.host}:${pg.port}`;
+    writeFileDurably(
+      home.serverFile,
+      `${JSON.stringify({ pid: process.pid, admin: admin.url, listening: addresses })}\n`,
+      0o600,
+    );
     io.stdout.write(
       options.json
         ? `${JSON.stringify(listening)}\n`
@@ -119,6 +200,8 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     });
     log.info('coatcheck stopping');
     return EXIT.ok;
+  } catch (error) {
+    throw listenError(error);
   } finally {
     await pg?.close();
     await proxy?.close();

@@ -12,6 +12,17 @@ export interface ErrorCodeInfo {
 }
 
 export const ERROR_CODES = {
+  CC_ERR_SERVER_RUNNING: {
+    status: 409,
+    description:
+      'Another `coatcheck serve` is already running on this home (its pid is alive); two servers on one home would fight over the store and server.json.',
+    solution: 'Stop the running server first, or use another --dir.',
+  },
+  CC_ERR_LISTEN_ADDRESS_IN_USE: {
+    status: 500,
+    description: 'A listen address given to `serve` is already in use by another process.',
+    solution: 'Choose another port (--listen-http, --listen-admin, --listen-postgres, --listen-proxy) or stop the other process.',
+  },
   CC_ERR_INTERNAL: {
     status: 500,
     description: 'An unexpected fault. The message carries an incident id that also appears in the log.',
