@@ -601,6 +601,9 @@ export interface SqliteStoreOptions {
  * a committed audit batch survives a crash. One connection; a mutex keeps async
  * transactions from interleaving on it.
  */
+/** How often a foreign commit is looked for (a PRAGMA read, microseconds). */
+const DATA_VERSION_POLL_MS = 100;
+
 export async function openSqliteStore(options: SqliteStoreOptions): Promise<Store> {
   let db: Database.Database;
   try {
@@ -622,6 +625,20 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   const tx = new SqliteTx(db);
   const events = new EventEmitter();
   const ops = lockOps(new SqliteOps(db), mutex);
+
+  // Another process (the CLI writing to the store directly, or a tool) commits without
+  // telling this one: SQLite's data_version changes exactly when another connection
+  // committed, so a changed value makes every cache drop what it holds (resync).
+  let dataVersion = db.pragma('data_version', { simple: true }) as number;
+  const watcher = setInterval(() => {
+    if (!db.open) return;
+    const now = db.pragma('data_version', { simple: true }) as number;
+    if (now !== dataVersion) {
+      dataVersion = now;
+      events.emit('change', { type: 'resync' } satisfies StoreChange);
+    }
+  }, DATA_VERSION_POLL_MS);
+  watcher.unref();
 
   const store: Store = {
     ...ops,
@@ -679,7 +696,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
       });
     },
     async publish(change: StoreChange) {
-      // One process owns an SQLite file's gateway; local listeners are all there is.
+      // Local listeners; other processes see the commit through data_version (resync).
       events.emit('change', change);
     },
     subscribe(listener) {
@@ -687,6 +704,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
       return () => events.off('change', listener);
     },
     async close() {
+      clearInterval(watcher);
       await mutex.run(() => db.close());
     },
   };

@@ -231,7 +231,7 @@ export type StoreChange =
   /**
    * Caches must drop everything: changes may have been missed (the PostgreSQL adapter's
    * LISTEN connection was lost and re-established, or a change was too large to send).
-   * The SQLite adapter never emits it on its own (one process, nothing can be missed).
+   * The SQLite adapter emits it when another connection (another process) committed.
    */
   | { readonly type: 'resync' };
 

@@ -1,0 +1,72 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Context } from '../../src/server/context.js';
+import { makeTestHome, type TestHome } from '../helpers/home.js';
+
+const CANARY = 'canary-foreign-Vb4Nq8Kx2';
+
+// A change committed to the SQLite store by another process (the CLI writing directly
+// while a server runs) must reach the server's caches at once, not when they expire.
+describe('changes committed by another process', () => {
+  let t: TestHome;
+  let server: Context;
+  let other: Context;
+  beforeEach(async () => {
+    t = await makeTestHome();
+    server = await t.open();
+    other = await t.open();
+  });
+  afterEach(async () => {
+    await server.close();
+    await other.close();
+    t.remove();
+  });
+
+  async function setUp() {
+    await server.vault.addSecret({ name: 's', value: Buffer.from(CANARY), allow: ['svc'] }, 'admin:test');
+    const agent = await server.agents.create({ name: 'a' }, 'admin:test');
+    const principal = await server.agents.authenticate(agent.key);
+    const issued = await server.vault.issueTicket({ secret: 's', principal: principal.ref }, 'admin:test');
+    // Warm the server's caches.
+    await server.vault.exchange(issued.ticket, { principal, target: { connection: 'svc' } });
+    return { agent, principal, ...issued };
+  }
+
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 350));
+
+  it('a ticket revoked by another process is refused by the server within a poll interval', async () => {
+    const { ticket, view, principal } = await setUp();
+    await other.vault.revokeTicket(view.id, 'admin:cli');
+    await settle();
+    await expect(
+      server.vault.exchange(ticket, { principal, target: { connection: 'svc' } }),
+    ).rejects.toMatchObject({ code: 'CC_ERR_TICKET_REVOKED' });
+  });
+
+  it('an agent revoked by another process can no longer authenticate on the server', async () => {
+    const { agent } = await setUp();
+    await other.agents.revoke('a', 'admin:cli');
+    await settle();
+    await expect(server.agents.authenticate(agent.key)).rejects.toMatchObject({
+      code: 'CC_ERR_AGENT_REVOKED',
+    });
+  });
+
+  it('a secret erased by another process is no longer released by the server', async () => {
+    const { ticket, principal } = await setUp();
+    await other.vault.removeSecret('s', 'admin:cli', { force: true });
+    await settle();
+    await expect(
+      server.vault.exchange(ticket, { principal, target: { connection: 'svc' } }),
+    ).rejects.toBeDefined();
+  });
+
+  it('the server’s own commits do not look foreign (no resync storm)', async () => {
+    await setUp();
+    const seen: string[] = [];
+    const off = server.store.subscribe((change) => seen.push(change.type));
+    await server.agents.create({ name: 'b' }, 'admin:test');
+    await settle();
+    off();
+    expect(seen).not.toContain('resync');
+  });
+});
