@@ -6,6 +6,7 @@ import type { Principal } from '../core/principal.js';
 import { agentRef } from '../core/principal.js';
 import type { Context } from '../server/context.js';
 import { openProxyCa } from '../vault/proxy-ca.js';
+import { backupStore } from './backup.js';
 import { rotateMasterKey } from './rotate.js';
 import { workflowOperations } from './workflow-operations.js';
 
@@ -308,9 +309,27 @@ export const operations = {
   auditVerify: op({
     method: 'POST',
     path: '/v1/audit/verify',
-    summary: 'Verify the audit hash chain; reports the first bad record.',
+    summary:
+      'Verify the audit hash chain; reports the first bad record. With an anchor (a head kept outside the store), also proves the log reaches it.',
+    input: z.object({
+      anchor: z.object({ seq: z.number().int().min(0), hash: z.string().max(128) }).optional(),
+    }),
+    run: (ctx, input) => ctx.audit.verify(input.anchor === undefined ? {} : { anchor: input.anchor }),
+  }),
+  auditAnchor: op({
+    method: 'GET',
+    path: '/v1/audit/anchor',
+    summary: 'The current audit head (seq and hash), to keep outside the store as an anchor.',
     input: z.object({}),
-    run: (ctx) => ctx.audit.verify(),
+    run: (ctx) => ctx.audit.anchor(),
+  }),
+  backup: op({
+    method: 'POST',
+    path: '/v1/backup',
+    summary:
+      'Write a consistent copy of the SQLite store to a new file on the server, with an anchor file (audit head, master key id).',
+    input: z.object({ path: z.string().min(1).max(4096) }),
+    run: (ctx, input) => backupStore(ctx, input.path),
   }),
 
   sessionList: op({

@@ -30,6 +30,12 @@ export interface AuditOptions {
   readonly maxBatch?: number;
 }
 
+/** An audit head kept outside the store: the log must reach record `seq` with this hash. */
+export interface AuditAnchor {
+  readonly seq: number;
+  readonly hash: string;
+}
+
 export type AuditVerifyResult =
   | { readonly ok: true; readonly records: number; readonly headSeq: number }
   | {
@@ -237,7 +243,45 @@ export class AuditLog {
   }
 
   /** Walk the whole chain; report the first record that was edited, removed, inserted or reordered. */
-  async verify(): Promise<AuditVerifyResult> {
+  /**
+   * Check the chain. With an anchor (a head seq and hash kept outside the store, written
+   * by `backup` or `audit anchor`), also prove the log reaches that record unchanged: a
+   * copy that lost its last records, or a chain re-built after them, fails.
+   */
+  async verify(options: { anchor?: AuditAnchor } = {}): Promise<AuditVerifyResult> {
+    const result = await this.#verifyChain();
+    const anchor = options.anchor;
+    if (!result.ok || anchor === undefined) return result;
+    if (result.headSeq < anchor.seq) {
+      return {
+        ok: false,
+        records: result.records,
+        seq: result.headSeq + 1,
+        problem: 'truncated',
+        message: `the log ends at record ${result.headSeq} but the anchor says record ${anchor.seq} was written`,
+      };
+    }
+    const [record] = anchor.seq === 0 ? [] : await this.#store.readAudit(anchor.seq - 1, 1);
+    if (anchor.seq > 0 && (record === undefined || !sameHex(record.hash, anchor.hash))) {
+      return {
+        ok: false,
+        records: result.records,
+        seq: anchor.seq,
+        problem: 'chain-broken',
+        message: `record ${anchor.seq} is not the record the anchor names (the log was replaced or re-chained)`,
+      };
+    }
+    return result;
+  }
+
+  /** The current head, to keep outside the store as an anchor. */
+  async anchor(): Promise<AuditAnchor> {
+    await this.flush();
+    const head = await this.#store.auditHead();
+    return { seq: head?.seq ?? 0, hash: head?.hash ?? '' };
+  }
+
+  async #verifyChain(): Promise<AuditVerifyResult> {
     let expectedSeq = 1;
     let prevHash = '';
     let count = 0;

@@ -1,5 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
+import { readAnchor, restoreStore } from '../admin/backup.js';
 import { type AdminClient, createLocalClient, createRemoteClient } from '../admin/client.js';
 import type { OperationOutput } from '../admin/operations.js';
 import { readAdminKey, resolveHome } from '../config/home.js';
@@ -549,22 +551,69 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   audit
     .command('verify')
     .description('check the hash chain; exit 0 when intact, 1 and the first bad record when not')
-    .action(async (_opts, command: Command) => {
+    .option(
+      '--anchor <file>',
+      'also prove the log reaches the head in this anchor file (from backup or audit anchor)',
+    )
+    .action(async (opts: { anchor?: string }, command: Command) => {
       const options = globals(command);
+      const anchor = opts.anchor === undefined ? undefined : readAnchor(resolve(opts.anchor));
       const client = await connect(options, io);
       try {
-        const r = await client.call('auditVerify', {});
+        const r = await client.call('auditVerify', anchor === undefined ? {} : { anchor });
         write(
           options.json
             ? `${JSON.stringify(r, null, 2)}\n`
             : r.ok
-              ? `audit log intact: ${r.records} records\n`
+              ? `audit log intact: ${r.records} records${anchor === undefined ? '' : `, reaching the anchor (record ${anchor.seq})`}\n`
               : `audit log damaged at record ${r.seq} (${r.problem}): ${r.message}\n`,
         );
         if (!r.ok) exitCode = EXIT.failed;
       } finally {
         await client.close();
       }
+    });
+  audit
+    .command('anchor')
+    .description('print the current audit head (seq and hash) as JSON, to keep outside the store')
+    .action(async (_opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('auditAnchor', {}),
+        (r) => `${JSON.stringify(r)}\n`,
+      );
+    });
+
+  // ---- backup and restore
+  program
+    .command('backup')
+    .description('write a consistent copy of the SQLite store (while serving) and PATH.anchor.json')
+    .argument('<path>', 'a new file (never overwritten)')
+    .action(async (path: string, _opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('backup', { path: resolve(path) }),
+        (r) =>
+          `backup written: ${r.path}\n  anchor      ${r.anchorFile} (audit record ${r.seq})\n  master key  ${r.masterKey} (keep the key file that has this id)\n`,
+      );
+    });
+  program
+    .command('restore')
+    .description(
+      'restore a backup into this home, whose store file must be missing; verifies it against its anchor',
+    )
+    .argument('<backup>', 'a file written by coatcheck backup')
+    .action(async (backup: string, _opts, command: Command) => {
+      const options = globals(command);
+      const home = resolveHome(options.dir, io.env);
+      if (runningServerUrl(home.serverFile) !== null)
+        throw new CoatcheckError('CC_ERR_SERVER_RUNNING', 'stop the server on this home before restoring');
+      const r = await restoreStore(home, resolve(backup), io.env);
+      write(
+        options.json
+          ? `${JSON.stringify(r, null, 2)}\n`
+          : `restored ${r.store}: audit log intact (${r.verify.ok ? r.verify.records : 0} records${r.anchored ? ', reaching its anchor' : '; no anchor file found, completeness not proven'})\n`,
+      );
     });
 
   registerSessionCommands(program, { perform, table });

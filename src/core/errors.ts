@@ -21,7 +21,21 @@ export const ERROR_CODES = {
   CC_ERR_LISTEN_ADDRESS_IN_USE: {
     status: 500,
     description: 'A listen address given to `serve` is already in use by another process.',
-    solution: 'Choose another port (--listen-http, --listen-admin, --listen-postgres, --listen-proxy) or stop the other process.',
+    solution:
+      'Choose another port (--listen-http, --listen-admin, --listen-postgres, --listen-proxy) or stop the other process.',
+  },
+  CC_ERR_BACKUP_UNSUPPORTED: {
+    status: 400,
+    description: '`coatcheck backup` copies SQLite stores only.',
+    solution:
+      'Back up a PostgreSQL store with pg_dump and keep the output of `coatcheck audit anchor` beside it.',
+  },
+  CC_ERR_BACKUP_INVALID: {
+    status: 400,
+    description:
+      'A backup or restore could not proceed: the target exists, the backup is not a coatcheck store, or it does not match its anchor.',
+    solution:
+      'Read the message: choose a new path, move the old store away deliberately, or use the backup that matches the anchor.',
   },
   CC_ERR_INTERNAL: {
     status: 500,

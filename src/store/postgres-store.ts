@@ -1095,6 +1095,12 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
       );
     },
 
+    async backupTo() {
+      throw new CoatcheckError(
+        'CC_ERR_BACKUP_UNSUPPORTED',
+        'coatcheck backup copies SQLite stores; back up a PostgreSQL store with pg_dump, and keep `coatcheck audit anchor` output beside it',
+      );
+    },
     async publish(change: StoreChange) {
       // Our own subscribers hear changes through LISTEN like everyone else's: make sure
       // a LISTEN that is starting is in place first, or this very notification is missed.

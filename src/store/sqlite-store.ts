@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { CoatcheckError } from '../core/errors.js';
 import { SQLITE_MIGRATIONS } from './migrations.js';
@@ -691,6 +691,24 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
         } catch (error) {
           if (db.inTransaction) db.exec('ROLLBACK');
           if (error instanceof CoatcheckError) throw error;
+          translate(error);
+        }
+      });
+    },
+    backupTo(path: string) {
+      // Under the mutex no transaction interleaves, so the head read here is the copy's
+      // head. VACUUM INTO reads one snapshot (WAL included) and fails if `path` exists.
+      return mutex.run(async () => {
+        try {
+          const row = db.prepare("SELECT value FROM meta WHERE key = 'audit_head'").get() as
+            | { value: string }
+            | undefined;
+          db.prepare('VACUUM INTO ?').run(path);
+          chmodSync(path, 0o600);
+          if (row === undefined) return { auditHead: null };
+          const [seq, hash] = row.value.split(':');
+          return { auditHead: { seq: Number(seq), hash: hash ?? '' } };
+        } catch (error) {
           translate(error);
         }
       });

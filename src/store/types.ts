@@ -243,6 +243,12 @@ export interface Store extends StoreOps {
   migrate(): Promise<void>;
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
   /** Tell every replica (including this one) about a change. */
+  /**
+   * A consistent copy of everything committed, written to a new file at `path` (never
+   * over an existing one), with the audit head it contains. SQLite only; PostgreSQL
+   * stores are backed up with the database's own tools.
+   */
+  backupTo(path: string): Promise<{ readonly auditHead: { seq: number; hash: string } | null }>;
   publish(change: StoreChange): Promise<void>;
   subscribe(listener: (change: StoreChange) => void): () => void;
   close(): Promise<void>;
