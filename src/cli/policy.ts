@@ -118,7 +118,15 @@ const testCase = z
   })
   .strict();
 
-export function registerPolicyCommands(program: Command, io: CliIo, setExit: (code: number) => void): void {
+/** Groups of a known agent, from the store (through the running server when there is one); null when unknown. */
+export type AgentGroups = (name: string, command: Command) => Promise<readonly string[] | null>;
+
+export function registerPolicyCommands(
+  program: Command,
+  io: CliIo,
+  setExit: (code: number) => void,
+  agentGroups?: AgentGroups,
+): void {
   const write = (text: string) => io.stdout.write(text);
   const policy = program
     .command('policy')
@@ -137,21 +145,32 @@ export function registerPolicyCommands(program: Command, io: CliIo, setExit: (co
     .requiredOption('--resource <entity>', 'Connection::"name" or Secret::"name"')
     .option('--context <json>', 'request context, like \'{"statement": "DELETE FROM t"}\'')
     .option('--at <iso-time>', 'evaluate as if at this time (hour and weekday come from it)')
-    .action((opts, command: Command) => {
+    .action(async (opts, command: Command) => {
       const globals = command.optsWithGlobals() as { json?: boolean; dir?: string };
+      // A known agent is decided with its real groups, as the gateway would; --group adds to them.
+      let groups: string[] = opts.group ?? [];
+      let groupsFrom: 'flags' | 'store' = 'flags';
+      const agent = /^Agent::"([^"]{1,128})"$/.exec(opts.principal);
+      if (agent !== null && agentGroups !== undefined) {
+        const stored = await agentGroups(agent[1]!, command).catch(() => null);
+        if (stored !== null) {
+          groups = [...new Set([...stored, ...groups])];
+          groupsFrom = 'store';
+        }
+      }
       const holder = holderFor({ policy: opts.policy, dir: globals.dir }, io);
       try {
         const decision: Decision = holder.engine.decide(
           buildRequest({
             principal: opts.principal,
-            groups: opts.group,
+            groups,
             action: opts.action,
             resource: opts.resource,
             context: contextOf(opts.context),
             at: atOf(opts.at, '--at'),
           }),
         );
-        const result = { ...decision, source: holder.engine.source };
+        const result = { ...decision, source: holder.engine.source, groups, groupsFrom };
         if (globals.json) {
           write(`${JSON.stringify(result, null, 2)}\n`);
           return;
@@ -159,6 +178,9 @@ export function registerPolicyCommands(program: Command, io: CliIo, setExit: (co
         const lines: string[] = [decision.effect];
         lines.push(
           `  policies: ${decision.policies.join(', ') || (decision.effect === 'deny' ? '(none permitted it: default deny)' : '-')}`,
+        );
+        lines.push(
+          `  groups: ${groups.length > 0 ? groups.join(', ') : '(none)'}${groupsFrom === 'store' ? " (the agent's groups in the store" + (opts.group ? ' and --group)' : ')') : ''}`,
         );
         if (decision.approvers.length > 0) lines.push(`  approvers: ${decision.approvers.join(', ')}`);
         if (decision.mask.length > 0) lines.push(`  mask: ${decision.mask.join(', ')}`);

@@ -36,6 +36,16 @@ function parsePositiveInt(value: string): number {
   return Number(value);
 }
 
+/** The subcommand words of argv (up to the first option), for the usage hint. */
+function commandPath(argv: readonly string[]): string {
+  const words: string[] = [];
+  for (const word of argv) {
+    if (word.startsWith('-') || words.length >= 2 || !/^[a-z][a-z-]{0,30}$/.test(word)) break;
+    words.push(word);
+  }
+  return words.join(' ');
+}
+
 /** The server this home's `serve` wrote down, if its process is still alive. */
 function runningServerUrl(serverFile: string): string | null {
   if (!existsSync(serverFile)) return null;
@@ -58,6 +68,19 @@ async function connect(options: GlobalOptions, io: CliIo): Promise<AdminClient> 
   const serverUrl =
     options.server ?? (io.env.COATCHECK_ADMIN_URL || null) ?? runningServerUrl(home.serverFile);
   if (serverUrl !== null) {
+    let parsed: URL | null = null;
+    try {
+      parsed = new URL(serverUrl);
+    } catch {
+      parsed = null;
+    }
+    if (parsed === null || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')) {
+      throw new CoatcheckError(
+        'CC_ERR_INVALID_ARGUMENT',
+        '--server (or COATCHECK_ADMIN_URL) must be an http:// or https:// URL, like http://127.0.0.1:7070',
+        { details: { field: '--server' } },
+      );
+    }
     const key = readAdminKey(home, io.env);
     if (key === null) {
       throw new CoatcheckError(
@@ -129,8 +152,14 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       "admin API of a running server (default: $COATCHECK_ADMIN_URL, else the home's running server)",
     )
     .exitOverride()
-    .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
-    .showHelpAfterError();
+    // Usage errors are reported once, below, as one line with a code and a hint (and as
+    // JSON with --json); commander's own message is kept, its help dump is not printed.
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+      outputError: () => undefined,
+    })
+    .showHelpAfterError(false);
 
   const globals = (command: Command) => command.optsWithGlobals() as GlobalOptions;
 
@@ -648,9 +677,27 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   registerMcpCommands(program, io, async () =>
     openContext(resolveHome((program.opts() as GlobalOptions).dir, io.env), { env: io.env }),
   );
-  registerPolicyCommands(program, io, (code) => {
-    exitCode = code;
-  });
+  registerPolicyCommands(
+    program,
+    io,
+    (code) => {
+      exitCode = code;
+    },
+    async (name, command) => {
+      const home = resolveHome(globals(command).dir, io.env);
+      if (!existsSync(home.configFile) && globals(command).server === undefined) return null;
+      const client = await connect(globals(command), io);
+      try {
+        const agents = (await client.call('agentList', {})) as ReadonlyArray<{
+          name: string;
+          groups: readonly string[];
+        }>;
+        return agents.find((a) => a.name === name)?.groups ?? null;
+      } finally {
+        await client.close();
+      }
+    },
+  );
   registerProxyCommands(program, { perform }, io);
 
   // ---- keys
@@ -682,6 +729,19 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         error.code === 'commander.help'
       )
         return EXIT.ok;
+      const message = error.message.replace(/^error: /, '').trim();
+      const usage = new CoatcheckError('CC_ERR_INVALID_ARGUMENT', message, { details: { field: null } });
+      if (argv.includes('--json')) io.stdout.write(`${JSON.stringify({ error: usage.toJSON() }, null, 2)}\n`);
+      else {
+        const words = commandPath(argv)
+          .split(' ')
+          .filter((w) => w !== '');
+        if (error.code === 'commander.unknownCommand') words.pop();
+        const where = words.join(' ');
+        io.stderr.write(
+          `coatcheck: CC_ERR_INVALID_ARGUMENT: ${message}\n  (see: coatcheck ${where === '' ? '' : `${where} `}--help)\n`,
+        );
+      }
       return EXIT.usage;
     }
     const incident = newIncidentId();

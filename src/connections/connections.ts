@@ -30,6 +30,8 @@ const SCHEMES: Record<ConnectionType, readonly string[]> = {
   mcp: ['http:', 'https:', 'stdio:'],
   llm: ['http:', 'https:'],
 };
+/** Connection types a front-end serves today (the others are reserved names). */
+const SERVED_TYPES: ReadonlySet<ConnectionType> = new Set<ConnectionType>(['http', 'postgres', 'mcp', 'llm']);
 /** Headers the gateway owns; a connection may not set them. */
 const RESERVED_HEADERS = new Set([
   'host',
@@ -55,6 +57,13 @@ export function validateConnection(input: ConnectionConfig): string[] {
     throw invalid('name', 'must be letters, digits, _ or -, at most 63, and contain no dot');
   if (!(CONNECTION_TYPES as readonly string[]).includes(input.type)) {
     throw invalid('--type', `must be one of ${CONNECTION_TYPES.join(', ')}`);
+  }
+  if (!SERVED_TYPES.has(input.type as ConnectionType)) {
+    // A connection nothing serves would look configured and never work.
+    throw invalid(
+      '--type',
+      `no front-end serves ${input.type} connections yet (served: ${[...SERVED_TYPES].join(', ')})`,
+    );
   }
   let url: URL;
   try {
