@@ -157,7 +157,7 @@ export const GENERIC_RULES: readonly Rule[] = [
     // changed to") never ends the search; code (`args[1]`, `hash(pw`) is refused by validate.
     // Where generic-password finds the same span, its finding is kept (it comes first).
     pattern:
-      /(?:pass(?:word|wd|phrase)(?:[ \t]{1,3}(?:is|was|are|becomes)|[ \t]{0,3}(?::|→|->|—|–)|(?:[ \t]{1,3}[\w'’-]{1,20}){1,6}?[ \t]{0,3}(?:is|was|are|becomes|to|:|=|→|->|—|–))|\b(?:use|using|with|enter|try)[ \t]{1,3}(?:the[ \t]{1,3})?pass(?:word|wd|phrase))[ \t]{1,3}["'`“‘]?(?=[^\s'"`“”‘’<>]{0,127}[0-9!#$%&*+=?@^_~])([^\s'"`“”‘’<>]{5,127}[^\s'"`“”‘’<>.,;:?)])/i,
+      /(?:pass(?:word|wd|phrase)(?:[ \t]{1,3}(?:is|was|are|becomes)|[ \t]{0,3}(?::|→|->|—|–)|(?:[ \t]{1,3}[\w'’-]{1,20}){1,6}?[ \t]{0,3}(?:is|was|are|becomes|to|:|=|→|->|—|–))|\b(?:use|using|with|enter|try|and)[ \t]{1,3}(?:the[ \t]{1,3})?pass(?:word|wd|phrase))[ \t]{1,3}["'`“‘]?(?=[^\s'"`“”‘’<>]{0,127}[0-9!#$%&*+=?@^_~])([^\s'"`“”‘’<>]{5,127}[^\s'"`“”‘’<>.,;:?)])/i,
     keywords: ['password', 'passwd', 'passphrase'],
     maxLength: 300,
     maxKeywordOffset: 24,
