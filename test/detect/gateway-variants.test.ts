@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { mintTicket } from '../../src/core/ticket-format.js';
 import { createDetector } from '../../src/detect/detector.js';
 import { scrubText } from '../../src/detect/scrub.js';
 import { ALNUM, B64, B64URL, BASE32_UPPER, createRng, DIGITS } from '../../src/detect/synth.js';
@@ -102,5 +103,19 @@ describe('gateway-context variants the issue did not name', () => {
     const out = scrubText(input, { detector });
     for (const [name, , secret] of CASES) expect(out, name).not.toContain(secret);
     expect(out.match(/\[REDACTED:/g)?.length).toBeGreaterThanOrEqual(CASES.length);
+  });
+
+  it('a ticket standing where the password stood is never reported, in any of the new shapes', () => {
+    const ticket = mintTicket();
+    const texts = [
+      `auth="Basic ${Buffer.from(`x-access-token:${ticket}`).toString('base64')}"`,
+      `{"credentials":"Basic ${Buffer.from(`deploy:${ticket}`).toString('base64')}"}`,
+      `GET /x?dsn=${enc(`postgres://app:${ticket}@db:5432/app`)} HTTP/1.1`,
+      `GET /x?next=${enc(enc(`https://deploy:${ticket}@git.internal/x.git`))} HTTP/1.1`,
+      `postgres://app:${ticket}@db:5432/app`,
+      `the db password you need is ${ticket}`,
+      `profile,aws_secret_access_key\nprod,${ticket}\n`,
+    ];
+    for (const text of texts) expect(detector.scan(text), text).toEqual([]);
   });
 });

@@ -1,3 +1,4 @@
+import { isTicket } from '../../core/ticket-format.js';
 import { isPlaceholder, isStockPassword, percentDecode } from '../false-positives.js';
 import type { Rng, Rule, RuleFamily, RuleSample } from '../types.js';
 import { custom, samplePositives } from './builders.js';
@@ -10,7 +11,13 @@ const RAW = "A-Za-z0-9\\-_.!~*'()+$,;";
 function encodedValid(times: 1 | 2) {
   return (value: string): boolean => {
     const decoded = percentDecode(value, times);
-    return decoded !== undefined && decoded !== '' && !isStockPassword(decoded) && !isPlaceholder(decoded);
+    return (
+      decoded !== undefined &&
+      decoded !== '' &&
+      !isStockPassword(decoded) &&
+      !isPlaceholder(decoded) &&
+      !isTicket(decoded)
+    );
   };
 }
 

@@ -1,3 +1,4 @@
+import { isTicket } from '../../core/ticket-format.js';
 import { isPlaceholder, isStockPassword } from '../false-positives.js';
 import { ALNUM, B64URL } from '../synth.js';
 import type { Rng, Rule, RuleSample } from '../types.js';
@@ -49,7 +50,8 @@ function basicCredentialsUsable(value: string): boolean {
   if (!basicCredentialsValid(value)) return false;
   const text = Buffer.from(value, 'base64').toString('latin1');
   const pass = text.slice(text.indexOf(':') + 1);
-  return !isStockPassword(pass) && !isPlaceholder(pass);
+  // A ticket in Basic credentials is the agent's stand-in, not a secret.
+  return !isStockPassword(pass) && !isPlaceholder(pass) && !isTicket(pass);
 }
 
 const basicAnywhereSample = (rng: Rng): RuleSample => {
