@@ -1,5 +1,5 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
-import { join, relative, sep } from 'node:path';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { type Command, Option } from 'commander';
 import ignore, { type Ignore } from 'ignore';
@@ -112,8 +112,13 @@ interface WalkEntry {
   readonly display: string;
 }
 
-/** Files under `root`, skipping .git and whatever .gitignore files (at any depth) exclude. */
-async function* walk(root: string, cwd: string): AsyncGenerator<WalkEntry> {
+/**
+ * Files under `root`, skipping .git and whatever .gitignore files (at any depth) exclude.
+ * Symbolic links inside the tree are not followed (no loops, no escaping the tree).
+ * `display` names a file the way the user named the tree: relative to the working directory
+ * for a relative root, absolute for an absolute one.
+ */
+async function* walk(root: string, display: (full: string) => string): AsyncGenerator<WalkEntry> {
   const stack: { dir: string; rules: { base: string; ig: Ignore }[] }[] = [{ dir: root, rules: [] }];
   while (stack.length > 0) {
     const { dir, rules } = stack.pop()!;
@@ -137,7 +142,7 @@ async function* walk(root: string, cwd: string): AsyncGenerator<WalkEntry> {
       });
       if (ignored) continue;
       if (isDir) subdirs.push(full);
-      else if (e.isFile()) yield { path: full, display: relative(cwd, full).split(sep).join('/') };
+      else if (e.isFile()) yield { path: full, display: display(full) };
     }
     for (const d of subdirs.reverse()) stack.push({ dir: d, rules: here });
   }
@@ -208,7 +213,10 @@ export async function runScan(
         files++;
         continue;
       }
-      const full = join(cwd, target);
+      // resolve, not join: an absolute target stands on its own (join would glue it under cwd).
+      const full = resolve(cwd, target);
+      const absolute = isAbsolute(target);
+      const display = (p: string): string => (absolute ? p : relative(cwd, p)).split(sep).join('/');
       const info = await stat(full).catch((cause: unknown) => {
         throw new CoatcheckError('CC_ERR_DETECT_INPUT_UNREADABLE', `cannot read ${target}`, {
           cause,
@@ -216,7 +224,7 @@ export async function runScan(
         });
       });
       const entries: AsyncIterable<WalkEntry> | WalkEntry[] = info.isDirectory()
-        ? walk(full, cwd)
+        ? walk(full, display)
         : [{ path: full, display: target.split(sep).join('/') }];
       for await (const entry of entries) {
         const size = (await stat(entry.path)).size;

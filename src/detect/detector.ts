@@ -62,6 +62,8 @@ interface CompiledRule {
   readonly rule: Rule;
   readonly re: RegExp;
   readonly priority: number;
+  /** Position in the rule list: of two equal findings, the earlier rule's is kept. */
+  readonly order: number;
 }
 
 interface Candidate {
@@ -140,10 +142,11 @@ export function createDetector(options: DetectorOptions = {}): Detector {
 
   const compiled: CompiledRule[] = rules
     .filter((r) => !allow.rules.has(r.id))
-    .map((rule) => {
+    .map((rule, order) => {
       const flags = new Set(`${rule.pattern.flags}gd`);
       return {
         rule,
+        order,
         re: new RegExp(rule.pattern.source, [...flags].join('')),
         priority: FAMILY_PRIORITY[rule.family],
       };
@@ -213,9 +216,9 @@ export function createDetector(options: DetectorOptions = {}): Detector {
       const ms = base + m.index;
       const me = ms + m[0].length;
       if (m[0].length === 0) re.lastIndex++;
-      // The match must contain a keyword occurrence.
+      // The match must contain a keyword occurrence (or, for context rules, follow one).
       while (h < hitStart.length && hitStart[h]! < ms) h++;
-      let contains = false;
+      let contains = c.rule.keywordInMatch === false && h > 0;
       for (let j = h; j < hitStart.length && hitStart[j]! < me; j++) {
         if (hitEnd[j]! <= me) {
           contains = true;
@@ -250,7 +253,13 @@ export function createDetector(options: DetectorOptions = {}): Detector {
       x.rule === undefined ? 1_000 : x.rule.priority * 10 + CONFIDENCE_RANK[x.rule.rule.confidence];
     const sorted = cands
       .slice()
-      .sort((a, b) => rank(b) - rank(a) || b.end - b.start - (a.end - a.start) || a.start - b.start);
+      .sort(
+        (a, b) =>
+          rank(b) - rank(a) ||
+          b.end - b.start - (a.end - a.start) ||
+          a.start - b.start ||
+          (a.rule?.order ?? -1) - (b.rule?.order ?? -1),
+      );
     // `kept` stays sorted by start and free of overlaps, so one binary search per candidate.
     const kept: Candidate[] = [];
     for (const c of sorted) {

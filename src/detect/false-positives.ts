@@ -6,11 +6,18 @@
 const PLACEHOLDER_WORDS =
   /example|xxxx|\*\*\*|\.\.\.|changeme|change[_-]me|placeholder|dummy|redacted|replace[_-]?me|your[_-]?(?:own[_-]?)?(?:api[_-]?|access[_-]?|secret[_-]?|auth[_-]?|app[_-]?|private[_-]?)?(?:key|token|secret|password|pass|pwd)|insert[_-]?(?:key|token|here)|(?:key|token|secret|password)[_-]?here|not[_-]?a[_-]?real|notreal|fake[_-]?(?:key|token|secret|password)|foobar|lorem|sample[_-]?(?:key|token|secret)/i;
 
-const TEMPLATE = /\$\{|\{\{|\}\}|\$\(|%\(|%[sdv]\b|^\$[A-Z_][A-Z0-9_]*$|^<[^>]*>$|^\[[^\]]*\]$|^%[A-Z_]+%$/;
+const TEMPLATE = /\$\{|\{\{|\}\}|\$\(|%\(|^\$[A-Z_][A-Z0-9_]*$|^<[^>]*>$|^\[[^\]]*\]$|^%[A-Z_]+%$/;
+
+const FORMAT_VERB = /%[sdv]\b/;
+const FORMAT_VERBS = /%[sdv]\b/g;
 
 /** Values that are documentation placeholders or template variables. */
 export function isPlaceholder(value: string): boolean {
   if (PLACEHOLDER_WORDS.test(value) || TEMPLATE.test(value)) return true;
+  // printf verbs (`%s`, `%v`, `%d`) make a format string only when little else is there:
+  // `password=%s` is a template, `c$_^Azk+xL%H@%9~H=%s!QD0` is a password that holds `%s`.
+  if (FORMAT_VERB.test(value) && value.replace(FORMAT_VERBS, '').replace(/[^A-Za-z0-9]/g, '').length < 3)
+    return true;
   if (/^(.)\1+$/.test(value)) return true;
   // Long runs of one character (AAAAAAAA..., 00000000...) inside a value.
   if (/(.)\1{7}/.test(value)) return true;
@@ -69,4 +76,58 @@ export function inEncodedBlobContext(text: string, start: number): boolean {
   const dataUri = before.lastIndexOf(';base64,');
   if (dataUri !== -1 && !/[\s"'()]/.test(before.slice(dataUri + 8))) return true;
   return /integrity\s{0,3}=\s{0,3}["']?sha\d{3}-[A-Za-z0-9+/]{0,96}$/.test(before);
+}
+
+/**
+ * Stock passwords of documentation, tutorials and default installs (`postgres://user:password@`,
+ * `amqp://guest:guest@`, `admin:changeme`). Compared whole and case-insensitively: a real
+ * password that merely contains one of these is still reported.
+ */
+const STOCK_PASSWORDS = new Set([
+  'password',
+  'passw0rd',
+  'p@ssw0rd',
+  'p@ssword',
+  'pass',
+  'passwd',
+  'pwd',
+  'secret',
+  's3cret',
+  'changeme',
+  'guest',
+  'admin',
+  'root',
+  'test',
+  'user',
+  'hunter2',
+  'letmein',
+  'qwerty',
+  '123456',
+  '12345678',
+  'postgres',
+  'mysql',
+  'redis',
+  'rabbitmq',
+  'default',
+  'pw',
+  'foo',
+  'bar',
+  'foobar',
+]);
+
+export function isStockPassword(value: string): boolean {
+  return STOCK_PASSWORDS.has(value.toLowerCase());
+}
+
+/** Percent-decodes up to `times` levels; undefined when a level is malformed. */
+export function percentDecode(value: string, times = 1): string | undefined {
+  let v = value;
+  for (let i = 0; i < times; i++) {
+    try {
+      v = decodeURIComponent(v);
+    } catch {
+      return undefined;
+    }
+  }
+  return v;
 }

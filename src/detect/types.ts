@@ -72,6 +72,12 @@ export interface Rule {
    * absent means `maxLength`.
    */
   readonly maxKeywordOffset?: number;
+  /**
+   * false: a keyword only places the window and the match may follow it (up to `maxLength`
+   * after it) without containing it; the pattern then checks the context itself with a
+   * bounded lookbehind (a CSV row under its header). Default true.
+   */
+  readonly keywordInMatch?: boolean;
   readonly confidence: Confidence;
   /** Minimum Shannon entropy (bits per character) of the secret. */
   readonly minEntropy?: number;

@@ -31,6 +31,19 @@ const PATHOLOGICAL: readonly [string, () => string][] = [
   ['long base64 line', () => 'QUJD'.repeat(250_000)],
   ['xox tokens', () => 'xoxb-1234567890-'.repeat(50_000)],
   ['secret runs', () => `secret${'='.repeat(500_000)}`],
+  // Gateway-context rules (encoded URIs, Basic anywhere, CSV header lookbehind, prose).
+  ['encoded scheme x 30k', () => 'postgres%3A%2F%2Fu%3A'.repeat(30_000)],
+  ['encoded twice x 30k', () => 'https%253A%252F%252Fa%253A%2525'.repeat(20_000)],
+  ['encoded password run', () => `redis%3A%2F%2F%3A${'%2540'.repeat(200_000)}`],
+  ['raw @ run in userinfo', () => `postgres://u:${'@'.repeat(300_000)}`],
+  ['Basic x 100k', () => 'Basic QUJD '.repeat(100_000)],
+  ['CSV header then 40-char fields', () => `aws_secret_access_key\n${`${'A'.repeat(40)},`.repeat(25_000)}`],
+  ['CSV header repeated', () => 'secret access key\n,'.repeat(50_000)],
+  ['CSV header then long lines', () => `Secret access key\n${`${'b'.repeat(999)}\n`.repeat(1_000)}`],
+  ['escaped newlines after header', () => `secret_access_key${'\\n\\t'.repeat(200_000)}`],
+  ['password is x 50k', () => 'the password you need is '.repeat(50_000)],
+  ['password + many words', () => `password ${'word '.repeat(200_000)}`],
+  ['telegram encoded colons', () => '123456789%253AAA'.repeat(50_000)],
 ];
 
 describe('pathological inputs', () => {

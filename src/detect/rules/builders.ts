@@ -206,6 +206,8 @@ export interface CustomSpec extends Common {
   readonly pattern: RegExp;
   readonly keywords: readonly string[];
   readonly maxLength: number;
+  readonly maxKeywordOffset?: number;
+  readonly keywordInMatch?: boolean;
   readonly sample: (rng: Rng) => RuleSample;
   readonly rejectHashLike?: boolean;
   readonly defaultEnabled?: boolean;
@@ -222,6 +224,8 @@ export function custom(spec: CustomSpec): Rule {
     pattern: spec.pattern,
     keywords: spec.keywords,
     maxLength: spec.maxLength,
+    ...(spec.maxKeywordOffset === undefined ? {} : { maxKeywordOffset: spec.maxKeywordOffset }),
+    ...(spec.keywordInMatch === undefined ? {} : { keywordInMatch: spec.keywordInMatch }),
     confidence: spec.confidence ?? 'high',
     defaultEnabled: spec.defaultEnabled ?? true,
     sample: spec.sample,

@@ -1,6 +1,74 @@
+import { charClassCount } from '../false-positives.js';
 import { ALNUM, ALNUM_LOWER, ALNUM_UPPER, B64, B64URL, BASE32_UPPER, DIGITS, HEX, LOWER } from '../synth.js';
 import type { Rng, Rule, RuleSample } from '../types.js';
 import { custom, keyed, prefixed, samplePositives } from './builders.js';
+
+const awsCsvSample = (rng: Rng): RuleSample => {
+  const secret = rng.chars(B64, 40);
+  return {
+    key: 'credentials_csv',
+    value: `profile,aws_secret_access_key\nprod,${secret}`,
+    secret,
+    standalone: true,
+  };
+};
+
+/**
+ * An AWS secret access key in a CSV (or TSV) row under a header that names the column
+ * (`aws_secret_access_key`, the console's `Secret access key`). The header is found by its
+ * keyword; a bounded lookbehind checks that the 40-character field stands in one of the next
+ * 40 rows (rows of up to 1000 characters, newlines real or JSON-escaped). Which column the field
+ * is in is not checked: a 40-character base64 field under such a header is the secret.
+ */
+const AWS_SECRET_CSV: Rule = custom({
+  id: 'aws-secret-key-csv',
+  family: 'cloud',
+  title: 'AWS secret access key in a CSV row under its column header',
+  pattern:
+    /(?<=^|[,;\t|"'\s]|\\[tn])([A-Za-z0-9/+]{40})(?=[,;\t|"'\s]|\\[rnt]|$)(?<=secret[ _.-]?access[ _.-]?key[^\n]{0,400}(?:(?:\r?\n|\\r\\n|\\n)(?:[^\n\\]|\\[^nr\n]){0,1000}){1,40})/i,
+  keywords: [
+    'secret access key',
+    'secret_access_key',
+    'secret-access-key',
+    'secret.access.key',
+    'secretaccesskey',
+  ],
+  maxLength: 8192,
+  maxKeywordOffset: 0,
+  keywordInMatch: false,
+  minEntropy: 3.5,
+  rejectHashLike: true,
+  validate: (v) => charClassCount(v) >= 2,
+  confidence: 'high',
+  sample: awsCsvSample,
+  positives: [
+    ...samplePositives('aws-secret-key-csv', awsCsvSample),
+    ...samplePositives('aws-secret-key-csv:console', (rng) => {
+      const secret = rng.chars(B64, 40);
+      return {
+        key: 'k',
+        value: `User name,Password,Access key ID,Secret access key,Console login link\r\nci,,AKIA${rng.chars(BASE32_UPPER, 16)},${secret},https://123456789012.signin.aws.amazon.com/console\r\n`,
+        secret,
+        standalone: true,
+      };
+    }),
+    ...samplePositives('aws-secret-key-csv:json', (rng) => {
+      const secret = rng.chars(B64, 40);
+      return {
+        key: 'k',
+        value: `{"output":"Access key ID\\tSecret access key\\nAKIA${rng.chars(BASE32_UPPER, 16)}\\t${secret}\\n"}`,
+        secret,
+        standalone: true,
+      };
+    }),
+  ],
+  negatives: [
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
+    'profile,aws_secret_access_key\ndefault,${AWS_SECRET_ACCESS_KEY}\n',
+    'aws_secret_access_key_sha1,owner\nda39a3ee5e6b4b0d3255bfef95601890afd80709,team-a\n',
+    'name,aws_secret_access_key\nexample,wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n',
+  ],
+});
 
 const uuid = (rng: { chars(a: string, n: number): string }): string =>
   `${rng.chars(HEX, 8)}-${rng.chars(HEX, 4)}-4${rng.chars(HEX, 3)}-a${rng.chars(HEX, 3)}-${rng.chars(HEX, 12)}`;
@@ -67,6 +135,7 @@ export const CLOUD_RULES: readonly Rule[] = [
     confidence: 'high',
     negatives: ['aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY'],
   }),
+  AWS_SECRET_CSV,
   keyed({
     id: 'aws-session-token',
     family: 'cloud',

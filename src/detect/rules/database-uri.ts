@@ -1,18 +1,41 @@
+import { isPlaceholder, isStockPassword, percentDecode } from '../false-positives.js';
 import { ALNUM } from '../synth.js';
 import type { Rng, Rule, RuleSample } from '../types.js';
 import { custom, samplePositives } from './builders.js';
 
 const PASSWORD_ALPHABET = `${ALNUM}!*-_~`;
 
+/**
+ * The password of `scheme://user:password@host`: RFC 3986 allows sub-delims (`!$&'()*+,;=`),
+ * `:` and percent-encodings there, and people also write `#`, `^`, `%`, `[` and even `@` raw
+ * (parsers split at the last `@`). `/`, `?`, whitespace, `"`, backquote and `<>` end it.
+ */
+export const URI_PASSWORD = '[^\\s/?"`<>]{1,256}';
+
+/** A URI password that is a stock example (`password`, `changeme`) or a placeholder once decoded. */
+export function uriPasswordValid(value: string): boolean {
+  const decoded = percentDecode(value) ?? value;
+  return !isStockPassword(decoded) && !isPlaceholder(decoded);
+}
+
+/** Every scheme the database URI rules know (the percent-encoded URI rules reuse them). */
+export const DB_URI_SCHEMES: string[] = [];
+
 function password(rng: Rng): string {
   return `${rng.chars(ALNUM, 6)}${rng.chars(PASSWORD_ALPHABET, 10)}${rng.int(10)}`;
 }
 
+/** A password with the RFC 3986 characters people write raw in userinfo (and a last `@`). */
+export function rfc3986Password(rng: Rng): string {
+  return `${rng.chars(ALNUM, 4)}${rng.chars("!$&'()*+,;=:#^%[]~", 3)}${rng.chars(ALNUM, 4)}@${rng.chars(ALNUM, 3)}${rng.int(10)}`;
+}
+
 /** `scheme://user:password@host`: the password is reported. */
 function uri(id: string, title: string, schemes: readonly string[], example: (pw: string) => string): Rule {
+  DB_URI_SCHEMES.push(...schemes);
   const alt = schemes.map((s) => s.replace(/[+.]/g, '\\$&')).join('|');
   const pattern = new RegExp(
-    `(?<![A-Za-z0-9+.\\-])(?:${alt})://[^\\s:@/?#'"\`<>]{0,128}:([^\\s@/?#'"\`<>]{1,256})@[A-Za-z0-9.\\-_\\[\\]:%,]{1,512}`,
+    `(?<![A-Za-z0-9+.\\-])(?:${alt})://[^\\s:@/?#'"\`<>]{0,128}:(${URI_PASSWORD})@[A-Za-z0-9.\\-_\\[\\]:%,]{1,512}`,
     'i',
   );
   const sample = (rng: Rng): RuleSample => {
@@ -26,16 +49,23 @@ function uri(id: string, title: string, schemes: readonly string[], example: (pw
     pattern,
     keywords: schemes.map((s) => `${s}://`),
     maxLength: 920,
+    validate: uriPasswordValid,
     sample,
     positives: [
       ...samplePositives(id, sample),
       ...samplePositives(`${id}:env`, sample, (v) => `DATABASE_URL="${v}"`),
+      ...samplePositives(`${id}:rfc3986`, (rng) => {
+        const pw = rfc3986Password(rng);
+        return { key: 'database_url', value: example(pw), secret: pw, standalone: true };
+      }),
     ],
     negatives: [
       // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
       example('${DB_PASSWORD}'),
       example('<password>'),
       example('****'),
+      example('password'),
+      example('changeme'),
       `${schemes[0]}://localhost:5432/app`,
     ],
   });

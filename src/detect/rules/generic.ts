@@ -1,7 +1,7 @@
-import { charClassCount } from '../false-positives.js';
+import { charClassCount, isStockPassword } from '../false-positives.js';
 import { ALNUM, B64, HEX } from '../synth.js';
-import type { Rng, Rule } from '../types.js';
-import { keyed } from './builders.js';
+import type { Rng, Rule, RuleSample } from '../types.js';
+import { custom, keyed, samplePositives } from './builders.js';
 
 /** Generic values must mix character classes: plain words and numbers are not secrets. */
 function mixed(value: string): boolean {
@@ -19,6 +19,11 @@ const GENERIC_VALUE = '[^\\s\'"`,;&<>(){}\\[\\]\\\\]';
 function pwd(rng: Rng): string {
   return `${rng.chars(ALNUM, 5)}${rng.chars('!#%+-_.@', 1)}${rng.chars(ALNUM, 8)}${rng.int(10)}`;
 }
+
+const proseSample = (rng: Rng): RuleSample => {
+  const value = pwd(rng);
+  return { key: 'password', value: `the password you need is ${value}`, secret: value, standalone: true };
+};
 
 export const GENERIC_RULES: readonly Rule[] = [
   keyed({
@@ -141,5 +146,57 @@ export const GENERIC_RULES: readonly Rule[] = [
     validate: mixed,
     rejectHashLike: true,
     negatives: ['master_key: config/master.key', 'signing_key_id: kid-2024-01'],
+  }),
+  custom({
+    id: 'prose-password',
+    family: 'generic',
+    title: 'Password introduced in prose ("the db password you need is …", "use password … to log in")',
+    // "password is", or "password" + 1-6 words + a connector ("you need is", "for prod →"), or
+    // "use/with/enter [the] password"; then the value. A trailing sentence mark (. , ; : ? )) is
+    // not part of it. The value must hold a digit or a symbol, so a word ("is stored", "was
+    // changed to") never ends the search; code (`args[1]`, `hash(pw`) is refused by validate.
+    // Where generic-password finds the same span, its finding is kept (it comes first).
+    pattern:
+      /(?:pass(?:word|wd|phrase)(?:[ \t]{1,3}(?:is|was|are|becomes)|[ \t]{0,3}(?::|→|->|—|–)|(?:[ \t]{1,3}[\w'’-]{1,20}){1,6}?[ \t]{0,3}(?:is|was|are|becomes|to|:|=|→|->|—|–))|\b(?:use|using|with|enter|try|and)[ \t]{1,3}(?:the[ \t]{1,3})?pass(?:word|wd|phrase))[ \t]{1,3}["'`“‘]?(?=[^\s'"`“”‘’<>]{0,127}[0-9!#$%&*+=?@^_~])([^\s'"`“”‘’<>]{5,127}[^\s'"`“”‘’<>.,;:?)])/i,
+    keywords: ['password', 'passwd', 'passphrase'],
+    maxLength: 300,
+    maxKeywordOffset: 24,
+    confidence: 'low',
+    minEntropy: 2.8,
+    rejectHashLike: true,
+    validate: (v) => mixed(v) && !isStockPassword(v) && !/^[A-Za-z_$][\w$.]{0,60}[[(]/.test(v),
+    sample: proseSample,
+    positives: [
+      ...samplePositives('prose-password', proseSample),
+      ...samplePositives('prose-password:use', (rng) => {
+        const value = pwd(rng);
+        return {
+          key: 'k',
+          value: `Use password ${value} to log in as root.`,
+          secret: value,
+          standalone: true,
+        };
+      }),
+      ...samplePositives('prose-password:set', (rng) => {
+        const value = pwd(rng);
+        return {
+          key: 'k',
+          value: `FYI the root password was changed to "${value}" yesterday.`,
+          secret: value,
+          standalone: true,
+        };
+      }),
+    ],
+    negatives: [
+      'The db password is stored in Vault under secret/data/db.',
+      'the password you need is in 1Password, vault "Ops".',
+      'The default password is changeme.',
+      'Your password must be at least 12 characters long.',
+      'The password reset id is 3f2b8c1e-9a4d-4f6b-8e2a-1c5d7e9f0a3b.',
+      'The password hash is e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.',
+      'Use password authentication (scram-sha-256) instead of md5.',
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
+      'Set the password to ${DB_PASSWORD} in your env file.',
+    ],
   }),
 ];

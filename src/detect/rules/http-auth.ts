@@ -1,9 +1,12 @@
+import { isTicket } from '../../core/ticket-format.js';
+import { isPlaceholder, isStockPassword } from '../false-positives.js';
 import { ALNUM, B64URL } from '../synth.js';
 import type { Rng, Rule, RuleSample } from '../types.js';
 import { basicCredentialsValid } from '../validators.js';
 import { custom, samplePositives } from './builders.js';
+import { rfc3986Password, URI_PASSWORD, uriPasswordValid } from './database-uri.js';
 
-const SCHEMES = [
+export const URL_SCHEMES = [
   'http',
   'https',
   'ftp',
@@ -39,6 +42,23 @@ const basicSample = (rng: Rng): RuleSample => {
   return { key: 'Authorization', value: `Basic ${v}`, secret: v, standalone: false };
 };
 
+/**
+ * `Basic <base64>` anywhere (a logfmt field, a JSON log, a header dump): the value must decode
+ * to printable `user:password` whose password is no stock example or placeholder.
+ */
+function basicCredentialsUsable(value: string): boolean {
+  if (!basicCredentialsValid(value)) return false;
+  const text = Buffer.from(value, 'base64').toString('latin1');
+  const pass = text.slice(text.indexOf(':') + 1);
+  // A ticket in Basic credentials is the agent's stand-in, not a secret.
+  return !isStockPassword(pass) && !isPlaceholder(pass) && !isTicket(pass);
+}
+
+const basicAnywhereSample = (rng: Rng): RuleSample => {
+  const v = Buffer.from(`svc-report:${pw(rng)}#${rng.int(10)}`).toString('base64');
+  return { key: 'auth', value: `Basic ${v}`, secret: v, standalone: true };
+};
+
 const bearerSample = (rng: Rng): RuleSample => {
   const v = rng.chars(B64URL, 40);
   return { key: 'Authorization', value: `Bearer ${v}`, secret: v, standalone: true };
@@ -55,18 +75,31 @@ export const HTTP_AUTH_RULES: readonly Rule[] = [
     family: 'http-auth',
     title: 'Password in a URL (userinfo: scheme://user:password@host)',
     pattern: new RegExp(
-      `(?<![A-Za-z0-9+.\\-])(?:${SCHEMES.join('|')})://[^\\s:@/?#'"\`<>]{1,128}:([^\\s@/?#'"\`<>]{1,256})@[A-Za-z0-9.\\-_\\[\\]:]{1,253}`,
+      `(?<![A-Za-z0-9+.\\-])(?:${URL_SCHEMES.join('|')})://[^\\s:@/?#'"\`<>]{1,128}:(${URI_PASSWORD})@[A-Za-z0-9.\\-_\\[\\]:]{1,253}`,
       'i',
     ),
-    keywords: SCHEMES.map((s) => `${s}://`),
+    keywords: URL_SCHEMES.map((s) => `${s}://`),
     maxLength: 660,
     confidence: 'high',
+    validate: uriPasswordValid,
     sample: urlSample,
-    positives: samplePositives('url-basic-auth', urlSample, (v) => `git clone ${v}`),
+    positives: [
+      ...samplePositives('url-basic-auth', urlSample, (v) => `git clone ${v}`),
+      ...samplePositives('url-basic-auth:rfc3986', (rng) => {
+        const p = rfc3986Password(rng);
+        return {
+          key: 'url',
+          value: `https://deploy:${p}@git.internal/team/repo.git`,
+          secret: p,
+          standalone: true,
+        };
+      }),
+    ],
     negatives: [
       // biome-ignore lint/suspicious/noTemplateCurlyInString: a literal ${VAR} placeholder, not a template
       'https://user:${TOKEN}@github.com/x/y.git',
       'https://user:<password>@host',
+      'git clone https://deploy:password@github.com/acme/app.git',
       'https://example.com:8080/path',
       'ssh://git@github.com:22/x',
     ],
@@ -84,6 +117,39 @@ export const HTTP_AUTH_RULES: readonly Rule[] = [
     sample: basicSample,
     positives: samplePositives('http-basic-auth-header', basicSample, (v) => `Authorization: ${v}`),
     negatives: ['Authorization: Basic realm="x"', 'Authorization: Basic Zm9vYmFy'],
+  }),
+  custom({
+    id: 'basic-credentials',
+    family: 'http-auth',
+    title: 'HTTP Basic credentials (Basic <base64 of user:password>) outside an Authorization header',
+    pattern: /(?<![A-Za-z0-9_-])basic\s{1,3}([A-Za-z0-9+/]{8,1000}={0,2})(?![A-Za-z0-9+/=])/i,
+    keywords: ['basic'],
+    maxLength: 1010,
+    maxKeywordOffset: 0,
+    confidence: 'medium',
+    validate: basicCredentialsUsable,
+    sample: basicAnywhereSample,
+    positives: [
+      ...samplePositives(
+        'basic-credentials',
+        basicAnywhereSample,
+        (v) => `level=debug msg="upstream" auth="${v}" status=200`,
+      ),
+      ...samplePositives(
+        'basic-credentials:json',
+        basicAnywhereSample,
+        (v) => `{"req":{"credentials":"${v}"}}`,
+      ),
+    ],
+    negatives: [
+      'WWW-Authenticate: Basic realm="admin"',
+      'msg="basic auth enabled for /admin"',
+      '{"auth":"Basic <base64>"}',
+      `auth="Basic ${Buffer.from('user:password').toString('base64')}"`,
+      `auth="Basic ${Buffer.from('admin:changeme').toString('base64')}"`,
+      `msg="Basic ${Buffer.from('Hello world, a basic test').toString('base64')}"`,
+      'Basic Authentication is described in RFC 7617.',
+    ],
   }),
   custom({
     id: 'http-bearer-token',

@@ -2,6 +2,7 @@ import type { Rule } from '../types.js';
 import { AI_RULES } from './ai.js';
 import { CLOUD_RULES } from './cloud.js';
 import { DATABASE_URI_RULES } from './database-uri.js';
+import { ENCODED_DATABASE_URI_RULES, ENCODED_URL_AUTH_RULES } from './encoded-uri.js';
 import { GENERIC_RULES } from './generic.js';
 import { HTTP_AUTH_RULES } from './http-auth.js';
 import { JWT_RULES } from './jwt.js';
@@ -21,7 +22,9 @@ export const BUILTIN_RULES: readonly Rule[] = [
   ...PRIVATE_KEY_RULES,
   ...JWT_RULES,
   ...DATABASE_URI_RULES,
+  ...ENCODED_DATABASE_URI_RULES,
   ...HTTP_AUTH_RULES,
+  ...ENCODED_URL_AUTH_RULES,
   ...GENERIC_RULES,
   ...PII_RULES,
 ];

@@ -149,16 +149,34 @@ export const SAAS_RULES: readonly Rule[] = [
     id: 'telegram-bot-token',
     family: 'saas',
     title: 'Telegram bot token',
-    pattern: /(?<![0-9:])(\d{8,10}:AA[A-Za-z0-9_-]{33})(?![A-Za-z0-9_-])/,
-    keywords: [':aa'],
-    maxLength: 48,
+    // The colon may be percent-encoded once or twice (a bot URL inside a query string).
+    pattern: /(?<![0-9:])(\d{8,10}(?::|%3[Aa]|%253[Aa])AA[A-Za-z0-9_-]{33})(?![A-Za-z0-9_-])/,
+    keywords: [':aa', '%3aaa', '%253aaa'],
+    maxLength: 52,
     sample: standalone((rng) => `${rng.chars(DIGITS, 10)}:AA${rng.chars(B64URL, 33)}`, 'TELEGRAM_BOT_TOKEN'),
     positives: samplePositives(
       'telegram-bot-token',
       standalone((rng) => `${rng.chars(DIGITS, 9)}:AA${rng.chars(B64URL, 33)}`),
       (v) => `https://api.telegram.org/bot${v}/getMe`,
+    ).concat(
+      samplePositives(
+        'telegram-bot-token:pct',
+        (rng) => {
+          const v = `${rng.chars(DIGITS, 10)}%3A${`AA${rng.chars(B64URL, 33)}`}`;
+          return { key: 'k', value: v, secret: v, standalone: true };
+        },
+        (v) => `GET /hook?url=https%3A%2F%2Fapi.telegram.org%2Fbot${v}%2FsendMessage`,
+      ),
+      samplePositives(
+        'telegram-bot-token:pct2',
+        (rng) => {
+          const v = `${rng.chars(DIGITS, 9)}%253A${`AA${rng.chars(B64URL, 33)}`}`;
+          return { key: 'k', value: v, secret: v, standalone: true };
+        },
+        (v) => `?next=https%253A%252F%252Fapi.telegram.org%252Fbot${v}%252FgetMe`,
+      ),
     ),
-    negatives: ['12:AAshort'],
+    negatives: ['12:AAshort', 'https://api.telegram.org/bot123456789%3AAAshort/getMe'],
   }),
   prefixed({
     id: 'twilio-api-key',
