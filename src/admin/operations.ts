@@ -401,6 +401,10 @@ export const operations = {
         agent: input.name,
         // The running server's forward proxy (serve --listen-proxy), else the configured one.
         proxy: ctx.endpoints.proxy?.replace(/^http:\/\//, '') ?? ctx.config.listen.proxy,
+        // The gateway's own HTTP listener (reverse proxy, LLM guard, MCP): never through the proxy.
+        gateway: [ctx.endpoints.http ?? (ctx.config.listen.http ? `http://${ctx.config.listen.http}` : null)]
+          .filter((u): u is string => typeof u === 'string')
+          .map((u) => u.replace(/^https?:\/\//, '').replace(/\/.*$/, '')),
         certificate: ca.cert,
         fingerprint: ca.fingerprint,
       };

@@ -111,7 +111,7 @@ describe('forward proxy CA', () => {
     });
 
     const key = (await cli(['agent', 'create', 'builder'], { env })).stdout.trim();
-    const block = await cli(['env', 'builder', '--proxy', '127.0.0.1:7090'], { env });
+    const block = await cli(['env', 'builder', '--proxy', '127.0.0.1:7090', '--shell', 'dotenv'], { env });
     expect(block.code).toBe(0);
     const dir = t.home.dir;
     expect(block.stdout).toBe(
@@ -128,14 +128,65 @@ describe('forward proxy CA', () => {
         '',
       ].join('\n'),
     );
+    // The default is sh: exported, so the processes the shell starts (git, curl) see them.
+    const sh = await cli(['env', 'builder', '--proxy', '127.0.0.1:7090'], {
+      env: { ...env, COATCHECK_AGENT_KEY: 'cca_k' },
+    });
+    expect(sh.stdout.split('\n')[0]).toBe('export HTTPS_PROXY="http://builder:cca_k@127.0.0.1:7090"');
+    const { execFileSync } = await import('node:child_process');
+    const seen = execFileSync(
+      'sh',
+      ['-c', `eval "$(cat)"; sh -c 'printf %s "$HTTPS_PROXY|$GIT_SSL_CAINFO"'`],
+      {
+        input: sh.stdout,
+      },
+    ).toString();
+    expect(seen).toBe(`http://builder:cca_k@127.0.0.1:7090|${dir}/proxy-ca-bundle.pem`);
+    // Without the key at hand, sh expands the reference when the block is evaluated.
+    const ref = await cli(['env', 'builder', '--proxy', '127.0.0.1:7090'], { env });
+    const expanded = execFileSync('sh', ['-c', `eval "$(cat)"; sh -c 'printf %s "$https_proxy"'`], {
+      input: ref.stdout,
+      env: { PATH: process.env.PATH, COATCHECK_AGENT_KEY: 'cca_from_env' },
+    }).toString();
+    expect(expanded).toBe('http://builder:cca_from_env@127.0.0.1:7090');
+    const fish = await cli(['env', 'builder', '--proxy', '127.0.0.1:7090', '--shell', 'fish'], { env });
+    expect(fish.stdout.split('\n')[0]).toBe(
+      'set -gx HTTPS_PROXY "http://builder:$COATCHECK_AGENT_KEY@127.0.0.1:7090"',
+    );
+    const ps = await cli(['env', 'builder', '--proxy', '127.0.0.1:7090', '--shell', 'powershell'], { env });
+    expect(ps.stdout.split('\n')[0]).toBe(
+      '$env:HTTPS_PROXY = "http://builder:$env:COATCHECK_AGENT_KEY@127.0.0.1:7090"',
+    );
+    const bad = await cli(['env', 'builder', '--shell', 'csh'], { env });
+    expect(bad.code).toBe(2);
     expect(readFileSync(join(dir, 'proxy-ca.pem'), 'utf8')).toBe(exported.stdout);
     expect(readFileSync(join(dir, 'proxy-ca-bundle.pem'), 'utf8').startsWith(exported.stdout)).toBe(true);
     const withKey = await cli(['env', 'builder', '--proxy', '127.0.0.1:7090'], {
       env: { ...env, COATCHECK_AGENT_KEY: key },
     });
-    expect(withKey.stdout.split('\n')[0]).toBe(`HTTPS_PROXY=http://builder:${key}@127.0.0.1:7090`);
+    expect(withKey.stdout.split('\n')[0]).toBe(`export HTTPS_PROXY="http://builder:${key}@127.0.0.1:7090"`);
     const unknown = await cli(['env', 'nobody'], { env });
     expect(unknown.code).not.toBe(0);
     expect(unknown.stderr).toMatch(/CC_ERR_NOT_FOUND|CC_ERR_AGENT_UNKNOWN/);
+  });
+});
+
+describe('proxyEnvLines', () => {
+  it('names the gateway’s own listeners in NO_PROXY, and quotes what a shell would expand', async () => {
+    const { proxyEnvLines } = await import('../../src/cli/proxy.js');
+    const block = proxyEnvLines(
+      {
+        agent: 'a',
+        proxy: '10.0.0.5:7090',
+        agentKey: null,
+        caFile: '/tmp/$HOME/ca.pem',
+        bundleFile: '/tmp/b`x`.pem',
+        noProxy: ['gw.internal:7080', 'gw.internal:7080'],
+      },
+      'sh',
+    );
+    expect(block).toContain('export NO_PROXY="gw.internal:7080"\nexport no_proxy="gw.internal:7080"');
+    expect(block).toContain('export NODE_EXTRA_CA_CERTS="/tmp/\\$HOME/ca.pem"');
+    expect(block).toContain('export GIT_SSL_CAINFO="/tmp/b\\`x\\`.pem"');
   });
 });
