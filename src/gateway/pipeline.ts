@@ -6,7 +6,7 @@ import type { Clock } from '../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
 import type { Store } from '../store/types.js';
-import { formatDestination, parseDestination, type Target } from '../vault/destinations.js';
+import { formatDestination, isLoopbackHost, parseDestination, type Target } from '../vault/destinations.js';
 import type { Placement } from '../vault/placements.js';
 import { type Exchange, type Vault, workflowTags } from '../vault/vault.js';
 import type { InspectionContext, ResponseInspector, ResponseScan } from './inspector.js';
@@ -59,7 +59,13 @@ function workflowIds(details: Readonly<Record<string, unknown>> | undefined): Re
 function responseDestinations(target: Target): string[] {
   const out: string[] = [];
   if (target.connection !== undefined) out.push(`conn:${target.connection}`);
-  if (target.host !== undefined && target.port !== undefined) {
+  // Plain http to a non-loopback host stays bound to the connection alone (a found secret's own
+  // destinations may not say http:// there without the operator's --allow-plaintext).
+  if (
+    target.host !== undefined &&
+    target.port !== undefined &&
+    (target.scheme !== 'http' || isLoopbackHost(target.host))
+  ) {
     try {
       // Scheme and port too: a found secret must not make every port of the host releasable.
       const scheme = target.scheme === 'http' ? 'http://' : 'https://';

@@ -113,8 +113,8 @@ function parseHostPattern(text: string, field: string, options: ParseOptions): D
 
 /**
  * Parse one destination. Without options `http://` is accepted anywhere: that is how
- * stored (already checked) destinations are read. Input from an operator goes through
- * `normalizeDestinations`, which refuses plaintext to other hosts unless told.
+ * stored (already checked) destinations are read. A secret's destinations are checked
+ * with `{ allowPlaintext: false }` when it is added (`Vault.addSecret`).
  */
 export function parseDestination(
   text: string,
@@ -140,11 +140,16 @@ export function formatDestination(dest: Destination): string {
   return `host:${scheme}${dest.wildcard ? '*.' : ''}${dest.host}${port}`;
 }
 
-/** Parse and canonicalise a list, dropping duplicates, keeping order. Plaintext to non-loopback hosts only when allowed. */
+/**
+ * Parse and canonicalise a list, dropping duplicates, keeping order. A secret's own
+ * destinations are read with `{ allowPlaintext: false }` unless the operator said
+ * `--allow-plaintext`; ticket destinations (always checked to lie within the secret's)
+ * are read as they are.
+ */
 export function normalizeDestinations(
   texts: readonly string[],
   field = 'destination',
-  options: ParseOptions = {},
+  options: ParseOptions = { allowPlaintext: true },
 ): string[] {
   const out: string[] = [];
   for (const text of texts) {

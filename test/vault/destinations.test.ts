@@ -27,6 +27,7 @@ describe('destinations bind scheme, host and port', () => {
     expect(normalizeDestinations(['api.example.com:8443'])).toEqual(['host:api.example.com:8443']);
     expect(normalizeDestinations(['http://localhost:8080'])).toEqual(['host:http://localhost:8080']);
     expect(normalizeDestinations(['http://127.0.0.1'])).toEqual(['host:http://127.0.0.1']);
+    expect(normalizeDestinations(['http://127.0.0.1:80'])).toEqual(['host:http://127.0.0.1']);
     expect(normalizeDestinations(['*.example.com', 'github'])).toEqual(['host:*.example.com', 'conn:github']);
     expect(parseDestination('host:api.example.com')).toEqual({
       kind: 'host',
@@ -41,13 +42,14 @@ describe('destinations bind scheme, host and port', () => {
   });
 
   it('refuses http:// to hosts that are not loopback unless plaintext is allowed', () => {
-    expect(code(() => normalizeDestinations(['http://api.example.com']))).toBe('CC_ERR_DEST_PLAINTEXT');
-    expect(code(() => normalizeDestinations(['host:http://api.example.com']))).toBe('CC_ERR_DEST_PLAINTEXT');
-    expect(code(() => normalizeDestinations(['http://*.example.com:8080']))).toBe('CC_ERR_DEST_PLAINTEXT');
-    expect(code(() => normalizeDestinations(['http://10.0.0.5']))).toBe('CC_ERR_DEST_PLAINTEXT');
-    expect(normalizeDestinations(['http://api.example.com'], '--allow', { allowPlaintext: true })).toEqual([
-      'host:http://api.example.com',
-    ]);
+    const strict = (text: string) => normalizeDestinations([text], '--allow', { allowPlaintext: false });
+    expect(code(() => strict('http://api.example.com'))).toBe('CC_ERR_DEST_PLAINTEXT');
+    expect(code(() => strict('host:http://api.example.com'))).toBe('CC_ERR_DEST_PLAINTEXT');
+    expect(code(() => strict('http://*.example.com:8080'))).toBe('CC_ERR_DEST_PLAINTEXT');
+    expect(code(() => strict('http://10.0.0.5'))).toBe('CC_ERR_DEST_PLAINTEXT');
+    expect(strict('http://localhost:8080')).toEqual(['host:http://localhost:8080']);
+    // Ticket destinations are read as written: they must lie within the secret's anyway.
+    expect(normalizeDestinations(['http://api.example.com'])).toEqual(['host:http://api.example.com']);
     expect(isLoopbackHost('127.8.9.10')).toBe(true);
     expect(isLoopbackHost('dev.localhost')).toBe(true);
     expect(isLoopbackHost('localhost.example.com')).toBe(false);
