@@ -317,6 +317,17 @@ export class Vault {
       input.placements === undefined && input.allowSql === undefined
         ? [...record.placements]
         : normalizePlacements(input.placements, input.allowSql);
+    // A connection's login credential is used to log in and nowhere else: never in its SQL.
+    const loginOf = (await this.#store.listConnections())
+      .filter((c) => c.credential === name && placements.includes(`sql:${c.name}`))
+      .map((c) => c.name);
+    if (loginOf.length > 0) {
+      throw refuse(
+        'CC_ERR_PLACEMENT_INVALID',
+        `secret ${name} is the login credential of connection ${loginOf.join(', ')}; it is never substituted into that connection's SQL`,
+        { name, connections: loginOf },
+      );
+    }
     await this.#audit.append(
       { type: 'secret.update', actor, data: { secret: record.id, name, allow, placements } },
       async (tx) => {

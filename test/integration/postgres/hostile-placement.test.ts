@@ -164,3 +164,17 @@ describe('audit and canaries', () => {
     }
   });
 });
+
+describe('the login credential cannot be bound to SQL', () => {
+  it('refuses --allow-sql on the connection a secret logs in to', async () => {
+    await expect(
+      gw.ctx.vault.updateSecret('dbpw', { allowSql: ['main'] }, 'admin:test'),
+    ).rejects.toMatchObject({
+      code: 'CC_ERR_PLACEMENT_INVALID',
+    });
+    const c = await connectAs('main');
+    const e = await pgError(c.query(`SELECT '${login}'::int`));
+    expect(e.detail).toBe('CC_ERR_TICKET_PLACEMENT');
+    await c.end();
+  });
+});
