@@ -46,6 +46,8 @@ const duration = z
   });
 const destinations = z.array(z.string().min(1).max(260)).max(64).optional();
 const ticketOrId = z.string().min(1).max(64);
+const placementList = z.array(z.string().min(1).max(80)).max(16).optional();
+const sqlConnections = z.array(z.string().min(1).max(63)).max(64).optional();
 
 async function principalOf(ctx: Context, agentName: string): Promise<string> {
   const agent = await ctx.agents.get(agentName);
@@ -108,6 +110,11 @@ export const operations = {
         .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64'),
       kind: z.string().min(1).max(64).optional(),
       allow: destinations,
+      /** Placements beyond credential: header, query, body, path. */
+      placements: placementList,
+      /** Connections whose SQL may carry the secret. */
+      allowSql: sqlConnections,
+      allowPlaintext: z.boolean().optional(),
     }),
     run: (ctx, input, actor) =>
       ctx.vault.addSecret(
@@ -116,6 +123,33 @@ export const operations = {
           value: Buffer.from(input.valueBase64, 'base64'),
           kind: input.kind,
           allow: input.allow ?? [],
+          ...(input.placements === undefined ? {} : { placements: input.placements }),
+          ...(input.allowSql === undefined ? {} : { allowSql: input.allowSql }),
+          allowPlaintext: input.allowPlaintext ?? false,
+        },
+        actor,
+      ),
+  }),
+  secretUpdate: op({
+    method: 'POST',
+    path: '/v1/secrets/:name/bindings',
+    summary:
+      "Change a secret's destinations (replaced when given) and placements (replaced when placements or allowSql is given).",
+    input: z.object({
+      name,
+      allow: destinations,
+      placements: placementList,
+      allowSql: sqlConnections,
+      allowPlaintext: z.boolean().optional(),
+    }),
+    run: (ctx, input, actor) =>
+      ctx.vault.updateSecret(
+        input.name,
+        {
+          ...(input.allow === undefined ? {} : { allow: input.allow }),
+          ...(input.placements === undefined ? {} : { placements: input.placements }),
+          ...(input.allowSql === undefined ? {} : { allowSql: input.allowSql }),
+          allowPlaintext: input.allowPlaintext ?? false,
         },
         actor,
       ),

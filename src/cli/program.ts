@@ -223,6 +223,17 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       'a destination it may be released to: connection name or host pattern (repeatable)',
       collect,
     )
+    .option(
+      '--allow-placement <list>',
+      'where else a ticket for it may stand besides credential positions: header,query,body,path (repeatable)',
+      collect,
+    )
+    .option(
+      '--allow-sql <connection>',
+      'allow its tickets inside SQL text on this connection (repeatable)',
+      collect,
+    )
+    .option('--allow-plaintext', 'accept http:// destinations to hosts that are not loopback')
     .option('--kind <kind>', 'what it is (api-key, password, ...)')
     .option('--file <path>', 'read the value from this file instead of stdin')
     .option('--keep-newline', 'keep one trailing newline (stripped by default)')
@@ -251,9 +262,42 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
             valueBase64: value.toString('base64'),
             kind: opts.kind,
             allow: opts.allow ?? [],
+            ...(opts.allowPlacement === undefined ? {} : { placements: opts.allowPlacement }),
+            ...(opts.allowSql === undefined ? {} : { allowSql: opts.allowSql }),
+            ...(opts.allowPlaintext ? { allowPlaintext: true } : {}),
           }),
         (r) =>
-          `added secret ${r.name} (${r.id}, ${r.fingerprint})\n  allow: ${r.allow.join(', ') || '(nowhere yet)'}\n`,
+          `added secret ${r.name} (${r.id}, ${r.fingerprint})\n  allow: ${r.allow.join(', ') || '(nowhere yet)'}\n  placements: ${r.placements.join(', ')}\n`,
+      );
+    });
+  secret
+    .command('update <name>')
+    .description('change where a secret may be released (the value stays as it is)')
+    .option('--allow <dest>', 'replace its destinations (repeatable)', collect)
+    .option(
+      '--allow-placement <list>',
+      'replace its placements: credential plus header,query,body,path (repeatable)',
+      collect,
+    )
+    .option(
+      '--allow-sql <connection>',
+      'allow its tickets inside SQL text on this connection (repeatable)',
+      collect,
+    )
+    .option('--allow-plaintext', 'accept http:// destinations to hosts that are not loopback')
+    .action(async (name: string, opts, command: Command) => {
+      await perform(
+        command,
+        (c) =>
+          c.call('secretUpdate', {
+            name,
+            ...(opts.allow === undefined ? {} : { allow: opts.allow }),
+            ...(opts.allowPlacement === undefined ? {} : { placements: opts.allowPlacement }),
+            ...(opts.allowSql === undefined ? {} : { allowSql: opts.allowSql }),
+            ...(opts.allowPlaintext ? { allowPlaintext: true } : {}),
+          }),
+        (r) =>
+          `updated secret ${r.name} (${r.id})\n  allow: ${r.allow.join(', ') || '(nowhere yet)'}\n  placements: ${r.placements.join(', ')}\n`,
       );
     });
   secret
@@ -265,8 +309,15 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         (c) => c.call('secretList', {}),
         (rows) =>
           table([
-            ['NAME', 'ID', 'KIND', 'FINGERPRINT', 'ALLOW'],
-            ...rows.map((r) => [r.name, r.id, r.kind, r.fingerprint, r.allow.join(',')]),
+            ['NAME', 'ID', 'KIND', 'FINGERPRINT', 'ALLOW', 'PLACEMENTS'],
+            ...rows.map((r) => [
+              r.name,
+              r.id,
+              r.kind,
+              r.fingerprint,
+              r.allow.join(','),
+              r.placements.join(','),
+            ]),
           ]),
       );
     });

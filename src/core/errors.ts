@@ -131,6 +131,19 @@ export const ERROR_CODES = {
     description: 'The secret is the credential of a connection and cannot be removed.',
     solution: 'Remove or change the connection first, or pass --force.',
   },
+  CC_ERR_DEST_PLAINTEXT: {
+    status: 400,
+    description:
+      'A destination names `http://` to a host that is not loopback: the secret would cross the network in clear.',
+    solution:
+      'Use `https://` (the default), or add the secret with `--allow-plaintext` if plaintext to that host is truly intended.',
+  },
+  CC_ERR_PLACEMENT_INVALID: {
+    status: 400,
+    description:
+      'A placement is not one of credential, header, query, body, path, or sql bound to a connection.',
+    solution: 'Use `--allow-placement header,query,body,path` and `--allow-sql CONNECTION`.',
+  },
   CC_ERR_DEST_INVALID: {
     status: 400,
     description: 'A destination is neither a connection name nor a host pattern.',
@@ -170,6 +183,13 @@ export const ERROR_CODES = {
     status: 403,
     description: 'The ticket is bound to another principal than the one presenting it.',
     solution: 'Each agent must use tickets issued to it.',
+  },
+  CC_ERR_TICKET_PLACEMENT: {
+    status: 403,
+    description:
+      'The ticket stands where its secret may not be released (a body, query, other header, URL path or SQL text): the target could reflect the secret back.',
+    solution:
+      'Put the ticket in a credential position (Authorization, the URL user info, a login password), or add the secret with `--allow-placement` / `--allow-sql` if that placement is intended.',
   },
   CC_ERR_TICKET_WRONG_DESTINATION: {
     status: 403,

@@ -6,7 +6,8 @@ import type { Clock } from '../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
 import type { Store } from '../store/types.js';
-import { parseDestination, type Target } from '../vault/destinations.js';
+import { formatDestination, isLoopbackHost, parseDestination, type Target } from '../vault/destinations.js';
+import type { Placement } from '../vault/placements.js';
 import { type Exchange, type Vault, workflowTags } from '../vault/vault.js';
 import type { InspectionContext, ResponseInspector, ResponseScan } from './inspector.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -58,10 +59,17 @@ function workflowIds(details: Readonly<Record<string, unknown>> | undefined): Re
 function responseDestinations(target: Target): string[] {
   const out: string[] = [];
   if (target.connection !== undefined) out.push(`conn:${target.connection}`);
-  if (target.host !== undefined) {
+  // Plain http to a non-loopback host stays bound to the connection alone (a found secret's own
+  // destinations may not say http:// there without the operator's --allow-plaintext).
+  if (
+    target.host !== undefined &&
+    target.port !== undefined &&
+    (target.scheme !== 'http' || isLoopbackHost(target.host))
+  ) {
     try {
-      parseDestination(`host:${target.host}`);
-      out.push(`host:${target.host}`);
+      // Scheme and port too: a found secret must not make every port of the host releasable.
+      const scheme = target.scheme === 'http' ? 'http://' : 'https://';
+      out.push(formatDestination(parseDestination(`host:${scheme}${target.host}:${target.port}`)));
     } catch {
       // Not a host pattern (an IPv6 literal): the connection destination stands alone.
     }
@@ -233,7 +241,12 @@ export class ExchangePipeline {
     const url = new URL(view.url);
     const port = url.port !== '' ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
     session.connection = name;
-    return { view, url, target: { connection: name, host: url.hostname.replace(/^\[|\]$/g, ''), port } };
+    const scheme = url.protocol === 'https:' ? 'https' : url.protocol === 'http:' ? 'http' : undefined;
+    return {
+      view,
+      url,
+      target: { connection: name, scheme, host: url.hostname.replace(/^\[|\]$/g, ''), port },
+    };
   }
 
   /** The policy step. A denial is audited and refused before anything is released. */
@@ -276,17 +289,33 @@ export class ExchangePipeline {
    * Exchange every ticket (concurrently, so N tickets share one audit flush). All or
    * nothing: if any is refused the request is refused with the first refusal (in the
    * order the tickets were found), and nothing is forwarded.
+   *
+   * `placement` says where the tickets stood (one placement for all, or per ticket the
+   * placements it was found in); each must be one the ticket's secret allows. Default
+   * `credential`.
    */
   async exchange(
     session: GatewaySession,
     tickets: readonly string[],
-    request: { principal: Principal; target: Target; operation: Operation },
+    request: {
+      principal: Principal;
+      target: Target;
+      operation: Operation;
+      placement?: Placement | ReadonlyMap<string, readonly Placement[]>;
+    },
   ): Promise<Map<string, Exchange>> {
+    const placementOf = (ticket: string): Placement | readonly Placement[] =>
+      request.placement === undefined
+        ? 'credential'
+        : typeof request.placement === 'string'
+          ? request.placement
+          : (request.placement.get(ticket) ?? 'credential');
     const results = await Promise.allSettled(
       tickets.map((ticket) =>
         this.services.vault.exchange(ticket, {
           principal: request.principal,
           target: request.target,
+          placement: placementOf(ticket),
           operation: request.operation.description,
           context: { frontend: this.#frontend, session: session.id },
         }),

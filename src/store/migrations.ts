@@ -83,6 +83,13 @@ CREATE TABLE workflow_tickets (
 CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
 `,
   },
+  {
+    version: 6,
+    name: 'secret-placements',
+    sql: `
+ALTER TABLE secrets ADD COLUMN placements TEXT NOT NULL DEFAULT '["credential"]';
+`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -158,6 +165,13 @@ CREATE TABLE workflow_tickets (
   workflow_id TEXT NOT NULL REFERENCES workflows(id), ticket_id TEXT NOT NULL REFERENCES tickets(id),
   PRIMARY KEY (workflow_id, ticket_id));
 CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
+`,
+  },
+  {
+    version: 6,
+    name: 'secret-placements',
+    sql: `
+ALTER TABLE secrets ADD COLUMN placements JSONB NOT NULL DEFAULT '["credential"]';
 `,
   },
 ];

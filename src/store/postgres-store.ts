@@ -79,6 +79,7 @@ function secretFromRow(row: Row): SecretRecord {
     name: String(row.name),
     kind: String(row.kind),
     allow: stringArray(row.allow, 'secrets', 'allow'),
+    placements: stringArray(row.placements, 'secrets', 'placements'),
     wrappedKey: nullableBuffer(row.wrapped_key),
     keyId: nullableString(row.key_id),
     ciphertext: nullableBuffer(row.ciphertext),
@@ -331,6 +332,7 @@ export function parseChange(payload: string | undefined): StoreChange | null {
     case 'workflow.ended':
       return isStringArray(v.ids) ? { type: 'workflow.ended', ids: v.ids } : null;
     case 'secret.added':
+    case 'secret.updated':
     case 'secret.erased':
     case 'agent.revoked':
       return typeof v.id === 'string' ? { type: v.type, id: v.id } : null;
@@ -407,12 +409,13 @@ class PgOps implements StoreOps {
 
   async insertSecret(r: SecretRecord) {
     await this.db.execute(
-      'INSERT INTO secrets (id, name, kind, allow, wrapped_key, key_id, ciphertext, fingerprint, created_at, erased_at) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10)',
+      'INSERT INTO secrets (id, name, kind, allow, placements, wrapped_key, key_id, ciphertext, fingerprint, created_at, erased_at) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11)',
       [
         r.id,
         r.name,
         r.kind,
         JSON.stringify(r.allow),
+        JSON.stringify(r.placements),
         r.wrappedKey,
         r.keyId,
         r.ciphertext,
@@ -448,6 +451,13 @@ class PgOps implements StoreOps {
       'UPDATE secrets SET wrapped_key = $1, key_id = $2 WHERE id = $3 AND erased_at IS NULL',
       [wrappedKey, keyId, id],
     );
+  }
+  async updateSecretBindings(id: string, allow: readonly string[], placements: readonly string[]) {
+    const count = await this.db.execute(
+      'UPDATE secrets SET allow = $1::jsonb, placements = $2::jsonb WHERE id = $3 AND erased_at IS NULL',
+      [JSON.stringify(allow), JSON.stringify(placements), id],
+    );
+    return count === 1;
   }
 
   async insertTicket(r: TicketRecord) {

@@ -30,6 +30,7 @@ function secretFromRow(row: Row): SecretRecord {
     name: String(row.name),
     kind: String(row.kind),
     allow: stringArrayColumn(row.allow, 'secrets', 'allow'),
+    placements: stringArrayColumn(row.placements, 'secrets', 'placements'),
     wrappedKey: row.wrapped_key === null ? null : Buffer.from(row.wrapped_key as Uint8Array),
     keyId: row.key_id === null ? null : String(row.key_id),
     ciphertext: row.ciphertext === null ? null : Buffer.from(row.ciphertext as Uint8Array),
@@ -217,11 +218,12 @@ class SqliteOps implements StoreOps {
 
   async insertSecret(r: SecretRecord) {
     this.run(
-      'INSERT INTO secrets (id, name, kind, allow, wrapped_key, key_id, ciphertext, fingerprint, created_at, erased_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO secrets (id, name, kind, allow, placements, wrapped_key, key_id, ciphertext, fingerprint, created_at, erased_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
       r.id,
       r.name,
       r.kind,
       JSON.stringify(r.allow),
+      JSON.stringify(r.placements),
       r.wrappedKey,
       r.keyId,
       r.ciphertext,
@@ -256,6 +258,16 @@ class SqliteOps implements StoreOps {
       wrappedKey,
       keyId,
       id,
+    );
+  }
+  async updateSecretBindings(id: string, allow: readonly string[], placements: readonly string[]) {
+    return (
+      this.run(
+        'UPDATE secrets SET allow = ?, placements = ? WHERE id = ? AND erased_at IS NULL',
+        JSON.stringify(allow),
+        JSON.stringify(placements),
+        id,
+      ) === 1
     );
   }
 

@@ -10,6 +10,12 @@ export interface SecretRecord {
   readonly kind: string;
   /** Canonical destinations (`conn:…`, `host:…`) the secret may be released to. */
   readonly allow: readonly string[];
+  /**
+   * Canonical placements (`credential`, `header`, `query`, `body`, `path`, `sql:CONNECTION`)
+   * a ticket for this secret may stand in. Secrets stored before placements existed read
+   * as `['credential']`.
+   */
+  readonly placements: readonly string[];
   /** Data key sealed under the master key; null once the secret is erased. */
   readonly wrappedKey: Buffer | null;
   /** Id of the master key that sealed `wrappedKey`. */
@@ -148,6 +154,8 @@ export interface StoreOps {
   /** Destroy the data key and ciphertext; keep a tombstone so tickets report erasure. */
   eraseSecret(id: string, at: number): Promise<boolean>;
   updateSecretKey(id: string, wrappedKey: Buffer, keyId: string): Promise<void>;
+  /** Replace a live secret's destinations and placements; false if there is no such live secret. */
+  updateSecretBindings(id: string, allow: readonly string[], placements: readonly string[]): Promise<boolean>;
 
   insertTicket(record: TicketRecord): Promise<void>;
   getTicketByHash(hash: string): Promise<TicketRecord | null>;
@@ -222,6 +230,8 @@ export type StoreChange =
   | { readonly type: 'ticket.revoked'; readonly ids: readonly string[] }
   | { readonly type: 'secret.erased'; readonly id: string }
   | { readonly type: 'secret.added'; readonly id: string }
+  /** A secret's destinations or placements changed: cached tickets must be re-read. */
+  | { readonly type: 'secret.updated'; readonly id: string }
   | { readonly type: 'agent.revoked'; readonly id: string }
   /** Workflow nodes ended or revoked (ids): live sessions of their subtask keys end. */
   | { readonly type: 'workflow.ended'; readonly ids: readonly string[] }

@@ -17,6 +17,7 @@ import {
 } from './destinations.js';
 import { keyedHash, newDataKey, open, seal } from './envelope.js';
 import { dataKeyAad, type Keyring, valueAad } from './keyring.js';
+import { DEFAULT_PLACEMENTS, normalizePlacements, type Placement, placementAllowed } from './placements.js';
 
 /** A live secret, decrypted, as the response scanners and found-secret dedup need it. */
 export interface KnownSecret {
@@ -37,6 +38,8 @@ export interface SecretView {
   readonly name: string;
   readonly kind: string;
   readonly allow: readonly string[];
+  /** Where a ticket for it may stand (`credential`, `header`, `query`, `body`, `path`, `sql:CONN`). */
+  readonly placements: readonly string[];
   readonly fingerprint: string;
   readonly createdAt: string;
 }
@@ -77,6 +80,11 @@ export interface Exchange {
 export interface ExchangeRequest {
   readonly principal: Principal;
   readonly target: Target;
+  /**
+   * Where the ticket stood in the request, checked against the secret's placements.
+   * Default `credential` (a login, an Authorization header); front-ends pass what they found.
+   */
+  readonly placement?: Placement | readonly Placement[];
   /** Non-secret description of what the release is for (`GET /repos`, `postgres login`). */
   readonly operation?: string;
   /** Extra audit fields (session id, workflow). Never secret values. */
@@ -132,6 +140,13 @@ export function validateName(name: string, what: string): void {
       { details: { field: 'name' } },
     );
   }
+}
+
+/** The placements a ticket stood in (it may appear more than once in a request); default credential. */
+function placementsOf(request: ExchangeRequest): readonly Placement[] {
+  const p = request.placement ?? 'credential';
+  const list = typeof p === 'string' ? [p] : p;
+  return list.length === 0 ? ['credential'] : [...new Set(list)];
 }
 
 function sameText(a: string, b: string): boolean {
@@ -192,7 +207,18 @@ export class Vault {
   // ---- secrets -------------------------------------------------------------------
 
   async addSecret(
-    input: { name: string; value: Buffer; kind?: string; allow: readonly string[] },
+    input: {
+      name: string;
+      value: Buffer;
+      kind?: string;
+      allow: readonly string[];
+      /** Placements beyond `credential` (`header`, `query`, `body`, `path`). Default: credential only. */
+      placements?: readonly string[];
+      /** Connections whose SQL text may carry this secret (`--allow-sql`). */
+      allowSql?: readonly string[];
+      /** Accept `http://` destinations to hosts that are not loopback. */
+      allowPlaintext?: boolean;
+    },
     actor: string,
   ): Promise<SecretView> {
     validateName(input.name, 'secret');
@@ -203,7 +229,13 @@ export class Vault {
         `the secret value is ${input.value.length} bytes; the limit is ${MAX_SECRET_BYTES}`,
       );
     }
-    const allow = normalizeDestinations(input.allow, '--allow');
+    const allow = normalizeDestinations(input.allow, '--allow', {
+      allowPlaintext: input.allowPlaintext ?? false,
+    });
+    const placements =
+      input.placements === undefined && input.allowSql === undefined
+        ? [...DEFAULT_PLACEMENTS]
+        : normalizePlacements(input.placements, input.allowSql);
     const id = newId('sec');
     const dataKey = newDataKey();
     const record: SecretRecord = {
@@ -211,6 +243,7 @@ export class Vault {
       name: input.name,
       kind: input.kind ?? 'generic',
       allow,
+      placements,
       wrappedKey: this.#keys.master.wrap(dataKey, dataKeyAad(id)),
       keyId: this.#keys.master.kid,
       ciphertext: seal(dataKey, input.value, valueAad(id)),
@@ -223,7 +256,14 @@ export class Vault {
       {
         type: 'secret.add',
         actor,
-        data: { secret: id, name: record.name, kind: record.kind, allow, fingerprint: record.fingerprint },
+        data: {
+          secret: id,
+          name: record.name,
+          kind: record.kind,
+          allow,
+          placements,
+          fingerprint: record.fingerprint,
+        },
       },
       async (tx) => {
         if (await tx.getSecretByName(record.name)) {
@@ -245,9 +285,60 @@ export class Vault {
       name: record.name,
       kind: record.kind,
       allow: record.allow,
+      placements: record.placements,
       fingerprint: record.fingerprint,
       createdAt: new Date(record.createdAt).toISOString(),
     };
+  }
+
+  /**
+   * Change where a secret may be released: its destinations (`--allow`, replacing the
+   * list when given) and placements (replacing them when any placement flag is given).
+   * Tickets already issued keep their own destinations, and every exchange checks the
+   * secret's current ones too, so narrowing takes effect at once.
+   */
+  async updateSecret(
+    name: string,
+    input: {
+      allow?: readonly string[];
+      placements?: readonly string[];
+      allowSql?: readonly string[];
+      allowPlaintext?: boolean;
+    },
+    actor: string,
+  ): Promise<SecretView> {
+    const record = await this.#store.getSecretByName(name);
+    if (record === null) throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+    const allow =
+      input.allow === undefined
+        ? [...record.allow]
+        : normalizeDestinations(input.allow, '--allow', { allowPlaintext: input.allowPlaintext ?? false });
+    const placements =
+      input.placements === undefined && input.allowSql === undefined
+        ? [...record.placements]
+        : normalizePlacements(input.placements, input.allowSql);
+    // A connection's login credential is used to log in and nowhere else: never in its SQL.
+    const loginOf = (await this.#store.listConnections())
+      .filter((c) => c.credential === name && placements.includes(`sql:${c.name}`))
+      .map((c) => c.name);
+    if (loginOf.length > 0) {
+      throw refuse(
+        'CC_ERR_PLACEMENT_INVALID',
+        `secret ${name} is the login credential of connection ${loginOf.join(', ')}; it is never substituted into that connection's SQL`,
+        { name, connections: loginOf },
+      );
+    }
+    await this.#audit.append(
+      { type: 'secret.update', actor, data: { secret: record.id, name, allow, placements } },
+      async (tx) => {
+        if (!(await tx.updateSecretBindings(record.id, allow, placements)))
+          throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+      },
+    );
+    this.#cache.clear();
+    this.#known = null;
+    await this.#store.publish({ type: 'secret.updated', id: record.id });
+    return this.#secretView({ ...record, allow, placements });
   }
 
   async listSecrets(): Promise<SecretView[]> {
@@ -877,6 +968,7 @@ export class Vault {
   async exchange(ticket: string, request: ExchangeRequest): Promise<Exchange> {
     const baseData = {
       target: describeTarget(request.target),
+      placement: placementsOf(request).join(','),
       operation: request.operation ?? null,
       ...workflowTags(request.principal),
       ...request.context,
@@ -909,6 +1001,16 @@ export class Vault {
           {
             ticket: record.id,
           },
+        );
+      }
+      const placement = placementsOf(request).find(
+        (p) => !placementAllowed(secret.placements, p, request.target),
+      );
+      if (placement !== undefined) {
+        throw refuse(
+          'CC_ERR_TICKET_PLACEMENT',
+          `ticket ${record.id} stands in the ${placement} of the request; secret ${secret.id} may be released only in: ${secret.placements.join(', ')}`,
+          { ticket: record.id, placement },
         );
       }
       const limited = chain.filter((t) => t.maxUses !== null).map((t) => t.id);

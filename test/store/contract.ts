@@ -19,6 +19,7 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       name: 'github',
       kind: 'generic',
       allow: ['conn:github', 'host:*.github.com'],
+      placements: ['credential', 'sql:github'],
       wrappedKey: Buffer.from([1, 2, 3]),
       keyId: 'kid1',
       ciphertext: Buffer.from([4, 5, 6]),
@@ -70,6 +71,16 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
           wrappedKey: Buffer.from([9]),
           keyId: 'kid2',
         });
+        // Destinations and placements are replaced together; an erased secret's are not.
+        expect(await store.updateSecretBindings(again.id, ['host:http://localhost:8080'], ['body'])).toBe(
+          true,
+        );
+        expect(await store.getSecretById(again.id)).toMatchObject({
+          allow: ['host:http://localhost:8080'],
+          placements: ['body'],
+        });
+        expect(await store.updateSecretBindings(s.id, ['conn:x'], ['query'])).toBe(false);
+        expect(await store.getSecretById(s.id)).toMatchObject({ allow: s.allow, placements: s.placements });
       } finally {
         await store.close();
       }

@@ -48,6 +48,7 @@ const secret = (overrides: Partial<SecretRecord> = {}): SecretRecord => ({
   name: 'github',
   kind: 'generic',
   allow: ['conn:github'],
+  placements: ['credential'],
   wrappedKey: Buffer.from([1]),
   keyId: 'kid1',
   ciphertext: Buffer.from([2]),

@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
+import { SQLITE_MIGRATIONS } from '../../src/store/migrations.js';
 import { openSqliteStore } from '../../src/store/sqlite-store.js';
 import { storeContract } from './contract.js';
 
@@ -24,4 +25,28 @@ it('reports a file that is not a database as CC_ERR_STORE_CORRUPT', async () => 
       await store.migrate();
     })(),
   ).rejects.toMatchObject({ code: 'CC_ERR_STORE_CORRUPT' });
+});
+
+it('migrates secrets stored before placements existed to credential only', async () => {
+  const path = join(dir, 'before-placements.db');
+  const { default: Database } = await import('better-sqlite3');
+  const db = new Database(path);
+  db.exec(
+    'CREATE TABLE coatcheck_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
+  );
+  for (const m of SQLITE_MIGRATIONS.filter((x) => x.version < 6)) {
+    db.exec(m.sql);
+    db.prepare('INSERT INTO coatcheck_migrations VALUES (?, ?, 0)').run(m.version, m.name);
+  }
+  db.prepare(
+    "INSERT INTO secrets (id, name, kind, allow, fingerprint, created_at) VALUES ('sec_old', 'old', 'generic', '[\"conn:api\"]', 'fp', 1)",
+  ).run();
+  db.close();
+  const store = await openSqliteStore({ path });
+  await store.migrate();
+  expect(await store.getSecretById('sec_old')).toMatchObject({
+    allow: ['conn:api'],
+    placements: ['credential'],
+  });
+  await store.close();
 });

@@ -58,7 +58,10 @@ describe('vault: tickets and exchange', () => {
     });
     // By host pattern alone, too.
     await expect(
-      ctx.vault.exchange(ticket, { principal: builder, target: { host: 'uploads.github.com' } }),
+      ctx.vault.exchange(ticket, {
+        principal: builder,
+        target: { scheme: 'https', host: 'uploads.github.com', port: 443 },
+      }),
     ).resolves.toBeDefined();
   });
 
@@ -183,7 +186,7 @@ describe('vault: tickets and exchange', () => {
     expect(
       await code(ctx.vault.exchange(child.ticket, { principal: builder, target: { connection: 'github' } })),
     ).toBe('CC_ERR_TICKET_WRONG_DESTINATION');
-    const api = { host: 'api.github.com' };
+    const api = { scheme: 'https' as const, host: 'api.github.com', port: 443 };
     await ctx.vault.exchange(child.ticket, { principal: builder, target: api });
     await ctx.vault.exchange(parent.ticket, { principal: builder, target: api });
     // Parent had 3; child used 1, parent used 1: one left, the child may take it.

@@ -281,7 +281,11 @@ export async function startForwardProxy(
     (async () => {
       const agentKey = proxyAgentKey(req.headers['proxy-authorization']);
       const target = parseAbsoluteTarget(req.url ?? '');
-      const binding = await bindings.resolve(target.host, target.port);
+      const binding = await bindings.resolve(
+        target.host,
+        target.port,
+        target.scheme === 'https:' ? 'https' : 'http',
+      );
       if (!binding.bound && config.unboundHosts === 'refuse') {
         await withSession(
           { ...summary, proxy: 'http', target: `${target.host}:${target.port}` },
@@ -353,7 +357,11 @@ export async function startForwardProxy(
     (async () => {
       const agentKey = proxyAgentKey(req.headers['proxy-authorization']);
       const target = parseAbsoluteTarget(req.url ?? '');
-      const binding = await bindings.resolve(target.host, target.port);
+      const binding = await bindings.resolve(
+        target.host,
+        target.port,
+        target.scheme === 'https:' ? 'https' : 'http',
+      );
       if (!binding.bound && config.unboundHosts === 'refuse') {
         const summary = { method: req.method, proxy: 'http', target: `${target.host}:${target.port}` };
         await withSession(summary, async (session) => {

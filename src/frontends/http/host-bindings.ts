@@ -11,15 +11,20 @@ export interface HostBinding {
 }
 
 export interface HostBindings {
-  resolve(host: string, port: number): Promise<HostBinding>;
+  /** `scheme`: `https` for CONNECT tunnels (intercepted as TLS), `http` for plain absolute-form requests. */
+  resolve(host: string, port: number, scheme?: 'http' | 'https'): Promise<HostBinding>;
   close(): void;
 }
 
-function urlAuthority(url: string): { host: string; port: number } | null {
+function urlAuthority(url: string): { scheme: string; host: string; port: number } | null {
   try {
     const parsed = new URL(url);
     const port = parsed.port !== '' ? Number(parsed.port) : parsed.protocol === 'https:' ? 443 : 80;
-    return { host: parsed.hostname.replace(/^\[|\]$/g, '').toLowerCase(), port };
+    return {
+      scheme: parsed.protocol.replace(/:$/, ''),
+      host: parsed.hostname.replace(/^\[|\]$/g, '').toLowerCase(),
+      port,
+    };
   } catch {
     return null;
   }
@@ -61,7 +66,7 @@ export function createHostBindings(
     return { at: Date.now(), hosts, conns: conns.filter((c) => c.type === 'http') };
   };
   return {
-    async resolve(host, port) {
+    async resolve(host, port, scheme = 'https') {
       let snapshot = cached;
       if (snapshot === null || Date.now() - snapshot.at > ttlMs) {
         loading ??= load().finally(() => {
@@ -70,11 +75,17 @@ export function createHostBindings(
         snapshot = await loading;
         cached = snapshot;
       }
-      const target = { host, port };
+      // Scheme, host and port: an https connection or secret does not make its host's plain-http side (or other ports) forwardable.
+      const target = { scheme, host, port };
       const connection =
         snapshot.conns.find((c) => {
           const authority = urlAuthority(c.url);
-          return authority !== null && authority.host === host.toLowerCase() && authority.port === port;
+          return (
+            authority !== null &&
+            authority.scheme === scheme &&
+            authority.host === host.toLowerCase() &&
+            authority.port === port
+          );
         }) ?? null;
       const bound = connection !== null || snapshot.hosts.some((dest) => matchesTarget(dest, target));
       return { bound, connection };

@@ -15,6 +15,7 @@ import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import type { Placement } from '../../vault/placements.js';
 import { bearer, hopByHop } from './protocol/headers.js';
 import { parseRouteTarget, scrubPath, upstreamPath } from './protocol/request-target.js';
 import {
@@ -23,12 +24,33 @@ import {
   bodyTickets,
   formTickets,
   headerTickets,
+  pathTickets,
+  placementOfHeader,
   type SecretOf,
   substituteBody,
   substituteForm,
   substituteHeader,
+  substitutePath,
 } from './protocol/tickets.js';
 import { createFrameParser, encodeFrame } from './protocol/ws-frames.js';
+
+/** Does the connection's URL cover this forward-proxy request: same scheme, host, port, and a path within its base path? */
+export function connectionCovers(
+  connection: ConnectionView,
+  request: { scheme: 'http:' | 'https:'; host: string; port: number; path: string },
+): boolean {
+  let url: URL;
+  try {
+    url = new URL(connection.url);
+  } catch {
+    return false;
+  }
+  const port = url.port !== '' ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
+  if (url.protocol !== request.scheme || port !== request.port) return false;
+  if (url.hostname.replace(/^\[|\]$/g, '').toLowerCase() !== request.host.toLowerCase()) return false;
+  const base = url.pathname.replace(/\/+$/, '');
+  return base === '' || request.path === base || request.path.startsWith(`${base}/`);
+}
 
 export interface HttpEngineOptions {
   readonly bodyLimit: number;
@@ -151,7 +173,8 @@ interface Routed extends ResolvedConnection {
   /** Raw path below the origin or connection, and query, as the client sent them. */
   readonly path: string;
   readonly query: string | null;
-  upstreamPath(query: string | null): string;
+  /** The upstream request target for this (possibly rewritten) path and query. */
+  upstreamPath(query: string | null, path?: string): string;
 }
 
 /** One request/response pair and its session. */
@@ -205,14 +228,23 @@ export class HttpEngine implements Engine<HttpClient> {
       origin: connection.url.origin,
       path: route.path || '/',
       query: route.query,
-      upstreamPath: (query) => upstreamPath(connection.url.pathname, { ...route, query }),
+      upstreamPath: (query, path = route.path) =>
+        upstreamPath(connection.url.pathname, { ...route, path, query }),
     };
   }
 
-  /** A forward-proxy request: the host the client named, through the matching connection if there is one. */
+  /**
+   * A forward-proxy request: the host the client named, through the matching connection
+   * if there is one. The connection applies (its injected headers, its name as a
+   * destination) only when scheme, host, port and base path all match the request: a
+   * plain `http://` request to an https connection's host and port, or a path outside
+   * its base path, goes as a request to a bare host, and tickets bound to the connection
+   * are refused.
+   */
   #forwardRoute(session: GatewaySession, forward: ForwardRoute): Routed {
     const authority = `${forward.host}:${forward.port}`;
-    const view: ConnectionView = forward.connection ?? {
+    const bound = forward.connection !== null && connectionCovers(forward.connection, forward);
+    const view: ConnectionView = (bound ? forward.connection : null) ?? {
       name: authority,
       type: 'http',
       url: forward.origin,
@@ -226,14 +258,15 @@ export class HttpEngine implements Engine<HttpClient> {
       view,
       url: new URL(forward.origin),
       target: {
-        ...(forward.connection === null ? {} : { connection: forward.connection.name }),
+        ...(bound && forward.connection !== null ? { connection: forward.connection.name } : {}),
+        scheme: forward.scheme === 'https:' ? 'https' : 'http',
         host: forward.host,
         port: forward.port,
       },
       origin: forward.origin,
       path: forward.path,
       query: forward.query,
-      upstreamPath: (query) => (query === null ? forward.path : `${forward.path}?${query}`),
+      upstreamPath: (query, path = forward.path) => (query === null ? path : `${path}?${query}`),
     };
   }
 
@@ -345,7 +378,20 @@ export class HttpEngine implements Engine<HttpClient> {
       header: headerPairs.flatMap(([, value]) => headerTickets(value)),
       query: route.query === null ? [] : formTickets(route.query, false),
       body: bodyText === null ? [] : bodyTickets(kind, bodyText),
+      path: pathTickets(route.path),
     };
+    // Where each ticket stood: the vault releases a secret only in placements it is bound to.
+    const placements = new Map<string, Placement[]>();
+    const place = (ticket: string, placement: Placement) => {
+      const list = placements.get(ticket) ?? [];
+      if (!list.includes(placement)) list.push(placement);
+      placements.set(ticket, list);
+    };
+    for (const [name, value] of headerPairs)
+      for (const t of headerTickets(value)) place(t, placementOfHeader(name));
+    for (const t of found.query) place(t, 'query');
+    for (const t of found.body) place(t, 'body');
+    for (const t of found.path) place(t, 'path');
     // The agent key authenticates to the gateway only: it must not ride along to the upstream.
     if (
       agentKey !== null &&
@@ -362,8 +408,9 @@ export class HttpEngine implements Engine<HttpClient> {
       header: found.header.length,
       query: found.query.length,
       body: found.body.length,
+      path: found.path.length,
     };
-    const tickets = [...new Set([...found.header, ...found.query, ...found.body])];
+    const tickets = [...new Set([...found.header, ...found.query, ...found.body, ...found.path])];
     if (tickets.length > this.#options.maxTicketsPerRequest) {
       throw new CoatcheckError(
         'CC_ERR_HTTP_TOO_MANY_TICKETS',
@@ -374,7 +421,7 @@ export class HttpEngine implements Engine<HttpClient> {
     // exchange tickets, release credentials (each release audited durably first)
     const exchangeStarted = performance.now();
     const request = { principal, target: connection.target, operation };
-    const released = await this.#pipeline.exchange(session, tickets, request);
+    const released = await this.#pipeline.exchange(session, tickets, { ...request, placement: placements });
     const injected = await this.#pipeline.credentials(session, connection.view, request);
     services.metrics.duration.observe(
       { frontend: this.name, phase: 'exchange' },
@@ -399,7 +446,10 @@ export class HttpEngine implements Engine<HttpClient> {
       route.query !== null && found.query.length > 0
         ? substituteForm(route.query, secretOf, false)
         : route.query;
-    const path = route.upstreamPath(query);
+    const path = route.upstreamPath(
+      query,
+      found.path.length > 0 ? substitutePath(route.path, secretOf) : route.path,
+    );
 
     // The decision's audit record must be durable before anything leaves (it shares the
     // group commit with the releases above, so this rarely waits).

@@ -572,6 +572,8 @@ export class RelaySession {
         principal: this.#principal,
         target: this.#target,
         operation,
+        // SQL text and bound parameters: released only for secrets bound to sql on this connection.
+        placement: 'sql',
       });
       const values = new Map<string, string>();
       const buffers = new Map<string, Buffer>();

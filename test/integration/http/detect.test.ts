@@ -45,13 +45,19 @@ describe('HTTP responses: secrets the vault does not know become tickets too', (
       secret: expect.stringMatching(/^found-aws-access-key-/),
     });
     expect(view.destinations).toContain('conn:svc');
-    // Sending the ticket back to the same connection releases the real value upstream.
-    const back = await request(`${gw.url}/c/svc/echo`, {
+    // A found secret is bound to the credential placement only: a custom header is refused…
+    const elsewhere = await request(`${gw.url}/c/svc/echo`, {
       headers: { 'proxy-authorization': `Bearer ${agent.key}`, 'x-aws-key': ticket },
+    });
+    expect(elsewhere.headers['x-coatcheck-error']).toBe('CC_ERR_TICKET_PLACEMENT');
+    await elsewhere.body.text();
+    // …and sending it back to the same connection as a credential releases the real value upstream.
+    const back = await request(`${gw.url}/c/svc/echo`, {
+      headers: { 'proxy-authorization': `Bearer ${agent.key}`, authorization: `Bearer ${ticket}` },
     });
     expect(back.statusCode).toBe(200);
     await back.body.text();
-    expect(up.received.at(-1)?.headers['x-aws-key']).toBe(FOUND);
+    expect(up.received.at(-1)?.headers.authorization).toBe(`Bearer ${FOUND}`);
     // Nothing of it in logs or audit.
     expect(gw.logs()).not.toContain(FOUND);
     await gw.ctx.audit.flush();

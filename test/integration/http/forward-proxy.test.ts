@@ -52,7 +52,8 @@ describe('forward proxy (HTTPS_PROXY) with TLS interception', () => {
     plain = await startUpstream();
     upHost = up.url.replace(/^https:\/\//, '');
     gw = await startGateway();
-    await gw.addSecret('api', SECRET, [upHost, plain.url.replace(/^http:\/\//, '')]);
+    // Plain http:// is a destination of its own (loopback here); the JSON-body test declares the body placement.
+    await gw.addSecret('api', SECRET, [upHost, plain.url], { placements: ['body'] });
     px = await startProxy(gw, { upstreamCaFile: ca.caFile });
     untrusting = await startProxy(gw);
     agent = await gw.createAgent('fwd-agent');

@@ -114,7 +114,12 @@ export interface Gateway {
   /** Everything the gateway logged (JSON lines). */
   logs(): string;
   createAgent(name: string): Promise<{ key: string; ref: string }>;
-  addSecret(name: string, value: string, allow: string[]): Promise<void>;
+  addSecret(
+    name: string,
+    value: string,
+    allow: string[],
+    bindings?: { placements?: string[]; allowSql?: string[]; allowPlaintext?: boolean },
+  ): Promise<void>;
   issue(secret: string, agentRef: string, destinations?: string[], uses?: number): Promise<string>;
   addConnection(name: string, url: string, injectHeaders?: Record<string, string>): Promise<void>;
   close(): Promise<void>;
@@ -167,8 +172,8 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
       const { key, agent } = await ctx.agents.create({ name }, 'admin:test');
       return { key, ref: agentRef(agent.id) };
     },
-    async addSecret(name, value, allow) {
-      await ctx.vault.addSecret({ name, value: Buffer.from(value), allow }, 'admin:test');
+    async addSecret(name, value, allow, bindings = {}) {
+      await ctx.vault.addSecret({ name, value: Buffer.from(value), allow, ...bindings }, 'admin:test');
     },
     async issue(secret, principal, destinations, uses) {
       return (await ctx.vault.issueTicket({ secret, principal, destinations, maxUses: uses }, 'admin:test'))

@@ -45,7 +45,8 @@ beforeAll(async () => {
   gw = await startGateway({ extraConfig: 'http:\n  bodyLimit: 65536\n  upstreamTimeoutMs: 1500\n' });
   agent = await gw.createAgent('builder');
   other = await gw.createAgent('intruder');
-  await gw.addSecret('gh', SECRET, ['api', 'elsewhere']);
+  // These tests put its tickets in custom headers, queries and bodies: declared here.
+  await gw.addSecret('gh', SECRET, ['api', 'elsewhere'], { placements: ['header', 'query', 'body'] });
   await gw.addSecret('cred', CRED, ['api']);
   await gw.addConnection('api', up.url, { 'X-Api-Key': '{{secret:cred}}' });
   await gw.addConnection('elsewhere', up.url);

@@ -46,7 +46,7 @@ describe('session recordings, the sessions commands and /metrics', () => {
     up = await startUpstream();
     gw = await startGateway();
     agent = await gw.createAgent('recorded');
-    await gw.addSecret('rec', SECRET, ['svc']);
+    await gw.addSecret('rec', SECRET, ['svc'], { placements: ['body'] });
     await gw.addConnection('svc', up.url);
     admin = await startAdminServer(gw.ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'silent' }));
     const ticket = await gw.issue('rec', agent.ref);

@@ -158,7 +158,12 @@ export interface PgGateway {
   /** Wait until every session has ended and its audit records and recording are written. */
   settled(): Promise<void>;
   createAgent(name: string): Promise<{ key: string; ref: string }>;
-  addSecret(name: string, value: string, allow: string[]): Promise<void>;
+  addSecret(
+    name: string,
+    value: string,
+    allow: string[],
+    bindings?: { placements?: string[]; allowSql?: string[] },
+  ): Promise<void>;
   issue(secret: string, principal: string, destinations?: string[], uses?: number): Promise<string>;
   addConnection(
     name: string,
@@ -215,8 +220,8 @@ export async function startPgGateway(
       const { key, agent } = await ctx.agents.create({ name }, 'admin:test');
       return { key, ref: agentRef(agent.id) };
     },
-    async addSecret(name, value, allow) {
-      await ctx.vault.addSecret({ name, value: Buffer.from(value), allow }, 'admin:test');
+    async addSecret(name, value, allow, bindings = {}) {
+      await ctx.vault.addSecret({ name, value: Buffer.from(value), allow, ...bindings }, 'admin:test');
     },
     async issue(secret, principal, destinations, uses) {
       return (await ctx.vault.issueTicket({ secret, principal, destinations, maxUses: uses }, 'admin:test'))

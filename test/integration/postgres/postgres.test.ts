@@ -57,7 +57,7 @@ beforeAll(async () => {
   const all = ['conn:main', 'conn:ro', 'conn:noddl', 'conn:approve', 'conn:masked'];
   await gw.addSecret('dbpw', db.password, all);
   await gw.addSecret('api-key', CANARY, ['conn:main', 'conn:masked']);
-  await gw.addSecret('lookup', LOOKUP, ['conn:main']);
+  await gw.addSecret('lookup', LOOKUP, ['conn:main'], { allowSql: ['main'] });
   await gw.addConnection('main', db.url, { credential: 'dbpw' });
   await gw.addConnection('multi', db.url, { credential: 'dbpw', rules: { databases: ['template1'] } });
   await gw.addConnection('ro', db.url, { credential: 'dbpw', rules: { readOnly: true } });

@@ -8,9 +8,12 @@ import {
   formTickets,
   headerTickets,
   jsonTickets,
+  pathTickets,
+  placementOfHeader,
   substituteForm,
   substituteHeader,
   substituteJson,
+  substitutePath,
 } from './tickets.js';
 
 const TICKETS = [mintTicket(), mintTicket(), mintTicket()];
@@ -147,5 +150,31 @@ describe('request targets', () => {
 
   it('masks tickets and agent keys in recorded paths', () => {
     expect(scrubPath(`/tokens/${TICKETS[0]}/x`)).toBe('/tokens/cct_…/x');
+  });
+});
+
+describe('URL paths and header placements', () => {
+  it('finds tickets in path segments, percent-encoded or not, and puts each secret there encoded', () => {
+    const [a, b] = [TICKETS[0]!, TICKETS[1]!];
+    const path = `/bot${a}/send/%63${b.slice(1)}/plain`;
+    expect(pathTickets(path)).toEqual([a, b]);
+    const out = substitutePath(path, secretOf);
+    expect(out.split('/').map((s) => decodeURIComponent(s))).toEqual([
+      '',
+      `bot${secretFor(a)}`,
+      'send',
+      secretFor(b),
+      'plain',
+    ]);
+    expect(out).not.toContain('cct_');
+    expect(pathTickets('/a/b%zz/c')).toEqual([]);
+    expect(substitutePath('/a/b%zz/c', secretOf)).toBe('/a/b%zz/c');
+  });
+
+  it('counts only Authorization as a credential position', () => {
+    expect(placementOfHeader('Authorization')).toBe('credential');
+    expect(placementOfHeader('authorization')).toBe('credential');
+    for (const name of ['X-Api-Key', 'Cookie', 'Proxy-Authorization-Extra', 'X-Authorization'])
+      expect(placementOfHeader(name)).toBe('header');
   });
 });

@@ -6,8 +6,11 @@ import { CoatcheckError } from '../../../core/errors.js';
  * so bytes that are not tickets pass through exactly.
  *
  * Where a ticket may stand: any header value (also inside `Basic` credentials), the
- * query string (percent-encoded or not), and bodies — JSON (string literals decoded,
- * so `\u0063ct_…` is found too), form-encoded, and anything else as plain bytes.
+ * query string (percent-encoded or not), URL path segments (percent-decoded), and
+ * bodies — JSON (string literals decoded, so `\u0063ct_…` is found too), form-encoded,
+ * and anything else (multipart included) as plain bytes. Each finding keeps its
+ * placement (`placementOfHeader`): the vault releases a secret only in the placements
+ * it is bound to.
  */
 
 const TICKET_RE = /cct_[0-9A-Za-z]{28}/g;
@@ -78,6 +81,35 @@ export function substituteHeader(value: string, secretOf: SecretOf): string {
   }
   assertHeaderSafe(out);
   return out;
+}
+
+/**
+ * A header's placement: `Authorization` is the credential position; every other header
+ * (Cookie, X-Api-Key, …) is `header`, which a secret must be bound to explicitly.
+ */
+export function placementOfHeader(name: string): 'credential' | 'header' {
+  return name.toLowerCase() === 'authorization' ? 'credential' : 'header';
+}
+
+// ---- URL paths ---------------------------------------------------------------------
+
+/** Tickets in a raw path's segments, percent-decoded (so `%63ct_…` is found too). */
+export function pathTickets(path: string): string[] {
+  return path.split('/').flatMap((segment) => ticketsIn(formDecode(segment, false) ?? segment));
+}
+
+/** Put secrets where tickets stood in path segments (each such segment re-encoded); other segments pass as sent. */
+export function substitutePath(path: string, secretOf: SecretOf): string {
+  return path
+    .split('/')
+    .map((segment) => {
+      const decoded = formDecode(segment, false);
+      if (decoded === null)
+        return segment.replace(TICKET_RE, (t) => formEncode(secretOf(t).toString('latin1')));
+      if (!HAS_TICKET_RE.test(decoded)) return segment;
+      return formEncode(decoded.replace(TICKET_RE, (t) => secretOf(t).toString('latin1')));
+    })
+    .join('/');
 }
 
 // ---- query strings and form bodies -----------------------------------------------
