@@ -1,5 +1,5 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { basename, join, relative } from 'node:path';
 import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
 import { CoatcheckError } from '../core/errors.js';
 import { CEDAR_SCHEMA } from './schema.js';
@@ -52,6 +52,13 @@ export function policyFiles(path: string): string[] {
     .map((name) => join(path, name));
 }
 
+function defaultId(file: string, line: number): string {
+  const name = basename(file)
+    .replace(/[^A-Za-z0-9_.:-]/g, '_')
+    .slice(0, 100);
+  return `${/^[A-Za-z0-9]/.test(name) ? '' : 'p'}${name}:${line}`;
+}
+
 /**
  * Read a .cedar file or a folder of them, give every policy an id (`@id("…")`, else
  * `<file>:<line>`), and validate the whole set against the coatcheck schema. Any error
@@ -84,7 +91,9 @@ export function loadPolicies(path: string, cwd = process.cwd()): LoadedPolicySet
       const json = cedar.policyToJson(part);
       if (json.type === 'failure') throw invalid(shown, line, json.errors[0]?.message ?? 'cannot be read');
       const annotations = json.json.annotations ?? {};
-      const id = annotations.id ?? `${shown}:${line}`;
+      // Without @id: `<file name>:<line>` (the name, not the path: a path's `/` is not an id
+      // character, and the id must not change with the directory the server starts in).
+      const id = annotations.id ?? defaultId(file, line);
       if (!ID_RE.test(id)) throw invalid(shown, line, '@id must be 1-128 letters, digits or . _ : -');
       if (seen.has(id)) {
         const other = seen.get(id)!;

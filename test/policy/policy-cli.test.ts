@@ -46,7 +46,7 @@ describe('policy commands', () => {
     ]);
     expect(night).toMatchObject({ code: 0, stderr: '' });
     expect(night.stdout).toBe(
-      `approval\n  policies: night-writes\n  approvers: ops\n  policy set: ${policyFile}\n`,
+      `approval\n  policies: night-writes\n  groups: dba\n  approvers: ops\n  policy set: ${policyFile}\n`,
     );
     const day = await cli([...base, '--action', 'sql:write', '--at', '2026-11-23T10:00:00Z', '--json']);
     expect(JSON.parse(day.stdout)).toMatchObject({

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -186,6 +186,26 @@ describe('policy loading', () => {
       effect: 'deny',
       policies: ['b.cedar:1'],
     });
+  });
+
+  it('a policy without @id loads from any directory: the default id is the file name and line', () => {
+    const folder = mkdtempSync(join(dir, 'deep-'));
+    const nested = join(folder, 'etc', 'coatcheck');
+    mkdirSync(nested, { recursive: true });
+    writeFileSync(join(nested, 'my policy (v2).cedar'), 'permit(principal, action, resource);\n');
+    writeFileSync(
+      join(nested, '.hidden.cedar'),
+      '\nforbid(principal, action == Action::"sql:ddl", resource);\n',
+    );
+    // Loaded as a folder and as single files, with the working directory elsewhere.
+    const fromElsewhere = loadPolicies(nested, dir);
+    expect(fromElsewhere.policies.map((p) => p.id)).toEqual(['p.hidden.cedar:2', 'my_policy__v2_.cedar:1']);
+    expect(loadPolicies(join(nested, 'my policy (v2).cedar'), '/').policies[0]?.id).toBe(
+      'my_policy__v2_.cedar:1',
+    );
+    expect(loadPolicies(join(nested, 'my policy (v2).cedar'), folder).policies[0]?.file).toContain(
+      'etc/coatcheck',
+    );
   });
 });
 
