@@ -106,7 +106,13 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
   const home = resolveHome(options.dir, io.env);
   if (options.init && !existsSync(home.configFile)) {
     await initHome(home, { env: io.env });
-    io.stderr.write(`initialized coatcheck home ${home.dir} (admin key in ${home.adminKeyFile})\n`);
+    io.stderr.write(
+      `initialized coatcheck home ${home.dir} (admin key in ${home.adminKeyFile})\n` +
+        'next, in another terminal:\n' +
+        '  printf %s "$TOKEN" | coatcheck secret add NAME --allow HOST   # a secret, released only to HOST\n' +
+        '  coatcheck agent create AGENT                                  # prints the agent key once\n' +
+        '  coatcheck token issue --secret NAME --to AGENT --ttl 15m      # a ticket for the agent\n',
+    );
   }
   if (!existsSync(home.configFile)) {
     // Let openContext give its own error (no home); nothing to claim.
