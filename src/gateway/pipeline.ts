@@ -6,7 +6,7 @@ import type { Clock } from '../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
 import type { Store } from '../store/types.js';
-import { parseDestination, type Target } from '../vault/destinations.js';
+import { formatDestination, parseDestination, type Target } from '../vault/destinations.js';
 import { type Exchange, type Vault, workflowTags } from '../vault/vault.js';
 import type { InspectionContext, ResponseInspector, ResponseScan } from './inspector.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -54,19 +54,23 @@ function workflowIds(details: Readonly<Record<string, unknown>> | undefined): Re
   return out;
 }
 
-/** Where a ticket handed back in a response may go: the connection it came from, and its host. */
+/**
+ * Where a ticket handed back in a response may go: the connection it came from, and only
+ * that connection (a host destination would also reach every other connection to the same
+ * host). With no connection (the forward proxy to an unregistered host): that host and port.
+ */
 function responseDestinations(target: Target): string[] {
-  const out: string[] = [];
-  if (target.connection !== undefined) out.push(`conn:${target.connection}`);
-  if (target.host !== undefined) {
-    try {
-      parseDestination(`host:${target.host}`);
-      out.push(`host:${target.host}`);
-    } catch {
-      // Not a host pattern (an IPv6 literal): the connection destination stands alone.
-    }
+  if (target.connection !== undefined) return [`conn:${target.connection}`];
+  if (target.host === undefined) return [];
+  try {
+    return [
+      formatDestination(
+        parseDestination(`host:${target.host}${target.port === undefined ? '' : `:${target.port}`}`),
+      ),
+    ];
+  } catch {
+    return []; // not a host pattern (an IPv6 literal): the ticket goes nowhere
   }
-  return out;
 }
 
 /** The policy step: `createPolicyDecide` (Cedar + approvals) in production; tests may pass their own. */
@@ -352,17 +356,35 @@ export class ExchangePipeline {
     return headers;
   }
 
-  /** Start inspecting a response: secrets found become tickets bound to the same principal and connection. */
-  async inspect(session: GatewaySession, principal: Principal, target: Target): Promise<ResponseScan> {
+  /**
+   * Start inspecting a response: secrets found become tickets bound to the same principal
+   * and connection. `parents` are the ids of the tickets exchanged for the request this
+   * response answers: each ticket minted here is a child of the narrowest of them (never
+   * wider, revoked with it). With none, it is scoped to the caller and this connection,
+   * with a bounded lifetime.
+   */
+  async inspect(
+    session: GatewaySession,
+    principal: Principal,
+    target: Target,
+    parents: Iterable<string> = [],
+  ): Promise<ResponseScan> {
+    const scope = {
+      principal: principal.ref,
+      destinations: responseDestinations(target),
+      target,
+      parents,
+    };
+    const limited = (error: unknown): never => {
+      if (error instanceof CoatcheckError && error.code === 'CC_ERR_FOUND_SECRETS_LIMIT')
+        this.services.metrics.foundSecretsRefused.inc({ frontend: this.#frontend });
+      throw error;
+    };
     const context: InspectionContext = {
       reissue: async (secretId) => {
         const issued = await this.services.vault.reissueForResponse(
           secretId,
-          {
-            principal: principal.ref,
-            destinations: responseDestinations(target),
-            context: { frontend: this.#frontend, session: session.id },
-          },
+          { ...scope, context: { frontend: this.#frontend, session: session.id } },
           `gateway:${this.#frontend}`,
         );
         session.ticketIds.add(issued.view.id);
@@ -371,16 +393,18 @@ export class ExchangePipeline {
         return issued.ticket;
       },
       tokenize: async (value, kind) => {
-        const issued = await this.services.vault.tokenizeFound(
-          value,
-          {
-            principal: principal.ref,
-            destinations: responseDestinations(target),
-            kind,
-            source: `${this.#frontend}-response`,
-          },
-          `gateway:${this.#frontend}`,
-        );
+        const issued = await this.services.vault
+          .tokenizeFound(
+            value,
+            {
+              ...scope,
+              kind,
+              source: `${this.#frontend}-response`,
+              context: { frontend: this.#frontend, session: session.id },
+            },
+            `gateway:${this.#frontend}`,
+          )
+          .catch(limited);
         session.ticketIds.add(issued.view.id);
         session.event('response.secret', {
           secret: issued.view.secretId,
