@@ -124,6 +124,12 @@ export interface FoundScope {
   readonly parents?: Iterable<string>;
   /** Extra audit context (front-end, session). */
   readonly context?: Record<string, unknown>;
+  /**
+   * An operator asked through the admin API (tokenize, a workflow prompt), not a response:
+   * a parentless ticket gets the default ticket lifetime, and registrations are not counted
+   * against the found-secret limit.
+   */
+  readonly operator?: boolean;
 }
 
 /** Default cap on the lifetime of a found-secret ticket with no parent. */
@@ -450,7 +456,10 @@ export class Vault {
     } else {
       expiresAt =
         now +
-        (this.#options.foundTicketTtlMs ?? Math.min(this.#options.defaultTicketTtlMs, FOUND_TICKET_TTL_MS));
+        (input.operator === true
+          ? this.#options.defaultTicketTtlMs
+          : (this.#options.foundTicketTtlMs ??
+            Math.min(this.#options.defaultTicketTtlMs, FOUND_TICKET_TTL_MS)));
     }
     const ticket = mintTicket();
     const record: TicketRecord = {
@@ -576,7 +585,7 @@ export class Vault {
     let secretId = (await this.knownSecrets()).find((s) => s.fingerprint === fingerprint)?.id ?? null;
     if (secretId === null) {
       const kind = /^[a-z0-9-]{1,48}$/.test(input.kind) ? input.kind : 'found';
-      this.#countRegistration(input.principal);
+      if (input.operator !== true) this.#countRegistration(input.principal);
       try {
         const view = await this.addSecret(
           { name: `found-${kind}-${fingerprint.slice(3, 15)}`, value, kind, allow: input.destinations },
@@ -598,6 +607,7 @@ export class Vault {
         destinations: input.destinations,
         ...(input.target === undefined ? {} : { target: input.target }),
         ...(input.parents === undefined ? {} : { parents: input.parents }),
+        ...(input.operator === undefined ? {} : { operator: input.operator }),
         context: { source: input.source, ...input.context },
       },
       actor,
