@@ -81,8 +81,11 @@ export interface BodyReservation {
 export interface BodyBudget {
   readonly globalLimit: number;
   readonly agentLimit: number;
-  /** A reservation for one request of `agent` (a principal ref). */
-  open(agent: string): BodyReservation;
+  /**
+   * A reservation for one request of `agent` (a principal ref), or of nobody known yet
+   * (`null`: a body read before authentication counts against the global budget only).
+   */
+  open(agent: string | null): BodyReservation;
   /** Bytes held now, in total or for one agent. */
   inFlight(agent?: string): number;
 }
@@ -95,12 +98,13 @@ export function createBodyBudget(options: {
 }): BodyBudget {
   let total = 0;
   const perAgent = new Map<string, number>();
-  const change = (agent: string, delta: number) => {
+  const change = (agent: string | null, delta: number) => {
     total += delta;
+    options.onChange?.(total);
+    if (agent === null) return;
     const next = (perAgent.get(agent) ?? 0) + delta;
     if (next <= 0) perAgent.delete(agent);
     else perAgent.set(agent, next);
-    options.onChange?.(total);
   };
   return {
     globalLimit: options.globalLimit,
@@ -112,7 +116,7 @@ export function createBodyBudget(options: {
       return {
         take(bytes) {
           if (released || bytes <= 0) return;
-          if ((perAgent.get(agent) ?? 0) + bytes > options.agentLimit) {
+          if (agent !== null && (perAgent.get(agent) ?? 0) + bytes > options.agentLimit) {
             options.onRefuse?.('agent');
             throw new CoatcheckError(
               'CC_ERR_HTTP_AGENT_BODY_BUDGET',

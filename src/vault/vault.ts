@@ -204,7 +204,7 @@ export class Vault {
   #known: ReadonlyArray<KnownSecret> | null = null;
   readonly #unsubscribe: () => void;
   /** Found-secret registrations per principal in the current window (this replica). */
-  readonly #registrations = new Map<string, { start: number; count: number }>();
+  readonly #registrations = new Map<string, { start: number; count: number; refused: boolean }>();
 
   constructor(store: Store, keys: Keyring, audit: AuditLog, clock: Clock, options: VaultOptions) {
     this.#store = store;
@@ -545,8 +545,11 @@ export class Vault {
     return best;
   }
 
-  /** Count one found-secret registration for `principal`; refuse past the limit. */
-  #countRegistration(principal: string): void {
+  /**
+   * Count one found-secret registration for `principal`; refuse past the limit. The first
+   * refusal in a window is audited (`found.limit`), the rest only counted.
+   */
+  async #countRegistration(principal: string, actor: string): Promise<void> {
     const limit = this.#options.foundSecretLimit ?? { max: 100, windowMs: 60 * 60 * 1000 };
     const now = this.#clock.now();
     if (this.#registrations.size > MAX_TRACKED_PRINCIPALS) {
@@ -555,10 +558,20 @@ export class Vault {
     }
     let entry = this.#registrations.get(principal);
     if (entry === undefined || now - entry.start >= limit.windowMs) {
-      entry = { start: now, count: 0 };
+      entry = { start: now, count: 0, refused: false };
       this.#registrations.set(principal, entry);
     }
     if (entry.count >= limit.max) {
+      if (!entry.refused) {
+        entry.refused = true;
+        await this.#audit
+          .append({
+            type: 'found.limit',
+            actor,
+            data: { principal, limit: limit.max, windowSeconds: Math.round(limit.windowMs / 1000) },
+          })
+          .catch(() => undefined); // the refusal stands whether or not it could be recorded
+      }
       throw refuse(
         'CC_ERR_FOUND_SECRETS_LIMIT',
         `${principal} registered ${entry.count} found secrets in the last ${Math.round(limit.windowMs / 1000)}s; the limit is ${limit.max}`,
@@ -585,7 +598,7 @@ export class Vault {
     let secretId = (await this.knownSecrets()).find((s) => s.fingerprint === fingerprint)?.id ?? null;
     if (secretId === null) {
       const kind = /^[a-z0-9-]{1,48}$/.test(input.kind) ? input.kind : 'found';
-      if (input.operator !== true) this.#countRegistration(input.principal);
+      if (input.operator !== true) await this.#countRegistration(input.principal, actor);
       try {
         const view = await this.addSecret(
           { name: `found-${kind}-${fingerprint.slice(3, 15)}`, value, kind, allow: input.destinations },

@@ -152,6 +152,7 @@ export async function startHttpFrontend(
   const mcpPipeline = new ExchangePipeline('mcp', { ...pipeline.services });
   const mcp = new McpGateway(mcpPipeline, {
     bodyLimit: options.bodyLimit,
+    bodyBudget: bodyBudget(ctx),
     upstreamTimeoutMs: options.upstreamTimeoutMs,
     maxTicketsPerRequest: options.maxTicketsPerRequest,
     // tools/list shows what policy allows or holds for approval; nothing is requested by listing.
