@@ -49,6 +49,75 @@ async function readBody(req: IncomingMessage): Promise<unknown> {
   }
 }
 
+/** Split a Host header into a lower-case name (brackets kept for IPv6, one trailing dot dropped) and a port. */
+export function parseHostHeader(value: string): { name: string; port: number | null } | null {
+  const match = /^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._-]{1,253})(?::([0-9]{1,5}))?$/.exec(value);
+  if (match === null) return null;
+  let name = match[1]!.toLowerCase();
+  if (name.endsWith('.') && !name.startsWith('[')) name = name.slice(0, -1);
+  if (name === '' || name.endsWith('.')) return null;
+  const port = match[2] === undefined ? null : Number(match[2]);
+  if (port !== null && (port < 1 || port > 65535)) return null;
+  return { name, port };
+}
+
+/**
+ * The Host names the admin listener answers to: the configured list, or by default the
+ * listen address, localhost, 127.0.0.1 and [::1]. An entry without a port matches any
+ * port; with one, only that port. Anything else — a DNS rebinding page's own name, an
+ * unconfigured alias — is refused with 421 before any route, /metrics included.
+ */
+export function createHostCheck(
+  configured: readonly string[],
+  listenHost: string,
+  extraDefaults: readonly string[] = [],
+): (header: string | undefined) => void {
+  const entries = (
+    configured.length > 0
+      ? configured
+      : [
+          listenHost.includes(':') && !listenHost.startsWith('[') ? `[${listenHost}]` : listenHost,
+          'localhost',
+          '127.0.0.1',
+          '[::1]',
+          ...extraDefaults,
+        ]
+  )
+    .map((entry) => parseHostHeader(entry))
+    .filter((entry) => entry !== null);
+  return (header) => {
+    const parsed = header === undefined ? null : parseHostHeader(header);
+    if (
+      parsed === null ||
+      !entries.some(
+        (entry) => entry.name === parsed.name && (entry.port === null || entry.port === parsed.port),
+      )
+    ) {
+      throw new CoatcheckError(
+        'CC_ERR_ADMIN_HOST_REFUSED',
+        'the admin API does not answer to this Host name (admin.allowedHosts)',
+      );
+    }
+  };
+}
+
+/** The request path, refused (400) unless it is absolute, well percent-encoded and valid UTF-8. */
+function checkedPath(raw: string | undefined): URL {
+  const target = raw ?? '';
+  const path = target.split('?')[0]!;
+  const bad = () =>
+    new CoatcheckError('CC_ERR_ADMIN_BAD_PATH', 'the request path is malformed', {
+      details: { field: 'path' },
+    });
+  if (!path.startsWith('/') || path.startsWith('//') || path.length > 2048) throw bad();
+  try {
+    decodeURIComponent(path);
+  } catch {
+    throw bad();
+  }
+  return new URL(target, 'http://admin.invalid');
+}
+
 /** Query values arrive as text; the operation schemas want numbers and booleans. */
 function queryInput(url: URL): Record<string, unknown> {
   const out: Record<string, unknown> = {};
@@ -97,8 +166,14 @@ export async function startAdminServer(
   const openapi = JSON.stringify(openApiDocument(VERSION));
   const login = ctx.config.console.oidc === null ? null : new ConsoleLogin(ctx.config.console.oidc);
 
+  // Console single sign-on returns to its redirect URL: by default its host is allowed too.
+  const redirectHost =
+    ctx.config.console.oidc === null ? [] : [new URL(ctx.config.console.oidc.redirectUrl).host];
+  const checkHost = createHostCheck(ctx.config.admin.allowedHosts, listen.host, redirectHost);
+
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
-    const url = new URL(req.url ?? '/', 'http://admin.invalid');
+    checkHost(req.headers.host);
+    const url = checkedPath(req.url);
     if (req.method === 'GET' && url.pathname === '/v1/openapi.json') {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(openapi);
@@ -158,9 +233,15 @@ export async function startAdminServer(
         details: { field: 'body' },
       });
     }
-    route.params.forEach((param, index) => {
-      input[param] = decodeURIComponent(match[index + 1]!);
-    });
+    for (const [index, param] of route.params.entries()) {
+      try {
+        input[param] = decodeURIComponent(match[index + 1]!);
+      } catch {
+        throw new CoatcheckError('CC_ERR_ADMIN_BAD_PATH', `the path parameter ${param} is malformed`, {
+          details: { field: param },
+        });
+      }
+    }
     const operation = operations[route.name];
     const parsed = operation.input.parse(input);
     const result = await (

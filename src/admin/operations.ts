@@ -179,6 +179,7 @@ export const operations = {
           destinations: input.destinations ?? [],
           kind: input.kind,
           source: input.source ?? 'cli',
+          operator: true,
         },
         actor,
       );

@@ -136,7 +136,12 @@ export const workflowOperations = {
             finding.secretId !== undefined
               ? await ctx.vault.reissueForResponse(
                   finding.secretId,
-                  { principal: node.principal, destinations: input.destinations, context },
+                  {
+                    principal: node.principal,
+                    ...(input.destinations === undefined ? {} : { destinations: input.destinations }),
+                    context,
+                    operator: true,
+                  },
                   actor,
                 )
               : await ctx.vault.tokenizeFound(
@@ -146,6 +151,7 @@ export const workflowOperations = {
                     destinations: input.destinations ?? [],
                     kind: finding.ruleId,
                     source: 'prompt',
+                    operator: true,
                   },
                   actor,
                 );

@@ -153,21 +153,24 @@ export class Approvals {
       const data = record.data as unknown as Data;
       if (data.singleUse) {
         const used: ApprovalRecord = { ...record, status: 'used' };
-        let won = false;
-        await this.#audit
-          .append(
+        // The spend and its record commit together. Only a lost race (another use won the
+        // compare-and-set) moves on to the next candidate; any other failure — the record
+        // could not be written, the store is down — rolls the spend back and grants nothing.
+        try {
+          await this.#audit.append(
             {
               type: 'approval.use',
               actor: principal.ref,
               data: { approval: record.id, connection: data.operation.connection },
             },
             async (tx) => {
-              won = await tx.updateApproval(used, 'approved');
-              if (!won) throw notPending(record.id, 'used');
+              if (!(await tx.updateApproval(used, 'approved'))) throw notPending(record.id, 'used');
             },
-          )
-          .catch(() => undefined);
-        if (!won) continue;
+          );
+        } catch (error) {
+          if (error instanceof CoatcheckError && error.code === 'CC_ERR_APPROVAL_NOT_PENDING') continue;
+          throw error;
+        }
         await this.#store.publish({ type: 'approval.changed', id: record.id });
         return this.#view(used);
       }

@@ -74,6 +74,8 @@ export const configSchema = z
         defaultTtl: duration.default('1h'),
         maxTtl: duration.default('30d'),
         cacheMs: z.number().int().min(0).max(60_000).default(5_000),
+        /** Lifetime of a ticket for a secret found in a response that no request ticket explains. */
+        foundTtl: duration.default('15m'),
       })
       .strict()
       .prefault({}),
@@ -105,6 +107,20 @@ export const configSchema = z
         maxTicketsPerRequest: z.number().int().min(1).max(1024).default(64),
         /** Run the detection engine over responses: secrets the vault does not know become tickets too. */
         detectSecrets: z.boolean().default(true),
+        /** Request body bytes all HTTP front-ends of this process may hold at once (503 beyond). */
+        maxInFlightBodyBytes: z
+          .number()
+          .int()
+          .min(1024)
+          .max(64 * 1024 * 1024 * 1024)
+          .default(64 * 1024 * 1024),
+        /** Request body bytes one agent's requests in flight may hold at once (429 beyond). */
+        maxInFlightBodyBytesPerAgent: z
+          .number()
+          .int()
+          .min(1024)
+          .max(64 * 1024 * 1024 * 1024)
+          .default(16 * 1024 * 1024),
       })
       .strict()
       .prefault({}),
@@ -184,6 +200,35 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    admin: z
+      .object({
+        /**
+         * Host names (optionally `name:port`) the admin listener answers to; any other Host
+         * header gets 421. Default: the listen address, localhost, 127.0.0.1 and [::1].
+         */
+        allowedHosts: z
+          .array(
+            z
+              .string()
+              .max(260)
+              .regex(
+                /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$/,
+                'must be a host name or IP address, optionally with :port',
+              ),
+          )
+          .max(64)
+          .default([]),
+      })
+      .strict()
+      .prefault({}),
+    foundSecrets: z
+      .object({
+        /** New secrets one principal may register from values found in responses, per window. */
+        maxPerPrincipal: z.number().int().min(1).max(1_000_000).default(100),
+        window: duration.default('1h'),
+      })
+      .strict()
+      .prefault({}),
     console: z
       .object({
         /** Single sign-on for humans at the console (OIDC authorization code flow with PKCE, public client). */
@@ -233,6 +278,7 @@ tickets:
   defaultTtl: 1h
   maxTtl: 30d
   cacheMs: 5000
+  foundTtl: 15m           # tickets for secrets found in responses that no request ticket explains
 
 agents:
   maxTtl: 90d
@@ -247,6 +293,15 @@ http:
   # upstreamCaFile: /path/to/extra-ca.pem
   maxTicketsPerRequest: 64
   detectSecrets: true     # unknown secrets in responses become tickets too
+  maxInFlightBodyBytes: 67108864          # all request bodies buffered at once; beyond: 503
+  maxInFlightBodyBytesPerAgent: 16777216  # one agent's bodies buffered at once; beyond: 429
+
+foundSecrets:
+  maxPerPrincipal: 100    # new secrets registered from responses per principal and window
+  window: 1h
+
+admin:
+  allowedHosts: []        # Host names the admin listener answers to; empty: listen address, localhost, 127.0.0.1, [::1]
 
 proxy:
   unboundHosts: refuse    # hosts no secret or connection is bound to: refuse or tunnel

@@ -281,6 +281,37 @@ export const ERROR_CODES = {
     description: 'A request carried more distinct tickets than http.maxTicketsPerRequest allows.',
     solution: 'Send fewer tickets per request, or raise the limit in the config.',
   },
+  CC_ERR_HTTP_BODY_BUDGET: {
+    status: 503,
+    description:
+      'The gateway already holds `http.maxInFlightBodyBytes` of request bodies in memory; this request was refused before its body was buffered.',
+    solution: 'Retry later, send smaller bodies, or raise `http.maxInFlightBodyBytes`.',
+  },
+  CC_ERR_HTTP_AGENT_BODY_BUDGET: {
+    status: 429,
+    description:
+      "The agent's requests in flight already hold `http.maxInFlightBodyBytesPerAgent` of request bodies; this one was refused before its body was buffered.",
+    solution: 'Send fewer large requests at once, or raise `http.maxInFlightBodyBytesPerAgent`.',
+  },
+  CC_ERR_FOUND_SECRETS_LIMIT: {
+    status: 429,
+    description:
+      'Responses to this principal contained more new secrets than `foundSecrets.maxPerPrincipal` allows per `foundSecrets.window`; the response was refused rather than passed on with the secret in it.',
+    solution: 'Find out why the upstream returns so many secrets; raise the limit only if that is expected.',
+  },
+  CC_ERR_ADMIN_HOST_REFUSED: {
+    status: 421,
+    description:
+      'The admin listener was reached under a Host name not in `admin.allowedHosts` (a DNS rebinding page, or a name the operator did not configure).',
+    solution:
+      'Use a configured name (by default the listen address, localhost, 127.0.0.1 or [::1]) or add the name to `admin.allowedHosts`.',
+  },
+  CC_ERR_ADMIN_BAD_PATH: {
+    status: 400,
+    description:
+      'The admin request path is malformed (a bad percent escape, invalid UTF-8, or not an absolute path).',
+    solution: 'Percent-encode the path correctly.',
+  },
   CC_ERR_HTTP_INJECTION_UNSAFE: {
     status: 502,
     description:

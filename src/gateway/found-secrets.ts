@@ -28,6 +28,12 @@ export interface FoundSecretsRequest {
    * no exchange releases until an operator widens the secret.
    */
   readonly knownDestinations?: readonly string[];
+  /**
+   * Ids of the tickets exchanged for the call whose answer this is: each ticket minted here
+   * is a child of the narrowest of them (never wider, revoked with it). None: the ticket is
+   * bound to the caller with a bounded lifetime.
+   */
+  readonly parents?: Iterable<string>;
   /** Extra audit context (session id). */
   readonly context?: Record<string, unknown>;
   /** Called once per ticket minted (the session tracks ticket ids). */
@@ -84,7 +90,8 @@ export function createFoundSecrets(vault: TokenizerVault): FoundSecrets {
             finding.secretId,
             {
               principal: request.principal,
-              destinations: request.knownDestinations,
+              ...(request.knownDestinations === undefined ? {} : { destinations: request.knownDestinations }),
+              ...(request.parents === undefined ? {} : { parents: request.parents }),
               context: { source: request.source, ...request.context },
             },
             request.actor,
@@ -97,6 +104,7 @@ export function createFoundSecrets(vault: TokenizerVault): FoundSecrets {
           {
             principal: request.principal,
             destinations: [],
+            ...(request.parents === undefined ? {} : { parents: request.parents }),
             kind: KIND_RE.test(finding.ruleId) ? finding.ruleId : 'found',
             source: request.source,
           },

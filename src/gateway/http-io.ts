@@ -64,18 +64,115 @@ export function upstreamFailure(
   );
 }
 
+/** Bytes of one request's body held in memory, counted against the shared budget until released. */
+export interface BodyReservation {
+  /** Count `bytes` more; throws (and counts nothing) when the agent's or the global budget would be exceeded. */
+  take(bytes: number): void;
+  /** Give every byte back (idempotent). */
+  release(): void;
+}
+
 /**
- * Read the request body, refusing more than `limit` bytes before buffering them. On
- * refusal the rest of the body is drained unread (the connection is closed after the
- * error response, since it cannot be reused).
+ * The in-flight body budget shared by the HTTP front-ends of one process: request bodies
+ * buffered at once, in total and per agent. A request that would exceed either is refused
+ * before its body is buffered (503 `CC_ERR_HTTP_BODY_BUDGET`, 429
+ * `CC_ERR_HTTP_AGENT_BODY_BUDGET`).
  */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
+export interface BodyBudget {
+  readonly globalLimit: number;
+  readonly agentLimit: number;
+  /**
+   * A reservation for one request of `agent` (a principal ref), or of nobody known yet
+   * (`null`: a body read before authentication counts against the global budget only).
+   */
+  open(agent: string | null): BodyReservation;
+  /** Bytes held now, in total or for one agent. */
+  inFlight(agent?: string): number;
+}
+
+export function createBodyBudget(options: {
+  globalLimit: number;
+  agentLimit: number;
+  onChange?: (total: number) => void;
+  onRefuse?: (scope: 'global' | 'agent') => void;
+}): BodyBudget {
+  let total = 0;
+  const perAgent = new Map<string, number>();
+  const change = (agent: string | null, delta: number) => {
+    total += delta;
+    options.onChange?.(total);
+    if (agent === null) return;
+    const next = (perAgent.get(agent) ?? 0) + delta;
+    if (next <= 0) perAgent.delete(agent);
+    else perAgent.set(agent, next);
+  };
+  return {
+    globalLimit: options.globalLimit,
+    agentLimit: options.agentLimit,
+    inFlight: (agent) => (agent === undefined ? total : (perAgent.get(agent) ?? 0)),
+    open(agent) {
+      let held = 0;
+      let released = false;
+      return {
+        take(bytes) {
+          if (released || bytes <= 0) return;
+          if (agent !== null && (perAgent.get(agent) ?? 0) + bytes > options.agentLimit) {
+            options.onRefuse?.('agent');
+            throw new CoatcheckError(
+              'CC_ERR_HTTP_AGENT_BODY_BUDGET',
+              `${agent} already has request bodies in flight; the per-agent limit is ${options.agentLimit} bytes`,
+              { details: { limit: options.agentLimit } },
+            );
+          }
+          if (total + bytes > options.globalLimit) {
+            options.onRefuse?.('global');
+            throw new CoatcheckError(
+              'CC_ERR_HTTP_BODY_BUDGET',
+              `the gateway holds its limit of ${options.globalLimit} bytes of request bodies in flight; retry later`,
+              { details: { limit: options.globalLimit } },
+            );
+          }
+          held += bytes;
+          change(agent, bytes);
+        },
+        release() {
+          if (released) return;
+          released = true;
+          if (held > 0) change(agent, -held);
+          held = 0;
+        },
+      };
+    },
+  };
+}
+
+/**
+ * Read the request body, refusing more than `limit` bytes before buffering them, and
+ * counting what is buffered against `reservation` (the in-flight budget; a declared length
+ * is counted up front). On refusal the rest of the body is drained unread (the connection
+ * is closed after the error response, since it cannot be reused).
+ */
+export function readBody(
+  req: IncomingMessage,
+  limit: number,
+  reservation?: BodyReservation,
+): Promise<Buffer | null> {
   const declared = req.headers['content-length'];
   const framed = declared !== undefined || req.headers['transfer-encoding'] !== undefined;
   const tooLarge = () => new CoatcheckError('CC_ERR_BODY_TOO_LARGE', `request body exceeds ${limit} bytes`);
   if (declared !== undefined && Number(declared) > limit) {
     req.resume();
     return Promise.reject(tooLarge());
+  }
+  // A declared length is reserved whole before a byte is read; an unframed (chunked) body chunk by chunk.
+  const upFront = declared !== undefined && /^[0-9]{1,15}$/.test(declared) ? Number(declared) : null;
+  if (reservation !== undefined && upFront !== null) {
+    try {
+      reservation.take(upFront);
+    } catch (error) {
+      req.resume();
+      return Promise.reject(error);
+    }
   }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -93,6 +190,17 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer | 
         req.resume();
         reject(tooLarge());
         return;
+      }
+      if (reservation !== undefined && (upFront === null || size > upFront)) {
+        try {
+          reservation.take(upFront === null ? chunk.length : Math.min(chunk.length, size - upFront));
+        } catch (error) {
+          cleanup();
+          chunks.length = 0;
+          req.resume();
+          reject(error);
+          return;
+        }
       }
       chunks.push(chunk);
     };

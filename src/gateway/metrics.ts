@@ -1,4 +1,4 @@
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 /**
  * Gateway metrics. Labels are closed sets chosen by the gateway (front-end, method,
@@ -11,6 +11,12 @@ export interface GatewayMetrics {
   readonly responseSecrets: Counter<'frontend'>;
   readonly recordingFailures: Counter<'frontend'>;
   readonly duration: Histogram<'frontend' | 'phase'>;
+  /** Responses refused because the principal registered too many found secrets. */
+  readonly foundSecretsRefused: Counter<'frontend'>;
+  /** Request body bytes buffered right now (all HTTP front-ends of this process). */
+  readonly bodyBytesInFlight: Gauge;
+  /** Requests refused by the in-flight body budget (`global` or `agent`). */
+  readonly bodyBudgetRefusals: Counter<'scope'>;
 }
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
@@ -62,6 +68,23 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       help: 'Time spent per phase: exchange (tickets + credentials), upstream (until response headers), total.',
       labelNames: ['frontend', 'phase'],
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    }),
+    foundSecretsRefused: new Counter({
+      name: 'coatcheck_found_secrets_refused_total',
+      help: 'Responses refused because the principal reached its found-secret registration limit.',
+      labelNames: ['frontend'],
+      registers,
+    }),
+    bodyBytesInFlight: new Gauge({
+      name: 'coatcheck_http_body_bytes_in_flight',
+      help: 'Request body bytes the HTTP front-ends hold in memory right now.',
+      registers,
+    }),
+    bodyBudgetRefusals: new Counter({
+      name: 'coatcheck_http_body_budget_refusals_total',
+      help: 'Requests refused by the in-flight body budget, by scope (global or agent).',
+      labelNames: ['scope'],
       registers,
     }),
   };

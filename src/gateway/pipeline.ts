@@ -55,26 +55,24 @@ function workflowIds(details: Readonly<Record<string, unknown>> | undefined): Re
   return out;
 }
 
-/** Where a ticket handed back in a response may go: the connection it came from, and its host. */
+/**
+ * Where a ticket handed back in a response may go: the connection it came from, and only
+ * that connection (a host destination would also reach every other connection to the same
+ * host). With no connection (the forward proxy to an unregistered host): that host and port.
+ */
 function responseDestinations(target: Target): string[] {
-  const out: string[] = [];
-  if (target.connection !== undefined) out.push(`conn:${target.connection}`);
-  // Plain http to a non-loopback host stays bound to the connection alone (a found secret's own
-  // destinations may not say http:// there without the operator's --allow-plaintext).
-  if (
-    target.host !== undefined &&
-    target.port !== undefined &&
-    (target.scheme !== 'http' || isLoopbackHost(target.host))
-  ) {
-    try {
-      // Scheme and port too: a found secret must not make every port of the host releasable.
-      const scheme = target.scheme === 'http' ? 'http://' : 'https://';
-      out.push(formatDestination(parseDestination(`host:${scheme}${target.host}:${target.port}`)));
-    } catch {
-      // Not a host pattern (an IPv6 literal): the connection destination stands alone.
-    }
+  if (target.connection !== undefined) return [`conn:${target.connection}`];
+  if (target.host === undefined || target.port === undefined) return [];
+  // Plain http to a non-loopback host: nowhere (a found secret's destinations may not say
+  // http:// there without the operator's --allow-plaintext).
+  if (target.scheme === 'http' && !isLoopbackHost(target.host)) return [];
+  try {
+    // Scheme and port too: a found secret must not make every port of the host releasable.
+    const scheme = target.scheme === 'http' ? 'http://' : 'https://';
+    return [formatDestination(parseDestination(`host:${scheme}${target.host}:${target.port}`))];
+  } catch {
+    return []; // not a host pattern (an IPv6 literal): the ticket goes nowhere
   }
-  return out;
 }
 
 /** The policy step: `createPolicyDecide` (Cedar + approvals) in production; tests may pass their own. */
@@ -389,17 +387,35 @@ export class ExchangePipeline {
     return headers;
   }
 
-  /** Start inspecting a response: secrets found become tickets bound to the same principal and connection. */
-  async inspect(session: GatewaySession, principal: Principal, target: Target): Promise<ResponseScan> {
+  /**
+   * Start inspecting a response: secrets found become tickets bound to the same principal
+   * and connection. `parents` are the ids of the tickets exchanged for the request this
+   * response answers: each ticket minted here is a child of the narrowest of them (never
+   * wider, revoked with it). With none, it is scoped to the caller and this connection,
+   * with a bounded lifetime.
+   */
+  async inspect(
+    session: GatewaySession,
+    principal: Principal,
+    target: Target,
+    parents: Iterable<string> = [],
+  ): Promise<ResponseScan> {
+    const scope = {
+      principal: principal.ref,
+      destinations: responseDestinations(target),
+      target,
+      parents,
+    };
+    const limited = (error: unknown): never => {
+      if (error instanceof CoatcheckError && error.code === 'CC_ERR_FOUND_SECRETS_LIMIT')
+        this.services.metrics.foundSecretsRefused.inc({ frontend: this.#frontend });
+      throw error;
+    };
     const context: InspectionContext = {
       reissue: async (secretId) => {
         const issued = await this.services.vault.reissueForResponse(
           secretId,
-          {
-            principal: principal.ref,
-            destinations: responseDestinations(target),
-            context: { frontend: this.#frontend, session: session.id },
-          },
+          { ...scope, context: { frontend: this.#frontend, session: session.id } },
           `gateway:${this.#frontend}`,
         );
         session.ticketIds.add(issued.view.id);
@@ -408,16 +424,18 @@ export class ExchangePipeline {
         return issued.ticket;
       },
       tokenize: async (value, kind) => {
-        const issued = await this.services.vault.tokenizeFound(
-          value,
-          {
-            principal: principal.ref,
-            destinations: responseDestinations(target),
-            kind,
-            source: `${this.#frontend}-response`,
-          },
-          `gateway:${this.#frontend}`,
-        );
+        const issued = await this.services.vault
+          .tokenizeFound(
+            value,
+            {
+              ...scope,
+              kind,
+              source: `${this.#frontend}-response`,
+              context: { frontend: this.#frontend, session: session.id },
+            },
+            `gateway:${this.#frontend}`,
+          )
+          .catch(limited);
         session.ticketIds.add(issued.view.id);
         session.event('response.secret', {
           secret: issued.view.secretId,

@@ -150,6 +150,11 @@ function buildContext(
     defaultTicketTtlMs: parseDuration(config.tickets.defaultTtl),
     maxTicketTtlMs: parseDuration(config.tickets.maxTtl),
     cacheMs: config.tickets.cacheMs,
+    foundTicketTtlMs: parseDuration(config.tickets.foundTtl),
+    foundSecretLimit: {
+      max: config.foundSecrets.maxPerPrincipal,
+      windowMs: parseDuration(config.foundSecrets.window),
+    },
   });
   const agents = new Agents(store, audit, clock, keys.index.lookup, {
     maxTtlMs: parseDuration(config.agents.maxTtl),

@@ -27,7 +27,7 @@ import {
   parseAuthority,
   proxyAgentKey,
 } from './protocol/proxy-target.js';
-import { createHttpPipeline, type HttpFrontendOverrides, upstreamCa } from './start.js';
+import { bodyBudget, createHttpPipeline, type HttpFrontendOverrides, upstreamCa } from './start.js';
 
 export interface ForwardProxy {
   readonly server: Server;
@@ -119,6 +119,7 @@ export async function startForwardProxy(
     upstreamTimeoutMs: ctx.config.http.upstreamTimeoutMs,
     maxTicketsPerRequest: ctx.config.http.maxTicketsPerRequest,
     dispatcher,
+    bodyBudget: bodyBudget(ctx),
     ...(ca === undefined ? {} : { upstreamCa: ca }),
   });
   const tunnels = new WeakMap<object, Tunnel>();

@@ -10,7 +10,7 @@ import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/err
 import { newIncidentId } from '../../core/ids.js';
 import type { Engine } from '../../gateway/engine.js';
 import { fieldMatcher, maskJson } from '../../gateway/field-mask.js';
-import { decoderFor, drained, readBody, upstreamFailure } from '../../gateway/http-io.js';
+import { type BodyBudget, decoderFor, drained, readBody, upstreamFailure } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
@@ -59,6 +59,8 @@ export interface HttpEngineOptions {
   readonly dispatcher: Dispatcher;
   /** CA certificates for upstream TLS opened directly (protocol upgrades); default: the system roots. */
   readonly upstreamCa?: readonly string[];
+  /** The in-flight body budget shared by this process's HTTP front-ends (none: only `bodyLimit`). */
+  readonly bodyBudget?: BodyBudget;
 }
 
 /** Largest upstream response head accepted on an upgrade. */
@@ -331,7 +333,10 @@ export class HttpEngine implements Engine<HttpClient> {
     const method = req.method ?? 'GET';
 
     // classify: read the body (bounded) so the operation names the request exactly; decide before any release
-    const body = upgrade ? null : await readBody(req, this.#options.bodyLimit);
+    // The body counts against the in-flight budget (total and this agent's) until the request ends.
+    const reservation = this.#options.bodyBudget?.open(principal.ref);
+    if (reservation !== undefined) session.cleanups.push(() => reservation.release());
+    const body = upgrade ? null : await readBody(req, this.#options.bodyLimit, reservation);
     summary.requestBytes = body?.length ?? 0;
     const operation: Operation = {
       action: `http:${method}`,
@@ -454,7 +459,18 @@ export class HttpEngine implements Engine<HttpClient> {
     // The decision's audit record must be durable before anything leaves (it shares the
     // group commit with the releases above, so this rarely waits).
     await decision.recorded;
-    return { principal, route, method, path, upstreamHeaders, upstreamBody, mask: decision.mask ?? [] };
+    // Tickets minted for secrets in the response are children of the tickets exchanged here.
+    const parents = [...released.values()].map((e) => e.ticketId);
+    return {
+      principal,
+      route,
+      method,
+      path,
+      upstreamHeaders,
+      upstreamBody,
+      mask: decision.mask ?? [],
+      parents,
+    };
   }
 
   async handle(client: HttpClient): Promise<void> {
@@ -463,10 +479,8 @@ export class HttpEngine implements Engine<HttpClient> {
     const started = performance.now();
     await this.initialize(client);
 
-    const { principal, route, method, path, upstreamHeaders, upstreamBody, mask } = await this.#prepare(
-      client,
-      false,
-    );
+    const { principal, route, method, path, upstreamHeaders, upstreamBody, mask, parents } =
+      await this.#prepare(client, false);
     const connection = route;
 
     // forward
@@ -498,7 +512,7 @@ export class HttpEngine implements Engine<HttpClient> {
     services.metrics.duration.observe({ frontend: this.name, phase: 'upstream' }, upstreamMs / 1000);
 
     try {
-      await this.#respond(client, response, principal, connection.target, signal, mask);
+      await this.#respond(client, response, principal, connection.target, signal, mask, parents);
     } catch (error) {
       response.body.on('error', () => undefined); // destroying an unread undici body emits an AbortError
       response.body.destroy();
@@ -516,12 +530,13 @@ export class HttpEngine implements Engine<HttpClient> {
     target: Parameters<ExchangePipeline['inspect']>[2],
     signal: AbortSignal,
     mask?: readonly string[],
+    parents: readonly string[] = [],
   ): Promise<void> {
     const { req, res, session, summary } = client;
     const masking = mask !== undefined && mask.length > 0 ? fieldMatcher(mask) : null;
     let scan: ResponseScan;
     try {
-      scan = await this.#pipeline.inspect(session, principal, target);
+      scan = await this.#pipeline.inspect(session, principal, target, parents);
     } catch (error) {
       throw new CoatcheckError('CC_ERR_GATEWAY_INSPECTION_FAILED', 'the response could not be inspected', {
         cause: error,
@@ -672,7 +687,7 @@ export class HttpEngine implements Engine<HttpClient> {
           'only WebSocket upgrades are carried (the gateway must be able to inspect what comes back)',
         );
       }
-      const { principal, route, method, path, upstreamHeaders } = await this.#prepare(client, true);
+      const { principal, route, method, path, upstreamHeaders, parents } = await this.#prepare(client, true);
       let upstream: Socket;
       try {
         upstream = await connectRaw(
@@ -709,7 +724,7 @@ export class HttpEngine implements Engine<HttpClient> {
           'the upstream negotiated a WebSocket extension the gateway did not offer; its frames cannot be inspected',
         );
       }
-      const scan = await this.#pipeline.inspect(client.session, principal, route.target);
+      const scan = await this.#pipeline.inspect(client.session, principal, route.target, parents);
       const out: string[] = [];
       for (const [name, value] of answer.headers) out.push(`${name}: ${await this.#scanned(scan, value)}`);
       if (answer.status !== 101) {
@@ -739,7 +754,12 @@ export class HttpEngine implements Engine<HttpClient> {
                 socket.write(encodeFrame(frame));
                 continue;
               }
-              const frameScan = await this.#pipeline.inspect(client.session, principal, route.target);
+              const frameScan = await this.#pipeline.inspect(
+                client.session,
+                principal,
+                route.target,
+                parents,
+              );
               const clean = Buffer.concat([
                 await this.#scannedChunk(frameScan, frame.payload),
                 await this.#scanEnd(frameScan),

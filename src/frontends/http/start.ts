@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { Agent } from 'undici';
 import { CoatcheckError } from '../../core/errors.js';
 import { chainInspectors, createDetectorInspector } from '../../gateway/detector-inspector.js';
+import { type BodyBudget, createBodyBudget } from '../../gateway/http-io.js';
 import { createKnownSecretInspector, type ResponseInspector } from '../../gateway/inspector.js';
 import { createGatewayMetrics, type GatewayMetrics } from '../../gateway/metrics.js';
 import { type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
@@ -46,6 +47,28 @@ function gatewayMetrics(ctx: Context): GatewayMetrics {
     metricsByRegistry.set(ctx.metrics, metrics);
   }
   return metrics;
+}
+
+const budgetByRegistry = new WeakMap<object, BodyBudget>();
+
+/**
+ * The in-flight request-body budget of this process (`http.maxInFlightBodyBytes`, and per
+ * agent `http.maxInFlightBodyBytesPerAgent`), shared by the reverse proxy, the forward
+ * proxy and the LLM guard, with its metrics.
+ */
+export function bodyBudget(ctx: Context): BodyBudget {
+  let budget = budgetByRegistry.get(ctx.metrics);
+  if (budget === undefined) {
+    const metrics = gatewayMetrics(ctx);
+    budget = createBodyBudget({
+      globalLimit: ctx.config.http.maxInFlightBodyBytes,
+      agentLimit: ctx.config.http.maxInFlightBodyBytesPerAgent,
+      onChange: (total) => metrics.bodyBytesInFlight.set(total),
+      onRefuse: (scope) => metrics.bodyBudgetRefusals.inc({ scope }),
+    });
+    budgetByRegistry.set(ctx.metrics, budget);
+  }
+  return budget;
 }
 
 export function upstreamCa(file: string | undefined, field = 'http.upstreamCaFile'): string[] | undefined {
@@ -112,6 +135,7 @@ export async function startHttpFrontend(
     upstreamTimeoutMs: options.upstreamTimeoutMs,
     maxTicketsPerRequest: options.maxTicketsPerRequest,
     dispatcher,
+    bodyBudget: bodyBudget(ctx),
   });
   // Model answers stream (SSE): only known vault secrets are replaced there, so nothing is held
   // back longer than the longest secret. Prompts are scanned in full before they leave.
@@ -121,12 +145,14 @@ export async function startHttpFrontend(
   });
   const llm = new LlmEngine(llmPipeline, {
     bodyLimit: options.bodyLimit,
+    bodyBudget: bodyBudget(ctx),
     upstreamTimeoutMs: options.upstreamTimeoutMs,
     dispatcher,
   });
   const mcpPipeline = new ExchangePipeline('mcp', { ...pipeline.services });
   const mcp = new McpGateway(mcpPipeline, {
     bodyLimit: options.bodyLimit,
+    bodyBudget: bodyBudget(ctx),
     upstreamTimeoutMs: options.upstreamTimeoutMs,
     maxTicketsPerRequest: options.maxTicketsPerRequest,
     // tools/list shows what policy allows or holds for approval; nothing is requested by listing.

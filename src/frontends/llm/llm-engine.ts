@@ -12,7 +12,7 @@ import {
   type JsonValue,
   rewriteJsonStrings,
 } from '../../gateway/found-secrets.js';
-import { decoderFor, drained, readBody, upstreamFailure } from '../../gateway/http-io.js';
+import { type BodyBudget, decoderFor, drained, readBody, upstreamFailure } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
@@ -30,6 +30,8 @@ import { attachmentBytes } from './attachments.js';
 
 export interface LlmEngineOptions {
   readonly bodyLimit: number;
+  /** The in-flight body budget shared by this process's HTTP front-ends. */
+  readonly bodyBudget?: BodyBudget;
   readonly upstreamTimeoutMs: number;
   readonly dispatcher: Dispatcher;
   /** Replace the scanner (tests). */
@@ -296,7 +298,9 @@ export class LlmEngine implements Engine<LlmClient> {
       const encoding = String(req.headers['content-encoding'] ?? 'identity').toLowerCase();
       if (encoding !== 'identity')
         throw new CoatcheckError('CC_ERR_LLM_BAD_REQUEST', 'compressed request bodies are not accepted');
-      body = (await readBody(req, this.#options.bodyLimit)) ?? Buffer.alloc(0);
+      const reservation = this.#options.bodyBudget?.open(principal.ref);
+      if (reservation !== undefined) session.cleanups.push(() => reservation.release());
+      body = (await readBody(req, this.#options.bodyLimit, reservation)) ?? Buffer.alloc(0);
       summary.requestBytes = body.length;
     }
     // The agent key authenticates to the gateway only.

@@ -6,6 +6,7 @@ import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/err
 import { newIncidentId } from '../../core/ids.js';
 import type { Principal } from '../../core/principal.js';
 import { createFoundSecrets, type FoundSecrets } from '../../gateway/found-secrets.js';
+import { type BodyBudget, type BodyReservation, readBody } from '../../gateway/http-io.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
 import { MCP_ERROR_CODES, McpSession, type ToolVisibility } from './mcp-session.js';
@@ -20,6 +21,8 @@ import { MCP_ERROR_CODES, McpSession, type ToolVisibility } from './mcp-session.
 
 export interface McpGatewayOptions {
   readonly bodyLimit: number;
+  /** The in-flight body budget shared by this process's HTTP front-ends (bodies are read before authentication: global only). */
+  readonly bodyBudget?: BodyBudget;
   readonly upstreamTimeoutMs: number;
   readonly maxTicketsPerRequest: number;
   readonly visible: ToolVisibility;
@@ -122,18 +125,10 @@ export class McpGateway {
     res.end(body);
   }
 
-  async #readJson(req: IncomingMessage): Promise<unknown> {
-    const limit = this.#options.bodyLimit;
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of req) {
-      size += (chunk as Buffer).length;
-      if (size > limit)
-        throw new CoatcheckError('CC_ERR_BODY_TOO_LARGE', `request body exceeds ${limit} bytes`);
-      chunks.push(chunk as Buffer);
-    }
+  async #readJson(req: IncomingMessage, reservation: BodyReservation | undefined): Promise<unknown> {
+    const body = (await readBody(req, this.#options.bodyLimit, reservation)) ?? Buffer.alloc(0);
     try {
-      return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+      return JSON.parse(body.toString('utf8'));
     } catch {
       throw new CoatcheckError('CC_ERR_HTTP_BAD_REQUEST', 'the MCP request body is not valid JSON');
     }
@@ -143,13 +138,14 @@ export class McpGateway {
   async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     let requestId: unknown = null;
     let opened: GatewaySession | null = null;
+    const reservation = this.#options.bodyBudget?.open(null);
     try {
       const match = ROUTE_RE.exec(req.url ?? '');
       if (match === null) throw new CoatcheckError('CC_ERR_NOT_FOUND', 'MCP endpoints are /mcp/<connection>');
       const connectionName = match[1]!;
       const sessionId = req.headers['mcp-session-id'];
       const key = mcpAgentKey(req.headers);
-      const body = req.method === 'POST' ? await this.#readJson(req) : undefined;
+      const body = req.method === 'POST' ? await this.#readJson(req, reservation) : undefined;
       if (body !== undefined && typeof body === 'object' && body !== null && 'id' in body)
         requestId = (body as { id: unknown }).id;
 
@@ -247,6 +243,8 @@ export class McpGateway {
         this.#pipeline.closeSession(opened, failure.code, { transport: 'streamable-http' });
       this.#refuse(res, failure, requestId);
       if (!req.complete) req.resume();
+    } finally {
+      reservation?.release();
     }
   }
 }

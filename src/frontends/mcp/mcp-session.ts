@@ -206,13 +206,15 @@ export class McpSession {
   }
 
   /** Every secret in an upstream answer becomes a ticket bound to the caller (known secrets: to this connection). */
-  async #scan<T>(value: T): Promise<T> {
+  async #scan<T>(value: T, parents: readonly string[] = []): Promise<T> {
     const { session, principal, connection } = this.#o;
     const scan = await this.#o.foundSecrets.begin({
       principal: principal.ref,
       source: 'mcp',
       actor: 'gateway:mcp',
       knownDestinations: [`conn:${connection.view.name}`],
+      // Tickets for secrets in a tool result are children of the tickets the call exchanged.
+      parents,
       context: { frontend: 'mcp', session: session.id },
       onTicket: (ticketId, secretId) => {
         session.ticketIds.add(ticketId);
@@ -369,7 +371,7 @@ export class McpSession {
               timeout: this.#o.upstreamTimeoutMs,
             }),
           );
-          return this.#scan(result);
+          return this.#scan(result, exchanged.tickets);
         });
       });
     }

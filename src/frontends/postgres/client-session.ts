@@ -127,6 +127,11 @@ export class RelaySession {
   #batchForwarded = false;
   #standardStrings = true;
   #scan: ResponseScan | null = null;
+  /**
+   * Tickets this session exchanged (the login ticket, then each statement's), most recent
+   * last: a ticket minted for a secret in a result is a child of the narrowest of them.
+   */
+  readonly #exchanged = new Set<string>();
   #closed = false;
   rows = 0;
   statements = 0;
@@ -148,6 +153,8 @@ export class RelaySession {
     this.#services = context.services;
     this.#session = context.session;
     this.#principal = context.principal;
+    // At this point the session holds only what the login exchanged.
+    for (const id of context.session.ticketIds) this.#exchanged.add(id);
     this.#target = context.target;
     this.#rules = context.rules;
     this.#masked = columnMatcher(context.rules.maskColumns);
@@ -589,6 +596,7 @@ export class RelaySession {
         values.set(ticket, value.toString('utf8'));
         buffers.set(ticket, value);
         ids.set(ticket, exchange.ticketId);
+        this.#remember(exchange.ticketId);
       }
       return { values, buffers, ids };
     } catch (error) {
@@ -926,8 +934,20 @@ export class RelaySession {
   }
 
   async #scanner(): Promise<ResponseScan> {
-    this.#scan ??= await this.#services.pipeline.inspect(this.#session, this.#principal, this.#target);
+    this.#scan ??= await this.#services.pipeline.inspect(
+      this.#session,
+      this.#principal,
+      this.#target,
+      this.#exchanged,
+    );
     return this.#scan;
+  }
+
+  /** Keep a bounded window of exchanged ticket ids (the most recent statements'). */
+  #remember(ticketId: string): void {
+    this.#exchanged.delete(ticketId);
+    this.#exchanged.add(ticketId);
+    if (this.#exchanged.size > 256) this.#exchanged.delete(this.#exchanged.values().next().value!);
   }
 
   /** Known secrets in row values become tickets bound to this agent (lengths rewritten). */
