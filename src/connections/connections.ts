@@ -4,7 +4,7 @@ import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { ConnectionRecord, Store } from '../store/types.js';
-import { isConnectionName } from '../vault/destinations.js';
+import { isConnectionName, matchesTarget, parseDestination, type Target } from '../vault/destinations.js';
 
 export type ConnectionType = (typeof CONNECTION_TYPES)[number];
 
@@ -44,6 +44,19 @@ const RESERVED_HEADERS = new Set([
 
 function invalid(field: string, message: string): CoatcheckError {
   return new CoatcheckError('CC_ERR_INVALID_ARGUMENT', `${field}: ${message}`, { details: { field } });
+}
+
+/** Where a connection sends, as a release is checked against it (the same target the pipeline uses). */
+export function connectionTarget(connection: { name: string; url: string }): Target {
+  try {
+    const url = new URL(connection.url);
+    const scheme = url.protocol === 'https:' ? 'https' : url.protocol === 'http:' ? 'http' : undefined;
+    const port =
+      url.port !== '' ? Number(url.port) : scheme === 'https' ? 443 : scheme === 'http' ? 80 : undefined;
+    return { connection: connection.name, scheme, host: url.hostname.replace(/^\[|\]$/g, ''), port };
+  } catch {
+    return { connection: connection.name };
+  }
 }
 
 /** The secret names a header template refers to (`{{secret:NAME}}`). */
@@ -149,9 +162,25 @@ export class Connections {
     };
   }
 
-  async #checkSecretsExist(names: readonly string[]): Promise<void> {
+  /**
+   * The secrets a connection releases (its credential, its injected headers) must allow
+   * that connection: a secret's allow list is the boundary for every release path, not
+   * only for tickets. Checked here and again at each use (either side can change).
+   */
+  async #checkSecretsExist(names: readonly string[], connection?: ConnectionConfig): Promise<void> {
     for (const name of names) {
-      if ((await this.#store.getSecretByName(name)) === null) {
+      const secret = await this.#store.getSecretByName(name);
+      if (secret !== null && connection !== undefined) {
+        const target = connectionTarget(connection);
+        if (!secret.allow.some((d) => matchesTarget(parseDestination(d), target))) {
+          throw new CoatcheckError(
+            'CC_ERR_CREDENTIAL_DESTINATION',
+            `secret ${name} may not be released to connection ${connection.name}: add conn:${connection.name} (or its host) to the secret's allowed destinations with \`secret update ${name} --allow …\``,
+            { details: { secret: name, connection: connection.name } },
+          );
+        }
+      }
+      if (secret === null) {
         throw new CoatcheckError(
           'CC_ERR_NOT_FOUND',
           `no secret named ${name} (add it with \`coatcheck secret add ${name}\`)`,
@@ -165,7 +194,8 @@ export class Connections {
 
   /** Check the config-declared connections against the vault (at `serve` start). */
   async checkDeclared(): Promise<void> {
-    for (const declared of this.#declared) await this.#checkSecretsExist(validateConnection(declared));
+    for (const declared of this.#declared)
+      await this.#checkSecretsExist(validateConnection(declared), declared);
   }
 
   async add(input: ConnectionConfig, actor: string): Promise<ConnectionView> {
@@ -179,7 +209,7 @@ export class Connections {
         },
       );
     }
-    await this.#checkSecretsExist(refs);
+    await this.#checkSecretsExist(refs, input);
     const record: ConnectionRecord = {
       id: newId('con'),
       name: input.name,

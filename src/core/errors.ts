@@ -37,6 +37,13 @@ export const ERROR_CODES = {
     solution:
       'Read the message: choose a new path, move the old store away deliberately, or use the backup that matches the anchor.',
   },
+  CC_ERR_CREDENTIAL_DESTINATION: {
+    status: 403,
+    description:
+      "A connection's credential or injected-header secret does not allow that connection among its destinations; the secret's allow list binds every release path.",
+    solution:
+      'Add the connection (conn:NAME) or its host to the secret with `coatcheck secret update NAME --allow …`.',
+  },
   CC_ERR_INTERNAL: {
     status: 500,
     description: 'An unexpected fault. The message carries an incident id that also appears in the log.',

@@ -456,6 +456,15 @@ export class Vault {
   async releaseCredential(name: string, request: ExchangeRequest): Promise<Exchange> {
     const record = await this.#store.getSecretByName(name);
     if (record === null) throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+    // The secret's allow list binds the connection's own credential too (checked at add,
+    // and here again: the secret or the connection may have changed since).
+    if (!record.allow.some((d) => matchesTarget(parseDestination(d), request.target))) {
+      throw refuse(
+        'CC_ERR_CREDENTIAL_DESTINATION',
+        `secret ${record.id} may not be released to ${describeTarget(request.target)}`,
+        { secret: record.id },
+      );
+    }
     const value = this.#decrypt(record);
     if (value === null)
       throw refuse('CC_ERR_TICKET_SECRET_ERASED', `secret ${record.id} was erased`, { secret: record.id });

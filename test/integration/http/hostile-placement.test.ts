@@ -198,7 +198,9 @@ describe('hostile: a secret goes only to its destinations and placements', () =>
       expect(errorOf(other.stdout)).toBe('CC_ERR_PROXY_HOST_REFUSED');
       expect(capture2.bytes()).toBe('');
       const found = (await gw.ctx.vault.listSecrets()).find((s) => s.name.startsWith('found-'));
-      expect(found?.allow).toContain(`host:${plain.url}`);
+      // Bound to where it came from only: that connection, or exactly that scheme, host and port.
+      expect(found?.allow.length).toBeGreaterThan(0);
+      expect(found?.allow.every((d) => d.startsWith('conn:') || d === `host:${plain.url}`)).toBe(true);
       expect(found?.allow).not.toContain('host:127.0.0.1');
       expect(found?.placements).toEqual(['credential']);
     });

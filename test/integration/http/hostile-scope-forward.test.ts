@@ -54,7 +54,7 @@ beforeAll(async () => {
   gw = await startGateway();
   agent = await gw.createAgent('fwd-scope');
   const hostOf = (u: Upstream) => u.url.replace(/^http:\/\//, '');
-  await gw.addSecret('api', SECRET, [hostOf(up), hostOf(other)]);
+  await gw.addSecret('api', SECRET, [`http://${hostOf(up)}`, `http://${hostOf(other)}`]);
   px = await startProxy(gw);
 }, 60_000);
 
@@ -71,7 +71,7 @@ describe('forward proxy: tickets for echoed secrets stay within their parent', (
     const root = await gw.issue('api', agent.ref);
     const parent = await gw.ctx.vault.narrowTicket(
       root,
-      { destinations: [upHost], ttlMs: 60_000, maxUses: 2 },
+      { destinations: [`http://${upHost}`], ttlMs: 60_000, maxUses: 2 },
       'admin:test',
     );
     const out = await viaProxy(`${up.url}/whoami`, parent.ticket);
@@ -82,7 +82,7 @@ describe('forward proxy: tickets for echoed secrets stay within their parent', (
       parentId: parent.view.id,
       principal: agent.ref,
       maxUses: 1,
-      destinations: [`host:${upHost}`],
+      destinations: [`host:http://${upHost}`],
     });
     expect(Date.parse(view.expiresAt!)).toBeLessThanOrEqual(Date.parse(parent.view.expiresAt!));
     // Another upstream the secret may go to: not the child.

@@ -20,7 +20,8 @@ beforeAll(async () => {
   gw = await startPgGateway();
   bot = await gw.createAgent('bot');
   await gw.addSecret('dbpw', 'http-bounds-unused-password', ['conn:main']);
-  await gw.addSecret('echoed', CANARY, ['conn:main', 'host:127.0.0.1']);
+  // Tickets in SQL text need the sql placement for this connection (docs/vault.md).
+  await gw.addSecret('echoed', CANARY, ['conn:main', 'host:127.0.0.1'], { allowSql: ['main'] });
   await gw.addConnection('main', UPSTREAM, { credential: 'dbpw' });
 }, 120_000);
 
