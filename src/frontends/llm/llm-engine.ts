@@ -9,6 +9,7 @@ import type { Engine } from '../../gateway/engine.js';
 import {
   createFoundSecrets,
   type FoundSecrets,
+  hasDuplicateKeys,
   type JsonValue,
   rewriteJsonStrings,
 } from '../../gateway/found-secrets.js';
@@ -223,6 +224,9 @@ export class LlmEngine implements Engine<LlmClient> {
     }
     if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
       throw new CoatcheckError('CC_ERR_LLM_BAD_REQUEST', 'the request body must be a JSON object');
+    // The provider's parser may keep the first of two equal keys where JSON.parse keeps the last.
+    if (hasDuplicateKeys(body.toString('utf8')))
+      throw new CoatcheckError('CC_ERR_LLM_BAD_REQUEST', 'the request body repeats a key in some object');
     const model = typeof parsed.model === 'string' ? parsed.model.slice(0, 128) : '';
     let attachments = 0;
     try {
@@ -237,22 +241,27 @@ export class LlmEngine implements Engine<LlmClient> {
           session.event('prompt.secret', { ticket: ticketId, secret: secretId });
         },
       });
-      const rewritten = await rewriteJsonStrings(parsed, async (text, site) => {
-        const bytes = attachmentBytes(text, site);
-        if (bytes !== null) {
-          attachments++;
-          const findings = scan.findIn(bytes);
-          if (findings.length > 0) {
-            const first = findings[0]!;
-            throw new CoatcheckError(
-              'CC_ERR_LLM_ATTACHMENT_SECRET',
-              `the attachment at ${site.path.join('.').slice(0, 200)} contains a secret (${first.ruleId}, fingerprint ${first.fingerprint}); it was not sent`,
-              { details: { rule: first.ruleId, fingerprint: first.fingerprint } },
-            );
+      const rewritten = await rewriteJsonStrings(
+        parsed,
+        async (text, site) => {
+          const bytes = site.isKey === true ? null : attachmentBytes(text, site);
+          if (bytes !== null) {
+            attachments++;
+            const findings = scan.findIn(bytes);
+            if (findings.length > 0) {
+              const first = findings[0]!;
+              throw new CoatcheckError(
+                'CC_ERR_LLM_ATTACHMENT_SECRET',
+                `the attachment at ${site.path.join('.').slice(0, 200)} contains a secret (${first.ruleId}, fingerprint ${first.fingerprint}); it was not sent`,
+                { details: { rule: first.ruleId, fingerprint: first.fingerprint } },
+              );
+            }
           }
-        }
-        return scan.text(text);
-      });
+          return scan.text(text);
+        },
+        undefined,
+        { keys: true },
+      );
       summary.attachments = attachments;
       summary.promptSecrets = scan.replaced;
       return {
