@@ -250,6 +250,10 @@ export function buildPatterns(secrets: readonly KnownSecret[]): PatternSet {
     if (secret.value.length < MIN_SCANNED_SECRET_BYTES) continue;
     const plain = (ticket: string) => Buffer.from(ticket);
     add(secret.id, secret.value, plain);
+    // Lower-cased: HTTP clients and servers fold header names (undici hands them over in
+    // lower case), so a secret echoed in a header name arrives folded.
+    const lower = Buffer.from(secret.value.toString('latin1').toLowerCase(), 'latin1');
+    if (!lower.equals(secret.value)) add(secret.id, lower, plain);
     // Form encoding writes a space as `+` (every other escape is decoded by the scan).
     if (secret.value.includes(0x20)) {
       add(secret.id, Buffer.from(secret.value.toString('latin1').replace(/ /g, '+'), 'latin1'), plain);

@@ -13,7 +13,7 @@ import {
   type JsonValue,
   rewriteJsonStrings,
 } from '../../gateway/found-secrets.js';
-import { decoderFor, drained, readBody, upstreamFailure } from '../../gateway/http-io.js';
+import { drained, readBody, responseDecoders, upstreamFailure } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
@@ -448,8 +448,8 @@ export class LlmEngine implements Engine<LlmClient> {
         });
       });
     const scan: ResponseScan = await inspection(() => this.#pipeline.inspect(session, principal, target));
-    const decoder = decoderFor(response.headers['content-encoding'] as string | undefined);
-    if (decoder === 'unsupported') {
+    const decoders = responseDecoders(response.headers);
+    if (decoders === 'unsupported') {
       throw new CoatcheckError(
         'CC_ERR_GATEWAY_UPSTREAM_ENCODING',
         'the model provider answered with a content encoding the gateway cannot inspect',
@@ -459,18 +459,24 @@ export class LlmEngine implements Engine<LlmClient> {
     for (const [name, value] of Object.entries(response.headers)) {
       const lower = name.toLowerCase();
       if (value === undefined || DROP_HEADERS.has(lower) || lower === 'set-cookie') continue;
-      if (lower === 'content-encoding' && decoder !== null) continue;
+      if (lower === 'content-encoding' && decoders.length > 0) continue;
+      // Names too: an upstream can put anything before the colon.
+      const scannedName = await inspection(() => scan.header(name));
       for (const item of Array.isArray(value) ? value : [value])
-        out.push(name, await inspection(() => scan.header(item)));
+        out.push(scannedName, await inspection(() => scan.header(item)));
     }
     res.writeHead(response.statusCode, out);
     // SSE: send each event as soon as it is scanned.
     res.flushHeaders();
     summary.status = response.statusCode;
     const source: Readable =
-      decoder === null
+      decoders.length === 0
         ? response.body
-        : (pipe(response.body, decoder, () => undefined) as unknown as Readable);
+        : ((pipe as (...streams: unknown[]) => unknown)(
+            response.body,
+            ...decoders,
+            () => undefined,
+          ) as Readable);
     let sent = 0;
     for await (const chunk of source) {
       const clean = await inspection(() => scan.push(chunk as Buffer));
