@@ -23,6 +23,8 @@ const NAME_SECRET = 'hn-S3cretHeaderName0123456';
 /** A value the agent made the vault learn: it ends with the target's first character. */
 const TARGET = 'Xtarget-secret-value-0123456789';
 const CHOSEN = `ghp_${'A'.repeat(35)}X`;
+/** Another learnt value, overlapping the target by five characters. */
+const CHOSEN5 = `ghp_${'B'.repeat(31)}${TARGET.slice(0, 5)}`;
 
 let gw: Gateway;
 let up: Upstream;
@@ -59,6 +61,7 @@ function decodedAll(text: string): string {
 function expectClean(text: string): void {
   for (const value of [SECRET, NAME_SECRET, TARGET.slice(1)]) {
     expect(text).not.toContain(value);
+    expect(text.toLowerCase()).not.toContain(value.toLowerCase());
     expect(decodedAll(text)).not.toContain(value);
     expect(decodedAll(decodeURIComponent(text.replace(/%(?![0-9a-fA-F]{2})/g, '%25')))).not.toContain(value);
   }
@@ -78,6 +81,7 @@ beforeAll(async () => {
   await gw.addSecret('name', NAME_SECRET, ['api']);
   await gw.addSecret('target', TARGET, ['api']);
   await gw.addSecret('chosen', CHOSEN, ['api']);
+  await gw.addSecret('chosen5', CHOSEN5, ['api']);
   await gw.addConnection('api', up.url);
   ticket = await gw.issue('canary', agent.ref, ['api']);
   up.handle('/reflect', (req, res) => {
@@ -183,9 +187,7 @@ beforeAll(async () => {
   reflections.set('overlap-escaped', (_s, res) =>
     json(`{"out":"${CHOSEN}${TARGET.slice(1).replace(/-/g, '\\u002d')}"}`)(res),
   );
-  reflections.set('overlap-chain', (_s, res) =>
-    json(`{"out":"${TARGET}${CHOSEN.slice(1)}${TARGET.slice(1)}"}`)(res),
-  );
+  reflections.set('overlap-chain', (_s, res) => json(`{"out":"${CHOSEN5}${TARGET.slice(5)}"}`)(res));
   reflections.set('overlap-sse', (_s, res) => {
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     const event = `data: ${CHOSEN}${TARGET.slice(1)}\n\n`;
@@ -282,7 +284,7 @@ describe('reverse proxy: overlapping secrets leak nothing', () => {
       const res = await reflect(name);
       expect(res.status).toBe(200);
       expectClean(res.text);
-      expect(res.text).not.toContain('target-secret');
+      expect(res.text).not.toContain('secret-value');
     });
   }
 
@@ -297,6 +299,6 @@ describe('reverse proxy: overlapping secrets leak nothing', () => {
       `${gw.url}/c/api/reflect?as=overlap-sse`,
     ]);
     seen.push(stdout);
-    expect(stdout).not.toContain('target-secret');
+    expect(stdout).not.toContain('secret-value');
   });
 });
