@@ -116,39 +116,44 @@ export function mayHoldEscape(s: string): boolean {
  */
 export function decodeView(input: string, mode: ViewMode): DecodedView {
   const n = input.length;
-  const units: number[] = [];
-  const start: number[] = [];
-  const end: number[] = [];
+  // A decoded view is never longer than its input: every escape is at least as long as
+  // what it writes (`%XX` one byte, `\uXXXX` up to three, `&#x10FFFF;` four).
+  const units = new Uint16Array(n);
+  const start = new Int32Array(n);
+  const end = new Int32Array(n);
+  let w = 0;
   let changed = false;
+
+  const put = (unit: number, from: number, to: number): void => {
+    units[w] = unit;
+    start[w] = from;
+    end[w] = to;
+    w++;
+  };
 
   const emitCodePoint = (cp: number, from: number, to: number): void => {
     if (mode === 'text') {
       if (cp >= 0x10000) {
         const v = cp - 0x10000;
-        units.push(0xd800 + (v >> 10), 0xdc00 + (v & 0x3ff));
-        start.push(from, from);
-        end.push(to, to);
-      } else {
-        units.push(cp);
-        start.push(from);
-        end.push(to);
-      }
+        put(0xd800 + (v >> 10), from, to);
+        put(0xdc00 + (v & 0x3ff), from, to);
+      } else put(cp, from, to);
       return;
     }
     // UTF-8 (lone surrogates as their 3-byte form: they match nothing real).
-    if (cp < 0x80) units.push(cp);
-    else if (cp < 0x800) units.push(0xc0 | (cp >> 6), 0x80 | (cp & 0x3f));
-    else if (cp < 0x10000) units.push(0xe0 | (cp >> 12), 0x80 | ((cp >> 6) & 0x3f), 0x80 | (cp & 0x3f));
-    else
-      units.push(
-        0xf0 | (cp >> 18),
-        0x80 | ((cp >> 12) & 0x3f),
-        0x80 | ((cp >> 6) & 0x3f),
-        0x80 | (cp & 0x3f),
-      );
-    while (start.length < units.length) {
-      start.push(from);
-      end.push(to);
+    if (cp < 0x80) put(cp, from, to);
+    else if (cp < 0x800) {
+      put(0xc0 | (cp >> 6), from, to);
+      put(0x80 | (cp & 0x3f), from, to);
+    } else if (cp < 0x10000) {
+      put(0xe0 | (cp >> 12), from, to);
+      put(0x80 | ((cp >> 6) & 0x3f), from, to);
+      put(0x80 | (cp & 0x3f), from, to);
+    } else {
+      put(0xf0 | (cp >> 18), from, to);
+      put(0x80 | ((cp >> 12) & 0x3f), from, to);
+      put(0x80 | ((cp >> 6) & 0x3f), from, to);
+      put(0x80 | (cp & 0x3f), from, to);
     }
   };
 
@@ -199,9 +204,7 @@ export function decodeView(input: string, mode: ViewMode): DecodedView {
         len = 3;
         if (mode === 'bytes') {
           // A raw byte, not a code point: %C3%A9 is two bytes of one UTF-8 character.
-          units.push(v);
-          start.push(i);
-          end.push(i + 3);
+          put(v, i, i + 3);
           changed = true;
           i += 3;
           continue;
@@ -250,17 +253,17 @@ export function decodeView(input: string, mode: ViewMode): DecodedView {
       i += len;
       continue;
     }
-    units.push(c);
-    start.push(i);
-    end.push(i + 1);
+    put(c, i, i + 1);
     i++;
   }
   if (!changed) return { view: input, start: new Int32Array(0), end: new Int32Array(0), changed: false };
-  let view = '';
-  for (let k = 0; k < units.length; k += 8192) {
-    view += String.fromCharCode(...units.slice(k, k + 8192));
+  let view: string;
+  if (mode === 'bytes') view = Buffer.from(Uint8Array.from(units.subarray(0, w))).toString('latin1');
+  else {
+    view = '';
+    for (let k = 0; k < w; k += 8192) view += String.fromCharCode(...units.subarray(k, Math.min(w, k + 8192)));
   }
-  return { view, start: Int32Array.from(start), end: Int32Array.from(end), changed: true };
+  return { view, start: start.subarray(0, w), end: end.subarray(0, w), changed: true };
 }
 
 /**

@@ -66,71 +66,103 @@ export interface PatternSet {
  * occurrence of every pattern, overlapping ones included, whatever the number of
  * secrets; the state at the end of the text gives the longest suffix that could still
  * grow into a match (what a stream must hold back). Transitions out of the root are a
- * dense table (most bytes of a response stay there); the rest sit in one hash map.
+ * dense table (most bytes of a response stay there); a state's first child is kept
+ * inline (deep in the trie, states have one) and further children sit in one hash map.
+ * Built in typed arrays, linear in the total length of the patterns.
  */
 export class Automaton {
   readonly #root = new Int32Array(256);
+  /** Most states have one child: kept inline; states with more use `#next` for the rest. */
+  readonly #one: Int32Array;
+  readonly #oneByte: Uint8Array;
   readonly #next = new Map<number, number>();
-  #fail: Int32Array;
-  #depth: Int32Array;
-  /** Patterns ending at a state (its own), and the next state on the fail chain with any. */
-  readonly #out: (number[] | undefined)[] = [];
-  #dict: Int32Array;
-  readonly #lengths: number[];
+  readonly #fail: Int32Array;
+  readonly #depth: Int32Array;
+  /** Patterns ending at a state (a list through `#outNext`), and the next state on the fail chain with any. */
+  readonly #outHead: Int32Array;
+  readonly #outNext: Int32Array;
+  readonly #dict: Int32Array;
+  readonly #lengths: Int32Array;
 
   constructor(patterns: readonly Buffer[]) {
-    this.#lengths = patterns.map((p) => p.length);
-    const depth: number[] = [0];
-    const children: number[][] = [[]];
-    const childByte: number[] = [0];
+    const total = patterns.reduce((sum, p) => sum + p.length, 0) + 1;
+    this.#lengths = Int32Array.from(patterns, (p) => p.length);
+    const one = new Int32Array(total);
+    const oneByte = new Uint8Array(total);
+    const parent = new Int32Array(total);
+    const byte = new Uint8Array(total);
+    const depth = new Int32Array(total);
+    const outHead = new Int32Array(total).fill(-1);
+    const outNext = new Int32Array(patterns.length).fill(-1);
+    const root = this.#root;
+    const next = this.#next;
     let states = 1;
-    patterns.forEach((bytes, index) => {
+    for (let index = 0; index < patterns.length; index++) {
+      const bytes = patterns[index]!;
       let s = 0;
-      for (const b of bytes) {
-        const key = s * 256 + b;
-        let t = this.#next.get(key);
+      for (let k = 0; k < bytes.length; k++) {
+        const b = bytes[k]!;
+        let t: number | undefined;
+        if (s === 0) t = root[b] === 0 ? undefined : root[b];
+        else if (one[s] !== 0 && oneByte[s] === b) t = one[s];
+        else t = next.get(s * 256 + b);
         if (t === undefined) {
           t = states++;
-          this.#next.set(key, t);
-          depth.push(depth[s]! + 1);
-          children.push([]);
-          childByte.push(b);
-          children[s]!.push(t);
+          if (s === 0) root[b] = t;
+          else if (one[s] === 0) {
+            one[s] = t;
+            oneByte[s] = b;
+          } else next.set(s * 256 + b, t);
+          parent[t] = s;
+          byte[t] = b;
+          depth[t] = depth[s]! + 1;
         }
         s = t;
       }
-      const ending = this.#out[s] ?? [];
-      ending.push(index);
-      this.#out[s] = ending;
-    });
-    this.#depth = Int32Array.from(depth);
-    this.#fail = new Int32Array(states);
-    this.#dict = new Int32Array(states);
-    for (const t of children[0]!) this.#root[childByte[t]!] = t;
-    // Breadth first: a state's fail link is known before its children's.
-    const queue = [...children[0]!];
-    for (let q = 0; q < queue.length; q++) {
-      const s = queue[q]!;
-      for (const t of children[s]!) {
-        let f = this.#fail[s]!;
-        const b = childByte[t]!;
-        for (;;) {
-          const g = f === 0 ? this.#root[b]! : this.#next.get(f * 256 + b);
-          if (g !== undefined && (f === 0 || g !== 0) && g !== t) {
-            this.#fail[t] = g;
-            break;
-          }
-          if (f === 0) {
-            this.#fail[t] = 0;
-            break;
-          }
-          f = this.#fail[f]!;
-        }
-        const ft = this.#fail[t]!;
-        this.#dict[t] = this.#out[ft] !== undefined ? ft : this.#dict[ft]!;
-        queue.push(t);
-      }
+      outNext[index] = outHead[s]!;
+      outHead[s] = index;
     }
+    this.#one = one.slice(0, states);
+    this.#oneByte = oneByte.slice(0, states);
+    this.#depth = depth.slice(0, states);
+    this.#outHead = outHead.slice(0, states);
+    this.#outNext = outNext;
+    const fail = new Int32Array(states);
+    const dict = new Int32Array(states);
+    // Breadth first (states by depth): a state's fail link is known before its children's.
+    let maxDepth = 0;
+    for (let t = 1; t < states; t++) maxDepth = Math.max(maxDepth, depth[t]!);
+    const firstOfDepth = new Int32Array(maxDepth + 2);
+    for (let t = 1; t < states; t++) firstOfDepth[depth[t]! + 1]!++;
+    for (let d = 1; d < firstOfDepth.length; d++) firstOfDepth[d]! += firstOfDepth[d - 1]!;
+    const order = new Int32Array(states);
+    for (let t = 1; t < states; t++) order[firstOfDepth[depth[t]!]!++] = t;
+    for (let q = 0; q < states - 1; q++) {
+      const t = order[q]!;
+      if (depth[t] === 1) continue;
+      const b = byte[t]!;
+      let f = fail[parent[t]!]!;
+      for (;;) {
+        const g = this.#goto(f, b);
+        if (g !== 0) {
+          fail[t] = g;
+          break;
+        }
+        if (f === 0) break;
+        f = fail[f]!;
+      }
+      const ft = fail[t]!;
+      dict[t] = outHead[ft] !== -1 ? ft : dict[ft]!;
+    }
+    this.#fail = fail;
+    this.#dict = dict;
+  }
+
+  /** The child of `s` on byte `b`, or 0. */
+  #goto(s: number, b: number): number {
+    if (s === 0) return this.#root[b]!;
+    if (this.#one[s] !== 0 && this.#oneByte[s] === b) return this.#one[s]!;
+    return this.#next.get(s * 256 + b) ?? 0;
   }
 
   get empty(): boolean {
@@ -140,9 +172,8 @@ export class Automaton {
   /** The state after reading byte `b` in state `s`. */
   step(s: number, b: number): number {
     for (;;) {
-      if (s === 0) return this.#root[b]!;
-      const t = this.#next.get(s * 256 + b);
-      if (t !== undefined) return t;
+      const t = this.#goto(s, b);
+      if (t !== 0 || s === 0) return t;
       s = this.#fail[s]!;
     }
   }
@@ -152,12 +183,15 @@ export class Automaton {
     return this.#depth[s]!;
   }
 
+  /** True when some pattern ends in state `s`. */
+  hasOutput(s: number): boolean {
+    return this.#outHead[s] !== -1 || this.#dict[s] !== 0;
+  }
+
   /** Every pattern that ends in state `s`, with its length. */
   ends(s: number, onMatch: (pattern: number, length: number) => void): void {
-    const out = this.#out;
-    const dict = this.#dict;
-    for (let o = out[s] !== undefined ? s : dict[s]!; o !== 0; o = dict[o]!) {
-      for (const p of out[o]!) onMatch(p, this.#lengths[p]!);
+    for (let o = this.#outHead[s] !== -1 ? s : this.#dict[s]!; o !== 0; o = this.#dict[o]!) {
+      for (let p = this.#outHead[o]!; p !== -1; p = this.#outNext[p]!) onMatch(p, this.#lengths[p]!);
     }
   }
 
@@ -172,10 +206,14 @@ export class Automaton {
     states?: Int32Array,
   ): number {
     const root = this.#root;
+    const one = this.#one;
+    const oneByte = this.#oneByte;
     const next = this.#next;
     const fail = this.#fail;
-    const out = this.#out;
+    const outHead = this.#outHead;
+    const outNext = this.#outNext;
     const dict = this.#dict;
+    const lengths = this.#lengths;
     let s = 0;
     for (let i = 0; i < text.length; i++) {
       if (states !== undefined) states[i] = s;
@@ -183,6 +221,10 @@ export class Automaton {
       for (;;) {
         if (s === 0) {
           s = root[b]!;
+          break;
+        }
+        if (one[s] !== 0 && oneByte[s] === b) {
+          s = one[s]!;
           break;
         }
         const t = next.get(s * 256 + b);
@@ -193,8 +235,8 @@ export class Automaton {
         s = fail[s]!;
       }
       if (s === 0) continue;
-      for (let o = out[s] !== undefined ? s : dict[s]!; o !== 0; o = dict[o]!) {
-        for (const p of out[o]!) onMatch(p, i + 1 - this.#lengths[p]!, i + 1);
+      for (let o = outHead[s] !== -1 ? s : dict[s]!; o !== 0; o = dict[o]!) {
+        for (let p = outHead[o]!; p !== -1; p = outNext[p]!) onMatch(p, i + 1 - lengths[p]!, i + 1);
       }
     }
     return text.length - this.#depth[s]!;
@@ -347,6 +389,11 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean): Analysis {
   const raw = buf.toString('latin1');
   const levels: Level[] = [{ text: raw, start: null, end: null, escapes: [] }];
   let cut = final ? raw.length : unfinishedEscapeFrom(raw);
+  if (cut < raw.length) {
+    // An escape cut by the chunk border: decode without it (it waits for the next chunk).
+    const inner = findSpans(buf.subarray(0, cut), set, false);
+    return { spans: inner.spans, hold: Math.min(inner.hold, cut) };
+  }
   if (mayHoldEscape(raw)) {
     for (let level = 1; level <= MAX_DECODE_LEVELS; level++) {
       const above = levels[level - 1]!;
@@ -409,10 +456,12 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean): Analysis {
             ? above.text.charCodeAt(esc.from + i) & 0xff
             : view.text.charCodeAt(after + i - literal) & 0xff;
         s = automaton.step(s, b);
-        const at = i;
-        automaton.ends(s, (pattern, n) =>
-          matches.push({ start: streamStart(at + 1 - n), end: streamEnd(at), pattern, level }),
-        );
+        if (automaton.hasOutput(s)) {
+          const at = i;
+          automaton.ends(s, (pattern, n) =>
+            matches.push({ start: streamStart(at + 1 - n), end: streamEnd(at), pattern, level }),
+          );
+        }
         // Past the escape, and every match still possible starts after it: the main scan sees it.
         if (i >= literal && automaton.depth(s) <= i - literal + 1) break;
         if (i === literal - 1 && s === 0) break;
