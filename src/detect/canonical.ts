@@ -118,7 +118,7 @@ export function decodeView(input: string, mode: ViewMode): DecodedView {
   const n = input.length;
   // A decoded view is never longer than its input: every escape is at least as long as
   // what it writes (`%XX` one byte, `\uXXXX` up to three, `&#x10FFFF;` four).
-  const units = new Uint16Array(n);
+  const units: Uint8Array | Uint16Array = mode === 'bytes' ? Buffer.allocUnsafe(n) : new Uint16Array(n);
   const start = new Int32Array(n);
   const end = new Int32Array(n);
   let w = 0;
@@ -258,10 +258,11 @@ export function decodeView(input: string, mode: ViewMode): DecodedView {
   }
   if (!changed) return { view: input, start: new Int32Array(0), end: new Int32Array(0), changed: false };
   let view: string;
-  if (mode === 'bytes') view = Buffer.from(Uint8Array.from(units.subarray(0, w))).toString('latin1');
+  if (mode === 'bytes') view = (units as Buffer).toString('latin1', 0, w);
   else {
     view = '';
-    for (let k = 0; k < w; k += 8192) view += String.fromCharCode(...units.subarray(k, Math.min(w, k + 8192)));
+    for (let k = 0; k < w; k += 8192)
+      view += String.fromCharCode(...units.subarray(k, Math.min(w, k + 8192)));
   }
   return { view, start: start.subarray(0, w), end: end.subarray(0, w), changed: true };
 }

@@ -434,19 +434,18 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean): Analysis {
     const above = levels[level - 1]!;
     const aboveStart = (u: number) => (above.start === null ? u : above.start[u]!);
     const aboveEnd = (u: number) => (above.end === null ? u + 1 : above.end[u]!);
+    // Stream of a fork: the view before the escape (negative indices), the escape's own
+    // characters, then the view after it.
+    const streamAt = (esc: Level['escapes'][number], i: number, edge: 'start' | 'end'): number => {
+      const literal = esc.to - esc.from;
+      if (i < 0) return edge === 'start' ? unitStart(esc.unit + i) : unitEnd(esc.unit + i);
+      if (i < literal) return edge === 'start' ? aboveStart(esc.from + i) : aboveEnd(esc.from + i);
+      const u = esc.unit + esc.units + i - literal;
+      return edge === 'start' ? unitStart(u) : unitEnd(u);
+    };
     for (const esc of view.escapes) {
-      // Stream: the view before the escape (negative indices), the escape's own
-      // characters, then the view after it.
       const literal = esc.to - esc.from;
       const after = esc.unit + esc.units;
-      const streamStart = (i: number) =>
-        i < 0
-          ? unitStart(esc.unit + i)
-          : i < literal
-            ? aboveStart(esc.from + i)
-            : unitStart(after + i - literal);
-      const streamEnd = (i: number) =>
-        i < 0 ? unitEnd(esc.unit + i) : i < literal ? aboveEnd(esc.from + i) : unitEnd(after + i - literal);
       let s = states[esc.unit]!;
       const length = literal + view.text.length - after;
       let i = 0;
@@ -459,7 +458,12 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean): Analysis {
         if (automaton.hasOutput(s)) {
           const at = i;
           automaton.ends(s, (pattern, n) =>
-            matches.push({ start: streamStart(at + 1 - n), end: streamEnd(at), pattern, level }),
+            matches.push({
+              start: streamAt(esc, at + 1 - n, 'start'),
+              end: streamAt(esc, at, 'end'),
+              pattern,
+              level,
+            }),
           );
         }
         // Past the escape, and every match still possible starts after it: the main scan sees it.
@@ -467,7 +471,7 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean): Analysis {
         if (i === literal - 1 && s === 0) break;
       }
       if (!final && i === length && automaton.depth(s) > 0) {
-        hold = Math.min(hold, streamStart(length - automaton.depth(s)));
+        hold = Math.min(hold, streamAt(esc, length - automaton.depth(s), 'start'));
       }
     }
   });
