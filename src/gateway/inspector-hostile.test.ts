@@ -242,3 +242,15 @@ describe('PatternScan over encoded forms', () => {
     expect(set.mayContain(Buffer.from('x plain-secret-012345678'))).toBe(false);
   });
 });
+
+describe('PatternScan work bounds', () => {
+  it('stays linear on text built to cut escapes at every level (%25%25%25…)', async () => {
+    // Re-analysing after every cut would be quadratic here: minutes, past the test timeout.
+    const { scan } = scannerFor([{ id: 'w', value: Buffer.from('plain-secret-0123456789') }]);
+    const chunk = Buffer.from('%25'.repeat((64 * 1024) / 3));
+    const out: Buffer[] = [];
+    for (let i = 0; i < 4; i++) out.push(await scan.push(chunk));
+    out.push(await scan.end());
+    expect(Buffer.concat(out).length).toBe(chunk.length * 4);
+  });
+});

@@ -384,14 +384,17 @@ function escapesOf(local: { start: Int32Array; end: Int32Array }): Level['escape
  * decoded text after it, from the state the main scan had before the escape, until the
  * fork can only repeat what the main scan sees (bounded by the longest pattern).
  */
-function findSpans(buf: Buffer, set: PatternSet, final: boolean): Analysis {
+function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): Analysis {
   if (set.automaton.empty || buf.length === 0) return { spans: [], hold: buf.length };
   const raw = buf.toString('latin1');
   const levels: Level[] = [{ text: raw, start: null, end: null, escapes: [] }];
-  let cut = final ? raw.length : unfinishedEscapeFrom(raw);
+  // Where an escape cut by the chunk border begins (on the raw bytes or any view): the
+  // rest waits for the next chunk, and what comes before is analysed once more without
+  // it (once: a second pass must not cut again, or `%25%25%25…` would cost n² work).
+  const check = cuts && !final;
+  let cut = check ? unfinishedEscapeFrom(raw) : raw.length;
   if (cut < raw.length) {
-    // An escape cut by the chunk border: decode without it (it waits for the next chunk).
-    const inner = findSpans(buf.subarray(0, cut), set, false);
+    const inner = findSpans(buf.subarray(0, cut), set, false, false);
     return { spans: inner.spans, hold: Math.min(inner.hold, cut) };
   }
   if (mayHoldEscape(raw)) {
@@ -405,7 +408,7 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean): Analysis {
       const start: Int32Array = toStart === null ? decoded.start : decoded.start.map((u) => toStart[u]!);
       const end: Int32Array = toEnd === null ? decoded.end : decoded.end.map((u) => toEnd[u - 1]!);
       levels.push({ text: decoded.view, start, end, escapes: escapesOf(decoded) });
-      if (!final) {
+      if (check) {
         const at = unfinishedEscapeFrom(decoded.view);
         if (at < decoded.view.length) cut = Math.min(cut, start[at]!);
       }
@@ -414,7 +417,7 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean): Analysis {
   }
   if (cut < raw.length) {
     // Decode again without the unfinished escape at the end: it may change the views.
-    const inner = findSpans(buf.subarray(0, cut), set, false);
+    const inner = findSpans(buf.subarray(0, cut), set, false, false);
     return { spans: inner.spans, hold: Math.min(inner.hold, cut) };
   }
   const automaton = set.automaton;
