@@ -306,6 +306,7 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
       // Escaped forms (`\u0026`, `%2b`, `&#x2b;`, nested up to two levels): match on the
       // decoded view and report the whole original span.
       if (mayHoldEscape(input)) {
+        const seen = new Set(out.map((m) => `${m.secretId}:${m.start}:${m.end}`));
         let view = input;
         let toStart: Int32Array | null = null;
         let toEnd: Int32Array | null = null;
@@ -317,7 +318,11 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
           const start: Int32Array = ts === null ? decoded.start : decoded.start.map((u) => ts[u]!);
           const end: Int32Array = te === null ? decoded.end : decoded.end.map((u) => te[u - 1]!);
           for (const m of findForms(decoded.view, mode)) {
-            out.push({ ...m, start: start[m.start]!, end: end[m.end - 1]!, viaView: true });
+            const found = { ...m, start: start[m.start]!, end: end[m.end - 1]!, viaView: true };
+            const key = `${found.secretId}:${found.start}:${found.end}`;
+            if (seen.has(key)) continue;
+            seen.add(key);
+            out.push(found);
           }
           view = decoded.view;
           toStart = start;
