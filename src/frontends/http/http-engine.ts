@@ -167,17 +167,17 @@ export interface HttpClient {
 
 const NO_BODY_STATUS = new Set([204, 304]);
 
-/**
- * The HTTP reverse-proxy engine: `/c/<connection>/<path>` → the connection's URL.
- * Tickets in headers, query and body are exchanged; the connection's credential headers
- * are injected; the response is scanned and any secret in it comes back as a ticket.
- */
 /** The body through its decoders (none: the body itself). */
 function decodedBody(body: Readable, decoders: readonly NodeJS.ReadWriteStream[]): Readable {
   if (decoders.length === 0) return body;
   return (pipe as (...streams: unknown[]) => unknown)(body, ...decoders, () => undefined) as Readable;
 }
 
+/**
+ * The HTTP reverse-proxy engine: `/c/<connection>/<path>` → the connection's URL.
+ * Tickets in headers, query and body are exchanged; the connection's credential headers
+ * are injected; the response is scanned and any secret in it comes back as a ticket.
+ */
 export class HttpEngine implements Engine<HttpClient> {
   readonly name = 'http';
   readonly #pipeline: ExchangePipeline;
