@@ -310,15 +310,13 @@ export function buildPatterns(secrets: readonly KnownSecret[]): PatternSet {
   }
   const automaton = new Automaton(patterns.map((p) => p.bytes));
   const maxLength = patterns.reduce((max, p) => Math.max(max, p.bytes.length), 0);
-  return {
+  const set: PatternSet = {
     patterns,
     maxLength,
     automaton,
-    mayContain(bytes) {
-      if (automaton.empty) return false;
-      return findSpans(bytes, this as PatternSet, true).spans.length > 0;
-    },
+    mayContain: (bytes) => !automaton.empty && findSpans(bytes, set, true).spans.length > 0,
   };
+  return set;
 }
 
 const EMPTY: PatternSet = buildPatterns([]);
