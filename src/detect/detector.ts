@@ -248,7 +248,44 @@ export function createDetector(options: DetectorOptions = {}): Detector {
     }
   }
 
+  /**
+   * Overlapping candidates: among rule findings the highest-ranked wins (as before), but
+   * a run of overlapping candidates that involves a known vault secret becomes one finding
+   * spanning the whole run, reported as its highest-ranked candidate (a known secret).
+   * Keeping one known secret and dropping an overlapping one would leave the dropped
+   * one's bytes outside the replaced span: an agent that makes the vault learn a value
+   * ending where a target secret begins would read the target back minus its first byte.
+   */
   function resolve(cands: Candidate[]): Candidate[] {
+    if (!cands.some((c) => c.rule === undefined)) return byPriority(cands);
+    const byStart = cands.slice().sort((a, b) => a.start - b.start || b.end - a.end);
+    const out: Candidate[] = [];
+    let run: Candidate[] = [];
+    let end = -1;
+    const close = () => {
+      if (run.length === 0) return;
+      const known = run.filter((c) => c.rule === undefined);
+      if (known.length === 0 || run.length === 1) {
+        out.push(...byPriority(run));
+        return;
+      }
+      const start = run[0]!.start;
+      const best = known.slice().sort((a, b) => b.end - b.start - (a.end - a.start) || a.start - b.start)[0]!;
+      out.push({ ...best, start, end });
+    };
+    for (const c of byStart) {
+      if (c.start >= end) {
+        close();
+        run = [];
+      }
+      run.push(c);
+      end = Math.max(end, c.end);
+    }
+    close();
+    return out;
+  }
+
+  function byPriority(cands: Candidate[]): Candidate[] {
     const rank = (x: Candidate): number =>
       x.rule === undefined ? 1_000 : x.rule.priority * 10 + CONFIDENCE_RANK[x.rule.rule.confidence];
     const sorted = cands

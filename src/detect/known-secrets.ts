@@ -1,4 +1,5 @@
 import { CoatcheckError } from '../core/errors.js';
+import { decodeView, mayHoldEscape } from './canonical.js';
 import type { KnownSecretEncoding } from './types.js';
 
 /** Known secrets shorter than this would match ordinary text. */
@@ -26,6 +27,8 @@ export interface KnownSecretMatch {
   readonly encoding: KnownSecretEncoding;
   readonly start: number;
   readonly end: number;
+  /** Found on a decoded view of the input (the span covers the escaped form). */
+  readonly viaView?: boolean;
 }
 
 export interface KnownSecretMatcher {
@@ -213,6 +216,44 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
     for (let p = 0; p < pText.length; p++) if (pAlive[p]) maxLen = Math.max(maxLen, pText[p]!.length);
   }
 
+  function findForms(input: string, mode: 'text' | 'bytes', bytes?: Buffer): KnownSecretMatch[] {
+    const out: KnownSecretMatch[] = [];
+    const n = input.length;
+    if (byId.size === 0 || n < MIN_FORM) return out;
+    const want = mode === 'text' ? TEXT : BYTES;
+    const f = filter;
+    const fShift = 32 - fBits;
+    const tShift = 32 - tBits;
+    const tMask = (1 << tBits) - 1;
+    const view =
+      bytes !== undefined && bytes.length === n
+        ? new DataView(bytes.buffer, bytes.byteOffset, bytes.length)
+        : undefined;
+    for (let i = 0; i + Q <= n; i += S) {
+      const w =
+        view !== undefined
+          ? view.getInt32(i, true)
+          : (input.charCodeAt(i) & 0xff) |
+            ((input.charCodeAt(i + 1) & 0xff) << 8) |
+            ((input.charCodeAt(i + 2) & 0xff) << 16) |
+            ((input.charCodeAt(i + 3) & 0xff) << 24);
+      const h = Math.imul(w, MIX);
+      const fs = h >>> fShift;
+      if ((f[fs >>> 5]! & (1 << (fs & 31))) === 0) continue;
+      for (let k = h >>> tShift; tRef[k] !== -1; k = (k + 1) & tMask) {
+        if (tHash[k] !== h) continue;
+        const ref = tRef[k]!;
+        const p = (ref / S) | 0;
+        const start = i - (ref - p * S);
+        const text = pText[p]!;
+        if (start >= 0 && pAlive[p] && (pModes[p]! & want) !== 0 && input.startsWith(text, start)) {
+          out.push({ secretId: pId[p]!, encoding: pEnc[p]!, start, end: start + text.length });
+        }
+      }
+    }
+    return out;
+  }
+
   return {
     add(id, value) {
       const bytes = typeof value === 'string' ? Buffer.from(value, 'utf8') : value;
@@ -261,38 +302,32 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
       return maxLen;
     },
     find(input, mode, bytes) {
-      const out: KnownSecretMatch[] = [];
-      const n = input.length;
-      if (byId.size === 0 || n < MIN_FORM) return out;
-      const want = mode === 'text' ? TEXT : BYTES;
-      const f = filter;
-      const fShift = 32 - fBits;
-      const tShift = 32 - tBits;
-      const tMask = (1 << tBits) - 1;
-      const view =
-        bytes !== undefined && bytes.length === n
-          ? new DataView(bytes.buffer, bytes.byteOffset, bytes.length)
-          : undefined;
-      for (let i = 0; i + Q <= n; i += S) {
-        const w =
-          view !== undefined
-            ? view.getInt32(i, true)
-            : (input.charCodeAt(i) & 0xff) |
-              ((input.charCodeAt(i + 1) & 0xff) << 8) |
-              ((input.charCodeAt(i + 2) & 0xff) << 16) |
-              ((input.charCodeAt(i + 3) & 0xff) << 24);
-        const h = Math.imul(w, MIX);
-        const fs = h >>> fShift;
-        if ((f[fs >>> 5]! & (1 << (fs & 31))) === 0) continue;
-        for (let k = h >>> tShift; tRef[k] !== -1; k = (k + 1) & tMask) {
-          if (tHash[k] !== h) continue;
-          const ref = tRef[k]!;
-          const p = (ref / S) | 0;
-          const start = i - (ref - p * S);
-          const text = pText[p]!;
-          if (start >= 0 && pAlive[p] && (pModes[p]! & want) !== 0 && input.startsWith(text, start)) {
-            out.push({ secretId: pId[p]!, encoding: pEnc[p]!, start, end: start + text.length });
+      const out = findForms(input, mode, bytes);
+      // Escaped forms (`\u0026`, `%2b`, `&#x2b;`, nested up to two levels): match on the
+      // decoded view and report the whole original span.
+      if (mayHoldEscape(input)) {
+        const seen = new Set(out.map((m) => `${m.secretId}:${m.start}:${m.end}`));
+        let view = input;
+        let toStart: Int32Array | null = null;
+        let toEnd: Int32Array | null = null;
+        for (let level = 0; level < 2; level++) {
+          const decoded = decodeView(view, mode);
+          if (!decoded.changed) break;
+          const ts = toStart;
+          const te = toEnd;
+          const start: Int32Array = ts === null ? decoded.start : decoded.start.map((u) => ts[u]!);
+          const end: Int32Array = te === null ? decoded.end : decoded.end.map((u) => te[u - 1]!);
+          for (const m of findForms(decoded.view, mode)) {
+            const found = { ...m, start: start[m.start]!, end: end[m.end - 1]!, viaView: true };
+            const key = `${found.secretId}:${found.start}:${found.end}`;
+            if (seen.has(key)) continue;
+            seen.add(key);
+            out.push(found);
           }
+          view = decoded.view;
+          toStart = start;
+          toEnd = end;
+          if (!mayHoldEscape(view)) break;
         }
       }
       return out.length > 1 ? out.sort((a, b) => a.start - b.start || a.end - b.end) : out;

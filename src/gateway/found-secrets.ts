@@ -154,16 +154,25 @@ export interface StringSite {
   readonly parent: JsonValue[] | { [key: string]: JsonValue } | null;
   /** Keys from the root (`messages.0.content.1.image_url.url`). */
   readonly path: readonly (string | number)[];
+  /** The string is an object key (`key` is then that key too). */
+  readonly isKey?: boolean;
+}
+
+export interface RewriteOptions {
+  /** Visit object keys too (in document order, each before its value). */
+  readonly keys?: boolean;
 }
 
 /**
- * A copy of `value` with every string value passed through `visit` (object keys are kept).
+ * A copy of `value` with every string value passed through `visit` (object keys too with
+ * `options.keys`; keys are kept otherwise).
  * Strings are visited in document order, one at a time.
  */
 export async function rewriteJsonStrings(
   value: JsonValue,
   visit: (text: string, site: StringSite) => Promise<string>,
   maxDepth = MAX_JSON_DEPTH,
+  options: RewriteOptions = {},
 ): Promise<JsonValue> {
   const walk = async (node: JsonValue, site: StringSite, depth: number): Promise<JsonValue> => {
     if (depth > maxDepth) {
@@ -182,9 +191,56 @@ export async function rewriteJsonStrings(
     }
     const out: { [key: string]: JsonValue } = {};
     for (const [key, child] of Object.entries(node)) {
-      out[key] = await walk(child, { key, parent: node, path: [...site.path, key] }, depth + 1);
+      const path = [...site.path, key];
+      const name = options.keys === true ? await visit(key, { key, parent: node, path, isKey: true }) : key;
+      if (Object.hasOwn(out, name)) {
+        throw new CoatcheckError(
+          'CC_ERR_INVALID_ARGUMENT',
+          'two object keys became the same after inspection',
+          {
+            details: { field: 'body' },
+          },
+        );
+      }
+      Object.defineProperty(out, name, {
+        value: await walk(child, { key, parent: node, path }, depth + 1),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
     }
     return out;
   };
   return walk(value, { key: null, parent: null, path: [] }, 0);
+}
+
+/**
+ * True when some object in the JSON text `text` repeats a key. `JSON.parse` keeps the
+ * last of them, while another parser may take the first: a document that means two
+ * things is refused rather than inspected one way and read another. Linear, no
+ * allocation per character; call it on text that `JSON.parse` accepted.
+ */
+export function hasDuplicateKeys(text: string): boolean {
+  const stack: (Set<string> | null)[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x7b) stack.push(new Set());
+    else if (c === 0x5b) stack.push(null);
+    else if (c === 0x7d || c === 0x5d) stack.pop();
+    else if (c === 0x22) {
+      let j = i + 1;
+      while (j < text.length && text.charCodeAt(j) !== 0x22) j += text.charCodeAt(j) === 0x5c ? 2 : 1;
+      const literal = text.slice(i, j + 1);
+      let k = j + 1;
+      while (k < text.length && /\s/.test(text[k]!)) k++;
+      const top = stack.at(-1);
+      if (text.charCodeAt(k) === 0x3a && top !== undefined && top !== null) {
+        const key = JSON.parse(literal) as string;
+        if (top.has(key)) return true;
+        top.add(key);
+      }
+      i = j;
+    }
+  }
+  return false;
 }

@@ -242,3 +242,34 @@ export function decoderFor(encoding: string | undefined): NodeJS.ReadWriteStream
   if (value === 'br') return createBrotliDecompress();
   return 'unsupported';
 }
+
+/** Most codings stacked on one response body (`gzip, br`). */
+const MAX_CODINGS = 3;
+
+/**
+ * The decoders that turn a response body as it arrives into what it means, in order:
+ * the transfer codings other than `chunked` (undici leaves `Transfer-Encoding: gzip`
+ * encoded), then the content codings, each list undone from the last applied.
+ * `'unsupported'` for a coding the gateway cannot decode (the body must be refused, not
+ * passed: its bytes could hold a secret no scanner sees), or more than `MAX_CODINGS`.
+ */
+export function responseDecoders(
+  headers: Record<string, string | string[] | undefined>,
+): NodeJS.ReadWriteStream[] | 'unsupported' {
+  const list = (value: string | string[] | undefined): string[] =>
+    (Array.isArray(value) ? value.join(',') : (value ?? ''))
+      .split(',')
+      .map((v) => v.trim().toLowerCase())
+      .filter((v) => v !== '' && v !== 'identity');
+  const transfer = list(headers['transfer-encoding']).filter((v) => v !== 'chunked');
+  const content = list(headers['content-encoding']);
+  const codings = [...transfer.reverse(), ...content.reverse()];
+  if (codings.length > MAX_CODINGS) return 'unsupported';
+  const decoders: NodeJS.ReadWriteStream[] = [];
+  for (const coding of codings) {
+    const decoder = decoderFor(coding);
+    if (decoder === 'unsupported' || decoder === null) return 'unsupported';
+    decoders.push(decoder);
+  }
+  return decoders;
+}

@@ -6,6 +6,9 @@
  * (src/detect) will plug in as another `ResponseInspector`.
  */
 
+import { CoatcheckError } from '../core/errors.js';
+import { decodeView, mayHoldEscape, unfinishedEscapeFrom } from '../detect/canonical.js';
+
 export interface InspectionContext {
   /** A ticket that stands for `secretId`, bound to the caller (one per secret per response). */
   reissue(secretId: string): Promise<string>;
@@ -50,22 +53,194 @@ interface Pattern {
 
 export interface PatternSet {
   readonly patterns: readonly Pattern[];
-  /** Longest pattern: the most a match can span across chunks. */
+  /** Longest pattern: the most a single match can span in a decoded view. */
   readonly maxLength: number;
+  /** True when `bytes` (or a decoded view of it) may hold a known secret. */
+  mayContain(bytes: Buffer): boolean;
+  /** @internal the automaton over `patterns`. */
+  readonly automaton: Automaton;
 }
 
-const EMPTY: PatternSet = { patterns: [], maxLength: 0 };
+/**
+ * An Aho-Corasick automaton over the patterns' bytes: one pass over the text finds every
+ * occurrence of every pattern, overlapping ones included, whatever the number of
+ * secrets; the state at the end of the text gives the longest suffix that could still
+ * grow into a match (what a stream must hold back). Transitions out of the root are a
+ * dense table (most bytes of a response stay there); a state's first child is kept
+ * inline (deep in the trie, states have one) and further children sit in one hash map.
+ * Built in typed arrays, linear in the total length of the patterns.
+ */
+export class Automaton {
+  readonly #root = new Int32Array(256);
+  /** Most states have one child: kept inline; states with more use `#next` for the rest. */
+  readonly #one: Int32Array;
+  readonly #oneByte: Uint8Array;
+  readonly #next = new Map<number, number>();
+  readonly #fail: Int32Array;
+  readonly #depth: Int32Array;
+  /** Patterns ending at a state (a list through `#outNext`), and the next state on the fail chain with any. */
+  readonly #outHead: Int32Array;
+  readonly #outNext: Int32Array;
+  readonly #dict: Int32Array;
+  readonly #lengths: Int32Array;
 
-function jsonEscape(text: string): string {
-  return JSON.stringify(text).slice(1, -1);
-}
+  constructor(patterns: readonly Buffer[]) {
+    const total = patterns.reduce((sum, p) => sum + p.length, 0) + 1;
+    this.#lengths = Int32Array.from(patterns, (p) => p.length);
+    const one = new Int32Array(total);
+    const oneByte = new Uint8Array(total);
+    const parent = new Int32Array(total);
+    const byte = new Uint8Array(total);
+    const depth = new Int32Array(total);
+    const outHead = new Int32Array(total).fill(-1);
+    const outNext = new Int32Array(patterns.length).fill(-1);
+    const root = this.#root;
+    const next = this.#next;
+    let states = 1;
+    for (let index = 0; index < patterns.length; index++) {
+      const bytes = patterns[index]!;
+      let s = 0;
+      for (let k = 0; k < bytes.length; k++) {
+        const b = bytes[k]!;
+        let t: number | undefined;
+        if (s === 0) t = root[b] === 0 ? undefined : root[b];
+        else if (one[s] !== 0 && oneByte[s] === b) t = one[s];
+        else t = next.get(s * 256 + b);
+        if (t === undefined) {
+          t = states++;
+          if (s === 0) root[b] = t;
+          else if (one[s] === 0) {
+            one[s] = t;
+            oneByte[s] = b;
+          } else next.set(s * 256 + b, t);
+          parent[t] = s;
+          byte[t] = b;
+          depth[t] = depth[s]! + 1;
+        }
+        s = t;
+      }
+      outNext[index] = outHead[s]!;
+      outHead[s] = index;
+    }
+    this.#one = one.slice(0, states);
+    this.#oneByte = oneByte.slice(0, states);
+    this.#depth = depth.slice(0, states);
+    this.#outHead = outHead.slice(0, states);
+    this.#outNext = outNext;
+    const fail = new Int32Array(states);
+    const dict = new Int32Array(states);
+    // Breadth first (states by depth): a state's fail link is known before its children's.
+    let maxDepth = 0;
+    for (let t = 1; t < states; t++) maxDepth = Math.max(maxDepth, depth[t]!);
+    const firstOfDepth = new Int32Array(maxDepth + 2);
+    for (let t = 1; t < states; t++) firstOfDepth[depth[t]! + 1]!++;
+    for (let d = 1; d < firstOfDepth.length; d++) firstOfDepth[d]! += firstOfDepth[d - 1]!;
+    const order = new Int32Array(states);
+    for (let t = 1; t < states; t++) order[firstOfDepth[depth[t]!]!++] = t;
+    for (let q = 0; q < states - 1; q++) {
+      const t = order[q]!;
+      if (depth[t] === 1) continue;
+      const b = byte[t]!;
+      let f = fail[parent[t]!]!;
+      for (;;) {
+        const g = this.#goto(f, b);
+        if (g !== 0) {
+          fail[t] = g;
+          break;
+        }
+        if (f === 0) break;
+        f = fail[f]!;
+      }
+      const ft = fail[t]!;
+      dict[t] = outHead[ft] !== -1 ? ft : dict[ft]!;
+    }
+    this.#fail = fail;
+    this.#dict = dict;
+  }
 
-/** JSON with every non-ASCII character as \uXXXX (Python's default `ensure_ascii`). */
-function jsonEscapeAscii(text: string): string {
-  return jsonEscape(text).replace(
-    /[\u007f-\uffff]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
-  );
+  /** The child of `s` on byte `b`, or 0. */
+  #goto(s: number, b: number): number {
+    if (s === 0) return this.#root[b]!;
+    if (this.#one[s] !== 0 && this.#oneByte[s] === b) return this.#one[s]!;
+    return this.#next.get(s * 256 + b) ?? 0;
+  }
+
+  get empty(): boolean {
+    return this.#lengths.length === 0;
+  }
+
+  /** The state after reading byte `b` in state `s`. */
+  step(s: number, b: number): number {
+    for (;;) {
+      const t = this.#goto(s, b);
+      if (t !== 0 || s === 0) return t;
+      s = this.#fail[s]!;
+    }
+  }
+
+  /** How many bytes state `s` has read of the patterns it may still complete. */
+  depth(s: number): number {
+    return this.#depth[s]!;
+  }
+
+  /** True when some pattern ends in state `s`. */
+  hasOutput(s: number): boolean {
+    return this.#outHead[s] !== -1 || this.#dict[s] !== 0;
+  }
+
+  /** Every pattern that ends in state `s`, with its length. */
+  ends(s: number, onMatch: (pattern: number, length: number) => void): void {
+    for (let o = this.#outHead[s] !== -1 ? s : this.#dict[s]!; o !== 0; o = this.#dict[o]!) {
+      for (let p = this.#outHead[o]!; p !== -1; p = this.#outNext[p]!) onMatch(p, this.#lengths[p]!);
+    }
+  }
+
+  /**
+   * Every occurrence in `text` (latin1, one char per byte): `onMatch(pattern, start, end)`.
+   * Returns where the longest unfinished prefix at the end of `text` starts. When
+   * `states` is given, `states[i]` is set to the state before reading `text[i]`.
+   */
+  scan(
+    text: string,
+    onMatch: (pattern: number, start: number, end: number) => void,
+    states?: Int32Array,
+  ): number {
+    const root = this.#root;
+    const one = this.#one;
+    const oneByte = this.#oneByte;
+    const next = this.#next;
+    const fail = this.#fail;
+    const outHead = this.#outHead;
+    const outNext = this.#outNext;
+    const dict = this.#dict;
+    const lengths = this.#lengths;
+    let s = 0;
+    for (let i = 0; i < text.length; i++) {
+      if (states !== undefined) states[i] = s;
+      const b = text.charCodeAt(i) & 0xff;
+      for (;;) {
+        if (s === 0) {
+          s = root[b]!;
+          break;
+        }
+        if (one[s] !== 0 && oneByte[s] === b) {
+          s = one[s]!;
+          break;
+        }
+        const t = next.get(s * 256 + b);
+        if (t !== undefined) {
+          s = t;
+          break;
+        }
+        s = fail[s]!;
+      }
+      if (s === 0) continue;
+      for (let o = outHead[s] !== -1 ? s : dict[s]!; o !== 0; o = dict[o]!) {
+        for (let p = outHead[o]!; p !== -1; p = outNext[p]!) onMatch(p, i + 1 - lengths[p]!, i + 1);
+      }
+    }
+    return text.length - this.#depth[s]!;
+  }
 }
 
 /**
@@ -97,7 +272,11 @@ function base64Replacement(
   return Buffer.from(base64Fragment(framed, offset, alphabet));
 }
 
-/** Every encoding in which a known secret is searched for, with its replacement. */
+/**
+ * The forms in which a known secret is searched for, with their replacements. Escaped
+ * forms (JSON `\u`, percent, HTML references, in any case and any mix) are not listed:
+ * the scan decodes them (`decodeView`) and matches these forms on the decoded view.
+ */
 export function buildPatterns(secrets: readonly KnownSecret[]): PatternSet {
   const patterns: Pattern[] = [];
   const seen = new Set<string>();
@@ -113,25 +292,13 @@ export function buildPatterns(secrets: readonly KnownSecret[]): PatternSet {
     if (secret.value.length < MIN_SCANNED_SECRET_BYTES) continue;
     const plain = (ticket: string) => Buffer.from(ticket);
     add(secret.id, secret.value, plain);
-    const text = secret.value.toString('utf8');
-    if (Buffer.from(text, 'utf8').equals(secret.value)) {
-      const json = jsonEscape(text);
-      add(secret.id, json, plain);
-      add(secret.id, json.replace(/\//g, '\\/'), plain);
-      add(secret.id, jsonEscapeAscii(text), plain);
-      add(
-        secret.id,
-        jsonEscapeAscii(text).replace(/\\u([0-9a-f]{4})/g, (_, hex: string) => `\\u${hex.toUpperCase()}`),
-        plain,
-      );
-      const url = encodeURIComponent(text);
-      add(secret.id, url, plain);
-      add(secret.id, url.replace(/%20/g, '+'), plain);
-      add(
-        secret.id,
-        url.replace(/%[0-9A-F]{2}/g, (m) => m.toLowerCase()),
-        plain,
-      );
+    // Lower-cased: HTTP clients and servers fold header names (undici hands them over in
+    // lower case), so a secret echoed in a header name arrives folded.
+    const lower = Buffer.from(secret.value.toString('latin1').toLowerCase(), 'latin1');
+    if (!lower.equals(secret.value)) add(secret.id, lower, plain);
+    // Form encoding writes a space as `+` (every other escape is decoded by the scan).
+    if (secret.value.includes(0x20)) {
+      add(secret.id, Buffer.from(secret.value.toString('latin1').replace(/ /g, '+'), 'latin1'), plain);
     }
     for (const alphabet of ['base64', 'base64url'] as const) {
       for (const offset of [0, 1, 2]) {
@@ -141,59 +308,218 @@ export function buildPatterns(secrets: readonly KnownSecret[]): PatternSet {
       }
     }
   }
-  return { patterns, maxLength: patterns.reduce((max, p) => Math.max(max, p.bytes.length), 0) };
+  const automaton = new Automaton(patterns.map((p) => p.bytes));
+  const maxLength = patterns.reduce((max, p) => Math.max(max, p.bytes.length), 0);
+  const set: PatternSet = {
+    patterns,
+    maxLength,
+    automaton,
+    mayContain: (bytes) => !automaton.empty && findSpans(bytes, set, true).spans.length > 0,
+  };
+  return set;
 }
+
+const EMPTY: PatternSet = buildPatterns([]);
+
+/** Levels of nested escapes decoded (`%5Cu0041`: percent, then JSON). */
+export const MAX_DECODE_LEVELS = 3;
+/** Most bytes a stream may hold back (an overlap chain longer than this is refused). */
+export const MAX_HELD_BYTES = 1024 * 1024;
 
 interface Match {
   readonly start: number;
   readonly end: number;
-  readonly pattern: Pattern;
+  readonly pattern: number;
+  /** Found on the raw bytes (0) or on a decoded view (1…). */
+  readonly level: number;
 }
 
-/** Complete matches in `buf`, leftmost first, longest at a position, none overlapping. */
-function findMatches(buf: Buffer, set: PatternSet): Match[] {
-  const all: Match[] = [];
-  for (const pattern of set.patterns) {
-    let at = buf.indexOf(pattern.bytes);
-    while (at !== -1) {
-      all.push({ start: at, end: at + pattern.bytes.length, pattern });
-      at = buf.indexOf(pattern.bytes, at + 1);
-    }
-  }
-  if (all.length <= 1) return all;
-  all.sort((a, b) => a.start - b.start || b.end - a.end);
-  const chosen: Match[] = [];
-  let last = 0;
-  for (const match of all) {
-    if (match.start < last) continue;
-    chosen.push(match);
-    last = match.end;
-  }
-  return chosen;
+/** One stretch of the original to replace: the union of overlapping matches. */
+interface Span {
+  start: number;
+  end: number;
+  readonly matches: Match[];
 }
 
-/** Where the longest suffix of `buf` (from `from` on) that could begin a pattern starts; `buf.length` if none. */
-function holdFrom(buf: Buffer, from: number, set: PatternSet): number {
-  let hold = buf.length;
-  const floor = Math.max(from, buf.length - set.maxLength + 1);
-  for (const pattern of set.patterns) {
-    const first = pattern.bytes[0]!;
-    let p = buf.indexOf(first, Math.max(floor, buf.length - pattern.bytes.length + 1));
-    while (p !== -1 && p < hold) {
-      const length = buf.length - p;
-      if (length < pattern.bytes.length && buf.compare(pattern.bytes, 0, length, p, buf.length) === 0) {
-        hold = p;
-        break;
-      }
-      p = buf.indexOf(first, p + 1);
-    }
+interface Analysis {
+  readonly spans: Span[];
+  /** Where the bytes that must be held back begin (`buf.length` when `final`). */
+  readonly hold: number;
+}
+
+/** One decoded view of the input, with its maps back to the original. */
+interface Level {
+  readonly text: string;
+  /** View unit -> original start / end (null: the view is the original). */
+  readonly start: Int32Array | null;
+  readonly end: Int32Array | null;
+  /** Escapes decoded into this view: first view unit, units written, span in the level above. */
+  readonly escapes: { unit: number; units: number; from: number; to: number }[];
+}
+
+function escapesOf(local: { start: Int32Array; end: Int32Array }): Level['escapes'] {
+  const out: Level['escapes'] = [];
+  for (let u = 0; u < local.start.length; ) {
+    const from = local.start[u]!;
+    const to = local.end[u]!;
+    let k = u + 1;
+    while (k < local.start.length && local.start[k] === from) k++;
+    if (to - from > 1) out.push({ unit: u, units: k - u, from, to });
+    u = k;
   }
-  return hold;
+  return out;
 }
 
 /**
- * A streaming scanner over one pattern set. Memory is bounded: besides the chunk in
- * hand it keeps at most `maxLength - 1` bytes (a possible match cut by a chunk border).
+ * Every known secret in `buf`, on the raw bytes and on up to `MAX_DECODE_LEVELS`
+ * decoded views, as spans of the original: overlapping matches are merged into one span
+ * (adjacent ones are not: they share no byte). Unless `final`, also where the bytes that
+ * could still be part of a match (an unfinished pattern or escape at the end) begin.
+ *
+ * Decoding is ambiguous where an escape's own characters could be the first or last
+ * characters of a secret (`%` then `%ca…`: `%ca` is a byte, or `%` then `ca…`). For that,
+ * at every escape the scan also forks: it reads the escape as plain characters, then the
+ * decoded text after it, from the state the main scan had before the escape, until the
+ * fork can only repeat what the main scan sees (bounded by the longest pattern).
+ */
+function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): Analysis {
+  if (set.automaton.empty || buf.length === 0) return { spans: [], hold: buf.length };
+  const raw = buf.toString('latin1');
+  const levels: Level[] = [{ text: raw, start: null, end: null, escapes: [] }];
+  // Where an escape cut by the chunk border begins (on the raw bytes or any view): the
+  // rest waits for the next chunk, and what comes before is analysed once more without
+  // it (once: a second pass must not cut again, or `%25%25%25…` would cost n² work).
+  const check = cuts && !final;
+  let cut = check ? unfinishedEscapeFrom(raw) : raw.length;
+  if (cut < raw.length) {
+    const inner = findSpans(buf.subarray(0, cut), set, false, false);
+    return { spans: inner.spans, hold: Math.min(inner.hold, cut) };
+  }
+  if (mayHoldEscape(raw)) {
+    for (let level = 1; level <= MAX_DECODE_LEVELS; level++) {
+      const above = levels[level - 1]!;
+      const decoded = decodeView(above.text, 'bytes');
+      if (!decoded.changed) break;
+      // Compose with the maps of the levels above: view unit -> original span.
+      const toStart = above.start;
+      const toEnd = above.end;
+      const start: Int32Array = toStart === null ? decoded.start : decoded.start.map((u) => toStart[u]!);
+      const end: Int32Array = toEnd === null ? decoded.end : decoded.end.map((u) => toEnd[u - 1]!);
+      levels.push({ text: decoded.view, start, end, escapes: escapesOf(decoded) });
+      if (check) {
+        const at = unfinishedEscapeFrom(decoded.view);
+        if (at < decoded.view.length) cut = Math.min(cut, start[at]!);
+      }
+      if (!mayHoldEscape(decoded.view)) break;
+    }
+  }
+  if (cut < raw.length) {
+    // Decode again without the unfinished escape at the end: it may change the views.
+    const inner = findSpans(buf.subarray(0, cut), set, false, false);
+    return { spans: inner.spans, hold: Math.min(inner.hold, cut) };
+  }
+  const automaton = set.automaton;
+  const matches: Match[] = [];
+  let hold = raw.length;
+  levels.forEach((view, level) => {
+    const states = view.escapes.length > 0 ? new Int32Array(view.text.length) : undefined;
+    const unitStart = (u: number) => (view.start === null ? u : view.start[u]!);
+    const unitEnd = (u: number) => (view.end === null ? u + 1 : view.end[u]!);
+    const partial = automaton.scan(
+      view.text,
+      (pattern, s, e) => matches.push({ start: unitStart(s), end: unitEnd(e - 1), pattern, level }),
+      states,
+    );
+    if (!final && partial < view.text.length) hold = Math.min(hold, unitStart(partial));
+    if (states === undefined) return;
+    const above = levels[level - 1]!;
+    const aboveStart = (u: number) => (above.start === null ? u : above.start[u]!);
+    const aboveEnd = (u: number) => (above.end === null ? u + 1 : above.end[u]!);
+    // Stream of a fork: the view before the escape (negative indices), the escape's own
+    // characters, then the view after it.
+    const streamAt = (esc: Level['escapes'][number], i: number, edge: 'start' | 'end'): number => {
+      const literal = esc.to - esc.from;
+      if (i < 0) return edge === 'start' ? unitStart(esc.unit + i) : unitEnd(esc.unit + i);
+      if (i < literal) return edge === 'start' ? aboveStart(esc.from + i) : aboveEnd(esc.from + i);
+      const u = esc.unit + esc.units + i - literal;
+      return edge === 'start' ? unitStart(u) : unitEnd(u);
+    };
+    for (const esc of view.escapes) {
+      const literal = esc.to - esc.from;
+      const after = esc.unit + esc.units;
+      let s = states[esc.unit]!;
+      const length = literal + view.text.length - after;
+      let i = 0;
+      for (; i < length; i++) {
+        const b =
+          i < literal
+            ? above.text.charCodeAt(esc.from + i) & 0xff
+            : view.text.charCodeAt(after + i - literal) & 0xff;
+        s = automaton.step(s, b);
+        if (automaton.hasOutput(s)) {
+          const at = i;
+          automaton.ends(s, (pattern, n) =>
+            matches.push({
+              start: streamAt(esc, at + 1 - n, 'start'),
+              end: streamAt(esc, at, 'end'),
+              pattern,
+              level,
+            }),
+          );
+        }
+        // Past the escape, and every match still possible starts after it: the main scan sees it.
+        if (i >= literal && automaton.depth(s) <= i - literal + 1) break;
+        if (i === literal - 1 && s === 0) break;
+      }
+      if (!final && i === length && automaton.depth(s) > 0) {
+        hold = Math.min(hold, streamAt(esc, length - automaton.depth(s), 'start'));
+      }
+    }
+  });
+  if (matches.length > 1)
+    matches.sort((a, b) => a.start - b.start || b.end - a.end || a.pattern - b.pattern || a.level - b.level);
+  const spans: Span[] = [];
+  let previous: Match | undefined;
+  for (const match of matches) {
+    // The same occurrence seen again on a decoded view (nothing in it was escaped).
+    if (
+      previous !== undefined &&
+      previous.start === match.start &&
+      previous.end === match.end &&
+      previous.pattern === match.pattern
+    )
+      continue;
+    previous = match;
+    const last = spans.at(-1);
+    if (last !== undefined && match.start < last.end) {
+      last.end = Math.max(last.end, match.end);
+      last.matches.push(match);
+    } else {
+      spans.push({ start: match.start, end: match.end, matches: [match] });
+    }
+  }
+  // A span reaching into the held bytes may still grow: hold it whole.
+  for (const span of spans) {
+    if (span.end > hold) {
+      hold = Math.min(hold, span.start);
+      break;
+    }
+  }
+  return { spans: spans.filter((s) => s.end <= hold), hold };
+}
+
+/**
+ * A streaming scanner over one pattern set. Every occurrence of every known secret is
+ * replaced, on the raw bytes and on the decoded views; overlapping occurrences (of one
+ * secret or several) are replaced as one span, so no byte of any of them survives:
+ *
+ * - a span of one match on the raw bytes becomes that pattern's replacement (the ticket;
+ *   for a base64 fragment, the ticket in base64 keeping the blob's alignment);
+ * - any other span (several overlapping secrets, or an escaped form) becomes the tickets
+ *   of the secrets in it, in order of first occurrence, written one after the other.
+ *
+ * Memory is bounded: besides the chunk in hand it keeps only what could still be part
+ * of a match (an unfinished pattern, escape or overlap chain), at most `MAX_HELD_BYTES`.
  */
 export class PatternScan implements ResponseScan {
   readonly #set: PatternSet;
@@ -220,26 +546,46 @@ export class PatternScan implements ResponseScan {
     return ticket;
   }
 
-  async #rewrite(buf: Buffer, matches: readonly Match[], until: number): Promise<Buffer> {
-    if (matches.length === 0) return until === buf.length ? buf : buf.subarray(0, until);
+  async #replacement(span: Span): Promise<Buffer> {
+    const patterns = this.#set.patterns;
+    const ids: string[] = [];
+    for (const match of span.matches) {
+      const id = patterns[match.pattern]!.secretId;
+      this.#findings.set(id, (this.#findings.get(id) ?? 0) + 1);
+      if (!ids.includes(id)) ids.push(id);
+    }
+    const only = span.matches.length === 1 ? span.matches[0]! : undefined;
+    if (only !== undefined && only.level === 0) {
+      const pattern = patterns[only.pattern]!;
+      return pattern.replace(await this.#ticketFor(pattern.secretId));
+    }
+    const tickets = await Promise.all(ids.map((id) => this.#ticketFor(id)));
+    return Buffer.from(tickets.join(''), 'latin1');
+  }
+
+  async #rewrite(buf: Buffer, spans: readonly Span[], until: number): Promise<Buffer> {
+    if (spans.length === 0) return until === buf.length ? buf : buf.subarray(0, until);
     const parts: Buffer[] = [];
     let at = 0;
-    for (const match of matches) {
-      parts.push(buf.subarray(at, match.start));
-      parts.push(match.pattern.replace(await this.#ticketFor(match.pattern.secretId)));
-      this.#findings.set(match.pattern.secretId, (this.#findings.get(match.pattern.secretId) ?? 0) + 1);
-      at = match.end;
+    for (const span of spans) {
+      parts.push(buf.subarray(at, span.start));
+      parts.push(await this.#replacement(span));
+      at = span.end;
     }
     parts.push(buf.subarray(at, until));
     return Buffer.concat(parts);
   }
 
   async #scan(buf: Buffer, final: boolean): Promise<{ out: Buffer; rest: Buffer }> {
-    if (this.#set.patterns.length === 0) return { out: buf, rest: Buffer.alloc(0) };
-    const matches = findMatches(buf, this.#set);
-    const lastEnd = matches.at(-1)?.end ?? 0;
-    const until = final ? buf.length : holdFrom(buf, lastEnd, this.#set);
-    return { out: await this.#rewrite(buf, matches, until), rest: buf.subarray(until) };
+    if (this.#set.automaton.empty) return { out: buf, rest: Buffer.alloc(0) };
+    const { spans, hold } = findSpans(buf, this.#set, final);
+    if (buf.length - hold > MAX_HELD_BYTES) {
+      throw new CoatcheckError(
+        'CC_ERR_GATEWAY_INSPECTION_FAILED',
+        `a run of overlapping secret matches is longer than ${MAX_HELD_BYTES} bytes`,
+      );
+    }
+    return { out: await this.#rewrite(buf, spans, hold), rest: buf.subarray(hold) };
   }
 
   async header(value: string): Promise<string> {

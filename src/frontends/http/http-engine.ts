@@ -10,7 +10,7 @@ import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/err
 import { newIncidentId } from '../../core/ids.js';
 import type { Engine } from '../../gateway/engine.js';
 import { fieldMatcher, maskJson } from '../../gateway/field-mask.js';
-import { type BodyBudget, decoderFor, drained, readBody, upstreamFailure } from '../../gateway/http-io.js';
+import { type BodyBudget, drained, readBody, responseDecoders, upstreamFailure } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
@@ -32,7 +32,7 @@ import {
   substituteHeader,
   substitutePath,
 } from './protocol/tickets.js';
-import { createFrameParser, encodeFrame } from './protocol/ws-frames.js';
+import { createFrameParser, createMessageAssembler, encodeFrame } from './protocol/ws-frames.js';
 
 /** Does the connection's URL cover this forward-proxy request: same scheme, host, port, and a path within its base path? */
 export function connectionCovers(
@@ -191,6 +191,12 @@ export interface HttpClient {
 }
 
 const NO_BODY_STATUS = new Set([204, 304]);
+
+/** The body through its decoders (none: the body itself). */
+function decodedBody(body: Readable, decoders: readonly NodeJS.ReadWriteStream[]): Readable {
+  if (decoders.length === 0) return body;
+  return (pipe as (...streams: unknown[]) => unknown)(body, ...decoders, () => undefined) as Readable;
+}
 
 /**
  * The HTTP reverse-proxy engine: `/c/<connection>/<path>` → the connection's URL.
@@ -542,8 +548,8 @@ export class HttpEngine implements Engine<HttpClient> {
         cause: error,
       });
     }
-    const decoder = decoderFor(response.headers['content-encoding'] as string | undefined);
-    if (decoder === 'unsupported') {
+    const decoders = responseDecoders(response.headers);
+    if (decoders === 'unsupported') {
       throw new CoatcheckError(
         'CC_ERR_GATEWAY_UPSTREAM_ENCODING',
         'the upstream answered with a content encoding the gateway cannot inspect',
@@ -551,7 +557,8 @@ export class HttpEngine implements Engine<HttpClient> {
     }
     const skip = hopByHop(response.headers.connection as string | string[] | undefined);
     skip.add('content-length');
-    if (decoder !== null) skip.add('content-encoding');
+    skip.add('transfer-encoding');
+    if (decoders.length > 0) skip.add('content-encoding');
     const hasBody = req.method !== 'HEAD' && !NO_BODY_STATUS.has(response.statusCode);
     const out: string[] = [];
     const rawHeaders = response.headers;
@@ -559,8 +566,10 @@ export class HttpEngine implements Engine<HttpClient> {
       const lower = name.toLowerCase();
       if (value === undefined) continue;
       if (skip.has(lower) && !(lower === 'content-length' && !hasBody)) continue;
+      // Names too: an upstream can put anything before the colon.
+      const scannedName = await this.#scanned(scan, name);
       for (const item of Array.isArray(value) ? value : [value])
-        out.push(name, await this.#scanned(scan, item));
+        out.push(scannedName, await this.#scanned(scan, item));
     }
     if (signal.aborted)
       throw session.terminatedBy !== null ? new Error('terminated') : new Error('client gone');
@@ -573,10 +582,7 @@ export class HttpEngine implements Engine<HttpClient> {
           'policy masks fields of this response, and it is not JSON',
         );
       }
-      const source: Readable =
-        decoder === null
-          ? response.body
-          : (pipe(response.body, decoder, () => undefined) as unknown as Readable);
+      const source = decodedBody(response.body, decoders);
       const parts: Buffer[] = [];
       let size = 0;
       for await (const chunk of source) {
@@ -605,10 +611,7 @@ export class HttpEngine implements Engine<HttpClient> {
     summary.status = response.statusCode;
     let sent = 0;
     if (hasBody) {
-      const source: Readable =
-        decoder === null
-          ? response.body
-          : (pipe(response.body, decoder, () => undefined) as unknown as Readable);
+      const source = decodedBody(response.body, decoders);
       for await (const chunk of source) {
         const clean = await this.#scannedChunk(scan, chunk as Buffer);
         if (clean.length > 0) {
@@ -668,7 +671,8 @@ export class HttpEngine implements Engine<HttpClient> {
    * A protocol upgrade (WebSocket) through the forward proxy: the request passes the same
    * checks as any other (authentication, policy, tickets in headers and query exchanged,
    * credentials injected, audit first), the upstream's answer head is inspected, and on
-   * 101 the two sides are joined. Frames after the upgrade are relayed, not inspected.
+   * 101 the two sides are joined. Server messages (reassembled from fragments), close
+   * reasons and ping/pong payloads are inspected; client frames are relayed as sent.
    * Revoking what the session used ends it.
    */
   async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, forward: ForwardRoute): Promise<void> {
@@ -726,7 +730,8 @@ export class HttpEngine implements Engine<HttpClient> {
       }
       const scan = await this.#pipeline.inspect(client.session, principal, route.target, parents);
       const out: string[] = [];
-      for (const [name, value] of answer.headers) out.push(`${name}: ${await this.#scanned(scan, value)}`);
+      for (const [name, value] of answer.headers)
+        out.push(`${await this.#scanned(scan, name)}: ${await this.#scanned(scan, value)}`);
       if (answer.status !== 101) {
         // Not upgraded: the answer's head (inspected) without its body, and the connection closes.
         upstream.destroy();
@@ -742,29 +747,39 @@ export class HttpEngine implements Engine<HttpClient> {
       socket.write(`HTTP/1.1 101 Switching Protocols\r\n${out.map((l) => `${l}\r\n`).join('')}\r\n`);
       client.summary.status = 101;
       if (head.length > 0) upstream.write(head);
-      // Server-to-client frames are inspected one by one (a secret becomes a ticket); client frames pass as sent.
+      // Server-to-client messages are inspected whole (fragments reassembled, so a secret
+      // split across continuation frames is seen), and so are close reasons and ping/pong
+      // payloads; client frames pass as sent.
       const parser = createFrameParser();
+      const assembler = createMessageAssembler();
       let queue = Promise.resolve();
+      const inspectPayload = async (payload: Buffer): Promise<Buffer> => {
+        const frameScan = await this.#pipeline.inspect(client.session, principal, route.target, parents);
+        return Buffer.concat([await this.#scannedChunk(frameScan, payload), await this.#scanEnd(frameScan)]);
+      };
       const fromUpstream = (chunk: Buffer) => {
         upstream.pause();
         queue = queue
           .then(async () => {
             for (const frame of parser.push(chunk)) {
-              if (frame.opcode >= 8) {
-                socket.write(encodeFrame(frame));
+              const unit = assembler.push(frame);
+              if (unit === null) continue;
+              if (unit.kind === 'control') {
+                const { frame: control } = unit;
+                // A close frame: a 2-byte status code, then a reason (text) that is inspected.
+                const keep = control.opcode === 8 ? Math.min(2, control.payload.length) : 0;
+                let payload = Buffer.concat([
+                  control.payload.subarray(0, keep),
+                  await inspectPayload(control.payload.subarray(keep)),
+                ]);
+                // A ticket can be longer than what it replaced: past the control-frame limit
+                // the reason is dropped (a cut one could be invalid UTF-8), a ping is cut.
+                if (payload.length > 125) payload = payload.subarray(0, control.opcode === 8 ? keep : 125);
+                socket.write(encodeFrame({ ...control, payload }));
                 continue;
               }
-              const frameScan = await this.#pipeline.inspect(
-                client.session,
-                principal,
-                route.target,
-                parents,
-              );
-              const clean = Buffer.concat([
-                await this.#scannedChunk(frameScan, frame.payload),
-                await this.#scanEnd(frameScan),
-              ]);
-              socket.write(encodeFrame({ ...frame, payload: clean }));
+              const clean = await inspectPayload(unit.payload);
+              socket.write(encodeFrame({ fin: true, rsv: 0, opcode: unit.opcode, payload: clean }));
             }
             upstream.resume();
           })

@@ -9,10 +9,11 @@ import type { Engine } from '../../gateway/engine.js';
 import {
   createFoundSecrets,
   type FoundSecrets,
+  hasDuplicateKeys,
   type JsonValue,
   rewriteJsonStrings,
 } from '../../gateway/found-secrets.js';
-import { type BodyBudget, decoderFor, drained, readBody, upstreamFailure } from '../../gateway/http-io.js';
+import { type BodyBudget, drained, readBody, responseDecoders, upstreamFailure } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
@@ -225,6 +226,9 @@ export class LlmEngine implements Engine<LlmClient> {
     }
     if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
       throw new CoatcheckError('CC_ERR_LLM_BAD_REQUEST', 'the request body must be a JSON object');
+    // The provider's parser may keep the first of two equal keys where JSON.parse keeps the last.
+    if (hasDuplicateKeys(body.toString('utf8')))
+      throw new CoatcheckError('CC_ERR_LLM_BAD_REQUEST', 'the request body repeats a key in some object');
     const model = typeof parsed.model === 'string' ? parsed.model.slice(0, 128) : '';
     let attachments = 0;
     try {
@@ -239,22 +243,27 @@ export class LlmEngine implements Engine<LlmClient> {
           session.event('prompt.secret', { ticket: ticketId, secret: secretId });
         },
       });
-      const rewritten = await rewriteJsonStrings(parsed, async (text, site) => {
-        const bytes = attachmentBytes(text, site);
-        if (bytes !== null) {
-          attachments++;
-          const findings = scan.findIn(bytes);
-          if (findings.length > 0) {
-            const first = findings[0]!;
-            throw new CoatcheckError(
-              'CC_ERR_LLM_ATTACHMENT_SECRET',
-              `the attachment at ${site.path.join('.').slice(0, 200)} contains a secret (${first.ruleId}, fingerprint ${first.fingerprint}); it was not sent`,
-              { details: { rule: first.ruleId, fingerprint: first.fingerprint } },
-            );
+      const rewritten = await rewriteJsonStrings(
+        parsed,
+        async (text, site) => {
+          const bytes = site.isKey === true ? null : attachmentBytes(text, site);
+          if (bytes !== null) {
+            attachments++;
+            const findings = scan.findIn(bytes);
+            if (findings.length > 0) {
+              const first = findings[0]!;
+              throw new CoatcheckError(
+                'CC_ERR_LLM_ATTACHMENT_SECRET',
+                `the attachment at ${site.path.join('.').slice(0, 200)} contains a secret (${first.ruleId}, fingerprint ${first.fingerprint}); it was not sent`,
+                { details: { rule: first.ruleId, fingerprint: first.fingerprint } },
+              );
+            }
           }
-        }
-        return scan.text(text);
-      });
+          return scan.text(text);
+        },
+        undefined,
+        { keys: true },
+      );
       summary.attachments = attachments;
       summary.promptSecrets = scan.replaced;
       return {
@@ -443,8 +452,8 @@ export class LlmEngine implements Engine<LlmClient> {
         });
       });
     const scan: ResponseScan = await inspection(() => this.#pipeline.inspect(session, principal, target));
-    const decoder = decoderFor(response.headers['content-encoding'] as string | undefined);
-    if (decoder === 'unsupported') {
+    const decoders = responseDecoders(response.headers);
+    if (decoders === 'unsupported') {
       throw new CoatcheckError(
         'CC_ERR_GATEWAY_UPSTREAM_ENCODING',
         'the model provider answered with a content encoding the gateway cannot inspect',
@@ -454,18 +463,24 @@ export class LlmEngine implements Engine<LlmClient> {
     for (const [name, value] of Object.entries(response.headers)) {
       const lower = name.toLowerCase();
       if (value === undefined || DROP_HEADERS.has(lower) || lower === 'set-cookie') continue;
-      if (lower === 'content-encoding' && decoder !== null) continue;
+      if (lower === 'content-encoding' && decoders.length > 0) continue;
+      // Names too: an upstream can put anything before the colon.
+      const scannedName = await inspection(() => scan.header(name));
       for (const item of Array.isArray(value) ? value : [value])
-        out.push(name, await inspection(() => scan.header(item)));
+        out.push(scannedName, await inspection(() => scan.header(item)));
     }
     res.writeHead(response.statusCode, out);
     // SSE: send each event as soon as it is scanned.
     res.flushHeaders();
     summary.status = response.statusCode;
     const source: Readable =
-      decoder === null
+      decoders.length === 0
         ? response.body
-        : (pipe(response.body, decoder, () => undefined) as unknown as Readable);
+        : ((pipe as (...streams: unknown[]) => unknown)(
+            response.body,
+            ...decoders,
+            () => undefined,
+          ) as Readable);
     let sent = 0;
     for await (const chunk of source) {
       const clean = await inspection(() => scan.push(chunk as Buffer));

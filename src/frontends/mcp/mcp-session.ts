@@ -222,7 +222,9 @@ export class McpSession {
         session.event('mcp.result.secret', { ticket: ticketId, secret: secretId });
       },
     });
-    const out = await rewriteJsonStrings(value as JsonValue, (text) => scan.text(text));
+    const out = await rewriteJsonStrings(value as JsonValue, (text) => scan.text(text), undefined, {
+      keys: true,
+    });
     return out as T;
   }
 

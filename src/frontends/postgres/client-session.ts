@@ -929,8 +929,8 @@ export class RelaySession {
   }
 
   #mayContainSecret(bytes: Buffer): boolean {
-    for (const p of this.#services.patterns().patterns) if (bytes.indexOf(p.bytes) !== -1) return true;
-    return false;
+    // One indexed pass, escaped forms included (the pattern list holds only the raw forms).
+    return this.#services.patterns().mayContain(bytes);
   }
 
   async #scanner(): Promise<ResponseScan> {

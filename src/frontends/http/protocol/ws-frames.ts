@@ -78,3 +78,52 @@ export function encodeFrame(frame: WsFrame): Buffer {
   head[0] = (frame.fin ? 0x80 : 0) | frame.rsv | frame.opcode;
   return Buffer.concat([head, frame.payload]);
 }
+
+/** Largest message reassembled from continuation frames (refused beyond). */
+export const MAX_WS_MESSAGE = 16 * 1024 * 1024;
+
+export type WsUnit =
+  | { readonly kind: 'control'; readonly frame: WsFrame }
+  | { readonly kind: 'message'; readonly opcode: number; readonly payload: Buffer };
+
+/**
+ * Reassembles fragmented messages (RFC 6455 §5.4): a text or binary frame without FIN
+ * and its continuation frames become one message, so a secret split across fragments is
+ * seen whole. Control frames (which may come between fragments) pass one by one. No
+ * extension is negotiated by the gateway, so any RSV bit is a protocol error.
+ */
+export function createMessageAssembler(max = MAX_WS_MESSAGE): { push(frame: WsFrame): WsUnit | null } {
+  let opcode = -1;
+  let parts: Buffer[] = [];
+  let size = 0;
+  return {
+    push(frame) {
+      if (frame.rsv !== 0) throw bad('a WebSocket frame sets a reserved bit no extension was negotiated for');
+      if (frame.opcode >= 8) {
+        if (!frame.fin || frame.payload.length > 125)
+          throw bad('a WebSocket control frame is fragmented or too long');
+        return { kind: 'control', frame };
+      }
+      if (frame.opcode === 0) {
+        if (opcode === -1) throw bad('a WebSocket continuation frame starts no message');
+      } else {
+        if (opcode !== -1) throw bad('a WebSocket message started before the previous one ended');
+        if (frame.opcode !== 1 && frame.opcode !== 2) throw bad('a WebSocket frame has an unknown opcode');
+        opcode = frame.opcode;
+      }
+      size += frame.payload.length;
+      if (size > max) throw bad(`a WebSocket message is longer than ${max} bytes`);
+      parts.push(frame.payload);
+      if (!frame.fin) return null;
+      const message: WsUnit = {
+        kind: 'message',
+        opcode,
+        payload: parts.length === 1 ? parts[0]! : Buffer.concat(parts, size),
+      };
+      opcode = -1;
+      parts = [];
+      size = 0;
+      return message;
+    },
+  };
+}

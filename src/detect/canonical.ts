@@ -1,0 +1,288 @@
+/**
+ * Canonical views of text for secret matching. Encoders write the same value in many
+ * ways (`\u0026`, `%2b`, `%2B`, `&#x2b;`, `&plus;` …); rather than listing every encoder's
+ * output as fixed patterns, the text is decoded into a view where each escape becomes
+ * what it stands for, with a map from every view unit back to the span of the original it
+ * came from. Known secrets are then matched on the view and the whole original span is
+ * replaced. Pure and linear: one pass per view, no backtracking.
+ *
+ * Decoded in one pass (mixing is fine: `\u0041%42&#67;`):
+ * - JSON / JavaScript / Python string escapes: `\uXXXX` (surrogate pairs joined),
+ *   `\UXXXXXXXX`, `\xXX`, `\" \\ \/ \' \b \f \n \r \t`;
+ * - percent-encoding, any case: `%XX`, and the legacy `%uXXXX`;
+ * - HTML character references: decimal `&#NN;`, hex `&#xHH;` (the `;` optional) and the
+ *   named references of ASCII punctuation and a few others (`&amp; &lt; &quot; &apos;
+ *   &plus; &sol; …`).
+ * Nested encodings (an escape of an escape) are handled by decoding the view again (see
+ * `MAX_DECODE_LEVELS` in the callers).
+ */
+
+/** What a decoded unit stands for; `bytes` mode writes UTF-8, `text` mode UTF-16. */
+export type ViewMode = 'bytes' | 'text';
+
+export interface DecodedView {
+  /** The decoded view: latin1 bytes (`bytes` mode) or UTF-16 text (`text` mode). */
+  readonly view: string;
+  /** For each view unit, where the escape (or literal) it came from starts in the input. */
+  readonly start: Int32Array;
+  /** For each view unit, where that escape ends in the input. */
+  readonly end: Int32Array;
+  /** False when nothing was decoded (the view equals the input). */
+  readonly changed: boolean;
+}
+
+const NAMED: Record<string, number> = {
+  amp: 0x26,
+  lt: 0x3c,
+  gt: 0x3e,
+  quot: 0x22,
+  apos: 0x27,
+  nbsp: 0xa0,
+  excl: 0x21,
+  num: 0x23,
+  dollar: 0x24,
+  percnt: 0x25,
+  lpar: 0x28,
+  rpar: 0x29,
+  ast: 0x2a,
+  midast: 0x2a,
+  plus: 0x2b,
+  comma: 0x2c,
+  period: 0x2e,
+  sol: 0x2f,
+  colon: 0x3a,
+  semi: 0x3b,
+  equals: 0x3d,
+  quest: 0x3f,
+  commat: 0x40,
+  lsqb: 0x5b,
+  lbrack: 0x5b,
+  bsol: 0x5c,
+  rsqb: 0x5d,
+  rbrack: 0x5d,
+  Hat: 0x5e,
+  lowbar: 0x5f,
+  grave: 0x60,
+  lcub: 0x7b,
+  lbrace: 0x7b,
+  verbar: 0x7c,
+  vert: 0x7c,
+  rcub: 0x7d,
+  rbrace: 0x7d,
+  tilde: 0x7e,
+  hyphen: 0x2d,
+  dash: 0x2d,
+};
+const LONGEST_NAME = 8;
+
+const SIMPLE: Record<number, number> = {
+  34: 0x22, // \"
+  92: 0x5c, // \\
+  47: 0x2f, // \/
+  39: 0x27, // \'
+  98: 0x08, // \b
+  102: 0x0c, // \f
+  110: 0x0a, // \n
+  114: 0x0d, // \r
+  116: 0x09, // \t
+};
+
+function hexValue(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  if (c >= 0x41 && c <= 0x46) return c - 0x37;
+  if (c >= 0x61 && c <= 0x66) return c - 0x57;
+  return -1;
+}
+
+function hexAt(s: string, at: number, digits: number): number {
+  if (at + digits > s.length) return -1;
+  let v = 0;
+  for (let k = 0; k < digits; k++) {
+    const h = hexValue(s.charCodeAt(at + k));
+    if (h < 0) return -1;
+    v = v * 16 + h;
+  }
+  return v;
+}
+
+/** Characters that may begin an escape: a view is only worth building when one occurs. */
+export function mayHoldEscape(s: string): boolean {
+  return s.includes('\\') || s.includes('%') || s.includes('&');
+}
+
+/**
+ * Decode one level of escapes. Returns `changed: false` (and the input as the view)
+ * when there was nothing to decode.
+ */
+export function decodeView(input: string, mode: ViewMode): DecodedView {
+  const n = input.length;
+  // A decoded view is never longer than its input: every escape is at least as long as
+  // what it writes (`%XX` one byte, `\uXXXX` up to three, `&#x10FFFF;` four).
+  const units: Uint8Array | Uint16Array = mode === 'bytes' ? Buffer.allocUnsafe(n) : new Uint16Array(n);
+  const start = new Int32Array(n);
+  const end = new Int32Array(n);
+  let w = 0;
+  let changed = false;
+
+  const put = (unit: number, from: number, to: number): void => {
+    units[w] = unit;
+    start[w] = from;
+    end[w] = to;
+    w++;
+  };
+
+  const emitCodePoint = (cp: number, from: number, to: number): void => {
+    if (mode === 'text') {
+      if (cp >= 0x10000) {
+        const v = cp - 0x10000;
+        put(0xd800 + (v >> 10), from, to);
+        put(0xdc00 + (v & 0x3ff), from, to);
+      } else put(cp, from, to);
+      return;
+    }
+    // UTF-8 (lone surrogates as their 3-byte form: they match nothing real).
+    if (cp < 0x80) put(cp, from, to);
+    else if (cp < 0x800) {
+      put(0xc0 | (cp >> 6), from, to);
+      put(0x80 | (cp & 0x3f), from, to);
+    } else if (cp < 0x10000) {
+      put(0xe0 | (cp >> 12), from, to);
+      put(0x80 | ((cp >> 6) & 0x3f), from, to);
+      put(0x80 | (cp & 0x3f), from, to);
+    } else {
+      put(0xf0 | (cp >> 18), from, to);
+      put(0x80 | ((cp >> 12) & 0x3f), from, to);
+      put(0x80 | ((cp >> 6) & 0x3f), from, to);
+      put(0x80 | (cp & 0x3f), from, to);
+    }
+  };
+
+  let i = 0;
+  while (i < n) {
+    const c = input.charCodeAt(i);
+    let cp = -1;
+    let len = 0;
+    if (c === 0x5c && i + 1 < n) {
+      const d = input.charCodeAt(i + 1);
+      if (d === 0x75) {
+        const v = hexAt(input, i + 2, 4);
+        if (v >= 0) {
+          cp = v;
+          len = 6;
+          if (
+            v >= 0xd800 &&
+            v < 0xdc00 &&
+            input.charCodeAt(i + 6) === 0x5c &&
+            input.charCodeAt(i + 7) === 0x75
+          ) {
+            const low = hexAt(input, i + 8, 4);
+            if (low >= 0xdc00 && low < 0xe000) {
+              cp = 0x10000 + ((v - 0xd800) << 10) + (low - 0xdc00);
+              len = 12;
+            }
+          }
+        }
+      } else if (d === 0x55) {
+        const v = hexAt(input, i + 2, 8);
+        if (v >= 0 && v <= 0x10ffff) {
+          cp = v;
+          len = 10;
+        }
+      } else if (d === 0x78) {
+        const v = hexAt(input, i + 2, 2);
+        if (v >= 0) {
+          cp = v;
+          len = 4;
+        }
+      } else if (SIMPLE[d] !== undefined) {
+        cp = SIMPLE[d]!;
+        len = 2;
+      }
+    } else if (c === 0x25) {
+      const v = hexAt(input, i + 1, 2);
+      if (v >= 0) {
+        len = 3;
+        if (mode === 'bytes') {
+          // A raw byte, not a code point: %C3%A9 is two bytes of one UTF-8 character.
+          put(v, i, i + 3);
+          changed = true;
+          i += 3;
+          continue;
+        }
+        if (v < 0x80) cp = v;
+        else len = 0;
+      } else if ((input.charCodeAt(i + 1) | 0x20) === 0x75) {
+        const u = hexAt(input, i + 2, 4);
+        if (u >= 0) {
+          cp = u;
+          len = 6;
+        }
+      }
+    } else if (c === 0x26 && i + 2 < n) {
+      if (input.charCodeAt(i + 1) === 0x23) {
+        const hex = (input.charCodeAt(i + 2) | 0x20) === 0x78;
+        let k = i + (hex ? 3 : 2);
+        let v = 0;
+        const from = k;
+        while (k < n && k - from < 8) {
+          const ch = input.charCodeAt(k);
+          const digit = hex ? hexValue(ch) : ch >= 0x30 && ch <= 0x39 ? ch - 0x30 : -1;
+          if (digit < 0) break;
+          v = v * (hex ? 16 : 10) + digit;
+          k++;
+        }
+        if (k > from && v <= 0x10ffff) {
+          if (input.charCodeAt(k) === 0x3b) k++;
+          cp = v;
+          len = k - i;
+        }
+      } else {
+        const semi = input.indexOf(';', i + 1);
+        if (semi !== -1 && semi - i - 1 <= LONGEST_NAME) {
+          const v = NAMED[input.slice(i + 1, semi)];
+          if (v !== undefined) {
+            cp = v;
+            len = semi + 1 - i;
+          }
+        }
+      }
+    }
+    if (len > 0 && cp >= 0) {
+      emitCodePoint(cp, i, i + len);
+      changed = true;
+      i += len;
+      continue;
+    }
+    put(c, i, i + 1);
+    i++;
+  }
+  if (!changed) return { view: input, start: new Int32Array(0), end: new Int32Array(0), changed: false };
+  let view: string;
+  if (mode === 'bytes') view = (units as Buffer).toString('latin1', 0, w);
+  else {
+    view = '';
+    for (let k = 0; k < w; k += 8192)
+      view += String.fromCharCode(...units.subarray(k, Math.min(w, k + 8192)));
+  }
+  return { view, start: start.subarray(0, w), end: end.subarray(0, w), changed: true };
+}
+
+/**
+ * Where a possibly unfinished escape begins at the end of `s` (it may complete in the
+ * next chunk of a stream), or `s.length` when the end of `s` cannot start one.
+ */
+export function unfinishedEscapeFrom(s: string): number {
+  const floor = Math.max(0, s.length - 16);
+  for (let i = s.length - 1; i >= floor; i--) {
+    const c = s.charCodeAt(i);
+    if (c === 0x5c || c === 0x25 || c === 0x26) {
+      for (let k = i + 1; k < s.length; k++) {
+        const d = s.charCodeAt(k);
+        const alnum = (d >= 0x30 && d <= 0x39) || ((d | 0x20) >= 0x61 && (d | 0x20) <= 0x7a) || d === 0x23;
+        if (!alnum) return s.length;
+      }
+      return i;
+    }
+  }
+  return s.length;
+}
