@@ -116,7 +116,9 @@ const READ_ONLY_FUNCTIONS = new Set(
   to_regproc pg_sleep gen_random_uuid array_fill textlen date_bin overlay bool int4
   int8 text numeric float8 timezone pg_get_partkeydef pg_partition_tree pg_get_keywords
   pg_char_to_encoding pg_collation_is_visible pg_get_function_sqlbody
-  pg_client_encoding set_masklen host hostmask netmask network broadcast family masklen abbrev system_user`.split(/\s+/),
+  pg_client_encoding set_masklen host hostmask netmask network broadcast family masklen abbrev system_user`.split(
+    /\s+/,
+  ),
 );
 
 const WRITE_NODES = new Set([
