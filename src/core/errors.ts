@@ -395,7 +395,7 @@ export const ERROR_CODES = {
   CC_ERR_PG_MESSAGE_TOO_LARGE: {
     status: 413,
     description:
-      'A PostgreSQL message declared a length above postgres.maxMessageBytes (or 10 KiB for a startup packet); it was refused before anything was allocated. SQLSTATE 08P01, connection closed.',
+      'A PostgreSQL message declared a length above postgres.maxMessageBytes (10 KiB for a startup packet, 8 KiB for any message before login); it was refused before anything was allocated. SQLSTATE 08P01, connection closed.',
     solution: 'Send smaller messages (split large COPY data), or raise postgres.maxMessageBytes.',
   },
   CC_ERR_PG_UNSUPPORTED: {
