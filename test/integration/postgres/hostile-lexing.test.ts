@@ -100,6 +100,14 @@ describe('standard_conforming_strings and backslashes', () => {
     expect(e.message).toContain('standard_conforming_strings');
     const r = await c.query(EXPLOIT);
     expect(r.rows).toEqual([{ '?column?': "x\\'; DELETE FROM victim; --" }]);
+    // The extended protocol, the setting's name as a bound parameter: refused the same way.
+    const bound = await refusal(
+      c.query("SELECT set_config($1, 'off', false)", ['standard_conforming_strings']),
+    );
+    expect(bound).toMatchObject({ code: '42501', detail: 'CC_ERR_PG_SETTING_PINNED' });
+    expect((await c.query('SHOW standard_conforming_strings')).rows[0].standard_conforming_strings).toBe(
+      'on',
+    );
     expect(await rows()).toBe(5);
     await c.end();
   });
