@@ -611,9 +611,10 @@ export class PostgresEngine implements Engine<Client> {
     const list = `'{${names.join(',')}}'::pg_catalog.text[]`;
     const rows = await queryUpstream(
       upstream,
-      `SELECT 'user', p.proname::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace AND p.proname::pg_catalog.text = ANY (${list}) GROUP BY 2
+      // Objects of installed extensions (citext's lower, hstore's =) are the operator's vetted code, not the agent's.
+      `SELECT 'user', p.proname::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace AND p.proname::pg_catalog.text = ANY (${list}) AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e') GROUP BY 2
        UNION ALL SELECT 'catalog', p.proname::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace AND p.proname::pg_catalog.text = ANY (${list}) GROUP BY 2
-       UNION ALL SELECT 'operator', o.oprname::pg_catalog.text FROM pg_catalog.pg_operator o WHERE o.oprnamespace <> 'pg_catalog'::pg_catalog.regnamespace GROUP BY 2`,
+       UNION ALL SELECT 'operator', o.oprname::pg_catalog.text FROM pg_catalog.pg_operator o WHERE o.oprnamespace <> 'pg_catalog'::pg_catalog.regnamespace AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e') GROUP BY 2`,
       this.#options.upstreamTimeoutMs,
     );
     const inCatalog = new Set<string>();

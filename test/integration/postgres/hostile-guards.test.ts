@@ -68,6 +68,8 @@ beforeAll(async () => {
   );
   await admin.query('CREATE OPERATOR === (leftarg = int, rightarg = int, procedure = public.wipe_op)');
   await admin.query('CREATE VIEW innocent AS SELECT public.wipe() AS x');
+  // An extension's own functions and operators (citext's strpos, its =) are vetted code, not shadows.
+  await admin.query('CREATE EXTENSION citext');
   await admin.end();
   gw = await startPgGateway({ maxStatementBytes: 8192, maxStatementsPerQuery: 20 });
   bot = await gw.createAgent('bot');
@@ -177,6 +179,13 @@ describe('names resolved by the server, not the parser', () => {
     expect((await ro.query('SELECT 1 + 2 AS v')).rows).toEqual([{ v: 3 }]);
     await ro.end();
     expect(await rows()).toBe(5);
+  });
+
+  it("does not count an installed extension's functions and operators as unknown calls", async () => {
+    const ro = await connect('ro');
+    const r = await ro.query("SELECT strpos('abc'::citext, 'B') AS p, 'a'::citext = 'A'::citext AS eq");
+    expect(r.rows).toEqual([{ p: 2, eq: true }]);
+    await ro.end();
   });
 
   it('audits lower(2) on a writable connection as the call it is, not a read', async () => {
