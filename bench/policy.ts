@@ -9,6 +9,7 @@ import pg from 'pg';
 import pino from 'pino';
 import { request } from 'undici';
 import { resolveHome } from '../src/config/home.js';
+import { agentRef } from '../src/core/principal.js';
 import { startHttpFrontend } from '../src/frontends/http/start.js';
 import { startPostgresFrontend } from '../src/frontends/postgres/start.js';
 import { loadPolicies } from '../src/policy/load-policies.js';
@@ -107,10 +108,15 @@ async function gateway(label: string, withPolicy: boolean) {
     'bench',
   );
   // Trust auth ignores the password; the front-end still wants a credential to inject.
-  const { key } = await ctx.agents.create({ name: 'bench' }, 'bench');
+  const { key, agent } = await ctx.agents.create({ name: 'bench' }, 'bench');
+  // An agent key opens no PostgreSQL session under the built-in policy: log in with a ticket.
+  const { ticket } = await ctx.vault.issueTicket(
+    { secret: 'dbpw', principal: agentRef(agent.id), destinations: ['db'] },
+    'bench',
+  );
   const http = await startHttpFrontend(ctx, { host: '127.0.0.1', port: 0 }, quiet);
   const postgres = await startPostgresFrontend(ctx, { host: '127.0.0.1', port: 0 }, quiet).catch(() => null);
-  return { ctx, http, postgres, key };
+  return { ctx, http, postgres, key, ticket };
 }
 
 async function timeHttp(url: string, key: string): Promise<number[]> {
@@ -126,8 +132,8 @@ async function timeHttp(url: string, key: string): Promise<number[]> {
   return out;
 }
 
-async function timePostgres(port: number, key: string): Promise<number[] | null> {
-  const client = new pg.Client({ host: '127.0.0.1', port, user: 'bench', password: key, database: 'db' });
+async function timePostgres(port: number, ticket: string): Promise<number[] | null> {
+  const client = new pg.Client({ host: '127.0.0.1', port, user: 'bench', password: ticket, database: 'db' });
   try {
     await client.connect();
   } catch (error) {
@@ -151,7 +157,8 @@ for (const [label, measure] of [
   ['HTTP GET', (g: typeof plain) => timeHttp(g.http.url, g.key)],
   [
     'PostgreSQL SELECT',
-    (g: typeof plain) => (g.postgres === null ? Promise.resolve(null) : timePostgres(g.postgres.port, g.key)),
+    (g: typeof plain) =>
+      g.postgres === null ? Promise.resolve(null) : timePostgres(g.postgres.port, g.ticket),
   ],
 ] as const) {
   await measure(plain); // warm up both (JIT, caches), then measure back to back

@@ -33,6 +33,13 @@ export const connectionRulesSchema = z
       .array(z.string().regex(/^(\*|[A-Za-z0-9_][A-Za-z0-9_$-]{0,62})$/, 'must be a database name or *'))
       .max(256)
       .optional(),
+    /** The upstream session's search_path, pinned at login; statements may not change it. */
+    searchPath: z
+      .string()
+      .min(1)
+      .max(1024)
+      .regex(/^[^\0]*$/, 'must not contain NUL')
+      .optional(),
   })
   .strict();
 
@@ -193,7 +200,19 @@ export const configSchema = z
           .max(1024 * 1024 * 1024)
           .default(64 * 1024 * 1024),
         maxConnections: z.number().int().min(1).max(100_000).default(1000),
-        loginTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+        loginTimeoutMs: z.number().int().min(100).max(600_000).default(5_000),
+        /** Largest query text classified (bytes); longer ones are refused before parsing. */
+        maxStatementBytes: z
+          .number()
+          .int()
+          .min(1024)
+          .max(64 * 1024 * 1024)
+          .default(256 * 1024),
+        /** Most statements (semicolons) in one query text. */
+        maxStatementsPerQuery: z.number().int().min(1).max(1_000_000).default(1000),
+        /** Connections still logging in, in total (the oldest is closed beyond it) and per source address. */
+        maxPendingLogins: z.number().int().min(1).max(100_000).default(256),
+        maxPendingLoginsPerSource: z.number().int().min(1).max(100_000).default(32),
         upstreamTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
         /** Audit every statement (true) or only refused ones (false). */
         auditStatements: z.boolean().default(true),

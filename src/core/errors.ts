@@ -492,7 +492,7 @@ export const ERROR_CODES = {
   CC_ERR_PG_MESSAGE_TOO_LARGE: {
     status: 413,
     description:
-      'A PostgreSQL message declared a length above postgres.maxMessageBytes (or 10 KiB for a startup packet); it was refused before anything was allocated. SQLSTATE 08P01, connection closed.',
+      'A PostgreSQL message declared a length above postgres.maxMessageBytes (10 KiB for a startup packet, 8 KiB for any message before login); it was refused before anything was allocated. SQLSTATE 08P01, connection closed.',
     solution: 'Send smaller messages (split large COPY data), or raise postgres.maxMessageBytes.',
   },
   CC_ERR_PG_UNSUPPORTED: {
@@ -561,6 +561,57 @@ export const ERROR_CODES = {
     status: 503,
     description: 'The PostgreSQL listener already serves postgres.maxConnections clients. SQLSTATE 53300.',
     solution: 'Close idle sessions, or raise postgres.maxConnections.',
+  },
+  CC_ERR_PG_SETTING_PINNED: {
+    status: 403,
+    description:
+      'A statement (SET, SET LOCAL, set_config(), ALTER ROLE/DATABASE/SYSTEM ... SET) would change a setting the gateway pins for the session: client_encoding, standard_conforming_strings, backslash_quote (they change how the server reads statement text) or search_path. A set_config() whose setting name is not a constant is refused the same way. SQLSTATE 42501; the session stays usable. Also sent (FATAL) when the upstream reports such a setting changed.',
+    solution:
+      "Do not change these settings through the gateway; the connection's rules.searchPath sets the search path.",
+  },
+  CC_ERR_PG_ENCODING_UNSUPPORTED: {
+    status: 400,
+    description:
+      'The client asked for a client_encoding other than UTF8 (or SQL_ASCII, served as UTF8). The gateway reads statements as UTF-8 and pins the upstream session to it. SQLSTATE 22023, connection closed.',
+    solution: 'Connect with client_encoding=UTF8 (PGCLIENTENCODING=UTF8).',
+  },
+  CC_ERR_PG_TEXT_INVALID: {
+    status: 400,
+    description:
+      'A Query or Parse message carries statement text that is not valid UTF-8: the gateway and the server could read it differently, so the session is ended. SQLSTATE 22021.',
+    solution: 'Send statement text in UTF-8; pass binary data as bound parameters.',
+  },
+  CC_ERR_PG_SYNTAX_UNSUPPORTED: {
+    status: 400,
+    description:
+      "A statement uses syntax that the upstream's PostgreSQL version reads differently from the gateway's parser (for example SQL/JSON constructors, which an older server reads as calls of same-named functions), or the upstream's version is unknown. SQLSTATE 0A000; the session stays usable.",
+    solution: 'Use syntax the upstream version has (the message names both versions).',
+  },
+  CC_ERR_PG_UPSTREAM_VERSION: {
+    status: 502,
+    description:
+      'The upstream PostgreSQL server reported no server_version, a major version outside those the gateway parser is checked against (13 to 17), or session settings other than the pinned ones. SQLSTATE 08004.',
+    solution:
+      'Use a supported PostgreSQL version; check that the server accepts the pinned startup settings.',
+  },
+  CC_ERR_PG_STATEMENT_TOO_LARGE: {
+    status: 413,
+    description:
+      'A query text exceeds postgres.maxStatementBytes or holds more than postgres.maxStatementsPerQuery statements (semicolons): it is refused before it is parsed, so one client cannot stall the others. SQLSTATE 54000; the session stays usable.',
+    solution: 'Split the query, pass large values as bound parameters, or raise the limits.',
+  },
+  CC_ERR_PG_KEY_LOGIN_NOT_PERMITTED: {
+    status: 403,
+    description:
+      'An agent logged in to a PostgreSQL connection with its agent key under the built-in policy. A key is not bound to any connection, so it opens one only where a configured policy permits sql:session; otherwise the login needs a ticket bound to that agent and connection. Reported as the reason of CC_ERR_PG_LOGIN_FAILED (SQLSTATE 28P01).',
+    solution:
+      'Log in with a ticket issued to the agent for this connection (--dest conn:NAME), or configure a policy that permits sql:session.',
+  },
+  CC_ERR_PG_LOGIN_PENDING_LIMIT: {
+    status: 503,
+    description:
+      'Too many connections from this source are still logging in (postgres.maxPendingLoginsPerSource); the new one is refused. When all sources together reach postgres.maxPendingLogins, the oldest login still in progress is closed instead. SQLSTATE 53300.',
+    solution: 'Finish or close logins in progress; raise the limits if a real client pool needs more.',
   },
   CC_ERR_APPROVAL_DENIED: {
     status: 403,

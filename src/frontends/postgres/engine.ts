@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { randomInt, timingSafeEqual } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { type SecureContext, TLSSocket } from 'node:tls';
@@ -16,15 +17,28 @@ import { GatewaySession } from '../../gateway/session.js';
 import type { Store } from '../../store/types.js';
 import type { Target } from '../../vault/destinations.js';
 import { RelaySession, type StatementEvent } from './client-session.js';
-import { decodeFrontend, decodeStartup } from './protocol/decode.js';
+import { decodeBackend, decodeFrontend, decodeStartup } from './protocol/decode.js';
 import { encodeBackend } from './protocol/encode.js';
-import { MessageFramer } from './protocol/framer.js';
-import { AUTH } from './protocol/messages.js';
+import { MAX_PREAUTH_MESSAGE_BYTES, MessageFramer } from './protocol/framer.js';
+import { AUTH, type Frame } from './protocol/messages.js';
 import { type PostgresRules, rulesFrom } from './rules.js';
 import { SocketReader } from './socket-reader.js';
-import type { SqlClassifier } from './sql/classify.js';
+import {
+  allowlistedNames,
+  OLDEST_SERVER_MAJOR,
+  PARSER_MAJOR,
+  type SqlClassifier,
+  type UpstreamFacts,
+} from './sql/classify.js';
 import type { StatementPolicy } from './statement-policy.js';
-import { cancelUpstream, connectUpstream, type UpstreamTarget, upstreamTarget } from './upstream/connect.js';
+import {
+  cancelUpstream,
+  connectUpstream,
+  queryUpstream,
+  type Upstream,
+  type UpstreamTarget,
+  upstreamTarget,
+} from './upstream/connect.js';
 import { toErrorResponse } from './wire-errors.js';
 
 export interface PostgresEngineOptions {
@@ -50,17 +64,63 @@ export interface PostgresEngineServices {
   readonly clock: Clock;
   /** Per-statement policy and approvals (null: no policy configured). */
   readonly statementPolicy?: StatementPolicy | null;
+  /**
+   * Whether an agent key may open a session (decided then by the sql:session policy).
+   * False under the built-in policy: a key is bound to no connection, so the login needs a ticket.
+   */
+  readonly keyLoginPermitted?: () => boolean;
 }
 
-/** Client startup parameters forwarded upstream. Anything else (options, role settings) is dropped. */
+/**
+ * Client startup parameters forwarded upstream. Anything else (options, role settings,
+ * lexing settings) is dropped; client_encoding is checked and pinned (see PINNED).
+ */
 const FORWARDED_PARAMETERS = new Set([
   'application_name',
-  'client_encoding',
   'datestyle',
   'timezone',
   'intervalstyle',
   'extra_float_digits',
 ]);
+
+/**
+ * Settings the gateway pins at upstream login (startup parameters are the session's
+ * defaults: RESET and DISCARD ALL return to them). They decide how the server lexes
+ * statement text, so the parser and the server read the same bytes the same way.
+ */
+const PINNED: ReadonlyArray<readonly [string, string]> = [
+  ['client_encoding', 'UTF8'],
+  ['standard_conforming_strings', 'on'],
+  ['backslash_quote', 'safe_encoding'],
+];
+/** Pinned settings the server reports (ParameterStatus): a change ends the session. */
+const REPORTED_PINS = new Map([
+  ['client_encoding', 'UTF8'],
+  ['standard_conforming_strings', 'on'],
+]);
+
+/** client_encoding values a client may ask for: UTF8 (and SQL_ASCII, served as UTF8). Spelling as PostgreSQL normalizes it. */
+function acceptedEncoding(value: string): boolean {
+  const name = value.toLowerCase().replace(/[^a-z0-9]/g, '');
+  return name === 'utf8' || name === 'unicode' || name === 'sqlascii';
+}
+
+/** The major version in a server_version string ("15.8 (Debian ...)", "9.6.3"), or null. */
+export function serverMajor(version: string | undefined): number | null {
+  const m = /^(\d+)(?:\.(\d+))?/.exec(version ?? '');
+  if (m === null) return null;
+  const major = Number(m[1]);
+  return major >= 10 ? major : null;
+}
+
+/** The text part of a Query or Parse body (statement name and text; Parse's parameter OIDs are binary). */
+function statementText(frame: Frame): Buffer | null {
+  if (frame.code === 0x51) return frame.body;
+  if (frame.code !== 0x50) return null;
+  const name = frame.body.indexOf(0);
+  const end = name === -1 ? -1 : frame.body.indexOf(0, name + 1);
+  return end === -1 ? frame.body : frame.body.subarray(0, end);
+}
 
 interface CancelKey {
   readonly secret: number;
@@ -74,6 +134,8 @@ interface Client {
   readonly reader: SocketReader;
   tls: boolean;
   readonly remote: string;
+  /** Called once the client has logged in (the listener stops counting it as a pending login). */
+  onAuthenticated?: () => void;
 }
 
 interface Login {
@@ -84,6 +146,9 @@ interface Login {
   readonly target: Target;
   /** The upstream password: the secret the ticket stood for, or the connection's credential. */
   readonly password: Buffer;
+  /** When the login's ticket (or its parent chain) or the agent's key expires; the session ends then. */
+  readonly expiresAt: number | null;
+  readonly expiryCode: ErrorCode;
 }
 
 /**
@@ -165,7 +230,11 @@ export class PostgresEngine implements Engine<Client> {
       socket,
       reader: new SocketReader(
         socket,
-        new MessageFramer({ startup: true, maxMessageBytes: this.#options.maxMessageBytes }),
+        // Until the client has logged in, every message is small (a password is a ticket or a key).
+        new MessageFramer({
+          startup: true,
+          maxMessageBytes: Math.min(MAX_PREAUTH_MESSAGE_BYTES, this.#options.maxMessageBytes),
+        }),
       ),
       tls: false,
       remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`,
@@ -194,6 +263,7 @@ export class PostgresEngine implements Engine<Client> {
       session.event('connected', { remote: client.remote, tls: client.tls });
       const login = await this.#login(client, session, startup);
       clearTimeout(timer);
+      client.onAuthenticated?.();
       await this.#relay(client, session, login, startup);
     } catch (error) {
       clearTimeout(timer);
@@ -258,6 +328,13 @@ export class PostgresEngine implements Engine<Client> {
             throw new CoatcheckError(
               'CC_ERR_PG_UNSUPPORTED',
               'coatcheck: replication connections are not carried',
+            );
+          }
+          const encoding = parameters.get('client_encoding');
+          if (encoding !== undefined && !acceptedEncoding(encoding)) {
+            throw new CoatcheckError(
+              'CC_ERR_PG_ENCODING_UNSUPPORTED',
+              'coatcheck: client_encoding must be UTF8; the gateway reads statements as UTF-8',
             );
           }
           const unrecognized = m.parameters.map(([k]) => k).filter((k) => k.startsWith('_pq_.'));
@@ -368,7 +445,15 @@ export class PostgresEngine implements Engine<Client> {
       };
       let principal: Principal;
       let secret: Buffer;
+      let expiresAt: number | null = agent.expiresAt;
+      let expiryCode: ErrorCode = 'CC_ERR_AGENT_EXPIRED';
       if (password.startsWith(AGENT_KEY_PREFIX)) {
+        if (!(this.#services.keyLoginPermitted?.() ?? false)) {
+          throw loginFailed(
+            'CC_ERR_PG_KEY_LOGIN_NOT_PERMITTED',
+            `coatcheck: login refused: an agent key does not open connection ${view.name} under the built-in policy; log in with a ticket issued to ${shown} for this connection`,
+          );
+        }
         principal = await this.#services.pipeline.services.agents
           .authenticate(password)
           .catch((error: unknown) => {
@@ -427,7 +512,13 @@ export class PostgresEngine implements Engine<Client> {
             throw loginFailed(code, `coatcheck: login refused: ${why} (${code})`);
           });
         await decision.recorded;
-        secret = released.get(password)!.value.reveal();
+        const exchanged = released.get(password)!;
+        secret = exchanged.value.reveal();
+        const ticketExpiry = await this.#ticketExpiry(exchanged.ticketId);
+        if (ticketExpiry !== null && (expiresAt === null || ticketExpiry < expiresAt)) {
+          expiresAt = ticketExpiry;
+          expiryCode = 'CC_ERR_TICKET_EXPIRED';
+        }
       } else {
         throw loginFailed(
           'CC_ERR_TICKET_MALFORMED',
@@ -442,6 +533,9 @@ export class PostgresEngine implements Engine<Client> {
         upstream,
         target,
         password: secret,
+        ...(principal.expiresAt !== null && (expiresAt === null || principal.expiresAt < expiresAt)
+          ? { expiresAt: principal.expiresAt, expiryCode: 'CC_ERR_AGENT_EXPIRED' as const }
+          : { expiresAt, expiryCode }),
       };
     } catch (error) {
       const e = error instanceof CoatcheckError ? error : null;
@@ -461,6 +555,81 @@ export class PostgresEngine implements Engine<Client> {
     }
   }
 
+  /** The earliest expiry along a ticket's parent chain (a child dies with its parent), or null. */
+  async #ticketExpiry(ticketId: string): Promise<number | null> {
+    let earliest: number | null = null;
+    let id: string | null = ticketId;
+    for (let depth = 0; id !== null && depth < 64; depth++) {
+      const record = await this.#services.store.getTicketById(id);
+      if (record === null) break;
+      if (record.expiresAt !== null)
+        earliest = earliest === null ? record.expiresAt : Math.min(earliest, record.expiresAt);
+      id = record.parentId;
+    }
+    return earliest;
+  }
+
+  /** End the session (FATAL, as a revocation does) when its login ticket or the agent's key expires. */
+  #endAtExpiry(session: GatewaySession, expiresAt: number | null, code: ErrorCode): void {
+    if (expiresAt === null) return;
+    const left = expiresAt - this.#services.now();
+    if (left <= 0) {
+      session.terminate(code);
+      return;
+    }
+    if (left > 2_147_000_000) return; // beyond a timer's range; revocation events still apply
+    const timer = setTimeout(() => session.terminate(code), left);
+    timer.unref();
+    session.cleanups.push(() => clearTimeout(timer));
+  }
+
+  /**
+   * What the upstream reads differently from the parser: its version (the parser is
+   * PostgreSQL 17's grammar), allowlisted function names it defines outside pg_catalog or
+   * lacks in pg_catalog, and operators it defines outside pg_catalog.
+   */
+  async #upstreamFacts(upstream: Upstream): Promise<UpstreamFacts> {
+    const reported = new Map(upstream.parameters);
+    const major = serverMajor(reported.get('server_version'));
+    if (major === null || major < OLDEST_SERVER_MAJOR || major > PARSER_MAJOR) {
+      throw new CoatcheckError(
+        'CC_ERR_PG_UPSTREAM_VERSION',
+        `coatcheck: the upstream reports server version ${major ?? 'unknown'}; the gateway reads PostgreSQL ${OLDEST_SERVER_MAJOR} to ${PARSER_MAJOR}`,
+        { details: { major } },
+      );
+    }
+    for (const [name, value] of REPORTED_PINS) {
+      if (reported.get(name) !== value) {
+        throw new CoatcheckError(
+          'CC_ERR_PG_UPSTREAM_VERSION',
+          `coatcheck: the upstream session did not take the pinned setting ${name}`,
+          { details: { setting: name } },
+        );
+      }
+    }
+    const names = allowlistedNames();
+    const list = `'{${names.join(',')}}'::pg_catalog.text[]`;
+    const rows = await queryUpstream(
+      upstream,
+      // Objects of installed extensions (citext's lower, hstore's =) are the operator's vetted code, not the agent's.
+      `SELECT 'user', p.proname::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace AND p.proname::pg_catalog.text = ANY (${list}) AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e') GROUP BY 2
+       UNION ALL SELECT 'catalog', p.proname::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace AND p.proname::pg_catalog.text = ANY (${list}) GROUP BY 2
+       UNION ALL SELECT 'operator', o.oprname::pg_catalog.text FROM pg_catalog.pg_operator o WHERE o.oprnamespace <> 'pg_catalog'::pg_catalog.regnamespace AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.objid = o.oid AND d.deptype = 'e') GROUP BY 2`,
+      this.#options.upstreamTimeoutMs,
+    );
+    const inCatalog = new Set<string>();
+    const shadowed = new Set<string>();
+    const operators = new Set<string>();
+    for (const [kind, name] of rows) {
+      if (name === null || name === undefined) continue;
+      if (kind === 'user') shadowed.add(name);
+      else if (kind === 'catalog') inCatalog.add(name);
+      else operators.add(name);
+    }
+    for (const name of names) if (!inCatalog.has(name)) shadowed.add(name);
+    return { major, shadowed, operators };
+  }
+
   async #relay(
     client: Client,
     session: GatewaySession,
@@ -469,12 +638,49 @@ export class PostgresEngine implements Engine<Client> {
   ): Promise<void> {
     const forwarded: Array<readonly [string, string]> = [];
     for (const [k, v] of parameters) if (FORWARDED_PARAMETERS.has(k.toLowerCase())) forwarded.push([k, v]);
-    // Defence in depth: a read-only connection's sessions are read-only on the server too.
-    if (login.rules.readOnly) forwarded.push(['options', '-c default_transaction_read_only=on']);
+    forwarded.push(...PINNED);
+    if (login.rules.searchPath !== null) forwarded.push(['search_path', login.rules.searchPath]);
+    // A read-only connection's sessions are read-only on the server too; no statement may lift it.
+    if (login.rules.readOnly) forwarded.push(['default_transaction_read_only', 'on']);
     const upstream = await connectUpstream(login.upstream, login.password, {
       timeoutMs: this.#options.upstreamTimeoutMs,
       parameters: forwarded,
     });
+    let facts: UpstreamFacts;
+    try {
+      facts = await this.#upstreamFacts(upstream);
+    } catch (error) {
+      upstream.socket.destroy();
+      throw error;
+    }
+    // The server reports a pinned setting it changed (a function calling set_config, say): end the session.
+    upstream.framer.watch = (frame) => {
+      if (frame.code !== 0x53) return;
+      const m = decodeBackend(frame);
+      if (m.type !== 'ParameterStatus') return;
+      const pinned = REPORTED_PINS.get(m.name);
+      const liftsReadOnly =
+        login.rules.readOnly && m.name === 'default_transaction_read_only' && m.value !== 'on';
+      if ((pinned !== undefined && m.value !== pinned) || liftsReadOnly) {
+        throw new CoatcheckError(
+          'CC_ERR_PG_SETTING_PINNED',
+          `coatcheck: the session was ended: the upstream reports ${m.name} changed, a setting the gateway pins`,
+          { details: { setting: m.name } },
+        );
+      }
+    };
+    // Statement text the parser and the server could read differently is refused: it must be UTF-8.
+    client.reader.framer.watch = (frame) => {
+      const text = statementText(frame);
+      if (text !== null && !isUtf8(text)) {
+        throw new CoatcheckError(
+          'CC_ERR_PG_TEXT_INVALID',
+          'coatcheck: the session was ended: statement text is not valid UTF-8',
+        );
+      }
+    };
+    client.reader.framer.maxMessageBytes = this.#options.maxMessageBytes;
+    this.#endAtExpiry(session, login.expiresAt, login.expiryCode);
     let processId = randomInt(1, 2 ** 31 - 1);
     while (this.#cancels.has(processId)) processId = randomInt(1, 2 ** 31 - 1);
     const secret = randomInt(-(2 ** 31), 2 ** 31 - 1);
@@ -498,7 +704,7 @@ export class PostgresEngine implements Engine<Client> {
     const relay = new RelaySession(client.socket, client.reader.framer, upstream, {
       services: {
         pipeline: this.#services.pipeline,
-        classifier: this.#services.classifier,
+        classifier: this.#services.classifier.forUpstream(facts),
         now: this.#services.now,
         patterns: this.#services.patterns,
         statementPolicy: this.#services.statementPolicy ?? null,

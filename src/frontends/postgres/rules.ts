@@ -19,6 +19,8 @@ export interface PostgresRules {
   readonly scanSecrets: boolean;
   /** Databases a client may pick with `<connection>/<database>` (`*`: any); empty: only the URL's. */
   readonly databases: readonly string[];
+  /** The upstream session's search_path, pinned at login (null: the server's default). No statement may change it. */
+  readonly searchPath: string | null;
 }
 
 export const DEFAULT_RULES: PostgresRules = {
@@ -29,6 +31,7 @@ export const DEFAULT_RULES: PostgresRules = {
   maskColumns: [],
   scanSecrets: true,
   databases: [],
+  searchPath: null,
 };
 
 /** Read rules from a connection's stored/declared `rules` object; unknown fields are ignored, bad types fall back. */
@@ -48,6 +51,7 @@ export function rulesFrom(raw: unknown): PostgresRules {
     databases: Array.isArray(r.databases)
       ? (r.databases as unknown[]).filter((d): d is string => typeof d === 'string')
       : [],
+    searchPath: typeof r.searchPath === 'string' ? r.searchPath : null,
   };
 }
 
@@ -70,6 +74,13 @@ export function checkRules(
     c.class === 'function-call' && c.functions.length > 0
       ? `function-call: ${c.functions.join(', ')}`
       : c.class;
+  if (rules.readOnly && c.readWrite === true) {
+    return {
+      code: 'CC_ERR_PG_STATEMENT_DENIED',
+      rule: 'read-only',
+      message: `coatcheck: statement refused by rule read-only (${c.class} READ WRITE); this connection's sessions stay read-only`,
+    };
+  }
   if (rules.readOnly && WRITE_LIKE.has(c.class)) {
     return {
       code: 'CC_ERR_PG_STATEMENT_DENIED',

@@ -10,7 +10,12 @@ import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
 import type { Context } from '../../server/context.js';
 import { PostgresEngine } from './engine.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './protocol/framer.js';
-import { loadParser, SqlClassifier } from './sql/classify.js';
+import {
+  DEFAULT_MAX_STATEMENT_BYTES,
+  DEFAULT_MAX_STATEMENTS,
+  loadParser,
+  SqlClassifier,
+} from './sql/classify.js';
 import { createStatementPolicy } from './statement-policy.js';
 import { listenerTls, secureContext, type TlsFiles } from './tls.js';
 import { toErrorResponse } from './wire-errors.js';
@@ -24,16 +29,30 @@ export interface PostgresOptions {
   readonly upstreamTimeoutMs: number;
   readonly auditStatements: boolean;
   readonly classifierCacheSize: number;
+  /** Longest query text classified; longer ones are refused before parsing (parsing blocks the event loop). */
+  readonly maxStatementBytes: number;
+  /** Most statements (semicolons) in one query text. */
+  readonly maxStatementsPerQuery: number;
+  /** Connections still logging in: in total (beyond it the oldest is closed) and per source address (beyond it refused). */
+  readonly maxPendingLogins: number;
+  readonly maxPendingLoginsPerSource: number;
 }
 
 export const DEFAULT_POSTGRES_OPTIONS: PostgresOptions = {
   maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
   maxConnections: 1000,
-  loginTimeoutMs: 10_000,
+  loginTimeoutMs: 5_000,
   upstreamTimeoutMs: 10_000,
   auditStatements: true,
   classifierCacheSize: 10_000,
+  maxStatementBytes: DEFAULT_MAX_STATEMENT_BYTES,
+  maxStatementsPerQuery: DEFAULT_MAX_STATEMENTS,
+  maxPendingLogins: 256,
+  maxPendingLoginsPerSource: 32,
 };
+
+/** How long close() waits for sessions to end before it stops waiting (sockets are destroyed at once). */
+const CLOSE_GRACE_MS = 2_000;
 
 export interface PostgresFrontend {
   readonly server: Server;
@@ -102,7 +121,11 @@ export async function startPostgresFrontend(
   const engine = new PostgresEngine(
     {
       pipeline,
-      classifier: new SqlClassifier({ capacity: options.classifierCacheSize }),
+      classifier: new SqlClassifier({
+        capacity: options.classifierCacheSize,
+        maxStatementBytes: options.maxStatementBytes,
+        maxStatements: options.maxStatementsPerQuery,
+      }),
       store: ctx.store,
       audit: ctx.audit,
       log,
@@ -110,6 +133,8 @@ export async function startPostgresFrontend(
       now: () => ctx.clock.now(),
       clock: ctx.clock,
       statementPolicy: createStatementPolicy(ctx.gate),
+      // An agent key opens a session only under a configured policy (which then decides sql:session).
+      keyLoginPermitted: () => overrides.decide !== undefined || ctx.gate.policy.engine.source !== 'builtin',
     },
     {
       maxMessageBytes: options.maxMessageBytes,
@@ -121,20 +146,56 @@ export async function startPostgresFrontend(
     },
   );
   const sockets = new Set<Socket>();
+  // Connections still logging in, oldest first, and how many per source address.
+  const pending = new Map<Socket, string>();
+  const pendingBySource = new Map<string, number>();
+  const settle = (socket: Socket) => {
+    const source = pending.get(socket);
+    if (source === undefined) return;
+    pending.delete(socket);
+    const left = (pendingBySource.get(source) ?? 1) - 1;
+    if (left <= 0) pendingBySource.delete(source);
+    else pendingBySource.set(source, left);
+  };
+  const refuse = (socket: Socket, error: CoatcheckError) => {
+    socket.end(toErrorResponse(error, 'FATAL'));
+    setTimeout(() => socket.destroy(), 1000).unref();
+  };
   const server = createServer((socket) => {
     socket.on('error', () => undefined);
     if (sockets.size >= options.maxConnections) {
-      socket.end(
-        toErrorResponse(
-          new CoatcheckError('CC_ERR_PG_TOO_MANY_CONNECTIONS', 'coatcheck: too many connections', {}),
-          'FATAL',
+      refuse(
+        socket,
+        new CoatcheckError('CC_ERR_PG_TOO_MANY_CONNECTIONS', 'coatcheck: too many connections', {}),
+      );
+      return;
+    }
+    const source = socket.remoteAddress ?? '?';
+    if ((pendingBySource.get(source) ?? 0) >= options.maxPendingLoginsPerSource) {
+      refuse(
+        socket,
+        new CoatcheckError(
+          'CC_ERR_PG_LOGIN_PENDING_LIMIT',
+          'coatcheck: too many logins in progress from this address',
         ),
       );
       return;
     }
+    if (pending.size >= options.maxPendingLogins) {
+      // A real login completes in milliseconds: make room by closing the oldest one still pending.
+      const oldest = pending.keys().next().value!;
+      settle(oldest);
+      oldest.destroy();
+    }
+    pending.set(socket, source);
+    pendingBySource.set(source, (pendingBySource.get(source) ?? 0) + 1);
     sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
+    socket.once('close', () => {
+      sockets.delete(socket);
+      settle(socket);
+    });
     const client = engine.client(socket);
+    client.onAuthenticated = () => settle(socket);
     engine.handle(client).catch((error: unknown) => {
       log.error({ errName: (error as Error)?.name }, 'postgres front-end: unhandled failure');
       socket.destroy();
@@ -168,7 +229,12 @@ export async function startPostgresFrontend(
     async close() {
       unsubscribe();
       await new Promise<void>((resolve) => {
-        server.close(() => resolve());
+        const grace = setTimeout(resolve, CLOSE_GRACE_MS);
+        grace.unref();
+        server.close(() => {
+          clearTimeout(grace);
+          resolve();
+        });
         for (const relay of engine.live) relay.close();
         for (const socket of sockets) socket.destroy();
       });

@@ -100,8 +100,8 @@ it('holds a write for approval: a notice names the approval; approved via the CL
     const env = { COATCHECK_HOME: gw.dir };
     const create = await cli(['approvals', 'list', '--status', 'pending', '--json'], { env });
     expect(JSON.parse(create.stdout)).toEqual([]);
-    const held = client.query('SELECT set_config($1, $2, false)', ['coatcheck.test', 'x']).then(() => 'ran');
-    // set_config is a function call, not a write: it is sql:call, which no policy permits.
+    const held = client.query('SELECT current_setting($1, true)', ['coatcheck.test']).then(() => 'ran');
+    // current_setting is a function call off the allowlist, not a write: it is sql:call, which no policy permits.
     await expect(held).rejects.toMatchObject({ detail: 'CC_ERR_POLICY_DENIED' });
 
     const write = client

@@ -54,7 +54,7 @@ beforeAll(async () => {
   gw = await startPgGateway();
   bot = await gw.createAgent('bot');
   other = await gw.createAgent('other');
-  const all = ['conn:main', 'conn:ro', 'conn:noddl', 'conn:approve', 'conn:masked'];
+  const all = ['conn:main', 'conn:multi', 'conn:ro', 'conn:noddl', 'conn:approve', 'conn:masked'];
   await gw.addSecret('dbpw', db.password, all);
   await gw.addSecret('api-key', CANARY, ['conn:main', 'conn:masked']);
   await gw.addSecret('lookup', LOOKUP, ['conn:main'], { allowSql: ['main'] });
@@ -85,9 +85,11 @@ describe('login', () => {
     expect(r).toMatchObject({ code: 0, stdout: '10\n' });
   });
 
-  it('logs in with the agent key (the connection credential is used upstream)', async () => {
+  it('refuses the agent key under the built-in policy: a key is bound to no connection, a ticket is needed', async () => {
     const r = await gw.psql(conninfo('bot', bot.key, 'main'), ['-At', '-c', 'SELECT current_user']);
-    expect(r).toMatchObject({ code: 0, stdout: 'postgres\n' });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('an agent key does not open connection main under the built-in policy');
+    expect(r.stderr).toContain('CC_ERR_PG_LOGIN_FAILED');
   });
 
   it('verifies the gateway certificate (verify-full) with node-postgres', async () => {
@@ -127,16 +129,16 @@ describe('login', () => {
   });
 
   it('lets a client pick another database as <connection>/<database> only when the connection lists it', async () => {
-    const picked = await connectAs('multi/template1', bot.key);
+    const picked = await connectAs('multi/template1');
     expect((await picked.query('SELECT current_database() AS db')).rows).toEqual([{ db: 'template1' }]);
     await picked.end();
-    const plain = await connectAs('multi', bot.key);
+    const plain = await connectAs('multi');
     expect((await plain.query('SELECT current_database() AS db')).rows).toEqual([{ db: 'postgres' }]);
     await plain.end();
-    const notListed = await pgError(connectAs('multi/other', bot.key));
+    const notListed = await pgError(connectAs('multi/other'));
     expect(notListed).toMatchObject({ code: '3D000', detail: 'CC_ERR_PG_DATABASE_INVALID' });
     expect(notListed.message).toBe('coatcheck: connection multi does not allow database other');
-    const noChoice = await pgError(connectAs('main/template1', bot.key));
+    const noChoice = await pgError(connectAs('main/template1'));
     expect(noChoice).toMatchObject({
       code: '3D000',
       message: 'coatcheck: connection main does not allow database template1',
@@ -235,7 +237,7 @@ describe('rules', () => {
     e = await pgError(c.query('WITH d AS (DELETE FROM items RETURNING *) SELECT count(*) FROM d'));
     expect(e.code).toBe('42501');
     e = await pgError(c.query("SELECT set_config('default_transaction_read_only', 'off', false)"));
-    expect(e.message).toContain('function-call: set_config');
+    expect(e.message).toContain('read-only (privilege READ WRITE)');
     e = await pgError(c.query('UPDATE items SET label = $1', ['y']));
     expect(e.code).toBe('42501');
     expect((await c.query('SELECT count(*)::int AS n FROM people')).rows).toEqual([{ n: 10 }]);

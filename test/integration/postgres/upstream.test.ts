@@ -5,6 +5,7 @@ let tlsDb: ThrowawayPostgres;
 let md5Db: ThrowawayPostgres;
 let gw: PgGateway;
 let bot: { key: string; ref: string };
+const tickets = new Map<string, string>();
 
 beforeAll(async () => {
   tlsDb = await startThrowawayPostgres({ ssl: true });
@@ -25,6 +26,9 @@ beforeAll(async () => {
     credential: 'tlspw',
   });
   await gw.addConnection('md5', md5Db.url, { credential: 'md5pw' });
+  for (const name of ['tls', 'wrongca', 'required'])
+    tickets.set(name, await gw.issue('tlspw', bot.ref, [`conn:${name}`]));
+  tickets.set('md5', await gw.issue('md5pw', bot.ref, ['conn:md5']));
 }, 120_000);
 
 afterAll(async () => {
@@ -34,7 +38,7 @@ afterAll(async () => {
 });
 
 async function query(connection: string, sql: string): Promise<unknown> {
-  const c = gw.client('bot', bot.key, connection);
+  const c = gw.client('bot', tickets.get(connection)!, connection);
   c.on('error', () => undefined);
   await c.connect();
   try {

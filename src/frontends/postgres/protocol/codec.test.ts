@@ -336,3 +336,37 @@ describe('postgres codec', () => {
     );
   });
 });
+
+describe('framer limits and watch', () => {
+  it('applies a lowered limit before login and the raised one after', () => {
+    const f = new MessageFramer({ startup: false, maxMessageBytes: 8 * 1024 });
+    f.push(encodeFrontend({ type: 'Query', sql: 'x'.repeat(8 * 1024) }));
+    expect(() => f.next()).toThrowError(
+      expect.objectContaining({ code: 'CC_ERR_PG_MESSAGE_TOO_LARGE' }) as Error,
+    );
+    const g = new MessageFramer({ startup: false, maxMessageBytes: 8 * 1024 });
+    g.maxMessageBytes = 64 * 1024;
+    g.push(encodeFrontend({ type: 'Query', sql: 'x'.repeat(8 * 1024) }));
+    expect(g.next()?.code).toBe(0x51);
+  });
+
+  it('shows every frame to the watch before returning it; a throw refuses the frame', () => {
+    const f = new MessageFramer({ startup: false });
+    const seen: number[] = [];
+    f.watch = (frame) => {
+      seen.push(frame.code);
+      if (frame.code === 0x50) throw new CoatcheckError('CC_ERR_PG_TEXT_INVALID', 'no');
+    };
+    f.push(
+      Buffer.concat([
+        encodeFrontend({ type: 'Query', sql: 'SELECT 1' }),
+        encodeFrontend({ type: 'Parse', name: '', sql: 'SELECT 2', parameterTypes: [] }),
+        encodeFrontend({ type: 'Sync' }),
+      ]),
+    );
+    expect(f.next()?.code).toBe(0x51);
+    expect(() => f.next()).toThrowError(expect.objectContaining({ code: 'CC_ERR_PG_TEXT_INVALID' }) as Error);
+    expect(f.next()?.code).toBe(0x53);
+    expect(seen).toEqual([0x51, 0x50, 0x53]);
+  });
+});

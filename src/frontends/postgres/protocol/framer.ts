@@ -7,6 +7,8 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 export const MAX_MESSAGE_BYTES_CEILING = 1024 * 1024 * 1024;
 /** A startup packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest) is at most this large. */
 export const MAX_STARTUP_BYTES = 10 * 1024;
+/** Cap on any message before the client has authenticated (a password message holds a ticket or a key). */
+export const MAX_PREAUTH_MESSAGE_BYTES = 8 * 1024;
 
 export function protocolError(message: string, details?: Record<string, unknown>): CoatcheckError {
   return new CoatcheckError('CC_ERR_PG_PROTOCOL', message, details === undefined ? undefined : { details });
@@ -23,7 +25,13 @@ export function protocolError(message: string, details?: Record<string, unknown>
  */
 export class MessageFramer {
   expectStartup: boolean;
-  readonly #maxMessageBytes: number;
+  #maxMessageBytes: number;
+  /**
+   * Called with every frame before it is returned; a throw is a protocol refusal (the
+   * frame is consumed). Used to hold the stream to invariants (text encoding, pinned
+   * settings) whoever reads it.
+   */
+  watch: ((frame: Frame) => void) | null = null;
   #chunks: Buffer[] = [];
   #buffered = 0;
   /** The current chunk and the read offset into it (fast path: frames as views into it). */
@@ -36,6 +44,15 @@ export class MessageFramer {
       options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
       MAX_MESSAGE_BYTES_CEILING,
     );
+  }
+
+  /** Change the per-message cap (a small one before login, the configured one after). */
+  set maxMessageBytes(limit: number) {
+    this.#maxMessageBytes = Math.min(limit, MAX_MESSAGE_BYTES_CEILING);
+  }
+
+  get maxMessageBytes(): number {
+    return this.#maxMessageBytes;
   }
 
   /** Bytes received and not yet returned as frames. */
@@ -74,7 +91,9 @@ export class MessageFramer {
       this.#head = Buffer.alloc(0);
       this.#offset = 0;
     }
-    return { code, body: raw.subarray(headerSize), raw };
+    const frame = { code, body: raw.subarray(headerSize), raw };
+    this.watch?.(frame);
+    return frame;
   }
 
   #checkLength(code: number, length: number): void {

@@ -93,12 +93,13 @@ function isLoopback(host: string): boolean {
 
 /** Reads backend messages from a socket during login (before the relay takes over). */
 class LoginReader {
-  readonly framer = new MessageFramer({ startup: false });
+  readonly framer: MessageFramer;
   readonly #socket: Socket;
   #waiting: (() => void) | null = null;
   #error: Error | null = null;
 
-  constructor(socket: Socket) {
+  constructor(socket: Socket, framer = new MessageFramer({ startup: false })) {
+    this.framer = framer;
     this.#socket = socket;
     socket.on('data', this.#onData);
     socket.on('error', this.#onError);
@@ -329,4 +330,38 @@ export async function cancelUpstream(
     socket.once('error', () => resolve());
   });
   socket.destroy();
+}
+
+/**
+ * Run one read-only query on a freshly logged-in upstream session, before the relay
+ * starts (the gateway's own question about the server, never shown to the client).
+ * Returns the rows as text; an error or a timeout fails the login.
+ */
+export async function queryUpstream(
+  upstream: Upstream,
+  sql: string,
+  timeoutMs: number,
+  maxRows = 10_000,
+): Promise<Array<Array<string | null>>> {
+  const reader = new LoginReader(upstream.socket, upstream.framer);
+  const timer = setTimeout(() => upstream.socket.destroy(), timeoutMs);
+  try {
+    upstream.socket.write(encodeFrontend({ type: 'Query', sql }));
+    const rows: Array<Array<string | null>> = [];
+    let failed: string | null = null;
+    for (;;) {
+      const m = await reader.next();
+      if (m.type === 'DataRow') {
+        if (rows.length < maxRows) rows.push(m.values.map((v) => (v === null ? null : v.toString('utf8'))));
+      } else if (m.type === 'ErrorResponse') failed = m.fields.find(([k]) => k === 'C')?.[1] ?? '';
+      else if (m.type === 'ReadyForQuery') {
+        if (failed !== null)
+          throw unreachable(`the upstream refused the gateway's catalog query (SQLSTATE ${failed})`);
+        return rows;
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+    reader.detach();
+  }
 }
