@@ -10,7 +10,13 @@ import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/err
 import { newIncidentId } from '../../core/ids.js';
 import type { Engine } from '../../gateway/engine.js';
 import { fieldMatcher, maskJson } from '../../gateway/field-mask.js';
-import { type BodyBudget, drained, readBody, responseDecoders, upstreamFailure } from '../../gateway/http-io.js';
+import {
+  type BodyBudget,
+  drained,
+  readBody,
+  responseDecoders,
+  upstreamFailure,
+} from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';

@@ -13,7 +13,13 @@ import {
   type JsonValue,
   rewriteJsonStrings,
 } from '../../gateway/found-secrets.js';
-import { type BodyBudget, drained, readBody, responseDecoders, upstreamFailure } from '../../gateway/http-io.js';
+import {
+  type BodyBudget,
+  drained,
+  readBody,
+  responseDecoders,
+  upstreamFailure,
+} from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
