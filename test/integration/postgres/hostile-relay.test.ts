@@ -11,8 +11,8 @@ import {
   P,
   Q,
   type RelayFixture,
-  readies,
   ROW_LIMIT,
+  readies,
   resultSizes,
   S,
   scalar,
@@ -140,9 +140,9 @@ describe('a refusal inside a pipelined transaction aborts it, as PostgreSQL woul
     );
     const got = await readies(c, 5);
     expect(errorField(got, 'D')).toBe('CC_ERR_POLICY_DENIED');
-    expect(got.filter((m) => m.type === 'ReadyForQuery').map((m) => (m as { status: string }).status)).toEqual(
-      ['T', 'T', 'E', 'E', 'I'],
-    );
+    expect(
+      got.filter((m) => m.type === 'ReadyForQuery').map((m) => (m as { status: string }).status),
+    ).toEqual(['T', 'T', 'E', 'E', 'I']);
     expect(got.find((m) => m.type === 'CommandComplete' && m.tag === 'ROLLBACK')).toBeDefined();
     expect(await scalar(f, 'SELECT count(*)::int FROM sink')).toBe(0);
     c.close();
@@ -203,9 +203,9 @@ describe('a refusal inside a pipelined transaction aborts it, as PostgreSQL woul
       ]),
     );
     const got = await readies(c, 7);
-    expect(got.filter((m) => m.type === 'ReadyForQuery').map((m) => (m as { status: string }).status)).toEqual(
-      ['T', 'T', 'I', 'I', 'T', 'T', 'I'],
-    );
+    expect(
+      got.filter((m) => m.type === 'ReadyForQuery').map((m) => (m as { status: string }).status),
+    ).toEqual(['T', 'T', 'I', 'I', 'T', 'T', 'I']);
     expect(await scalar(f, 'SELECT count(*)::int FROM sink')).toBe(2);
     c.close();
   });
@@ -245,9 +245,15 @@ describe('policy decides each statement on its normalised facts', () => {
     c.close();
   });
 
-  it('a refusal answers in its place between pipelined results (variant)', async () => {
+  it('a refusal answers in its place between pipelined masked results (variant)', async () => {
     const c = await login(f);
-    c.write(Buffer.concat([Q('SELECT 1'), Q('drop table users'), Q('SELECT 2')]));
+    c.write(
+      Buffer.concat([
+        Q('SELECT secret FROM people LIMIT 1'),
+        Q('drop table users'),
+        Q('SELECT secret FROM people LIMIT 1'),
+      ]),
+    );
     const got = await readies(c, 3);
     expect(got.map((m) => m.type)).toEqual([
       'RowDescription',
@@ -262,6 +268,7 @@ describe('policy decides each statement on its normalised facts', () => {
       'ReadyForQuery',
     ]);
     expect(errorCode(got)).toBe('42501');
+    expect(values(got)).toEqual(['***', '***']);
     c.close();
   });
 });
@@ -279,23 +286,11 @@ describe('refusal bursts and clients that do not read', () => {
     await f.gw.settled();
     const records = (await f.gw.ctx.store.readAudit(0, 1_000_000)).slice(before);
     const queries = records.filter((r) => r.type === 'postgres.query');
-    const refused = queries.flatMap((r) => (r.data as { statements: Array<{ decision: string; count?: number }> }).statements)
+    const refused = queries
+      .flatMap((r) => (r.data as { statements: Array<{ decision: string; count?: number }> }).statements)
       .filter((s) => s.decision === 'deny');
     expect(refused.reduce((sum, s) => sum + (s.count ?? 1), 0)).toBe(n);
     expect(queries.length).toBeLessThan(n / 10);
-  }, 60_000);
-
-  it('stops reading a client that does not read what it is owed', async () => {
-    const c = await login(f, 'ro');
-    const n = 60_000;
-    c.socket.pause();
-    c.write(Buffer.concat(Array.from({ length: n }, () => Q('INSERT INTO sink VALUES (1)'))));
-    await new Promise((r) => setTimeout(r, 3000));
-    await f.gw.settled().catch(() => undefined);
-    const relay = [...f.gw.frontend.engine.live][0]!;
-    // Not every refusal was taken in: the gateway stopped reading while it was owed too much.
-    expect(relay.statements).toBeLessThan(n);
-    c.close();
   }, 60_000);
 });
 
@@ -322,4 +317,21 @@ describe('audit and approvers never see a secret typed into SQL', () => {
     expect(records).not.toContain(aws);
     expect(f.gw.logs()).not.toContain(CANARY);
   });
+});
+
+describe('a client that does not read', () => {
+  it('is not read either while the gateway owes it too much', async () => {
+    const c = await login(f, 'ro');
+    c.socket.pause();
+    const refused = Q(`INSERT INTO sink VALUES (1) /* ${'p'.repeat(300)} */`);
+    c.write(Buffer.concat(Array.from({ length: 80_000 }, () => refused)));
+    // Wait until the gateway's reading settles: it stops while more than its bound is owed.
+    let last = -1;
+    for (let i = 0; i < 80 && c.socket.writableLength !== last; i++) {
+      last = c.socket.writableLength;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    expect(c.socket.writableLength).toBeGreaterThan(0);
+    c.close();
+  }, 120_000);
 });

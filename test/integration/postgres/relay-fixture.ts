@@ -13,7 +13,7 @@ import { RawClient } from './raw-client.js';
  */
 export const POLICY = `@id("sessions") permit(principal, action == Action::"sql:session", resource);
 @id("reads") @mask("secret") permit(principal, action == Action::"sql:read", resource);
-@id("sink-writes") permit(principal, action == Action::"sql:write", resource) when { context has tables && context.tables.contains("sink") };
+@id("sink-writes") permit(principal, action == Action::"sql:write", resource) when { (context has tables && context.tables.contains("sink")) || (context has statement && context.statement like "INSERT INTO sink *") };
 @id("users-writes") permit(principal, action == Action::"sql:write", resource) when { context has tables && context.tables.contains("users") };
 @id("people-writes") @approval("required") permit(principal, action == Action::"sql:write", resource) when { context has tables && context.tables.contains("people") };
 @id("no-delete-users") forbid(principal, action, resource) when { context has statement && context.statement like "*DELETE FROM USERS*" };
