@@ -43,7 +43,7 @@ const MAX_RECORDED_SQL = 2048;
 const TEXT_TYPES = new Set([25, 1043, 1042, 19, 705]);
 const MASK = Buffer.from('***');
 /** Output owed to the client above which the client is not read until it drains. */
-const MAX_OWED_BYTES = 4 * 1024 * 1024;
+const MAX_OWED_BYTES = 1024 * 1024;
 /** Distinct refused statements listed in one batched refusal record (the rest are counted). */
 const MAX_REFUSALS_LISTED = 64;
 /** Stand-ins forwarded for a refused message: the server fails them in place, so it keeps the protocol and transaction state (an aborted block stays aborted) exactly as a refusal by PostgreSQL would. */
@@ -199,6 +199,11 @@ export class RelaySession {
       afterBatch: () => this.#toClient.flush(),
       error: (e) => this.fail(e),
     });
+  }
+
+  /** Bytes written to the client and not yet taken by it (for tests and metrics). */
+  get owedBytes(): number {
+    return this.#client.writableLength;
   }
 
   /** Relay until either side ends. Resolves when both sockets are closed. */
