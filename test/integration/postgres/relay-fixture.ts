@@ -32,8 +32,10 @@ export interface RelayFixture {
   close(): Promise<void>;
 }
 
-export async function startRelayFixture(): Promise<RelayFixture> {
-  const db = await startThrowawayPostgres();
+export async function startRelayFixture(
+  options: Parameters<typeof startThrowawayPostgres>[0] = {},
+): Promise<RelayFixture> {
+  const db = await startThrowawayPostgres(options);
   const admin = db.direct();
   await admin.connect();
   await admin.query(`CREATE TABLE people (id int, name text, secret text, ssn text);
