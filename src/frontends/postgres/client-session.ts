@@ -495,11 +495,15 @@ export class RelaySession {
       principal: this.#principal,
       connection: this.#target.connection ?? '',
       ...input,
-      shown: scrubStatement(input.text, patterns),
-      shownParameters:
-        input.parameters === null
+      // Scrubbed only when a human or a record needs them (a deny or an approval).
+      get shown() {
+        return scrubStatement(input.text, patterns);
+      },
+      get shownParameters() {
+        return input.parameters === null
           ? null
-          : input.parameters.map((p) => (p === null ? null : scrubStatement(p, patterns))),
+          : input.parameters.map((p) => (p === null ? null : scrubStatement(p, patterns)));
+      },
       onHold: (id) => {
         this.#toClient.flush();
         this.#writeClient(
@@ -890,7 +894,8 @@ export class RelaySession {
     // A named statement that exists already: PostgreSQL refuses the Parse and keeps the old one; so do we.
     const existing = entry.name === '' ? undefined : this.#state.statements.get(entry.name);
     if (existing === undefined) this.#state.statements.set(entry.name, entry);
-    this.#state.expect({ kind: 'parse', statement: existing ?? entry, refusal: null });
+    // The slot holds the new entry: if the server refuses this Parse, only that entry is dropped.
+    this.#state.expect({ kind: 'parse', statement: entry, refusal: null });
     this.#writeUpstream(frame.raw);
   }
 

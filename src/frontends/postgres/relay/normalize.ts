@@ -13,6 +13,9 @@ import { CoatcheckError } from '../../../core/errors.js';
  * refused (CC_ERR_PG_STATEMENT_UNPARSABLE).
  */
 export function normalizeStatement(source: string, standardStrings: boolean): string {
+  const key = `${standardStrings ? '1' : '0'}${source}`;
+  const hit = cache.get(key);
+  if (hit !== undefined) return hit;
   const text = lex(source, standardStrings);
   if (!sameTree(source, text)) {
     throw new CoatcheckError(
@@ -20,8 +23,17 @@ export function normalizeStatement(source: string, standardStrings: boolean): st
       'statement refused: its normalised text does not parse to the same statement',
     );
   }
+  if (source.length <= MAX_CACHED) {
+    if (cache.size >= CAPACITY) cache.delete(cache.keys().next().value!);
+    cache.set(key, text);
+  }
   return text;
 }
+
+/** Normalised texts of recent statements (bounded; a repeated statement is not parsed again). */
+const cache = new Map<string, string>();
+const CAPACITY = 5000;
+const MAX_CACHED = 16 * 1024;
 
 const WORD_START = /[A-Za-z_\u0080-\uffff]/;
 const WORD_PART = /[A-Za-z0-9_$\u0080-\uffff]/;
