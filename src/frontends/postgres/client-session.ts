@@ -25,7 +25,7 @@ import {
   type Slot,
 } from './relay/protocol-state.js';
 import { scrubStatement } from './relay/scrub-statement.js';
-import { type StatementFacts, StatementSplitter } from './relay/statement-facts.js';
+import { kindOf, type StatementFacts, StatementSplitter } from './relay/statement-facts.js';
 import { checkRules, columnMatcher, type PostgresRules } from './rules.js';
 import {
   type Classification,
@@ -42,6 +42,16 @@ const MAX_RECORDED_SQL = 2048;
 /** Type OIDs whose masked value can be the text `***`; other masked values become NULL. */
 const TEXT_TYPES = new Set([25, 1043, 1042, 19, 705]);
 const MASK = Buffer.from('***');
+/** Statements that create, run or drop prepared statements or cursors: always split and tracked. */
+const STATEFUL = new Set([
+  'PrepareStmt',
+  'ExecuteStmt',
+  'DeallocateStmt',
+  'DiscardStmt',
+  'DeclareCursorStmt',
+  'ClosePortalStmt',
+  'FetchStmt',
+]);
 /** Output owed to the client above which the client is not read until it drains. */
 const MAX_OWED_BYTES = 1024 * 1024;
 /** Distinct refused statements listed in one batched refusal record (the rest are counted). */
@@ -139,6 +149,7 @@ export class RelaySession {
   /** Row descriptions are tracked when a connection rule or a policy may mask columns. */
   readonly #maskingActive: boolean;
   readonly #splitter: StatementSplitter;
+  readonly #policyActive: boolean;
   readonly #done: Promise<void>;
   #finish!: () => void;
 
@@ -175,6 +186,8 @@ export class RelaySession {
     this.#maskingActive =
       context.rules.maskColumns.length > 0 || (context.services.statementPolicy?.hasMasks() ?? false);
     this.#splitter = new StatementSplitter(context.services.classifier);
+    this.#policyActive =
+      context.services.statementPolicy !== undefined && context.services.statementPolicy !== null;
     for (const [name, value] of upstream.parameters) {
       if (name === 'standard_conforming_strings') this.#standardStrings = value === 'on';
     }
@@ -468,7 +481,13 @@ export class RelaySession {
     }
   }
 
-  #split(sql: string): readonly StatementFacts[] | CoatcheckError {
+  #split(sql: string, c: Classification): readonly StatementFacts[] | CoatcheckError {
+    // Without a policy, a single statement that touches no prepared statement or cursor
+    // needs no facts beyond its classification: skip the second parse.
+    const only = c.statements.length === 1 ? c.statements[0]! : null;
+    if (only !== null && !STATEFUL.has(only) && !this.#policyActive) {
+      return [{ source: sql, node: only, kind: kindOf(only), classification: c, tables: [], functions: [] }];
+    }
     try {
       return this.#splitter.split(sql);
     } catch (error) {
@@ -536,7 +555,7 @@ export class RelaySession {
       copyOut: c.statements.includes('CopyStmt') && c.class === 'read',
     });
     if (refusal !== null) return this.#refuse(false, refusal.code, refusal.message, sql, c.class);
-    const facts = this.#split(sql);
+    const facts = this.#split(sql, c);
     if (facts instanceof CoatcheckError)
       return this.#refuse(false, facts.code, `coatcheck: ${facts.message}`, sql, 'unparsable');
     const tickets = this.#ticketsIn(sql);
@@ -857,7 +876,7 @@ export class RelaySession {
         c.class,
       );
     }
-    const facts = this.#split(m.sql);
+    const facts = this.#split(m.sql, c);
     if (facts instanceof CoatcheckError)
       return this.#refuse(true, facts.code, `coatcheck: ${facts.message}`, m.sql, 'unparsable');
     const f = facts[0];
