@@ -4,16 +4,15 @@ import type { Classification } from '../sql/classify.js';
 import { type PortalEntry, type PreparedEntry, ProtocolState, type Run } from './protocol-state.js';
 
 const cls: Classification = { class: 'read', statements: ['SelectStmt'], functions: [], literals: [] };
-const field = (name: string): FieldDescription =>
-  ({
-    name,
-    tableOid: 0,
-    column: 0,
-    typeOid: 25,
-    typeSize: -1,
-    typeModifier: -1,
-    format: 0,
-  }) as FieldDescription;
+const field = (name: string): FieldDescription => ({
+  name,
+  tableOid: 0,
+  columnAttr: 0,
+  typeOid: 25,
+  typeSize: -1,
+  typeModifier: -1,
+  format: 0,
+});
 
 function run(recorded: string, portal: PortalEntry | null = null): Run {
   return {
