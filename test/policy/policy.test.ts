@@ -2,6 +2,9 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { normalizeStatement } from '../../src/frontends/postgres/relay/normalize.js';
+import { StatementSplitter } from '../../src/frontends/postgres/relay/statement-facts.js';
+import { loadParser, SqlClassifier } from '../../src/frontends/postgres/sql/classify.js';
 import { loadPolicies } from '../../src/policy/load-policies.js';
 import { clockContext, PolicyEngine } from '../../src/policy/policy-engine.js';
 
@@ -220,8 +223,44 @@ describe('docs/policy.md', () => {
       'writes-office-hours',
       'writes-after-hours',
       'no-drop',
+      'users-read-only',
       'ci-github',
       'crm-masked',
     ]);
+  });
+
+  it('its SQL rules match however a statement is written (normalised text and parse-tree facts)', async () => {
+    await loadParser();
+    const doc = readFileSync(new URL('../../docs/policy.md', import.meta.url), 'utf8');
+    const cookbook = /## Cookbook\n\n```cedar\n([\s\S]*?)```/.exec(doc)![1]!;
+    const engine = new PolicyEngine(loadPolicies(write('cookbook2.cedar', cookbook), dir), {
+      timeZone: 'UTC',
+    });
+    const splitter = new StatementSplitter(new SqlClassifier());
+    const decide = (sql: string) => {
+      const [f] = splitter.split(sql);
+      return engine.decide({
+        principal: dba,
+        action: f!.classification.class === 'write' ? 'sql:write' : 'sql:ddl',
+        resource: db,
+        now: mondayAt(10),
+        context: {
+          statement: normalizeStatement(f!.source, true),
+          sql_class: f!.classification.class,
+          sql_kind: f!.kind,
+          tables: [...f!.tables],
+          functions: [...f!.functions],
+        },
+      });
+    };
+    for (const sql of ['drop table orders', 'DrOp/**/TABLE orders', 'drop -- x\n table orders'])
+      expect(decide(sql)).toMatchObject({ effect: 'deny', policies: ['no-drop'] });
+    for (const sql of [
+      'delete from users',
+      'DELETE FROM public.users WHERE id = 1',
+      'update "users" set a = 1',
+    ])
+      expect(decide(sql)).toMatchObject({ effect: 'deny', policies: ['users-read-only'] });
+    expect(decide("insert into orders values ('drop table x')")).toMatchObject({ effect: 'allow' });
   });
 });

@@ -16,8 +16,23 @@ import {
 } from './protocol/encode.js';
 import type { FieldDescription, Frame, FrontendMessage } from './protocol/messages.js';
 import { FramePump, WriteBatcher } from './pump.js';
+import { normalizeStatement } from './relay/normalize.js';
+import {
+  type PreparedEntry,
+  ProtocolState,
+  type Refusal,
+  type Run,
+  type Slot,
+} from './relay/protocol-state.js';
+import { scrubStatement } from './relay/scrub-statement.js';
+import { kindOf, type StatementFacts, StatementSplitter } from './relay/statement-facts.js';
 import { checkRules, columnMatcher, type PostgresRules } from './rules.js';
-import type { Classification, SqlClassifier, StatementClass } from './sql/classify.js';
+import {
+  type Classification,
+  moreDangerous,
+  type SqlClassifier,
+  type StatementClass,
+} from './sql/classify.js';
 import type { StatementPolicy, StatementVerdict } from './statement-policy.js';
 import type { Upstream } from './upstream/connect.js';
 import { sqlstateFor, toErrorResponse } from './wire-errors.js';
@@ -27,6 +42,28 @@ const MAX_RECORDED_SQL = 2048;
 /** Type OIDs whose masked value can be the text `***`; other masked values become NULL. */
 const TEXT_TYPES = new Set([25, 1043, 1042, 19, 705]);
 const MASK = Buffer.from('***');
+/** Statements that create, run or drop prepared statements or cursors: always split and tracked. */
+const STATEFUL = new Set([
+  'PrepareStmt',
+  'ExecuteStmt',
+  'DeallocateStmt',
+  'DiscardStmt',
+  'DeclareCursorStmt',
+  'ClosePortalStmt',
+  'FetchStmt',
+]);
+/** Output owed to the client above which the client is not read until it drains. */
+const MAX_OWED_BYTES = 1024 * 1024;
+/** Distinct refused statements listed in one batched refusal record (the rest are counted). */
+const MAX_REFUSALS_LISTED = 64;
+/** Stand-ins forwarded for a refused message: the server fails them in place, so it keeps the protocol and transaction state (an aborted block stays aborted) exactly as a refusal by PostgreSQL would. */
+const REFUSED_QUERY = encodeFrontend({ type: 'Query', sql: 'COATCHECK REFUSED' });
+const REFUSED_PARSE = encodeFrontend({
+  type: 'Parse',
+  name: '',
+  sql: 'COATCHECK REFUSED',
+  parameterTypes: [],
+});
 
 export interface StatementEvent {
   readonly sql: string;
@@ -38,6 +75,10 @@ export interface StatementEvent {
   readonly rows: number;
   readonly outcome: 'ok' | 'error' | 'refused';
   readonly tickets: readonly string[];
+  /** Refusals are batched: how many this event stands for, and the distinct ones. */
+  readonly count?: number;
+  readonly refused?: ReadonlyArray<{ sql: string; code: ErrorCode; class: string; count: number }>;
+  readonly omitted?: number;
 }
 
 export interface RelayServices {
@@ -52,46 +93,45 @@ export interface RelayServices {
   readonly statementPolicy?: StatementPolicy | null;
 }
 
-interface OpenStatement {
-  readonly sql: string;
-  readonly cls: StatementClass;
-  readonly tickets: readonly string[];
-  readonly startedAt: number;
-  readonly simple: boolean;
-  readonly portal: string;
-  rows: number;
-  dropped: number;
-  description: readonly FieldDescription[] | null;
-  mask: MaskPlan | null;
-  /** Column patterns from a policy's `@mask` for this statement, beside the connection's. */
-  readonly policyMask: ((name: string) => boolean) | null;
-}
-
 interface MaskPlan {
   /** Per column: 0 leave, 1 mask. */
   readonly columns: Uint8Array;
   readonly any: boolean;
 }
 
-interface Prepared {
-  readonly sql: string;
-  readonly classification: Classification;
-  readonly policyMask?: ((name: string) => boolean) | null;
+interface RefusalBatch {
+  readonly events: Map<string, { sql: string; code: ErrorCode; class: string; count: number }>;
+  first: StatementEvent | null;
+  count: number;
+  written: Promise<void> | null;
+  done: boolean;
 }
 
-type Output =
-  | { readonly kind: 'upstream'; prefix: Buffer | null }
-  | { readonly kind: 'synthetic'; bytes: Buffer };
+/** One statement of a simple Query, decided. */
+interface Decided {
+  readonly facts: StatementFacts;
+  readonly cls: StatementClass;
+  readonly mask: readonly string[] | undefined;
+  readonly prepared: PreparedEntry | null;
+}
 
-function scrubTickets(sql: string, ids: ReadonlyMap<string, string>): string {
-  return sql.replace(/cct_[0-9A-Za-z]{28}/g, (t) => ids.get(t) ?? 'tkt_?').slice(0, MAX_RECORDED_SQL);
+function maskMatcher(mask: readonly string[] | undefined): ((name: string) => boolean) | null {
+  return mask === undefined || mask.length === 0 ? null : columnMatcher(mask);
+}
+
+function renderParameter(p: Buffer | null, format: number): string | null {
+  if (p === null) return null;
+  return format === 1 ? `\\x${p.toString('hex')}` : p.toString('utf8');
 }
 
 /**
- * One relayed PostgreSQL session after login: client frames are classified, checked
- * against the connection's rules, have their tickets exchanged and are forwarded;
- * upstream frames are passed through (in coalesced writes) except where a row must be
- * masked, a row limit applies, or a refusal must be placed in order.
+ * One relayed PostgreSQL session after login: client messages are classified (each
+ * statement of a simple Query on its own), checked against the connection's rules and
+ * policy (each execution: Bind, EXECUTE), have their tickets exchanged and are
+ * forwarded; upstream messages are matched to the message they answer
+ * (relay/protocol-state.ts) and passed through in coalesced writes, except where a row
+ * must be masked, a row limit applies, or a refusal takes the place of its stand-in's
+ * error.
  */
 export class RelaySession {
   readonly #client: Socket;
@@ -108,23 +148,15 @@ export class RelaySession {
   readonly #masked: (name: string) => boolean;
   /** Row descriptions are tracked when a connection rule or a policy may mask columns. */
   readonly #maskingActive: boolean;
+  readonly #splitter: StatementSplitter;
+  readonly #policyActive: boolean;
   readonly #done: Promise<void>;
   #finish!: () => void;
 
-  readonly #outputs: Output[] = [];
-  readonly #open: OpenStatement[] = [];
-  readonly #describes: Array<{ kind: 'S' | 'P'; name: string }> = [];
-  readonly #statements = new Map<string, Prepared>();
-  readonly #portals = new Map<string, { statement: string; tickets: readonly string[] }>();
-  readonly #statementDescriptions = new Map<string, readonly FieldDescription[]>();
-  readonly #portalDescriptions = new Map<string, readonly FieldDescription[]>();
-  #txStatus: 'I' | 'T' | 'E' = 'I';
-  /** A statement was refused inside a transaction block: like PostgreSQL, the block is aborted. */
-  #poisoned = false;
-  /** Extended protocol: a message was refused; discard until Sync, then answer with this error. */
-  #pendingError: Buffer | null = null;
-  /** Messages of the current extended batch were forwarded upstream. */
-  #batchForwarded = false;
+  readonly #state = new ProtocolState();
+  /** Extended protocol: a message was refused; discard until Sync (as PostgreSQL does after an error). */
+  #discarding = false;
+  #refusals: RefusalBatch | null = null;
   #standardStrings = true;
   #scan: ResponseScan | null = null;
   /**
@@ -160,6 +192,9 @@ export class RelaySession {
     this.#masked = columnMatcher(context.rules.maskColumns);
     this.#maskingActive =
       context.rules.maskColumns.length > 0 || (context.services.statementPolicy?.hasMasks() ?? false);
+    this.#splitter = new StatementSplitter(context.services.classifier);
+    this.#policyActive =
+      context.services.statementPolicy !== undefined && context.services.statementPolicy !== null;
     for (const [name, value] of upstream.parameters) {
       if (name === 'standard_conforming_strings') this.#standardStrings = value === 'on';
     }
@@ -184,6 +219,11 @@ export class RelaySession {
       afterBatch: () => this.#toClient.flush(),
       error: (e) => this.fail(e),
     });
+  }
+
+  /** Bytes written to the client and not yet taken by it (for tests and metrics). */
+  get owedBytes(): number {
+    return this.#client.writableLength;
   }
 
   /** Relay until either side ends. Resolves when both sockets are closed. */
@@ -217,6 +257,7 @@ export class RelaySession {
     this.#closed = true;
     this.#clientPump.stop();
     this.#upstreamPump.stop();
+    if (this.#refusals !== null) this.#writeRefusals(this.#refusals).catch(() => undefined);
     this.#toClient.flush();
     this.#toUpstream.flush();
     this.#client.end();
@@ -241,7 +282,7 @@ export class RelaySession {
     this.close();
   }
 
-  // ---- output ordering --------------------------------------------------------------
+  // ---- output ------------------------------------------------------------------------
 
   #writeClient(bytes: Buffer): void {
     if (this.#client.destroyed) return;
@@ -256,27 +297,135 @@ export class RelaySession {
     this.#toUpstream.push(bytes);
   }
 
-  /** A gateway-made answer, placed after every answer the upstream still owes. */
-  #synthetic(bytes: Buffer): void {
-    if (this.#outputs.length === 0) {
-      this.#toClient.flush();
-      this.#writeClient(bytes);
-    } else this.#outputs.push({ kind: 'synthetic', bytes });
+  #refusalBytes(code: ErrorCode, message: string, sqlstate?: string): Buffer {
+    return errorResponse(sqlstate ?? sqlstateFor(code), message, { detail: code });
   }
 
-  #ready(): Buffer {
-    return encodeBackend({ type: 'ReadyForQuery', status: this.#poisoned ? 'E' : this.#txStatus });
+  /** Backpressure: while more than MAX_OWED_BYTES wait for a client that does not read, stop reading it. */
+  #owedCheck(): void {
+    if (this.#client.writableLength <= MAX_OWED_BYTES) return;
+    this.#clientPump.hold('client-owes');
+    this.#client.once('drain', () => this.#clientPump.release('client-owes'));
   }
 
-  #refusalBytes(code: ErrorCode, message: string): Buffer {
-    return errorResponse(sqlstateFor(code), message, { detail: code });
+  // ---- refusals ----------------------------------------------------------------------
+
+  /**
+   * A refusal: audited in a batch with the refusals around it (one record for a burst),
+   * answered in its place in the response order once that record is durable. The
+   * server fails a stand-in message in the refused message's place, so its transaction
+   * and protocol state are what PostgreSQL's own refusal would leave.
+   */
+  #refuse(
+    extended: boolean,
+    code: ErrorCode,
+    message: string,
+    sql: string,
+    cls: StatementEvent['class'],
+    sqlstate?: string,
+  ): void {
+    const refusal: Refusal = {
+      bytes: this.#refusalBytes(code, message, sqlstate),
+      durable: null,
+      ready: null,
+    };
+    this.#record(refusal, sql, cls, code, message);
+    if (extended) {
+      this.#discarding = true;
+      // The stand-in replaces the unnamed statement: so does our model.
+      this.#state.statements.delete('');
+      this.#state.expect({ kind: 'refused', refusal });
+      this.#writeUpstream(REFUSED_PARSE);
+    } else {
+      this.#state.expect({ kind: 'query', runs: [], index: 0, refusal });
+      this.#writeUpstream(REFUSED_QUERY);
+    }
+  }
+
+  #record(
+    refusal: Refusal,
+    sql: string,
+    cls: StatementEvent['class'],
+    code: ErrorCode,
+    message: string,
+  ): void {
+    let batch = this.#refusals;
+    if (batch === null) {
+      batch = { events: new Map(), first: null, count: 0, written: null, done: false };
+      this.#refusals = batch;
+    }
+    const recorded = this.#scrub(sql);
+    const rule = message.match(/by rule ([a-z-]+)/)?.[1] ?? null;
+    batch.first ??= {
+      sql: recorded,
+      class: cls,
+      decision: 'deny',
+      rule,
+      code,
+      durationMs: 0,
+      rows: 0,
+      outcome: 'refused',
+      tickets: [],
+    };
+    batch.count++;
+    const key = `${code}\0${cls}\0${recorded}`;
+    const seen = batch.events.get(key);
+    if (seen !== undefined) seen.count++;
+    else batch.events.set(key, { sql: recorded, code, class: cls, count: 1 });
+    const b = batch;
+    refusal.durable = () => this.#writeRefusals(b);
+    refusal.ready = () => b.done;
+  }
+
+  #writeRefusals(batch: RefusalBatch): Promise<void> {
+    if (batch.written !== null) return batch.written;
+    if (this.#refusals === batch) this.#refusals = null;
+    const listed = [...batch.events.values()];
+    const shown = listed.slice(0, MAX_REFUSALS_LISTED);
+    this.statements += batch.count;
+    batch.written = this.#services
+      .onStatement({
+        ...batch.first!,
+        count: batch.count,
+        ...(batch.count > 1 ? { refused: shown } : {}),
+        ...(listed.length > shown.length ? { omitted: listed.length - shown.length } : {}),
+      })
+      .then(() => {
+        batch.done = true;
+      });
+    return batch.written;
+  }
+
+  /** Send a refusal's answer once its record is durable (holding the upstream until then). */
+  #answerRefusal(refusal: Refusal): void | Promise<void> {
+    const durable = refusal.durable!();
+    if (refusal.ready?.() === true) {
+      this.#toClient.push(refusal.bytes);
+      return;
+    }
+    return durable.then(() => {
+      this.#toClient.push(refusal.bytes);
+    });
+  }
+
+  #scrub(sql: string, ids: ReadonlyMap<string, string> = new Map()): string {
+    return scrubStatement(sql.slice(0, MAX_RECORDED_SQL * 2), this.#services.patterns(), ids).slice(
+      0,
+      MAX_RECORDED_SQL,
+    );
+  }
+
+  #emit(event: StatementEvent): void {
+    this.statements++;
+    this.#services.onStatement(event).catch((error: unknown) => this.fail(error));
   }
 
   // ---- client → upstream -----------------------------------------------------------
 
   #fromClient(frame: Frame): void | Promise<void> {
     const m = decodeFrontend(frame);
-    if (this.#pendingError !== null && m.type !== 'Sync') {
+    this.#owedCheck();
+    if (this.#discarding && m.type !== 'Sync') {
       // Discarding until Sync, as PostgreSQL does after an error in the extended protocol.
       if (m.type === 'Terminate') this.close();
       return;
@@ -290,17 +439,23 @@ export class RelaySession {
         return this.#bind(m, frame);
       case 'Execute':
         return this.#execute(m.portal, frame);
-      case 'Describe':
-        this.#describes.push({ kind: m.kind, name: m.name });
-        return this.#forwardExtended(frame.raw);
+      case 'Describe': {
+        const statement = m.kind === 'S' ? (this.#state.statements.get(m.name) ?? null) : null;
+        const portal = m.kind === 'P' ? (this.#state.portals.get(m.name) ?? null) : null;
+        this.#state.expect({ kind: 'describe', statement, portal, refusal: null });
+        return this.#writeUpstream(frame.raw);
+      }
       case 'Close':
-        if (m.kind === 'S') this.#statements.delete(m.name);
-        else this.#portals.delete(m.name);
-        return this.#forwardExtended(frame.raw);
+        if (m.kind === 'S') this.#state.statements.delete(m.name);
+        else this.#state.portals.delete(m.name);
+        this.#state.expect({ kind: 'close', refusal: null });
+        return this.#writeUpstream(frame.raw);
       case 'Flush':
         return this.#writeUpstream(frame.raw);
       case 'Sync':
-        return this.#sync(frame);
+        this.#discarding = false;
+        this.#state.expect({ kind: 'sync', refusal: null });
+        return this.#writeUpstream(frame.raw);
       case 'CopyData':
       case 'CopyDone':
       case 'CopyFail':
@@ -310,97 +465,18 @@ export class RelaySession {
         this.close();
         return;
       case 'FunctionCall':
-        this.#refuseSimple(
+        // Answered like a simple query (ErrorResponse, ReadyForQuery), as FunctionCall is.
+        return this.#refuse(
+          false,
           'CC_ERR_PG_UNSUPPORTED',
           'coatcheck: the fast-path FunctionCall message is not carried; use SELECT',
           '(FunctionCall)',
           'unknown',
           '0A000',
         );
-        return;
       case 'PasswordMessage':
         throw new CoatcheckError('CC_ERR_PG_PROTOCOL', 'a password message arrived after login');
     }
-  }
-
-  #forwardExtended(raw: Buffer): void {
-    this.#batchForwarded = true;
-    this.#writeUpstream(raw);
-  }
-
-  #sync(frame: Frame): void {
-    const error = this.#pendingError;
-    this.#pendingError = null;
-    if (error === null || this.#batchForwarded) {
-      this.#outputs.push({ kind: 'upstream', prefix: error });
-      this.#writeUpstream(frame.raw);
-    } else {
-      this.#synthetic(Buffer.concat([error, this.#ready()]));
-    }
-    this.#batchForwarded = false;
-  }
-
-  /** Refuse a simple-protocol Query: ErrorResponse + ReadyForQuery, in order; the session stays usable. */
-  #refuseSimple(
-    code: ErrorCode,
-    message: string,
-    sql: string,
-    cls: StatementEvent['class'],
-    sqlstate?: string,
-  ): void {
-    if (this.#txStatus === 'T') this.#poisoned = true;
-    this.#synthetic(
-      Buffer.concat([
-        sqlstate === undefined
-          ? this.#refusalBytes(code, message)
-          : errorResponse(sqlstate, message, { detail: code }),
-        this.#ready(),
-      ]),
-    );
-    this.#report(sql, cls, 'deny', code, message);
-  }
-
-  #refuseExtended(code: ErrorCode, message: string, sql: string, cls: StatementEvent['class']): void {
-    if (this.#txStatus === 'T') this.#poisoned = true;
-    this.#pendingError = this.#refusalBytes(code, message);
-    this.#report(sql, cls, 'deny', code, message);
-  }
-
-  #report(
-    sql: string,
-    cls: StatementEvent['class'],
-    decision: 'allow' | 'deny',
-    code: ErrorCode | null,
-    message: string | null,
-  ): void {
-    const rule = message?.match(/by rule ([a-z-]+)/)?.[1] ?? null;
-    this.#emit({
-      sql: scrubTickets(sql, new Map()),
-      class: cls,
-      decision,
-      rule,
-      code,
-      durationMs: 0,
-      rows: 0,
-      outcome: decision === 'deny' ? 'refused' : 'ok',
-      tickets: [],
-    });
-  }
-
-  #emit(event: StatementEvent): void {
-    this.statements++;
-    this.#services.onStatement(event).catch((error: unknown) => this.fail(error));
-  }
-
-  /** While a refused statement's transaction block is open, only ROLLBACK (or COMMIT, made a ROLLBACK) goes through. */
-  #poisonedGate(c: Classification, sql: string): { rewrite: string | null } | null {
-    if (!this.#poisoned) return { rewrite: null };
-    if (c.statements.length === 1 && c.statements[0] === 'TransactionStmt') {
-      const upper = sql.trim().toUpperCase();
-      if (upper.startsWith('ROLLBACK') || upper.startsWith('ABORT')) return { rewrite: null };
-      if (upper.startsWith('COMMIT') || upper.startsWith('END')) return { rewrite: 'ROLLBACK' };
-    }
-    return null;
   }
 
   #classify(sql: string): Classification | CoatcheckError {
@@ -412,45 +488,48 @@ export class RelaySession {
     }
   }
 
-  #query(sql: string, frame: Frame): void | Promise<void> {
-    const c = this.#classify(sql);
-    if (c instanceof CoatcheckError)
-      return this.#refuseSimple(c.code, `coatcheck: ${c.message}`, sql, 'unparsable');
-    const gate = this.#poisonedGate(c, sql);
-    if (gate === null) {
-      return this.#refuseSimple(
-        'CC_ERR_PG_STATEMENT_DENIED',
-        'coatcheck: current transaction is aborted (a statement was refused), commands ignored until end of transaction block',
-        sql,
-        c.class,
-        '25P02',
-      );
+  #split(sql: string, c: Classification): readonly StatementFacts[] | CoatcheckError {
+    // Without a policy, a single statement that touches no prepared statement or cursor
+    // needs no facts beyond its classification: skip the second parse.
+    const only = c.statements.length === 1 ? c.statements[0]! : null;
+    if (only !== null && !STATEFUL.has(only) && !this.#policyActive) {
+      return [{ source: sql, node: only, kind: kindOf(only), classification: c, tables: [], functions: [] }];
     }
-    const refusal = checkRules(c, this.#rules, {
-      copyOut: c.statements.includes('CopyStmt') && c.class === 'read',
-    });
-    if (refusal !== null) return this.#refuseSimple(refusal.code, refusal.message, sql, c.class);
-    const verdict = this.#statementPolicy(sql, c);
-    if (verdict instanceof Promise) {
-      return verdict.then((v) =>
-        v.allow
-          ? this.#queryAllowed(sql, c, frame, gate, v.mask)
-          : this.#refuseSimple(v.code, v.message, sql, c.class),
-      );
+    try {
+      return this.#splitter.split(sql);
+    } catch (error) {
+      if (error instanceof CoatcheckError) return error;
+      throw error;
     }
-    if (!verdict.allow) return this.#refuseSimple(verdict.code, verdict.message, sql, c.class);
-    return this.#queryAllowed(sql, c, frame, gate, verdict.mask);
   }
 
-  /** Decide a statement by policy (synchronously when no human is needed). */
-  #statementPolicy(sql: string, c: Classification): StatementVerdict | Promise<StatementVerdict> {
+  /** Decide one statement by policy (synchronously when no human is needed). */
+  #decide(input: {
+    cls: StatementClass;
+    kind: string;
+    tables: readonly string[];
+    functions: readonly string[];
+    text: string;
+    parameters: readonly (string | null)[] | null;
+    tickets: readonly string[];
+    preparation: boolean;
+  }): StatementVerdict | Promise<StatementVerdict> {
     const policy = this.#services.statementPolicy;
     if (policy === undefined || policy === null) return { allow: true };
+    const patterns = this.#services.patterns();
     return policy({
       principal: this.#principal,
       connection: this.#target.connection ?? '',
-      sql,
-      cls: c.class,
+      ...input,
+      // Scrubbed only when a human or a record needs them (a deny or an approval).
+      get shown() {
+        return scrubStatement(input.text, patterns);
+      },
+      get shownParameters() {
+        return input.parameters === null
+          ? null
+          : input.parameters.map((p) => (p === null ? null : scrubStatement(p, patterns)));
+      },
       onHold: (id) => {
         this.#toClient.flush();
         this.#writeClient(
@@ -463,74 +542,253 @@ export class RelaySession {
     });
   }
 
+  #normalized(source: string): string | CoatcheckError {
+    if (this.#services.statementPolicy === undefined || this.#services.statementPolicy === null) return '';
+    try {
+      return normalizeStatement(source, this.#standardStrings);
+    } catch (error) {
+      if (error instanceof CoatcheckError) return error;
+      throw error;
+    }
+  }
+
+  // ---- simple Query ------------------------------------------------------------------
+
+  #query(sql: string, frame: Frame): void | Promise<void> {
+    const c = this.#classify(sql);
+    if (c instanceof CoatcheckError)
+      return this.#refuse(false, c.code, `coatcheck: ${c.message}`, sql, 'unparsable');
+    const refusal = checkRules(c, this.#rules, {
+      copyOut: c.statements.includes('CopyStmt') && c.class === 'read',
+    });
+    if (refusal !== null) return this.#refuse(false, refusal.code, refusal.message, sql, c.class);
+    const facts = this.#split(sql, c);
+    if (facts instanceof CoatcheckError)
+      return this.#refuse(false, facts.code, `coatcheck: ${facts.message}`, sql, 'unparsable');
+    const tickets = this.#ticketsIn(sql);
+    const decided: Decided[] = [];
+    let refused: { code: ErrorCode; message: string; cls: StatementEvent['class'] } | null = null;
+    // Each statement is decided on its own facts, in order; one refusal refuses the whole Query.
+    const decideNext = (i: number): void | Promise<void> => {
+      for (; i < facts.length; i++) {
+        const f = facts[i]!;
+        const step = this.#decideStatement(f, tickets);
+        if (step instanceof Promise) {
+          return step.then((r) => {
+            if ('refused' in r) refused = r.refused;
+            else {
+              decided.push(r);
+              return decideNext(i + 1);
+            }
+          });
+        }
+        if ('refused' in step) {
+          refused = step.refused;
+          return;
+        }
+        decided.push(step);
+      }
+    };
+    const done = decideNext(0);
+    const finish = (): void | Promise<void> => {
+      if (refused !== null) {
+        const r = refused as { code: ErrorCode; message: string; cls: StatementEvent['class'] };
+        return this.#refuse(false, r.code, r.message, sql, r.cls);
+      }
+      return this.#queryAllowed(sql, c, frame, decided, tickets);
+    };
+    return done instanceof Promise ? done.then(finish) : finish();
+  }
+
+  /** Tickets written in a Query's text (whatever their placement). */
+  #ticketsIn(sql: string): string[] {
+    if (!sql.includes('cct_')) return [];
+    const found: string[] = [];
+    for (let at = sql.indexOf('cct_'); at !== -1; at = sql.indexOf('cct_', at + 1)) {
+      const text = sql.slice(at, at + TICKET_LENGTH);
+      if (isTicket(text)) found.push(text);
+    }
+    return found;
+  }
+
+  #decideStatement(
+    f: StatementFacts,
+    tickets: readonly string[],
+  ):
+    | Decided
+    | { refused: { code: ErrorCode; message: string; cls: StatementEvent['class'] } }
+    | Promise<Decided | { refused: { code: ErrorCode; message: string; cls: StatementEvent['class'] } }> {
+    let cls = f.classification.class;
+    let prepared: PreparedEntry | null = null;
+    let kind = f.kind;
+    let tables = f.tables;
+    let functions = f.functions;
+    let text: string | CoatcheckError;
+    let parameters: string[] | null = null;
+    if (f.execute !== undefined) {
+      // EXECUTE runs the prepared statement: it is decided as that statement, with these arguments.
+      prepared = this.#state.statements.get(f.execute.name) ?? null;
+      if (prepared === null) {
+        return {
+          refused: {
+            code: 'CC_ERR_PG_STATEMENT_DENIED',
+            message: `coatcheck: statement refused: prepared statement "${f.execute.name}" is not known to the gateway`,
+            cls,
+          },
+        };
+      }
+      const rules = checkRules(prepared.classification, this.#rules, { copyOut: false });
+      if (rules !== null)
+        return { refused: { code: rules.code, message: rules.message, cls: prepared.classification.class } };
+      cls = moreDangerous(prepared.classification.class, cls === 'read' ? 'empty' : cls);
+      kind = prepared.kind;
+      tables = [...new Set([...prepared.tables, ...tables])].sort();
+      functions = [...new Set([...prepared.functions, ...functions])].sort();
+      const own = this.#normalized(f.source);
+      if (own instanceof CoatcheckError)
+        return { refused: { code: own.code, message: `coatcheck: ${own.message}`, cls } };
+      text = prepared.normalized;
+      parameters = [own];
+    } else {
+      text = this.#normalized(f.source);
+      if (text instanceof CoatcheckError)
+        return { refused: { code: text.code, message: `coatcheck: ${text.message}`, cls } };
+    }
+    const verdict = this.#decide({
+      cls,
+      kind: f.prepare?.kind ?? kind,
+      tables,
+      functions,
+      text,
+      parameters,
+      tickets,
+      preparation: f.prepare !== undefined,
+    });
+    const settle = (v: StatementVerdict) =>
+      v.allow
+        ? { facts: f, cls, mask: v.mask, prepared }
+        : { refused: { code: v.code, message: v.message, cls: cls as StatementEvent['class'] } };
+    return verdict instanceof Promise ? verdict.then(settle) : settle(verdict);
+  }
+
   #queryAllowed(
     sql: string,
     c: Classification,
     frame: Frame,
-    gate: { rewrite: string | null },
-    mask?: readonly string[],
+    decided: readonly Decided[],
+    tickets: readonly string[],
   ): void | Promise<void> {
-    if (mask !== undefined && mask.length > 0 && c.statements.includes('CopyStmt') && c.class === 'read') {
-      return this.#refuseSimple(
+    if (
+      decided.some((d) => d.mask !== undefined && d.mask.length > 0) &&
+      c.statements.includes('CopyStmt') &&
+      c.class === 'read'
+    ) {
+      return this.#refuse(
+        false,
         'CC_ERR_PG_STATEMENT_DENIED',
         'coatcheck: statement refused by rule mask-columns (COPY TO); a policy masks columns here and COPY output cannot be masked, use SELECT',
         sql,
         c.class,
       );
     }
-    if (gate.rewrite !== null) {
-      this.#poisoned = false;
-      return this.#forwardQuery(
-        gate.rewrite,
-        c,
-        encodeFrontend({ type: 'Query', sql: gate.rewrite }),
-        [],
-        mask,
-      );
-    }
-    if (sql.includes('cct_')) return this.#queryWithTickets(sql, c, mask);
-    return this.#forwardQuery(sql, c, frame.raw, [], mask);
+    if (tickets.length > 0) return this.#queryWithTickets(sql, c, decided);
+    return this.#forwardQuery(this.#scrub(sql), decided, frame.raw, []);
   }
 
   #forwardQuery(
-    sql: string,
-    c: Classification,
+    recorded: string,
+    decided: readonly Decided[],
     raw: Buffer,
     tickets: readonly string[],
-    mask?: readonly string[],
   ): void {
-    this.#open.push({
-      sql,
-      cls: c.class,
-      tickets,
-      startedAt: this.#services.now(),
-      simple: true,
-      portal: '',
-      rows: 0,
-      dropped: 0,
-      description: null,
-      mask: null,
-      policyMask: mask === undefined || mask.length === 0 ? null : columnMatcher(mask),
+    const now = this.#services.now();
+    const runs: Run[] = decided.map((d) => {
+      const policyMask = maskMatcher(d.mask);
+      const cursor =
+        d.facts.fetch === undefined ? null : (this.#state.portals.get(d.facts.fetch.name) ?? null);
+      return {
+        recorded: decided.length === 1 ? recorded : this.#scrub(d.facts.source),
+        cls: d.cls,
+        tickets,
+        policyMask:
+          cursor?.policyMask === null || cursor === null
+            ? policyMask
+            : unionMask(policyMask, cursor.policyMask),
+        portal: cursor,
+        startedAt: now,
+        rows: 0,
+        dropped: 0,
+        description: null,
+        mask: null,
+      };
     });
-    this.#outputs.push({ kind: 'upstream', prefix: null });
+    this.#mirror(decided, runs);
+    this.#state.expect({ kind: 'query', runs, index: 0, refusal: null });
     this.#writeUpstream(raw);
   }
 
+  /** What the statements of a Query do to the server's prepared statements and cursors. */
+  #mirror(decided: readonly Decided[], runs: readonly Run[]): void {
+    decided.forEach((d, i) => {
+      const f = d.facts;
+      const s = this.#state;
+      if (f.prepare !== undefined) {
+        // A name in use makes PostgreSQL refuse the PREPARE and keep the old statement: so do we.
+        if (s.statements.has(f.prepare.name)) return;
+        const entry: PreparedEntry = {
+          name: f.prepare.name,
+          recorded: runs[i]!.recorded,
+          classification: f.classification,
+          kind: f.prepare.kind,
+          tables: f.tables,
+          functions: f.functions,
+          normalized: this.#normalizedOrEmpty(f.source),
+          description: null,
+        };
+        s.statements.set(entry.name, entry);
+        runs[i]!.created = entry;
+      } else if (f.deallocate !== undefined) {
+        if (f.deallocate.name === null) {
+          s.statements.clear();
+          if (f.node === 'DiscardStmt') s.portals.clear();
+        } else s.statements.delete(f.deallocate.name);
+      } else if (f.declare !== undefined) {
+        s.portals.set(f.declare.name, {
+          name: f.declare.name,
+          statement: null,
+          recorded: runs[i]!.recorded,
+          cls: d.cls,
+          tickets: runs[i]!.tickets,
+          policyMask: runs[i]!.policyMask,
+          description: null,
+          rows: 0,
+        });
+      } else if (f.closeCursor !== undefined) {
+        if (f.closeCursor.name === null) s.portals.clear();
+        else s.portals.delete(f.closeCursor.name);
+      }
+    });
+  }
+
+  #normalizedOrEmpty(source: string): string {
+    const n = this.#normalized(source);
+    return n instanceof CoatcheckError ? '' : n;
+  }
+
   /** Tickets in a simple query: only inside standard string literals, exchanged (audited) for this agent and connection. */
-  async #queryWithTickets(sql: string, c: Classification, mask?: readonly string[]): Promise<void> {
+  async #queryWithTickets(sql: string, c: Classification, decided: readonly Decided[]): Promise<void> {
     const bytes = Buffer.from(sql, 'utf8');
     const found: Array<{ at: number; ticket: string }> = [];
     for (let at = bytes.indexOf('cct_'); at !== -1; at = bytes.indexOf('cct_', at + 1)) {
       const text = bytes.toString('latin1', at, at + TICKET_LENGTH);
       if (isTicket(text)) found.push({ at, ticket: text });
     }
-    if (found.length === 0)
-      return this.#forwardQuery(sql, c, encodeFrontend({ type: 'Query', sql }), [], mask);
     const outside = found.some(
       ({ at }) => !c.literals.some((l) => l.start < at && at + TICKET_LENGTH < l.end),
     );
     if (outside || !this.#standardStrings) {
-      return this.#refuseSimple(
+      return this.#refuse(
+        false,
         'CC_ERR_PG_STATEMENT_DENIED',
         "coatcheck: statement refused by rule ticket-placement; a ticket is exchanged only inside a standard string literal ('...') with standard_conforming_strings on, or as a bound parameter",
         sql,
@@ -553,11 +811,10 @@ export class RelaySession {
     parts.push(bytes.subarray(last));
     const rewritten = Buffer.concat(parts).toString('utf8');
     this.#forwardQuery(
-      scrubTickets(sql, exchanged.ids),
-      c,
+      this.#scrub(sql, exchanged.ids),
+      decided,
       encodeFrontend({ type: 'Query', sql: rewritten }),
       [...exchanged.ids.values()],
-      mask,
     );
   }
 
@@ -605,75 +862,82 @@ export class RelaySession {
           ? error
           : new CoatcheckError('CC_ERR_INTERNAL', 'ticket exchange failed', { cause: error });
       const message = `coatcheck: ticket refused (${e.code}): ${e.message}`;
-      if (extended) this.#refuseExtended(e.code, message, sql, cls);
-      else this.#refuseSimple(e.code, message, sql, cls);
+      this.#refuse(extended, e.code, message, sql, cls);
       return null;
     }
   }
 
+  // ---- extended protocol -------------------------------------------------------------
+
   #parse(m: Extract<FrontendMessage, { type: 'Parse' }>, frame: Frame): void | Promise<void> {
     const c = this.#classify(m.sql);
     if (c instanceof CoatcheckError)
-      return this.#refuseExtended(c.code, `coatcheck: ${c.message}`, m.sql, 'unparsable');
-    const gate = this.#poisonedGate(c, m.sql);
-    if (gate !== null && gate.rewrite !== null) {
-      this.#statements.set(m.name, { sql: gate.rewrite, classification: c });
-      this.#poisoned = false;
-      return this.#forwardExtended(encodeFrontend({ ...m, sql: gate.rewrite }));
-    }
-    if (gate === null) {
-      return this.#refuseExtended(
-        'CC_ERR_PG_STATEMENT_DENIED',
-        'coatcheck: current transaction is aborted (a statement was refused), commands ignored until end of transaction block',
-        m.sql,
-        c.class,
-      );
-    }
+      return this.#refuse(true, c.code, `coatcheck: ${c.message}`, m.sql, 'unparsable');
     const refusal = checkRules(c, this.#rules, {
       copyOut: c.statements.includes('CopyStmt') && c.class === 'read',
     });
-    if (refusal !== null) return this.#refuseExtended(refusal.code, refusal.message, m.sql, c.class);
-    const verdict = this.#statementPolicy(m.sql, c);
-    if (verdict instanceof Promise) {
-      return verdict.then((v) =>
-        v.allow
-          ? this.#parseAllowed(m, c, frame, v.mask)
-          : this.#refuseExtended(v.code, v.message, m.sql, c.class),
-      );
-    }
-    if (!verdict.allow) return this.#refuseExtended(verdict.code, verdict.message, m.sql, c.class);
-    return this.#parseAllowed(m, c, frame, verdict.mask);
-  }
-
-  #parseAllowed(
-    m: Extract<FrontendMessage, { type: 'Parse' }>,
-    c: Classification,
-    frame: Frame,
-    mask?: readonly string[],
-  ): void {
+    if (refusal !== null) return this.#refuse(true, refusal.code, refusal.message, m.sql, c.class);
     if (m.sql.includes('cct_')) {
-      this.#refuseExtended(
+      return this.#refuse(
+        true,
         'CC_ERR_PG_STATEMENT_DENIED',
         'coatcheck: statement refused by rule ticket-placement; in the extended protocol pass tickets as bound parameters',
         m.sql,
         c.class,
       );
-      return;
     }
-    this.#statements.set(m.name, {
-      sql: m.sql,
+    const facts = this.#split(m.sql, c);
+    if (facts instanceof CoatcheckError)
+      return this.#refuse(true, facts.code, `coatcheck: ${facts.message}`, m.sql, 'unparsable');
+    const f = facts[0];
+    const normalized = f === undefined ? '' : this.#normalized(f.source);
+    if (normalized instanceof CoatcheckError)
+      return this.#refuse(true, normalized.code, `coatcheck: ${normalized.message}`, m.sql, c.class);
+    const entry: PreparedEntry = {
+      name: m.name,
+      recorded: this.#scrub(m.sql),
       classification: c,
-      policyMask: mask === undefined || mask.length === 0 ? null : columnMatcher(mask),
+      kind: f?.kind ?? 'empty',
+      tables: f?.tables ?? [],
+      functions: f?.functions ?? [],
+      normalized,
+      description: null,
+    };
+    // Decided now only to refuse early: each execution (Bind) is decided again, with its parameters.
+    const verdict = this.#decide({
+      cls: c.class,
+      kind: entry.kind,
+      tables: entry.tables,
+      functions: entry.functions,
+      text: normalized,
+      parameters: null,
+      tickets: [],
+      preparation: true,
     });
-    this.#forwardExtended(frame.raw);
+    const settle = (v: StatementVerdict): void =>
+      v.allow ? this.#parseAllowed(entry, frame) : this.#refuse(true, v.code, v.message, m.sql, c.class);
+    return verdict instanceof Promise ? verdict.then(settle) : settle(verdict);
+  }
+
+  #parseAllowed(entry: PreparedEntry, frame: Frame): void {
+    // A named statement that exists already: PostgreSQL refuses the Parse and keeps the old one; so do we.
+    const existing = entry.name === '' ? undefined : this.#state.statements.get(entry.name);
+    if (existing === undefined) this.#state.statements.set(entry.name, entry);
+    // The slot holds the new entry: if the server refuses this Parse, only that entry is dropped.
+    this.#state.expect({ kind: 'parse', statement: entry, refusal: null });
+    this.#writeUpstream(frame.raw);
   }
 
   #bind(m: Extract<FrontendMessage, { type: 'Bind' }>, frame: Frame): void | Promise<void> {
-    const prepared = this.#statements.get(m.statement);
+    const prepared = this.#state.statements.get(m.statement);
     if (prepared === undefined) {
-      // Unknown to the gateway (never parsed through it): the upstream will answer with its own error.
-      this.#portals.set(m.portal, { statement: m.statement, tickets: [] });
-      return this.#forwardExtended(frame.raw);
+      return this.#refuse(
+        true,
+        'CC_ERR_PG_STATEMENT_DENIED',
+        `coatcheck: statement refused: prepared statement "${m.statement}" is not known to the gateway`,
+        '(Bind)',
+        'unknown',
+      );
     }
     const found: string[] = [];
     for (const p of m.parameters) {
@@ -683,19 +947,63 @@ export class RelaySession {
         if (isTicket(text)) found.push(text);
       }
     }
-    if (found.length === 0) {
-      this.#portals.set(m.portal, { statement: m.statement, tickets: [] });
-      return this.#forwardExtended(frame.raw);
-    }
-    return this.#bindWithTickets(m, found, prepared);
+    // Each execution is decided with its parameters (and approved, where policy says so).
+    const parameters =
+      this.#services.statementPolicy === undefined || this.#services.statementPolicy === null
+        ? null
+        : m.parameters.map((p, i) =>
+            renderParameter(
+              p,
+              m.parameterFormats.length === 1 ? m.parameterFormats[0]! : (m.parameterFormats[i] ?? 0),
+            ),
+          );
+    const verdict = this.#decide({
+      cls: prepared.classification.class,
+      kind: prepared.kind,
+      tables: prepared.tables,
+      functions: prepared.functions,
+      text: prepared.normalized,
+      parameters,
+      tickets: found,
+      preparation: false,
+    });
+    const settle = (v: StatementVerdict): void | Promise<void> => {
+      if (!v.allow)
+        return this.#refuse(true, v.code, v.message, prepared.recorded, prepared.classification.class);
+      if (found.length === 0) return this.#bindForward(m, prepared, [], frame.raw, v.mask);
+      return this.#bindWithTickets(m, found, prepared, v.mask);
+    };
+    return verdict instanceof Promise ? verdict.then(settle) : settle(verdict);
+  }
+
+  #bindForward(
+    m: Extract<FrontendMessage, { type: 'Bind' }>,
+    prepared: PreparedEntry,
+    tickets: readonly string[],
+    raw: Buffer,
+    mask: readonly string[] | undefined,
+  ): void {
+    this.#state.portals.set(m.portal, {
+      name: m.portal,
+      statement: prepared,
+      recorded: prepared.recorded,
+      cls: prepared.classification.class,
+      tickets,
+      policyMask: maskMatcher(mask),
+      description: null,
+      rows: 0,
+    });
+    this.#state.expect({ kind: 'bind', refusal: null });
+    this.#writeUpstream(raw);
   }
 
   async #bindWithTickets(
     m: Extract<FrontendMessage, { type: 'Bind' }>,
     found: readonly string[],
-    prepared: Prepared,
+    prepared: PreparedEntry,
+    mask: readonly string[] | undefined,
   ): Promise<void> {
-    const exchanged = await this.#exchange(found, prepared.sql, prepared.classification.class, true);
+    const exchanged = await this.#exchange(found, prepared.recorded, prepared.classification.class, true);
     if (exchanged === null) return;
     const parameters = m.parameters.map((p) => {
       if (p === null || p.indexOf('cct_') === -1) return p;
@@ -712,31 +1020,43 @@ export class RelaySession {
       parts.push(p.subarray(last));
       return Buffer.concat(parts);
     });
-    this.#portals.set(m.portal, { statement: m.statement, tickets: [...exchanged.ids.values()] });
-    this.#forwardExtended(encodeFrontend({ ...m, parameters }));
+    this.#bindForward(m, prepared, [...exchanged.ids.values()], encodeFrontend({ ...m, parameters }), mask);
   }
 
-  #execute(portal: string, frame: Frame): void {
-    const bound = this.#portals.get(portal);
-    const prepared = bound === undefined ? undefined : this.#statements.get(bound.statement);
-    this.#open.push({
-      sql: prepared?.sql ?? '(unknown prepared statement)',
-      cls: prepared?.classification.class ?? 'read',
-      tickets: bound?.tickets ?? [],
-      startedAt: this.#services.now(),
-      simple: false,
-      portal,
-      rows: 0,
-      dropped: 0,
-      description: null,
-      mask: null,
-      policyMask: prepared?.policyMask ?? null,
+  #execute(name: string, frame: Frame): void {
+    const portal = this.#state.portals.get(name);
+    if (portal === undefined) {
+      this.#refuse(
+        true,
+        'CC_ERR_PG_STATEMENT_DENIED',
+        `coatcheck: statement refused: portal "${name}" is not known to the gateway`,
+        '(Execute)',
+        'unknown',
+      );
+      return;
+    }
+    this.#state.expect({
+      kind: 'execute',
+      run: {
+        recorded: portal.recorded,
+        cls: portal.cls,
+        tickets: portal.tickets,
+        policyMask: portal.policyMask,
+        portal,
+        startedAt: this.#services.now(),
+        rows: 0,
+        dropped: 0,
+        description: portal.description ?? portal.statement?.description ?? null,
+        mask: null,
+      },
+      refusal: null,
     });
-    this.#forwardExtended(frame.raw);
+    this.#writeUpstream(frame.raw);
   }
 
   // ---- upstream → client -----------------------------------------------------------
 
+  /** The one place a result's columns are matched against the mask rules. */
   #planMask(fields: readonly FieldDescription[], policyMask: ((name: string) => boolean) | null): MaskPlan {
     const columns = new Uint8Array(fields.length);
     let any = false;
@@ -749,21 +1069,34 @@ export class RelaySession {
     return { columns, any };
   }
 
-  #finishStatement(outcome: 'ok' | 'error'): void {
-    const s = this.#open.shift();
-    if (s === undefined) return;
-    this.rows += s.rows;
+  #finishRun(run: Run | null, outcome: 'ok' | 'error'): void {
+    if (run === null) return;
+    this.rows += run.rows;
     this.#emit({
-      sql: s.sql,
-      class: s.cls,
+      sql: run.recorded,
+      class: run.cls,
       decision: 'allow',
       rule: null,
       code: null,
-      durationMs: this.#services.now() - s.startedAt,
-      rows: s.rows,
+      durationMs: this.#services.now() - run.startedAt,
+      rows: run.rows,
       outcome,
-      tickets: s.tickets,
+      tickets: run.tickets,
     });
+  }
+
+  /** Runs of slots the server skipped (after an error, up to Sync) never ran. */
+  #skipped(slots: readonly Slot[]): void {
+    for (const s of slots) {
+      if (s.kind === 'execute') this.#finishRun(s.run, 'error');
+      else if (s.kind === 'query') for (const r of s.runs) this.#finishRun(r, 'error');
+      else if (s.kind === 'parse' && this.#state.statements.get(s.statement.name) === s.statement)
+        this.#state.statements.delete(s.statement.name);
+      if (s.refusal !== null) {
+        // Its refusal is recorded; the client sees the error that made the server skip it.
+        s.refusal.durable?.().catch(() => undefined);
+      }
+    }
   }
 
   #fromUpstream(frame: Frame): void | Promise<void> {
@@ -771,55 +1104,57 @@ export class RelaySession {
       case 0x44: // DataRow
         return this.#dataRow(frame);
       case 0x54: {
-        // RowDescription: for the running simple query, or the answer to a Describe.
-        // Column names matter only to mask rules; without them it is passed on undecoded.
-        const head = this.#open[0];
-        const forDescribe = this.#describes.length > 0 && (head === undefined || !head.simple);
-        const d = forDescribe ? this.#describes.shift()! : null;
+        // RowDescription: the answer to a Describe, or a simple-query statement's columns.
         if (this.#maskingActive) {
           const m = decodeBackend(frame);
           if (m.type !== 'RowDescription') return;
-          if (d !== null) {
-            if (d.kind === 'S') this.#statementDescriptions.set(d.name, m.fields);
-            else this.#portalDescriptions.set(d.name, m.fields);
-          } else if (head !== undefined) {
-            head.description = m.fields;
-            head.mask = this.#planMask(m.fields, head.policyMask);
-          }
-        }
+          this.#state.description(m.fields);
+        } else this.#state.description([]);
         this.#toClient.push(frame.raw);
         return;
       }
-      case 0x6e: // NoData: answers a Describe
-        if (this.#describes.length > 0 && (this.#open[0] === undefined || !this.#open[0].simple))
-          this.#describes.shift();
+      case 0x6e: // NoData
+        this.#state.description(null);
+        this.#toClient.push(frame.raw);
+        return;
+      case 0x74: // ParameterDescription
+        this.#state.parameterDescription();
+        this.#toClient.push(frame.raw);
+        return;
+      case 0x31: // ParseComplete
+        this.#state.complete('parse');
+        this.#toClient.push(frame.raw);
+        return;
+      case 0x32: // BindComplete
+        this.#state.complete('bind');
+        this.#toClient.push(frame.raw);
+        return;
+      case 0x33: // CloseComplete
+        this.#state.complete('close');
         this.#toClient.push(frame.raw);
         return;
       case 0x43: // CommandComplete
         return this.#commandComplete(frame);
       case 0x49: // EmptyQueryResponse
-      case 0x73: // PortalSuspended
-        if (this.#open[0] !== undefined && !this.#open[0].simple) this.#finishStatement('ok');
-        this.#toClient.push(frame.raw);
-        return;
-      case 0x45: // ErrorResponse
-        if (this.#open[0] !== undefined) this.#finishStatement('error');
-        this.#toClient.push(frame.raw);
-        return;
-      case 0x5a: // ReadyForQuery
-        return this.#readyForQuery(frame);
-      case 0x53: {
-        // ParameterStatus: track standard_conforming_strings (ticket placement depends on it).
-        const m = decodeBackend(frame);
-        if (m.type === 'ParameterStatus' && m.name === 'standard_conforming_strings')
-          this.#standardStrings = m.value === 'on';
+      case 0x73: {
+        // PortalSuspended
+        const { run, slot } = this.#state.endRun();
+        if (slot.kind === 'execute') this.#finishRun(run, 'ok');
         this.#toClient.push(frame.raw);
         return;
       }
+      case 0x45: // ErrorResponse
+        return this.#errorResponse(frame);
+      case 0x4e: // NoticeResponse
+        return this.#noticeResponse(frame);
+      case 0x41: // NotificationResponse
+        return this.#notificationResponse(frame);
+      case 0x5a: // ReadyForQuery
+        return this.#readyForQuery(frame);
+      case 0x53: // ParameterStatus
+        return this.#parameterStatus(frame);
       case 0x64: // CopyData (COPY TO): known secrets are replaced as in rows
-        if (this.#rules.scanSecrets) return this.#copyData(frame);
-        this.#toClient.push(frame.raw);
-        return;
+        return this.#copyData(frame);
       case 0x52:
       case 0x4b:
         throw new CoatcheckError(
@@ -832,89 +1167,100 @@ export class RelaySession {
     }
   }
 
+  #errorResponse(frame: Frame): void | Promise<void> {
+    const { slot, run, skipped } = this.#state.error();
+    this.#skipped(skipped);
+    if (slot?.kind === 'parse' && this.#state.statements.get(slot.statement.name) === slot.statement)
+      this.#state.statements.delete(slot.statement.name);
+    if (slot?.kind === 'query') {
+      // PREPAREs that did not run (the failed statement and those after it) made no statement.
+      const failed = run === null ? slot.runs.length : slot.runs.indexOf(run);
+      for (const r of slot.runs.slice(failed))
+        if (r.created !== undefined && this.#state.statements.get(r.created.name) === r.created)
+          this.#state.statements.delete(r.created.name);
+    }
+    if (slot !== null && slot.refusal !== null) return this.#answerRefusal(slot.refusal);
+    this.#finishRun(run, 'error');
+    this.#toClient.push(frame.raw);
+  }
+
+  #noticeResponse(frame: Frame): void {
+    this.#toClient.push(frame.raw);
+  }
+
+  #notificationResponse(frame: Frame): void {
+    this.#toClient.push(frame.raw);
+  }
+
+  #parameterStatus(frame: Frame): void {
+    // Track standard_conforming_strings (ticket placement and normalising depend on it).
+    const m = decodeBackend(frame);
+    if (m.type === 'ParameterStatus' && m.name === 'standard_conforming_strings')
+      this.#standardStrings = m.value === 'on';
+    this.#toClient.push(frame.raw);
+  }
+
   #readyForQuery(frame: Frame): void {
     const m = decodeBackend(frame);
     if (m.type !== 'ReadyForQuery') return;
-    this.#txStatus = m.status;
-    if (m.status === 'I') this.#poisoned = false;
-    // A simple query that got no ErrorResponse succeeded; an Execute still open at Sync never ran.
-    while (this.#open.length > 0) this.#finishStatement(this.#open[0]!.simple ? 'ok' : 'error');
-    this.#describes.length = 0;
-    const head = this.#outputs.shift();
-    if (head === undefined || head.kind !== 'upstream')
-      throw new CoatcheckError('CC_ERR_PG_PROTOCOL', 'the upstream sent ReadyForQuery out of turn');
-    if (head.prefix !== null) {
-      if (m.status === 'T') this.#poisoned = true;
-      this.#toClient.push(head.prefix);
-    }
-    this.#toClient.push(this.#poisoned && m.status === 'T' ? this.#ready() : frame.raw);
-    while (this.#outputs[0]?.kind === 'synthetic') {
-      const s = this.#outputs.shift() as { kind: 'synthetic'; bytes: Buffer };
-      this.#toClient.push(s.bytes);
-    }
+    const slot = this.#state.ready(m.status);
+    // A simple query's statements that got no ErrorResponse and no completion never ran.
+    if (slot.kind === 'query')
+      for (let i = slot.index; i < slot.runs.length; i++) this.#finishRun(slot.runs[i]!, 'error');
+    this.#toClient.push(frame.raw);
   }
 
   #commandComplete(frame: Frame): void {
-    const head = this.#open[0];
-    if (head !== undefined && head.dropped > 0) {
+    const { run, slot } = this.#state.endRun();
+    if (run !== null && run.dropped > 0) {
       const m = decodeBackend(frame);
-      const tag = m.type === 'CommandComplete' ? m.tag.replace(/\d+$/, String(head.rows)) : 'SELECT';
+      const tag = m.type === 'CommandComplete' ? m.tag.replace(/\d+$/, String(run.rows)) : 'SELECT';
       this.#toClient.push(
         noticeResponse(
           '01000',
-          `coatcheck: rule row-limit: ${head.dropped} rows beyond the limit of ${this.#rules.rowLimit} were not returned`,
+          `coatcheck: rule row-limit: ${run.dropped} rows beyond the limit of ${this.#rules.rowLimit} were not returned`,
         ),
       );
       this.#toClient.push(encodeBackend({ type: 'CommandComplete', tag }));
     } else this.#toClient.push(frame.raw);
-    if (head !== undefined) {
-      if (head.simple) {
-        // A multi-statement query has one CommandComplete per statement: reset the per-statement state.
-        head.description = null;
-        head.mask = null;
-      } else this.#finishStatement('ok');
-    }
-  }
-
-  #descriptionFor(head: OpenStatement): readonly FieldDescription[] | null {
-    if (head.description !== null) return head.description;
-    const portal = this.#portalDescriptions.get(head.portal);
-    if (portal !== undefined) return portal;
-    const bound = this.#portals.get(head.portal);
-    return bound === undefined ? null : (this.#statementDescriptions.get(bound.statement) ?? null);
+    void slot;
+    this.#finishRun(run, 'ok');
   }
 
   #dataRow(frame: Frame): void | Promise<void> {
-    const head = this.#open[0];
-    if (head !== undefined) {
-      if (this.#rules.rowLimit > 0 && head.rows >= this.#rules.rowLimit) {
-        head.dropped++;
-        return;
-      }
-      head.rows++;
-      if (this.#maskingActive && head.mask === null) {
-        const description = this.#descriptionFor(head);
+    const run = this.#state.rowRun();
+    const counted = run.portal ?? run;
+    if (this.#rules.rowLimit > 0 && counted.rows >= this.#rules.rowLimit) {
+      run.dropped++;
+      return;
+    }
+    if (run.portal !== null) run.portal.rows++;
+    run.rows++;
+    let mask: MaskPlan | null = null;
+    if (this.#maskingActive) {
+      if (run.mask === null) {
+        const description =
+          run.description ?? run.portal?.description ?? run.portal?.statement?.description ?? null;
         if (description === null) {
           throw new CoatcheckError(
             'CC_ERR_PG_MASKING_FAILED',
             'coatcheck: rows arrived for a statement the client never described; with mask rules they cannot be masked, so the session was closed',
           );
         }
-        head.description = description;
-        head.mask = this.#planMask(description, head.policyMask);
+        run.description = description;
+        run.mask = this.#planMask(description, run.policyMask);
       }
+      mask = (run.mask as MaskPlan).any ? (run.mask as MaskPlan) : null;
     }
-    const mask = head?.mask?.any ? head.mask : null;
-    const needsMask = mask !== null;
     const mayHoldSecret = this.#rules.scanSecrets && this.#mayContainSecret(frame.raw);
-    if (!needsMask && !mayHoldSecret) {
+    if (mask === null && !mayHoldSecret) {
       this.#toClient.push(frame.raw);
       return;
     }
     const values = decodeDataRow(frame.body);
     let changed = false;
     if (mask !== null) {
-      const description = head?.description ?? null;
+      const description = run.description;
       for (let i = 0; i < values.length; i++) {
         if (values[i] === null || mask.columns[i] !== 1) continue;
         values[i] = TEXT_TYPES.has(description?.[i]?.typeOid ?? 0) ? MASK : null;
@@ -966,7 +1312,7 @@ export class RelaySession {
   }
 
   #copyData(frame: Frame): void | Promise<void> {
-    if (!this.#mayContainSecret(frame.body)) {
+    if (!this.#rules.scanSecrets || !this.#mayContainSecret(frame.body)) {
       this.#toClient.push(frame.raw);
       return;
     }
@@ -976,4 +1322,13 @@ export class RelaySession {
       this.#toClient.push(encodeBackend({ type: 'CopyData', data: replaced }));
     })();
   }
+}
+
+function unionMask(
+  a: ((name: string) => boolean) | null,
+  b: ((name: string) => boolean) | null,
+): ((name: string) => boolean) | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  return (name) => a(name) || b(name);
 }

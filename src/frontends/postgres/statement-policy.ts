@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { type GateServices, gate } from '../../approvals/gate.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
@@ -9,20 +10,44 @@ export type StatementVerdict =
   | { readonly allow: true; readonly mask?: readonly string[] }
   | { readonly allow: false; readonly code: ErrorCode; readonly message: string };
 
+/** One statement to decide, as facts of its parse tree and its whole normalised text. */
+export interface StatementRequest {
+  readonly principal: Principal;
+  readonly connection: string;
+  readonly cls: StatementClass;
+  /** The statement kind (`delete`, `select`, `execute`, ...). For EXECUTE: the prepared statement's. */
+  readonly kind: string;
+  readonly tables: readonly string[];
+  readonly functions: readonly string[];
+  /** The whole normalised statement (never truncated); tickets in it are still tickets. */
+  readonly text: string;
+  /** The same text scrubbed of tickets, known secrets and detector findings: for approvers and audit. */
+  readonly shown: string;
+  /** Parameters of this execution (bound values, or EXECUTE's arguments), as text; null when none. */
+  readonly parameters: readonly (string | null)[] | null;
+  /** The parameters scrubbed like `shown`. */
+  readonly shownParameters: readonly (string | null)[] | null;
+  /** Tickets the statement or its parameters carry (the approval binds each one). */
+  readonly tickets: readonly string[];
+  /**
+   * The statement is being prepared (protocol Parse, SQL PREPARE), not run: a deny refuses
+   * it now; an approval is asked for when it runs (each execution is decided again).
+   */
+  readonly preparation: boolean;
+  readonly onHold: (approvalId: string) => void;
+}
+
 /**
  * Per-statement policy: the statement's class becomes the Cedar action (`sql:read`,
- * `sql:write`, …) with the statement text in `context.statement`. An allow is decided in
- * place (cached by the engine) and recorded in the statement's `postgres.query` record; a
- * deny or an approval goes through the gate, which audits the decision and holds an
+ * `sql:write`, …) with facts in the context: `statement` (the whole normalised text),
+ * `sql_class`, `sql_kind`, `tables`, `functions`. An allow is decided in place (cached by
+ * the engine) and recorded in the statement's `postgres.query` record; a deny or an
+ * approval goes through the gate, which audits the decision and holds an
  * approval-required statement until a human decides (`onHold` sends the client a notice).
+ * An approval is bound to the whole normalised statement, this execution's parameters and
+ * the tickets it carries.
  */
-export type StatementPolicy = ((input: {
-  principal: Principal;
-  connection: string;
-  sql: string;
-  cls: StatementClass;
-  onHold: (approvalId: string) => void;
-}) => StatementVerdict | Promise<StatementVerdict>) & {
+export type StatementPolicy = ((input: StatementRequest) => StatementVerdict | Promise<StatementVerdict>) & {
   /** Whether any policy in force carries `@mask` (then row descriptions must be tracked). */
   hasMasks(): boolean;
 };
@@ -37,25 +62,35 @@ const ACTIONS: Partial<Record<StatementClass, string>> = {
 };
 const ALLOW: StatementVerdict = { allow: true };
 
-/** Statement text for policy context and approvers: tickets never leave as themselves. */
-function redact(sql: string): string {
-  return sql.replace(TICKET_PATTERN, '[ticket]').slice(0, 8192);
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+/** What an approver reads: the whole scrubbed statement, then each parameter. */
+export function approvalSummary(shown: string, parameters: readonly (string | null)[] | null): string {
+  if (parameters === null || parameters.length === 0) return shown;
+  const list = parameters.map((p, i) => `$${i + 1} = ${p === null ? 'NULL' : JSON.stringify(p)}`);
+  return `${shown}\n-- parameters: ${list.join(', ')}`;
 }
 
 /** Null when no policy is configured: the built-in policy allows every statement, so skip the work. */
 export function createStatementPolicy(services: GateServices): StatementPolicy | null {
   if (services.policy.engine.source === 'builtin' && services.policy.path === null) return null;
-  const decideStatement = (
-    input: Parameters<StatementPolicy>[0],
-  ): StatementVerdict | Promise<StatementVerdict> => {
+  const decideStatement = (input: StatementRequest): StatementVerdict | Promise<StatementVerdict> => {
     const action = ACTIONS[input.cls];
     if (action === undefined) return ALLOW; // empty statements and transaction control
-    const statement = redact(input.sql);
-    const context = { statement, sql_class: input.cls };
+    const context = {
+      statement: input.text.replace(TICKET_PATTERN, '[ticket]'),
+      sql_class: input.cls,
+      sql_kind: input.kind,
+      tables: [...input.tables],
+      functions: [...input.functions],
+    };
     const resource = { type: 'Connection' as const, id: input.connection, attrs: { type: 'postgres' } };
     const decision = services.policy.engine.decide({ principal: input.principal, action, resource, context });
-    if (decision.effect === 'allow')
+    if (decision.effect === 'allow' || (decision.effect === 'approval' && input.preparation))
       return decision.mask.length > 0 ? { allow: true, mask: decision.mask } : ALLOW;
+    const parameters = input.parameters === null ? '' : JSON.stringify(input.parameters);
     return gate(services, {
       principal: input.principal,
       action,
@@ -65,8 +100,14 @@ export function createStatementPolicy(services: GateServices): StatementPolicy |
         kind: 'sql',
         connection: input.connection,
         action,
-        summary: statement.slice(0, 500),
-        detail: { statement },
+        summary: approvalSummary(input.shown, input.shownParameters),
+        detail: {
+          statement: input.shown,
+          statement_sha256: sha256(input.text),
+          parameters: input.shownParameters === null ? null : JSON.stringify(input.shownParameters),
+          parameters_sha256: sha256(parameters),
+          tickets: input.tickets.map(sha256).join(','),
+        },
       },
       onHold: (approval) => input.onHold(approval.id),
     }).then(
