@@ -286,6 +286,39 @@ describe('refusals (CC_ERR_PG_MASK_LINEAGE)', () => {
     ).toMatch(/CreateFunctionStmt/);
   });
 
+  it('statistics catalogs, functions that run SQL text, DDL that would unmask', async () => {
+    await db.query('ANALYZE users');
+    const stats = await db.query("SELECT histogram_bounds::text AS v FROM pg_stats WHERE attname = 'ssn'");
+    expect(JSON.stringify(stats.rows)).toContain('SSNcanary');
+    expect(await refused("SELECT most_common_vals FROM pg_stats WHERE attname = 'ssn'")).toMatch(
+      /sample values/,
+    );
+    expect(await refused('SELECT stavalues1 FROM pg_catalog.pg_statistic')).toMatch(/sample values/);
+    expect(await refused("SELECT query_to_xml('SELECT ssn FROM users', true, false, '')")).toMatch(
+      /query_to_xml/,
+    );
+    expect(await refused("SELECT table_to_xml('users', true, false, '')")).toMatch(/table_to_xml/);
+    expect(await refused("SELECT * FROM ts_stat('SELECT to_tsvector(ssn) FROM users')")).toMatch(/ts_stat/);
+    expect(await refused('ALTER TABLE users RENAME COLUMN ssn TO plain')).toMatch(/RenameStmt/);
+    expect(await refused('ALTER TABLE users ADD COLUMN copy text GENERATED ALWAYS AS (ssn) STORED')).toMatch(
+      /AlterTableStmt/,
+    );
+    // DDL elsewhere is not lineage's business.
+    expect((await tracker.analyze('ALTER TABLE orders ADD COLUMN extra int')).ok).toBe(true);
+  });
+
+  it('a cursor over a failing cast: the FETCH (where the error arises) reads a masked column', async () => {
+    const d = await tracker.analyze('DECLARE cx CURSOR FOR SELECT ssn::int FROM users');
+    expect(d).toMatchObject({ ok: true, touchesMasked: true });
+    const f = await tracker.analyze('FETCH ALL FROM cx');
+    expect(f).toMatchObject({ ok: true, touchesMasked: true });
+    const safe = await tracker.analyze(
+      'DECLARE cy CURSOR FOR SELECT name FROM users; FETCH ALL FROM cy; SELECT ssn FROM users',
+    );
+    expect(safe.ok && safe.statements.map((s) => s.touchesMasked)).toEqual([false, false, true]);
+    expect(safe.ok && safe.touchesMasked).toBe(true);
+  });
+
   it('a qualified name resolves the ambiguity; a masked target column may receive masked values', async () => {
     expect((await check('SELECT * FROM public.accounts')).mask).toEqual([0, 1]);
     expect((await check('SELECT * FROM other.accounts')).mask).toEqual([0, 0]);

@@ -58,6 +58,11 @@ export interface StatementLineage {
   readonly maskAll: boolean;
   /** Relations read (OID → masked flag per attnum), for RowDescription's table and column. */
   readonly relations: ReadonlyMap<number, ReadonlySet<number>>;
+  /**
+   * This statement reads a masked column somewhere (WHERE included; for FETCH and EXECUTE,
+   * the cursor's or prepared statement's query): withhold its errors and notices.
+   */
+  readonly touchesMasked: boolean;
 }
 
 export type LineageResult =
@@ -105,6 +110,17 @@ interface Output {
 }
 
 type Node = Record<string, unknown>;
+
+/** Catalogs that hold sample values of columns (most common values, histograms). */
+const STATISTICS = new Set(
+  ['pg_statistic', 'pg_stats', 'pg_stats_ext', 'pg_stats_ext_exprs', 'pg_statistic_ext_data'].map(
+    (n) => `pg_catalog.${n}`,
+  ),
+);
+
+/** Built-in functions that run SQL given as text, or read a relation or cursor named by a value. */
+const RUNS_SQL_TEXT =
+  /^(?:query_to_xml|query_to_xmlschema|query_to_xml_and_xmlschema|table_to_xml|table_to_xmlschema|table_to_xml_and_xmlschema|cursor_to_xml|cursor_to_xmlschema|schema_to_xml|schema_to_xmlschema|schema_to_xml_and_xmlschema|database_to_xml|database_to_xmlschema|database_to_xml_and_xmlschema|ts_stat|ts_rewrite|pg_read_file|pg_read_binary_file|lo_import|lo_export)$/i;
 
 /** The first pass over a recursive CTE: its self-reference is taken as unmasked. */
 const RECURSIVE_START: Col[] = [];
@@ -225,6 +241,8 @@ class Analysis {
     }
     // Unqualified: the session's search_path decides, and the gateway does not know it.
     // pg_catalog is searched first; otherwise every candidate must agree on what is masked.
+    if (found.some((r) => STATISTICS.has(`${r.schema}.${r.name}`)) && (await this.maskedExist()))
+      this.refuse(`${name} holds sample values of every column, masked ones included`);
     let candidates = found;
     if (schema === null && found.some((r) => r.schema === 'pg_catalog'))
       candidates = found.filter((r) => r.schema === 'pg_catalog');
@@ -573,6 +591,9 @@ class Analysis {
         const out = await this.query(n, scope, depth + 1, viewDepth);
         return out.maskAll || anyMasked(out.columns);
       }
+      const fname = kind === 'FuncCall' ? str(list(body.funcname).at(-1)) : '';
+      if (RUNS_SQL_TEXT.test(fname) && (await this.maskedExist()))
+        this.refuse(`${fname}() reads data the gateway cannot trace, and this database has masked columns`);
       let m = false;
       if (
         kind === 'FuncCall' &&
@@ -688,7 +709,11 @@ export class LineageTracker {
       for (const { stmt } of tree.stmts ?? []) {
         const node = one(stmt);
         if (node === null) continue;
-        statements.push(await this.#statement(node[0], node[1], analysis));
+        const before = analysis.touches;
+        analysis.touches = false;
+        const plan = await this.#statement(node[0], node[1], analysis);
+        statements.push({ ...plan, touchesMasked: analysis.touches });
+        analysis.touches ||= before;
       }
     } catch (error) {
       if (error instanceof LineageRefusal) return refusal(error.message);
@@ -703,6 +728,7 @@ export class LineageTracker {
       columns: out.columns === null ? null : out.columns.map((c) => c.masked),
       maskAll: out.maskAll,
       relations: a.relations,
+      touchesMasked: false,
     });
     const none = plan({ columns: [], maskAll: false });
     switch (kind) {
@@ -713,14 +739,19 @@ export class LineageTracker {
         return plan(await a.query({ [kind]: n }, rootScope(), 0, 0));
       case 'DeclareCursorStmt': {
         const p = { ...plan(await a.query(n.query, rootScope(), 0, 0)), statement: kind };
-        remember(this.#cursors, String(n.portalname), p);
+        // Rows are computed at FETCH: that is where its errors come from.
+        remember(this.#cursors, String(n.portalname), { ...p, touchesMasked: a.touches });
         return none;
       }
       case 'FetchStmt': {
-        if (n.ismove === true) return none;
         const p = this.#cursors.get(String(n.portalname));
         // A cursor not declared through the gateway (a refcursor from a function): mask it all.
-        return p === undefined ? { ...none, columns: null, maskAll: true } : { ...p, statement: kind };
+        if (p === undefined) {
+          a.touches ||= await a.maskedExist();
+          return n.ismove === true ? none : { ...none, columns: null, maskAll: true };
+        }
+        a.touches ||= p.touchesMasked;
+        return n.ismove === true ? none : { ...p, statement: kind };
       }
       case 'ClosePortalStmt':
         if (typeof n.portalname === 'string') this.#cursors.delete(n.portalname);
@@ -728,13 +759,18 @@ export class LineageTracker {
         return none;
       case 'PrepareStmt': {
         const p = plan(await a.query(n.query, rootScope(), 0, 0));
-        remember(this.#prepared, String(n.name), p);
+        remember(this.#prepared, String(n.name), { ...p, touchesMasked: a.touches });
         return none;
       }
       case 'ExecuteStmt': {
         await a.expr(n.params, rootScope(), 0, 0);
         const p = this.#prepared.get(String(n.name));
-        return p === undefined ? { ...none, columns: null, maskAll: true } : { ...p, statement: kind };
+        if (p === undefined) {
+          a.touches ||= await a.maskedExist();
+          return { ...none, columns: null, maskAll: true };
+        }
+        a.touches ||= p.touchesMasked;
+        return { ...p, statement: kind };
       }
       case 'DeallocateStmt':
         if (typeof n.name === 'string') this.#prepared.delete(n.name);
@@ -777,6 +813,15 @@ export class LineageTracker {
       case 'MergeStmt':
         if (await a.maskedExist()) a.refuse('MERGE cannot be traced, and this database has masked columns');
         return none;
+      case 'AlterTableStmt':
+      case 'RenameStmt': {
+        // Renaming a masked column, or adding a generated column over it, would unmask it.
+        if (n.relation === undefined || n.relation === null) return none;
+        const entry = await a.rangeVar(n.relation as Node, rootScope(), 0);
+        if (entry.opaque ? entry.opaqueMasked : anyMasked(entry.columns))
+          a.refuse(`${kind} on a relation with masked columns could unmask them`);
+        return none;
+      }
       case 'CreateFunctionStmt':
       case 'CreateTrigStmt':
       case 'RuleStmt':
