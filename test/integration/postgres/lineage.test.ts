@@ -265,6 +265,21 @@ describe('what is not masked, and inference', () => {
   });
 });
 
+describe('per-statement masks (a policy @mask)', () => {
+  it('adds to the connection masks for one analysis only', async () => {
+    await db.query('BEGIN');
+    try {
+      const r = await tracker.analyze('SELECT name, id FROM users', columnMatcher(['name']));
+      const result = await db.query({ text: 'SELECT name, id FROM users', rowMode: 'array' });
+      expect(r.ok && [...tracker.planColumns(r.statements[0]!, fieldsOf(result))]).toEqual([1, 0]);
+      const plain = await tracker.analyze('SELECT name, id FROM users');
+      expect(plain.ok && [...tracker.planColumns(plain.statements[0]!, fieldsOf(result))]).toEqual([0, 0]);
+    } finally {
+      await db.query('ROLLBACK');
+    }
+  });
+});
+
 describe('refusals (CC_ERR_PG_MASK_LINEAGE)', () => {
   it('statements that would copy masked values somewhere unmasked', async () => {
     expect(await refused('INSERT INTO orders (note) SELECT ssn FROM users')).toMatch(/INSERT would copy/);

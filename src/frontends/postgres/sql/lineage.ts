@@ -155,8 +155,11 @@ class Analysis {
   readonly #tracker: LineageTracker;
   #maskedExist: boolean | null = null;
 
-  constructor(tracker: LineageTracker) {
+  readonly #masked: (name: string) => boolean;
+
+  constructor(tracker: LineageTracker, masked: (name: string) => boolean) {
     this.#tracker = tracker;
+    this.#masked = masked;
   }
 
   get catalog(): LineageCatalog {
@@ -164,7 +167,7 @@ class Analysis {
   }
 
   masked(name: string): boolean {
-    return this.#tracker.masked(name);
+    return this.#masked(name);
   }
 
   async maskedExist(): Promise<boolean> {
@@ -695,15 +698,20 @@ export class LineageTracker {
     this.catalog = options.catalog;
   }
 
-  /** The lineage of every statement of `sql` (one Query or one Parse), or a refusal. */
-  async analyze(sql: string): Promise<LineageResult> {
+  /**
+   * The lineage of every statement of `sql` (one Query or one Parse), or a refusal.
+   * `extraMasks` adds column-name patterns for this statement only (a policy's `@mask`).
+   */
+  async analyze(sql: string, extraMasks?: (name: string) => boolean): Promise<LineageResult> {
     let tree: { stmts?: Array<{ stmt: Node }> };
     try {
       tree = parseSync(sql);
     } catch {
       return refusal('the statement does not parse, so its lineage cannot be established');
     }
-    const analysis = new Analysis(this);
+    const masked =
+      extraMasks === undefined ? this.masked : (name: string) => this.masked(name) || extraMasks(name);
+    const analysis = new Analysis(this, masked);
     const statements: StatementLineage[] = [];
     try {
       for (const { stmt } of tree.stmts ?? []) {
