@@ -219,6 +219,9 @@ describe('variants: views, functions, RETURNING, cursors', () => {
     ['SELECT * FROM get_users()', [1, 1, 1, 1]],
     ['SELECT g.ssn, g.id FROM get_users() g', [1, 1]],
     ['SELECT leak()', [1]],
+    ['SELECT get_users FROM get_users()', [1]],
+    ["SELECT ssn || '' FROM users TABLESAMPLE SYSTEM (100)", [1]],
+    ['SELECT * FROM users TABLESAMPLE SYSTEM (100) REPEATABLE (1)', [0, 0, 1, 1]],
   ])('%s', async (sql, expected) => {
     expect((await check(sql)).mask).toEqual(expected);
   });
@@ -320,6 +323,39 @@ describe('refusals (CC_ERR_PG_MASK_LINEAGE)', () => {
     );
     // DDL elsewhere is not lineage's business.
     expect((await tracker.analyze('ALTER TABLE orders ADD COLUMN extra int')).ok).toBe(true);
+  });
+
+  it('side channels and write paths found in review', async () => {
+    expect(await refused("SELECT set_config('application_name', ssn, false) FROM users")).toMatch(
+      /set_config/,
+    );
+    expect(await refused("SELECT pg_notify('c', upper(ssn)) FROM users")).toMatch(/pg_notify/);
+    expect(await refused('SELECT lo_from_bytea(0, convert_to(ssn, $$UTF8$$)) FROM users')).toMatch(
+      /lo_from_bytea/,
+    );
+    expect((await tracker.analyze("SELECT set_config('application_name', name, false) FROM users")).ok).toBe(
+      true,
+    );
+    expect(
+      await refused(
+        "INSERT INTO users (id, ssn) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.ssn",
+      ),
+    ).toMatch(/ON CONFLICT/);
+    expect(
+      await refused(
+        "INSERT INTO users (id, ssn) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET name = users.ssn",
+      ),
+    ).toMatch(/ON CONFLICT/);
+    expect(
+      (
+        await tracker.analyze(
+          "INSERT INTO users (id, ssn) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn",
+        )
+      ).ok,
+    ).toBe(true);
+    expect(await refused('UPDATE orders SET (note, user_id) = (SELECT ssn, 1 FROM users LIMIT 1)')).toMatch(
+      /UPDATE/,
+    );
   });
 
   it('a cursor over a failing cast: the FETCH (where the error arises) reads a masked column', async () => {

@@ -122,6 +122,10 @@ const STATISTICS = new Set(
 const RUNS_SQL_TEXT =
   /^(?:query_to_xml|query_to_xmlschema|query_to_xml_and_xmlschema|table_to_xml|table_to_xmlschema|table_to_xml_and_xmlschema|cursor_to_xml|cursor_to_xmlschema|schema_to_xml|schema_to_xmlschema|schema_to_xml_and_xmlschema|database_to_xml|database_to_xmlschema|database_to_xml_and_xmlschema|ts_stat|ts_rewrite|pg_read_file|pg_read_binary_file|lo_import|lo_export)$/i;
 
+/** Built-ins whose arguments reach the client outside the result, or are stored to be read back unmasked. */
+const SIDE_CHANNEL =
+  /^(?:set_config|pg_notify|setval|lo_from_bytea|lo_put|lowrite|pg_logical_emit_message|pg_stat_statements_reset)$/i;
+
 /** The first pass over a recursive CTE: its self-reference is taken as unmasked. */
 const RECURSIVE_START: Col[] = [];
 
@@ -314,7 +318,12 @@ class Analysis {
               masked: c.masked || masked,
             }));
             return [
-              { alias: aliasName || rel.name, columns: renamed(cols), opaque: false, opaqueMasked: false },
+              {
+                alias: aliasName || firstFunctionName(n),
+                columns: renamed(cols),
+                opaque: false,
+                opaqueMasked: false,
+              },
             ];
           }
         }
@@ -356,9 +365,13 @@ class Analysis {
         // Without a join alias, the sides stay referable by their own names; `*` uses the joined list.
         return aliasName === '' ? [joined, ...left.map(hidden), ...right.map(hidden)] : [joined];
       }
+      case 'RangeTableSample': {
+        await this.expr(n.args, scope, depth + 1, viewDepth);
+        return this.fromItem(n.relation, scope, depth + 1, viewDepth);
+      }
       default: {
-        // RangeTableSample, RangeTableFunc (XMLTABLE) and others: masked if anything in them is.
-        const masked = await this.expr(n, scope, depth + 1, viewDepth);
+        // RangeTableFunc (XMLTABLE) and others: masked if anything in them is, or may be.
+        const masked = (await this.expr(n, scope, depth + 1, viewDepth)) || (await this.maskedExist());
         return [{ alias: aliasName, columns: [], opaque: true, opaqueMasked: masked }];
       }
     }
@@ -403,14 +416,14 @@ class Analysis {
           break;
         }
         const before = out.columns.map((c) => c.masked).join();
-        ctes.set(name, out.columns);
+        ctes.set(name, named(out.columns, rename));
         out = await this.query(cte.ctequery, inner, depth + 1, viewDepth);
         if (out.columns !== null && out.columns.map((c) => c.masked).join() === before) break;
       }
       const cols =
         out.columns === null
           ? null
-          : out.columns.map((col, i) => ({ name: rename[i] ?? col.name, masked: col.masked || out.maskAll }));
+          : named(out.columns, rename).map((col) => ({ name: col.name, masked: col.masked || out.maskAll }));
       ctes.set(name, cols);
     }
     return { entries: [], ctes, parent: scope };
@@ -547,24 +560,53 @@ class Analysis {
             : src.columns.some((c, i) => (c.masked || src.maskAll) && !isMaskedTarget(names[i] ?? ''));
         if (leaks) this.refuse('INSERT would copy masked values into a column that is not masked');
       }
-      if (n.onConflictClause !== undefined) await this.expr(n.onConflictClause, scope, depth + 1, viewDepth);
+      const conflict = (n.onConflictClause as Node | undefined) ?? null;
+      if (conflict !== null) {
+        // DO UPDATE SET sees the target row and the proposed one (EXCLUDED).
+        const excluded: Scope = {
+          entries: [target, { ...target, alias: 'excluded' }],
+          ctes: new Map(),
+          parent: scope0,
+        };
+        await this.expr(conflict.infer, excluded, depth + 1, viewDepth);
+        await this.expr(conflict.whereClause, excluded, depth + 1, viewDepth);
+        await this.assignments(
+          list(conflict.targetList),
+          excluded,
+          isMaskedTarget,
+          'INSERT … ON CONFLICT',
+          depth,
+          viewDepth,
+        );
+      }
     } else {
       const extra = kind === 'UpdateStmt' ? n.fromClause : n.usingClause;
       for (const item of list(extra))
         scope.entries.push(...(await this.fromItem(item, scope, depth + 1, viewDepth)));
-      if (kind === 'UpdateStmt') {
-        for (const t of list(n.targetList)) {
-          const rt = (t as { ResTarget?: Node }).ResTarget;
-          if (rt === undefined) continue;
-          const masked = await this.expr(rt.val, scope, depth + 1, viewDepth);
-          if (masked && !isMaskedTarget(String(rt.name ?? '')))
-            this.refuse('UPDATE would copy masked values into a column that is not masked');
-        }
-      }
+      if (kind === 'UpdateStmt')
+        await this.assignments(list(n.targetList), scope, isMaskedTarget, 'UPDATE', depth, viewDepth);
       await this.expr(n.whereClause, scope, depth + 1, viewDepth);
     }
     if (n.returningList === undefined) return { columns: [], maskAll: false };
     return this.select({ targetList: n.returningList, op: 'SETOP_NONE' }, scope, depth + 1, viewDepth);
+  }
+
+  /** SET col = expr: a masked value may only go into a masked column. */
+  async assignments(
+    targets: unknown[],
+    scope: Scope,
+    isMaskedTarget: (name: string) => boolean,
+    what: string,
+    depth: number,
+    viewDepth: number,
+  ): Promise<void> {
+    for (const t of targets) {
+      const rt = (t as { ResTarget?: Node }).ResTarget;
+      if (rt === undefined) continue;
+      const masked = await this.expr(rt.val, scope, depth + 1, viewDepth);
+      if (masked && !isMaskedTarget(String(rt.name ?? '')))
+        this.refuse(`${what} would copy masked values into a column that is not masked`);
+    }
   }
 
   // ---- expressions ----------------------------------------------------------------
@@ -586,7 +628,11 @@ class Analysis {
         const out = await this.query(body.subselect, scope, depth + 1, viewDepth);
         const test = await this.expr(body.testexpr, scope, depth + 1, viewDepth);
         // EXISTS / IN / ANY give a boolean: what they reveal is inference (see the docs).
-        if (body.subLinkType === 'EXPR_SUBLINK' || body.subLinkType === 'ARRAY_SUBLINK')
+        if (
+          body.subLinkType === 'EXPR_SUBLINK' ||
+          body.subLinkType === 'ARRAY_SUBLINK' ||
+          body.subLinkType === 'MULTIEXPR_SUBLINK'
+        )
           return test || out.maskAll || anyMasked(out.columns);
         return test;
       }
@@ -597,6 +643,10 @@ class Analysis {
       const fname = kind === 'FuncCall' ? str(list(body.funcname).at(-1)) : '';
       if (RUNS_SQL_TEXT.test(fname) && (await this.maskedExist()))
         this.refuse(`${fname}() reads data the gateway cannot trace, and this database has masked columns`);
+      if (SIDE_CHANNEL.test(fname) && (await this.expr(body.args, scope, depth + 1, viewDepth)))
+        this.refuse(
+          `${fname}() would carry masked values out of the result (a notification, a setting, a sequence, a large object)`,
+        );
       let m = false;
       if (
         kind === 'FuncCall' &&
@@ -651,7 +701,12 @@ class Analysis {
       const opaque = s.entries.filter((e) => e.opaque);
       if (opaque.length > 0) return result(opaque.some((e) => e.opaqueMasked));
     }
-    // Not a column of any FROM entry (an output alias in ORDER BY, or an error upstream).
+    // Not resolved here, yet PostgreSQL accepted it (or will reject the statement): an output
+    // alias in ORDER BY, or something this resolver does not model. Masked if anything in
+    // reach is.
+    for (let s: Scope | null = scope; s !== null; s = s.parent)
+      if (s.entries.some((e) => (e.opaque ? e.opaqueMasked : anyMasked(e.columns as Col[]))))
+        return result(true);
     return false;
   }
 }
@@ -664,6 +719,10 @@ function hidden(e: Entry): Entry {
 }
 function isHidden(e: Entry): boolean {
   return HIDDEN.has(e);
+}
+
+function named(cols: readonly Col[], rename: readonly string[]): Col[] {
+  return cols.map((c, i) => ({ name: rename[i] ?? c.name, masked: c.masked }));
 }
 
 function firstFunctionName(n: Node): string {
