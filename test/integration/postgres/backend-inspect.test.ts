@@ -8,7 +8,7 @@ import {
   withheldNotice,
 } from '../../../src/frontends/postgres/backend-inspect.js';
 import { decodeBackend } from '../../../src/frontends/postgres/protocol/decode.js';
-import { encodeStartup } from '../../../src/frontends/postgres/protocol/encode.js';
+import { encodeFrontend, encodeStartup } from '../../../src/frontends/postgres/protocol/encode.js';
 import { MessageFramer } from '../../../src/frontends/postgres/protocol/framer.js';
 import type { BackendMessage, Frame } from '../../../src/frontends/postgres/protocol/messages.js';
 import { chainInspectors, createDetectorInspector } from '../../../src/gateway/detector-inspector.js';
@@ -441,6 +441,56 @@ describe('backend inspection: variants', () => {
       `SELECT json_build_object('k', value)::text, replace(value, 'Canary', 'Can/ary') FROM vault_copy WHERE id = 1`,
     );
     expectClean(r.out);
+    c.close();
+  });
+});
+
+describe('backend inspection: extended protocol', () => {
+  it('binary-format result values (text and bytea) and the ErrorResponse of a bound parameter', async () => {
+    const c = await session();
+    await refreshIndex();
+    const inspector = fullInspector();
+    const send = (sql: string, resultFormats: number[]) =>
+      c.write(
+        Buffer.concat([
+          encodeFrontend({ type: 'Parse', name: '', sql, parameterTypes: [] }),
+          encodeFrontend({
+            type: 'Bind',
+            portal: '',
+            statement: '',
+            parameterFormats: [],
+            parameters: [],
+            resultFormats,
+          }),
+          encodeFrontend({ type: 'Describe', kind: 'P', name: '' }),
+          encodeFrontend({ type: 'Execute', portal: '', maxRows: 0 }),
+          encodeFrontend({ type: 'Sync' }),
+        ]),
+      );
+    const collect = async () => {
+      const outs: Buffer[] = [];
+      for (;;) {
+        const f = await c.frame();
+        if (f === null) throw new Error('closed');
+        outs.push(await inspector.inspect(f));
+        if (f.code === 0x5a) return Buffer.concat(outs);
+      }
+    };
+    send('SELECT value, blob, found FROM vault_copy ORDER BY id', [1]);
+    const out = await collect();
+    expectClean(out);
+    const framer = new MessageFramer({ startup: false, maxMessageBytes: 1 << 24 });
+    framer.push(out);
+    const rows: Buffer[][] = [];
+    for (let f = framer.next(); f !== null; f = framer.next()) {
+      const m = decodeBackend(f);
+      if (m.type === 'DataRow') rows.push(m.values as Buffer[]);
+    }
+    expect(rows[0]![0]!.toString()).toMatch(/^cct_[0-9A-Za-z]{28}$/);
+    expect(rows[0]![1]!.toString()).toMatch(/^cct_[0-9A-Za-z]{28}$/);
+    expect(rows[1]![1]!.toString()).toMatch(/^cct_[0-9A-Za-z]{28}$/);
+    send(`SELECT ('${CANARY}' || id)::int FROM vault_copy`, [0]);
+    expectClean(await collect());
     c.close();
   });
 });
