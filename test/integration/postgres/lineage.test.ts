@@ -358,6 +358,14 @@ describe('refusals (CC_ERR_PG_MASK_LINEAGE)', () => {
     );
   });
 
+  it('a * over a result of unknown shape still has its WHERE and INTO checked', async () => {
+    expect(await refused('SELECT * INTO stolen3 FROM get_users()')).toMatch(/SELECT INTO/);
+    const r = await tracker.analyze(
+      "SELECT * FROM json_each('{}') j WHERE EXISTS (SELECT 1 FROM users WHERE ssn = 'x')",
+    );
+    expect(r).toMatchObject({ ok: true, touchesMasked: true });
+  });
+
   it('a cursor over a failing cast: the FETCH (where the error arises) reads a masked column', async () => {
     const d = await tracker.analyze('DECLARE cx CURSOR FOR SELECT ssn::int FROM users');
     expect(d).toMatchObject({ ok: true, touchesMasked: true });

@@ -468,6 +468,8 @@ class Analysis {
     }
     const columns: Col[] = [];
     let maskAll = false;
+    /** A `*` over something of unknown shape: the column count is not known. */
+    let unknownShape = false;
     for (const t of list(n.targetList)) {
       const rt = (t as { ResTarget?: Node }).ResTarget;
       if (rt === undefined) continue;
@@ -486,7 +488,8 @@ class Analysis {
         for (const e of entries) {
           if (e.opaque) {
             maskAll ||= e.opaqueMasked;
-            return { columns: null, maskAll: maskAll || anyMasked(columns) };
+            unknownShape = true;
+            continue;
           }
           for (const c of e.columns) {
             if (c.masked) this.touches = true;
@@ -499,7 +502,11 @@ class Analysis {
         // (row).*: as many columns as the row has; masked if the row has any masked column.
         const masked = await this.expr(val[1].arg, visible, depth + 1, viewDepth);
         const cols = await this.rowShape(val[1].arg, visible);
-        if (cols === null) return { columns: null, maskAll: maskAll || masked || anyMasked(columns) };
+        if (cols === null) {
+          maskAll ||= masked;
+          unknownShape = true;
+          continue;
+        }
         for (const c of cols) columns.push({ name: c.name, masked: c.masked || masked });
         continue;
       }
@@ -518,6 +525,8 @@ class Analysis {
     ]);
     if (n.intoClause !== undefined && (anyMasked(columns) || maskAll))
       this.refuse('SELECT INTO would copy masked values into a new table');
+    // Of unknown shape, the columns known so far cannot be placed: mask all if any may be.
+    if (unknownShape) return { columns: null, maskAll: maskAll || anyMasked(columns) };
     return { columns, maskAll };
   }
 
