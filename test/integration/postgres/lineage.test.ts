@@ -390,13 +390,23 @@ describe('the catalog helper', () => {
   it('caches lookups, and invalidate() drops them', async () => {
     const c = createPgCatalog({ host: '127.0.0.1', port: 5432, user: 'postgres', database: DB, capacity: 2 });
     const t = new LineageTracker({ masked: columnMatcher(MASKS), catalog: c });
-    await t.analyze('SELECT ssn FROM users');
+    const r1 = await t.analyze('SELECT ssn FROM users');
     const first = c.queries;
-    await t.analyze('SELECT ssn FROM users');
+    // The same text again: the tracker's result cache, no catalog query.
+    expect(await t.analyze('SELECT ssn FROM users')).toBe(r1);
     expect(c.queries).toBe(first);
     c.invalidate();
-    await t.analyze('SELECT ssn FROM users');
+    const r2 = await t.analyze('SELECT ssn FROM users');
+    expect(r2).not.toBe(r1);
+    expect(r2).toEqual(r1);
     expect(c.queries).toBeGreaterThan(first);
+    // Cursor statements are analysed each time (they carry session state).
+    await t.analyze('DECLARE k CURSOR FOR SELECT ssn FROM users');
+    const f1 = await t.analyze('FETCH ALL FROM k');
+    await t.analyze('CLOSE k');
+    const f2 = await t.analyze('FETCH ALL FROM k');
+    expect(f1.ok && f1.statements[0]!.maskAll).toBe(false);
+    expect(f2.ok && f2.statements[0]!.maskAll).toBe(true);
     // Bounded: more relations than its capacity still answer correctly.
     for (const rel of ['users', 'orders', 'v_users', 'v_safe', 'mv', 'users']) {
       const r = await t.analyze(`SELECT * FROM ${rel}`);

@@ -46,6 +46,11 @@ export interface LineageCatalog {
   functionsNamed(schema: string | null, name: string): Promise<readonly CatalogFunction[]>;
   /** Column names of every user relation (to know whether any column is masked at all). */
   allColumnNames(): Promise<readonly string[]>;
+  /**
+   * Changes whenever cached answers are dropped (`invalidate()`); results computed under
+   * one generation are reused only within it. Absent: results are never cached.
+   */
+  readonly generation?: number;
 }
 
 /** One statement's output plan. */
@@ -80,6 +85,10 @@ class LineageRefusal extends Error {}
 /** Deepest parse tree (or chain of views) followed; deeper is refused. */
 const MAX_DEPTH = 200;
 const MAX_VIEW_DEPTH = 16;
+/** Statement kinds whose lineage depends only on their text and the catalog. */
+const CACHEABLE = new Set(['SelectStmt', 'InsertStmt', 'UpdateStmt', 'DeleteStmt']);
+const MAX_CACHED_RESULTS = 1000;
+const MAX_CACHED_SQL = 16 * 1024;
 /** Cursors and prepared statements remembered per session. */
 const MAX_NAMED = 1000;
 
@@ -760,6 +769,9 @@ export class LineageTracker {
   readonly catalog: LineageCatalog;
   readonly #cursors = new Map<string, StatementLineage>();
   readonly #prepared = new Map<string, StatementLineage>();
+  /** Results by statement text, for the catalog generation they were computed under. */
+  readonly #results = new Map<string, LineageResult>();
+  #resultsGeneration: number | undefined = undefined;
 
   constructor(options: { masked: (name: string) => boolean; catalog: LineageCatalog }) {
     this.masked = options.masked;
@@ -771,6 +783,31 @@ export class LineageTracker {
    * `extraMasks` adds column-name patterns for this statement only (a policy's `@mask`).
    */
   async analyze(sql: string, extraMasks?: (name: string) => boolean): Promise<LineageResult> {
+    // Repeated plain statements: the same text under the same catalog gives the same answer.
+    const generation = this.catalog.generation;
+    const cacheable = extraMasks === undefined && generation !== undefined && sql.length <= MAX_CACHED_SQL;
+    if (cacheable) {
+      if (generation !== this.#resultsGeneration) {
+        this.#results.clear();
+        this.#resultsGeneration = generation;
+      }
+      const hit = this.#results.get(sql);
+      if (hit !== undefined) return hit;
+    }
+    const result = await this.#analyze(sql, extraMasks);
+    // Statements with session state (cursors, prepared statements) are analysed every time.
+    if (
+      cacheable &&
+      this.catalog.generation === generation &&
+      (!result.ok || result.statements.every((s) => CACHEABLE.has(s.statement)))
+    ) {
+      if (this.#results.size >= MAX_CACHED_RESULTS) this.#results.delete(this.#results.keys().next().value!);
+      this.#results.set(sql, result);
+    }
+    return result;
+  }
+
+  async #analyze(sql: string, extraMasks?: (name: string) => boolean): Promise<LineageResult> {
     let tree: { stmts?: Array<{ stmt: Node }> };
     try {
       tree = parseSync(sql);

@@ -167,6 +167,9 @@ export function createPgCatalog(options: PgCatalogOptions): PgCatalog {
   };
 
   return {
+    get generation() {
+      return generation;
+    },
     get queries() {
       return queries;
     },
