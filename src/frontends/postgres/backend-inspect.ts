@@ -38,9 +38,14 @@ export interface OutputIndex {
   candidate(bytes: Buffer): boolean;
   /** Spans of hex-encoded known secrets in `bytes` (latin1). */
   hexSpans(bytes: Buffer): Array<{ start: number; end: number }>;
+  /** True when `bytes` holds a detector keyword (`password`, `secret`, `aws`, …). */
+  keywordHit(bytes: Buffer): boolean;
+  /** True when `value` holds a finding once read as `key=value` (a column name or the value beside it). */
+  contextFinding(key: Buffer, value: Buffer): boolean;
 }
 
 const HEX_PREFIX = 'hex\0';
+const EQUALS = Buffer.from('=');
 
 export function createOutputIndex(
   secrets: readonly OutputSecret[],
@@ -76,6 +81,13 @@ export function createOutputIndex(
       if (hasFinding(bytes)) return true;
       // Detector findings inside a bytea value are visible only once decoded.
       return bytes.indexOf('\\x') !== -1 && hexCandidate(bytes, hasFinding);
+    },
+    keywordHit(bytes) {
+      return keywords.find(bytes).count > 0;
+    },
+    contextFinding(key, value) {
+      const text = Buffer.concat([key, EQUALS, value]);
+      return detector.scan(text).some((f) => f.end > key.length + 1);
     },
     hexSpans(bytes) {
       return matcher
@@ -120,6 +132,8 @@ const COPY_SIGNATURE = Buffer.from('PGCOPY\n\xff\r\n\0', 'latin1');
 export class BackendInspector {
   readonly #index: () => OutputIndex;
   readonly #scan: () => Promise<ResponseScan>;
+  /** Names of the last RowDescription's columns, where a name holds a detector keyword (else null). */
+  #keyColumns: Array<Buffer | null> = [];
   /** COPY in progress from the server: 0 text/CSV, 1 binary; null none. */
   #copyFormat: 0 | 1 | null = null;
   /** Binary COPY: the file header has been read. */
@@ -158,10 +172,14 @@ export class BackendInspector {
         return this.#fields(frame, cstringParts(2), encodeCstrings);
       case BACKEND_CODES.NotificationResponse:
         return this.#fields(frame, notificationParts, encodeNotification);
-      case BACKEND_CODES.RowDescription:
+      case BACKEND_CODES.RowDescription: {
+        const index = this.#index();
+        const names = rowDescriptionParts(frame.body).values as Buffer[];
+        this.#keyColumns = names.map((n) => (index.keywordHit(n) ? Buffer.from(n) : null));
         return this.#fields(frame, rowDescriptionParts, encodeRowDescription);
+      }
       case BACKEND_CODES.DataRow:
-        return this.#fields(frame, dataRowParts, encodeDataRowParts);
+        return this.#dataRow(frame);
       case BACKEND_CODES.FunctionCallResponse:
         return this.#fields(frame, functionResultParts, encodeFunctionResult);
       case BACKEND_CODES.CopyData:
@@ -170,6 +188,64 @@ export class BackendInspector {
       default:
         return frame.raw;
     }
+  }
+
+  /**
+   * A row: every value as in `#fields`, and in context — a value under a column named
+   * like a secret (`password`, `aws_secret_access_key`), or beside a value that names one
+   * (a key/value settings table), is read as `key=value` so the detector's rules that need
+   * the key find it, as they would in a JSON body.
+   */
+  #dataRow(frame: Frame): Buffer | Promise<Buffer> {
+    const index = this.#index();
+    const direct = index.candidate(frame.body);
+    const keyed = this.#keyColumns.some((k) => k !== null);
+    if (!direct && !keyed && !index.keywordHit(frame.body)) return frame.raw;
+    const parts = dataRowParts(frame.body);
+    const original = parts.values.slice();
+    const contexts = original.map((v, i) => {
+      if (v === null) return [];
+      const keys: Buffer[] = [];
+      const named = this.#keyColumns[i];
+      if (named !== null && named !== undefined) keys.push(named);
+      const before = i > 0 ? original[i - 1] : null;
+      if (before !== null && before !== undefined && before.length <= 256 && index.keywordHit(before))
+        keys.push(before);
+      return keys.filter((k) => index.contextFinding(k, v));
+    });
+    if (!direct && contexts.every((k) => k.length === 0)) return frame.raw;
+    return (async () => {
+      let changed = false;
+      for (let i = 0; i < parts.values.length; i++) {
+        const v = parts.values[i];
+        if (v === null || v === undefined) continue;
+        let r = direct ? await this.replace(v) : v;
+        for (const key of contexts[i]!) r = await this.#replaceInContext(key, r);
+        if (r !== v) {
+          parts.values[i] = r;
+          changed = true;
+        }
+      }
+      return changed ? encodeDataRowParts(frame.code, parts) : frame.raw;
+    })();
+  }
+
+  /** `value` read as `key=value`: findings in the value become tickets; one left fails closed. */
+  async #replaceInContext(key: Buffer, value: Buffer): Promise<Buffer> {
+    const index = this.#index();
+    if (!index.contextFinding(key, value)) return value;
+    const prefix = Buffer.concat([key, EQUALS]);
+    const scan = await this.#scan();
+    const out = Buffer.from(await scan.header(Buffer.concat([prefix, value]).toString('latin1')), 'latin1');
+    const replaced = out.subarray(0, prefix.length).equals(prefix) ? out.subarray(prefix.length) : null;
+    if (replaced === null || index.contextFinding(key, replaced)) {
+      throw new CoatcheckError(
+        'CC_ERR_PG_MASKING_FAILED',
+        'coatcheck: a secret in a server message could not be replaced by a ticket; the session was closed',
+      );
+    }
+    this.replaced++;
+    return Buffer.from(replaced);
   }
 
   #fields(frame: Frame, split: (body: Buffer) => Parts, join: (code: number, p: Parts) => Buffer) {

@@ -33,6 +33,9 @@ const CANARY = 'pgoutCanary7Qz9xK2mW4vB8nR1';
 /** Not in the vault: the detector must find it. */
 const GHP = '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';
 const GLPAT = 'glpat-Zx8Kq2Lm9Np4Rt6Vw1Yb';
+/** Found only with their key beside them (a column name, or the value before them). */
+const AWS_SECRET = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYzq8Hk3Lm2N';
+const PASSWORD = 'Tr0ub4dor3-horse-battery9';
 
 function forms(value: string): string[] {
   const b = Buffer.from(value);
@@ -45,7 +48,10 @@ function forms(value: string): string[] {
   ];
 }
 
-function expectClean(out: Buffer, values: readonly string[] = [CANARY, GHP, GLPAT]): void {
+function expectClean(
+  out: Buffer,
+  values: readonly string[] = [CANARY, GHP, GLPAT, AWS_SECRET, PASSWORD],
+): void {
   const text = out.toString('latin1');
   for (const v of values) for (const f of forms(v)) expect(text).not.toContain(f);
 }
@@ -175,6 +181,10 @@ beforeAll(async () => {
     CREATE TABLE vault_copy (id int PRIMARY KEY, value text UNIQUE, found text, blob bytea);
     INSERT INTO vault_copy VALUES (1, '${CANARY}', '${GHP}', convert_to('${CANARY}', 'UTF8'));
     INSERT INTO vault_copy VALUES (2, 'plain', '${GLPAT}', convert_to('${GHP}', 'UTF8'));
+    CREATE TABLE settings (name text, value text);
+    INSERT INTO settings VALUES ('aws_secret_access_key', '${AWS_SECRET}'), ('colour', 'blue');
+    CREATE TABLE creds (id int, password text);
+    INSERT INTO creds VALUES (1, '${PASSWORD}');
     CREATE TABLE "${CANARY}" ("${CANARY}" int NOT NULL, n int CONSTRAINT "${CANARY}_chk" CHECK (n > 0));
   `);
   await db.end();
@@ -441,6 +451,29 @@ describe('backend inspection: variants', () => {
       `SELECT json_build_object('k', value)::text, replace(value, 'Canary', 'Can/ary') FROM vault_copy WHERE id = 1`,
     );
     expectClean(r.out);
+    c.close();
+  });
+});
+
+describe('backend inspection: values found by their key', () => {
+  it('a key/value table: the value beside aws_secret_access_key', async () => {
+    const c = await session();
+    const r = await run(c, fullInspector(), 'SELECT name, value FROM settings ORDER BY name DESC');
+    expectClean(r.out);
+    expect(rowValues(r.messages)).toEqual([
+      ['colour', 'blue'],
+      ['aws_secret_access_key', expect.stringMatching(/^cct_[0-9A-Za-z]{28}$/)],
+    ]);
+    c.close();
+  });
+
+  it('a column named password (and the same value under an alias naming it)', async () => {
+    const c = await session();
+    const r = await run(c, fullInspector(), 'SELECT id, password FROM creds');
+    expectClean(r.out);
+    expect(rowValues(r.messages)[0]![1]).toMatch(/^cct_[0-9A-Za-z]{28}$/);
+    const r2 = await run(c, fullInspector(), `SELECT '${PASSWORD}' AS db_password`);
+    expectClean(r2.out);
     c.close();
   });
 });
