@@ -87,6 +87,14 @@ describe('BackendInspector codec', () => {
     });
   });
 
+  it('the fast path sees 6- and 7-byte secrets, raw and base64', () => {
+    const short = createOutputIndex([{ id: 'sec_s', value: Buffer.from('Zq7#pW') }]);
+    expect(short.candidate(Buffer.from('a Zq7#pW b'))).toBe(true);
+    expect(short.candidate(Buffer.from(`x ${Buffer.from('Zq7#pW').toString('base64')} y`))).toBe(true);
+    expect(short.candidate(Buffer.from(`x ${Buffer.from('Zq7#pW').toString('hex')} y`))).toBe(true);
+    expect(short.candidate(Buffer.from('nothing to see here'))).toBe(false);
+  });
+
   it('withheldNotice drops every field but severity and SQLSTATE, and refuses odd values', () => {
     const body = Buffer.from(`SERROR\0VERROR\0C22P02\0M${SECRET}\0D${SECRET}\0t${SECRET}\0\0`, 'latin1');
     const out = withheldNotice(frame(0x45, body));

@@ -7,7 +7,7 @@ import {
   KNOWN_SECRET_MIN_BYTES,
   type KnownSecretMatcher,
 } from '../../detect/known-secrets.js';
-import { MIN_SCANNED_SECRET_BYTES, type ResponseScan } from '../../gateway/inspector.js';
+import { buildPatterns, MIN_SCANNED_SECRET_BYTES, type ResponseScan } from '../../gateway/inspector.js';
 import { protocolError } from './protocol/framer.js';
 import { BACKEND_CODES, type Frame } from './protocol/messages.js';
 
@@ -60,7 +60,9 @@ export function createOutputIndex(
       if (s.value.length >= MIN_SCANNED_SECRET_BYTES) matcher.add(s.id, s.value);
       continue;
     }
-    if (s.value.length < KNOWN_SECRET_MIN_BYTES) short.push(s.value);
+    // Short ones in every form the known-secret inspector replaces (base64, JSON, url).
+    if (s.value.length < KNOWN_SECRET_MIN_BYTES)
+      short.push(...buildPatterns([s]).patterns.map((p) => p.bytes));
     else matcher.add(s.id, s.value);
     const hex = s.value.toString('hex');
     matcher.add(`${HEX_PREFIX}l${s.id}`, hex);
