@@ -36,6 +36,8 @@ export interface OutputIndex {
   readonly detector: Detector;
   /** True when `bytes` may hold a secret: a known-secret form, a detector finding, or a hex bytea value. */
   candidate(bytes: Buffer): boolean;
+  /** One pass for rows: 2 a candidate, 1 no candidate but a detector keyword, 0 neither. */
+  probe(bytes: Buffer): 0 | 1 | 2;
   /** Spans of hex-encoded known secrets in `bytes` (latin1). */
   hexSpans(bytes: Buffer): Array<{ start: number; end: number }>;
   /** True when `bytes` holds a detector keyword (`password`, `secret`, `aws`, …). */
@@ -76,13 +78,20 @@ export function createOutputIndex(
     if (matcher.size > 0 && matcher.find(bytes.toString('latin1'), 'bytes', bytes).length > 0) return true;
     return keywords.find(bytes).count > 0 && detector.scan(bytes).length > 0;
   };
+  const probe = (bytes: Buffer): 0 | 1 | 2 => {
+    for (const s of short) if (bytes.indexOf(s) !== -1) return 2;
+    if (matcher.size > 0 && matcher.find(bytes.toString('latin1'), 'bytes', bytes).length > 0) return 2;
+    const keyword = keywords.find(bytes).count > 0;
+    if (keyword && detector.scan(bytes).length > 0) return 2;
+    // Detector findings inside a bytea value are visible only once decoded.
+    if (bytes.indexOf('\\x') !== -1 && hexCandidate(bytes, hasFinding)) return 2;
+    return keyword ? 1 : 0;
+  };
   return {
     detector,
+    probe,
     candidate(bytes) {
-      for (const s of short) if (bytes.indexOf(s) !== -1) return true;
-      if (hasFinding(bytes)) return true;
-      // Detector findings inside a bytea value are visible only once decoded.
-      return bytes.indexOf('\\x') !== -1 && hexCandidate(bytes, hasFinding);
+      return probe(bytes) === 2;
     },
     keywordHit(bytes) {
       return keywords.find(bytes).count > 0;
@@ -200,9 +209,9 @@ export class BackendInspector {
    */
   #dataRow(frame: Frame): Buffer | Promise<Buffer> {
     const index = this.#index();
-    const direct = index.candidate(frame.body);
-    const keyed = this.#keyColumns.some((k) => k !== null);
-    if (!direct && !keyed && !index.keywordHit(frame.body)) return frame.raw;
+    const probe = index.probe(frame.body);
+    const direct = probe === 2;
+    if (probe === 0 && !this.#keyColumns.some((k) => k !== null)) return frame.raw;
     const parts = dataRowParts(frame.body);
     const original = parts.values.slice();
     const contexts = original.map((v, i) => {
