@@ -358,6 +358,24 @@ describe('refusals (CC_ERR_PG_MASK_LINEAGE)', () => {
     );
   });
 
+  it('a write to a table with masked columns has its errors withheld, even when it names none', async () => {
+    await db.query('BEGIN');
+    try {
+      await db.query('ALTER TABLE users ALTER COLUMN name SET NOT NULL');
+      const sql = 'UPDATE users SET name = NULL WHERE id = 1';
+      // The server puts the whole row, SSN included, in the error's detail.
+      const error = await db.query(sql).catch((e: { detail?: string }) => e);
+      expect(String((error as { detail?: string }).detail)).toContain('SSNcanary');
+      expect(await tracker.analyze(sql)).toMatchObject({ ok: true, touchesMasked: true });
+      expect(await tracker.analyze('UPDATE orders SET note = NULL')).toMatchObject({
+        ok: true,
+        touchesMasked: false,
+      });
+    } finally {
+      await db.query('ROLLBACK');
+    }
+  });
+
   it('a * over a result of unknown shape still has its WHERE and INTO checked', async () => {
     expect(await refused('SELECT * INTO stolen3 FROM get_users()')).toMatch(/SELECT INTO/);
     const r = await tracker.analyze(

@@ -567,6 +567,9 @@ class Analysis {
     const target = await this.rangeVar(n.relation as Node, scope0, viewDepth);
     const scope: Scope = { entries: [target], ctes: new Map(), parent: scope0 };
     const isMaskedTarget = (name: string) => target.columns.find((c) => c.name === name)?.masked ?? false;
+    // A write to a relation with masked columns can fail with the whole row in its detail
+    // ("Failing row contains (…)", a composite key): its errors are withheld.
+    if (target.opaque ? target.opaqueMasked : anyMasked(target.columns)) this.touches = true;
     if (kind === 'InsertStmt') {
       const cols = list(n.cols).map((c) => String((c as { ResTarget?: Node }).ResTarget?.name ?? ''));
       if (n.selectStmt !== undefined) {
