@@ -557,6 +557,19 @@ export const ERROR_CODES = {
     solution:
       'Check the gateway log for the incident; the store must be writable to issue replacement tickets.',
   },
+  CC_ERR_PG_MASK_LINEAGE: {
+    status: 403,
+    description:
+      'A statement reads a relation that has masked columns, and the gateway cannot tell which output columns derive from them (an unknown function over a whole row, a relation the catalog does not describe, a statement form lineage does not cover). It was refused rather than run unmasked. SQLSTATE 42501; the session stays usable.',
+    solution:
+      'Select the columns you need by name (masked ones come back masked), or ask an operator to lift the mask rule for this connection.',
+  },
+  CC_ERR_PG_MASKED_ERROR: {
+    status: 502,
+    description:
+      'A statement that reads a masked column failed (or raised a notice) upstream; its message, detail, hint and context were withheld, since a server error can quote the masked value (a failed cast, a unique violation). Only the severity and SQLSTATE are kept.',
+    solution: 'Rewrite the statement so it does not fail; the SQLSTATE says which class of error occurred.',
+  },
   CC_ERR_PG_TOO_MANY_CONNECTIONS: {
     status: 503,
     description: 'The PostgreSQL listener already serves postgres.maxConnections clients. SQLSTATE 53300.',
