@@ -247,10 +247,13 @@ export class McpSession {
         `the call carries ${tickets.length} tickets; the limit is ${this.#o.maxTickets}`,
       );
     }
+    // Tool arguments are a body: the tool server can echo or store them, so the secret must
+    // allow placement `body` (credential-only secrets go only where credentials go).
     const released = await this.#o.pipeline.exchange(this.#o.session, tickets, {
       principal: this.#o.principal,
       target: this.#target,
       operation,
+      placement: 'body',
     });
     const rewritten = await rewriteJsonStrings(args as JsonValue, async (text) =>
       text.replace(/cct_[0-9A-Za-z]{28}/g, (t) => released.get(t)?.value.revealText() ?? t),

@@ -64,7 +64,7 @@ describe('canary across the LLM guard and the MCP gateway (Streamable HTTP upstr
     remote = await startHttpMcpServer(seen);
     gw = await startGateway();
     agent = await gw.createAgent('planner');
-    await gw.addSecret('db-password', CANARY, ['remote']);
+    await gw.addSecret('db-password', CANARY, ['remote'], { placements: ['body'] });
     await gw.addSecret('remote-key', REMOTE_KEY, ['remote']);
     await gw.addSecret('provider-key', PROVIDER_KEY, ['model']);
     await gw.ctx.connections.add(

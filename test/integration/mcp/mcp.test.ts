@@ -69,9 +69,10 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
       extraConfig: `policy:\n  path: ${policyFile}\napprovals:\n  holdTimeout: 20s\n`,
     });
     agent = await gw.createAgent('mcp-agent');
-    await gw.addSecret('db', SECRET, ['tools']);
-    await gw.addSecret('elsewhere', 'elsewhere-secret-0a1b2c3d', ['other']);
-    await gw.addSecret('canary', CANARY, ['tools']);
+    // Tool arguments are a body placement: the tool can echo them.
+    await gw.addSecret('db', SECRET, ['tools'], { placements: ['body'] });
+    await gw.addSecret('elsewhere', 'elsewhere-secret-0a1b2c3d', ['other'], { placements: ['body'] });
+    await gw.addSecret('canary', CANARY, ['tools'], { placements: ['body'] });
     await gw.addSecret('upstream-key', UPSTREAM_KEY, ['tools']);
     await gw.ctx.connections.add(
       {
@@ -112,6 +113,22 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
     expect(refused.code).toBe(-32012);
     expect(refused.data.code).toBe('CC_ERR_TICKET_WRONG_DESTINATION');
     expect(upstreamLog().length).toBe(before);
+  });
+
+  it('a ticket for a credential-only secret is refused in tool arguments (placement), in any argument shape', async () => {
+    await gw.addSecret('cred-only', 'cred-only-secret-9f8e7d6c5b', ['tools']);
+    const ticket = await gw.issue('cred-only', agent.ref, ['tools']);
+    const before = upstreamLog().length;
+    for (const args of [
+      { text: ticket },
+      { text: `Bearer ${ticket}` },
+      { text: JSON.stringify({ nested: [ticket] }) },
+    ]) {
+      const refused = await refusal(client.callTool({ name: 'store', arguments: args }));
+      expect(refused.data.code).toBe('CC_ERR_TICKET_PLACEMENT');
+    }
+    expect(upstreamLog().length).toBe(before);
+    expect(JSON.stringify(upstreamLog())).not.toContain('cred-only-secret-9f8e7d6c5b');
   });
 
   it('turns every secret in a tool result into a ticket bound to the caller', async () => {

@@ -39,7 +39,10 @@ describe('coatcheck connection add --command, and coatcheck mcp stdio', () => {
     expect(JSON.parse(added.stdout).url).toMatch(/^stdio:/);
     const ctx = await home.open();
     try {
-      await ctx.vault.addSecret({ name: 'db', value: Buffer.from(SECRET), allow: ['tools'] }, 'admin:test');
+      await ctx.vault.addSecret(
+        { name: 'db', value: Buffer.from(SECRET), allow: ['tools'], placements: ['body'] },
+        'admin:test',
+      );
       const created = await ctx.agents.create({ name: 'desktop' }, 'admin:test');
       agentKey = created.key;
       ticket = (
