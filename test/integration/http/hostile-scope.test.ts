@@ -70,7 +70,8 @@ beforeAll(async () => {
   agent = await gw.createAgent('scoped');
   intruder = await gw.createAgent('intruder');
   // The secret may go to two connections on the same host, and to that host by name.
-  await gw.addSecret('gh', SECRET, ['api', 'elsewhere', 'tools', 'host:127.0.0.1']);
+  // (body: the MCP case puts the ticket in tool arguments.)
+  await gw.addSecret('gh', SECRET, ['api', 'elsewhere', 'tools', 'host:127.0.0.1'], { placements: ['body'] });
   await gw.addSecret('other', OTHER, ['api', 'elsewhere', 'host:127.0.0.1']);
   await gw.addConnection('api', up.url);
   await gw.addConnection('elsewhere', up.url);

@@ -93,7 +93,8 @@ beforeAll(async () => {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
   gw = await startGateway();
-  await gw.addSecret('ws', SECRET, [host]);
+  // A plain ws:// upstream on loopback: the destination says http:// (secrets go over TLS elsewhere).
+  await gw.addSecret('ws', SECRET, [`http://${host}`]);
   px = await startProxy(gw);
   agent = await gw.createAgent('ws-agent');
   ticket = await gw.issue('ws', agent.ref);
