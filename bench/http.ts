@@ -179,6 +179,8 @@ async function main() {
           name: `s${i}`,
           value: Buffer.from(`bench-secret-value-${i}-0123456789abcdef`),
           allow: ['up', 'ups', `127.0.0.1:${tlsPort}`],
+          // The JSON-body case puts tickets in the body: the secret must allow that placement.
+          placements: ['body'],
         },
         'admin:bench',
       );

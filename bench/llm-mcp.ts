@@ -143,7 +143,11 @@ async function main(): Promise<void> {
   const upstream = await mcpServer();
   const gateway = await startHttpFrontend(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }));
   const { key, agent } = await ctx.agents.create({ name: 'bench' }, 'admin:bench');
-  await ctx.vault.addSecret({ name: 'db', value: Buffer.from(SECRET), allow: ['tools'] }, 'admin:bench');
+  // Tool arguments are a body placement.
+  await ctx.vault.addSecret(
+    { name: 'db', value: Buffer.from(SECRET), allow: ['tools'], placements: ['body'] },
+    'admin:bench',
+  );
   await ctx.vault.addSecret(
     { name: 'provider', value: Buffer.from('sk-bench-provider-key-1234'), allow: ['model'] },
     'admin:bench',
