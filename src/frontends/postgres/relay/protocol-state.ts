@@ -1,6 +1,7 @@
 import { CoatcheckError } from '../../../core/errors.js';
 import type { FieldDescription } from '../protocol/messages.js';
 import type { Classification } from '../sql/classify.js';
+import type { StatementLineage } from '../sql/lineage.js';
 
 /**
  * The relay's model of one PostgreSQL session after login, without sockets: the
@@ -26,6 +27,8 @@ export interface PreparedEntry {
   /** The whole normalised text (for policy); '' when no policy is configured. */
   readonly normalized: string;
   description: readonly FieldDescription[] | null;
+  /** Output lineage (set when masking is active; null: unknown, every column is masked). */
+  lineage?: StatementLineage | null;
 }
 
 /** A portal (Bind) or cursor (DECLARE). */
@@ -56,6 +59,10 @@ export interface Run {
   description: readonly FieldDescription[] | null;
   /** Mask plan for `description`, filled in by the session. */
   mask: unknown;
+  /** Output lineage when masking is active (null: unknown, every column is masked). */
+  lineage?: StatementLineage | null;
+  /** The statement reads masked columns: its errors and notices are withheld. */
+  touches?: boolean;
   /** The prepared statement this run's PREPARE creates (dropped again if it fails). */
   created?: PreparedEntry;
 }
