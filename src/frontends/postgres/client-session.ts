@@ -384,10 +384,10 @@ export class RelaySession {
       this.#discarding = true;
       // The stand-in replaces the unnamed statement: so does our model.
       this.#state.statements.delete('');
-      this.#state.expect({ kind: 'refused', refusal });
+      this.#expect({ kind: 'refused', refusal });
       this.#writeUpstream(REFUSED_PARSE);
     } else {
-      this.#state.expect({ kind: 'query', runs: [], index: 0, refusal });
+      this.#expect({ kind: 'query', runs: [], index: 0, refusal });
       this.#writeUpstream(REFUSED_QUERY);
     }
   }
@@ -492,19 +492,19 @@ export class RelaySession {
       case 'Describe': {
         const statement = m.kind === 'S' ? (this.#state.statements.get(m.name) ?? null) : null;
         const portal = m.kind === 'P' ? (this.#state.portals.get(m.name) ?? null) : null;
-        this.#state.expect({ kind: 'describe', statement, portal, refusal: null });
+        this.#expect({ kind: 'describe', statement, portal, refusal: null });
         return this.#writeUpstream(frame.raw);
       }
       case 'Close':
         if (m.kind === 'S') this.#state.statements.delete(m.name);
         else this.#state.portals.delete(m.name);
-        this.#state.expect({ kind: 'close', refusal: null });
+        this.#expect({ kind: 'close', refusal: null });
         return this.#writeUpstream(frame.raw);
       case 'Flush':
         return this.#writeUpstream(frame.raw);
       case 'Sync':
         this.#discarding = false;
-        this.#state.expect({ kind: 'sync', refusal: null });
+        this.#expect({ kind: 'sync', refusal: null });
         return this.#writeUpstream(frame.raw);
       case 'CopyData':
       case 'CopyDone':
@@ -817,7 +817,7 @@ export class RelaySession {
       };
     });
     this.#mirror(decided, runs);
-    this.#state.expect({ kind: 'query', runs, index: 0, refusal: null });
+    this.#expect({ kind: 'query', runs, index: 0, refusal: null });
     this.#writeUpstream(raw);
   }
 
@@ -1025,7 +1025,7 @@ export class RelaySession {
     const existing = entry.name === '' ? undefined : this.#state.statements.get(entry.name);
     if (existing === undefined) this.#state.statements.set(entry.name, entry);
     // The slot holds the new entry: if the server refuses this Parse, only that entry is dropped.
-    this.#state.expect({ kind: 'parse', statement: entry, refusal: null });
+    this.#expect({ kind: 'parse', statement: entry, refusal: null });
     this.#writeUpstream(frame.raw);
   }
 
@@ -1094,7 +1094,7 @@ export class RelaySession {
       description: null,
       rows: 0,
     });
-    this.#state.expect({ kind: 'bind', refusal: null });
+    this.#expect({ kind: 'bind', refusal: null });
     this.#writeUpstream(raw);
   }
 
@@ -1136,7 +1136,7 @@ export class RelaySession {
       );
       return;
     }
-    this.#state.expect({
+    this.#expect({
       kind: 'execute',
       run: {
         recorded: portal.recorded,
@@ -1235,11 +1235,22 @@ export class RelaySession {
     });
   }
 
+  /** Owe the answer to a forwarded message, unless the server is ignoring messages until Sync. */
+  #expect(slot: Slot): void {
+    if (!this.#state.expect(slot)) this.#skipped([slot]);
+  }
+
   /** Runs of slots the server skipped (after an error, up to Sync) never ran. */
   #skipped(slots: readonly Slot[]): void {
     for (const s of slots) {
       if (s.kind === 'execute') this.#finishRun(s.run, 'error');
-      else if (s.kind === 'query') for (const r of s.runs) this.#finishRun(r, 'error');
+      else if (s.kind === 'query')
+        for (const r of s.runs) {
+          this.#finishRun(r, 'error');
+          // A PREPARE that never ran made no statement.
+          if (r.created !== undefined && this.#state.statements.get(r.created.name) === r.created)
+            this.#state.statements.delete(r.created.name);
+        }
       else if (s.kind === 'parse' && this.#state.statements.get(s.statement.name) === s.statement)
         this.#state.statements.delete(s.statement.name);
       if (s.refusal !== null) {

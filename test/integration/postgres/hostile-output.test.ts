@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { encodeFrontend } from '../../../src/frontends/postgres/protocol/encode.js';
 import type { BackendMessage } from '../../../src/frontends/postgres/protocol/messages.js';
 import { type PgGateway, startPgGateway, startThrowawayPostgres, type ThrowawayPostgres } from './harness.js';
 import { RawClient } from './raw-client.js';
@@ -377,6 +378,27 @@ describe('masking by lineage through the gateway', () => {
     expect(errors(out)[0]!.get('C')).toBe('42501');
     expectClean(c);
     expect(rows(await run(c, 'SELECT 2'))).toEqual(['2']);
+    c.close();
+  });
+
+  it('a failed extended message while later statements are still being traced: their answers are skipped as the server skips them', async () => {
+    const c = await login('masked');
+    const enc = (m: Parameters<typeof encodeFrontend>[0]) => encodeFrontend(m);
+    c.write(
+      Buffer.concat([
+        enc({ type: 'Describe', kind: 'P', name: 'no_such_portal' }),
+        enc({ type: 'Query', sql: 'PREPARE pw1 AS SELECT ssn FROM users' }),
+        enc({ type: 'Parse', name: 'pw2', sql: 'SELECT ssn AS z FROM users', parameterTypes: [] }),
+        enc({ type: 'Sync' }),
+        enc({ type: 'Query', sql: 'SELECT ssn AS after FROM users ORDER BY id' }),
+      ]),
+    );
+    const first = await c.untilReady();
+    expect(errors(first)[0]!.get('C')).toBe('34000');
+    const second = await c.untilReady();
+    expect(errors(second)).toHaveLength(0);
+    expect(rows(second)).toEqual(['***', '***']);
+    expectClean(c);
     c.close();
   });
 

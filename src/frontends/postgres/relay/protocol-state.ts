@@ -99,13 +99,25 @@ export class ProtocolState {
   readonly #queue: Slot[] = [];
   #head = 0;
   txStatus: 'I' | 'T' | 'E' = 'I';
+  /**
+   * The server failed an extended-protocol message and ignores everything until a Sync
+   * that was not yet sent (the relay was still deciding the messages before it): slots
+   * expected until that Sync are skipped as they arrive.
+   */
+  #ignoring = false;
 
   get pending(): number {
     return this.#queue.length - this.#head;
   }
 
-  expect(slot: Slot): void {
+  /** Queue the answer owed for a forwarded message; false when the server will skip it (see `#ignoring`). */
+  expect(slot: Slot): boolean {
+    if (this.#ignoring) {
+      if (slot.kind !== 'sync') return false;
+      this.#ignoring = false;
+    }
     this.#queue.push(slot);
+    return true;
   }
 
   head(): Slot | undefined {
@@ -204,6 +216,7 @@ export class ProtocolState {
     const slot = this.#shift();
     const skipped: Slot[] = [];
     while (this.pending > 0 && this.head()!.kind !== 'sync') skipped.push(this.#shift());
+    if (this.pending === 0) this.#ignoring = true;
     return { slot, run: slot.kind === 'execute' ? slot.run : null, skipped };
   }
 
