@@ -246,6 +246,24 @@ describe('output inspection through the gateway', () => {
     c.close();
   });
 
+  it('variant: a secret added to the vault mid-session is replaced, and the session goes on', async () => {
+    const late = 'pgwireLateCanary3Vn8Qw1Rt6Yk';
+    const c = await login('plain');
+    // A scan is started for the first replacement; the late secret is not in it.
+    expect(rows(await run(c, 'SELECT value FROM secrets_table'))[0]).toMatch(TICKET);
+    await gw.addSecret('late', late, ['conn:plain']);
+    let value = '';
+    for (let i = 0; i < 40; i++) {
+      const out = await run(c, `SELECT 'pre-' || reverse('${[...late].reverse().join('')}') AS v`);
+      expect(errors(out)).toHaveLength(0);
+      value = rows(out)[0] ?? '';
+      if (TICKET.test(value)) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(value).toMatch(TICKET);
+    c.close();
+  });
+
   it('variant: a vault secret in a row fetched through the extended protocol (node-postgres)', async () => {
     const client = gw.client('bot', key, 'plain');
     await client.connect();
