@@ -19,7 +19,7 @@ import { BACKEND_CODES, type Frame } from './protocol/messages.js';
  * returned as it came, without being decoded.
  *
  * Pure protocol work: the tickets come from a `ResponseScan` (`pipeline.inspect`), whose
- * inspector must chain the known-secret and detector inspectors (see OUTPUT-INSPECTION.md).
+ * inspector must chain the known-secret and detector inspectors (start.ts does).
  */
 
 /** The secrets to look for (the vault's `knownSecrets()`, values revealed). */

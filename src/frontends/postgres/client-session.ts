@@ -6,6 +6,7 @@ import type { PatternSet, ResponseScan } from '../../gateway/inspector.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
 import type { GatewaySession } from '../../gateway/session.js';
 import type { Target } from '../../vault/destinations.js';
+import { BackendInspector, type OutputIndex, withheldNotice } from './backend-inspect.js';
 import { decodeBackend, decodeDataRow, decodeFrontend } from './protocol/decode.js';
 import {
   encodeBackend,
@@ -33,8 +34,10 @@ import {
   type SqlClassifier,
   type StatementClass,
 } from './sql/classify.js';
+import { type LineageResult, LineageTracker, type StatementLineage } from './sql/lineage.js';
+import { createPgCatalog, type PgCatalog } from './sql/pg-catalog.js';
 import type { StatementPolicy, StatementVerdict } from './statement-policy.js';
-import type { Upstream } from './upstream/connect.js';
+import type { Upstream, UpstreamTarget } from './upstream/connect.js';
 import { sqlstateFor, toErrorResponse } from './wire-errors.js';
 
 /** Longest statement text kept (scrubbed) in audit records and recordings. */
@@ -87,6 +90,8 @@ export interface RelayServices {
   readonly now: () => number;
   /** Known secrets as search patterns, current (rebuilt in the background when the vault changes). */
   readonly patterns: () => PatternSet;
+  /** The output fast-path index (known secrets, their hex forms, detector keywords), current. */
+  readonly outputIndex: () => OutputIndex;
   /** Report one statement (audit + recording); a rejection ends the session (fail closed). */
   readonly onStatement: (event: StatementEvent) => Promise<void>;
   /** Per-statement policy and approvals; absent when no policy is configured. */
@@ -113,7 +118,18 @@ interface Decided {
   readonly cls: StatementClass;
   readonly mask: readonly string[] | undefined;
   readonly prepared: PreparedEntry | null;
+  /** Output lineage, when masking is active. */
+  lineage?: StatementLineage | null;
 }
+
+/** A statement whose lineage could not be matched: every column masked, errors withheld. */
+const UNKNOWN_LINEAGE: StatementLineage = {
+  statement: 'unknown',
+  columns: null,
+  maskAll: true,
+  relations: new Map(),
+  touchesMasked: true,
+};
 
 function maskMatcher(mask: readonly string[] | undefined): ((name: string) => boolean) | null {
   return mask === undefined || mask.length === 0 ? null : columnMatcher(mask);
@@ -145,7 +161,14 @@ export class RelaySession {
   readonly #principal: Principal;
   readonly #target: Target;
   readonly #rules: PostgresRules;
-  readonly #masked: (name: string) => boolean;
+  readonly #inspector: BackendInspector;
+  /** Masking by lineage (null when no column is masked on this connection or by policy). */
+  readonly #tracker: LineageTracker | null;
+  readonly #catalog: PgCatalog | null;
+  /** A statement that read masked columns ran in the open transaction block: withhold its errors and notices. */
+  #sticky = false;
+  /** A DDL or privilege statement ran in the open transaction: drop the catalog cache when it ends. */
+  #ddlInBlock = false;
   /** Row descriptions are tracked when a connection rule or a policy may mask columns. */
   readonly #maskingActive: boolean;
   readonly #splitter: StatementSplitter;
@@ -159,6 +182,7 @@ export class RelaySession {
   #refusals: RefusalBatch | null = null;
   #standardStrings = true;
   #scan: ResponseScan | null = null;
+  #scanIndex: OutputIndex | null = null;
   /**
    * Tickets this session exchanged (the login ticket, then each statement's), most recent
    * last: a ticket minted for a secret in a result is a child of the narrowest of them.
@@ -178,6 +202,8 @@ export class RelaySession {
       principal: Principal;
       target: Target;
       rules: PostgresRules;
+      /** The upstream this session logged in to (lineage reads its catalog over a connection of its own). */
+      upstream: { target: UpstreamTarget; password: Buffer };
     },
   ) {
     this.#client = client;
@@ -189,9 +215,32 @@ export class RelaySession {
     for (const id of context.session.ticketIds) this.#exchanged.add(id);
     this.#target = context.target;
     this.#rules = context.rules;
-    this.#masked = columnMatcher(context.rules.maskColumns);
     this.#maskingActive =
       context.rules.maskColumns.length > 0 || (context.services.statementPolicy?.hasMasks() ?? false);
+    this.#inspector = new BackendInspector(
+      () => context.services.outputIndex(),
+      () => this.#scanner(),
+    );
+    if (this.#maskingActive) {
+      const t = context.upstream.target;
+      this.#catalog = createPgCatalog({
+        host: t.host,
+        port: t.port,
+        user: t.user,
+        password: context.upstream.password.toString('utf8'),
+        database: t.database,
+        ssl: upstream.tls
+          ? { rejectUnauthorized: t.sslMode === 'verify-full', ...(t.ca === undefined ? {} : { ca: t.ca }) }
+          : false,
+      });
+      this.#tracker = new LineageTracker({
+        masked: columnMatcher(context.rules.maskColumns),
+        catalog: this.#catalog,
+      });
+    } else {
+      this.#catalog = null;
+      this.#tracker = null;
+    }
     this.#splitter = new StatementSplitter(context.services.classifier);
     this.#policyActive =
       context.services.statementPolicy !== undefined && context.services.statementPolicy !== null;
@@ -262,6 +311,7 @@ export class RelaySession {
     this.#toUpstream.flush();
     this.#client.end();
     this.#upstream.end();
+    this.#catalog?.close().catch(() => undefined);
     setTimeout(() => this.#upstream.destroy(), 1000).unref();
     setTimeout(() => this.#client.destroy(), 1000).unref();
     this.#finish();
@@ -334,10 +384,10 @@ export class RelaySession {
       this.#discarding = true;
       // The stand-in replaces the unnamed statement: so does our model.
       this.#state.statements.delete('');
-      this.#state.expect({ kind: 'refused', refusal });
+      this.#expect({ kind: 'refused', refusal });
       this.#writeUpstream(REFUSED_PARSE);
     } else {
-      this.#state.expect({ kind: 'query', runs: [], index: 0, refusal });
+      this.#expect({ kind: 'query', runs: [], index: 0, refusal });
       this.#writeUpstream(REFUSED_QUERY);
     }
   }
@@ -442,19 +492,19 @@ export class RelaySession {
       case 'Describe': {
         const statement = m.kind === 'S' ? (this.#state.statements.get(m.name) ?? null) : null;
         const portal = m.kind === 'P' ? (this.#state.portals.get(m.name) ?? null) : null;
-        this.#state.expect({ kind: 'describe', statement, portal, refusal: null });
+        this.#expect({ kind: 'describe', statement, portal, refusal: null });
         return this.#writeUpstream(frame.raw);
       }
       case 'Close':
         if (m.kind === 'S') this.#state.statements.delete(m.name);
         else this.#state.portals.delete(m.name);
-        this.#state.expect({ kind: 'close', refusal: null });
+        this.#expect({ kind: 'close', refusal: null });
         return this.#writeUpstream(frame.raw);
       case 'Flush':
         return this.#writeUpstream(frame.raw);
       case 'Sync':
         this.#discarding = false;
-        this.#state.expect({ kind: 'sync', refusal: null });
+        this.#expect({ kind: 'sync', refusal: null });
         return this.#writeUpstream(frame.raw);
       case 'CopyData':
       case 'CopyDone':
@@ -595,9 +645,48 @@ export class RelaySession {
         const r = refused as { code: ErrorCode; message: string; cls: StatementEvent['class'] };
         return this.#refuse(false, r.code, r.message, sql, r.cls);
       }
-      return this.#queryAllowed(sql, c, frame, decided, tickets);
+      if (this.#tracker === null) return this.#queryAllowed(sql, c, frame, decided, tickets);
+      // Masking by lineage: after rules and policy, before any ticket is exchanged.
+      return this.#analyze(
+        sql,
+        decided.map((d) => d.mask),
+      ).then((r) => {
+        if (!r.ok) return this.#refuse(false, r.code, r.message, sql, c.class);
+        const aligned = r.statements.length === decided.length;
+        decided.forEach((d, i) => {
+          d.lineage = aligned ? r.statements[i]! : UNKNOWN_LINEAGE;
+        });
+        return this.#queryAllowed(sql, c, frame, decided, tickets);
+      });
     };
     return done instanceof Promise ? done.then(finish) : finish();
+  }
+
+  /** Lineage of one Query or Parse; a catalog that cannot be read refuses the statement (fail closed). */
+  async #analyze(
+    sql: string,
+    masks: ReadonlyArray<readonly string[] | undefined>,
+  ): Promise<
+    { ok: true; statements: readonly StatementLineage[] } | { ok: false; code: ErrorCode; message: string }
+  > {
+    const extra = masks.flatMap((m) => m ?? []);
+    let r: LineageResult;
+    try {
+      r = await this.#tracker!.analyze(sql, extra.length === 0 ? undefined : columnMatcher(extra));
+    } catch (error) {
+      const e =
+        error instanceof CoatcheckError
+          ? error
+          : new CoatcheckError('CC_ERR_PG_UPSTREAM_UNREACHABLE', 'the upstream catalog could not be read', {
+              cause: error,
+            });
+      return {
+        ok: false,
+        code: e.code,
+        message: `coatcheck: statement refused (${e.code}): masked columns are traced through the upstream catalog, which could not be read`,
+      };
+    }
+    return r;
   }
 
   /** Tickets written in a Query's text (whatever their placement). */
@@ -704,6 +793,10 @@ export class RelaySession {
     const now = this.#services.now();
     const runs: Run[] = decided.map((d) => {
       const policyMask = maskMatcher(d.mask);
+      const lineage =
+        this.#tracker === null
+          ? {}
+          : { lineage: d.lineage ?? null, touches: d.lineage?.touchesMasked ?? true };
       const cursor =
         d.facts.fetch === undefined ? null : (this.#state.portals.get(d.facts.fetch.name) ?? null);
       return {
@@ -720,10 +813,11 @@ export class RelaySession {
         dropped: 0,
         description: null,
         mask: null,
+        ...lineage,
       };
     });
     this.#mirror(decided, runs);
-    this.#state.expect({ kind: 'query', runs, index: 0, refusal: null });
+    this.#expect({ kind: 'query', runs, index: 0, refusal: null });
     this.#writeUpstream(raw);
   }
 
@@ -914,8 +1008,15 @@ export class RelaySession {
       tickets: [],
       preparation: true,
     });
-    const settle = (v: StatementVerdict): void =>
-      v.allow ? this.#parseAllowed(entry, frame) : this.#refuse(true, v.code, v.message, m.sql, c.class);
+    const settle = (v: StatementVerdict): void | Promise<void> => {
+      if (!v.allow) return this.#refuse(true, v.code, v.message, m.sql, c.class);
+      if (this.#tracker === null) return this.#parseAllowed(entry, frame);
+      return this.#analyze(m.sql, [v.mask]).then((r) => {
+        if (!r.ok) return this.#refuse(true, r.code, r.message, m.sql, c.class);
+        entry.lineage = r.statements.length === 1 ? r.statements[0]! : UNKNOWN_LINEAGE;
+        this.#parseAllowed(entry, frame);
+      });
+    };
     return verdict instanceof Promise ? verdict.then(settle) : settle(verdict);
   }
 
@@ -924,7 +1025,7 @@ export class RelaySession {
     const existing = entry.name === '' ? undefined : this.#state.statements.get(entry.name);
     if (existing === undefined) this.#state.statements.set(entry.name, entry);
     // The slot holds the new entry: if the server refuses this Parse, only that entry is dropped.
-    this.#state.expect({ kind: 'parse', statement: entry, refusal: null });
+    this.#expect({ kind: 'parse', statement: entry, refusal: null });
     this.#writeUpstream(frame.raw);
   }
 
@@ -993,7 +1094,7 @@ export class RelaySession {
       description: null,
       rows: 0,
     });
-    this.#state.expect({ kind: 'bind', refusal: null });
+    this.#expect({ kind: 'bind', refusal: null });
     this.#writeUpstream(raw);
   }
 
@@ -1035,7 +1136,7 @@ export class RelaySession {
       );
       return;
     }
-    this.#state.expect({
+    this.#expect({
       kind: 'execute',
       run: {
         recorded: portal.recorded,
@@ -1048,6 +1149,12 @@ export class RelaySession {
         dropped: 0,
         description: portal.description ?? portal.statement?.description ?? null,
         mask: null,
+        ...(this.#tracker === null
+          ? {}
+          : {
+              lineage: portal.statement?.lineage ?? null,
+              touches: portal.statement?.lineage?.touchesMasked ?? true,
+            }),
       },
       refusal: null,
     });
@@ -1056,17 +1163,60 @@ export class RelaySession {
 
   // ---- upstream → client -----------------------------------------------------------
 
-  /** The one place a result's columns are matched against the mask rules. */
-  #planMask(fields: readonly FieldDescription[], policyMask: ((name: string) => boolean) | null): MaskPlan {
-    const columns = new Uint8Array(fields.length);
+  /**
+   * The one place a result's columns are matched against the masks: by lineage (the
+   * statement's plan and the RowDescription's table and column), and by the column
+   * patterns of this execution's policy decision.
+   */
+  #planMask(fields: readonly FieldDescription[], run: Run): MaskPlan {
+    const columns =
+      this.#tracker === null
+        ? new Uint8Array(fields.length)
+        : this.#tracker.planColumns(run.lineage ?? UNKNOWN_LINEAGE, fields);
     let any = false;
     fields.forEach((f, i) => {
-      if (this.#masked(f.name) || policyMask?.(f.name) === true) {
-        columns[i] = 1;
-        any = true;
-      }
+      if (run.policyMask?.(f.name) === true) columns[i] = 1;
+      if (columns[i] === 1) any = true;
     });
     return { columns, any };
+  }
+
+  /** Whether the server's errors and notices are withheld now: the running statement reads masked columns. */
+  #withholding(): boolean {
+    if (this.#tracker === null) return false;
+    if (this.#sticky) return true;
+    const h = this.#state.head();
+    if (h?.kind === 'query') return h.runs[h.index]?.touches === true;
+    if (h?.kind === 'execute') return h.run.touches === true;
+    return false;
+  }
+
+  /**
+   * Send one upstream frame through the output inspector: known secrets and detector
+   * findings become tickets (the frame itself when nothing changed, undecoded). A throw
+   * ends the session (fail closed); the frame is never forwarded then.
+   */
+  #out(frame: Frame): void | Promise<void> {
+    if (!this.#rules.scanSecrets) {
+      this.#toClient.push(frame.raw);
+      return;
+    }
+    let out: Buffer | Promise<Buffer>;
+    try {
+      out = this.#inspector.inspect(frame);
+    } catch (error) {
+      this.fail(error);
+      return;
+    }
+    if (out instanceof Promise) {
+      return out.then(
+        (bytes) => {
+          if (!this.#closed) this.#toClient.push(bytes);
+        },
+        (error: unknown) => this.fail(error),
+      );
+    }
+    this.#toClient.push(out);
   }
 
   #finishRun(run: Run | null, outcome: 'ok' | 'error'): void {
@@ -1085,11 +1235,22 @@ export class RelaySession {
     });
   }
 
+  /** Owe the answer to a forwarded message, unless the server is ignoring messages until Sync. */
+  #expect(slot: Slot): void {
+    if (!this.#state.expect(slot)) this.#skipped([slot]);
+  }
+
   /** Runs of slots the server skipped (after an error, up to Sync) never ran. */
   #skipped(slots: readonly Slot[]): void {
     for (const s of slots) {
       if (s.kind === 'execute') this.#finishRun(s.run, 'error');
-      else if (s.kind === 'query') for (const r of s.runs) this.#finishRun(r, 'error');
+      else if (s.kind === 'query')
+        for (const r of s.runs) {
+          this.#finishRun(r, 'error');
+          // A PREPARE that never ran made no statement.
+          if (r.created !== undefined && this.#state.statements.get(r.created.name) === r.created)
+            this.#state.statements.delete(r.created.name);
+        }
       else if (s.kind === 'parse' && this.#state.statements.get(s.statement.name) === s.statement)
         this.#state.statements.delete(s.statement.name);
       if (s.refusal !== null) {
@@ -1110,29 +1271,24 @@ export class RelaySession {
           if (m.type !== 'RowDescription') return;
           this.#state.description(m.fields);
         } else this.#state.description([]);
-        this.#toClient.push(frame.raw);
-        return;
+        // Planned from the frame as the server sent it; a column name may hold a secret.
+        return this.#out(frame);
       }
       case 0x6e: // NoData
         this.#state.description(null);
-        this.#toClient.push(frame.raw);
-        return;
+        return this.#out(frame);
       case 0x74: // ParameterDescription
         this.#state.parameterDescription();
-        this.#toClient.push(frame.raw);
-        return;
+        return this.#out(frame);
       case 0x31: // ParseComplete
         this.#state.complete('parse');
-        this.#toClient.push(frame.raw);
-        return;
+        return this.#out(frame);
       case 0x32: // BindComplete
         this.#state.complete('bind');
-        this.#toClient.push(frame.raw);
-        return;
+        return this.#out(frame);
       case 0x33: // CloseComplete
         this.#state.complete('close');
-        this.#toClient.push(frame.raw);
-        return;
+        return this.#out(frame);
       case 0x43: // CommandComplete
         return this.#commandComplete(frame);
       case 0x49: // EmptyQueryResponse
@@ -1140,8 +1296,8 @@ export class RelaySession {
         // PortalSuspended
         const { run, slot } = this.#state.endRun();
         if (slot.kind === 'execute') this.#finishRun(run, 'ok');
-        this.#toClient.push(frame.raw);
-        return;
+        this.#afterStatement(run);
+        return this.#out(frame);
       }
       case 0x45: // ErrorResponse
         return this.#errorResponse(frame);
@@ -1153,8 +1309,8 @@ export class RelaySession {
         return this.#readyForQuery(frame);
       case 0x53: // ParameterStatus
         return this.#parameterStatus(frame);
-      case 0x64: // CopyData (COPY TO): known secrets are replaced as in rows
-        return this.#copyData(frame);
+      case 0x64: // CopyData (COPY TO): text, CSV and binary, inspected as rows are
+        return this.#out(frame);
       case 0x52:
       case 0x4b:
         throw new CoatcheckError(
@@ -1162,12 +1318,14 @@ export class RelaySession {
           'the upstream sent an authentication message after login',
         );
       default:
-        this.#toClient.push(frame.raw);
-        return;
+        // CopyOutResponse, CopyBothResponse, CopyDone, ...: they carry the COPY format state.
+        return this.#out(frame);
     }
   }
 
   #errorResponse(frame: Frame): void | Promise<void> {
+    // Decided before the slot is answered: the failing statement is the running one.
+    const withhold = this.#withholding();
     const { slot, run, skipped } = this.#state.error();
     this.#skipped(skipped);
     if (slot?.kind === 'parse' && this.#state.statements.get(slot.statement.name) === slot.statement)
@@ -1181,36 +1339,51 @@ export class RelaySession {
     }
     if (slot !== null && slot.refusal !== null) return this.#answerRefusal(slot.refusal);
     this.#finishRun(run, 'error');
-    this.#toClient.push(frame.raw);
+    // A failed `ssn::int` quotes the value, a unique violation the key: no server text survives.
+    return this.#out(withhold ? this.#withheld(frame) : frame);
   }
 
-  #noticeResponse(frame: Frame): void {
-    this.#toClient.push(frame.raw);
+  #noticeResponse(frame: Frame): void | Promise<void> {
+    return this.#out(this.#withholding() ? this.#withheld(frame) : frame);
   }
 
-  #notificationResponse(frame: Frame): void {
-    this.#toClient.push(frame.raw);
+  /** An ErrorResponse or NoticeResponse with only its severity and SQLSTATE kept. */
+  #withheld(frame: Frame): Frame {
+    const raw = withheldNotice(frame);
+    return { code: frame.code, body: raw.subarray(5), raw };
   }
 
-  #parameterStatus(frame: Frame): void {
+  #notificationResponse(frame: Frame): void | Promise<void> {
+    return this.#out(frame);
+  }
+
+  #parameterStatus(frame: Frame): void | Promise<void> {
     // Track standard_conforming_strings (ticket placement and normalising depend on it).
     const m = decodeBackend(frame);
     if (m.type === 'ParameterStatus' && m.name === 'standard_conforming_strings')
       this.#standardStrings = m.value === 'on';
-    this.#toClient.push(frame.raw);
+    return this.#out(frame);
   }
 
-  #readyForQuery(frame: Frame): void {
+  #readyForQuery(frame: Frame): void | Promise<void> {
     const m = decodeBackend(frame);
     if (m.type !== 'ReadyForQuery') return;
     const slot = this.#state.ready(m.status);
     // A simple query's statements that got no ErrorResponse and no completion never ran.
     if (slot.kind === 'query')
       for (let i = slot.index; i < slot.runs.length; i++) this.#finishRun(slot.runs[i]!, 'error');
-    this.#toClient.push(frame.raw);
+    if (m.status === 'I') {
+      this.#sticky = false;
+      if (this.#ddlInBlock) {
+        // A transaction that ran DDL ended (committed or rolled back): the catalog may differ.
+        this.#catalog?.invalidate();
+        this.#ddlInBlock = false;
+      }
+    }
+    return this.#out(frame);
   }
 
-  #commandComplete(frame: Frame): void {
+  #commandComplete(frame: Frame): void | Promise<void> {
     const { run, slot } = this.#state.endRun();
     if (run !== null && run.dropped > 0) {
       const m = decodeBackend(frame);
@@ -1222,9 +1395,26 @@ export class RelaySession {
         ),
       );
       this.#toClient.push(encodeBackend({ type: 'CommandComplete', tag }));
-    } else this.#toClient.push(frame.raw);
+      void slot;
+      this.#finishRun(run, 'ok');
+      this.#afterStatement(run);
+      return;
+    }
     void slot;
     this.#finishRun(run, 'ok');
+    this.#afterStatement(run);
+    return this.#out(frame);
+  }
+
+  /** A statement completed: DDL drops the catalog cache; reading masked columns makes the open block withheld. */
+  #afterStatement(run: Run | null): void {
+    if (run === null || this.#tracker === null) return;
+    if (run.cls === 'ddl' || run.cls === 'privilege') {
+      this.#catalog?.invalidate();
+      this.#ddlInBlock = true;
+    }
+    // Sticky for the rest of an open transaction block: a deferred constraint fails at COMMIT.
+    if (run.touches === true) this.#sticky = true;
   }
 
   #dataRow(frame: Frame): void | Promise<void> {
@@ -1248,44 +1438,37 @@ export class RelaySession {
           );
         }
         run.description = description;
-        run.mask = this.#planMask(description, run.policyMask);
+        run.mask = this.#planMask(description, run);
       }
       mask = (run.mask as MaskPlan).any ? (run.mask as MaskPlan) : null;
     }
-    const mayHoldSecret = this.#rules.scanSecrets && this.#mayContainSecret(frame.raw);
-    if (mask === null && !mayHoldSecret) {
-      this.#toClient.push(frame.raw);
-      return;
-    }
+    // Mask first, then inspect: masked values are never looked at (nor minted as tickets).
+    if (mask === null) return this.#out(frame);
     const values = decodeDataRow(frame.body);
     let changed = false;
-    if (mask !== null) {
-      const description = run.description;
-      for (let i = 0; i < values.length; i++) {
-        if (values[i] === null || mask.columns[i] !== 1) continue;
-        values[i] = TEXT_TYPES.has(description?.[i]?.typeOid ?? 0) ? MASK : null;
-        changed = true;
-      }
+    const description = run.description;
+    for (let i = 0; i < values.length; i++) {
+      if (values[i] === null || mask.columns[i] !== 1) continue;
+      values[i] = TEXT_TYPES.has(description?.[i]?.typeOid ?? 0) ? MASK : null;
+      changed = true;
     }
-    if (!mayHoldSecret) {
-      this.#toClient.push(changed ? encodeDataRow(values) : frame.raw);
-      return;
-    }
-    return this.#replaceSecrets(values, changed, frame);
-  }
-
-  #mayContainSecret(bytes: Buffer): boolean {
-    // One indexed pass, escaped forms included (the pattern list holds only the raw forms).
-    return this.#services.patterns().mayContain(bytes);
+    if (!changed) return this.#out(frame);
+    const raw = encodeDataRow(values);
+    return this.#out({ code: 0x44, body: raw.subarray(5), raw });
   }
 
   async #scanner(): Promise<ResponseScan> {
-    this.#scan ??= await this.#services.pipeline.inspect(
-      this.#session,
-      this.#principal,
-      this.#target,
-      this.#exchanged,
-    );
+    // A new scan when the index changed: a secret added since is in the index, so it must be in the scan too.
+    const index = this.#services.outputIndex();
+    if (this.#scan === null || this.#scanIndex !== index) {
+      this.#scan = await this.#services.pipeline.inspect(
+        this.#session,
+        this.#principal,
+        this.#target,
+        this.#exchanged,
+      );
+      this.#scanIndex = index;
+    }
     return this.#scan;
   }
 
@@ -1294,33 +1477,6 @@ export class RelaySession {
     this.#exchanged.delete(ticketId);
     this.#exchanged.add(ticketId);
     if (this.#exchanged.size > 256) this.#exchanged.delete(this.#exchanged.values().next().value!);
-  }
-
-  /** Known secrets in row values become tickets bound to this agent (lengths rewritten). */
-  async #replaceSecrets(values: Array<Buffer | null>, changed: boolean, frame: Frame): Promise<void> {
-    const scan = await this.#scanner();
-    for (let i = 0; i < values.length; i++) {
-      const v = values[i];
-      if (v === null || v === undefined || v === MASK || !this.#mayContainSecret(v)) continue;
-      const replaced = Buffer.from(await scan.header(v.toString('latin1')), 'latin1');
-      if (!replaced.equals(v)) {
-        values[i] = replaced;
-        changed = true;
-      }
-    }
-    this.#toClient.push(changed ? encodeDataRow(values) : frame.raw);
-  }
-
-  #copyData(frame: Frame): void | Promise<void> {
-    if (!this.#rules.scanSecrets || !this.#mayContainSecret(frame.body)) {
-      this.#toClient.push(frame.raw);
-      return;
-    }
-    return (async () => {
-      const scan = await this.#scanner();
-      const replaced = Buffer.from(await scan.header(frame.body.toString('latin1')), 'latin1');
-      this.#toClient.push(encodeBackend({ type: 'CopyData', data: replaced }));
-    })();
   }
 }
 

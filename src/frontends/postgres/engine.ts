@@ -16,6 +16,7 @@ import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
 import type { Store } from '../../store/types.js';
 import type { Target } from '../../vault/destinations.js';
+import type { OutputIndex } from './backend-inspect.js';
 import { RelaySession, type StatementEvent } from './client-session.js';
 import { decodeBackend, decodeFrontend, decodeStartup } from './protocol/decode.js';
 import { encodeBackend } from './protocol/encode.js';
@@ -60,6 +61,8 @@ export interface PostgresEngineServices {
   readonly audit: AuditLog;
   readonly log: Logger;
   readonly patterns: () => PatternSet;
+  /** The output fast-path index (known secrets and detector keywords), current. */
+  readonly outputIndex: () => OutputIndex;
   readonly now: () => number;
   readonly clock: Clock;
   /** Per-statement policy and approvals (null: no policy configured). */
@@ -707,6 +710,7 @@ export class PostgresEngine implements Engine<Client> {
         classifier: this.#services.classifier.forUpstream(facts),
         now: this.#services.now,
         patterns: this.#services.patterns,
+        outputIndex: this.#services.outputIndex,
         statementPolicy: this.#services.statementPolicy ?? null,
         onStatement: (event: StatementEvent) => {
           session.event('statement', { ...event });
@@ -718,6 +722,8 @@ export class PostgresEngine implements Engine<Client> {
       principal: login.principal,
       target: login.target,
       rules: login.rules,
+      // Lineage reads the upstream catalog over its own connection, with the login's credentials.
+      upstream: { target: login.upstream, password: login.password },
     });
     statements.onFailure = (error) => relay.fail(error);
     this.live.add(relay);

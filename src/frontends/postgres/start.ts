@@ -2,12 +2,14 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { CoatcheckError } from '../../core/errors.js';
+import { chainInspectors, createDetectorInspector } from '../../gateway/detector-inspector.js';
 import { buildPatterns, createKnownSecretInspector, type PatternSet } from '../../gateway/inspector.js';
 import { createGatewayMetrics } from '../../gateway/metrics.js';
 import { type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
 import { createPolicyDecide } from '../../gateway/policy-decide.js';
 import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
 import type { Context } from '../../server/context.js';
+import { createOutputIndex, type OutputIndex } from './backend-inspect.js';
 import { PostgresEngine } from './engine.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './protocol/framer.js';
 import {
@@ -100,17 +102,25 @@ export async function startPostgresFrontend(
     log,
     metrics,
     recorder,
-    inspector: createKnownSecretInspector(() => ctx.vault.knownSecrets()),
+    // Known secrets and detector findings (AKIA…, ghp_…) in server output become tickets, as on the HTTP path.
+    inspector: chainInspectors(
+      createKnownSecretInspector(() => ctx.vault.knownSecrets()),
+      createDetectorInspector(),
+    ),
     // Logins are decided by policy (action sql:session): with policies configured, default deny.
     decide: overrides.decide ?? createPolicyDecide(ctx.gate),
   });
   let patterns: PatternSet = buildPatterns([]);
+  let outputIndex: OutputIndex = createOutputIndex([]);
   let generation = 0;
   const refresh = async () => {
     const mine = ++generation;
     const secrets = await ctx.vault.knownSecrets();
-    if (mine === generation)
-      patterns = buildPatterns(secrets.map((s) => ({ id: s.id, value: s.value.reveal() })));
+    if (mine === generation) {
+      const revealed = secrets.map((s) => ({ id: s.id, value: s.value.reveal() }));
+      patterns = buildPatterns(revealed);
+      outputIndex = createOutputIndex(revealed);
+    }
   };
   await refresh();
   const unsubscribe = ctx.store.subscribe(() => {
@@ -130,6 +140,7 @@ export async function startPostgresFrontend(
       audit: ctx.audit,
       log,
       patterns: () => patterns,
+      outputIndex: () => outputIndex,
       now: () => ctx.clock.now(),
       clock: ctx.clock,
       statementPolicy: createStatementPolicy(ctx.gate),

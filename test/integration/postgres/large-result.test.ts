@@ -8,6 +8,10 @@ let ticket: string;
 
 beforeAll(async () => {
   db = await startThrowawayPostgres();
+  const admin = db.direct();
+  await admin.connect();
+  await admin.query("CREATE TABLE vault_rows (secret_h text); INSERT INTO vault_rows VALUES ('SECRET-H')");
+  await admin.end();
   gw = await startPgGateway();
   const bot = await gw.createAgent('bot');
   await gw.addSecret('dbpw', db.password, ['conn:main', 'conn:masked']);
@@ -69,9 +73,10 @@ it('relays a 1,000,000-row result with backpressure, and audits the row count', 
 }, 180_000);
 
 it('masks one column of a 1,000,000-row result', async () => {
+  // Masking follows lineage: the column derives from the masked table column vault_rows.secret_h.
   const r = await streamRows(
     'masked',
-    'SELECT g, md5(g::text) AS secret_h FROM generate_series(1, 1000000) g',
+    'SELECT g, v.secret_h || md5(g::text) AS h FROM generate_series(1, 1000000) g, vault_rows v',
   );
   expect(r.rows).toBe(1_000_000);
   expect(r.sample).toEqual(['1|***', '2|***']);

@@ -1,6 +1,7 @@
 import { CoatcheckError } from '../../../core/errors.js';
 import type { FieldDescription } from '../protocol/messages.js';
 import type { Classification } from '../sql/classify.js';
+import type { StatementLineage } from '../sql/lineage.js';
 
 /**
  * The relay's model of one PostgreSQL session after login, without sockets: the
@@ -26,6 +27,8 @@ export interface PreparedEntry {
   /** The whole normalised text (for policy); '' when no policy is configured. */
   readonly normalized: string;
   description: readonly FieldDescription[] | null;
+  /** Output lineage (set when masking is active; null: unknown, every column is masked). */
+  lineage?: StatementLineage | null;
 }
 
 /** A portal (Bind) or cursor (DECLARE). */
@@ -56,6 +59,10 @@ export interface Run {
   description: readonly FieldDescription[] | null;
   /** Mask plan for `description`, filled in by the session. */
   mask: unknown;
+  /** Output lineage when masking is active (null: unknown, every column is masked). */
+  lineage?: StatementLineage | null;
+  /** The statement reads masked columns: its errors and notices are withheld. */
+  touches?: boolean;
   /** The prepared statement this run's PREPARE creates (dropped again if it fails). */
   created?: PreparedEntry;
 }
@@ -92,13 +99,25 @@ export class ProtocolState {
   readonly #queue: Slot[] = [];
   #head = 0;
   txStatus: 'I' | 'T' | 'E' = 'I';
+  /**
+   * The server failed an extended-protocol message and ignores everything until a Sync
+   * that was not yet sent (the relay was still deciding the messages before it): slots
+   * expected until that Sync are skipped as they arrive.
+   */
+  #ignoring = false;
 
   get pending(): number {
     return this.#queue.length - this.#head;
   }
 
-  expect(slot: Slot): void {
+  /** Queue the answer owed for a forwarded message; false when the server will skip it (see `#ignoring`). */
+  expect(slot: Slot): boolean {
+    if (this.#ignoring) {
+      if (slot.kind !== 'sync') return false;
+      this.#ignoring = false;
+    }
     this.#queue.push(slot);
+    return true;
   }
 
   head(): Slot | undefined {
@@ -197,6 +216,7 @@ export class ProtocolState {
     const slot = this.#shift();
     const skipped: Slot[] = [];
     while (this.pending > 0 && this.head()!.kind !== 'sync') skipped.push(this.#shift());
+    if (this.pending === 0) this.#ignoring = true;
     return { slot, run: slot.kind === 'execute' ? slot.run : null, skipped };
   }
 

@@ -10,7 +10,7 @@ import type { FieldDescription } from '../protocol/messages.js';
  * prepared statements. What cannot be established over a relation that has masked columns
  * is refused; what is merely unknown is masked. `loadParser()` must have resolved first.
  *
- * Pure apart from the catalog lookups; see OUTPUT-INSPECTION.md for the relay contract.
+ * Pure apart from the catalog lookups; the relay (client-session.ts) calls it, see docs/frontends/postgres.md.
  */
 
 export type RelationKind = 'table' | 'partitioned' | 'view' | 'matview' | 'foreign' | 'other';
