@@ -182,11 +182,15 @@ async function main(): Promise<void> {
       },
       coatcheck: { host: '127.0.0.1', port: gw.port, user: 'bench', password: ticket, db: 'bench' },
     };
-    const mixes: Array<[string, string[]]> = [
-      ['-S simple', ['-S', '-M', 'simple']],
-      ['-S prepared', ['-S', '-M', 'prepared']],
-      ['TPC-B', ['-M', 'simple']],
-    ];
+    // BENCH_ONLY=TPC-B (a substring of a mix's name) runs that mix alone, for profiling.
+    const only = process.env.BENCH_ONLY;
+    const mixes = (
+      [
+        ['-S simple', ['-S', '-M', 'simple']],
+        ['-S prepared', ['-S', '-M', 'prepared']],
+        ['TPC-B', ['-M', 'simple']],
+      ] as Array<[string, string[]]>
+    ).filter(([name]) => only === undefined || name.includes(only));
     console.log(
       `pgbench: ${CLIENTS} clients, ${SECONDS}s per run, scale ${SCALE}, ${cpus().length} CPUs, PostgreSQL ${execFileSync(pgBin('postgres'), ['--version']).toString().trim()}`,
     );
@@ -201,6 +205,7 @@ async function main(): Promise<void> {
       }
     }
 
+    if (only !== undefined) return;
     console.log('\n1,000,000-row result (3 columns, ~60 MB of DataRow), MB/s of protocol bytes received');
     const upstream = await connectUpstream(
       { host: db.host, port: db.port, user: 'postgres', database: 'postgres', sslMode: 'disable' },

@@ -22,7 +22,8 @@ export function scrubStatement(
   ticketIds: ReadonlyMap<string, string> = new Map(),
 ): string {
   let out = text.replace(TICKET_PATTERN, (t) => ticketIds.get(t) ?? ticketLabel(t));
-  if (patterns.patterns.length > 0) {
+  // One indexed pass decides whether any known secret is there at all (the common case: no).
+  if (patterns.patterns.length > 0 && patterns.mayContain(Buffer.from(out, 'utf8'))) {
     let bytes = Buffer.from(out, 'utf8');
     for (const p of patterns.patterns) {
       if (bytes.indexOf(p.bytes) === -1) continue;
