@@ -11,6 +11,19 @@ export interface GateServices {
   readonly audit: AuditLog;
   /** How long a data-path operation is held waiting for an approver. */
   readonly holdTimeoutMs: number;
+  /**
+   * Key for hashing operation details kept in approval records (statement text, parameters,
+   * tickets): a keyed hash, so a low-entropy value inside cannot be guessed from the store.
+   */
+  readonly detailKey?: Buffer;
+}
+
+/** Longest operation summary kept in a `policy.decision` record (the approval keeps it whole). */
+const MAX_DECISION_SUMMARY = 16 * 1024;
+
+function boundedSummary(summary: string): string {
+  if (summary.length <= MAX_DECISION_SUMMARY) return summary;
+  return `${summary.slice(0, MAX_DECISION_SUMMARY)}… (${summary.length - MAX_DECISION_SUMMARY} more characters; the approval holds the whole text)`;
 }
 
 export interface GateRequest {
@@ -63,7 +76,7 @@ export async function gate(services: GateServices, request: GateRequest): Promis
       effect: decision.effect,
       policies: [...decision.policies],
       source: engine.source,
-      summary: request.operation.summary.slice(0, 500),
+      summary: boundedSummary(request.operation.summary),
       errors: decision.errors.length > 0 ? [...decision.errors] : undefined,
     },
   });

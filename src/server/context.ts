@@ -238,6 +238,7 @@ function buildContext(
     approvals,
     audit,
     holdTimeoutMs: parseDuration(config.approvals.holdTimeout),
+    detailKey: keys.index.lookup,
   };
   return {
     home,

@@ -3,6 +3,7 @@ import { type GateServices, gate } from '../../approvals/gate.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
 import { TICKET_PATTERN } from '../../core/ticket-format.js';
+import { keyedHash } from '../../vault/envelope.js';
 import type { StatementClass } from './sql/classify.js';
 
 export type StatementVerdict =
@@ -62,7 +63,9 @@ const ACTIONS: Partial<Record<StatementClass, string>> = {
 };
 const ALLOW: StatementVerdict = { allow: true };
 
-function sha256(text: string): string {
+/** A keyed hash (the store's lookup key) where the gateway has one; plain SHA-256 only in bare test wiring. */
+function detailHash(key: Buffer | undefined, text: string): string {
+  if (key !== undefined) return keyedHash(key, `approval-detail:${text}`);
   return createHash('sha256').update(text).digest('hex');
 }
 
@@ -103,10 +106,10 @@ export function createStatementPolicy(services: GateServices): StatementPolicy |
         summary: approvalSummary(input.shown, input.shownParameters),
         detail: {
           statement: input.shown,
-          statement_sha256: sha256(input.text),
+          statement_hash: detailHash(services.detailKey, input.text),
           parameters: input.shownParameters === null ? null : JSON.stringify(input.shownParameters),
-          parameters_sha256: sha256(parameters),
-          tickets: input.tickets.map(sha256).join(','),
+          parameters_hash: detailHash(services.detailKey, parameters),
+          tickets: input.tickets.map((t) => detailHash(services.detailKey, t)).join(','),
         },
       },
       onHold: (approval) => input.onHold(approval.id),

@@ -100,8 +100,17 @@ describe('an approval binds the whole statement, its parameters and its tickets'
     c.query(`UPDATE people SET name = '${long}a' WHERE id = 2`);
     const id = heldFor(await readies(c, 1));
     const view = await f.gw.ctx.approvals.get(id!);
-    // The approver sees the whole statement.
+    // The approver sees the whole statement, and so does the decision's audit record.
     expect(view.operation.summary).toContain(`'${long}a' WHERE ID = 2`);
+    await f.gw.ctx.audit.flush();
+    const decisions = (await f.gw.ctx.store.readAudit(0, 100_000)).filter(
+      (r) => r.type === 'policy.decision',
+    );
+    expect(
+      decisions.some((r) =>
+        String((r.data as { summary?: string }).summary).includes(`'${long}a' WHERE ID = 2`),
+      ),
+    ).toBe(true);
     await approve(id!);
     c.query(`UPDATE people SET name = '${long}b' WHERE id = 2`);
     expect(errorField(await readies(c, 1), 'D')).toBe('CC_ERR_APPROVAL_REQUIRED');
@@ -115,6 +124,27 @@ describe('an approval binds the whole statement, its parameters and its tickets'
     const view = await f.gw.ctx.approvals.get(id!);
     expect(JSON.stringify(view)).not.toContain(CANARY);
     expect(view.operation.summary).toContain('[secret:');
+    c.close();
+  });
+
+  it('the approval keeps no plain hash of the statement, its parameters or tickets (a guessable secret stays unguessable)', async () => {
+    const { createHash } = await import('node:crypto');
+    const c = await login(f);
+    const statement = "UPDATE people SET name = 'hunter22' WHERE id = 3";
+    c.query(statement);
+    const id = heldFor(await readies(c, 1));
+    const view = await f.gw.ctx.approvals.get(id!);
+    const stored = JSON.stringify(view);
+    // The normalised text is what was hashed; try it and the raw text, as a guesser would.
+    for (const text of [
+      statement,
+      statement.toUpperCase(),
+      "UPDATE PEOPLE SET NAME = 'hunter22' WHERE ID = 3",
+    ]) {
+      expect(stored).not.toContain(createHash('sha256').update(text).digest('hex'));
+    }
+    expect(stored).toMatch(/"statement_hash":"[0-9a-f]{64}"/);
+    // And the decision record keeps the whole (scrubbed) summary of a long statement.
     c.close();
   });
 });
