@@ -92,6 +92,8 @@ describe('just-in-time approvals', () => {
       held = id;
     });
     await expect.poll(() => hook.received.length, { timeout: 15_000 }).toBe(1);
+    // The webhook can arrive before the hold callback runs (the request returns after it is sent).
+    await expect.poll(() => held, { timeout: 5_000 }).not.toBe('');
     const note = hook.received[0]!;
     expect(note.approval.id).toBe(held);
     expect(note.text).toContain('writer asks to run sql:write on orders');
