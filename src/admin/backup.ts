@@ -5,7 +5,7 @@ import type { Home } from '../config/home.js';
 import { writeFileExclusive } from '../config/home.js';
 import { loadConfigFile } from '../config/load-config.js';
 import { CoatcheckError } from '../core/errors.js';
-import { openContext } from '../server/context.js';
+import { type Context, openContext, sqlitePath } from '../server/context.js';
 
 /** Written beside every backup: what opens it and how far its audit log must reach. */
 export interface BackupAnchor extends AuditAnchor {
@@ -29,12 +29,7 @@ function invalid(message: string): CoatcheckError {
  * and the id of the master key it needs. Never overwrites a file.
  */
 export async function backupStore(
-  ctx: {
-    store: import('../store/types.js').Store;
-    audit: import('../audit/audit-log.js').AuditLog;
-    keys: { master: { kid: string } };
-    clock: { now(): number };
-  },
+  ctx: Pick<Context, 'store' | 'audit' | 'keys' | 'clock'>,
   path: string,
 ): Promise<BackupAnchor & { path: string; anchorFile: string }> {
   if (!isAbsolute(path)) throw invalid('the backup path must be absolute');
@@ -87,7 +82,7 @@ export async function restoreStore(
       'CC_ERR_BACKUP_UNSUPPORTED',
       'this home uses a PostgreSQL store: restore it with the database tools, then run `coatcheck audit verify --anchor`',
     );
-  const target = isAbsolute(config.store.path) ? config.store.path : `${home.dir}/${config.store.path}`;
+  const target = sqlitePath(home, config);
   if (existsSync(target))
     throw invalid(`${target} exists; restore never overwrites a store (move it away deliberately first)`);
   const anchorFile = anchorPathFor(backupPath);

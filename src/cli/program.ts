@@ -15,7 +15,7 @@ import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
 import { registerMcpCommands } from './mcp.js';
 import { registerPolicyCommands } from './policy.js';
 import { registerProxyCommands } from './proxy.js';
-import { serveCommand } from './serve.js';
+import { liveServer, serveCommand } from './serve.js';
 import { registerSessionCommands } from './sessions.js';
 import { registerWorkflowCommands } from './workflows.js';
 
@@ -46,17 +46,9 @@ function commandPath(argv: readonly string[]): string {
   return words.join(' ');
 }
 
-/** The server this home's `serve` wrote down, if its process is still alive. */
+/** The admin URL of the server this home's `serve` wrote down, if its process is still alive. */
 function runningServerUrl(serverFile: string): string | null {
-  if (!existsSync(serverFile)) return null;
-  try {
-    const info = JSON.parse(readFileSync(serverFile, 'utf8')) as { pid?: number; admin?: string };
-    if (typeof info.pid !== 'number' || typeof info.admin !== 'string') return null;
-    process.kill(info.pid, 0);
-    return info.admin;
-  } catch {
-    return null;
-  }
+  return liveServer(serverFile)?.admin ?? null;
 }
 
 /**

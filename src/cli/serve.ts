@@ -44,10 +44,16 @@ function policyInForce(ctx: Context): string {
     : `${ctx.policy.path} (${engine.policies.length} policies, default deny)`;
 }
 
-interface ServerFile {
+export interface ServerFile {
   readonly pid: number;
   readonly admin?: string;
   readonly listening?: Record<string, string>;
+}
+
+/** What server.json says, if it is readable and its process is alive (not ours). */
+export function liveServer(path: string): ServerFile | null {
+  const info = readServerFile(path);
+  return info !== null && info.pid !== process.pid && alive(info.pid) ? info : null;
 }
 
 function readServerFile(path: string): ServerFile | null {
@@ -76,8 +82,8 @@ function claimHome(home: Home): void {
   const claim = `${JSON.stringify({ pid: process.pid, starting: true })}\n`;
   for (let attempt = 0; attempt < 3; attempt++) {
     if (writeFileExclusive(home.serverFile, claim, 0o600)) return;
-    const other = readServerFile(home.serverFile);
-    if (other !== null && other.pid !== process.pid && alive(other.pid)) {
+    const other = liveServer(home.serverFile);
+    if (other !== null) {
       const where = Object.entries(other.listening ?? (other.admin ? { admin: other.admin } : {}))
         .map(([k, v]) => `${k} ${v}`)
         .join(', ');

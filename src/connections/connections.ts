@@ -46,17 +46,28 @@ function invalid(field: string, message: string): CoatcheckError {
   return new CoatcheckError('CC_ERR_INVALID_ARGUMENT', `${field}: ${message}`, { details: { field } });
 }
 
-/** Where a connection sends, as a release is checked against it (the same target the pipeline uses). */
+/** Default ports of the URL schemes connections use (others name no port). */
+const DEFAULT_PORTS: Readonly<Record<string, number>> = {
+  'https:': 443,
+  'http:': 80,
+  'postgres:': 5432,
+  'postgresql:': 5432,
+};
+
+/**
+ * Where a connection sends: the target every release to it is checked against (the
+ * pipeline's exchanges and the connection's own credential alike).
+ */
 export function connectionTarget(connection: { name: string; url: string }): Target {
+  let url: URL;
   try {
-    const url = new URL(connection.url);
-    const scheme = url.protocol === 'https:' ? 'https' : url.protocol === 'http:' ? 'http' : undefined;
-    const port =
-      url.port !== '' ? Number(url.port) : scheme === 'https' ? 443 : scheme === 'http' ? 80 : undefined;
-    return { connection: connection.name, scheme, host: url.hostname.replace(/^\[|\]$/g, ''), port };
+    url = new URL(connection.url);
   } catch {
     return { connection: connection.name };
   }
+  const scheme = url.protocol === 'https:' ? 'https' : url.protocol === 'http:' ? 'http' : undefined;
+  const port = url.port !== '' ? Number(url.port) : DEFAULT_PORTS[url.protocol];
+  return { connection: connection.name, scheme, host: url.hostname.replace(/^\[|\]$/g, ''), port };
 }
 
 /** The secret names a header template refers to (`{{secret:NAME}}`). */

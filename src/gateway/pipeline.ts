@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { Connections, ConnectionView } from '../connections/connections.js';
-import { secretRefs } from '../connections/connections.js';
+import { connectionTarget, secretRefs } from '../connections/connections.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
@@ -119,6 +119,14 @@ export function checkServices(services: Partial<GatewayServices>): GatewayServic
   return services as GatewayServices;
 }
 
+/** Codes that mean the gateway failed (not the agent): each one is logged when a session ends with it. */
+const GATEWAY_FAULTS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'CC_ERR_AUDIT_UNAVAILABLE',
+  'CC_ERR_STORE_CORRUPT',
+  'CC_ERR_STORE_UNAVAILABLE',
+  'CC_ERR_GATEWAY_INSPECTION_FAILED',
+]);
+
 export interface ResolvedConnection {
   readonly view: ConnectionView;
   readonly url: URL;
@@ -135,14 +143,6 @@ export interface ResolvedConnection {
  *
  * Refusals are audited here (authentication, policy) or by the vault (tickets).
  */
-/** Codes that mean the gateway failed (not the agent): each one is logged when a session ends with it. */
-const GATEWAY_FAULTS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'CC_ERR_AUDIT_UNAVAILABLE',
-  'CC_ERR_STORE_CORRUPT',
-  'CC_ERR_STORE_UNAVAILABLE',
-  'CC_ERR_GATEWAY_INSPECTION_FAILED',
-]);
-
 export class ExchangePipeline {
   readonly services: GatewayServices;
   readonly live: LiveSessions;
@@ -236,15 +236,8 @@ export class ExchangePipeline {
         { details: { name, type: view.type } },
       );
     }
-    const url = new URL(view.url);
-    const port = url.port !== '' ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
     session.connection = name;
-    const scheme = url.protocol === 'https:' ? 'https' : url.protocol === 'http:' ? 'http' : undefined;
-    return {
-      view,
-      url,
-      target: { connection: name, scheme, host: url.hostname.replace(/^\[|\]$/g, ''), port },
-    };
+    return { view, url: new URL(view.url), target: connectionTarget(view) };
   }
 
   /** The policy step. A denial is audited and refused before anything is released. */

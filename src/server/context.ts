@@ -79,7 +79,8 @@ export interface Context {
 
 export const ADMIN_KEY_META = 'admin_key_hash';
 
-function sqlitePath(home: Home, config: Config): string {
+/** The SQLite store file of a home (store.path, relative to the home unless absolute). */
+export function sqlitePath(home: Home, config: Config): string {
   return isAbsolute(config.store.path) ? config.store.path : join(home.dir, config.store.path);
 }
 

@@ -1,26 +1,10 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cli, spawnCli } from '../helpers/cli.js';
+import { cli, spawnCli, waitForLine } from '../helpers/cli.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
 
 const CANARY = 'canary-serve-Zq8Lm3Xw1';
-
-function waitForLine(child: ChildProcessWithoutNullStreams, pattern: RegExp): Promise<RegExpMatchArray> {
-  return new Promise((resolve, reject) => {
-    let buffer = '';
-    const onData = (chunk: Buffer) => {
-      buffer += chunk.toString('utf8');
-      const match = buffer.match(pattern);
-      if (match) {
-        child.stdout.off('data', onData);
-        resolve(match);
-      }
-    };
-    child.stdout.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`serve exited with ${code} before printing ${pattern}`)));
-  });
-}
 
 describe('serve and the admin API', () => {
   let t: TestHome;

@@ -2,24 +2,8 @@ import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { cli, spawnCli } from '../helpers/cli.js';
+import { cli, spawnCli, waitForLine } from '../helpers/cli.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
-
-function waitForLine(child: ChildProcessWithoutNullStreams, pattern: RegExp): Promise<RegExpMatchArray> {
-  return new Promise((resolve, reject) => {
-    let buffer = '';
-    const onData = (chunk: Buffer) => {
-      buffer += chunk.toString('utf8');
-      const match = buffer.match(pattern);
-      if (match) {
-        child.stdout.off('data', onData);
-        resolve(match);
-      }
-    };
-    child.stdout.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`serve exited with ${code} before printing ${pattern}`)));
-  });
-}
 
 // A second `serve` on the same home must neither start nor disturb the first: it used to
 // fail with an unnamed internal error and delete the running server's server.json, after

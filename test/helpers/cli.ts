@@ -1,3 +1,4 @@
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { spawn } from 'node:child_process';
 import { PassThrough, Readable } from 'node:stream';
 import { runCli } from '../../src/cli/program.js';
@@ -31,5 +32,25 @@ export function spawnCli(argv: string[], env: NodeJS.ProcessEnv) {
   return spawn(process.execPath, ['--import', 'tsx', CLI_ENTRY, ...argv], {
     env: { PATH: process.env.PATH, ...env },
     stdio: ['pipe', 'pipe', 'pipe'],
+  });
+}
+
+/** Resolve with the first match of `pattern` in the child's stdout; reject if it exits first. */
+export function waitForLine(
+  child: ChildProcessWithoutNullStreams,
+  pattern: RegExp,
+): Promise<RegExpMatchArray> {
+  return new Promise((resolve, reject) => {
+    let buffer = '';
+    const onData = (chunk: Buffer) => {
+      buffer += chunk.toString('utf8');
+      const match = buffer.match(pattern);
+      if (match) {
+        child.stdout.off('data', onData);
+        resolve(match);
+      }
+    };
+    child.stdout.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`serve exited with ${code} before printing ${pattern}`)));
   });
 }

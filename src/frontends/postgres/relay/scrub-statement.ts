@@ -23,8 +23,8 @@ export function scrubStatement(
 ): string {
   let out = text.replace(TICKET_PATTERN, (t) => ticketIds.get(t) ?? ticketLabel(t));
   // One indexed pass decides whether any known secret is there at all (the common case: no).
-  if (patterns.patterns.length > 0 && patterns.mayContain(Buffer.from(out, 'utf8'))) {
-    let bytes = Buffer.from(out, 'utf8');
+  let bytes = patterns.patterns.length > 0 ? Buffer.from(out, 'utf8') : null;
+  if (bytes !== null && patterns.mayContain(bytes)) {
     for (const p of patterns.patterns) {
       if (bytes.indexOf(p.bytes) === -1) continue;
       const parts: Buffer[] = [];
