@@ -198,9 +198,17 @@ async function main(): Promise<void> {
     for (const [name, args] of mixes) {
       const direct = await pgbench(targets.direct, args);
       for (const [label, target] of Object.entries(targets)) {
+        // The gateway runs in this process: its CPU time per transaction is the steadier
+        // measure on a shared machine (TPS drifts with what else runs).
+        const cpu = process.cpuUsage();
         const r = label === 'direct' ? direct : await pgbench(target, args);
+        const used = process.cpuUsage(cpu);
+        const perTx =
+          label === 'coatcheck'
+            ? `   gateway CPU ${((used.user + used.system) / (r.tps * SECONDS)).toFixed(1)} µs/tx`
+            : '';
         console.log(
-          `${name.padEnd(13)} ${label.padEnd(11)} ${r.tps.toFixed(0).padStart(8)}   ${r.latencyMs.toFixed(3).padStart(8)} ms   ${(r.tps / direct.tps).toFixed(2)}`,
+          `${name.padEnd(13)} ${label.padEnd(11)} ${r.tps.toFixed(0).padStart(8)}   ${r.latencyMs.toFixed(3).padStart(8)} ms   ${(r.tps / direct.tps).toFixed(2)}${perTx}`,
         );
       }
     }

@@ -127,6 +127,13 @@ function selectRules(options: DetectorOptions): Rule[] {
   });
 }
 
+/** Add the time since `since` to `name` in a bench profile; returns now. */
+function phaseDone(profile: Map<string, number>, name: string, since: number): number {
+  const now = performance.now();
+  profile.set(name, (profile.get(name) ?? 0) + now - since);
+  return now;
+}
+
 /** Lookbehind/lookahead context kept around each keyword window. */
 const MARGIN = 16;
 
@@ -313,60 +320,79 @@ export function createDetector(options: DetectorOptions = {}): Detector {
     return kept;
   }
 
+  const winFrom = new Int32Array(compiled.length).fill(-1);
+  const winTo = new Int32Array(compiled.length);
+  const winHitStart: number[][] = compiled.map(() => []);
+  const winHitEnd: number[][] = compiled.map(() => []);
+  const touched = new Int32Array(compiled.length);
+  const touchedMark = new Uint8Array(compiled.length);
+
+  /** Run rule `ri` over its current window and clear the window. */
+  function flush(ri: number, text: string, cands: Candidate[]): void {
+    const c = compiled[ri]!;
+    const profile = options.profile;
+    const t0 = profile === undefined ? 0 : performance.now();
+    runWindow(c, text, winFrom[ri]!, winTo[ri]!, winHitStart[ri]!, winHitEnd[ri]!, cands);
+    if (profile !== undefined) profile.set(c.rule.id, (profile.get(c.rule.id) ?? 0) + performance.now() - t0);
+    winHitStart[ri]!.length = 0;
+    winHitEnd[ri]!.length = 0;
+    winFrom[ri] = -1;
+  }
+
   function scan(input: string | Buffer): Finding[] {
     const bytes = typeof input !== 'string';
     const text = bytes ? input.toString('latin1') : input;
     const cands: Candidate[] = [];
 
-    const prof = options.profile;
-    let tp = prof === undefined ? 0 : performance.now();
-    const phase = (name: string): void => {
-      if (prof === undefined) return;
-      const now = performance.now();
-      prof.set(name, (prof.get(name) ?? 0) + now - tp);
-      tp = now;
-    };
-    const hits = index.find(input);
-    phase('#keywords');
-    // Per rule: the current window and the hits inside it.
-    const winFrom = new Int32Array(compiled.length).fill(-1);
-    const winTo = new Int32Array(compiled.length);
-    const winHitStart: number[][] = compiled.map(() => []);
-    const winHitEnd: number[][] = compiled.map(() => []);
+    // Phase timings only for bench/detect (no closure per call otherwise).
     const profile = options.profile;
-    const flush = (ri: number): void => {
-      const c = compiled[ri]!;
-      const t0 = profile === undefined ? 0 : performance.now();
-      runWindow(c, text, winFrom[ri]!, winTo[ri]!, winHitStart[ri]!, winHitEnd[ri]!, cands);
-      if (profile !== undefined)
-        profile.set(c.rule.id, (profile.get(c.rule.id) ?? 0) + performance.now() - t0);
-      winHitStart[ri] = [];
-      winHitEnd[ri] = [];
-      winFrom[ri] = -1;
-    };
-    for (let i = 0; i < hits.count; i++) {
-      const k = hits.keyword[i]!;
-      const end = hits.end[i]!;
-      const start = end - keywordLength[k]!;
-      for (const ri of rulesOfKeyword[k]!) {
-        const rule = compiled[ri]!.rule;
-        const from = Math.max(0, start - (rule.maxKeywordOffset ?? rule.maxLength));
-        const to = end + rule.maxLength;
-        if (winFrom[ri] !== -1 && from > winTo[ri]!) flush(ri);
-        if (winFrom[ri] === -1) {
-          winFrom[ri] = from;
-          winTo[ri] = to;
-        } else if (to > winTo[ri]!) {
-          winTo[ri] = to;
+    let tp = profile === undefined ? 0 : performance.now();
+    const hits = index.find(input);
+    if (profile !== undefined) tp = phaseDone(profile, '#keywords', tp);
+    let touchedCount = 0;
+    try {
+      for (let i = 0; i < hits.count; i++) {
+        const k = hits.keyword[i]!;
+        const end = hits.end[i]!;
+        const start = end - keywordLength[k]!;
+        for (const ri of rulesOfKeyword[k]!) {
+          const rule = compiled[ri]!.rule;
+          const from = Math.max(0, start - (rule.maxKeywordOffset ?? rule.maxLength));
+          const to = end + rule.maxLength;
+          if (winFrom[ri] !== -1 && from > winTo[ri]!) flush(ri, text, cands);
+          if (winFrom[ri] === -1) {
+            winFrom[ri] = from;
+            winTo[ri] = to;
+            if (touchedMark[ri] === 0) {
+              touchedMark[ri] = 1;
+              touched[touchedCount++] = ri;
+            }
+          } else if (to > winTo[ri]!) {
+            winTo[ri] = to;
+          }
+          winHitStart[ri]!.push(start);
+          winHitEnd[ri]!.push(end);
         }
-        winHitStart[ri]!.push(start);
-        winHitEnd[ri]!.push(end);
+      }
+      // Rules in order, as before: a candidate's position in the list decides nothing, but keep it stable.
+      touched.subarray(0, touchedCount).sort();
+      for (let t = 0; t < touchedCount; t++) {
+        const ri = touched[t]!;
+        if (winFrom[ri] !== -1) flush(ri, text, cands);
+      }
+    } finally {
+      // Leave the shared state clean even when a rule throws.
+      for (let t = 0; t < touchedCount; t++) {
+        const ri = touched[t]!;
+        touchedMark[ri] = 0;
+        winFrom[ri] = -1;
+        winHitStart[ri]!.length = 0;
+        winHitEnd[ri]!.length = 0;
       }
     }
-    for (let ri = 0; ri < compiled.length; ri++) if (winFrom[ri] !== -1) flush(ri);
-    phase('#windows');
+    if (profile !== undefined) tp = phaseDone(profile, '#windows', tp);
     for (const ri of fullText) runFullText(compiled[ri]!, text, cands);
-    phase('#full-text');
+    if (profile !== undefined) tp = phaseDone(profile, '#full-text', tp);
 
     if (known !== undefined && !knownSkipped && known.size > 0) {
       for (const m of known.find(text, bytes ? 'bytes' : 'text', bytes ? input : undefined)) {
@@ -379,7 +405,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
         });
       }
     }
-    phase('#known');
+    if (profile !== undefined) tp = phaseDone(profile, '#known', tp);
     if (cands.length === 0) return [];
 
     const findings: Finding[] = [];

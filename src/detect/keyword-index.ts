@@ -18,8 +18,13 @@ export interface KeywordHits {
 
 export interface KeywordIndex {
   readonly keywords: readonly string[];
-  /** Works on a string (UTF-16 units) or a Buffer (bytes); offsets are in the same units. */
+  /**
+   * Works on a string (UTF-16 units) or a Buffer (bytes); offsets are in the same units.
+   * The hits are views of buffers this index reuses: read them before the next call.
+   */
   find(input: string | Buffer): KeywordHits;
+  /** Whether any keyword occurs (stops at the first; allocates nothing). */
+  has(input: string | Buffer): boolean;
 }
 
 export function createKeywordIndex(keywords: readonly string[]): KeywordIndex {
@@ -117,29 +122,32 @@ export function createKeywordIndex(keywords: readonly string[]): KeywordIndex {
   const byteClass = new Uint8Array(256);
   byteClass.set(classOf);
 
+  // Hit buffers reused across calls (find is synchronous): allocating typed arrays on
+  // every call cost more than the pass itself on short inputs such as one header value.
+  let kwArr = new Int32Array(64);
+  let endArr = new Int32Array(64);
+  let count = 0;
+  const grow = (): void => {
+    const k2 = new Int32Array(kwArr.length * 2);
+    k2.set(kwArr);
+    kwArr = k2;
+    const e2 = new Int32Array(endArr.length * 2);
+    e2.set(endArr);
+    endArr = e2;
+  };
+  const record = (st: number, i: number): void => {
+    for (let o = outStart[st]!; o < outStart[st + 1]!; o++) {
+      if (count === kwArr.length) grow();
+      kwArr[count] = outList[o]!;
+      endArr[count] = i + 1;
+      count++;
+    }
+  };
+
   return {
     keywords,
     find(input: string | Buffer): KeywordHits {
-      let cap = 64;
-      let kwArr = new Int32Array(cap);
-      let endArr = new Int32Array(cap);
-      let count = 0;
-      const record = (st: number, i: number): void => {
-        for (let o = outStart[st]!; o < outStart[st + 1]!; o++) {
-          if (count === cap) {
-            cap *= 2;
-            const k2 = new Int32Array(cap);
-            k2.set(kwArr);
-            kwArr = k2;
-            const e2 = new Int32Array(cap);
-            e2.set(endArr);
-            endArr = e2;
-          }
-          kwArr[count] = outList[o]!;
-          endArr[count] = i + 1;
-          count++;
-        }
-      };
+      count = 0;
       let st = 0;
       if (typeof input === 'string') {
         const n = input.length;
@@ -156,6 +164,24 @@ export function createKeywordIndex(keywords: readonly string[]): KeywordIndex {
         }
       }
       return { keyword: kwArr, end: endArr, count };
+    },
+    has(input: string | Buffer): boolean {
+      let st = 0;
+      if (typeof input === 'string') {
+        const n = input.length;
+        for (let i = 0; i < n; i++) {
+          const c = input.charCodeAt(i);
+          st = table[(st << CLASS_BITS) | (c < 128 ? classOf[c]! : 0)]!;
+          if (st >= firstOut) return true;
+        }
+      } else {
+        const n = input.length;
+        for (let i = 0; i < n; i++) {
+          st = table[(st << CLASS_BITS) | byteClass[input[i]!]!]!;
+          if (st >= firstOut) return true;
+        }
+      }
+      return false;
     },
   };
 }

@@ -200,6 +200,39 @@ export class Automaton {
    * Returns where the longest unfinished prefix at the end of `text` starts. When
    * `states` is given, `states[i]` is set to the state before reading `text[i]`.
    */
+  /** Whether any pattern occurs in `bytes` (stops at the first; allocates nothing). */
+  occursIn(bytes: Buffer): boolean {
+    const root = this.#root;
+    const one = this.#one;
+    const oneByte = this.#oneByte;
+    const next = this.#next;
+    const fail = this.#fail;
+    const outHead = this.#outHead;
+    const dict = this.#dict;
+    let s = 0;
+    for (let i = 0; i < bytes.length; i++) {
+      const b = bytes[i]!;
+      for (;;) {
+        if (s === 0) {
+          s = root[b]!;
+          break;
+        }
+        if (one[s] !== 0 && oneByte[s] === b) {
+          s = one[s]!;
+          break;
+        }
+        const t = next.get(s * 256 + b);
+        if (t !== undefined) {
+          s = t;
+          break;
+        }
+        s = fail[s]!;
+      }
+      if (s !== 0 && (outHead[s] !== -1 || dict[s] !== 0)) return true;
+    }
+    return false;
+  }
+
   scan(
     text: string,
     onMatch: (pattern: number, start: number, end: number) => void,
@@ -314,12 +347,22 @@ export function buildPatterns(secrets: readonly KnownSecret[]): PatternSet {
     patterns,
     maxLength,
     automaton,
-    mayContain: (bytes) => !automaton.empty && findSpans(bytes, set, true).spans.length > 0,
+    mayContain: (bytes) => {
+      if (automaton.empty) return false;
+      // No escape character: no decoded view differs from the bytes, so one pass decides.
+      if (!bytesMayHoldEscape(bytes)) return automaton.occursIn(bytes);
+      return findSpans(bytes, set, true).spans.length > 0;
+    },
   };
   return set;
 }
 
 const EMPTY: PatternSet = buildPatterns([]);
+
+/** `mayHoldEscape` on bytes: a backslash, `%` or `&` (the characters every escape starts with). */
+function bytesMayHoldEscape(bytes: Buffer): boolean {
+  return bytes.indexOf(0x5c) !== -1 || bytes.indexOf(0x25) !== -1 || bytes.indexOf(0x26) !== -1;
+}
 
 /** Levels of nested escapes decoded (`%5Cu0041`: percent, then JSON). */
 export const MAX_DECODE_LEVELS = 3;

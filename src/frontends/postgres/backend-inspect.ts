@@ -76,12 +76,12 @@ export function createOutputIndex(
   const keywords = createKeywordIndex([...new Set(detector.rules.flatMap((r) => r.keywords))]);
   const hasFinding = (bytes: Buffer): boolean => {
     if (matcher.size > 0 && matcher.find(bytes.toString('latin1'), 'bytes', bytes).length > 0) return true;
-    return keywords.find(bytes).count > 0 && detector.scan(bytes).length > 0;
+    return keywords.has(bytes) && detector.scan(bytes).length > 0;
   };
   const probe = (bytes: Buffer): 0 | 1 | 2 => {
     for (const s of short) if (bytes.indexOf(s) !== -1) return 2;
     if (matcher.size > 0 && matcher.find(bytes.toString('latin1'), 'bytes', bytes).length > 0) return 2;
-    const keyword = keywords.find(bytes).count > 0;
+    const keyword = keywords.has(bytes);
     if (keyword && detector.scan(bytes).length > 0) return 2;
     // Detector findings inside a bytea value are visible only once decoded.
     if (bytes.indexOf('\\x') !== -1 && hexCandidate(bytes, hasFinding)) return 2;
@@ -94,7 +94,7 @@ export function createOutputIndex(
       return probe(bytes) === 2;
     },
     keywordHit(bytes) {
-      return keywords.find(bytes).count > 0;
+      return keywords.has(bytes);
     },
     contextFinding(key, value) {
       const text = Buffer.concat([key, EQUALS, value]);

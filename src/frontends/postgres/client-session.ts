@@ -565,7 +565,7 @@ export class RelaySession {
     preparation: boolean;
   }): StatementVerdict | Promise<StatementVerdict> {
     const policy = this.#services.statementPolicy;
-    if (policy === undefined || policy === null) return { allow: true };
+    if (policy === undefined || policy === null) return ALLOWED;
     const patterns = this.#services.patterns();
     return policy({
       principal: this.#principal,
@@ -617,49 +617,63 @@ export class RelaySession {
       return this.#refuse(false, facts.code, `coatcheck: ${facts.message}`, sql, 'unparsable');
     const tickets = this.#ticketsIn(sql);
     const decided: Decided[] = [];
-    let refused: { code: ErrorCode; message: string; cls: StatementEvent['class'] } | null = null;
-    // Each statement is decided on its own facts, in order; one refusal refuses the whole Query.
-    const decideNext = (i: number): void | Promise<void> => {
-      for (; i < facts.length; i++) {
-        const f = facts[i]!;
-        const step = this.#decideStatement(f, tickets);
-        if (step instanceof Promise) {
-          return step.then((r) => {
-            if ('refused' in r) refused = r.refused;
-            else {
-              decided.push(r);
-              return decideNext(i + 1);
-            }
-          });
-        }
-        if ('refused' in step) {
-          refused = step.refused;
-          return;
-        }
-        decided.push(step);
-      }
-    };
-    const done = decideNext(0);
-    const finish = (): void | Promise<void> => {
-      if (refused !== null) {
-        const r = refused as { code: ErrorCode; message: string; cls: StatementEvent['class'] };
-        return this.#refuse(false, r.code, r.message, sql, r.cls);
-      }
-      if (this.#tracker === null) return this.#queryAllowed(sql, c, frame, decided, tickets);
-      // Masking by lineage: after rules and policy, before any ticket is exchanged.
-      return this.#analyze(
-        sql,
-        decided.map((d) => d.mask),
-      ).then((r) => {
-        if (!r.ok) return this.#refuse(false, r.code, r.message, sql, c.class);
-        const aligned = r.statements.length === decided.length;
-        decided.forEach((d, i) => {
-          d.lineage = aligned ? r.statements[i]! : UNKNOWN_LINEAGE;
-        });
-        return this.#queryAllowed(sql, c, frame, decided, tickets);
+    // Each statement is decided on its own facts, in order; one refusal refuses the whole
+    // Query. Synchronous (no closure, no promise) unless a decision waits for a human.
+    for (let i = 0; i < facts.length; i++) {
+      const step = this.#decideStatement(facts[i]!, tickets);
+      if (step instanceof Promise)
+        return this.#queryDecideRest(sql, c, frame, facts, tickets, decided, i, step);
+      if ('refused' in step)
+        return this.#refuse(false, step.refused.code, step.refused.message, sql, step.refused.cls);
+      decided.push(step);
+    }
+    return this.#queryDecided(sql, c, frame, decided, tickets);
+  }
+
+  /** The rest of a Query's decisions once one of them waits (an approval). */
+  async #queryDecideRest(
+    sql: string,
+    c: Classification,
+    frame: Frame,
+    facts: readonly StatementFacts[],
+    tickets: readonly string[],
+    decided: Decided[],
+    from: number,
+    waiting: Promise<DecideStep>,
+  ): Promise<void> {
+    let step: DecideStep = await waiting;
+    for (let i = from; ; ) {
+      if ('refused' in step)
+        return this.#refuse(false, step.refused.code, step.refused.message, sql, step.refused.cls);
+      decided.push(step);
+      if (++i >= facts.length) break;
+      const next = this.#decideStatement(facts[i]!, tickets);
+      step = next instanceof Promise ? await next : next;
+    }
+    return this.#queryDecided(sql, c, frame, decided, tickets);
+  }
+
+  /** Every statement of a Query is allowed: mask by lineage (when masking), then forward. */
+  #queryDecided(
+    sql: string,
+    c: Classification,
+    frame: Frame,
+    decided: Decided[],
+    tickets: readonly string[],
+  ): void | Promise<void> {
+    if (this.#tracker === null) return this.#queryAllowed(sql, c, frame, decided, tickets);
+    // Masking by lineage: after rules and policy, before any ticket is exchanged.
+    return this.#analyze(
+      sql,
+      decided.map((d) => d.mask),
+    ).then((r) => {
+      if (!r.ok) return this.#refuse(false, r.code, r.message, sql, c.class);
+      const aligned = r.statements.length === decided.length;
+      decided.forEach((d, i) => {
+        d.lineage = aligned ? r.statements[i]! : UNKNOWN_LINEAGE;
       });
-    };
-    return done instanceof Promise ? done.then(finish) : finish();
+      return this.#queryAllowed(sql, c, frame, decided, tickets);
+    });
   }
 
   /** Lineage of one Query or Parse; a catalog that cannot be read refuses the statement (fail closed). */
@@ -700,13 +714,7 @@ export class RelaySession {
     return found;
   }
 
-  #decideStatement(
-    f: StatementFacts,
-    tickets: readonly string[],
-  ):
-    | Decided
-    | { refused: { code: ErrorCode; message: string; cls: StatementEvent['class'] } }
-    | Promise<Decided | { refused: { code: ErrorCode; message: string; cls: StatementEvent['class'] } }> {
+  #decideStatement(f: StatementFacts, tickets: readonly string[]): DecideStep | Promise<DecideStep> {
     let cls = f.classification.class;
     let prepared: PreparedEntry | null = null;
     let kind = f.kind;
@@ -753,11 +761,8 @@ export class RelaySession {
       tickets,
       preparation: f.prepare !== undefined,
     });
-    const settle = (v: StatementVerdict) =>
-      v.allow
-        ? { facts: f, cls, mask: v.mask, prepared }
-        : { refused: { code: v.code, message: v.message, cls: cls as StatementEvent['class'] } };
-    return verdict instanceof Promise ? verdict.then(settle) : settle(verdict);
+    if (verdict instanceof Promise) return verdict.then((v) => settleStatement(v, f, cls, prepared));
+    return settleStatement(verdict, f, cls, prepared);
   }
 
   #queryAllowed(
@@ -1478,6 +1483,21 @@ export class RelaySession {
     this.#exchanged.add(ticketId);
     if (this.#exchanged.size > 256) this.#exchanged.delete(this.#exchanged.values().next().value!);
   }
+}
+
+const ALLOWED: StatementVerdict = { allow: true };
+
+type DecideStep = Decided | { refused: { code: ErrorCode; message: string; cls: StatementEvent['class'] } };
+
+function settleStatement(
+  v: StatementVerdict,
+  facts: StatementFacts,
+  cls: StatementClass,
+  prepared: PreparedEntry | null,
+): DecideStep {
+  return v.allow
+    ? { facts, cls, mask: v.mask, prepared }
+    : { refused: { code: v.code, message: v.message, cls: cls as StatementEvent['class'] } };
 }
 
 function unionMask(
