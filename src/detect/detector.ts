@@ -375,7 +375,13 @@ export function createDetector(options: DetectorOptions = {}): Detector {
         }
       }
       // Rules in order, as before: a candidate's position in the list decides nothing, but keep it stable.
-      touched.subarray(0, touchedCount).sort();
+      // (Insertion sort in place: a subarray view would be a typed-array allocation per call.)
+      for (let a = 1; a < touchedCount; a++) {
+        const v = touched[a]!;
+        let b = a - 1;
+        for (; b >= 0 && touched[b]! > v; b--) touched[b + 1] = touched[b]!;
+        touched[b + 1] = v;
+      }
       for (let t = 0; t < touchedCount; t++) {
         const ri = touched[t]!;
         if (winFrom[ri] !== -1) flush(ri, text, cands);

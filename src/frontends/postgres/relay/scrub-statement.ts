@@ -21,7 +21,9 @@ export function scrubStatement(
   patterns: PatternSet,
   ticketIds: ReadonlyMap<string, string> = new Map(),
 ): string {
-  let out = text.replace(TICKET_PATTERN, (t) => ticketIds.get(t) ?? ticketLabel(t));
+  let out = text.includes('cct_')
+    ? text.replace(TICKET_PATTERN, (t) => ticketIds.get(t) ?? ticketLabel(t))
+    : text;
   // One indexed pass decides whether any known secret is there at all (the common case: no).
   let bytes = patterns.patterns.length > 0 ? Buffer.from(out, 'utf8') : null;
   if (bytes !== null && patterns.mayContain(bytes)) {
