@@ -231,7 +231,11 @@ async function main() {
       `${'case'.padEnd(36)} ${'direct req/s'.padStart(12)} ${'gw req/s'.padStart(10)} ${'ratio'.padStart(6)} ${'direct p50/p99 ms'.padStart(18)} ${'gw p50/p99 ms'.padStart(14)} ${'errors'.padStart(7)}`,
     );
     const results: Array<[string, { p50: number; p99: number }, { p50: number; p99: number }]> = [];
+    // BENCH_ONLY=<substring of a case's label> runs those cases alone (then the peer and the
+    // forward proxy are skipped), for alternating two builds case by case.
+    const only = process.env.BENCH_ONLY;
     for (const [label, path, direct, through] of cases) {
+      if (only !== undefined && !label.includes(only)) continue;
       const d = await load(`${upstreamUrl}${path}`, direct);
       const g = await load(`${gateway.url}/c/up${path}`, through);
       results.push([
@@ -243,6 +247,7 @@ async function main() {
         `${label.padEnd(36)} ${d.rps.toFixed(0).padStart(12)} ${g.rps.toFixed(0).padStart(10)} ${(g.rps / d.rps).toFixed(2).padStart(6)} ${`${d.p50}/${d.p99}`.padStart(18)} ${`${g.p50}/${g.p99}`.padStart(14)} ${String(d.errors + g.errors).padStart(7)}`,
       );
     }
+    if (only !== undefined) return;
     // The reference peer: @fastify/http-proxy doing plain pass-through, in its own process.
     const { child: peer, port: peerPort } = await spawnUpstream(
       { BENCH_PEER_UPSTREAM: upstreamUrl },

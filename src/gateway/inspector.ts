@@ -202,6 +202,14 @@ export class Automaton {
    */
   /** Whether any pattern occurs in `bytes` (stops at the first; allocates nothing). */
   occursIn(bytes: Buffer): boolean {
+    return this.partialIfNone(bytes) === -1;
+  }
+
+  /**
+   * With no pattern in `bytes`: where the longest unfinished prefix at its end starts (what
+   * a stream must hold back), as `scan` returns. With one: -1. Allocates nothing.
+   */
+  partialIfNone(bytes: Buffer): number {
     const root = this.#root;
     const one = this.#one;
     const oneByte = this.#oneByte;
@@ -228,9 +236,9 @@ export class Automaton {
         }
         s = fail[s]!;
       }
-      if (s !== 0 && (outHead[s] !== -1 || dict[s] !== 0)) return true;
+      if (s !== 0 && (outHead[s] !== -1 || dict[s] !== 0)) return -1;
     }
-    return false;
+    return bytes.length - this.#depth[s]!;
   }
 
   scan(
@@ -621,6 +629,15 @@ export class PatternScan implements ResponseScan {
 
   async #scan(buf: Buffer, final: boolean): Promise<{ out: Buffer; rest: Buffer }> {
     if (this.#set.automaton.empty) return { out: buf, rest: Buffer.alloc(0) };
+    if (!bytesMayHoldEscape(buf)) {
+      // No escape character: no decoded view differs from the bytes and no escape is cut
+      // at the end, so one allocation-free pass decides (the common case: nothing found).
+      const partial = this.#set.automaton.partialIfNone(buf);
+      if (partial !== -1) {
+        const hold = final ? buf.length : partial;
+        return { out: hold === buf.length ? buf : buf.subarray(0, hold), rest: buf.subarray(hold) };
+      }
+    }
     const { spans, hold } = findSpans(buf, this.#set, final);
     if (buf.length - hold > MAX_HELD_BYTES) {
       throw new CoatcheckError(
