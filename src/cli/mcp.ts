@@ -1,6 +1,5 @@
 import type { Readable, Writable } from 'node:stream';
 import type { Command } from 'commander';
-import { runMcpStdio } from '../frontends/mcp/mcp-stdio.js';
 import type { Context } from '../server/context.js';
 import type { CliIo } from './io.js';
 
@@ -19,6 +18,7 @@ export function registerMcpCommands(program: Command, io: CliIo, open: () => Pro
     .action(async (connection: string) => {
       const ctx = await open();
       try {
+        const { runMcpStdio } = await import('../frontends/mcp/mcp-stdio.js');
         await runMcpStdio(ctx, {
           connection,
           agentKey: io.env.COATCHECK_AGENT_KEY?.trim() || null,

@@ -1,12 +1,9 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { parse as parseYaml } from 'yaml';
-import { z } from 'zod';
 import { resolveHome } from '../config/home.js';
-import { loadConfigFile } from '../config/load-config.js';
 import { CoatcheckError } from '../core/errors.js';
 import type { CedarValue, Decision, PolicyRequest } from '../policy/policy-engine.js';
-import { PolicyHolder } from '../policy/policy-holder.js';
+import type { PolicyHolder } from '../policy/policy-holder.js';
 import { ACTIONS } from '../policy/schema.js';
 import { type CliIo, EXIT } from './io.js';
 
@@ -66,11 +63,15 @@ function atOf(text: string | undefined, field: string): number | undefined {
 }
 
 /** The policy set to check against: --policy, else the home's config, else the built-in one. */
-function holderFor(options: { policy?: string; dir?: string }, io: CliIo): PolicyHolder {
+async function holderFor(options: { policy?: string; dir?: string }, io: CliIo): Promise<PolicyHolder> {
+  // Loaded here, not at the top: the policy engine (Cedar, WebAssembly) is the slowest
+  // module to load, and only these commands need it.
+  const { PolicyHolder } = await import('../policy/policy-holder.js');
   if (options.policy !== undefined)
     return new PolicyHolder(options.policy, { timeZone: 'UTC', baseDir: process.cwd() });
   const home = resolveHome(options.dir, io.env);
   try {
+    const { loadConfigFile } = await import('../config/load-config.js');
     const config = loadConfigFile(home.configFile, io.env);
     return new PolicyHolder(config.policy.path, { timeZone: config.policy.timeZone, baseDir: home.dir });
   } catch (error) {
@@ -105,18 +106,44 @@ function buildRequest(input: {
   };
 }
 
-const testCase = z
-  .object({
-    name: z.string().max(200).optional(),
-    principal: z.string(),
-    groups: z.array(z.string()).optional(),
-    action: z.string(),
-    resource: z.string(),
-    context: z.record(z.string(), z.any()).optional(),
-    at: z.string().optional(),
-    expect: z.enum(['allow', 'deny', 'approval']),
-  })
-  .strict();
+/** One expected decision in a `policy test` file. */
+interface TestCase {
+  name?: string;
+  principal: string;
+  groups?: string[];
+  action: string;
+  resource: string;
+  context?: Record<string, unknown>;
+  at?: string;
+  expect: 'allow' | 'deny' | 'approval';
+}
+
+/** Parse a `policy test` file (YAML or JSON). zod and yaml load only for this command. */
+async function readTestCases(file: string): Promise<TestCase[]> {
+  const [{ z }, { parse: parseYaml }] = await Promise.all([import('zod'), import('yaml')]);
+  const testCase = z
+    .object({
+      name: z.string().max(200).optional(),
+      principal: z.string(),
+      groups: z.array(z.string()).optional(),
+      action: z.string(),
+      resource: z.string(),
+      context: z.record(z.string(), z.any()).optional(),
+      at: z.string().optional(),
+      expect: z.enum(['allow', 'deny', 'approval']),
+    })
+    .strict();
+  try {
+    return z.array(testCase).parse(parseYaml(readFileSync(file, 'utf8')));
+  } catch (error) {
+    const issue = error instanceof z.ZodError ? error.issues[0] : undefined;
+    throw new CoatcheckError(
+      'CC_ERR_INVALID_ARGUMENT',
+      `${file}: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'cannot be read as a list of cases'}`,
+      { details: { field: 'file' } },
+    );
+  }
+}
 
 /** Groups of a known agent, from the store (through the running server when there is one); null when unknown. */
 export type AgentGroups = (name: string, command: Command) => Promise<readonly string[] | null>;
@@ -158,7 +185,7 @@ export function registerPolicyCommands(
           groupsFrom = 'store';
         }
       }
-      const holder = holderFor({ policy: opts.policy, dir: globals.dir }, io);
+      const holder = await holderFor({ policy: opts.policy, dir: globals.dir }, io);
       try {
         const decision: Decision = holder.engine.decide(
           buildRequest({
@@ -198,20 +225,10 @@ export function registerPolicyCommands(
     .command('test <file>')
     .description('run a YAML or JSON list of expected decisions; exit 1 if any differs')
     .option('--policy <path>', "a .cedar file or folder (default: the config's)")
-    .action((file: string, opts, command: Command) => {
+    .action(async (file: string, opts, command: Command) => {
       const globals = command.optsWithGlobals() as { json?: boolean; dir?: string };
-      let cases: z.infer<typeof testCase>[];
-      try {
-        cases = z.array(testCase).parse(parseYaml(readFileSync(file, 'utf8')));
-      } catch (error) {
-        const issue = error instanceof z.ZodError ? error.issues[0] : undefined;
-        throw new CoatcheckError(
-          'CC_ERR_INVALID_ARGUMENT',
-          `${file}: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'cannot be read as a list of cases'}`,
-          { details: { field: 'file' } },
-        );
-      }
-      const holder = holderFor({ policy: opts.policy, dir: globals.dir }, io);
+      const cases = await readTestCases(file);
+      const holder = await holderFor({ policy: opts.policy, dir: globals.dir }, io);
       try {
         const results = cases.map((c, index) => {
           const decision = holder.engine.decide(

@@ -1,21 +1,19 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
-import { readAnchor, restoreStore } from '../admin/backup.js';
-import { type AdminClient, createLocalClient, createRemoteClient } from '../admin/client.js';
+import type { AdminClient } from '../admin/client.js';
 import type { OperationOutput } from '../admin/operations.js';
 import { readAdminKey, resolveHome } from '../config/home.js';
 import { CoatcheckError, toCoatcheckError } from '../core/errors.js';
 import { newIncidentId } from '../core/ids.js';
 import { registerDetectCommands } from '../detect/cli.js';
 import { stdioUrl } from '../frontends/mcp/command.js';
-import { initHome, openContext } from '../server/context.js';
 import { registerApprovalCommands } from './approvals.js';
 import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
+import { liveServer } from './live-server.js';
 import { registerMcpCommands } from './mcp.js';
 import { registerPolicyCommands } from './policy.js';
 import { registerProxyCommands } from './proxy.js';
-import { liveServer, serveCommand } from './serve.js';
 import { registerSessionCommands } from './sessions.js';
 import { registerWorkflowCommands } from './workflows.js';
 
@@ -80,8 +78,13 @@ async function connect(options: GlobalOptions, io: CliIo): Promise<AdminClient> 
         `no admin key: set COATCHECK_ADMIN_KEY or run in the home (${home.adminKeyFile})`,
       );
     }
+    const { createRemoteClient } = await import('../admin/client.js');
     return createRemoteClient(serverUrl, key);
   }
+  const [{ createLocalClient }, { openContext }] = await Promise.all([
+    import('../admin/client.js'),
+    import('../server/context.js'),
+  ]);
   return createLocalClient(await openContext(home, { env: io.env }));
 }
 
@@ -176,6 +179,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .description('create a coatcheck home: config, master key (0600), admin key (0600), store')
     .action(async (_opts, command: Command) => {
       const options = globals(command);
+      const { initHome } = await import('../server/context.js');
       const result = await initHome(resolveHome(options.dir, io.env), { env: io.env });
       const out = {
         home: result.home.dir,
@@ -202,6 +206,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option('--init', 'create the home first if it does not exist')
     .option('--policy <path>', 'a .cedar file or a folder of them (overrides the config)')
     .action(async (opts, command: Command) => {
+      const { serveCommand } = await import('./serve.js');
       exitCode = await serveCommand({ ...globals(command), ...opts }, io);
     });
 
@@ -629,6 +634,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     )
     .action(async (opts: { anchor?: string }, command: Command) => {
       const options = globals(command);
+      const { readAnchor } = await import('../admin/backup.js');
       const anchor = opts.anchor === undefined ? undefined : readAnchor(resolve(opts.anchor));
       const client = await connect(options, io);
       try {
@@ -680,6 +686,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       const home = resolveHome(options.dir, io.env);
       if (runningServerUrl(home.serverFile) !== null)
         throw new CoatcheckError('CC_ERR_SERVER_RUNNING', 'stop the server on this home before restoring');
+      const { restoreStore } = await import('../admin/backup.js');
       const r = await restoreStore(home, resolve(backup), io.env);
       write(
         options.json
@@ -717,9 +724,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     if (tokenizeClient !== null) await (await tokenizeClient).close();
   });
   registerApprovalCommands(program, { perform, table });
-  registerMcpCommands(program, io, async () =>
-    openContext(resolveHome((program.opts() as GlobalOptions).dir, io.env), { env: io.env }),
-  );
+  registerMcpCommands(program, io, async () => {
+    const { openContext } = await import('../server/context.js');
+    return openContext(resolveHome((program.opts() as GlobalOptions).dir, io.env), { env: io.env });
+  });
   registerPolicyCommands(
     program,
     io,

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
 import { type Home, resolveHome, writeFileDurably, writeFileExclusive } from '../config/home.js';
 import { listenAddress } from '../config/schema.js';
@@ -9,6 +9,7 @@ import { type PostgresFrontend, startPostgresFrontend } from '../frontends/postg
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { type Context, initHome, openContext } from '../server/context.js';
 import { type CliIo, EXIT } from './io.js';
+import { liveServer } from './live-server.js';
 
 export interface ServeOptions {
   dir?: string;
@@ -44,35 +45,7 @@ function policyInForce(ctx: Context): string {
     : `${ctx.policy.path} (${engine.policies.length} policies, default deny)`;
 }
 
-export interface ServerFile {
-  readonly pid: number;
-  readonly admin?: string;
-  readonly listening?: Record<string, string>;
-}
-
-/** What server.json says, if it is readable and its process is alive (not ours). */
-export function liveServer(path: string): ServerFile | null {
-  const info = readServerFile(path);
-  return info !== null && info.pid !== process.pid && alive(info.pid) ? info : null;
-}
-
-function readServerFile(path: string): ServerFile | null {
-  try {
-    const info = JSON.parse(readFileSync(path, 'utf8')) as ServerFile;
-    return typeof info.pid === 'number' ? info : null;
-  } catch {
-    return null;
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+export { liveServer, type ServerFile } from './live-server.js';
 
 /**
  * One server per home: server.json is created exclusively before anything starts. A file
