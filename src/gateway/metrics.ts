@@ -17,6 +17,8 @@ export interface GatewayMetrics {
   readonly bodyBytesInFlight: Gauge;
   /** Requests refused by the in-flight body budget (`global` or `agent`). */
   readonly bodyBudgetRefusals: Counter<'scope'>;
+  /** Statements a database front-end handled, by statement class and outcome (`ok`, `error`, `refused`). */
+  readonly statements: Counter<'frontend' | 'class' | 'outcome'>;
 }
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
@@ -87,5 +89,27 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       labelNames: ['scope'],
       registers,
     }),
+    statements: new Counter({
+      name: 'coatcheck_statements_total',
+      help: 'Statements handled by a database front-end, by statement class and outcome (ok, error, refused).',
+      labelNames: ['frontend', 'class', 'outcome'],
+      registers,
+    }),
   };
+}
+
+const metricsByRegistry = new WeakMap<Registry, GatewayMetrics>();
+
+/**
+ * The gateway metrics on `registry`, made once: every front-end of a process counts into
+ * the one registry the admin API serves at /metrics, told apart by the `frontend` label
+ * (the `coatcheck_http_` names are kept from when only HTTP front-ends counted).
+ */
+export function gatewayMetricsFor(registry: Registry): GatewayMetrics {
+  let metrics = metricsByRegistry.get(registry);
+  if (metrics === undefined) {
+    metrics = createGatewayMetrics(registry);
+    metricsByRegistry.set(registry, metrics);
+  }
+  return metrics;
 }

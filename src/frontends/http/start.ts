@@ -8,7 +8,7 @@ import { CoatcheckError } from '../../core/errors.js';
 import { chainInspectors, createDetectorInspector } from '../../gateway/detector-inspector.js';
 import { type BodyBudget, createBodyBudget } from '../../gateway/http-io.js';
 import { createKnownSecretInspector, type ResponseInspector } from '../../gateway/inspector.js';
-import { createGatewayMetrics, type GatewayMetrics } from '../../gateway/metrics.js';
+import { type GatewayMetrics, gatewayMetricsFor } from '../../gateway/metrics.js';
 import { type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
 import { createPolicyDecide } from '../../gateway/policy-decide.js';
 import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
@@ -38,15 +38,8 @@ export interface HttpFrontendOverrides {
   readonly decide?: Decide;
 }
 
-const metricsByRegistry = new WeakMap<object, GatewayMetrics>();
-
 function gatewayMetrics(ctx: Context): GatewayMetrics {
-  let metrics = metricsByRegistry.get(ctx.metrics);
-  if (metrics === undefined) {
-    metrics = createGatewayMetrics(ctx.metrics);
-    metricsByRegistry.set(ctx.metrics, metrics);
-  }
-  return metrics;
+  return gatewayMetricsFor(ctx.metrics);
 }
 
 const budgetByRegistry = new WeakMap<object, BodyBudget>();

@@ -3,7 +3,7 @@ import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js'
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import { createFoundSecrets } from '../../gateway/found-secrets.js';
 import { createKnownSecretInspector } from '../../gateway/inspector.js';
-import { createGatewayMetrics } from '../../gateway/metrics.js';
+import { gatewayMetricsFor } from '../../gateway/metrics.js';
 import { ExchangePipeline } from '../../gateway/pipeline.js';
 import { createPolicyDecide } from '../../gateway/policy-decide.js';
 import { createStoreRecorder, GatewaySession } from '../../gateway/session.js';
@@ -25,7 +25,7 @@ export interface McpStdioOptions {
  */
 export async function runMcpStdio(ctx: Context, options: McpStdioOptions): Promise<ErrorCode | 'ok'> {
   const log = ctx.log;
-  const metrics = createGatewayMetrics(ctx.metrics);
+  const metrics = gatewayMetricsFor(ctx.metrics);
   const recorder = createStoreRecorder(ctx.store, log, metrics);
   const pipeline = new ExchangePipeline('mcp', {
     vault: ctx.vault,

@@ -12,6 +12,7 @@ import { agentRef, type Principal } from '../../core/principal.js';
 import { AGENT_KEY_PREFIX, isTicket } from '../../core/ticket-format.js';
 import type { Engine } from '../../gateway/engine.js';
 import type { PatternSet } from '../../gateway/inspector.js';
+import type { GatewayMetrics } from '../../gateway/metrics.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
 import type { Store } from '../../store/types.js';
@@ -72,6 +73,8 @@ export interface PostgresEngineServices {
    * False under the built-in policy: a key is bound to no connection, so the login needs a ticket.
    */
   readonly keyLoginPermitted?: () => boolean;
+  /** Statement counts go here (the process's registry); none in bare test wiring. */
+  readonly metrics?: GatewayMetrics;
 }
 
 /**
@@ -713,6 +716,10 @@ export class PostgresEngine implements Engine<Client> {
         outputIndex: this.#services.outputIndex,
         statementPolicy: this.#services.statementPolicy ?? null,
         onStatement: (event: StatementEvent) => {
+          this.#services.metrics?.statements.inc(
+            { frontend: 'postgres', class: event.class, outcome: event.outcome },
+            event.count ?? 1,
+          );
           session.event('statement', { ...event });
           if (!this.#options.auditStatements && event.decision === 'allow') return Promise.resolve();
           return statements.add(event);

@@ -1,10 +1,9 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { Registry } from 'prom-client';
 import { CoatcheckError } from '../../core/errors.js';
 import { chainInspectors, createDetectorInspector } from '../../gateway/detector-inspector.js';
 import { buildPatterns, createKnownSecretInspector, type PatternSet } from '../../gateway/inspector.js';
-import { createGatewayMetrics } from '../../gateway/metrics.js';
+import { gatewayMetricsFor } from '../../gateway/metrics.js';
 import { type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
 import { createPolicyDecide } from '../../gateway/policy-decide.js';
 import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
@@ -89,8 +88,8 @@ export async function startPostgresFrontend(
   await loadParser();
   const tls = listenerTls(ctx.home.dir, { cert: options.tlsCert, key: options.tlsKey });
   const context = secureContext(tls);
-  // The pipeline's counters are named for the HTTP front-end; keep them off the shared registry.
-  const metrics = createGatewayMetrics(new Registry());
+  // The process's one registry (served at /metrics), told apart by frontend="postgres".
+  const metrics = gatewayMetricsFor(ctx.metrics);
   const recorder = createStoreRecorder(ctx.store, log, metrics);
   const pipeline = new ExchangePipeline('postgres', {
     vault: ctx.vault,
@@ -143,6 +142,7 @@ export async function startPostgresFrontend(
       outputIndex: () => outputIndex,
       now: () => ctx.clock.now(),
       clock: ctx.clock,
+      metrics,
       statementPolicy: createStatementPolicy(ctx.gate),
       // An agent key opens a session only under a configured policy (which then decides sql:session).
       keyLoginPermitted: () => overrides.decide !== undefined || ctx.gate.policy.engine.source !== 'builtin',
