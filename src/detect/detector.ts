@@ -2,7 +2,7 @@ import { CoatcheckError } from '../core/errors.js';
 import { isTicket } from '../core/ticket-format.js';
 import { inEncodedBlobContext, isHashLike, isPlaceholder } from './false-positives.js';
 import { createFingerprinter, valueHash } from './fingerprint.js';
-import { createKeywordIndex } from './keyword-index.js';
+import { createKeywordIndex, type KeywordIndex } from './keyword-index.js';
 import type { KnownSecretMatcher } from './known-secrets.js';
 import { assertRuleValid } from './rule-check.js';
 import { BUILTIN_RULES } from './rules/index.js';
@@ -127,6 +127,41 @@ function selectRules(options: DetectorOptions): Rule[] {
   });
 }
 
+// A detector is made per vault change on some paths (the PostgreSQL output index): what
+// depends only on the rules — their check, their compiled expressions, the keyword
+// automaton — is made once per rule or keyword list. Sharing a global RegExp between
+// detectors is safe because a scan is synchronous and resets lastIndex before each use.
+const VALIDATED = new WeakSet<Rule>();
+const PATTERNS = new WeakMap<Rule, Map<string, RegExp>>();
+const KEYWORD_INDEXES = new Map<string, KeywordIndex>();
+const MAX_KEYWORD_INDEXES = 16;
+
+function compiledPattern(rule: Rule, flags: string): RegExp {
+  let byFlags = PATTERNS.get(rule);
+  if (byFlags === undefined) {
+    byFlags = new Map();
+    PATTERNS.set(rule, byFlags);
+  }
+  let re = byFlags.get(flags);
+  if (re === undefined) {
+    re = new RegExp(rule.pattern.source, flags);
+    byFlags.set(flags, re);
+  }
+  return re;
+}
+
+export function keywordIndexFor(keywords: readonly string[]): KeywordIndex {
+  const key = keywords.join('\0');
+  let index = KEYWORD_INDEXES.get(key);
+  if (index === undefined) {
+    index = createKeywordIndex(keywords);
+    if (KEYWORD_INDEXES.size >= MAX_KEYWORD_INDEXES)
+      KEYWORD_INDEXES.delete(KEYWORD_INDEXES.keys().next().value!);
+    KEYWORD_INDEXES.set(key, index);
+  }
+  return index;
+}
+
 /** Add the time since `since` to `name` in a bench profile; returns now. */
 function phaseDone(profile: Map<string, number>, name: string, since: number): number {
   const now = performance.now();
@@ -139,7 +174,11 @@ const MARGIN = 16;
 
 export function createDetector(options: DetectorOptions = {}): Detector {
   const rules = selectRules(options);
-  for (const r of rules) assertRuleValid(r);
+  for (const r of rules) {
+    if (VALIDATED.has(r)) continue;
+    assertRuleValid(r);
+    VALIDATED.add(r);
+  }
   const allow = compileAllowlist(
     options.allowlist,
     new Set((options.rules ?? BUILTIN_RULES).map((r) => r.id)),
@@ -154,7 +193,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
       return {
         rule,
         order,
-        re: new RegExp(rule.pattern.source, [...flags].join('')),
+        re: compiledPattern(rule, [...flags].join('')),
         priority: FAMILY_PRIORITY[rule.family],
       };
     });
@@ -181,7 +220,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
     }
   });
   const keywordLength = Int32Array.from(keywordList.map((k) => k.length));
-  const index = createKeywordIndex(keywordList);
+  const index = keywordIndexFor(keywordList);
   const maxMatchLength = compiled.reduce((m, c) => Math.max(m, c.rule.maxLength), 0);
   const knownSkipped = allow.rules.has(KNOWN_SECRET_RULE_ID);
 

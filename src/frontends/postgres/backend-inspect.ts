@@ -1,6 +1,10 @@
 import { CoatcheckError } from '../../core/errors.js';
-import { createDetector, type Detector, type DetectorOptions } from '../../detect/detector.js';
-import { createKeywordIndex } from '../../detect/keyword-index.js';
+import {
+  createDetector,
+  type Detector,
+  type DetectorOptions,
+  keywordIndexFor,
+} from '../../detect/detector.js';
 import {
   createKnownSecretMatcher,
   KNOWN_SECRET_MAX_BYTES,
@@ -73,7 +77,7 @@ export function createOutputIndex(
   const detector = createDetector({ ...options, knownSecrets: matcher });
   // Every rule is keyword-gated: text with no keyword and no known-secret form has no
   // finding, which one pass of the keyword automaton and one of the indexed matcher show.
-  const keywords = createKeywordIndex([...new Set(detector.rules.flatMap((r) => r.keywords))]);
+  const keywords = keywordIndexFor([...new Set(detector.rules.flatMap((r) => r.keywords))]);
   const hasFinding = (bytes: Buffer): boolean => {
     if (matcher.size > 0 && matcher.find(bytes.toString('latin1'), 'bytes', bytes).length > 0) return true;
     return keywords.has(bytes) && detector.scan(bytes).length > 0;

@@ -122,7 +122,18 @@ export async function startPostgresFrontend(
     }
   };
   await refresh();
-  const unsubscribe = ctx.store.subscribe(() => {
+  const unsubscribe = ctx.store.subscribe((change) => {
+    // Only a change to the set of secret values changes what output is searched for:
+    // approvals, connections, revocations and ended workflows do not (a rebuild per
+    // change would block the event loop under churn).
+    if (
+      change.type === 'approval.changed' ||
+      change.type === 'connection.changed' ||
+      change.type === 'ticket.revoked' ||
+      change.type === 'agent.revoked' ||
+      change.type === 'workflow.ended'
+    )
+      return;
     refresh().catch((error: unknown) =>
       log.error({ errName: (error as Error)?.name }, 'postgres: secret patterns refresh failed'),
     );
