@@ -56,7 +56,7 @@ export class Agents {
   }
 
   /** Agent records by key hash, for a few seconds: the data path authenticates every request. */
-  readonly #cache = new Map<string, { record: AgentRecord; at: number }>();
+  readonly #cache = new Map<string, { record: AgentRecord; at: number; epoch: number }>();
   static readonly CACHE_MS = 5_000;
 
   #view(record: AgentRecord): AgentView {
@@ -170,13 +170,14 @@ export class Agents {
     const now = this.#clock.now();
     const hit = this.#cache.get(hash);
     let record: AgentRecord | null;
-    if (hit !== undefined && now - hit.at < Agents.CACHE_MS && this.#epoch.mayServe()) record = hit.record;
+    if (hit !== undefined && now - hit.at < Agents.CACHE_MS && this.#epoch.mayServe(hit.epoch))
+      record = hit.record;
     else {
       const token = this.#epoch.begin();
       record = await this.#store.getAgentByKeyHash(hash);
       if (record !== null && this.#epoch.mayKeep(token)) {
         if (this.#cache.size >= 10_000) this.#cache.clear();
-        this.#cache.set(hash, { record, at: now });
+        this.#cache.set(hash, { record, at: now, epoch: token });
       }
     }
     if (record === null) throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', 'the agent key is not known');

@@ -32,8 +32,12 @@ export class CacheEpoch {
     return token === this.#epoch && this.#store.feedCurrent();
   }
 
-  /** Whether a cached entry may be served now. */
-  mayServe(): boolean {
-    return this.#store.feedCurrent();
+  /**
+   * Whether an entry filled at `token` may be served now: the feed is current and no
+   * change arrived since the fill (checking the feed may itself deliver one: SQLite's
+   * foreign-commit check emits `resync` synchronously).
+   */
+  mayServe(token: number): boolean {
+    return this.#store.feedCurrent() && token === this.#epoch;
   }
 }

@@ -153,6 +153,8 @@ interface CachedTicket {
   readonly secret: SecretRecord;
   readonly value: SecretValue | null;
   readonly cachedAt: number;
+  /** The cache epoch the rows were read at (ADR 0013). */
+  readonly epoch: number;
 }
 
 /** A ticket that belongs to a workflow node: recorded with it, in the same transaction. */
@@ -220,6 +222,7 @@ export class Vault {
   /** Fills of the ticket cache are versioned: a change during a read keeps it out (ADR 0013). */
   readonly #epoch: CacheEpoch;
   #known: ReadonlyArray<KnownSecret> | null = null;
+  #knownAt = -1;
   readonly #knownEpoch: CacheEpoch;
   readonly #unsubscribe: () => void;
   /** Found-secret registrations per principal in the current window (this replica). */
@@ -524,7 +527,7 @@ export class Vault {
    * becomes a ticket). Cached until the next change event.
    */
   async knownSecrets(): Promise<ReadonlyArray<KnownSecret>> {
-    if (this.#known !== null && this.#knownEpoch.mayServe()) return this.#known;
+    if (this.#known !== null && this.#knownEpoch.mayServe(this.#knownAt)) return this.#known;
     const token = this.#knownEpoch.begin();
     const out: KnownSecret[] = [];
     for (const record of await this.#store.listSecrets()) {
@@ -538,7 +541,10 @@ export class Vault {
           value,
         });
     }
-    if (this.#knownEpoch.mayKeep(token)) this.#known = out;
+    if (this.#knownEpoch.mayKeep(token)) {
+      this.#known = out;
+      this.#knownAt = token;
+    }
     return out;
   }
 
@@ -1201,7 +1207,11 @@ export class Vault {
   async #resolveCached(ticket: string, hash: string): Promise<CachedTicket> {
     const now = this.#clock.now();
     const cached = this.#cache.get(hash);
-    if (cached !== undefined && now - cached.cachedAt < this.#options.cacheMs && this.#epoch.mayServe())
+    if (
+      cached !== undefined &&
+      now - cached.cachedAt < this.#options.cacheMs &&
+      this.#epoch.mayServe(cached.epoch)
+    )
       return cached;
     const token = this.#epoch.begin();
     const record = await this.#store.getTicketByHash(hash);
@@ -1215,7 +1225,7 @@ export class Vault {
       throw refuse('CC_ERR_STORE_CORRUPT', `ticket ${record.id} names a missing secret`, {
         ticket: record.id,
       });
-    const entry: CachedTicket = { chain, secret, value: this.#decrypt(secret), cachedAt: now };
+    const entry: CachedTicket = { chain, secret, value: this.#decrypt(secret), cachedAt: now, epoch: token };
     // Kept only if no change notice arrived (and the feed stayed current) while reading.
     if (this.#epoch.mayKeep(token)) {
       if (this.#cache.size > 100_000) this.#cache.clear();
