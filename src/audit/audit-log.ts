@@ -2,7 +2,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import { canonicalJson } from '../core/canonical-json.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
-import type { AuditRecord, Store, StoreTx } from '../store/types.js';
+import type { AuditRecord, DeadReason, LivenessQuery, Store, StoreTx } from '../store/types.js';
 
 /**
  * The audit log: append-only, hash-chained (HMAC under a key derived from the store's
@@ -23,7 +23,23 @@ export interface AuditDraft {
   readonly data: Record<string, unknown>;
 }
 
-export type AuditMutation = (tx: StoreTx) => Promise<void>;
+/**
+ * A state change that commits with its record. It may return further records that
+ * belong to the same change (they follow the main record, in the same transaction).
+ */
+// biome-ignore lint/suspicious/noConfusingVoidType: most mutations are async functions that return nothing
+export type AuditMutation = (tx: StoreTx) => Promise<void | readonly AuditDraft[]>;
+
+/**
+ * What a release depends on, checked inside the transaction that writes its record
+ * (ADR 0013): if any of these ids is dead by then (a revocation committed first), the
+ * record is not written and the append is refused with `refuse(dead)`. So no release is
+ * recorded after the revocation that forbids it, whatever the caches said.
+ */
+export interface AuditGuard {
+  readonly ids: LivenessQuery;
+  refuse(dead: ReadonlyMap<string, DeadReason>): Error;
+}
 
 export interface AuditOptions {
   readonly groupCommitMs?: number;
@@ -49,6 +65,7 @@ export type AuditVerifyResult =
 interface Pending {
   readonly draft: AuditDraft;
   readonly mutate: AuditMutation | undefined;
+  readonly guard: AuditGuard | undefined;
   readonly resolve: (record: AuditRecord) => void;
   readonly reject: (error: unknown) => void;
 }
@@ -68,6 +85,34 @@ export function chainHash(
     data: record.data,
   });
   return createHmac('sha256', key).update(prevHash).update('\n').update(body).digest('hex');
+}
+
+/** Every id the guards of `items` name, for one `deadAmong` query. */
+function guardIds(items: readonly Pending[]): LivenessQuery {
+  const tickets = new Set<string>();
+  const agents = new Set<string>();
+  const workflows = new Set<string>();
+  const secrets = new Set<string>();
+  for (const { guard } of items) {
+    if (guard === undefined) continue;
+    for (const id of guard.ids.tickets) tickets.add(id);
+    for (const id of guard.ids.agents) agents.add(id);
+    for (const id of guard.ids.workflows) workflows.add(id);
+    for (const id of guard.ids.secrets) secrets.add(id);
+  }
+  return { tickets: [...tickets], agents: [...agents], workflows: [...workflows], secrets: [...secrets] };
+}
+
+/** The dead ids among those one guard names, or null when all are live. */
+function deadFor(ids: LivenessQuery, dead: ReadonlyMap<string, DeadReason>): Map<string, DeadReason> | null {
+  let out: Map<string, DeadReason> | null = null;
+  for (const id of [...ids.tickets, ...ids.agents, ...ids.workflows, ...ids.secrets]) {
+    const reason = dead.get(id);
+    if (reason === undefined) continue;
+    out ??= new Map();
+    out.set(id, reason);
+  }
+  return out;
 }
 
 function sameHex(a: string, b: string): boolean {
@@ -99,13 +144,17 @@ export class AuditLog {
     this.#maxBatch = options.maxBatch ?? 512;
   }
 
-  /** Append a record; resolves once it (and `mutate`, if given) is durable. */
-  append(draft: AuditDraft, mutate?: AuditMutation): Promise<AuditRecord> {
+  /**
+   * Append a record; resolves once it (and `mutate`, if given) is durable. With a `guard`,
+   * the record is written only if everything the guard names is still live in the same
+   * transaction.
+   */
+  append(draft: AuditDraft, mutate?: AuditMutation, guard?: AuditGuard): Promise<AuditRecord> {
     if (this.#closed) {
       return Promise.reject(new CoatcheckError('CC_ERR_AUDIT_UNAVAILABLE', 'the audit log is closed'));
     }
     return new Promise<AuditRecord>((resolve, reject) => {
-      this.#queue.push({ draft, mutate, resolve, reject });
+      this.#queue.push({ draft, mutate, guard, resolve, reject });
       this.#schedule();
     });
   }
@@ -156,27 +205,42 @@ export class AuditLog {
         let seq = head?.seq ?? 0;
         let prevHash = head?.hash ?? '';
         const records: AuditRecord[] = [];
-        for (const item of batch) {
+        // Guards are checked together (one query per batch) and again after any mutation
+        // earlier in the batch, which may have revoked what a later item depends on.
+        let dead: Map<string, DeadReason> | null = null;
+        for (const [index, item] of batch.entries()) {
+          if (item.guard !== undefined) {
+            dead ??= await tx.deadAmong(guardIds(batch.slice(index)), this.#clock.now());
+            const mine = deadFor(item.guard.ids, dead);
+            if (mine !== null) {
+              outcomes.set(item, { error: item.guard.refuse(mine) });
+              continue;
+            }
+          }
+          let extra: readonly AuditDraft[] = [];
           if (item.mutate !== undefined) {
             try {
-              await tx.savepoint(() => item.mutate!(tx));
+              extra = (await tx.savepoint(() => item.mutate!(tx))) ?? [];
             } catch (error) {
               outcomes.set(item, { error });
               continue;
             }
+            dead = null;
           }
-          seq += 1;
-          const base = {
-            seq,
-            ts: this.#clock.now(),
-            type: item.draft.type,
-            actor: item.draft.actor,
-            data: item.draft.data,
-          };
-          const record: AuditRecord = { ...base, prevHash, hash: chainHash(this.#key, prevHash, base) };
-          prevHash = record.hash;
-          records.push(record);
-          outcomes.set(item, { record });
+          for (const [n, draft] of [item.draft, ...extra].entries()) {
+            seq += 1;
+            const base = {
+              seq,
+              ts: this.#clock.now(),
+              type: draft.type,
+              actor: draft.actor,
+              data: draft.data,
+            };
+            const record: AuditRecord = { ...base, prevHash, hash: chainHash(this.#key, prevHash, base) };
+            prevHash = record.hash;
+            records.push(record);
+            if (n === 0) outcomes.set(item, { record });
+          }
         }
         if (records.length > 0) {
           await tx.insertAuditRecords(records);

@@ -4,6 +4,7 @@ import { CoatcheckError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { agentRef, type Principal } from '../core/principal.js';
 import { assertAgentKey, mintAgentKey } from '../core/ticket-format.js';
+import { CacheEpoch } from '../store/cache-epoch.js';
 import type { AgentRecord, Store } from '../store/types.js';
 import { keyedHash } from '../vault/envelope.js';
 import { validateName } from '../vault/vault.js';
@@ -38,15 +39,24 @@ export class Agents {
     this.#clock = clock;
     this.#lookupKey = lookupKey;
     this.#maxTtlMs = options.maxTtlMs;
-    // Revocations (from any replica) and resyncs drop cached keys at once.
+    this.#epoch = new CacheEpoch(store);
+    // Revocations (from any replica) and resyncs drop cached keys at once, and keep reads
+    // in flight from filling the cache with what they read before (ADR 0013).
     store.subscribe((change) => {
       if (change.type === 'agent.revoked' || change.type === 'resync' || change.type === 'keys.rotated')
-        this.#cache.clear();
+        this.#invalidate();
     });
   }
 
+  readonly #epoch: CacheEpoch;
+
+  #invalidate(): void {
+    this.#epoch.bump();
+    this.#cache.clear();
+  }
+
   /** Agent records by key hash, for a few seconds: the data path authenticates every request. */
-  readonly #cache = new Map<string, { record: AgentRecord; at: number }>();
+  readonly #cache = new Map<string, { record: AgentRecord; at: number; epoch: number }>();
   static readonly CACHE_MS = 5_000;
 
   #view(record: AgentRecord): AgentView {
@@ -138,13 +148,18 @@ export class Agents {
     if (record === null)
       throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', `no agent named ${name}`, { details: { name } });
     const at = this.#clock.now();
-    await this.#audit.append(
-      { type: 'agent.revoke', actor, data: { agent: record.id, name } },
-      async (tx) => {
-        await tx.revokeAgent(record.id, at);
-      },
-    );
-    await this.#store.publish({ type: 'agent.revoked', id: record.id });
+    try {
+      // The revocation, its record and its change notice commit together (ADR 0013).
+      await this.#audit.append(
+        { type: 'agent.revoke', actor, data: { agent: record.id, name } },
+        async (tx) => {
+          await tx.revokeAgent(record.id, at);
+          await tx.notify({ type: 'agent.revoked', id: record.id });
+        },
+      );
+    } finally {
+      this.#invalidate();
+    }
     return this.#view({ ...record, revokedAt: at });
   }
 
@@ -155,12 +170,14 @@ export class Agents {
     const now = this.#clock.now();
     const hit = this.#cache.get(hash);
     let record: AgentRecord | null;
-    if (hit !== undefined && now - hit.at < Agents.CACHE_MS) record = hit.record;
+    if (hit !== undefined && now - hit.at < Agents.CACHE_MS && this.#epoch.mayServe(hit.epoch))
+      record = hit.record;
     else {
+      const token = this.#epoch.begin();
       record = await this.#store.getAgentByKeyHash(hash);
-      if (record !== null) {
+      if (record !== null && this.#epoch.mayKeep(token)) {
         if (this.#cache.size >= 10_000) this.#cache.clear();
-        this.#cache.set(hash, { record, at: now });
+        this.#cache.set(hash, { record, at: now, epoch: token });
       }
     }
     if (record === null) throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', 'the agent key is not known');

@@ -1,14 +1,16 @@
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Client, escapeIdentifier, Pool, type PoolClient, type QueryResultRow } from 'pg';
 import { CoatcheckError } from '../core/errors.js';
 import { POSTGRES_MIGRATIONS } from './migrations.js';
 import { Mutex } from './mutex.js';
-import { jsonColumn, nullableNumber } from './rows.js';
+import { deadMap, jsonColumn, nullableNumber } from './rows.js';
 import type {
   AgentRecord,
   ApprovalRecord,
   AuditRecord,
   ConnectionRecord,
+  LivenessQuery,
   SecretRecord,
   SessionFilter,
   SessionRecord,
@@ -36,6 +38,10 @@ const LOCK_AUDIT = 3;
 const MAX_PAYLOAD_BYTES = 7900;
 const DEFAULT_CHANNEL = 'coatcheck_changes';
 const RECONNECT_MIN_MS = 100;
+const HEARTBEAT_MS = 250;
+const STALE_AFTER_MS = 1000;
+/** A feed stale for this many `staleAfterMs` gets a new LISTEN connection. */
+const RECONNECT_AFTER_STALE = 3;
 const RECONNECT_MAX_MS = 5000;
 
 // ---------------------------------------------------------------------------------------
@@ -734,6 +740,17 @@ class PgOps implements StoreOps {
     return rows.map((row) => String(row.id));
   }
 
+  async deadAmong(q: LivenessQuery, now: number) {
+    const rows = await this.db.query(
+      `SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END AS dead FROM tickets WHERE id = ANY($1::text[])
+       UNION ALL SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END FROM agents WHERE id = ANY($2::text[])
+       UNION ALL SELECT id, CASE WHEN status <> 'active' THEN 'ended' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END FROM workflows WHERE id = ANY($3::text[])
+       UNION ALL SELECT id, CASE WHEN erased_at IS NOT NULL THEN 'erased' END FROM secrets WHERE id = ANY($4::text[])`,
+      [[...q.tickets], [...q.agents], [...q.workflows], [...q.secrets], now],
+    );
+    return deadMap(q, rows);
+  }
+
   async auditHead() {
     if (this.db.inTransaction) {
       // The audit chain has one writer at a time across every replica: callers read the
@@ -784,6 +801,20 @@ class PgOps implements StoreOps {
 
 class PgTx extends PgOps implements StoreTx {
   #depth = 0;
+  constructor(
+    db: Runner,
+    readonly channel: string,
+  ) {
+    super(db);
+  }
+  async notify(change: StoreChange) {
+    // Delivered at COMMIT, never on rollback (PostgreSQL also drops the notifications of a
+    // rolled-back savepoint): a change and its notice commit together.
+    await this.db.query('SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload', [
+      this.channel,
+      encodeChange(change),
+    ]);
+  }
   async savepoint<T>(fn: () => Promise<T>): Promise<T> {
     const name = `sp${++this.#depth}`;
     try {
@@ -819,6 +850,13 @@ export interface PostgresStoreOptions {
   readonly poolSize?: number;
   /** NOTIFY/LISTEN channel for change events (default `coatcheck_changes`). */
   readonly channel?: string;
+  /** How often the LISTEN connection notifies itself to prove it delivers (default 250 ms). */
+  readonly heartbeatMs?: number;
+  /**
+   * A feed whose last heartbeat was heard longer ago than this is stale (default 1000 ms):
+   * caches stop serving, and the LISTEN connection is replaced.
+   */
+  readonly staleAfterMs?: number;
 }
 
 const noop = () => {};
@@ -988,6 +1026,16 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
   let closed = false;
 
   // ---- LISTEN connection -------------------------------------------------------------
+  const heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS;
+  const staleAfterMs = options.staleAfterMs ?? STALE_AFTER_MS;
+  /** Tells our own heartbeats from other replicas' on the shared channel. */
+  const beatId = randomBytes(8).toString('hex');
+  const beatPayload = JSON.stringify({ type: 'heartbeat', from: beatId });
+  /** When our own heartbeat was last heard back through LISTEN (0: not since connecting). */
+  let lastBeat = 0;
+  /** The feed is current: LISTEN is up and its heartbeat is fresh (ADR 0013). */
+  let feedHealthy = false;
+  let heartbeatTimer: NodeJS.Timeout | null = null;
   let listenClient: Client | null = null;
   /** The current connect attempt (settles either way); publish waits for it. */
   let listenAttempt: Promise<void> | null = null;
@@ -1017,8 +1065,12 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
     reconnectTimer.unref();
   }
 
+  let beatInFlight = false;
+  let listenLost: (() => void) | null = null;
+
   async function connectListener(): Promise<void> {
     if (closed) return;
+    let lose: (() => void) | null = null;
     const client = new Client({
       connectionString: options.url,
       application_name: 'coatcheck-listen',
@@ -1029,14 +1081,24 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
     const onLost = () => {
       if (dead) return;
       dead = true;
-      if (listenClient === client) listenClient = null;
+      if (listenClient === client) {
+        listenClient = null;
+        feedHealthy = false;
+      }
       client.end().catch(noop);
+      // A stalled socket never finishes end(): destroy it so nothing more is read from it.
+      (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
       scheduleReconnect();
     };
+    lose = onLost;
     client.on('error', onLost);
     client.on('end', onLost);
     client.on('notification', (message) => {
       if (message.channel !== channel) return;
+      if (message.payload === beatPayload) {
+        if (listenClient === client) heard();
+        return;
+      }
       const change = parseChange(message.payload);
       if (change !== null) emit(change);
     });
@@ -1053,10 +1115,45 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
       return;
     }
     listenClient = client;
+    listenLost = lose;
     backoff = RECONNECT_MIN_MS;
+    lastBeat = Date.now();
+    feedHealthy = true;
     // Anything published while we were not listening is lost: tell caches to start over.
     if (everConnected) emit({ type: 'resync' });
     everConnected = true;
+  }
+
+  /** Our heartbeat came back: the feed delivers. After a stale spell, caches start over. */
+  function heard(): void {
+    lastBeat = Date.now();
+    if (feedHealthy) return;
+    feedHealthy = true;
+    emit({ type: 'resync' });
+  }
+
+  function beat(): void {
+    const client = listenClient;
+    if (client === null) return;
+    const age = Date.now() - lastBeat;
+    // Missed heartbeats: the LISTEN connection stalled (or this process is starved).
+    // Stop trusting caches at once; a late heartbeat restores them with a resync.
+    if (age > staleAfterMs) feedHealthy = false;
+    if (age > staleAfterMs * RECONNECT_AFTER_STALE) {
+      // Still nothing: replace the connection (its LISTEN emits resync once it is up).
+      listenLost?.();
+      return;
+    }
+    if (beatInFlight) return;
+    beatInFlight = true;
+    // Sent on the LISTEN connection itself: it proves that connection delivers, and does
+    // not compete with the data path for pool clients.
+    client
+      .query('SELECT pg_notify($1, $2)', [channel, beatPayload])
+      .catch(noop)
+      .finally(() => {
+        beatInFlight = false;
+      });
   }
 
   const store: Store = {
@@ -1101,7 +1198,10 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
 
     transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
       return txMutex.run(() =>
-        inTransaction((client) => fn(new PgTx(clientRunner(client))), [LOCK_NAMESPACE, LOCK_TRANSACTIONS]),
+        inTransaction(
+          (client) => fn(new PgTx(clientRunner(client), channel)),
+          [LOCK_NAMESPACE, LOCK_TRANSACTIONS],
+        ),
       );
     },
 
@@ -1123,11 +1223,20 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
       ]);
     },
 
+    feedCurrent() {
+      // No subscriber, no cache to protect; otherwise the heartbeat must be fresh. The
+      // timer may lag under load, so check the age here too rather than trust the flag.
+      if (!listenStarted) return true;
+      if (feedHealthy && Date.now() - lastBeat > staleAfterMs) beat();
+      return feedHealthy;
+    },
     subscribe(listener) {
       events.on('change', listener);
       if (!listenStarted && !closed) {
         listenStarted = true;
         listenAttempt = connectListener();
+        heartbeatTimer = setInterval(beat, heartbeatMs);
+        heartbeatTimer.unref();
       }
       return () => {
         events.off('change', listener);
@@ -1139,6 +1248,9 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
       closed = true;
       if (reconnectTimer !== null) clearTimeout(reconnectTimer);
       reconnectTimer = null;
+      if (heartbeatTimer !== null) clearInterval(heartbeatTimer);
+      heartbeatTimer = null;
+      feedHealthy = false;
       if (listenAttempt !== null) await listenAttempt;
       events.removeAllListeners();
       const client = listenClient;

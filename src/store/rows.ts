@@ -31,3 +31,28 @@ export function nullableNumber(value: unknown): number | null {
   if (value === null || value === undefined) return null;
   return Number(value);
 }
+
+/**
+ * `deadAmong` from rows of (id, dead reason or null): every asked id that has no row is
+ * `missing`, so an id the store does not know never reads as live.
+ */
+export function deadMap(
+  query: {
+    readonly tickets: readonly string[];
+    readonly agents: readonly string[];
+    readonly workflows: readonly string[];
+    readonly secrets: readonly string[];
+  },
+  rows: ReadonlyArray<Record<string, unknown>>,
+): Map<string, 'revoked' | 'expired' | 'ended' | 'erased' | 'missing'> {
+  const out = new Map<string, 'revoked' | 'expired' | 'ended' | 'erased' | 'missing'>();
+  for (const id of [...query.tickets, ...query.agents, ...query.workflows, ...query.secrets])
+    out.set(id, 'missing');
+  for (const row of rows) {
+    const id = String(row.id);
+    const dead = row.dead;
+    if (dead === null || dead === undefined) out.delete(id);
+    else out.set(id, dead as 'revoked' | 'expired' | 'ended' | 'erased');
+  }
+  return out;
+}

@@ -4,12 +4,13 @@ import Database from 'better-sqlite3';
 import { CoatcheckError } from '../core/errors.js';
 import { SQLITE_MIGRATIONS } from './migrations.js';
 import { Mutex } from './mutex.js';
-import { jsonColumn, nullableNumber, stringArrayColumn } from './rows.js';
+import { deadMap, jsonColumn, nullableNumber, stringArrayColumn } from './rows.js';
 import type {
   AgentRecord,
   ApprovalRecord,
   AuditRecord,
   ConnectionRecord,
+  LivenessQuery,
   SecretRecord,
   SessionFilter,
   SessionRecord,
@@ -541,6 +542,23 @@ class SqliteOps implements StoreOps {
     ).map((row) => String(row.id));
   }
 
+  async deadAmong(q: LivenessQuery, now: number) {
+    const rows = this.all(
+      `SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= ? THEN 'expired' END AS dead FROM tickets WHERE id IN (SELECT value FROM json_each(?))
+       UNION ALL SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= ? THEN 'expired' END FROM agents WHERE id IN (SELECT value FROM json_each(?))
+       UNION ALL SELECT id, CASE WHEN status <> 'active' THEN 'ended' WHEN expires_at IS NOT NULL AND expires_at <= ? THEN 'expired' END FROM workflows WHERE id IN (SELECT value FROM json_each(?))
+       UNION ALL SELECT id, CASE WHEN erased_at IS NOT NULL THEN 'erased' END FROM secrets WHERE id IN (SELECT value FROM json_each(?))`,
+      now,
+      JSON.stringify(q.tickets),
+      now,
+      JSON.stringify(q.agents),
+      now,
+      JSON.stringify(q.workflows),
+      JSON.stringify(q.secrets),
+    );
+    return deadMap(q, rows);
+  }
+
   async auditHead() {
     const row = this.get('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1');
     return row === undefined ? null : { seq: Number(row.seq), hash: String(row.hash) };
@@ -571,9 +589,15 @@ class SqliteOps implements StoreOps {
 
 class SqliteTx extends SqliteOps implements StoreTx {
   #depth = 0;
+  /** Changes to publish once the transaction commits (dropped on rollback). */
+  pending: StoreChange[] = [];
+  async notify(change: StoreChange) {
+    this.pending.push(change);
+  }
   async savepoint<T>(fn: () => Promise<T>): Promise<T> {
     const name = `sp${++this.#depth}`;
     this.run(`SAVEPOINT ${name}`);
+    const noticesBefore = this.pending.length;
     try {
       const result = await fn();
       this.run(`RELEASE ${name}`);
@@ -581,6 +605,7 @@ class SqliteTx extends SqliteOps implements StoreTx {
     } catch (error) {
       this.run(`ROLLBACK TO ${name}`);
       this.run(`RELEASE ${name}`);
+      this.pending.length = noticesBefore; // the savepoint's notices are undone with it
       throw error;
     } finally {
       this.#depth--;
@@ -642,14 +667,15 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   // telling this one: SQLite's data_version changes exactly when another connection
   // committed, so a changed value makes every cache drop what it holds (resync).
   let dataVersion = db.pragma('data_version', { simple: true }) as number;
-  const watcher = setInterval(() => {
+  const checkForeignCommit = () => {
     if (!db.open) return;
     const now = db.pragma('data_version', { simple: true }) as number;
     if (now !== dataVersion) {
       dataVersion = now;
       events.emit('change', { type: 'resync' } satisfies StoreChange);
     }
-  }, DATA_VERSION_POLL_MS);
+  };
+  const watcher = setInterval(checkForeignCommit, DATA_VERSION_POLL_MS);
   watcher.unref();
 
   const store: Store = {
@@ -696,11 +722,16 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
         } catch (error) {
           translate(error);
         }
+        tx.pending = [];
         try {
           const result = await fn(tx);
           db.exec('COMMIT');
+          const notices = tx.pending;
+          tx.pending = [];
+          for (const change of notices) events.emit('change', change);
           return result;
         } catch (error) {
+          tx.pending = [];
           if (db.inTransaction) db.exec('ROLLBACK');
           if (error instanceof CoatcheckError) throw error;
           translate(error);
@@ -728,6 +759,12 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     async publish(change: StoreChange) {
       // Local listeners; other processes see the commit through data_version (resync).
       events.emit('change', change);
+    },
+    feedCurrent() {
+      // A cache hit first looks for a foreign commit (the CLI revoking directly): a
+      // PRAGMA read, so a revocation by another process is never served from cache.
+      checkForeignCommit();
+      return true;
     },
     subscribe(listener) {
       events.on('change', listener);

@@ -211,6 +211,14 @@ export interface StoreOps {
   /** Make live tickets expire at `at` (those not revoked and expiring later); returns the ids changed. */
   expireTickets(ids: readonly string[], at: number): Promise<string[]>;
 
+  /**
+   * Which of these ids no longer allow a release, and why: tickets revoked or expired,
+   * agents revoked or expired, workflow nodes no longer active (or past their deadline),
+   * secrets erased; ids with no row are `missing`. The exchange runs this inside the
+   * transaction that writes its audit record (ADR 0013). Live ids are absent from the map.
+   */
+  deadAmong(query: LivenessQuery, now: number): Promise<Map<string, DeadReason>>;
+
   /** The last audit record's seq and hash, or null for an empty log. */
   auditHead(): Promise<{ seq: number; hash: string } | null>;
   insertAuditRecords(records: readonly AuditRecord[]): Promise<void>;
@@ -220,9 +228,25 @@ export interface StoreOps {
   tailAudit(limit: number): Promise<AuditRecord[]>;
 }
 
+/** Ids whose liveness an exchange depends on (see `deadAmong`). */
+export interface LivenessQuery {
+  readonly tickets: readonly string[];
+  readonly agents: readonly string[];
+  readonly workflows: readonly string[];
+  readonly secrets: readonly string[];
+}
+
+export type DeadReason = 'revoked' | 'expired' | 'ended' | 'erased' | 'missing';
+
 export interface StoreTx extends StoreOps {
   /** Run `fn` in a savepoint: if it throws, only its writes are undone and the error rethrown. */
   savepoint<T>(fn: () => Promise<T>): Promise<T>;
+  /**
+   * Tell every replica about a change if, and only if, this transaction commits (and not
+   * if the savepoint it was sent in is rolled back). PostgreSQL: NOTIFY in the
+   * transaction; SQLite: published to local listeners right after COMMIT.
+   */
+  notify(change: StoreChange): Promise<void>;
 }
 
 /** A change another replica must hear about (cache invalidation). */
@@ -260,6 +284,14 @@ export interface Store extends StoreOps {
    */
   backupTo(path: string): Promise<{ readonly auditHead: { seq: number; hash: string } | null }>;
   publish(change: StoreChange): Promise<void>;
+  /**
+   * Whether this replica has heard every change committed before now (or will hear it
+   * before anything it reads next): false while the PostgreSQL LISTEN connection is down
+   * or has missed its heartbeat. Caches must neither serve nor fill while it is false.
+   * SQLite: checks for a foreign commit first (and emits `resync` if there was one).
+   * Synchronous and cheap: called on every cache hit.
+   */
+  feedCurrent(): boolean;
   subscribe(listener: (change: StoreChange) => void): () => void;
   close(): Promise<void>;
 }

@@ -1,12 +1,13 @@
 import { timingSafeEqual } from 'node:crypto';
-import type { AuditLog } from '../audit/audit-log.js';
+import type { AuditGuard, AuditLog } from '../audit/audit-log.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { type Principal, workflowNodeRef } from '../core/principal.js';
 import { SecretValue } from '../core/secret-value.js';
 import { assertTicket, mintTicket, TICKET_PATTERN } from '../core/ticket-format.js';
-import type { SecretRecord, Store, StoreChange, TicketRecord } from '../store/types.js';
+import { CacheEpoch } from '../store/cache-epoch.js';
+import type { DeadReason, SecretRecord, Store, StoreChange, TicketRecord } from '../store/types.js';
 import {
   coveredByAny,
   type Destination,
@@ -152,6 +153,8 @@ interface CachedTicket {
   readonly secret: SecretRecord;
   readonly value: SecretValue | null;
   readonly cachedAt: number;
+  /** The cache epoch the rows were read at (ADR 0013). */
+  readonly epoch: number;
 }
 
 /** A ticket that belongs to a workflow node: recorded with it, in the same transaction. */
@@ -216,7 +219,11 @@ export class Vault {
   readonly #clock: Clock;
   readonly #options: VaultOptions;
   readonly #cache = new Map<string, CachedTicket>();
+  /** Fills of the ticket cache are versioned: a change during a read keeps it out (ADR 0013). */
+  readonly #epoch: CacheEpoch;
   #known: ReadonlyArray<KnownSecret> | null = null;
+  #knownAt = -1;
+  readonly #knownEpoch: CacheEpoch;
   readonly #unsubscribe: () => void;
   /** Found-secret registrations per principal in the current window (this replica). */
   readonly #registrations = new Map<string, { start: number; count: number; refused: boolean }>();
@@ -227,7 +234,20 @@ export class Vault {
     this.#audit = audit;
     this.#clock = clock;
     this.#options = options;
+    this.#epoch = new CacheEpoch(store);
+    this.#knownEpoch = new CacheEpoch(store);
     this.#unsubscribe = store.subscribe((change) => this.#onChange(change));
+  }
+
+  /** Drop cached tickets and make every read in flight unfit to keep. */
+  #invalidateTickets(): void {
+    this.#epoch.bump();
+    this.#cache.clear();
+  }
+
+  #invalidateKnown(): void {
+    this.#knownEpoch.bump();
+    this.#known = null;
   }
 
   close(): void {
@@ -241,9 +261,9 @@ export class Vault {
     // cache must survive them). Anything else — revocations, erasures, rotations, ended
     // workflows, resyncs, and any change type added later — drops both caches.
     if (change.type === 'approval.changed' || change.type === 'connection.changed') return;
-    this.#known = null;
+    this.#invalidateKnown();
     if (change.type === 'secret.added') return;
-    this.#cache.clear();
+    this.#invalidateTickets();
   }
 
   ticketHash(ticket: string): string {
@@ -325,7 +345,7 @@ export class Vault {
         await tx.insertSecret(record);
       },
     );
-    this.#known = null;
+    this.#invalidateKnown();
     await this.#store.publish({ type: 'secret.added', id });
     return this.#secretView(record);
   }
@@ -379,16 +399,20 @@ export class Vault {
         { name, connections: loginOf },
       );
     }
-    await this.#audit.append(
-      { type: 'secret.update', actor, data: { secret: record.id, name, allow, placements } },
-      async (tx) => {
-        if (!(await tx.updateSecretBindings(record.id, allow, placements)))
-          throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
-      },
-    );
-    this.#cache.clear();
-    this.#known = null;
-    await this.#store.publish({ type: 'secret.updated', id: record.id });
+    try {
+      await this.#audit.append(
+        { type: 'secret.update', actor, data: { secret: record.id, name, allow, placements } },
+        async (tx) => {
+          if (!(await tx.updateSecretBindings(record.id, allow, placements)))
+            throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+          await tx.notify({ type: 'secret.updated', id: record.id });
+        },
+      );
+    } finally {
+      // Even when the outcome is unknown (the commit may have happened): never serve old bindings.
+      this.#invalidateTickets();
+      this.#invalidateKnown();
+    }
     return this.#secretView({ ...record, allow, placements });
   }
 
@@ -418,15 +442,19 @@ export class Vault {
       );
     }
     const at = this.#clock.now();
-    await this.#audit.append(
-      { type: 'secret.erase', actor, data: { secret: record.id, name, fingerprint: record.fingerprint } },
-      async (tx) => {
-        if (!(await tx.eraseSecret(record.id, at)))
-          throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
-      },
-    );
-    this.#cache.clear();
-    await this.#store.publish({ type: 'secret.erased', id: record.id });
+    try {
+      await this.#audit.append(
+        { type: 'secret.erase', actor, data: { secret: record.id, name, fingerprint: record.fingerprint } },
+        async (tx) => {
+          if (!(await tx.eraseSecret(record.id, at)))
+            throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+          await tx.notify({ type: 'secret.erased', id: record.id });
+        },
+      );
+    } finally {
+      this.#invalidateTickets();
+      this.#invalidateKnown();
+    }
     return this.#secretView(record);
   }
 
@@ -468,18 +496,22 @@ export class Vault {
     const value = this.#decrypt(record);
     if (value === null)
       throw refuse('CC_ERR_TICKET_SECRET_ERASED', `secret ${record.id} was erased`, { secret: record.id });
-    const audited = await this.#audit.append({
-      type: 'credential.inject',
-      actor: request.principal.ref,
-      data: {
-        secret: record.id,
-        fingerprint: record.fingerprint,
-        target: describeTarget(request.target),
-        operation: request.operation ?? null,
-        ...workflowTags(request.principal),
-        ...request.context,
+    const audited = await this.#audit.append(
+      {
+        type: 'credential.inject',
+        actor: request.principal.ref,
+        data: {
+          secret: record.id,
+          fingerprint: record.fingerprint,
+          target: describeTarget(request.target),
+          operation: request.operation ?? null,
+          ...workflowTags(request.principal),
+          ...request.context,
+        },
       },
-    });
+      undefined,
+      this.#releaseGuard(request.principal, [], record.id),
+    );
     return {
       ticketId: '',
       secretId: record.id,
@@ -495,7 +527,8 @@ export class Vault {
    * becomes a ticket). Cached until the next change event.
    */
   async knownSecrets(): Promise<ReadonlyArray<KnownSecret>> {
-    if (this.#known !== null) return this.#known;
+    if (this.#known !== null && this.#knownEpoch.mayServe(this.#knownAt)) return this.#known;
+    const token = this.#knownEpoch.begin();
     const out: KnownSecret[] = [];
     for (const record of await this.#store.listSecrets()) {
       const value = this.#decrypt(record);
@@ -508,7 +541,10 @@ export class Vault {
           value,
         });
     }
-    this.#known = out;
+    if (this.#knownEpoch.mayKeep(token)) {
+      this.#known = out;
+      this.#knownAt = token;
+    }
     return out;
   }
 
@@ -708,7 +744,7 @@ export class Vault {
       } catch (error) {
         // Two responses found the same value at once: the other one registered it.
         if (!(error instanceof CoatcheckError) || error.code !== 'CC_ERR_ALREADY_EXISTS') throw error;
-        this.#known = null;
+        this.#invalidateKnown();
         secretId = (await this.knownSecrets()).find((s) => s.fingerprint === fingerprint)?.id ?? null;
         if (secretId === null) throw error;
       }
@@ -1099,15 +1135,21 @@ export class Vault {
     const record = await this.#lookup(ticketOrId);
     let revoked: string[] = [];
     const at = this.#clock.now();
-    await this.#audit.append({ type: 'token.revoke', actor, data: { ticket: record.id } }, async (tx) => {
-      revoked = await tx.revokeTicketTree(record.id, at);
-    });
-    if (revoked.length > 0) {
-      // The record above names the root; the descendants revoked with it get their own record.
-      await this.#audit.append({ type: 'token.revoke.tree', actor, data: { ticket: record.id, revoked } });
+    // One transaction: the revocation, both its records and its change notice commit
+    // together or not at all (ADR 0013).
+    try {
+      await this.#audit.append({ type: 'token.revoke', actor, data: { ticket: record.id } }, async (tx) => {
+        revoked = await tx.revokeTicketTree(record.id, at);
+        await tx.notify({ type: 'ticket.revoked', ids: revoked.length > 0 ? revoked : [record.id] });
+        // The record above names the root; the descendants revoked with it get their own record.
+        return revoked.length > 0
+          ? [{ type: 'token.revoke.tree', actor, data: { ticket: record.id, revoked } }]
+          : undefined;
+      });
+    } finally {
+      // Whatever the outcome (an error may follow a commit): this replica keeps nothing it read before.
+      this.#invalidateTickets();
     }
-    this.#cache.clear();
-    await this.#store.publish({ type: 'ticket.revoked', ids: revoked.length > 0 ? revoked : [record.id] });
     return { id: record.id, revoked };
   }
 
@@ -1126,10 +1168,52 @@ export class Vault {
     }
   }
 
+  /**
+   * What a release depends on, re-checked in the transaction that writes its audit record
+   * (ADR 0013): the ticket chain, its secret and the principal (an agent, or a workflow
+   * node). Caches may lag a revocation on another replica; this check cannot.
+   */
+  #releaseGuard(principal: Principal, tickets: readonly string[], secretId: string): AuditGuard {
+    const agent =
+      principal.kind === 'agent' && principal.ref.startsWith('agent:') ? principal.ref.slice(6) : null;
+    const node = principal.kind === 'subtask' ? principal.attributes.subtask : undefined;
+    const ids = {
+      tickets,
+      agents: agent === null ? [] : [agent],
+      workflows: typeof node === 'string' ? [node] : [],
+      secrets: [secretId],
+    };
+    return {
+      ids,
+      refuse: (dead) => {
+        const [id, reason] = dead.entries().next().value as [string, DeadReason];
+        const details = { checkedAt: 'commit', ...(tickets.length > 0 ? { ticket: tickets[0] } : {}) };
+        if (id === agent) {
+          const code = reason === 'expired' ? 'CC_ERR_AGENT_EXPIRED' : 'CC_ERR_AGENT_REVOKED';
+          return refuse(code, `agent ${id} is no longer live`, { ...details, agent: id });
+        }
+        if (id === node) {
+          const code = reason === 'expired' ? 'CC_ERR_WORKFLOW_EXPIRED' : 'CC_ERR_WORKFLOW_ENDED';
+          return refuse(code, `workflow node ${id} is no longer active`, { ...details, subtask: id });
+        }
+        if (id === secretId)
+          return refuse('CC_ERR_TICKET_SECRET_ERASED', `secret ${id} was erased`, { ...details, secret: id });
+        const code = reason === 'expired' ? 'CC_ERR_TICKET_EXPIRED' : 'CC_ERR_TICKET_REVOKED';
+        return refuse(code, `ticket ${tickets[0]} can no longer be exchanged (${id} is ${reason})`, details);
+      },
+    };
+  }
+
   async #resolveCached(ticket: string, hash: string): Promise<CachedTicket> {
     const now = this.#clock.now();
     const cached = this.#cache.get(hash);
-    if (cached !== undefined && now - cached.cachedAt < this.#options.cacheMs) return cached;
+    if (
+      cached !== undefined &&
+      now - cached.cachedAt < this.#options.cacheMs &&
+      this.#epoch.mayServe(cached.epoch)
+    )
+      return cached;
+    const token = this.#epoch.begin();
     const record = await this.#store.getTicketByHash(hash);
     if (record === null) throw refuse('CC_ERR_TICKET_UNKNOWN', 'no such ticket in this store');
     // The stored hash is an index lookup; compare again in constant time before trusting it.
@@ -1141,9 +1225,12 @@ export class Vault {
       throw refuse('CC_ERR_STORE_CORRUPT', `ticket ${record.id} names a missing secret`, {
         ticket: record.id,
       });
-    const entry: CachedTicket = { chain, secret, value: this.#decrypt(secret), cachedAt: now };
-    if (this.#cache.size > 100_000) this.#cache.clear();
-    this.#cache.set(hash, entry);
+    const entry: CachedTicket = { chain, secret, value: this.#decrypt(secret), cachedAt: now, epoch: token };
+    // Kept only if no change notice arrived (and the feed stayed current) while reading.
+    if (this.#epoch.mayKeep(token)) {
+      if (this.#cache.size > 100_000) this.#cache.clear();
+      this.#cache.set(hash, entry);
+    }
     return entry;
   }
 
@@ -1213,6 +1300,11 @@ export class Vault {
           : async (tx) => {
               if (!(await tx.consumeUses(limited))) throw this.#statusError('exhausted', record.id);
             },
+        this.#releaseGuard(
+          request.principal,
+          chain.map((t) => t.id),
+          secret.id,
+        ),
       );
       return {
         ticketId: record.id,
@@ -1237,6 +1329,8 @@ export class Vault {
               ticket: ticketId,
               // A keyed fingerprint of what was presented: correlates repeats, reveals nothing.
               presented: ticketId === null ? this.fingerprint(ticket.slice(0, 256)) : null,
+              // Refused by the check in the audit transaction: a cache had not yet heard of the change.
+              ...(refusal.details?.checkedAt === 'commit' ? { checkedAt: 'commit' } : {}),
               ...baseData,
             },
           })

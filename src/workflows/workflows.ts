@@ -526,14 +526,14 @@ export class Workflows {
             for (const r of await tx.revokeTicketTree(ticketId, at)) revoked.add(r);
           tickets = [...revoked];
         }
+        // The notices commit with the change (ADR 0013). Caches on every replica drop
+        // these tickets, and live sessions that used them end.
+        if (tickets.length > 0 || ended.length > 0)
+          await tx.notify({ type: 'ticket.revoked', ids: tickets.length > 0 ? tickets : ticketIds });
+        // Live sessions opened with the nodes' keys end too, on every replica.
+        if (ended.length > 0) await tx.notify({ type: 'workflow.ended', ids: ended });
       },
     );
-    // Caches on every replica drop these tickets, and live sessions that used them end.
-    if (tickets.length > 0 || ended.length > 0) {
-      await this.#store.publish({ type: 'ticket.revoked', ids: tickets.length > 0 ? tickets : ticketIds });
-    }
-    // Live sessions opened with the nodes' keys end too, on every replica.
-    if (ended.length > 0) await this.#store.publish({ type: 'workflow.ended', ids: ended });
     return { id: node.id, ended, tickets };
   }
 
