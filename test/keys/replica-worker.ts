@@ -39,6 +39,8 @@ async function serve(): Promise<void> {
       const ex = await ctx.vault.exchange(ticket, { principal, target: { connection: 'svc' } });
       if (!ex.value.revealText().startsWith('value-')) failures.push('wrong value');
       exchanges++;
+      // Progress for the test: one dot per exchange, so it can wait for activity around the rotation.
+      process.stdout.write('.');
       if (i % 10 === 0) await ctx.vault.knownSecrets();
     } catch (error) {
       record(error);
@@ -75,6 +77,6 @@ for (let tries = 0; tries < 50; tries++) {
   if (readable === (await ctx.store.listSecrets()).length) break;
   await new Promise((r) => setTimeout(r, 100));
 }
-process.stdout.write(`${JSON.stringify({ exchanges, failures, added, readable })}\n`);
+process.stdout.write(`\n${JSON.stringify({ exchanges, failures, added, readable })}\n`);
 await ctx.close();
 process.exit(0);
