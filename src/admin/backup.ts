@@ -1,8 +1,9 @@
 import { chmodSync, constants, copyFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { isAbsolute } from 'node:path';
+import Database from 'better-sqlite3';
 import type { AuditAnchor, AuditVerifyResult } from '../audit/audit-log.js';
 import type { Home } from '../config/home.js';
-import { writeFileExclusive } from '../config/home.js';
+import { keysDirOf, loadMasterKeys, writeFileExclusive } from '../config/home.js';
 import { loadConfigFile } from '../config/load-config.js';
 import { CoatcheckError } from '../core/errors.js';
 import { type Context, openContext, sqlitePath } from '../server/context.js';
@@ -11,8 +12,10 @@ import { type Context, openContext, sqlitePath } from '../server/context.js';
 export interface BackupAnchor extends AuditAnchor {
   readonly format: 'coatcheck-backup-1';
   readonly createdAt: string;
-  /** Id of the master key the copy is sealed under (the key itself is never written). */
+  /** Id of the master key the copy seals new data under (the key itself is never written). */
   readonly masterKey: string;
+  /** Ids of every master key the copy's sealed data depends on (a copy taken mid-rotation needs two). */
+  readonly keyIds: readonly string[];
 }
 
 export function anchorPathFor(backupPath: string): string {
@@ -38,10 +41,12 @@ export async function backupStore(
     throw invalid(`${path} (or its anchor file) exists; a backup never overwrites a file`);
   await ctx.audit.flush();
   const { auditHead } = await ctx.store.backupTo(path);
+  const needs = keyIdsOfCopy(path);
   const anchor: BackupAnchor = {
     format: 'coatcheck-backup-1',
     createdAt: new Date(ctx.clock.now()).toISOString(),
-    masterKey: ctx.keys.master.kid,
+    masterKey: needs.active,
+    keyIds: needs.keyIds,
     seq: auditHead?.seq ?? 0,
     hash: auditHead?.hash ?? '',
   };
@@ -50,6 +55,55 @@ export async function backupStore(
     throw invalid(`${anchorFile} appeared while the backup ran`);
   }
   return { ...anchor, path, anchorFile };
+}
+
+/**
+ * The master key ids a SQLite copy depends on, read from the copy itself (read-only): the
+ * key sealing its index key, its proxy CA key, and each live data key.
+ */
+export function keyIdsOfCopy(path: string): { active: string; keyIds: string[] } {
+  let db: Database.Database;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true });
+  } catch {
+    throw invalid(`${path} is not a readable SQLite store`);
+  }
+  try {
+    const meta = new Map(
+      (
+        db
+          .prepare("SELECT key, value FROM meta WHERE key IN ('master_kid', 'proxy_ca_key_kid', 'keyring')")
+          .all() as { key: string; value: string }[]
+      ).map((r) => [r.key, r.value]),
+    );
+    const kids = new Set<string>();
+    for (const key of ['master_kid', 'proxy_ca_key_kid']) {
+      const kid = meta.get(key);
+      if (kid !== undefined) kids.add(kid);
+    }
+    for (const row of db
+      .prepare('SELECT DISTINCT key_id FROM secrets WHERE wrapped_key IS NOT NULL AND key_id IS NOT NULL')
+      .all() as { key_id: string }[])
+      kids.add(row.key_id);
+    let active = meta.get('master_kid') ?? '';
+    const keyring = meta.get('keyring');
+    if (keyring !== undefined) {
+      try {
+        const parsed = JSON.parse(keyring) as { active?: unknown; previous?: unknown };
+        if (typeof parsed.active === 'string') active = parsed.active;
+        // Mid-rotation both keys are in use: the active one seals, the previous one is still being rewrapped away from.
+        if (typeof parsed.active === 'string') kids.add(parsed.active);
+      } catch {
+        throw invalid(`${path} holds an unreadable keyring state`);
+      }
+    }
+    return { active, keyIds: [...kids].sort() };
+  } catch (error) {
+    if (error instanceof CoatcheckError) throw error;
+    throw invalid(`${path} is not a coatcheck store`);
+  } finally {
+    db.close();
+  }
 }
 
 export function readAnchor(file: string): AuditAnchor {
@@ -87,6 +141,16 @@ export async function restoreStore(
     throw invalid(`${target} exists; restore never overwrites a store (move it away deliberately first)`);
   const anchorFile = anchorPathFor(backupPath);
   const anchor = existsSync(anchorFile) ? readAnchor(anchorFile) : undefined;
+  // Every key the backup depends on must be in this home's keyring (retired keys are kept
+  // in the keys directory for this): refuse by kid before copying anything.
+  const held = new Set(loadMasterKeys(home, env, keysDirOf(home, config.keys.dir)).map((k) => k.kid));
+  const missing = keyIdsOfCopy(backupPath).keyIds.filter((kid) => !held.has(kid));
+  if (missing.length > 0)
+    throw new CoatcheckError(
+      'CC_ERR_MASTER_KEY_UNAVAILABLE',
+      `the backup needs master key ${missing.join(', ')}, which this home's keyring does not hold; copy ${missing.map((k) => `${k}.key`).join(', ')} into ${keysDirOf(home, config.keys.dir)}`,
+      { details: { keyId: missing[0], keyIds: missing } },
+    );
   copyFileSync(backupPath, target, constants.COPYFILE_EXCL);
   chmodSync(target, 0o600);
   try {

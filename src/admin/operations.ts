@@ -5,6 +5,7 @@ import { CoatcheckError } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
 import { agentRef } from '../core/principal.js';
 import type { Context } from '../server/context.js';
+import { readKeyringState } from '../vault/keyring.js';
 import { openProxyCa } from '../vault/proxy-ca.js';
 import { backupStore } from './backup.js';
 import { rotateMasterKey } from './rotate.js';
@@ -89,10 +90,13 @@ export const operations = {
     input: z.object({}),
     async run(ctx) {
       const head = await ctx.store.auditHead();
+      const keyring = await readKeyringState(ctx.store);
       return {
         store: ctx.store.driver,
         location: ctx.store.location,
-        masterKey: ctx.keys.master.kid,
+        masterKey: keyring.active,
+        // What an operator checks on each replica before activating a new key.
+        keyring: { ...keyring, loaded: ctx.keys.masters.kids.sort() },
         auditHead: head?.seq ?? 0,
       };
     },
@@ -409,9 +413,11 @@ export const operations = {
   keysRotate: op({
     method: 'POST',
     path: '/v1/keys/rotate',
-    summary: 'Rewrap every data key under a new master key (tickets are unchanged).',
-    input: z.object({}),
-    run: (ctx, _input, actor) => rotateMasterKey(ctx, actor),
+    summary:
+      'Rotate the master key in phases safe with several replicas: add, activate, rewrap, retire (resumes a rotation in progress; tickets are unchanged).',
+    input: z.object({ until: z.enum(['added', 'activated', 'rewrapped', 'retired']).optional() }),
+    run: (ctx, input, actor) =>
+      rotateMasterKey(ctx, actor, input.until === undefined ? {} : { until: input.until }),
   }),
   caExport: op({
     method: 'GET',
@@ -420,7 +426,7 @@ export const operations = {
       "The forward proxy's CA certificate (PEM; made now if the home predates it). Its key never leaves the vault.",
     input: z.object({}),
     async run(ctx) {
-      const ca = await openProxyCa(ctx.store, ctx.keys.master);
+      const ca = await openProxyCa(ctx.store, ctx.keys.masters);
       return { certificate: ca.cert, fingerprint: ca.fingerprint };
     },
   }),
@@ -431,7 +437,7 @@ export const operations = {
     input: z.object({ name }),
     async run(ctx, input) {
       await principalOf(ctx, input.name);
-      const ca = await openProxyCa(ctx.store, ctx.keys.master);
+      const ca = await openProxyCa(ctx.store, ctx.keys.masters);
       return {
         agent: input.name,
         // The running server's forward proxy (serve --listen-proxy), else the configured one.

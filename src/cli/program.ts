@@ -756,14 +756,23 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .command('keys')
     .description('master key management')
     .command('rotate')
-    .description('rewrap every data key under a new master key (tickets are unchanged)')
-    .action(async (_opts, command: Command) => {
+    .description(
+      'rotate the master key: add a new key, make it the one new data is sealed under, rewrap every data key, retire the old key (kept for backups); resumes a rotation in progress',
+    )
+    .option(
+      '--prepare',
+      'stop after adding the new key (copy its file to replicas that do not share the keys directory, then run `keys rotate` again)',
+    )
+    .action(async (opts: { prepare?: boolean }, command: Command) => {
       await perform(
         command,
-        (c) => c.call('keysRotate', {}),
+        (c) => c.call('keysRotate', opts.prepare === true ? { until: 'added' } : {}),
         (r) =>
-          `rotated master key ${r.previousKey} -> ${r.newKey} (${r.dataKeysRewrapped} data keys rewrapped)\n` +
-          (r.newMasterKey === undefined ? '' : `set COATCHECK_MASTER_KEY=${r.newMasterKey}\n`),
+          r.phase === 'added'
+            ? `added master key ${r.newKey} (${r.keyFile}); ${r.previousKey} still seals new data\n` +
+              'every replica must be able to read that file; then run `coatcheck keys rotate` to finish\n'
+            : `rotated master key ${r.previousKey} -> ${r.newKey} (${r.dataKeysRewrapped} data keys rewrapped${r.resumed ? ', resumed' : ''})\n` +
+              `  new key file  ${r.keyFile}\n  ${r.previousKey} is retired; keep its key file for backups taken before now\n`,
       );
     });
 

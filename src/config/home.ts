@@ -7,6 +7,7 @@ import {
   linkSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   renameSync,
   statSync,
@@ -105,19 +106,36 @@ function readKeyFile(path: string, what: string): string {
   return readFileSync(path, 'utf8');
 }
 
+/** The keys directory of a home: one `<kid>.key` file per master key, never overwritten or deleted. */
+export const KEYS_DIR = 'keys';
+
+export function keysDirOf(home: Home, configured?: string): string {
+  if (configured === undefined) return join(home.dir, KEYS_DIR);
+  return isAbsolute(configured) ? configured : join(home.dir, configured);
+}
+
 /**
- * The master key: COATCHECK_MASTER_KEY wins; else the key file. If a rotation was
- * interrupted after the store was rewrapped, `master.key.next` holds the key in force:
- * the caller tries both (see `candidateMasterKeys`).
+ * Every master key this replica can read: COATCHECK_MASTER_KEY (else the home's
+ * `master.key`), a `master.key.next` left by an older version's interrupted rotation, and
+ * every `*.key` file in the keys directory (keys added by rotation, retired keys kept for
+ * backups). Called again without restart when a rotation adds a key.
  */
-export function candidateMasterKeys(home: Home, env: NodeJS.ProcessEnv = process.env): MasterKey[] {
-  const fromEnv = env.COATCHECK_MASTER_KEY;
-  if (fromEnv !== undefined && fromEnv !== '') return [MasterKey.fromBase64(fromEnv)];
+export function loadMasterKeys(
+  home: Home,
+  env: NodeJS.ProcessEnv = process.env,
+  keysDir: string = keysDirOf(home),
+): MasterKey[] {
   const keys: MasterKey[] = [];
-  if (existsSync(home.masterKeyFile))
-    keys.push(MasterKey.fromBase64(readKeyFile(home.masterKeyFile, 'master key file')));
-  const next = join(home.dir, MASTER_KEY_NEXT_FILE);
-  if (existsSync(next)) keys.push(MasterKey.fromBase64(readKeyFile(next, 'master key file')));
+  const fromEnv = env.COATCHECK_MASTER_KEY;
+  if (fromEnv !== undefined && fromEnv !== '') keys.push(MasterKey.fromBase64(fromEnv));
+  else {
+    if (existsSync(home.masterKeyFile))
+      keys.push(MasterKey.fromBase64(readKeyFile(home.masterKeyFile, 'master key file')));
+    const next = join(home.dir, MASTER_KEY_NEXT_FILE);
+    if (existsSync(next)) keys.push(MasterKey.fromBase64(readKeyFile(next, 'master key file')));
+  }
+  for (const file of keyFilesIn(keysDir))
+    keys.push(MasterKey.fromBase64(readKeyFile(file, 'master key file')));
   if (keys.length === 0) {
     throw new CoatcheckError(
       'CC_ERR_MASTER_KEY_MISSING',
@@ -130,39 +148,45 @@ export function candidateMasterKeys(home: Home, env: NodeJS.ProcessEnv = process
   return keys;
 }
 
+function keyFilesIn(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((name) => name.endsWith('.key'))
+    .sort()
+    .map((name) => join(dir, name));
+}
+
 export function masterKeyFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.COATCHECK_MASTER_KEY !== undefined && env.COATCHECK_MASTER_KEY !== '';
 }
 
-/** After a rotation committed: make the next key the key file. */
-export function promoteNextMasterKey(home: Home): void {
-  const next = join(home.dir, MASTER_KEY_NEXT_FILE);
-  if (existsSync(next)) renameSync(next, home.masterKeyFile);
-}
-
-export function writeNextMasterKey(home: Home, key: MasterKey): void {
-  const next = join(home.dir, MASTER_KEY_NEXT_FILE);
-  if (!writeFileExclusive(next, `${key.toBase64()}\n`, 0o600)) {
-    // A leftover from an interrupted rotation: the store may be sealed under it. Opening
-    // the home resolves it (promoted or discarded); never overwrite it here.
-    throw new CoatcheckError(
-      'CC_ERR_KEYS_ROTATION_PENDING',
-      `${next} exists from an interrupted rotation; restart the server (it resolves it) before rotating again`,
-      { details: { file: next } },
-    );
+/**
+ * Add a master key to the keys directory as `<kid>.key` (0600), create-exclusive: an
+ * existing file is never replaced. The same key already there is fine (a resumed
+ * rotation); returns the file's path.
+ */
+export function writeMasterKeyFile(keysDir: string, key: MasterKey): string {
+  mkdirSync(keysDir, { recursive: true, mode: 0o700 });
+  const file = join(keysDir, `${key.kid}.key`);
+  if (!writeFileExclusive(file, `${key.toBase64()}\n`, 0o600)) {
+    const existing = MasterKey.fromBase64(readKeyFile(file, 'master key file'));
+    if (existing.kid !== key.kid) {
+      throw new CoatcheckError('CC_ERR_MASTER_KEY_INVALID', `${file} holds another key than its name says`, {
+        details: { file },
+      });
+    }
   }
+  return file;
 }
 
 /** The key files of a home that exist now (any of them means the home holds key material). */
 export function existingKeyFiles(home: Home): string[] {
-  return [home.masterKeyFile, join(home.dir, MASTER_KEY_NEXT_FILE), home.adminKeyFile].filter((f) =>
-    existsSync(f),
-  );
-}
-
-export function discardNextMasterKey(home: Home): void {
-  const next = join(home.dir, MASTER_KEY_NEXT_FILE);
-  if (existsSync(next)) unlinkSync(next);
+  return [
+    home.masterKeyFile,
+    join(home.dir, MASTER_KEY_NEXT_FILE),
+    home.adminKeyFile,
+    ...keyFilesIn(keysDirOf(home)),
+  ].filter((f) => existsSync(f));
 }
 
 export function ensureHomeDir(home: Home): void {

@@ -66,6 +66,17 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    keys: z
+      .object({
+        /**
+         * Directory of master key files (`<kid>.key`), relative to the home unless absolute.
+         * Replicas that share a store must see the same keys: give them one directory (a
+         * shared or synchronised mount) or copy each new key file before activating it.
+         */
+        dir: z.string().min(1).max(4096).default('keys'),
+      })
+      .strict()
+      .prefault({}),
     listen: z
       .object({
         admin: listenAddress.default('127.0.0.1:7070'),
@@ -286,6 +297,9 @@ export const DEFAULT_CONFIG_YAML = `# coatcheck configuration. Every field is op
 store:
   driver: sqlite          # sqlite (embedded) or postgres (COATCHECK_DATABASE_URL)
   path: coatcheck.db      # relative to this directory
+
+keys:
+  dir: keys               # master key files (<kid>.key); see docs/operations.md, key rotation
 
 listen:
   admin: 127.0.0.1:7070   # admin API (CLI and console)

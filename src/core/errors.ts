@@ -82,9 +82,8 @@ export const ERROR_CODES = {
   CC_ERR_KEYS_ROTATION_PENDING: {
     status: 409,
     description:
-      'A master.key.next file from an interrupted rotation is present; a new rotation would overwrite key material the store may be sealed under.',
-    solution:
-      'Restart the server (opening the home promotes or discards the pending key), then rotate again.',
+      'Another rotation changed the keyring while this one ran (two `keys rotate` at once), so this one stopped before its next phase.',
+    solution: 'Run `coatcheck keys rotate` again: it resumes the rotation in progress from its last phase.',
   },
   CC_ERR_MASTER_KEY_MISSING: {
     status: 500,
@@ -96,10 +95,19 @@ export const ERROR_CODES = {
     description: 'The master key is not 32 bytes of base64, or its file is readable by others.',
     solution: 'Provide the key exactly as `coatcheck init` or `keys rotate` wrote it; chmod 600 the file.',
   },
+  CC_ERR_MASTER_KEY_UNAVAILABLE: {
+    status: 503,
+    description:
+      "Data is sealed (or must now be sealed) under a master key whose id is not in this replica's keyring, even after reloading the key files once. Nothing is released or written.",
+    solution:
+      'Copy the key file with that id (`<kid>.key`) into the keys directory (keys.dir) of this replica, or into the home a backup is restored to; the replica picks it up without restart.',
+  },
   CC_ERR_MASTER_KEY_WRONG: {
     status: 500,
-    description: 'The master key does not open this store (it belongs to another store, or is an old key).',
-    solution: 'Use the master key this store was created or last rotated with.',
+    description:
+      "None of the master keys given holds the key id the store's index key is sealed under (they belong to another store).",
+    solution:
+      'Provide the key the message names: COATCHECK_MASTER_KEY, master.key, or its `<kid>.key` file in the keys directory.',
   },
   CC_ERR_STORE_CORRUPT: {
     status: 500,

@@ -8,13 +8,13 @@ import { createWebhookNotifier } from '../approvals/webhook.js';
 import { AuditLog } from '../audit/audit-log.js';
 import {
   adminKeyHash,
-  candidateMasterKeys,
   ensureHomeDir,
   existingKeyFiles,
   type Home,
+  keysDirOf,
+  loadMasterKeys,
   masterKeyFromEnv,
   newAdminKey,
-  promoteNextMasterKey,
   writeFileDurably,
   writeFileExclusive,
 } from '../config/home.js';
@@ -35,7 +35,7 @@ import { PolicyHolder } from '../policy/policy-holder.js';
 import { openStore } from '../store/open-store.js';
 import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
-import { initializeKeyring, isInitialized, type Keyring, openKeyring } from '../vault/keyring.js';
+import { initializeKeyring, isInitialized, type Keyring, MasterKeys, openKeyring } from '../vault/keyring.js';
 import { ensureProxyCa } from '../vault/proxy-ca.js';
 import { Vault } from '../vault/vault.js';
 import { Workflows } from '../workflows/workflows.js';
@@ -70,8 +70,10 @@ export interface Context {
   health(): Promise<HealthReport>;
   /** The gateway logger (pino JSON on stderr, every line scrubbed). */
   readonly log: Logger;
-  /** Where the master key came from: rotation writes a file, or hands an env key back. */
+  /** Where the first master key came from (COATCHECK_MASTER_KEY or master.key); rotated keys are files. */
   readonly masterKeySource: 'env' | 'file';
+  /** The directory rotation writes new master key files to (and every replica reads). */
+  readonly keysDir: string;
   /** Prometheus registry shared by the front-ends; the admin listener serves it at GET /metrics. */
   readonly metrics: Registry;
   close(): Promise<void>;
@@ -224,6 +226,18 @@ function buildContext(
   // Any revocation or change may alter a cached decision's inputs.
   const unsubscribe = store.subscribe((change) => {
     policy.engine.invalidate();
+    if (change.type === 'keys.rotated' || change.type === 'resync') {
+      // A rotation elsewhere may have added a key: pick it up without restart. A key
+      // still missing is reloaded again when first needed, then refused by kid.
+      try {
+        keys.masters.reload();
+      } catch (error) {
+        log.error(
+          { code: (error as { code?: unknown })?.code ?? 'CC_ERR_MASTER_KEY_INVALID' },
+          'reloading the master keys failed; the keys already loaded stay in use',
+        );
+      }
+    }
     if (
       change.type === 'secret.added' ||
       change.type === 'secret.erased' ||
@@ -259,6 +273,7 @@ function buildContext(
     gate,
     log,
     masterKeySource,
+    keysDir: keysDirOf(home, config.keys.dir),
     metrics: new Registry(),
     health: () => checkHealth(store, audit, clock),
     async close() {
@@ -287,29 +302,23 @@ export async function openContext(
   const config = loadConfigFile(home.configFile, env);
   if (options.policyPath !== undefined)
     config.policy = { ...config.policy, path: resolve(options.policyPath) };
-  const candidates = candidateMasterKeys(home, env);
+  const keysDir = keysDirOf(home, config.keys.dir);
+  const masters = new MasterKeys(() => loadMasterKeys(home, env, keysDir));
   const store = await openConfiguredStore(home, config, false);
-  let lastError: unknown;
-  for (const [index, master] of candidates.entries()) {
-    try {
-      const keys = await openKeyring(store, master);
-      // Index 1 is master.key.next: a rotation committed but the file was not promoted yet.
-      if (index === 1) promoteNextMasterKey(home);
-      return buildContext(
-        home,
-        config,
-        options.clock ?? systemClock,
-        store,
-        keys,
-        masterKeyFromEnv(env) ? 'env' : 'file',
-      );
-    } catch (error) {
-      lastError = error;
-      if (!(error instanceof CoatcheckError) || error.code !== 'CC_ERR_MASTER_KEY_WRONG') break;
-    }
+  try {
+    const keys = await openKeyring(store, masters);
+    return buildContext(
+      home,
+      config,
+      options.clock ?? systemClock,
+      store,
+      keys,
+      masterKeyFromEnv(env) ? 'env' : 'file',
+    );
+  } catch (error) {
+    await store.close().catch(() => undefined);
+    throw error;
   }
-  await store.close().catch(() => undefined);
-  throw lastError;
 }
 
 export interface InitResult {
@@ -361,7 +370,8 @@ export async function initHome(
     }
     let keys: Keyring;
     try {
-      keys = await initializeKeyring(store, master);
+      const masters = new MasterKeys(() => loadMasterKeys(home, env, keysDirOf(home, config.keys.dir)));
+      keys = await initializeKeyring(store, masters, master);
     } catch (error) {
       // The store was not sealed under the key just written (another init won the race,
       // or the store failed): that key protects nothing, remove it so init can be rerun.
@@ -369,7 +379,7 @@ export async function initHome(
       throw error;
     }
     // The forward proxy's CA: its key sealed under the master key, never on disk in clear.
-    await ensureProxyCa(store, master);
+    await ensureProxyCa(store, keys.masters);
     const adminKey = newAdminKey();
     await store.setMeta(ADMIN_KEY_META, adminKeyHash(keys.index.lookup, adminKey));
     if (!writeFileExclusive(home.adminKeyFile, `${adminKey}\n`, 0o600)) {

@@ -8,13 +8,19 @@ import {
 import { CoatcheckError } from '../core/errors.js';
 import { createCertificate } from '../core/x509.js';
 import type { Store } from '../store/types.js';
-import type { MasterKey } from './envelope.js';
-import { PROXY_CA_KEY_AAD, PROXY_CA_KEY_META } from './keyring.js';
+import {
+  type MasterKeys,
+  PROXY_CA_KEY_AAD,
+  PROXY_CA_KEY_META,
+  PROXY_CA_KID_META,
+  sealingKey,
+  unwrapMetaBlob,
+} from './keyring.js';
 
 /**
  * The forward proxy's local certificate authority. Made at `init` (or, for homes made
  * before it existed, on first use); its private key is stored only sealed under the
- * master key (rewrapped on rotation by `rewrapAll`), its certificate in clear. The key
+ * master key (its kid in `proxy_ca_key_kid`; rewrapped on rotation by `rewrapMeta`), its certificate in clear. The key
  * is opened in memory by the process that serves the proxy and never written anywhere.
  */
 export const PROXY_CA_CERT_META = 'proxy_ca_cert';
@@ -33,7 +39,7 @@ export interface ProxyCa {
   readonly fingerprint: string;
 }
 
-function makeCa(master: MasterKey, now: Date): { cert: string; sealed: string } {
+function makeCa(now: Date): { cert: string; pkcs8: Buffer } {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const cert = createCertificate({
     subject: CA_SUBJECT,
@@ -44,38 +50,49 @@ function makeCa(master: MasterKey, now: Date): { cert: string; sealed: string } 
     notAfter: new Date(now.getTime() + CA_LIFETIME_MS),
     ca: true,
   });
-  const pkcs8 = privateKey.export({ type: 'pkcs8', format: 'der' });
-  const sealed = master.wrap(pkcs8, PROXY_CA_KEY_AAD).toString('base64');
-  pkcs8.fill(0);
-  return { cert, sealed };
+  return { cert, pkcs8: privateKey.export({ type: 'pkcs8', format: 'der' }) };
 }
 
 /** Make the CA if the store has none. Concurrent callers agree on one (the first commit wins). */
-export async function ensureProxyCa(store: Store, master: MasterKey, now = new Date()): Promise<void> {
+export async function ensureProxyCa(store: Store, masters: MasterKeys, now = new Date()): Promise<void> {
   if ((await store.getMeta(PROXY_CA_CERT_META)) !== null) return;
-  const made = makeCa(master, now);
-  await store.transaction(async (tx) => {
-    if ((await tx.getMeta(PROXY_CA_CERT_META)) !== null) return;
-    await tx.setMeta(PROXY_CA_KEY_META, made.sealed);
-    await tx.setMeta(PROXY_CA_CERT_META, made.cert);
-  });
+  const made = makeCa(now);
+  try {
+    await store.transaction(async (tx) => {
+      if ((await tx.getMeta(PROXY_CA_CERT_META)) !== null) return;
+      // Sealed under the active key read in this transaction (never a key being rotated away).
+      const master = await sealingKey(tx, masters);
+      await tx.setMeta(PROXY_CA_KEY_META, master.wrap(made.pkcs8, PROXY_CA_KEY_AAD).toString('base64'));
+      await tx.setMeta(PROXY_CA_KID_META, master.kid);
+      await tx.setMeta(PROXY_CA_CERT_META, made.cert);
+    });
+  } finally {
+    made.pkcs8.fill(0);
+  }
 }
 
 /** The CA certificate (PEM), making the CA first if needed. */
-export async function proxyCaCertificate(store: Store, master: MasterKey): Promise<string> {
-  await ensureProxyCa(store, master);
+export async function proxyCaCertificate(store: Store, masters: MasterKeys): Promise<string> {
+  await ensureProxyCa(store, masters);
   return (await store.getMeta(PROXY_CA_CERT_META))!;
 }
 
 /** Open the CA (key unsealed in memory), making it first if needed. */
-export async function openProxyCa(store: Store, master: MasterKey): Promise<ProxyCa> {
-  await ensureProxyCa(store, master);
+export async function openProxyCa(store: Store, masters: MasterKeys): Promise<ProxyCa> {
+  await ensureProxyCa(store, masters);
   const cert = await store.getMeta(PROXY_CA_CERT_META);
   const sealed = await store.getMeta(PROXY_CA_KEY_META);
   if (cert === null || sealed === null) {
     throw new CoatcheckError('CC_ERR_STORE_CORRUPT', 'the proxy CA certificate or its sealed key is missing');
   }
-  const pkcs8 = master.unwrap(Buffer.from(sealed, 'base64'), PROXY_CA_KEY_AAD);
+  const kid = await store.getMeta(PROXY_CA_KID_META);
+  const pkcs8 = unwrapMetaBlob(
+    masters,
+    Buffer.from(sealed, 'base64'),
+    PROXY_CA_KEY_AAD,
+    kid,
+    'the proxy CA key',
+  );
   if (pkcs8 === null) {
     throw new CoatcheckError('CC_ERR_STORE_CORRUPT', 'the sealed proxy CA key does not authenticate');
   }

@@ -18,7 +18,7 @@ import {
   type Target,
 } from './destinations.js';
 import { keyedHash, newDataKey, open, seal } from './envelope.js';
-import { dataKeyAad, type Keyring, valueAad } from './keyring.js';
+import { dataKeyAad, type Keyring, sealingKey, unwrapDataKey, valueAad } from './keyring.js';
 import { DEFAULT_PLACEMENTS, normalizePlacements, type Placement, placementAllowed } from './placements.js';
 
 /** A live secret, decrypted, as the response scanners and found-secret dedup need it. */
@@ -309,42 +309,47 @@ export class Vault {
         : normalizePlacements(input.placements, input.allowSql);
     const id = newId('sec');
     const dataKey = newDataKey();
-    const record: SecretRecord = {
+    // The data key is wrapped inside the transaction, under the key the store names active
+    // then (see sealingKey); until then the record carries no wrapped key.
+    let record: SecretRecord = {
       id,
       name: input.name,
       kind: input.kind ?? 'generic',
       allow,
       placements,
-      wrappedKey: this.#keys.master.wrap(dataKey, dataKeyAad(id)),
-      keyId: this.#keys.master.kid,
+      wrappedKey: null,
+      keyId: null,
       ciphertext: seal(dataKey, input.value, valueAad(id)),
       fingerprint: this.fingerprint(input.value),
       createdAt: this.#clock.now(),
       erasedAt: null,
     };
-    dataKey.fill(0);
-    await this.#audit.append(
-      {
-        type: 'secret.add',
-        actor,
-        data: {
-          secret: id,
-          name: record.name,
-          kind: record.kind,
-          allow,
-          placements,
-          fingerprint: record.fingerprint,
-        },
-      },
-      async (tx) => {
-        if (await tx.getSecretByName(record.name)) {
-          throw refuse('CC_ERR_ALREADY_EXISTS', `a secret named ${record.name} already exists`, {
+    await this.#audit
+      .append(
+        {
+          type: 'secret.add',
+          actor,
+          data: {
+            secret: id,
             name: record.name,
-          });
-        }
-        await tx.insertSecret(record);
-      },
-    );
+            kind: record.kind,
+            allow,
+            placements,
+            fingerprint: record.fingerprint,
+          },
+        },
+        async (tx) => {
+          if (await tx.getSecretByName(record.name)) {
+            throw refuse('CC_ERR_ALREADY_EXISTS', `a secret named ${record.name} already exists`, {
+              name: record.name,
+            });
+          }
+          const master = await sealingKey(tx, this.#keys.masters);
+          record = { ...record, wrappedKey: master.wrap(dataKey, dataKeyAad(id)), keyId: master.kid };
+          await tx.insertSecret(record);
+        },
+      )
+      .finally(() => dataKey.fill(0));
     this.#invalidateKnown();
     await this.#store.publish({ type: 'secret.added', id });
     return this.#secretView(record);
@@ -461,12 +466,9 @@ export class Vault {
   /** Decrypt a secret by record, for credential injection and exchange. */
   #decrypt(record: SecretRecord): SecretValue | null {
     if (record.wrappedKey === null || record.ciphertext === null) return null;
-    const dataKey = this.#keys.master.unwrap(record.wrappedKey, dataKeyAad(record.id));
-    if (dataKey === null) {
-      throw refuse('CC_ERR_STORE_CORRUPT', `the data key of secret ${record.id} does not authenticate`, {
-        secret: record.id,
-      });
-    }
+    // Unwrapped by the kid the row names: a key this replica lacks is reloaded once, then
+    // refused as CC_ERR_MASTER_KEY_UNAVAILABLE naming that kid.
+    const dataKey = unwrapDataKey(this.#keys.masters, record);
     const value = open(dataKey, record.ciphertext, valueAad(record.id));
     dataKey.fill(0);
     if (value === null) {

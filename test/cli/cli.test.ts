@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cli } from '../helpers/cli.js';
@@ -96,7 +96,9 @@ describe('CLI', () => {
     expect(everything).not.toContain(CANARY);
     // Tickets are printed only by `token issue` / `token narrow`.
     expect(outputs.filter((o) => o.includes(ticket))).toEqual([issued.stdout]);
-    for (const file of readdirSync(t.home.dir)) {
+    // Every file of the home, the keys directory's included.
+    for (const file of readdirSync(t.home.dir, { recursive: true, encoding: 'utf8' })) {
+      if (statSync(join(t.home.dir, file)).isDirectory()) continue;
       const bytes = readFileSync(join(t.home.dir, file));
       expect(bytes.includes(Buffer.from(CANARY)), file).toBe(false);
       expect(bytes.includes(Buffer.from(ticket)), file).toBe(false);

@@ -37,7 +37,8 @@ describe('backup and restore', () => {
     expect(JSON.parse(readFileSync(`${backup}.anchor.json`, 'utf8'))).toMatchObject({
       seq: result.seq,
       hash: result.hash,
-      masterKey: ctx.keys.master.kid,
+      masterKey: ctx.keys.masters.kids[0],
+      keyIds: ctx.keys.masters.kids,
     });
     expect(readFileSync(backup).includes(Buffer.from(CANARY))).toBe(false);
     await ctx.close();

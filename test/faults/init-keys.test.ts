@@ -105,7 +105,7 @@ describe('init never destroys key material', () => {
     expect(existsSync(t.home.masterKeyFile)).toBe(false);
   });
 
-  it('a rotation never overwrites a pending master.key.next', async () => {
+  it('a rotation never overwrites or deletes a key file (master.key, a leftover master.key.next)', async () => {
     t = await homeWithSecret();
     const next = join(t.home.dir, 'master.key.next');
     const ctx = await t.open();
@@ -113,10 +113,12 @@ describe('init never destroys key material', () => {
       const planted = `${MasterKey.generate().toBase64()}\n`;
       writeFileSync(next, planted, { mode: 0o600 });
       chmodSync(next, 0o600);
-      await expect(rotateMasterKey(ctx, 'admin:test')).rejects.toMatchObject({
-        code: 'CC_ERR_KEYS_ROTATION_PENDING',
-      });
+      const master = readFileSync(t.home.masterKeyFile, 'utf8');
+      const result = await rotateMasterKey(ctx, 'admin:test');
+      expect(result.phase).toBe('retired');
       expect(readFileSync(next, 'utf8')).toBe(planted);
+      expect(readFileSync(t.home.masterKeyFile, 'utf8')).toBe(master);
+      expect(existsSync(result.keyFile)).toBe(true);
     } finally {
       await ctx.close();
     }

@@ -6,11 +6,17 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { rotateMasterKey } from '../../src/admin/rotate.js';
 import { AGENT_KEY_REFERENCE } from '../../src/cli/proxy.js';
 import { createLeafCerts } from '../../src/frontends/http/leaf-certs.js';
+import type { Context } from '../../src/server/context.js';
 import { MasterKey } from '../../src/vault/envelope.js';
-import { PROXY_CA_KEY_AAD, PROXY_CA_KEY_META } from '../../src/vault/keyring.js';
+import { PROXY_CA_KEY_AAD, PROXY_CA_KEY_META, readKeyringState } from '../../src/vault/keyring.js';
 import { openProxyCa, PROXY_CA_CERT_META } from '../../src/vault/proxy-ca.js';
 import { cli } from '../helpers/cli.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
+
+/** The master key the store names active (the one new data is sealed under). */
+async function activeKey(ctx: Context): Promise<MasterKey> {
+  return ctx.keys.masters.require((await readKeyringState(ctx.store)).active, 'test');
+}
 
 describe('forward proxy CA', () => {
   let t: TestHome;
@@ -36,10 +42,11 @@ describe('forward proxy CA', () => {
       // The sealed blob opens under the master key only, with its own associated data.
       const blob = Buffer.from(sealed!, 'base64');
       expect(blob.includes(Buffer.from('PRIVATE KEY'))).toBe(false);
-      expect(ctx.keys.master.unwrap(blob, PROXY_CA_KEY_AAD)).not.toBeNull();
-      expect(ctx.keys.master.unwrap(blob, 'coatcheck index key')).toBeNull();
+      const master = await activeKey(ctx);
+      expect(master.unwrap(blob, PROXY_CA_KEY_AAD)).not.toBeNull();
+      expect(master.unwrap(blob, 'coatcheck index key')).toBeNull();
       expect(MasterKey.generate().unwrap(blob, PROXY_CA_KEY_AAD)).toBeNull();
-      const ca = await openProxyCa(ctx.store, ctx.keys.master);
+      const ca = await openProxyCa(ctx.store, ctx.keys.masters);
       expect(x509.checkPrivateKey(ca.key)).toBe(true);
       // No key material anywhere in the home's files but the sealed blob in the database.
       const db = readFileSync(join(t.home.dir, 'coatcheck.db'));
@@ -57,8 +64,8 @@ describe('forward proxy CA', () => {
     const ctx = await t.open();
     try {
       expect(await ctx.store.getMeta(PROXY_CA_CERT_META)).toBeNull();
-      const first = await openProxyCa(ctx.store, ctx.keys.master);
-      const second = await openProxyCa(ctx.store, ctx.keys.master);
+      const first = await openProxyCa(ctx.store, ctx.keys.masters);
+      const second = await openProxyCa(ctx.store, ctx.keys.masters);
       expect(second.fingerprint).toBe(first.fingerprint);
       expect(await ctx.store.getMeta(PROXY_CA_KEY_META)).not.toBeNull();
     } finally {
@@ -69,14 +76,15 @@ describe('forward proxy CA', () => {
   it('key rotation rewraps the CA key: the same CA opens under the new key, not the old', async () => {
     const ctx = await t.open();
     try {
-      const before = await openProxyCa(ctx.store, ctx.keys.master);
-      const old = ctx.keys.master;
+      const before = await openProxyCa(ctx.store, ctx.keys.masters);
+      const old = await activeKey(ctx);
       await rotateMasterKey(ctx, 'admin:test');
-      const after = await openProxyCa(ctx.store, ctx.keys.master);
+      const after = await openProxyCa(ctx.store, ctx.keys.masters);
       expect(after.fingerprint).toBe(before.fingerprint);
       const sealed = Buffer.from((await ctx.store.getMeta(PROXY_CA_KEY_META))!, 'base64');
       expect(old.unwrap(sealed, PROXY_CA_KEY_AAD)).toBeNull();
-      expect(ctx.keys.master.unwrap(sealed, PROXY_CA_KEY_AAD)).not.toBeNull();
+      expect((await activeKey(ctx)).kid).not.toBe(old.kid);
+      expect((await activeKey(ctx)).unwrap(sealed, PROXY_CA_KEY_AAD)).not.toBeNull();
     } finally {
       await ctx.close();
     }
@@ -85,7 +93,7 @@ describe('forward proxy CA', () => {
   it('mints leaf certificates per host under the CA, cached in a bounded LRU', async () => {
     const ctx = await t.open();
     try {
-      const ca = await openProxyCa(ctx.store, ctx.keys.master);
+      const ca = await openProxyCa(ctx.store, ctx.keys.masters);
       const leaves = createLeafCerts(ca, { max: 2 });
       const a = leaves.get('api.example.com');
       expect(leaves.get('API.example.com')).toBe(a);

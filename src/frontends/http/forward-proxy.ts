@@ -100,7 +100,7 @@ export async function startForwardProxy(
     caFile,
     options.upstreamCaFile !== undefined ? '--upstream-ca' : 'proxy.upstreamCaFile',
   );
-  const authority = await openProxyCa(ctx.store, ctx.keys.master);
+  const authority = await openProxyCa(ctx.store, ctx.keys.masters);
   const leaves = createLeafCerts(authority, { max: config.leafCacheSize });
   const { pipeline, recorder } = createHttpPipeline(ctx, log, 'http-proxy', options);
   const bindings: HostBindings = createHostBindings(ctx.vault, ctx.connections, ctx.store);
