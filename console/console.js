@@ -625,11 +625,41 @@ async function approvalPage({ id }) {
   ];
 }
 
+// --- agent names -------------------------------------------------------------
+
+/** agt_… id -> name, read from /v1/agents when a page that shows principals renders. */
+let agentNames = new Map();
+
+async function loadAgentNames() {
+  try {
+    const agents = await api('GET', '/v1/agents');
+    agentNames = new Map(agents.map((a) => [a.id, a.name]));
+  } catch {
+    // Names are a convenience: the ids are still shown.
+  }
+}
+
+/** `agent:agt_…` (or a bare id) as `agent:<name>`; the full reference in the hover title. */
+function principalName(ref) {
+  if (typeof ref !== 'string') return ref;
+  return ref.replace(/agt_[0-9A-Za-z]+/g, (id) => agentNames.get(id) ?? id);
+}
+
+function who(ref) {
+  if (ref === null || ref === undefined || ref === '') return el('span', { class: 'muted' }, '—');
+  const name = principalName(ref);
+  return el('span', { class: 'who', title: ref }, name);
+}
+
 // --- audit -------------------------------------------------------------------
 
 function auditMatches(record, filter) {
   if (filter.type && !record.type.startsWith(filter.type)) return false;
-  if (filter.actor && !record.actor.toLowerCase().includes(filter.actor.toLowerCase())) return false;
+  if (
+    filter.actor &&
+    !`${record.actor} ${principalName(record.actor)}`.toLowerCase().includes(filter.actor.toLowerCase())
+  )
+    return false;
   if (filter.text && !JSON.stringify(record).toLowerCase().includes(filter.text.toLowerCase())) return false;
   return true;
 }
@@ -644,6 +674,7 @@ async function auditPage({ query }) {
     actor: query.get('actor') ?? '',
     text: query.get('text') ?? '',
   };
+  await loadAgentNames();
   const head = (await api('GET', '/v1/status')).auditHead;
   const requested = Number(query.get('before'));
   let upper = Number.isInteger(requested) && requested > 0 ? Math.min(requested, head + 1) : head + 1;
@@ -689,7 +720,7 @@ async function auditPage({ query }) {
     'form',
     { class: 'filters', role: 'search', 'aria-label': 'Filter audit records' },
     field('type', 'Type starts with', 'e.g. approval. or token.exchange'),
-    field('actor', 'Actor contains', 'e.g. agent: or human:ada'),
+    field('actor', 'Actor contains', 'e.g. agent:, an agent name or human:ada'),
     field('text', 'Text contains', 'searched in the whole record'),
     el(
       'div',
@@ -735,7 +766,7 @@ async function auditPage({ query }) {
         { label: '#', cell: (r) => String(r.seq) },
         { label: 'Time', cell: (r) => when(r.ts) },
         { label: 'Type', cell: (r) => ident(r.type) },
-        { label: 'Actor', cell: (r) => r.actor },
+        { label: 'Actor', cell: (r) => who(r.actor) },
         {
           label: 'Data',
           cell: (r) => {
@@ -766,6 +797,7 @@ async function auditPage({ query }) {
 
 async function sessionsPage({ query }) {
   const before = Number(query.get('before'));
+  await loadAgentNames();
   const rows = await api(
     'GET',
     `/v1/sessions?limit=50${Number.isInteger(before) && before > 0 ? `&before=${before}` : ''}`,
@@ -782,7 +814,7 @@ async function sessionsPage({ query }) {
       [
         { label: 'Session', cell: (s) => el('a', { href: `#/sessions/${enc(s.id)}` }, s.id) },
         { label: 'Front-end', cell: (s) => s.frontend },
-        { label: 'Principal', cell: (s) => orDash(s.principal) },
+        { label: 'Principal', cell: (s) => who(s.principal) },
         { label: 'Connection', cell: (s) => orDash(s.connection) },
         {
           label: 'Request',
@@ -807,6 +839,7 @@ async function sessionsPage({ query }) {
 }
 
 async function sessionPage({ id }) {
+  await loadAgentNames();
   const s = await api('GET', `/v1/sessions/${enc(id)}`);
   const summary = s.summary ?? {};
   const { events = [], tickets = [], secrets = [], droppedEvents = 0, ...rest } = summary;
@@ -815,7 +848,7 @@ async function sessionPage({ id }) {
     heading(`Session ${s.id}`),
     facts([
       ['Front-end', s.frontend],
-      ['Principal', orDash(s.principal)],
+      ['Principal', who(s.principal)],
       ['Connection', orDash(s.connection)],
       ['Outcome', [badge(s.outcome === 'ok' ? 'ok' : 'error'), ' ', code(s.outcome)]],
       ['Started', when(s.startedAt)],
@@ -850,6 +883,7 @@ function confirmed(text) {
 
 async function ticketsPage({ query }) {
   const all = query.get('all') === '1';
+  await loadAgentNames();
   const rows = await api('GET', `/v1/tokens${all ? '?all=true' : ''}`);
   const toggle = el(
     'a',
@@ -868,7 +902,7 @@ async function ticketsPage({ query }) {
       [
         { label: 'Ticket id', cell: (t) => ident(t.id) },
         { label: 'Secret', cell: (t) => orDash(t.secret) },
-        { label: 'Bound to', cell: (t) => t.principal },
+        { label: 'Bound to', cell: (t) => who(t.principal) },
         { label: 'Destinations', cell: (t) => list(t.destinations) },
         { label: 'Uses', cell: (t) => `${t.uses}${t.maxUses === null ? '' : `\u00a0/\u00a0${t.maxUses}`}` },
         { label: 'Expires', cell: (t) => when(t.expiresAt) },

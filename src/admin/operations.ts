@@ -9,6 +9,7 @@ import { readKeyringState } from '../vault/keyring.js';
 import { openProxyCa } from '../vault/proxy-ca.js';
 import { backupStore } from './backup.js';
 import { rotateMasterKey } from './rotate.js';
+import { cleanText } from './text-clean.js';
 import { workflowOperations } from './workflow-operations.js';
 
 /**
@@ -188,6 +189,45 @@ export const operations = {
         actor,
       );
       return { ticket: issued.ticket, id: issued.view.id, secretId: issued.view.secretId };
+    },
+  }),
+  textClean: op({
+    method: 'POST',
+    path: '/v1/text/clean',
+    summary:
+      'Clean a text with the detector the gateway uses (every rule and every vault secret): mask each finding, or replace it with a ticket bound to an agent. Returns the cleaned text, never a value.',
+    input: z.object({
+      text: z.string().max(1024 * 1024),
+      mode: z.enum(['mask', 'tokenize']),
+      lines: z.boolean().optional(),
+      pii: z.boolean().optional(),
+      to: name.optional(),
+      destinations: destinations,
+      source: z.enum(['scrub', 'tokenize']).optional(),
+    }),
+    async run(ctx, input, actor) {
+      if (input.mode === 'tokenize' && input.to === undefined) {
+        throw new CoatcheckError(
+          'CC_ERR_INVALID_ARGUMENT',
+          'tokenizing needs an agent (to): every ticket is bound to an agent',
+          { details: { field: 'to' } },
+        );
+      }
+      const principal =
+        input.mode === 'tokenize' && input.to !== undefined ? await principalOf(ctx, input.to) : undefined;
+      return cleanText(
+        ctx,
+        {
+          text: input.text,
+          mode: input.mode,
+          lines: input.lines ?? false,
+          pii: input.pii ?? false,
+          ...(principal === undefined ? {} : { principal }),
+          ...(input.destinations === undefined ? {} : { destinations: input.destinations }),
+          source: input.source ?? 'cli',
+        },
+        actor,
+      );
     },
   }),
   secretList: op({

@@ -65,6 +65,8 @@ export interface ApprovalsOptions {
   readonly useWindowMs: number;
   /** Told about every new request (the webhook); failures are the notifier's to report. */
   readonly notify?: (approval: ApprovalView) => Promise<void>;
+  /** How often a held operation re-reads its request when no change event came (default 1 s). */
+  readonly pollMs?: number;
 }
 
 type Data = {
@@ -98,6 +100,13 @@ export class Approvals {
   readonly #audit: AuditLog;
   readonly #clock: Clock;
   readonly #options: ApprovalsOptions;
+  /**
+   * Held operations waiting for a decision, by request id. One store subscription serves
+   * them all (taken while any waits), so the number of listeners on the change feed does
+   * not grow with the number of holds or with how long they last.
+   */
+  readonly #waiters = new Map<string, Set<() => void>>();
+  #unsubscribe: (() => void) | null = null;
 
   constructor(store: Store, audit: AuditLog, clock: Clock, options: ApprovalsOptions) {
     this.#store = store;
@@ -327,10 +336,12 @@ export class Approvals {
    */
   async waitForDecision(id: string, timeoutMs: number, signal?: AbortSignal): Promise<ApprovalView> {
     const deadline = Date.now() + timeoutMs;
+    const pollMs = this.#options.pollMs ?? 1000;
     let wake: (() => void) | null = null;
-    const unsubscribe = this.#store.subscribe((change) => {
-      if ((change.type === 'approval.changed' && change.id === id) || change.type === 'resync') wake?.();
-    });
+    const onWake = () => wake?.();
+    const stopWaiting = this.#addWaiter(id, onWake);
+    // One abort listener for the whole hold, removed when it ends (not one per poll).
+    signal?.addEventListener('abort', onWake, { once: true });
     try {
       for (;;) {
         const view = await this.get(id);
@@ -338,17 +349,47 @@ export class Approvals {
         const left = deadline - Date.now();
         if (left <= 0 || signal?.aborted) return view;
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, Math.min(left, 1000));
+          const timer = setTimeout(resolve, Math.min(left, pollMs));
           wake = () => {
             clearTimeout(timer);
             resolve();
           };
-          signal?.addEventListener('abort', () => wake?.(), { once: true });
         });
         wake = null;
       }
     } finally {
-      unsubscribe();
+      signal?.removeEventListener('abort', onWake);
+      stopWaiting();
     }
+  }
+
+  /** Requests held operations are waiting on, and whether the change feed subscription is held. */
+  waiting(): { requests: number; subscribed: boolean } {
+    return { requests: this.#waiters.size, subscribed: this.#unsubscribe !== null };
+  }
+
+  #addWaiter(id: string, wake: () => void): () => void {
+    let set = this.#waiters.get(id);
+    if (set === undefined) {
+      set = new Set();
+      this.#waiters.set(id, set);
+    }
+    set.add(wake);
+    this.#unsubscribe ??= this.#store.subscribe((change) => {
+      if (change.type === 'resync') {
+        for (const waiters of this.#waiters.values()) for (const w of waiters) w();
+      } else if (change.type === 'approval.changed') {
+        for (const w of this.#waiters.get(change.id) ?? []) w();
+      }
+    });
+    return () => {
+      const waiters = this.#waiters.get(id);
+      waiters?.delete(wake);
+      if (waiters !== undefined && waiters.size === 0) this.#waiters.delete(id);
+      if (this.#waiters.size === 0 && this.#unsubscribe !== null) {
+        this.#unsubscribe();
+        this.#unsubscribe = null;
+      }
+    };
   }
 }

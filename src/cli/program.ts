@@ -697,8 +697,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
 
   registerSessionCommands(program, { perform, table });
   registerWorkflowCommands(program, { perform, table });
-  // scan, scrub, tokenize: the detector; tokenizing registers found secrets in the vault.
-  let tokenizeClient: Promise<AdminClient> | null = null;
+  // scan, scrub, tokenize: the detector. scrub and tokenize clean text with the vault's
+  // secrets too, through the textClean operation (the running server's admin API, or the
+  // store in process): the CLI sends text and gets it back cleaned, never a secret value.
+  let cleanClient: Promise<AdminClient> | null = null;
   registerDetectCommands(program, {
     stdin: io.stdin,
     stdout: io.stdout,
@@ -707,21 +709,30 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       exitCode = code;
     },
     version: '0.1.0',
-    async tokenize(finding, value, origin) {
-      tokenizeClient ??= connect(program.opts() as GlobalOptions, io);
-      const client = await tokenizeClient;
-      const result = await client.call('secretTokenize', {
-        valueBase64: Buffer.from(value, 'utf8').toString('base64'),
-        kind: finding.ruleId,
-        to: origin.to ?? '',
-        destinations: [...(origin.destinations ?? [])],
-        source: origin.command,
-      });
-      return result.ticket;
+    async cleaner() {
+      const options = program.opts() as GlobalOptions;
+      const home = resolveHome(options.dir, io.env);
+      // No home and no server named: there is no vault here, so no secret to know.
+      if (!existsSync(home.configFile) && options.server === undefined && !io.env.COATCHECK_ADMIN_URL)
+        return null;
+      cleanClient ??= connect(options, io);
+      const client = await cleanClient;
+      return async (text, request) =>
+        (
+          await client.call('textClean', {
+            text,
+            mode: request.mode,
+            lines: request.lines,
+            pii: request.pii,
+            ...(request.to === undefined ? {} : { to: request.to }),
+            ...(request.destinations === undefined ? {} : { destinations: [...request.destinations] }),
+            source: request.source,
+          })
+        ).text;
     },
   });
   closeAfterRun.push(async () => {
-    if (tokenizeClient !== null) await (await tokenizeClient).close();
+    if (cleanClient !== null) await (await cleanClient).close();
   });
   registerApprovalCommands(program, { perform, table });
   registerMcpCommands(program, io, async () => {

@@ -1,5 +1,6 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { type Command, Option } from 'commander';
 import ignore, { type Ignore } from 'ignore';
@@ -26,6 +27,101 @@ export interface TokenizeBinding {
   readonly dest?: readonly string[];
 }
 
+/** One call of the vault's cleaner: the text back with every finding masked or tokenized. */
+export interface CleanRequest {
+  readonly mode: 'mask' | 'tokenize';
+  /** Scan line by line (scrub) rather than the text as a whole (tokenize). */
+  readonly lines: boolean;
+  readonly pii: boolean;
+  readonly to?: string;
+  readonly destinations?: readonly string[];
+  readonly source: TokenizeOrigin['command'];
+}
+export type TextCleaner = (text: string, request: CleanRequest) => Promise<string>;
+
+/**
+ * Text sent to the cleaner in one call stays under this many bytes of JSON (the admin API
+ * takes bodies up to 256 KiB); a longer text is sent in pieces cut at line ends.
+ */
+const CLEAN_BATCH_BYTES = 192 * 1024;
+/** A line longer than this is sent to the cleaner in pieces of this many characters. */
+const CLEAN_MAX_LINE = 32 * 1024;
+
+const jsonBytes = (text: string): number => Buffer.byteLength(JSON.stringify(text));
+
+/** `text` cut into pieces the cleaner accepts: at line ends, a too-long line in CLEAN_MAX_LINE pieces. */
+function cleanBatches(text: string): string[] {
+  const batches: string[] = [];
+  let batch = '';
+  let batchBytes = 0;
+  const add = (piece: string) => {
+    const bytes = jsonBytes(piece);
+    if (batch.length > 0 && batchBytes + bytes > CLEAN_BATCH_BYTES) {
+      batches.push(batch);
+      batch = '';
+      batchBytes = 0;
+    }
+    batch += piece;
+    batchBytes += bytes;
+  };
+  let at = 0;
+  while (at < text.length) {
+    const nl = text.indexOf('\n', at);
+    const line = nl === -1 ? text.slice(at) : text.slice(at, nl + 1);
+    at += line.length;
+    for (let i = 0; i < line.length; i += CLEAN_MAX_LINE) add(line.slice(i, i + CLEAN_MAX_LINE));
+  }
+  if (batch.length > 0) batches.push(batch);
+  return batches;
+}
+
+/**
+ * scrub through the vault's cleaner: complete lines are sent in batches as they arrive (so
+ * `tail -f | coatcheck scrub` still shows lines as they come), each line scanned on its own.
+ */
+function createCleanerTransform(cleaner: TextCleaner, request: CleanRequest): Transform {
+  let pending = '';
+  const decoder = new TextDecoder('utf-8');
+  const drain = async (final: boolean, push: (s: string) => void): Promise<void> => {
+    const nl = pending.lastIndexOf('\n');
+    let ready: string;
+    if (final) {
+      ready = pending;
+      pending = '';
+    } else if (nl !== -1) {
+      ready = pending.slice(0, nl + 1);
+      pending = pending.slice(nl + 1);
+    } else if (pending.length > CLEAN_MAX_LINE) {
+      ready = pending.slice(0, CLEAN_MAX_LINE);
+      pending = pending.slice(CLEAN_MAX_LINE);
+    } else {
+      return;
+    }
+    for (const batch of cleanBatches(ready)) push(await cleaner(batch, request));
+  };
+  return new Transform({
+    transform(chunk: Buffer | string, _enc: BufferEncoding, callback: TransformCallback) {
+      pending += typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
+      drain(false, (s) => this.push(s)).then(() => callback(), callback);
+    },
+    flush(callback: TransformCallback) {
+      pending += decoder.decode();
+      drain(true, (s) => this.push(s)).then(() => callback(), callback);
+    },
+  });
+}
+
+function requireAgent(command: TokenizeOrigin['command'], binding: TokenizeBinding): string {
+  if (binding.to === undefined) {
+    throw new CoatcheckError(
+      'CC_ERR_INVALID_ARGUMENT',
+      `${command}: --to AGENT is required: every ticket is bound to an agent`,
+      { details: { field: '--to' } },
+    );
+  }
+  return binding.to;
+}
+
 /** What the detect commands need from the host CLI. */
 export interface DetectCommandDeps {
   readonly stdin: NodeJS.ReadableStream;
@@ -35,6 +131,13 @@ export interface DetectCommandDeps {
   readonly setExitCode: (code: number) => void;
   /** Registers the value in the vault and returns its ticket (scrub --tokenize, tokenize). */
   readonly tokenize?: (finding: Finding, value: string, origin: TokenizeOrigin) => Promise<string>;
+  /**
+   * The vault's cleaner (scrub, tokenize): where a vault is configured, text is cleaned by the
+   * `textClean` admin operation — through the running server, or in process on the store —
+   * with every rule and every vault secret, so the CLI never holds a secret value. Resolves
+   * to null where no vault is configured (the rules alone apply; tokenizing is refused).
+   */
+  readonly cleaner?: () => Promise<TextCleaner | null>;
   /** Detector configuration (allowlist, known secrets, fingerprint key). */
   readonly detectorOptions?: DetectorOptions;
   /** Base for relative paths in reports (default process.cwd()). */
@@ -308,6 +411,20 @@ export async function runScrub(
   deps: DetectCommandDeps,
 ): Promise<number> {
   try {
+    const cleaner = (await deps.cleaner?.()) ?? null;
+    if (cleaner !== null) {
+      if (options.tokenize === true) requireAgent('scrub', options);
+      const transform = createCleanerTransform(cleaner, {
+        mode: options.tokenize === true ? 'tokenize' : 'mask',
+        lines: true,
+        pii: options.pii === true,
+        ...(options.to === undefined ? {} : { to: options.to }),
+        ...(options.dest === undefined ? {} : { destinations: options.dest }),
+        source: 'scrub',
+      });
+      await pipeline(deps.stdin, transform, deps.stdout, { end: false });
+      return SCAN_EXIT.clean;
+    }
     const detector = createDetector({ ...deps.detectorOptions, pii: options.pii === true });
     const transform = createScrubTransform({
       detector,
@@ -327,7 +444,9 @@ export async function runTokenize(
   deps: DetectCommandDeps,
 ): Promise<number> {
   try {
-    const tokenize = requireTokenize(deps, 'tokenize', options);
+    const cleaner = (await deps.cleaner?.()) ?? null;
+    const tokenize = cleaner === null ? requireTokenize(deps, 'tokenize', options) : null;
+    const to = requireAgent('tokenize', options);
     const chunks: Buffer[] = [];
     let size = 0;
     for await (const chunk of deps.stdin) {
@@ -341,8 +460,24 @@ export async function runTokenize(
       }
       chunks.push(buf);
     }
+    const text = Buffer.concat(chunks).toString('utf8');
+    if (cleaner !== null) {
+      // Cleaned whole when it fits one call; a longer text in pieces cut at line ends.
+      const request: CleanRequest = {
+        mode: 'tokenize',
+        lines: false,
+        pii: options.pii === true,
+        to,
+        ...(options.dest === undefined ? {} : { destinations: options.dest }),
+        source: 'tokenize',
+      };
+      const out: string[] = [];
+      for (const batch of cleanBatches(text)) out.push(await cleaner(batch, request));
+      deps.stdout.write(out.join(''));
+      return SCAN_EXIT.clean;
+    }
     const detector = createDetector({ ...deps.detectorOptions, pii: options.pii === true });
-    const out = await tokenizeText(Buffer.concat(chunks).toString('utf8'), tokenize, { detector });
+    const out = await tokenizeText(text, tokenize!, { detector });
     deps.stdout.write(out.text);
     return SCAN_EXIT.clean;
   } catch (error) {
