@@ -5,10 +5,8 @@ import { pipeline } from 'node:stream/promises';
 import { type Command, Option } from 'commander';
 import ignore, { type Ignore } from 'ignore';
 import { CoatcheckError, isCoatcheckError } from '../core/errors.js';
-import { createDetector, type Detector, type DetectorOptions } from './detector.js';
-import { type LocatedFinding, toSarif } from './sarif.js';
-import { createScrubTransform, tokenizeText } from './scrub.js';
-import { createStreamScanner } from './stream-scanner.js';
+import type { Detector, DetectorOptions } from './detector.js';
+import type { LocatedFinding } from './sarif.js';
 import type { Finding } from './types.js';
 
 /** Where a value being tokenized came from, so the vault can bind the ticket to it. */
@@ -273,6 +271,7 @@ function progress(deps: DetectCommandDeps): { tick(bytes: number): void; done():
 }
 
 async function scanStdin(deps: DetectCommandDeps, detector: Detector): Promise<LocatedFinding[]> {
+  const { createStreamScanner } = await import('./stream-scanner.js');
   const scanner = createStreamScanner({ detector });
   const starts = [0];
   let offset = 0;
@@ -293,6 +292,8 @@ export async function runScan(
   options: ScanOptions,
   deps: DetectCommandDeps,
 ): Promise<number> {
+  // The rules load with the command that uses them (every other command starts faster).
+  const { createDetector } = await import('./detector.js');
   let detector: Detector;
   try {
     detector = createDetector({
@@ -360,6 +361,7 @@ export async function runScan(
   if (options.format === 'json') {
     deps.stdout.write(`${JSON.stringify({ findings: results, files }, null, 2)}\n`);
   } else if (options.format === 'sarif') {
+    const { toSarif } = await import('./sarif.js');
     deps.stdout.write(
       `${JSON.stringify(toSarif(results, detector.rules, deps.version ?? '0.0.0'), null, 2)}\n`,
     );
@@ -425,6 +427,10 @@ export async function runScrub(
       await pipeline(deps.stdin, transform, deps.stdout, { end: false });
       return SCAN_EXIT.clean;
     }
+    const [{ createDetector }, { createScrubTransform }] = await Promise.all([
+      import('./detector.js'),
+      import('./scrub.js'),
+    ]);
     const detector = createDetector({ ...deps.detectorOptions, pii: options.pii === true });
     const transform = createScrubTransform({
       detector,
@@ -476,6 +482,10 @@ export async function runTokenize(
       deps.stdout.write(out.join(''));
       return SCAN_EXIT.clean;
     }
+    const [{ createDetector }, { tokenizeText }] = await Promise.all([
+      import('./detector.js'),
+      import('./scrub.js'),
+    ]);
     const detector = createDetector({ ...deps.detectorOptions, pii: options.pii === true });
     const out = await tokenizeText(text, tokenize!, { detector });
     deps.stdout.write(out.text);

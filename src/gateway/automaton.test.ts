@@ -72,6 +72,33 @@ describe('Automaton (known-secret patterns)', () => {
       { numRuns: 1000 },
     );
   });
+  it('long texts (the native search per pattern) agree with the byte-at-a-time pass', () => {
+    fc.assert(
+      fc.property(
+        fc.array(small(6), { minLength: 1, maxLength: 8 }),
+        fc.integer({ min: 4096, max: 6000 }),
+        fc.integer({ min: 0, max: 2 ** 31 - 1 }),
+        fc.boolean(),
+        (patterns, length, seed, plant) => {
+          // Filler that avoids the patterns' alphabet except near the end, where a
+          // prefix of a pattern (or a whole one) may stand.
+          const text = Buffer.alloc(length, 0x7a);
+          let x = seed;
+          for (let i = length - 12; i < length; i++) {
+            x = (x * 1103515245 + 12345) >>> 0;
+            text[i] = 0x61 + (x % 3);
+          }
+          if (plant) patterns[0]!.copy(text, (seed % (length - 20)) | 0);
+          const automaton = new Automaton(patterns);
+          const expected = naive(text, patterns);
+          const none = automaton.partialIfNone(text);
+          if (expected.length > 0) expect(none).toBe(-1);
+          else expect(none).toBe(naivePartial(text, patterns));
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
 });
 
 describe('KeywordIndex (detector keywords)', () => {

@@ -84,7 +84,13 @@ export class Automaton {
   readonly #dict: Int32Array;
   readonly #lengths: Int32Array;
 
+  /** The patterns themselves, and the longest one's length (for the native search). */
+  readonly #patterns: readonly Buffer[];
+  readonly #longest: number;
+
   constructor(patterns: readonly Buffer[]) {
+    this.#patterns = patterns;
+    this.#longest = patterns.reduce((m, p) => Math.max(m, p.length), 1);
     const total = patterns.reduce((sum, p) => sum + p.length, 0) + 1;
     this.#lengths = Int32Array.from(patterns, (p) => p.length);
     const one = new Int32Array(total);
@@ -210,6 +216,19 @@ export class Automaton {
    * a stream must hold back), as `scan` returns. With one: -1. Allocates nothing.
    */
   partialIfNone(bytes: Buffer): number {
+    // Few patterns and a long text: one native search per pattern is several times faster
+    // than a byte-at-a-time loop in JavaScript; the unfinished prefix at the end lies in
+    // the last (longest pattern - 1) bytes, so the automaton reads only those.
+    if (this.#patterns.length <= NATIVE_SEARCH_MAX_PATTERNS && bytes.length >= NATIVE_SEARCH_MIN_BYTES) {
+      for (const p of this.#patterns) if (bytes.indexOf(p) !== -1) return -1;
+      const from = Math.max(0, bytes.length - (this.#longest - 1));
+      return this.#partialFrom(bytes, from);
+    }
+    return this.#partialFrom(bytes, 0);
+  }
+
+  /** `partialIfNone` reading `bytes` from `from` (the automaton starts at the root there). */
+  #partialFrom(bytes: Buffer, from: number): number {
     const root = this.#root;
     const one = this.#one;
     const oneByte = this.#oneByte;
@@ -218,7 +237,7 @@ export class Automaton {
     const outHead = this.#outHead;
     const dict = this.#dict;
     let s = 0;
-    for (let i = 0; i < bytes.length; i++) {
+    for (let i = from; i < bytes.length; i++) {
       const b = bytes[i]!;
       for (;;) {
         if (s === 0) {
@@ -366,6 +385,10 @@ export function buildPatterns(secrets: readonly KnownSecret[]): PatternSet {
 }
 
 const EMPTY: PatternSet = buildPatterns([]);
+
+/** Up to this many patterns, a long text is searched with one native indexOf per pattern. */
+const NATIVE_SEARCH_MAX_PATTERNS = 24;
+const NATIVE_SEARCH_MIN_BYTES = 4096;
 
 /** `mayHoldEscape` on bytes: a backslash, `%` or `&` (the characters every escape starts with). */
 function bytesMayHoldEscape(bytes: Buffer): boolean {
