@@ -663,8 +663,6 @@ export interface SqliteStoreOptions {
  * transactions from interleaving on it.
  */
 /** How often a foreign commit is looked for (a PRAGMA read, microseconds). */
-/** How often a cache hit may look for a commit by another process (see feedCurrent). */
-const FOREIGN_CHECK_MS = 5;
 const DATA_VERSION_POLL_MS = 100;
 
 export async function openSqliteStore(options: SqliteStoreOptions): Promise<Store> {
@@ -704,7 +702,6 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
       events.emit('change', { type: 'resync' } satisfies StoreChange);
     }
   };
-  let lastForeignCheck = Number.NEGATIVE_INFINITY;
   const watcher = setInterval(checkForeignCommit, DATA_VERSION_POLL_MS);
   watcher.unref();
 
@@ -791,15 +788,9 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
       events.emit('change', change);
     },
     feedCurrent() {
-      // A cache hit first looks for a foreign commit (the CLI revoking directly), at most
-      // once per FOREIGN_CHECK_MS: the PRAGMA read takes SQLite's read lock (tens of µs,
-      // several hits a request). A release is still re-checked in the transaction that
-      // records it, so the window only delays an early refusal, never allows a release.
-      const now = performance.now();
-      if (now - lastForeignCheck >= FOREIGN_CHECK_MS) {
-        lastForeignCheck = now;
-        checkForeignCommit();
-      }
+      // A cache hit first looks for a foreign commit (the CLI revoking directly): one
+      // prepared PRAGMA read, so a revocation by another process is never served from cache.
+      checkForeignCommit();
       return true;
     },
     subscribe(listener) {
