@@ -301,8 +301,10 @@ describe('web console (headless Chromium)', { timeout: 120_000 }, () => {
     await page.getByRole('button', { name: 'Filter' }).click();
     await page.waitForURL(/#\/audit\?type=approval\.$/);
     await page.getByRole('heading', { level: 1, name: 'Audit log' }).waitFor();
-    const types = await page.locator('tbody tr td:nth-child(3)').allTextContents();
-    expect(types).toEqual(['approval.use', 'approval.approve', 'approval.request']);
+    // The URL changes before the filtered rows arrive: wait for the table, not the address.
+    await expect
+      .poll(() => page.locator('tbody tr td:nth-child(3)').allTextContents())
+      .toEqual(['approval.use', 'approval.approve', 'approval.request']);
     await shoot(page, 'audit-filtered');
     expect(dialogs).toEqual([]);
     expect(await page.evaluate('window.__xss')).toBeUndefined();
