@@ -6,10 +6,8 @@ import type { Principal } from '../core/principal.js';
 import { agentRef } from '../core/principal.js';
 import type { Context } from '../server/context.js';
 import { readKeyringState } from '../vault/keyring.js';
-import { openProxyCa } from '../vault/proxy-ca.js';
-import { backupStore } from './backup.js';
-import { rotateMasterKey } from './rotate.js';
-import { cleanText } from './text-clean.js';
+// The remote CLI loads this module for its input schemas: handlers import what only the
+// server runs (backup, rotation, text cleaning, the proxy CA) when they run.
 import { workflowOperations } from './workflow-operations.js';
 
 /**
@@ -215,6 +213,7 @@ export const operations = {
       }
       const principal =
         input.mode === 'tokenize' && input.to !== undefined ? await principalOf(ctx, input.to) : undefined;
+      const { cleanText } = await import('./text-clean.js');
       return cleanText(
         ctx,
         {
@@ -408,7 +407,10 @@ export const operations = {
     summary:
       'Write a consistent copy of the SQLite store to a new file on the server, with an anchor file (audit head, master key id).',
     input: z.object({ path: z.string().min(1).max(4096) }),
-    run: (ctx, input) => backupStore(ctx, input.path),
+    async run(ctx, input) {
+      const { backupStore } = await import('./backup.js');
+      return backupStore(ctx, input.path);
+    },
   }),
 
   sessionList: op({
@@ -456,8 +458,10 @@ export const operations = {
     summary:
       'Rotate the master key in phases safe with several replicas: add, activate, rewrap, retire (resumes a rotation in progress; tickets are unchanged).',
     input: z.object({ until: z.enum(['added', 'activated', 'rewrapped', 'retired']).optional() }),
-    run: (ctx, input, actor) =>
-      rotateMasterKey(ctx, actor, input.until === undefined ? {} : { until: input.until }),
+    async run(ctx, input, actor) {
+      const { rotateMasterKey } = await import('./rotate.js');
+      return rotateMasterKey(ctx, actor, input.until === undefined ? {} : { until: input.until });
+    },
   }),
   caExport: op({
     method: 'GET',
@@ -466,6 +470,7 @@ export const operations = {
       "The forward proxy's CA certificate (PEM; made now if the home predates it). Its key never leaves the vault.",
     input: z.object({}),
     async run(ctx) {
+      const { openProxyCa } = await import('../vault/proxy-ca.js');
       const ca = await openProxyCa(ctx.store, ctx.keys.masters);
       return { certificate: ca.cert, fingerprint: ca.fingerprint };
     },
@@ -477,6 +482,7 @@ export const operations = {
     input: z.object({ name }),
     async run(ctx, input) {
       await principalOf(ctx, input.name);
+      const { openProxyCa } = await import('../vault/proxy-ca.js');
       const ca = await openProxyCa(ctx.store, ctx.keys.masters);
       return {
         agent: input.name,

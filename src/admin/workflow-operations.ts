@@ -2,7 +2,6 @@ import { z } from 'zod';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { agentRef } from '../core/principal.js';
-import { createDetector, createKnownSecretMatcher, tokenizeText } from '../detect/index.js';
 import type { Context } from '../server/context.js';
 import type { Operation } from './operations.js';
 
@@ -119,6 +118,8 @@ export const workflowOperations = {
           details: { id: node.id, status: node.status },
         });
       }
+      // Loaded here, not at the top: the remote CLI imports this module for its schemas.
+      const { createDetector, createKnownSecretMatcher, tokenizeText } = await import('../detect/index.js');
       const known = createKnownSecretMatcher();
       for (const secret of await ctx.vault.knownSecrets()) {
         try {

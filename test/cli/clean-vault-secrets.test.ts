@@ -1,4 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { createServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -111,19 +113,33 @@ describe('scrub and tokenize clean vault secrets that no rule matches (issue 19,
     });
 
     it('sends the text to the textClean operation and gets the cleaned text, never a value', async () => {
-      // Record what the server answers to the CLI: no secret value may travel back.
+      // Record what the server answers to the CLI (a recording proxy in front of the admin
+      // API): no secret value may travel back.
       const answers: string[] = [];
-      const originalFetch = globalThis.fetch;
-      globalThis.fetch = async (...args: Parameters<typeof fetch>) => {
-        const response = await originalFetch(...args);
-        answers.push(`${String(args[0])} ${await response.clone().text()}`);
-        return response;
-      };
+      const recorder = createServer((req, res) => {
+        const upstream = httpRequest(
+          new URL(req.url ?? '/', admin.url),
+          { method: req.method, headers: req.headers },
+          (answer) => {
+            const chunks: Buffer[] = [];
+            answer.on('data', (chunk: Buffer) => chunks.push(chunk));
+            answer.on('end', () => {
+              const body = Buffer.concat(chunks);
+              answers.push(`${req.url} ${body.toString('utf8')}`);
+              res.writeHead(answer.statusCode ?? 502, answer.headers);
+              res.end(body);
+            });
+          },
+        );
+        req.pipe(upstream);
+      });
+      await new Promise<void>((resolve) => recorder.listen(0, '127.0.0.1', resolve));
+      const { port } = recorder.address() as AddressInfo;
       let outputs: string[];
       try {
-        outputs = await runAll({ ...env, COATCHECK_ADMIN_URL: admin.url });
+        outputs = await runAll({ ...env, COATCHECK_ADMIN_URL: `http://127.0.0.1:${port}` });
       } finally {
-        globalThis.fetch = originalFetch;
+        await new Promise((resolve) => recorder.close(resolve));
       }
       expect(answers.some((a) => a.includes('/v1/text/clean'))).toBe(true);
       expect(answers.some((a) => a.includes('/v1/secrets/tokenize'))).toBe(false);
