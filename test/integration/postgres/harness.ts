@@ -59,7 +59,7 @@ export interface ThrowawayPostgres {
  * its socket in a temp directory. `stop` shuts it down and removes everything.
  */
 export async function startThrowawayPostgres(
-  options: { auth?: 'scram-sha-256' | 'md5'; ssl?: boolean } = {},
+  options: { auth?: 'scram-sha-256' | 'md5'; ssl?: boolean; fsync?: boolean } = {},
 ): Promise<ThrowawayPostgres> {
   const dir = mkdtempSync(join(tmpdir(), 'coatcheck-pg-'));
   const data = join(dir, 'data');
@@ -125,7 +125,7 @@ export async function startThrowawayPostgres(
     '-l',
     join(dir, 'log'),
     '-o',
-    `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c password_encryption=${auth} -c max_connections=200${sslOptions}`,
+    `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=${options.fsync === true ? 'on' : 'off'} -c password_encryption=${auth} -c max_connections=200${sslOptions}`,
     'start',
   ]);
   const url = `postgres://postgres@127.0.0.1:${port}/postgres?sslmode=disable`;
