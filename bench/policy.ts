@@ -15,6 +15,7 @@ import { startPostgresFrontend } from '../src/frontends/postgres/start.js';
 import { loadPolicies } from '../src/policy/load-policies.js';
 import { PolicyEngine } from '../src/policy/policy-engine.js';
 import { initHome, openContext } from '../src/server/context.js';
+import { startThrowawayPostgres } from '../test/integration/postgres/harness.js';
 
 const N = Number(process.env.BENCH_OPS ?? 50_000);
 const dir = mkdtempSync(join(tmpdir(), 'coatcheck-bench-policy-'));
@@ -102,12 +103,8 @@ async function gateway(label: string, withPolicy: boolean) {
   );
   const ctx = await openContext(home, { env: {} });
   await ctx.connections.add({ name: 'svc', type: 'http', url: upstreamUrl }, 'bench');
-  await ctx.vault.addSecret({ name: 'dbpw', value: Buffer.from('bench-password'), allow: ['db'] }, 'bench');
-  await ctx.connections.add(
-    { name: 'db', type: 'postgres', url: 'postgres://postgres@127.0.0.1:5432/postgres', credential: 'dbpw' },
-    'bench',
-  );
-  // Trust auth ignores the password; the front-end still wants a credential to inject.
+  await ctx.vault.addSecret({ name: 'dbpw', value: Buffer.from(db.password), allow: ['db'] }, 'bench');
+  await ctx.connections.add({ name: 'db', type: 'postgres', url: db.url, credential: 'dbpw' }, 'bench');
   const { key, agent } = await ctx.agents.create({ name: 'bench' }, 'bench');
   // An agent key opens no PostgreSQL session under the built-in policy: log in with a ticket.
   const { ticket } = await ctx.vault.issueTicket(
@@ -150,6 +147,8 @@ async function timePostgres(port: number, ticket: string): Promise<number[] | nu
   return out;
 }
 
+// A throwaway PostgreSQL on a free port (the bench touches no fixed port).
+const db = await startThrowawayPostgres();
 console.log(`\nadded latency of policy evaluation (${ROUNDS} sequential requests each, p50 / p99 ms)`);
 const plain = await gateway('builtin', false);
 const governed = await gateway('policy', true);
@@ -173,7 +172,7 @@ for (const [label, measure] of [
   const a = better(a1, a2);
   const b = better(b1, b2);
   if (a === null || b === null) {
-    console.log(`  ${label.padEnd(20)} skipped (PostgreSQL at 127.0.0.1:5432 not reachable)`);
+    console.log(`  ${label.padEnd(20)} skipped (the PostgreSQL login failed)`);
     continue;
   }
   const line = (xs: number[]) => `${percentile(xs, 0.5).toFixed(2)} / ${percentile(xs, 0.99).toFixed(2)}`;
@@ -187,4 +186,5 @@ for (const g of [plain, governed]) {
   await g.ctx.close();
 }
 upstream.close();
+db.stop();
 rmSync(pathDir, { recursive: true, force: true });
