@@ -1,13 +1,11 @@
-import { timingSafeEqual } from 'node:crypto';
 import type { AuditGuard, AuditLog } from '../audit/audit-log.js';
 import type { Clock } from '../core/clock.js';
-import { CoatcheckError, type ErrorCode } from '../core/errors.js';
+import { CoatcheckError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { type Principal, workflowNodeRef } from '../core/principal.js';
 import { SecretValue } from '../core/secret-value.js';
 import { assertTicket, mintTicket, TICKET_PATTERN } from '../core/ticket-format.js';
-import { CacheEpoch } from '../store/cache-epoch.js';
-import type { DeadReason, SecretRecord, Store, StoreChange, TicketRecord } from '../store/types.js';
+import type { DeadReason, SecretRecord, Store, TicketRecord } from '../store/types.js';
 import {
   coveredByAny,
   type Destination,
@@ -15,197 +13,49 @@ import {
   matchesTarget,
   normalizeDestinations,
   parseDestination,
-  type Target,
 } from './destinations.js';
 import { keyedHash, newDataKey, open, seal } from './envelope.js';
 import { dataKeyAad, type Keyring, sealingKey, unwrapDataKey, valueAad } from './keyring.js';
-import { DEFAULT_PLACEMENTS, normalizePlacements, type Placement, placementAllowed } from './placements.js';
+import {
+  type Exchange,
+  type ExchangeRequest,
+  FOUND_TICKET_TTL_MS,
+  type FoundScope,
+  type IssuedTicket,
+  iso,
+  type KnownSecret,
+  MAX_CHAIN,
+  MAX_PARENT_CANDIDATES,
+  MAX_SECRET_BYTES,
+  MAX_TRACKED_PRINCIPALS,
+  MAX_WORKFLOW_DEPTH,
+  placementsOf,
+  refuse,
+  type SecretView,
+  sameText,
+  type TicketLink,
+  type TicketStatus,
+  type TicketView,
+  type VaultOptions,
+  validateName,
+  workflowTags,
+} from './model.js';
+import { DEFAULT_PLACEMENTS, normalizePlacements, placementAllowed } from './placements.js';
+import { type CachedTicket, VaultCaches } from './vault-caches.js';
 
-/** A live secret, decrypted, as the response scanners and found-secret dedup need it. */
-export interface KnownSecret {
-  readonly id: string;
-  readonly name: string;
-  readonly allow: readonly string[];
-  readonly fingerprint: string;
-  readonly value: SecretValue;
-}
-
-export const MAX_SECRET_BYTES = 64 * 1024;
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-/** Longest ancestor chain walked; narrowing deeper than this is refused. */
-const MAX_CHAIN = 32;
-
-export interface SecretView {
-  readonly id: string;
-  readonly name: string;
-  readonly kind: string;
-  readonly allow: readonly string[];
-  /** Where a ticket for it may stand (`credential`, `header`, `query`, `body`, `path`, `sql:CONN`). */
-  readonly placements: readonly string[];
-  readonly fingerprint: string;
-  readonly createdAt: string;
-}
-
-export type TicketStatus = 'active' | 'revoked' | 'expired' | 'exhausted' | 'erased';
-
-export interface TicketView {
-  readonly id: string;
-  readonly secretId: string;
-  readonly secret: string | null;
-  readonly principal: string;
-  readonly destinations: readonly string[];
-  readonly expiresAt: string | null;
-  readonly maxUses: number | null;
-  readonly uses: number;
-  readonly parentId: string | null;
-  readonly createdAt: string;
-  readonly revokedAt: string | null;
-  readonly status: TicketStatus;
-}
-
-export interface IssuedTicket {
-  /** The ticket text: shown once, never stored. */
-  readonly ticket: string;
-  readonly view: TicketView;
-}
-
-export interface Exchange {
-  readonly ticketId: string;
-  readonly secretId: string;
-  readonly secretName: string;
-  readonly fingerprint: string;
-  readonly value: SecretValue;
-  /** The record that made this release durable. */
-  readonly auditSeq: number;
-}
-
-export interface ExchangeRequest {
-  readonly principal: Principal;
-  readonly target: Target;
-  /**
-   * Where the ticket stood in the request, checked against the secret's placements.
-   * Default `credential` (a login, an Authorization header); front-ends pass what they found.
-   */
-  readonly placement?: Placement | readonly Placement[];
-  /** Non-secret description of what the release is for (`GET /repos`, `postgres login`). */
-  readonly operation?: string;
-  /** Extra audit fields (session id, workflow). Never secret values. */
-  readonly context?: Record<string, unknown>;
-}
-
-export interface VaultOptions {
-  readonly defaultTicketTtlMs: number;
-  readonly maxTicketTtlMs: number;
-  /** How long a resolved ticket stays cached; invalidated early on revocation events. */
-  readonly cacheMs: number;
-  /**
-   * Lifetime of a ticket reissued for a secret found in a response that no ticket of the
-   * request explains (a detector finding, a vault secret the caller never held). Default:
-   * the default ticket lifetime, at most 15 minutes.
-   */
-  readonly foundTicketTtlMs?: number;
-  /** Most new secrets one principal may register from found values per window (default 100 per hour). */
-  readonly foundSecretLimit?: { readonly max: number; readonly windowMs: number };
-}
-
-/**
- * Where a ticket reissued for a found secret may go, and what it derives from. The ticket
- * is never wider than its parent (the narrowest request ticket that fits) and never wider
- * than the place the content came from.
- */
-export interface FoundScope {
-  /** Who the ticket is bound to (the caller). */
-  readonly principal: string;
-  /**
-   * Destinations wanted, each kept only if the secret and the parent allow it. Absent or
-   * empty with no `target`: the secret's own (content the caller sent itself: a prompt).
-   */
-  readonly destinations?: readonly string[];
-  /**
-   * Where the content came from (the connection and host the response was read from): a
-   * `conn:` destination for that connection counts as within a host pattern that matches it.
-   */
-  readonly target?: Target;
-  /**
-   * Ids of the tickets exchanged for the request whose answer this is: candidate parents
-   * (read when a ticket is minted, so a live set of a long session works; at most 256 are read).
-   */
-  readonly parents?: Iterable<string>;
-  /** Extra audit context (front-end, session). */
-  readonly context?: Record<string, unknown>;
-  /**
-   * An operator asked through the admin API (tokenize, a workflow prompt), not a response:
-   * a parentless ticket gets the default ticket lifetime, and registrations are not counted
-   * against the found-secret limit.
-   */
-  readonly operator?: boolean;
-}
-
-/** Default cap on the lifetime of a found-secret ticket with no parent. */
-const FOUND_TICKET_TTL_MS = 15 * 60 * 1000;
-/** Candidate parents read per found-secret ticket (the most recent). */
-const MAX_PARENT_CANDIDATES = 256;
-/** Principals tracked by the found-secret rate limit before old windows are swept. */
-const MAX_TRACKED_PRINCIPALS = 10_000;
-
-interface CachedTicket {
-  readonly chain: readonly TicketRecord[]; // [ticket, parent, grandparent, ...]
-  readonly secret: SecretRecord;
-  readonly value: SecretValue | null;
-  readonly cachedAt: number;
-  /** The cache epoch the rows were read at (ADR 0013). */
-  readonly epoch: number;
-}
-
-/** A ticket that belongs to a workflow node: recorded with it, in the same transaction. */
-export interface TicketLink {
-  /** The root workflow id. */
-  readonly workflow: string;
-  /** The node the ticket belongs to (the root's own id for the root's tickets). */
-  readonly subtask: string;
-}
-
-/** Subtasks nest at most this deep below their root. */
-export const MAX_WORKFLOW_DEPTH = 16;
-
-/** Workflow and subtask ids of a workflow-node principal, for audit records. Empty for anyone else. */
-export function workflowTags(principal: Principal): { workflow?: string; subtask?: string } {
-  if (principal.kind !== 'subtask') return {};
-  const { workflow, subtask } = principal.attributes;
-  return {
-    ...(typeof workflow === 'string' ? { workflow } : {}),
-    ...(typeof subtask === 'string' ? { subtask } : {}),
-  };
-}
-
-const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
-
-function refuse(code: ErrorCode, message: string, details?: Record<string, unknown>): CoatcheckError {
-  return new CoatcheckError(code, message, details === undefined ? undefined : { details });
-}
-
-export function validateName(name: string, what: string): void {
-  if (typeof name !== 'string' || !NAME_RE.test(name)) {
-    throw new CoatcheckError(
-      'CC_ERR_INVALID_ARGUMENT',
-      `${what} name must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit`,
-      { details: { field: 'name' } },
-    );
-  }
-}
-
-/** The placements a ticket stood in (it may appear more than once in a request); default credential. */
-function placementsOf(request: ExchangeRequest): readonly Placement[] {
-  const p = request.placement ?? 'credential';
-  const list = typeof p === 'string' ? [p] : p;
-  return list.length === 0 ? ['credential'] : [...new Set(list)];
-}
-
-function sameText(a: string, b: string): boolean {
-  const x = Buffer.from(a);
-  const y = Buffer.from(b);
-  return x.length === y.length && timingSafeEqual(x, y);
-}
+export type {
+  Exchange,
+  ExchangeRequest,
+  FoundScope,
+  IssuedTicket,
+  KnownSecret,
+  SecretView,
+  TicketLink,
+  TicketStatus,
+  TicketView,
+  VaultOptions,
+} from './model.js';
+export { MAX_SECRET_BYTES, MAX_WORKFLOW_DEPTH, validateName, workflowTags } from './model.js';
 
 /**
  * The vault: secrets under envelope encryption, and the tickets that stand for them.
@@ -218,13 +68,7 @@ export class Vault {
   readonly #audit: AuditLog;
   readonly #clock: Clock;
   readonly #options: VaultOptions;
-  readonly #cache = new Map<string, CachedTicket>();
-  /** Fills of the ticket cache are versioned: a change during a read keeps it out (ADR 0013). */
-  readonly #epoch: CacheEpoch;
-  #known: ReadonlyArray<KnownSecret> | null = null;
-  #knownAt = -1;
-  readonly #knownEpoch: CacheEpoch;
-  readonly #unsubscribe: () => void;
+  readonly #caches: VaultCaches;
   /** Found-secret registrations per principal in the current window (this replica). */
   readonly #registrations = new Map<string, { start: number; count: number; refused: boolean }>();
 
@@ -234,36 +78,11 @@ export class Vault {
     this.#audit = audit;
     this.#clock = clock;
     this.#options = options;
-    this.#epoch = new CacheEpoch(store);
-    this.#knownEpoch = new CacheEpoch(store);
-    this.#unsubscribe = store.subscribe((change) => this.#onChange(change));
-  }
-
-  /** Drop cached tickets and make every read in flight unfit to keep. */
-  #invalidateTickets(): void {
-    this.#epoch.bump();
-    this.#cache.clear();
-  }
-
-  #invalidateKnown(): void {
-    this.#knownEpoch.bump();
-    this.#known = null;
+    this.#caches = new VaultCaches(store);
   }
 
   close(): void {
-    this.#unsubscribe();
-    this.#cache.clear();
-  }
-
-  #onChange(change: StoreChange): void {
-    // Approvals and connections do not touch tickets or values; a new secret changes only
-    // the known-secret list (found secrets are added on the response path, so the ticket
-    // cache must survive them). Anything else — revocations, erasures, rotations, ended
-    // workflows, resyncs, and any change type added later — drops both caches.
-    if (change.type === 'approval.changed' || change.type === 'connection.changed') return;
-    this.#invalidateKnown();
-    if (change.type === 'secret.added') return;
-    this.#invalidateTickets();
+    this.#caches.close();
   }
 
   ticketHash(ticket: string): string {
@@ -350,7 +169,7 @@ export class Vault {
         },
       )
       .finally(() => dataKey.fill(0));
-    this.#invalidateKnown();
+    this.#caches.invalidateKnown();
     await this.#store.publish({ type: 'secret.added', id });
     return this.#secretView(record);
   }
@@ -415,8 +234,8 @@ export class Vault {
       );
     } finally {
       // Even when the outcome is unknown (the commit may have happened): never serve old bindings.
-      this.#invalidateTickets();
-      this.#invalidateKnown();
+      this.#caches.invalidateTickets();
+      this.#caches.invalidateKnown();
     }
     return this.#secretView({ ...record, allow, placements });
   }
@@ -457,8 +276,8 @@ export class Vault {
         },
       );
     } finally {
-      this.#invalidateTickets();
-      this.#invalidateKnown();
+      this.#caches.invalidateTickets();
+      this.#caches.invalidateKnown();
     }
     return this.#secretView(record);
   }
@@ -528,26 +347,22 @@ export class Vault {
    * Every live secret's value, for the response scanners (a known secret in a response
    * becomes a ticket). Cached until the next change event.
    */
-  async knownSecrets(): Promise<ReadonlyArray<KnownSecret>> {
-    if (this.#known !== null && this.#knownEpoch.mayServe(this.#knownAt)) return this.#known;
-    const token = this.#knownEpoch.begin();
-    const out: KnownSecret[] = [];
-    for (const record of await this.#store.listSecrets()) {
-      const value = this.#decrypt(record);
-      if (value !== null)
-        out.push({
-          id: record.id,
-          name: record.name,
-          allow: record.allow,
-          fingerprint: record.fingerprint,
-          value,
-        });
-    }
-    if (this.#knownEpoch.mayKeep(token)) {
-      this.#known = out;
-      this.#knownAt = token;
-    }
-    return out;
+  knownSecrets(): Promise<ReadonlyArray<KnownSecret>> {
+    return this.#caches.known(async () => {
+      const out: KnownSecret[] = [];
+      for (const record of await this.#store.listSecrets()) {
+        const value = this.#decrypt(record);
+        if (value !== null)
+          out.push({
+            id: record.id,
+            name: record.name,
+            allow: record.allow,
+            fingerprint: record.fingerprint,
+            value,
+          });
+      }
+      return out;
+    });
   }
 
   /**
@@ -746,7 +561,7 @@ export class Vault {
       } catch (error) {
         // Two responses found the same value at once: the other one registered it.
         if (!(error instanceof CoatcheckError) || error.code !== 'CC_ERR_ALREADY_EXISTS') throw error;
-        this.#invalidateKnown();
+        this.#caches.invalidateKnown();
         secretId = (await this.knownSecrets()).find((s) => s.fingerprint === fingerprint)?.id ?? null;
         if (secretId === null) throw error;
       }
@@ -1150,7 +965,7 @@ export class Vault {
       });
     } finally {
       // Whatever the outcome (an error may follow a commit): this replica keeps nothing it read before.
-      this.#invalidateTickets();
+      this.#caches.invalidateTickets();
     }
     return { id: record.id, revoked };
   }
@@ -1206,34 +1021,21 @@ export class Vault {
     };
   }
 
-  async #resolveCached(ticket: string, hash: string): Promise<CachedTicket> {
-    const now = this.#clock.now();
-    const cached = this.#cache.get(hash);
-    if (
-      cached !== undefined &&
-      now - cached.cachedAt < this.#options.cacheMs &&
-      this.#epoch.mayServe(cached.epoch)
-    )
-      return cached;
-    const token = this.#epoch.begin();
-    const record = await this.#store.getTicketByHash(hash);
-    if (record === null) throw refuse('CC_ERR_TICKET_UNKNOWN', 'no such ticket in this store');
-    // The stored hash is an index lookup; compare again in constant time before trusting it.
-    if (!sameText(record.hash, this.ticketHash(ticket)))
-      throw refuse('CC_ERR_TICKET_UNKNOWN', 'no such ticket in this store');
-    const chain = await this.#chain(record);
-    const secret = await this.#store.getSecretById(record.secretId);
-    if (secret === null)
-      throw refuse('CC_ERR_STORE_CORRUPT', `ticket ${record.id} names a missing secret`, {
-        ticket: record.id,
-      });
-    const entry: CachedTicket = { chain, secret, value: this.#decrypt(secret), cachedAt: now, epoch: token };
-    // Kept only if no change notice arrived (and the feed stayed current) while reading.
-    if (this.#epoch.mayKeep(token)) {
-      if (this.#cache.size > 100_000) this.#cache.clear();
-      this.#cache.set(hash, entry);
-    }
-    return entry;
+  #resolveCached(ticket: string, hash: string): Promise<CachedTicket> {
+    return this.#caches.ticket(hash, this.#clock.now(), this.#options.cacheMs, async () => {
+      const record = await this.#store.getTicketByHash(hash);
+      if (record === null) throw refuse('CC_ERR_TICKET_UNKNOWN', 'no such ticket in this store');
+      // The stored hash is an index lookup; compare again in constant time before trusting it.
+      if (!sameText(record.hash, this.ticketHash(ticket)))
+        throw refuse('CC_ERR_TICKET_UNKNOWN', 'no such ticket in this store');
+      const chain = await this.#chain(record);
+      const secret = await this.#store.getSecretById(record.secretId);
+      if (secret === null)
+        throw refuse('CC_ERR_STORE_CORRUPT', `ticket ${record.id} names a missing secret`, {
+          ticket: record.id,
+        });
+      return { chain, secret, value: this.#decrypt(secret) };
+    });
   }
 
   /**
