@@ -3,7 +3,6 @@ import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { type Principal, workflowNodeRef } from '../core/principal.js';
-import { SecretValue } from '../core/secret-value.js';
 import { assertTicket, mintTicket, TICKET_PATTERN } from '../core/ticket-format.js';
 import type { DeadReason, SecretRecord, Store, TicketRecord } from '../store/types.js';
 import {
@@ -14,8 +13,8 @@ import {
   normalizeDestinations,
   parseDestination,
 } from './destinations.js';
-import { keyedHash, newDataKey, open, seal } from './envelope.js';
-import { dataKeyAad, type Keyring, sealingKey, unwrapDataKey, valueAad } from './keyring.js';
+import { KeyService } from './key-service.js';
+import type { Keyring } from './keyring.js';
 import {
   type Exchange,
   type ExchangeRequest,
@@ -64,7 +63,7 @@ export { MAX_SECRET_BYTES, MAX_WORKFLOW_DEPTH, validateName, workflowTags } from
  */
 export class Vault {
   readonly #store: Store;
-  readonly #keys: Keyring;
+  readonly #keys: KeyService;
   readonly #audit: AuditLog;
   readonly #clock: Clock;
   readonly #options: VaultOptions;
@@ -74,7 +73,7 @@ export class Vault {
 
   constructor(store: Store, keys: Keyring, audit: AuditLog, clock: Clock, options: VaultOptions) {
     this.#store = store;
-    this.#keys = keys;
+    this.#keys = new KeyService(keys);
     this.#audit = audit;
     this.#clock = clock;
     this.#options = options;
@@ -86,12 +85,12 @@ export class Vault {
   }
 
   ticketHash(ticket: string): string {
-    return keyedHash(this.#keys.index.lookup, ticket);
+    return this.#keys.ticketHash(ticket);
   }
 
   /** Keyed fingerprint of a value: stable, comparable, useless without the index key. */
   fingerprint(value: Buffer | string): string {
-    return `fp_${keyedHash(this.#keys.index.fingerprint, value).slice(0, 24)}`;
+    return this.#keys.fingerprint(value);
   }
 
   // ---- secrets -------------------------------------------------------------------
@@ -127,7 +126,7 @@ export class Vault {
         ? [...DEFAULT_PLACEMENTS]
         : normalizePlacements(input.placements, input.allowSql);
     const id = newId('sec');
-    const dataKey = newDataKey();
+    const { dataKey, ciphertext } = this.#keys.sealValue(id, input.value);
     // The data key is wrapped inside the transaction, under the key the store names active
     // then (see sealingKey); until then the record carries no wrapped key.
     let record: SecretRecord = {
@@ -138,7 +137,7 @@ export class Vault {
       placements,
       wrappedKey: null,
       keyId: null,
-      ciphertext: seal(dataKey, input.value, valueAad(id)),
+      ciphertext,
       fingerprint: this.fingerprint(input.value),
       createdAt: this.#clock.now(),
       erasedAt: null,
@@ -163,8 +162,7 @@ export class Vault {
               name: record.name,
             });
           }
-          const master = await sealingKey(tx, this.#keys.masters);
-          record = { ...record, wrappedKey: master.wrap(dataKey, dataKeyAad(id)), keyId: master.kid };
+          record = { ...record, ...(await this.#keys.wrapDataKey(tx, id, dataKey)) };
           await tx.insertSecret(record);
         },
       )
@@ -282,22 +280,6 @@ export class Vault {
     return this.#secretView(record);
   }
 
-  /** Decrypt a secret by record, for credential injection and exchange. */
-  #decrypt(record: SecretRecord): SecretValue | null {
-    if (record.wrappedKey === null || record.ciphertext === null) return null;
-    // Unwrapped by the kid the row names: a key this replica lacks is reloaded once, then
-    // refused as CC_ERR_MASTER_KEY_UNAVAILABLE naming that kid.
-    const dataKey = unwrapDataKey(this.#keys.masters, record);
-    const value = open(dataKey, record.ciphertext, valueAad(record.id));
-    dataKey.fill(0);
-    if (value === null) {
-      throw refuse('CC_ERR_STORE_CORRUPT', `the value of secret ${record.id} does not authenticate`, {
-        secret: record.id,
-      });
-    }
-    return new SecretValue(value);
-  }
-
   /**
    * Release a secret by name for the gateway's own use (a connection's credential).
    * Audited before release, like an exchange.
@@ -314,7 +296,7 @@ export class Vault {
         { secret: record.id },
       );
     }
-    const value = this.#decrypt(record);
+    const value = this.#keys.decrypt(record);
     if (value === null)
       throw refuse('CC_ERR_TICKET_SECRET_ERASED', `secret ${record.id} was erased`, { secret: record.id });
     const audited = await this.#audit.append(
@@ -351,7 +333,7 @@ export class Vault {
     return this.#caches.known(async () => {
       const out: KnownSecret[] = [];
       for (const record of await this.#store.listSecrets()) {
-        const value = this.#decrypt(record);
+        const value = this.#keys.decrypt(record);
         if (value !== null)
           out.push({
             id: record.id,
@@ -1034,7 +1016,7 @@ export class Vault {
         throw refuse('CC_ERR_STORE_CORRUPT', `ticket ${record.id} names a missing secret`, {
           ticket: record.id,
         });
-      return { chain, secret, value: this.#decrypt(secret) };
+      return { chain, secret, value: this.#keys.decrypt(secret) };
     });
   }
 
