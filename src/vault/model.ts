@@ -21,8 +21,6 @@ export interface KnownSecret {
 
 export const MAX_SECRET_BYTES = 64 * 1024;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-/** Longest ancestor chain walked; narrowing deeper than this is refused. */
-export const MAX_CHAIN = 32;
 
 export interface SecretView {
   readonly id: string;
