@@ -128,13 +128,6 @@ export interface FoundScope {
   readonly operator?: boolean;
 }
 
-/** Default cap on the lifetime of a found-secret ticket with no parent. */
-export const FOUND_TICKET_TTL_MS = 15 * 60 * 1000;
-/** Candidate parents read per found-secret ticket (the most recent). */
-export const MAX_PARENT_CANDIDATES = 256;
-/** Principals tracked by the found-secret rate limit before old windows are swept. */
-export const MAX_TRACKED_PRINCIPALS = 10_000;
-
 /** A ticket that belongs to a workflow node: recorded with it, in the same transaction. */
 export interface TicketLink {
   /** The root workflow id. */
