@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import type { AuditEvent } from '../src/audit/events.js';
 import { resolveHome } from '../src/config/home.js';
 import type { Principal } from '../src/core/principal.js';
 import { type Context, initHome, openContext } from '../src/server/context.js';
@@ -72,7 +73,8 @@ async function scenario(name: string, env: NodeJS.ProcessEnv) {
       ctx = await open(config);
       const ops = label.includes('one commit') ? Math.min(OPS, 1500) : OPS;
       results[label] = await timed(label, ops, (i) =>
-        ctx!.audit.append({ type: 'bench', actor: 'bench', data: { i } }),
+        // Not a production kind: the bench measures the log itself, so it reaches past the typed union.
+        ctx!.audit.append({ type: 'bench', actor: 'bench', data: { i } } as unknown as AuditEvent),
       );
       await ctx.close();
       ctx = null;

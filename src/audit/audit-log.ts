@@ -3,6 +3,7 @@ import { canonicalJson } from '../core/canonical-json.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
 import type { AuditRecord, DeadReason, LivenessQuery, Store, StoreTx } from '../store/types.js';
+import type { AuditEvent } from './events.js';
 
 /**
  * The audit log: append-only, hash-chained (HMAC under a key derived from the store's
@@ -17,11 +18,8 @@ import type { AuditRecord, DeadReason, LivenessQuery, Store, StoreTx } from '../
  * and its record commit together or not at all.
  */
 
-export interface AuditDraft {
-  readonly type: string;
-  readonly actor: string;
-  readonly data: Record<string, unknown>;
-}
+/** A record to append: one of the typed events of events.ts (ADR 0017); stored as `{ type, actor, data }`. */
+export type AuditDraft = AuditEvent;
 
 /**
  * A state change that commits with its record. It may return further records that

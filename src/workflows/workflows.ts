@@ -261,7 +261,11 @@ export class Workflows {
     }
   }
 
-  async #insertNode(record: WorkflowRecord, actor: string, data: Record<string, unknown>): Promise<void> {
+  async #insertNode(
+    record: WorkflowRecord,
+    actor: string,
+    data: { readonly secrets: readonly string[] },
+  ): Promise<void> {
     await this.#audit.append(
       {
         type: record.parentId === null ? 'workflow.start' : 'workflow.spawn',

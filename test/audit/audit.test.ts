@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Context } from '../../src/server/context.js';
+import { untypedEvent } from '../helpers/audit.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
 
 const CANARY = 'canary-audit-5Q7x1Lm0Zp';
@@ -22,7 +23,9 @@ describe('audit log', () => {
   async function fill(n: number) {
     await Promise.all(
       Array.from({ length: n }, (_, i) =>
-        ctx.audit.append({ type: 'test.event', actor: 'admin:test', data: { i, nested: { b: 1, a: [i] } } }),
+        ctx.audit.append(
+          untypedEvent({ type: 'test.event', actor: 'admin:test', data: { i, nested: { b: 1, a: [i] } } }),
+        ),
       ),
     );
   }
@@ -42,7 +45,7 @@ describe('audit log', () => {
     };
     const records = await Promise.all(
       Array.from({ length: 300 }, (_, i) =>
-        ctx.audit.append({ type: 'test.event', actor: 'admin:test', data: { i } }),
+        ctx.audit.append(untypedEvent({ type: 'test.event', actor: 'admin:test', data: { i } })),
       ),
     );
     expect(transactions).toBeLessThan(30);

@@ -7,6 +7,7 @@ import { type AdminServer, startAdminServer } from '../../src/admin/admin-server
 import { createLogger } from '../../src/core/logger.js';
 import { agentRef } from '../../src/core/principal.js';
 import type { Context } from '../../src/server/context.js';
+import { untypedEvent } from '../helpers/audit.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
 
 /**
@@ -50,11 +51,14 @@ describe('console: agent names and tables that fit', { timeout: 120_000 }, () =>
       },
       'admin:test',
     );
-    await ctx.audit.append({
-      type: 'token.exchange',
-      actor: agentRef(agentId),
-      data: { ticket: parent.view.id },
-    });
+    // A record as bare as an older version might have left: the console must still link it.
+    await ctx.audit.append(
+      untypedEvent({
+        type: 'token.exchange',
+        actor: agentRef(agentId),
+        data: { ticket: parent.view.id },
+      }),
+    );
     await ctx.audit.flush();
     const now = Date.now();
     await ctx.store.insertSession({

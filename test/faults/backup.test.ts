@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { backupStore, restoreStore } from '../../src/admin/backup.js';
 import type { Context } from '../../src/server/context.js';
+import { untypedEvent } from '../helpers/audit.js';
 import { cli } from '../helpers/cli.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
 
@@ -28,7 +29,7 @@ describe('backup and restore', () => {
   it('a backup taken under concurrent writes holds every record up to its anchor; restore proves it', async () => {
     // Writes in flight while the backup runs (the WAL holds the newest of them).
     const writes = Array.from({ length: 200 }, (_, i) =>
-      ctx.audit.append({ type: 'test.load', actor: 'admin:test', data: { i } }),
+      ctx.audit.append(untypedEvent({ type: 'test.load', actor: 'admin:test', data: { i } })),
     );
     const backup = join(t.dir, 'b1.db');
     const result = await backupStore(ctx, backup);
@@ -58,7 +59,8 @@ describe('backup and restore', () => {
     const backup = join(t.dir, 'b2.db');
     const anchorFile = `${backup}.anchor.json`;
     await backupStore(ctx, join(t.dir, 'older.db'));
-    for (let i = 0; i < 5; i++) await ctx.audit.append({ type: 'test', actor: 'admin:test', data: { i } });
+    for (let i = 0; i < 5; i++)
+      await ctx.audit.append(untypedEvent({ type: 'test', actor: 'admin:test', data: { i } }));
     await backupStore(ctx, backup);
     // The older copy with the newer anchor: what a file copy of a live WAL database gives.
     copyFileSync(`${backup}.anchor.json`, join(t.dir, 'newer.anchor.json'));

@@ -6,6 +6,7 @@ import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type AdminServer, startAdminServer } from '../../src/admin/admin-server.js';
 import type { Context } from '../../src/server/context.js';
+import { untypedEvent } from '../helpers/audit.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
 
 // Health must say what the data path will do: a replica whose store does not answer or
@@ -50,7 +51,9 @@ describe('health under faults', () => {
 
   it('a failing audit write (disk full) makes them 503 until a write succeeds again', async () => {
     tamper(`CREATE TRIGGER audit_down BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END`);
-    await expect(ctx.audit.append({ type: 'test', actor: 'admin:test', data: {} })).rejects.toMatchObject({
+    await expect(
+      ctx.audit.append(untypedEvent({ type: 'test', actor: 'admin:test', data: {} })),
+    ).rejects.toMatchObject({
       code: 'CC_ERR_AUDIT_UNAVAILABLE',
     });
     expect(await probe('/healthz')).toMatchObject({
@@ -59,7 +62,7 @@ describe('health under faults', () => {
     });
     expect((await probe('/readyz')).status).toBe(503);
     tamper('DROP TRIGGER audit_down');
-    await ctx.audit.append({ type: 'test', actor: 'admin:test', data: {} });
+    await ctx.audit.append(untypedEvent({ type: 'test', actor: 'admin:test', data: {} }));
     expect((await probe('/healthz')).status).toBe(200);
   });
 
@@ -86,7 +89,7 @@ describe('health under faults', () => {
       log.error({ code: 'CC_ERR_AUDIT_UNAVAILABLE', errName: (cause as Error).name }, 'audit write failed');
     tamper(`CREATE TRIGGER audit_down BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END`);
     await expect(
-      ctx.audit.append({ type: 'test', actor: 'admin:test', data: { value: canary } }),
+      ctx.audit.append(untypedEvent({ type: 'test', actor: 'admin:test', data: { value: canary } })),
     ).rejects.toBeDefined();
     ctx.audit.onFailure = previous;
     expect(lines.join('')).toContain('CC_ERR_AUDIT_UNAVAILABLE');

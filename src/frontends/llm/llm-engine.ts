@@ -378,9 +378,10 @@ export class LlmEngine implements Engine<LlmClient> {
         session: session.id,
         connection: view.name,
         endpoint: route.path,
-        model: summary.model,
-        promptSecrets: summary.promptSecrets ?? 0,
-        attachments: summary.attachments ?? 0,
+        // The summary is an untyped bag; these three were set above as a string and counts.
+        model: summary.model as string,
+        promptSecrets: (summary.promptSecrets as number | undefined) ?? 0,
+        attachments: (summary.attachments as number | undefined) ?? 0,
         tickets: [...session.ticketIds],
       },
     });

@@ -4,6 +4,7 @@ import type { Socket } from 'node:net';
 import { type SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../../audit/audit-log.js';
+import type { PostgresSessionFields } from '../../audit/events.js';
 import type { ConnectionView } from '../../connections/connections.js';
 import type { Clock } from '../../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
@@ -168,13 +169,13 @@ class StatementAudit {
   static readonly BATCH_MS = 50;
   readonly #audit: AuditLog;
   readonly #actor: string;
-  readonly #base: Record<string, unknown>;
+  readonly #base: PostgresSessionFields;
   #pending: StatementEvent[] = [];
   #timer: NodeJS.Timeout | null = null;
   /** Called when a timed flush fails (the relay ends the session). */
   onFailure: (error: unknown) => void = () => undefined;
 
-  constructor(audit: AuditLog, actor: string, base: Record<string, unknown>) {
+  constructor(audit: AuditLog, actor: string, base: PostgresSessionFields) {
     this.#audit = audit;
     this.#actor = actor;
     this.#base = base;

@@ -1,0 +1,275 @@
+/**
+ * Every kind of audit record, with its fields (ADR 0017). `AuditLog.append` takes only an
+ * `AuditEvent`, so a misspelt type or a missing field is a compile error. The stored
+ * record is unchanged: `{ type, actor, data }`, `data` holding exactly the fields given.
+ *
+ * Records hold ids, names, destinations, codes and keyed fingerprints: never a secret
+ * value, a ticket's text or a key. Fields typed `Context` are extra, non-secret fields a
+ * caller adds (session id, front-end, source); they never replace the named ones.
+ *
+ * Adding a kind: add it to `AuditEventFields` and to `AUDIT_EVENTS` (the compiler asks for
+ * both), then run `npm run docs:errors`, which also regenerates the table in docs/audit.md
+ * (a test keeps the two equal).
+ */
+
+type Id = string;
+type Ids = readonly string[];
+/** An ISO 8601 time, or null for none. */
+type Iso = string | null;
+/** Extra non-secret fields a caller adds (session, front-end, workflow, source). */
+type Context = { readonly [field: string]: unknown };
+/** The workflow and node a record belongs to, when its principal is a workflow node. */
+type WorkflowTags = { readonly workflow?: string; readonly subtask?: string };
+
+/** The fields of each kind of record, by type. */
+export interface AuditEventFields {
+  // ---- home and keys ------------------------------------------------------------
+  'home.init': {
+    readonly store: string;
+    readonly masterKey: string;
+    readonly masterKeySource: 'env' | 'file';
+  };
+  'keys.rotate': { readonly phase: string; readonly previousKey: string; readonly newKey: string } & Context;
+
+  // ---- secrets ------------------------------------------------------------------
+  'secret.add': {
+    readonly secret: Id;
+    readonly name: string;
+    readonly kind: string;
+    readonly allow: Ids;
+    readonly placements: Ids;
+    readonly fingerprint: string;
+  };
+  'secret.update': {
+    readonly secret: Id;
+    readonly name: string;
+    readonly allow: Ids;
+    readonly placements: Ids;
+  };
+  'secret.erase': { readonly secret: Id; readonly name: string; readonly fingerprint: string };
+  'credential.inject': {
+    readonly secret: Id;
+    readonly fingerprint: string;
+    readonly target: string;
+    readonly operation: string | null;
+  } & WorkflowTags &
+    Context;
+  'found.limit': { readonly principal: string; readonly limit: number; readonly windowSeconds: number };
+
+  // ---- tickets ------------------------------------------------------------------
+  'token.issue': {
+    readonly ticket: Id;
+    readonly secret: Id;
+    readonly principal: string;
+    readonly destinations: Ids;
+    readonly expiresAt: Iso;
+    readonly maxUses: number | null;
+  } & WorkflowTags;
+  'token.narrow': {
+    readonly ticket: Id;
+    readonly parent: Id;
+    readonly secret: Id;
+    readonly principal: string;
+    readonly destinations: Ids;
+    readonly expiresAt: Iso;
+    readonly maxUses: number | null;
+  } & WorkflowTags;
+  'token.reissue': {
+    readonly ticket: Id;
+    readonly secret: Id;
+    readonly principal: string;
+    readonly parent: Id | null;
+    readonly destinations: Ids;
+    readonly expiresAt: Iso;
+    readonly maxUses: number | null;
+  } & Context;
+  'token.revoke': { readonly ticket: Id };
+  'token.revoke.tree': { readonly ticket: Id; readonly revoked: Ids };
+  'token.exchange': {
+    readonly ticket: Id;
+    readonly secret: Id;
+    readonly fingerprint: string;
+    readonly target: string;
+    readonly placement: string;
+    readonly operation: string | null;
+  } & WorkflowTags &
+    Context;
+  'token.refused': {
+    readonly code: string;
+    readonly ticket: Id | null;
+    /** Keyed fingerprint of what was presented when no ticket was found; null otherwise. */
+    readonly presented: string | null;
+    readonly checkedAt?: 'commit';
+    readonly target: string;
+    readonly placement: string;
+    readonly operation: string | null;
+  } & WorkflowTags &
+    Context;
+
+  // ---- agents and connections ---------------------------------------------------
+  'agent.create': {
+    readonly agent: Id;
+    readonly name: string;
+    readonly groups: Ids;
+    readonly expiresAt: Iso;
+  };
+  'agent.revoke': { readonly agent: Id; readonly name: string };
+  'connection.add': {
+    readonly connection: Id;
+    readonly name: string;
+    readonly type: string;
+    readonly url: string;
+    readonly credential: string | null;
+    readonly secrets: Ids;
+    readonly rules: Readonly<Record<string, unknown>>;
+  };
+  'connection.remove': { readonly name: string };
+
+  // ---- workflows ----------------------------------------------------------------
+  'workflow.start': WorkflowNodeFields;
+  'workflow.spawn': WorkflowNodeFields;
+  'workflow.end': WorkflowEndFields;
+  'workflow.revoke': WorkflowEndFields;
+
+  // ---- policy and approvals -----------------------------------------------------
+  'policy.decision': {
+    readonly action: string;
+    readonly resource: string;
+    readonly effect: string;
+    readonly policies: Ids;
+    readonly source: string;
+    readonly summary: string;
+    readonly errors?: Ids | undefined;
+  };
+  'approval.request': {
+    readonly approval: Id;
+    readonly connection: string;
+    readonly action: string;
+    readonly summary: string;
+    readonly approvers: Ids;
+    readonly quorum: number;
+  };
+  'approval.approve': ApprovalDecisionFields;
+  'approval.deny': ApprovalDecisionFields;
+  'approval.use': { readonly approval: Id; readonly connection: string };
+
+  // ---- gateway and front-ends ---------------------------------------------------
+  'gateway.auth.refused': {
+    readonly frontend: string;
+    readonly session: Id;
+    readonly code: string;
+    readonly presented: string;
+  } & WorkflowTags;
+  'gateway.denied': {
+    readonly frontend: string;
+    readonly session: Id;
+    readonly connection: string;
+    readonly operation: string;
+    readonly reasons: Ids;
+  } & WorkflowTags;
+  'gateway.proxy.refused': ProxyHostFields;
+  'gateway.proxy.tunnel': ProxyHostFields;
+  'postgres.query': PostgresSessionFields & { readonly statements: readonly object[] };
+  'postgres.login.refused': {
+    readonly session: Id;
+    readonly user: string;
+    readonly connection: string;
+    readonly code: string;
+    readonly reason: string;
+    readonly remote: string;
+  };
+  'llm.request': {
+    readonly session: Id;
+    readonly connection: string;
+    readonly endpoint: string;
+    readonly model: string;
+    readonly promptSecrets: number;
+    readonly attachments: number;
+    readonly tickets: Ids;
+  };
+  'mcp.call': {
+    readonly session: Id;
+    readonly connection: string;
+    readonly tool: string;
+    readonly outcome: string;
+    readonly tickets: Ids;
+  };
+}
+
+type WorkflowNodeFields = {
+  readonly workflow: Id;
+  readonly subtask: Id;
+  readonly parent: Id | null;
+  readonly name: string;
+  readonly principal: string;
+  readonly startedBy: string;
+  readonly expiresAt: Iso;
+  /** The secrets the node may be given tickets for. */
+  readonly secrets: Ids;
+};
+type WorkflowEndFields = { readonly workflow: Id; readonly subtask: Id; readonly nodes: Ids };
+type ApprovalDecisionFields = {
+  readonly approval: Id;
+  readonly approver: string;
+  readonly status: string;
+  readonly approvals: number;
+  readonly quorum: number;
+  readonly validUntil: Iso;
+  readonly singleUse: boolean;
+  readonly reason: string | null;
+};
+type ProxyHostFields = {
+  readonly frontend: string;
+  readonly session: Id;
+  readonly host: string;
+  readonly port: number;
+};
+/** What every `postgres.query` record of one session carries. */
+export type PostgresSessionFields = { readonly session: Id; readonly connection: string };
+
+export type AuditEventType = keyof AuditEventFields;
+
+/** One audit record to append: its type, who acted, and that type's fields. */
+export type AuditEvent = {
+  [K in AuditEventType]: { readonly type: K; readonly actor: string; readonly data: AuditEventFields[K] };
+}[AuditEventType];
+
+/** Every kind, with when it is written: docs/audit.md's table is generated from this. */
+export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
+  'home.init': 'a home and its store were initialised (store driver, master key id and source)',
+  'keys.rotate': 'a master-key rotation phase committed (add, activate, rewrap, retire)',
+  'secret.add': 'a secret was added (id, name, kind, destinations, placements, fingerprint)',
+  'secret.update': "a secret's destinations or placements were replaced",
+  'secret.erase': "a secret's data key and ciphertext were destroyed",
+  'credential.inject': "a connection's own credential was released to the gateway (before release)",
+  'found.limit': 'a principal passed the found-secret registration limit (first refusal in a window)',
+  'token.issue': 'a ticket was issued',
+  'token.narrow': 'a child ticket was derived, never wider than its parent',
+  'token.reissue': 'a ticket was handed back for a secret found in a response or in text',
+  'token.revoke': 'a ticket was revoked (the record names the root)',
+  'token.revoke.tree': 'the descendants revoked with it (same transaction)',
+  'token.exchange': 'a ticket was exchanged for its secret (durable before release)',
+  'token.refused': 'an exchange was refused (code; a keyed fingerprint of an unknown ticket)',
+  'agent.create': 'an agent and its key were created',
+  'agent.revoke': 'an agent was revoked',
+  'connection.add': 'a connection was registered',
+  'connection.remove': 'a connection was removed',
+  'workflow.start': 'a workflow root was started',
+  'workflow.spawn': 'a subtask was spawned below a workflow node',
+  'workflow.end': 'a workflow node and its subtree ended; their tickets expired',
+  'workflow.revoke': 'a workflow node and its subtree were revoked with their tickets',
+  'policy.decision': 'a policy decision (effect, policies, bounded summary)',
+  'approval.request': 'an approval was requested for an operation',
+  'approval.approve': 'an approver approved (status, approvals against quorum)',
+  'approval.deny': 'an approver denied',
+  'approval.use': 'an approval was used (a single-use one is spent in the same transaction)',
+  'gateway.auth.refused': 'a front-end refused a key or token (keyed fingerprint of what was presented)',
+  'gateway.denied': 'policy denied an operation on a front-end',
+  'gateway.proxy.refused': 'the forward proxy refused a channel to a host nothing is bound to',
+  'gateway.proxy.tunnel':
+    'the forward proxy passed an unbound host through uninspected (`unboundHosts: tunnel`)',
+  'postgres.query': 'a batch of PostgreSQL statements (class, decision, duration, rows, scrubbed text)',
+  'postgres.login.refused': 'a PostgreSQL login was refused',
+  'llm.request': 'a request was forwarded to an LLM provider (model, counts, tickets used)',
+  'mcp.call': 'an MCP tool call, refused or not (tool name and outcome, never arguments)',
+};

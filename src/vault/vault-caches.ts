@@ -1,0 +1,102 @@
+import type { SecretValue } from '../core/secret-value.js';
+import { CacheEpoch } from '../store/cache-epoch.js';
+import type { SecretRecord, Store, StoreChange, TicketRecord } from '../store/types.js';
+import type { KnownSecret } from './model.js';
+
+/** A resolved ticket as the exchange path keeps it. */
+export interface CachedTicket {
+  readonly chain: readonly TicketRecord[]; // [ticket, parent, grandparent, ...]
+  readonly secret: SecretRecord;
+  readonly value: SecretValue | null;
+  readonly cachedAt: number;
+  /** The cache epoch the rows were read at (ADR 0013). */
+  readonly epoch: number;
+}
+
+/** Most resolved tickets kept before the cache is dropped whole. */
+const MAX_CACHED_TICKETS = 100_000;
+
+/**
+ * The vault's two caches and their epochs (ADR 0013, ADR 0017): resolved tickets, and the
+ * list of live secrets the response scanners use. Every fill is versioned: a read during
+ * which a change notice arrived (or the feed went stale) is served once and never kept.
+ * The services never touch a cache map or an epoch directly; they go through this class.
+ */
+export class VaultCaches {
+  readonly #tickets = new Map<string, CachedTicket>();
+  /** Fills of the ticket cache are versioned: a change during a read keeps it out (ADR 0013). */
+  readonly #ticketEpoch: CacheEpoch;
+  #known: ReadonlyArray<KnownSecret> | null = null;
+  #knownAt = -1;
+  readonly #knownEpoch: CacheEpoch;
+  readonly #unsubscribe: () => void;
+
+  constructor(store: Store) {
+    this.#ticketEpoch = new CacheEpoch(store);
+    this.#knownEpoch = new CacheEpoch(store);
+    this.#unsubscribe = store.subscribe((change) => this.#onChange(change));
+  }
+
+  /** Drop cached tickets and make every read in flight unfit to keep. */
+  invalidateTickets(): void {
+    this.#ticketEpoch.bump();
+    this.#tickets.clear();
+  }
+
+  invalidateKnown(): void {
+    this.#knownEpoch.bump();
+    this.#known = null;
+  }
+
+  close(): void {
+    this.#unsubscribe();
+    this.#tickets.clear();
+  }
+
+  #onChange(change: StoreChange): void {
+    // Approvals and connections do not touch tickets or values; a new secret changes only
+    // the known-secret list (found secrets are added on the response path, so the ticket
+    // cache must survive them). Anything else — revocations, erasures, rotations, ended
+    // workflows, resyncs, and any change type added later — drops both caches.
+    if (change.type === 'approval.changed' || change.type === 'connection.changed') return;
+    this.invalidateKnown();
+    if (change.type === 'secret.added') return;
+    this.invalidateTickets();
+  }
+
+  /**
+   * The ticket whose lookup hash is `hash`: from the cache while it is younger than
+   * `maxAgeMs` and no change arrived since it was read; otherwise read by `load` and kept
+   * only if no change notice arrived (and the feed stayed current) while reading.
+   */
+  async ticket(
+    hash: string,
+    now: number,
+    maxAgeMs: number,
+    load: () => Promise<Omit<CachedTicket, 'cachedAt' | 'epoch'>>,
+  ): Promise<CachedTicket> {
+    const cached = this.#tickets.get(hash);
+    if (cached !== undefined && now - cached.cachedAt < maxAgeMs && this.#ticketEpoch.mayServe(cached.epoch))
+      return cached;
+    const token = this.#ticketEpoch.begin();
+    const entry: CachedTicket = { ...(await load()), cachedAt: now, epoch: token };
+    // Kept only if no change notice arrived (and the feed stayed current) while reading.
+    if (this.#ticketEpoch.mayKeep(token)) {
+      if (this.#tickets.size > MAX_CACHED_TICKETS) this.#tickets.clear();
+      this.#tickets.set(hash, entry);
+    }
+    return entry;
+  }
+
+  /** The known-secret list: cached until the next change event, else read by `load`. */
+  async known(load: () => Promise<KnownSecret[]>): Promise<ReadonlyArray<KnownSecret>> {
+    if (this.#known !== null && this.#knownEpoch.mayServe(this.#knownAt)) return this.#known;
+    const token = this.#knownEpoch.begin();
+    const out = await load();
+    if (this.#knownEpoch.mayKeep(token)) {
+      this.#known = out;
+      this.#knownAt = token;
+    }
+    return out;
+  }
+}
