@@ -1307,6 +1307,8 @@ export class Vault {
           chain.map((t) => t.id),
           secret.id,
         ),
+        // Taking uses locks the ticket rows (ADR 0015): no global lock is needed for it.
+        { rowLocked: true },
       );
       return {
         ticketId: record.id,
