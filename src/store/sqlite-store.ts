@@ -827,20 +827,34 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
         }
       });
     },
-    readSnapshot<T>(fn: (ops: StoreOps) => Promise<T>): Promise<T> {
-      // A deferred read transaction: one WAL snapshot, and other processes keep writing.
-      return mutex.run(async () => {
-        try {
+    async readSnapshot<T>(fn: (ops: StoreOps) => Promise<T>): Promise<T> {
+      if (options.path === ':memory:') {
+        // No second connection can see this database: read under the mutex instead.
+        return mutex.run(async () => {
           db.exec('BEGIN');
-        } catch (error) {
-          translate(error);
-        }
-        try {
-          return await fn(snapshotOps);
-        } finally {
-          if (db.inTransaction) db.exec('COMMIT');
-        }
-      });
+          try {
+            return await fn(snapshotOps);
+          } finally {
+            if (db.inTransaction) db.exec('COMMIT');
+          }
+        });
+      }
+      // A read-only connection of its own in a deferred read transaction: one WAL snapshot
+      // for every read, while this connection (and other processes) keep writing.
+      let reader: Database.Database;
+      try {
+        reader = new Database(options.path, { readonly: true, fileMustExist: true });
+        reader.pragma('busy_timeout = 5000');
+        reader.exec('BEGIN');
+      } catch (error) {
+        translate(error);
+      }
+      try {
+        return await fn(new SqliteOps(reader));
+      } finally {
+        if (reader.inTransaction) reader.exec('COMMIT');
+        reader.close();
+      }
     },
     backupTo(path: string) {
       // Under the mutex no transaction interleaves, so the head read here is the copy's
