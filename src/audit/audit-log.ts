@@ -1,8 +1,8 @@
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { canonicalJson } from '../core/canonical-json.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
-import type { AuditRecord, DeadReason, LivenessQuery, Store, StoreTx } from '../store/types.js';
+import type { AuditRecord, DeadReason, LivenessQuery, Store, StoreOps, StoreTx } from '../store/types.js';
 import type { AuditEvent } from './events.js';
 
 /**
@@ -16,6 +16,13 @@ import type { AuditEvent } from './events.js';
  * disk flush. Each `append` resolves only after its batch is committed. An append may
  * carry a mutation that runs in the same transaction (in a savepoint), so a state change
  * and its record commit together or not at all.
+ *
+ * Chains (ADR 0015): on PostgreSQL each AuditLog (each replica process) appends to a chain
+ * of its own, without the database-wide lock: it alone writes that chain, so its order is
+ * the order of its own batches. The main chain (the only one on SQLite) takes the lock and
+ * holds the records of read-modify-write changes, the opening of every replica chain and
+ * checkpoints that name every chain's head. `verify` checks every chain and that together
+ * they hold every record.
  */
 
 /** A record to append: one of the typed events of events.ts (ADR 0017); stored as `{ type, actor, data }`. */
@@ -42,6 +49,22 @@ export interface AuditGuard {
 export interface AuditOptions {
   readonly groupCommitMs?: number;
   readonly maxBatch?: number;
+  /**
+   * Append to a chain of this log's own, without the global lock, when a batch allows it
+   * (default: on PostgreSQL). Off: every record goes to the main chain.
+   */
+  readonly ownChain?: boolean;
+  /** How often a replica chain that advanced is named in a main-chain checkpoint (default 5 s; 0: never). */
+  readonly checkpointMs?: number;
+}
+
+/**
+ * Options of one append. `rowLocked`: the mutation is safe without the global lock (it
+ * locks the rows it reads and changes, as taking a ticket's uses does), so the record may go
+ * to this replica's own chain. Other mutations run under the global lock, on the main chain.
+ */
+export interface AppendOptions {
+  readonly rowLocked?: boolean;
 }
 
 /** An audit head kept outside the store: the log must reach record `seq` with this hash. */
@@ -49,6 +72,9 @@ export interface AuditAnchor {
   readonly seq: number;
   readonly hash: string;
 }
+
+type VerifyProblem = 'edited' | 'removed' | 'chain-broken' | 'truncated' | 'unreadable';
+const VERIFY_PAGE = 1000;
 
 export type AuditVerifyResult =
   | { readonly ok: true; readonly records: number; readonly headSeq: number }
@@ -64,25 +90,70 @@ interface Pending {
   readonly draft: AuditDraft;
   readonly mutate: AuditMutation | undefined;
   readonly guard: AuditGuard | undefined;
+  readonly rowLocked: boolean;
   readonly resolve: (record: AuditRecord) => void;
   readonly reject: (error: unknown) => void;
 }
 
 const HEAD_META_KEY = 'audit_head';
+/** The main chain's id. */
+const MAIN = '';
+/** Main-chain record that opens a replica chain; the chain's first record follows it. */
+export const CHAIN_OPENED = 'audit.chain.opened' as const;
+/** Main-chain record naming the heads of replica chains (`data.chains`). */
+export const CHECKPOINT = 'audit.checkpoint' as const;
+/** PostgreSQL deadlock / serialization failure: the batch is retried (nothing was committed). */
+const RETRYABLE = new Set(['40P01', '40001']);
+const ATTEMPTS = 3;
 
 export function chainHash(
   key: Buffer,
   prevHash: string,
   record: Omit<AuditRecord, 'hash' | 'prevHash'>,
 ): string {
-  const body = canonicalJson({
-    seq: record.seq,
-    ts: record.ts,
-    type: record.type,
-    actor: record.actor,
-    data: record.data,
-  });
+  const chain = record.chain ?? MAIN;
+  const chainSeq = record.chainSeq ?? record.seq;
+  // Main-chain records at their own position hash as before chains existed; every other
+  // record also binds its chain, its place in it and its place in the whole log.
+  const body =
+    chain === MAIN && chainSeq === record.seq
+      ? canonicalJson({
+          seq: record.seq,
+          ts: record.ts,
+          type: record.type,
+          actor: record.actor,
+          data: record.data,
+        })
+      : canonicalJson({
+          seq: record.seq,
+          chain,
+          chainSeq,
+          ts: record.ts,
+          type: record.type,
+          actor: record.actor,
+          data: record.data,
+        });
   return createHmac('sha256', key).update(prevHash).update('\n').update(body).digest('hex');
+}
+
+function chainOf(record: AuditRecord): string {
+  return record.chain ?? MAIN;
+}
+function chainSeqOf(record: AuditRecord): number {
+  return record.chainSeq ?? record.seq;
+}
+/** How a record is named in a report: `12` on the main chain, `12 (chain r_…, #3)` elsewhere. */
+function nameOf(chain: string, chainSeq: number, seq?: number): string {
+  if (chain === MAIN && (seq === undefined || seq === chainSeq)) return String(chainSeq);
+  return `${seq ?? '?'} (chain ${chain === MAIN ? 'main' : chain}, #${chainSeq})`;
+}
+
+interface OwnChain {
+  readonly id: string;
+  chainSeq: number;
+  hash: string;
+  /** chainSeq last named in a checkpoint. */
+  checkpointed: number;
 }
 
 /** Every id the guards of `items` name, for one `deadAmong` query. */
@@ -125,6 +196,11 @@ export class AuditLog {
   readonly #clock: Clock;
   readonly #groupCommitMs: number;
   readonly #maxBatch: number;
+  readonly #ownChain: boolean;
+  readonly #checkpointMs: number;
+  /** This log's own chain, opened on first use; null again after a failed write to it. */
+  #chain: OwnChain | null = null;
+  #checkpointTimer: NodeJS.Timeout | null = null;
   #queue: Pending[] = [];
   #timer: NodeJS.Timeout | NodeJS.Immediate | null = null;
   #flushing: Promise<void> | null = null;
@@ -140,6 +216,8 @@ export class AuditLog {
     this.#clock = clock;
     this.#groupCommitMs = options.groupCommitMs ?? 0;
     this.#maxBatch = options.maxBatch ?? 512;
+    this.#ownChain = options.ownChain ?? store.driver === 'postgres';
+    this.#checkpointMs = options.checkpointMs ?? 5000;
   }
 
   /**
@@ -147,12 +225,17 @@ export class AuditLog {
    * the record is written only if everything the guard names is still live in the same
    * transaction.
    */
-  append(draft: AuditDraft, mutate?: AuditMutation, guard?: AuditGuard): Promise<AuditRecord> {
+  append(
+    draft: AuditDraft,
+    mutate?: AuditMutation,
+    guard?: AuditGuard,
+    options: AppendOptions = {},
+  ): Promise<AuditRecord> {
     if (this.#closed) {
       return Promise.reject(new CoatcheckError('CC_ERR_AUDIT_UNAVAILABLE', 'the audit log is closed'));
     }
     return new Promise<AuditRecord>((resolve, reject) => {
-      this.#queue.push({ draft, mutate, guard, resolve, reject });
+      this.#queue.push({ draft, mutate, guard, rowLocked: options.rowLocked === true, resolve, reject });
       this.#schedule();
     });
   }
@@ -195,57 +278,32 @@ export class AuditLog {
   }
 
   async #writeBatch(batch: Pending[]): Promise<void> {
+    // A mutation that is not row-locked needs the global lock, and so the main chain.
+    const main = !this.#ownChain || batch.some((item) => item.mutate !== undefined && !item.rowLocked);
     const outcomes = new Map<Pending, { record?: AuditRecord; error?: unknown }>();
     try {
-      await this.#store.transaction(async (tx) => {
-        outcomes.clear();
-        const head = await tx.auditHead();
-        let seq = head?.seq ?? 0;
-        let prevHash = head?.hash ?? '';
-        const records: AuditRecord[] = [];
-        // Guards are checked together (one query per batch) and again after any mutation
-        // earlier in the batch, which may have revoked what a later item depends on.
-        let dead: Map<string, DeadReason> | null = null;
-        for (const [index, item] of batch.entries()) {
-          if (item.guard !== undefined) {
-            dead ??= await tx.deadAmong(guardIds(batch.slice(index)), this.#clock.now());
-            const mine = deadFor(item.guard.ids, dead);
-            if (mine !== null) {
-              outcomes.set(item, { error: item.guard.refuse(mine) });
-              continue;
-            }
+      const chain = main ? null : await this.#openChain();
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const head = await this.#store.transaction((tx) => this.#writeIn(tx, batch, chain, outcomes), {
+            lock: main ? 'global' : 'rows',
+          });
+          if (chain !== null) {
+            chain.chainSeq = head.chainSeq;
+            chain.hash = head.hash;
           }
-          let extra: readonly AuditDraft[] = [];
-          if (item.mutate !== undefined) {
-            try {
-              extra = (await tx.savepoint(() => item.mutate!(tx))) ?? [];
-            } catch (error) {
-              outcomes.set(item, { error });
-              continue;
-            }
-            dead = null;
-          }
-          for (const [n, draft] of [item.draft, ...extra].entries()) {
-            seq += 1;
-            const base = {
-              seq,
-              ts: this.#clock.now(),
-              type: draft.type,
-              actor: draft.actor,
-              data: draft.data,
-            };
-            const record: AuditRecord = { ...base, prevHash, hash: chainHash(this.#key, prevHash, base) };
-            prevHash = record.hash;
-            records.push(record);
-            if (n === 0) outcomes.set(item, { record });
-          }
+          break;
+        } catch (error) {
+          // A deadlock with a revocation (rows locked in another order): PostgreSQL rolled
+          // this attempt back, so it is safe to run the whole batch again.
+          const code = String((error as { code?: unknown } | null)?.code ?? '');
+          if (attempt >= ATTEMPTS || !RETRYABLE.has(code)) throw error;
         }
-        if (records.length > 0) {
-          await tx.insertAuditRecords(records);
-          await tx.setMeta(HEAD_META_KEY, `${seq}:${prevHash}`);
-        }
-      });
+      }
     } catch (cause) {
+      // Whether a failed write to our own chain committed may be unknown (a lost COMMIT):
+      // continue in a new chain rather than guess its head.
+      if (!main) this.#chain = null;
       this.lastFailure = { at: this.#clock.now(), reason: (cause as Error)?.name ?? 'Error' };
       try {
         this.onFailure(cause);
@@ -273,6 +331,137 @@ export class AuditLog {
     }
   }
 
+  /** One batch in one transaction, on the main chain (`chain` null) or on our own. */
+  async #writeIn(
+    tx: StoreTx,
+    batch: readonly Pending[],
+    chain: OwnChain | null,
+    outcomes: Map<Pending, { record?: AuditRecord; error?: unknown }>,
+  ): Promise<{ chainSeq: number; hash: string }> {
+    outcomes.clear();
+    let chainSeq: number;
+    let prevHash: string;
+    if (chain === null) {
+      const head = await tx.auditChainHead(MAIN);
+      chainSeq = head?.chainSeq ?? 0;
+      prevHash = head?.hash ?? '';
+    } else {
+      chainSeq = chain.chainSeq;
+      prevHash = chain.hash;
+    }
+    const drafts: Array<{ readonly item: Pending; readonly draft: AuditDraft; readonly first: boolean }> = [];
+    // Guards are checked together (one query per batch) and again after any mutation
+    // earlier in the batch, which may have revoked what a later item depends on.
+    let dead: Map<string, DeadReason> | null = null;
+    for (const [index, item] of batch.entries()) {
+      if (item.guard !== undefined) {
+        dead ??= await tx.deadAmong(guardIds(batch.slice(index)), this.#clock.now());
+        const mine = deadFor(item.guard.ids, dead);
+        if (mine !== null) {
+          outcomes.set(item, { error: item.guard.refuse(mine) });
+          continue;
+        }
+      }
+      let extra: readonly AuditDraft[] = [];
+      if (item.mutate !== undefined) {
+        try {
+          extra = (await tx.savepoint(() => item.mutate!(tx))) ?? [];
+        } catch (error) {
+          outcomes.set(item, { error });
+          continue;
+        }
+        dead = null;
+      }
+      for (const [n, draft] of [item.draft, ...extra].entries()) drafts.push({ item, draft, first: n === 0 });
+    }
+    if (drafts.length === 0) return { chainSeq, hash: prevHash };
+    // Places in the whole log are taken only now, after every guard and mutation: a record
+    // that waited for a revocation's row lock gets a later seq than the revocation's record.
+    const seqs = await tx.allocateAuditSeqs(drafts.length);
+    const chainId = chain?.id ?? MAIN;
+    const records: AuditRecord[] = [];
+    for (const [i, { item, draft, first }] of drafts.entries()) {
+      chainSeq += 1;
+      const record = this.#seal(seqs[i]!, chainId, chainSeq, prevHash, draft);
+      prevHash = record.hash;
+      records.push(record);
+      if (first) outcomes.set(item, { record });
+    }
+    await tx.insertAuditRecords(records);
+    if (chain === null) await tx.setMeta(HEAD_META_KEY, `${chainSeq}:${prevHash}`);
+    else await tx.setAuditChainHead({ chain: chain.id, chainSeq, hash: prevHash });
+    return { chainSeq, hash: prevHash };
+  }
+
+  #seal(seq: number, chain: string, chainSeq: number, prevHash: string, draft: AuditDraft): AuditRecord {
+    const base = {
+      seq,
+      ...(chain === MAIN && chainSeq === seq ? {} : { chain, chainSeq }),
+      ts: this.#clock.now(),
+      type: draft.type,
+      actor: draft.actor,
+      data: draft.data,
+    };
+    return { ...base, prevHash, hash: chainHash(this.#key, prevHash, base) };
+  }
+
+  /** Append one record to the main chain inside `tx` (which holds the global lock). */
+  async #appendMain(tx: StoreTx, draft: AuditDraft): Promise<AuditRecord> {
+    const head = await tx.auditChainHead(MAIN);
+    const chainSeq = (head?.chainSeq ?? 0) + 1;
+    const [seq] = await tx.allocateAuditSeqs(1);
+    const record = this.#seal(seq!, MAIN, chainSeq, head?.hash ?? '', draft);
+    await tx.insertAuditRecords([record]);
+    await tx.setMeta(HEAD_META_KEY, `${chainSeq}:${record.hash}`);
+    return record;
+  }
+
+  /** Our own chain, opened (by a main-chain record its first record follows) on first use. */
+  async #openChain(): Promise<OwnChain> {
+    if (this.#chain !== null) return this.#chain;
+    const id = `r_${randomBytes(8).toString('hex')}`;
+    const opened = await this.#store.transaction(async (tx) => {
+      const record = await this.#appendMain(tx, {
+        type: CHAIN_OPENED,
+        actor: 'system:audit',
+        data: { chain: id },
+      });
+      await tx.setAuditChainHead({ chain: id, chainSeq: 0, hash: record.hash });
+      return record;
+    });
+    this.#chain = { id, chainSeq: 0, hash: opened.hash, checkpointed: 0 };
+    if (this.#checkpointMs > 0 && this.#checkpointTimer === null) {
+      this.#checkpointTimer = setInterval(() => {
+        const chain = this.#chain;
+        if (chain === null || chain.chainSeq <= chain.checkpointed) return;
+        this.#checkpoint().catch(() => undefined); // the next tick tries again
+      }, this.#checkpointMs);
+      this.#checkpointTimer.unref();
+    }
+    return this.#chain;
+  }
+
+  /**
+   * A main-chain record naming the committed head of every replica chain: it orders them
+   * against the main chain and lets `verify` notice records cut from a chain's end.
+   */
+  #checkpoint(): Promise<AuditRecord> {
+    return this.#store.transaction(async (tx) => {
+      const heads = await tx.auditChainHeads();
+      const chains: Record<string, { chainSeq: number; hash: string }> = {};
+      for (const head of heads) chains[head.chain] = { chainSeq: head.chainSeq, hash: head.hash };
+      const record = await this.#appendMain(tx, {
+        type: CHECKPOINT,
+        actor: 'system:audit',
+        data: { chains },
+      });
+      const own = this.#chain;
+      const named = own === null ? undefined : chains[own.id];
+      if (own !== null && named !== undefined) own.checkpointed = Math.max(own.checkpointed, named.chainSeq);
+      return record;
+    });
+  }
+
   /** Wait until everything appended so far is durable (or failed). */
   async flush(): Promise<void> {
     while (this.#queue.length > 0 || this.#flushing !== null) {
@@ -288,6 +477,12 @@ export class AuditLog {
   async close(): Promise<void> {
     await this.flush();
     this.#closed = true;
+    if (this.#checkpointTimer !== null) clearInterval(this.#checkpointTimer);
+    this.#checkpointTimer = null;
+    // A replica that stops cleanly leaves its chain's last head on the main chain.
+    const chain = this.#chain;
+    if (chain !== null && chain.chainSeq > chain.checkpointed)
+      await this.#checkpoint().catch(() => undefined);
   }
 
   tail(limit: number): Promise<AuditRecord[]> {
@@ -304,14 +499,13 @@ export class AuditLog {
     }
   }
 
-  /** Walk the whole chain; report the first record that was edited, removed, inserted or reordered. */
   /**
-   * Check the chain. With an anchor (a head seq and hash kept outside the store, written
+   * Check every chain. With an anchor (a head seq and hash kept outside the store, written
    * by `backup` or `audit anchor`), also prove the log reaches that record unchanged: a
    * copy that lost its last records, or a chain re-built after them, fails.
    */
   async verify(options: { anchor?: AuditAnchor } = {}): Promise<AuditVerifyResult> {
-    const result = await this.#verifyChain();
+    const result = await this.#store.readSnapshot((db) => this.#verifyIn(db));
     const anchor = options.anchor;
     if (!result.ok || anchor === undefined) return result;
     if (result.headSeq < anchor.seq) {
@@ -336,78 +530,194 @@ export class AuditLog {
     return result;
   }
 
-  /** The current head, to keep outside the store as an anchor. */
+  /**
+   * The current head, to keep outside the store as an anchor. With replica chains, a
+   * checkpoint naming every chain's head is written first and is the anchor: verifying
+   * against it proves every chain complete up to the heads it names.
+   */
   async anchor(): Promise<AuditAnchor> {
     await this.flush();
+    if (this.#ownChain) {
+      const record = await this.#checkpoint();
+      return { seq: record.seq, hash: record.hash };
+    }
     const head = await this.#store.auditHead();
     return { seq: head?.seq ?? 0, hash: head?.hash ?? '' };
   }
 
-  async #verifyChain(): Promise<AuditVerifyResult> {
-    let expectedSeq = 1;
-    let prevHash = '';
+  async #verifyIn(db: StoreOps): Promise<AuditVerifyResult> {
     let count = 0;
-    try {
-      for await (const record of this.records()) {
-        count++;
-        if (record.seq !== expectedSeq) {
-          return {
-            ok: false,
-            records: count,
-            seq: expectedSeq,
-            problem: 'removed',
-            message: `record ${expectedSeq}${record.seq - 1 > expectedSeq ? `..${record.seq - 1}` : ''} is missing (next present is ${record.seq})`,
-          };
+    let headSeq = 0;
+    type Failure = Extract<AuditVerifyResult, { ok: false }>;
+    const fail = (seq: number, problem: VerifyProblem, message: string): Failure => ({
+      ok: false,
+      records: count,
+      seq,
+      problem,
+      message,
+    });
+    /** Walk one chain in chain order from `origin`; `check` adds per-record checks. */
+    const walk = async (
+      chain: string,
+      origin: { readonly prevHash: string; readonly seq: number },
+      check: (record: AuditRecord, chainSeq: number, name: string) => Failure | null,
+    ): Promise<Failure | { ok: true; chainSeq: number; hash: string }> => {
+      let expected = 1;
+      let prevHash = origin.prevHash;
+      let lastSeq = origin.seq;
+      let prevName = '';
+      try {
+        for (let after = 0; ; ) {
+          const page = await db.readAuditChain(chain, after, VERIFY_PAGE);
+          for (const record of page) {
+            count++;
+            const chainSeq = chainSeqOf(record);
+            const name = nameOf(chain, chainSeq, record.seq);
+            if (chainOf(record) !== chain) {
+              return fail(record.seq, 'chain-broken', `record ${name} is not in the chain it was read from`);
+            }
+            if (chainSeq !== expected) {
+              const legacy = chain === MAIN && chainSeq === record.seq;
+              return fail(
+                legacy ? expected : record.seq,
+                'removed',
+                `record ${nameOf(chain, expected)}${chainSeq - 1 > expected ? `..${chainSeq - 1}` : ''} is missing (next present is ${name})`,
+              );
+            }
+            if (!sameHex(chainHash(this.#key, record.prevHash, record), record.hash)) {
+              return fail(
+                record.seq,
+                'edited',
+                `record ${name} was edited (its hash does not match its content)`,
+              );
+            }
+            if (!sameHex(record.prevHash, prevHash) || record.seq <= lastSeq) {
+              return fail(
+                record.seq,
+                'chain-broken',
+                `record ${name} does not follow record ${prevName || (chain === MAIN ? String(record.seq - 1) : 'that opened its chain')} (records were removed, inserted or reordered)`,
+              );
+            }
+            const problem = check(record, chainSeq, name);
+            if (problem !== null) return problem;
+            prevHash = record.hash;
+            lastSeq = record.seq;
+            prevName = name;
+            if (record.seq > headSeq) headSeq = record.seq;
+            expected++;
+          }
+          if (page.length < VERIFY_PAGE) break;
+          after = chainSeqOf(page[page.length - 1]!);
         }
-        const recomputed = chainHash(this.#key, record.prevHash, record);
-        if (!sameHex(recomputed, record.hash)) {
-          return {
-            ok: false,
-            records: count,
-            seq: record.seq,
-            problem: 'edited',
-            message: `record ${record.seq} was edited (its hash does not match its content)`,
-          };
-        }
-        if (!sameHex(record.prevHash, prevHash)) {
-          return {
-            ok: false,
-            records: count,
-            seq: record.seq,
-            problem: 'chain-broken',
-            message: `record ${record.seq} does not follow record ${record.seq - 1} (records were removed, inserted or reordered)`,
-          };
-        }
-        prevHash = record.hash;
-        expectedSeq++;
+      } catch (error) {
+        return fail(
+          chain === MAIN ? expected : lastSeq + 1,
+          'unreadable',
+          `record ${nameOf(chain, expected)} cannot be read (${(error as { code?: string }).code ?? 'damaged'})`,
+        );
       }
-    } catch (error) {
-      const seq = expectedSeq;
-      return {
-        ok: false,
-        records: count,
-        seq,
-        problem: 'unreadable',
-        message: `record ${seq} cannot be read (${(error as { code?: string }).code ?? 'damaged'})`,
-      };
-    }
-    const head = await this.#store.getMeta(HEAD_META_KEY);
+      return { ok: true, chainSeq: expected - 1, hash: prevHash };
+    };
+
+    // The main chain: every replica chain's opening, and the checkpoints naming their heads.
+    const opened = new Map<string, { readonly seq: number; readonly hash: string }>();
+    const named = new Map<
+      string,
+      { readonly chainSeq: number; readonly hash: string; readonly seq: number }
+    >();
+    const main = await walk(MAIN, { prevHash: '', seq: 0 }, (record, _chainSeq, name) => {
+      if (record.type === CHAIN_OPENED) {
+        const id = record.data.chain;
+        if (typeof id !== 'string' || id === MAIN || opened.has(id)) {
+          return fail(
+            record.seq,
+            'chain-broken',
+            `record ${name} opens a chain that is invalid or already open`,
+          );
+        }
+        opened.set(id, { seq: record.seq, hash: record.hash });
+      } else if (record.type === CHECKPOINT) {
+        const chains = record.data.chains;
+        if (typeof chains !== 'object' || chains === null) {
+          return fail(record.seq, 'chain-broken', `checkpoint ${name} names no chains`);
+        }
+        for (const [id, head] of Object.entries(chains as Record<string, unknown>)) {
+          const h = head as { chainSeq?: unknown; hash?: unknown } | null;
+          if (!opened.has(id) || typeof h?.chainSeq !== 'number' || typeof h.hash !== 'string') {
+            return fail(record.seq, 'chain-broken', `checkpoint ${name} names chain ${id} wrongly`);
+          }
+          const before = named.get(id);
+          if (before !== undefined && before.chainSeq > h.chainSeq) {
+            return fail(record.seq, 'chain-broken', `checkpoint ${name} names an older head of chain ${id}`);
+          }
+          named.set(id, { chainSeq: h.chainSeq, hash: h.hash, seq: record.seq });
+        }
+      }
+      return null;
+    });
+    if (!main.ok) return main;
+    const head = await db.getMeta(HEAD_META_KEY);
     if (head !== null) {
       const [headSeqText, headHash] = head.split(':');
-      const headSeq = Number(headSeqText);
+      const metaSeq = Number(headSeqText);
       if (
-        headSeq > expectedSeq - 1 ||
-        (headSeq === expectedSeq - 1 && headHash !== undefined && !sameHex(headHash, prevHash))
+        metaSeq > main.chainSeq ||
+        (metaSeq === main.chainSeq && headHash !== undefined && !sameHex(headHash, main.hash))
       ) {
-        return {
-          ok: false,
-          records: count,
-          seq: expectedSeq,
-          problem: 'truncated',
-          message: `the log ends at record ${expectedSeq - 1} but record ${headSeq} was committed (records were removed from the end)`,
-        };
+        return fail(
+          main.chainSeq + 1,
+          'truncated',
+          `the log ends at record ${main.chainSeq} but record ${metaSeq} was committed (records were removed from the end)`,
+        );
       }
     }
-    return { ok: true, records: count, headSeq: expectedSeq - 1 };
+
+    // Every replica chain: opened on the main chain, intact, reaching the head the last
+    // checkpoint names and the head its own commits recorded.
+    const heads = new Map((await db.auditChainHeads()).map((h) => [h.chain, h]));
+    for (const id of [...new Set([...opened.keys(), ...heads.keys()])].sort()) {
+      const origin = opened.get(id);
+      if (origin === undefined) {
+        const [first] = await db.readAuditChain(id, 0, 1);
+        return fail(first?.seq ?? 0, 'chain-broken', `chain ${id} was never opened (records were inserted)`);
+      }
+      const wanted = named.get(id);
+      const walked = await walk(id, { prevHash: origin.hash, seq: origin.seq }, (record, chainSeq, name) => {
+        if (wanted === undefined || chainSeq !== wanted.chainSeq) return null;
+        if (!sameHex(record.hash, wanted.hash) || record.seq > wanted.seq) {
+          return fail(
+            record.seq,
+            'chain-broken',
+            `record ${name} is not the record checkpoint ${wanted.seq} names (the chain was replaced or re-chained)`,
+          );
+        }
+        return null;
+      });
+      if (!walked.ok) return walked;
+      const committed = heads.get(id);
+      if (
+        (wanted !== undefined && walked.chainSeq < wanted.chainSeq) ||
+        committed === undefined ||
+        committed.chainSeq > walked.chainSeq ||
+        (committed.chainSeq === walked.chainSeq && !sameHex(committed.hash, walked.hash))
+      ) {
+        return fail(
+          headSeq + 1,
+          'truncated',
+          `chain ${id} ends at #${walked.chainSeq} but more was committed to it (records were removed from its end)`,
+        );
+      }
+    }
+
+    // Nothing outside the chains: an inserted record in no opened chain is caught here.
+    const total = await db.countAudit();
+    if (total !== count) {
+      return fail(
+        headSeq + 1,
+        'chain-broken',
+        `${total - count} record(s) belong to no chain the main chain opened (records were inserted)`,
+      );
+    }
+    return { ok: true, records: count, headSeq };
   }
 }

@@ -31,6 +31,12 @@ export interface AuditEventFields {
   };
   'keys.rotate': { readonly phase: string; readonly previousKey: string; readonly newKey: string } & Context;
 
+  // ---- the log itself (ADR 0015) -------------------------------------------------
+  'audit.chain.opened': { readonly chain: Id };
+  'audit.checkpoint': {
+    readonly chains: { readonly [chain: string]: { readonly chainSeq: number; readonly hash: string } };
+  };
+
   // ---- secrets ------------------------------------------------------------------
   'secret.add': {
     readonly secret: Id;
@@ -238,6 +244,10 @@ export type AuditEvent = {
 export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'home.init': 'a home and its store were initialised (store driver, master key id and source)',
   'keys.rotate': 'a master-key rotation phase committed (add, activate, rewrap, retire)',
+  'audit.chain.opened':
+    "a replica opened its own audit chain (main chain; the chain's first record follows it)",
+  'audit.checkpoint':
+    'the committed head of every replica chain, on the main chain (every 5 s, at close, as an anchor)',
   'secret.add': 'a secret was added (id, name, kind, destinations, placements, fingerprint)',
   'secret.update': "a secret's destinations or placements were replaced",
   'secret.erase': "a secret's data key and ciphertext were destroyed",

@@ -217,9 +217,13 @@ export function createStoreRecorder(
     if (batch.length === 0) return writing;
     writing = writing.then(() =>
       store
-        .transaction(async (tx) => {
-          for (const record of batch) await tx.insertSession(record);
-        })
+        // Plain inserts: no global lock (ADR 0015), so a slow replica holds up no other.
+        .transaction(
+          async (tx) => {
+            for (const record of batch) await tx.insertSession(record);
+          },
+          { lock: 'rows' },
+        )
         .catch((error: unknown) => {
           for (const record of batch) metrics.recordingFailures.inc({ frontend: record.frontend });
           log.error(

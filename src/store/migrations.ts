@@ -90,6 +90,17 @@ CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
 ALTER TABLE secrets ADD COLUMN placements TEXT NOT NULL DEFAULT '["credential"]';
 `,
   },
+  {
+    version: 7,
+    name: 'audit-chains',
+    sql: `
+ALTER TABLE audit ADD COLUMN chain TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN chain_seq INTEGER;
+UPDATE audit SET chain_seq = seq;
+CREATE UNIQUE INDEX audit_chain_seq ON audit(chain, chain_seq);
+CREATE TABLE audit_chains (chain TEXT PRIMARY KEY, chain_seq INTEGER NOT NULL, hash TEXT NOT NULL);
+`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -172,6 +183,20 @@ CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
     name: 'secret-placements',
     sql: `
 ALTER TABLE secrets ADD COLUMN placements JSONB NOT NULL DEFAULT '["credential"]';
+`,
+  },
+  {
+    version: 7,
+    name: 'audit-chains',
+    sql: `
+ALTER TABLE audit ADD COLUMN chain TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN chain_seq BIGINT;
+UPDATE audit SET chain_seq = seq;
+ALTER TABLE audit ALTER COLUMN chain_seq SET NOT NULL;
+CREATE UNIQUE INDEX audit_chain_seq ON audit(chain, chain_seq);
+CREATE TABLE audit_chains (chain TEXT PRIMARY KEY, chain_seq BIGINT NOT NULL, hash TEXT NOT NULL);
+CREATE SEQUENCE audit_seq;
+SELECT setval('audit_seq', COALESCE((SELECT MAX(seq) FROM audit), 0) + 1, false);
 `,
   },
 ];

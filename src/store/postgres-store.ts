@@ -8,6 +8,7 @@ import { deadMap, jsonColumn, nullableNumber } from './rows.js';
 import type {
   AgentRecord,
   ApprovalRecord,
+  AuditChainHead,
   AuditRecord,
   ConnectionRecord,
   LivenessQuery,
@@ -20,6 +21,7 @@ import type {
   StoreTx,
   TicketFilter,
   TicketRecord,
+  TransactionOptions,
   WorkflowRecord,
 } from './types.js';
 
@@ -178,8 +180,13 @@ function workflowFromRow(row: Row): WorkflowRecord {
 }
 
 function auditFromRow(row: Row): AuditRecord {
+  const seq = Number(row.seq);
+  const chain = row.chain === undefined || row.chain === null ? '' : String(row.chain);
+  const chainSeq = row.chain_seq === undefined || row.chain_seq === null ? seq : Number(row.chain_seq);
   return {
-    seq: Number(row.seq),
+    seq,
+    // Main-chain records at their own position look as they did before chains existed.
+    ...(chain === '' && chainSeq === seq ? {} : { chain, chainSeq }),
     ts: Number(row.ts),
     type: String(row.type),
     actor: String(row.actor),
@@ -445,9 +452,12 @@ class PgOps implements StoreOps {
     );
     return rows.map(secretFromRow);
   }
+  // Every change that makes a row dead locks it FOR UPDATE first: that conflicts with the
+  // FOR KEY SHARE lock `deadAmong` holds for an exchange in flight (a plain UPDATE would
+  // not), so a revocation and an exchange that depends on it wait for each other (ADR 0015).
   async eraseSecret(id: string, at: number) {
     const count = await this.db.execute(
-      'UPDATE secrets SET wrapped_key = NULL, key_id = NULL, ciphertext = NULL, erased_at = $1 WHERE id = $2 AND erased_at IS NULL',
+      'UPDATE secrets SET wrapped_key = NULL, key_id = NULL, ciphertext = NULL, erased_at = $1 WHERE id IN (SELECT id FROM secrets WHERE id = $2 AND erased_at IS NULL FOR UPDATE)',
       [at, id],
     );
     return count === 1;
@@ -517,14 +527,14 @@ class PgOps implements StoreOps {
       `WITH RECURSIVE tree(id) AS (
          SELECT id FROM tickets WHERE id = $1
          UNION SELECT t.id FROM tickets t JOIN tree ON t.parent_id = tree.id)
-       UPDATE tickets SET revoked_at = $2 WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL RETURNING id`,
+       UPDATE tickets SET revoked_at = $2 WHERE id IN (SELECT id FROM tickets WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL FOR UPDATE) RETURNING id`,
       [id, at],
     );
     return rows.map((row) => String(row.id));
   }
   async revokeTicketsOfSecret(secretId: string, at: number) {
     const rows = await this.db.query(
-      'UPDATE tickets SET revoked_at = $1 WHERE secret_id = $2 AND revoked_at IS NULL RETURNING id',
+      'UPDATE tickets SET revoked_at = $1 WHERE id IN (SELECT id FROM tickets WHERE secret_id = $2 AND revoked_at IS NULL FOR UPDATE) RETURNING id',
       [at, secretId],
     );
     return rows.map((row) => String(row.id));
@@ -533,10 +543,12 @@ class PgOps implements StoreOps {
     if (ids.length === 0) return true;
     // Lock the limited rows (in id order, so overlapping chains cannot deadlock), check
     // every one has a use left, then take one from each: all or nothing, across replicas.
-    // Under READ COMMITTED, FOR UPDATE waits for a concurrent taker and then sees its write.
+    // Under READ COMMITTED, the lock waits for a concurrent taker and then sees its write.
+    // FOR NO KEY UPDATE, not FOR UPDATE: takers exclude each other but not the FOR KEY
+    // SHARE lock an exchange's `deadAmong` holds on the same row (no lock upgrade deadlock).
     return this.db.atomically(async (db) => {
       const limited = await db.query(
-        `SELECT id, uses, max_uses FROM tickets WHERE id = ANY($1::text[]) AND max_uses IS NOT NULL ORDER BY id ${ORDER_TEXT} FOR UPDATE`,
+        `SELECT id, uses, max_uses FROM tickets WHERE id = ANY($1::text[]) AND max_uses IS NOT NULL ORDER BY id ${ORDER_TEXT} FOR NO KEY UPDATE`,
         [[...ids]],
       );
       if (limited.some((row) => Number(row.uses) >= Number(row.max_uses))) return false;
@@ -573,7 +585,7 @@ class PgOps implements StoreOps {
   }
   async revokeAgent(id: string, at: number) {
     const count = await this.db.execute(
-      'UPDATE agents SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL',
+      'UPDATE agents SET revoked_at = $1 WHERE id IN (SELECT id FROM agents WHERE id = $2 AND revoked_at IS NULL FOR UPDATE)',
       [at, id],
     );
     return count === 1;
@@ -707,7 +719,7 @@ class PgOps implements StoreOps {
       `WITH RECURSIVE tree(id) AS (
          SELECT id FROM workflows WHERE id = $1
          UNION SELECT w.id FROM workflows w JOIN tree ON w.parent_id = tree.id)
-       UPDATE workflows SET status = $2, ended_at = $3 WHERE id IN (SELECT id FROM tree) AND status = 'active' RETURNING id`,
+       UPDATE workflows SET status = $2, ended_at = $3 WHERE id IN (SELECT id FROM workflows WHERE id IN (SELECT id FROM tree) AND status = 'active' FOR UPDATE) RETURNING id`,
       [id, status, at],
     );
     return rows.map((row) => String(row.id));
@@ -734,18 +746,26 @@ class PgOps implements StoreOps {
   async expireTickets(ids: readonly string[], at: number) {
     if (ids.length === 0) return [];
     const rows = await this.db.query(
-      'UPDATE tickets SET expires_at = $1 WHERE id = ANY($2::text[]) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) RETURNING id',
+      'UPDATE tickets SET expires_at = $1 WHERE id IN (SELECT id FROM tickets WHERE id = ANY($2::text[]) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) ORDER BY id FOR UPDATE) RETURNING id',
       [at, [...ids]],
     );
     return rows.map((row) => String(row.id));
   }
 
   async deadAmong(q: LivenessQuery, now: number) {
+    // In a transaction, lock what was read (FOR KEY SHARE, in id order) until commit: a
+    // revocation (which locks FOR UPDATE) waits for this exchange to commit, or this read
+    // waits for the revocation and then sees it. Exchanges never block one another.
+    const lock = this.db.inTransaction ? `ORDER BY id ${ORDER_TEXT} FOR KEY SHARE` : '';
     const rows = await this.db.query(
-      `SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END AS dead FROM tickets WHERE id = ANY($1::text[])
-       UNION ALL SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END FROM agents WHERE id = ANY($2::text[])
-       UNION ALL SELECT id, CASE WHEN status <> 'active' THEN 'ended' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END FROM workflows WHERE id = ANY($3::text[])
-       UNION ALL SELECT id, CASE WHEN erased_at IS NOT NULL THEN 'erased' END FROM secrets WHERE id = ANY($4::text[])`,
+      `WITH t AS (SELECT id, revoked_at, expires_at FROM tickets WHERE id = ANY($1::text[]) ${lock}),
+       a AS (SELECT id, revoked_at, expires_at FROM agents WHERE id = ANY($2::text[]) ${lock}),
+       w AS (SELECT id, status, expires_at FROM workflows WHERE id = ANY($3::text[]) ${lock}),
+       s AS (SELECT id, erased_at FROM secrets WHERE id = ANY($4::text[]) ${lock})
+       SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END AS dead FROM t
+       UNION ALL SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END FROM a
+       UNION ALL SELECT id, CASE WHEN status <> 'active' THEN 'ended' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END FROM w
+       UNION ALL SELECT id, CASE WHEN erased_at IS NOT NULL THEN 'erased' END FROM s`,
       [[...q.tickets], [...q.agents], [...q.workflows], [...q.secrets], now],
     );
     return deadMap(q, rows);
@@ -765,13 +785,64 @@ class PgOps implements StoreOps {
     const rows = await this.db.query('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1');
     return rows[0] === undefined ? null : { seq: Number(rows[0].seq), hash: String(rows[0].hash) };
   }
+  async auditChainHead(chain: string) {
+    if (this.db.inTransaction && chain === '') {
+      // The main chain has one writer at a time across replicas (as auditHead above).
+      await this.db.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, LOCK_AUDIT]);
+    }
+    const rows = await this.db.query(
+      'SELECT seq, chain_seq, hash FROM audit WHERE chain = $1 ORDER BY chain_seq DESC LIMIT 1',
+      [chain],
+    );
+    const row = rows[0];
+    return row === undefined
+      ? null
+      : { seq: Number(row.seq), chainSeq: Number(row.chain_seq), hash: String(row.hash) };
+  }
+  async allocateAuditSeqs(count: number) {
+    if (count <= 0) return [];
+    const rows = await this.db.query(
+      "SELECT nextval('audit_seq') AS seq FROM generate_series(1, $1::int) ORDER BY 1",
+      [count],
+    );
+    return rows.map((row) => Number(row.seq));
+  }
+  async readAuditChain(chain: string, afterChainSeq: number, limit: number) {
+    const rows = await this.db.query(
+      'SELECT * FROM audit WHERE chain = $1 AND chain_seq > $2 ORDER BY chain_seq LIMIT $3',
+      [chain, afterChainSeq, limit],
+    );
+    return rows.map(auditFromRow);
+  }
+  async auditChainHeads() {
+    const rows = await this.db.query(
+      `SELECT chain, chain_seq, hash FROM audit_chains ORDER BY chain ${ORDER_TEXT}`,
+    );
+    return rows.map(
+      (row): AuditChainHead => ({
+        chain: String(row.chain),
+        chainSeq: Number(row.chain_seq),
+        hash: String(row.hash),
+      }),
+    );
+  }
+  async setAuditChainHead(head: AuditChainHead) {
+    await this.db.execute(
+      'INSERT INTO audit_chains (chain, chain_seq, hash) VALUES ($1, $2, $3) ON CONFLICT (chain) DO UPDATE SET chain_seq = excluded.chain_seq, hash = excluded.hash',
+      [head.chain, head.chainSeq, head.hash],
+    );
+  }
+  async countAudit() {
+    const rows = await this.db.query('SELECT COUNT(*) AS n FROM audit');
+    return Number(rows[0]?.n ?? 0);
+  }
   async insertAuditRecords(records: readonly AuditRecord[]) {
     if (records.length === 0) return;
     // One statement, so a batch is atomic even outside a transaction. `data` is stored as
     // the exact JSON text (key order matters to the hash chain).
     await this.db.execute(
-      `INSERT INTO audit (seq, ts, type, actor, data, prev_hash, hash)
-       SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])`,
+      `INSERT INTO audit (seq, ts, type, actor, data, prev_hash, hash, chain, chain_seq)
+       SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[])`,
       [
         records.map((r) => r.seq),
         records.map((r) => r.ts),
@@ -780,6 +851,8 @@ class PgOps implements StoreOps {
         records.map((r) => JSON.stringify(r.data)),
         records.map((r) => r.prevHash),
         records.map((r) => r.hash),
+        records.map((r) => r.chain ?? ''),
+        records.map((r) => r.chainSeq ?? r.seq),
       ],
     );
   }
@@ -954,12 +1027,13 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
   async function inTransaction<T>(
     fn: (client: PoolClient) => Promise<T>,
     lock?: readonly [number, number],
+    begin = 'BEGIN',
   ): Promise<T> {
     const client = await checkout();
     let broken = false;
     try {
       try {
-        await client.query('BEGIN');
+        await client.query(begin);
         if (lock) await client.query('SELECT pg_advisory_xact_lock($1, $2)', [...lock]);
       } catch (error) {
         broken = true;
@@ -1196,12 +1270,26 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
       }
     },
 
-    transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    transaction<T>(fn: (tx: StoreTx) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
+      if (options.lock === 'rows') {
+        // No global lock (ADR 0015): row locks alone order this transaction against others.
+        return inTransaction((client) => fn(new PgTx(clientRunner(client), channel)));
+      }
       return txMutex.run(() =>
         inTransaction(
           (client) => fn(new PgTx(clientRunner(client), channel)),
           [LOCK_NAMESPACE, LOCK_TRANSACTIONS],
         ),
+      );
+    },
+
+    readSnapshot<T>(fn: (ops: StoreOps) => Promise<T>): Promise<T> {
+      // One snapshot for every read: a record committed meanwhile (with a lower seq than one
+      // already read, since seqs come from a sequence) is either wholly in view or not.
+      return inTransaction(
+        (client) => fn(new PgOps(clientRunner(client))),
+        undefined,
+        'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY',
       );
     },
 

@@ -8,6 +8,7 @@ import { deadMap, jsonColumn, nullableNumber, stringArrayColumn } from './rows.j
 import type {
   AgentRecord,
   ApprovalRecord,
+  AuditChainHead,
   AuditRecord,
   ConnectionRecord,
   LivenessQuery,
@@ -20,6 +21,7 @@ import type {
   StoreTx,
   TicketFilter,
   TicketRecord,
+  TransactionOptions,
   WorkflowRecord,
 } from './types.js';
 
@@ -124,8 +126,13 @@ function workflowFromRow(row: Row): WorkflowRecord {
 }
 
 function auditFromRow(row: Row): AuditRecord {
+  const seq = Number(row.seq);
+  const chain = row.chain === undefined || row.chain === null ? '' : String(row.chain);
+  const chainSeq = row.chain_seq === undefined || row.chain_seq === null ? seq : Number(row.chain_seq);
   return {
-    seq: Number(row.seq),
+    seq,
+    // Main-chain records at their own position look as they did before chains existed.
+    ...(chain === '' && chainSeq === seq ? {} : { chain, chainSeq }),
     ts: Number(row.ts),
     type: String(row.type),
     actor: String(row.actor),
@@ -587,13 +594,66 @@ class SqliteOps implements StoreOps {
     const row = this.get('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1');
     return row === undefined ? null : { seq: Number(row.seq), hash: String(row.hash) };
   }
+  async auditChainHead(chain: string) {
+    const row = this.get(
+      'SELECT seq, chain_seq, hash FROM audit WHERE chain = ? ORDER BY chain_seq DESC LIMIT 1',
+      chain,
+    );
+    return row === undefined
+      ? null
+      : { seq: Number(row.seq), chainSeq: Number(row.chain_seq), hash: String(row.hash) };
+  }
+  async allocateAuditSeqs(count: number) {
+    // One writer (BEGIN IMMEDIATE): the positions after the last record are free.
+    const row = this.get('SELECT MAX(seq) AS seq FROM audit');
+    const last = nullableNumber(row?.seq) ?? 0;
+    return Array.from({ length: Math.max(0, count) }, (_, i) => last + i + 1);
+  }
+  async readAuditChain(chain: string, afterChainSeq: number, limit: number) {
+    return this.all(
+      'SELECT * FROM audit WHERE chain = ? AND chain_seq > ? ORDER BY chain_seq LIMIT ?',
+      chain,
+      afterChainSeq,
+      limit,
+    ).map(auditFromRow);
+  }
+  async auditChainHeads() {
+    return this.all('SELECT chain, chain_seq, hash FROM audit_chains ORDER BY chain').map(
+      (row): AuditChainHead => ({
+        chain: String(row.chain),
+        chainSeq: Number(row.chain_seq),
+        hash: String(row.hash),
+      }),
+    );
+  }
+  async setAuditChainHead(head: AuditChainHead) {
+    this.run(
+      'INSERT INTO audit_chains (chain, chain_seq, hash) VALUES (?, ?, ?) ON CONFLICT (chain) DO UPDATE SET chain_seq = excluded.chain_seq, hash = excluded.hash',
+      head.chain,
+      head.chainSeq,
+      head.hash,
+    );
+  }
+  async countAudit() {
+    return Number(this.get('SELECT COUNT(*) AS n FROM audit')?.n ?? 0);
+  }
   async insertAuditRecords(records: readonly AuditRecord[]) {
     const statement = this.prepare(
-      'INSERT INTO audit (seq, ts, type, actor, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO audit (seq, ts, type, actor, data, prev_hash, hash, chain, chain_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
     );
     try {
       for (const r of records) {
-        statement.run(r.seq, r.ts, r.type, r.actor, JSON.stringify(r.data), r.prevHash, r.hash);
+        statement.run(
+          r.seq,
+          r.ts,
+          r.type,
+          r.actor,
+          JSON.stringify(r.data),
+          r.prevHash,
+          r.hash,
+          r.chain ?? '',
+          r.chainSeq ?? r.seq,
+        );
       }
     } catch (error) {
       translate(error);
@@ -685,7 +745,8 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   const mutex = new Mutex();
   const tx = new SqliteTx(db);
   const events = new EventEmitter();
-  const ops = lockOps(new SqliteOps(db), mutex);
+  const snapshotOps = new SqliteOps(db);
+  const ops = lockOps(snapshotOps, mutex);
 
   // Another process (the CLI writing to the store directly, or a tool) commits without
   // telling this one: SQLite's data_version changes exactly when another connection
@@ -742,7 +803,8 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
         }
       });
     },
-    transaction<T>(fn: (t: StoreTx) => Promise<T>): Promise<T> {
+    // One writer: the lock option changes nothing here.
+    transaction<T>(fn: (t: StoreTx) => Promise<T>, _options?: TransactionOptions): Promise<T> {
       return mutex.run(async () => {
         try {
           db.exec('BEGIN IMMEDIATE');
@@ -764,6 +826,35 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
           translate(error);
         }
       });
+    },
+    async readSnapshot<T>(fn: (ops: StoreOps) => Promise<T>): Promise<T> {
+      if (options.path === ':memory:') {
+        // No second connection can see this database: read under the mutex instead.
+        return mutex.run(async () => {
+          db.exec('BEGIN');
+          try {
+            return await fn(snapshotOps);
+          } finally {
+            if (db.inTransaction) db.exec('COMMIT');
+          }
+        });
+      }
+      // A read-only connection of its own in a deferred read transaction: one WAL snapshot
+      // for every read, while this connection (and other processes) keep writing.
+      let reader: Database.Database;
+      try {
+        reader = new Database(options.path, { readonly: true, fileMustExist: true });
+        reader.pragma('busy_timeout = 5000');
+        reader.exec('BEGIN');
+      } catch (error) {
+        translate(error);
+      }
+      try {
+        return await fn(new SqliteOps(reader));
+      } finally {
+        if (reader.inTransaction) reader.exec('COMMIT');
+        reader.close();
+      }
     },
     backupTo(path: string) {
       // Under the mutex no transaction interleaves, so the head read here is the copy's

@@ -69,7 +69,15 @@ export interface ConnectionRecord {
 }
 
 export interface AuditRecord {
+  /** Position in the whole log (increasing; PostgreSQL may leave gaps, see ADR 0015). */
   readonly seq: number;
+  /**
+   * The chain the record belongs to (ADR 0015): absent for the main chain when `chainSeq`
+   * equals `seq` (every SQLite record, every record written before chains existed).
+   */
+  readonly chain?: string;
+  /** Position in its chain (1, 2, …, gapless); absent when it equals `seq` on the main chain. */
+  readonly chainSeq?: number;
   readonly ts: number;
   readonly type: string;
   readonly actor: string;
@@ -216,16 +224,57 @@ export interface StoreOps {
    * agents revoked or expired, workflow nodes no longer active (or past their deadline),
    * secrets erased; ids with no row are `missing`. The exchange runs this inside the
    * transaction that writes its audit record (ADR 0013). Live ids are absent from the map.
+   * Inside a PostgreSQL transaction it also locks the rows it read (FOR KEY SHARE) until
+   * commit, and every revocation locks the rows it changes FOR UPDATE first: a revocation
+   * and an exchange that depends on it wait for each other, with or without the global
+   * lock (ADR 0015).
    */
   deadAmong(query: LivenessQuery, now: number): Promise<Map<string, DeadReason>>;
 
   /** The last audit record's seq and hash, or null for an empty log. */
   auditHead(): Promise<{ seq: number; hash: string } | null>;
+  /**
+   * The last record of one chain (`''`: the main chain), or null if it has none. Inside a
+   * PostgreSQL transaction, reading the main chain's head takes the audit lock first, so
+   * main-chain appends are one at a time across replicas (ADR 0004, 0015).
+   */
+  auditChainHead(chain: string): Promise<{ seq: number; chainSeq: number; hash: string } | null>;
+  /**
+   * `count` fresh, increasing log positions for records about to be inserted. PostgreSQL:
+   * from a sequence (no lock; a rolled-back transaction leaves a gap); SQLite: after the
+   * last record (its one writer makes that safe).
+   */
+  allocateAuditSeqs(count: number): Promise<number[]>;
+  /** Records of one chain with chainSeq > afterChainSeq, in chain order, at most `limit`. */
+  readAuditChain(chain: string, afterChainSeq: number, limit: number): Promise<AuditRecord[]>;
+  /** The committed head of every chain other than the main one (ADR 0015). */
+  auditChainHeads(): Promise<AuditChainHead[]>;
+  /** Record a chain's head; written in the transaction that appends to the chain. */
+  setAuditChainHead(head: AuditChainHead): Promise<void>;
+  /** How many audit records there are in all. */
+  countAudit(): Promise<number>;
   insertAuditRecords(records: readonly AuditRecord[]): Promise<void>;
   /** Records with seq > afterSeq, ascending, at most `limit`. */
   readAudit(afterSeq: number, limit: number): Promise<AuditRecord[]>;
   /** The last `limit` records, ascending. */
   tailAudit(limit: number): Promise<AuditRecord[]>;
+}
+
+export interface AuditChainHead {
+  readonly chain: string;
+  /** 0 for a chain that was opened but has no record yet. */
+  readonly chainSeq: number;
+  readonly hash: string;
+}
+
+/**
+ * `global` (the default): one transaction at a time across every replica (ADR 0004), for
+ * read-modify-write work off the request path. `rows`: no global lock; the transaction
+ * relies on row locks alone (ADR 0015: audit appends to a replica's own chain, session
+ * recordings). SQLite has one writer either way.
+ */
+export interface TransactionOptions {
+  readonly lock?: 'global' | 'rows';
 }
 
 /** Ids whose liveness an exchange depends on (see `deadAmong`). */
@@ -275,14 +324,20 @@ export interface Store extends StoreOps {
   readonly location: string;
   /** Apply pending migrations (versioned, in order, each in its own transaction). */
   migrate(): Promise<void>;
-  transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
-  /** Tell every replica (including this one) about a change. */
+  transaction<T>(fn: (tx: StoreTx) => Promise<T>, options?: TransactionOptions): Promise<T>;
+  /**
+   * Run `fn` over one consistent view of everything committed (PostgreSQL: a read-only
+   * REPEATABLE READ transaction without locks; SQLite: its one writer commits in log
+   * order, so plain reads are consistent). `audit verify` reads through it.
+   */
+  readSnapshot<T>(fn: (ops: StoreOps) => Promise<T>): Promise<T>;
   /**
    * A consistent copy of everything committed, written to a new file at `path` (never
    * over an existing one), with the audit head it contains. SQLite only; PostgreSQL
    * stores are backed up with the database's own tools.
    */
   backupTo(path: string): Promise<{ readonly auditHead: { seq: number; hash: string } | null }>;
+  /** Tell every replica (including this one) about a change. */
   publish(change: StoreChange): Promise<void>;
   /**
    * Whether this replica has heard every change committed before now (or will hear it

@@ -560,6 +560,8 @@ export class TicketService {
           chain.map((t) => t.id),
           secret.id,
         ),
+        // Taking uses locks the ticket rows (ADR 0015): no global lock is needed for it.
+        { rowLocked: true },
       );
       return {
         ticketId: record.id,

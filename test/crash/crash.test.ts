@@ -66,5 +66,6 @@ describe('crash safety', () => {
     } finally {
       t.remove();
     }
-  });
+    // Several child processes start and die: minutes, not seconds, on a loaded 2-core machine.
+  }, 120_000);
 });

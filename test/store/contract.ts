@@ -251,6 +251,45 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       }
     });
 
+    it('keeps audit chains: positions per chain, chain heads, fresh seqs, one snapshot (ADR 0015)', async () => {
+      const store = await open();
+      try {
+        const base = { ts: 1, type: 't', actor: 'a', data: {}, prevHash: '', hash: 'h' };
+        const seqs = await store.transaction((tx) => tx.allocateAuditSeqs(3), { lock: 'rows' });
+        expect(seqs).toHaveLength(3);
+        expect([...seqs].sort((a, b) => a - b)).toEqual(seqs);
+        expect(new Set(seqs).size).toBe(3);
+        const [s1, s2, s3] = seqs as [number, number, number];
+        const main: AuditRecord = { ...base, seq: s1, hash: 'm1' };
+        const inChain: AuditRecord[] = [
+          { ...base, seq: s2, chain: 'r_x', chainSeq: 1, hash: 'x1' },
+          { ...base, seq: s3, chain: 'r_x', chainSeq: 2, hash: 'x2' },
+        ];
+        await store.transaction(async (tx) => {
+          await tx.insertAuditRecords([main, ...inChain]);
+          await tx.setAuditChainHead({ chain: 'r_x', chainSeq: 2, hash: 'x2' });
+        });
+        expect(await store.readAudit(0, 10)).toEqual([main, ...inChain]);
+        expect(await store.readAuditChain('r_x', 1, 10)).toEqual([inChain[1]]);
+        expect(await store.readAuditChain('', 0, 10)).toEqual([main]);
+        expect(await store.auditChainHead('r_x')).toEqual({ seq: s3, chainSeq: 2, hash: 'x2' });
+        expect(await store.auditChainHead('r_none')).toBeNull();
+        expect(await store.auditChainHeads()).toEqual([{ chain: 'r_x', chainSeq: 2, hash: 'x2' }]);
+        expect(await store.countAudit()).toBe(3);
+        // A second record at the same place in a chain is refused.
+        await expect(
+          store.insertAuditRecords([{ ...base, seq: s3 + 100, chain: 'r_x', chainSeq: 2 }]),
+        ).rejects.toMatchObject({ code: 'CC_ERR_ALREADY_EXISTS' });
+        const later = await store.transaction((tx) => tx.allocateAuditSeqs(1));
+        expect(later[0]).toBeGreaterThan(s3);
+        expect(
+          await store.readSnapshot(async (db) => [await db.countAudit(), (await db.auditHead())?.seq]),
+        ).toEqual([3, s3]);
+      } finally {
+        await store.close();
+      }
+    });
+
     it('rolls back a failed transaction and a failed savepoint only', async () => {
       const store = await open();
       try {

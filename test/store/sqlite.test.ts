@@ -1,9 +1,13 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
+import { AuditLog, chainHash } from '../../src/audit/audit-log.js';
+import { systemClock } from '../../src/core/clock.js';
 import { SQLITE_MIGRATIONS } from '../../src/store/migrations.js';
 import { openSqliteStore } from '../../src/store/sqlite-store.js';
+import { untypedEvent } from '../helpers/audit.js';
 import { storeContract } from './contract.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'coatcheck-sqlite-'));
@@ -49,4 +53,47 @@ it('migrates secrets stored before placements existed to credential only', async
     placements: ['credential'],
   });
   await store.close();
+});
+
+it('migrates an audit log written before chains existed (ADR 0015): it verifies, keeps one chain, and grows', async () => {
+  const path = join(dir, 'before-chains.db');
+  const key = randomBytes(32);
+  const { default: Database } = await import('better-sqlite3');
+  const db = new Database(path);
+  db.exec(
+    'CREATE TABLE coatcheck_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
+  );
+  for (const m of SQLITE_MIGRATIONS.filter((x) => x.version <= 6)) {
+    db.exec(m.sql);
+    db.prepare('INSERT INTO coatcheck_migrations VALUES (?, ?, 0)').run(m.version, m.name);
+  }
+  let prevHash = '';
+  for (let seq = 1; seq <= 12; seq++) {
+    const base = { seq, ts: 1000 + seq, type: 'old.event', actor: 'admin:old', data: { seq } };
+    const hash = chainHash(key, prevHash, base);
+    db.prepare(
+      'INSERT INTO audit (seq, ts, type, actor, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    ).run(seq, base.ts, base.type, base.actor, JSON.stringify(base.data), prevHash, hash);
+    prevHash = hash;
+  }
+  db.prepare("INSERT INTO meta (key, value) VALUES ('audit_head', ?)").run(`12:${prevHash}`);
+  db.close();
+  const store = await openSqliteStore({ path });
+  await store.migrate();
+  const log = new AuditLog(store, key, systemClock);
+  try {
+    expect(await log.verify()).toEqual({ ok: true, records: 12, headSeq: 12 });
+    await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        log.append(untypedEvent({ type: 'new.event', actor: 'a', data: { i } })),
+      ),
+    );
+    expect(await log.verify()).toEqual({ ok: true, records: 20, headSeq: 20 });
+    const all = await store.readAudit(0, 100);
+    expect(all.map((r) => r.seq)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    expect(all.every((r) => r.chain === undefined)).toBe(true);
+  } finally {
+    await log.close();
+    await store.close();
+  }
 });
