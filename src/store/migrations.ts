@@ -90,6 +90,14 @@ CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
 ALTER TABLE secrets ADD COLUMN placements TEXT NOT NULL DEFAULT '["credential"]';
 `,
   },
+  {
+    version: 7,
+    name: 'approval-preview',
+    // The cleaned preview of the held operation approvers read (src/approvals/preview.ts).
+    sql: `
+ALTER TABLE approvals ADD COLUMN preview TEXT;
+`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -172,6 +180,14 @@ CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
     name: 'secret-placements',
     sql: `
 ALTER TABLE secrets ADD COLUMN placements JSONB NOT NULL DEFAULT '["credential"]';
+`,
+  },
+  {
+    version: 7,
+    name: 'approval-preview',
+    // The cleaned preview of the held operation approvers read (src/approvals/preview.ts).
+    sql: `
+ALTER TABLE approvals ADD COLUMN preview TEXT;
 `,
   },
 ];
