@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Operation, operationFingerprint } from '../../src/approvals/approvals.js';
 import { gate } from '../../src/approvals/gate.js';
 import { boundPreview, createPreviewScrubber, MAX_PREVIEW_BYTES } from '../../src/approvals/preview.js';
+import { renderApproval } from '../../src/cli/approvals.js';
 import { agentRef, type Principal } from '../../src/core/principal.js';
 import { httpPreview } from '../../src/frontends/http/approval-preview.js';
 import { statementPreview } from '../../src/frontends/postgres/statement-policy.js';
@@ -202,6 +203,29 @@ describe('approval previews', () => {
     for (const name of files) {
       expect(readFileSync(join(t.home.dir, name)).includes(Buffer.from(CANARY))).toBe(false);
     }
+  });
+
+  it('approvals show prints the preview with terminal control characters made visible', async () => {
+    const held = (await gate(ctx.gate, {
+      principal: agent,
+      action: 'sql:write',
+      resource: { type: 'Connection', id: 'orders' },
+      context: {},
+      operation: {
+        kind: 'sql',
+        connection: 'orders',
+        action: 'sql:write',
+        summary: 'UPDATE orders SET note = $1',
+        detail: { statement: 'UPDATE orders SET note = $1' },
+        preview: () =>
+          `UPDATE orders SET note = $1\n-- parameters:\n--   $1 = '\u001b]52;c;evil\u0007 ${ticket}'`,
+      },
+    }).catch((e) => e)) as { details: { approval: string } };
+    const text = renderApproval(await ctx.approvals.get(held.details.approval));
+    expect(text).toContain('preview     (cleaned: tickets by id, secrets masked;');
+    expect(text).toContain(`  --   $1 = '\\x1b]52;c;evil\\x07 [ticket ${ticketId} for orders-pw]'`);
+    expect(text).not.toContain('\u001b');
+    expect(text).not.toContain(ticket);
   });
 
   it('keeps no text when the preview cannot be cleaned (never the raw one)', async () => {
