@@ -50,6 +50,21 @@ const OPEN = '\ue000';
 const CLOSE = '\ue001';
 const PLACEHOLDER = /\ue000(\d+)\ue001/g;
 const PLACEHOLDER_CHARS = /[\ue000\ue001]/g;
+/** A text longer than this is cleaned by its head when that is enough (see the scrubber). */
+const HEAD_CHARS = 512 * 1024;
+/**
+ * A bound on how much a replacement lengthens what it replaces (6 bytes of secret → a
+ * 29-character marker; a rule's `[REDACTED:<id>]`, ids up to 34 characters), with room.
+ */
+const EXPANSION = 16;
+
+interface Tools {
+  readonly patterns: PatternSet;
+  readonly detector: Detector;
+  /** The longest live secret, in bytes. */
+  readonly longest: number;
+}
+
 /** More distinct tickets than this in one preview are labelled by hash without a store lookup. */
 const MAX_TICKET_LOOKUPS = 64;
 
@@ -59,12 +74,12 @@ function ticketLabel(ticket: string): string {
 }
 
 /** Cut `text` to MAX_PREVIEW_BYTES on a character boundary, saying how much was left out. */
-export function boundPreview(text: string): string {
+export function boundPreview(text: string, notRead = 0): string {
   const bytes = Buffer.from(text, 'utf8');
-  if (bytes.length <= MAX_PREVIEW_BYTES) return text;
-  let end = MAX_PREVIEW_BYTES;
+  if (bytes.length <= MAX_PREVIEW_BYTES && notRead === 0) return text;
+  let end = Math.min(MAX_PREVIEW_BYTES, bytes.length);
   while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--; // not inside a UTF-8 sequence
-  return `${bytes.subarray(0, end).toString('utf8')}\n[… truncated: ${bytes.length - end}${PREVIEW_CUT_MARK}`;
+  return `${bytes.subarray(0, end).toString('utf8')}\n[… truncated: ${bytes.length - end + notRead}${PREVIEW_CUT_MARK}`;
 }
 
 function replaceKnown(text: string, patterns: PatternSet, mark: (label: string) => string): string {
@@ -88,7 +103,7 @@ function replaceKnown(text: string, patterns: PatternSet, mark: (label: string) 
 export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
   // One pattern set and detector per list of live secrets (the vault hands back the same
   // array until a secret changes).
-  const cache = new WeakMap<object, { patterns: PatternSet; detector: Detector }>();
+  const cache = new WeakMap<object, Tools>();
   const toolsFor = async () => {
     const known = await vault.knownSecrets();
     let tools = cache.get(known);
@@ -105,13 +120,13 @@ export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
       tools = {
         patterns: buildPatterns(revealed),
         detector: createDetector({ knownSecrets: matcher }),
+        longest: revealed.reduce((m, s) => Math.max(m, s.value.length), 0),
       };
       cache.set(known, tools);
     }
     return tools;
   };
-  return async (raw) => {
-    const { patterns, detector } = await toolsFor();
+  const clean = async (raw: string, { patterns, detector }: Tools): Promise<string> => {
     // Markers are written as placeholders until the detector has run, so that it does not
     // take a marker (`[secret:sec_…]`) for a secret; the raw text cannot forge one.
     const labels: string[] = [];
@@ -145,8 +160,24 @@ export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
       }
       text = out + text.slice(at);
     }
-    text = text.replace(PLACEHOLDER, (_, index: string) => labels[Number(index)] ?? '');
-    return boundPreview(text);
+    return text.replace(PLACEHOLDER, (_, index: string) => labels[Number(index)] ?? '');
+  };
+  return async (raw) => {
+    const tools = await toolsFor();
+    if (raw.length > HEAD_CHARS) {
+      // A long text (an 8 MiB body): clean its head only, when that provably yields the
+      // 64 KiB kept. A secret or finding cut at the end of the head can only have come from
+      // its last `margin` characters, whose cleaned form is at most EXPANSION times longer
+      // and comes last (replacements keep order): when what precedes it is already 64 KiB,
+      // the kept text cannot reach it. Otherwise (the head shrank: many findings) clean all.
+      const margin = 6 * tools.longest + tools.detector.maxMatchLength + 64;
+      const head = await clean(raw.slice(0, HEAD_CHARS), tools);
+      if (head.length - EXPANSION * margin >= MAX_PREVIEW_BYTES) {
+        const rest = Buffer.byteLength(raw.slice(HEAD_CHARS));
+        return boundPreview(head, rest);
+      }
+    }
+    return boundPreview(await clean(raw, tools));
   };
 }
 

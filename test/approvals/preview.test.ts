@@ -6,6 +6,7 @@ import { gate } from '../../src/approvals/gate.js';
 import { boundPreview, createPreviewScrubber, MAX_PREVIEW_BYTES } from '../../src/approvals/preview.js';
 import { renderApproval } from '../../src/cli/approvals.js';
 import { agentRef, type Principal } from '../../src/core/principal.js';
+import { BUILTIN_RULES } from '../../src/detect/rules/index.js';
 import { httpPreview } from '../../src/frontends/http/approval-preview.js';
 import { statementPreview } from '../../src/frontends/postgres/statement-policy.js';
 import type { Context } from '../../src/server/context.js';
@@ -103,6 +104,28 @@ describe('approval previews', () => {
     const cut = boundPreview('é'.repeat(MAX_PREVIEW_BYTES));
     expect(cut).not.toContain('\ufffd');
     expect(cut.startsWith('é'.repeat(100))).toBe(true);
+  });
+
+  it('cleans a long text by its head only when no cut secret can reach the kept 64 KiB', async () => {
+    const scrub = createPreviewScrubber(ctx.vault);
+    const HEAD = 512 * 1024;
+    // Plain text: the head is enough; the secret cut at its end lies far past what is kept.
+    const plain = `${'lorem ipsum '.repeat(HEAD / 12 + 10).slice(0, HEAD - 10)}${CANARY}${'z'.repeat(8 * 1024 * 1024)}`;
+    const out = await scrub(plain);
+    expect(Buffer.byteLength(out)).toBeLessThan(MAX_PREVIEW_BYTES + 100);
+    const left = Number(/truncated: (\d+) more bytes not kept\]$/.exec(out)?.[1]);
+    expect(left).toBe(Buffer.byteLength(plain) - MAX_PREVIEW_BYTES);
+    // A head that shrinks when cleaned (private keys become short masks) would bring the cut
+    // secret into the kept text: then the whole text is cleaned, and the secret is masked.
+    const key = BUILTIN_RULES.find((r) => r.id === 'ssh2-encrypted-private-key')!.examples.positives[0]!
+      .secret;
+    let shrinking = '';
+    while (shrinking.length < HEAD - 2000) shrinking += `${key}\n`;
+    shrinking = `${shrinking}${'.'.repeat(HEAD - 10 - shrinking.length)}${CANARY} and more`;
+    const cleaned = await scrub(shrinking);
+    expect(Buffer.byteLength(cleaned)).toBeLessThan(MAX_PREVIEW_BYTES);
+    expect(cleaned).toContain(`[secret:${secretId}] and more`);
+    expect(cleaned).not.toContain(CANARY.slice(0, 10));
   });
 
   it('builds HTTP and SQL previews with the whole request, leaving gateway credentials out', () => {
