@@ -246,6 +246,8 @@ describe('console: the approver reads the exact held operation, cleaned', { time
 
     const phone = await newPage(390);
     await phone.getByLabel(`Preview of ${sqlId}`).waitFor();
+    // The queue scrolls sideways inside its frame; the page itself fits the phone.
+    expect(await phone.evaluate('document.documentElement.scrollWidth')).toBeLessThanOrEqual(390);
     await shoot(phone, 'approvals-preview-390');
     await phone.goto(`${admin.url}/console/#/approvals/${httpId}`);
     await phone.getByRole('heading', { level: 1, name: `Approval ${httpId}` }).waitFor();
