@@ -11,6 +11,8 @@ const AUDIT_PAGE = 50;
 const AUDIT_CHUNK = 500;
 const AUDIT_SCAN_MAX = 5000;
 const REFRESH_MS = 5000;
+/** A workflow tree changes while its subtasks run: read it again this often. */
+const WORKFLOW_REFRESH_MS = 2000;
 
 // ---------------------------------------------------------------------------
 // DOM helpers
@@ -300,6 +302,8 @@ const pages = {
   audit: auditPage,
   sessions: sessionsPage,
   session: sessionPage,
+  workflows: workflowsPage,
+  workflow: workflowPage,
   tickets: ticketsPage,
   secrets: secretsPage,
   agents: agentsPage,
@@ -338,7 +342,9 @@ async function route() {
   let [section = 'approvals', id] = parts;
   if (section === 'login') section = 'approvals';
   const name =
-    id !== undefined && (section === 'approvals' || section === 'sessions') ? section.slice(0, -1) : section;
+    id !== undefined && (section === 'approvals' || section === 'sessions' || section === 'workflows')
+      ? section.slice(0, -1)
+      : section;
   const page = pages[name];
   for (const link of document.querySelectorAll('#nav a')) {
     if (link.dataset.page === section) link.setAttribute('aria-current', 'page');
@@ -515,8 +521,54 @@ function operationText(approval) {
     'div',
     { class: 'op' },
     el('span', { class: 'muted' }, `${op.action ?? '?'} on ${op.connection ?? '?'}`),
-    code(op.summary ?? ''),
+    // A SQL preview is the summary with its parameters laid out: show it once.
+    op.kind === 'sql' && typeof approval.preview === 'string' ? null : code(op.summary ?? ''),
+    previewShort(approval),
   );
+}
+
+/**
+ * The cleaned preview of the exact operation (tickets by id, secrets masked by the
+ * gateway). Attacker-influenced text: a text node in a <pre>, never markup.
+ */
+function previewShort(approval) {
+  if (typeof approval.preview !== 'string') return null;
+  const short = el('pre', { class: 'preview', 'aria-label': `Preview of ${approval.id}` }, approval.preview);
+  if (!approval.previewTruncated) return short;
+  const full = el('pre', { class: 'preview preview-full' }, 'Loading…');
+  const more = el('details', { class: 'preview-more' }, el('summary', {}, 'Whole operation'), full);
+  let loaded = false;
+  more.addEventListener('toggle', async () => {
+    if (!more.open || loaded) return;
+    loaded = true;
+    try {
+      const whole = await api('GET', `/v1/approvals/${enc(approval.id)}`);
+      full.textContent = whole.preview ?? '';
+      if (whole.previewTruncated) full.after(previewCutNote());
+    } catch (error) {
+      loaded = false;
+      full.textContent = 'Could not load the whole operation.';
+      failed(error);
+    }
+  });
+  return [short, more];
+}
+
+const previewCutNote = () =>
+  el('p', { class: 'muted' }, 'The gateway kept the first 64 KiB of this operation; the rest is not shown.');
+
+function previewFull(approval) {
+  if (typeof approval.preview !== 'string') return dash();
+  return [
+    el('pre', { class: 'preview preview-full', 'aria-label': `Preview of ${approval.id}` }, approval.preview),
+    approval.previewTruncated ? previewCutNote() : null,
+    el(
+      'p',
+      { class: 'help' },
+      'Cleaned by the gateway: tickets appear by id, vault secrets and detected secrets are masked. ',
+      'Display only: the approval is bound to the exact operation below, not to this text.',
+    ),
+  ];
 }
 
 async function approvalsPage({ serial }) {
@@ -532,7 +584,9 @@ async function approvalsPage({ serial }) {
     const typing = [...document.querySelectorAll('#main input')].some(
       (i) => i.value !== '' || i === document.activeElement,
     );
-    if (typing || document.hidden) return;
+    // Nor while the user reads a whole operation.
+    const reading = document.querySelector('#main details[open]') !== null;
+    if (typing || reading || document.hidden) return;
     try {
       const now = (await api('GET', '/v1/approvals?status=pending')).map((a) => a.id).join(',');
       if (now !== seen) route();
@@ -600,7 +654,8 @@ async function approvalPage({ id }) {
       ['Connection', op.connection ?? dash()],
       ['Action', op.action ?? dash()],
       ['Operation', el('pre', {}, op.summary ?? '')],
-      ['Exact operation', kv(op.detail)],
+      ['Preview', previewFull(a)],
+      ['Bound to', kv(op.detail)],
       ['Approvers', a.approvers.length ? `${a.quorum} from ${a.approvers.join(', ')}` : `${a.quorum} (any)`],
       ['Use', a.singleUse ? 'single use' : 'time-boxed'],
       ['Requested', when(a.createdAt)],
@@ -872,6 +927,193 @@ async function sessionPage({ id }) {
     droppedEvents > 0
       ? el('p', { class: 'muted' }, `${droppedEvents} later events were counted, not kept.`)
       : null,
+  ];
+}
+
+// --- workflows -----------------------------------------------------------------
+
+/** Poll `read` every `ms` while this page is shown; call `changed` when its JSON differs. */
+function watch(serial, ms, read, first, changed) {
+  if (serial !== routeSerial) return;
+  let last = JSON.stringify(first);
+  refreshTimer = setInterval(async () => {
+    if (document.hidden) return;
+    try {
+      const now = await read();
+      if (serial !== routeSerial) return;
+      const text = JSON.stringify(now);
+      if (text === last) return;
+      last = text;
+      changed(now);
+    } catch (error) {
+      failed(error);
+    }
+  }, ms);
+}
+
+const workflowLink = (node) => el('a', { href: `#/workflows/${enc(node.id)}` }, node.name);
+
+async function workflowsPage({ serial }) {
+  await loadAgentNames();
+  const runs = await api('GET', '/v1/workflows');
+  const columns = [
+    { label: 'Run', cell: (w) => workflowLink(w) },
+    { label: 'Id', cell: (w) => ident(w.id) },
+    { label: 'Status', cell: (w) => badge(w.status) },
+    { label: 'Started by', cell: (w) => who(w.startedBy) },
+    { label: 'Started', cell: (w) => when(w.createdAt) },
+    { label: 'Deadline', cell: (w) => when(w.expiresAt) },
+  ];
+  const holder = el('div', {}, table('Workflow runs, newest first', columns, runs, 'No workflow runs.'));
+  watch(
+    serial,
+    REFRESH_MS,
+    () => api('GET', '/v1/workflows'),
+    runs,
+    (now) => {
+      holder.replaceChildren(table('Workflow runs, newest first', columns, now, 'No workflow runs.'));
+    },
+  );
+  return [
+    heading('Workflows'),
+    el(
+      'p',
+      { class: 'muted' },
+      'Workflow runs and their subtasks (coatcheck workflow show): each node has its own key and tickets narrowed from its parent’s.',
+    ),
+    holder,
+  ];
+}
+
+function eventText(e, node) {
+  const what =
+    e.kind === 'exchange'
+      ? `exchanged ${e.secret ?? '?'}${e.ticket ? ` (${e.ticket})` : ''}`
+      : e.kind === 'credential'
+        ? `credential ${e.secret ?? '?'} injected`
+        : e.kind === 'reissued'
+          ? `new ticket ${e.ticket ?? '-'} for a secret found (${e.secret ?? '?'})`
+          : e.kind === 'denied'
+            ? 'denied by policy'
+            : `refused ${e.code ?? '?'}${e.ticket ? ` (${e.ticket}${e.ticketOwner ? ` of ${e.ticketOwner}` : ''})` : ''}`;
+  const where = [e.target, e.operation].filter((x) => x !== null && x !== undefined).join(': ');
+  return [
+    what,
+    e.actor !== node.principal ? [' by ', who(e.actor)] : null,
+    where ? [' at ', code(where)] : null,
+  ];
+}
+
+function workflowNode(node, children) {
+  const kind = node.parentId === null ? 'workflow' : 'subtask';
+  const refusals = node.events.filter((e) => e.kind === 'refused' || e.kind === 'denied').length;
+  return el(
+    'li',
+    { class: 'wf-node', 'data-node': node.id },
+    el(
+      'section',
+      { class: 'wf-card', 'aria-label': `${kind} ${node.name}` },
+      el(
+        'h3',
+        {},
+        el('span', { class: 'muted' }, `${kind} `),
+        node.name,
+        ' ',
+        badge(node.status),
+        refusals > 0 ? [' ', el('span', { class: 'badge badge-refused' }, `${refusals} refused`)] : null,
+      ),
+      el(
+        'p',
+        { class: 'muted wf-meta' },
+        ident(node.id),
+        node.expiresAt ? [' · deadline ', when(node.expiresAt)] : null,
+        node.parentId === null ? [' · started by ', who(node.startedBy)] : null,
+      ),
+      node.tickets.length > 0
+        ? table(
+            `Tickets of ${node.name}`,
+            [
+              { label: 'Ticket id', cell: (t) => ident(t.id) },
+              { label: 'Secret', cell: (t) => t.secret ?? '(erased)' },
+              { label: 'Destinations', cell: (t) => list(t.destinations) },
+              { label: 'Uses', cell: (t) => `${t.uses}\u00a0/\u00a0${t.maxUses ?? '∞'}` },
+              { label: 'Status', cell: (t) => badge(t.status) },
+              { label: 'From', cell: (t) => orDash(t.parentId) },
+            ],
+            node.tickets,
+          )
+        : el('p', { class: 'empty' }, 'No tickets.'),
+      node.events.length > 0
+        ? el(
+            'ol',
+            { class: 'wf-events', 'aria-label': `Events of ${node.name}` },
+            node.events.map((e) =>
+              el(
+                'li',
+                { class: e.kind === 'refused' || e.kind === 'denied' ? 'wf-refused' : undefined },
+                when(e.at),
+                ' ',
+                badge(e.kind),
+                ' ',
+                eventText(e, node),
+              ),
+            ),
+          )
+        : el('p', { class: 'empty' }, 'Nothing exchanged or refused yet.'),
+    ),
+    children.length > 0 ? el('ul', { class: 'wf-tree' }, children) : null,
+  );
+}
+
+function workflowTree(tree) {
+  const byParent = new Map();
+  for (const node of tree.nodes.slice(1)) {
+    const siblings = byParent.get(node.parentId) ?? [];
+    siblings.push(node);
+    byParent.set(node.parentId, siblings);
+  }
+  const build = (node) => workflowNode(node, (byParent.get(node.id) ?? []).map(build));
+  const top = tree.nodes[0];
+  const subtasks = tree.nodes.length - 1;
+  return [
+    el(
+      'p',
+      { class: 'muted', id: 'wf-count' },
+      `${subtasks} subtask${subtasks === 1 ? '' : 's'} below ${top.name}. Updated live.`,
+    ),
+    el('ul', { class: 'wf-tree wf-root', 'aria-label': `Tree of ${top.name}` }, build(top)),
+  ];
+}
+
+async function workflowPage({ id, serial }) {
+  await loadAgentNames();
+  const tree = await api('GET', `/v1/workflows/${enc(id)}`);
+  const top = tree.nodes[0];
+  const holder = el('div', { class: 'wf' }, workflowTree(tree));
+  watch(
+    serial,
+    WORKFLOW_REFRESH_MS,
+    () => api('GET', `/v1/workflows/${enc(id)}`),
+    tree,
+    (now) => {
+      holder.replaceChildren(...workflowTree(now));
+    },
+  );
+  return [
+    el('p', { class: 'crumbs' }, el('a', { href: '#/workflows' }, '← Workflows')),
+    heading(`${top.parentId === null ? 'Workflow' : 'Subtask'} ${top.name}`),
+    facts([
+      ['Id', ident(top.id)],
+      ['Status', badge(top.status)],
+      ['Run', top.parentId === null ? 'this node is the run' : workflowLink(tree.root)],
+      ['Started by', who(top.startedBy)],
+      ['Groups', list(top.groups)],
+      ['Started', when(top.createdAt)],
+      ['Deadline', when(top.expiresAt)],
+      ['Ended', when(top.endedAt)],
+    ]),
+    el('h2', {}, 'Tree'),
+    holder,
   ];
 }
 

@@ -44,5 +44,6 @@ export const ROUTES = {
   workflowEnd: { method: 'POST', path: '/v1/workflows/:id/end' },
   workflowRevoke: { method: 'POST', path: '/v1/workflows/:id/revoke' },
   workflowTokenize: { method: 'POST', path: '/v1/workflows/:id/tokenize' },
+  workflowList: { method: 'GET', path: '/v1/workflows' },
   workflowShow: { method: 'GET', path: '/v1/workflows/:id' },
 } as const satisfies Record<OperationName, { method: 'GET' | 'POST' | 'DELETE'; path: string }>;

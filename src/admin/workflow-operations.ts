@@ -164,6 +164,13 @@ export const workflowOperations = {
       return { text: result.text, tickets };
     },
   }),
+  workflowList: op({
+    method: 'GET',
+    path: '/v1/workflows',
+    summary: 'Workflow runs (their root nodes), newest first, with their status.',
+    input: z.object({ limit: z.number().int().min(1).max(500).optional() }),
+    run: (ctx: Context, input) => ctx.workflows.list(input.limit),
+  }),
   workflowShow: op({
     method: 'GET',
     path: '/v1/workflows/:id',

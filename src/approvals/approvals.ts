@@ -6,6 +6,7 @@ import { CoatcheckError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { Principal } from '../core/principal.js';
 import type { ApprovalRecord, Store } from '../store/types.js';
+import { PREVIEW_CUT_MARK, type PreviewScrubber, type PreviewSource, shortPreview } from './preview.js';
 
 /**
  * Just-in-time approval of one exact operation.
@@ -30,6 +31,13 @@ export interface Operation {
   readonly summary: string;
   /** The exact operation: statement text, method, path, body hash… Part of the fingerprint. */
   readonly detail: Readonly<Record<string, string | number | null>>;
+  /**
+   * The exact operation as an approver reads it (raw: tickets and secrets still in it),
+   * built only when an approval is requested, then cleaned and bounded (src/approvals/
+   * preview.ts) and kept in the approval's `preview` column. Display only: never part of
+   * the fingerprint, never stored uncleaned.
+   */
+  readonly preview?: PreviewSource;
 }
 
 export interface Approver {
@@ -44,6 +52,14 @@ export interface ApprovalView {
   readonly requester: string;
   readonly requesterName: string;
   readonly operation: Operation;
+  /**
+   * The cleaned preview of the exact operation (tickets as `[ticket tkt_…]`, secrets as
+   * `[secret:…]` or `[REDACTED:…]`), at most 64 KiB; null when none was built. Lists carry
+   * its first characters only (`previewTruncated`); `get` carries all that is stored.
+   */
+  readonly preview: string | null;
+  /** The preview shown is shorter than the stored one (a list), or the stored one was cut at 64 KiB. */
+  readonly previewTruncated: boolean;
   readonly approvers: readonly string[];
   readonly quorum: number;
   readonly decisions: ReadonlyArray<{
@@ -67,6 +83,8 @@ export interface ApprovalsOptions {
   readonly notify?: (approval: ApprovalView) => Promise<void>;
   /** How often a held operation re-reads its request when no change event came (default 1 s). */
   readonly pollMs?: number;
+  /** Cleans an operation's preview before it is stored; without one no preview is kept. */
+  readonly scrubPreview?: PreviewScrubber;
 }
 
 type Data = {
@@ -115,15 +133,19 @@ export class Approvals {
     this.#options = options;
   }
 
-  #view(record: ApprovalRecord): ApprovalView {
+  #view(record: ApprovalRecord, short = false): ApprovalView {
     const data = record.data as unknown as Data;
     const expired = record.status === 'pending' && record.expiresAt <= this.#clock.now();
+    const stored = record.preview ?? null;
+    const shown = stored === null || !short ? null : shortPreview(stored);
     return {
       id: record.id,
       status: expired ? 'expired' : record.status,
       requester: record.requester,
       requesterName: data.requesterName,
       operation: data.operation,
+      preview: shown?.text ?? stored,
+      previewTruncated: (shown?.truncated ?? false) || stored?.endsWith(PREVIEW_CUT_MARK) === true,
       approvers: data.approvers,
       quorum: data.quorum,
       decisions: data.decisions,
@@ -146,7 +168,7 @@ export class Approvals {
       status: status === 'expired' ? 'pending' : status,
       limit: 200,
     });
-    return records.map((r) => this.#view(r)).filter((v) => status === undefined || v.status === status);
+    return records.map((r) => this.#view(r, true)).filter((v) => status === undefined || v.status === status);
   }
 
   /**
@@ -205,9 +227,11 @@ export class Approvals {
       (r) => r.status === 'pending' && r.expiresAt > now,
     );
     if (existing !== undefined) return this.#view(existing);
+    // The preview is kept beside the operation, never in it (nor in its fingerprint).
+    const { preview: source, ...bound } = operation;
     const data: Data = {
       requesterName: principal.name,
-      operation,
+      operation: bound,
       approvers: [...policy.approvers],
       quorum: Math.max(1, policy.quorum),
       decisions: [],
@@ -221,6 +245,7 @@ export class Approvals {
       createdAt: now,
       expiresAt: now + this.#options.pendingTtlMs,
       data: data as unknown as Record<string, unknown>,
+      preview: await this.#preview(source),
     };
     await this.#audit.append(
       {
@@ -240,6 +265,17 @@ export class Approvals {
     const view = this.#view(record);
     await this.#options.notify?.(view).catch(() => undefined);
     return view;
+  }
+
+  /** The cleaned preview; a failure to build or clean one keeps no text (never the raw one). */
+  async #preview(source: PreviewSource | undefined): Promise<string | null> {
+    const scrub = this.#options.scrubPreview;
+    if (source === undefined || scrub === undefined) return null;
+    try {
+      return await scrub(source());
+    } catch {
+      return '[preview unavailable: it could not be cleaned]';
+    }
   }
 
   async decide(

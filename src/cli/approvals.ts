@@ -2,6 +2,14 @@ import type { Command } from 'commander';
 import type { ApprovalView } from '../approvals/approvals.js';
 import type { SessionCommandHelpers } from './sessions.js';
 
+/** Terminal control characters in attacker-influenced text become visible escapes. */
+function controlFree(text: string): string {
+  return text.replace(
+    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
+}
+
 export function renderApproval(a: ApprovalView): string {
   return [
     `approval    ${a.id}`,
@@ -16,6 +24,13 @@ export function renderApproval(a: ApprovalView): string {
     ...a.decisions.map(
       (d) => `decision    ${d.decision} by ${d.name} at ${d.at}${d.reason ? `: ${d.reason}` : ''}`,
     ),
+    ...(a.preview === null
+      ? []
+      : [
+          `preview     (cleaned: tickets by id, secrets masked; display only, the approval binds the exact operation)`,
+          ...a.preview.split('\n').map((line) => `  ${controlFree(line)}`),
+          ...(a.previewTruncated ? ['  [the stored preview was cut at 64 KiB]'] : []),
+        ]),
     '',
   ].join('\n');
 }

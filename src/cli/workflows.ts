@@ -160,6 +160,21 @@ export function registerWorkflowCommands(program: Command, helpers: WorkflowComm
     });
 
   workflow
+    .command('list')
+    .description('workflow runs, newest first (their ids for workflow show)')
+    .action(async (_opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('workflowList', {}),
+        (runs) =>
+          helpers.table([
+            ['ID', 'NAME', 'STATUS', 'STARTED BY', 'CREATED', 'DEADLINE'],
+            ...runs.map((r) => [r.id, r.name, r.status, r.startedBy, r.createdAt, r.expiresAt ?? '-']),
+          ]),
+      );
+    });
+
+  workflow
     .command('show <id>')
     .description('the tree: nodes, tickets, which subtask exchanged which secret where and when, refusals')
     .action(async (id: string, _opts, command: Command) => {

@@ -20,6 +20,11 @@ export interface Operation {
   /** Human-readable, non-secret description for audit (`GET api.github.com/user`). */
   readonly description: string;
   readonly attributes: Readonly<Record<string, string>>;
+  /**
+   * The exact operation for an approver (raw: the approvals module cleans it), built only
+   * when a human must decide. Display only; the attributes bind the approval.
+   */
+  readonly preview?: () => string;
 }
 
 export interface DecisionInput {

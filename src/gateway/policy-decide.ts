@@ -45,6 +45,7 @@ export function createPolicyDecide(services: GateServices): Decide {
         action: input.operation.action,
         summary: input.operation.description,
         detail: { ...attributes },
+        ...(input.operation.preview === undefined ? {} : { preview: input.operation.preview }),
       },
       signal: input.signal,
     });

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import { Approvals } from '../approvals/approvals.js';
 import type { GateServices } from '../approvals/gate.js';
+import { createPreviewScrubber } from '../approvals/preview.js';
 import { createWebhookNotifier } from '../approvals/webhook.js';
 import { AuditLog } from '../audit/audit-log.js';
 import {
@@ -218,6 +219,8 @@ function buildContext(
     pendingTtlMs: parseDuration(config.approvals.pendingTtl),
     useWindowMs: parseDuration(config.approvals.useWindow),
     notify: webhookUrl === null ? undefined : createWebhookNotifier({ url: webhookUrl, consoleUrl, log }),
+    // Approvers read the held operation cleaned: tickets by id, vault secrets and detector findings masked.
+    scrubPreview: createPreviewScrubber(vault),
   });
   const policy = new PolicyHolder(config.policy.path, {
     timeZone: config.policy.timeZone,

@@ -101,6 +101,14 @@ CREATE UNIQUE INDEX audit_chain_seq ON audit(chain, chain_seq);
 CREATE TABLE audit_chains (chain TEXT PRIMARY KEY, chain_seq INTEGER NOT NULL, hash TEXT NOT NULL);
 `,
   },
+  {
+    version: 8,
+    name: 'approval-preview',
+    // The cleaned preview of the held operation approvers read (src/approvals/preview.ts).
+    sql: `
+ALTER TABLE approvals ADD COLUMN preview TEXT;
+`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -197,6 +205,14 @@ CREATE UNIQUE INDEX audit_chain_seq ON audit(chain, chain_seq);
 CREATE TABLE audit_chains (chain TEXT PRIMARY KEY, chain_seq BIGINT NOT NULL, hash TEXT NOT NULL);
 CREATE SEQUENCE audit_seq;
 SELECT setval('audit_seq', COALESCE((SELECT MAX(seq) FROM audit), 0) + 1, false);
+`,
+  },
+  {
+    version: 8,
+    name: 'approval-preview',
+    // The cleaned preview of the held operation approvers read (src/approvals/preview.ts).
+    sql: `
+ALTER TABLE approvals ADD COLUMN preview TEXT;
 `,
   },
 ];

@@ -147,6 +147,8 @@ function approvalFromRow(row: Row): ApprovalRecord {
     createdAt: Number(row.created_at),
     expiresAt: Number(row.expires_at),
     data: jsonColumn<Record<string, unknown>>(row.data, 'approvals', 'data'),
+    // Absent when none was kept (rows from before migration 7, or no preview built).
+    ...(row.preview === null || row.preview === undefined ? {} : { preview: String(row.preview) }),
   };
 }
 
@@ -620,8 +622,17 @@ class PgOps implements StoreOps {
 
   async insertApproval(r: ApprovalRecord) {
     await this.db.execute(
-      'INSERT INTO approvals (id, fingerprint, requester, status, created_at, expires_at, data) VALUES ($1, $2, $3, $4, $5, $6, $7)',
-      [r.id, r.fingerprint, r.requester, r.status, r.createdAt, r.expiresAt, JSON.stringify(r.data)],
+      'INSERT INTO approvals (id, fingerprint, requester, status, created_at, expires_at, data, preview) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)',
+      [
+        r.id,
+        r.fingerprint,
+        r.requester,
+        r.status,
+        r.createdAt,
+        r.expiresAt,
+        JSON.stringify(r.data),
+        r.preview ?? null,
+      ],
     );
   }
   async getApproval(id: string) {
@@ -703,6 +714,13 @@ class PgOps implements StoreOps {
   async getWorkflowByKeyHash(keyHash: string) {
     const rows = await this.db.query('SELECT * FROM workflows WHERE key_hash = $1', [keyHash]);
     return rows[0] === undefined ? null : workflowFromRow(rows[0]);
+  }
+  async listWorkflowRuns(limit: number) {
+    const rows = await this.db.query(
+      'SELECT * FROM workflows WHERE parent_id IS NULL ORDER BY created_at DESC, id DESC LIMIT $1',
+      [limit],
+    );
+    return rows.map(workflowFromRow);
   }
   async listWorkflowSubtree(id: string) {
     const rows = await this.db.query(

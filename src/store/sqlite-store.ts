@@ -93,6 +93,8 @@ function approvalFromRow(row: Row): ApprovalRecord {
     createdAt: Number(row.created_at),
     expiresAt: Number(row.expires_at),
     data: jsonColumn<Record<string, unknown>>(row.data, 'approvals', 'data'),
+    // Absent when none was kept (rows from before migration 7, or no preview built).
+    ...(row.preview === null || row.preview === undefined ? {} : { preview: String(row.preview) }),
   };
 }
 
@@ -413,7 +415,7 @@ class SqliteOps implements StoreOps {
 
   async insertApproval(r: ApprovalRecord) {
     this.run(
-      'INSERT INTO approvals (id, fingerprint, requester, status, created_at, expires_at, data) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO approvals (id, fingerprint, requester, status, created_at, expires_at, data, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
       r.id,
       r.fingerprint,
       r.requester,
@@ -421,6 +423,7 @@ class SqliteOps implements StoreOps {
       r.createdAt,
       r.expiresAt,
       JSON.stringify(r.data),
+      r.preview ?? null,
     );
   }
   async getApproval(id: string) {
@@ -505,6 +508,12 @@ class SqliteOps implements StoreOps {
   async getWorkflowByKeyHash(keyHash: string) {
     const row = this.get('SELECT * FROM workflows WHERE key_hash = ?', keyHash);
     return row === undefined ? null : workflowFromRow(row);
+  }
+  async listWorkflowRuns(limit: number) {
+    return this.all(
+      'SELECT * FROM workflows WHERE parent_id IS NULL ORDER BY created_at DESC, id DESC LIMIT ?',
+      limit,
+    ).map(workflowFromRow);
   }
   async listWorkflowSubtree(id: string) {
     return this.all(

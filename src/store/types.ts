@@ -98,6 +98,11 @@ export interface ApprovalRecord {
   readonly expiresAt: number;
   /** Everything else (operation summary, approvers, decisions), as JSON. */
   readonly data: Readonly<Record<string, unknown>>;
+  /**
+   * The cleaned preview of the exact operation for approvers (src/approvals/preview.ts):
+   * at most 64 KiB, written once at insert, display only. Null or absent: none.
+   */
+  readonly preview?: string | null;
 }
 
 /** One recorded data-path session: metadata only (never a header value or a body). */
@@ -208,6 +213,8 @@ export interface StoreOps {
   getWorkflowByKeyHash(keyHash: string): Promise<WorkflowRecord | null>;
   /** The node and every node below it, oldest first. */
   listWorkflowSubtree(id: string): Promise<WorkflowRecord[]>;
+  /** Workflow runs (root nodes), newest first. */
+  listWorkflowRuns(limit: number): Promise<WorkflowRecord[]>;
   /** Set `status` on the node and every still-active node below it; returns the ids changed now. */
   endWorkflowTree(id: string, status: 'ended' | 'revoked', at: number): Promise<string[]>;
   /** Record that a ticket belongs to a workflow node. */

@@ -213,6 +213,12 @@ export class Workflows {
     return record;
   }
 
+  /** Workflow runs (roots), newest first, with each run's status now. */
+  async list(limit = 100): Promise<WorkflowView[]> {
+    const roots = await this.#store.listWorkflowRuns(Math.max(1, Math.min(limit, 500)));
+    return roots.map((r) => this.#view(r, [r]));
+  }
+
   async get(id: string): Promise<WorkflowView> {
     const record = await this.#get(id);
     return this.#view(record, await this.#chain(record));

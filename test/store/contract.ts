@@ -381,6 +381,58 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       }
     });
 
+    it('keeps an approval preview beside the operation; decisions leave it as written', async () => {
+      const store = await open();
+      try {
+        const preview = `POST /items\n\n{"note": "é ${'x'.repeat(70_000)}"}`;
+        const approval = {
+          id: 'apr_p',
+          fingerprint: 'fp-p',
+          requester: 'agent:agt_1',
+          status: 'pending' as const,
+          createdAt: 10,
+          expiresAt: 1000,
+          data: { decisions: [] },
+          preview,
+        };
+        await store.insertApproval(approval);
+        expect((await store.getApproval('apr_p'))?.preview).toBe(preview);
+        // An update writes status, expiry and data only: the preview stays as inserted.
+        const { preview: _dropped, ...withoutPreview } = approval;
+        expect(await store.updateApproval({ ...withoutPreview, status: 'approved' }, 'pending')).toBe(true);
+        expect(await store.getApproval('apr_p')).toEqual({ ...approval, status: 'approved' });
+        expect((await store.listApprovals({}))[0]?.preview).toBe(preview);
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('lists workflow runs (roots only), newest first', async () => {
+      const store = await open();
+      try {
+        const node = (id: string, parentId: string | null, createdAt: number): WorkflowRecord => ({
+          id,
+          name: `n-${id}`,
+          parentId,
+          rootId: parentId === null ? id : 'wfl_r1',
+          startedBy: 'admin:test',
+          groups: [],
+          keyHash: `kh-${id}`,
+          status: 'active',
+          expiresAt: null,
+          createdAt,
+          endedAt: null,
+        });
+        await store.insertWorkflow(node('wfl_r1', null, 10));
+        await store.insertWorkflow(node('wfl_c1', 'wfl_r1', 30));
+        await store.insertWorkflow(node('wfl_r2', null, 20));
+        expect((await store.listWorkflowRuns(10)).map((w) => w.id)).toEqual(['wfl_r2', 'wfl_r1']);
+        expect((await store.listWorkflowRuns(1)).map((w) => w.id)).toEqual(['wfl_r2']);
+      } finally {
+        await store.close();
+      }
+    });
+
     it('keeps workflow trees: subtree listing, ending, ticket membership, expiry', async () => {
       const store = await open();
       try {

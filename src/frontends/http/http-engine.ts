@@ -22,6 +22,7 @@ import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
 import type { Placement } from '../../vault/placements.js';
+import { httpPreview } from './approval-preview.js';
 import { bearer, hopByHop } from './protocol/headers.js';
 import { parseRouteTarget, scrubPath, upstreamPath } from './protocol/request-target.js';
 import {
@@ -361,6 +362,21 @@ export class HttpEngine implements Engine<HttpClient> {
         querySha256: route.query === null ? '' : createHash('sha256').update(route.query).digest('hex'),
         bodySha256: body === null ? '' : createHash('sha256').update(body).digest('hex'),
       },
+      // What an approver reads, built only when one is asked (cleaned by the approvals module).
+      preview: () =>
+        httpPreview({
+          method,
+          url: `${connection.url.origin}${route.upstreamPath(route.query)}`,
+          rawHeaders: req.rawHeaders,
+          connectionHeader: req.headers.connection,
+          contentEncoding: req.headers['content-encoding'],
+          body,
+          injected: [
+            ...Object.keys(connection.view.injectHeaders),
+            ...(connection.view.credential !== null ? ['Authorization'] : []),
+          ],
+          agentKey,
+        }),
     };
     const decision = await this.#pipeline.decide(session, {
       principal,

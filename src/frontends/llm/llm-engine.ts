@@ -336,6 +336,12 @@ export class LlmEngine implements Engine<LlmClient> {
       action: 'llm:call',
       description: `${method} ${connection.url.host}${route.path}${peek === '' ? '' : ` model=${peek}`}`,
       attributes: { method, path: route.path, host: connection.target.host ?? '', model: peek },
+      // What an approver reads (cleaned by the approvals module). The approval is bound to
+      // the method, path and model, not to the prompt: the preview says so.
+      preview: () =>
+        `${method} ${connection.url.origin}${route.path}${peek === '' ? '' : `\nmodel: ${peek}`}\n` +
+        '[the approval covers any call with this method, path and model; the body below is this call’s]' +
+        (body === null || body.length === 0 ? '' : `\n\n${body.toString('utf8')}`),
     };
     const decision = await pipeline.decide(session, {
       principal,

@@ -100,6 +100,15 @@ export function mcpTarget(connection: ResolvedConnection): Target {
   return connection.url.protocol === 'stdio:' ? { connection: connection.view.name } : connection.target;
 }
 
+/** Arguments indented for a human; as sent when they are not JSON. */
+function prettyJson(text: string): string {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2) ?? text;
+  } catch {
+    return text;
+  }
+}
+
 export class McpSession {
   readonly server: Server;
   readonly #o: McpSessionOptions;
@@ -182,6 +191,8 @@ export class McpSession {
         tool,
         argumentsSha256: createHash('sha256').update(argumentsJson).digest('hex'),
       },
+      // What an approver reads (cleaned by the approvals module): the tool and its arguments.
+      preview: () => `${what}\ntool: ${tool}\narguments:\n${prettyJson(argumentsJson)}`,
     };
     let recorded: Promise<unknown>;
     try {

@@ -76,6 +76,15 @@ export function approvalSummary(shown: string, parameters: readonly (string | nu
   return `${shown}\n-- parameters: ${list.join(', ')}`;
 }
 
+/** The statement as it runs, then each parameter on its own line (SQL literal syntax). */
+export function statementPreview(text: string, parameters: readonly (string | null)[] | null): string {
+  if (parameters === null || parameters.length === 0) return text;
+  const lines = parameters.map(
+    (p, i) => `--   $${i + 1} = ${p === null ? 'NULL' : `'${p.replace(/'/g, "''")}'`}`,
+  );
+  return `${text}\n-- parameters:\n${lines.join('\n')}`;
+}
+
 /** Null when no policy is configured: the built-in policy allows every statement, so skip the work. */
 export function createStatementPolicy(services: GateServices): StatementPolicy | null {
   if (services.policy.engine.source === 'builtin' && services.policy.path === null) return null;
@@ -111,6 +120,8 @@ export function createStatementPolicy(services: GateServices): StatementPolicy |
           parameters_hash: detailHash(services.detailKey, parameters),
           tickets: input.tickets.map((t) => detailHash(services.detailKey, t)).join(','),
         },
+        // Raw here: the approvals module cleans it (tickets, secrets, findings) before keeping it.
+        preview: () => statementPreview(input.text, input.parameters),
       },
       onHold: (approval) => input.onHold(approval.id),
     }).then(

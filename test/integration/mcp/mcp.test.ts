@@ -193,6 +193,41 @@ describe('MCP gateway (/mcp/<connection>, official SDK client and server)', () =
     expect(result.content).toEqual([{ type: 'text', text: 'deploy: v42' }]);
   }, 60_000);
 
+  it('shows the approver the held tool call, cleaned: the tool, its arguments, tickets by id, no secret', async () => {
+    const ticket = await gw.issue('db', agent.ref);
+    const held = client
+      .callTool({ name: 'deploy', arguments: { text: `v43 ${ticket}`, pasted: CANARY } }, undefined, {
+        timeout: 30_000,
+      })
+      .catch((e: unknown) => e);
+    let id = '';
+    await expect
+      .poll(
+        async () => {
+          const pending = await gw.ctx.store.listApprovals({ status: 'pending' });
+          id = pending[0]?.id ?? '';
+          return pending.length;
+        },
+        { timeout: 15_000 },
+      )
+      .toBe(1);
+    const view = await gw.ctx.approvals.get(id);
+    const ticketId = (await gw.ctx.vault.inspectTicket(ticket)).id;
+    const canaryId = (await gw.ctx.vault.listSecrets()).find((x) => x.name === 'canary')!.id;
+    expect(view.preview).toContain('tool: deploy\narguments:\n{');
+    expect(view.preview).toContain(`"text": "v43 [ticket ${ticketId} for db]"`);
+    expect(view.preview).toContain(`"pasted": "[secret:${canaryId}]"`);
+    expect(view.preview).not.toContain(CANARY);
+    expect(view.preview).not.toContain(ticket);
+    await gw.ctx.approvals.decide(
+      id,
+      { approver: { ref: 'human:ada', name: 'ada', groups: [] }, decision: 'deny' },
+      'admin:test',
+    );
+    await held;
+    expect(upstreamLog().some((e) => JSON.stringify(e).includes('v43'))).toBe(false);
+  }, 60_000);
+
   it('answers a crashed upstream with CC_ERR_MCP_UPSTREAM_FAILED and starts it again for the next call', async () => {
     const refused = await refusal(client.callTool({ name: 'crash', arguments: {} }));
     expect(refused.code).toBe(-32011);
