@@ -1,0 +1,331 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import pg from 'pg';
+import { Agent, request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveHome } from '../../../src/config/home.js';
+import type { CoatcheckError } from '../../../src/core/errors.js';
+import { createLogger } from '../../../src/core/logger.js';
+import { agentRef } from '../../../src/core/principal.js';
+import { postgresFrontend } from '../../../src/frontends/postgres/start.js';
+import { type Frontend, GatewayDriver, type Mount } from '../../../src/gateway/driver.js';
+import type { SessionHooks } from '../../../src/gateway/hooks.js';
+import { type Context, initHome, openContext } from '../../../src/server/context.js';
+import { frontendDeps } from '../../../src/server/gateway-deps.js';
+
+/**
+ * The gateway driver: every front-end runs through it, so every front-end's sessions
+ * reach the one metrics registry (by `frontend` label) and the session hooks (open,
+ * exchange, close); shutdown drains; an unexpected failure never leaks what it carried.
+ */
+const UPSTREAM_PG = 'postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable';
+const CANARY = 'driver-canary-7f3a9c11e0d2b4a6';
+
+interface Probe {
+  readonly hook: SessionHooks;
+  readonly events: Array<{
+    kind: 'open' | 'exchange' | 'close';
+    frontend: string;
+    session: string;
+    detail: string;
+  }>;
+  of(frontend: string): Probe['events'];
+}
+
+function probe(): Probe {
+  const events: Probe['events'] = [];
+  return {
+    events,
+    hook: {
+      open: (s) => events.push({ kind: 'open', frontend: s.frontend, session: s.id, detail: '' }),
+      exchange: (s, step) =>
+        events.push({
+          kind: 'exchange',
+          frontend: s.frontend,
+          session: s.id,
+          detail: `${step.step}:${step.outcome}`,
+        }),
+      close: (s, record) =>
+        events.push({ kind: 'close', frontend: s.frontend, session: s.id, detail: record.outcome }),
+    },
+    of: (frontend) => events.filter((e) => e.frontend === frontend),
+  };
+}
+
+function counter(text: string, name: string, labels: string): number {
+  const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`));
+  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+let dir: string;
+let ctx: Context;
+let driver: GatewayDriver;
+let logText = '';
+const hooks = probe();
+let bot: { key: string; ref: string };
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'coatcheck-driver-'));
+  const home = resolveHome(dir, {});
+  await initHome(home, { env: {} });
+  writeFileSync(home.configFile, 'log:\n  level: debug\n', { mode: 0o600 });
+  ctx = await openContext(home, { env: {} });
+  const log = createLogger({
+    level: 'debug',
+    destination: new Writable({
+      write(chunk: Buffer, _e, cb) {
+        logText += chunk.toString('utf8');
+        cb();
+      },
+    }),
+  });
+  driver = new GatewayDriver({
+    registry: ctx.metrics,
+    log,
+    store: ctx.store,
+    clock: ctx.clock,
+    hooks: [hooks.hook],
+  });
+  const { key, agent } = await ctx.agents.create({ name: 'bot' }, 'admin:test');
+  bot = { key, ref: agentRef(agent.id) };
+}, 60_000);
+
+afterAll(async () => {
+  await driver?.stop();
+  await ctx?.close();
+  if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+});
+
+/** Wait until `check` holds (sessions close and recordings land asynchronously). */
+async function until(check: () => boolean | Promise<boolean>, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error('condition not reached');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe('PostgreSQL through the driver', () => {
+  it('a session reaches the hooks (open, exchange, close), the registry and the recordings', async () => {
+    const pgfe = await driver.start(postgresFrontend(frontendDeps(ctx), { host: '127.0.0.1', port: 0 }));
+    await ctx.vault.addSecret(
+      { name: 'drvpw', value: Buffer.from('driver-pg-unused-password'), allow: ['conn:drv'] },
+      'admin:test',
+    );
+    await ctx.connections.add(
+      { name: 'drv', type: 'postgres', url: UPSTREAM_PG, credential: 'drvpw' },
+      'admin:test',
+    );
+    const ticket = (
+      await ctx.vault.issueTicket(
+        { secret: 'drvpw', principal: bot.ref, destinations: ['conn:drv'] },
+        'admin:test',
+      )
+    ).ticket;
+    const before = await ctx.metrics.metrics();
+    const client = new pg.Client({
+      host: '127.0.0.1',
+      port: pgfe.port,
+      user: 'bot',
+      password: ticket,
+      database: 'drv',
+    });
+    await client.connect();
+    expect((await client.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    await client.end();
+    await until(() => hooks.of('postgres').some((e) => e.kind === 'close'));
+    const events = hooks.of('postgres');
+    const session = events[0]!.session;
+    expect(events.map((e) => e.kind)).toEqual(expect.arrayContaining(['open', 'exchange', 'close']));
+    expect(events.find((e) => e.kind === 'exchange')?.detail).toMatch(/^(tickets|credentials|decision):/);
+    expect(events.find((e) => e.kind === 'close')).toMatchObject({ session, detail: 'ok' });
+    const after = await ctx.metrics.metrics();
+    const delta = (name: string, labels: string) =>
+      counter(after, name, labels) - counter(before, name, labels);
+    expect(delta('coatcheck_sessions_total', 'frontend="postgres",outcome="ok"')).toBe(1);
+    expect(counter(after, 'coatcheck_sessions_open', 'frontend="postgres"')).toBe(0);
+    // The recording hook wrote the session `coatcheck sessions` lists.
+    await driver.recorder.flush();
+    await until(async () => (await ctx.store.getSession(session)) !== null);
+    expect((await ctx.store.getSession(session))?.frontend).toBe('postgres');
+    await pgfe.close();
+  });
+
+  it('an unexpected throw during login becomes CC_ERR_INTERNAL with an incident id; the canary stays out', async () => {
+    const broken = await driver.start({
+      ...postgresFrontend(
+        frontendDeps(ctx),
+        { host: '127.0.0.1', port: 0 },
+        {
+          decide: async () => {
+            const error = new Error(`decision blew up holding ${CANARY}`) as Error & { code: string };
+            error.code = CANARY;
+            throw error;
+          },
+        },
+      ),
+      name: 'postgres-broken',
+    });
+    const ticket = (
+      await ctx.vault.issueTicket(
+        { secret: 'drvpw', principal: bot.ref, destinations: ['conn:drv'] },
+        'admin:test',
+      )
+    ).ticket;
+    const client = new pg.Client({
+      host: '127.0.0.1',
+      port: broken.port,
+      user: 'bot',
+      password: ticket,
+      database: 'drv',
+    });
+    const failure = (await client.connect().catch((e: unknown) => e)) as Error & { detail?: string };
+    await client.end().catch(() => undefined);
+    expect(failure.detail).toBe('CC_ERR_INTERNAL');
+    const incident = /incident (inc_[A-Za-z0-9]{16})/.exec(failure.message)?.[1];
+    expect(incident).toBeDefined();
+    expect(failure.message).not.toContain(CANARY);
+    expect(logText).toContain(incident);
+    expect(logText).not.toContain(CANARY);
+    await broken.close();
+  });
+});
+
+/**
+ * A front-end in a few lines: an HTTP adapter whose only job is its protocol. `/slow`
+ * answers after `release()`; `/boom` throws an error carrying the canary.
+ */
+function toyFrontend(name: string): Frontend<{ url: string; release(): void; started: Promise<void> }> & {
+  readonly handle: { release(): void };
+} {
+  let release = () => undefined as void;
+  let started = () => undefined as void;
+  const startedP = new Promise<void>((r) => {
+    started = r;
+  });
+  const handle = { release: () => release() };
+  return {
+    name,
+    handle,
+    async start(mount: Mount) {
+      const refuse = (res: ServerResponse, error: CoatcheckError) => {
+        const body = JSON.stringify({ error: { code: error.code, message: error.message } });
+        res.writeHead(error.status, { 'content-type': 'application/json', 'x-coatcheck-error': error.code });
+        res.end(body);
+      };
+      const work = async (req: IncomingMessage, res: ServerResponse) => {
+        if (req.url === '/boom') {
+          const error = new Error(`adapter blew up with ${CANARY}`) as Error & { code: string };
+          error.code = CANARY;
+          throw error;
+        }
+        if (req.url === '/slow') {
+          started();
+          await new Promise<void>((r) => {
+            release = r;
+          });
+        }
+        res.end('done');
+      };
+      const server = createServer((req, res) => {
+        void mount.serve(
+          (error) => refuse(res, error),
+          () => work(req, res),
+        );
+      });
+      const address = await mount.listen(server, { host: '127.0.0.1', port: 0 });
+      return { url: `http://127.0.0.1:${address.port}`, release: () => release(), started: startedP };
+    },
+  };
+}
+
+describe('the driver around any adapter', () => {
+  it('an unexpected throw becomes CC_ERR_INTERNAL with an incident id; no canary in the answer or the log', async () => {
+    const toy = await driver.start(toyFrontend('toy-boom'));
+    const res = await request(`${toy.url}/boom`);
+    const text = await res.body.text();
+    expect(res.statusCode).toBe(500);
+    const body = JSON.parse(text) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('CC_ERR_INTERNAL');
+    const incident = /incident (inc_[A-Za-z0-9]{16})/.exec(body.error.message)?.[1];
+    expect(incident).toBeDefined();
+    expect(text).not.toContain(CANARY);
+    expect(JSON.stringify(res.headers)).not.toContain(CANARY);
+    expect(logText).toContain(incident);
+    expect(logText).not.toContain(CANARY);
+    const metrics = await ctx.metrics.metrics();
+    expect(
+      counter(metrics, 'coatcheck_http_refusals_total', 'frontend="toy-boom",code="CC_ERR_INTERNAL"'),
+    ).toBe(1);
+    await driver.mounts.find((m) => m.name === 'toy-boom')?.stop();
+  });
+
+  it('graceful shutdown: stops accepting, refuses new requests, drains the one in flight, then closes', async () => {
+    const toy = await driver.start(toyFrontend('toy-drain'));
+    const mount = driver.mounts.find((m) => m.name === 'toy-drain')!;
+    const agent = new Agent({ keepAliveTimeout: 30_000, connections: 2 });
+    try {
+      // A kept-alive connection, opened before the shutdown.
+      expect((await request(`${toy.url}/fast`, { dispatcher: agent })).statusCode).toBe(200);
+      const slow = request(`${toy.url}/slow`);
+      await toy.started;
+      expect(mount.inFlight).toBe(1);
+      const stopped = mount.stop(10_000);
+      await until(() => mount.draining);
+      // A new connection is not accepted.
+      const port = Number(new URL(toy.url).port);
+      const refused = await new Promise<string>((resolve) => {
+        const s = netConnect({ host: '127.0.0.1', port });
+        s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        s.on('close', () => resolve('closed'));
+      });
+      expect(['ECONNREFUSED', 'closed', 'ECONNRESET']).toContain(refused);
+      // The in-flight request finishes with its answer.
+      toy.release();
+      const answer = await slow;
+      expect(answer.statusCode).toBe(200);
+      expect(await answer.body.text()).toBe('done');
+      await stopped;
+      expect(mount.inFlight).toBe(0);
+      expect(mount.connections).toBe(0);
+    } finally {
+      await agent.close();
+    }
+  });
+
+  it('graceful shutdown: a request completed on an open connection while draining is refused with CC_ERR_GATEWAY_STOPPING', async () => {
+    const toy = await driver.start(toyFrontend('toy-keepalive'));
+    const mount = driver.mounts.find((m) => m.name === 'toy-keepalive')!;
+    const slow = request(`${toy.url}/slow`);
+    await toy.started;
+    // A second connection has sent half a request when the shutdown begins.
+    const port = Number(new URL(toy.url).port);
+    const socket = netConnect({ host: '127.0.0.1', port });
+    let answer = '';
+    socket.on('data', (d: Buffer) => {
+      answer += d.toString('utf8');
+    });
+    socket.on('error', () => undefined);
+    await new Promise((r) => socket.once('connect', r));
+    socket.write('GET /fast HTTP/1.1\r\nhost: x\r\n');
+    await until(() => mount.connections === 2);
+    await new Promise((r) => setTimeout(r, 50));
+    const stopped = mount.stop(10_000);
+    await until(() => mount.draining);
+    socket.write('\r\n');
+    await until(() => answer.includes('CC_ERR_GATEWAY_STOPPING') || socket.destroyed || socket.readableEnded);
+    expect(answer).toMatch(/^HTTP\/1\.1 503/);
+    expect(answer).toContain('CC_ERR_GATEWAY_STOPPING');
+    // The one in flight still gets its answer.
+    toy.release();
+    const done = await slow;
+    expect(done.statusCode).toBe(200);
+    expect(await done.body.text()).toBe('done');
+    await stopped;
+    socket.destroy();
+  });
+});
