@@ -4,11 +4,11 @@ import { type Home, resolveHome, writeFileDurably, writeFileExclusive } from '..
 import { listenAddress } from '../config/schema.js';
 import { CoatcheckError } from '../core/errors.js';
 import { type ForwardProxy, startForwardProxy } from '../frontends/http/forward-proxy.js';
-import { type HttpFrontend, startHttpFrontend } from '../frontends/http/start.js';
 import { type PostgresFrontend, postgresFrontend } from '../frontends/postgres/start.js';
 import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { type Context, initHome, openContext } from '../server/context.js';
+import { type HttpFrontend, httpGateway } from '../server/frontends.js';
 import { frontendDeps } from '../server/gateway-deps.js';
 import { type CliIo, EXIT } from './io.js';
 import { liveServer } from './live-server.js';
@@ -131,7 +131,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     }
     const httpAddress = options.listenHttp ?? ctx.config.listen.http;
     if (httpAddress !== null && httpAddress !== undefined) {
-      http = await startHttpFrontend(ctx, splitAddress(httpAddress, '--listen-http'), log);
+      http = await driver.start(httpGateway(deps, splitAddress(httpAddress, '--listen-http')));
       ctx.endpoints.http = http.url;
     }
     const proxyAddress = options.listenProxy ?? ctx.config.listen.proxy;

@@ -13,8 +13,16 @@ import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError, toCoatcheckError } from '../../core/errors.js';
 import { newIncidentId } from '../../core/ids.js';
 import type { Principal } from '../../core/principal.js';
+import {
+  bodyBudget,
+  type HttpOverrides as HttpFrontendOverrides,
+  httpPipelineServices,
+  upstreamCa,
+} from '../../gateway/http-mount.js';
+import { gatewayMetricsFor } from '../../gateway/metrics.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
-import { GatewaySession, type Recorder } from '../../gateway/session.js';
+import { ExchangePipeline as Pipeline } from '../../gateway/pipeline.js';
+import { createStoreRecorder, GatewaySession, type Recorder } from '../../gateway/session.js';
 import type { Context } from '../../server/context.js';
 import { openProxyCa, type ProxyCa } from '../../vault/proxy-ca.js';
 import { createHostBindings, type HostBindings } from './host-bindings.js';
@@ -27,7 +35,6 @@ import {
   parseAuthority,
   proxyAgentKey,
 } from './protocol/proxy-target.js';
-import { bodyBudget, createHttpPipeline, type HttpFrontendOverrides, upstreamCa } from './start.js';
 
 export interface ForwardProxy {
   readonly server: Server;
@@ -102,7 +109,14 @@ export async function startForwardProxy(
   );
   const authority = await openProxyCa(ctx.store, ctx.keys.masters);
   const leaves = createLeafCerts(authority, { max: config.leafCacheSize });
-  const { pipeline, recorder } = createHttpPipeline(ctx, log, 'http-proxy', options);
+  const metrics = gatewayMetricsFor(ctx.metrics);
+  const recorder = createStoreRecorder(ctx.store, log, metrics);
+  const pipeline = new Pipeline('http-proxy', {
+    ...httpPipelineServices(ctx, options),
+    log,
+    metrics,
+    recorder,
+  });
   const bindings: HostBindings = createHostBindings(ctx.vault, ctx.connections, ctx.store);
   const dispatcher = new Agent({
     connect: {

@@ -15,7 +15,9 @@ import { postgresFrontend } from '../../../src/frontends/postgres/start.js';
 import { type Frontend, GatewayDriver, type Mount } from '../../../src/gateway/driver.js';
 import type { SessionHooks } from '../../../src/gateway/hooks.js';
 import { type Context, initHome, openContext } from '../../../src/server/context.js';
+import { httpGateway } from '../../../src/server/frontends.js';
 import { frontendDeps } from '../../../src/server/gateway-deps.js';
+import { startUpstream } from '../http/harness.js';
 
 /**
  * The gateway driver: every front-end runs through it, so every front-end's sessions
@@ -242,6 +244,86 @@ function toyFrontend(name: string): Frontend<{ url: string; release(): void; sta
     },
   };
 }
+
+describe('HTTP through the driver (reverse proxy, LLM and MCP routes)', () => {
+  it('sessions of each route reach the hooks and the registry under their own frontend label', async () => {
+    const up = await startUpstream();
+    const http = await driver.start(httpGateway(frontendDeps(ctx), { host: '127.0.0.1', port: 0 }));
+    try {
+      await ctx.vault.addSecret(
+        { name: 'drvhttp', value: Buffer.from('driver-http-secret-value-1234'), allow: ['drvsvc'] },
+        'admin:test',
+      );
+      await ctx.connections.add({ name: 'drvsvc', type: 'http', url: up.url }, 'admin:test');
+      const ticket = (await ctx.vault.issueTicket({ secret: 'drvhttp', principal: bot.ref }, 'admin:test'))
+        .ticket;
+      const before = await ctx.metrics.metrics();
+      const res = await request(`${http.url}/c/drvsvc/hello`, {
+        headers: { 'proxy-authorization': `Bearer ${bot.key}`, authorization: `Bearer ${ticket}` },
+      });
+      expect(res.statusCode).toBe(200);
+      await res.body.text();
+      expect(up.received.at(-1)?.headers.authorization).toBe('Bearer driver-http-secret-value-1234');
+      // The LLM and MCP routes: a refused call is a session too (opened, refused, recorded, counted).
+      const codes: Record<string, string> = {};
+      for (const [frontend, path] of [
+        ['llm', '/llm/nothing/v1/chat/completions'],
+        ['mcp', '/mcp/nothing'],
+      ] as const) {
+        const refused = await request(`${http.url}${path}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+          body: JSON.stringify({
+            jsonrpc: '2.0',
+            id: 1,
+            method: 'initialize',
+            params: {
+              protocolVersion: '2025-03-26',
+              capabilities: {},
+              clientInfo: { name: 't', version: '1' },
+            },
+          }),
+        });
+        expect(refused.statusCode).toBeGreaterThanOrEqual(400);
+        codes[frontend] = String(refused.headers['x-coatcheck-error']);
+        expect(codes[frontend]).toMatch(/^CC_ERR_/);
+        await refused.body.text();
+      }
+      await until(() => ['http', 'llm', 'mcp'].every((f) => hooks.of(f).some((e) => e.kind === 'close')));
+      const httpEvents = hooks.of('http');
+      expect(httpEvents.map((e) => e.kind)).toEqual(['open', 'exchange', 'exchange', 'close']);
+      expect(httpEvents.filter((e) => e.kind === 'exchange').map((e) => e.detail)).toEqual([
+        'decision:allow',
+        'tickets:released',
+      ]);
+      expect(httpEvents.at(-1)?.detail).toBe('ok');
+      for (const frontend of ['llm', 'mcp']) {
+        expect(hooks.of(frontend).map((e) => e.kind)).toEqual(['open', 'close']);
+        expect(hooks.of(frontend).at(-1)?.detail).toBe(codes[frontend]);
+      }
+      const after = await ctx.metrics.metrics();
+      const delta = (name: string, labels: string) =>
+        counter(after, name, labels) - counter(before, name, labels);
+      expect(delta('coatcheck_sessions_total', 'frontend="http",outcome="ok"')).toBe(1);
+      expect(
+        delta('coatcheck_sessions_total', 'frontend="llm",outcome="CC_ERR_HTTP_PROXY_AUTH_REQUIRED"'),
+      ).toBe(1);
+      expect(
+        delta('coatcheck_sessions_total', 'frontend="mcp",outcome="CC_ERR_HTTP_PROXY_AUTH_REQUIRED"'),
+      ).toBe(1);
+      expect(
+        delta('coatcheck_session_exchanges_total', 'frontend="http",step="tickets",outcome="released"'),
+      ).toBe(1);
+      await driver.recorder.flush();
+      const recorded = await ctx.store.getSession(httpEvents[0]!.session);
+      expect(recorded).toMatchObject({ frontend: 'http', outcome: 'ok', connection: 'drvsvc' });
+      expect(JSON.stringify(recorded)).not.toContain('driver-http-secret-value-1234');
+    } finally {
+      await http.close();
+      await up.close();
+    }
+  });
+});
 
 describe('the driver around any adapter', () => {
   it('an unexpected throw becomes CC_ERR_INTERNAL with an incident id; no canary in the answer or the log', async () => {
