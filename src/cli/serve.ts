@@ -3,7 +3,7 @@ import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
 import { type Home, resolveHome, writeFileDurably, writeFileExclusive } from '../config/home.js';
 import { listenAddress } from '../config/schema.js';
 import { CoatcheckError } from '../core/errors.js';
-import { type ForwardProxy, startForwardProxy } from '../frontends/http/forward-proxy.js';
+import { type ForwardProxy, forwardProxyFrontend } from '../frontends/http/forward-proxy.js';
 import { type PostgresFrontend, postgresFrontend } from '../frontends/postgres/start.js';
 import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
@@ -136,9 +136,11 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     }
     const proxyAddress = options.listenProxy ?? ctx.config.listen.proxy;
     if (proxyAddress !== null && proxyAddress !== undefined) {
-      proxy = await startForwardProxy(ctx, splitAddress(proxyAddress, '--listen-proxy'), log, {
-        ...(options.upstreamCa === undefined ? {} : { upstreamCaFile: options.upstreamCa }),
-      });
+      proxy = await driver.start(
+        forwardProxyFrontend(deps, splitAddress(proxyAddress, '--listen-proxy'), {
+          ...(options.upstreamCa === undefined ? {} : { upstreamCaFile: options.upstreamCa }),
+        }),
+      );
       ctx.endpoints.proxy = proxy.url;
     }
     admin = await startAdminServer(

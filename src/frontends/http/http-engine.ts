@@ -67,6 +67,8 @@ export interface HttpEngineOptions {
   readonly upstreamCa?: readonly string[];
   /** The in-flight body budget shared by this process's HTTP front-ends (none: only `bodyLimit`). */
   readonly bodyBudget?: BodyBudget;
+  /** The front-end's name in sessions, metrics and logs (default `http`; the forward proxy's is `http-proxy`). */
+  readonly name?: string;
 }
 
 /** Largest upstream response head accepted on an upgrade. */
@@ -210,7 +212,7 @@ function decodedBody(body: Readable, decoders: readonly NodeJS.ReadWriteStream[]
  * are injected; the response is scanned and any secret in it comes back as a ticket.
  */
 export class HttpEngine implements Engine<HttpClient> {
-  readonly name = 'http';
+  readonly name: string;
   readonly #pipeline: ExchangePipeline;
   readonly #options: HttpEngineOptions;
 
@@ -223,6 +225,7 @@ export class HttpEngine implements Engine<HttpClient> {
     }
     this.#pipeline = pipeline;
     this.#options = options;
+    this.name = options.name ?? 'http';
   }
 
   /** Bind a request to a new session. */

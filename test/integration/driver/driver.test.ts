@@ -11,6 +11,7 @@ import { resolveHome } from '../../../src/config/home.js';
 import type { CoatcheckError } from '../../../src/core/errors.js';
 import { createLogger } from '../../../src/core/logger.js';
 import { agentRef } from '../../../src/core/principal.js';
+import { forwardProxyFrontend } from '../../../src/frontends/http/forward-proxy.js';
 import { postgresFrontend } from '../../../src/frontends/postgres/start.js';
 import { type Frontend, GatewayDriver, type Mount } from '../../../src/gateway/driver.js';
 import type { SessionHooks } from '../../../src/gateway/hooks.js';
@@ -320,6 +321,70 @@ describe('HTTP through the driver (reverse proxy, LLM and MCP routes)', () => {
       expect(JSON.stringify(recorded)).not.toContain('driver-http-secret-value-1234');
     } finally {
       await http.close();
+      await up.close();
+    }
+  });
+});
+
+/** One raw HTTP/1.1 exchange on a fresh connection; resolves with everything the server sent. */
+function rawHttp(port: number, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = netConnect({ host: '127.0.0.1', port }, () => socket.write(text));
+    let answer = '';
+    socket.on('data', (d: Buffer) => {
+      answer += d.toString('utf8');
+    });
+    socket.on('end', () => resolve(answer));
+    socket.on('close', () => resolve(answer));
+    socket.on('error', reject);
+  });
+}
+
+describe('the forward proxy through the driver', () => {
+  it('a proxied request and a refused CONNECT are sessions in the hooks and the registry (frontend http-proxy)', async () => {
+    const up = await startUpstream();
+    const proxy = await driver.start(forwardProxyFrontend(frontendDeps(ctx), { host: '127.0.0.1', port: 0 }));
+    try {
+      await ctx.vault.addSecret(
+        { name: 'drvproxy', value: Buffer.from('driver-proxy-secret-value-5678'), allow: [up.url] },
+        'admin:test',
+      );
+      const ticket = (await ctx.vault.issueTicket({ secret: 'drvproxy', principal: bot.ref }, 'admin:test'))
+        .ticket;
+      const before = await ctx.metrics.metrics();
+      const port = Number(new URL(proxy.url).port);
+      const target = new URL(up.url);
+      const ok = await rawHttp(
+        port,
+        `GET ${up.url}/through HTTP/1.1\r\nhost: ${target.host}\r\nproxy-authorization: Bearer ${bot.key}\r\nauthorization: Bearer ${ticket}\r\nconnection: close\r\n\r\n`,
+      );
+      expect(ok).toMatch(/^HTTP\/1\.1 200/);
+      expect(up.received.at(-1)?.headers.authorization).toBe('Bearer driver-proxy-secret-value-5678');
+      const refused = await rawHttp(
+        port,
+        `CONNECT unbound.example:443 HTTP/1.1\r\nhost: unbound.example:443\r\nproxy-authorization: Bearer ${bot.key}\r\n\r\n`,
+      );
+      expect(refused).toContain('CC_ERR_PROXY_HOST_REFUSED');
+      await until(() => hooks.of('http-proxy').filter((e) => e.kind === 'close').length >= 2);
+      const events = hooks.of('http-proxy');
+      const sessions = [...new Set(events.map((e) => e.session))];
+      expect(sessions).toHaveLength(2);
+      const [request1, connect] = sessions.map((id) => events.filter((e) => e.session === id));
+      expect(request1!.map((e) => e.kind)).toEqual(['open', 'exchange', 'exchange', 'close']);
+      expect(request1!.at(-1)?.detail).toBe('ok');
+      expect(connect!.map((e) => e.kind)).toEqual(['open', 'close']);
+      expect(connect!.at(-1)?.detail).toBe('CC_ERR_PROXY_HOST_REFUSED');
+      const after = await ctx.metrics.metrics();
+      const delta = (name: string, labels: string) =>
+        counter(after, name, labels) - counter(before, name, labels);
+      expect(delta('coatcheck_sessions_total', 'frontend="http-proxy",outcome="ok"')).toBe(1);
+      expect(
+        delta('coatcheck_sessions_total', 'frontend="http-proxy",outcome="CC_ERR_PROXY_HOST_REFUSED"'),
+      ).toBe(1);
+      await driver.recorder.flush();
+      expect((await ctx.store.getSession(connect![0]!.session))?.frontend).toBe('http-proxy');
+    } finally {
+      await proxy.close();
       await up.close();
     }
   });
