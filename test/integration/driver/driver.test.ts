@@ -1,9 +1,12 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { Client as McpClient } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import pg from 'pg';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +15,8 @@ import type { CoatcheckError } from '../../../src/core/errors.js';
 import { createLogger } from '../../../src/core/logger.js';
 import { agentRef } from '../../../src/core/principal.js';
 import { forwardProxyFrontend } from '../../../src/frontends/http/forward-proxy.js';
+import { stdioUrl } from '../../../src/frontends/mcp/command.js';
+import { mcpStdioFrontend } from '../../../src/frontends/mcp/mcp-stdio.js';
 import { postgresFrontend } from '../../../src/frontends/postgres/start.js';
 import { type Frontend, GatewayDriver, type Mount } from '../../../src/gateway/driver.js';
 import type { SessionHooks } from '../../../src/gateway/hooks.js';
@@ -387,6 +392,60 @@ describe('the forward proxy through the driver', () => {
       await proxy.close();
       await up.close();
     }
+  });
+});
+
+describe('MCP over stdio through the driver', () => {
+  it('the stdio session reaches the hooks (open, exchange per tool call, close) and the registry', async () => {
+    const fixture = fileURLToPath(new URL('../mcp/fixture-server.mjs', import.meta.url));
+    const calls = join(dir, 'mcp-calls.jsonl');
+    writeFileSync(calls, '');
+    await ctx.connections.add(
+      { name: 'drvtools', type: 'mcp', url: stdioUrl(`'${process.execPath}' "${fixture}" ${calls}`) },
+      'admin:test',
+    );
+    await ctx.vault.addSecret(
+      {
+        name: 'drvmcp',
+        value: Buffer.from('driver-mcp-secret-value-9012'),
+        allow: ['drvtools'],
+        placements: ['body'],
+      },
+      'admin:test',
+    );
+    const ticket = (await ctx.vault.issueTicket({ secret: 'drvmcp', principal: bot.ref }, 'admin:test'))
+      .ticket;
+    const before = await ctx.metrics.metrics();
+    const stdin = new PassThrough();
+    const stdout = new PassThrough();
+    const stdio = await driver.start(
+      mcpStdioFrontend(frontendDeps(ctx), { connection: 'drvtools', agentKey: bot.key, stdin, stdout }),
+    );
+    const client = new McpClient({ name: 'driver-test', version: '1.0.0' });
+    // The client's end of the pipe: it reads what the gateway writes, and writes what the gateway reads.
+    await client.connect(new StdioServerTransport(stdout, stdin));
+    const result = await client.callTool({ name: 'store', arguments: { text: ticket } });
+    expect(result.content).toEqual([{ type: 'text', text: 'stored' }]);
+    expect(readFileSync(calls, 'utf8')).toContain('"arguments":{"text":"driver-mcp-secret-value-9012"}');
+    stdin.end();
+    expect(await stdio.done).toBe('ok');
+    await client.close().catch(() => undefined);
+    await until(() => hooks.of('mcp').filter((e) => e.kind === 'close').length >= 2);
+    const session = hooks.of('mcp').at(-1)!.session;
+    const events = hooks.of('mcp').filter((e) => e.session === session);
+    expect(events[0]?.kind).toBe('open');
+    expect(events.filter((e) => e.kind === 'exchange').map((e) => e.detail)).toEqual(
+      expect.arrayContaining(['decision:allow', 'tickets:released']),
+    );
+    expect(events.at(-1)).toMatchObject({ kind: 'close', detail: 'ok' });
+    const after = await ctx.metrics.metrics();
+    expect(
+      counter(after, 'coatcheck_sessions_total', 'frontend="mcp",outcome="ok"') -
+        counter(before, 'coatcheck_sessions_total', 'frontend="mcp",outcome="ok"'),
+    ).toBe(1);
+    await driver.recorder.flush();
+    expect(await ctx.store.getSession(session)).toMatchObject({ frontend: 'mcp', connection: 'drvtools' });
+    await driver.mounts.find((m) => m.name === 'mcp-stdio')?.stop();
   });
 });
 
