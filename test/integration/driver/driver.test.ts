@@ -345,6 +345,52 @@ function rawHttp(port: number, text: string): Promise<string> {
   });
 }
 
+describe('graceful shutdown of a real front-end', () => {
+  it('HTTP: the request in flight gets its upstream answer; a new connection is refused; then the listener closes', async () => {
+    const up = await startUpstream();
+    let answerSlow: () => void = () => undefined;
+    let slowArrived: () => void = () => undefined;
+    const arrived = new Promise<void>((r) => {
+      slowArrived = r;
+    });
+    up.handle('/slow', (_req, res) => {
+      answerSlow = () => res.end('slow answer');
+      slowArrived();
+    });
+    const http = await driver.start({
+      ...httpGateway(frontendDeps(ctx), { host: '127.0.0.1', port: 0 }),
+      name: 'http-drain',
+    });
+    await ctx.connections.add({ name: 'drvslow', type: 'http', url: up.url }, 'admin:test');
+    try {
+      const slow = request(`${http.url}/c/drvslow/slow`, {
+        headers: { 'proxy-authorization': `Bearer ${bot.key}` },
+      });
+      await arrived;
+      const stopped = http.close(10_000);
+      const mount = driver.mounts.find((m) => m.name === 'http-drain')!;
+      await until(() => mount.draining);
+      const port = Number(new URL(http.url).port);
+      const refused = await new Promise<string>((resolve) => {
+        const s = netConnect({ host: '127.0.0.1', port });
+        s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        s.on('connect', () => resolve('connected'));
+      });
+      expect(refused).toBe('ECONNREFUSED');
+      expect(mount.inFlight).toBe(1);
+      answerSlow();
+      const res = await slow;
+      expect(res.statusCode).toBe(200);
+      expect(await res.body.text()).toBe('slow answer');
+      await stopped;
+      expect(mount.connections).toBe(0);
+    } finally {
+      await http.close();
+      await up.close();
+    }
+  });
+});
+
 describe('the forward proxy through the driver', () => {
   it('a proxied request and a refused CONNECT are sessions in the hooks and the registry (frontend http-proxy)', async () => {
     const up = await startUpstream();
