@@ -30,8 +30,8 @@ import { request } from 'undici';
 import { resolveHome } from '../src/config/home.js';
 import { agentRef } from '../src/core/principal.js';
 import { startForwardProxy } from '../src/frontends/http/forward-proxy.js';
-import { startHttpFrontend } from '../src/frontends/http/start.js';
 import { initHome, openContext } from '../src/server/context.js';
+import { startHttpFrontend } from '../src/server/frontends.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);

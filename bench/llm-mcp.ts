@@ -26,8 +26,8 @@ import { request } from 'undici';
 import { resolveHome } from '../src/config/home.js';
 import { agentRef } from '../src/core/principal.js';
 import { BUILTIN_RULES } from '../src/detect/rules/index.js';
-import { startHttpFrontend } from '../src/frontends/http/start.js';
 import { initHome, openContext } from '../src/server/context.js';
+import { startHttpFrontend } from '../src/server/frontends.js';
 
 const COUNT = Number(process.env.BENCH_SEQUENTIAL ?? 300);
 const SECRET = 'bench-db-password-0f1e2d3c4b5a';

@@ -10,11 +10,11 @@ import pino from 'pino';
 import { request } from 'undici';
 import { resolveHome } from '../src/config/home.js';
 import { agentRef } from '../src/core/principal.js';
-import { startHttpFrontend } from '../src/frontends/http/start.js';
 import { startPostgresFrontend } from '../src/frontends/postgres/start.js';
 import { loadPolicies } from '../src/policy/load-policies.js';
 import { PolicyEngine } from '../src/policy/policy-engine.js';
 import { initHome, openContext } from '../src/server/context.js';
+import { startHttpFrontend } from '../src/server/frontends.js';
 import { startThrowawayPostgres } from '../test/integration/postgres/harness.js';
 
 const N = Number(process.env.BENCH_OPS ?? 50_000);

@@ -3,8 +3,8 @@
 // the HTTP front-end on a free port and prints the port. Warn-level logs only.
 import pino from 'pino';
 import { resolveHome } from '../src/config/home.js';
-import { startHttpFrontend } from '../src/frontends/http/start.js';
 import { openContext } from '../src/server/context.js';
+import { startHttpFrontend } from '../src/server/frontends.js';
 
 const dir = process.argv[2];
 if (dir === undefined) throw new Error('usage: replica-server.ts HOME');

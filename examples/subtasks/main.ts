@@ -20,9 +20,9 @@ import { fileURLToPath } from 'node:url';
 import { startAdminServer } from '../../src/admin/admin-server.js';
 import { renderTree } from '../../src/cli/workflows.js';
 import { resolveHome } from '../../src/config/home.js';
-import { startHttpFrontend } from '../../src/frontends/http/start.js';
 import { createClient, createGatewayFetch, subtaskEnv, type WorkflowNode } from '../../src/sdk/index.js'; // in an application: 'coatcheck/sdk'
 import { initHome, openContext } from '../../src/server/context.js';
+import { startHttpFrontend } from '../../src/server/frontends.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, '..', '..');

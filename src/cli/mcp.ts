@@ -19,7 +19,8 @@ export function registerMcpCommands(program: Command, io: CliIo, open: () => Pro
       const ctx = await open();
       try {
         const { runMcpStdio } = await import('../frontends/mcp/mcp-stdio.js');
-        await runMcpStdio(ctx, {
+        const { frontendDeps } = await import('../server/gateway-deps.js');
+        await runMcpStdio(frontendDeps(ctx), ctx.log, {
           connection,
           agentKey: io.env.COATCHECK_AGENT_KEY?.trim() || null,
           stdin: io.stdin as unknown as Readable,

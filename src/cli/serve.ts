@@ -3,11 +3,13 @@ import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
 import { type Home, resolveHome, writeFileDurably, writeFileExclusive } from '../config/home.js';
 import { listenAddress } from '../config/schema.js';
 import { CoatcheckError } from '../core/errors.js';
-import { type ForwardProxy, startForwardProxy } from '../frontends/http/forward-proxy.js';
-import { type HttpFrontend, startHttpFrontend } from '../frontends/http/start.js';
-import { type PostgresFrontend, startPostgresFrontend } from '../frontends/postgres/start.js';
+import { type ForwardProxy, forwardProxyFrontend } from '../frontends/http/forward-proxy.js';
+import { type PostgresFrontend, postgresFrontend } from '../frontends/postgres/start.js';
+import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { type Context, initHome, openContext } from '../server/context.js';
+import { type HttpFrontend, httpGateway } from '../server/frontends.js';
+import { frontendDeps } from '../server/gateway-deps.js';
 import { type CliIo, EXIT } from './io.js';
 import { liveServer } from './live-server.js';
 
@@ -108,8 +110,15 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
   return serveWithContext(ctx, home, options, io);
 }
 
+/** How long a stopping server lets requests and sessions in flight finish before it closes them. */
+export const SHUTDOWN_DRAIN_MS = 5_000;
+
 async function serveWithContext(ctx: Context, home: Home, options: ServeOptions, io: CliIo): Promise<number> {
   const log = ctx.log;
+  // The one driver of this process's front-ends: listeners, session hooks, metrics, shutdown.
+  const driver = new GatewayDriver({ registry: ctx.metrics, log, store: ctx.store, clock: ctx.clock });
+  const deps = frontendDeps(ctx);
+  let stopping = false;
   let admin: AdminServer | null = null;
   let http: HttpFrontend | null = null;
   let pg: PostgresFrontend | null = null;
@@ -118,18 +127,20 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     await ctx.connections.checkDeclared();
     const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
     if (postgres !== null && postgres !== undefined) {
-      pg = await startPostgresFrontend(ctx, splitAddress(postgres, '--listen-postgres'), log);
+      pg = await driver.start(postgresFrontend(deps, splitAddress(postgres, '--listen-postgres')));
     }
     const httpAddress = options.listenHttp ?? ctx.config.listen.http;
     if (httpAddress !== null && httpAddress !== undefined) {
-      http = await startHttpFrontend(ctx, splitAddress(httpAddress, '--listen-http'), log);
+      http = await driver.start(httpGateway(deps, splitAddress(httpAddress, '--listen-http')));
       ctx.endpoints.http = http.url;
     }
     const proxyAddress = options.listenProxy ?? ctx.config.listen.proxy;
     if (proxyAddress !== null && proxyAddress !== undefined) {
-      proxy = await startForwardProxy(ctx, splitAddress(proxyAddress, '--listen-proxy'), log, {
-        ...(options.upstreamCa === undefined ? {} : { upstreamCaFile: options.upstreamCa }),
-      });
+      proxy = await driver.start(
+        forwardProxyFrontend(deps, splitAddress(proxyAddress, '--listen-proxy'), {
+          ...(options.upstreamCa === undefined ? {} : { upstreamCaFile: options.upstreamCa }),
+        }),
+      );
       ctx.endpoints.proxy = proxy.url;
     }
     admin = await startAdminServer(
@@ -184,10 +195,13 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       process.on('SIGTERM', stop);
     });
     log.info('coatcheck stopping');
+    stopping = true;
     return EXIT.ok;
   } catch (error) {
     throw listenError(error);
   } finally {
+    // Stop accepting, drain what is in flight (on a signal), then close.
+    await driver.stop({ drainMs: stopping ? SHUTDOWN_DRAIN_MS : 0 });
     await pg?.close();
     await proxy?.close();
     await http?.close();

@@ -353,6 +353,18 @@ export const ERROR_CODES = {
       'A front-end was started without a required shared service (a wiring fault, found at start).',
     solution: 'Report it: the composition root must pass every service.',
   },
+  CC_ERR_GATEWAY_STOPPING: {
+    status: 503,
+    description:
+      'The gateway is shutting down: it finishes the work in flight and refuses new requests and sessions. SQLSTATE 57P01 on PostgreSQL.',
+    solution: 'Retry on another replica or after the restart.',
+  },
+  CC_ERR_GATEWAY_TOO_MANY_CONNECTIONS: {
+    status: 503,
+    description:
+      'A front-end listener already holds its maximum number of client connections (postgres.maxConnections on PostgreSQL, SQLSTATE 53300).',
+    solution: 'Close idle connections, or raise the limit.',
+  },
   CC_ERR_GATEWAY_CONNECTION_TYPE: {
     status: 400,
     description: 'The named connection exists but is not of a type this front-end serves.',

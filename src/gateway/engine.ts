@@ -1,9 +1,11 @@
 import type { CoatcheckError } from '../core/errors.js';
 
 /**
- * The contract every front-end implements (one engine per protocol). The engine owns
- * its wire format; everything between "who is asking, with which tickets, for what"
- * and "what came back" is the shared pipeline (pipeline.ts).
+ * The contract every front-end's protocol adapter implements (one engine per protocol).
+ * The engine owns its wire format; everything between "who is asking, with which tickets,
+ * for what" and "what came back" is the shared pipeline (pipeline.ts); listeners, limits,
+ * session hooks, the mapping of unexpected failures and shutdown are the gateway driver's
+ * (driver.ts, ADR 0016), which runs each client as `mount.serve(sendError, handle)`.
  *
  * `Client` is the protocol's unit of work: an HTTP request/response pair, a PostgreSQL
  * client socket, an MCP session.

@@ -19,6 +19,14 @@ export interface GatewayMetrics {
   readonly bodyBudgetRefusals: Counter<'scope'>;
   /** Statements a database front-end handled, by statement class and outcome (`ok`, `error`, `refused`). */
   readonly statements: Counter<'frontend' | 'class' | 'outcome'>;
+  /** Sessions ended, by front-end and outcome (`ok` or the error code): counted by the driver's session hook. */
+  readonly sessions: Counter<'frontend' | 'outcome'>;
+  /** Sessions open right now, by front-end. */
+  readonly sessionsOpen: Gauge<'frontend'>;
+  /** Exchange steps (decision, tickets, credentials) per front-end and outcome, from the driver's session hook. */
+  readonly sessionExchanges: Counter<'frontend' | 'step' | 'outcome'>;
+  /** Client connections a driver listener holds right now, by front-end. */
+  readonly connectionsOpen: Gauge<'frontend'>;
 }
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
@@ -93,6 +101,30 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       name: 'coatcheck_statements_total',
       help: 'Statements handled by a database front-end, by statement class and outcome (ok, error, refused).',
       labelNames: ['frontend', 'class', 'outcome'],
+      registers,
+    }),
+    sessions: new Counter({
+      name: 'coatcheck_sessions_total',
+      help: 'Gateway sessions ended, by front-end and outcome (ok, or the error code).',
+      labelNames: ['frontend', 'outcome'],
+      registers,
+    }),
+    sessionsOpen: new Gauge({
+      name: 'coatcheck_sessions_open',
+      help: 'Gateway sessions open right now, by front-end.',
+      labelNames: ['frontend'],
+      registers,
+    }),
+    sessionExchanges: new Counter({
+      name: 'coatcheck_session_exchanges_total',
+      help: 'Exchange steps in sessions (decision, tickets, credentials), by front-end and outcome.',
+      labelNames: ['frontend', 'step', 'outcome'],
+      registers,
+    }),
+    connectionsOpen: new Gauge({
+      name: 'coatcheck_connections_open',
+      help: 'Client connections held by a front-end listener right now.',
+      labelNames: ['frontend'],
       registers,
     }),
   };

@@ -9,6 +9,7 @@ import type { Store } from '../store/types.js';
 import { formatDestination, isLoopbackHost, parseDestination, type Target } from '../vault/destinations.js';
 import type { Placement } from '../vault/placements.js';
 import { type Exchange, type Vault, workflowTags } from '../vault/vault.js';
+import { type ExchangeStep, recordingHook, type SessionHooks } from './hooks.js';
 import type { InspectionContext, ResponseInspector, ResponseScan } from './inspector.js';
 import type { GatewayMetrics } from './metrics.js';
 import { type GatewaySession, LiveSessions, type Recorder } from './session.js';
@@ -96,6 +97,11 @@ export interface GatewayServices {
   readonly recorder: Recorder;
   readonly inspector: ResponseInspector;
   readonly decide: Decide;
+  /**
+   * Called at session open, at each exchange step and at close (the gateway driver passes
+   * its metrics and recording hooks). Without it, closed sessions go to `recorder`.
+   */
+  readonly hooks?: SessionHooks;
 }
 
 const REQUIRED: readonly (keyof GatewayServices)[] = [
@@ -152,11 +158,17 @@ export class ExchangePipeline {
   readonly services: GatewayServices;
   readonly live: LiveSessions;
   readonly #frontend: string;
+  readonly #hooks: SessionHooks;
 
   constructor(frontend: string, services: Partial<GatewayServices>) {
     this.services = checkServices(services);
     this.#frontend = frontend;
+    this.#hooks = this.services.hooks ?? recordingHook(this.services.recorder);
     this.live = new LiveSessions(this.services.store, this.services.vault, this.services.log);
+  }
+
+  #step(session: GatewaySession, step: ExchangeStep): void {
+    this.#hooks.exchange(session, step);
   }
 
   close(): void {
@@ -165,6 +177,7 @@ export class ExchangePipeline {
 
   openSession(session: GatewaySession): GatewaySession {
     this.live.add(session);
+    this.#hooks.open(session);
     return session;
   }
 
@@ -251,7 +264,14 @@ export class ExchangePipeline {
     request: Omit<DecisionInput, 'session' | 'signal'>,
   ): Promise<Decision> {
     const input: DecisionInput = { ...request, session: session.id, signal: session.signal };
-    const decision = await this.services.decide(input);
+    let decision: Decision;
+    try {
+      decision = await this.services.decide(input);
+    } catch (error) {
+      this.#step(session, { step: 'decision', outcome: codeOf(error), action: input.operation.action });
+      throw error;
+    }
+    this.#step(session, { step: 'decision', outcome: decision.verdict, action: input.operation.action });
     session.event('decision', {
       verdict: decision.verdict,
       reasons: decision.reasons,
@@ -331,6 +351,11 @@ export class ExchangePipeline {
         refusal ??= result.reason;
       }
     });
+    this.#step(session, {
+      step: 'tickets',
+      outcome: refusal === null ? 'released' : codeOf(refusal),
+      action: request.operation.action,
+    });
     session.event('exchange', {
       released: [...released.values()].map((e) => e.ticketId),
       refused: results.length - released.size,
@@ -354,6 +379,29 @@ export class ExchangePipeline {
     }
     const names = [...new Set(Object.values(templates).flatMap((t) => secretRefs(t)))];
     const values = new Map<string, Exchange>();
+    if (names.length > 0) {
+      try {
+        await this.#releaseAll(session, connection, request, names, values);
+      } catch (error) {
+        this.#step(session, {
+          step: 'credentials',
+          outcome: codeOf(error),
+          action: request.operation.action,
+        });
+        throw error;
+      }
+      this.#step(session, { step: 'credentials', outcome: 'released', action: request.operation.action });
+    }
+    return this.#fill(session, templates, values);
+  }
+
+  async #releaseAll(
+    session: GatewaySession,
+    connection: ConnectionView,
+    request: { principal: Principal; target: Target; operation: Operation },
+    names: readonly string[],
+    values: Map<string, Exchange>,
+  ): Promise<void> {
     await Promise.all(
       names.map(async (name) => {
         values.set(
@@ -367,6 +415,13 @@ export class ExchangePipeline {
         );
       }),
     );
+  }
+
+  #fill(
+    session: GatewaySession,
+    templates: Record<string, string>,
+    values: Map<string, Exchange>,
+  ): Map<string, string> {
     const headers = new Map<string, string>();
     for (const [header, template] of Object.entries(templates)) {
       headers.set(
@@ -459,6 +514,10 @@ export class ExchangePipeline {
     }
     for (const cleanup of session.cleanups.splice(0)) cleanup();
     this.live.delete(session);
-    this.services.recorder.record(session.toRecord(outcome, summary, this.services.clock.now()));
+    this.#hooks.close(session, session.toRecord(outcome, summary, this.services.clock.now()));
   }
+}
+
+function codeOf(error: unknown): string {
+  return error instanceof CoatcheckError ? error.code : 'CC_ERR_INTERNAL';
 }

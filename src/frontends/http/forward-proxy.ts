@@ -5,17 +5,23 @@ import {
   type Http2ServerRequest,
   type Http2ServerResponse,
 } from 'node:http2';
-import { type AddressInfo, connect as netConnect, type Socket } from 'node:net';
+import { connect as netConnect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { Agent } from 'undici';
 import type { ConnectionView } from '../../connections/connections.js';
-import { CoatcheckError, toCoatcheckError } from '../../core/errors.js';
-import { newIncidentId } from '../../core/ids.js';
+import { CoatcheckError } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
+import type { FrontendDeps } from '../../gateway/deps.js';
+import { type Frontend, GatewayDriver, type Mount } from '../../gateway/driver.js';
+import {
+  bodyBudget,
+  type HttpOverrides as HttpFrontendOverrides,
+  httpPipelineServices,
+  upstreamCa,
+} from '../../gateway/http-mount.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
-import { GatewaySession, type Recorder } from '../../gateway/session.js';
-import type { Context } from '../../server/context.js';
+import { GatewaySession } from '../../gateway/session.js';
 import { openProxyCa, type ProxyCa } from '../../vault/proxy-ca.js';
 import { createHostBindings, type HostBindings } from './host-bindings.js';
 import { type ForwardRoute, HttpEngine } from './http-engine.js';
@@ -27,7 +33,6 @@ import {
   parseAuthority,
   proxyAgentKey,
 } from './protocol/proxy-target.js';
-import { bodyBudget, createHttpPipeline, type HttpFrontendOverrides, upstreamCa } from './start.js';
 
 export interface ForwardProxy {
   readonly server: Server;
@@ -37,7 +42,8 @@ export interface ForwardProxy {
   readonly engine: HttpEngine;
   readonly pipeline: ExchangePipeline;
   readonly leaves: LeafCerts;
-  close(): Promise<void>;
+  /** Stop accepting, drain requests in flight for `drainMs` (default: none), close tunnels, flush recordings. */
+  close(drainMs?: number): Promise<void>;
 }
 
 export interface ForwardProxyOptions extends HttpFrontendOverrides {
@@ -89,10 +95,29 @@ function responseError(res: ServerResponse, error: CoatcheckError): void {
  * (`proxy.unboundHosts`).
  */
 export async function startForwardProxy(
-  ctx: Context,
+  deps: FrontendDeps,
   listen: { host: string; port: number },
   log: Logger,
   options: ForwardProxyOptions = {},
+): Promise<ForwardProxy> {
+  const driver = new GatewayDriver({ registry: deps.metrics, log, store: deps.store, clock: deps.clock });
+  return driver.start(forwardProxyFrontend(deps, listen, options));
+}
+
+/** The forward proxy as the driver runs it (frontend label `http-proxy`). */
+export function forwardProxyFrontend(
+  deps: FrontendDeps,
+  listen: { host: string; port: number },
+  options: ForwardProxyOptions = {},
+): Frontend<ForwardProxy> {
+  return { name: 'http-proxy', start: (mount) => mountForwardProxy(mount, deps, listen, options) };
+}
+
+async function mountForwardProxy(
+  mount: Mount,
+  ctx: FrontendDeps,
+  listen: { host: string; port: number },
+  options: ForwardProxyOptions,
 ): Promise<ForwardProxy> {
   const config = ctx.config.proxy;
   const caFile = options.upstreamCaFile ?? config.upstreamCaFile;
@@ -102,8 +127,9 @@ export async function startForwardProxy(
   );
   const authority = await openProxyCa(ctx.store, ctx.keys.masters);
   const leaves = createLeafCerts(authority, { max: config.leafCacheSize });
-  const { pipeline, recorder } = createHttpPipeline(ctx, log, 'http-proxy', options);
+  const pipeline = mount.pipeline('http-proxy', httpPipelineServices(ctx, options));
   const bindings: HostBindings = createHostBindings(ctx.vault, ctx.connections, ctx.store);
+  mount.onClose(() => bindings.close());
   const dispatcher = new Agent({
     connect: {
       timeout: Math.min(ctx.config.http.upstreamTimeoutMs, 10_000),
@@ -114,7 +140,10 @@ export async function startForwardProxy(
     bodyTimeout: ctx.config.http.upstreamTimeoutMs,
     keepAliveTimeout: 4_000,
   });
+  mount.onClose(() => dispatcher.close().catch(() => undefined));
   const engine = new HttpEngine(pipeline, {
+    // Sessions, request metrics and logs of proxied requests say http-proxy, like their audit records.
+    name: 'http-proxy',
     bodyLimit: ctx.config.http.bodyLimit,
     upstreamTimeoutMs: ctx.config.http.upstreamTimeoutMs,
     maxTicketsPerRequest: ctx.config.http.maxTicketsPerRequest,
@@ -123,11 +152,7 @@ export async function startForwardProxy(
     ...(ca === undefined ? {} : { upstreamCa: ca }),
   });
   const tunnels = new WeakMap<object, Tunnel>();
-  const open = new Set<Socket | Duplex>();
-  const track = (socket: Socket | Duplex) => {
-    open.add(socket);
-    socket.once('close', () => open.delete(socket));
-  };
+  const track = (socket: Socket | Duplex) => mount.track(socket);
 
   /**
    * Authenticate the opener of a tunnel (or a plain request to a refused host) in a
@@ -142,7 +167,8 @@ export async function startForwardProxy(
     try {
       return await fn(session);
     } catch (error) {
-      const failure = toCoatcheckError(error, newIncidentId());
+      // The driver's one mapping (an unexpected failure is logged under its incident id here).
+      const failure = mount.fail(error);
       outcome = failure.code;
       summary.error = failure.code;
       throw failure;
@@ -198,14 +224,10 @@ export async function startForwardProxy(
       h1res.destroy();
       return;
     }
-    let route: ForwardRoute;
-    try {
-      route = tunnelRoute(tunnel, req.url ?? '/');
-    } catch (error) {
-      responseError(h1res, toCoatcheckError(error, newIncidentId()));
-      return;
-    }
-    engine.serve(h1req, h1res, route).catch(() => h1res.destroy());
+    void mount.serve(
+      (error) => responseError(h1res, error),
+      () => engine.serve(h1req, h1res, tunnelRoute(tunnel, req.url ?? '/')),
+    );
   };
   // WebSocket (and other) upgrades inside a tunnel pass the same checks, then the sides are joined.
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -216,14 +238,10 @@ export async function startForwardProxy(
       socket.destroy();
       return;
     }
-    let route: ForwardRoute;
-    try {
-      route = tunnelRoute(tunnel, req.url ?? '/');
-    } catch (error) {
-      rawError(socket, toCoatcheckError(error, newIncidentId()));
-      return;
-    }
-    engine.upgrade(req, socket, head, route).catch(() => socket.destroy());
+    void mount.serve(
+      (error) => (socket.writable ? rawError(socket, error) : socket.destroy()),
+      () => engine.upgrade(req, socket, head, tunnelRoute(tunnel, req.url ?? '/')),
+    );
   };
 
   /**
@@ -279,7 +297,11 @@ export async function startForwardProxy(
 
   const server = createServer((req, res) => {
     const summary: Record<string, unknown> = { method: req.method };
-    (async () => {
+    const refuse = (failure: CoatcheckError) => {
+      if (!req.complete) req.resume();
+      responseError(res, failure);
+    };
+    void mount.serve(refuse, async () => {
       const agentKey = proxyAgentKey(req.headers['proxy-authorization']);
       const target = parseAbsoluteTarget(req.url ?? '');
       const binding = await bindings.resolve(
@@ -306,10 +328,6 @@ export async function startForwardProxy(
         agentKey,
         connection: binding.connection,
       });
-    })().catch((error: unknown) => {
-      const failure = toCoatcheckError(error, newIncidentId());
-      if (!req.complete) req.resume();
-      responseError(res, failure);
     });
   });
 
@@ -317,7 +335,11 @@ export async function startForwardProxy(
     socket.on('error', () => socket.destroy());
     track(socket);
     const summary: Record<string, unknown> = { method: 'CONNECT' };
-    (async () => {
+    const refuse = (failure: CoatcheckError) => {
+      if (socket.writable) rawError(socket, failure);
+      else socket.destroy();
+    };
+    void mount.serve(refuse, async () => {
       const target = parseAuthority(req.url ?? '');
       summary.target = `${target.host}:${target.port}`;
       const agentKey = proxyAgentKey(req.headers['proxy-authorization']);
@@ -342,20 +364,17 @@ export async function startForwardProxy(
           throw await refuseHost(principal, target, session);
         }
       });
-    })().catch((error: unknown) => {
-      const failure = toCoatcheckError(error, newIncidentId());
-      pipeline.services.metrics.refusals.inc({ frontend: 'http-proxy', code: failure.code });
-      if (failure.code === 'CC_ERR_INTERNAL')
-        log.error({ errName: (error as Error)?.name }, 'forward proxy: CONNECT failed');
-      if (socket.writable) rawError(socket, failure);
-      else socket.destroy();
     });
   });
   // Plain-http upgrades (ws:// through the proxy without CONNECT).
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => socket.destroy());
     track(socket);
-    (async () => {
+    const refuse = (failure: CoatcheckError) => {
+      if (socket.writable) rawError(socket, failure);
+      else socket.destroy();
+    };
+    void mount.serve(refuse, async () => {
       const agentKey = proxyAgentKey(req.headers['proxy-authorization']);
       const target = parseAbsoluteTarget(req.url ?? '');
       const binding = await bindings.resolve(
@@ -380,9 +399,6 @@ export async function startForwardProxy(
         agentKey,
         connection: binding.connection,
       });
-    })().catch((error: unknown) => {
-      if (socket.writable) rawError(socket, toCoatcheckError(error, newIncidentId()));
-      else socket.destroy();
     });
   });
   server.on('clientError', (_error, socket) => {
@@ -392,14 +408,10 @@ export async function startForwardProxy(
   });
   server.headersTimeout = 15_000;
   server.requestTimeout = 0; // tunnels live as long as their clients keep them
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(listen.port, listen.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
+  mount.onClose(() => {
+    for (const { server } of servers.values()) server.close();
   });
-  const address = server.address() as AddressInfo;
+  const address = await mount.listen(server, listen);
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   return {
     server,
@@ -408,17 +420,6 @@ export async function startForwardProxy(
     engine,
     pipeline,
     leaves,
-    async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-        for (const socket of open) socket.destroy();
-      });
-      for (const { server } of servers.values()) server.close();
-      bindings.close();
-      await dispatcher.close().catch(() => undefined);
-      pipeline.close();
-      await (recorder as Recorder).flush();
-    },
+    close: (drainMs = 0) => mount.stop(drainMs),
   };
 }

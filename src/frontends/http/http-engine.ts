@@ -6,8 +6,8 @@ import { pipeline as pipe } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import type { Dispatcher } from 'undici';
 import type { ConnectionView } from '../../connections/connections.js';
-import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/errors.js';
-import { newIncidentId } from '../../core/ids.js';
+import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
+import { mapFailure } from '../../gateway/driver.js';
 import type { Engine } from '../../gateway/engine.js';
 import { fieldMatcher, maskJson } from '../../gateway/field-mask.js';
 import {
@@ -68,6 +68,8 @@ export interface HttpEngineOptions {
   readonly upstreamCa?: readonly string[];
   /** The in-flight body budget shared by this process's HTTP front-ends (none: only `bodyLimit`). */
   readonly bodyBudget?: BodyBudget;
+  /** The front-end's name in sessions, metrics and logs (default `http`; the forward proxy's is `http-proxy`). */
+  readonly name?: string;
 }
 
 /** Largest upstream response head accepted on an upgrade. */
@@ -211,7 +213,7 @@ function decodedBody(body: Readable, decoders: readonly NodeJS.ReadWriteStream[]
  * are injected; the response is scanned and any secret in it comes back as a ticket.
  */
 export class HttpEngine implements Engine<HttpClient> {
-  readonly name = 'http';
+  readonly name: string;
   readonly #pipeline: ExchangePipeline;
   readonly #options: HttpEngineOptions;
 
@@ -224,6 +226,7 @@ export class HttpEngine implements Engine<HttpClient> {
     }
     this.#pipeline = pipeline;
     this.#options = options;
+    this.name = options.name ?? 'http';
   }
 
   /** Bind a request to a new session. */
@@ -836,7 +839,7 @@ export class HttpEngine implements Engine<HttpClient> {
       socket.pipe(upstream);
       upstream.resume();
     } catch (error) {
-      const failure = toCoatcheckError(error, newIncidentId());
+      const failure = mapFailure(error, services.log, this.name, { session: client.session.id });
       outcome = failure.code;
       client.summary.error = failure.code;
       services.metrics.refusals.inc({ frontend: this.name, code: failure.code });
@@ -856,20 +859,9 @@ export class HttpEngine implements Engine<HttpClient> {
     try {
       await this.handle(client);
     } catch (error) {
-      const incident = newIncidentId();
-      const failure = toCoatcheckError(error, incident);
+      // The driver's one mapping: an unexpected failure is logged under an incident id, without its message.
+      const failure = mapFailure(error, services.log, this.name, { session: client.session.id });
       outcome = failure.code;
-      if (failure.code === 'CC_ERR_INTERNAL') {
-        services.log.error(
-          {
-            incident,
-            session: client.session.id,
-            errName: (error as Error)?.name,
-            errCode: (error as { code?: unknown })?.code,
-          },
-          'http front-end internal error',
-        );
-      }
       services.metrics.refusals.inc({ frontend: this.name, code: failure.code });
       client.summary.error = failure.code;
       this.sendError(client, failure);

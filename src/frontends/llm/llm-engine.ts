@@ -2,9 +2,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
 import type { Dispatcher } from 'undici';
-import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/errors.js';
-import { newIncidentId } from '../../core/ids.js';
+import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
+import { mapFailure } from '../../gateway/driver.js';
 import type { Engine } from '../../gateway/engine.js';
 import {
   createFoundSecrets,
@@ -13,6 +13,7 @@ import {
   type JsonValue,
   rewriteJsonStrings,
 } from '../../gateway/found-secrets.js';
+import { safeName } from '../../gateway/hooks.js';
 import {
   type BodyBudget,
   drained,
@@ -519,18 +520,12 @@ export class LlmEngine implements Engine<LlmClient> {
     try {
       await this.handle(client);
     } catch (error) {
-      const incident = newIncidentId();
-      const failure = toCoatcheckError(error, incident);
+      // The driver's one mapping: an unexpected failure is logged under an incident id, without its message.
+      const failure = mapFailure(error, services.log, this.name, { session: client.session.id });
       outcome = failure.code;
-      if (failure.code === 'CC_ERR_INTERNAL' || failure.code === 'CC_ERR_LLM_SCAN_FAILED') {
+      if (failure.code === 'CC_ERR_LLM_SCAN_FAILED') {
         services.log.error(
-          {
-            incident,
-            session: client.session.id,
-            code: failure.code,
-            errName: ((failure.cause ?? error) as Error)?.name,
-            errCode: ((failure.cause ?? error) as { code?: unknown })?.code,
-          },
+          { session: client.session.id, code: failure.code, errName: safeName(failure.cause) },
           'llm guard failure',
         );
       }

@@ -2,9 +2,9 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
-import { CoatcheckError, type ErrorCode, toCoatcheckError } from '../../core/errors.js';
-import { newIncidentId } from '../../core/ids.js';
+import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
+import { mapFailure } from '../../gateway/driver.js';
 import { createFoundSecrets, type FoundSecrets } from '../../gateway/found-secrets.js';
 import { type BodyBudget, type BodyReservation, readBody } from '../../gateway/http-io.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
@@ -230,14 +230,8 @@ export class McpGateway {
         this.#pipeline.closeSession(session, 'ok', { transport: 'streamable-http', initialized: false });
       }
     } catch (error) {
-      const incident = newIncidentId();
-      const failure = toCoatcheckError(error, incident);
-      if (failure.code === 'CC_ERR_INTERNAL') {
-        this.#pipeline.services.log.error(
-          { incident, errName: (error as Error)?.name, errCode: (error as { code?: unknown })?.code },
-          'mcp gateway internal error',
-        );
-      }
+      // The driver's one mapping: an unexpected failure is logged under an incident id, without its message.
+      const failure = mapFailure(error, this.#pipeline.services.log, this.name);
       this.#pipeline.services.metrics.refusals.inc({ frontend: this.name, code: failure.code });
       if (opened !== null)
         this.#pipeline.closeSession(opened, failure.code, { transport: 'streamable-http' });

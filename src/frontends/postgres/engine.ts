@@ -76,6 +76,8 @@ export interface PostgresEngineServices {
   readonly keyLoginPermitted?: () => boolean;
   /** Statement counts go here (the process's registry); none in bare test wiring. */
   readonly metrics?: GatewayMetrics;
+  /** The driver's error mapping (Mount.fail): anything not deliberate becomes CC_ERR_INTERNAL with a logged incident id. */
+  readonly fail?: (error: unknown) => CoatcheckError;
 }
 
 /**
@@ -285,6 +287,7 @@ export class PostgresEngine implements Engine<Client> {
 
   #deliberate(error: unknown): CoatcheckError {
     if (error instanceof CoatcheckError) return error;
+    if (this.#services.fail !== undefined) return this.#services.fail(error);
     const incident = newId('inc');
     this.#services.log.error(
       { incident, errName: (error as Error)?.name },

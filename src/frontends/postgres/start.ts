@@ -1,13 +1,13 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { CoatcheckError } from '../../core/errors.js';
+import type { FrontendDeps } from '../../gateway/deps.js';
 import { chainInspectors, createDetectorInspector } from '../../gateway/detector-inspector.js';
+import { type Frontend, GatewayDriver, type Mount } from '../../gateway/driver.js';
 import { buildPatterns, createKnownSecretInspector, type PatternSet } from '../../gateway/inspector.js';
-import { gatewayMetricsFor } from '../../gateway/metrics.js';
-import { type Decide, ExchangePipeline } from '../../gateway/pipeline.js';
+import type { Decide, ExchangePipeline } from '../../gateway/pipeline.js';
 import { createPolicyDecide } from '../../gateway/policy-decide.js';
-import { createStoreRecorder, type Recorder } from '../../gateway/session.js';
-import type { Context } from '../../server/context.js';
+import type { Recorder } from '../../gateway/session.js';
 import { createOutputIndex, type OutputIndex } from './backend-inspect.js';
 import { PostgresEngine } from './engine.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './protocol/framer.js';
@@ -52,9 +52,6 @@ export const DEFAULT_POSTGRES_OPTIONS: PostgresOptions = {
   maxPendingLoginsPerSource: 32,
 };
 
-/** How long close() waits for sessions to end before it stops waiting (sockets are destroyed at once). */
-const CLOSE_GRACE_MS = 2_000;
-
 export interface PostgresFrontend {
   readonly server: Server;
   readonly host: string;
@@ -63,8 +60,8 @@ export interface PostgresFrontend {
   readonly engine: PostgresEngine;
   readonly pipeline: ExchangePipeline;
   readonly recorder: Recorder;
-  /** Stop accepting, end live sessions, flush recordings. */
-  close(): Promise<void>;
+  /** Stop accepting, end live sessions (after `drainMs`, default at once), flush recordings. */
+  close(drainMs?: number): Promise<void>;
 }
 
 export interface PostgresFrontendOverrides {
@@ -76,45 +73,65 @@ function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
-/** Start the PostgreSQL front-end. Wiring faults (parser, certificate, missing services) fail here. */
+/** Start the PostgreSQL front-end on a driver of its own (tests, embedding). */
 export async function startPostgresFrontend(
-  ctx: Context,
+  deps: FrontendDeps,
   listen: { host: string; port: number },
   log: Logger,
   overrides: PostgresFrontendOverrides = {},
 ): Promise<PostgresFrontend> {
-  const configured = ctx.config.postgres;
+  const driver = new GatewayDriver({ registry: deps.metrics, log, store: deps.store, clock: deps.clock });
+  return driver.start(postgresFrontend(deps, listen, overrides));
+}
+
+/**
+ * The PostgreSQL front-end as the driver runs it: the adapter is the engine (handshake,
+ * login, relay); the driver owns the listener, the connection limit, the session hooks,
+ * unexpected failures and shutdown. Wiring faults (parser, certificate) fail at start.
+ */
+export function postgresFrontend(
+  deps: FrontendDeps,
+  listen: { host: string; port: number },
+  overrides: PostgresFrontendOverrides = {},
+): Frontend<PostgresFrontend> {
+  return { name: 'postgres', start: (mount) => mountPostgres(mount, deps, listen, overrides) };
+}
+
+async function mountPostgres(
+  mount: Mount,
+  deps: FrontendDeps,
+  listen: { host: string; port: number },
+  overrides: PostgresFrontendOverrides,
+): Promise<PostgresFrontend> {
+  const log = mount.log;
+  const configured = deps.config.postgres;
   const options: PostgresOptions = { ...DEFAULT_POSTGRES_OPTIONS, ...configured, ...overrides.options };
   await loadParser();
-  const tls = listenerTls(ctx.home.dir, { cert: options.tlsCert, key: options.tlsKey });
+  const tls = listenerTls(deps.home.dir, { cert: options.tlsCert, key: options.tlsKey });
   const context = secureContext(tls);
   // The process's one registry (served at /metrics), told apart by frontend="postgres".
-  const metrics = gatewayMetricsFor(ctx.metrics);
-  const recorder = createStoreRecorder(ctx.store, log, metrics);
-  const pipeline = new ExchangePipeline('postgres', {
-    vault: ctx.vault,
-    agents: ctx.identity,
-    connections: ctx.connections,
-    audit: ctx.audit,
-    store: ctx.store,
-    clock: ctx.clock,
-    log,
-    metrics,
-    recorder,
+  const metrics = mount.metrics;
+  const pipeline = mount.pipeline('postgres', {
+    vault: deps.vault,
+    agents: deps.identity,
+    connections: deps.connections,
+    audit: deps.audit,
+    store: deps.store,
+    clock: deps.clock,
     // Known secrets and detector findings (AKIA…, ghp_…) in server output become tickets, as on the HTTP path.
     inspector: chainInspectors(
-      createKnownSecretInspector(() => ctx.vault.knownSecrets()),
+      createKnownSecretInspector(() => deps.vault.knownSecrets()),
       createDetectorInspector(),
     ),
     // Logins are decided by policy (action sql:session): with policies configured, default deny.
-    decide: overrides.decide ?? createPolicyDecide(ctx.gate),
+    decide: overrides.decide ?? createPolicyDecide(deps.gate),
   });
   let patterns: PatternSet = buildPatterns([]);
   let outputIndex: OutputIndex = createOutputIndex([]);
   let generation = 0;
   const refresh = async () => {
     const mine = ++generation;
-    const secrets = await ctx.vault.knownSecrets();
+    const secrets = await deps.vault.knownSecrets();
     if (mine === generation) {
       const revealed = secrets.map((s) => ({ id: s.id, value: s.value.reveal() }));
       patterns = buildPatterns(revealed);
@@ -122,7 +139,7 @@ export async function startPostgresFrontend(
     }
   };
   await refresh();
-  const unsubscribe = ctx.store.subscribe((change) => {
+  const unsubscribe = deps.store.subscribe((change) => {
     // Only a change to the set of secret values changes what output is searched for:
     // approvals, connections, revocations and ended workflows do not (a rebuild per
     // change would block the event loop under churn).
@@ -138,6 +155,7 @@ export async function startPostgresFrontend(
       log.error({ errName: (error as Error)?.name }, 'postgres: secret patterns refresh failed'),
     );
   });
+  mount.onClose(unsubscribe);
   const engine = new PostgresEngine(
     {
       pipeline,
@@ -146,17 +164,18 @@ export async function startPostgresFrontend(
         maxStatementBytes: options.maxStatementBytes,
         maxStatements: options.maxStatementsPerQuery,
       }),
-      store: ctx.store,
-      audit: ctx.audit,
+      store: deps.store,
+      audit: deps.audit,
       log,
       patterns: () => patterns,
       outputIndex: () => outputIndex,
-      now: () => ctx.clock.now(),
-      clock: ctx.clock,
+      now: () => deps.clock.now(),
+      clock: deps.clock,
       metrics,
-      statementPolicy: createStatementPolicy(ctx.gate),
+      statementPolicy: createStatementPolicy(deps.gate),
       // An agent key opens a session only under a configured policy (which then decides sql:session).
-      keyLoginPermitted: () => overrides.decide !== undefined || ctx.gate.policy.engine.source !== 'builtin',
+      keyLoginPermitted: () => overrides.decide !== undefined || deps.gate.policy.engine.source !== 'builtin',
+      fail: (error) => mount.fail(error),
     },
     {
       maxMessageBytes: options.maxMessageBytes,
@@ -167,7 +186,6 @@ export async function startPostgresFrontend(
       auditStatements: options.auditStatements,
     },
   );
-  const sockets = new Set<Socket>();
   // Connections still logging in, oldest first, and how many per source address.
   const pending = new Map<Socket, string>();
   const pendingBySource = new Map<string, number>();
@@ -184,14 +202,6 @@ export async function startPostgresFrontend(
     setTimeout(() => socket.destroy(), 1000).unref();
   };
   const server = createServer((socket) => {
-    socket.on('error', () => undefined);
-    if (sockets.size >= options.maxConnections) {
-      refuse(
-        socket,
-        new CoatcheckError('CC_ERR_PG_TOO_MANY_CONNECTIONS', 'coatcheck: too many connections', {}),
-      );
-      return;
-    }
     const source = socket.remoteAddress ?? '?';
     if ((pendingBySource.get(source) ?? 0) >= options.maxPendingLoginsPerSource) {
       refuse(
@@ -211,57 +221,42 @@ export async function startPostgresFrontend(
     }
     pending.set(socket, source);
     pendingBySource.set(source, (pendingBySource.get(source) ?? 0) + 1);
-    sockets.add(socket);
-    socket.once('close', () => {
-      sockets.delete(socket);
-      settle(socket);
-    });
+    socket.once('close', () => settle(socket));
     const client = engine.client(socket);
     client.onAuthenticated = () => settle(socket);
-    engine.handle(client).catch((error: unknown) => {
-      log.error({ errName: (error as Error)?.name }, 'postgres front-end: unhandled failure');
-      socket.destroy();
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (error) =>
-      reject(
-        new CoatcheckError(
-          'CC_ERR_INVALID_ARGUMENT',
-          `--listen-postgres: cannot listen on ${listen.host}:${listen.port}`,
-          {
-            cause: error,
-            details: { field: '--listen-postgres' },
-          },
-        ),
-      ),
+    // One unit of work per connection: the driver refuses it while stopping and maps what escapes.
+    void mount.serve(
+      (error) => {
+        engine.sendError(client, error);
+        setTimeout(() => socket.destroy(), 1000).unref();
+      },
+      () => engine.handle(client),
     );
-    server.listen(listen.port, listen.host, () => resolve());
   });
-  const address = server.address();
-  const port = typeof address === 'object' && address !== null ? address.port : listen.port;
+  // At the drain deadline, live relays end (their sessions are recorded) before sockets are destroyed.
+  mount.onDeadline(() => {
+    for (const relay of engine.live) relay.close();
+  });
+  const address = await mount.listen(server, listen, {
+    maxConnections: options.maxConnections,
+    tooMany: () =>
+      new CoatcheckError('CC_ERR_PG_TOO_MANY_CONNECTIONS', 'coatcheck: too many connections', {}),
+    refuse,
+    listenError: (error) =>
+      new CoatcheckError(
+        'CC_ERR_INVALID_ARGUMENT',
+        `--listen-postgres: cannot listen on ${listen.host}:${listen.port}`,
+        { cause: error, details: { field: '--listen-postgres' } },
+      ),
+  });
   return {
     server,
     host: listen.host,
-    port,
+    port: address.port,
     tls,
     engine,
     pipeline,
-    recorder,
-    async close() {
-      unsubscribe();
-      await new Promise<void>((resolve) => {
-        const grace = setTimeout(resolve, CLOSE_GRACE_MS);
-        grace.unref();
-        server.close(() => {
-          clearTimeout(grace);
-          resolve();
-        });
-        for (const relay of engine.live) relay.close();
-        for (const socket of sockets) socket.destroy();
-      });
-      pipeline.close();
-      await recorder.flush();
-    },
+    recorder: mount.recorder,
+    close: (drainMs = 0) => mount.stop(drainMs),
   };
 }

@@ -9,8 +9,8 @@ import { Writable } from 'node:stream';
 import { resolveHome } from '../../../src/config/home.js';
 import { createLogger } from '../../../src/core/logger.js';
 import { agentRef } from '../../../src/core/principal.js';
-import { type HttpFrontend, startHttpFrontend } from '../../../src/frontends/http/start.js';
 import { type Context, initHome, openContext } from '../../../src/server/context.js';
+import { type HttpFrontend, startHttpFrontend } from '../../../src/server/frontends.js';
 
 export interface Received {
   readonly method: string;

@@ -3,8 +3,8 @@ import { promisify } from 'node:util';
 import pino from 'pino';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type HttpFrontend, startHttpFrontend } from '../../../src/frontends/http/start.js';
 import { ExchangePipeline } from '../../../src/gateway/pipeline.js';
+import { type HttpFrontend, startHttpFrontend } from '../../../src/server/frontends.js';
 import { type Gateway, startGateway, startUpstream, type Upstream } from './harness.js';
 
 const run = promisify(execFile);
