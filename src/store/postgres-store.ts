@@ -1115,6 +1115,10 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
 
   const txMutex = new Mutex();
   const events = new EventEmitter();
+  // One listener per long-lived component (caches, registries, one per front-end's session
+  // registry): a server with every front-end has more than Node's default 10. A per-request
+  // subscription would still pass this bound within one burst and be reported.
+  events.setMaxListeners(64);
   let closed = false;
 
   // ---- LISTEN connection -------------------------------------------------------------

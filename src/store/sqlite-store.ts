@@ -754,6 +754,10 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   const mutex = new Mutex();
   const tx = new SqliteTx(db);
   const events = new EventEmitter();
+  // One listener per long-lived component (caches, registries, one per front-end's session
+  // registry): a server with every front-end has more than Node's default 10. A per-request
+  // subscription would still pass this bound within one burst and be reported.
+  events.setMaxListeners(64);
   const snapshotOps = new SqliteOps(db);
   const ops = lockOps(snapshotOps, mutex);
 
