@@ -129,16 +129,41 @@ async function mountPostgres(
   let patterns: PatternSet = buildPatterns([]);
   let outputIndex: OutputIndex = createOutputIndex([]);
   let generation = 0;
+  // Set while the newest refresh failed: the patterns in hand may lack a secret added since,
+  // so every statement and every output frame is refused (the session ends with this error)
+  // until a refresh succeeds. Retried every second meanwhile.
+  let stale: CoatcheckError | null = null;
+  let retry: NodeJS.Timeout | null = null;
   const refresh = async () => {
     const mine = ++generation;
-    const secrets = await deps.vault.knownSecrets();
+    let secrets: Awaited<ReturnType<typeof deps.vault.knownSecrets>>;
+    try {
+      secrets = await deps.vault.knownSecrets();
+    } catch (error) {
+      if (mine === generation) {
+        stale = new CoatcheckError(
+          'CC_ERR_GATEWAY_INSPECTION_FAILED',
+          'coatcheck: the secrets to look for in SQL text and server output could not be loaded; refused until they can',
+          { cause: error },
+        );
+        retry ??= setTimeout(() => {
+          retry = null;
+          refresh().catch(() => undefined);
+        }, 1000).unref();
+      }
+      throw error;
+    }
     if (mine === generation) {
       const revealed = secrets.map((s) => ({ id: s.id, value: s.value.reveal() }));
       patterns = buildPatterns(revealed);
       outputIndex = createOutputIndex(revealed);
+      stale = null;
     }
   };
   await refresh();
+  mount.onClose(() => {
+    if (retry !== null) clearTimeout(retry);
+  });
   const unsubscribe = deps.store.subscribe((change) => {
     // Only a change to the set of secret values changes what output is searched for:
     // approvals, connections, revocations and ended workflows do not (a rebuild per
@@ -167,8 +192,14 @@ async function mountPostgres(
       store: deps.store,
       audit: deps.audit,
       log,
-      patterns: () => patterns,
-      outputIndex: () => outputIndex,
+      patterns: () => {
+        if (stale !== null) throw stale;
+        return patterns;
+      },
+      outputIndex: () => {
+        if (stale !== null) throw stale;
+        return outputIndex;
+      },
       now: () => deps.clock.now(),
       clock: deps.clock,
       metrics,
