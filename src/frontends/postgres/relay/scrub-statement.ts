@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { TICKET_PATTERN } from '../../../core/ticket-format.js';
 import { createDetector, type Detector } from '../../../detect/detector.js';
 import { maskFor } from '../../../detect/scrub.js';
@@ -25,29 +25,60 @@ export function scrubStatement(
     ? text.replace(TICKET_PATTERN, (t) => ticketIds.get(t) ?? ticketLabel(t))
     : text;
   // One indexed pass decides whether any known secret is there at all (the common case: no).
+  // A found secret becomes a placeholder first and its `[secret:<id>]` marker only after the
+  // detector ran: the detector reads `secret:sec_…` as a keyword and a value, and would mask
+  // the marker (losing the id). The placeholder carries a per-call random tag, so text the
+  // agent wrote cannot pose as one.
+  let secretIds: string[] | null = null;
+  let tag = '';
   let bytes = patterns.patterns.length > 0 ? Buffer.from(out, 'utf8') : null;
   if (bytes !== null && patterns.mayContain(bytes)) {
+    const ids: string[] = [];
+    tag = randomBytes(6).toString('hex');
     for (const p of patterns.patterns) {
       if (bytes.indexOf(p.bytes) === -1) continue;
       const parts: Buffer[] = [];
       let last = 0;
       for (let at = bytes.indexOf(p.bytes); at !== -1; at = bytes.indexOf(p.bytes, last)) {
-        parts.push(bytes.subarray(last, at), Buffer.from(`[secret:${p.secretId}]`));
+        parts.push(
+          bytes.subarray(last, at),
+          Buffer.from(`${PLACEHOLDER_OPEN}${tag}:${ids.length}${PLACEHOLDER_CLOSE}`),
+        );
+        ids.push(p.secretId);
         last = at + p.bytes.length;
       }
       parts.push(bytes.subarray(last));
       bytes = Buffer.concat(parts);
     }
     out = bytes.toString('utf8');
+    secretIds = ids;
   }
   detector ??= createDetector();
   const findings = detector.scan(out);
-  if (findings.length === 0) return out;
-  let scrubbed = '';
-  let at = 0;
-  for (const f of findings) {
-    scrubbed += out.slice(at, f.start) + maskFor(f);
-    at = f.end;
+  const placeholder =
+    secretIds === null ? null : new RegExp(`${PLACEHOLDER_OPEN}${tag}:(\\d+)${PLACEHOLDER_CLOSE}`, 'g');
+  let scrubbed = out;
+  if (findings.length > 0) {
+    scrubbed = '';
+    let at = 0;
+    for (const f of findings) {
+      const span = out.slice(f.start, f.end);
+      // A keyword rule (`password = '…'`) that matched only because a placeholder stands
+      // where the known secret was: the placeholder already hides it, and keeps its id.
+      const onlyPlaceholders =
+        placeholder !== null &&
+        span.includes(PLACEHOLDER_OPEN) &&
+        !/[A-Za-z0-9]/.test(span.replace(placeholder, ''));
+      scrubbed += out.slice(at, f.start) + (onlyPlaceholders ? span : maskFor(f));
+      at = f.end;
+    }
+    scrubbed += out.slice(at);
   }
-  return scrubbed + out.slice(at);
+  if (placeholder === null || secretIds === null) return scrubbed;
+  const ids = secretIds;
+  return scrubbed.replace(placeholder, (_, n: string) => `[secret:${ids[Number(n)]}]`);
 }
+
+// Private-use characters: no detector rule reads them as part of a secret.
+const PLACEHOLDER_OPEN = '\uE000';
+const PLACEHOLDER_CLOSE = '\uE001';
