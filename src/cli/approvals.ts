@@ -1,28 +1,22 @@
 import type { Command } from 'commander';
 import type { ApprovalView } from '../approvals/approvals.js';
+import { visibleControls as controlFree } from './io.js';
 import type { SessionCommandHelpers } from './sessions.js';
-
-/** Terminal control characters in attacker-influenced text become visible escapes. */
-function controlFree(text: string): string {
-  return text.replace(
-    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
-    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
-  );
-}
 
 export function renderApproval(a: ApprovalView): string {
   return [
     `approval    ${a.id}`,
     `status      ${a.status}`,
-    `requester   ${a.requesterName} (${a.requester})`,
+    `requester   ${controlFree(a.requesterName)} (${a.requester})`,
     `operation   ${a.operation.action} on ${a.operation.connection}`,
-    `            ${a.operation.summary}`,
+    `            ${controlFree(a.operation.summary)}`,
     `approvers   ${a.approvers.join(', ') || 'any'} (${a.quorum} needed)`,
     `use         ${a.singleUse ? 'single use' : 'until expiry'}`,
     `created     ${a.createdAt}`,
     `expires     ${a.expiresAt}`,
     ...a.decisions.map(
-      (d) => `decision    ${d.decision} by ${d.name} at ${d.at}${d.reason ? `: ${d.reason}` : ''}`,
+      (d) =>
+        `decision    ${d.decision} by ${controlFree(d.name)} at ${d.at}${d.reason ? `: ${controlFree(d.reason)}` : ''}`,
     ),
     ...(a.preview === null
       ? []
@@ -57,7 +51,7 @@ export function registerApprovalCommands(program: Command, helpers: SessionComma
               a.requesterName,
               a.operation.action,
               a.operation.connection,
-              a.operation.summary.slice(0, 60),
+              controlFree(a.operation.summary.slice(0, 60)),
             ]),
           ]),
       );

@@ -64,3 +64,15 @@ export async function readAllStdin(io: CliIo, limit: number): Promise<Buffer> {
   }
   return Buffer.concat(chunks);
 }
+
+/**
+ * Terminal control characters in text an agent can influence (SQL, paths, tool names reach
+ * summaries and records) become visible escapes, so no output can move the cursor, rewrite a
+ * line (\r), set the clipboard (OSC 52) or recolour the terminal. Newlines and tabs stay.
+ */
+export function visibleControls(text: string): string {
+  return text.replace(
+    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
+}

@@ -9,7 +9,7 @@ import { newIncidentId } from '../core/ids.js';
 import { registerDetectCommands } from '../detect/cli.js';
 import { stdioUrl } from '../frontends/mcp/command.js';
 import { registerApprovalCommands } from './approvals.js';
-import { type CliIo, EXIT, exitCodeFor, readAllStdin } from './io.js';
+import { type CliIo, EXIT, exitCodeFor, readAllStdin, visibleControls } from './io.js';
 import { liveServer } from './live-server.js';
 import { registerMcpCommands } from './mcp.js';
 import { registerPolicyCommands } from './policy.js';
@@ -168,7 +168,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     const client = await connect(options, io);
     try {
       const result = await fn(client);
-      write(options.json ? `${JSON.stringify(result, null, 2)}\n` : render(result));
+      // Human output passes visibleControls as a last net: renderers print agent-influenced text.
+      write(options.json ? `${JSON.stringify(result, null, 2)}\n` : visibleControls(render(result)));
     } finally {
       await client.close();
     }
@@ -617,7 +618,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         let after = 0;
         for (;;) {
           const page = await client.call('auditExport', { after, limit: 1000 });
-          for (const record of page) write(options.json ? `${JSON.stringify(record)}\n` : auditLine(record));
+          for (const record of page)
+            write(options.json ? `${JSON.stringify(record)}\n` : visibleControls(auditLine(record)));
           if (page.length < 1000) break;
           after = page.at(-1)!.seq;
         }

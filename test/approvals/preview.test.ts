@@ -10,6 +10,7 @@ import { BUILTIN_RULES } from '../../src/detect/rules/index.js';
 import { httpPreview } from '../../src/frontends/http/approval-preview.js';
 import { statementPreview } from '../../src/frontends/postgres/statement-policy.js';
 import type { Context } from '../../src/server/context.js';
+import { cli } from '../helpers/cli.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
 
 /**
@@ -249,6 +250,30 @@ describe('approval previews', () => {
     expect(text).toContain(`  --   $1 = '\\x1b]52;c;evil\\x07 [ticket ${ticketId} for orders-pw]'`);
     expect(text).not.toContain('\u001b');
     expect(text).not.toContain(ticket);
+  });
+
+  it('approvals show and list make control characters in the summary visible too (it holds agent text)', async () => {
+    const summary = "UPDATE orders SET note = 'ok\r\u001b[2Kapproved by security\u009b31m'";
+    const held = (await gate(ctx.gate, {
+      principal: agent,
+      action: 'sql:write',
+      resource: { type: 'Connection', id: 'orders' },
+      context: {},
+      operation: {
+        kind: 'sql',
+        connection: 'orders',
+        action: 'sql:write',
+        summary,
+        detail: { statement: summary },
+        preview: () => summary,
+      },
+    }).catch((e) => e)) as { details: { approval: string } };
+    const text = renderApproval(await ctx.approvals.get(held.details.approval));
+    expect(text).toContain("UPDATE orders SET note = 'ok\\x0d\\x1b[2Kapproved by security\\x9b31m'");
+    for (const control of ['\r', '\u001b', '\u009b']) expect(text).not.toContain(control);
+    const listed = await cli(['approvals', 'list'], { env: { COATCHECK_HOME: t.home.dir } });
+    expect(listed.stdout).toContain('\\x1b[2K');
+    for (const control of ['\r', '\u001b', '\u009b']) expect(listed.stdout).not.toContain(control);
   });
 
   it('keeps no text when the preview cannot be cleaned (never the raw one)', async () => {
