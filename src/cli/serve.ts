@@ -107,6 +107,15 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     rmSync(home.serverFile, { force: true });
     throw error;
   }
+  try {
+    // The policy set loads on first use: load (and validate) it now, so a policy that does
+    // not validate stops the start before any listener opens.
+    void ctx.policy.engine;
+  } catch (error) {
+    await ctx.close().catch(() => undefined);
+    rmSync(home.serverFile, { force: true });
+    throw error;
+  }
   return serveWithContext(ctx, home, options, io);
 }
 

@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, join, relative } from 'node:path';
-import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
 import { CoatcheckError } from '../core/errors.js';
+import { cedar } from './cedar.js';
 import { CEDAR_SCHEMA } from './schema.js';
 
 export interface LoadedPolicy {
@@ -73,13 +73,13 @@ export function loadPolicies(path: string, cwd = process.cwd()): LoadedPolicySet
     const stat = statSync(file);
     if (stat.size > MAX_POLICY_FILE_BYTES) throw invalid(shown, null, 'file is larger than 4 MiB');
     const text = readFileSync(file, 'utf8');
-    const parsed = cedar.checkParsePolicySet({ staticPolicies: text });
+    const parsed = cedar().checkParsePolicySet({ staticPolicies: text });
     if (parsed.type === 'failure') {
       const error = parsed.errors[0]!;
       const location = error.sourceLocations?.[0];
       throw invalid(shown, location ? lineAt(text, location.start) : null, error.message);
     }
-    const parts = cedar.policySetTextToParts(text);
+    const parts = cedar().policySetTextToParts(text);
     if (parts.type === 'failure')
       throw invalid(shown, null, parts.errors[0]?.message ?? 'cannot be split into policies');
     if (parts.policy_templates.length > 0) throw invalid(shown, null, 'policy templates are not supported');
@@ -88,7 +88,7 @@ export function loadPolicies(path: string, cwd = process.cwd()): LoadedPolicySet
       const offset = text.indexOf(part, searchFrom);
       const line = offset === -1 ? 1 : lineAt(text, offset);
       if (offset !== -1) searchFrom = offset + part.length;
-      const json = cedar.policyToJson(part);
+      const json = cedar().policyToJson(part);
       if (json.type === 'failure') throw invalid(shown, line, json.errors[0]?.message ?? 'cannot be read');
       const annotations = json.json.annotations ?? {};
       // Without @id: `<file name>:<line>` (the name, not the path: a path's `/` is not an id
@@ -120,7 +120,7 @@ export function loadPolicies(path: string, cwd = process.cwd()): LoadedPolicySet
       policies.push(policy);
     }
   }
-  const validation = cedar.validate({
+  const validation = cedar().validate({
     schema: CEDAR_SCHEMA,
     policies: { staticPolicies: Object.fromEntries(policies.map((p) => [p.id, p.text])) },
     validationSettings: { mode: 'strict' },

@@ -1,7 +1,7 @@
 import { setFlagsFromString } from 'node:v8';
-import * as cedar from '@cedar-policy/cedar-wasm/nodejs';
 import { CoatcheckError } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
+import { type Cedar, cedar } from './cedar.js';
 import type { LoadedPolicy, LoadedPolicySet } from './load-policies.js';
 import { BUILTIN_POLICY, BUILTIN_POLICY_ID, CEDAR_SCHEMA } from './schema.js';
 
@@ -90,10 +90,10 @@ function evaluate(
   type: 'Agent' | 'Human' | 'Subtask',
   request: PolicyRequest,
   context: Record<string, CedarValue>,
-): cedar.AuthorizationAnswer {
+): Cedar.AuthorizationAnswer {
   const groups = request.principal.groups;
   const parents: { type: string; id: string }[] = [];
-  const entities: cedar.EntityJson[] = [];
+  const entities: Cedar.EntityJson[] = [];
   for (let i = 0; i < groups.length; i++) {
     const group = groups[i]!;
     parents.push({ type: 'Group', id: group });
@@ -109,14 +109,14 @@ function evaluate(
     (request.resource.type === 'Connection' ? { type: 'unknown' } : { kind: 'generic' });
   entities.push({
     uid: { type: request.resource.type, id: request.resource.id },
-    attrs: resourceAttrs as Record<string, cedar.CedarValueJson>,
+    attrs: resourceAttrs as Record<string, Cedar.CedarValueJson>,
     parents: [],
   });
-  return cedar.statefulIsAuthorized({
+  return cedar().statefulIsAuthorized({
     principal: { type, id: request.principal.name },
     action: { type: 'Action', id: request.action },
     resource: { type: request.resource.type, id: request.resource.id },
-    context: context as Record<string, cedar.CedarValueJson>,
+    context: context as Record<string, Cedar.CedarValueJson>,
     preparsedPolicySetId: setId,
     entities,
   });
@@ -166,7 +166,7 @@ export class PolicyEngine {
       );
     }
     this.#setId = `coatcheck-${++engines}`;
-    const parsed = cedar.preparsePolicySet(this.#setId, {
+    const parsed = cedar().preparsePolicySet(this.#setId, {
       staticPolicies: Object.fromEntries(this.policies.map((p) => [p.id, p.text])),
     });
     if (parsed.type === 'failure') {
@@ -175,7 +175,7 @@ export class PolicyEngine {
         `policy set: ${parsed.errors[0]?.message ?? 'does not parse'}`,
       );
     }
-    const schema = cedar.preparseSchema('coatcheck', CEDAR_SCHEMA);
+    const schema = cedar().preparseSchema('coatcheck', CEDAR_SCHEMA);
     if (schema.type === 'failure')
       throw new CoatcheckError('CC_ERR_INTERNAL', 'the built-in Cedar schema does not parse');
   }

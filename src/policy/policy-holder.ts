@@ -15,14 +15,13 @@ export type ReloadResult =
 export class PolicyHolder {
   readonly path: string | null;
   readonly #timeZone: string;
-  #engine: PolicyEngine;
+  #engine: PolicyEngine | null = null;
   #watcher: FSWatcher | null = null;
   #debounce: NodeJS.Timeout | null = null;
 
   constructor(path: string | null, options: { timeZone: string; baseDir: string }) {
     this.path = path === null ? null : isAbsolute(path) ? path : join(options.baseDir, path);
     this.#timeZone = options.timeZone;
-    this.#engine = this.#load();
   }
 
   #load(): PolicyEngine {
@@ -31,8 +30,18 @@ export class PolicyHolder {
     });
   }
 
+  /**
+   * The engine, loaded (and validated) on first use: a command that decides nothing does not
+   * load Cedar. `serve` loads it at start, so a policy that does not validate stops it there.
+   */
   get engine(): PolicyEngine {
+    this.#engine ??= this.#load();
     return this.#engine;
+  }
+
+  /** Forget cached decisions (a change may alter their inputs); nothing to do if not loaded. */
+  invalidate(): void {
+    this.#engine?.invalidate();
   }
 
   reload(): ReloadResult {

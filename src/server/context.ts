@@ -1,7 +1,8 @@
 import { existsSync, unlinkSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { basename, isAbsolute, join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { Registry } from 'prom-client';
+import type { Registry } from 'prom-client';
 import { Approvals } from '../approvals/approvals.js';
 import type { GateServices } from '../approvals/gate.js';
 import { createPreviewScrubber } from '../approvals/preview.js';
@@ -186,9 +187,15 @@ function buildContext(
   // Every log line passes the detector: known vault secrets (any encoding) and secret
   // formats are masked before the line is written.
   const knownInLogs = createKnownSecretMatcher();
+  // The scrubber's detector compiles on the first line logged: a CLI command that logs
+  // nothing does not pay for it (the rules still apply to every line that is written).
+  let scrubLine: ((line: string) => string) | null = null;
   const log = createLogger({
     level: config.log.level,
-    scrub: createLogScrubber({ detector: createDetector({ knownSecrets: knownInLogs }) }),
+    scrub: (line) => {
+      scrubLine ??= createLogScrubber({ detector: createDetector({ knownSecrets: knownInLogs }) });
+      return scrubLine(line);
+    },
   });
   const refreshKnownInLogs = async () => {
     const live = await vault.knownSecrets();
@@ -228,7 +235,7 @@ function buildContext(
   });
   // Any revocation or change may alter a cached decision's inputs.
   const unsubscribe = store.subscribe((change) => {
-    policy.engine.invalidate();
+    policy.invalidate();
     if (change.type === 'keys.rotated' || change.type === 'resync') {
       // A rotation elsewhere may have added a key: pick it up without restart. A key
       // still missing is reloaded again when first needed, then refused by kid.
@@ -251,6 +258,7 @@ function buildContext(
     }
   });
   refreshKnownInLogs().catch(() => undefined);
+  let registry: Registry | null = null;
   const gate: GateServices = {
     policy,
     approvals,
@@ -277,7 +285,13 @@ function buildContext(
     log,
     masterKeySource,
     keysDir: keysDirOf(home, config.keys.dir),
-    metrics: new Registry(),
+    // Made on first use (front-ends, the admin listener): the CLI never loads prom-client.
+    get metrics(): Registry {
+      registry ??= new (
+        createRequire(import.meta.url)('prom-client') as typeof import('prom-client')
+      ).Registry();
+      return registry;
+    },
     health: () => checkHealth(store, audit, clock),
     async close() {
       unsubscribe();
