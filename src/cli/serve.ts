@@ -2,6 +2,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
 import { type Home, resolveHome, writeFileDurably, writeFileExclusive } from '../config/home.js';
 import { listenAddress } from '../config/schema.js';
+import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { type ForwardProxy, forwardProxyFrontend } from '../frontends/http/forward-proxy.js';
 import { type PostgresFrontend, postgresFrontend } from '../frontends/postgres/start.js';
@@ -119,9 +120,6 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
   return serveWithContext(ctx, home, options, io);
 }
 
-/** How long a stopping server lets requests and sessions in flight finish before it closes them. */
-export const SHUTDOWN_DRAIN_MS = 5_000;
-
 async function serveWithContext(ctx: Context, home: Home, options: ServeOptions, io: CliIo): Promise<number> {
   const log = ctx.log;
   // The one driver of this process's front-ends: listeners, session hooks, metrics, shutdown.
@@ -210,7 +208,8 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     throw listenError(error);
   } finally {
     // Stop accepting, drain what is in flight (on a signal), then close.
-    await driver.stop({ drainMs: stopping ? SHUTDOWN_DRAIN_MS : 0 });
+    // On a signal, work in flight may finish within shutdown.drainTimeout (default 5 s).
+    await driver.stop({ drainMs: stopping ? parseDuration(ctx.config.shutdown.drainTimeout) : 0 });
     await pg?.close();
     await proxy?.close();
     await http?.close();

@@ -87,6 +87,13 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** On SIGINT/SIGTERM: how long work in flight may finish before the listeners close. */
+    shutdown: z
+      .object({
+        drainTimeout: duration.default('5s'),
+      })
+      .strict()
+      .prefault({}),
     tickets: z
       .object({
         defaultTtl: duration.default('1h'),
@@ -139,6 +146,8 @@ export const configSchema = z
           .min(1024)
           .max(64 * 1024 * 1024 * 1024)
           .default(16 * 1024 * 1024),
+        /** Client connections each HTTP listener (reverse proxy, forward proxy) holds at once (503 beyond). */
+        maxConnections: z.number().int().min(1).max(100_000).default(10_000),
       })
       .strict()
       .prefault({}),

@@ -362,7 +362,7 @@ export const ERROR_CODES = {
   CC_ERR_GATEWAY_TOO_MANY_CONNECTIONS: {
     status: 503,
     description:
-      'A front-end listener already holds its maximum number of client connections (postgres.maxConnections on PostgreSQL, SQLSTATE 53300).',
+      'A front-end listener already holds its maximum number of client connections (http.maxConnections on the HTTP listeners, postgres.maxConnections on PostgreSQL, SQLSTATE 53300).',
     solution: 'Close idle connections, or raise the limit.',
   },
   CC_ERR_GATEWAY_CONNECTION_TYPE: {

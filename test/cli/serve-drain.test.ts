@@ -1,4 +1,5 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -71,6 +72,47 @@ describe('serve drains on SIGTERM', () => {
     expect(res.statusCode).toBe(200);
     expect(await res.body.text()).toBe('slow answer');
     expect(await exited).toBe(0);
+    server = null;
+  }, 90_000);
+
+  it('shutdown.drainTimeout bounds the wait: a request still in flight after it is cut, and the process exits 0', async () => {
+    t = await makeTestHome();
+    up = await startUpstream();
+    let arrived: () => void = () => undefined;
+    const slowArrived = new Promise<void>((r) => {
+      arrived = r;
+    });
+    // Never answers: only the drain deadline ends this request.
+    up.handle('/never', () => arrived());
+    const ctx = await t.open();
+    let key: string;
+    try {
+      key = (await ctx.agents.create({ name: 'drainer' }, 'admin:test')).key;
+      await ctx.connections.add({ name: 'slow', type: 'http', url: up.url }, 'admin:test');
+    } finally {
+      await ctx.close();
+    }
+    writeFileSync(t.home.configFile, 'shutdown:\n  drainTimeout: 1s\n');
+    server = spawnCli(['serve', '--listen-admin', '127.0.0.1:0', '--listen-http', '127.0.0.1:0'], {
+      COATCHECK_HOME: t.home.dir,
+    }) as ChildProcessWithoutNullStreams;
+    server.stderr.resume();
+    const [, url] = await waitForLine(server, /http\s+(http:\/\/127\.0\.0\.1:\d+)/);
+    const exited = new Promise<number | null>((resolve) => server!.once('exit', (code) => resolve(code)));
+    const inFlight = request(`${url}/c/slow/never`, {
+      headers: { 'proxy-authorization': `Bearer ${key}` },
+    }).then(
+      (res) => res.body.text().then(() => 'answered'),
+      () => 'cut',
+    );
+    await slowArrived;
+    const signalled = Date.now();
+    server.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    // About the deadline (1 s): below the 5 s default, far below the upstream timeout (30 s).
+    expect(Date.now() - signalled).toBeLessThan(4_500);
+    expect(Date.now() - signalled).toBeGreaterThanOrEqual(900);
+    expect(await inFlight).toBe('cut');
     server = null;
   }, 90_000);
 });

@@ -33,6 +33,7 @@ import {
   parseAuthority,
   proxyAgentKey,
 } from './protocol/proxy-target.js';
+import { refuseRawHttp } from './protocol/raw-refusal.js';
 
 export interface ForwardProxy {
   readonly server: Server;
@@ -411,7 +412,10 @@ async function mountForwardProxy(
   mount.onClose(() => {
     for (const { server } of servers.values()) server.close();
   });
-  const address = await mount.listen(server, listen);
+  const address = await mount.listen(server, listen, {
+    maxConnections: ctx.config.http.maxConnections,
+    refuse: refuseRawHttp,
+  });
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   return {
     server,

@@ -16,6 +16,7 @@ import {
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import type { Recorder } from '../../gateway/session.js';
 import { HttpEngine } from './http-engine.js';
+import { refuseRawHttp } from './protocol/raw-refusal.js';
 
 export { bodyBudget, upstreamCa };
 
@@ -117,7 +118,10 @@ async function mountHttp(
   });
   server.headersTimeout = 15_000;
   server.requestTimeout = 60_000;
-  const address = await mount.listen(server, listen);
+  const address = await mount.listen(server, listen, {
+    maxConnections: deps.config.http.maxConnections,
+    refuse: refuseRawHttp,
+  });
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   return {
     server,
