@@ -61,12 +61,7 @@ interface Tunnel extends Authority {
 const PROXY_AUTHENTICATE = 'Basic realm="coatcheck", Bearer realm="coatcheck"';
 
 function rawError(socket: Duplex, error: CoatcheckError): void {
-  const body = JSON.stringify({ error: { code: error.code, message: error.message } });
-  const reason = error.status === 407 ? 'Proxy Authentication Required' : 'Error';
-  const extra = error.status === 407 ? `proxy-authenticate: ${PROXY_AUTHENTICATE}\r\n` : '';
-  socket.end(
-    `HTTP/1.1 ${error.status} ${reason}\r\ncontent-type: application/json; charset=utf-8\r\nx-coatcheck-error: ${error.code}\r\n${extra}content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-  );
+  refuseRawHttp(socket, error, error.status === 407 ? [`proxy-authenticate: ${PROXY_AUTHENTICATE}`] : []);
 }
 
 function responseError(res: ServerResponse, error: CoatcheckError): void {

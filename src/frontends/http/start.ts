@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { Agent } from 'undici';
+import { CoatcheckError } from '../../core/errors.js';
 import type { FrontendDeps } from '../../gateway/deps.js';
 import { type Frontend, GatewayDriver, type Mount } from '../../gateway/driver.js';
 import {
@@ -96,19 +97,14 @@ async function mountHttp(
       () => (route === undefined ? engine.serve(req, res) : route.serve(req, res)),
     );
   });
-  const refuseRaw = (socket: Duplex) => {
-    // The socket is ours now: without an error listener a client reset would crash the process.
-    socket.on('error', () => socket.destroy());
-    const body = JSON.stringify({
-      error: {
-        code: 'CC_ERR_HTTP_UNSUPPORTED',
-        message: 'CONNECT and protocol upgrades are not served by this front-end',
-      },
-    });
-    socket.end(
-      `HTTP/1.1 501 Not Implemented\r\ncontent-type: application/json\r\nx-coatcheck-error: CC_ERR_HTTP_UNSUPPORTED\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  const refuseRaw = (socket: Duplex) =>
+    refuseRawHttp(
+      socket,
+      new CoatcheckError(
+        'CC_ERR_HTTP_UNSUPPORTED',
+        'CONNECT and protocol upgrades are not served by this front-end',
+      ),
     );
-  };
   server.on('connect', (_req, socket) => refuseRaw(socket));
   server.on('upgrade', (_req, socket) => refuseRaw(socket));
   server.on('clientError', (_error, socket) => {
