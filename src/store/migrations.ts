@@ -1,61 +1,104 @@
 /**
- * Versioned schema migrations, one list per driver, applied in order at start. Never
- * edit a published migration: add a new one.
+ * Versioned schema migrations, applied in order at start. One list for both adapters: each
+ * migration is written once against the dialect's type names (`t`), so a new table or
+ * column is added in one place (ADR 0022). Never edit a published migration: add a new one.
+ * (Migrations 1–8 render to exactly the SQL each adapter shipped with before the lists
+ * were merged; test/store/schema.test.ts holds both schemas to one shape.)
  */
+
+/** Column types as each database spells them. */
+export interface DialectTypes {
+  readonly dialect: 'sqlite' | 'postgres';
+  /** Milliseconds since the epoch, sequence numbers: INTEGER (SQLite) / BIGINT. */
+  readonly int64: string;
+  /** Raw bytes: BLOB / BYTEA. */
+  readonly bytes: string;
+  /**
+   * JSON that is read back as a value (lists, maps): TEXT / JSONB. JSON whose exact text
+   * matters (the audit chain hashes it) is TEXT on both.
+   */
+  readonly json: string;
+  /** `sql` on PostgreSQL, nothing on SQLite (sequences, NOT NULL added after a backfill). */
+  postgresOnly(sql: string): string;
+}
+
+export const SQLITE_TYPES: DialectTypes = {
+  dialect: 'sqlite',
+  int64: 'INTEGER',
+  bytes: 'BLOB',
+  json: 'TEXT',
+  postgresOnly: () => '',
+};
+
+export const POSTGRES_TYPES: DialectTypes = {
+  dialect: 'postgres',
+  int64: 'BIGINT',
+  bytes: 'BYTEA',
+  json: 'JSONB',
+  postgresOnly: (sql) => sql,
+};
+
+export interface MigrationDefinition {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: (types: DialectTypes) => string;
+}
+
+/** One migration rendered for one database. */
 export interface Migration {
   readonly version: number;
   readonly name: string;
   readonly sql: string;
 }
 
-export const SQLITE_MIGRATIONS: readonly Migration[] = [
+export const MIGRATIONS: readonly MigrationDefinition[] = [
   {
     version: 1,
     name: 'foundation',
-    sql: `
+    sql: (t) => `
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE secrets (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, allow TEXT NOT NULL,
-  wrapped_key BLOB, key_id TEXT, ciphertext BLOB, fingerprint TEXT NOT NULL,
-  created_at INTEGER NOT NULL, erased_at INTEGER);
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, allow ${t.json} NOT NULL,
+  wrapped_key ${t.bytes}, key_id TEXT, ciphertext ${t.bytes}, fingerprint TEXT NOT NULL,
+  created_at ${t.int64} NOT NULL, erased_at ${t.int64});
 CREATE UNIQUE INDEX secrets_live_name ON secrets(name) WHERE erased_at IS NULL;
 CREATE TABLE tickets (
   id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, secret_id TEXT NOT NULL REFERENCES secrets(id),
-  principal TEXT NOT NULL, destinations TEXT NOT NULL, expires_at INTEGER, max_uses INTEGER,
+  principal TEXT NOT NULL, destinations ${t.json} NOT NULL, expires_at ${t.int64}, max_uses INTEGER,
   uses INTEGER NOT NULL DEFAULT 0, parent_id TEXT REFERENCES tickets(id),
-  created_at INTEGER NOT NULL, revoked_at INTEGER);
+  created_at ${t.int64} NOT NULL, revoked_at ${t.int64});
 CREATE INDEX tickets_parent ON tickets(parent_id);
 CREATE INDEX tickets_secret ON tickets(secret_id);
 CREATE INDEX tickets_principal ON tickets(principal);
 CREATE TABLE agents (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL, groups TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
-  created_at INTEGER NOT NULL, expires_at INTEGER, revoked_at INTEGER);
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, groups ${t.json} NOT NULL, key_hash TEXT NOT NULL UNIQUE,
+  created_at ${t.int64} NOT NULL, expires_at ${t.int64}, revoked_at ${t.int64});
 CREATE UNIQUE INDEX agents_live_name ON agents(name) WHERE revoked_at IS NULL;
 CREATE TABLE connections (
   id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, type TEXT NOT NULL, url TEXT NOT NULL,
-  credential TEXT, inject_headers TEXT NOT NULL, created_at INTEGER NOT NULL);
+  credential TEXT, inject_headers ${t.json} NOT NULL, created_at ${t.int64} NOT NULL);
 CREATE TABLE audit (
-  seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL,
+  seq ${t.int64} PRIMARY KEY, ts ${t.int64} NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL,
   data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
 `,
   },
   {
     version: 2,
     name: 'sessions',
-    sql: `
+    sql: (t) => `
 CREATE TABLE sessions (
   id TEXT PRIMARY KEY, frontend TEXT NOT NULL, principal TEXT, connection TEXT,
-  started_at INTEGER NOT NULL, ended_at INTEGER NOT NULL, outcome TEXT NOT NULL, summary TEXT NOT NULL);
+  started_at ${t.int64} NOT NULL, ended_at ${t.int64} NOT NULL, outcome TEXT NOT NULL, summary TEXT NOT NULL);
 CREATE INDEX sessions_started ON sessions(started_at, id);
 `,
   },
   {
     version: 3,
     name: 'approvals',
-    sql: `
+    sql: (t) => `
 CREATE TABLE approvals (
   id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, requester TEXT NOT NULL, status TEXT NOT NULL,
-  created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, data TEXT NOT NULL);
+  created_at ${t.int64} NOT NULL, expires_at ${t.int64} NOT NULL, data TEXT NOT NULL);
 CREATE INDEX approvals_fingerprint ON approvals(fingerprint, requester);
 CREATE INDEX approvals_status ON approvals(status, created_at);
 `,
@@ -63,18 +106,18 @@ CREATE INDEX approvals_status ON approvals(status, created_at);
   {
     version: 4,
     name: 'connection-rules',
-    sql: `
+    sql: () => `
 ALTER TABLE connections ADD COLUMN rules TEXT NOT NULL DEFAULT '{}';
 `,
   },
   {
     version: 5,
     name: 'workflows',
-    sql: `
+    sql: (t) => `
 CREATE TABLE workflows (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, parent_id TEXT REFERENCES workflows(id), root_id TEXT NOT NULL,
-  started_by TEXT NOT NULL, groups TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
-  expires_at INTEGER, created_at INTEGER NOT NULL, ended_at INTEGER);
+  started_by TEXT NOT NULL, groups ${t.json} NOT NULL, key_hash TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+  expires_at ${t.int64}, created_at ${t.int64} NOT NULL, ended_at ${t.int64});
 CREATE INDEX workflows_parent ON workflows(parent_id);
 CREATE INDEX workflows_root ON workflows(root_id);
 CREATE TABLE workflow_tickets (
@@ -86,133 +129,35 @@ CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
   {
     version: 6,
     name: 'secret-placements',
-    sql: `
-ALTER TABLE secrets ADD COLUMN placements TEXT NOT NULL DEFAULT '["credential"]';
+    sql: (t) => `
+ALTER TABLE secrets ADD COLUMN placements ${t.json} NOT NULL DEFAULT '["credential"]';
 `,
   },
   {
     version: 7,
     name: 'audit-chains',
-    sql: `
+    sql: (t) => `
 ALTER TABLE audit ADD COLUMN chain TEXT NOT NULL DEFAULT '';
-ALTER TABLE audit ADD COLUMN chain_seq INTEGER;
+ALTER TABLE audit ADD COLUMN chain_seq ${t.int64};
 UPDATE audit SET chain_seq = seq;
-CREATE UNIQUE INDEX audit_chain_seq ON audit(chain, chain_seq);
-CREATE TABLE audit_chains (chain TEXT PRIMARY KEY, chain_seq INTEGER NOT NULL, hash TEXT NOT NULL);
-`,
+${t.postgresOnly('ALTER TABLE audit ALTER COLUMN chain_seq SET NOT NULL;\n')}CREATE UNIQUE INDEX audit_chain_seq ON audit(chain, chain_seq);
+CREATE TABLE audit_chains (chain TEXT PRIMARY KEY, chain_seq ${t.int64} NOT NULL, hash TEXT NOT NULL);
+${t.postgresOnly("CREATE SEQUENCE audit_seq;\nSELECT setval('audit_seq', COALESCE((SELECT MAX(seq) FROM audit), 0) + 1, false);\n")}`,
   },
   {
     version: 8,
     name: 'approval-preview',
     // The cleaned preview of the held operation approvers read (src/approvals/preview.ts).
-    sql: `
+    sql: () => `
 ALTER TABLE approvals ADD COLUMN preview TEXT;
 `,
   },
 ];
 
-export const POSTGRES_MIGRATIONS: readonly Migration[] = [
-  {
-    version: 1,
-    name: 'foundation',
-    sql: `
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE secrets (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, allow JSONB NOT NULL,
-  wrapped_key BYTEA, key_id TEXT, ciphertext BYTEA, fingerprint TEXT NOT NULL,
-  created_at BIGINT NOT NULL, erased_at BIGINT);
-CREATE UNIQUE INDEX secrets_live_name ON secrets(name) WHERE erased_at IS NULL;
-CREATE TABLE tickets (
-  id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, secret_id TEXT NOT NULL REFERENCES secrets(id),
-  principal TEXT NOT NULL, destinations JSONB NOT NULL, expires_at BIGINT, max_uses INTEGER,
-  uses INTEGER NOT NULL DEFAULT 0, parent_id TEXT REFERENCES tickets(id),
-  created_at BIGINT NOT NULL, revoked_at BIGINT);
-CREATE INDEX tickets_parent ON tickets(parent_id);
-CREATE INDEX tickets_secret ON tickets(secret_id);
-CREATE INDEX tickets_principal ON tickets(principal);
-CREATE TABLE agents (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL, groups JSONB NOT NULL, key_hash TEXT NOT NULL UNIQUE,
-  created_at BIGINT NOT NULL, expires_at BIGINT, revoked_at BIGINT);
-CREATE UNIQUE INDEX agents_live_name ON agents(name) WHERE revoked_at IS NULL;
-CREATE TABLE connections (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, type TEXT NOT NULL, url TEXT NOT NULL,
-  credential TEXT, inject_headers JSONB NOT NULL, created_at BIGINT NOT NULL);
-CREATE TABLE audit (
-  seq BIGINT PRIMARY KEY, ts BIGINT NOT NULL, type TEXT NOT NULL, actor TEXT NOT NULL,
-  data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-`,
-  },
-  {
-    version: 2,
-    name: 'sessions',
-    sql: `
-CREATE TABLE sessions (
-  id TEXT PRIMARY KEY, frontend TEXT NOT NULL, principal TEXT, connection TEXT,
-  started_at BIGINT NOT NULL, ended_at BIGINT NOT NULL, outcome TEXT NOT NULL, summary TEXT NOT NULL);
-CREATE INDEX sessions_started ON sessions(started_at, id);
-`,
-  },
-  {
-    version: 3,
-    name: 'approvals',
-    sql: `
-CREATE TABLE approvals (
-  id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, requester TEXT NOT NULL, status TEXT NOT NULL,
-  created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, data TEXT NOT NULL);
-CREATE INDEX approvals_fingerprint ON approvals(fingerprint, requester);
-CREATE INDEX approvals_status ON approvals(status, created_at);
-`,
-  },
-  {
-    version: 4,
-    name: 'connection-rules',
-    sql: `
-ALTER TABLE connections ADD COLUMN rules TEXT NOT NULL DEFAULT '{}';
-`,
-  },
-  {
-    version: 5,
-    name: 'workflows',
-    sql: `
-CREATE TABLE workflows (
-  id TEXT PRIMARY KEY, name TEXT NOT NULL, parent_id TEXT REFERENCES workflows(id), root_id TEXT NOT NULL,
-  started_by TEXT NOT NULL, groups JSONB NOT NULL, key_hash TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
-  expires_at BIGINT, created_at BIGINT NOT NULL, ended_at BIGINT);
-CREATE INDEX workflows_parent ON workflows(parent_id);
-CREATE INDEX workflows_root ON workflows(root_id);
-CREATE TABLE workflow_tickets (
-  workflow_id TEXT NOT NULL REFERENCES workflows(id), ticket_id TEXT NOT NULL REFERENCES tickets(id),
-  PRIMARY KEY (workflow_id, ticket_id));
-CREATE INDEX workflow_tickets_ticket ON workflow_tickets(ticket_id);
-`,
-  },
-  {
-    version: 6,
-    name: 'secret-placements',
-    sql: `
-ALTER TABLE secrets ADD COLUMN placements JSONB NOT NULL DEFAULT '["credential"]';
-`,
-  },
-  {
-    version: 7,
-    name: 'audit-chains',
-    sql: `
-ALTER TABLE audit ADD COLUMN chain TEXT NOT NULL DEFAULT '';
-ALTER TABLE audit ADD COLUMN chain_seq BIGINT;
-UPDATE audit SET chain_seq = seq;
-ALTER TABLE audit ALTER COLUMN chain_seq SET NOT NULL;
-CREATE UNIQUE INDEX audit_chain_seq ON audit(chain, chain_seq);
-CREATE TABLE audit_chains (chain TEXT PRIMARY KEY, chain_seq BIGINT NOT NULL, hash TEXT NOT NULL);
-CREATE SEQUENCE audit_seq;
-SELECT setval('audit_seq', COALESCE((SELECT MAX(seq) FROM audit), 0) + 1, false);
-`,
-  },
-  {
-    version: 8,
-    name: 'approval-preview',
-    // The cleaned preview of the held operation approvers read (src/approvals/preview.ts).
-    sql: `
-ALTER TABLE approvals ADD COLUMN preview TEXT;
-`,
-  },
-];
+/** The migrations rendered for one database, in order. */
+export function migrationsFor(types: DialectTypes): readonly Migration[] {
+  return MIGRATIONS.map((m) => ({ version: m.version, name: m.name, sql: m.sql(types) }));
+}
+
+export const SQLITE_MIGRATIONS: readonly Migration[] = migrationsFor(SQLITE_TYPES);
+export const POSTGRES_MIGRATIONS: readonly Migration[] = migrationsFor(POSTGRES_TYPES);

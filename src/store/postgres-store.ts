@@ -4,26 +4,9 @@ import { Client, escapeIdentifier, Pool, type PoolClient, type QueryResultRow } 
 import { CoatcheckError } from '../core/errors.js';
 import { POSTGRES_MIGRATIONS } from './migrations.js';
 import { Mutex } from './mutex.js';
-import { deadMap, jsonColumn, nullableNumber } from './rows.js';
-import type {
-  AgentRecord,
-  ApprovalRecord,
-  AuditChainHead,
-  AuditRecord,
-  ConnectionRecord,
-  LivenessQuery,
-  SecretRecord,
-  SessionFilter,
-  SessionRecord,
-  Store,
-  StoreChange,
-  StoreOps,
-  StoreTx,
-  TicketFilter,
-  TicketRecord,
-  TransactionOptions,
-  WorkflowRecord,
-} from './types.js';
+import { AUDIT, nullableNumber, POSTGRES_CODEC } from './schema.js';
+import { operationNames, type SqlDialect, SqlOps, type SqlRunner } from './sql-ops.js';
+import type { AuditRecord, Store, StoreChange, StoreOps, StoreTx, TransactionOptions } from './types.js';
 
 type Row = QueryResultRow;
 
@@ -45,159 +28,6 @@ const STALE_AFTER_MS = 1000;
 /** A feed stale for this many `staleAfterMs` gets a new LISTEN connection. */
 const RECONNECT_AFTER_STALE = 3;
 const RECONNECT_MAX_MS = 5000;
-
-// ---------------------------------------------------------------------------------------
-// Row mapping. BIGINT arrives as a string, BYTEA as a Buffer, JSONB already parsed.
-
-function stringArray(value: unknown, table: string, column: string): string[] {
-  if (!Array.isArray(value) || !value.every((item) => typeof item === 'string')) {
-    throw new CoatcheckError('CC_ERR_STORE_CORRUPT', `${table}.${column} is not a list of strings`, {
-      details: { table, column },
-    });
-  }
-  return value;
-}
-
-function stringRecord(value: unknown, table: string, column: string): Record<string, string> {
-  if (
-    typeof value !== 'object' ||
-    value === null ||
-    Array.isArray(value) ||
-    !Object.values(value).every((item) => typeof item === 'string')
-  ) {
-    throw new CoatcheckError('CC_ERR_STORE_CORRUPT', `${table}.${column} is not a map of strings`, {
-      details: { table, column },
-    });
-  }
-  return value as Record<string, string>;
-}
-
-function nullableBuffer(value: unknown): Buffer | null {
-  if (value === null || value === undefined) return null;
-  return Buffer.isBuffer(value) ? value : Buffer.from(value as Uint8Array);
-}
-
-function nullableString(value: unknown): string | null {
-  return value === null || value === undefined ? null : String(value);
-}
-
-function secretFromRow(row: Row): SecretRecord {
-  return {
-    id: String(row.id),
-    name: String(row.name),
-    kind: String(row.kind),
-    allow: stringArray(row.allow, 'secrets', 'allow'),
-    placements: stringArray(row.placements, 'secrets', 'placements'),
-    wrappedKey: nullableBuffer(row.wrapped_key),
-    keyId: nullableString(row.key_id),
-    ciphertext: nullableBuffer(row.ciphertext),
-    fingerprint: String(row.fingerprint),
-    createdAt: Number(row.created_at),
-    erasedAt: nullableNumber(row.erased_at),
-  };
-}
-
-function ticketFromRow(row: Row): TicketRecord {
-  return {
-    id: String(row.id),
-    hash: String(row.hash),
-    secretId: String(row.secret_id),
-    principal: String(row.principal),
-    destinations: stringArray(row.destinations, 'tickets', 'destinations'),
-    expiresAt: nullableNumber(row.expires_at),
-    maxUses: nullableNumber(row.max_uses),
-    uses: Number(row.uses),
-    parentId: nullableString(row.parent_id),
-    createdAt: Number(row.created_at),
-    revokedAt: nullableNumber(row.revoked_at),
-  };
-}
-
-function agentFromRow(row: Row): AgentRecord {
-  return {
-    id: String(row.id),
-    name: String(row.name),
-    groups: stringArray(row.groups, 'agents', 'groups'),
-    keyHash: String(row.key_hash),
-    createdAt: Number(row.created_at),
-    expiresAt: nullableNumber(row.expires_at),
-    revokedAt: nullableNumber(row.revoked_at),
-  };
-}
-
-function connectionFromRow(row: Row): ConnectionRecord {
-  return {
-    id: String(row.id),
-    name: String(row.name),
-    type: String(row.type),
-    url: String(row.url),
-    credential: nullableString(row.credential),
-    injectHeaders: stringRecord(row.inject_headers, 'connections', 'inject_headers'),
-    rules: jsonColumn<Record<string, unknown>>(row.rules, 'connections', 'rules'),
-    createdAt: Number(row.created_at),
-  };
-}
-
-function approvalFromRow(row: Row): ApprovalRecord {
-  return {
-    id: String(row.id),
-    fingerprint: String(row.fingerprint),
-    requester: String(row.requester),
-    status: String(row.status) as ApprovalRecord['status'],
-    createdAt: Number(row.created_at),
-    expiresAt: Number(row.expires_at),
-    data: jsonColumn<Record<string, unknown>>(row.data, 'approvals', 'data'),
-    // Absent when none was kept (rows from before migration 7, or no preview built).
-    ...(row.preview === null || row.preview === undefined ? {} : { preview: String(row.preview) }),
-  };
-}
-
-function sessionFromRow(row: Row): SessionRecord {
-  return {
-    id: String(row.id),
-    frontend: String(row.frontend),
-    principal: nullableString(row.principal),
-    connection: nullableString(row.connection),
-    startedAt: Number(row.started_at),
-    endedAt: Number(row.ended_at),
-    outcome: String(row.outcome),
-    summary: jsonColumn<Record<string, unknown>>(row.summary, 'sessions', 'summary'),
-  };
-}
-
-function workflowFromRow(row: Row): WorkflowRecord {
-  return {
-    id: String(row.id),
-    name: String(row.name),
-    parentId: row.parent_id === null ? null : String(row.parent_id),
-    rootId: String(row.root_id),
-    startedBy: String(row.started_by),
-    groups: stringArray(row.groups, 'workflows', 'groups'),
-    keyHash: String(row.key_hash),
-    status: String(row.status) as WorkflowRecord['status'],
-    expiresAt: nullableNumber(row.expires_at),
-    createdAt: Number(row.created_at),
-    endedAt: nullableNumber(row.ended_at),
-  };
-}
-
-function auditFromRow(row: Row): AuditRecord {
-  const seq = Number(row.seq);
-  const chain = row.chain === undefined || row.chain === null ? '' : String(row.chain);
-  const chainSeq = row.chain_seq === undefined || row.chain_seq === null ? seq : Number(row.chain_seq);
-  return {
-    seq,
-    // Main-chain records at their own position look as they did before chains existed.
-    ...(chain === '' && chainSeq === seq ? {} : { chain, chainSeq }),
-    ts: Number(row.ts),
-    type: String(row.type),
-    actor: String(row.actor),
-    // TEXT, not JSONB: JSONB reorders keys and the hash chain is computed over the text.
-    data: jsonColumn<Record<string, unknown>>(row.data, 'audit', 'data'),
-    prevHash: String(row.prev_hash),
-    hash: String(row.hash),
-  };
-}
 
 // ---------------------------------------------------------------------------------------
 // Credentials and errors.
@@ -406,391 +236,52 @@ interface Runner {
   readonly inTransaction: boolean;
 }
 
-const ORDER_TEXT = 'COLLATE "C"'; // byte order, as SQLite's BINARY collation
+const POSTGRES_DIALECT: SqlDialect = {
+  codec: POSTGRES_CODEC,
+  textOrder: ' COLLATE "C"', // byte order, as SQLite's BINARY collation
+  lockToKill: ' FOR UPDATE',
+  lockToKillOrdered: ' ORDER BY id FOR UPDATE',
+  // FOR NO KEY UPDATE, not FOR UPDATE: takers exclude each other but not the FOR KEY SHARE
+  // lock an exchange's `deadAmong` holds on the same row (no lock upgrade deadlock).
+  lockToTake: ' ORDER BY id COLLATE "C" FOR NO KEY UPDATE',
+  lockToRead: ' ORDER BY id COLLATE "C" FOR KEY SHARE',
+  jsonParam: '?::jsonb',
+  idList(ids, params) {
+    params.push([...ids]);
+    return '= ANY(?::text[])';
+  },
+};
 
-class PgOps implements StoreOps {
-  constructor(protected readonly db: Runner) {}
+/** Numbered placeholders for the shared queries' `?` (none of them has a `?` in a literal). */
+const numbered = new Map<string, string>();
+function numberPlaceholders(sql: string): string {
+  let out = numbered.get(sql);
+  if (out === undefined) {
+    let n = 0;
+    out = sql.replace(/\?/g, () => `$${++n}`);
+    // Queries are fixed texts plus id lists passed as one array; bound the cache all the same.
+    if (numbered.size > 500) numbered.clear();
+    numbered.set(sql, out);
+  }
+  return out;
+}
 
-  async getMeta(key: string) {
-    const rows = await this.db.query('SELECT value FROM meta WHERE key = $1', [key]);
-    return rows[0] === undefined ? null : String(rows[0].value);
-  }
-  async setMeta(key: string, value: string) {
-    await this.db.execute(
-      'INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
-      [key, value],
-    );
-  }
+function sqlRunner(db: Runner): SqlRunner {
+  return {
+    inTransaction: db.inTransaction,
+    all: (sql, params) => db.query(numberPlaceholders(sql), params),
+    run: (sql, params) => db.execute(numberPlaceholders(sql), params),
+    atomically: (fn) => db.atomically((inner) => fn(sqlRunner(inner))),
+  };
+}
 
-  async insertSecret(r: SecretRecord) {
-    await this.db.execute(
-      'INSERT INTO secrets (id, name, kind, allow, placements, wrapped_key, key_id, ciphertext, fingerprint, created_at, erased_at) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11)',
-      [
-        r.id,
-        r.name,
-        r.kind,
-        JSON.stringify(r.allow),
-        JSON.stringify(r.placements),
-        r.wrappedKey,
-        r.keyId,
-        r.ciphertext,
-        r.fingerprint,
-        r.createdAt,
-        r.erasedAt,
-      ],
-    );
-  }
-  async getSecretByName(name: string) {
-    const rows = await this.db.query('SELECT * FROM secrets WHERE name = $1 AND erased_at IS NULL', [name]);
-    return rows[0] === undefined ? null : secretFromRow(rows[0]);
-  }
-  async getSecretById(id: string) {
-    const rows = await this.db.query('SELECT * FROM secrets WHERE id = $1', [id]);
-    return rows[0] === undefined ? null : secretFromRow(rows[0]);
-  }
-  async listSecrets() {
-    const rows = await this.db.query(
-      `SELECT * FROM secrets WHERE erased_at IS NULL ORDER BY name ${ORDER_TEXT}`,
-    );
-    return rows.map(secretFromRow);
-  }
-  // Every change that makes a row dead locks it FOR UPDATE first: that conflicts with the
-  // FOR KEY SHARE lock `deadAmong` holds for an exchange in flight (a plain UPDATE would
-  // not), so a revocation and an exchange that depends on it wait for each other (ADR 0015).
-  async eraseSecret(id: string, at: number) {
-    const count = await this.db.execute(
-      'UPDATE secrets SET wrapped_key = NULL, key_id = NULL, ciphertext = NULL, erased_at = $1 WHERE id IN (SELECT id FROM secrets WHERE id = $2 AND erased_at IS NULL FOR UPDATE)',
-      [at, id],
-    );
-    return count === 1;
-  }
-  async updateSecretKey(id: string, wrappedKey: Buffer, keyId: string) {
-    await this.db.execute(
-      'UPDATE secrets SET wrapped_key = $1, key_id = $2 WHERE id = $3 AND erased_at IS NULL',
-      [wrappedKey, keyId, id],
-    );
-  }
-  async updateSecretBindings(id: string, allow: readonly string[], placements: readonly string[]) {
-    const count = await this.db.execute(
-      'UPDATE secrets SET allow = $1::jsonb, placements = $2::jsonb WHERE id = $3 AND erased_at IS NULL',
-      [JSON.stringify(allow), JSON.stringify(placements), id],
-    );
-    return count === 1;
+class PgOps extends SqlOps {
+  constructor(protected readonly pg: Runner) {
+    super(sqlRunner(pg), POSTGRES_DIALECT);
   }
 
-  async insertTicket(r: TicketRecord) {
-    await this.db.execute(
-      'INSERT INTO tickets (id, hash, secret_id, principal, destinations, expires_at, max_uses, uses, parent_id, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11)',
-      [
-        r.id,
-        r.hash,
-        r.secretId,
-        r.principal,
-        JSON.stringify(r.destinations),
-        r.expiresAt,
-        r.maxUses,
-        r.uses,
-        r.parentId,
-        r.createdAt,
-        r.revokedAt,
-      ],
-    );
-  }
-  async getTicketByHash(hash: string) {
-    const rows = await this.db.query('SELECT * FROM tickets WHERE hash = $1', [hash]);
-    return rows[0] === undefined ? null : ticketFromRow(rows[0]);
-  }
-  async getTicketById(id: string) {
-    const rows = await this.db.query('SELECT * FROM tickets WHERE id = $1', [id]);
-    return rows[0] === undefined ? null : ticketFromRow(rows[0]);
-  }
-  async listTickets(filter: TicketFilter) {
-    const where: string[] = [];
-    const params: unknown[] = [];
-    if (filter.secretId !== undefined) {
-      params.push(filter.secretId);
-      where.push(`secret_id = $${params.length}`);
-    }
-    if (filter.principal !== undefined) {
-      params.push(filter.principal);
-      where.push(`principal = $${params.length}`);
-    }
-    if (!filter.includeInactive) {
-      params.push(filter.now ?? Date.now());
-      where.push(`revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $${params.length})`);
-    }
-    params.push(filter.limit ?? 1000);
-    const sql = `SELECT * FROM tickets ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at, id ${ORDER_TEXT} LIMIT $${params.length}`;
-    return (await this.db.query(sql, params)).map(ticketFromRow);
-  }
-  async revokeTicketTree(id: string, at: number) {
-    // UNION (not UNION ALL) so even a damaged, cyclic parent chain terminates.
-    const rows = await this.db.query(
-      `WITH RECURSIVE tree(id) AS (
-         SELECT id FROM tickets WHERE id = $1
-         UNION SELECT t.id FROM tickets t JOIN tree ON t.parent_id = tree.id)
-       UPDATE tickets SET revoked_at = $2 WHERE id IN (SELECT id FROM tickets WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL FOR UPDATE) RETURNING id`,
-      [id, at],
-    );
-    return rows.map((row) => String(row.id));
-  }
-  async revokeTicketsOfSecret(secretId: string, at: number) {
-    const rows = await this.db.query(
-      'UPDATE tickets SET revoked_at = $1 WHERE id IN (SELECT id FROM tickets WHERE secret_id = $2 AND revoked_at IS NULL FOR UPDATE) RETURNING id',
-      [at, secretId],
-    );
-    return rows.map((row) => String(row.id));
-  }
-  async consumeUses(ids: readonly string[]) {
-    if (ids.length === 0) return true;
-    // Lock the limited rows (in id order, so overlapping chains cannot deadlock), check
-    // every one has a use left, then take one from each: all or nothing, across replicas.
-    // Under READ COMMITTED, the lock waits for a concurrent taker and then sees its write.
-    // FOR NO KEY UPDATE, not FOR UPDATE: takers exclude each other but not the FOR KEY
-    // SHARE lock an exchange's `deadAmong` holds on the same row (no lock upgrade deadlock).
-    return this.db.atomically(async (db) => {
-      const limited = await db.query(
-        `SELECT id, uses, max_uses FROM tickets WHERE id = ANY($1::text[]) AND max_uses IS NOT NULL ORDER BY id ${ORDER_TEXT} FOR NO KEY UPDATE`,
-        [[...ids]],
-      );
-      if (limited.some((row) => Number(row.uses) >= Number(row.max_uses))) return false;
-      if (limited.length > 0) {
-        await db.execute('UPDATE tickets SET uses = uses + 1 WHERE id = ANY($1::text[])', [
-          limited.map((row) => String(row.id)),
-        ]);
-      }
-      return true;
-    });
-  }
-
-  async insertAgent(r: AgentRecord) {
-    await this.db.execute(
-      'INSERT INTO agents (id, name, groups, key_hash, created_at, expires_at, revoked_at) VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7)',
-      [r.id, r.name, JSON.stringify(r.groups), r.keyHash, r.createdAt, r.expiresAt, r.revokedAt],
-    );
-  }
-  async getAgentByName(name: string) {
-    const rows = await this.db.query('SELECT * FROM agents WHERE name = $1 AND revoked_at IS NULL', [name]);
-    return rows[0] === undefined ? null : agentFromRow(rows[0]);
-  }
-  async getAgentById(id: string) {
-    const rows = await this.db.query('SELECT * FROM agents WHERE id = $1', [id]);
-    return rows[0] === undefined ? null : agentFromRow(rows[0]);
-  }
-  async getAgentByKeyHash(keyHash: string) {
-    const rows = await this.db.query('SELECT * FROM agents WHERE key_hash = $1', [keyHash]);
-    return rows[0] === undefined ? null : agentFromRow(rows[0]);
-  }
-  async listAgents() {
-    const rows = await this.db.query(`SELECT * FROM agents ORDER BY name ${ORDER_TEXT}, created_at`);
-    return rows.map(agentFromRow);
-  }
-  async revokeAgent(id: string, at: number) {
-    const count = await this.db.execute(
-      'UPDATE agents SET revoked_at = $1 WHERE id IN (SELECT id FROM agents WHERE id = $2 AND revoked_at IS NULL FOR UPDATE)',
-      [at, id],
-    );
-    return count === 1;
-  }
-
-  async insertConnection(r: ConnectionRecord) {
-    await this.db.execute(
-      'INSERT INTO connections (id, name, type, url, credential, inject_headers, rules, created_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)',
-      [
-        r.id,
-        r.name,
-        r.type,
-        r.url,
-        r.credential,
-        JSON.stringify(r.injectHeaders),
-        JSON.stringify(r.rules),
-        r.createdAt,
-      ],
-    );
-  }
-  async getConnection(name: string) {
-    const rows = await this.db.query('SELECT * FROM connections WHERE name = $1', [name]);
-    return rows[0] === undefined ? null : connectionFromRow(rows[0]);
-  }
-  async listConnections() {
-    const rows = await this.db.query(`SELECT * FROM connections ORDER BY name ${ORDER_TEXT}`);
-    return rows.map(connectionFromRow);
-  }
-  async deleteConnection(name: string) {
-    return (await this.db.execute('DELETE FROM connections WHERE name = $1', [name])) === 1;
-  }
-
-  async insertApproval(r: ApprovalRecord) {
-    await this.db.execute(
-      'INSERT INTO approvals (id, fingerprint, requester, status, created_at, expires_at, data, preview) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)',
-      [
-        r.id,
-        r.fingerprint,
-        r.requester,
-        r.status,
-        r.createdAt,
-        r.expiresAt,
-        JSON.stringify(r.data),
-        r.preview ?? null,
-      ],
-    );
-  }
-  async getApproval(id: string) {
-    const rows = await this.db.query('SELECT * FROM approvals WHERE id = $1', [id]);
-    return rows[0] === undefined ? null : approvalFromRow(rows[0]);
-  }
-  async updateApproval(r: ApprovalRecord, expectedStatus: ApprovalRecord['status']) {
-    return (
-      (await this.db.execute(
-        'UPDATE approvals SET status = $1, expires_at = $2, data = $3 WHERE id = $4 AND status = $5',
-        [r.status, r.expiresAt, JSON.stringify(r.data), r.id, expectedStatus],
-      )) === 1
-    );
-  }
-  async findApprovals(fingerprint: string, requester: string) {
-    const rows = await this.db.query(
-      'SELECT * FROM approvals WHERE fingerprint = $1 AND requester = $2 ORDER BY created_at DESC, id DESC LIMIT 50',
-      [fingerprint, requester],
-    );
-    return rows.map(approvalFromRow);
-  }
-  async listApprovals(filter: { status?: ApprovalRecord['status']; limit?: number }) {
-    const rows = await this.db.query(
-      'SELECT * FROM approvals WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC, id DESC LIMIT $2',
-      [filter.status ?? null, filter.limit ?? 100],
-    );
-    return rows.map(approvalFromRow);
-  }
-
-  async insertSession(r: SessionRecord) {
-    await this.db.execute(
-      'INSERT INTO sessions (id, frontend, principal, connection, started_at, ended_at, outcome, summary) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)',
-      [
-        r.id,
-        r.frontend,
-        r.principal,
-        r.connection,
-        r.startedAt,
-        r.endedAt,
-        r.outcome,
-        JSON.stringify(r.summary),
-      ],
-    );
-  }
-  async getSession(id: string) {
-    const rows = await this.db.query('SELECT * FROM sessions WHERE id = $1', [id]);
-    return rows[0] === undefined ? null : sessionFromRow(rows[0]);
-  }
-  async listSessions(filter: SessionFilter) {
-    const rows = await this.db.query(
-      'SELECT * FROM sessions WHERE started_at < $1 AND ($2::text IS NULL OR principal = $2) ORDER BY started_at DESC, id DESC LIMIT $3',
-      [filter.before ?? Number.MAX_SAFE_INTEGER, filter.principal ?? null, filter.limit],
-    );
-    return rows.map(sessionFromRow);
-  }
-
-  async insertWorkflow(r: WorkflowRecord) {
-    await this.db.execute(
-      'INSERT INTO workflows (id, name, parent_id, root_id, started_by, groups, key_hash, status, expires_at, created_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)',
-      [
-        r.id,
-        r.name,
-        r.parentId,
-        r.rootId,
-        r.startedBy,
-        JSON.stringify(r.groups),
-        r.keyHash,
-        r.status,
-        r.expiresAt,
-        r.createdAt,
-        r.endedAt,
-      ],
-    );
-  }
-  async getWorkflow(id: string) {
-    const rows = await this.db.query('SELECT * FROM workflows WHERE id = $1', [id]);
-    return rows[0] === undefined ? null : workflowFromRow(rows[0]);
-  }
-  async getWorkflowByKeyHash(keyHash: string) {
-    const rows = await this.db.query('SELECT * FROM workflows WHERE key_hash = $1', [keyHash]);
-    return rows[0] === undefined ? null : workflowFromRow(rows[0]);
-  }
-  async listWorkflowRuns(limit: number) {
-    const rows = await this.db.query(
-      'SELECT * FROM workflows WHERE parent_id IS NULL ORDER BY created_at DESC, id DESC LIMIT $1',
-      [limit],
-    );
-    return rows.map(workflowFromRow);
-  }
-  async listWorkflowSubtree(id: string) {
-    const rows = await this.db.query(
-      `WITH RECURSIVE tree(id) AS (
-         SELECT id FROM workflows WHERE id = $1
-         UNION SELECT w.id FROM workflows w JOIN tree ON w.parent_id = tree.id)
-       SELECT * FROM workflows WHERE id IN (SELECT id FROM tree) ORDER BY created_at, id ${ORDER_TEXT}`,
-      [id],
-    );
-    return rows.map(workflowFromRow);
-  }
-  async endWorkflowTree(id: string, status: 'ended' | 'revoked', at: number) {
-    const rows = await this.db.query(
-      `WITH RECURSIVE tree(id) AS (
-         SELECT id FROM workflows WHERE id = $1
-         UNION SELECT w.id FROM workflows w JOIN tree ON w.parent_id = tree.id)
-       UPDATE workflows SET status = $2, ended_at = $3 WHERE id IN (SELECT id FROM workflows WHERE id IN (SELECT id FROM tree) AND status = 'active' FOR UPDATE) RETURNING id`,
-      [id, status, at],
-    );
-    return rows.map((row) => String(row.id));
-  }
-  async addWorkflowTicket(workflowId: string, ticketId: string) {
-    await this.db.execute('INSERT INTO workflow_tickets (workflow_id, ticket_id) VALUES ($1, $2)', [
-      workflowId,
-      ticketId,
-    ]);
-  }
-  async listWorkflowTickets(workflowId: string) {
-    const rows = await this.db.query(
-      `SELECT t.id FROM workflow_tickets wt JOIN tickets t ON t.id = wt.ticket_id WHERE wt.workflow_id = $1 ORDER BY t.created_at, t.id ${ORDER_TEXT}`,
-      [workflowId],
-    );
-    return rows.map((row) => String(row.id));
-  }
-  async getTicketWorkflow(ticketId: string) {
-    const rows = await this.db.query('SELECT workflow_id FROM workflow_tickets WHERE ticket_id = $1', [
-      ticketId,
-    ]);
-    return rows[0] === undefined ? null : String(rows[0].workflow_id);
-  }
-  async expireTickets(ids: readonly string[], at: number) {
-    if (ids.length === 0) return [];
-    const rows = await this.db.query(
-      'UPDATE tickets SET expires_at = $1 WHERE id IN (SELECT id FROM tickets WHERE id = ANY($2::text[]) AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) ORDER BY id FOR UPDATE) RETURNING id',
-      [at, [...ids]],
-    );
-    return rows.map((row) => String(row.id));
-  }
-
-  async deadAmong(q: LivenessQuery, now: number) {
-    // In a transaction, lock what was read (FOR KEY SHARE, in id order) until commit: a
-    // revocation (which locks FOR UPDATE) waits for this exchange to commit, or this read
-    // waits for the revocation and then sees it. Exchanges never block one another.
-    const lock = this.db.inTransaction ? `ORDER BY id ${ORDER_TEXT} FOR KEY SHARE` : '';
-    const rows = await this.db.query(
-      `WITH t AS (SELECT id, revoked_at, expires_at FROM tickets WHERE id = ANY($1::text[]) ${lock}),
-       a AS (SELECT id, revoked_at, expires_at FROM agents WHERE id = ANY($2::text[]) ${lock}),
-       w AS (SELECT id, status, expires_at FROM workflows WHERE id = ANY($3::text[]) ${lock}),
-       s AS (SELECT id, erased_at FROM secrets WHERE id = ANY($4::text[]) ${lock})
-       SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END AS dead FROM t
-       UNION ALL SELECT id, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END FROM a
-       UNION ALL SELECT id, CASE WHEN status <> 'active' THEN 'ended' WHEN expires_at IS NOT NULL AND expires_at <= $5 THEN 'expired' END FROM w
-       UNION ALL SELECT id, CASE WHEN erased_at IS NOT NULL THEN 'erased' END FROM s`,
-      [[...q.tickets], [...q.agents], [...q.workflows], [...q.secrets], now],
-    );
-    return deadMap(q, rows);
-  }
-
-  async auditHead() {
-    if (this.db.inTransaction) {
+  override async auditHead() {
+    if (this.pg.inTransaction) {
       // The audit chain has one writer at a time across every replica: callers read the
       // head and append inside one transaction, so the head read takes a transaction-level
       // advisory lock first. A second replica's auditHead() blocks here until the first
@@ -798,95 +289,35 @@ class PgOps implements StoreOps {
       // transaction of this adapter already holds LOCK_TRANSACTIONS, which serialises them
       // too; this lock keeps the audit guarantee explicit and independent of that. Taken
       // inside a savepoint that is rolled back, PostgreSQL releases it with the savepoint.)
-      await this.db.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, LOCK_AUDIT]);
+      await this.pg.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, LOCK_AUDIT]);
     }
-    const rows = await this.db.query('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1');
-    return rows[0] === undefined ? null : { seq: Number(rows[0].seq), hash: String(rows[0].hash) };
+    return super.auditHead();
   }
-  async auditChainHead(chain: string) {
-    if (this.db.inTransaction && chain === '') {
+  override async auditChainHead(chain: string) {
+    if (this.pg.inTransaction && chain === '') {
       // The main chain has one writer at a time across replicas (as auditHead above).
-      await this.db.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, LOCK_AUDIT]);
+      await this.pg.query('SELECT pg_advisory_xact_lock($1, $2)', [LOCK_NAMESPACE, LOCK_AUDIT]);
     }
-    const rows = await this.db.query(
-      'SELECT seq, chain_seq, hash FROM audit WHERE chain = $1 ORDER BY chain_seq DESC LIMIT 1',
-      [chain],
-    );
-    const row = rows[0];
-    return row === undefined
-      ? null
-      : { seq: Number(row.seq), chainSeq: Number(row.chain_seq), hash: String(row.hash) };
+    return super.auditChainHead(chain);
   }
   async allocateAuditSeqs(count: number) {
     if (count <= 0) return [];
-    const rows = await this.db.query(
+    const rows = await this.pg.query(
       "SELECT nextval('audit_seq') AS seq FROM generate_series(1, $1::int) ORDER BY 1",
       [count],
     );
     return rows.map((row) => Number(row.seq));
   }
-  async readAuditChain(chain: string, afterChainSeq: number, limit: number) {
-    const rows = await this.db.query(
-      'SELECT * FROM audit WHERE chain = $1 AND chain_seq > $2 ORDER BY chain_seq LIMIT $3',
-      [chain, afterChainSeq, limit],
-    );
-    return rows.map(auditFromRow);
-  }
-  async auditChainHeads() {
-    const rows = await this.db.query(
-      `SELECT chain, chain_seq, hash FROM audit_chains ORDER BY chain ${ORDER_TEXT}`,
-    );
-    return rows.map(
-      (row): AuditChainHead => ({
-        chain: String(row.chain),
-        chainSeq: Number(row.chain_seq),
-        hash: String(row.hash),
-      }),
-    );
-  }
-  async setAuditChainHead(head: AuditChainHead) {
-    await this.db.execute(
-      'INSERT INTO audit_chains (chain, chain_seq, hash) VALUES ($1, $2, $3) ON CONFLICT (chain) DO UPDATE SET chain_seq = excluded.chain_seq, hash = excluded.hash',
-      [head.chain, head.chainSeq, head.hash],
-    );
-  }
-  async countAudit() {
-    const rows = await this.db.query('SELECT COUNT(*) AS n FROM audit');
-    return Number(rows[0]?.n ?? 0);
-  }
   async insertAuditRecords(records: readonly AuditRecord[]) {
     if (records.length === 0) return;
     // One statement, so a batch is atomic even outside a transaction. `data` is stored as
     // the exact JSON text (key order matters to the hash chain).
-    await this.db.execute(
-      `INSERT INTO audit (seq, ts, type, actor, data, prev_hash, hash, chain, chain_seq)
+    const columns = records.map((r) => AUDIT.values(r));
+    await this.pg.execute(
+      `INSERT INTO audit (${AUDIT.columns.map(([name]) => name).join(', ')})
        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[])`,
-      [
-        records.map((r) => r.seq),
-        records.map((r) => r.ts),
-        records.map((r) => r.type),
-        records.map((r) => r.actor),
-        records.map((r) => JSON.stringify(r.data)),
-        records.map((r) => r.prevHash),
-        records.map((r) => r.hash),
-        records.map((r) => r.chain ?? ''),
-        records.map((r) => r.chainSeq ?? r.seq),
-      ],
+      AUDIT.columns.map((_, i) => columns.map((values) => values[i])),
     );
-  }
-  async readAudit(afterSeq: number, limit: number) {
-    const rows = await this.db.query('SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2', [
-      afterSeq,
-      limit,
-    ]);
-    return rows.map(auditFromRow);
-  }
-  async tailAudit(limit: number) {
-    const rows = await this.db.query(
-      'SELECT * FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT $1) AS tail ORDER BY seq',
-      [limit],
-    );
-    return rows.map(auditFromRow);
   }
 }
 
@@ -901,7 +332,7 @@ class PgTx extends PgOps implements StoreTx {
   async notify(change: StoreChange) {
     // Delivered at COMMIT, never on rollback (PostgreSQL also drops the notifications of a
     // rolled-back savepoint): a change and its notice commit together.
-    await this.db.query('SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload', [
+    await this.pg.query('SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload', [
       this.channel,
       encodeChange(change),
     ]);
@@ -909,27 +340,22 @@ class PgTx extends PgOps implements StoreTx {
   async savepoint<T>(fn: () => Promise<T>): Promise<T> {
     const name = `sp${++this.#depth}`;
     try {
-      await this.db.execute(`SAVEPOINT ${name}`);
+      await this.pg.execute(`SAVEPOINT ${name}`);
       let result: T;
       try {
         result = await fn();
       } catch (error) {
-        await this.db.execute(`ROLLBACK TO SAVEPOINT ${name}`);
-        await this.db.execute(`RELEASE SAVEPOINT ${name}`);
+        await this.pg.execute(`ROLLBACK TO SAVEPOINT ${name}`);
+        await this.pg.execute(`RELEASE SAVEPOINT ${name}`);
         throw error;
       }
-      await this.db.execute(`RELEASE SAVEPOINT ${name}`);
+      await this.pg.execute(`RELEASE SAVEPOINT ${name}`);
       return result;
     } finally {
       this.#depth--;
     }
   }
 }
-
-/** Every StoreOps method, so top-level ops can be bound onto the store object. */
-const OP_NAMES = Object.getOwnPropertyNames(PgOps.prototype).filter(
-  (name) => name !== 'constructor',
-) as (keyof StoreOps)[];
 
 // ---------------------------------------------------------------------------------------
 // The store.
@@ -1109,7 +535,7 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
 
   const ops = new PgOps(poolRunner);
   const bound: Record<string, unknown> = {};
-  for (const name of OP_NAMES) {
+  for (const name of operationNames(ops)) {
     bound[name] = (ops[name] as (...args: unknown[]) => unknown).bind(ops);
   }
 
