@@ -9,6 +9,14 @@ import type { Store } from '../store/types.js';
 import { formatDestination, isLoopbackHost, parseDestination, type Target } from '../vault/destinations.js';
 import type { Placement } from '../vault/placements.js';
 import { type Exchange, type Vault, workflowTags } from '../vault/vault.js';
+import {
+  type Authorized,
+  type Cleared,
+  checkAuthorized,
+  checkCleared,
+  clearAuthorized,
+  makeAuthorized,
+} from './authorized.js';
 import { type ExchangeStep, recordingHook, type SessionHooks } from './hooks.js';
 import type { InspectionContext, ResponseInspector, ResponseScan } from './inspector.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -258,11 +266,16 @@ export class ExchangePipeline {
     return { view, url: new URL(view.url), target: connectionTarget(view) };
   }
 
-  /** The policy step. A denial is audited and refused before anything is released. */
+  /**
+   * The policy step. A denial is audited and refused before anything is released. An allow
+   * is an `Authorized` (src/gateway/authorized.ts): the one value ticket exchange and
+   * credential release accept; `clear` turns it into the `Cleared` forwarding needs once
+   * the decision's audit record is durable.
+   */
   async decide(
     session: GatewaySession,
     request: Omit<DecisionInput, 'session' | 'signal'>,
-  ): Promise<Decision> {
+  ): Promise<Authorized> {
     const input: DecisionInput = { ...request, session: session.id, signal: session.signal };
     let decision: Decision;
     try {
@@ -298,7 +311,50 @@ export class ExchangePipeline {
         },
       );
     }
-    return decision;
+    return makeAuthorized(
+      {
+        session: session.id,
+        action: input.operation.action,
+        connection: input.connection.name,
+        mask: decision.mask ?? [],
+        reasons: decision.reasons,
+      },
+      decision.recorded ?? Promise.resolve(),
+    );
+  }
+
+  /**
+   * Starting an upstream on behalf of an authenticated session (the MCP gateway starts the
+   * tool server with the connection's credentials before any call is decided, to learn
+   * its capabilities). Not a policy decision: every call through it is decided on its own,
+   * and each credential release is audited. Only for the session's own principal and
+   * connection.
+   */
+  authorizeConnect(session: GatewaySession, principal: Principal, connection: ConnectionView): Authorized {
+    if (session.principal?.ref !== principal.ref || session.connection !== connection.name) {
+      throw new CoatcheckError(
+        'CC_ERR_INTERNAL',
+        'connect refused: the session is not authenticated on this connection',
+      );
+    }
+    return makeAuthorized(
+      { session: session.id, action: 'connect', connection: connection.name, mask: [], reasons: ['connect'] },
+      Promise.resolve(),
+    );
+  }
+
+  /**
+   * Wait until the decision's audit record is durable (it usually shares a group commit
+   * with the releases after it, so this rarely waits) and give the `Cleared` value that
+   * forwarding requires. A failed audit write refuses the operation.
+   */
+  clear(session: GatewaySession, authorized: Authorized): Promise<Cleared> {
+    return clearAuthorized(authorized, session.id);
+  }
+
+  /** The check a front-end makes where it forwards: only a `Cleared` of this session passes. */
+  forwarding(session: GatewaySession, cleared: Cleared): void {
+    checkCleared(cleared, session.id);
   }
 
   /**
@@ -314,12 +370,14 @@ export class ExchangePipeline {
     session: GatewaySession,
     tickets: readonly string[],
     request: {
+      authorized: Authorized;
       principal: Principal;
       target: Target;
       operation: Operation;
       placement?: Placement | ReadonlyMap<string, readonly Placement[]>;
     },
   ): Promise<Map<string, Exchange>> {
+    checkAuthorized(request.authorized, session.id, 'ticket exchange');
     const placementOf = (ticket: string): Placement | readonly Placement[] =>
       request.placement === undefined
         ? 'credential'
@@ -368,8 +426,9 @@ export class ExchangePipeline {
   async credentials(
     session: GatewaySession,
     connection: ConnectionView,
-    request: { principal: Principal; target: Target; operation: Operation },
+    request: { authorized: Authorized; principal: Principal; target: Target; operation: Operation },
   ): Promise<Map<string, string>> {
+    checkAuthorized(request.authorized, session.id, 'credential release');
     const templates: Record<string, string> = { ...connection.injectHeaders };
     if (
       connection.credential !== null &&
@@ -393,6 +452,27 @@ export class ExchangePipeline {
       this.#step(session, { step: 'credentials', outcome: 'released', action: request.operation.action });
     }
     return this.#fill(session, templates, values);
+  }
+
+  /**
+   * Release one secret of a connection by name (a PostgreSQL login with an agent key: the
+   * connection's credential becomes the upstream password), audited like every release.
+   */
+  async releaseCredential(
+    session: GatewaySession,
+    connection: ConnectionView,
+    name: string,
+    request: { authorized: Authorized; principal: Principal; target: Target; operation: Operation },
+  ): Promise<Exchange> {
+    checkAuthorized(request.authorized, session.id, 'credential release');
+    const released = await this.services.vault.releaseCredential(name, {
+      principal: request.principal,
+      target: request.target,
+      operation: request.operation.description,
+      context: { frontend: this.#frontend, session: session.id, connection: connection.name },
+    });
+    session.secretIds.add(released.secretId);
+    return released;
   }
 
   async #releaseAll(

@@ -387,7 +387,7 @@ export class HttpEngine implements Engine<HttpClient> {
       target: connection.target,
       operation,
     });
-    summary.decision = decision.verdict;
+    summary.decision = 'allow';
 
     // search the request
     const skip = hopByHop(req.headers.connection);
@@ -456,7 +456,7 @@ export class HttpEngine implements Engine<HttpClient> {
 
     // exchange tickets, release credentials (each release audited durably first)
     const exchangeStarted = performance.now();
-    const request = { principal, target: connection.target, operation };
+    const request = { authorized: decision, principal, target: connection.target, operation };
     const released = await this.#pipeline.exchange(session, tickets, { ...request, placement: placements });
     const injected = await this.#pipeline.credentials(session, connection.view, request);
     services.metrics.duration.observe(
@@ -489,7 +489,7 @@ export class HttpEngine implements Engine<HttpClient> {
 
     // The decision's audit record must be durable before anything leaves (it shares the
     // group commit with the releases above, so this rarely waits).
-    await decision.recorded;
+    const cleared = await this.#pipeline.clear(session, decision);
     // Tickets minted for secrets in the response are children of the tickets exchanged here.
     const parents = [...released.values()].map((e) => e.ticketId);
     return {
@@ -499,8 +499,9 @@ export class HttpEngine implements Engine<HttpClient> {
       path,
       upstreamHeaders,
       upstreamBody,
-      mask: decision.mask ?? [],
+      mask: decision.mask,
       parents,
+      cleared,
     };
   }
 
@@ -510,7 +511,7 @@ export class HttpEngine implements Engine<HttpClient> {
     const started = performance.now();
     await this.initialize(client);
 
-    const { principal, route, method, path, upstreamHeaders, upstreamBody, mask, parents } =
+    const { principal, route, method, path, upstreamHeaders, upstreamBody, mask, parents, cleared } =
       await this.#prepare(client, false);
     const connection = route;
 
@@ -523,6 +524,7 @@ export class HttpEngine implements Engine<HttpClient> {
     const signal = AbortSignal.any([session.signal, gone.signal]);
     const upstreamStarted = performance.now();
     let response: Dispatcher.ResponseData;
+    this.#pipeline.forwarding(session, cleared);
     try {
       response = await this.#options.dispatcher.request({
         origin: route.origin,
@@ -716,8 +718,12 @@ export class HttpEngine implements Engine<HttpClient> {
           'only WebSocket upgrades are carried (the gateway must be able to inspect what comes back)',
         );
       }
-      const { principal, route, method, path, upstreamHeaders, parents } = await this.#prepare(client, true);
+      const { principal, route, method, path, upstreamHeaders, parents, cleared } = await this.#prepare(
+        client,
+        true,
+      );
       let upstream: Socket;
+      this.#pipeline.forwarding(client.session, cleared);
       try {
         upstream = await connectRaw(
           route.url,

@@ -350,7 +350,7 @@ export class LlmEngine implements Engine<LlmClient> {
       target: connection.target,
       operation,
     });
-    summary.decision = decision.verdict;
+    summary.decision = 'allow';
 
     const scanned = body === null ? null : await this.#scanBody(session, principal, body, summary);
     summary.model = await this.#modelLabel(principal, scanned?.model ?? '');
@@ -375,7 +375,7 @@ export class LlmEngine implements Engine<LlmClient> {
       if (endpoint.provider === 'anthropic') templates['x-api-key'] = `{{secret:${view.credential}}}`;
       else templates.Authorization = `Bearer {{secret:${view.credential}}}`;
     }
-    const request = { principal, target: connection.target, operation };
+    const request = { authorized: decision, principal, target: connection.target, operation };
     // The release and the request record share one group commit; both (and the decision's
     // record) are durable before anything leaves.
     const recorded = pipeline.services.audit.append({
@@ -413,7 +413,7 @@ export class LlmEngine implements Engine<LlmClient> {
     }
     headers.push('accept-encoding', 'identity');
 
-    await decision.recorded;
+    const cleared = await pipeline.clear(session, decision);
     await recorded;
 
     const gone = new AbortController();
@@ -424,6 +424,7 @@ export class LlmEngine implements Engine<LlmClient> {
     const signal = AbortSignal.any([session.signal, gone.signal]);
     const started = performance.now();
     let response: Dispatcher.ResponseData;
+    pipeline.forwarding(session, cleared);
     try {
       response = await this.#options.dispatcher.request({
         origin: connection.url.origin,

@@ -31,6 +31,7 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
+import type { Authorized, Cleared } from '../../gateway/authorized.js';
 import type { FoundSecrets, JsonValue } from '../../gateway/found-secrets.js';
 import { rewriteJsonStrings } from '../../gateway/found-secrets.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
@@ -182,7 +183,7 @@ export class McpSession {
     tool: string,
     argumentsJson: string,
     what: string,
-  ): Promise<{ operation: Operation; recorded: Promise<unknown> }> {
+  ): Promise<{ operation: Operation; authorized: Authorized }> {
     const { pipeline, session, principal, connection } = this.#o;
     const operation: Operation = {
       action: 'mcp:call',
@@ -194,15 +195,14 @@ export class McpSession {
       // What an approver reads (cleaned by the approvals module): the tool and its arguments.
       preview: () => `${what}\ntool: ${tool}\narguments:\n${prettyJson(argumentsJson)}`,
     };
-    let recorded: Promise<unknown>;
+    let authorized: Authorized;
     try {
-      const decision = await pipeline.decide(session, {
+      authorized = await pipeline.decide(session, {
         principal,
         connection: connection.view,
         target: this.#target,
         operation,
       });
-      recorded = decision.recorded ?? Promise.resolve();
     } catch (error) {
       if (error instanceof CoatcheckError && error.code === 'CC_ERR_POLICY_DENIED') {
         throw new CoatcheckError(
@@ -213,7 +213,7 @@ export class McpSession {
       }
       throw error;
     }
-    return { operation, recorded };
+    return { operation, authorized };
   }
 
   /** Every secret in an upstream answer becomes a ticket bound to the caller (known secrets: to this connection). */
@@ -243,6 +243,7 @@ export class McpSession {
   async #exchangeArguments(
     args: Record<string, unknown> | undefined,
     operation: Operation,
+    authorized: Authorized,
   ): Promise<{ args: Record<string, unknown> | undefined; tickets: string[] }> {
     if (args === undefined) return { args, tickets: [] };
     const found = new Set<string>();
@@ -261,6 +262,7 @@ export class McpSession {
     // Tool arguments are a body: the tool server can echo or store them, so the secret must
     // allow placement `body` (credential-only secrets go only where credentials go).
     const released = await this.#o.pipeline.exchange(this.#o.session, tickets, {
+      authorized,
       principal: this.#o.principal,
       target: this.#target,
       operation,
@@ -276,7 +278,10 @@ export class McpSession {
   }
 
   /** Run one upstream request; a closed or crashed upstream becomes CC_ERR_MCP_UPSTREAM_FAILED. */
-  async #upstreamCall<T>(work: (client: Client) => Promise<T>): Promise<T> {
+  async #upstreamCall<T>(cleared: Cleared | null, work: (client: Client) => Promise<T>): Promise<T> {
+    // A call that forwards an operation carries its Cleared decision; listings (filtered
+    // by policy and scanned on the way back) forward none and carry null.
+    if (cleared !== null) this.#o.pipeline.forwarding(this.#o.session, cleared);
     const client = await this.#client();
     try {
       return await work(client);
@@ -368,21 +373,21 @@ export class McpSession {
     const name = connection.view.name;
     if (capabilities.tools !== undefined) {
       this.server.setRequestHandler(ListToolsRequestSchema, async (request) => {
-        const listed = await this.#upstreamCall((c) => c.listTools(request.params));
+        const listed = await this.#upstreamCall(null, (c) => c.listTools(request.params));
         const tools = listed.tools.filter((tool) => visible(principal, name, tool.name));
         return this.#scan({ ...listed, tools });
       });
       this.server.setRequestHandler(CallToolRequestSchema, async (request) => {
         return this.#audited(request.params.name, async (state, tool) => {
-          const { operation, recorded } = await this.#decide(
+          const { operation, authorized } = await this.#decide(
             tool,
             JSON.stringify(request.params.arguments ?? {}),
             `tools/call ${tool.slice(0, 200)}`,
           );
-          const exchanged = await this.#exchangeArguments(request.params.arguments, operation);
+          const exchanged = await this.#exchangeArguments(request.params.arguments, operation, authorized);
           state.tickets = exchanged.tickets;
-          await recorded;
-          const result = await this.#upstreamCall((c) =>
+          const cleared = await this.#o.pipeline.clear(this.#o.session, authorized);
+          const result = await this.#upstreamCall(cleared, (c) =>
             c.callTool({ ...request.params, arguments: exchanged.args }, undefined, {
               timeout: this.#o.upstreamTimeoutMs,
             }),
@@ -393,21 +398,22 @@ export class McpSession {
     }
     if (capabilities.resources !== undefined) {
       this.server.setRequestHandler(ListResourcesRequestSchema, async (request) =>
-        this.#scan(await this.#upstreamCall((c) => c.listResources(request.params))),
+        this.#scan(await this.#upstreamCall(null, (c) => c.listResources(request.params))),
       );
       this.server.setRequestHandler(ListResourceTemplatesRequestSchema, async (request) =>
-        this.#scan(await this.#upstreamCall((c) => c.listResourceTemplates(request.params))),
+        this.#scan(await this.#upstreamCall(null, (c) => c.listResourceTemplates(request.params))),
       );
       this.server.setRequestHandler(ReadResourceRequestSchema, async (request) => {
         return this.#audited(`resource:${request.params.uri}`, async (_state, tool) => {
-          await (await this.#decide(tool, '{}', `resources/read ${tool}`)).recorded;
-          return this.#scan(await this.#upstreamCall((c) => c.readResource(request.params)));
+          const { authorized } = await this.#decide(tool, '{}', `resources/read ${tool}`);
+          const cleared = await this.#o.pipeline.clear(this.#o.session, authorized);
+          return this.#scan(await this.#upstreamCall(cleared, (c) => c.readResource(request.params)));
         });
       });
     }
     if (capabilities.prompts !== undefined) {
       this.server.setRequestHandler(ListPromptsRequestSchema, async (request) =>
-        this.#scan(await this.#upstreamCall((c) => c.listPrompts(request.params))),
+        this.#scan(await this.#upstreamCall(null, (c) => c.listPrompts(request.params))),
       );
       this.server.setRequestHandler(GetPromptRequestSchema, async (request) => {
         return this.#audited(`prompt:${request.params.name}`, async (_state, tool) => {
@@ -416,8 +422,8 @@ export class McpSession {
             JSON.stringify(request.params.arguments ?? {}),
             `prompts/get ${tool}`,
           );
-          await decided.recorded;
-          return this.#scan(await this.#upstreamCall((c) => c.getPrompt(request.params)));
+          const cleared = await this.#o.pipeline.clear(this.#o.session, decided.authorized);
+          return this.#scan(await this.#upstreamCall(cleared, (c) => c.getPrompt(request.params)));
         });
       });
     }
@@ -443,6 +449,7 @@ class McpSessionStarter {
       session,
       stdio ? { ...view, injectHeaders: templates, credential: null } : view,
       {
+        authorized: pipeline.authorizeConnect(session, principal, view),
         principal,
         target: mcpTarget(connection),
         operation: {

@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
 import { isTicket, TICKET_LENGTH } from '../../core/ticket-format.js';
+import type { Authorized } from '../../gateway/authorized.js';
 import type { PatternSet, ResponseScan } from '../../gateway/inspector.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
 import type { GatewaySession } from '../../gateway/session.js';
@@ -158,6 +159,7 @@ export class RelaySession {
   readonly #toUpstream: WriteBatcher;
   readonly #services: RelayServices;
   readonly #session: GatewaySession;
+  readonly #authorized: Authorized;
   readonly #principal: Principal;
   readonly #target: Target;
   readonly #rules: PostgresRules;
@@ -200,6 +202,8 @@ export class RelaySession {
       services: RelayServices;
       session: GatewaySession;
       principal: Principal;
+      /** The login's policy decision: tickets in SQL text are exchanged under it. */
+      authorized: Authorized;
       target: Target;
       rules: PostgresRules;
       /** The upstream this session logged in to (lineage reads its catalog over a connection of its own). */
@@ -211,6 +215,7 @@ export class RelaySession {
     this.#services = context.services;
     this.#session = context.session;
     this.#principal = context.principal;
+    this.#authorized = context.authorized;
     // At this point the session holds only what the login exchanged.
     for (const id of context.session.ticketIds) this.#exchanged.add(id);
     this.#target = context.target;
@@ -932,6 +937,7 @@ export class RelaySession {
     };
     try {
       const released = await this.#services.pipeline.exchange(this.#session, unique, {
+        authorized: this.#authorized,
         principal: this.#principal,
         target: this.#target,
         operation,

@@ -11,6 +11,7 @@ import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import { newId } from '../../core/ids.js';
 import { agentRef, type Principal } from '../../core/principal.js';
 import { AGENT_KEY_PREFIX, isTicket } from '../../core/ticket-format.js';
+import type { Authorized, Cleared } from '../../gateway/authorized.js';
 import type { Engine } from '../../gateway/engine.js';
 import type { PatternSet } from '../../gateway/inspector.js';
 import type { GatewayMetrics } from '../../gateway/metrics.js';
@@ -155,6 +156,10 @@ interface Login {
   readonly target: Target;
   /** The upstream password: the secret the ticket stood for, or the connection's credential. */
   readonly password: Buffer;
+  /** The login's policy decision (sql:session): tickets in the session's SQL are exchanged under it. */
+  readonly authorized: Authorized;
+  /** The same, its audit record durable: the upstream connection is opened only with it. */
+  readonly cleared: Cleared;
   /** When the login's ticket (or its parent chain) or the agent's key expires; the session ends then. */
   readonly expiresAt: number | null;
   readonly expiryCode: ErrorCode;
@@ -455,6 +460,8 @@ export class PostgresEngine implements Engine<Client> {
       };
       let principal: Principal;
       let secret: Buffer;
+      let authorized: Authorized;
+      let cleared: Cleared;
       let expiresAt: number | null = agent.expiresAt;
       let expiryCode: ErrorCode = 'CC_ERR_AGENT_EXPIRED';
       if (password.startsWith(AGENT_KEY_PREFIX)) {
@@ -488,15 +495,15 @@ export class PostgresEngine implements Engine<Client> {
             `coatcheck: connection ${view.name} has no credential; log in with a ticket instead of an agent key`,
           );
         }
-        const released = await this.#services.pipeline.services.vault.releaseCredential(view.credential, {
+        const released = await this.#services.pipeline.releaseCredential(session, view, view.credential, {
+          authorized: decision,
           principal,
           target,
-          operation: operation.description,
-          context: { frontend: 'postgres', session: session.id, connection: view.name },
+          operation,
         });
-        session.secretIds.add(released.secretId);
         // The login decision's record shares the release's group commit; it too must be durable.
-        await decision.recorded;
+        cleared = await this.#services.pipeline.clear(session, decision);
+        authorized = decision;
         secret = released.value.reveal();
       } else if (isTicket(password)) {
         principal = {
@@ -515,13 +522,14 @@ export class PostgresEngine implements Engine<Client> {
           operation,
         });
         const released = await this.#services.pipeline
-          .exchange(session, [password], { principal, target, operation })
+          .exchange(session, [password], { authorized: decision, principal, target, operation })
           .catch((error: unknown) => {
             const code = error instanceof CoatcheckError ? error.code : 'CC_ERR_INTERNAL';
             const why = error instanceof CoatcheckError ? error.message : 'exchange failed';
             throw loginFailed(code, `coatcheck: login refused: ${why} (${code})`);
           });
-        await decision.recorded;
+        cleared = await this.#services.pipeline.clear(session, decision);
+        authorized = decision;
         const exchanged = released.get(password)!;
         secret = exchanged.value.reveal();
         const ticketExpiry = await this.#ticketExpiry(exchanged.ticketId);
@@ -543,6 +551,8 @@ export class PostgresEngine implements Engine<Client> {
         upstream,
         target,
         password: secret,
+        authorized,
+        cleared,
         ...(principal.expiresAt !== null && (expiresAt === null || principal.expiresAt < expiresAt)
           ? { expiresAt: principal.expiresAt, expiryCode: 'CC_ERR_AGENT_EXPIRED' as const }
           : { expiresAt, expiryCode }),
@@ -652,6 +662,7 @@ export class PostgresEngine implements Engine<Client> {
     if (login.rules.searchPath !== null) forwarded.push(['search_path', login.rules.searchPath]);
     // A read-only connection's sessions are read-only on the server too; no statement may lift it.
     if (login.rules.readOnly) forwarded.push(['default_transaction_read_only', 'on']);
+    this.#services.pipeline.forwarding(session, login.cleared);
     const upstream = await connectUpstream(login.upstream, login.password, {
       timeoutMs: this.#options.upstreamTimeoutMs,
       parameters: forwarded,
@@ -731,6 +742,7 @@ export class PostgresEngine implements Engine<Client> {
       },
       session,
       principal: login.principal,
+      authorized: login.authorized,
       target: login.target,
       rules: login.rules,
       // Lineage reads the upstream catalog over its own connection, with the login's credentials.
