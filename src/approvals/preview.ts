@@ -1,10 +1,24 @@
 import { createHash } from 'node:crypto';
 import type { SecretValue } from '../core/secret-value.js';
 import { TICKET_PATTERN } from '../core/ticket-format.js';
-import { createDetector, type Detector } from '../detect/detector.js';
-import { createKnownSecretMatcher } from '../detect/known-secrets.js';
-import { maskFor } from '../detect/scrub.js';
-import { buildPatterns, type PatternSet } from '../gateway/inspector.js';
+import type { Detector } from '../detect/detector.js';
+import type { Finding } from '../detect/types.js';
+import type { PatternSet } from '../gateway/inspector.js';
+
+/**
+ * The detector and the pattern builder load when the first preview is cleaned (a CLI
+ * command that never builds one does not load the rules).
+ */
+const cleaningTools = async () => {
+  const [{ createDetector }, { createKnownSecretMatcher }, { maskFor }, { buildPatterns }] =
+    await Promise.all([
+      import('../detect/detector.js'),
+      import('../detect/known-secrets.js'),
+      import('../detect/scrub.js'),
+      import('../gateway/inspector.js'),
+    ]);
+  return { createDetector, createKnownSecretMatcher, maskFor, buildPatterns };
+};
 
 /**
  * The approver's preview of a held operation: the exact request (HTTP method, URL, headers
@@ -63,6 +77,7 @@ interface Tools {
   readonly detector: Detector;
   /** The longest live secret, in bytes. */
   readonly longest: number;
+  readonly maskFor: (finding: Finding) => string;
 }
 
 /** More distinct tickets than this in one preview are labelled by hash without a store lookup. */
@@ -108,6 +123,7 @@ export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
     const known = await vault.knownSecrets();
     let tools = cache.get(known);
     if (tools === undefined) {
+      const { createDetector, createKnownSecretMatcher, buildPatterns, maskFor } = await cleaningTools();
       const matcher = createKnownSecretMatcher();
       const revealed = known.map((s) => ({ id: s.id, value: s.value.reveal() }));
       for (const s of revealed) {
@@ -120,13 +136,14 @@ export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
       tools = {
         patterns: buildPatterns(revealed),
         detector: createDetector({ knownSecrets: matcher }),
+        maskFor,
         longest: revealed.reduce((m, s) => Math.max(m, s.value.length), 0),
       };
       cache.set(known, tools);
     }
     return tools;
   };
-  const clean = async (raw: string, { patterns, detector }: Tools): Promise<string> => {
+  const clean = async (raw: string, { patterns, detector, maskFor }: Tools): Promise<string> => {
     // Markers are written as placeholders until the detector has run, so that it does not
     // take a marker (`[secret:sec_…]`) for a secret; the raw text cannot forge one.
     const labels: string[] = [];

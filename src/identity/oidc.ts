@@ -1,4 +1,13 @@
-import { createRemoteJWKSet, decodeJwt, type JWTPayload, errors as joseErrors, jwtVerify } from 'jose';
+import type { createRemoteJWKSet, JWTPayload } from 'jose';
+
+/** jose loads on the first token verified: a CLI command or a gateway without OIDC never pays for it. */
+type Jose = typeof import('jose');
+let joseModule: Promise<Jose> | null = null;
+const jose = (): Promise<Jose> => {
+  joseModule ??= import('jose');
+  return joseModule;
+};
+
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
 
@@ -67,6 +76,7 @@ export class OidcVerifier {
       }
       if (typeof document.jwks_uri !== 'string')
         throw fail('CC_ERR_OIDC_UNAVAILABLE', `the discovery document of ${issuer} has no jwks_uri`);
+      const { createRemoteJWKSet } = await jose();
       const jwks = createRemoteJWKSet(new URL(document.jwks_uri), {
         cooldownDuration: state.config.jwksCooldownMs ?? 30_000,
         cacheMaxAge: 10 * 60_000,
@@ -83,6 +93,7 @@ export class OidcVerifier {
 
   async verify(token: string): Promise<Principal> {
     if (!looksLikeJwt(token)) throw fail('CC_ERR_OIDC_MALFORMED', 'the bearer token is not a JWT');
+    const { decodeJwt, jwtVerify, errors } = await jose();
     let unverified: JWTPayload;
     try {
       unverified = decodeJwt(token);
@@ -103,7 +114,7 @@ export class OidcVerifier {
         requiredClaims: ['sub', 'exp'],
       }));
     } catch (error) {
-      throw this.#translate(error);
+      throw this.#translate(error, errors);
     }
     const groupsClaim = state.config.groupsClaim ?? 'groups';
     const rawGroups = payload[groupsClaim];
@@ -136,7 +147,7 @@ export class OidcVerifier {
     };
   }
 
-  #translate(error: unknown): CoatcheckError {
+  #translate(error: unknown, joseErrors: Jose['errors']): CoatcheckError {
     if (error instanceof CoatcheckError) return error;
     if (error instanceof joseErrors.JWTExpired)
       return fail('CC_ERR_OIDC_EXPIRED', 'the token has expired', error);

@@ -27,9 +27,7 @@ import { type Clock, systemClock } from '../core/clock.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
-import { createDetector } from '../detect/detector.js';
-import { createKnownSecretMatcher } from '../detect/known-secrets.js';
-import { createLogScrubber } from '../detect/scrub.js';
+import type { KnownSecretMatcher } from '../detect/known-secrets.js';
 import { Agents } from '../identity/agents.js';
 import { Identity } from '../identity/identity.js';
 import { OidcVerifier } from '../identity/oidc.js';
@@ -185,33 +183,41 @@ function buildContext(
   });
   const identity = new Identity(agents, oidc, workflows);
   // Every log line passes the detector: known vault secrets (any encoding) and secret
-  // formats are masked before the line is written.
-  const knownInLogs = createKnownSecretMatcher();
-  // The scrubber's detector compiles on the first line logged: a CLI command that logs
-  // nothing does not pay for it (the rules still apply to every line that is written).
-  let scrubLine: ((line: string) => string) | null = null;
-  const log = createLogger({
-    level: config.log.level,
-    scrub: (line) => {
-      scrubLine ??= createLogScrubber({ detector: createDetector({ knownSecrets: knownInLogs }) });
-      return scrubLine(line);
-    },
-  });
+  // formats are masked before the line is written. The detector and the known-secret
+  // matcher load with the first line logged (a CLI command that logs nothing does not pay
+  // for them, nor reveal every secret to fill the matcher); lines wait for them.
+  let knownInLogs: KnownSecretMatcher | null = null;
+  let loggedIds = new Set<string>();
   const refreshKnownInLogs = async () => {
+    if (knownInLogs === null) return;
+    const matcher = knownInLogs;
     const live = await vault.knownSecrets();
     const ids = new Set(live.map((s) => s.id));
     for (const secret of live) {
-      if (knownInLogs.has(secret.id)) continue;
+      if (matcher.has(secret.id)) continue;
       try {
-        knownInLogs.add(secret.id, secret.value.reveal());
+        matcher.add(secret.id, secret.value.reveal());
       } catch {
         // Values under 8 bytes cannot be matched without false positives; the rules still apply.
       }
     }
-    for (const secret of loggedIds) if (!ids.has(secret)) knownInLogs.remove(secret);
+    for (const secret of loggedIds) if (!ids.has(secret)) matcher.remove(secret);
     loggedIds = ids;
   };
-  let loggedIds = new Set<string>();
+  const log = createLogger({
+    level: config.log.level,
+    loadScrub: async () => {
+      const [{ createDetector }, { createKnownSecretMatcher }, { createLogScrubber }] = await Promise.all([
+        import('../detect/detector.js'),
+        import('../detect/known-secrets.js'),
+        import('../detect/scrub.js'),
+      ]);
+      knownInLogs = createKnownSecretMatcher();
+      // The vault's secrets are in the matcher before the first line is written.
+      await refreshKnownInLogs().catch(() => undefined);
+      return createLogScrubber({ detector: createDetector({ knownSecrets: knownInLogs }) });
+    },
+  });
   audit.onFailure = (cause) =>
     log.error(
       {
@@ -257,7 +263,6 @@ function buildContext(
       refreshKnownInLogs().catch(() => undefined);
     }
   });
-  refreshKnownInLogs().catch(() => undefined);
   let registry: Registry | null = null;
   const gate: GateServices = {
     policy,
