@@ -1,5 +1,9 @@
+import { createRequire } from 'node:module';
 import { Writable } from 'node:stream';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
+
+type Pino = typeof import('pino');
+const requirePino = (): Pino => createRequire(import.meta.url)('pino') as Pino;
 
 export type LineScrubber = (line: string) => string;
 
@@ -46,8 +50,31 @@ export function createLogger(options: {
       );
     },
   });
-  return pino(
-    { level: options.level, base: { service: 'coatcheck' }, timestamp: pino.stdTimeFunctions.isoTime },
-    stream,
-  );
+  // pino (and its dependencies) load on the first use of the logger, synchronously: a CLI
+  // command that logs nothing does not load them. Every property read goes to the real
+  // logger, made once.
+  let real: Logger | null = null;
+  const make = (): Logger => {
+    if (real === null) {
+      const pino = requirePino();
+      real = pino(
+        { level: options.level, base: { service: 'coatcheck' }, timestamp: pino.stdTimeFunctions.isoTime },
+        stream,
+      );
+    }
+    return real;
+  };
+  return new Proxy({} as Logger, {
+    get(_target, property) {
+      const logger = make();
+      const value = Reflect.get(logger, property, logger) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(logger) : value;
+    },
+    set(_target, property, value) {
+      return Reflect.set(make(), property, value);
+    },
+    has(_target, property) {
+      return Reflect.has(make(), property);
+    },
+  });
 }
