@@ -3,6 +3,7 @@ import { CONNECTION_TYPES, type ConnectionConfig } from '../config/schema.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
+import { CacheEpoch } from '../store/cache-epoch.js';
 import type { ConnectionRecord, Store } from '../store/types.js';
 import { isConnectionName, matchesTarget, parseDestination, type Target } from '../vault/destinations.js';
 
@@ -136,17 +137,47 @@ export function validateConnection(input: ConnectionConfig): string[] {
   return [...new Set(refs)];
 }
 
+/** Most stored connections kept in the lookup cache (a bound, not a working-set guess). */
+const CACHED_CONNECTIONS = 1024;
+
 export class Connections {
   readonly #store: Store;
   readonly #audit: AuditLog;
   readonly #clock: Clock;
   readonly #declared: readonly ConnectionConfig[];
+  /**
+   * Stored connections by name, so a request does not read the store to find its
+   * connection. Filled and served under the versioned-cache rules (ADR 0013): a
+   * `connection.changed` notice (this replica's or another's) or a `resync` drops what it
+   * names, and nothing is served while the change feed is stale.
+   */
+  readonly #cache = new Map<string, { view: ConnectionView; token: number }>();
+  readonly #epoch: CacheEpoch;
+  readonly #unsubscribe: () => void;
 
   constructor(store: Store, audit: AuditLog, clock: Clock, declared: readonly ConnectionConfig[]) {
     this.#store = store;
     this.#audit = audit;
     this.#clock = clock;
     this.#declared = declared;
+    this.#epoch = new CacheEpoch(store);
+    this.#unsubscribe = store.subscribe((change) => {
+      if (change.type === 'connection.changed' || change.type === 'resync') {
+        this.#epoch.bump();
+        this.#cache.clear();
+      }
+    });
+  }
+
+  /** This replica's own change: drop it at once, before the notice comes back. */
+  #forget(name: string): void {
+    this.#epoch.bump();
+    this.#cache.delete(name);
+  }
+
+  close(): void {
+    this.#unsubscribe();
+    this.#cache.clear();
   }
 
   #fromConfig(c: ConnectionConfig): ConnectionView {
@@ -256,6 +287,7 @@ export class Connections {
         await tx.insertConnection(record);
       },
     );
+    this.#forget(record.name);
     await this.#store.publish({ type: 'connection.changed', name: record.name });
     return this.#fromStore(record);
   }
@@ -270,8 +302,17 @@ export class Connections {
   async get(name: string): Promise<ConnectionView | null> {
     const declared = this.#declared.find((c) => c.name === name);
     if (declared !== undefined) return this.#fromConfig(declared);
+    const hit = this.#cache.get(name);
+    if (hit !== undefined && this.#epoch.mayServe(hit.token)) return hit.view;
+    const token = this.#epoch.begin();
     const record = await this.#store.getConnection(name);
-    return record === null ? null : this.#fromStore(record);
+    if (record === null) return null;
+    const view = this.#fromStore(record);
+    if (this.#epoch.mayKeep(token)) {
+      if (this.#cache.size >= CACHED_CONNECTIONS) this.#cache.clear();
+      this.#cache.set(name, { view, token });
+    }
+    return view;
   }
 
   async remove(name: string, actor: string): Promise<void> {
@@ -289,6 +330,7 @@ export class Connections {
         throw new CoatcheckError('CC_ERR_NOT_FOUND', `no connection named ${name}`, { details: { name } });
       }
     });
+    this.#forget(name);
     await this.#store.publish({ type: 'connection.changed', name });
   }
 }

@@ -302,6 +302,7 @@ function buildContext(
       unsubscribe();
       policy.close();
       vault.close();
+      connections.close();
       await audit.close().catch(() => undefined);
       await store.close();
     },

@@ -69,4 +69,34 @@ describe('changes committed by another process', () => {
     off();
     expect(seen).not.toContain('resync');
   });
+
+  it('a connection removed or replaced by another process is not served from the cache', async () => {
+    await server.vault.addSecret(
+      { name: 'k', value: Buffer.from(CANARY), allow: ['conn:api'] },
+      'admin:test',
+    );
+    const add = (ctx: Context, url: string) =>
+      ctx.connections.add({ name: 'api', type: 'http', url, credential: 'k' }, 'admin:test');
+    await add(server, 'https://one.example.test');
+    let reads = 0;
+    const read = server.store.getConnection.bind(server.store);
+    server.store.getConnection = async (name: string) => {
+      reads++;
+      return read(name);
+    };
+    expect((await server.connections.get('api'))?.url).toBe('https://one.example.test');
+    expect((await server.connections.get('api'))?.url).toBe('https://one.example.test');
+    expect(reads).toBe(1); // the second lookup came from the cache
+    await other.connections.remove('api', 'admin:cli');
+    await add(other, 'https://two.example.test');
+    // No settle: the foreign commit is noticed on the cache hit itself (data_version).
+    expect((await server.connections.get('api'))?.url).toBe('https://two.example.test');
+    await other.connections.remove('api', 'admin:cli');
+    expect(await server.connections.get('api')).toBeNull();
+    // The server's own removal drops its entry at once, too.
+    await add(server, 'https://three.example.test');
+    expect((await server.connections.get('api'))?.url).toBe('https://three.example.test');
+    await server.connections.remove('api', 'admin:test');
+    expect(await server.connections.get('api')).toBeNull();
+  });
 });
