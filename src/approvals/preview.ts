@@ -4,7 +4,7 @@ import { TICKET_PATTERN } from '../core/ticket-format.js';
 import { createDetector, type Detector } from '../detect/detector.js';
 import { createKnownSecretMatcher } from '../detect/known-secrets.js';
 import { maskFor } from '../detect/scrub.js';
-import { buildPatterns, type PatternSet } from '../gateway/inspector.js';
+import { buildPatterns, markOccurrences, type PatternSet } from '../gateway/inspector.js';
 
 /**
  * The approver's preview of a held operation: the exact request (HTTP method, URL, headers
@@ -83,21 +83,12 @@ export function boundPreview(text: string, notRead = 0): string {
 }
 
 function replaceKnown(text: string, patterns: PatternSet, mark: (label: string) => string): string {
-  if (patterns.patterns.length === 0) return text;
-  let bytes = Buffer.from(text, 'utf8');
+  if (patterns.empty) return text;
+  const bytes = Buffer.from(text, 'utf8');
   if (!patterns.mayContain(bytes)) return text;
-  for (const p of patterns.patterns) {
-    if (bytes.indexOf(p.bytes) === -1) continue;
-    const parts: Buffer[] = [];
-    let last = 0;
-    for (let at = bytes.indexOf(p.bytes); at !== -1; at = bytes.indexOf(p.bytes, last)) {
-      parts.push(bytes.subarray(last, at), Buffer.from(mark(`[secret:${p.secretId}]`)));
-      last = at + p.bytes.length;
-    }
-    parts.push(bytes.subarray(last));
-    bytes = Buffer.concat(parts);
-  }
-  return bytes.toString('utf8');
+  return (
+    markOccurrences(bytes, patterns, (secretId) => mark(`[secret:${secretId}]`))?.toString('utf8') ?? text
+  );
 }
 
 export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {

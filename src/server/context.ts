@@ -28,8 +28,8 @@ import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
 import { createDetector } from '../detect/detector.js';
-import { createKnownSecretMatcher } from '../detect/known-secrets.js';
 import { createLogScrubber } from '../detect/scrub.js';
+import { closeSharedKnownSecretIndex, sharedKnownSecretIndex } from '../gateway/known-secret-index.js';
 import { Agents } from '../identity/agents.js';
 import { Identity } from '../identity/identity.js';
 import { OidcVerifier } from '../identity/oidc.js';
@@ -185,33 +185,20 @@ function buildContext(
   });
   const identity = new Identity(agents, oidc, workflows);
   // Every log line passes the detector: known vault secrets (any encoding) and secret
-  // formats are masked before the line is written.
-  const knownInLogs = createKnownSecretMatcher();
+  // formats are masked before the line is written. The known secrets come from the
+  // process's one index (ADR 0021), updated secret by secret as the vault changes.
   // The scrubber's detector compiles on the first line logged: a CLI command that logs
   // nothing does not pay for it (the rules still apply to every line that is written).
   let scrubLine: ((line: string) => string) | null = null;
   const log = createLogger({
     level: config.log.level,
     scrub: (line) => {
-      scrubLine ??= createLogScrubber({ detector: createDetector({ knownSecrets: knownInLogs }) });
+      scrubLine ??= createLogScrubber({
+        detector: createDetector({ knownSecrets: sharedKnownSecretIndex(vault, store).secretMatcher() }),
+      });
       return scrubLine(line);
     },
   });
-  const refreshKnownInLogs = async () => {
-    const live = await vault.knownSecrets();
-    const ids = new Set(live.map((s) => s.id));
-    for (const secret of live) {
-      if (knownInLogs.has(secret.id)) continue;
-      try {
-        knownInLogs.add(secret.id, secret.value.reveal());
-      } catch {
-        // Values under 8 bytes cannot be matched without false positives; the rules still apply.
-      }
-    }
-    for (const secret of loggedIds) if (!ids.has(secret)) knownInLogs.remove(secret);
-    loggedIds = ids;
-  };
-  let loggedIds = new Set<string>();
   audit.onFailure = (cause) =>
     log.error(
       {
@@ -248,16 +235,7 @@ function buildContext(
         );
       }
     }
-    if (
-      change.type === 'secret.added' ||
-      change.type === 'secret.erased' ||
-      change.type === 'keys.rotated' ||
-      change.type === 'resync'
-    ) {
-      refreshKnownInLogs().catch(() => undefined);
-    }
   });
-  refreshKnownInLogs().catch(() => undefined);
   let registry: Registry | null = null;
   const gate: GateServices = {
     policy,
@@ -297,6 +275,7 @@ function buildContext(
       unsubscribe();
       policy.close();
       vault.close();
+      closeSharedKnownSecretIndex(vault);
       await audit.close().catch(() => undefined);
       await store.close();
     },

@@ -270,6 +270,19 @@ export class SecretService {
   }
 
   /**
+   * One live secret's value (null once erased or unknown), read from the store: the
+   * known-secret index adds the secret a change notice names without reading every other.
+   */
+  async knownSecret(id: string): Promise<KnownSecret | null> {
+    const record = await this.#store.getSecretById(id);
+    if (record === null || record.erasedAt !== null) return null;
+    const value = this.#keys.decrypt(record);
+    return value === null
+      ? null
+      : { id: record.id, name: record.name, allow: record.allow, fingerprint: record.fingerprint, value };
+  }
+
+  /**
    * Every live secret's value, for the response scanners (a known secret in a response
    * becomes a ticket). Cached until the next change event.
    */

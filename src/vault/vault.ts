@@ -109,6 +109,10 @@ export class Vault {
     return this.secrets.knownSecrets();
   }
 
+  knownSecret(id: string): Promise<KnownSecret | null> {
+    return this.secrets.knownSecret(id);
+  }
+
   // ---- found secrets -------------------------------------------------------------
 
   /** A secret came back in a response: a fresh ticket for it, never wider than its parent (FoundSecretService). */

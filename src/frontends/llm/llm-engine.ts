@@ -22,6 +22,7 @@ import {
   upstreamFailure,
 } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
+import { sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
@@ -133,7 +134,12 @@ export class LlmEngine implements Engine<LlmClient> {
     }
     this.#pipeline = pipeline;
     this.#options = options;
-    this.#found = options.foundSecrets ?? createFoundSecrets(pipeline.services.vault);
+    this.#found =
+      options.foundSecrets ??
+      createFoundSecrets(
+        pipeline.services.vault,
+        sharedKnownSecretIndex(pipeline.services.vault, pipeline.services.store),
+      );
   }
 
   client(req: IncomingMessage, res: ServerResponse): LlmClient {
