@@ -119,6 +119,11 @@ export function createFoundSecrets(vault: TokenizerVault, index?: KnownSecretInd
           request.actor,
         );
         request.onTicket?.(issued.view.id, issued.view.secretId);
+        // The value is a vault secret now: the shared index learns it while this content is
+        // still being scanned, and a later occurrence found as that known secret must get
+        // the same ticket, as within one scan before.
+        if (!tickets.has(issued.view.secretId))
+          tickets.set(issued.view.secretId, Promise.resolve(issued.ticket));
         return issued.ticket;
       };
       return {

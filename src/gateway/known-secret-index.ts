@@ -272,13 +272,19 @@ export function createKnownSecretIndex(
       for (const id of [...values.keys()]) if (!ids.has(id)) dropOne(id);
       if (missing.length > bulkAdd) {
         const segment = await buildSegmentInSlices(await patternsInSlices(missing), sliceMs);
+        // The output forms first: a path that consults them before scanning (PostgreSQL)
+        // then finds a candidate its scan cannot replace yet and refuses, never the reverse.
+        const target = forms;
+        if (target !== null) {
+          await fillForms(target, missing, (id) => !erased.has(id));
+          for (const [id] of missing) if (erased.has(id)) removeOutputForms(target, id);
+        }
         for (const [id, value] of missing) {
           // Indexed alone meanwhile (a duplicate pattern only repeats a match), or erased since.
           if (erased.has(id)) dropped = new Set(dropped).add(id);
           else if (!values.has(id)) values.set(id, value);
         }
         segments = [...segments, segment];
-        if (forms !== null) await fillForms(forms, missing);
       } else {
         for (const [id, value] of missing) indexOne(id, value);
       }
@@ -292,10 +298,14 @@ export function createKnownSecretIndex(
     return reloading;
   };
 
-  const fillForms = async (target: OutputForms, list: Iterable<readonly [string, Buffer]>) => {
+  const fillForms = async (
+    target: OutputForms,
+    list: Iterable<readonly [string, Buffer]>,
+    wanted: (id: string, value: Buffer) => boolean = (id, value) => values.get(id) === value,
+  ) => {
     let n = 0;
     for (const [id, value] of list) {
-      if (values.get(id) !== value) continue;
+      if (!wanted(id, value)) continue;
       addForms(target, id, value);
       if (++n % SECRETS_PER_SLICE === 0) await yieldToLoop();
     }

@@ -136,6 +136,15 @@ async function mountPostgres(
   });
   const outputIndex: OutputIndex = outputIndexOver(index.outputForms());
   await index.current();
+  // A session starts a new response scan when the output index it is handed changes (a
+  // secret added since is in the index, so it must be in the scan too): one view of the
+  // shared index per pattern set.
+  let view: { readonly set: unknown; readonly index: OutputIndex } | null = null;
+  const outputIndexNow = (): OutputIndex => {
+    const set = index.patterns();
+    if (view === null || view.set !== set) view = { set, index: { ...outputIndex } };
+    return view.index;
+  };
   const engine = new PostgresEngine(
     {
       pipeline,
@@ -148,10 +157,7 @@ async function mountPostgres(
       audit: deps.audit,
       log,
       patterns: () => index.patterns(),
-      outputIndex: () => {
-        index.patterns();
-        return outputIndex;
-      },
+      outputIndex: outputIndexNow,
       now: () => deps.clock.now(),
       clock: deps.clock,
       metrics,
