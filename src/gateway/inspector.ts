@@ -22,6 +22,11 @@ export interface InspectionContext {
 export interface ResponseScan {
   /** Scan one complete header value (latin1, as HTTP carries it). */
   header(value: string): Promise<string>;
+  /**
+   * Scan a whole header block (names and values, latin1) at once: the same result as
+   * `header` on each, in one pass where the scan can show that is exactly equivalent.
+   */
+  headers?(values: readonly string[]): Promise<string[]>;
   /** Scan a body chunk; returns what may be sent now (a possible partial match is held back). */
   push(chunk: Buffer): Promise<Buffer>;
   /** End of body: the held-back tail, scanned. */
@@ -98,7 +103,7 @@ interface AutomatonParts {
 }
 
 /** Steps of work (trie bytes or states) between two yields of the builder. */
-const BUILD_STEPS_PER_YIELD = 4096;
+const BUILD_STEPS_PER_YIELD = 1024;
 
 /**
  * Builds an automaton's tables, yielding every few thousand steps so that a large set can
@@ -254,7 +259,7 @@ export class Automaton {
    * The same automaton, built in slices of about `sliceMs` of work with the event loop free
    * in between (`setImmediate`): a set of 100k secrets is built without stalling requests.
    */
-  static async buildInSlices(patterns: readonly Buffer[], sliceMs = 2): Promise<Automaton> {
+  static async buildInSlices(patterns: readonly Buffer[], sliceMs = 0.5): Promise<Automaton> {
     const builder = automatonParts(patterns);
     for (;;) {
       const until = performance.now() + sliceMs;
@@ -890,6 +895,28 @@ export class PatternScan implements ResponseScan {
   async header(value: string): Promise<string> {
     const { out } = await this.#scan(Buffer.from(value, 'latin1'), true);
     return out.toString('latin1');
+  }
+
+  /**
+   * The block joined by line feeds (which no header name or value holds) and scanned once.
+   * A match inside one value is found and replaced exactly as `header` would; a match that
+   * reaches across a line feed (a secret that itself holds one) removes it, so the block no
+   * longer splits into as many parts, and then each value is scanned alone, as before.
+   */
+  async headers(values: readonly string[]): Promise<string[]> {
+    if (this.#set.empty || values.length === 0) return [...values];
+    const joined = values.some((v) => v.includes('\n')) ? null : values.join('\n');
+    if (joined === null) return this.#eachHeader(values);
+    const { out } = await this.#scan(Buffer.from(joined, 'latin1'), true);
+    if (out.length === joined.length && out.toString('latin1') === joined) return [...values];
+    const parts = out.toString('latin1').split('\n');
+    return parts.length === values.length ? parts : this.#eachHeader(values);
+  }
+
+  async #eachHeader(values: readonly string[]): Promise<string[]> {
+    const out: string[] = [];
+    for (const v of values) out.push(await this.header(v));
+    return out;
   }
 
   async push(chunk: Buffer): Promise<Buffer> {

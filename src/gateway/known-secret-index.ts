@@ -153,7 +153,7 @@ export interface KnownSecretIndex {
 }
 
 /** Secrets handled per slice when patterns are made or the output matcher filled in bulk. */
-const SECRETS_PER_SLICE = 256;
+const SECRETS_PER_SLICE = 32;
 
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -174,7 +174,7 @@ export function createKnownSecretIndex(
   options: KnownSecretIndexOptions = {},
 ): KnownSecretIndex {
   const maxSmall = options.maxSmallSegments ?? 8;
-  const sliceMs = options.sliceMs ?? 2;
+  const sliceMs = options.sliceMs ?? 0.5;
   const retryMs = options.retryMs ?? 1000;
   const bulkAdd = options.bulkAdd ?? 64;
   /** Live secrets by id (values revealed: the patterns are made of them anyway). */
@@ -260,7 +260,9 @@ export function createKnownSecretIndex(
       const live = await source.knownSecrets();
       const ids = new Set<string>();
       const missing: Array<readonly [string, Buffer]> = [];
+      let n = 0;
       for (const secret of live) {
+        if (++n % (SECRETS_PER_SLICE * 32) === 0) await yieldToLoop();
         ids.add(secret.id);
         const value = secret.value.reveal();
         const held = values.get(secret.id);

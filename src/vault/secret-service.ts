@@ -289,7 +289,11 @@ export class SecretService {
   knownSecrets(): Promise<ReadonlyArray<KnownSecret>> {
     return this.#caches.known(async () => {
       const out: KnownSecret[] = [];
+      let n = 0;
       for (const record of await this.#store.listSecrets()) {
+        // Each value is unwrapped and decrypted here: at 100k secrets that is seconds of
+        // work, done in slices so that requests go on meanwhile.
+        if (++n % 64 === 0) await new Promise<void>((resolve) => setImmediate(resolve));
         const value = this.#keys.decrypt(record);
         if (value !== null)
           out.push({
