@@ -7,7 +7,7 @@
 //
 // Run: npm run bench:scale
 //   BENCH_SECRETS=100000 BENCH_TICKETS=1000000 BENCH_SECONDS=5 BENCH_CONNECTIONS=16
-//   BENCH_REPEATS=3 BENCH_STALL_SECONDS=3
+//   BENCH_REPEATS=3 BENCH_STALL_SECONDS=3   (BENCH_ONLY=index: the index section alone)
 //
 // Secrets and tickets are written straight through the store in bulk (sealed under the
 // keyring like the vault seals them, one transaction each), so setup takes seconds, not
@@ -29,9 +29,11 @@ import { request } from 'undici';
 import { resolveHome } from '../src/config/home.js';
 import { newId } from '../src/core/ids.js';
 import { agentRef } from '../src/core/principal.js';
+import { buildPatterns } from '../src/gateway/inspector.js';
+import { createKnownSecretIndex } from '../src/gateway/known-secret-index.js';
 import { initHome, openContext } from '../src/server/context.js';
 import { startHttpFrontend } from '../src/server/frontends.js';
-import type { SecretRecord, TicketRecord } from '../src/store/types.js';
+import type { SecretRecord, StoreChange, TicketRecord } from '../src/store/types.js';
 import { KeyService } from '../src/vault/key-service.js';
 
 const SECRETS = Number(process.env.BENCH_SECRETS ?? 100_000);
@@ -234,10 +236,83 @@ async function stallDuring(
   return { loop: Math.max(0, histogram.max / 1e6 - 1), slowest, requests };
 }
 
+/**
+ * The index alone, beside what it replaced, in this run: at SECRETS secrets, the longest the
+ * event loop is held while one secret is added (incremental: one small segment; the old
+ * way: the whole pattern set rebuilt at once, `buildPatterns`), and how long until a
+ * response scan finds the new secret.
+ */
+async function indexStall(): Promise<void> {
+  const values = new Map<string, Buffer>();
+  for (let i = 0; i < SECRETS; i++)
+    values.set(`s${i}`, Buffer.from(`bulk-${i}-${randomBytes(12).toString('base64url')}`));
+  const listeners: Array<(c: StoreChange) => void> = [];
+  const index = createKnownSecretIndex(
+    {
+      knownSecrets: async () => [...values].map(([id, value]) => ({ id, value: { reveal: () => value } })),
+      knownSecret: async (id) => {
+        const value = values.get(id);
+        return value === undefined ? null : { id, value: { reveal: () => value } };
+      },
+    },
+    {
+      subscribe: (l) => {
+        listeners.push(l);
+        return () => undefined;
+      },
+      feedCurrent: () => true,
+    },
+  );
+  let t = performance.now();
+  await index.current();
+  const built = performance.now() - t;
+  const histogram = monitorEventLoopDelay({ resolution: 1 });
+  const rounds: number[] = [];
+  const quiet: number[] = [];
+  const visible: number[] = [];
+  for (let r = 0; r < REPEATS; r++) {
+    // The same window without a change: the machine's own noise.
+    histogram.reset();
+    histogram.enable();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    histogram.disable();
+    quiet.push(Math.max(0, histogram.max / 1e6 - 1));
+    histogram.reset();
+    histogram.enable();
+    const id = `added-${r}`;
+    values.set(id, Buffer.from(`added-${r}-${randomBytes(12).toString('base64url')}`));
+    t = performance.now();
+    for (const l of listeners) l({ type: 'secret.added', id });
+    const set = await index.current();
+    visible.push(performance.now() - t);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    histogram.disable();
+    rounds.push(Math.max(0, histogram.max / 1e6 - 1));
+    if (!set.mayContain(values.get(id)!)) throw new Error('the added secret is not found');
+  }
+  index.close();
+  const secrets = [...values].map(([id, value]) => ({ id, value }));
+  t = performance.now();
+  buildPatterns(secrets);
+  const rebuild = performance.now() - t;
+  console.log(`\nthe index alone at ${SECRETS} secrets (this run, ${load()}):`);
+  console.log(`  first build, in slices: ${(built / 1000).toFixed(1)} s`);
+  console.log(
+    `  add one secret: event loop held up to ${median(rounds).toFixed(1)} ms (median of ${REPEATS}; ${median(quiet).toFixed(1)} ms in the same window without a change), found by scans after ${median(visible).toFixed(1)} ms`,
+  );
+  console.log(
+    `  the old way, the whole set rebuilt at once (buildPatterns): ${rebuild.toFixed(0)} ms with the event loop held`,
+  );
+}
+
 async function main() {
   console.log(
     `scale bench: ${WRK ? 'wrk, one thread' : 'autocannon'}, ${CONNECTIONS} connections, ${SECONDS}s per run, ${REPEATS} repeats rotated, node ${process.version}, ${cpus().length} CPUs, ${load()}`,
   );
+  if (process.env.BENCH_ONLY === 'index') {
+    await indexStall();
+    return;
+  }
   const { child: upstream, port } = await spawnUpstream();
   const upstreamUrl = `http://127.0.0.1:${port}`;
   const gateways: Gateway[] = [];
@@ -333,6 +408,8 @@ async function main() {
         }`,
       );
     }
+
+    await indexStall();
   } finally {
     for (const gw of gateways) await gw.close().catch(() => undefined);
     upstream.kill();
