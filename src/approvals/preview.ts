@@ -10,15 +10,16 @@ import type { PatternSet } from '../gateway/inspector.js';
  * command that never builds one does not load the rules).
  */
 const cleaningTools = async () => {
-  const [{ createDetector }, { createKnownSecretMatcher }, { maskFor }, { buildPatterns }] =
+  const [{ createDetector }, { createKnownSecretMatcher }, { maskFor }, { buildPatterns, markOccurrences }] =
     await Promise.all([
       import('../detect/detector.js'),
       import('../detect/known-secrets.js'),
       import('../detect/scrub.js'),
       import('../gateway/inspector.js'),
     ]);
-  return { createDetector, createKnownSecretMatcher, maskFor, buildPatterns };
+  return { createDetector, createKnownSecretMatcher, maskFor, buildPatterns, markOccurrences };
 };
+type CleaningTools = Awaited<ReturnType<typeof cleaningTools>>;
 
 /**
  * The approver's preview of a held operation: the exact request (HTTP method, URL, headers
@@ -78,6 +79,7 @@ interface Tools {
   /** The longest live secret, in bytes. */
   readonly longest: number;
   readonly maskFor: (finding: Finding) => string;
+  readonly markOccurrences: CleaningTools['markOccurrences'];
 }
 
 /** More distinct tickets than this in one preview are labelled by hash without a store lookup. */
@@ -97,22 +99,17 @@ export function boundPreview(text: string, notRead = 0): string {
   return `${bytes.subarray(0, end).toString('utf8')}\n[… truncated: ${bytes.length - end + notRead}${PREVIEW_CUT_MARK}`;
 }
 
-function replaceKnown(text: string, patterns: PatternSet, mark: (label: string) => string): string {
-  if (patterns.patterns.length === 0) return text;
-  let bytes = Buffer.from(text, 'utf8');
+function replaceKnown(
+  text: string,
+  { patterns, markOccurrences }: Tools,
+  mark: (label: string) => string,
+): string {
+  if (patterns.empty) return text;
+  const bytes = Buffer.from(text, 'utf8');
   if (!patterns.mayContain(bytes)) return text;
-  for (const p of patterns.patterns) {
-    if (bytes.indexOf(p.bytes) === -1) continue;
-    const parts: Buffer[] = [];
-    let last = 0;
-    for (let at = bytes.indexOf(p.bytes); at !== -1; at = bytes.indexOf(p.bytes, last)) {
-      parts.push(bytes.subarray(last, at), Buffer.from(mark(`[secret:${p.secretId}]`)));
-      last = at + p.bytes.length;
-    }
-    parts.push(bytes.subarray(last));
-    bytes = Buffer.concat(parts);
-  }
-  return bytes.toString('utf8');
+  return (
+    markOccurrences(bytes, patterns, (secretId) => mark(`[secret:${secretId}]`))?.toString('utf8') ?? text
+  );
 }
 
 export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
@@ -123,7 +120,8 @@ export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
     const known = await vault.knownSecrets();
     let tools = cache.get(known);
     if (tools === undefined) {
-      const { createDetector, createKnownSecretMatcher, buildPatterns, maskFor } = await cleaningTools();
+      const { createDetector, createKnownSecretMatcher, buildPatterns, markOccurrences, maskFor } =
+        await cleaningTools();
       const matcher = createKnownSecretMatcher();
       const revealed = known.map((s) => ({ id: s.id, value: s.value.reveal() }));
       for (const s of revealed) {
@@ -136,14 +134,16 @@ export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
       tools = {
         patterns: buildPatterns(revealed),
         detector: createDetector({ knownSecrets: matcher }),
-        maskFor,
         longest: revealed.reduce((m, s) => Math.max(m, s.value.length), 0),
+        maskFor,
+        markOccurrences,
       };
       cache.set(known, tools);
     }
     return tools;
   };
-  const clean = async (raw: string, { patterns, detector, maskFor }: Tools): Promise<string> => {
+  const clean = async (raw: string, tools: Tools): Promise<string> => {
+    const { detector, maskFor } = tools;
     // Markers are written as placeholders until the detector has run, so that it does not
     // take a marker (`[secret:sec_…]`) for a secret; the raw text cannot forge one.
     const labels: string[] = [];
@@ -166,7 +166,7 @@ export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
       }
       text = text.replace(TICKET_PATTERN, (t) => byTicket.get(t) ?? mark(ticketLabel(t)));
     }
-    text = replaceKnown(text, patterns, mark);
+    text = replaceKnown(text, tools, mark);
     const findings = detector.scan(text);
     if (findings.length > 0) {
       let out = '';

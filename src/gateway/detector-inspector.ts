@@ -1,4 +1,4 @@
-import { createDetector, type Detector, type DetectorOptions } from '../detect/detector.js';
+import { createDetector, type Detector, type DetectorOptions, keywordIndexFor } from '../detect/detector.js';
 import type { Finding } from '../detect/types.js';
 import type { InspectionContext, ResponseInspector, ResponseScan } from './inspector.js';
 
@@ -12,6 +12,12 @@ import type { InspectionContext, ResponseInspector, ResponseScan } from './inspe
  */
 export function createDetectorInspector(options: DetectorOptions = {}): ResponseInspector {
   const detector: Detector = createDetector(options);
+  // Every rule needs one of its keywords in the text (and no vault secret is matched here):
+  // a header block with no keyword has no finding in any of its values, which one pass of
+  // the keyword automaton over the block shows. Otherwise each value is scanned alone.
+  const gated =
+    options.knownSecrets === undefined && detector.rules.every((rule) => rule.keywords.length > 0);
+  const keywords = gated ? keywordIndexFor([...new Set(detector.rules.flatMap((r) => r.keywords))]) : null;
 
   return {
     name: 'detector',
@@ -52,8 +58,15 @@ export function createDetectorInspector(options: DetectorOptions = {}): Response
         return Buffer.concat(parts);
       };
 
-      return {
+      const scan: ResponseScan = {
         findings,
+        async headers(values) {
+          if (keywords !== null && !keywords.has(Buffer.from(values.join('\n'), 'latin1')))
+            return [...values];
+          const out: string[] = [];
+          for (const value of values) out.push(await scan.header(value));
+          return out;
+        },
         async header(value) {
           const found = detector.scan(value);
           if (found.length === 0) return value;
@@ -77,6 +90,7 @@ export function createDetectorInspector(options: DetectorOptions = {}): Response
           return pending.length === 0 ? Buffer.alloc(0) : release(pending.length);
         },
       };
+      return scan;
     },
   };
 }
@@ -101,6 +115,14 @@ export function safeBoundary(pending: Buffer, maxMatch: number): number {
   return Math.max(0, boundary);
 }
 
+/** A header block through `scan`: in one pass where it can, else value by value. */
+export async function scanHeaders(scan: ResponseScan, values: readonly string[]): Promise<string[]> {
+  if (scan.headers !== undefined) return scan.headers(values);
+  const out: string[] = [];
+  for (const value of values) out.push(await scan.header(value));
+  return out;
+}
+
 /** Run inspectors one after another over the same response (output of one feeds the next). */
 export function chainInspectors(...inspectors: ResponseInspector[]): ResponseInspector {
   return {
@@ -118,6 +140,12 @@ export function chainInspectors(...inspectors: ResponseInspector[]): ResponseIns
         async header(value) {
           let out = value;
           for (const scan of scans) out = await scan.header(out);
+          merge();
+          return out;
+        },
+        async headers(values) {
+          let out = [...values];
+          for (const scan of scans) out = await scanHeaders(scan, out);
           merge();
           return out;
         },

@@ -11,6 +11,7 @@ import { createKnownSecretMatcher } from '../detect/known-secrets.js';
 import { tokenizeText } from '../detect/scrub.js';
 import type { Finding } from '../detect/types.js';
 import type { Vault } from '../vault/vault.js';
+import type { KnownSecretIndex } from './known-secret-index.js';
 
 /** The vault calls a tokenizer needs (a seam for tests). */
 export type TokenizerVault = Pick<Vault, 'knownSecrets' | 'tokenizeFound' | 'reissueForResponse'>;
@@ -56,13 +57,20 @@ export interface FoundSecrets {
 const KIND_RE = /^[a-z0-9-]{1,48}$/;
 
 /**
- * One detector per set of known secrets (rebuilt when the vault's list changes: the
- * vault returns the same array until a secret is added or erased).
+ * With `index` (the gateways): one detector over the shared known-secret index, updated
+ * secret by secret as the vault changes (ADR 0021); each scan waits until every change
+ * heard before it is applied, and is refused while the index is stale. Without (tests):
+ * one detector per list of known secrets, rebuilt when the vault's list changes.
  */
-export function createFoundSecrets(vault: TokenizerVault): FoundSecrets {
+export function createFoundSecrets(vault: TokenizerVault, index?: KnownSecretIndex): FoundSecrets {
   let cachedFor: unknown = null;
   let detector: Detector | null = null;
   const detectorFor = async (): Promise<Detector> => {
+    if (index !== undefined) {
+      detector ??= createDetector({ knownSecrets: index.secretMatcher() });
+      await index.current();
+      return detector;
+    }
     const known = await vault.knownSecrets();
     if (known !== cachedFor || detector === null) {
       const matcher = createKnownSecretMatcher();
@@ -111,6 +119,11 @@ export function createFoundSecrets(vault: TokenizerVault): FoundSecrets {
           request.actor,
         );
         request.onTicket?.(issued.view.id, issued.view.secretId);
+        // The value is a vault secret now: the shared index learns it while this content is
+        // still being scanned, and a later occurrence found as that known secret must get
+        // the same ticket, as within one scan before.
+        if (!tickets.has(issued.view.secretId))
+          tickets.set(issued.view.secretId, Promise.resolve(issued.ticket));
         return issued.ticket;
       };
       return {

@@ -9,7 +9,8 @@ import type { FrontendDeps } from './deps.js';
 import { chainInspectors, createDetectorInspector } from './detector-inspector.js';
 import type { Mount } from './driver.js';
 import { type BodyBudget, createBodyBudget } from './http-io.js';
-import { createKnownSecretInspector, type ResponseInspector } from './inspector.js';
+import type { ResponseInspector } from './inspector.js';
+import { createIndexedInspector, sharedKnownSecretIndex } from './known-secret-index.js';
 import { gatewayMetricsFor } from './metrics.js';
 import type { Decide, GatewayServices } from './pipeline.js';
 import { createPolicyDecide } from './policy-decide.js';
@@ -95,10 +96,10 @@ export function httpPipelineServices(deps: FrontendDeps, overrides: HttpOverride
       overrides.inspector ??
       (deps.config.http.detectSecrets
         ? chainInspectors(
-            createKnownSecretInspector(() => deps.vault.knownSecrets()),
+            createIndexedInspector(sharedKnownSecretIndex(deps.vault, deps.store)),
             createDetectorInspector(),
           )
-        : createKnownSecretInspector(() => deps.vault.knownSecrets())),
+        : createIndexedInspector(sharedKnownSecretIndex(deps.vault, deps.store))),
     decide: overrides.decide ?? createPolicyDecide(deps.gate),
   };
 }

@@ -22,6 +22,11 @@ export interface InspectionContext {
 export interface ResponseScan {
   /** Scan one complete header value (latin1, as HTTP carries it). */
   header(value: string): Promise<string>;
+  /**
+   * Scan a whole header block (names and values, latin1) at once: the same result as
+   * `header` on each, in one pass where the scan can show that is exactly equivalent.
+   */
+  headers?(values: readonly string[]): Promise<string[]>;
   /** Scan a body chunk; returns what may be sent now (a possible partial match is held back). */
   push(chunk: Buffer): Promise<Buffer>;
   /** End of body: the held-back tail, scanned. */
@@ -44,21 +49,167 @@ export interface KnownSecret {
   readonly value: Buffer;
 }
 
-interface Pattern {
+export interface Pattern {
   readonly secretId: string;
   readonly bytes: Buffer;
   /** The bytes that replace a match, given the ticket that replaces the secret. */
   readonly replace: (ticket: string) => Buffer;
 }
 
-export interface PatternSet {
+/**
+ * Patterns with one automaton over them: immutable once built. A set is made of several
+ * (one large one built in slices, small ones for secrets added since: ADR 0021).
+ */
+export interface PatternSegment {
   readonly patterns: readonly Pattern[];
+  readonly automaton: Automaton;
+  /** Longest pattern in the segment. */
+  readonly maxLength: number;
+}
+
+export interface PatternSet {
+  readonly segments: readonly PatternSegment[];
+  /**
+   * Secrets whose patterns are still in a segment but are no longer searched for (erased
+   * since the segment was built): their matches are dropped before anything is replaced.
+   */
+  readonly dropped: ReadonlySet<string>;
+  /** Every pattern, segment after segment (made on first use: for tests and small sets). */
+  readonly patterns: readonly Pattern[];
+  /** No pattern at all. */
+  readonly empty: boolean;
   /** Longest pattern: the most a single match can span in a decoded view. */
   readonly maxLength: number;
   /** True when `bytes` (or a decoded view of it) may hold a known secret. */
   mayContain(bytes: Buffer): boolean;
-  /** @internal the automaton over `patterns`. */
-  readonly automaton: Automaton;
+  /** Occurrences on the bytes as they are (no decoded view), by start then end. */
+  occurrences(
+    bytes: Buffer,
+  ): Array<{ readonly start: number; readonly end: number; readonly secretId: string }>;
+}
+
+/** The tables of an automaton, as its builder leaves them. */
+interface AutomatonParts {
+  readonly root: Int32Array;
+  readonly one: Int32Array;
+  readonly oneByte: Uint8Array;
+  readonly next: Map<number, number>;
+  readonly fail: Int32Array;
+  readonly depth: Int32Array;
+  readonly outHead: Int32Array;
+  readonly outNext: Int32Array;
+  readonly dict: Int32Array;
+  readonly lengths: Int32Array;
+}
+
+/** Steps of work (trie bytes or states) between two yields of the builder. */
+const BUILD_STEPS_PER_YIELD = 1024;
+
+/**
+ * Builds an automaton's tables, yielding every few thousand steps so that a large set can
+ * be built in slices between other work on the event loop (`Automaton.buildInSlices`).
+ */
+function* automatonParts(patterns: readonly Buffer[]): Generator<void, AutomatonParts, void> {
+  const total = patterns.reduce((sum, p) => sum + p.length, 0) + 1;
+  const lengths = Int32Array.from(patterns, (p) => p.length);
+  const one = new Int32Array(total);
+  const oneByte = new Uint8Array(total);
+  const parent = new Int32Array(total);
+  const byte = new Uint8Array(total);
+  const depth = new Int32Array(total);
+  const outHead = new Int32Array(total).fill(-1);
+  const outNext = new Int32Array(patterns.length).fill(-1);
+  const root = new Int32Array(256);
+  const next = new Map<number, number>();
+  let states = 1;
+  let steps = 0;
+  for (let index = 0; index < patterns.length; index++) {
+    const bytes = patterns[index]!;
+    let s = 0;
+    for (let k = 0; k < bytes.length; k++) {
+      const b = bytes[k]!;
+      let t: number | undefined;
+      if (s === 0) t = root[b] === 0 ? undefined : root[b];
+      else if (one[s] !== 0 && oneByte[s] === b) t = one[s];
+      else t = next.get(s * 256 + b);
+      if (t === undefined) {
+        t = states++;
+        if (s === 0) root[b] = t;
+        else if (one[s] === 0) {
+          one[s] = t;
+          oneByte[s] = b;
+        } else next.set(s * 256 + b, t);
+        parent[t] = s;
+        byte[t] = b;
+        depth[t] = depth[s]! + 1;
+      }
+      s = t;
+    }
+    outNext[index] = outHead[s]!;
+    outHead[s] = index;
+    steps += bytes.length;
+    if (steps >= BUILD_STEPS_PER_YIELD) {
+      steps = 0;
+      yield;
+    }
+  }
+  const fail = new Int32Array(states);
+  const dict = new Int32Array(states);
+  const goto = (s: number, b: number): number => {
+    if (s === 0) return root[b]!;
+    if (one[s] !== 0 && oneByte[s] === b) return one[s]!;
+    return next.get(s * 256 + b) ?? 0;
+  };
+  // Breadth first (states by depth): a state's fail link is known before its children's.
+  let maxDepth = 0;
+  for (let t = 1; t < states; t++) maxDepth = Math.max(maxDepth, depth[t]!);
+  const firstOfDepth = new Int32Array(maxDepth + 2);
+  for (let t = 1; t < states; t++) firstOfDepth[depth[t]! + 1]!++;
+  for (let d = 1; d < firstOfDepth.length; d++) firstOfDepth[d]! += firstOfDepth[d - 1]!;
+  const order = new Int32Array(states);
+  for (let t = 1; t < states; t++) order[firstOfDepth[depth[t]!]!++] = t;
+  yield;
+  for (let q = 0; q < states - 1; q++) {
+    const t = order[q]!;
+    if (depth[t] === 1) continue;
+    const b = byte[t]!;
+    let f = fail[parent[t]!]!;
+    for (;;) {
+      const g = goto(f, b);
+      if (g !== 0) {
+        fail[t] = g;
+        break;
+      }
+      if (f === 0) break;
+      f = fail[f]!;
+    }
+    const ft = fail[t]!;
+    dict[t] = outHead[ft] !== -1 ? ft : dict[ft]!;
+    if (++steps >= BUILD_STEPS_PER_YIELD) {
+      steps = 0;
+      yield;
+    }
+  }
+  return {
+    root,
+    one: one.slice(0, states),
+    oneByte: oneByte.slice(0, states),
+    next,
+    fail,
+    depth: depth.slice(0, states),
+    outHead: outHead.slice(0, states),
+    outNext,
+    dict,
+    lengths,
+  };
+}
+
+/** Runs a builder to its end at once. */
+function runToEnd<T>(builder: Generator<void, T, void>): T {
+  for (;;) {
+    const step = builder.next();
+    if (step.done === true) return step.value;
+  }
 }
 
 /**
@@ -71,11 +222,11 @@ export interface PatternSet {
  * Built in typed arrays, linear in the total length of the patterns.
  */
 export class Automaton {
-  readonly #root = new Int32Array(256);
+  readonly #root: Int32Array;
   /** Most states have one child: kept inline; states with more use `#next` for the rest. */
   readonly #one: Int32Array;
   readonly #oneByte: Uint8Array;
-  readonly #next = new Map<number, number>();
+  readonly #next: Map<number, number>;
   readonly #fail: Int32Array;
   readonly #depth: Int32Array;
   /** Patterns ending at a state (a list through `#outNext`), and the next state on the fail chain with any. */
@@ -88,80 +239,37 @@ export class Automaton {
   readonly #patterns: readonly Buffer[];
   readonly #longest: number;
 
-  constructor(patterns: readonly Buffer[]) {
+  constructor(patterns: readonly Buffer[], parts?: AutomatonParts) {
+    const built = parts ?? runToEnd(automatonParts(patterns));
     this.#patterns = patterns;
     this.#longest = patterns.reduce((m, p) => Math.max(m, p.length), 1);
-    const total = patterns.reduce((sum, p) => sum + p.length, 0) + 1;
-    this.#lengths = Int32Array.from(patterns, (p) => p.length);
-    const one = new Int32Array(total);
-    const oneByte = new Uint8Array(total);
-    const parent = new Int32Array(total);
-    const byte = new Uint8Array(total);
-    const depth = new Int32Array(total);
-    const outHead = new Int32Array(total).fill(-1);
-    const outNext = new Int32Array(patterns.length).fill(-1);
-    const root = this.#root;
-    const next = this.#next;
-    let states = 1;
-    for (let index = 0; index < patterns.length; index++) {
-      const bytes = patterns[index]!;
-      let s = 0;
-      for (let k = 0; k < bytes.length; k++) {
-        const b = bytes[k]!;
-        let t: number | undefined;
-        if (s === 0) t = root[b] === 0 ? undefined : root[b];
-        else if (one[s] !== 0 && oneByte[s] === b) t = one[s];
-        else t = next.get(s * 256 + b);
-        if (t === undefined) {
-          t = states++;
-          if (s === 0) root[b] = t;
-          else if (one[s] === 0) {
-            one[s] = t;
-            oneByte[s] = b;
-          } else next.set(s * 256 + b, t);
-          parent[t] = s;
-          byte[t] = b;
-          depth[t] = depth[s]! + 1;
-        }
-        s = t;
-      }
-      outNext[index] = outHead[s]!;
-      outHead[s] = index;
-    }
-    this.#one = one.slice(0, states);
-    this.#oneByte = oneByte.slice(0, states);
-    this.#depth = depth.slice(0, states);
-    this.#outHead = outHead.slice(0, states);
-    this.#outNext = outNext;
-    const fail = new Int32Array(states);
-    const dict = new Int32Array(states);
-    // Breadth first (states by depth): a state's fail link is known before its children's.
-    let maxDepth = 0;
-    for (let t = 1; t < states; t++) maxDepth = Math.max(maxDepth, depth[t]!);
-    const firstOfDepth = new Int32Array(maxDepth + 2);
-    for (let t = 1; t < states; t++) firstOfDepth[depth[t]! + 1]!++;
-    for (let d = 1; d < firstOfDepth.length; d++) firstOfDepth[d]! += firstOfDepth[d - 1]!;
-    const order = new Int32Array(states);
-    for (let t = 1; t < states; t++) order[firstOfDepth[depth[t]!]!++] = t;
-    for (let q = 0; q < states - 1; q++) {
-      const t = order[q]!;
-      if (depth[t] === 1) continue;
-      const b = byte[t]!;
-      let f = fail[parent[t]!]!;
+    this.#root = built.root;
+    this.#one = built.one;
+    this.#oneByte = built.oneByte;
+    this.#next = built.next;
+    this.#fail = built.fail;
+    this.#depth = built.depth;
+    this.#outHead = built.outHead;
+    this.#outNext = built.outNext;
+    this.#dict = built.dict;
+    this.#lengths = built.lengths;
+  }
+
+  /**
+   * The same automaton, built in slices of about `sliceMs` of work with the event loop free
+   * in between (`setImmediate`): a set of 100k secrets is built without stalling requests.
+   */
+  static async buildInSlices(patterns: readonly Buffer[], sliceMs = 0.5): Promise<Automaton> {
+    const builder = automatonParts(patterns);
+    for (;;) {
+      const until = performance.now() + sliceMs;
       for (;;) {
-        const g = this.#goto(f, b);
-        if (g !== 0) {
-          fail[t] = g;
-          break;
-        }
-        if (f === 0) break;
-        f = fail[f]!;
+        const step = builder.next();
+        if (step.done === true) return new Automaton(patterns, step.value);
+        if (performance.now() >= until) break;
       }
-      const ft = fail[t]!;
-      dict[t] = outHead[ft] !== -1 ? ft : dict[ft]!;
+      await new Promise<void>((resolve) => setImmediate(resolve));
     }
-    this.#fail = fail;
-    this.#dict = dict;
   }
 
   /** The child of `s` on byte `b`, or 0. */
@@ -337,51 +445,137 @@ function base64Replacement(
  * forms (JSON `\u`, percent, HTML references, in any case and any mix) are not listed:
  * the scan decodes them (`decodeView`) and matches these forms on the decoded view.
  */
-export function buildPatterns(secrets: readonly KnownSecret[]): PatternSet {
+export function patternsOf(secret: KnownSecret): Pattern[] {
   const patterns: Pattern[] = [];
+  if (secret.value.length < MIN_SCANNED_SECRET_BYTES) return patterns;
   const seen = new Set<string>();
-  const add = (secretId: string, text: string | Buffer, replace: (ticket: string) => Buffer) => {
+  const add = (text: string | Buffer, replace: (ticket: string) => Buffer) => {
     const bytes = typeof text === 'string' ? Buffer.from(text, 'utf8') : text;
     if (bytes.length < MIN_SCANNED_SECRET_BYTES) return;
-    const key = `${secretId}\0${bytes.toString('base64')}`;
+    const key = bytes.toString('latin1');
     if (seen.has(key)) return;
     seen.add(key);
-    patterns.push({ secretId, bytes, replace });
+    patterns.push({ secretId: secret.id, bytes, replace });
   };
-  for (const secret of secrets) {
-    if (secret.value.length < MIN_SCANNED_SECRET_BYTES) continue;
-    const plain = (ticket: string) => Buffer.from(ticket);
-    add(secret.id, secret.value, plain);
-    // Lower-cased: HTTP clients and servers fold header names (undici hands them over in
-    // lower case), so a secret echoed in a header name arrives folded.
-    const lower = Buffer.from(secret.value.toString('latin1').toLowerCase(), 'latin1');
-    if (!lower.equals(secret.value)) add(secret.id, lower, plain);
-    // Form encoding writes a space as `+` (every other escape is decoded by the scan).
-    if (secret.value.includes(0x20)) {
-      add(secret.id, Buffer.from(secret.value.toString('latin1').replace(/ /g, '+'), 'latin1'), plain);
-    }
-    for (const alphabet of ['base64', 'base64url'] as const) {
-      for (const offset of [0, 1, 2]) {
-        add(secret.id, base64Fragment(secret.value, offset, alphabet), (ticket) =>
-          base64Replacement(ticket, secret.value.length, offset, alphabet),
-        );
-      }
+  const plain = (ticket: string) => Buffer.from(ticket);
+  add(secret.value, plain);
+  // Lower-cased: HTTP clients and servers fold header names (undici hands them over in
+  // lower case), so a secret echoed in a header name arrives folded.
+  const lower = Buffer.from(secret.value.toString('latin1').toLowerCase(), 'latin1');
+  if (!lower.equals(secret.value)) add(lower, plain);
+  // Form encoding writes a space as `+` (every other escape is decoded by the scan).
+  if (secret.value.includes(0x20)) {
+    add(Buffer.from(secret.value.toString('latin1').replace(/ /g, '+'), 'latin1'), plain);
+  }
+  for (const alphabet of ['base64', 'base64url'] as const) {
+    for (const offset of [0, 1, 2]) {
+      add(base64Fragment(secret.value, offset, alphabet), (ticket) =>
+        base64Replacement(ticket, secret.value.length, offset, alphabet),
+      );
     }
   }
-  const automaton = new Automaton(patterns.map((p) => p.bytes));
-  const maxLength = patterns.reduce((max, p) => Math.max(max, p.bytes.length), 0);
-  const set: PatternSet = {
+  return patterns;
+}
+
+/** One segment over `patterns`, built at once (small sets: a few secrets take microseconds). */
+export function buildSegment(patterns: readonly Pattern[]): PatternSegment {
+  return {
     patterns,
-    maxLength,
-    automaton,
+    automaton: new Automaton(patterns.map((p) => p.bytes)),
+    maxLength: patterns.reduce((max, p) => Math.max(max, p.bytes.length), 0),
+  };
+}
+
+/** One segment over `patterns`, built in slices with the event loop free in between. */
+export async function buildSegmentInSlices(
+  patterns: readonly Pattern[],
+  sliceMs?: number,
+): Promise<PatternSegment> {
+  return {
+    patterns,
+    automaton: await Automaton.buildInSlices(
+      patterns.map((p) => p.bytes),
+      sliceMs,
+    ),
+    maxLength: patterns.reduce((max, p) => Math.max(max, p.bytes.length), 0),
+  };
+}
+
+/** A set over `segments`, without the patterns of the `dropped` secrets. */
+export function patternSet(
+  segments: readonly PatternSegment[],
+  dropped: ReadonlySet<string> = new Set(),
+): PatternSet {
+  const live = segments.filter((g) => !g.automaton.empty);
+  let flat: readonly Pattern[] | null = null;
+  const set: PatternSet = {
+    segments: live,
+    dropped,
+    get patterns() {
+      flat ??= live.flatMap((g) => g.patterns.filter((p) => !dropped.has(p.secretId)));
+      return flat;
+    },
+    empty: live.length === 0,
+    maxLength: live.reduce((max, g) => Math.max(max, g.maxLength), 0),
     mayContain: (bytes) => {
-      if (automaton.empty) return false;
+      if (live.length === 0) return false;
       // No escape character: no decoded view differs from the bytes, so one pass decides.
-      if (!bytesMayHoldEscape(bytes)) return automaton.occursIn(bytes);
+      if (!bytesMayHoldEscape(bytes)) {
+        if (!live.some((g) => g.automaton.occursIn(bytes))) return false;
+        if (dropped.size === 0) return true;
+      }
       return findSpans(bytes, set, true).spans.length > 0;
+    },
+    occurrences: (bytes) => {
+      const out: Array<{ start: number; end: number; secretId: string }> = [];
+      if (live.length === 0 || bytes.length === 0) return out;
+      const text = bytes.toString('latin1');
+      for (const g of live) {
+        if (!g.automaton.occursIn(bytes)) continue;
+        g.automaton.scan(text, (p, start, end) => {
+          const secretId = g.patterns[p]!.secretId;
+          if (!dropped.has(secretId)) out.push({ start, end, secretId });
+        });
+      }
+      return out.sort((x, y) => x.start - y.start || x.end - y.end);
     },
   };
   return set;
+}
+
+/**
+ * `bytes` with every occurrence of a known secret (on the bytes as they are) replaced by
+ * `mark(secretId)`; overlapping occurrences are replaced as one stretch, by the marks of
+ * their secrets in order of first occurrence, so no byte of either survives. Null when
+ * there is none.
+ */
+export function markOccurrences(
+  bytes: Buffer,
+  set: PatternSet,
+  mark: (secretId: string) => string,
+): Buffer | null {
+  const found = set.occurrences(bytes);
+  if (found.length === 0) return null;
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (let k = 0; k < found.length; ) {
+    const start = found[k]!.start;
+    let end = found[k]!.end;
+    const ids: string[] = [];
+    for (; k < found.length && found[k]!.start < end; k++) {
+      end = Math.max(end, found[k]!.end);
+      if (!ids.includes(found[k]!.secretId)) ids.push(found[k]!.secretId);
+    }
+    parts.push(bytes.subarray(at, start), Buffer.from(ids.map(mark).join('')));
+    at = end;
+  }
+  parts.push(bytes.subarray(at));
+  return Buffer.concat(parts);
+}
+
+/** A set of one segment over every form of every secret in `secrets`. */
+export function buildPatterns(secrets: readonly KnownSecret[]): PatternSet {
+  return patternSet([buildSegment(secrets.flatMap((s) => patternsOf(s)))]);
 }
 
 const EMPTY: PatternSet = buildPatterns([]);
@@ -403,7 +597,9 @@ export const MAX_HELD_BYTES = 1024 * 1024;
 interface Match {
   readonly start: number;
   readonly end: number;
+  /** The pattern's place in the set (segment after segment): orders and dedupes matches. */
   readonly pattern: number;
+  readonly ref: Pattern;
   /** Found on the raw bytes (0) or on a decoded view (1…). */
   readonly level: number;
 }
@@ -457,7 +653,7 @@ function escapesOf(local: { start: Int32Array; end: Int32Array }): Level['escape
  * fork can only repeat what the main scan sees (bounded by the longest pattern).
  */
 function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): Analysis {
-  if (set.automaton.empty || buf.length === 0) return { spans: [], hold: buf.length };
+  if (set.empty || buf.length === 0) return { spans: [], hold: buf.length };
   const raw = buf.toString('latin1');
   const levels: Level[] = [{ text: raw, start: null, end: null, escapes: [] }];
   // Where an escape cut by the chunk border begins (on the raw bytes or any view): the
@@ -492,75 +688,92 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): A
     const inner = findSpans(buf.subarray(0, cut), set, false, false);
     return { spans: inner.spans, hold: Math.min(inner.hold, cut) };
   }
-  const automaton = set.automaton;
   const matches: Match[] = [];
   let hold = raw.length;
-  levels.forEach((view, level) => {
-    const states = view.escapes.length > 0 ? new Int32Array(view.text.length) : undefined;
-    const unitStart = (u: number) => (view.start === null ? u : view.start[u]!);
-    const unitEnd = (u: number) => (view.end === null ? u + 1 : view.end[u]!);
-    const partial = automaton.scan(
-      view.text,
-      (pattern, s, e) => matches.push({ start: unitStart(s), end: unitEnd(e - 1), pattern, level }),
-      states,
-    );
-    if (!final && partial < view.text.length) hold = Math.min(hold, unitStart(partial));
-    if (states === undefined) return;
-    const above = levels[level - 1]!;
-    const aboveStart = (u: number) => (above.start === null ? u : above.start[u]!);
-    const aboveEnd = (u: number) => (above.end === null ? u + 1 : above.end[u]!);
-    // Stream of a fork: the view before the escape (negative indices), the escape's own
-    // characters, then the view after it.
-    const streamAt = (esc: Level['escapes'][number], i: number, edge: 'start' | 'end'): number => {
-      const literal = esc.to - esc.from;
-      if (i < 0) return edge === 'start' ? unitStart(esc.unit + i) : unitEnd(esc.unit + i);
-      if (i < literal) return edge === 'start' ? aboveStart(esc.from + i) : aboveEnd(esc.from + i);
-      const u = esc.unit + esc.units + i - literal;
-      return edge === 'start' ? unitStart(u) : unitEnd(u);
+  let base = 0;
+  for (const segment of set.segments) {
+    scanSegment(segment, base);
+    base += segment.patterns.length;
+  }
+  function scanSegment(segment: PatternSegment, base: number): void {
+    const automaton = segment.automaton;
+    const dropped = set.dropped;
+    const add = (pattern: number, start: number, end: number, level: number): void => {
+      const ref = segment.patterns[pattern]!;
+      if (dropped.size > 0 && dropped.has(ref.secretId)) return;
+      matches.push({ start, end, pattern: base + pattern, ref, level });
     };
-    for (const esc of view.escapes) {
-      const literal = esc.to - esc.from;
-      const after = esc.unit + esc.units;
-      let s = states[esc.unit]!;
-      const length = literal + view.text.length - after;
-      let i = 0;
-      for (; i < length; i++) {
-        const b =
-          i < literal
-            ? above.text.charCodeAt(esc.from + i) & 0xff
-            : view.text.charCodeAt(after + i - literal) & 0xff;
-        s = automaton.step(s, b);
-        if (automaton.hasOutput(s)) {
-          const at = i;
-          automaton.ends(s, (pattern, n) =>
-            matches.push({
-              start: streamAt(esc, at + 1 - n, 'start'),
-              end: streamAt(esc, at, 'end'),
-              pattern,
-              level,
-            }),
-          );
+    levels.forEach((view, level) => {
+      const states = view.escapes.length > 0 ? new Int32Array(view.text.length) : undefined;
+      const unitStart = (u: number) => (view.start === null ? u : view.start[u]!);
+      const unitEnd = (u: number) => (view.end === null ? u + 1 : view.end[u]!);
+      const partial = automaton.scan(
+        view.text,
+        (pattern, s, e) => add(pattern, unitStart(s), unitEnd(e - 1), level),
+        states,
+      );
+      if (!final && partial < view.text.length) hold = Math.min(hold, unitStart(partial));
+      if (states === undefined) return;
+      const above = levels[level - 1]!;
+      const aboveStart = (u: number) => (above.start === null ? u : above.start[u]!);
+      const aboveEnd = (u: number) => (above.end === null ? u + 1 : above.end[u]!);
+      // Stream of a fork: the view before the escape (negative indices), the escape's own
+      // characters, then the view after it.
+      const streamAt = (esc: Level['escapes'][number], i: number, edge: 'start' | 'end'): number => {
+        const literal = esc.to - esc.from;
+        if (i < 0) return edge === 'start' ? unitStart(esc.unit + i) : unitEnd(esc.unit + i);
+        if (i < literal) return edge === 'start' ? aboveStart(esc.from + i) : aboveEnd(esc.from + i);
+        const u = esc.unit + esc.units + i - literal;
+        return edge === 'start' ? unitStart(u) : unitEnd(u);
+      };
+      for (const esc of view.escapes) {
+        const literal = esc.to - esc.from;
+        const after = esc.unit + esc.units;
+        let s = states[esc.unit]!;
+        const length = literal + view.text.length - after;
+        let i = 0;
+        for (; i < length; i++) {
+          const b =
+            i < literal
+              ? above.text.charCodeAt(esc.from + i) & 0xff
+              : view.text.charCodeAt(after + i - literal) & 0xff;
+          s = automaton.step(s, b);
+          if (automaton.hasOutput(s)) {
+            const at = i;
+            automaton.ends(s, (pattern, n) =>
+              add(pattern, streamAt(esc, at + 1 - n, 'start'), streamAt(esc, at, 'end'), level),
+            );
+          }
+          // Past the escape, and every match still possible starts after it: the main scan sees it.
+          if (i >= literal && automaton.depth(s) <= i - literal + 1) break;
+          if (i === literal - 1 && s === 0) break;
         }
-        // Past the escape, and every match still possible starts after it: the main scan sees it.
-        if (i >= literal && automaton.depth(s) <= i - literal + 1) break;
-        if (i === literal - 1 && s === 0) break;
+        if (!final && i === length && automaton.depth(s) > 0) {
+          hold = Math.min(hold, streamAt(esc, length - automaton.depth(s), 'start'));
+        }
       }
-      if (!final && i === length && automaton.depth(s) > 0) {
-        hold = Math.min(hold, streamAt(esc, length - automaton.depth(s), 'start'));
-      }
-    }
-  });
+    });
+  }
   if (matches.length > 1)
-    matches.sort((a, b) => a.start - b.start || b.end - a.end || a.pattern - b.pattern || a.level - b.level);
+    matches.sort(
+      (a, b) =>
+        a.start - b.start ||
+        b.end - a.end ||
+        (a.ref.secretId < b.ref.secretId ? -1 : a.ref.secretId > b.ref.secretId ? 1 : 0) ||
+        a.level - b.level ||
+        a.pattern - b.pattern,
+    );
   const spans: Span[] = [];
   let previous: Match | undefined;
   for (const match of matches) {
-    // The same occurrence seen again on a decoded view (nothing in it was escaped).
+    // The same occurrence of the same secret seen again: on a decoded view where nothing in
+    // it was escaped, or in a second segment (a secret indexed alone while a bulk segment
+    // holding it was built).
     if (
       previous !== undefined &&
       previous.start === match.start &&
       previous.end === match.end &&
-      previous.pattern === match.pattern
+      previous.ref.secretId === match.ref.secretId
     )
       continue;
     previous = match;
@@ -621,17 +834,15 @@ export class PatternScan implements ResponseScan {
   }
 
   async #replacement(span: Span): Promise<Buffer> {
-    const patterns = this.#set.patterns;
     const ids: string[] = [];
     for (const match of span.matches) {
-      const id = patterns[match.pattern]!.secretId;
+      const id = match.ref.secretId;
       this.#findings.set(id, (this.#findings.get(id) ?? 0) + 1);
       if (!ids.includes(id)) ids.push(id);
     }
     const only = span.matches.length === 1 ? span.matches[0]! : undefined;
     if (only !== undefined && only.level === 0) {
-      const pattern = patterns[only.pattern]!;
-      return pattern.replace(await this.#ticketFor(pattern.secretId));
+      return only.ref.replace(await this.#ticketFor(only.ref.secretId));
     }
     const tickets = await Promise.all(ids.map((id) => this.#ticketFor(id)));
     return Buffer.from(tickets.join(''), 'latin1');
@@ -651,17 +862,27 @@ export class PatternScan implements ResponseScan {
   }
 
   async #scan(buf: Buffer, final: boolean): Promise<{ out: Buffer; rest: Buffer }> {
-    if (this.#set.automaton.empty) return { out: buf, rest: Buffer.alloc(0) };
+    const set = this.#set;
+    if (set.empty) return { out: buf, rest: Buffer.alloc(0) };
     if (!bytesMayHoldEscape(buf)) {
       // No escape character: no decoded view differs from the bytes and no escape is cut
-      // at the end, so one allocation-free pass decides (the common case: nothing found).
-      const partial = this.#set.automaton.partialIfNone(buf);
+      // at the end, so one allocation-free pass per segment decides (the common case:
+      // nothing found).
+      let partial = buf.length;
+      for (const segment of set.segments) {
+        const p = segment.automaton.partialIfNone(buf);
+        if (p === -1) {
+          partial = -1;
+          break;
+        }
+        partial = Math.min(partial, p);
+      }
       if (partial !== -1) {
         const hold = final ? buf.length : partial;
         return { out: hold === buf.length ? buf : buf.subarray(0, hold), rest: buf.subarray(hold) };
       }
     }
-    const { spans, hold } = findSpans(buf, this.#set, final);
+    const { spans, hold } = findSpans(buf, set, final);
     if (buf.length - hold > MAX_HELD_BYTES) {
       throw new CoatcheckError(
         'CC_ERR_GATEWAY_INSPECTION_FAILED',
@@ -674,6 +895,28 @@ export class PatternScan implements ResponseScan {
   async header(value: string): Promise<string> {
     const { out } = await this.#scan(Buffer.from(value, 'latin1'), true);
     return out.toString('latin1');
+  }
+
+  /**
+   * The block joined by line feeds (which no header name or value holds) and scanned once.
+   * A match inside one value is found and replaced exactly as `header` would; a match that
+   * reaches across a line feed (a secret that itself holds one) removes it, so the block no
+   * longer splits into as many parts, and then each value is scanned alone, as before.
+   */
+  async headers(values: readonly string[]): Promise<string[]> {
+    if (this.#set.empty || values.length === 0) return [...values];
+    const joined = values.some((v) => v.includes('\n')) ? null : values.join('\n');
+    if (joined === null) return this.#eachHeader(values);
+    const { out } = await this.#scan(Buffer.from(joined, 'latin1'), true);
+    if (out.length === joined.length && out.toString('latin1') === joined) return [...values];
+    const parts = out.toString('latin1').split('\n');
+    return parts.length === values.length ? parts : this.#eachHeader(values);
+  }
+
+  async #eachHeader(values: readonly string[]): Promise<string[]> {
+    const out: string[] = [];
+    for (const v of values) out.push(await this.header(v));
+    return out;
   }
 
   async push(chunk: Buffer): Promise<Buffer> {

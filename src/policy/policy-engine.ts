@@ -125,6 +125,28 @@ function evaluate(
 let engines = 0;
 
 /**
+ * The context attributes some policy of the set can read, or null when that cannot be told
+ * from the text (the whole `context` record used as a value, an attribute named by a string
+ * holding an escape, or the word anywhere else: a comment, a string). Cedar has no computed
+ * attribute names, and decisions are made without a schema, so an attribute no policy
+ * names cannot change a decision: the decision cache leaves it out of its key (a SQL
+ * statement's text, or a path, when no policy reads them).
+ */
+export function contextAttributesRead(texts: readonly string[]): ReadonlySet<string> | null {
+  const read = new Set<string>();
+  for (const text of texts) {
+    const access =
+      /\bcontext\b\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*"([^"\\]*)"\s*\]|has\s+(?:([A-Za-z_][A-Za-z0-9_]*)|"([^"\\]*)"))?/g;
+    for (const m of text.matchAll(access)) {
+      const name = m[1] ?? m[2] ?? m[3] ?? m[4];
+      if (name === undefined) return null;
+      read.add(name);
+    }
+  }
+  return read;
+}
+
+/**
  * Decisions from one parsed policy set. Pure apart from Cedar's own preparse cache:
  * the set is parsed once, and decisions whose inputs repeat are served from a cache that
  * is dropped when the set is replaced.
@@ -136,6 +158,8 @@ export class PolicyEngine {
   readonly #setId: string;
   readonly #timeZone: string;
   readonly #cache = new Map<string, Decision>();
+  /** Context attributes in the cache key (null: all of them). */
+  readonly #keyed: ReadonlySet<string> | null;
 
   constructor(set: LoadedPolicySet | null, options: { timeZone?: string } = {}) {
     this.source = set === null ? 'builtin' : 'configured';
@@ -153,6 +177,7 @@ export class PolicyEngine {
           ]
         : set.policies;
     this.#byId = new Map(this.policies.map((p) => [p.id, p]));
+    this.#keyed = contextAttributesRead(this.policies.map((p) => p.text));
     this.#timeZone = options.timeZone ?? 'UTC';
     try {
       new Intl.DateTimeFormat('en-US', { timeZone: this.#timeZone });
@@ -190,13 +215,20 @@ export class PolicyEngine {
       ...request.context,
     };
     const type = principalType(request.principal);
+    // Only what the policies can read is in the key (see contextAttributesRead).
+    const keyed = this.#keyed;
+    let read: Record<string, CedarValue> = context;
+    if (keyed !== null) {
+      read = {};
+      for (const name of Object.keys(context)) if (keyed.has(name)) read[name] = context[name]!;
+    }
     const key = JSON.stringify([
       type,
       request.principal.name,
       request.principal.groups,
       request.action,
       request.resource,
-      context,
+      read,
     ]);
     const cached = this.#cache.get(key);
     if (cached !== undefined) return cached;

@@ -27,7 +27,6 @@ import { type Clock, systemClock } from '../core/clock.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
-import type { KnownSecretMatcher } from '../detect/known-secrets.js';
 import { Agents } from '../identity/agents.js';
 import { Identity } from '../identity/identity.js';
 import { OidcVerifier } from '../identity/oidc.js';
@@ -183,39 +182,22 @@ function buildContext(
   });
   const identity = new Identity(agents, oidc, workflows);
   // Every log line passes the detector: known vault secrets (any encoding) and secret
-  // formats are masked before the line is written. The detector and the known-secret
-  // matcher load with the first line logged (a CLI command that logs nothing does not pay
-  // for them, nor reveal every secret to fill the matcher); lines wait for them.
-  let knownInLogs: KnownSecretMatcher | null = null;
-  let loggedIds = new Set<string>();
-  const refreshKnownInLogs = async () => {
-    if (knownInLogs === null) return;
-    const matcher = knownInLogs;
-    const live = await vault.knownSecrets();
-    const ids = new Set(live.map((s) => s.id));
-    for (const secret of live) {
-      if (matcher.has(secret.id)) continue;
-      try {
-        matcher.add(secret.id, secret.value.reveal());
-      } catch {
-        // Values under 8 bytes cannot be matched without false positives; the rules still apply.
-      }
-    }
-    for (const secret of loggedIds) if (!ids.has(secret)) matcher.remove(secret);
-    loggedIds = ids;
-  };
+  // formats are masked before the line is written. The known secrets come from the
+  // process's one index (ADR 0021), updated secret by secret as the vault changes. The
+  // detector and the index load with the first line logged (a CLI command that logs
+  // nothing does not pay for them, nor reveal every secret to fill the index); lines wait.
   const log = createLogger({
     level: config.log.level,
     loadScrub: async () => {
-      const [{ createDetector }, { createKnownSecretMatcher }, { createLogScrubber }] = await Promise.all([
+      const [{ createDetector }, { createLogScrubber }, index] = await Promise.all([
         import('../detect/detector.js'),
-        import('../detect/known-secrets.js'),
         import('../detect/scrub.js'),
+        import('../gateway/known-secret-index.js'),
       ]);
-      knownInLogs = createKnownSecretMatcher();
-      // The vault's secrets are in the matcher before the first line is written.
-      await refreshKnownInLogs().catch(() => undefined);
-      return createLogScrubber({ detector: createDetector({ knownSecrets: knownInLogs }) });
+      const known = index.sharedKnownSecretIndex(vault, store);
+      // The vault's secrets are in the index before the first line is written.
+      await known.settled().catch(() => undefined);
+      return createLogScrubber({ detector: createDetector({ knownSecrets: known.secretMatcher() }) });
     },
   });
   audit.onFailure = (cause) =>
@@ -253,14 +235,6 @@ function buildContext(
           'reloading the master keys failed; the keys already loaded stay in use',
         );
       }
-    }
-    if (
-      change.type === 'secret.added' ||
-      change.type === 'secret.erased' ||
-      change.type === 'keys.rotated' ||
-      change.type === 'resync'
-    ) {
-      refreshKnownInLogs().catch(() => undefined);
     }
   });
   let registry: Registry | null = null;
@@ -301,6 +275,7 @@ function buildContext(
     async close() {
       unsubscribe();
       policy.close();
+      // Closes what was built over the vault too (the shared known-secret index).
       vault.close();
       connections.close();
       await audit.close().catch(() => undefined);

@@ -70,8 +70,16 @@ export class Vault {
     });
   }
 
+  readonly #onClose: Array<() => void> = [];
+
+  /** Run `fn` when the vault closes (what was built over it: the shared known-secret index). */
+  onClose(fn: () => void): void {
+    this.#onClose.push(fn);
+  }
+
   close(): void {
     this.#caches.close();
+    for (const fn of this.#onClose.splice(0)) fn();
   }
 
   ticketHash(ticket: string): string {
@@ -107,6 +115,10 @@ export class Vault {
 
   knownSecrets(): Promise<ReadonlyArray<KnownSecret>> {
     return this.secrets.knownSecrets();
+  }
+
+  knownSecret(id: string): Promise<KnownSecret | null> {
+    return this.secrets.knownSecret(id);
   }
 
   // ---- found secrets -------------------------------------------------------------

@@ -7,6 +7,7 @@ import { connect as tlsConnect } from 'node:tls';
 import type { Dispatcher } from 'undici';
 import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
+import { scanHeaders } from '../../gateway/detector-inspector.js';
 import { mapFailure } from '../../gateway/driver.js';
 import type { Engine } from '../../gateway/engine.js';
 import { fieldMatcher, maskJson } from '../../gateway/field-mask.js';
@@ -587,17 +588,17 @@ export class HttpEngine implements Engine<HttpClient> {
     skip.add('transfer-encoding');
     if (decoders.length > 0) skip.add('content-encoding');
     const hasBody = req.method !== 'HEAD' && !NO_BODY_STATUS.has(response.statusCode);
-    const out: string[] = [];
+    // The header block in one scan (names too: an upstream can put anything before the
+    // colon): [name, value, name, value, …], a name repeated for each of its values.
+    const block: string[] = [];
     const rawHeaders = response.headers;
     for (const [name, value] of Object.entries(rawHeaders)) {
       const lower = name.toLowerCase();
       if (value === undefined) continue;
       if (skip.has(lower) && !(lower === 'content-length' && !hasBody)) continue;
-      // Names too: an upstream can put anything before the colon.
-      const scannedName = await this.#scanned(scan, name);
-      for (const item of Array.isArray(value) ? value : [value])
-        out.push(scannedName, await this.#scanned(scan, item));
+      for (const item of Array.isArray(value) ? value : [value]) block.push(name, item);
     }
+    const out = await this.#scannedBlock(scan, block);
     if (signal.aborted)
       throw session.terminatedBy !== null ? new Error('terminated') : new Error('client gone');
     if (masking !== null && hasBody) {
@@ -658,9 +659,9 @@ export class HttpEngine implements Engine<HttpClient> {
     summary.responseSecrets = [...scan.findings.values()].reduce((a, b) => a + b, 0);
   }
 
-  async #scanned(scan: ResponseScan, value: string): Promise<string> {
+  async #scannedBlock(scan: ResponseScan, values: readonly string[]): Promise<string[]> {
     try {
-      return await scan.header(value);
+      return await scanHeaders(scan, values);
     } catch (error) {
       throw new CoatcheckError(
         'CC_ERR_GATEWAY_INSPECTION_FAILED',
@@ -760,9 +761,9 @@ export class HttpEngine implements Engine<HttpClient> {
         );
       }
       const scan = await this.#pipeline.inspect(client.session, principal, route.target, parents);
+      const scanned = await this.#scannedBlock(scan, answer.headers.flat());
       const out: string[] = [];
-      for (const [name, value] of answer.headers)
-        out.push(`${await this.#scanned(scan, name)}: ${await this.#scanned(scan, value)}`);
+      for (let i = 0; i + 1 < scanned.length; i += 2) out.push(`${scanned[i]}: ${scanned[i + 1]}`);
       if (answer.status !== 101) {
         // Not upgraded: the answer's head (inspected) without its body, and the connection closes.
         upstream.destroy();

@@ -4,6 +4,7 @@ import { pipeline as pipe } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
+import { scanHeaders } from '../../gateway/detector-inspector.js';
 import { mapFailure } from '../../gateway/driver.js';
 import type { Engine } from '../../gateway/engine.js';
 import {
@@ -22,6 +23,7 @@ import {
   upstreamFailure,
 } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
+import { sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
@@ -133,7 +135,12 @@ export class LlmEngine implements Engine<LlmClient> {
     }
     this.#pipeline = pipeline;
     this.#options = options;
-    this.#found = options.foundSecrets ?? createFoundSecrets(pipeline.services.vault);
+    this.#found =
+      options.foundSecrets ??
+      createFoundSecrets(
+        pipeline.services.vault,
+        sharedKnownSecretIndex(pipeline.services.vault, pipeline.services.store),
+      );
   }
 
   client(req: IncomingMessage, res: ServerResponse): LlmClient {
@@ -474,16 +481,15 @@ export class LlmEngine implements Engine<LlmClient> {
         'the model provider answered with a content encoding the gateway cannot inspect',
       );
     }
-    const out: string[] = [];
+    // The header block in one scan, names too (an upstream can put anything before the colon).
+    const block: string[] = [];
     for (const [name, value] of Object.entries(response.headers)) {
       const lower = name.toLowerCase();
       if (value === undefined || DROP_HEADERS.has(lower) || lower === 'set-cookie') continue;
       if (lower === 'content-encoding' && decoders.length > 0) continue;
-      // Names too: an upstream can put anything before the colon.
-      const scannedName = await inspection(() => scan.header(name));
-      for (const item of Array.isArray(value) ? value : [value])
-        out.push(scannedName, await inspection(() => scan.header(item)));
+      for (const item of Array.isArray(value) ? value : [value]) block.push(name, item);
     }
+    const out = await inspection(() => scanHeaders(scan, block));
     res.writeHead(response.statusCode, out);
     // SSE: send each event as soon as it is scanned.
     res.flushHeaders();

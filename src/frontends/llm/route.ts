@@ -1,6 +1,7 @@
 import type { FrontendDeps } from '../../gateway/deps.js';
 import { bodyBudget, type HttpRoute, type HttpRouteContext } from '../../gateway/http-mount.js';
-import { createKnownSecretInspector, type ResponseInspector } from '../../gateway/inspector.js';
+import type { ResponseInspector } from '../../gateway/inspector.js';
+import { createIndexedInspector, sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import { LlmEngine } from './llm-engine.js';
 
 /**
@@ -16,7 +17,8 @@ export function llmRoute(
     // back longer than the longest secret. Prompts are scanned in full before they leave.
     const pipeline = mount.pipeline('llm', {
       ...services,
-      inspector: overrides.inspector ?? createKnownSecretInspector(() => deps.vault.knownSecrets()),
+      inspector:
+        overrides.inspector ?? createIndexedInspector(sharedKnownSecretIndex(deps.vault, deps.store)),
     });
     const engine = new LlmEngine(pipeline, {
       bodyLimit: deps.config.http.bodyLimit,

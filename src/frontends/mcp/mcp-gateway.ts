@@ -7,6 +7,7 @@ import type { Principal } from '../../core/principal.js';
 import { mapFailure } from '../../gateway/driver.js';
 import { createFoundSecrets, type FoundSecrets } from '../../gateway/found-secrets.js';
 import { type BodyBudget, type BodyReservation, readBody } from '../../gateway/http-io.js';
+import { sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
 import { MCP_ERROR_CODES, McpSession, type ToolVisibility } from './mcp-session.js';
@@ -65,7 +66,12 @@ export class McpGateway {
   constructor(pipeline: ExchangePipeline, options: McpGatewayOptions) {
     this.#pipeline = pipeline;
     this.#options = options;
-    this.#found = options.foundSecrets ?? createFoundSecrets(pipeline.services.vault);
+    this.#found =
+      options.foundSecrets ??
+      createFoundSecrets(
+        pipeline.services.vault,
+        sharedKnownSecretIndex(pipeline.services.vault, pipeline.services.store),
+      );
     const idleMs = options.idleMs ?? 30 * 60_000;
     this.#sweeper = setInterval(
       () => {

@@ -5,7 +5,7 @@ import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { FrontendDeps } from '../../gateway/deps.js';
 import { type Frontend, GatewayDriver, type Mount } from '../../gateway/driver.js';
 import { createFoundSecrets } from '../../gateway/found-secrets.js';
-import { createKnownSecretInspector } from '../../gateway/inspector.js';
+import { createIndexedInspector, sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import { createPolicyDecide } from '../../gateway/policy-decide.js';
 import { GatewaySession } from '../../gateway/session.js';
 import { McpSession } from './mcp-session.js';
@@ -62,7 +62,7 @@ async function runSession(
     audit: deps.audit,
     store: deps.store,
     clock: deps.clock,
-    inspector: createKnownSecretInspector(() => deps.vault.knownSecrets()),
+    inspector: createIndexedInspector(sharedKnownSecretIndex(deps.vault, deps.store)),
     decide: createPolicyDecide(deps.gate),
   });
   let refusal: CoatcheckError | null = null;
@@ -89,7 +89,7 @@ async function runSession(
           session,
           principal,
           connection,
-          foundSecrets: createFoundSecrets(deps.vault),
+          foundSecrets: createFoundSecrets(deps.vault, sharedKnownSecretIndex(deps.vault, deps.store)),
           visible: toolVisibility(deps),
           maxTickets: deps.config.http.maxTicketsPerRequest,
           upstreamTimeoutMs: deps.config.http.upstreamTimeoutMs,

@@ -5,13 +5,13 @@ import {
   type DetectorOptions,
   keywordIndexFor,
 } from '../../detect/detector.js';
+import type { ResponseScan } from '../../gateway/inspector.js';
 import {
-  createKnownSecretMatcher,
-  KNOWN_SECRET_MAX_BYTES,
-  KNOWN_SECRET_MIN_BYTES,
-  type KnownSecretMatcher,
-} from '../../detect/known-secrets.js';
-import { buildPatterns, MIN_SCANNED_SECRET_BYTES, type ResponseScan } from '../../gateway/inspector.js';
+  addOutputForms,
+  createOutputForms,
+  HEX_PREFIX,
+  type OutputForms,
+} from '../../gateway/known-secret-index.js';
 import { protocolError } from './protocol/framer.js';
 import { BACKEND_CODES, type Frame } from './protocol/messages.js';
 
@@ -50,30 +50,27 @@ export interface OutputIndex {
   contextFinding(key: Buffer, value: Buffer): boolean;
 }
 
-const HEX_PREFIX = 'hex\0';
 const EQUALS = Buffer.from('=');
 
 export function createOutputIndex(
   secrets: readonly OutputSecret[],
   options: Omit<DetectorOptions, 'knownSecrets'> = {},
 ): OutputIndex {
-  const matcher: KnownSecretMatcher = createKnownSecretMatcher();
-  // Secrets of 6-7 bytes are below the matcher's floor but are replaced by the
-  // known-secret inspector (MIN_SCANNED_SECRET_BYTES): look for them with indexOf.
-  const short: Buffer[] = [];
-  for (const s of secrets) {
-    if (s.value.length < MIN_SCANNED_SECRET_BYTES || s.value.length > KNOWN_SECRET_MAX_BYTES / 2) {
-      if (s.value.length >= MIN_SCANNED_SECRET_BYTES) matcher.add(s.id, s.value);
-      continue;
-    }
-    // Short ones in every form the known-secret inspector replaces (base64, JSON, url).
-    if (s.value.length < KNOWN_SECRET_MIN_BYTES)
-      short.push(...buildPatterns([s]).patterns.map((p) => p.bytes));
-    else matcher.add(s.id, s.value);
-    const hex = s.value.toString('hex');
-    matcher.add(`${HEX_PREFIX}l${s.id}`, hex);
-    if (/[a-f]/.test(hex)) matcher.add(`${HEX_PREFIX}u${s.id}`, hex.toUpperCase());
-  }
+  const forms = createOutputForms();
+  for (const s of secrets) addOutputForms(forms, s.id, s.value);
+  return outputIndexOver(forms, options);
+}
+
+/**
+ * The output index over `forms`, which may change afterwards (the shared known-secret
+ * index adds and removes secrets in place, ADR 0021): the index reads them on every call.
+ */
+export function outputIndexOver(
+  forms: OutputForms,
+  options: Omit<DetectorOptions, 'knownSecrets'> = {},
+): OutputIndex {
+  const matcher = forms.matcher;
+  const short = forms.short;
   const detector = createDetector({ ...options, knownSecrets: matcher });
   // Every rule is keyword-gated: text with no keyword and no known-secret form has no
   // finding, which one pass of the keyword automaton and one of the indexed matcher show.
@@ -83,7 +80,7 @@ export function createOutputIndex(
     return keywords.has(bytes) && detector.scan(bytes).length > 0;
   };
   const probe = (bytes: Buffer): 0 | 1 | 2 => {
-    for (const s of short) if (bytes.indexOf(s) !== -1) return 2;
+    for (const list of short.values()) for (const s of list) if (bytes.indexOf(s) !== -1) return 2;
     if (matcher.size > 0 && matcher.find(bytes.toString('latin1'), 'bytes', bytes).length > 0) return 2;
     const keyword = keywords.has(bytes);
     if (keyword && detector.scan(bytes).length > 0) return 2;

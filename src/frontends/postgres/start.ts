@@ -4,11 +4,11 @@ import { CoatcheckError } from '../../core/errors.js';
 import type { FrontendDeps } from '../../gateway/deps.js';
 import { chainInspectors, createDetectorInspector } from '../../gateway/detector-inspector.js';
 import { type Frontend, GatewayDriver, type Mount } from '../../gateway/driver.js';
-import { buildPatterns, createKnownSecretInspector, type PatternSet } from '../../gateway/inspector.js';
+import { createIndexedInspector, sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import type { Decide, ExchangePipeline } from '../../gateway/pipeline.js';
 import { createPolicyDecide } from '../../gateway/policy-decide.js';
 import type { Recorder } from '../../gateway/session.js';
-import { createOutputIndex, type OutputIndex } from './backend-inspect.js';
+import { type OutputIndex, outputIndexOver } from './backend-inspect.js';
 import { PostgresEngine } from './engine.js';
 import { DEFAULT_MAX_MESSAGE_BYTES } from './protocol/framer.js';
 import {
@@ -120,67 +120,31 @@ async function mountPostgres(
     clock: deps.clock,
     // Known secrets and detector findings (AKIA…, ghp_…) in server output become tickets, as on the HTTP path.
     inspector: chainInspectors(
-      createKnownSecretInspector(() => deps.vault.knownSecrets()),
+      createIndexedInspector(sharedKnownSecretIndex(deps.vault, deps.store)),
       createDetectorInspector(),
     ),
     // Logins are decided by policy (action sql:session): with policies configured, default deny.
     decide: overrides.decide ?? createPolicyDecide(deps.gate),
   });
-  let patterns: PatternSet = buildPatterns([]);
-  let outputIndex: OutputIndex = createOutputIndex([]);
-  let generation = 0;
-  // Set while the newest refresh failed: the patterns in hand may lack a secret added since,
-  // so every statement and every output frame is refused (the session ends with this error)
-  // until a refresh succeeds. Retried every second meanwhile.
-  let stale: CoatcheckError | null = null;
-  let retry: NodeJS.Timeout | null = null;
-  const refresh = async () => {
-    const mine = ++generation;
-    let secrets: Awaited<ReturnType<typeof deps.vault.knownSecrets>>;
-    try {
-      secrets = await deps.vault.knownSecrets();
-    } catch (error) {
-      if (mine === generation) {
-        stale = new CoatcheckError(
-          'CC_ERR_GATEWAY_INSPECTION_FAILED',
-          'coatcheck: the secrets to look for in SQL text and server output could not be loaded; refused until they can',
-          { cause: error },
-        );
-        retry ??= setTimeout(() => {
-          retry = null;
-          refresh().catch(() => undefined);
-        }, 1000).unref();
-      }
-      throw error;
-    }
-    if (mine === generation) {
-      const revealed = secrets.map((s) => ({ id: s.id, value: s.value.reveal() }));
-      patterns = buildPatterns(revealed);
-      outputIndex = createOutputIndex(revealed);
-      stale = null;
-    }
-  };
-  await refresh();
-  mount.onClose(() => {
-    if (retry !== null) clearTimeout(retry);
-  });
-  const unsubscribe = deps.store.subscribe((change) => {
-    // Only a change to the set of secret values changes what output is searched for:
-    // approvals, connections, revocations and ended workflows do not (a rebuild per
-    // change would block the event loop under churn).
-    if (
-      change.type === 'approval.changed' ||
-      change.type === 'connection.changed' ||
-      change.type === 'ticket.revoked' ||
-      change.type === 'agent.revoked' ||
-      change.type === 'workflow.ended'
-    )
-      return;
-    refresh().catch((error: unknown) =>
+  // The process's one known-secret index (ADR 0021), updated secret by secret from the
+  // store's change notices. While a change cannot be applied it is stale: every statement
+  // and every output frame is refused (the session ends with CC_ERR_GATEWAY_INSPECTION_FAILED)
+  // until a reload, retried every second, succeeds.
+  const index = sharedKnownSecretIndex(deps.vault, deps.store, {
+    onError: (error) =>
       log.error({ errName: (error as Error)?.name }, 'postgres: secret patterns refresh failed'),
-    );
   });
-  mount.onClose(unsubscribe);
+  const outputIndex: OutputIndex = outputIndexOver(index.outputForms());
+  await index.current();
+  // A session starts a new response scan when the output index it is handed changes (a
+  // secret added since is in the index, so it must be in the scan too): one view of the
+  // shared index per pattern set.
+  let view: { readonly set: unknown; readonly index: OutputIndex } | null = null;
+  const outputIndexNow = (): OutputIndex => {
+    const set = index.patterns();
+    if (view === null || view.set !== set) view = { set, index: { ...outputIndex } };
+    return view.index;
+  };
   const engine = new PostgresEngine(
     {
       pipeline,
@@ -192,14 +156,8 @@ async function mountPostgres(
       store: deps.store,
       audit: deps.audit,
       log,
-      patterns: () => {
-        if (stale !== null) throw stale;
-        return patterns;
-      },
-      outputIndex: () => {
-        if (stale !== null) throw stale;
-        return outputIndex;
-      },
+      patterns: () => index.patterns(),
+      outputIndex: outputIndexNow,
       now: () => deps.clock.now(),
       clock: deps.clock,
       metrics,

@@ -260,10 +260,13 @@ describe('LLM prompt guard (/llm/<connection>/v1/…)', () => {
 
   it('refuses (and sends nothing) when scanning fails', async () => {
     const before = provider.received.length;
-    // The vault's list of known secrets cannot be read (a store outage): nothing can be scanned.
+    // The vault's list of known secrets cannot be read (a store outage) and the change feed
+    // says changes may have been missed: the known-secret index cannot be brought up to date
+    // (ADR 0021), so nothing can be scanned.
     const vault = gw.ctx.vault as unknown as { knownSecrets: unknown };
     const original = vault.knownSecrets;
     vault.knownSecrets = () => Promise.reject(new Error('store down'));
+    await gw.ctx.store.publish({ type: 'resync' });
     try {
       const res = await post('/llm/openai/v1/chat/completions', {
         model: 'gpt-test',
@@ -277,6 +280,7 @@ describe('LLM prompt guard (/llm/<connection>/v1/…)', () => {
       expect(provider.received.length).toBe(before);
     } finally {
       vault.knownSecrets = original;
+      await gw.ctx.store.publish({ type: 'resync' });
     }
   });
 

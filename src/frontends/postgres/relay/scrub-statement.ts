@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { TICKET_PATTERN } from '../../../core/ticket-format.js';
 import { createDetector, type Detector } from '../../../detect/detector.js';
 import { maskFor } from '../../../detect/scrub.js';
-import type { PatternSet } from '../../../gateway/inspector.js';
+import { markOccurrences, type PatternSet } from '../../../gateway/inspector.js';
 
 let detector: Detector | null = null;
 
@@ -31,26 +31,15 @@ export function scrubStatement(
   // agent wrote cannot pose as one.
   let secretIds: string[] | null = null;
   let tag = '';
-  let bytes = patterns.patterns.length > 0 ? Buffer.from(out, 'utf8') : null;
+  const bytes = patterns.empty ? null : Buffer.from(out, 'utf8');
   if (bytes !== null && patterns.mayContain(bytes)) {
     const ids: string[] = [];
     tag = randomBytes(6).toString('hex');
-    for (const p of patterns.patterns) {
-      if (bytes.indexOf(p.bytes) === -1) continue;
-      const parts: Buffer[] = [];
-      let last = 0;
-      for (let at = bytes.indexOf(p.bytes); at !== -1; at = bytes.indexOf(p.bytes, last)) {
-        parts.push(
-          bytes.subarray(last, at),
-          Buffer.from(`${PLACEHOLDER_OPEN}${tag}:${ids.length}${PLACEHOLDER_CLOSE}`),
-        );
-        ids.push(p.secretId);
-        last = at + p.bytes.length;
-      }
-      parts.push(bytes.subarray(last));
-      bytes = Buffer.concat(parts);
-    }
-    out = bytes.toString('utf8');
+    const marked = markOccurrences(bytes, patterns, (secretId) => {
+      ids.push(secretId);
+      return `${PLACEHOLDER_OPEN}${tag}:${ids.length - 1}${PLACEHOLDER_CLOSE}`;
+    });
+    if (marked !== null) out = marked.toString('utf8');
     secretIds = ids;
   }
   detector ??= createDetector();
