@@ -1,0 +1,35 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLUSTER_TOKEN, type K8sGateway, kubectlMissing, startK8sGateway } from './harness.js';
+
+describe.skipIf(kubectlMissing !== null)('kubectl through the Kubernetes front-end (test API server)', () => {
+  let gw: K8sGateway;
+  let config: { file: string; ticket: string };
+
+  beforeAll(async () => {
+    gw = await startK8sGateway();
+    gw.api.put('pods', {
+      metadata: { name: 'web-1', namespace: 'default' },
+      spec: { containers: [{ name: 'web', image: 'nginx' }] },
+    });
+    gw.api.put('pods', {
+      metadata: { name: 'web-2', namespace: 'default' },
+      spec: { containers: [{ name: 'web', image: 'nginx' }] },
+    });
+    config = await gw.kubeconfig('builder');
+  });
+  afterAll(async () => {
+    await gw?.close();
+  });
+
+  it('lists and gets pods with the ticket as its bearer token; the API server sees the real token', async () => {
+    const list = await gw.kubectl(config.file, ['get', 'pods', '-o', 'name']);
+    expect(list.stderr).toBe('');
+    expect(list.stdout).toBe('pod/web-1\npod/web-2\n');
+    const one = await gw.kubectl(config.file, ['get', 'pod', 'web-1', '-o', 'jsonpath={.metadata.name}']);
+    expect(one.stdout).toBe('web-1');
+    const calls = gw.api.received.filter((r) => r.url.startsWith('/api/v1/namespaces/default/pods'));
+    expect(calls.length).toBeGreaterThanOrEqual(2);
+    for (const call of gw.api.received) expect(call.headers.authorization).toBe(`Bearer ${CLUSTER_TOKEN}`);
+    expect(JSON.stringify(gw.api.received)).not.toContain(config.ticket);
+  });
+});
