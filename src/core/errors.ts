@@ -788,6 +788,13 @@ export const ERROR_CODES = {
       'The request carries impersonation headers (Impersonate-User, Impersonate-Group, Impersonate-Uid, Impersonate-Extra-*) and no policy of the loaded policy set permits k8s:impersonate for them (the built-in policy never does).',
     solution: 'Drop --as/--as-group, or permit k8s:impersonate for this agent and connection in a policy.',
   },
+  CC_ERR_K8S_PROXY_REFUSED: {
+    status: 403,
+    description:
+      'A `proxy` subresource request (pods/NAME/proxy, services/NAME/proxy, nodes/NAME/proxy) reaches services behind the API server; it needs a policy of the loaded policy set that permits k8s:proxy (the built-in policy never does).',
+    solution:
+      'Permit k8s:proxy for this agent, connection and resource in a policy, or reach the service through its own connection.',
+  },
   CC_ERR_K8S_STREAM_UNSUPPORTED: {
     status: 400,
     description:

@@ -288,6 +288,13 @@ export class KubernetesEngine {
     const request = { principal, connection: resolved.view, target: resolved.target, operation };
     const decision = await this.#pipeline.decide(session, request);
     summary.decision = decision.verdict;
+    // proxy reaches services behind the API server: never on the built-in policy alone.
+    if (info.verb === 'proxy' && decision.reasons.every((r) => r === BUILTIN_POLICY_ID)) {
+      throw new CoatcheckError(
+        'CC_ERR_K8S_PROXY_REFUSED',
+        `coatcheck: the proxy subresource needs a policy that permits k8s:proxy on connection ${resolved.view.name}`,
+      );
+    }
     if (impersonation.length > 0) {
       const users = impersonation.filter(([n]) => n === 'impersonate-user').map(([, v]) => v);
       const groups = impersonation.filter(([n]) => n === 'impersonate-group').map(([, v]) => v);
