@@ -452,12 +452,14 @@ export class KubernetesEngine {
     const itemKind = prepared.info.group === '' ? DATA_RESOURCES[prepared.info.resource] : undefined;
     const { text: rewritten, result } = await rewriteObjectData(text, {
       scan: (value) => this.#scanWhole(session, prepared, value),
+      scanText: async (whole) =>
+        (await this.#scanWhole(session, prepared, Buffer.from(whole, 'utf8'))).toString('utf8'),
       mask: prepared.mask.length > 0 ? fieldMatcher(prepared.mask) : null,
       ...(itemKind === undefined ? {} : { listItemKind: itemKind }),
     });
     summary.decodedValues = ((summary.decodedValues as number | undefined) ?? 0) + result.decoded;
     summary.rewrittenValues = ((summary.rewrittenValues as number | undefined) ?? 0) + result.rewritten;
-    return this.#scanWhole(session, prepared, Buffer.from(rewritten, 'utf8'));
+    return Buffer.from(rewritten, 'utf8');
   }
 
   async #respond(

@@ -12,7 +12,14 @@ import { CoatcheckError } from '../../../core/errors.js';
 export type ValueScan = (value: Buffer) => Promise<Buffer>;
 
 export interface RewriteOptions {
+  /** Scan one decoded base64 value. */
   readonly scan: ValueScan;
+  /**
+   * Scan the whole JSON text (raw secrets in any other field). Keyword rules there would read
+   * a base64 value under a `password` key as a secret of its own and corrupt it, so the base64
+   * maps (already scanned decoded) are pinned and put back afterwards.
+   */
+  readonly scanText: (text: string) => Promise<string>;
   /** Data keys whose values are masked whole (policy `@mask`), or null. */
   readonly mask: ((key: string) => boolean) | null;
   /** Items of a list without `kind` (the API server omits it in typed lists) are of this kind. */
@@ -40,6 +47,12 @@ function unreadable(message: string): CoatcheckError {
 }
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+type Path = ReadonlyArray<string | number>;
+/** A map whose values are final (scanned decoded, or masked): put back after the whole-text scan. */
+interface Pin {
+  readonly path: Path;
+  readonly values: Readonly<Record<string, Json>>;
+}
 
 function isObject(value: Json | undefined): value is { [key: string]: Json } {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -74,8 +87,13 @@ async function rewriteObject(
   options: RewriteOptions,
   result: RewriteResult,
   depth: number,
+  path: Path,
+  pins: Pin[],
 ): Promise<void> {
-  if (kind === 'Secret' && isObject(object.data)) await rewriteMap(object.data, options, result);
+  if (kind === 'Secret' && isObject(object.data)) {
+    await rewriteMap(object.data, options, result);
+    pins.push({ path: [...path, 'data'], values: { ...object.data } });
+  }
   if (kind === 'Secret' && isObject(object.stringData)) {
     // Write-only, but an echo must not carry a value either.
     for (const [key, value] of Object.entries(object.stringData)) {
@@ -85,20 +103,29 @@ async function rewriteObject(
       object.stringData[key] = Buffer.from(map[key] as string, 'base64').toString('utf8');
     }
   }
-  if (kind === 'ConfigMap' && isObject(object.binaryData))
+  if (kind === 'ConfigMap' && isObject(object.binaryData)) {
     await rewriteMap(object.binaryData, options, result);
+    pins.push({ path: [...path, 'binaryData'], values: { ...object.binaryData } });
+  }
+  if (kind === 'ConfigMap' && isObject(object.data) && options.mask !== null) {
+    for (const key of Object.keys(object.data)) {
+      if (options.mask(key)) {
+        object.data[key] = MASKED_DATA;
+        result.rewritten++;
+      }
+    }
+  }
   const metadata = object.metadata;
   if (isObject(metadata) && isObject(metadata.annotations)) {
     const applied = metadata.annotations[LAST_APPLIED];
     if (typeof applied === 'string') {
-      let parsed: Json;
-      try {
-        parsed = JSON.parse(applied) as Json;
-      } catch {
-        throw unreadable('the last-applied-configuration annotation is not JSON');
-      }
-      await walk(parsed, undefined, options, result, depth + 1);
-      metadata.annotations[LAST_APPLIED] = `${JSON.stringify(parsed)}\n`;
+      if (depth > MAX_DEPTH) throw unreadable('the object nests deeper than 64 levels');
+      const inner = await rewriteText(applied, options, result, depth + 1);
+      metadata.annotations[LAST_APPLIED] = `${inner}\n`;
+      pins.push({
+        path: [...path, 'metadata', 'annotations'],
+        values: { [LAST_APPLIED]: metadata.annotations[LAST_APPLIED] },
+      });
     }
   }
 }
@@ -109,15 +136,18 @@ async function walk(
   options: RewriteOptions,
   result: RewriteResult,
   depth: number,
+  path: Path,
+  pins: Pin[],
 ): Promise<void> {
   if (depth > MAX_DEPTH) throw unreadable('the object nests deeper than 64 levels');
   if (Array.isArray(value)) {
-    for (const item of value) await walk(item, impliedKind, options, result, depth + 1);
+    for (const [index, item] of value.entries())
+      await walk(item, impliedKind, options, result, depth + 1, [...path, index], pins);
     return;
   }
   if (!isObject(value)) return;
   const kind = typeof value.kind === 'string' ? value.kind : impliedKind;
-  await rewriteObject(value, kind, options, result, depth);
+  await rewriteObject(value, kind, options, result, depth, path, pins);
   for (const [key, child] of Object.entries(value)) {
     if (child === null || typeof child !== 'object') continue;
     // A typed list's items have no kind of their own: SecretList's items are Secrets.
@@ -127,8 +157,57 @@ async function walk(
         : key === 'items' && kind === undefined
           ? options.listItemKind
           : undefined;
-    await walk(child, childKind, options, result, depth + 1);
+    await walk(child, childKind, options, result, depth + 1, [...path, key], pins);
   }
+}
+
+/** Rewrite the base64 maps, scan the whole text, put the pinned maps back. */
+async function rewriteText(
+  text: string,
+  options: RewriteOptions,
+  result: RewriteResult,
+  depth: number,
+  listItemKind?: 'Secret' | 'ConfigMap',
+): Promise<string> {
+  let document: Json;
+  try {
+    document = JSON.parse(text) as Json;
+  } catch {
+    throw unreadable('the response is not JSON');
+  }
+  const pins: Pin[] = [];
+  await walk(
+    document,
+    undefined,
+    { ...options, ...(listItemKind === undefined ? {} : { listItemKind }) },
+    result,
+    depth,
+    [],
+    pins,
+  );
+  const scanned = await options.scanText(JSON.stringify(document));
+  if (pins.length === 0) return scanned;
+  let after: Json;
+  try {
+    after = JSON.parse(scanned) as Json;
+  } catch {
+    throw unreadable('the scanned response is not JSON');
+  }
+  for (const pin of pins) {
+    let at: Json | undefined = after;
+    for (const step of pin.path) {
+      at =
+        Array.isArray(at) && typeof step === 'number'
+          ? at[step]
+          : isObject(at) && typeof step === 'string'
+            ? at[step]
+            : undefined;
+    }
+    if (!isObject(at)) continue;
+    // Only keys the scan left in place: a key it replaced keeps the scanner's value.
+    for (const [key, value] of Object.entries(pin.values)) if (key in at) at[key] = value;
+  }
+  return JSON.stringify(after);
 }
 
 /**
@@ -140,14 +219,7 @@ export async function rewriteObjectData(
   text: string,
   options: RewriteOptions,
 ): Promise<{ text: string; result: RewriteResult }> {
-  let document: Json;
-  try {
-    document = JSON.parse(text) as Json;
-  } catch {
-    throw unreadable('the response is not JSON');
-  }
   const result: RewriteResult = { decoded: 0, rewritten: 0 };
-  await walk(document, undefined, options, result, 0);
-  if (result.rewritten === 0 && result.decoded === 0) return { text, result };
-  return { text: JSON.stringify(document), result };
+  const rewritten = await rewriteText(text, options, result, 0, options.listItemKind);
+  return { text: rewritten, result };
 }
