@@ -73,10 +73,12 @@ export interface KubeApiServer {
   readonly execs: ExecCall[];
   put(resource: string, object: KubeObject): void;
   get(resource: string, namespace: string, name: string): KubeObject | undefined;
-  /** Send a watch event to every open watch of `resource`. */
-  emit(resource: string, type: 'ADDED' | 'MODIFIED' | 'DELETED', object: KubeObject): void;
+  /** Send a watch event to every open watch of `resource`; false when a watcher's socket pushes back. */
+  emit(resource: string, type: 'ADDED' | 'MODIFIED' | 'DELETED', object: KubeObject): boolean;
   /** Open watches now. */
   watches(): number;
+  /** True once every open watch's socket has taken what was written, false after `timeoutMs` without. */
+  watchesDrained(timeoutMs: number): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -226,11 +228,13 @@ export async function startKubeApiServer(options: { dir: string; token: string }
     const r = info(resource)!;
     return { kind: r.kind, apiVersion: r.group === '' ? 'v1' : `${r.group}/v1`, ...object };
   };
-  const emit = (resource: string, type: string, object: KubeObject) => {
+  const emit = (resource: string, type: string, object: KubeObject): boolean => {
+    let flowing = true;
     for (const w of watchers.get(resource) ?? []) {
       if (w.namespace !== '' && object.metadata.namespace !== w.namespace) continue;
-      w.res.write(`${JSON.stringify({ type, object: withKind(resource, object) })}\n`);
+      if (!w.res.write(`${JSON.stringify({ type, object: withKind(resource, object) })}\n`)) flowing = false;
     }
+    return flowing;
   };
   const put = (resource: string, object: KubeObject) => {
     version++;
@@ -366,6 +370,7 @@ export async function startKubeApiServer(options: { dir: string; token: string }
       if (name === '') {
         if (req.method === 'GET' && url.searchParams.get('watch') === 'true') {
           res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
+          res.flushHeaders();
           for (const o of t.values())
             if (inScope(o))
               res.write(`${JSON.stringify({ type: 'ADDED', object: withKind(resource, o) })}\n`);
@@ -539,6 +544,22 @@ export async function startKubeApiServer(options: { dir: string; token: string }
     get: (resource, namespace, name) => table(resource).get(`${namespace}/${name}`),
     emit: (resource, type, object) => emit(resource, type, object),
     watches: () => [...watchers.values()].reduce((n, s) => n + s.size, 0),
+    watchesDrained: (timeoutMs) =>
+      Promise.all(
+        [...watchers.values()].flatMap((set) =>
+          [...set].map(
+            (w) =>
+              new Promise<boolean>((resolve) => {
+                if (!w.res.writableNeedDrain) return resolve(true);
+                const timer = setTimeout(() => resolve(false), timeoutMs);
+                w.res.once('drain', () => {
+                  clearTimeout(timer);
+                  resolve(true);
+                });
+              }),
+          ),
+        ),
+      ).then((all) => all.every(Boolean)),
     close: () =>
       new Promise<void>((resolve) => {
         wss.close();

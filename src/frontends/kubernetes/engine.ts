@@ -515,17 +515,29 @@ export class KubernetesEngine {
     if (info.verb === 'watch' && response.statusCode === 200) {
       // One event per line: each is inspected whole and sent at once (nothing held back between events).
       res.writeHead(response.statusCode, out);
+      // The answer head goes now: a watch may wait long for its first event.
+      res.flushHeaders();
       summary.status = response.statusCode;
       let pending: Buffer = Buffer.alloc(0);
       let events = 0;
+      // Events of Secrets and ConfigMaps are rewritten one by one; any other watch runs through
+      // one stream scan fed whole lines, so an event goes out as soon as its line is complete.
+      const scan = rewrite ? null : await this.#scan(session, prepared);
+      const send = async (clean: Buffer) => {
+        if (clean.length > 0 && !res.write(clean)) await drained(res);
+        stop();
+      };
       const emit = async (line: Buffer) => {
         if (line.length === 0) return;
-        const clean = rewrite
-          ? await this.#rewrite(session, prepared, line.toString('utf8'), summary)
-          : await this.#scanWhole(session, prepared, line);
         events++;
-        if (!res.write(Buffer.concat([clean, Buffer.from('\n')]))) await drained(res);
-        stop();
+        if (scan === null)
+          await send(
+            Buffer.concat([
+              await this.#rewrite(session, prepared, line.toString('utf8'), summary),
+              Buffer.from('\n'),
+            ]),
+          );
+        else await send(await scan.push(Buffer.concat([line, Buffer.from('\n')])));
       };
       for await (const chunk of source) {
         pending = pending.length === 0 ? (chunk as Buffer) : Buffer.concat([pending, chunk as Buffer]);
@@ -543,6 +555,7 @@ export class KubernetesEngine {
         }
       }
       await emit(pending);
+      if (scan !== null) await send(await scan.end());
       summary.events = events;
       res.end();
       return;
@@ -571,6 +584,7 @@ export class KubernetesEngine {
     // Anything else streams through the scanner, with backpressure from the client.
     const scan = await this.#scan(session, prepared);
     res.writeHead(response.statusCode, out);
+    res.flushHeaders();
     summary.status = response.statusCode;
     let sent = 0;
     for await (const chunk of source) {

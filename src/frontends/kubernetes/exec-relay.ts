@@ -236,6 +236,11 @@ export async function relayChannels(input: RelayInput): Promise<void> {
       } else if (frame.opcode === 0) count('in', clientChannel, frame.payload.length);
       server.write(encodeMaskedFrame(frame));
     }
+    // And the other way: stdin waits while the API server has not taken it.
+    if (server.writableNeedDrain) {
+      client.pause();
+      server.once('drain', () => client.resume());
+    }
   };
 
   // API server → client.
@@ -323,6 +328,17 @@ export async function relayChannels(input: RelayInput): Promise<void> {
           if (unit.kind === 'control') await onControl(unit.frame);
           else await onMessage(unit.opcode, unit.payload);
         }
+        // Backpressure: the API server waits while kubectl has not taken what was sent.
+        if (client.writableNeedDrain && !ended)
+          await new Promise<void>((resolve) => {
+            const done = () => {
+              client.off('drain', done);
+              client.off('close', done);
+              resolve();
+            };
+            client.on('drain', done);
+            client.on('close', done);
+          });
         if (!ended) server.resume();
       })
       .catch(failed);
