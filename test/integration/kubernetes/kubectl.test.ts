@@ -33,3 +33,30 @@ describe.skipIf(kubectlMissing !== null)('kubectl through the Kubernetes front-e
     expect(JSON.stringify(gw.api.received)).not.toContain(config.ticket);
   });
 });
+
+describe.skipIf(kubectlMissing !== null)(
+  'a kubernetes connection whose credential is a client certificate and key',
+  () => {
+    let gw: K8sGateway;
+    afterAll(async () => {
+      await gw?.close();
+    });
+
+    it('kubectl lists pods; the API server sees the client certificate and no Authorization header', async () => {
+      gw = await startK8sGateway({ credential: 'certificate' });
+      gw.api.put('pods', { metadata: { name: 'db-0', namespace: 'default' }, spec: {} });
+      const { file, ticket } = await gw.kubeconfig('builder');
+      const r = await gw.kubectl(file, ['get', 'pods', '-o', 'name']);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toBe('pod/db-0\n');
+      const seen = gw.api.received.filter((x) => x.url.includes('/pods'));
+      expect(seen.length).toBeGreaterThan(0);
+      for (const call of gw.api.received) {
+        expect(call.clientCert).toBe(true);
+        expect(call.headers.authorization).toBeUndefined();
+      }
+      expect(gw.logs()).not.toContain('PRIVATE KEY');
+      expect(JSON.stringify(gw.api.received)).not.toContain(ticket);
+    });
+  },
+);
