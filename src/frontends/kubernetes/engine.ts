@@ -35,7 +35,7 @@ export interface KubernetesEngineOptions {
   readonly upstreamTimeoutMs: number;
   readonly pool: UpstreamPool;
   /** Agents are named in the URL (`/k8s/<agent>/<connection>`), as a PostgreSQL login names its user. */
-  readonly store: Pick<Store, 'getAgentByName'>;
+  readonly store: Pick<Store, 'getAgentByName' | 'getTicketById'>;
   readonly bodyBudget?: BodyBudget;
 }
 
@@ -186,6 +186,28 @@ export class KubernetesEngine {
     return principal;
   }
 
+  /** End the session when the ticket (or any ticket above it) or the agent expires. */
+  async #endAtExpiry(session: GatewaySession, principal: Principal, ticketId: string): Promise<void> {
+    let at = principal.expiresAt;
+    let code: ErrorCode = 'CC_ERR_AGENT_EXPIRED';
+    let id: string | null = ticketId;
+    for (let depth = 0; id !== null && depth < 64; depth++) {
+      const record = await this.#options.store.getTicketById(id);
+      if (record === null) break;
+      if (record.expiresAt !== null && (at === null || record.expiresAt < at)) {
+        at = record.expiresAt;
+        code = 'CC_ERR_TICKET_EXPIRED';
+      }
+      id = record.parentId;
+    }
+    if (at === null) return;
+    const left = at - this.#pipeline.services.clock.now();
+    if (left > 2_147_000_000) return;
+    const timer = setTimeout(() => session.terminate(code), Math.max(0, left));
+    timer.unref();
+    session.cleanups.push(() => clearTimeout(timer));
+  }
+
   async #prepare(client: KubernetesClient, upgrade: boolean): Promise<Prepared> {
     const { req, session, summary } = client;
     const route = parseRoute(req.url ?? '/');
@@ -201,6 +223,13 @@ export class KubernetesEngine {
     const principal = await this.#agent(session, route.agent, ticket);
     const resolved = await this.#pipeline.resolveConnection(session, route.connection, ['kubernetes']);
     const info = classifyRequest(method, route.target);
+    // Only exec and attach are carried as streams: refused before any decision or release.
+    if (upgrade && info.verb !== 'exec' && info.verb !== 'attach') {
+      throw new CoatcheckError(
+        'CC_ERR_K8S_STREAM_UNSUPPORTED',
+        `coatcheck: only exec and attach are carried as streams (not ${info.verb}); port-forward carries bytes the gateway cannot inspect`,
+      );
+    }
     summary.verb = info.verb;
     summary.resource = info.resource;
     summary.subresource = info.subresource;
@@ -326,6 +355,9 @@ export class KubernetesEngine {
       operation,
     });
     const exchange = released.get(ticket)!;
+    // A long request (a watch, exec, attach, a followed log) ends when its ticket or agent does.
+    if (upgrade || info.verb === 'watch' || /(^|&)follow=(true|1)(&|$)/.test(query))
+      await this.#endAtExpiry(session, principal, exchange.ticketId);
     const credential = parseCredential(exchange.value.revealText());
     if (credential.kind === 'bearer') headers.push('Authorization', `Bearer ${credential.token}`);
     if (body !== null && body.length > 0 && contentType !== undefined)
@@ -622,12 +654,6 @@ export class KubernetesEngine {
       }
       const protocols = offeredProtocols(req.headers['sec-websocket-protocol']);
       const prepared = await this.#prepare(client, true);
-      if (prepared.info.verb !== 'exec' && prepared.info.verb !== 'attach') {
-        throw new CoatcheckError(
-          'CC_ERR_K8S_STREAM_UNSUPPORTED',
-          `coatcheck: only exec and attach are carried as streams (not ${prepared.info.verb}); port-forward carries bytes the gateway cannot inspect`,
-        );
-      }
       const upstream = await upgradeUpstream({
         url: new URL(`${prepared.origin}${prepared.path}`),
         headers: prepared.headers,

@@ -352,7 +352,7 @@ export async function relayChannels(input: RelayInput): Promise<void> {
       apiVersion: 'v1',
       metadata: {},
       status: 'Failure',
-      message: `coatcheck: the session was ended (${endCode}): a ticket, agent or secret it used was revoked`,
+      message: `coatcheck: the session was ended (${endCode}): a ticket, agent or secret it used was revoked or expired`,
       reason: 'Forbidden',
       code: 403,
     });

@@ -68,6 +68,21 @@ describe.skipIf(kubectlMissing !== null)(
         .toBe(0);
     });
 
+    it('a live exec ends when its ticket expires', async () => {
+      const { ref } = await gw.kubeconfig('builder');
+      const short = (
+        await gw.ctx.vault.issueTicket(
+          { secret: 'prod-cred', principal: ref, destinations: ['conn:prod'], ttlMs: 3_000 },
+          'admin:test',
+        )
+      ).ticket;
+      const { file } = await gw.kubeconfig('builder', 'prod', short);
+      const done = await gw.kubectl(file, ['exec', 'web-1', '--', 'tick']);
+      expect(done.code).not.toBe(0);
+      expect(done.stdout).toContain('tick 0');
+      expect(done.stderr).toContain('CC_ERR_TICKET_EXPIRED');
+    });
+
     it('the exec sessions are recorded per channel, scrubbed; no canary anywhere', async () => {
       await gw.k8s.close();
       const sessions = await gw.ctx.store.listSessions({ limit: 1000 });
