@@ -105,12 +105,19 @@ export function parseRoute(url: string): Route {
   return { agent, connection: cleanConnection, target };
 }
 
-/** Accept without protobuf (the gateway must read what comes back); JSON when nothing else is left. */
-export function jsonAccept(accept: string | undefined): string {
+/**
+ * Accept without protobuf or CBOR (the gateway must read what comes back); JSON when nothing
+ * else is left. With `jsonOnly` (Secrets, ConfigMaps, masked answers: their values must be
+ * decoded), only JSON entries are kept: a YAML answer would carry base64 values past the
+ * decoder.
+ */
+export function jsonAccept(accept: string | undefined, jsonOnly = false): string {
   const kept = (accept ?? '')
     .split(',')
     .map((a) => a.trim())
-    .filter((a) => a !== '' && !/protobuf|cbor/i.test(a));
+    .filter(
+      (a) => a !== '' && !/protobuf|cbor/i.test(a) && (!jsonOnly || /^application\/json\s*(;|$)/i.test(a)),
+    );
   return kept.length === 0 ? 'application/json' : kept.join(', ');
 }
 
@@ -251,7 +258,7 @@ export class KubernetesEngine {
         );
       else if (FORWARDED.has(name) && name !== 'accept') headers.push(raw[i]!, value);
     }
-    headers.push('Accept', jsonAccept(req.headers.accept));
+    // The Accept header is set once the decision (and its @mask obligations) is known.
     const contentType = req.headers['content-type'];
 
     const reservation = upgrade ? undefined : this.#options.bodyBudget?.open(principal.ref);
@@ -349,6 +356,8 @@ export class KubernetesEngine {
       await allowed.recorded;
     }
 
+    const decoded = info.group === '' && DATA_RESOURCES[info.resource] !== undefined;
+    headers.push('Accept', jsonAccept(req.headers.accept, decoded || (decision.mask ?? []).length > 0));
     const released = await this.#pipeline.exchange(session, [ticket], {
       principal,
       target: resolved.target,
@@ -530,9 +539,16 @@ export class KubernetesEngine {
         : ((pipe as (...s: unknown[]) => unknown)(response.body, ...decoders, () => undefined) as Readable);
     const json = /^application\/([a-z0-9.+-]*\+)?json\b/.test(type);
     const { info } = prepared;
-    const rewrite =
-      json &&
-      (prepared.mask.length > 0 || (info.group === '' && DATA_RESOURCES[info.resource] !== undefined));
+    const mustDecode =
+      prepared.mask.length > 0 || (info.group === '' && DATA_RESOURCES[info.resource] !== undefined);
+    if (mustDecode && !json && hasBody) {
+      // Secret values in anything but JSON (YAML, a table in text) would pass undecoded.
+      throw new CoatcheckError(
+        'CC_ERR_K8S_RESPONSE_INVALID',
+        'coatcheck: an answer holding Secrets, ConfigMaps or masked fields is not JSON; it was withheld',
+      );
+    }
+    const rewrite = json && mustDecode;
     const stop = () => {
       if (signal.aborted)
         throw session.terminatedBy !== null ? new Error('terminated') : new Error('client gone');

@@ -195,6 +195,15 @@ describe('Kubernetes front-end: hostile requests', () => {
     expect(seen.headers['x-remote-user']).toBeUndefined();
     expect(seen.headers['x-remote-group']).toBeUndefined();
     expect(seen.headers.cookie).toBeUndefined();
+    // Secrets must come back as JSON, or their base64 values would pass undecoded.
+    await call('/k8s/builder/prod/api/v1/namespaces/default/secrets', {
+      headers: { accept: 'application/yaml, application/json;as=Table;g=meta.k8s.io;v=v1, */*' },
+    });
+    expect(gw.api.received.at(-1)!.headers.accept).toBe('application/json;as=Table;g=meta.k8s.io;v=v1');
+    await call('/k8s/builder/prod/api/v1/namespaces/default/secrets/x', {
+      headers: { accept: 'application/yaml' },
+    });
+    expect(gw.api.received.at(-1)!.headers.accept).toBe('application/json');
     const only = await call('/k8s/builder/prod/api/v1/namespaces/default/pods', {
       headers: { accept: 'application/vnd.kubernetes.protobuf' },
     });
