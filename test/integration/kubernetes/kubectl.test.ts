@@ -32,6 +32,23 @@ describe.skipIf(kubectlMissing !== null)('kubectl through the Kubernetes front-e
     for (const call of gw.api.received) expect(call.headers.authorization).toBe(`Bearer ${CLUSTER_TOKEN}`);
     expect(JSON.stringify(gw.api.received)).not.toContain(config.ticket);
   });
+
+  it('logs, version, deployments in a named group, and a delete under the built-in policy', async () => {
+    const logs = await gw.kubectl(config.file, ['logs', 'web-1']);
+    expect(logs.stdout).toBe('log of web-1\n');
+    // `kubectl get --raw PATH` drops the server URL's path, so it cannot name the agent and
+    // connection: it reaches the gateway's root and is refused (docs/frontends/kubernetes.md).
+    const raw = await gw.kubectl(config.file, ['get', '--raw', '/version']);
+    expect(raw.stderr).toContain('CC_ERR_NOT_FOUND');
+    const version = await gw.kubectl(config.file, ['version', '-o', 'json']);
+    expect(JSON.parse(version.stdout).serverVersion.gitVersion).toBe('v1.32.0-coatcheck-test');
+    gw.api.put('deployments', { metadata: { name: 'api', namespace: 'default' }, spec: {} });
+    const deployments = await gw.kubectl(config.file, ['get', 'deployments.apps', '-o', 'name']);
+    expect(deployments.stdout).toBe('deployment.apps/api\n');
+    const deleted = await gw.kubectl(config.file, ['delete', 'pod', 'web-2', '--wait=false']);
+    expect(deleted.stdout).toBe('pod "web-2" deleted\n');
+    expect(gw.api.get('pods', 'default', 'web-2')).toBeUndefined();
+  });
 });
 
 describe.skipIf(kubectlMissing !== null)(
