@@ -35,7 +35,7 @@ export interface KubernetesEngineOptions {
   readonly upstreamTimeoutMs: number;
   readonly pool: UpstreamPool;
   /** Agents are named in the URL (`/k8s/<agent>/<connection>`), as a PostgreSQL login names its user. */
-  readonly store: Pick<Store, 'getAgentByName' | 'getTicketById'>;
+  readonly store: Pick<Store, 'getAgentByName' | 'getAgentById' | 'getTicketById'>;
   readonly bodyBudget?: BodyBudget;
 }
 
@@ -193,6 +193,29 @@ export class KubernetesEngine {
     return principal;
   }
 
+  /**
+   * A request outside `/k8s/<agent>/<connection>` (`kubectl get --raw` drops the server URL's
+   * path): the agent and connection the ticket is bound to, when it names exactly one
+   * kubernetes connection. Only routing: the exchange checks the binding as for any request.
+   */
+  async #routeOfTicket(ticket: string, target: string): Promise<Route> {
+    const unroutable = () =>
+      new CoatcheckError(
+        'CC_ERR_NOT_FOUND',
+        'coatcheck: Kubernetes requests go to /k8s/<agent>/<connection>/… (this ticket names no single kubernetes connection)',
+      );
+    const view = await this.#pipeline.services.vault.inspectTicket(ticket).catch(() => null);
+    if (view === null || !view.principal.startsWith('agent:')) throw unroutable();
+    const agent = await this.#options.store.getAgentById(view.principal.slice('agent:'.length));
+    const names = view.destinations.filter((d) => d.startsWith('conn:')).map((d) => d.slice('conn:'.length));
+    const kubernetes: string[] = [];
+    for (const name of names) {
+      if ((await this.#pipeline.services.connections.get(name))?.type === 'kubernetes') kubernetes.push(name);
+    }
+    if (agent === null || kubernetes.length !== 1) throw unroutable();
+    return { agent: agent.name, connection: kubernetes[0]!, target: target.startsWith('/') ? target : '/' };
+  }
+
   /** End the session when the ticket (or any ticket above it) or the agent expires. */
   async #endAtExpiry(session: GatewaySession, principal: Principal, ticketId: string): Promise<void> {
     let at = principal.expiresAt;
@@ -217,7 +240,6 @@ export class KubernetesEngine {
 
   async #prepare(client: KubernetesClient, upgrade: boolean): Promise<Prepared> {
     const { req, session, summary } = client;
-    const route = parseRoute(req.url ?? '/');
     const method = req.method ?? 'GET';
     const authorization = req.headers.authorization;
     const ticket = /^Bearer (\S{1,512})$/.exec(authorization ?? '')?.[1] ?? null;
@@ -227,6 +249,8 @@ export class KubernetesEngine {
         'coatcheck: the bearer token must be a ticket (cct_…) for this connection; see `coatcheck kubeconfig`',
       );
     }
+    const url = req.url ?? '/';
+    const route = url.startsWith(ROUTE_PREFIX) ? parseRoute(url) : await this.#routeOfTicket(ticket, url);
     const principal = await this.#agent(session, route.agent, ticket);
     const resolved = await this.#pipeline.resolveConnection(session, route.connection, ['kubernetes']);
     const info = classifyRequest(method, route.target);

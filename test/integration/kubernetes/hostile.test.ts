@@ -80,7 +80,13 @@ describe('Kubernetes front-end: hostile requests', () => {
     expect(notATicket.code).toBe('CC_ERR_TICKET_MALFORMED');
     const noConnection = await call('/k8s/builder/nope/api/v1/pods');
     expect(noConnection.code).toBe('CC_ERR_NOT_FOUND');
+    // Outside /k8s/ the ticket's own binding routes the request; an unknown ticket routes nowhere.
+    const forged = `cct_${'A'.repeat(22)}${ticket.slice(-6)}`;
+    expect((await call('/api/v1/namespaces/default/pods', { bearer: forged })).code).toMatch(
+      /CC_ERR_NOT_FOUND|CC_ERR_TICKET_MALFORMED/,
+    );
     expect(gw.api.received.length).toBe(before);
+    expect((await call('/api/v1/namespaces/default/pods')).status).toBe(200);
     // On its own connection the other ticket is exchanged, and that cluster's credential is sent
     // (this test API server knows only the first cluster's token: its 401 comes back as is).
     expect(

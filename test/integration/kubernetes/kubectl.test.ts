@@ -33,13 +33,13 @@ describe.skipIf(kubectlMissing !== null)('kubectl through the Kubernetes front-e
     expect(JSON.stringify(gw.api.received)).not.toContain(config.ticket);
   });
 
-  it('logs, version, deployments in a named group, and a delete under the built-in policy', async () => {
+  it('logs, version, get --raw, deployments in a named group, and a delete under the built-in policy', async () => {
     const logs = await gw.kubectl(config.file, ['logs', 'web-1']);
     expect(logs.stdout).toBe('log of web-1\n');
-    // `kubectl get --raw PATH` drops the server URL's path, so it cannot name the agent and
-    // connection: it reaches the gateway's root and is refused (docs/frontends/kubernetes.md).
-    const raw = await gw.kubectl(config.file, ['get', '--raw', '/version']);
-    expect(raw.stderr).toContain('CC_ERR_NOT_FOUND');
+    // `kubectl get --raw PATH` drops the server URL's path: the ticket's own binding routes it.
+    const raw = await gw.kubectl(config.file, ['get', '--raw', '/api/v1/namespaces/default/pods/web-1']);
+    expect(raw.stderr).toBe('');
+    expect(JSON.parse(raw.stdout).metadata.name).toBe('web-1');
     const version = await gw.kubectl(config.file, ['version', '-o', 'json']);
     expect(JSON.parse(version.stdout).serverVersion.gitVersion).toBe('v1.32.0-coatcheck-test');
     gw.api.put('deployments', { metadata: { name: 'api', namespace: 'default' }, spec: {} });
