@@ -475,6 +475,58 @@ export const operations = {
       return { certificate: ca.cert, fingerprint: ca.fingerprint };
     },
   }),
+  kubeconfig: op({
+    method: 'POST',
+    path: '/v1/kubeconfig',
+    summary:
+      "Issue a ticket for a kubernetes connection's credential to an agent, with the gateway's Kubernetes address: what `coatcheck kubeconfig` prints.",
+    input: z.object({
+      agent: name,
+      connection: name,
+      ttl: duration,
+      uses: z.number().int().min(1).max(1_000_000_000).optional(),
+    }),
+    async run(ctx, input, actor) {
+      const connection = await ctx.connections.get(input.connection);
+      if (connection === null || connection.type !== 'kubernetes') {
+        throw new CoatcheckError('CC_ERR_NOT_FOUND', `no kubernetes connection named ${input.connection}`, {
+          details: { name: input.connection },
+        });
+      }
+      if (connection.credential === null) {
+        throw new CoatcheckError(
+          'CC_ERR_INVALID_ARGUMENT',
+          `connection ${input.connection} has no --credential to issue a ticket for`,
+          { details: { field: 'connection' } },
+        );
+      }
+      const principal = await principalOf(ctx, input.agent);
+      const issued = await ctx.vault.issueTicket(
+        {
+          secret: connection.credential,
+          principal,
+          destinations: [`conn:${connection.name}`],
+          ttlMs: input.ttl,
+          maxUses: input.uses,
+        },
+        actor,
+      );
+      const listen =
+        ctx.endpoints.kubernetes ??
+        (ctx.config.listen.kubernetes ? `https://${ctx.config.listen.kubernetes}` : null);
+      const { proxyCaCertificate } = await import('../vault/proxy-ca.js');
+      return {
+        agent: input.agent,
+        connection: connection.name,
+        gateway: listen,
+        ticket: issued.ticket,
+        ticketId: issued.view.id,
+        expiresAt: issued.view.expiresAt,
+        // The listener's certificate chains to the gateway's local CA.
+        certificate: await proxyCaCertificate(ctx.store, ctx.keys.masters),
+      };
+    },
+  }),
   agentEnv: op({
     method: 'GET',
     path: '/v1/agents/:name/env',

@@ -46,4 +46,5 @@ export const ROUTES = {
   workflowTokenize: { method: 'POST', path: '/v1/workflows/:id/tokenize' },
   workflowList: { method: 'GET', path: '/v1/workflows' },
   workflowShow: { method: 'GET', path: '/v1/workflows/:id' },
+  kubeconfig: { method: 'POST', path: '/v1/kubeconfig' },
 } as const satisfies Record<OperationName, { method: 'GET' | 'POST' | 'DELETE'; path: string }>;

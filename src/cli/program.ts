@@ -10,6 +10,7 @@ import { registerDetectCommands } from '../detect/cli.js';
 import { stdioUrl } from '../frontends/mcp/command.js';
 import { registerApprovalCommands } from './approvals.js';
 import { type CliIo, EXIT, exitCodeFor, readAllStdin, visibleControls } from './io.js';
+import { registerKubeconfigCommand } from './kubeconfig.js';
 import { liveServer } from './live-server.js';
 import { registerMcpCommands } from './mcp.js';
 import { registerPolicyCommands } from './policy.js';
@@ -116,6 +117,24 @@ function connectionUrl(type: string, url: string | undefined, command: string | 
   return url;
 }
 
+/** A CA file for `connection add --ca`: PEM certificates only (a key here would be stored in clear). */
+function readCaFile(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', `--ca: cannot read ${file}`, {
+      details: { field: '--ca' },
+    });
+  }
+  if (/PRIVATE KEY/.test(text) || !/^\s*-----BEGIN CERTIFICATE-----/.test(text)) {
+    throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', '--ca must hold PEM certificates only', {
+      details: { field: '--ca' },
+    });
+  }
+  return `${text.trim()}\n`;
+}
+
 function table(rows: string[][]): string {
   if (rows.length === 0) return '';
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
@@ -203,6 +222,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option('--listen-http <addr>', 'HTTP front-end address (overrides the config)')
     .option('--listen-postgres <addr>', 'PostgreSQL front-end address (overrides the config)')
     .option('--listen-proxy <addr>', 'forward proxy address, HTTPS_PROXY (overrides the config)')
+    .option('--listen-k8s <addr>', 'Kubernetes API front-end address, for kubectl (overrides the config)')
     .option('--upstream-ca <file>', 'extra CA certificates (PEM) trusted for forward-proxy upstreams')
     .option('--init', 'create the home first if it does not exist')
     .option('--policy <path>', 'a .cedar file or a folder of them (overrides the config)')
@@ -338,13 +358,17 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   connection
     .command('add <name>')
     .description('register a connection')
-    .requiredOption('--type <type>', 'http | postgres | mysql | ssh | mcp | llm')
+    .requiredOption('--type <type>', 'http | postgres | mcp | llm | kubernetes')
     .option('--url <url>', 'where it points (no credentials in it)')
     .option(
       '--command <command>',
       "mcp: a stdio MCP server the gateway launches, like 'node server.js' (instead of --url)",
     )
     .option('--credential <secret>', 'secret the gateway uses to log in upstream')
+    .option(
+      '--ca <file>',
+      "kubernetes: the API server's CA certificate (PEM) its TLS certificate is verified against",
+    )
     .option(
       '--inject-header <header>',
       "header to add, like 'Authorization: Bearer {{secret:NAME}}' (repeatable)",
@@ -387,6 +411,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       if (Array.isArray(opts.maskColumn) && opts.maskColumn.length > 0) rules.maskColumns = opts.maskColumn;
       if (opts.scanSecrets === false) rules.scanSecrets = false;
       if (Array.isArray(opts.database) && opts.database.length > 0) rules.databases = opts.database;
+      if (typeof opts.ca === 'string') rules.ca = readCaFile(opts.ca);
       const injectHeaders: Record<string, string> = {};
       for (const header of (opts.injectHeader as string[] | undefined) ?? []) {
         const colon = header.indexOf(':');
@@ -763,6 +788,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     },
   );
   registerProxyCommands(program, { perform }, io);
+  registerKubeconfigCommand(program, { perform });
 
   // ---- keys
   program

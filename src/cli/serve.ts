@@ -5,6 +5,7 @@ import { listenAddress } from '../config/schema.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { type ForwardProxy, forwardProxyFrontend } from '../frontends/http/forward-proxy.js';
+import { type KubernetesListener, kubernetesFrontend } from '../frontends/kubernetes/start.js';
 import { type PostgresFrontend, postgresFrontend } from '../frontends/postgres/start.js';
 import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
@@ -23,6 +24,7 @@ export interface ServeOptions {
   policy?: string;
   listenPostgres?: string;
   listenProxy?: string;
+  listenK8s?: string;
   upstreamCa?: string;
 }
 
@@ -130,6 +132,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
   let http: HttpFrontend | null = null;
   let pg: PostgresFrontend | null = null;
   let proxy: ForwardProxy | null = null;
+  let k8s: KubernetesListener | null = null;
   try {
     await ctx.connections.checkDeclared();
     const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
@@ -150,6 +153,11 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       );
       ctx.endpoints.proxy = proxy.url;
     }
+    const k8sAddress = options.listenK8s ?? ctx.config.listen.kubernetes;
+    if (k8sAddress !== null && k8sAddress !== undefined) {
+      k8s = await driver.start(kubernetesFrontend(deps, splitAddress(k8sAddress, '--listen-k8s')));
+      ctx.endpoints.kubernetes = k8s.url;
+    }
     admin = await startAdminServer(
       ctx,
       splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
@@ -160,6 +168,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       ...(http === null ? {} : { http: http.url }),
       ...(proxy === null ? {} : { proxy: proxy.url, proxyCa: proxy.ca.fingerprint }),
       ...(pg === null ? {} : { postgres: `${pg.host}:${pg.port}`, postgresCert: pg.tls.cert }),
+      ...(k8s === null ? {} : { kubernetes: k8s.url }),
       store: `${ctx.store.driver} ${ctx.store.location}`,
       home: home.dir,
       policy: policyInForce(ctx),
@@ -168,6 +177,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     if (http !== null) addresses.http = http.url;
     if (proxy !== null) addresses.proxy = proxy.url;
     if (pg !== null) addresses.postgres = `${pg.host}:${pg.port}`;
+    if (k8s !== null) addresses.kubernetes = k8s.url;
     writeFileDurably(
       home.serverFile,
       `${JSON.stringify({ pid: process.pid, admin: admin.url, listening: addresses })}\n`,
@@ -176,7 +186,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     io.stdout.write(
       options.json
         ? `${JSON.stringify(listening)}\n`
-        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
+        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}${k8s === null ? '' : `  kubernetes ${k8s.url} (coatcheck kubeconfig AGENT CONNECTION)\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
     );
     log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
     // Policies reload on change and on SIGHUP; a set that does not validate keeps the old one in force.
@@ -212,6 +222,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     await driver.stop({ drainMs: stopping ? parseDuration(ctx.config.shutdown.drainTimeout) : 0 });
     await pg?.close();
     await proxy?.close();
+    await k8s?.close();
     await http?.close();
     await admin?.close();
     rmSync(home.serverFile, { force: true });

@@ -17,7 +17,7 @@ const duration = z.string().refine((text) => {
   }
 }, 'must look like 90s, 15m, 8h or 7d');
 
-export const CONNECTION_TYPES = ['http', 'postgres', 'mysql', 'ssh', 'mcp', 'llm'] as const;
+export const CONNECTION_TYPES = ['http', 'postgres', 'mysql', 'ssh', 'mcp', 'llm', 'kubernetes'] as const;
 
 /** Per-connection statement rules (PostgreSQL front-end), until the policy engine replaces them. */
 export const connectionRulesSchema = z
@@ -39,6 +39,12 @@ export const connectionRulesSchema = z
       .min(1)
       .max(1024)
       .regex(/^[^\0]*$/, 'must not contain NUL')
+      .optional(),
+    /** kubernetes: the PEM CA certificates the API server's certificate is verified against (`--ca FILE`). */
+    ca: z
+      .string()
+      .max(64 * 1024)
+      .regex(/^-----BEGIN CERTIFICATE-----[\s\S]*-----END CERTIFICATE-----\s*$/, 'must be PEM certificates')
       .optional(),
   })
   .strict();
@@ -84,6 +90,8 @@ export const configSchema = z
         postgres: listenAddress.nullable().default(null),
         /** Forward proxy (HTTPS_PROXY / HTTP_PROXY, CONNECT with TLS interception). */
         proxy: listenAddress.nullable().default(null),
+        /** Kubernetes API front-end (kubectl with a kubeconfig from `coatcheck kubeconfig`). */
+        kubernetes: listenAddress.nullable().default(null),
       })
       .strict()
       .prefault({}),
@@ -315,6 +323,7 @@ listen:
   # http: 127.0.0.1:7080  # HTTP front-end
   # postgres: 127.0.0.1:7432
   # proxy: 127.0.0.1:7090  # forward proxy (HTTPS_PROXY); see docs/frontends/forward-proxy.md
+  # kubernetes: 127.0.0.1:7443  # Kubernetes API front-end; see docs/frontends/kubernetes.md
 
 tickets:
   defaultTtl: 1h

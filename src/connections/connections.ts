@@ -30,9 +30,16 @@ const SCHEMES: Record<ConnectionType, readonly string[]> = {
   ssh: ['ssh:'],
   mcp: ['http:', 'https:', 'stdio:'],
   llm: ['http:', 'https:'],
+  kubernetes: ['https:', 'http:'],
 };
 /** Connection types a front-end serves today (the others are reserved names). */
-const SERVED_TYPES: ReadonlySet<ConnectionType> = new Set<ConnectionType>(['http', 'postgres', 'mcp', 'llm']);
+const SERVED_TYPES: ReadonlySet<ConnectionType> = new Set<ConnectionType>([
+  'http',
+  'postgres',
+  'mcp',
+  'llm',
+  'kubernetes',
+]);
 /** Headers the gateway owns; a connection may not set them. */
 const RESERVED_HEADERS = new Set([
   'host',
@@ -111,7 +118,19 @@ export function validateConnection(input: ConnectionConfig): string[] {
       'must not contain a user or password; store it with `secret add` and pass --credential',
     );
   }
-  if (input.rules !== undefined && Object.keys(input.rules).length > 0 && input.type !== 'postgres') {
+  const ruleNames = Object.keys(input.rules ?? {});
+  if (input.type === 'kubernetes') {
+    if (ruleNames.some((r) => r !== 'ca'))
+      throw invalid('rules', 'a kubernetes connection takes only --ca (statement rules are for postgres)');
+    if (Object.keys(input.injectHeaders ?? {}).length > 0)
+      throw invalid(
+        '--inject-header',
+        'a kubernetes connection sends the credential of the ticket it is used with; it injects no headers',
+      );
+  } else if (input.rules?.ca !== undefined) {
+    throw invalid('--ca', 'applies to kubernetes connections only');
+  }
+  if (ruleNames.length > 0 && input.type !== 'postgres' && input.type !== 'kubernetes') {
     throw invalid(
       'rules',
       'statement rules (--read-only, --block-ddl, --mask-column, ...) apply to postgres connections only',

@@ -769,6 +769,51 @@ export const ERROR_CODES = {
       'Policy asks to mask fields of this response (@mask), and the response is not JSON the gateway can rewrite, so it was withheld.',
     solution: 'Narrow the @mask policy to JSON APIs, or ask for a JSON representation.',
   },
+  CC_ERR_K8S_PATH_NONCANONICAL: {
+    status: 400,
+    description:
+      'A Kubernetes request path is not in canonical form (percent-encoding, `.` or `..` segments, empty segments, a trailing slash, characters outside a path name), so the gateway cannot be sure it reads it as the API server will; it is refused before anything is released.',
+    solution:
+      'Send the path as kubectl does: /api/v1/namespaces/NS/RESOURCE/NAME, without encoding or dot segments.',
+  },
+  CC_ERR_K8S_REQUEST_INVALID: {
+    status: 400,
+    description:
+      'A Kubernetes request could not be classified: an unknown path shape, a duplicated or unparseable `watch` parameter, a protobuf request body, or a header the gateway does not carry.',
+    solution: 'Send JSON requests as kubectl does; the message names the part that was refused.',
+  },
+  CC_ERR_K8S_IMPERSONATION_REFUSED: {
+    status: 403,
+    description:
+      'The request carries impersonation headers (Impersonate-User, Impersonate-Group, Impersonate-Uid, Impersonate-Extra-*) and no policy of the loaded policy set permits k8s:impersonate for them (the built-in policy never does).',
+    solution: 'Drop --as/--as-group, or permit k8s:impersonate for this agent and connection in a policy.',
+  },
+  CC_ERR_K8S_PROXY_REFUSED: {
+    status: 403,
+    description:
+      'A `proxy` subresource request (pods/NAME/proxy, services/NAME/proxy, nodes/NAME/proxy) reaches services behind the API server; it needs a policy of the loaded policy set that permits k8s:proxy (the built-in policy never does).',
+    solution:
+      'Permit k8s:proxy for this agent, connection and resource in a policy, or reach the service through its own connection.',
+  },
+  CC_ERR_K8S_STREAM_UNSUPPORTED: {
+    status: 400,
+    description:
+      'A Kubernetes stream the gateway cannot inspect: a SPDY upgrade, a base64 or tunnelled WebSocket subprotocol, port-forward, or an upgrade on a path that is not exec or attach.',
+    solution:
+      'Use kubectl 1.30 or newer (WebSocket exec and attach, v5.channel.k8s.io); port-forward is not carried.',
+  },
+  CC_ERR_K8S_RESPONSE_TOO_LARGE: {
+    status: 502,
+    description:
+      'A Kubernetes response that must be rewritten whole (Secrets, ConfigMaps, a watch event) is larger than http.bodyLimit, so it was withheld.',
+    solution: 'List with a smaller --chunk-size (limit), or raise http.bodyLimit.',
+  },
+  CC_ERR_K8S_RESPONSE_INVALID: {
+    status: 502,
+    description:
+      'A Kubernetes response that must be inspected could not be read: Secret data that is not base64, JSON that does not parse, a protobuf or compressed body, a malformed WebSocket frame from the API server.',
+    solution: 'Check the API server; the gateway withholds what it cannot inspect.',
+  },
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

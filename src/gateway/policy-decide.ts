@@ -20,6 +20,15 @@ export function createPolicyDecide(services: GateServices): Decide {
       'workflow',
       'subtask',
       'source_ip',
+      // Kubernetes: the request in the API server's terms (src/frontends/kubernetes).
+      'verb',
+      'api_group',
+      'resource',
+      'subresource',
+      'namespace',
+      'name',
+      'impersonate_user',
+      'impersonate_groups',
     ] as const) {
       const value = attributes[key];
       if (value !== undefined && value !== '') context[key] = value;

@@ -12,6 +12,23 @@ export const SQL_ACTIONS = [
   'sql:call',
 ] as const;
 
+/** Kubernetes API verbs (the Kubernetes front-end's `k8s:<verb>`), and impersonation decided on its own. */
+export const K8S_ACTIONS = [
+  'k8s:get',
+  'k8s:list',
+  'k8s:watch',
+  'k8s:create',
+  'k8s:update',
+  'k8s:patch',
+  'k8s:delete',
+  'k8s:deletecollection',
+  'k8s:exec',
+  'k8s:attach',
+  'k8s:portforward',
+  'k8s:proxy',
+  'k8s:impersonate',
+] as const;
+
 export const ACTIONS = [
   'exchange',
   ...HTTP_METHODS.map((m) => `http:${m}`),
@@ -19,6 +36,7 @@ export const ACTIONS = [
   'ssh:exec',
   'mcp:call',
   'llm:call',
+  ...K8S_ACTIONS,
 ] as const;
 
 const principals = '[Agent, Human, Subtask]';
@@ -47,12 +65,21 @@ type RequestContext = {
   workflow?: String,
   subtask?: String,
   tool?: String,
+  verb?: String,
+  api_group?: String,
+  resource?: String,
+  subresource?: String,
+  namespace?: String,
+  name?: String,
+  impersonate_user?: String,
+  impersonate_groups?: String,
 };
 
 action "exchange" appliesTo { principal: ${principals}, resource: [Secret, Connection], context: RequestContext };
 action ${HTTP_METHODS.map((m) => `"http:${m}"`).join(', ')} appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
 action ${SQL_ACTIONS.map((a) => `"${a}"`).join(', ')} appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
 action "ssh:exec", "mcp:call", "llm:call" appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
+action ${K8S_ACTIONS.map((a) => `"${a}"`).join(', ')} appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
 `;
 
 /** Used when no policy is configured: a valid ticket, bound to the caller and the destination, is enough. */

@@ -58,7 +58,7 @@ export interface Context {
   /** Workflow runs and their subtasks (a tree of principals with narrowed tickets). */
   readonly workflows: Workflows;
   /** Where this process's front-ends listen (set by `serve`), for the environments handed to subtasks. */
-  readonly endpoints: { http?: string | null; proxy?: string | null };
+  readonly endpoints: { http?: string | null; proxy?: string | null; kubernetes?: string | null };
   /** The policy set in force (reloadable). */
   readonly policy: PolicyHolder;
   /** Just-in-time approvals of exact operations. */
@@ -171,7 +171,7 @@ function buildContext(
     })),
   );
   const listen = config.listen as { http?: string | null; proxy?: string | null };
-  const endpoints: { http?: string | null; proxy?: string | null } = {};
+  const endpoints: { http?: string | null; proxy?: string | null; kubernetes?: string | null } = {};
   const workflows = new Workflows(store, audit, vault, clock, keys.index.lookup, {
     defaultTtlMs: parseDuration(config.tickets.defaultTtl),
     maxTtlMs: parseDuration(config.tickets.maxTtl),

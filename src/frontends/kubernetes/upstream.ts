@@ -1,0 +1,144 @@
+import { createHash } from 'node:crypto';
+import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { rootCertificates, connect as tlsConnect } from 'node:tls';
+import { Agent } from 'undici';
+import type { ConnectionView } from '../../connections/connections.js';
+import { CoatcheckError } from '../../core/errors.js';
+
+/**
+ * The API server side: the credential a ticket was exchanged for (a bearer token, or a
+ * client certificate and its key in one PEM secret), the connection's CA, and an undici
+ * Agent per distinct (CA, client certificate) — kept few and reused.
+ */
+export type UpstreamCredential =
+  | { readonly kind: 'bearer'; readonly token: string }
+  | { readonly kind: 'certificate'; readonly cert: string; readonly key: string };
+
+const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
+const PEM_KEY = /-----BEGIN ((?:RSA |EC |ENCRYPTED )?PRIVATE KEY)-----[\s\S]+?-----END \1-----/;
+const TOKEN = /^[\x21-\x7e]{1,16384}$/;
+
+/** Read a released credential. Messages never carry it. */
+export function parseCredential(text: string): UpstreamCredential {
+  if (text.includes('-----BEGIN')) {
+    const certs = text.match(PEM_CERT);
+    const key = PEM_KEY.exec(text);
+    if (certs === null || key === null || key[1] === 'ENCRYPTED PRIVATE KEY') {
+      throw new CoatcheckError(
+        'CC_ERR_GATEWAY_MISCONFIGURED',
+        'the kubernetes credential holds PEM that is not a certificate with an unencrypted private key',
+      );
+    }
+    return { kind: 'certificate', cert: certs.join('\n'), key: key[0] };
+  }
+  const token = text.trim();
+  if (!TOKEN.test(token)) {
+    throw new CoatcheckError(
+      'CC_ERR_GATEWAY_MISCONFIGURED',
+      'the kubernetes credential is neither a bearer token nor a PEM certificate and key',
+    );
+  }
+  return { kind: 'bearer', token };
+}
+
+/** Most upstream agents kept (one per CA and client certificate); the oldest is closed beyond. */
+const MAX_AGENTS = 32;
+
+export interface UpstreamPool {
+  agent(connection: ConnectionView, credential: UpstreamCredential): Agent;
+  /** TLS options for a raw connection (WebSocket upgrades). */
+  tls(connection: ConnectionView, credential: UpstreamCredential): RawTls;
+  close(): Promise<void>;
+}
+
+export interface RawTls {
+  readonly ca?: string[];
+  readonly cert?: string;
+  readonly key?: string;
+}
+
+export function caOf(connection: ConnectionView): string[] | undefined {
+  const ca = connection.rules.ca;
+  return typeof ca === 'string' ? [...rootCertificates, ca] : undefined;
+}
+
+export function createUpstreamPool(options: { timeoutMs: number }): UpstreamPool {
+  const agents = new Map<string, Agent>();
+  const tlsOf = (connection: ConnectionView, credential: UpstreamCredential): RawTls => {
+    const ca = caOf(connection);
+    return {
+      ...(ca === undefined ? {} : { ca }),
+      ...(credential.kind === 'certificate' ? { cert: credential.cert, key: credential.key } : {}),
+    };
+  };
+  return {
+    tls: tlsOf,
+    agent(connection, credential) {
+      const tls = tlsOf(connection, credential);
+      const id = createHash('sha256')
+        .update(String(connection.rules.ca ?? ''))
+        .update('\0')
+        .update(tls.cert ?? '')
+        .update('\0')
+        .update(tls.key ?? '')
+        .digest('hex');
+      let agent = agents.get(id);
+      if (agent === undefined) {
+        agent = new Agent({
+          connect: { timeout: Math.min(options.timeoutMs, 10_000), ...tls },
+          headersTimeout: options.timeoutMs,
+          // Watches and followed logs run as long as the client keeps them: no body timeout.
+          bodyTimeout: 0,
+          keepAliveTimeout: 4_000,
+        });
+        agents.set(id, agent);
+        if (agents.size > MAX_AGENTS) {
+          const [oldest, old] = agents.entries().next().value as [string, Agent];
+          agents.delete(oldest);
+          void old.close().catch(() => undefined);
+        }
+      } else {
+        agents.delete(id);
+        agents.set(id, agent);
+      }
+      return agent;
+    },
+    async close() {
+      await Promise.all([...agents.values()].map((a) => a.close().catch(() => undefined)));
+      agents.clear();
+    },
+  };
+}
+
+/** A raw connection to the API server (TLS verified against the connection's CA), ready to write. */
+export function connectRaw(origin: URL, tls: RawTls, timeoutMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const host = origin.hostname.replace(/^\[|\]$/g, '');
+    const port = Number(origin.port || (origin.protocol === 'https:' ? 443 : 80));
+    const socket =
+      origin.protocol === 'https:'
+        ? tlsConnect({
+            host,
+            port,
+            ...(isIP(host) === 0 ? { servername: host } : {}),
+            ...tls,
+            ALPNProtocols: ['http/1.1'],
+            rejectUnauthorized: true,
+          })
+        : netConnect({ host, port });
+    const timer = setTimeout(
+      () => socket.destroy(Object.assign(new Error('timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
+      timeoutMs,
+    );
+    const onError = (error: Error) => {
+      clearTimeout(timer);
+      reject(error);
+    };
+    socket.once(origin.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      resolve(socket);
+    });
+    socket.once('error', onError);
+  });
+}
