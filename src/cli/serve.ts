@@ -6,6 +6,7 @@ import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { type ForwardProxy, forwardProxyFrontend } from '../frontends/http/forward-proxy.js';
 import { type PostgresFrontend, postgresFrontend } from '../frontends/postgres/start.js';
+import { type SshFrontend, sshFrontend } from '../frontends/ssh/start.js';
 import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { type Context, initHome, openContext } from '../server/context.js';
@@ -23,6 +24,7 @@ export interface ServeOptions {
   policy?: string;
   listenPostgres?: string;
   listenProxy?: string;
+  listenSsh?: string;
   upstreamCa?: string;
 }
 
@@ -130,6 +132,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
   let http: HttpFrontend | null = null;
   let pg: PostgresFrontend | null = null;
   let proxy: ForwardProxy | null = null;
+  let ssh: SshFrontend | null = null;
   try {
     await ctx.connections.checkDeclared();
     const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
@@ -150,6 +153,10 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       );
       ctx.endpoints.proxy = proxy.url;
     }
+    const sshAddress = options.listenSsh ?? ctx.config.listen.ssh;
+    if (sshAddress !== null && sshAddress !== undefined) {
+      ssh = await driver.start(sshFrontend(deps, splitAddress(sshAddress, '--listen-ssh')));
+    }
     admin = await startAdminServer(
       ctx,
       splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
@@ -160,6 +167,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       ...(http === null ? {} : { http: http.url }),
       ...(proxy === null ? {} : { proxy: proxy.url, proxyCa: proxy.ca.fingerprint }),
       ...(pg === null ? {} : { postgres: `${pg.host}:${pg.port}`, postgresCert: pg.tls.cert }),
+      ...(ssh === null ? {} : { ssh: `${ssh.host}:${ssh.port}`, sshHostKey: ssh.hostKey.fingerprint }),
       store: `${ctx.store.driver} ${ctx.store.location}`,
       home: home.dir,
       policy: policyInForce(ctx),
@@ -168,6 +176,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     if (http !== null) addresses.http = http.url;
     if (proxy !== null) addresses.proxy = proxy.url;
     if (pg !== null) addresses.postgres = `${pg.host}:${pg.port}`;
+    if (ssh !== null) addresses.ssh = `${ssh.host}:${ssh.port}`;
     writeFileDurably(
       home.serverFile,
       `${JSON.stringify({ pid: process.pid, admin: admin.url, listening: addresses })}\n`,
@@ -176,7 +185,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     io.stdout.write(
       options.json
         ? `${JSON.stringify(listening)}\n`
-        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
+        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}${ssh === null ? '' : `  ssh        ${ssh.host}:${ssh.port} (host key ${ssh.hostKey.fingerprint})\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
     );
     log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
     // Policies reload on change and on SIGHUP; a set that does not validate keeps the old one in force.
@@ -211,6 +220,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     // On a signal, work in flight may finish within shutdown.drainTimeout (default 5 s).
     await driver.stop({ drainMs: stopping ? parseDuration(ctx.config.shutdown.drainTimeout) : 0 });
     await pg?.close();
+    await ssh?.close();
     await proxy?.close();
     await http?.close();
     await admin?.close();

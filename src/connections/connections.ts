@@ -31,7 +31,13 @@ const SCHEMES: Record<ConnectionType, readonly string[]> = {
   llm: ['http:', 'https:'],
 };
 /** Connection types a front-end serves today (the others are reserved names). */
-const SERVED_TYPES: ReadonlySet<ConnectionType> = new Set<ConnectionType>(['http', 'postgres', 'mcp', 'llm']);
+const SERVED_TYPES: ReadonlySet<ConnectionType> = new Set<ConnectionType>([
+  'http',
+  'postgres',
+  'mcp',
+  'llm',
+  'ssh',
+]);
 /** Headers the gateway owns; a connection may not set them. */
 const RESERVED_HEADERS = new Set([
   'host',
@@ -52,6 +58,7 @@ const DEFAULT_PORTS: Readonly<Record<string, number>> = {
   'http:': 80,
   'postgres:': 5432,
   'postgresql:': 5432,
+  'ssh:': 22,
 };
 
 /**
@@ -101,8 +108,9 @@ export function validateConnection(input: ConnectionConfig): string[] {
       `a ${input.type} connection needs a ${SCHEMES[input.type as ConnectionType].join(' or ')} URL`,
     );
   }
-  // A database URL names the user the gateway logs in as (postgres://USER@HOST/DB); never a password.
-  const userAllowed = input.type === 'postgres' || input.type === 'mysql';
+  // A database or SSH URL names the user the gateway logs in as (postgres://USER@HOST/DB,
+  // ssh://USER@HOST:PORT); never a password.
+  const userAllowed = input.type === 'postgres' || input.type === 'mysql' || input.type === 'ssh';
   if (url.password !== '' || (url.username !== '' && !userAllowed)) {
     // A literal credential in a URL would be stored and shown in clear: it belongs in the vault.
     throw invalid(
@@ -110,7 +118,20 @@ export function validateConnection(input: ConnectionConfig): string[] {
       'must not contain a user or password; store it with `secret add` and pass --credential',
     );
   }
-  if (input.rules !== undefined && Object.keys(input.rules).length > 0 && input.type !== 'postgres') {
+  const ruleNames = Object.keys(input.rules ?? {});
+  if (input.type === 'ssh') {
+    if (ruleNames.some((r) => r !== 'hostKey'))
+      throw invalid('rules', 'an ssh connection takes only --host-key');
+    if (input.rules?.hostKey === undefined) {
+      throw invalid(
+        '--host-key',
+        "an ssh connection needs the upstream's host key pinned (a line of `ssh-keyscan -t ed25519 HOST`, or its SHA256: fingerprint)",
+      );
+    }
+    if (url.username === '')
+      throw invalid('--url', 'an ssh connection names the upstream user: ssh://USER@HOST:PORT');
+    if (url.pathname !== '' && url.pathname !== '/') throw invalid('--url', 'an ssh URL has no path');
+  } else if (ruleNames.length > 0 && input.type !== 'postgres') {
     throw invalid(
       'rules',
       'statement rules (--read-only, --block-ddl, --mask-column, ...) apply to postgres connections only',

@@ -47,10 +47,7 @@ describe('usage errors', () => {
   });
 
   it('connection add refuses a type no front-end serves', async () => {
-    for (const [type, url] of [
-      ['mysql', 'mysql://db.internal:3306/app'],
-      ['ssh', 'ssh://deploy@host.internal:22'],
-    ]) {
+    for (const [type, url] of [['mysql', 'mysql://db.internal:3306/app']]) {
       const r = await cli(['connection', 'add', `c-${type}`, '--type', type!, '--url', url!], {
         env: { COATCHECK_HOME: t.home.dir },
       });
@@ -60,6 +57,39 @@ describe('usage errors', () => {
     const ok = await cli(['connection', 'add', 'api', '--type', 'http', '--url', 'https://api.example.com'], {
       env: { COATCHECK_HOME: t.home.dir },
     });
+    expect(ok.code).toBe(0);
+  });
+
+  it('connection add --type ssh needs the upstream user and a pinned host key', async () => {
+    const env = { COATCHECK_HOME: t.home.dir };
+    const noKey = await cli(
+      ['connection', 'add', 'box', '--type', 'ssh', '--url', 'ssh://deploy@host.internal:22'],
+      {
+        env,
+      },
+    );
+    expect(noKey.code).toBe(2);
+    expect(noKey.stderr).toContain('--host-key');
+    const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC8Q2bMF7VDgQw9ED7rXn5nU3D4ANuFiJm2gvOZtg6Fd';
+    const noUser = await cli(
+      ['connection', 'add', 'box', '--type', 'ssh', '--url', 'ssh://host.internal:22', '--host-key', key],
+      { env },
+    );
+    expect(noUser.code).toBe(2);
+    const ok = await cli(
+      [
+        'connection',
+        'add',
+        'box',
+        '--type',
+        'ssh',
+        '--url',
+        'ssh://deploy@host.internal:22',
+        '--host-key',
+        `host.internal ${key}`,
+      ],
+      { env },
+    );
     expect(ok.code).toBe(0);
   });
 

@@ -1,0 +1,151 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  everyOutput,
+  type SshGateway,
+  startSshGateway,
+  startThrowawaySshd,
+  type ThrowawaySshd,
+} from './harness.js';
+
+/**
+ * The SSH front-end against a real OpenSSH server, driven by the real OpenSSH client:
+ * the agent logs in as AGENT%CONNECTION with a ticket as the password; the gateway logs in
+ * upstream with the key pair (root) or the password (a throwaway user) and never shows it.
+ */
+let sshd: ThrowawaySshd;
+let gw: SshGateway;
+let ticket: string;
+let pwTicket: string;
+let otherAgentTicket: string;
+let builder: string;
+const AWS_KEY = 'AKIAQYLPMN5HHHFPZAM2';
+
+beforeAll(async () => {
+  sshd = await startThrowawaySshd();
+  gw = await startSshGateway();
+  builder = (await gw.createAgent('builder')).ref;
+  const other = (await gw.createAgent('other')).ref;
+  await gw.addSecret('box-key', sshd.clientKey, ['conn:box']);
+  await gw.addSecret('box-password', sshd.password, ['conn:boxpw']);
+  await gw.addConnection('box', `ssh://root@127.0.0.1:${sshd.port}`, sshd.hostKey);
+  await gw.addConnection('boxpw', `ssh://${sshd.passwordUser}@127.0.0.1:${sshd.port}`, sshd.hostKey);
+  ticket = await gw.issue('box-key', builder, ['conn:box']);
+  pwTicket = await gw.issue('box-password', builder, ['conn:boxpw']);
+  otherAgentTicket = await gw.issue('box-key', other, ['conn:box']);
+}, 60_000);
+
+afterAll(async () => {
+  await gw?.close();
+  sshd?.stop();
+});
+
+describe('ssh front-end: exec', { timeout: 120_000 }, () => {
+  it('runs a command upstream with the key pair; output and exit status come back', async () => {
+    const r = await gw.ssh('builder%box', ticket, ['echo', 'hello', "'two words'"]);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe('hello two words\n');
+    expect(r.code).toBe(0);
+    const fail = await gw.ssh('builder%box', ticket, ['sh', '-c', "'exit 7'"]);
+    expect(fail.code).toBe(7);
+  });
+
+  it('logs in upstream with a password credential', async () => {
+    const r = await gw.ssh('builder%boxpw', pwTicket, ['id', '-un']);
+    expect(r.stdout.trim()).toBe(sshd.passwordUser);
+    expect(r.code).toBe(0);
+  });
+
+  it('carries stdin to the command and EOF after it', async () => {
+    const r = await gw.ssh('builder%box', ticket, ['wc', '-c'], { input: 'x'.repeat(100_000) });
+    expect(r.stdout.trim()).toBe('100000');
+  });
+
+  it('stdout and stderr stay apart', async () => {
+    const r = await gw.ssh('builder%box', ticket, ['ls', '/nonexistent-path-xyz']);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain('nonexistent-path-xyz');
+    expect(r.code).not.toBe(0);
+  });
+
+  it('a secret the server prints comes back as a ticket bound to the agent', async () => {
+    const path = sshd.file('leak.txt', `key=${AWS_KEY}\nkey=${sshd.password}\n`);
+    const r = await gw.ssh('builder%box', ticket, ['cat', path]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain(AWS_KEY);
+    expect(r.stdout).not.toContain(sshd.password);
+    const tickets = r.stdout.match(/cct_[0-9A-Za-z]{28}/g) ?? [];
+    expect(tickets.length).toBe(2);
+    for (const t of tickets) {
+      const view = await gw.ctx.vault.inspectTicket(t);
+      expect(view.principal).toBe(builder);
+    }
+  });
+});
+
+describe('ssh front-end: login refusals', { timeout: 120_000 }, () => {
+  it('another agent’s ticket does not log in', async () => {
+    const r = await gw.ssh('builder%box', otherAgentTicket, ['true']);
+    expect(r.code).toBe(255);
+    expect(r.stderr).toMatch(/Permission denied/);
+  });
+
+  it('a ticket for another connection does not log in', async () => {
+    const r = await gw.ssh('builder%box', pwTicket, ['true']);
+    expect(r.code).toBe(255);
+    const again = await gw.ssh('builder%boxpw', ticket, ['true']);
+    expect(again.code).toBe(255);
+  });
+
+  it('a user name without a connection, an unknown connection, a malformed ticket: refused and audited', async () => {
+    for (const [user, password] of [
+      ['builder', ticket],
+      ['builder%nope', ticket],
+      ['builder%box', 'not-a-ticket'],
+      ['nobody%box', ticket],
+    ] as const) {
+      const r = await gw.ssh(user, password, ['true']);
+      expect(r.code).toBe(255);
+    }
+    await gw.settled();
+    const refused = (await gw.ctx.store.readAudit(0, 100_000)).filter((r) => r.type === 'ssh.login.refused');
+    expect(refused.length).toBeGreaterThanOrEqual(4);
+  });
+
+  it('an agent key does not log in under the built-in policy', async () => {
+    const { key } = await gw.createAgent('keyed');
+    const r = await gw.ssh('keyed%box', key, ['true']);
+    expect(r.code).toBe(255);
+  });
+});
+
+describe('ssh front-end: requests never carried', { timeout: 120_000 }, () => {
+  it('SendEnv/SetEnv, agent forwarding and X11 are refused; the command still runs without them', async () => {
+    const r = await gw.ssh('builder%box', ticket, ['printenv', 'CC_SMUGGLED'], {
+      extra: ['-o', 'SetEnv=CC_SMUGGLED=1', '-A', '-X'],
+    });
+    expect(r.stdout).toBe('');
+    expect(r.code).not.toBe(0); // printenv: not set
+    await gw.settled();
+    const kinds = (await gw.ctx.store.readAudit(0, 100_000))
+      .filter((a) => a.type === 'ssh.channel')
+      .map((a) => (a.data as { kind: string }).kind);
+    expect(kinds).toContain('env');
+  });
+
+  it('a remote forward (-R) is refused', async () => {
+    const r = await gw.ssh('builder%box', ticket, ['true'], {
+      extra: ['-R', '127.0.0.1:0:127.0.0.1:1', '-o', 'ExitOnForwardFailure=yes'],
+    });
+    expect(r.code).toBe(255);
+  });
+});
+
+describe('ssh front-end: canaries', { timeout: 120_000 }, () => {
+  it('no credential, ticket or password appears in logs, audit or recordings', async () => {
+    const text = await everyOutput(gw);
+    const keyBody = sshd.clientKey.split('\n')[1]!;
+    for (const canary of [keyBody, sshd.password, ticket, pwTicket, otherAgentTicket, AWS_KEY]) {
+      expect(text).not.toContain(canary);
+    }
+  });
+});
