@@ -194,7 +194,9 @@ export class SshConnection {
         (upstream) => {
           login.credential.fill(0);
           this.#upstreamClient = upstream;
-          upstream.on('close', () => client.end());
+          upstream.on('close', () => {
+            if (this.session.terminatedBy === null) client.end();
+          });
           if (this.session.terminatedBy !== null) upstream.end();
           this.session.event('upstream', { host: login.upstream.host, port: login.upstream.port });
           return upstream;
@@ -245,8 +247,12 @@ export class SshConnection {
         // the channel is already gone
       }
     }
-    this.#upstreamClient?.end();
-    this.#client.end();
+    // A moment for the notices to leave before the transport goes (both sides, without waiting for either).
+    const timer = setTimeout(() => {
+      this.#upstreamClient?.end();
+      this.#client.end();
+    }, 100);
+    timer.unref();
   }
 
   // ---- login -----------------------------------------------------------------------

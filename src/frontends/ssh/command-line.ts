@@ -81,7 +81,8 @@ function describe(ch: string): [string, string] {
   if (ch === '#') return ['comment', 'comment (#)'];
   if (ch === '!') return ['negation', 'pipeline negation (!)'];
   if (ch === '\n' || ch === '\r') return ['newline', 'a line break (a second command)'];
-  if (/[\u0000-\u001f\u007f]/.test(ch)) return ['control-character', 'a control character'];
+  if (/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(ch))
+    return ['control-character', 'a control character'];
   if (ch === '\ufffd') return ['encoding', 'bytes that are not UTF-8'];
   return ['character', `the unquoted character U+${ch.codePointAt(0)!.toString(16).padStart(4, '0')}`];
 }
