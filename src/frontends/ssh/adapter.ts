@@ -39,6 +39,12 @@ export interface SshAdapterOptions {
   readonly maxLoginAttempts: number;
   /** How much of each command's output (stdout and stderr each, after inspection) a recording keeps. */
   readonly recordOutputBytes: number;
+  /**
+   * Output quiet for this long releases what the inspection holds back as a possible
+   * partial match (interactive peers wait for it). A secret split by a pause longer than
+   * this is not recognised (docs/frontends/ssh.md).
+   */
+  readonly flushIdleMs: number;
 }
 
 /** Exit status of a command the gateway refused (like a shell's "cannot execute"). */
@@ -86,9 +92,11 @@ function drained(sink: Writable): Promise<void> {
  */
 function inspectedCopy(
   source: Readable,
-  scan: ResponseScan,
+  first: ResponseScan,
+  fresh: () => Promise<ResponseScan>,
   sink: Writable,
   keep: number,
+  idleMs: number,
 ): Promise<{ bytes: number; head: Buffer }> {
   let bytes = 0;
   const head: Buffer[] = [];
@@ -106,30 +114,51 @@ function inspectedCopy(
   };
   // Not `for await`: ending its loop destroys the source, and an ssh2 channel's destroy closes it early.
   return new Promise((resolve, reject) => {
+    let scan: ResponseScan | null = first;
+    let idle: NodeJS.Timeout | null = null;
     let chain = Promise.resolve();
     let failed = false;
     const fail = (error: unknown) => {
       if (failed) return;
       failed = true;
+      source.destroy();
       reject(error);
     };
+    const step = (work: () => Promise<void>) => {
+      chain = chain.then(work);
+      chain.catch(fail);
+    };
+    // An interactive peer (a prompt, git's ref advertisement) waits for bytes the scan holds
+    // back as a possible partial match: when the source goes quiet, the scan ends (what it
+    // held is scanned and sent) and the next output starts a new one.
+    const quiet = () =>
+      step(async () => {
+        const ending = scan;
+        scan = null;
+        if (ending !== null) await send(await ending.end());
+      });
     let finished = false;
     const finish = () => {
       if (finished) return;
       finished = true;
-      chain = chain.then(async () => {
-        await send(await scan.end());
+      if (idle !== null) clearTimeout(idle);
+      step(async () => {
+        if (scan !== null) await send(await scan.end());
         resolve({ bytes, head: Buffer.concat(head) });
-      }, fail);
-      chain.catch(fail);
+      });
     };
     source.on('data', (chunk: Buffer) => {
+      if (idle !== null) clearTimeout(idle);
       source.pause();
-      chain = chain.then(async () => {
+      step(async () => {
+        scan ??= await fresh();
         await send(await scan.push(chunk));
         source.resume();
+        if (!finished) {
+          idle = setTimeout(quiet, idleMs);
+          idle.unref();
+        }
       });
-      chain.catch(fail);
     });
     source.once('end', finish);
     source.once('close', finish);
@@ -774,13 +803,14 @@ export class SshConnection {
       findings: new Map(),
     };
     const keep = this.#options.recordOutputBytes;
+    const fresh = async () =>
+      inspect
+        ? this.#services.pipeline.inspect(this.session, login.principal, login.target, login.parents)
+        : pass;
     // The scans are ready before the upstream channel opens: from then on its output is read at once.
-    const outScan = inspect
-      ? await this.#services.pipeline.inspect(this.session, login.principal, login.target, login.parents)
-      : pass;
-    const errScan = inspect
-      ? await this.#services.pipeline.inspect(this.session, login.principal, login.target, login.parents)
-      : pass;
+    const outScan = await fresh();
+    const errScan = await fresh();
+    const idleMs = this.#options.flushIdleMs;
     const remote = await open();
     let exit: number | string | null = null;
     let signal: { name: string; dump: boolean; message: string } | null = null;
@@ -799,8 +829,8 @@ export class SshConnection {
     let err: { bytes: number; head: Buffer };
     try {
       [out, err] = await Promise.all([
-        inspectedCopy(remote, outScan, channel, inspect ? keep : 0),
-        inspectedCopy(remote.stderr, errScan, channel.stderr, inspect ? keep : 0),
+        inspectedCopy(remote, outScan, fresh, channel, inspect ? keep : 0, idleMs),
+        inspectedCopy(remote.stderr, errScan, fresh, channel.stderr, inspect ? keep : 0, idleMs),
       ]);
     } catch (error) {
       // Inspection failed (fail closed): nothing more reaches the client from this channel.

@@ -54,7 +54,7 @@ describe('ssh command lines: what sh would run, or a refusal', () => {
     expect(reason('echo "$(id)"')).toBe('expansion');
     expect(reason('echo "`id`"')).toBe('substitution');
     expect(reason('echo $HOME')).toBe('expansion');
-    expect(reason('echo ${IFS}')).toBe('expansion');
+    expect(reason('echo $\u007bIFS}')).toBe('expansion');
     expect(reason('cat < /etc/shadow')).toBe('redirection');
     expect(reason('echo x > /etc/passwd')).toBe('redirection');
     expect(reason('echo x>>f')).toBe('redirection');

@@ -23,6 +23,7 @@ export const DEFAULT_SSH_OPTIONS: SshOptions = {
   upstreamTimeoutMs: 10_000,
   maxLoginAttempts: 3,
   recordOutputBytes: 4096,
+  flushIdleMs: 25,
 };
 
 export interface SshFrontend {

@@ -82,6 +82,31 @@ describe('ssh front-end: exec', { timeout: 120_000 }, () => {
   });
 });
 
+describe('ssh front-end: stderr and recordings', { timeout: 120_000 }, () => {
+  it('a finding in stderr becomes a ticket too; the command line is kept cleaned in audit and recordings', async () => {
+    const r = await gw.ssh('builder%box', ticket, ['ls', `/nonexistent/${AWS_KEY}`]);
+    expect(r.stderr).not.toContain(AWS_KEY);
+    expect(r.stderr).toMatch(/cct_[0-9A-Za-z]{28}/);
+    await gw.settled();
+    const execs = (await gw.ctx.store.readAudit(0, 100_000)).filter(
+      (a) => a.type === 'ssh.channel' && (a.data as { kind: string }).kind === 'exec',
+    );
+    const last = execs.at(-1)!.data as { command: string; exitCode: number };
+    expect(last.command).toContain('ls /nonexistent/');
+    expect(last.command).not.toContain(AWS_KEY);
+    expect(last.exitCode).not.toBe(0);
+    const sessions = await gw.ctx.store.listSessions({ limit: 100 });
+    const recorded = sessions.flatMap(
+      (s) => (s.summary.events as { type: string; data: Record<string, unknown> }[]) ?? [],
+    );
+    const exec = recorded.find(
+      (e) => e.type === 'exec' && String(e.data.command).startsWith('ls /nonexistent/'),
+    );
+    expect(exec).toBeDefined();
+    expect(String(exec!.data.stderr)).toMatch(/cct_[0-9A-Za-z]{28}/);
+  });
+});
+
 describe('ssh front-end: login refusals', { timeout: 120_000 }, () => {
   it('another agent’s ticket does not log in', async () => {
     const r = await gw.ssh('builder%box', otherAgentTicket, ['true']);
