@@ -45,6 +45,8 @@ export interface SshAdapterOptions {
    * this is not recognised (docs/frontends/ssh.md).
    */
   readonly flushIdleMs: number;
+  /** Channels (commands, shells, sftp, forwards) open at once on one client connection. */
+  readonly maxChannels: number;
 }
 
 /** Exit status of a command the gateway refused (like a shell's "cannot execute"). */
@@ -545,10 +547,18 @@ export class SshConnection {
     }
   }
 
+  /** Hold an open channel (revocation tells it); beyond `maxChannels` on one connection, refused. */
   #track(channel: ssh2.ServerChannel): void {
+    channel.on('error', () => undefined);
+    if (this.#channels.size >= this.#options.maxChannels) {
+      throw new CoatcheckError(
+        'CC_ERR_SSH_REQUEST_REFUSED',
+        `coatcheck: at most ${this.#options.maxChannels} channels are open at once on one connection`,
+        { details: { reason: 'channels' } },
+      );
+    }
     this.#channels.add(channel);
     channel.on('close', () => this.#channels.delete(channel));
-    channel.on('error', () => undefined);
   }
 
   async #cleanCommand(line: string): Promise<string> {
@@ -590,10 +600,10 @@ export class SshConnection {
     pty: ssh2.PseudoTtyInfo | null,
     attach: (c: ssh2.ClientChannel) => void,
   ): Promise<void> {
-    this.#track(channel);
     this.#commands++;
     let shown = '';
     try {
+      this.#track(channel);
       const upstream = await this.#upstream!;
       let parsed: ParsedCommand | null = null;
       let line: string;
@@ -685,8 +695,8 @@ export class SshConnection {
     pty: ssh2.PseudoTtyInfo | null,
     attach: (c: ssh2.ClientChannel) => void,
   ): Promise<void> {
-    this.#track(channel);
     try {
+      this.#track(channel);
       const upstream = await this.#upstream!;
       await this.#decide('ssh:shell', `ssh ${this.#login!.view.name}: interactive shell`, {
         onHold: this.#holdNotice(channel),
@@ -718,8 +728,8 @@ export class SshConnection {
   }
 
   async #sftp(channel: ssh2.ServerChannel): Promise<void> {
-    this.#track(channel);
     try {
+      this.#track(channel);
       const upstream = await this.#upstream!;
       await this.#decide('ssh:sftp', `ssh ${this.#login!.view.name}: sftp`, {});
       // The sftp protocol is binary and length-framed: carried as is (policy decides the subsystem as a whole).
@@ -754,7 +764,15 @@ export class SshConnection {
     const host = info.destIP.slice(0, 255);
     const port = info.destPort;
     const target = `${host}:${port}`;
+    let accepted: ssh2.ServerChannel | null = null;
     try {
+      if (this.#channels.size >= this.#options.maxChannels) {
+        throw new CoatcheckError(
+          'CC_ERR_SSH_REQUEST_REFUSED',
+          `coatcheck: at most ${this.#options.maxChannels} channels are open at once on one connection`,
+          { details: { reason: 'channels' } },
+        );
+      }
       const upstream = await this.#upstream!;
       await this.#decide('ssh:forward', `ssh ${this.#login!.view.name}: forward to ${target}`, {
         targetHost: host,
@@ -770,13 +788,17 @@ export class SshConnection {
         });
       });
       const channel = accept();
-      this.#track(channel);
+      accepted = channel;
+      channel.on('error', () => undefined);
+      this.#channels.add(channel);
+      channel.on('close', () => this.#channels.delete(channel));
       const result = await this.#relay(channel, false, async () => remote);
       this.session.event('forward', { target, bytes: result.out.bytes });
       await this.#auditChannel('forward', { target, outcome: 'ok' });
     } catch (error) {
       const e = error instanceof CoatcheckError ? error : this.#services.fail(error);
-      reject();
+      if (accepted === null) reject();
+      else accepted.close();
       this.session.event('forward', { target, refused: e.code });
       await this.#auditChannel('forward', { target, outcome: e.code }).catch(() => undefined);
     }

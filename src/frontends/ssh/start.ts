@@ -24,6 +24,7 @@ export const DEFAULT_SSH_OPTIONS: SshOptions = {
   maxLoginAttempts: 3,
   recordOutputBytes: 4096,
   flushIdleMs: 25,
+  maxChannels: 32,
 };
 
 export interface SshFrontend {
