@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   everyOutput,
@@ -47,6 +48,13 @@ describe('ssh front-end: exec', { timeout: 120_000 }, () => {
     expect(r.code).toBe(0);
     const fail = await gw.ssh('builder%box', ticket, ['sh', '-c', "'exit 7'"]);
     expect(fail.code).toBe(7);
+  });
+
+  it('keyboard-interactive carries the ticket too', async () => {
+    const r = await gw.ssh('builder%box', ticket, ['echo', 'kbd'], {
+      extra: ['-o', 'PreferredAuthentications=keyboard-interactive'],
+    });
+    expect(r.stdout).toBe('kbd\n');
   });
 
   it('logs in upstream with a password credential', async () => {
@@ -162,6 +170,49 @@ describe('ssh front-end: requests never carried', { timeout: 120_000 }, () => {
       extra: ['-R', '127.0.0.1:0:127.0.0.1:1', '-o', 'ExitOnForwardFailure=yes'],
     });
     expect(r.code).toBe(255);
+  });
+});
+
+describe('ssh front-end: bounds', { timeout: 120_000 }, () => {
+  it('three failed logins close the connection, whatever the client would try next', async () => {
+    const r = await gw.ssh('builder%box', 'cct_notavalidticketatallxxxxxxxxxxx', ['true'], {
+      extra: ['-o', 'NumberOfPasswordPrompts=10', '-o', 'PreferredAuthentications=password'],
+    });
+    expect(r.code).toBe(255);
+    await gw.settled();
+    const refusals = (await gw.ctx.store.readAudit(0, 100_000)).filter((a) => a.type === 'ssh.login.refused');
+    const bySession = new Map<string, number>();
+    for (const a of refusals) {
+      const id = (a.data as { session: string }).session;
+      bySession.set(id, (bySession.get(id) ?? 0) + 1);
+    }
+    expect(Math.max(...bySession.values())).toBeLessThanOrEqual(3);
+  });
+
+  it('channels beyond maxChannels on one connection are refused (OpenSSH multiplexing)', async () => {
+    const small = await startSshGateway({ sshOptions: { maxChannels: 2 } });
+    try {
+      const agent = (await small.createAgent('builder')).ref;
+      await small.addSecret('box-key', sshd.clientKey, ['conn:box']);
+      await small.addConnection('box', `ssh://root@127.0.0.1:${sshd.port}`, sshd.hostKey);
+      const t = await small.issue('box-key', agent, ['conn:box']);
+      const control = join(small.dir, 'ctl');
+      const master = await small.ssh('builder%box', t, [], {
+        extra: ['-M', '-S', control, '-f', '-N', '-o', 'ControlPersist=60'],
+      });
+      expect(master.code).toBe(0);
+      const results = await Promise.all(
+        [1, 2, 3].map((i) =>
+          small.ssh('builder%box', t, ['sleep', '3'], { extra: ['-S', control], input: String(i) }),
+        ),
+      );
+      const refused = results.filter((r) => r.stderr.includes('CC_ERR_SSH_REQUEST_REFUSED'));
+      expect(refused.length).toBe(1);
+      expect(results.filter((r) => r.code === 0).length).toBe(2);
+      await small.ssh('builder%box', t, [], { extra: ['-S', control, '-O', 'exit'] });
+    } finally {
+      await small.close();
+    }
   });
 });
 
