@@ -8,7 +8,7 @@ import type { ConnectionView } from '../../connections/connections.js';
 import type { Clock } from '../../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import { agentRef, type Principal } from '../../core/principal.js';
-import { AGENT_KEY_PREFIX, isTicket } from '../../core/ticket-format.js';
+import { AGENT_KEY_PREFIX, isTicket, TICKET_PATTERN } from '../../core/ticket-format.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
@@ -66,6 +66,11 @@ interface Login {
 
 function loginFailed(reason: string, message: string): CoatcheckError {
   return new CoatcheckError('CC_ERR_SSH_LOGIN_FAILED', message, { details: { reason } });
+}
+
+/** Agent-typed text kept in audit or recordings: tickets and coatcheck keys in it are masked. */
+function masked(text: string): string {
+  return text.replace(TICKET_PATTERN, '[ticket]').replace(/cc[as]_[0-9A-Za-z]{20,}/g, '[coatcheck key]');
 }
 
 function codeOf(error: unknown): ErrorCode {
@@ -425,8 +430,8 @@ export class SshConnection {
           actor: session.principal?.ref ?? 'unauthenticated',
           data: {
             session: session.id,
-            user: agentName,
-            connection: connectionName,
+            user: masked(agentName),
+            connection: masked(connectionName),
             code: e?.code ?? 'CC_ERR_INTERNAL',
             reason: (e?.details?.reason as string | undefined) ?? e?.code ?? 'CC_ERR_INTERNAL',
             remote: this.#remote,
@@ -670,8 +675,9 @@ export class SshConnection {
       this.session.event('exec', {
         command: shown,
         exit: result.exit,
-        stdout: result.out.head.toString('utf8'),
-        stderr: result.err.head.toString('utf8'),
+        // What the agent received, its tickets masked (a recording reader is not the agent).
+        stdout: masked(result.out.head.toString('utf8')),
+        stderr: masked(result.err.head.toString('utf8')),
         stdoutBytes: result.out.bytes,
         stderrBytes: result.err.bytes,
       });
