@@ -193,6 +193,7 @@ export interface AuditEventFields {
     readonly attachments: number;
     readonly tickets: Ids;
   };
+  'ssh.hostkey.rotated': { readonly fingerprint: string; readonly previous: string | null };
   'ssh.login.refused': {
     readonly session: Id;
     readonly user: string;
@@ -302,6 +303,8 @@ export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'postgres.query': 'a batch of PostgreSQL statements (class, decision, duration, rows, scrubbed text)',
   'postgres.login.refused': 'a PostgreSQL login was refused',
   'llm.request': 'a request was forwarded to an LLM provider (model, counts, tickets used)',
+  'ssh.hostkey.rotated':
+    "the SSH front-end's host key was replaced (fingerprints of the new and the previous key)",
   'ssh.login.refused': 'an SSH login was refused',
   'ssh.channel':
     'an SSH channel request (exec with its cleaned command line and exit code, shell, sftp, a port forward), carried or refused',

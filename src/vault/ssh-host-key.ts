@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import ssh2 from 'ssh2';
+import type { AuditLog } from '../audit/audit-log.js';
 import { CoatcheckError } from '../core/errors.js';
 import type { Store } from '../store/types.js';
 import {
@@ -36,12 +37,12 @@ export function sshFingerprint(publicLine: string): string {
   return `SHA256:${createHash('sha256').update(raw).digest('base64').replace(/=+$/, '')}`;
 }
 
-async function writeKey(store: Store, masters: MasterKeys, replace: boolean): Promise<void> {
+async function writeKey(store: Store, masters: MasterKeys): Promise<void> {
   const made = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'coatcheck' });
   const privateKey = Buffer.from(made.private);
   try {
     await store.transaction(async (tx) => {
-      if (!replace && (await tx.getMeta(SSH_HOST_PUBLIC_META)) !== null) return;
+      if ((await tx.getMeta(SSH_HOST_PUBLIC_META)) !== null) return;
       const master = await sealingKey(tx, masters);
       await tx.setMeta(SSH_HOST_KEY_META, master.wrap(privateKey, SSH_HOST_KEY_AAD).toString('base64'));
       await tx.setMeta(SSH_HOST_KID_META, master.kid);
@@ -55,13 +56,52 @@ async function writeKey(store: Store, masters: MasterKeys, replace: boolean): Pr
 /** Make the host key if the store has none. Concurrent callers agree on one (the first commit wins). */
 export async function ensureSshHostKey(store: Store, masters: MasterKeys): Promise<void> {
   if ((await store.getMeta(SSH_HOST_PUBLIC_META)) !== null) return;
-  await writeKey(store, masters, false);
+  await writeKey(store, masters);
 }
 
-/** Replace the host key (clients will see a new host key; tell them its fingerprint). */
-export async function rotateSshHostKey(store: Store, masters: MasterKeys): Promise<string> {
-  await writeKey(store, masters, true);
-  return sshFingerprint((await store.getMeta(SSH_HOST_PUBLIC_META))!);
+/**
+ * Replace the host key, audited in the same transaction (`ssh.hostkey.rotated`). Clients
+ * see a new host key; a running SSH listener serves the new one after a restart.
+ */
+export async function rotateSshHostKey(
+  store: Store,
+  masters: MasterKeys,
+  audit: AuditLog,
+  actor: string,
+): Promise<{ public: string; fingerprint: string }> {
+  const made = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'coatcheck' });
+  const privateKey = Buffer.from(made.private);
+  const publicLine = made.public.trim();
+  const fingerprint = sshFingerprint(publicLine);
+  const previous = await store.getMeta(SSH_HOST_PUBLIC_META);
+  try {
+    await audit.append(
+      {
+        type: 'ssh.hostkey.rotated',
+        actor,
+        data: { fingerprint, previous: previous === null ? null : sshFingerprint(previous) },
+      },
+      async (tx) => {
+        const master = await sealingKey(tx, masters);
+        await tx.setMeta(SSH_HOST_KEY_META, master.wrap(privateKey, SSH_HOST_KEY_AAD).toString('base64'));
+        await tx.setMeta(SSH_HOST_KID_META, master.kid);
+        await tx.setMeta(SSH_HOST_PUBLIC_META, publicLine);
+      },
+    );
+  } finally {
+    privateKey.fill(0);
+  }
+  return { public: publicLine, fingerprint };
+}
+
+/** The public half and its fingerprint (making the key first if needed). */
+export async function sshHostPublicKey(
+  store: Store,
+  masters: MasterKeys,
+): Promise<{ public: string; fingerprint: string }> {
+  await ensureSshHostKey(store, masters);
+  const publicLine = (await store.getMeta(SSH_HOST_PUBLIC_META))!;
+  return { public: publicLine, fingerprint: sshFingerprint(publicLine) };
 }
 
 /** Open the host key (unsealed in memory), making it first if needed. */

@@ -93,6 +93,23 @@ describe('usage errors', () => {
     expect(ok.code).toBe(0);
   });
 
+  it('ssh host-key prints the public key and fingerprint; --rotate replaces it, audited', async () => {
+    const env = { COATCHECK_HOME: t.home.dir };
+    const first = await cli(['ssh', 'host-key'], { env });
+    expect(first.code).toBe(0);
+    const [line, fingerprint] = first.stdout.trim().split('\n');
+    expect(line).toMatch(/^ssh-ed25519 AAAA[0-9A-Za-z+/=]+ coatcheck$/);
+    expect(fingerprint).toMatch(/^SHA256:[0-9A-Za-z+/]{43}$/);
+    const rotated = await cli(['ssh', 'host-key', '--rotate'], { env });
+    expect(rotated.code).toBe(0);
+    expect(rotated.stdout.trim().split('\n')[1]).not.toBe(fingerprint);
+    const again = await cli(['ssh', 'host-key'], { env });
+    expect(again.stdout).toBe(rotated.stdout);
+    const audit = await cli(['--json', 'audit', 'tail', '--lines', '5'], { env });
+    expect(audit.stdout).toContain('ssh.hostkey.rotated');
+    expect(audit.stdout).toContain(fingerprint);
+  });
+
   it('policy check decides a known agent with its stored groups, and says which groups it used', async () => {
     const env = { COATCHECK_HOME: t.home.dir };
     expect((await cli(['agent', 'create', 'ops-bot', '--group', 'sre'], { env })).code).toBe(0);
