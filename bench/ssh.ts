@@ -125,13 +125,17 @@ async function main(): Promise<void> {
     const mbs: { direct: number[]; gateway: number[] } = { direct: [], gateway: [] };
     for (let r = 0; r < REPEATS; r++) {
       const order = r % 2 === 0 ? (['direct', 'gateway'] as const) : (['gateway', 'direct'] as const);
-      for (const which of order) rates[which].push(await execRate(which === 'direct' ? direct : through));
+      for (const which of order) {
+        rates[which].push(await execRate(which === 'direct' ? direct : through));
+        console.log(`repeat ${r + 1}: ${which} exec ${rates[which].at(-1)!.toFixed(1)}/s`);
+      }
       for (const which of order) {
         mbs[which].push(
           await (which === 'direct'
             ? scp(directScp, { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: gw.dir })
             : scp(gatewayScp, gw.clientEnv(ticket))),
         );
+        console.log(`repeat ${r + 1}: ${which} scp ${mbs[which].at(-1)!.toFixed(1)} MB/s`);
       }
     }
     const rows = [

@@ -187,6 +187,7 @@ export class SshConnection {
   #upstream: Promise<ssh2.Client> | null = null;
   #upstreamClient: ssh2.Client | null = null;
   #attempts = 0;
+  #checking = false;
   #commands = 0;
   #channels = new Set<ssh2.ServerChannel>();
   /** Refused request kinds already audited on this connection (a client may repeat them). */
@@ -294,24 +295,34 @@ export class SshConnection {
   // ---- login -----------------------------------------------------------------------
 
   #authenticate(ctx: ssh2.AuthContext): void {
-    if (this.#login !== null) {
+    // One login attempt at a time: a second request while one is being checked is refused.
+    if (this.#login !== null || this.#checking) {
       ctx.reject();
       return;
     }
     const methods: ssh2.AuthenticationType[] = ['password', 'keyboard-interactive'];
+    const attempt = (username: string, password: string) => {
+      this.#checking = true;
+      void this.#tryLogin(username, password)
+        .then(
+          () => ctx.accept(),
+          () => this.#rejectLogin(ctx, methods),
+        )
+        .finally(() => {
+          this.#checking = false;
+        });
+    };
     if (ctx.method === 'password') {
-      void this.#tryLogin(ctx.username, ctx.password).then(
-        () => ctx.accept(),
-        () => this.#rejectLogin(ctx, methods),
-      );
+      attempt(ctx.username, ctx.password);
       return;
     }
     if (ctx.method === 'keyboard-interactive') {
+      this.#checking = true;
+      ctx.once('abort', () => {
+        this.#checking = false;
+      });
       ctx.prompt([{ prompt: 'coatcheck ticket: ', echo: false }], 'coatcheck', '', (answers) => {
-        void this.#tryLogin(ctx.username, answers[0] ?? '').then(
-          () => ctx.accept(),
-          () => this.#rejectLogin(ctx, methods),
-        );
+        attempt(ctx.username, answers[0] ?? '');
       });
       return;
     }
