@@ -116,6 +116,27 @@ describe('ssh front-end: stderr and recordings', { timeout: 120_000 }, () => {
   });
 });
 
+describe('ssh front-end: through the driver', { timeout: 120_000 }, () => {
+  it('a secret written in two pieces back to back is still found', async () => {
+    const r = await gw.ssh('builder%box', ticket, [
+      'sh',
+      '-c',
+      `'printf ${AWS_KEY.slice(0, 9)}; printf ${AWS_KEY.slice(9)}'`,
+    ]);
+    expect(r.stdout).not.toContain(AWS_KEY);
+    expect(r.stdout).toMatch(/^cct_[0-9A-Za-z]{28}$/);
+  });
+
+  it('sessions and exchanges are counted under frontend="ssh" in the one registry', async () => {
+    await gw.settled();
+    const text = await gw.ctx.metrics.metrics();
+    expect(text).toMatch(/coatcheck_sessions_total\{frontend="ssh",outcome="ok"\} [1-9]/);
+    expect(text).toMatch(
+      /coatcheck_session_exchanges_total\{frontend="ssh",step="decision",outcome="allow"\} [1-9]/,
+    );
+  });
+});
+
 describe('ssh front-end: login refusals', { timeout: 120_000 }, () => {
   it('another agent’s ticket does not log in', async () => {
     const r = await gw.ssh('builder%box', otherAgentTicket, ['true']);
