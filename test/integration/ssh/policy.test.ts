@@ -19,6 +19,7 @@ const POLICY = `
 @id("touch-needs-approval") @approval("required") permit(principal, action == Action::"ssh:exec", resource == Connection::"box") when { context has program && context.program == "touch" };
 @id("no-cat-shadow") forbid(principal, action == Action::"ssh:exec", resource) when { context has args && context.args.contains("/etc/shadow") };
 @id("one-raw-line") permit(principal, action == Action::"ssh:exec-raw", resource == Connection::"box") when { context has command && context.command == "echo a && echo b" };
+@id("keyed-box") permit(principal, action == Action::"ssh:exec", resource == Connection::"boxcred") when { context has program && context.program == "echo" };
 @id("wrong-box") permit(principal, action == Action::"ssh:exec", resource == Connection::"wrongkey");
 `;
 
@@ -38,6 +39,8 @@ beforeAll(async () => {
   const impostor = readFileSync(join(gw.dir, 'impostor.pub'), 'utf8').split(' ').slice(0, 2).join(' ');
   await gw.addConnection('wrongkey', `ssh://root@127.0.0.1:${sshd.port}`, impostor);
   ticket = await gw.issue('box-key', builder, ['conn:box']);
+  await gw.addSecret('boxcred-key', sshd.clientKey, ['conn:boxcred']);
+  await gw.addConnection('boxcred', `ssh://root@127.0.0.1:${sshd.port}`, sshd.hostKey, 'boxcred-key');
 }, 60_000);
 
 afterAll(async () => {
@@ -98,6 +101,24 @@ describe('ssh: per-command policy', { timeout: 120_000 }, () => {
     const ran = await gw.ssh('builder%box', ticket, ['touch', target]);
     expect(ran.code).toBe(0);
     expect(existsSync(target)).toBe(true);
+  });
+});
+
+describe('ssh: agent key login', { timeout: 120_000 }, () => {
+  it("under a configured policy an agent's key logs in and the connection's credential is used", async () => {
+    const { key } = await gw.createAgent('keyed');
+    const r = await gw.ssh('keyed%boxcred', key, ['echo', 'by-key']);
+    expect(r.stdout).toBe('by-key\n');
+    // Another agent's key for this user name: refused.
+    const other = await gw.createAgent('keyed2');
+    const wrong = await gw.ssh('keyed%boxcred', other.key, ['echo', 'x']);
+    expect(wrong.code).toBe(255);
+    // A connection without a credential: a key does not open it.
+    const none = await gw.ssh('keyed%box', key, ['echo', 'x']);
+    expect(none.code).toBe(255);
+    const text = await everyOutput(gw);
+    expect(text).not.toContain(key);
+    expect(text).not.toContain(other.key);
   });
 });
 
