@@ -527,6 +527,28 @@ export const operations = {
       };
     },
   }),
+  sshHostKey: op({
+    method: 'GET',
+    path: '/v1/ssh/host-key',
+    summary:
+      "The SSH front-end's host key: the public key line for known_hosts and its SHA256 fingerprint (made now if the home predates it). Its private half never leaves the vault.",
+    input: z.object({}),
+    async run(ctx) {
+      const { sshHostPublicKey } = await import('../vault/ssh-host-key.js');
+      return sshHostPublicKey(ctx.store, ctx.keys.masters);
+    },
+  }),
+  sshHostKeyRotate: op({
+    method: 'POST',
+    path: '/v1/ssh/host-key/rotate',
+    summary:
+      "Replace the SSH front-end's host key (audited); a running SSH listener serves the new key after a restart. Agents' known_hosts must be updated.",
+    input: z.object({}),
+    async run(ctx, _input, actor) {
+      const { rotateSshHostKey } = await import('../vault/ssh-host-key.js');
+      return rotateSshHostKey(ctx.store, ctx.keys.masters, ctx.audit, actor);
+    },
+  }),
   agentEnv: op({
     method: 'GET',
     path: '/v1/agents/:name/env',

@@ -34,6 +34,8 @@ export const ROUTES = {
   sessionShow: { method: 'GET', path: '/v1/sessions/:id' },
   keysRotate: { method: 'POST', path: '/v1/keys/rotate' },
   caExport: { method: 'GET', path: '/v1/ca' },
+  sshHostKey: { method: 'GET', path: '/v1/ssh/host-key' },
+  sshHostKeyRotate: { method: 'POST', path: '/v1/ssh/host-key/rotate' },
   agentEnv: { method: 'GET', path: '/v1/agents/:name/env' },
   approvalList: { method: 'GET', path: '/v1/approvals' },
   approvalShow: { method: 'GET', path: '/v1/approvals/:id' },

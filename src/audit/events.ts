@@ -193,6 +193,28 @@ export interface AuditEventFields {
     readonly attachments: number;
     readonly tickets: Ids;
   };
+  'ssh.hostkey.rotated': { readonly fingerprint: string; readonly previous: string | null };
+  'ssh.login.refused': {
+    readonly session: Id;
+    readonly user: string;
+    readonly connection: string;
+    readonly code: string;
+    readonly reason: string;
+    readonly remote: string;
+  };
+  'ssh.channel': {
+    readonly session: Id;
+    readonly connection: string;
+    /** exec, shell, sftp, forward, or the refused request (auth-agent, x11, env, tcpip-forward, …). */
+    readonly kind: string;
+    /** exec: the command line as forwarded, cleaned of tickets, secrets and findings. */
+    readonly command?: string;
+    /** forward: the target host:port. */
+    readonly target?: string;
+    /** `ok`, or the refusal's code. */
+    readonly outcome: string;
+    readonly exitCode?: number | null;
+  };
   'mcp.call': {
     readonly session: Id;
     readonly connection: string;
@@ -281,5 +303,10 @@ export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'postgres.query': 'a batch of PostgreSQL statements (class, decision, duration, rows, scrubbed text)',
   'postgres.login.refused': 'a PostgreSQL login was refused',
   'llm.request': 'a request was forwarded to an LLM provider (model, counts, tickets used)',
+  'ssh.hostkey.rotated':
+    "the SSH front-end's host key was replaced (fingerprints of the new and the previous key)",
+  'ssh.login.refused': 'an SSH login was refused',
+  'ssh.channel':
+    'an SSH channel request (exec with its cleaned command line and exit code, shell, sftp, a port forward), carried or refused',
   'mcp.call': 'an MCP tool call, refused or not (tool name and outcome, never arguments)',
 };

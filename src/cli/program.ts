@@ -223,6 +223,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option('--listen-postgres <addr>', 'PostgreSQL front-end address (overrides the config)')
     .option('--listen-proxy <addr>', 'forward proxy address, HTTPS_PROXY (overrides the config)')
     .option('--listen-k8s <addr>', 'Kubernetes API front-end address, for kubectl (overrides the config)')
+    .option('--listen-ssh <addr>', 'SSH front-end address (overrides the config)')
     .option('--upstream-ca <file>', 'extra CA certificates (PEM) trusted for forward-proxy upstreams')
     .option('--init', 'create the home first if it does not exist')
     .option('--policy <path>', 'a .cedar file or a folder of them (overrides the config)')
@@ -395,8 +396,13 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       "postgres: another database clients may pick as '<connection>/<database>' ('*' for any; repeatable)",
       collect,
     )
+    .option(
+      '--host-key <key>',
+      "ssh: the upstream's host key, a line of `ssh-keyscan -t ed25519 HOST` ('ssh-ed25519 AAAA…') or its SHA256: fingerprint",
+    )
     .action(async (name: string, opts, command: Command) => {
       const rules: Record<string, unknown> = {};
+      if (typeof opts.hostKey === 'string') rules.hostKey = pinnedHostKey(opts.hostKey);
       if (opts.readOnly === true) rules.readOnly = true;
       if (opts.blockDdl === true) rules.blockDdl = true;
       if (opts.requireApprovalForWrites === true) rules.requireApprovalForWrites = true;
@@ -855,4 +861,12 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     else io.stderr.write(`coatcheck: ${failure.code}: ${failure.message}\n`);
     return exitCodeFor(failure);
   }
+}
+
+/** `--host-key`: a fingerprint as is; from a known_hosts or ssh-keyscan line, the key type and its base64. */
+function pinnedHostKey(text: string): string {
+  const words = text.trim().split(/\s+/);
+  if (words.length === 1) return words[0]!;
+  const at = words.findIndex((w) => /^(ssh-|ecdsa-sha2-)/.test(w));
+  return at === -1 || at + 1 >= words.length ? text.trim() : `${words[at]} ${words[at + 1]}`;
 }

@@ -115,6 +115,20 @@ export function registerProxyCommands(
     });
 
   program
+    .command('ssh')
+    .description("the SSH front-end's host key")
+    .command('host-key')
+    .description("print the SSH front-end's public host key (for known_hosts) and its fingerprint")
+    .option('--rotate', 'replace it first (audited; a running SSH listener serves it after a restart)')
+    .action(async (opts: { rotate?: boolean }, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call(opts.rotate === true ? 'sshHostKeyRotate' : 'sshHostKey', {}),
+        (r) => `${r.public}\n${r.fingerprint}\n`,
+      );
+    });
+
+  program
     .command('env <agent>')
     .description(
       "print the environment block (proxy variables, CA paths) for an agent's process; writes the CA files into the home",

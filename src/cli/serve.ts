@@ -7,6 +7,7 @@ import { CoatcheckError } from '../core/errors.js';
 import { type ForwardProxy, forwardProxyFrontend } from '../frontends/http/forward-proxy.js';
 import { type KubernetesListener, kubernetesFrontend } from '../frontends/kubernetes/start.js';
 import { type PostgresFrontend, postgresFrontend } from '../frontends/postgres/start.js';
+import { type SshFrontend, sshFrontend } from '../frontends/ssh/start.js';
 import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { type Context, initHome, openContext } from '../server/context.js';
@@ -25,6 +26,7 @@ export interface ServeOptions {
   listenPostgres?: string;
   listenProxy?: string;
   listenK8s?: string;
+  listenSsh?: string;
   upstreamCa?: string;
 }
 
@@ -133,6 +135,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
   let pg: PostgresFrontend | null = null;
   let proxy: ForwardProxy | null = null;
   let k8s: KubernetesListener | null = null;
+  let ssh: SshFrontend | null = null;
   try {
     await ctx.connections.checkDeclared();
     const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
@@ -158,6 +161,10 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       k8s = await driver.start(kubernetesFrontend(deps, splitAddress(k8sAddress, '--listen-k8s')));
       ctx.endpoints.kubernetes = k8s.url;
     }
+    const sshAddress = options.listenSsh ?? ctx.config.listen.ssh;
+    if (sshAddress !== null && sshAddress !== undefined) {
+      ssh = await driver.start(sshFrontend(deps, splitAddress(sshAddress, '--listen-ssh')));
+    }
     admin = await startAdminServer(
       ctx,
       splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
@@ -169,6 +176,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       ...(proxy === null ? {} : { proxy: proxy.url, proxyCa: proxy.ca.fingerprint }),
       ...(pg === null ? {} : { postgres: `${pg.host}:${pg.port}`, postgresCert: pg.tls.cert }),
       ...(k8s === null ? {} : { kubernetes: k8s.url }),
+      ...(ssh === null ? {} : { ssh: `${ssh.host}:${ssh.port}`, sshHostKey: ssh.hostKey.fingerprint }),
       store: `${ctx.store.driver} ${ctx.store.location}`,
       home: home.dir,
       policy: policyInForce(ctx),
@@ -178,6 +186,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     if (proxy !== null) addresses.proxy = proxy.url;
     if (pg !== null) addresses.postgres = `${pg.host}:${pg.port}`;
     if (k8s !== null) addresses.kubernetes = k8s.url;
+    if (ssh !== null) addresses.ssh = `${ssh.host}:${ssh.port}`;
     writeFileDurably(
       home.serverFile,
       `${JSON.stringify({ pid: process.pid, admin: admin.url, listening: addresses })}\n`,
@@ -186,7 +195,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     io.stdout.write(
       options.json
         ? `${JSON.stringify(listening)}\n`
-        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}${k8s === null ? '' : `  kubernetes ${k8s.url} (coatcheck kubeconfig AGENT CONNECTION)\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
+        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}${k8s === null ? '' : `  kubernetes ${k8s.url} (coatcheck kubeconfig AGENT CONNECTION)\n`}${ssh === null ? '' : `  ssh        ${ssh.host}:${ssh.port} (host key ${ssh.hostKey.fingerprint})\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
     );
     log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
     // Policies reload on change and on SIGHUP; a set that does not validate keeps the old one in force.
@@ -221,6 +230,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     // On a signal, work in flight may finish within shutdown.drainTimeout (default 5 s).
     await driver.stop({ drainMs: stopping ? parseDuration(ctx.config.shutdown.drainTimeout) : 0 });
     await pg?.close();
+    await ssh?.close();
     await proxy?.close();
     await k8s?.close();
     await http?.close();

@@ -46,6 +46,18 @@ export const connectionRulesSchema = z
       .max(64 * 1024)
       .regex(/^-----BEGIN CERTIFICATE-----[\s\S]*-----END CERTIFICATE-----\s*$/, 'must be PEM certificates')
       .optional(),
+    /**
+     * SSH connections: the upstream's pinned host key, `ssh-ed25519 AAAA…` (a line of
+     * `ssh-keyscan`) or its `SHA256:…` fingerprint. The gateway refuses any other key.
+     */
+    hostKey: z
+      .string()
+      .max(8192)
+      .regex(
+        /^(SHA256:[A-Za-z0-9+/]{43}|(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+={0,2})$/,
+        'must be an OpenSSH public key line (type and base64) or a SHA256: fingerprint',
+      )
+      .optional(),
   })
   .strict();
 
@@ -92,6 +104,8 @@ export const configSchema = z
         proxy: listenAddress.nullable().default(null),
         /** Kubernetes API front-end (kubectl with a kubeconfig from `coatcheck kubeconfig`). */
         kubernetes: listenAddress.nullable().default(null),
+        /** SSH front-end (`ssh -p PORT AGENT%CONNECTION@HOST`). */
+        ssh: listenAddress.nullable().default(null),
       })
       .strict()
       .prefault({}),

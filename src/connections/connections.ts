@@ -39,6 +39,7 @@ const SERVED_TYPES: ReadonlySet<ConnectionType> = new Set<ConnectionType>([
   'mcp',
   'llm',
   'kubernetes',
+  'ssh',
 ]);
 /** Headers the gateway owns; a connection may not set them. */
 const RESERVED_HEADERS = new Set([
@@ -60,6 +61,7 @@ const DEFAULT_PORTS: Readonly<Record<string, number>> = {
   'http:': 80,
   'postgres:': 5432,
   'postgresql:': 5432,
+  'ssh:': 22,
 };
 
 /**
@@ -109,8 +111,9 @@ export function validateConnection(input: ConnectionConfig): string[] {
       `a ${input.type} connection needs a ${SCHEMES[input.type as ConnectionType].join(' or ')} URL`,
     );
   }
-  // A database URL names the user the gateway logs in as (postgres://USER@HOST/DB); never a password.
-  const userAllowed = input.type === 'postgres' || input.type === 'mysql';
+  // A database or SSH URL names the user the gateway logs in as (postgres://USER@HOST/DB,
+  // ssh://USER@HOST:PORT); never a password.
+  const userAllowed = input.type === 'postgres' || input.type === 'mysql' || input.type === 'ssh';
   if (url.password !== '' || (url.username !== '' && !userAllowed)) {
     // A literal credential in a URL would be stored and shown in clear: it belongs in the vault.
     throw invalid(
@@ -130,7 +133,19 @@ export function validateConnection(input: ConnectionConfig): string[] {
   } else if (input.rules?.ca !== undefined) {
     throw invalid('--ca', 'applies to kubernetes connections only');
   }
-  if (ruleNames.length > 0 && input.type !== 'postgres' && input.type !== 'kubernetes') {
+  if (input.type === 'ssh') {
+    if (ruleNames.some((r) => r !== 'hostKey'))
+      throw invalid('rules', 'an ssh connection takes only --host-key');
+    if (input.rules?.hostKey === undefined) {
+      throw invalid(
+        '--host-key',
+        "an ssh connection needs the upstream's host key pinned (a line of `ssh-keyscan -t ed25519 HOST`, or its SHA256: fingerprint)",
+      );
+    }
+    if (url.username === '')
+      throw invalid('--url', 'an ssh connection names the upstream user: ssh://USER@HOST:PORT');
+    if (url.pathname !== '' && url.pathname !== '/') throw invalid('--url', 'an ssh URL has no path');
+  } else if (ruleNames.length > 0 && input.type !== 'postgres' && input.type !== 'kubernetes') {
     throw invalid(
       'rules',
       'statement rules (--read-only, --block-ddl, --mask-column, ...) apply to postgres connections only',

@@ -527,6 +527,41 @@ export const ERROR_CODES = {
       'The client tried to log in without TLS on a non-loopback PostgreSQL listener; the password (a ticket or agent key) would travel in clear. SQLSTATE 28000.',
     solution: 'Connect with sslmode=require (or verify-full with the gateway certificate).',
   },
+  CC_ERR_SSH_LOGIN_FAILED: {
+    status: 401,
+    description:
+      'The SSH login was refused: the user name is not AGENT%CONNECTION of a live agent and an ssh connection, or the password is neither a ticket bound to that agent and connection nor (under a configured policy) the key of that agent. The audit record (ssh.login.refused) carries the precise reason.',
+    solution:
+      'Connect as `ssh -p PORT AGENT%CONNECTION@GATEWAY` with a ticket issued to the agent with --dest conn:CONNECTION as the password.',
+  },
+  CC_ERR_SSH_COMMAND_UNCLASSIFIED: {
+    status: 403,
+    description:
+      'An SSH exec command line uses shell syntax the gateway does not classify exactly (control operators, redirections, substitutions, expansions, globs, line breaks, an assignment before the program), so policy could not decide on what the upstream shell would run. Refused unless a configured policy permits ssh:exec-raw.',
+    solution:
+      "Send one simple command of plain or quoted words (`ssh … git log --oneline -5`, quoting arguments with '…'), or have the operator permit ssh:exec-raw for this agent and connection.",
+  },
+  CC_ERR_SSH_REQUEST_REFUSED: {
+    status: 403,
+    description:
+      'The SSH client asked for something the gateway never carries: agent forwarding, X11 forwarding, environment variables (SendEnv/SetEnv), remote port forwarding, a Unix socket forward, or a subsystem other than sftp.',
+    solution:
+      'Do without it (ForwardAgent no, ForwardX11 no, no SendEnv/SetEnv); pass values as command arguments instead.',
+  },
+  CC_ERR_SSH_UPSTREAM_HOST_KEY: {
+    status: 502,
+    description:
+      "The upstream SSH server presented a host key other than the one pinned on the connection (--host-key). The gateway refused to log in to it: it may be an impostor, or the server's key changed.",
+    solution:
+      "Check the server's key out of band (ssh-keyscan on the server's network, its console); if it changed legitimately, re-add the connection with the new --host-key.",
+  },
+  CC_ERR_SSH_UPSTREAM_FAILED: {
+    status: 502,
+    description:
+      'The gateway could not open the upstream SSH session: the server did not answer, refused the credential, or refused the channel.',
+    solution:
+      "Check the connection's URL (ssh://USER@HOST:PORT), that its credential (a private key or a password) is accepted by that user, and the server's logs.",
+  },
   CC_ERR_PG_LOGIN_FAILED: {
     status: 401,
     description:

@@ -28,12 +28,14 @@ export const K8S_ACTIONS = [
   'k8s:proxy',
   'k8s:impersonate',
 ] as const;
+/** SSH front-end: a command (parsed), a raw command line, a shell, the sftp subsystem, a local port forward. */
+export const SSH_ACTIONS = ['ssh:exec', 'ssh:exec-raw', 'ssh:shell', 'ssh:sftp', 'ssh:forward'] as const;
 
 export const ACTIONS = [
   'exchange',
   ...HTTP_METHODS.map((m) => `http:${m}`),
   ...SQL_ACTIONS,
-  'ssh:exec',
+  ...SSH_ACTIONS,
   'mcp:call',
   'llm:call',
   ...K8S_ACTIONS,
@@ -73,12 +75,18 @@ type RequestContext = {
   name?: String,
   impersonate_user?: String,
   impersonate_groups?: String,
+  command?: String,
+  program?: String,
+  args?: Set<String>,
+  target_host?: String,
+  target_port?: Long,
 };
 
 action "exchange" appliesTo { principal: ${principals}, resource: [Secret, Connection], context: RequestContext };
 action ${HTTP_METHODS.map((m) => `"http:${m}"`).join(', ')} appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
 action ${SQL_ACTIONS.map((a) => `"${a}"`).join(', ')} appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
-action "ssh:exec", "mcp:call", "llm:call" appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
+action ${SSH_ACTIONS.map((a) => `"${a}"`).join(', ')} appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
+action "mcp:call", "llm:call" appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
 action ${K8S_ACTIONS.map((a) => `"${a}"`).join(', ')} appliesTo { principal: ${principals}, resource: [Connection], context: RequestContext };
 `;
 

@@ -36,6 +36,7 @@ import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
 import { initializeKeyring, isInitialized, type Keyring, MasterKeys, openKeyring } from '../vault/keyring.js';
 import { ensureProxyCa } from '../vault/proxy-ca.js';
+import { ensureSshHostKey } from '../vault/ssh-host-key.js';
 import { Vault } from '../vault/vault.js';
 import { Workflows } from '../workflows/workflows.js';
 
@@ -378,6 +379,8 @@ export async function initHome(
     }
     // The forward proxy's CA: its key sealed under the master key, never on disk in clear.
     await ensureProxyCa(store, keys.masters);
+    // The SSH front-end's host key, sealed the same way.
+    await ensureSshHostKey(store, keys.masters);
     const adminKey = newAdminKey();
     await store.setMeta(ADMIN_KEY_META, adminKeyHash(keys.index.lookup, adminKey));
     if (!writeFileExclusive(home.adminKeyFile, `${adminKey}\n`, 0o600)) {

@@ -19,6 +19,10 @@ export const PROXY_CA_KEY_META = 'proxy_ca_key';
 /** Kid of the master key that sealed the CA key (absent in stores from before keyrings: try each key). */
 export const PROXY_CA_KID_META = 'proxy_ca_key_kid';
 export const PROXY_CA_KEY_AAD = 'coatcheck proxy ca key';
+/** The SSH front-end's host key (OpenSSH format), sealed under a master key; see vault/ssh-host-key.ts. */
+export const SSH_HOST_KEY_META = 'ssh_host_key';
+export const SSH_HOST_KID_META = 'ssh_host_key_kid';
+export const SSH_HOST_KEY_AAD = 'coatcheck ssh host key';
 
 /**
  * The master keys this replica holds, by kid. Loaded from the key sources (key files,
@@ -264,6 +268,23 @@ export async function rewrapMeta(tx: StoreTx, masters: MasterKeys, to: MasterKey
     await tx.setMeta(PROXY_CA_KID_META, to.kid);
     caKey.fill(0);
   }
+  const hostSealed = await tx.getMeta(SSH_HOST_KEY_META);
+  const hostKid = await tx.getMeta(SSH_HOST_KID_META);
+  if (hostSealed !== null && hostKid !== to.kid) {
+    const hostKey = unwrapMetaBlob(
+      masters,
+      Buffer.from(hostSealed, 'base64'),
+      SSH_HOST_KEY_AAD,
+      hostKid,
+      'the SSH host key',
+    );
+    if (hostKey === null) {
+      throw new CoatcheckError('CC_ERR_STORE_CORRUPT', 'the sealed SSH host key does not authenticate');
+    }
+    await tx.setMeta(SSH_HOST_KEY_META, to.wrap(hostKey, SSH_HOST_KEY_AAD).toString('base64'));
+    await tx.setMeta(SSH_HOST_KID_META, to.kid);
+    hostKey.fill(0);
+  }
 }
 
 /** The kids the store's sealed data depends on now (index key, proxy CA key, live data keys). */
@@ -273,6 +294,8 @@ export async function kidsInUse(ops: Pick<StoreTx, 'getMeta' | 'listSecrets'>): 
   if (indexKid !== null) kids.add(indexKid);
   const caKid = await ops.getMeta(PROXY_CA_KID_META);
   if (caKid !== null) kids.add(caKid);
+  const hostKid = await ops.getMeta(SSH_HOST_KID_META);
+  if (hostKid !== null) kids.add(hostKid);
   for (const secret of await ops.listSecrets()) {
     if (secret.wrappedKey !== null && secret.keyId !== null) kids.add(secret.keyId);
   }

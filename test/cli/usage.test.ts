@@ -47,10 +47,7 @@ describe('usage errors', () => {
   });
 
   it('connection add refuses a type no front-end serves', async () => {
-    for (const [type, url] of [
-      ['mysql', 'mysql://db.internal:3306/app'],
-      ['ssh', 'ssh://deploy@host.internal:22'],
-    ]) {
+    for (const [type, url] of [['mysql', 'mysql://db.internal:3306/app']]) {
       const r = await cli(['connection', 'add', `c-${type}`, '--type', type!, '--url', url!], {
         env: { COATCHECK_HOME: t.home.dir },
       });
@@ -61,6 +58,56 @@ describe('usage errors', () => {
       env: { COATCHECK_HOME: t.home.dir },
     });
     expect(ok.code).toBe(0);
+  });
+
+  it('connection add --type ssh needs the upstream user and a pinned host key', async () => {
+    const env = { COATCHECK_HOME: t.home.dir };
+    const noKey = await cli(
+      ['connection', 'add', 'box', '--type', 'ssh', '--url', 'ssh://deploy@host.internal:22'],
+      {
+        env,
+      },
+    );
+    expect(noKey.code).toBe(2);
+    expect(noKey.stderr).toContain('--host-key');
+    const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC8Q2bMF7VDgQw9ED7rXn5nU3D4ANuFiJm2gvOZtg6Fd';
+    const noUser = await cli(
+      ['connection', 'add', 'box', '--type', 'ssh', '--url', 'ssh://host.internal:22', '--host-key', key],
+      { env },
+    );
+    expect(noUser.code).toBe(2);
+    const ok = await cli(
+      [
+        'connection',
+        'add',
+        'box',
+        '--type',
+        'ssh',
+        '--url',
+        'ssh://deploy@host.internal:22',
+        '--host-key',
+        `host.internal ${key}`,
+      ],
+      { env },
+    );
+    expect(ok.code).toBe(0);
+  });
+
+  it('ssh host-key prints the public key and fingerprint; --rotate replaces it, audited', async () => {
+    const env = { COATCHECK_HOME: t.home.dir };
+    const first = await cli(['ssh', 'host-key'], { env });
+    expect(first.code).toBe(0);
+    const [line, fingerprint] = first.stdout.trim().split('\n');
+    expect(line).toMatch(/^ssh-ed25519 AAAA[0-9A-Za-z+/=]+ coatcheck$/);
+    expect(fingerprint).toMatch(/^SHA256:[0-9A-Za-z+/]{43}$/);
+    const rotated = await cli(['ssh', 'host-key', '--rotate'], { env });
+    expect(rotated.code).toBe(0);
+    expect(rotated.stdout.trim().split('\n')[1]).not.toBe(fingerprint);
+    const again = await cli(['ssh', 'host-key'], { env });
+    expect(again.stdout).toBe(rotated.stdout);
+    const audit = await cli(['--json', 'audit', 'tail', '--lines', '5'], { env });
+    expect(audit.stdout).toContain('ssh.hostkey.rotated');
+    expect(audit.stdout).toContain(fingerprint);
   });
 
   it('policy check decides a known agent with its stored groups, and says which groups it used', async () => {

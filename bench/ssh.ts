@@ -1,0 +1,160 @@
+// SSH front-end overhead, in one run against the same throwaway sshd: exec round trips per
+// second (one SSH connection, BENCH_EXECS sequential `true` commands, each a new session
+// channel: open, exec, exit status, close) directly and through coatcheck, then scp
+// throughput (OpenSSH scp, a BENCH_MB MiB file upload, handshake included) directly and
+// through coatcheck. Each part runs BENCH_REPEATS times (default 3) alternating the order;
+// the table prints the median ratio and the goal (issue 17: >= 0.5 of direct round trips,
+// >= 0.7 of direct bulk throughput).
+//
+// Run: npm run bench:ssh   (BENCH_EXECS=200 BENCH_MB=64 BENCH_REPEATS=3). Needs root and
+// Debian's openssh-server (/usr/sbin/sshd); not run in CI. Ports are chosen free at run time.
+//
+// The gateway runs in this process (one Node thread; per-command Cedar decision, audit of
+// every command, output inspection) with a SQLite store in a temp dir; sshd and the
+// clients are their own processes on the same machine: the ratio is the point.
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import ssh2 from 'ssh2';
+import { startSshGateway, startThrowawaySshd } from '../test/integration/ssh/harness.js';
+
+const EXECS = Number(process.env.BENCH_EXECS ?? 200);
+const MB = Number(process.env.BENCH_MB ?? 64);
+const REPEATS = Math.max(1, Number(process.env.BENCH_REPEATS ?? 3));
+
+function connect(config: ssh2.ConnectConfig): Promise<ssh2.Client> {
+  return new Promise((resolve, reject) => {
+    const c = new ssh2.Client();
+    c.once('ready', () => resolve(c));
+    c.once('error', reject);
+    c.connect({ ...config, readyTimeout: 60_000 });
+  });
+}
+
+function execTrue(c: ssh2.Client): Promise<void> {
+  return new Promise((resolve, reject) => {
+    c.exec('true', (error, stream) => {
+      if (error) return reject(error);
+      stream.on('close', (code: number) => (code === 0 ? resolve() : reject(new Error(`exit ${code}`))));
+      stream.resume();
+      stream.stderr.resume();
+    });
+  });
+}
+
+async function execRate(config: ssh2.ConnectConfig): Promise<number> {
+  const c = await connect(config);
+  try {
+    await execTrue(c); // warm: first decision, detector, upstream
+    const started = process.hrtime.bigint();
+    for (let i = 0; i < EXECS; i++) await execTrue(c);
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    return EXECS / seconds;
+  } finally {
+    c.end();
+  }
+}
+
+function scp(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const started = process.hrtime.bigint();
+    execFile('scp', args, { env, timeout: 600_000 }, (error, _stdout, stderr) => {
+      if (error) reject(new Error(`scp failed: ${stderr}`));
+      else resolve(MB / (Number(process.hrtime.bigint() - started) / 1e9));
+    });
+  });
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)]!;
+}
+
+async function main(): Promise<void> {
+  const sshd = await startThrowawaySshd();
+  const gw = await startSshGateway();
+  try {
+    const agent = (await gw.createAgent('bench')).ref;
+    await gw.addSecret('box-key', sshd.clientKey, ['conn:box']);
+    await gw.addConnection('box', `ssh://root@127.0.0.1:${sshd.port}`, sshd.hostKey);
+    const ticket = await gw.issue('box-key', agent, ['conn:box']);
+    const pinned = Buffer.from(sshd.hostKey.split(' ')[1]!, 'base64');
+    const direct: ssh2.ConnectConfig = {
+      host: '127.0.0.1',
+      port: sshd.port,
+      username: 'root',
+      privateKey: sshd.clientKey,
+      hostVerifier: (key: Buffer) => key.equals(pinned),
+    };
+    const gatewayKey = Buffer.from(gw.frontend.hostKey.public.split(' ')[1]!, 'base64');
+    const through: ssh2.ConnectConfig = {
+      host: '127.0.0.1',
+      port: gw.port,
+      username: 'bench%box',
+      password: ticket,
+      hostVerifier: (key: Buffer) => key.equals(gatewayKey),
+    };
+    const file = join(gw.dir, 'bulk.bin');
+    writeFileSync(file, randomBytes(MB * 1024 * 1024));
+    const keyFile = join(sshd.dir, 'client');
+    const directScp = [
+      '-q',
+      '-F',
+      '/dev/null',
+      '-i',
+      keyFile,
+      '-o',
+      'StrictHostKeyChecking=no',
+      '-o',
+      `UserKnownHostsFile=${join(gw.dir, 'direct_known_hosts')}`,
+      '-P',
+      String(sshd.port),
+      file,
+      `root@127.0.0.1:${join(sshd.dir, 'direct.bin')}`,
+    ];
+    const gatewayScp = [
+      '-q',
+      ...gw.clientOptions(),
+      '-P',
+      String(gw.port),
+      file,
+      `bench%box@127.0.0.1:${join(sshd.dir, 'through.bin')}`,
+    ];
+    const rates: { direct: number[]; gateway: number[] } = { direct: [], gateway: [] };
+    const mbs: { direct: number[]; gateway: number[] } = { direct: [], gateway: [] };
+    for (let r = 0; r < REPEATS; r++) {
+      const order = r % 2 === 0 ? (['direct', 'gateway'] as const) : (['gateway', 'direct'] as const);
+      for (const which of order) {
+        rates[which].push(await execRate(which === 'direct' ? direct : through));
+        console.log(`repeat ${r + 1}: ${which} exec ${rates[which].at(-1)!.toFixed(1)}/s`);
+      }
+      for (const which of order) {
+        mbs[which].push(
+          await (which === 'direct'
+            ? scp(directScp, { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: gw.dir })
+            : scp(gatewayScp, gw.clientEnv(ticket))),
+        );
+        console.log(`repeat ${r + 1}: ${which} scp ${mbs[which].at(-1)!.toFixed(1)} MB/s`);
+      }
+    }
+    const rows = [
+      ['exec round trips/s', median(rates.direct), median(rates.gateway), 0.5],
+      [`scp ${MB} MiB upload, MB/s`, median(mbs.direct), median(mbs.gateway), 0.7],
+    ] as const;
+    console.log(`repeats ${REPEATS}, ${EXECS} execs per run, median of each`);
+    console.log('| measure | direct | coatcheck | ratio | goal |');
+    console.log('|---|---|---|---|---|');
+    for (const [name, d, g, goal] of rows) {
+      const ratio = g / d;
+      console.log(
+        `| ${name} | ${d.toFixed(1)} | ${g.toFixed(1)} | ${ratio.toFixed(2)} | >= ${goal} ${ratio >= goal ? 'met' : 'NOT met'} |`,
+      );
+    }
+  } finally {
+    await gw.close();
+    sshd.stop();
+  }
+}
+
+await main();

@@ -1,0 +1,109 @@
+import { createHash } from 'node:crypto';
+import ssh2 from 'ssh2';
+import type { ConnectionView } from '../../connections/connections.js';
+import { CoatcheckError } from '../../core/errors.js';
+
+/** Where an ssh connection points: `ssh://USER@HOST:PORT` and its pinned host key. */
+export interface UpstreamTarget {
+  readonly host: string;
+  readonly port: number;
+  readonly username: string;
+  /** `ssh-ed25519 AAAA…` or `SHA256:…` */
+  readonly hostKey: string;
+}
+
+export function upstreamTarget(view: ConnectionView): UpstreamTarget {
+  const url = new URL(view.url);
+  const hostKey = view.rules.hostKey;
+  if (typeof hostKey !== 'string' || hostKey === '') {
+    throw new CoatcheckError(
+      'CC_ERR_SSH_UPSTREAM_HOST_KEY',
+      `coatcheck: connection ${view.name} pins no host key; re-add it with --host-key`,
+      { details: { connection: view.name } },
+    );
+  }
+  return {
+    host: url.hostname.replace(/^\[|\]$/g, ''),
+    port: url.port === '' ? 22 : Number(url.port),
+    username: decodeURIComponent(url.username),
+    hostKey,
+  };
+}
+
+/** Host key algorithms to ask for, so that the server presents the pinned key's type. */
+function hostKeyAlgorithms(pin: string): string[] | undefined {
+  const type = pin.split(' ')[0]!;
+  if (type.startsWith('SHA256:')) return undefined;
+  if (type === 'ssh-rsa') return ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'];
+  return [type];
+}
+
+/** Whether a raw host key blob is the pinned one (the whole key, or its SHA-256 fingerprint). */
+export function hostKeyMatches(pin: string, blob: Buffer): boolean {
+  if (pin.startsWith('SHA256:')) {
+    const fingerprint = createHash('sha256').update(blob).digest('base64').replace(/=+$/, '');
+    return `SHA256:${fingerprint}` === pin;
+  }
+  const pinned = Buffer.from(pin.split(' ')[1] ?? '', 'base64');
+  return pinned.length > 0 && pinned.equals(blob);
+}
+
+/**
+ * Log in to the upstream with the real credential: a private key (PEM or OpenSSH format)
+ * or a password. The server must present the pinned host key, or nothing is sent.
+ * The credential buffer is the caller's; it is not kept.
+ */
+export function connectUpstream(
+  target: UpstreamTarget,
+  credential: Buffer,
+  options: { timeoutMs: number; connection: string },
+): Promise<ssh2.Client> {
+  return new Promise((resolve, reject) => {
+    const client = new ssh2.Client();
+    let wrongKey = false;
+    const text = credential.toString('utf8');
+    const isKey = /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text);
+    const algorithms = hostKeyAlgorithms(target.hostKey);
+    client.once('ready', () => {
+      client.removeAllListeners('error');
+      client.on('error', () => undefined);
+      resolve(client);
+    });
+    client.once('error', (error: Error & { level?: string }) => {
+      client.on('error', () => undefined);
+      client.end();
+      if (wrongKey) {
+        reject(
+          new CoatcheckError(
+            'CC_ERR_SSH_UPSTREAM_HOST_KEY',
+            `coatcheck: the upstream of connection ${options.connection} presented a host key other than the pinned one; nothing was sent`,
+            { details: { connection: options.connection } },
+          ),
+        );
+        return;
+      }
+      reject(
+        new CoatcheckError(
+          'CC_ERR_SSH_UPSTREAM_FAILED',
+          `coatcheck: the upstream of connection ${options.connection} could not be reached or refused the login (${error.level === 'client-authentication' ? 'authentication' : 'connection'})`,
+          { details: { connection: options.connection, stage: error.level ?? 'connection' } },
+        ),
+      );
+    });
+    client.connect({
+      host: target.host,
+      port: target.port,
+      username: target.username,
+      ...(isKey ? { privateKey: text } : { password: text }),
+      hostVerifier: (key: Buffer) => {
+        const ok = hostKeyMatches(target.hostKey, key);
+        if (!ok) wrongKey = true;
+        return ok;
+      },
+      readyTimeout: options.timeoutMs,
+      keepaliveInterval: 15_000,
+      tryKeyboard: false,
+      ...(algorithms === undefined ? {} : { algorithms: { serverHostKey: algorithms as never } }),
+    });
+  });
+}

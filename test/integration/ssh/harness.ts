@@ -1,0 +1,300 @@
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createConnection, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { resolveHome } from '../../../src/config/home.js';
+import { createLogger } from '../../../src/core/logger.js';
+import { agentRef } from '../../../src/core/principal.js';
+import { type SshFrontend, type SshOptions, startSshFrontend } from '../../../src/frontends/ssh/start.js';
+import { type Context, initHome, openContext } from '../../../src/server/context.js';
+
+export const SSHD = '/usr/sbin/sshd';
+
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+async function waitForPort(port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = createConnection({ host: '127.0.0.1', port }, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export interface ThrowawaySshd {
+  readonly dir: string;
+  readonly port: number;
+  /** `ssh-ed25519 AAAA…` of the server. */
+  readonly hostKey: string;
+  /** The private key (OpenSSH format) root logs in with: the canary credential. */
+  readonly clientKey: string;
+  /** The user with a password, and the password (another canary). */
+  readonly passwordUser: string;
+  readonly password: string;
+  /** A file the server can print, holding `contents`. */
+  file(name: string, contents: string): string;
+  stop(): void;
+}
+
+/**
+ * A throwaway OpenSSH server on a free loopback port, with its own config, host key,
+ * root logging in by a key pair (authorized_keys in a temp file) and a throwaway user
+ * logging in by password. Needs root (the tests run as root) and Debian's openssh-server.
+ */
+export async function startThrowawaySshd(): Promise<ThrowawaySshd> {
+  const dir = mkdtempSync(join(tmpdir(), 'coatcheck-sshd-'));
+  chmodSync(dir, 0o755);
+  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host'), '-C', 'host']);
+  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'client'), '-C', 'client']);
+  writeFileSync(join(dir, 'authorized_keys'), readFileSync(join(dir, 'client.pub')));
+  chmodSync(join(dir, 'authorized_keys'), 0o600);
+  const passwordUser = `ccpw${randomBytes(3).toString('hex')}`;
+  const password = `Pw-${randomBytes(12).toString('hex')}-Canary`;
+  execFileSync('useradd', ['-m', '-s', '/bin/sh', passwordUser]);
+  execFileSync('chpasswd', { input: `${passwordUser}:${password}\n` });
+  mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
+  const config = join(dir, 'sshd_config');
+  let child: ChildProcess | null = null;
+  let port = 0;
+  for (let attempt = 0; attempt < 5 && child === null; attempt++) {
+    port = await freePort();
+    writeFileSync(
+      config,
+      [
+        `Port ${port}`,
+        'ListenAddress 127.0.0.1',
+        `HostKey ${join(dir, 'host')}`,
+        `PidFile ${join(dir, 'sshd.pid')}`,
+        `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+        'PermitRootLogin yes',
+        'PasswordAuthentication yes',
+        'KbdInteractiveAuthentication no',
+        'UsePAM no',
+        'StrictModes no',
+        'AllowTcpForwarding yes',
+        'AllowAgentForwarding yes',
+        'X11Forwarding no',
+        'PrintMotd no',
+        'Subsystem sftp internal-sftp',
+        'MaxStartups 100',
+        'MaxSessions 100',
+        'LogLevel ERROR',
+        '',
+      ].join('\n'),
+    );
+    const started = spawn(SSHD, ['-D', '-e', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      await waitForPort(port, 5000);
+      child = started;
+    } catch {
+      started.kill();
+    }
+  }
+  if (child === null) throw new Error('sshd did not start');
+  const hostKey = readFileSync(join(dir, 'host.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ');
+  const running = child;
+  return {
+    dir,
+    port,
+    hostKey,
+    clientKey: readFileSync(join(dir, 'client'), 'utf8'),
+    passwordUser,
+    password,
+    file(name, contents) {
+      const path = join(dir, name);
+      writeFileSync(path, contents);
+      chmodSync(path, 0o644);
+      return path;
+    },
+    stop() {
+      running.kill();
+      try {
+        execFileSync('userdel', ['-r', passwordUser], { stdio: 'ignore' });
+      } catch {
+        // already gone
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface SshGateway {
+  readonly dir: string;
+  readonly ctx: Context;
+  readonly frontend: SshFrontend;
+  readonly port: number;
+  logs(): string;
+  settled(): Promise<void>;
+  createAgent(name: string): Promise<{ key: string; ref: string }>;
+  addSecret(name: string, value: string, allow: string[]): Promise<void>;
+  issue(secret: string, principal: string, destinations?: string[]): Promise<string>;
+  addConnection(name: string, url: string, hostKey: string, credential?: string): Promise<void>;
+  /** A known_hosts file naming the gateway's host key. */
+  readonly knownHosts: string;
+  /** OpenSSH `ssh` through the gateway, the ticket given by SSH_ASKPASS. */
+  ssh(
+    user: string,
+    password: string,
+    args: string[],
+    options?: { input?: string; extra?: string[]; timeoutMs?: number },
+  ): Promise<{ stdout: string; stderr: string; code: number }>;
+  /** Options for ssh/scp/sftp/git through the gateway (with an askpass for `password`). */
+  clientEnv(password: string): NodeJS.ProcessEnv;
+  clientOptions(): string[];
+  close(): Promise<void>;
+}
+
+export async function startSshGateway(
+  options: { policy?: string; holdTimeout?: string; sshOptions?: Partial<SshOptions> } = {},
+): Promise<SshGateway> {
+  const dir = mkdtempSync(join(tmpdir(), 'coatcheck-sshfe-'));
+  const home = resolveHome(dir, {});
+  await initHome(home, { env: {} });
+  let config = 'log:\n  level: debug\n';
+  if (options.policy !== undefined) {
+    const policyFile = join(dir, 'ssh.cedar');
+    writeFileSync(policyFile, options.policy);
+    config += `policy:\n  path: ${policyFile}\napprovals:\n  holdTimeout: ${options.holdTimeout ?? '1s'}\n`;
+  }
+  writeFileSync(home.configFile, config, { mode: 0o600 });
+  const ctx = await openContext(home, { env: {} });
+  let logText = '';
+  const log = createLogger({
+    level: 'debug',
+    destination: new Writable({
+      write(chunk: Buffer, _e, cb) {
+        logText += chunk.toString('utf8');
+        cb();
+      },
+    }),
+  });
+  const frontend = await startSshFrontend(ctx, { host: '127.0.0.1', port: 0 }, log, {
+    ...(options.sshOptions === undefined ? {} : { options: options.sshOptions }),
+  });
+  const knownHosts = join(dir, 'known_hosts');
+  writeFileSync(knownHosts, `[127.0.0.1]:${frontend.port} ${frontend.hostKey.public}\n`);
+  const askpass = join(dir, 'askpass.sh');
+  writeFileSync(askpass, '#!/bin/sh\nprintf "%s\\n" "$CC_TEST_PASSWORD"\n');
+  chmodSync(askpass, 0o755);
+  const clientOptions = () => [
+    '-F',
+    '/dev/null',
+    '-o',
+    `UserKnownHostsFile=${knownHosts}`,
+    '-o',
+    'StrictHostKeyChecking=yes',
+    '-o',
+    'PubkeyAuthentication=no',
+    '-o',
+    'PreferredAuthentications=password,keyboard-interactive',
+    '-o',
+    'NumberOfPasswordPrompts=1',
+    '-o',
+    'ConnectTimeout=10',
+  ];
+  const clientEnv = (password: string): NodeJS.ProcessEnv => ({
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    HOME: dir,
+    SSH_ASKPASS: askpass,
+    SSH_ASKPASS_REQUIRE: 'force',
+    CC_TEST_PASSWORD: password,
+  });
+  return {
+    dir,
+    ctx,
+    frontend,
+    port: frontend.port,
+    knownHosts,
+    logs: () => logText,
+    async settled() {
+      for (let i = 0; i < 200 && frontend.live.size > 0; i++) await new Promise((r) => setTimeout(r, 25));
+      await new Promise((r) => setTimeout(r, 25));
+      await ctx.audit.flush();
+      await frontend.recorder.flush();
+    },
+    async createAgent(name) {
+      const { key, agent } = await ctx.agents.create({ name }, 'admin:test');
+      return { key, ref: agentRef(agent.id) };
+    },
+    async addSecret(name, value, allow) {
+      await ctx.vault.addSecret({ name, value: Buffer.from(value), allow }, 'admin:test');
+    },
+    async issue(secret, principal, destinations) {
+      return (await ctx.vault.issueTicket({ secret, principal, destinations }, 'admin:test')).ticket;
+    },
+    async addConnection(name, url, hostKey, credential) {
+      await ctx.connections.add(
+        {
+          name,
+          type: 'ssh',
+          url,
+          rules: { hostKey },
+          ...(credential === undefined ? {} : { credential }),
+        },
+        'admin:test',
+      );
+    },
+    clientEnv,
+    clientOptions,
+    ssh(user, password, args, opts = {}) {
+      return new Promise((resolve) => {
+        const child = execFile(
+          'ssh',
+          [
+            ...clientOptions(),
+            ...(opts.extra ?? []),
+            '-p',
+            String(frontend.port),
+            '-l',
+            user,
+            '127.0.0.1',
+            ...args,
+          ],
+          { env: clientEnv(password), maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 90_000 },
+          (error, stdout, stderr) => {
+            resolve({
+              stdout,
+              stderr,
+              code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
+            });
+          },
+        );
+        if (opts.input !== undefined) child.stdin?.end(opts.input);
+        else child.stdin?.end();
+      });
+    },
+    async close() {
+      await frontend.close();
+      await ctx.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Everything the gateway wrote or kept that a canary must never appear in: logs, audit, recordings. */
+export async function everyOutput(gw: SshGateway): Promise<string> {
+  await gw.settled();
+  const audit = await gw.ctx.store.readAudit(0, 1_000_000);
+  const sessions = await gw.ctx.store.listSessions({ limit: 10_000 });
+  return [gw.logs(), JSON.stringify(audit), JSON.stringify(sessions)].join('\n');
+}
+
+export function sshdAvailable(): boolean {
+  return existsSync(SSHD);
+}
