@@ -109,6 +109,21 @@ CREATE TABLE audit_chains (chain TEXT PRIMARY KEY, chain_seq INTEGER NOT NULL, h
 ALTER TABLE approvals ADD COLUMN preview TEXT;
 `,
   },
+  {
+    version: 9,
+    name: 'recordings',
+    // Full session recordings (docs/recording.md): the sealed chunks live in files (or an
+    // object store); this row holds the wrapped data key (NULL once erased), the chained
+    // hash the audit record vouches for, and what list filters need.
+    sql: `
+CREATE TABLE recordings (
+  id TEXT PRIMARY KEY, frontend TEXT NOT NULL, principal TEXT, connection TEXT,
+  started_at INTEGER NOT NULL, ended_at INTEGER NOT NULL, events INTEGER NOT NULL, bytes INTEGER NOT NULL,
+  chunks INTEGER NOT NULL, hash TEXT NOT NULL, location TEXT NOT NULL, wrapped_key BLOB,
+  tickets TEXT NOT NULL, created_at INTEGER NOT NULL, erased_at INTEGER);
+CREATE INDEX recordings_started ON recordings(started_at, id);
+`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -213,6 +228,21 @@ SELECT setval('audit_seq', COALESCE((SELECT MAX(seq) FROM audit), 0) + 1, false)
     // The cleaned preview of the held operation approvers read (src/approvals/preview.ts).
     sql: `
 ALTER TABLE approvals ADD COLUMN preview TEXT;
+`,
+  },
+  {
+    version: 9,
+    name: 'recordings',
+    // Full session recordings (docs/recording.md): the sealed chunks live in files (or an
+    // object store); this row holds the wrapped data key (NULL once erased), the chained
+    // hash the audit record vouches for, and what list filters need.
+    sql: `
+CREATE TABLE recordings (
+  id TEXT PRIMARY KEY, frontend TEXT NOT NULL, principal TEXT, connection TEXT,
+  started_at BIGINT NOT NULL, ended_at BIGINT NOT NULL, events INTEGER NOT NULL, bytes BIGINT NOT NULL,
+  chunks INTEGER NOT NULL, hash TEXT NOT NULL, location TEXT NOT NULL, wrapped_key BYTEA,
+  tickets TEXT NOT NULL, created_at BIGINT NOT NULL, erased_at BIGINT);
+CREATE INDEX recordings_started ON recordings(started_at, id);
 `,
   },
 ];

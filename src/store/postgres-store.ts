@@ -13,6 +13,8 @@ import type {
   ConnectionRecord,
   LivenessQuery,
   SecretRecord,
+  RecordingFilter,
+  RecordingRecord,
   SessionFilter,
   SessionRecord,
   Store,
@@ -162,6 +164,26 @@ function sessionFromRow(row: Row): SessionRecord {
     endedAt: Number(row.ended_at),
     outcome: String(row.outcome),
     summary: jsonColumn<Record<string, unknown>>(row.summary, 'sessions', 'summary'),
+  };
+}
+
+function recordingFromRow(row: Row): RecordingRecord {
+  return {
+    id: String(row.id),
+    frontend: String(row.frontend),
+    principal: row.principal === null ? null : String(row.principal),
+    connection: row.connection === null ? null : String(row.connection),
+    startedAt: Number(row.started_at),
+    endedAt: Number(row.ended_at),
+    events: Number(row.events),
+    bytes: Number(row.bytes),
+    chunks: Number(row.chunks),
+    hash: String(row.hash),
+    location: String(row.location),
+    wrappedKey: row.wrapped_key === null ? null : Buffer.from(row.wrapped_key as Uint8Array),
+    tickets: jsonColumn<string[]>(row.tickets, 'recordings', 'tickets'),
+    createdAt: Number(row.created_at),
+    erasedAt: row.erased_at === null ? null : Number(row.erased_at),
   };
 }
 
@@ -687,6 +709,56 @@ class PgOps implements StoreOps {
       [filter.before ?? Number.MAX_SAFE_INTEGER, filter.principal ?? null, filter.limit],
     );
     return rows.map(sessionFromRow);
+  }
+
+  async insertRecording(r: RecordingRecord) {
+    await this.db.execute(
+      'INSERT INTO recordings (id, frontend, principal, connection, started_at, ended_at, events, bytes, chunks, hash, location, wrapped_key, tickets, created_at, erased_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)',
+      [
+        r.id,
+        r.frontend,
+        r.principal,
+        r.connection,
+        r.startedAt,
+        r.endedAt,
+        r.events,
+        r.bytes,
+        r.chunks,
+        r.hash,
+        r.location,
+        r.wrappedKey,
+        JSON.stringify(r.tickets),
+        r.createdAt,
+        r.erasedAt,
+      ],
+    );
+  }
+  async getRecording(id: string) {
+    const rows = await this.db.query('SELECT * FROM recordings WHERE id = $1', [id]);
+    return rows[0] === undefined ? null : recordingFromRow(rows[0]);
+  }
+  async listRecordings(filter: RecordingFilter) {
+    const order = filter.order === 'oldest' ? 'ASC' : 'DESC';
+    const rows = await this.db.query(
+      `SELECT * FROM recordings WHERE started_at >= $1 AND started_at < $2 AND ($3::text IS NULL OR principal = $3) AND ($4::text IS NULL OR connection = $4) AND ($5::text IS NULL OR strpos(tickets, $5) > 0) AND (NOT $6::boolean OR erased_at IS NULL) ORDER BY started_at ${order}, id ${order} LIMIT $7`,
+      [
+        filter.since ?? 0,
+        filter.until ?? Number.MAX_SAFE_INTEGER,
+        filter.principal ?? null,
+        filter.connection ?? null,
+        filter.ticket === undefined ? null : JSON.stringify(filter.ticket),
+        filter.live === true,
+        filter.limit,
+      ],
+    );
+    return rows.map(recordingFromRow);
+  }
+  async eraseRecording(id: string, at: number) {
+    const count = await this.db.execute(
+      'UPDATE recordings SET wrapped_key = NULL, erased_at = $1 WHERE id = $2 AND erased_at IS NULL',
+      [at, id],
+    );
+    return count > 0;
   }
 
   async insertWorkflow(r: WorkflowRecord) {

@@ -13,6 +13,8 @@ import type {
   ConnectionRecord,
   LivenessQuery,
   SecretRecord,
+  RecordingFilter,
+  RecordingRecord,
   SessionFilter,
   SessionRecord,
   Store,
@@ -108,6 +110,26 @@ function sessionFromRow(row: Row): SessionRecord {
     endedAt: Number(row.ended_at),
     outcome: String(row.outcome),
     summary: jsonColumn<Record<string, unknown>>(row.summary, 'sessions', 'summary'),
+  };
+}
+
+function recordingFromRow(row: Row): RecordingRecord {
+  return {
+    id: String(row.id),
+    frontend: String(row.frontend),
+    principal: row.principal === null ? null : String(row.principal),
+    connection: row.connection === null ? null : String(row.connection),
+    startedAt: Number(row.started_at),
+    endedAt: Number(row.ended_at),
+    events: Number(row.events),
+    bytes: Number(row.bytes),
+    chunks: Number(row.chunks),
+    hash: String(row.hash),
+    location: String(row.location),
+    wrappedKey: row.wrapped_key === null ? null : Buffer.from(row.wrapped_key as Uint8Array),
+    tickets: jsonColumn<string[]>(row.tickets, 'recordings', 'tickets'),
+    createdAt: Number(row.created_at),
+    erasedAt: row.erased_at === null ? null : Number(row.erased_at),
   };
 }
 
@@ -483,6 +505,56 @@ class SqliteOps implements StoreOps {
       filter.principal ?? null,
       filter.limit,
     ).map(sessionFromRow);
+  }
+
+  async insertRecording(r: RecordingRecord) {
+    this.run(
+      'INSERT INTO recordings (id, frontend, principal, connection, started_at, ended_at, events, bytes, chunks, hash, location, wrapped_key, tickets, created_at, erased_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      r.id,
+      r.frontend,
+      r.principal,
+      r.connection,
+      r.startedAt,
+      r.endedAt,
+      r.events,
+      r.bytes,
+      r.chunks,
+      r.hash,
+      r.location,
+      r.wrappedKey,
+      JSON.stringify(r.tickets),
+      r.createdAt,
+      r.erasedAt,
+    );
+  }
+  async getRecording(id: string) {
+    const row = this.get('SELECT * FROM recordings WHERE id = ?', id);
+    return row === undefined ? null : recordingFromRow(row);
+  }
+  async listRecordings(filter: RecordingFilter) {
+    const order = filter.order === 'oldest' ? 'ASC' : 'DESC';
+    return this.all(
+      `SELECT * FROM recordings WHERE started_at >= ? AND started_at < ? AND (? IS NULL OR principal = ?) AND (? IS NULL OR connection = ?) AND (? IS NULL OR instr(tickets, ?) > 0) AND (? = 0 OR erased_at IS NULL) ORDER BY started_at ${order}, id ${order} LIMIT ?`,
+      filter.since ?? 0,
+      filter.until ?? Number.MAX_SAFE_INTEGER,
+      filter.principal ?? null,
+      filter.principal ?? null,
+      filter.connection ?? null,
+      filter.connection ?? null,
+      filter.ticket ?? null,
+      filter.ticket === undefined ? null : JSON.stringify(filter.ticket),
+      filter.live === true ? 1 : 0,
+      filter.limit,
+    ).map(recordingFromRow);
+  }
+  async eraseRecording(id: string, at: number) {
+    return (
+      this.run(
+        'UPDATE recordings SET wrapped_key = NULL, erased_at = ? WHERE id = ? AND erased_at IS NULL',
+        at,
+        id,
+      ) > 0
+    );
   }
 
   async insertWorkflow(r: WorkflowRecord) {
