@@ -110,7 +110,9 @@ export function validateConnection(input: ConnectionConfig): string[] {
       'must not contain a user or password; store it with `secret add` and pass --credential',
     );
   }
-  if (input.rules !== undefined && Object.keys(input.rules).length > 0 && input.type !== 'postgres') {
+  // `recording` applies to every type; the statement rules to postgres connections only.
+  const statementRules = Object.keys(input.rules ?? {}).filter((key) => key !== 'recording');
+  if (statementRules.length > 0 && input.type !== 'postgres') {
     throw invalid(
       'rules',
       'statement rules (--read-only, --block-ddl, --mask-column, ...) apply to postgres connections only',

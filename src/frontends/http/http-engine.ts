@@ -21,6 +21,8 @@ import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { BodyTap, MAX_HEADER_TEXT, recordedHeaders } from '../../recording/http-capture.js';
+import { clip, clipText } from '../../recording/model.js';
 import type { Placement } from '../../vault/placements.js';
 import { httpPreview } from './approval-preview.js';
 import { bearer, hopByHop } from './protocol/headers.js';
@@ -342,6 +344,7 @@ export class HttpEngine implements Engine<HttpClient> {
       client.forward === undefined
         ? await this.#reverseRoute(session, req.url ?? '/')
         : this.#forwardRoute(session, client.forward);
+    if (client.forward !== undefined) await this.#pipeline.beginRecording(session, route.view);
     const connection = route;
     summary.path = scrubPath(route.path);
     summary.queryLength = route.query?.length ?? 0;
@@ -354,6 +357,22 @@ export class HttpEngine implements Engine<HttpClient> {
     if (reservation !== undefined) session.cleanups.push(() => reservation.release());
     const body = upgrade ? null : await readBody(req, this.#options.bodyLimit, reservation);
     summary.requestBytes = body?.length ?? 0;
+    // The request as the agent sent it (tickets, never what they are exchanged for).
+    if (session.recording !== null) {
+      const limit = session.recording.limits.maxBodyBytes;
+      session.record('http.request', 'in', {
+        method: clipText(method, 32),
+        url: clipText(
+          client.forward === undefined
+            ? (req.url ?? '/')
+            : `${client.forward.origin}${route.upstreamPath(route.query)}`,
+          MAX_HEADER_TEXT,
+        ),
+        httpVersion: req.httpVersion,
+        headers: recordedHeaders(req.rawHeaders),
+        ...(body === null || body.length === 0 ? {} : { body: clip(body, limit) }),
+      });
+    }
     const operation: Operation = {
       action: `http:${method}`,
       description: `${method} ${connection.url.host}${scrubPath(route.upstreamPath(null))}`,
@@ -629,11 +648,36 @@ export class HttpEngine implements Engine<HttpClient> {
       summary.status = response.statusCode;
       res.end(body);
       summary.responseBytes = body.length;
+      if (session.recording !== null) {
+        session.record('http.response', 'out', {
+          status: response.statusCode,
+          headers: recordedHeaders(out),
+          body: clip(body, session.recording.limits.maxBodyBytes),
+        });
+      }
       summary.masked = masking === null ? 0 : (mask?.length ?? 0);
       return;
     }
     res.writeHead(response.statusCode, out);
     summary.status = response.statusCode;
+    // What the agent received: headers and body after inspection (secrets already tickets).
+    const recording = session.recording;
+    const streamed =
+      recording !== null && /^text\/event-stream\b/i.test(String(response.headers['content-type'] ?? ''));
+    const tap = recording === null || streamed ? null : new BodyTap(recording.limits.maxBodyBytes);
+    if (recording !== null) {
+      session.record('http.response', 'out', {
+        status: response.statusCode,
+        headers: recordedHeaders(out),
+        ...(streamed ? { streamed: true } : {}),
+      });
+    }
+    const observe = (clean: Buffer) => {
+      if (clean.length === 0) return;
+      if (tap !== null) tap.push(clean);
+      else if (streamed && recording !== null)
+        session.record('sse.data', 'out', { data: clip(clean, recording.limits.maxBodyBytes) });
+    };
     let sent = 0;
     if (hasBody) {
       const source = decodedBody(response.body, decoders);
@@ -641,13 +685,16 @@ export class HttpEngine implements Engine<HttpClient> {
         const clean = await this.#scannedChunk(scan, chunk as Buffer);
         if (clean.length > 0) {
           sent += clean.length;
+          if (recording !== null) observe(clean);
           if (!res.write(clean)) await drained(res);
           if (res.destroyed) throw new Error('client gone');
         }
       }
       const tail = await this.#scanEnd(scan);
       sent += tail.length;
+      if (recording !== null) observe(tail);
       res.end(tail);
+      if (tap !== null && tap.total > 0) session.record('http.body', 'out', { body: tap.payload() });
     } else {
       await response.body.dump();
       res.end();
@@ -865,6 +912,11 @@ export class HttpEngine implements Engine<HttpClient> {
       services.metrics.refusals.inc({ frontend: this.name, code: failure.code });
       client.summary.error = failure.code;
       this.sendError(client, failure);
+      client.session.record('gateway.refused', 'gateway', {
+        code: failure.code,
+        status: res.headersSent && !res.destroyed ? failure.status : 0,
+        message: clipText(failure.message, 1024),
+      });
       if (!req.complete) req.resume();
     } finally {
       const status = res.headersSent ? res.statusCode : 0;

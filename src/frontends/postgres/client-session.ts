@@ -17,6 +17,7 @@ import {
 } from './protocol/encode.js';
 import type { FieldDescription, Frame, FrontendMessage } from './protocol/messages.js';
 import { FramePump, WriteBatcher } from './pump.js';
+import { PgRecording } from './recording.js';
 import { normalizeStatement } from './relay/normalize.js';
 import {
   type PreparedEntry,
@@ -158,6 +159,8 @@ export class RelaySession {
   readonly #toUpstream: WriteBatcher;
   readonly #services: RelayServices;
   readonly #session: GatewaySession;
+  /** The full recording's view of the session (null unless the connection records in full). */
+  readonly #recording: PgRecording | null;
   readonly #principal: Principal;
   readonly #target: Target;
   readonly #rules: PostgresRules;
@@ -254,6 +257,13 @@ export class RelaySession {
       this.#upstreamPump.hold('client-full');
       client.once('drain', () => this.#upstreamPump.release('client-full'));
     });
+    const recording = context.session.recording;
+    this.#recording =
+      recording === null ? null : new PgRecording(context.session, recording.limits, () => performance.now());
+    if (this.#recording !== null) {
+      const tap = this.#recording;
+      this.#toClient.tap = (data) => tap.toClient(data);
+    }
     this.#toUpstream = new WriteBatcher(upstream.socket, () => {
       this.#clientPump.hold('upstream-full');
       upstream.socket.once('drain', () => this.#clientPump.release('upstream-full'));
@@ -336,6 +346,7 @@ export class RelaySession {
 
   #writeClient(bytes: Buffer): void {
     if (this.#client.destroyed) return;
+    this.#recording?.toClient(bytes);
     if (!this.#client.write(bytes)) {
       this.#upstreamPump.hold('client-full');
       this.#client.once('drain', () => this.#upstreamPump.release('client-full'));
@@ -474,6 +485,7 @@ export class RelaySession {
 
   #fromClient(frame: Frame): void | Promise<void> {
     const m = decodeFrontend(frame);
+    this.#recording?.fromClient(m);
     this.#owedCheck();
     if (this.#discarding && m.type !== 'Sync') {
       // Discarding until Sync, as PostgreSQL does after an error in the extended protocol.

@@ -1,0 +1,143 @@
+/**
+ * The recording model (docs/recording.md, ADR 0018). A front-end reports what the gateway
+ * forwarded and what the client received, after substitution was reversed: requests as the
+ * agent sent them (tickets, never the secret injected for them), responses as the agent
+ * got them (secrets already replaced by tickets, masked values masked). The writer scrubs
+ * every string once more with the known-secret matcher before anything is stored.
+ */
+
+export const RECORDING_MODES = ['off', 'metadata', 'full'] as const;
+/** `off`: nothing is kept; `metadata`: the session row (`coatcheck sessions`); `full`: also the events. */
+export type RecordingMode = (typeof RECORDING_MODES)[number];
+
+export function isRecordingMode(value: unknown): value is RecordingMode {
+  return typeof value === 'string' && (RECORDING_MODES as readonly string[]).includes(value);
+}
+
+/**
+ * A payload (a body, a message, a SQL value), cut at the body limit. `text` for UTF-8,
+ * `base64` for anything else; `bytes` is the size the gateway saw, `truncated` when
+ * less than that was kept.
+ */
+export interface Payload {
+  readonly text?: string;
+  readonly base64?: string;
+  readonly bytes: number;
+  readonly truncated?: true;
+}
+
+/**
+ * One recorded event. This is the whole contract a front-end meets to be recorded:
+ *
+ *   session.record(kind, dir, data)
+ *
+ * - `at`: milliseconds since the session started (set by the capture).
+ * - `kind`: dotted, protocol first: `http.request`, `http.response`, `ws.message`,
+ *   `sse.event`, `pg.query`, `pg.result`, `pg.notice`, `pg.error`, `gateway.refused`,
+ *   `ssh.exec`, `ssh.data`…
+ * - `dir`: `in` (from the client, as it sent it), `out` (to the client, as it received
+ *   it), `gateway` (what the gateway decided: a refusal, a termination).
+ * - `data`: JSON values only; every string and payload already bounded by the front-end
+ *   through `clip`/`clipText` (the capture bounds the session's total).
+ */
+export interface RecordingEvent {
+  readonly at: number;
+  readonly kind: string;
+  readonly dir: 'in' | 'out' | 'gateway';
+  readonly data: Readonly<Record<string, unknown>>;
+}
+
+export interface RecordingLimits {
+  /** Most bytes of events kept per session (estimated as their JSON size). */
+  readonly maxSessionBytes: number;
+  /** Most bytes kept of one payload. */
+  readonly maxBodyBytes: number;
+  /** Most rows kept per SQL statement. */
+  readonly maxRowsPerStatement: number;
+}
+
+export const DEFAULT_LIMITS: RecordingLimits = {
+  maxSessionBytes: 8 * 1024 * 1024,
+  maxBodyBytes: 64 * 1024,
+  maxRowsPerStatement: 100,
+};
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A payload cut at `limit` bytes: UTF-8 text when it decodes (at a character boundary), base64 otherwise. */
+export function clip(bytes: Buffer | Uint8Array | string, limit: number): Payload {
+  const buffer = typeof bytes === 'string' ? Buffer.from(bytes, 'utf8') : Buffer.from(bytes);
+  const total = buffer.length;
+  const kept = buffer.subarray(0, Math.min(total, limit));
+  const truncated = kept.length < total ? ({ truncated: true } as const) : {};
+  // A cut may split a multi-byte character: back off up to 3 bytes before calling it binary.
+  for (const back of kept.length < total ? [0, 1, 2, 3] : [0]) {
+    if (back > kept.length) break;
+    try {
+      return { text: UTF8.decode(kept.subarray(0, kept.length - back)), bytes: total, ...truncated };
+    } catch {
+      // not UTF-8 at this cut
+    }
+  }
+  return { base64: kept.toString('base64'), bytes: total, ...truncated };
+}
+
+/** A short text field (a method, a header value, a SQL statement) cut at `limit` characters. */
+export function clipText(text: string, limit: number): string {
+  return text.length <= limit ? text : `${text.slice(0, limit)}…[${text.length - limit} more]`;
+}
+
+/** A cheap upper estimate of an event's JSON size, without serialising it on the request path. */
+function sizeOf(value: unknown, depth = 0): number {
+  if (value === null || value === undefined) return 4;
+  if (typeof value === 'string') return value.length * 2 + 2;
+  if (typeof value !== 'object') return 16;
+  if (depth > 8) return 16;
+  let n = 2;
+  if (Array.isArray(value)) {
+    for (const item of value) n += sizeOf(item, depth + 1) + 1;
+    return n;
+  }
+  for (const [key, item] of Object.entries(value)) n += key.length + 3 + sizeOf(item, depth + 1);
+  return n;
+}
+
+/**
+ * One session's full recording while it runs: events in memory, bounded by
+ * `maxSessionBytes`. Beyond it events are counted, not kept, and one `recording.truncated`
+ * event says so.
+ */
+export class RecordingCapture {
+  readonly limits: RecordingLimits;
+  readonly events: RecordingEvent[] = [];
+  bytes = 0;
+  dropped = 0;
+  readonly #startedAt: number;
+  readonly #now: () => number;
+
+  constructor(limits: RecordingLimits, startedAt: number, now: () => number) {
+    this.limits = limits;
+    this.#startedAt = startedAt;
+    this.#now = now;
+  }
+
+  add(kind: string, dir: RecordingEvent['dir'], data: Record<string, unknown>): void {
+    if (this.dropped > 0) {
+      this.dropped++;
+      return;
+    }
+    const size = sizeOf(data) + kind.length + 32;
+    if (this.bytes + size > this.limits.maxSessionBytes) {
+      this.dropped++;
+      this.events.push({
+        at: this.#now() - this.#startedAt,
+        kind: 'recording.truncated',
+        dir: 'gateway',
+        data: { maxSessionBytes: this.limits.maxSessionBytes },
+      });
+      return;
+    }
+    this.bytes += size;
+    this.events.push({ at: this.#now() - this.#startedAt, kind, dir, data });
+  }
+}

@@ -1,0 +1,352 @@
+import type { Logger } from 'pino';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { AuditLog } from '../audit/audit-log.js';
+import type { Clock } from '../core/clock.js';
+import { CoatcheckError } from '../core/errors.js';
+import { createKnownSecretMatcher, type KnownSecretMatcher } from '../detect/known-secrets.js';
+import type { SessionHooks } from '../gateway/hooks.js';
+import type { GatewaySession } from '../gateway/session.js';
+import type { SessionRecord, Store } from '../store/types.js';
+import { sealRecording } from './format.js';
+import {
+  isRecordingMode,
+  RecordingCapture,
+  type RecordingEvent,
+  type RecordingLimits,
+  type RecordingMode,
+} from './model.js';
+import { locationFor, type RecordingStorage } from './storage.js';
+
+export interface RecordingSettings {
+  /** Mode of a connection that names none. */
+  readonly default: RecordingMode;
+  readonly limits: RecordingLimits;
+  /** Full recordings waiting to be written; beyond it `whenFull` applies. */
+  readonly maxQueued: number;
+  readonly whenFull: 'refuse' | 'metadata';
+}
+
+export interface RecordingServiceOptions {
+  readonly store: Store;
+  readonly audit: Pick<AuditLog, 'append'>;
+  readonly storage: RecordingStorage;
+  /** The keyring's recording key (`keys.index.recording`): wraps each recording's data key. */
+  readonly wrapKey: Buffer;
+  /** The vault's live secrets: every string is scrubbed against them before it is stored. */
+  readonly knownSecrets: () => Promise<ReadonlyArray<{ id: string; value: { reveal(): Buffer } }>>;
+  readonly log: Logger;
+  readonly registry: Registry;
+  readonly clock: Clock;
+  readonly settings: RecordingSettings;
+}
+
+interface Queued {
+  readonly record: SessionRecord;
+  readonly events: readonly RecordingEvent[];
+  readonly dropped: number;
+  readonly tickets: readonly string[];
+}
+
+interface RecordingMetrics {
+  readonly written: Counter<'frontend'>;
+  readonly degraded: Counter<'frontend' | 'action'>;
+  readonly scrubbed: Counter<'frontend'>;
+  readonly queued: Gauge;
+}
+
+const metricsByRegistry = new WeakMap<Registry, RecordingMetrics>();
+
+function recordingMetrics(registry: Registry): RecordingMetrics {
+  let metrics = metricsByRegistry.get(registry);
+  if (metrics === undefined) {
+    metrics = {
+      written: new Counter({
+        name: 'coatcheck_recordings_written_total',
+        help: 'Full session recordings sealed and stored.',
+        labelNames: ['frontend'],
+        registers: [registry],
+      }),
+      degraded: new Counter({
+        name: 'coatcheck_recording_degraded_total',
+        help: 'Full recordings not kept: sessions refused, recorded as metadata only, or content dropped (queue full, write failed).',
+        labelNames: ['frontend', 'action'],
+        registers: [registry],
+      }),
+      scrubbed: new Counter({
+        name: 'coatcheck_recording_scrubbed_total',
+        help: 'Known secrets the writer removed from a recording before storing it (a front-end reported a value: defence in depth).',
+        labelNames: ['frontend'],
+        registers: [registry],
+      }),
+      queued: new Gauge({
+        name: 'coatcheck_recording_queue',
+        help: 'Full recordings waiting to be written.',
+        registers: [registry],
+      }),
+    };
+    metricsByRegistry.set(registry, metrics);
+  }
+  return metrics;
+}
+
+/**
+ * Session recordings (ADR 0018): decides each session's mode when its connection is known,
+ * holds the full recording's events while it runs, and writes finished recordings off the
+ * request path through a bounded queue: scrubbed against the known secrets, compressed,
+ * sealed under a per-recording data key, stored, and vouched for in the audit chain.
+ */
+export class SessionRecordings {
+  readonly settings: RecordingSettings;
+  readonly hook: SessionHooks;
+  readonly #o: RecordingServiceOptions;
+  readonly #metrics: RecordingMetrics;
+  readonly #queue: Queued[] = [];
+  #writing: Promise<void> | null = null;
+  #matcher: { for: unknown; matcher: KnownSecretMatcher } | null = null;
+
+  constructor(options: RecordingServiceOptions) {
+    this.#o = options;
+    this.settings = options.settings;
+    this.#metrics = recordingMetrics(options.registry);
+    this.hook = {
+      open: () => undefined,
+      exchange: () => undefined,
+      close: (session, record) => this.#closed(session, record),
+    };
+  }
+
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  /** The mode a connection's sessions are recorded in. */
+  modeFor(rules: Readonly<Record<string, unknown>>): RecordingMode {
+    return isRecordingMode(rules.recording) ? rules.recording : this.settings.default;
+  }
+
+  /**
+   * Set the session's mode once its connection is known. With the queue full, a `full`
+   * session is refused (CC_ERR_RECORDING_BACKLOG) or recorded as metadata only, as
+   * configured: counted and audited either way.
+   */
+  async begin(session: GatewaySession, connection: { readonly rules: Readonly<Record<string, unknown>> }) {
+    if (session.recording !== null) return;
+    const mode = this.modeFor(connection.rules);
+    session.recordingMode = mode;
+    if (mode !== 'full') return;
+    if (this.#queue.length >= this.settings.maxQueued) {
+      const action = this.settings.whenFull === 'refuse' ? 'refused' : 'metadata';
+      this.#metrics.degraded.inc({ frontend: session.frontend, action });
+      await this.#o.audit.append({
+        type: 'recording.degraded',
+        actor: session.principal?.ref ?? `gateway:${session.frontend}`,
+        data: {
+          session: session.id,
+          frontend: session.frontend,
+          connection: session.connection,
+          action,
+          reason: 'queue-full',
+        },
+      });
+      if (action === 'refused') {
+        throw new CoatcheckError(
+          'CC_ERR_RECORDING_BACKLOG',
+          'coatcheck: this connection is recorded in full and the recording queue is full; retry shortly',
+        );
+      }
+      session.recordingMode = 'metadata';
+      return;
+    }
+    session.recording = new RecordingCapture(this.settings.limits, session.startedAt, () =>
+      this.#o.clock.now(),
+    );
+  }
+
+  #closed(session: GatewaySession, record: SessionRecord): void {
+    const capture = session.recording;
+    if (capture === null) return;
+    session.recording = null;
+    capture.add('session.end', 'gateway', { outcome: record.outcome });
+    if (this.#queue.length >= this.settings.maxQueued) {
+      this.#degrade(session.id, session.frontend, session.connection, 'dropped', 'queue-full');
+      return;
+    }
+    this.#queue.push({
+      record,
+      events: capture.events,
+      dropped: capture.dropped,
+      tickets: [...session.ticketIds],
+    });
+    this.#metrics.queued.set(this.#queue.length);
+    this.#writing ??= this.#drain();
+  }
+
+  #degrade(
+    session: string,
+    frontend: string,
+    connection: string | null,
+    action: 'dropped',
+    reason: 'queue-full' | 'write-failed',
+  ): void {
+    this.#metrics.degraded.inc({ frontend, action });
+    this.#o.log.error({ session, frontend, reason }, 'a full session recording was not kept');
+    void this.#o.audit
+      .append({
+        type: 'recording.degraded',
+        actor: `gateway:${frontend}`,
+        data: { session, frontend, connection, action, reason },
+      })
+      .catch(() =>
+        this.#o.log.error({ session }, 'the recording.degraded audit record could not be written'),
+      );
+  }
+
+  /** Write queued recordings one at a time until none is left. */
+  async #drain(): Promise<void> {
+    try {
+      for (let next = this.#queue[0]; next !== undefined; next = this.#queue[0]) {
+        try {
+          await this.#write(next);
+          this.#metrics.written.inc({ frontend: next.record.frontend });
+        } catch (error) {
+          this.#degrade(
+            next.record.id,
+            next.record.frontend,
+            next.record.connection,
+            'dropped',
+            'write-failed',
+          );
+          this.#o.log.error(
+            { session: next.record.id, code: (error as { code?: string })?.code },
+            'a session recording could not be written',
+          );
+        }
+        this.#queue.shift();
+        this.#metrics.queued.set(this.#queue.length);
+      }
+    } finally {
+      this.#writing = null;
+    }
+  }
+
+  async #write(item: Queued): Promise<void> {
+    const { record } = item;
+    const matcher = await this.#knownMatcher();
+    let replaced = 0;
+    const events = item.events.map((event) => {
+      const scrubbed = scrubValue(event.data, matcher, () => replaced++) as Record<string, unknown>;
+      return { ...event, data: scrubbed };
+    });
+    if (replaced > 0) {
+      this.#metrics.scrubbed.inc({ frontend: record.frontend }, replaced);
+      this.#o.log.warn(
+        { session: record.id, frontend: record.frontend, replaced },
+        'known secrets were removed from a recording before it was stored',
+      );
+    }
+    const sealed = await sealRecording(record.id, events, this.#o.wrapKey);
+    const location = locationFor(record.id);
+    await this.#o.storage.put(location, sealed.file);
+    await this.#o.audit.append({
+      type: 'recording.sealed',
+      actor: `gateway:${record.frontend}`,
+      data: {
+        session: record.id,
+        frontend: record.frontend,
+        connection: record.connection,
+        hash: sealed.hash,
+        chunks: sealed.chunks,
+        bytes: sealed.file.length,
+        events: events.length,
+        dropped: item.dropped,
+      },
+    });
+    await this.#o.store.insertRecording({
+      id: record.id,
+      frontend: record.frontend,
+      principal: record.principal,
+      connection: record.connection,
+      startedAt: record.startedAt,
+      endedAt: record.endedAt,
+      events: events.length,
+      bytes: sealed.file.length,
+      chunks: sealed.chunks,
+      hash: sealed.hash,
+      location,
+      wrappedKey: sealed.wrappedKey,
+      tickets: item.tickets,
+      createdAt: this.#o.clock.now(),
+      erasedAt: null,
+    });
+  }
+
+  async #knownMatcher(): Promise<KnownSecretMatcher> {
+    const list = await this.#o.knownSecrets();
+    if (this.#matcher?.for === list) return this.#matcher.matcher;
+    const matcher = createKnownSecretMatcher();
+    for (const secret of list) {
+      try {
+        matcher.add(secret.id, secret.value.reveal());
+      } catch {
+        // shorter than the matcher's minimum (it would match ordinary text) or too large
+      }
+    }
+    this.#matcher = { for: list, matcher };
+    return matcher;
+  }
+
+  /** Wait until every queued recording is written. */
+  async flush(): Promise<void> {
+    while (this.#writing !== null) await this.#writing;
+  }
+}
+
+/** A string with every known secret replaced by `[secret:<id>]`. */
+function scrubString(text: string, matcher: KnownSecretMatcher, hit: () => void): string {
+  if (matcher.size === 0 || text.length < 8) return text;
+  const matches = matcher.find(text, 'text');
+  if (matches.length === 0) return text;
+  return replaceSpans(text, matches, hit);
+}
+
+function replaceSpans(
+  text: string,
+  matches: readonly { secretId: string; start: number; end: number }[],
+  hit: () => void,
+): string {
+  const sorted = [...matches].sort((a, b) => a.start - b.start || b.end - a.end);
+  let out = '';
+  let at = 0;
+  for (const m of sorted) {
+    if (m.end <= at) continue;
+    out += text.slice(at, Math.max(at, m.start));
+    out += `[secret:${m.secretId}]`;
+    at = m.end;
+    hit();
+  }
+  return out + text.slice(at);
+}
+
+/** Every string (and base64 payload, decoded) in `value`, scrubbed. */
+export function scrubValue(value: unknown, matcher: KnownSecretMatcher, hit: () => void): unknown {
+  if (typeof value === 'string') return scrubString(value, matcher, hit);
+  if (Array.isArray(value)) return value.map((item) => scrubValue(item, matcher, hit));
+  if (value !== null && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [key, item] of Object.entries(value)) {
+      if (key === 'base64' && typeof item === 'string' && matcher.size > 0) {
+        const bytes = Buffer.from(item, 'base64');
+        const latin1 = bytes.toString('latin1');
+        const matches = matcher.find(latin1, 'bytes', bytes);
+        out[key] =
+          matches.length === 0
+            ? item
+            : Buffer.from(replaceSpans(latin1, matches, hit), 'latin1').toString('base64');
+      } else {
+        out[scrubString(key, matcher, hit)] = scrubValue(item, matcher, hit);
+      }
+    }
+    return out;
+  }
+  return value;
+}
