@@ -50,3 +50,43 @@ export class BodyTap {
     return this.total > kept.length ? { ...payload, bytes: this.total, truncated: true } : payload;
   }
 }
+
+/** What a recorded HTTP response needs from its session (the GatewaySession). */
+interface RecordingSession {
+  readonly recording: { readonly limits: { readonly maxBodyBytes: number } } | null;
+  record(kind: string, dir: 'in' | 'out' | 'gateway', data: Record<string, unknown>): void;
+}
+
+/**
+ * Records a response as the client receives it: its head now, its body as it is written
+ * (an event stream chunk by chunk, as `sse.data` events with their timing; anything else
+ * kept up to the body limit, one `http.body` event at the end). Null when the session is
+ * not recorded in full.
+ */
+export function responseRecorder(
+  session: RecordingSession,
+  status: number,
+  headers: readonly string[],
+  contentType: string,
+): { chunk(clean: Buffer): void; end(): void } | null {
+  const recording = session.recording;
+  if (recording === null) return null;
+  const limit = recording.limits.maxBodyBytes;
+  const streamed = /^text\/event-stream\b/i.test(contentType);
+  session.record('http.response', 'out', {
+    status,
+    headers: recordedHeaders(headers),
+    ...(streamed ? { streamed: true } : {}),
+  });
+  const tap = streamed ? null : new BodyTap(limit);
+  return {
+    chunk(clean) {
+      if (clean.length === 0) return;
+      if (tap !== null) tap.push(clean);
+      else session.record('sse.data', 'out', { data: clip(clean, limit) });
+    },
+    end() {
+      if (tap !== null && tap.total > 0) session.record('http.body', 'out', { body: tap.payload() });
+    },
+  };
+}

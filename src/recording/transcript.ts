@@ -112,6 +112,8 @@ function httpLine(event: RecordingEvent): string | null {
       return payloadText(d.body);
     case 'sse.data':
       return payloadText(d.data);
+    case 'mcp.message':
+      return `${event.dir === 'in' ? '>' : '<'} ${payloadText(d.message)}`;
     case 'ws.message':
       return `${event.dir === 'in' ? '>' : '<'} [websocket ${String(d.opcode ?? 'message')}] ${payloadText(d.data)}`;
     default:
@@ -141,7 +143,7 @@ export function transcript(events: readonly RecordingEvent[]): TranscriptLine[] 
   for (const event of events) {
     const text = event.kind.startsWith('pg.')
       ? pgLine(event)
-      : event.kind.startsWith('http.') || event.kind.startsWith('sse.') || event.kind.startsWith('ws.')
+      : ['http.', 'sse.', 'ws.', 'mcp.'].some((prefix) => event.kind.startsWith(prefix))
         ? httpLine(event)
         : (gatewayLine(event) ?? `-- ${event.kind} ${JSON.stringify(event.data)}`);
     if (text !== null) out.push({ at: event.at, text });

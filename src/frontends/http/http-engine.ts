@@ -21,7 +21,7 @@ import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
-import { BodyTap, MAX_HEADER_TEXT, recordedHeaders } from '../../recording/http-capture.js';
+import { MAX_HEADER_TEXT, recordedHeaders, responseRecorder } from '../../recording/http-capture.js';
 import { clip, clipText } from '../../recording/model.js';
 import type { Placement } from '../../vault/placements.js';
 import { httpPreview } from './approval-preview.js';
@@ -661,23 +661,12 @@ export class HttpEngine implements Engine<HttpClient> {
     res.writeHead(response.statusCode, out);
     summary.status = response.statusCode;
     // What the agent received: headers and body after inspection (secrets already tickets).
-    const recording = session.recording;
-    const streamed =
-      recording !== null && /^text\/event-stream\b/i.test(String(response.headers['content-type'] ?? ''));
-    const tap = recording === null || streamed ? null : new BodyTap(recording.limits.maxBodyBytes);
-    if (recording !== null) {
-      session.record('http.response', 'out', {
-        status: response.statusCode,
-        headers: recordedHeaders(out),
-        ...(streamed ? { streamed: true } : {}),
-      });
-    }
-    const observe = (clean: Buffer) => {
-      if (clean.length === 0) return;
-      if (tap !== null) tap.push(clean);
-      else if (streamed && recording !== null)
-        session.record('sse.data', 'out', { data: clip(clean, recording.limits.maxBodyBytes) });
-    };
+    const recorder = responseRecorder(
+      session,
+      response.statusCode,
+      out,
+      String(response.headers['content-type'] ?? ''),
+    );
     let sent = 0;
     if (hasBody) {
       const source = decodedBody(response.body, decoders);
@@ -685,16 +674,16 @@ export class HttpEngine implements Engine<HttpClient> {
         const clean = await this.#scannedChunk(scan, chunk as Buffer);
         if (clean.length > 0) {
           sent += clean.length;
-          if (recording !== null) observe(clean);
+          recorder?.chunk(clean);
           if (!res.write(clean)) await drained(res);
           if (res.destroyed) throw new Error('client gone');
         }
       }
       const tail = await this.#scanEnd(scan);
       sent += tail.length;
-      if (recording !== null) observe(tail);
+      recorder?.chunk(tail);
       res.end(tail);
-      if (tap !== null && tap.total > 0) session.record('http.body', 'out', { body: tap.payload() });
+      recorder?.end();
     } else {
       await response.body.dump();
       res.end();
@@ -825,6 +814,29 @@ export class HttpEngine implements Engine<HttpClient> {
       const parser = createFrameParser();
       const assembler = createMessageAssembler();
       let queue = Promise.resolve();
+      // The full recording reads client messages off the socket as sent (tickets; the relay does not change them).
+      const wsRecording = client.session.recording;
+      if (wsRecording !== null) {
+        const clientParser = createFrameParser();
+        const clientAssembler = createMessageAssembler();
+        const onClientData = (chunk: Buffer) => {
+          try {
+            for (const frame of clientParser.push(chunk)) {
+              const unit = clientAssembler.push(frame);
+              if (unit === null || unit.kind === 'control') continue;
+              client.session.record('ws.message', 'in', {
+                opcode: unit.opcode,
+                data: clip(unit.payload, wsRecording.limits.maxBodyBytes),
+              });
+            }
+          } catch {
+            // Not readable as WebSocket frames: the upstream judges them; the recording says so once.
+            client.session.record('ws.unreadable', 'in', {});
+            socket.off('data', onClientData);
+          }
+        };
+        socket.on('data', onClientData);
+      }
       const inspectPayload = async (payload: Buffer): Promise<Buffer> => {
         const frameScan = await this.#pipeline.inspect(client.session, principal, route.target, parents);
         return Buffer.concat([await this.#scannedChunk(frameScan, payload), await this.#scanEnd(frameScan)]);
@@ -851,6 +863,12 @@ export class HttpEngine implements Engine<HttpClient> {
                 continue;
               }
               const clean = await inspectPayload(unit.payload);
+              if (wsRecording !== null) {
+                client.session.record('ws.message', 'out', {
+                  opcode: unit.opcode,
+                  data: clip(clean, wsRecording.limits.maxBodyBytes),
+                });
+              }
               socket.write(encodeFrame({ fin: true, rsv: 0, opcode: unit.opcode, payload: clean }));
             }
             upstream.resume();
