@@ -1,3 +1,5 @@
+import { isUtf8 } from 'node:buffer';
+
 /**
  * The recording model (docs/recording.md, ADR 0018). A front-end reports what the gateway
  * forwarded and what the client received, after substitution was reversed: requests as the
@@ -62,22 +64,23 @@ export const DEFAULT_LIMITS: RecordingLimits = {
   maxRowsPerStatement: 100,
 };
 
-const UTF8 = new TextDecoder('utf-8', { fatal: true });
-
 /** A payload cut at `limit` bytes: UTF-8 text when it decodes (at a character boundary), base64 otherwise. */
 export function clip(bytes: Buffer | Uint8Array | string, limit: number): Payload {
-  const buffer = typeof bytes === 'string' ? Buffer.from(bytes, 'utf8') : Buffer.from(bytes);
+  if (typeof bytes === 'string') {
+    // Most strings are short: no encoding round trip unless one could be over the limit.
+    if (bytes.length * 3 <= limit) return { text: bytes, bytes: Buffer.byteLength(bytes, 'utf8') };
+    bytes = Buffer.from(bytes, 'utf8');
+  }
+  // A view, not a copy: what is kept is turned into a string below.
+  const buffer = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
   const total = buffer.length;
   const kept = buffer.subarray(0, Math.min(total, limit));
   const truncated = kept.length < total ? ({ truncated: true } as const) : {};
   // A cut may split a multi-byte character: back off up to 3 bytes before calling it binary.
   for (const back of kept.length < total ? [0, 1, 2, 3] : [0]) {
     if (back > kept.length) break;
-    try {
-      return { text: UTF8.decode(kept.subarray(0, kept.length - back)), bytes: total, ...truncated };
-    } catch {
-      // not UTF-8 at this cut
-    }
+    const part = kept.subarray(0, kept.length - back);
+    if (isUtf8(part)) return { text: part.toString('utf8'), bytes: total, ...truncated };
   }
   return { base64: kept.toString('base64'), bytes: total, ...truncated };
 }

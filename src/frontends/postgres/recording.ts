@@ -1,6 +1,6 @@
 import type { GatewaySession } from '../../gateway/session.js';
 import { clip, clipText, type Payload, type RecordingLimits } from '../../recording/model.js';
-import { decodeBackend } from './protocol/decode.js';
+import { decodeBackend, decodeDataRow } from './protocol/decode.js';
 import type { BackendMessage, FrontendMessage, NoticeFields } from './protocol/messages.js';
 
 /** A server frame longer than this is counted, not decoded, for the recording (a huge DataRow). */
@@ -121,6 +121,15 @@ export class PgRecording {
         }
         continue;
       }
+      if (this.#headerHave === 0 && data.length - at >= 5) {
+        // A whole frame in this write (the usual case): read it in place, no copy.
+        const whole = data.readUInt32BE(at + 1) - 4;
+        if (whole >= 0 && whole <= MAX_DECODED_FRAME && at + 5 + whole <= data.length) {
+          this.#frame(data[at]!, data.subarray(at + 5, at + 5 + whole));
+          at += 5 + whole;
+          continue;
+        }
+      }
       const n = Math.min(5 - this.#headerHave, data.length - at);
       data.copy(this.#header, this.#headerHave, at, at + n);
       this.#headerHave += n;
@@ -153,10 +162,11 @@ export class PgRecording {
   #frame(code: number, body: Buffer): void {
     let m: BackendMessage;
     try {
-      const raw = Buffer.alloc(5);
-      raw[0] = code;
-      raw.writeUInt32BE(body.length + 4, 1);
-      m = decodeBackend({ code, body, raw: Buffer.concat([raw, body]) });
+      // DataRow, the bulk of a result, skips the general decoder.
+      m =
+        code === 0x44
+          ? { type: 'DataRow', values: decodeDataRow(body) }
+          : decodeBackend({ code, body, raw: body });
     } catch {
       this.#session.record('pg.unreadable', 'out', { code, bytes: body.length });
       return;
