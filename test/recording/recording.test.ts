@@ -160,7 +160,13 @@ describe('session recordings: caps, the bounded queue, retention', () => {
     const gate = new Promise<void>((resolve) => {
       release = () => resolve();
     });
-    const storage: RecordingStorage = { ...files, put: async (l, d) => (await gate, files.put(l, d)) };
+    const storage: RecordingStorage = {
+      ...files,
+      put: async (location, data) => {
+        await gate;
+        await files.put(location, data);
+      },
+    };
     return { storage, release: () => release() };
   };
   const close = (r: SessionRecordings, s: GatewaySession) =>
