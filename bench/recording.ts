@@ -150,12 +150,14 @@ async function main() {
         return c;
       }),
     );
-    let i = 0;
+    // A pool: each statement on a client of its own (pg clients run one query at a time).
+    const free = [...clients];
     const run = async () => {
-      const c = clients[i++ % clients.length]!;
+      const c = free.pop()!;
       await c.query(
         'SELECT g AS id, md5(g::text) AS name, repeat($$x$$, 40) AS note FROM generate_series(1, 20) g',
       );
+      free.push(c);
     };
     return { run, close: () => Promise.all(clients.map((c) => c.end())) };
   };

@@ -40,6 +40,9 @@ export interface RecordingServiceOptions {
   readonly settings: RecordingSettings;
 }
 
+/** Recordings written at once. */
+const WRITERS = 8;
+
 interface Queued {
   readonly record: SessionRecord;
   readonly events: readonly RecordingEvent[];
@@ -100,8 +103,11 @@ export class SessionRecordings {
   readonly hook: SessionHooks;
   readonly #o: RecordingServiceOptions;
   readonly #metrics: RecordingMetrics;
+  /** Waiting to be written. */
   readonly #queue: Queued[] = [];
-  #writing: Promise<void> | null = null;
+  /** Being written now. */
+  #inFlight = 0;
+  readonly #workers = new Set<Promise<void>>();
   #matcher: { for: unknown; matcher: KnownSecretMatcher } | null = null;
 
   constructor(options: RecordingServiceOptions) {
@@ -115,8 +121,9 @@ export class SessionRecordings {
     };
   }
 
+  /** Recordings waiting or being written: what `maxQueued` bounds. */
   get queued(): number {
-    return this.#queue.length;
+    return this.#queue.length + this.#inFlight;
   }
 
   /** The mode a connection's sessions are recorded in. */
@@ -134,7 +141,7 @@ export class SessionRecordings {
     const mode = this.modeFor(connection.rules);
     session.recordingMode = mode;
     if (mode !== 'full') return;
-    if (this.#queue.length >= this.settings.maxQueued) {
+    if (this.queued >= this.settings.maxQueued) {
       const action = this.settings.whenFull === 'refuse' ? 'refused' : 'metadata';
       this.#metrics.degraded.inc({ frontend: session.frontend, action });
       await this.#o.audit.append({
@@ -167,7 +174,7 @@ export class SessionRecordings {
     if (capture === null) return;
     session.recording = null;
     capture.add('session.end', 'gateway', { outcome: record.outcome });
-    if (this.#queue.length >= this.settings.maxQueued) {
+    if (this.queued >= this.settings.maxQueued) {
       this.#degrade(session.id, session.frontend, session.connection, 'dropped', 'queue-full');
       return;
     }
@@ -177,8 +184,8 @@ export class SessionRecordings {
       dropped: capture.dropped,
       tickets: [...session.ticketIds],
     });
-    this.#metrics.queued.set(this.#queue.length);
-    this.#writing ??= this.#drain();
+    this.#metrics.queued.set(this.queued);
+    this.#startWriters();
   }
 
   #degrade(
@@ -201,31 +208,36 @@ export class SessionRecordings {
       );
   }
 
-  /** Write queued recordings one at a time until none is left. */
-  async #drain(): Promise<void> {
-    try {
-      for (let next = this.#queue[0]; next !== undefined; next = this.#queue[0]) {
-        try {
-          await this.#write(next);
-          this.#metrics.written.inc({ frontend: next.record.frontend });
-        } catch (error) {
-          this.#degrade(
-            next.record.id,
-            next.record.frontend,
-            next.record.connection,
-            'dropped',
-            'write-failed',
-          );
-          this.#o.log.error(
-            { session: next.record.id, code: (error as { code?: string })?.code },
-            'a session recording could not be written',
-          );
-        }
-        this.#queue.shift();
-        this.#metrics.queued.set(this.#queue.length);
+  /** A writer: takes queued recordings until none is left. Up to WRITERS run at once (their audit records share group commits, their file syncs overlap). */
+  async #worker(): Promise<void> {
+    for (let next = this.#queue.shift(); next !== undefined; next = this.#queue.shift()) {
+      this.#inFlight++;
+      try {
+        await this.#write(next);
+        this.#metrics.written.inc({ frontend: next.record.frontend });
+      } catch (error) {
+        this.#degrade(
+          next.record.id,
+          next.record.frontend,
+          next.record.connection,
+          'dropped',
+          'write-failed',
+        );
+        this.#o.log.error(
+          { session: next.record.id, code: (error as { code?: string })?.code },
+          'a session recording could not be written',
+        );
+      } finally {
+        this.#inFlight--;
+        this.#metrics.queued.set(this.queued);
       }
-    } finally {
-      this.#writing = null;
+    }
+  }
+
+  #startWriters(): void {
+    while (this.#workers.size < WRITERS && this.#queue.length > this.#workers.size - this.#inFlight) {
+      const worker: Promise<void> = this.#worker().finally(() => this.#workers.delete(worker));
+      this.#workers.add(worker);
     }
   }
 
@@ -297,7 +309,7 @@ export class SessionRecordings {
 
   /** Wait until every queued recording is written. */
   async flush(): Promise<void> {
-    while (this.#writing !== null) await this.#writing;
+    while (this.#workers.size > 0) await Promise.all([...this.#workers]);
   }
 }
 
