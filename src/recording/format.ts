@@ -53,9 +53,9 @@ export interface SealedRecording {
   readonly wrappedKey: Buffer;
 }
 
-/** The NDJSON stream of `events`, cut into pieces of CHUNK_PLAIN_BYTES (a line may span pieces). */
-function pieces(events: readonly RecordingEvent[]): Buffer[] {
-  const all = Buffer.from(events.map((event) => `${JSON.stringify(event)}\n`).join(''), 'utf8');
+/** The NDJSON stream of `lines`, cut into pieces of CHUNK_PLAIN_BYTES (a line may span pieces). */
+function pieces(lines: readonly string[]): Buffer[] {
+  const all = Buffer.from(lines.length === 0 ? '' : `${lines.join('\n')}\n`, 'utf8');
   const out: Buffer[] = [];
   for (let at = 0; at < all.length; at += CHUNK_PLAIN_BYTES)
     out.push(all.subarray(at, at + CHUNK_PLAIN_BYTES));
@@ -63,16 +63,29 @@ function pieces(events: readonly RecordingEvent[]): Buffer[] {
 }
 
 /** Compress, seal and chain `events` under a new data key wrapped with `wrapKey`. */
-export async function sealRecording(
+export function sealRecording(
   id: string,
   events: readonly RecordingEvent[],
+  wrapKey: Buffer,
+): Promise<SealedRecording> {
+  return sealLines(
+    id,
+    events.map((event) => JSON.stringify(event)),
+    wrapKey,
+  );
+}
+
+/** Compress, seal and chain NDJSON `lines` (one event each) under a new data key wrapped with `wrapKey`. */
+export async function sealLines(
+  id: string,
+  lines: readonly string[],
   wrapKey: Buffer,
 ): Promise<SealedRecording> {
   const dataKey = newDataKey();
   try {
     const parts: Buffer[] = [MAGIC];
     let hash = chainStart(id);
-    const groups = pieces(events);
+    const groups = pieces(lines);
     for (let i = 0; i < groups.length; i++) {
       const sealed = seal(dataKey, await deflate(groups[i]!, { level: 3 }), chunkAad(id, i));
       const length = Buffer.alloc(4);

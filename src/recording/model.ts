@@ -50,7 +50,7 @@ export interface RecordingEvent {
 }
 
 export interface RecordingLimits {
-  /** Most bytes of events kept per session (estimated as their JSON size). */
+  /** Most bytes of events kept per session (their JSON lines, in UTF-16 code units). */
   readonly maxSessionBytes: number;
   /** Most bytes kept of one payload. */
   readonly maxBodyBytes: number;
@@ -90,33 +90,21 @@ export function clipText(text: string, limit: number): string {
   return text.length <= limit ? text : `${text.slice(0, limit)}…[${text.length - limit} more]`;
 }
 
-/** A cheap upper estimate of an event's JSON size, without serialising it on the request path. */
-function sizeOf(value: unknown, depth = 0): number {
-  if (value === null || value === undefined) return 4;
-  if (typeof value === 'string') return value.length * 2 + 2;
-  if (typeof value !== 'object') return 16;
-  if (depth > 8) return 16;
-  let n = 2;
-  if (Array.isArray(value)) {
-    for (const item of value) n += sizeOf(item, depth + 1) + 1;
-    return n;
-  }
-  for (const [key, item] of Object.entries(value)) n += key.length + 3 + sizeOf(item, depth + 1);
-  return n;
-}
-
 /**
- * One session's full recording while it runs: events in memory, bounded by
- * `maxSessionBytes`. Beyond it events are counted, not kept, and one `recording.truncated`
- * event says so.
+ * One session's full recording while it runs: each event serialised at once to a JSON line
+ * (one string per event: nothing for the garbage collector to trace through a long session),
+ * bounded by `maxSessionBytes`. Beyond it events are counted, not kept, and one
+ * `recording.truncated` event says so.
  */
 export class RecordingCapture {
   readonly limits: RecordingLimits;
-  readonly events: RecordingEvent[] = [];
+  /** NDJSON lines (without the newline), one per event. */
+  readonly lines: string[] = [];
   bytes = 0;
   dropped = 0;
   readonly #startedAt: number;
   readonly #now: () => number;
+  readonly #deferred: Array<() => void> = [];
 
   constructor(limits: RecordingLimits, startedAt: number, now: () => number) {
     this.limits = limits;
@@ -124,23 +112,63 @@ export class RecordingCapture {
     this.#now = now;
   }
 
+  /** Milliseconds since the session started. */
+  elapsed(): number {
+    return this.#now() - this.#startedAt;
+  }
+
   add(kind: string, dir: RecordingEvent['dir'], data: Record<string, unknown>): void {
+    this.addAt(this.elapsed(), kind, dir, data);
+  }
+
+  /** An event that happened at `at` (a deferred decoder reports its events after the fact). */
+  addAt(at: number, kind: string, dir: RecordingEvent['dir'], data: Record<string, unknown>): void {
     if (this.dropped > 0) {
       this.dropped++;
       return;
     }
-    const size = sizeOf(data) + kind.length + 32;
-    if (this.bytes + size > this.limits.maxSessionBytes) {
-      this.dropped++;
-      this.events.push({
-        at: this.#now() - this.#startedAt,
+    const line = JSON.stringify({ at, kind, dir, data });
+    if (this.bytes + line.length > this.limits.maxSessionBytes) {
+      this.truncate(at);
+      return;
+    }
+    this.bytes += line.length;
+    this.lines.push(line);
+  }
+
+  /** Keep nothing more; one marker says so. */
+  truncate(at: number): void {
+    if (this.dropped++ > 0) return;
+    this.lines.push(
+      JSON.stringify({
+        at,
         kind: 'recording.truncated',
         dir: 'gateway',
         data: { maxSessionBytes: this.limits.maxSessionBytes },
-      });
-      return;
+      }),
+    );
+  }
+
+  /**
+   * Work a front-end defers to the writer, off the request path: it keeps raw bytes while
+   * the session runs and turns them into events here (PostgreSQL).
+   */
+  defer(finish: () => void): void {
+    this.#deferred.push(finish);
+  }
+
+  /** Run the deferred work (once), then order the lines by time (stable). */
+  finish(): void {
+    for (const work of this.#deferred.splice(0)) {
+      try {
+        work();
+      } catch {
+        this.lines.push(JSON.stringify({ at: 0, kind: 'recording.unreadable', dir: 'gateway', data: {} }));
+      }
     }
-    this.bytes += size;
-    this.events.push({ at: this.#now() - this.#startedAt, kind, dir, data });
+    const at = (line: string) => Number(/^\{"at":(-?[0-9.e+-]+),/.exec(line)?.[1] ?? 0);
+    const keyed = this.lines.map((line, i) => ({ line, at: at(line), i }));
+    keyed.sort((a, b) => a.at - b.at || a.i - b.i);
+    this.lines.splice(0, this.lines.length, ...keyed.map((k) => k.line));
   }
 }

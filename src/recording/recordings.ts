@@ -7,14 +7,8 @@ import { createKnownSecretMatcher, type KnownSecretMatcher } from '../detect/kno
 import type { SessionHooks } from '../gateway/hooks.js';
 import type { GatewaySession } from '../gateway/session.js';
 import type { SessionRecord, Store } from '../store/types.js';
-import { sealRecording } from './format.js';
-import {
-  isRecordingMode,
-  RecordingCapture,
-  type RecordingEvent,
-  type RecordingLimits,
-  type RecordingMode,
-} from './model.js';
+import { sealLines } from './format.js';
+import { isRecordingMode, RecordingCapture, type RecordingLimits, type RecordingMode } from './model.js';
 import { locationFor, type RecordingStorage } from './storage.js';
 
 export interface RecordingSettings {
@@ -45,8 +39,7 @@ const WRITERS = 8;
 
 interface Queued {
   readonly record: SessionRecord;
-  readonly events: readonly RecordingEvent[];
-  readonly dropped: number;
+  readonly capture: RecordingCapture;
   readonly tickets: readonly string[];
 }
 
@@ -173,15 +166,13 @@ export class SessionRecordings {
     const capture = session.recording;
     if (capture === null) return;
     session.recording = null;
-    capture.add('session.end', 'gateway', { outcome: record.outcome });
     if (this.queued >= this.settings.maxQueued) {
       this.#degrade(session.id, session.frontend, session.connection, 'dropped', 'queue-full');
       return;
     }
     this.#queue.push({
       record,
-      events: capture.events,
-      dropped: capture.dropped,
+      capture,
       tickets: [...session.ticketIds],
     });
     this.#metrics.queued.set(this.queued);
@@ -245,10 +236,12 @@ export class SessionRecordings {
     const { record } = item;
     const matcher = await this.#knownMatcher();
     let replaced = 0;
-    const events = item.events.map((event) => {
-      const scrubbed = scrubValue(event.data, matcher, () => replaced++) as Record<string, unknown>;
-      return { ...event, data: scrubbed };
+    // Deferred decoding (PostgreSQL) runs here, off the request path.
+    item.capture.finish();
+    item.capture.addAt(record.endedAt - record.startedAt, 'session.end', 'gateway', {
+      outcome: record.outcome,
     });
+    const lines = item.capture.lines.map((line) => scrubLine(line, matcher, () => replaced++));
     if (replaced > 0) {
       this.#metrics.scrubbed.inc({ frontend: record.frontend }, replaced);
       this.#o.log.warn(
@@ -256,7 +249,7 @@ export class SessionRecordings {
         'known secrets were removed from a recording before it was stored',
       );
     }
-    const sealed = await sealRecording(record.id, events, this.#o.wrapKey);
+    const sealed = await sealLines(record.id, lines, this.#o.wrapKey);
     const location = locationFor(record.id);
     await this.#o.storage.put(location, sealed.file);
     await this.#o.audit.append({
@@ -269,8 +262,8 @@ export class SessionRecordings {
         hash: sealed.hash,
         chunks: sealed.chunks,
         bytes: sealed.file.length,
-        events: events.length,
-        dropped: item.dropped,
+        events: lines.length,
+        dropped: item.capture.dropped,
       },
     });
     await this.#o.store.insertRecording({
@@ -280,7 +273,7 @@ export class SessionRecordings {
       connection: record.connection,
       startedAt: record.startedAt,
       endedAt: record.endedAt,
-      events: events.length,
+      events: lines.length,
       bytes: sealed.file.length,
       chunks: sealed.chunks,
       hash: sealed.hash,
@@ -313,52 +306,41 @@ export class SessionRecordings {
   }
 }
 
-/** A string with every known secret replaced by `[secret:<id>]`. */
-function scrubString(text: string, matcher: KnownSecretMatcher, hit: () => void): string {
-  if (matcher.size === 0 || text.length < 8) return text;
-  const matches = matcher.find(text, 'text');
-  if (matches.length === 0) return text;
-  return replaceSpans(text, matches, hit);
-}
-
-function replaceSpans(
-  text: string,
-  matches: readonly { secretId: string; start: number; end: number }[],
-  hit: () => void,
-): string {
+/**
+ * One event's JSON line with every known secret replaced by `[secret:<id>]` (in every
+ * encoding the matcher knows: plain, JSON-escaped, base64…). The marker holds no quote or
+ * backslash; should a replacement still break the line (a match across an escape), the
+ * whole event is replaced by a `recording.scrubbed` event: nothing unscrubbed is kept.
+ */
+export function scrubLine(line: string, matcher: KnownSecretMatcher, hit: () => void): string {
+  if (matcher.size === 0) return line;
+  const matches = matcher.find(line, 'text');
+  if (matches.length === 0) return line;
   const sorted = [...matches].sort((a, b) => a.start - b.start || b.end - a.end);
   let out = '';
   let at = 0;
   for (const m of sorted) {
     if (m.end <= at) continue;
-    out += text.slice(at, Math.max(at, m.start));
+    out += line.slice(at, Math.max(at, m.start));
     out += `[secret:${m.secretId}]`;
     at = m.end;
     hit();
   }
-  return out + text.slice(at);
+  out += line.slice(at);
+  try {
+    const event = JSON.parse(out) as { at?: unknown };
+    return out.length > 0 && typeof event === 'object' ? out : unreadableLine(event.at);
+  } catch {
+    const at = /^\{"at":(\d{1,15}(?:\.\d+)?),/.exec(line)?.[1];
+    return unreadableLine(at === undefined ? 0 : Number(at));
+  }
 }
 
-/** Every string (and base64 payload, decoded) in `value`, scrubbed. */
-export function scrubValue(value: unknown, matcher: KnownSecretMatcher, hit: () => void): unknown {
-  if (typeof value === 'string') return scrubString(value, matcher, hit);
-  if (Array.isArray(value)) return value.map((item) => scrubValue(item, matcher, hit));
-  if (value !== null && typeof value === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [key, item] of Object.entries(value)) {
-      if (key === 'base64' && typeof item === 'string' && matcher.size > 0) {
-        const bytes = Buffer.from(item, 'base64');
-        const latin1 = bytes.toString('latin1');
-        const matches = matcher.find(latin1, 'bytes', bytes);
-        out[key] =
-          matches.length === 0
-            ? item
-            : Buffer.from(replaceSpans(latin1, matches, hit), 'latin1').toString('base64');
-      } else {
-        out[scrubString(key, matcher, hit)] = scrubValue(item, matcher, hit);
-      }
-    }
-    return out;
-  }
-  return value;
+function unreadableLine(at: unknown): string {
+  return JSON.stringify({
+    at: typeof at === 'number' ? at : 0,
+    kind: 'recording.scrubbed',
+    dir: 'gateway',
+    data: {},
+  });
 }

@@ -258,11 +258,10 @@ export class RelaySession {
       client.once('drain', () => this.#upstreamPump.release('client-full'));
     });
     const recording = context.session.recording;
-    this.#recording =
-      recording === null ? null : new PgRecording(context.session, recording.limits, () => performance.now());
+    this.#recording = recording === null ? null : new PgRecording(recording);
     if (this.#recording !== null) {
       const tap = this.#recording;
-      this.#toClient.tap = (data) => tap.toClient(data);
+      this.#toClient.tap = (data) => tap.clientBytes(data);
     }
     this.#toUpstream = new WriteBatcher(upstream.socket, () => {
       this.#clientPump.hold('upstream-full');
@@ -346,7 +345,7 @@ export class RelaySession {
 
   #writeClient(bytes: Buffer): void {
     if (this.#client.destroyed) return;
-    this.#recording?.toClient(bytes);
+    this.#recording?.clientBytes(bytes);
     if (!this.#client.write(bytes)) {
       this.#upstreamPump.hold('client-full');
       this.#client.once('drain', () => this.#upstreamPump.release('client-full'));
@@ -484,8 +483,8 @@ export class RelaySession {
   // ---- client → upstream -----------------------------------------------------------
 
   #fromClient(frame: Frame): void | Promise<void> {
+    this.#recording?.clientFrame(frame.raw);
     const m = decodeFrontend(frame);
-    this.#recording?.fromClient(m);
     this.#owedCheck();
     if (this.#discarding && m.type !== 'Sync') {
       // Discarding until Sync, as PostgreSQL does after an error in the extended protocol.

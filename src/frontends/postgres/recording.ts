@@ -1,6 +1,11 @@
-import type { GatewaySession } from '../../gateway/session.js';
-import { clip, clipText, type Payload, type RecordingLimits } from '../../recording/model.js';
-import { decodeBackend, decodeDataRow } from './protocol/decode.js';
+import {
+  clip,
+  clipText,
+  type Payload,
+  type RecordingCapture,
+  type RecordingLimits,
+} from '../../recording/model.js';
+import { decodeBackend, decodeDataRow, decodeFrontend } from './protocol/decode.js';
 import type { BackendMessage, FrontendMessage, NoticeFields } from './protocol/messages.js';
 
 /** A server frame longer than this is counted, not decoded, for the recording (a huge DataRow). */
@@ -33,9 +38,15 @@ function notice(fields: NoticeFields, limit: number): Record<string, string> {
  * are kept up to `maxRowsPerStatement` rows; the row count always.
  */
 export class PgRecording {
-  readonly #session: GatewaySession;
+  readonly #capture: RecordingCapture;
   readonly #limits: RecordingLimits;
-  readonly #now: () => number;
+  /** Raw bytes as they passed, with when: decoded by the writer, off the request path. */
+  readonly #raw: Array<{ at: number; t: number; toClient: boolean; bytes: Buffer }> = [];
+  #rawBytes = 0;
+  #full = false;
+  /** The time of the chunk being decoded (while finishing). */
+  #at = 0;
+  #t = 0;
   // Frame splitter over the client-bound byte stream.
   readonly #header = Buffer.alloc(5);
   #headerHave = 0;
@@ -50,48 +61,98 @@ export class PgRecording {
   #rowCount = 0;
   #started: number | null = null;
 
-  constructor(session: GatewaySession, limits: RecordingLimits, now: () => number) {
-    this.#session = session;
-    this.#limits = limits;
-    this.#now = now;
+  constructor(capture: RecordingCapture) {
+    this.#capture = capture;
+    this.#limits = capture.limits;
+    capture.defer(() => this.#finish());
+  }
+
+  /** A frame the client sent (header and body as received): copied, decoded later. */
+  clientFrame(raw: Buffer): void {
+    this.#keep(raw, false);
+  }
+
+  /** Bytes written to the client: copied, decoded later. */
+  clientBytes(data: Buffer): void {
+    this.#keep(data, true);
+  }
+
+  #keep(bytes: Buffer, toClient: boolean): void {
+    if (this.#full) return;
+    if (this.#rawBytes + bytes.length > this.#limits.maxSessionBytes) {
+      this.#full = true;
+      this.#capture.truncate(this.#capture.elapsed());
+      return;
+    }
+    this.#rawBytes += bytes.length;
+    this.#raw.push({
+      at: this.#capture.elapsed(),
+      t: performance.now(),
+      toClient,
+      bytes: Buffer.from(bytes),
+    });
+  }
+
+  #finish(): void {
+    for (const chunk of this.#raw.splice(0)) {
+      this.#at = chunk.at;
+      this.#t = chunk.t;
+      if (chunk.toClient) this.#toClient(chunk.bytes);
+      else this.#fromClient(chunk.bytes);
+    }
+  }
+
+  #emit(kind: string, dir: 'in' | 'out', data: Record<string, unknown>): void {
+    this.#capture.addAt(this.#at, kind, dir, data);
+  }
+
+  #fromClient(raw: Buffer): void {
+    let m: FrontendMessage;
+    try {
+      m = decodeFrontend({ code: raw[0]!, body: raw.subarray(5), raw });
+    } catch {
+      this.#emit('pg.unreadable', 'in', { code: raw[0]!, bytes: raw.length });
+      return;
+    }
+    this.#message(m);
   }
 
   /** A message the client sent, as it sent it. */
-  fromClient(m: FrontendMessage): void {
+  #message(m: FrontendMessage): void {
     const limit = this.#limits.maxBodyBytes;
     switch (m.type) {
       case 'Query':
-        this.#started = this.#now();
-        this.#session.record('pg.query', 'in', { sql: clipText(m.sql, limit) });
+        this.#started = this.#t;
+        this.#emit('pg.query', 'in', { sql: clipText(m.sql, limit) });
         return;
       case 'Parse':
-        this.#session.record('pg.parse', 'in', { name: clipText(m.name, 64), sql: clipText(m.sql, limit) });
+        this.#emit('pg.parse', 'in', { name: clipText(m.name, 64), sql: clipText(m.sql, limit) });
         return;
       case 'Bind':
-        this.#session.record('pg.bind', 'in', {
+        this.#emit('pg.bind', 'in', {
           portal: clipText(m.portal, 64),
           statement: clipText(m.statement, 64),
           params: m.parameters.slice(0, 1024).map((p) => (p === null ? null : clip(p, limit))),
         });
         return;
       case 'Execute':
-        this.#started = this.#now();
-        this.#session.record('pg.execute', 'in', { portal: clipText(m.portal, 64), maxRows: m.maxRows });
+        this.#started = this.#t;
+        this.#emit('pg.execute', 'in', { portal: clipText(m.portal, 64), maxRows: m.maxRows });
         return;
       case 'CopyData':
-        this.#session.record('pg.copy', 'in', { data: clip(m.data, limit) });
+        this.#emit('pg.copy', 'in', { data: clip(m.data, limit) });
         return;
       case 'CopyDone':
-        this.#session.record('pg.copy.done', 'in', {});
+        this.#emit('pg.copy.done', 'in', {});
         return;
       case 'CopyFail':
-        this.#session.record('pg.copy.fail', 'in', { message: clipText(m.message, 1024) });
+        this.#emit('pg.copy.fail', 'in', { message: clipText(m.message, 1024) });
         return;
       case 'FunctionCall':
-        this.#session.record('pg.function-call', 'in', { bytes: m.data.length });
+        this.#emit('pg.function-call', 'in', { bytes: m.data.length });
         return;
       case 'Terminate':
-        this.#session.record('pg.terminate', 'in', {});
+        this.#emit('pg.terminate', 'in', {});
         return;
       default:
         return;
@@ -99,7 +160,7 @@ export class PgRecording {
   }
 
   /** Bytes written to the client (whole frames or not): split into frames and recorded. */
-  toClient(data: Buffer): void {
+  #toClient(data: Buffer): void {
     let at = 0;
     while (at < data.length) {
       if (this.#skip > 0) {
@@ -156,7 +217,7 @@ export class PgRecording {
   /** A frame too large to decode for the recording: a row is still counted. */
   #skipped(code: number): void {
     if (code === 0x44) this.#rowCount++;
-    else this.#session.record('pg.unreadable', 'out', { code });
+    else this.#emit('pg.unreadable', 'out', { code });
   }
 
   #frame(code: number, body: Buffer): void {
@@ -168,13 +229,13 @@ export class PgRecording {
           ? { type: 'DataRow', values: decodeDataRow(body) }
           : decodeBackend({ code, body, raw: body });
     } catch {
-      this.#session.record('pg.unreadable', 'out', { code, bytes: body.length });
+      this.#emit('pg.unreadable', 'out', { code, bytes: body.length });
       return;
     }
-    this.#message(m);
+    this.#backend(m);
   }
 
-  #message(m: BackendMessage): void {
+  #backend(m: BackendMessage): void {
     const limit = this.#limits.maxBodyBytes;
     switch (m.type) {
       case 'RowDescription':
@@ -199,35 +260,35 @@ export class PgRecording {
         return;
       case 'ErrorResponse':
         if (this.#columns !== null || this.#rowCount > 0) this.#result(null);
-        this.#session.record('pg.error', 'out', notice(m.fields, 4096));
+        this.#emit('pg.error', 'out', notice(m.fields, 4096));
         this.#started = null;
         return;
       case 'NoticeResponse':
-        this.#session.record('pg.notice', 'out', notice(m.fields, 4096));
+        this.#emit('pg.notice', 'out', notice(m.fields, 4096));
         return;
       case 'NotificationResponse':
-        this.#session.record('pg.notification', 'out', {
+        this.#emit('pg.notification', 'out', {
           channel: clipText(m.channel, 256),
           payload: clipText(m.payload, limit),
         });
         return;
       case 'ParameterStatus':
-        this.#session.record('pg.parameter', 'out', {
+        this.#emit('pg.parameter', 'out', {
           name: clipText(m.name, 256),
           value: clipText(m.value, 1024),
         });
         return;
       case 'CopyInResponse':
       case 'CopyOutResponse':
-        this.#session.record('pg.copy.start', 'out', {
+        this.#emit('pg.copy.start', 'out', {
           direction: m.type === 'CopyInResponse' ? 'in' : 'out',
         });
         return;
       case 'CopyData':
-        this.#session.record('pg.copy', 'out', { data: clip(m.data, limit) });
+        this.#emit('pg.copy', 'out', { data: clip(m.data, limit) });
         return;
       case 'ReadyForQuery':
-        this.#session.record('pg.ready', 'out', { status: m.status });
+        this.#emit('pg.ready', 'out', { status: m.status });
         return;
       default:
         return;
@@ -235,8 +296,8 @@ export class PgRecording {
   }
 
   #result(tag: string | null): void {
-    const ms = this.#started === null ? null : this.#now() - this.#started;
-    this.#session.record('pg.result', 'out', {
+    const ms = this.#started === null ? null : Math.round((this.#t - this.#started) * 1000) / 1000;
+    this.#emit('pg.result', 'out', {
       ...(tag === null ? {} : { tag }),
       ...(this.#columns === null ? {} : { columns: this.#columns }),
       rows: this.#rows,
