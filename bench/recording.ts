@@ -8,7 +8,9 @@
 // falls on both. HTTP: POST of a 2 KB JSON body, 4 KB JSON answer, 8 requests in flight.
 // PostgreSQL: a 20-row SELECT over 4 connections (pg clients) through the gateway to the
 // PostgreSQL at 127.0.0.1:5432 (trust auth; PGHOST/PGPORT/PGUSER override). Printed:
-// requests per second and p50 latency per case, and full/metadata ratios (goal: within 10%).
+// requests per second, p50 latency and CPU per request (this process: clients, upstream and
+// gateway, the writer's work included) per case, and full/metadata ratios (goal: within 10%).
+// On a loaded machine trust the CPU ratio over the wall-clock ones.
 // The recordings are written off the request path; the writer's queue is drained between
 // rounds and its time is reported apart (it is not on any request's path).
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -171,22 +173,28 @@ async function main() {
     'postgres full': { run: pgFull.run, concurrency: 4 },
   } as const;
   type Name = keyof typeof cases;
-  const results = new Map<Name, { seconds: number; count: number; latencies: number[] }>();
+  const results = new Map<Name, { seconds: number; count: number; latencies: number[]; cpu: number; sys: number }>();
   let writerMs = 0;
   // Warm up every case, then alternate.
   for (const c of Object.values(cases)) await loop(50, c.concurrency, c.run);
   for (let round = 0; round < ROUNDS; round++) {
     for (const name of Object.keys(cases) as Name[]) {
       const c = cases[name];
+      const cpu = process.cpuUsage();
       const r = await loop(REQUESTS, c.concurrency, c.run);
-      const acc = results.get(name) ?? { seconds: 0, count: 0, latencies: [] };
-      acc.seconds += r.seconds;
-      acc.count += REQUESTS;
-      acc.latencies.push(...r.latencies);
-      results.set(name, acc);
       const t = performance.now();
       await driver.recordings!.flush();
       writerMs += performance.now() - t;
+      // CPU of this process (gateway, clients, upstream) per request, the writer's included:
+      // robust to other load on the machine, which wall-clock numbers are not.
+      const used = process.cpuUsage(cpu);
+      const acc = results.get(name) ?? { seconds: 0, count: 0, latencies: [], cpu: 0, sys: 0 };
+      acc.seconds += r.seconds;
+      acc.count += REQUESTS;
+      acc.cpu += (used.user + used.system) / 1000;
+      acc.sys += used.system / 1000;
+      acc.latencies.push(...r.latencies);
+      results.set(name, acc);
     }
   }
   await pgMeta.close();
@@ -197,19 +205,21 @@ async function main() {
 
   const row = (name: Name) => {
     const r = results.get(name)!;
-    return { rps: r.count / r.seconds, p50: p50(r.latencies) };
+    return { rps: r.count / r.seconds, p50: p50(r.latencies), cpuUs: (r.cpu * 1000) / r.count, sysUs: (r.sys * 1000) / r.count };
   };
   console.log(`recording bench: ${ROUNDS} rounds x ${REQUESTS} requests per case, alternating`);
-  console.log('case                   req/s     p50 ms');
+  console.log('case                   req/s     p50 ms   CPU us/req (system)');
   for (const name of Object.keys(cases) as Name[]) {
     const r = row(name);
-    console.log(`${name.padEnd(20)} ${r.rps.toFixed(0).padStart(7)} ${r.p50.toFixed(3).padStart(10)}`);
+    console.log(
+      `${name.padEnd(20)} ${r.rps.toFixed(0).padStart(7)} ${r.p50.toFixed(3).padStart(10)} ${r.cpuUs.toFixed(0).padStart(12)} (${r.sysUs.toFixed(0)})`,
+    );
   }
   for (const proto of ['http', 'postgres'] as const) {
     const meta = row(`${proto} metadata`);
     const full = row(`${proto} full`);
     console.log(
-      `${proto}: full/metadata throughput ${(full.rps / meta.rps).toFixed(3)}, p50 ${(full.p50 / meta.p50).toFixed(3)}`,
+      `${proto}: full/metadata throughput ${(full.rps / meta.rps).toFixed(3)}, p50 ${(full.p50 / meta.p50).toFixed(3)}, CPU per request ${(full.cpuUs / meta.cpuUs).toFixed(3)}`,
     );
   }
   const stored = await ctx.store.listRecordings({ limit: 100_000 });

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
-import { deflateRaw, inflateRaw } from 'node:zlib';
+import { deflateRaw, deflateRawSync, inflateRaw } from 'node:zlib';
 import { CoatcheckError } from '../core/errors.js';
 import { newDataKey, open, seal } from '../vault/envelope.js';
 import type { RecordingEvent } from './model.js';
@@ -26,6 +26,8 @@ const MAX_SEALED_CHUNK = 2 * CHUNK_PLAIN_BYTES + 4096;
 const MAX_INFLATED_CHUNK = CHUNK_PLAIN_BYTES;
 
 const deflate = promisify(deflateRaw);
+const DEFLATE = { level: 3, memLevel: 6, windowBits: 14 } as const;
+const SYNC_DEFLATE_BYTES = 16 * 1024;
 const inflate = promisify(inflateRaw);
 
 export function chunkAad(id: string, index: number): string {
@@ -87,7 +89,13 @@ export async function sealLines(
     let hash = chainStart(id);
     const groups = pieces(lines);
     for (let i = 0; i < groups.length; i++) {
-      const sealed = seal(dataKey, await deflate(groups[i]!, { level: 3 }), chunkAad(id, i));
+      // A 16 KiB window and a small state: most recordings are a few KiB, and zlib's setup
+      // of its default 256 KiB state cost ten times the compression itself. Small pieces
+      // are compressed at once; large ones on the thread pool.
+      const piece = groups[i]!;
+      const compressed =
+        piece.length <= SYNC_DEFLATE_BYTES ? deflateRawSync(piece, DEFLATE) : await deflate(piece, DEFLATE);
+      const sealed = seal(dataKey, compressed, chunkAad(id, i));
       const length = Buffer.alloc(4);
       length.writeUInt32BE(sealed.length);
       parts.push(length, sealed);

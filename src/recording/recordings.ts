@@ -34,8 +34,8 @@ export interface RecordingServiceOptions {
   readonly settings: RecordingSettings;
 }
 
-/** Recordings written at once. */
-const WRITERS = 8;
+/** Recordings the writer takes at once (sealed in parallel, committed in one transaction). */
+const BATCH = 64;
 
 interface Queued {
   readonly record: SessionRecord;
@@ -100,7 +100,7 @@ export class SessionRecordings {
   readonly #queue: Queued[] = [];
   /** Being written now. */
   #inFlight = 0;
-  readonly #workers = new Set<Promise<void>>();
+  #writer: Promise<void> | null = null;
   #matcher: { for: unknown; matcher: KnownSecretMatcher } | null = null;
 
   constructor(options: RecordingServiceOptions) {
@@ -199,40 +199,56 @@ export class SessionRecordings {
       );
   }
 
-  /** A writer: takes queued recordings until none is left. Up to WRITERS run at once (their audit records share group commits, their file syncs overlap). */
-  async #worker(): Promise<void> {
-    for (let next = this.#queue.shift(); next !== undefined; next = this.#queue.shift()) {
-      this.#inFlight++;
+  /**
+   * The writer: takes up to BATCH queued recordings at a time, seals and stores each
+   * (compression on the thread pool, files in parallel), then appends their audit records
+   * (each with its row) in one tick, so one transaction carries the batch.
+   */
+  async #drain(): Promise<void> {
+    for (let batch = this.#queue.splice(0, BATCH); batch.length > 0; batch = this.#queue.splice(0, BATCH)) {
+      this.#inFlight += batch.length;
       try {
-        await this.#write(next);
-        this.#metrics.written.inc({ frontend: next.record.frontend });
-      } catch (error) {
-        this.#degrade(
-          next.record.id,
-          next.record.frontend,
-          next.record.connection,
-          'dropped',
-          'write-failed',
+        const sealed = await Promise.all(
+          batch.map((item) => this.#seal(item).catch((error: unknown) => error)),
         );
-        this.#o.log.error(
-          { session: next.record.id, code: (error as { code?: string })?.code },
-          'a session recording could not be written',
+        await Promise.all(
+          batch.map(async (item, i) => {
+            try {
+              const done = sealed[i];
+              if (!(done instanceof Function)) throw done;
+              await done();
+              this.#metrics.written.inc({ frontend: item.record.frontend });
+            } catch (error) {
+              this.#degrade(
+                item.record.id,
+                item.record.frontend,
+                item.record.connection,
+                'dropped',
+                'write-failed',
+              );
+              this.#o.log.error(
+                { session: item.record.id, code: (error as { code?: string })?.code },
+                'a session recording could not be written',
+              );
+            }
+          }),
         );
       } finally {
-        this.#inFlight--;
+        this.#inFlight -= batch.length;
         this.#metrics.queued.set(this.queued);
       }
     }
   }
 
   #startWriters(): void {
-    while (this.#workers.size < WRITERS && this.#queue.length > this.#workers.size - this.#inFlight) {
-      const worker: Promise<void> = this.#worker().finally(() => this.#workers.delete(worker));
-      this.#workers.add(worker);
-    }
+    this.#writer ??= this.#drain().finally(() => {
+      this.#writer = null;
+      if (this.#queue.length > 0) this.#startWriters();
+    });
   }
 
-  async #write(item: Queued): Promise<void> {
+  /** Scrub, seal and store one recording; returns the step that commits its audit record and row. */
+  async #seal(item: Queued): Promise<() => Promise<unknown>> {
     const { record } = item;
     const matcher = await this.#knownMatcher();
     let replaced = 0;
@@ -252,37 +268,46 @@ export class SessionRecordings {
     const sealed = await sealLines(record.id, lines, this.#o.wrapKey);
     const location = locationFor(record.id);
     await this.#o.storage.put(location, sealed.file);
-    await this.#o.audit.append({
-      type: 'recording.sealed',
-      actor: `gateway:${record.frontend}`,
-      data: {
-        session: record.id,
-        frontend: record.frontend,
-        connection: record.connection,
-        hash: sealed.hash,
-        chunks: sealed.chunks,
-        bytes: sealed.file.length,
-        events: lines.length,
-        dropped: item.capture.dropped,
-      },
-    });
-    await this.#o.store.insertRecording({
-      id: record.id,
-      frontend: record.frontend,
-      principal: record.principal,
-      connection: record.connection,
-      startedAt: record.startedAt,
-      endedAt: record.endedAt,
-      events: lines.length,
-      bytes: sealed.file.length,
-      chunks: sealed.chunks,
-      hash: sealed.hash,
-      location,
-      wrappedKey: sealed.wrappedKey,
-      tickets: item.tickets,
-      createdAt: this.#o.clock.now(),
-      erasedAt: null,
-    });
+    // The row goes in with its audit record: one transaction, group-committed with the
+    // other appends (a recording is never listed that the log does not vouch for).
+    return () =>
+      this.#o.audit.append(
+        {
+          type: 'recording.sealed',
+          actor: `gateway:${record.frontend}`,
+          data: {
+            session: record.id,
+            frontend: record.frontend,
+            connection: record.connection,
+            hash: sealed.hash,
+            chunks: sealed.chunks,
+            bytes: sealed.file.length,
+            events: lines.length,
+            dropped: item.capture.dropped,
+          },
+        },
+        async (tx) => {
+          await tx.insertRecording({
+            id: record.id,
+            frontend: record.frontend,
+            principal: record.principal,
+            connection: record.connection,
+            startedAt: record.startedAt,
+            endedAt: record.endedAt,
+            events: lines.length,
+            bytes: sealed.file.length,
+            chunks: sealed.chunks,
+            hash: sealed.hash,
+            location,
+            wrappedKey: sealed.wrappedKey,
+            tickets: item.tickets,
+            createdAt: this.#o.clock.now(),
+            erasedAt: null,
+          });
+        },
+        undefined,
+        { rowLocked: true },
+      );
   }
 
   async #knownMatcher(): Promise<KnownSecretMatcher> {
@@ -302,7 +327,7 @@ export class SessionRecordings {
 
   /** Wait until every queued recording is written. */
   async flush(): Promise<void> {
-    while (this.#workers.size > 0) await Promise.all([...this.#workers]);
+    while (this.#writer !== null) await this.#writer;
   }
 }
 
