@@ -173,7 +173,10 @@ async function main() {
     'postgres full': { run: pgFull.run, concurrency: 4 },
   } as const;
   type Name = keyof typeof cases;
-  const results = new Map<Name, { seconds: number; count: number; latencies: number[]; cpu: number; sys: number }>();
+  const results = new Map<
+    Name,
+    { seconds: number; count: number; latencies: number[]; cpu: number; sys: number }
+  >();
   let writerMs = 0;
   // Warm up every case, then alternate.
   for (const c of Object.values(cases)) await loop(50, c.concurrency, c.run);
@@ -205,7 +208,12 @@ async function main() {
 
   const row = (name: Name) => {
     const r = results.get(name)!;
-    return { rps: r.count / r.seconds, p50: p50(r.latencies), cpuUs: (r.cpu * 1000) / r.count, sysUs: (r.sys * 1000) / r.count };
+    return {
+      rps: r.count / r.seconds,
+      p50: p50(r.latencies),
+      cpuUs: (r.cpu * 1000) / r.count,
+      sysUs: (r.sys * 1000) / r.count,
+    };
   };
   console.log(`recording bench: ${ROUNDS} rounds x ${REQUESTS} requests per case, alternating`);
   console.log('case                   req/s     p50 ms   CPU us/req (system)');
