@@ -255,6 +255,43 @@ describe('full HTTP session recordings: recorded after reversal, sealed, replaye
     expect((await run(['audit', 'verify'])).code).toBe(0);
   });
 
+  it('connection add --recording sets the mode; anything else is refused', async () => {
+    const added = await run([
+      'connection',
+      'add',
+      'rec-cli',
+      '--type',
+      'http',
+      '--url',
+      up.url,
+      '--recording',
+      'off',
+    ]);
+    expect(added.code).toBe(0);
+    expect((await ctx.connections.get('rec-cli'))?.rules).toEqual({ recording: 'off' });
+    const bad = await run([
+      'connection',
+      'add',
+      'rec-bad',
+      '--type',
+      'http',
+      '--url',
+      up.url,
+      '--recording',
+      'all',
+    ]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain('CC_ERR_INVALID_ARGUMENT: --recording must be off, metadata or full');
+    // A connection recorded `off` leaves no session row at all.
+    const before = (await ctx.store.listSessions({ limit: 1000 })).length;
+    const res = await request(`${http.url}/c/rec-cli/echo`, {
+      headers: { 'proxy-authorization': `Bearer ${agentKey}` },
+    });
+    await res.body.text();
+    await http.recorder.flush();
+    expect((await ctx.store.listSessions({ limit: 1000 })).length).toBe(before);
+  });
+
   it('erasure destroys the data key: the file can no longer be read, and verify accepts the audited erasure', async () => {
     const erased = await run(['sessions', 'erase', refusedSession]);
     expect(erased.code).toBe(0);
