@@ -1,5 +1,7 @@
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
+import { type AddressInfo, connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,6 +12,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentRef } from '../../../src/core/principal.js';
 import { type ForwardProxy, forwardProxyFrontend } from '../../../src/frontends/http/forward-proxy.js';
+import { createFrameParser, encodeFrame } from '../../../src/frontends/http/protocol/ws-frames.js';
 import { stdioUrl } from '../../../src/frontends/mcp/command.js';
 import { GatewayDriver } from '../../../src/gateway/driver.js';
 import { loadRecording } from '../../../src/recording/archive.js';
@@ -22,6 +25,7 @@ import { startUpstream, type Upstream } from '../http/harness.js';
 import { type FakeProvider, startFakeProvider } from '../llm/fake-provider.js';
 
 const CANARY = 'rec-every-canary-Ab12Cd34Ef56Gh78';
+const WS_CANARY = 'rec-ws-canary-Zz98Yy76Xx54Ww32';
 const PROVIDER_KEY = 'sk-provider-canary-0123456789abcdef';
 const FIXTURE = fileURLToPath(new URL('../mcp/fixture-server.mjs', import.meta.url));
 
@@ -40,6 +44,7 @@ describe('full recordings on every front-end keep secrets out', () => {
   let provider: FakeProvider;
   let agentKey: string;
   let ticket: string;
+  let agentPrincipal = '';
   const dir = mkdtempSync(join(tmpdir(), 'coatcheck-rec-every-'));
   const run = (args: string[]) => cli(['--dir', home.home.dir, ...args]);
 
@@ -75,6 +80,11 @@ describe('full recordings on every front-end keep secrets out', () => {
       'admin:test',
     );
     const full = { recording: 'full' as const };
+    agentPrincipal = agentRef(agent.id);
+    await ctx.vault.addSecret(
+      { name: 'ws-canary', value: Buffer.from(WS_CANARY), allow: ['wsapp'] },
+      'admin:test',
+    );
     await ctx.connections.add({ name: 'fwd', type: 'http', url: up.url, rules: full }, 'admin:test');
     await ctx.connections.add(
       { name: 'openai', type: 'llm', url: `${provider.url}/v1`, credential: 'provider', rules: full },
@@ -197,9 +207,119 @@ describe('full recordings on every front-end keep secrets out', () => {
     expect(messages.some((e) => e.dir === 'out' && /canary=cct_/.test(JSON.stringify(e.data)))).toBe(true);
   });
 
+  it('forward proxy WebSocket: messages both ways, the echoed secret as a ticket', async () => {
+    // A WebSocket upstream that greets with the credential it received, then echoes.
+    const wsServer = createServer((_req, res) => res.writeHead(426).end());
+    wsServer.on('upgrade', (req, socket: Socket) => {
+      const accept = createHash('sha1')
+        .update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
+        .digest('base64');
+      socket.write(
+        `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
+      );
+      socket.write(
+        encodeFrame({
+          fin: true,
+          rsv: 0,
+          opcode: 1,
+          payload: Buffer.from(`got ${req.headers.authorization}`),
+        }),
+      );
+      const parser = createFrameParser();
+      socket.on('data', (chunk: Buffer) => {
+        for (const frame of parser.push(chunk)) {
+          if (frame.opcode !== 1) continue;
+          socket.write(
+            encodeFrame({ fin: true, rsv: 0, opcode: 1, payload: Buffer.from(`echo ${frame.payload}`) }),
+          );
+          socket.write(encodeFrame({ fin: true, rsv: 0, opcode: 8, payload: Buffer.from([0x03, 0xe8]) }));
+          socket.end(); // the server closes the connection after its close frame (RFC 6455 7.1.1)
+        }
+      });
+      socket.on('error', () => socket.destroy());
+    });
+    await new Promise<void>((resolve) => wsServer.listen(0, '127.0.0.1', resolve));
+    const wsHost = `127.0.0.1:${(wsServer.address() as AddressInfo).port}`;
+    await ctx.connections.add(
+      { name: 'wsapp', type: 'http', url: `http://${wsHost}`, rules: { recording: 'full' } },
+      'admin:test',
+    );
+    const wsTicket = (
+      await ctx.vault.issueTicket(
+        { secret: 'ws-canary', principal: agentPrincipal, destinations: ['wsapp'] },
+        'admin:test',
+      )
+    ).ticket;
+    const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1');
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    socket.write(
+      [
+        `GET http://${wsHost}/chat HTTP/1.1`,
+        `Host: ${wsHost}`,
+        `Proxy-Authorization: Bearer ${agentKey}`,
+        `Authorization: Bearer ${wsTicket}`,
+        'Connection: Upgrade',
+        'Upgrade: websocket',
+        'Sec-WebSocket-Version: 13',
+        `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
+        '',
+        '',
+      ].join('\r\n'),
+    );
+    const seen: string[] = [];
+    await new Promise<void>((resolve) => {
+      let head: Buffer | null = Buffer.alloc(0);
+      const parser = createFrameParser();
+      const timer = setTimeout(resolve, 3000);
+      socket.on('data', (chunk: Buffer) => {
+        if (head !== null) {
+          head = Buffer.concat([head, chunk]);
+          const end = head.indexOf('\r\n\r\n');
+          if (end === -1) return;
+          chunk = head.subarray(end + 4);
+          head = null;
+          // A masked client message.
+          const mask = randomBytes(4);
+          const payload = Buffer.from('hello from the agent');
+          const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]!));
+          socket.write(Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, masked]));
+        }
+        for (const frame of parser.push(chunk)) {
+          if (frame.opcode === 1) seen.push(frame.payload.toString());
+          if (frame.opcode === 8) {
+            clearTimeout(timer);
+            resolve();
+          }
+        }
+      });
+    });
+    socket.destroy();
+    expect(seen[0]).toMatch(/^got Bearer cct_[0-9A-Za-z]{28}$/);
+    expect(seen[1]).toBe('echo hello from the agent');
+    for (let i = 0; i < 60; i++) {
+      await driver.recordings!.flush();
+      if ((await ctx.store.listRecordings({ limit: 100, connection: 'wsapp' })).length > 0) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const [row] = await ctx.store.listRecordings({ limit: 1, connection: 'wsapp' });
+    const { events } = await loadRecording(recordingArchive(ctx), row!.id);
+    const messages = events.filter((e) => e.kind === 'ws.message');
+    expect(messages.map((e) => [e.dir, (e.data.data as { text: string }).text])).toEqual([
+      ['out', seen[0]],
+      ['in', 'hello from the agent'],
+      ['out', 'echo hello from the agent'],
+    ]);
+    expect(JSON.stringify(events)).not.toContain(WS_CANARY);
+    await new Promise<void>((resolve) => {
+      wsServer.closeAllConnections();
+      wsServer.close(() => resolve());
+    });
+  });
+
   it('no recording file, replay or export holds a canary, the provider key or the agent key', async () => {
     const all = await recordings();
     expect(new Set(all.map((r) => r.record.frontend))).toEqual(new Set(['http-proxy', 'llm', 'mcp']));
+    expect(all.some((r) => r.record.connection === 'wsapp')).toBe(true);
     const outputs: string[] = [];
     for (const { record } of all) {
       outputs.push((await run(['sessions', 'replay', record.id])).stdout);
@@ -210,6 +330,7 @@ describe('full recordings on every front-end keep secrets out', () => {
     expect(outputs.join('').length).toBeGreaterThan(1000);
     for (const text of outputs) {
       expect(text).not.toContain(CANARY);
+      expect(text).not.toContain(WS_CANARY);
       expect(text).not.toContain(PROVIDER_KEY);
       expect(text).not.toContain(agentKey);
     }
