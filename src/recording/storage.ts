@@ -1,4 +1,4 @@
-import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CoatcheckError } from '../core/errors.js';
 
@@ -49,12 +49,7 @@ export function fileRecordingStorage(dir: string): RecordingStorage {
       // 'wx': a new file only; 0600: readable by the gateway's user alone. Not synced one by
       // one (a sync per request would cost more than the request): a crash can lose the last
       // recordings written, and `audit verify` then names each as removed.
-      const handle = await open(join(dir, location), 'wx', 0o600);
-      try {
-        await handle.writeFile(data);
-      } finally {
-        await handle.close();
-      }
+      await writeFile(join(dir, location), data, { flag: 'wx', mode: 0o600 });
     },
     async get(location, maxBytes) {
       checkLocation(location);

@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
@@ -216,7 +216,7 @@ describe('full HTTP session recordings: recorded after reversal, sealed, replaye
     expect(metrics).toContain('coatcheck_recording_scrubbed_total{frontend="http"} 2');
   });
 
-  it('an agent key cannot read recordings from the admin API', async () => {
+  it('an agent key cannot read recordings from the admin API, nor another user the files', async () => {
     for (const path of [`/v1/sessions/${okSession}/recording`, `/v1/sessions/${okSession}/export`]) {
       const res = await request(`${admin.url}${path}`, { headers: { authorization: `Bearer ${agentKey}` } });
       expect(res.statusCode).toBe(401);
@@ -224,9 +224,13 @@ describe('full HTTP session recordings: recorded after reversal, sealed, replaye
       expect(body).toContain('CC_ERR_ADMIN_UNAUTHORIZED');
       expect(body).not.toContain('hello upstream');
     }
-    // Through the data path the admin API is not reachable at all: /c/<connection>/ goes upstream only.
-    const mode = readdirSync(recordingsDir(ctx)).map((n) => readFileSync(join(recordingsDir(ctx), n)).length);
-    expect(mode.every((n) => n > 0)).toBe(true);
+    // On disk: the gateway's user alone may read them.
+    expect(statSync(recordingsDir(ctx)).mode & 0o777).toBe(0o700);
+    const modes = readdirSync(recordingsDir(ctx)).map(
+      (n) => statSync(join(recordingsDir(ctx), n)).mode & 0o777,
+    );
+    expect(modes.length).toBeGreaterThan(0);
+    expect(new Set(modes)).toEqual(new Set([0o600]));
   });
 
   it('audit verify detects an edited and a removed recording', async () => {
