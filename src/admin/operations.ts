@@ -488,12 +488,14 @@ export const operations = {
       limit: z.number().int().min(1).max(1000).optional(),
       before: z.number().int().min(0).optional(),
       agent: name.optional(),
-      connection: name.optional(),
+      // Coerced: the admin API reads an all-digit query value as a number (a connection
+      // named 2024, a search for 404).
+      connection: z.coerce.string().min(1).max(128).optional(),
       /** A ticket id (tkt_…) or the ticket itself. */
-      ticket: z.string().min(1).max(64).optional(),
+      ticket: z.coerce.string().min(1).max(64).optional(),
       since: z.number().int().min(0).optional(),
       until: z.number().int().min(0).optional(),
-      text: z.string().min(1).max(1024).optional(),
+      text: z.coerce.string().min(1).max(1024).optional(),
     }),
     async run(ctx, input) {
       const principal =

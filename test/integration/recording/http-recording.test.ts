@@ -224,6 +224,12 @@ describe('full HTTP session recordings: recorded after reversal, sealed, replaye
       expect(body).toContain('CC_ERR_ADMIN_UNAUTHORIZED');
       expect(body).not.toContain('hello upstream');
     }
+    // Through the admin API with the admin key, an all-digit search is still text.
+    const listed = await request(`${admin.url}/v1/sessions?connection=api&text=400`, {
+      headers: { authorization: `Bearer ${home.adminKey}` },
+    });
+    expect(listed.statusCode).toBe(200);
+    expect(((await listed.body.json()) as Array<{ id: string }>).map((r) => r.id)).toEqual([refusedSession]);
     // On disk: the gateway's user alone may read them.
     expect(statSync(recordingsDir(ctx)).mode & 0o777).toBe(0o700);
     const modes = readdirSync(recordingsDir(ctx)).map(
