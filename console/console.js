@@ -850,20 +850,75 @@ async function auditPage({ query }) {
 
 // --- sessions ------------------------------------------------------------------
 
+const SESSION_FILTERS = ['agent', 'connection', 'ticket', 'text', 'since', 'until'];
+
 async function sessionsPage({ query }) {
   const before = Number(query.get('before'));
   await loadAgentNames();
-  const rows = await api(
-    'GET',
-    `/v1/sessions?limit=50${Number.isInteger(before) && before > 0 ? `&before=${before}` : ''}`,
+  const filter = Object.fromEntries(SESSION_FILTERS.map((name) => [name, query.get(name) ?? '']));
+  const params = new URLSearchParams({ limit: '50' });
+  for (const name of ['agent', 'connection', 'ticket', 'text'])
+    if (filter[name]) params.set(name, filter[name]);
+  for (const name of ['since', 'until']) {
+    const ms = Date.parse(filter[name]);
+    if (filter[name] && Number.isFinite(ms)) params.set(name, String(ms));
+  }
+  if (Number.isInteger(before) && before > 0) params.set('before', String(before));
+  const rows = await api('GET', `/v1/sessions?${params}`);
+  const field = (name, label, help, type = 'search') => {
+    const id = nextId(`session-${name}`);
+    return el(
+      'div',
+      {},
+      el('label', { for: id }, label),
+      el('input', {
+        id,
+        name,
+        type,
+        value: filter[name],
+        autocomplete: 'off',
+        'aria-describedby': `${id}-help`,
+      }),
+      el('p', { id: `${id}-help`, class: 'help' }, help),
+    );
+  };
+  const form = el(
+    'form',
+    { class: 'filters', role: 'search', 'aria-label': 'Filter sessions' },
+    field('agent', 'Agent', 'an agent name'),
+    field('connection', 'Connection', 'full recordings of this connection'),
+    field('ticket', 'Ticket', 'a ticket id (tkt_…) it used or was handed'),
+    field('text', 'Statement or URL contains', 'searched in full recordings'),
+    field('since', 'Started after', 'e.g. 2026-12-04T10:00Z', 'text'),
+    field('until', 'Started before', 'e.g. 2026-12-04T12:00Z', 'text'),
+    el(
+      'div',
+      { class: 'buttons' },
+      el('button', { type: 'submit' }, 'Filter'),
+      el('a', { href: '#/sessions', class: 'button secondary' }, 'Clear'),
+    ),
   );
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const next = new URLSearchParams();
+    for (const name of SESSION_FILTERS) {
+      const value = form.elements[name].value.trim();
+      if (value) next.set(name, value);
+    }
+    const text = next.toString();
+    location.hash = `#/sessions${text ? `?${text}` : ''}`;
+  });
+  const older = new URLSearchParams();
+  for (const name of SESSION_FILTERS) if (filter[name]) older.set(name, filter[name]);
+  if (rows.length > 0) older.set('before', String(rows.at(-1).startedAt));
   return [
     heading('Sessions'),
     el(
       'p',
       { class: 'muted' },
-      'Recorded data-path sessions, newest first: metadata, ids and codes only, never values.',
+      'Recorded data-path sessions, newest first. Full recordings hold what the client sent and received, with tickets in place of secrets.',
     ),
+    form,
     table(
       'Recorded sessions',
       [
@@ -877,6 +932,7 @@ async function sessionsPage({ query }) {
         },
         { label: 'Status', cell: (s) => orDash(s.status) },
         { label: 'Outcome', cell: (s) => badge(s.outcome === 'ok' ? 'ok' : 'error') },
+        { label: 'Recorded', cell: (s) => s.recorded ?? 'metadata' },
         { label: 'Started', cell: (s) => when(s.startedAt) },
         { label: 'Duration', cell: (s) => `${Math.max(0, s.endedAt - s.startedAt)} ms` },
       ],
@@ -887,15 +943,196 @@ async function sessionsPage({ query }) {
       ? el(
           'nav',
           { class: 'pager', 'aria-label': 'Session pages' },
-          el('a', { href: `#/sessions?before=${rows.at(-1).startedAt}`, class: 'button secondary' }, 'Older'),
+          el('a', { href: `#/sessions?${older}`, class: 'button secondary' }, 'Older'),
         )
       : null,
   ];
 }
 
+// --- the session player --------------------------------------------------------
+
+/** Terminal and bidi controls shown as escapes (the agent or the upstream wrote this text). */
+const visible = (text) =>
+  String(text).replace(
+    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
+  );
+
+function payloadText(p) {
+  if (p === null || typeof p !== 'object') return '';
+  const body =
+    p.text !== undefined
+      ? p.text
+      : p.base64 !== undefined
+        ? `[binary, ${p.bytes} bytes; base64] ${p.base64}`
+        : '';
+  return p.truncated ? `${body}\n[… not all ${p.bytes} bytes were recorded]` : body;
+}
+
+/** One event as a person would have seen it (the same shapes as `coatcheck sessions replay`). */
+function recordedText(e) {
+  const d = e.data ?? {};
+  const headers = (prefix) =>
+    Array.isArray(d.headers) ? d.headers.map(([n, v]) => `${prefix} ${n}: ${v}`) : [];
+  switch (e.kind) {
+    case 'pg.query':
+      return `=> ${d.sql}`;
+    case 'pg.parse':
+      return `=> [prepare] ${d.sql}`;
+    case 'pg.bind':
+      return `   [bind ${(d.params ?? []).map((p, i) => `$${i + 1} = ${p === null ? 'NULL' : payloadText(p)}`).join(', ')}]`;
+    case 'pg.result': {
+      if (!Array.isArray(d.columns)) return d.tag || null;
+      const rows = (d.rows ?? []).map((r) => r.map((c) => (c === null ? '' : payloadText(c))).join(' | '));
+      const n = d.rowCount ?? rows.length;
+      return [d.columns.join(' | '), ...rows, `(${n} ${n === 1 ? 'row' : 'rows'})`].join('\n');
+    }
+    case 'pg.error':
+      return `${d.severity ?? 'ERROR'}:  ${d.message ?? ''}`;
+    case 'pg.notice':
+      return `${d.severity ?? 'NOTICE'}:  ${d.message ?? ''}`;
+    case 'http.request':
+      return [`> ${d.method} ${d.url}`, ...headers('>'), ...(d.body ? ['>', payloadText(d.body)] : [])].join(
+        '\n',
+      );
+    case 'http.response':
+      return [`< HTTP ${d.status}`, ...headers('<')].join('\n');
+    case 'http.body':
+      return payloadText(d.body);
+    case 'sse.data':
+      return payloadText(d.data);
+    case 'ws.message':
+    case 'mcp.message':
+      return `${e.dir === 'in' ? '>' : '<'} ${payloadText(d.data ?? d.message)}`;
+    case 'gateway.refused':
+      return `-- coatcheck refused: ${d.code}`;
+    case 'session.terminated':
+      return `-- coatcheck ended the session: ${d.code}`;
+    case 'recording.truncated':
+      return '-- recording truncated: later events were counted, not kept';
+    case 'session.end':
+      return `-- session ended: ${d.outcome}`;
+    case 'pg.ready':
+    case 'pg.parameter':
+    case 'pg.execute':
+      return null;
+    default:
+      return `-- ${e.kind}`;
+  }
+}
+
+function player(recording) {
+  const items = recording.events
+    .map((e) => ({ at: e.at, kind: e.kind, text: recordedText(e) }))
+    .filter((e) => e.text !== null);
+  let cursor = -1;
+  let timer = null;
+  const status = el('p', { class: 'muted', role: 'status', 'aria-live': 'polite' });
+  const list = el('ol', { class: 'timeline', 'aria-label': 'Recorded events' });
+  const rows = items.map((item, i) => {
+    const li = el(
+      'li',
+      { class: 'pending', 'data-kind': item.kind },
+      el('span', { class: 'at' }, `+${item.at} ms`),
+      el('pre', {}, visible(item.text)),
+    );
+    li.addEventListener('click', () => goTo(i));
+    return li;
+  });
+  append(list, rows);
+  const speed = el(
+    'select',
+    { id: nextId('speed'), 'aria-label': 'Speed' },
+    ...[1, 10, 100].map((n) => el('option', { value: String(n), selected: n === 10 }, `${n}×`)),
+  );
+  const search = el('input', { type: 'search', id: nextId('find'), autocomplete: 'off' });
+  const play = el('button', { type: 'button' }, 'Play');
+  const pause = el('button', { type: 'button', class: 'secondary', disabled: true }, 'Pause');
+  const step = el('button', { type: 'button', class: 'secondary' }, 'Step');
+  const stop = () => {
+    clearTimeout(timer);
+    timer = null;
+    play.disabled = false;
+    pause.disabled = true;
+  };
+  const goTo = (i) => {
+    cursor = Math.max(-1, Math.min(i, items.length - 1));
+    rows.forEach((row, j) => {
+      row.classList.toggle('pending', j > cursor);
+      if (j === cursor) row.setAttribute('aria-current', 'step');
+      else row.removeAttribute('aria-current');
+    });
+    rows[cursor]?.scrollIntoView({ block: 'nearest' });
+    status.textContent = `Event ${cursor + 1} of ${items.length}`;
+    step.disabled = cursor >= items.length - 1;
+  };
+  const tick = () => {
+    if (cursor >= items.length - 1) return stop();
+    goTo(cursor + 1);
+    const next = items[cursor + 1];
+    if (next === undefined) return stop();
+    const wait = Math.min(5000, Math.max(0, (next.at - items[cursor].at) / Number(speed.value)));
+    timer = setTimeout(tick, wait);
+  };
+  play.addEventListener('click', () => {
+    if (timer !== null) return;
+    if (cursor >= items.length - 1) goTo(-1);
+    play.disabled = true;
+    pause.disabled = false;
+    tick();
+  });
+  pause.addEventListener('click', stop);
+  step.addEventListener('click', () => {
+    stop();
+    goTo(cursor + 1);
+  });
+  search.addEventListener('input', () => {
+    const needle = search.value.trim().toLowerCase();
+    let found = 0;
+    rows.forEach((row, j) => {
+      const hit = needle !== '' && items[j].text.toLowerCase().includes(needle);
+      row.classList.toggle('match', hit);
+      if (hit) found++;
+    });
+    const first = rows.findIndex((row) => row.classList.contains('match'));
+    if (first >= 0) {
+      stop();
+      goTo(first);
+    }
+    status.textContent =
+      needle === '' ? `Event ${cursor + 1} of ${items.length}` : `${found} matching events`;
+  });
+  goTo(-1);
+  return el(
+    'section',
+    { class: 'player', 'aria-label': 'Session player' },
+    el('h2', {}, 'Recording'),
+    el(
+      'p',
+      { class: 'muted' },
+      `Sealed recording ${recording.hash.slice(0, 16)}…, verified against the audit log. What the client sent and received; tickets stand for secrets.`,
+    ),
+    el(
+      'div',
+      { class: 'controls' },
+      play,
+      pause,
+      step,
+      el('label', { for: speed.id }, 'Speed'),
+      speed,
+      el('label', { for: search.id }, 'Search'),
+      search,
+    ),
+    status,
+    list,
+  );
+}
+
 async function sessionPage({ id }) {
   await loadAgentNames();
   const s = await api('GET', `/v1/sessions/${enc(id)}`);
+  // A full recording, when there is one (metadata-only sessions have none).
+  const recording = await api('GET', `/v1/sessions/${enc(id)}/recording`).catch(() => null);
   const summary = s.summary ?? {};
   const { events = [], tickets = [], secrets = [], droppedEvents = 0, ...rest } = summary;
   return [
@@ -927,6 +1164,7 @@ async function sessionPage({ id }) {
     droppedEvents > 0
       ? el('p', { class: 'muted' }, `${droppedEvents} later events were counted, not kept.`)
       : null,
+    recording === null ? null : player(recording),
   ];
 }
 

@@ -4,7 +4,9 @@ import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
 import { agentRef } from '../core/principal.js';
+import type { RecordingArchive } from '../recording/archive.js';
 import type { Context } from '../server/context.js';
+import type { RecordingRecord } from '../store/types.js';
 import { readKeyringState } from '../vault/keyring.js';
 // The remote CLI loads this module for its input schemas: handlers import what only the
 // server runs (backup, rotation, text cleaning, the proxy CA) when they run.
@@ -48,6 +50,64 @@ const destinations = z.array(z.string().min(1).max(260)).max(64).optional();
 const ticketOrId = z.string().min(1).max(64);
 const placementList = z.array(z.string().min(1).max(80)).max(16).optional();
 const sqlConnections = z.array(z.string().min(1).max(63)).max(64).optional();
+
+export function retentionLimits(ctx: Context): { maxAgeMs: number; maxBytes: number } {
+  return {
+    maxAgeMs: parseDuration(ctx.config.recording.retention.maxAge, 'recording.retention.maxAge'),
+    maxBytes: ctx.config.recording.retention.maxBytes,
+  };
+}
+
+/** Most recordings whose events a text search decrypts per call. */
+const MAX_TEXT_SEARCHED = 500;
+
+/** Full recordings matching the filters; with `text`, only those whose events contain it. */
+async function searchRecordings(
+  ctx: Context,
+  archive: RecordingArchive,
+  input: {
+    principal?: string;
+    connection?: string;
+    ticket?: string;
+    since?: number;
+    until?: number;
+    before?: number;
+    text?: string;
+    limit: number;
+  },
+): Promise<RecordingRecord[]> {
+  let ticket = input.ticket;
+  if (ticket !== undefined && !/^tkt_[0-9A-Za-z]{1,60}$/.test(ticket)) {
+    // The ticket itself: its id (the list holds ids, never tickets).
+    ticket = (await ctx.vault.inspectTicket(ticket)).id;
+  }
+  const until =
+    input.before === undefined ? input.until : Math.min(input.before, input.until ?? Number.MAX_SAFE_INTEGER);
+  const candidates = await ctx.store.listRecordings({
+    limit: input.text === undefined ? input.limit : MAX_TEXT_SEARCHED,
+    ...(input.principal === undefined ? {} : { principal: input.principal }),
+    ...(input.connection === undefined ? {} : { connection: input.connection }),
+    ...(ticket === undefined ? {} : { ticket }),
+    ...(input.since === undefined ? {} : { since: input.since }),
+    ...(until === undefined ? {} : { until }),
+  });
+  if (input.text === undefined) return candidates;
+  const { loadRecording } = await import('../recording/archive.js');
+  const needle = input.text.toLowerCase();
+  const found: RecordingRecord[] = [];
+  for (const candidate of candidates) {
+    if (found.length >= input.limit) break;
+    if (candidate.erasedAt !== null) continue;
+    try {
+      const { events } = await loadRecording(archive, candidate.id);
+      if (events.some((event) => JSON.stringify(event.data).toLowerCase().includes(needle)))
+        found.push(candidate);
+    } catch {
+      // unreadable recordings are reported by `audit verify`, not here
+    }
+  }
+  return found;
+}
 
 async function principalOf(ctx: Context, agentName: string): Promise<string> {
   const agent = await ctx.agents.get(agentName);
@@ -392,7 +452,13 @@ export const operations = {
     input: z.object({
       anchor: z.object({ seq: z.number().int().min(0), hash: z.string().max(128) }).optional(),
     }),
-    run: (ctx, input) => ctx.audit.verify(input.anchor === undefined ? {} : { anchor: input.anchor }),
+    async run(ctx, input) {
+      const chain = await ctx.audit.verify(input.anchor === undefined ? {} : { anchor: input.anchor });
+      // Each recording's chained hash is in the log (recording.sealed): an edited or removed one shows here.
+      const { recordingArchive } = await import('../server/recordings.js');
+      const { verifyRecordings } = await import('../recording/archive.js');
+      return { ...chain, recordings: await verifyRecordings(recordingArchive(ctx)) };
+    },
   }),
   auditAnchor: op({
     method: 'GET',
@@ -416,26 +482,128 @@ export const operations = {
   sessionList: op({
     method: 'GET',
     path: '/v1/sessions',
-    summary: 'Recorded data-path sessions, newest first (metadata only; page back with before).',
+    summary:
+      'Recorded data-path sessions, newest first (page back with before). Filtering by connection, ticket, time or text lists full recordings only; text is searched in their decrypted events (statements, URLs, bodies).',
     input: z.object({
       limit: z.number().int().min(1).max(1000).optional(),
       before: z.number().int().min(0).optional(),
       agent: name.optional(),
+      // Coerced: the admin API reads an all-digit query value as a number (a connection
+      // named 2024, a search for 404).
+      connection: z.coerce.string().min(1).max(128).optional(),
+      /** A ticket id (tkt_…) or the ticket itself. */
+      ticket: z.coerce.string().min(1).max(64).optional(),
+      since: z.number().int().min(0).optional(),
+      until: z.number().int().min(0).optional(),
+      text: z.coerce.string().min(1).max(1024).optional(),
     }),
     async run(ctx, input) {
       const principal =
         input.agent === undefined ? undefined : agentRef((await ctx.agents.get(input.agent)).id);
-      const rows = await ctx.store.listSessions({
-        limit: input.limit ?? 50,
-        before: input.before,
-        principal,
-      });
-      return rows.map(({ summary, ...rest }) => ({
-        ...rest,
-        method: summary.method ?? null,
-        path: summary.path ?? null,
-        status: summary.status ?? null,
-      }));
+      const limit = input.limit ?? 50;
+      const { recordingArchive } = await import('../server/recordings.js');
+      const archive = recordingArchive(ctx);
+      const searching =
+        input.connection !== undefined ||
+        input.ticket !== undefined ||
+        input.since !== undefined ||
+        input.until !== undefined ||
+        input.text !== undefined;
+      const rows = searching
+        ? await searchRecordings(ctx, archive, { ...input, principal, limit })
+        : await ctx.store.listSessions({ limit, before: input.before, principal });
+      const out = [];
+      for (const row of rows) {
+        const session = 'summary' in row ? row : await ctx.store.getSession(row.id);
+        const summary = session?.summary ?? {};
+        const recording = 'summary' in row ? await ctx.store.getRecording(row.id) : row;
+        out.push({
+          id: row.id,
+          frontend: row.frontend,
+          principal: row.principal,
+          connection: row.connection,
+          startedAt: row.startedAt,
+          endedAt: row.endedAt,
+          outcome: session?.outcome ?? '-',
+          method: summary.method ?? null,
+          path: summary.path ?? null,
+          status: summary.status ?? null,
+          recorded: recording === null ? 'metadata' : recording.erasedAt === null ? 'full' : 'erased',
+        });
+      }
+      return out;
+    },
+  }),
+  sessionRecording: op({
+    method: 'GET',
+    path: '/v1/sessions/:id/recording',
+    summary:
+      "A session's full recording: its events, verified against the hash in the audit log and decrypted (what the client sent and received; tickets, never secrets).",
+    input: z.object({ id: z.string().min(1).max(64) }),
+    async run(ctx, input) {
+      const { recordingArchive } = await import('../server/recordings.js');
+      const { loadRecording } = await import('../recording/archive.js');
+      const { record, events } = await loadRecording(recordingArchive(ctx), input.id);
+      const session = await ctx.store.getSession(input.id);
+      return {
+        id: record.id,
+        frontend: record.frontend,
+        principal: record.principal,
+        connection: record.connection,
+        startedAt: record.startedAt,
+        endedAt: record.endedAt,
+        outcome: session?.outcome ?? null,
+        hash: record.hash,
+        events,
+      };
+    },
+  }),
+  sessionExport: op({
+    method: 'GET',
+    path: '/v1/sessions/:id/export',
+    summary:
+      'A self-contained, verifiable bundle of a full recording: events, the sealed file, its data key and the audit records vouching for it.',
+    input: z.object({ id: z.string().min(1).max(64) }),
+    async run(ctx, input) {
+      const { recordingArchive } = await import('../server/recordings.js');
+      const { exportRecording } = await import('../recording/archive.js');
+      return exportRecording(recordingArchive(ctx), input.id);
+    },
+  }),
+  sessionErase: op({
+    method: 'POST',
+    path: '/v1/sessions/:id/erase',
+    summary: "Erase a session's full recording: its data key is destroyed and its file removed (audited).",
+    input: z.object({ id: z.string().min(1).max(64) }),
+    async run(ctx, input, actor) {
+      const { recordingArchive } = await import('../server/recordings.js');
+      const { eraseRecording } = await import('../recording/archive.js');
+      const erased = await eraseRecording(
+        recordingArchive(ctx),
+        ctx.audit,
+        ctx.clock,
+        input.id,
+        'operator',
+        actor,
+      );
+      if (!erased) {
+        throw new CoatcheckError('CC_ERR_NOT_FOUND', `no live full recording of session ${input.id}`, {
+          details: { id: input.id },
+        });
+      }
+      return { id: input.id, erased };
+    },
+  }),
+  recordingRetention: op({
+    method: 'POST',
+    path: '/v1/recordings/retention',
+    summary:
+      'Apply recording retention now: erase recordings older than recording.retention.maxAge, then the oldest beyond maxBytes.',
+    input: z.object({}),
+    async run(ctx, _input, actor) {
+      const { recordingArchive } = await import('../server/recordings.js');
+      const { applyRetention } = await import('../recording/archive.js');
+      return applyRetention(recordingArchive(ctx), ctx.audit, ctx.clock, retentionLimits(ctx), actor);
     },
   }),
   sessionShow: op({

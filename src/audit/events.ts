@@ -222,6 +222,31 @@ export interface AuditEventFields {
     readonly outcome: string;
     readonly tickets: Ids;
   };
+
+  // ---- session recordings (docs/recording.md, ADR 0018) ------------------------------
+  'recording.sealed': {
+    readonly session: Id;
+    readonly frontend: string;
+    readonly connection: string | null;
+    /** Hex SHA-256 over the sealed chunks, chained: `audit verify` recomputes it from the stored file. */
+    readonly hash: string;
+    readonly chunks: number;
+    readonly bytes: number;
+    readonly events: number;
+    readonly dropped: number;
+  };
+  'recording.degraded': {
+    readonly session: Id;
+    readonly frontend: string;
+    readonly connection: string | null;
+    /** `refused`: the session was refused; `metadata`: recorded as metadata only; `dropped`: the content was not kept. */
+    readonly action: 'refused' | 'metadata' | 'dropped';
+    readonly reason: 'queue-full' | 'write-failed';
+  };
+  'recording.erased': {
+    readonly session: Id;
+    readonly reason: 'retention-age' | 'retention-size' | 'operator';
+  };
 }
 
 type WorkflowNodeFields = {
@@ -309,4 +334,9 @@ export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'ssh.channel':
     'an SSH channel request (exec with its cleaned command line and exit code, shell, sftp, a port forward), carried or refused',
   'mcp.call': 'an MCP tool call, refused or not (tool name and outcome, never arguments)',
+  'recording.sealed':
+    "a session's full recording was stored (chained hash of its sealed chunks, sizes): `audit verify` checks the stored file against it",
+  'recording.degraded':
+    'a full recording could not be kept (queue full or write failed): the session was refused, or recorded as metadata only',
+  'recording.erased': "a recording's data key was destroyed and its chunks removed (retention or operator)",
 };

@@ -31,7 +31,10 @@ export function renderApproval(a: ApprovalView): string {
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
-export function registerApprovalCommands(program: Command, helpers: SessionCommandHelpers): void {
+export function registerApprovalCommands(
+  program: Command,
+  helpers: Pick<SessionCommandHelpers, 'perform' | 'table'>,
+): void {
   const { perform, table } = helpers;
   const approvals = program.command('approvals').description('just-in-time approvals of exact operations');
   approvals

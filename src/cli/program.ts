@@ -400,9 +400,21 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       '--host-key <key>',
       "ssh: the upstream's host key, a line of `ssh-keyscan -t ed25519 HOST` ('ssh-ed25519 AAAA…') or its SHA256: fingerprint",
     )
+    .option(
+      '--recording <mode>',
+      'session recording: off | metadata | full (default: recording.default in the config)',
+    )
     .action(async (name: string, opts, command: Command) => {
       const rules: Record<string, unknown> = {};
       if (typeof opts.hostKey === 'string') rules.hostKey = pinnedHostKey(opts.hostKey);
+      if (opts.recording !== undefined) {
+        if (!['off', 'metadata', 'full'].includes(String(opts.recording))) {
+          throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', '--recording must be off, metadata or full', {
+            details: { field: '--recording' },
+          });
+        }
+        rules.recording = opts.recording;
+      }
       if (opts.readOnly === true) rules.readOnly = true;
       if (opts.blockDdl === true) rules.blockDdl = true;
       if (opts.requireApprovalForWrites === true) rules.requireApprovalForWrites = true;
@@ -675,11 +687,18 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         write(
           options.json
             ? `${JSON.stringify(r, null, 2)}\n`
-            : r.ok
-              ? `audit log intact: ${r.records} records${anchor === undefined ? '' : `, reaching the anchor (record ${anchor.seq})`}\n`
-              : `audit log damaged at record ${r.seq} (${r.problem}): ${r.message}\n`,
+            : visibleControls(
+                (r.ok
+                  ? `audit log intact: ${r.records} records${anchor === undefined ? '' : `, reaching the anchor (record ${anchor.seq})`}\n`
+                  : `audit log damaged at record ${r.seq} (${r.problem}): ${r.message}\n`) +
+                  (r.recordings.problems.length === 0
+                    ? `recordings intact: ${r.recordings.checked} vouched for by the log\n`
+                    : r.recordings.problems
+                        .map((p) => `recording damaged (${p.problem}): ${p.message}\n`)
+                        .join('')),
+              ),
         );
-        if (!r.ok) exitCode = EXIT.failed;
+        if (!r.ok || r.recordings.problems.length > 0) exitCode = EXIT.failed;
       } finally {
         await client.close();
       }
@@ -728,7 +747,14 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       );
     });
 
-  registerSessionCommands(program, { perform, table });
+  registerSessionCommands(program, {
+    perform,
+    table,
+    write,
+    setExitCode: (code) => {
+      exitCode = code;
+    },
+  });
   registerWorkflowCommands(program, { perform, table });
   // scan, scrub, tokenize: the detector. scrub and tokenize clean text with the vault's
   // secrets too, through the textClean operation (the running server's admin API, or the

@@ -1,5 +1,6 @@
 import { existsSync, rmSync } from 'node:fs';
 import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
+import { retentionLimits } from '../admin/operations.js';
 import { type Home, resolveHome, writeFileDurably, writeFileExclusive } from '../config/home.js';
 import { listenAddress } from '../config/schema.js';
 import { parseDuration } from '../core/duration.js';
@@ -10,9 +11,11 @@ import { type PostgresFrontend, postgresFrontend } from '../frontends/postgres/s
 import { type SshFrontend, sshFrontend } from '../frontends/ssh/start.js';
 import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
+import { applyRetention } from '../recording/archive.js';
 import { type Context, initHome, openContext } from '../server/context.js';
 import { type HttpFrontend, httpGateway } from '../server/frontends.js';
 import { frontendDeps } from '../server/gateway-deps.js';
+import { recordingArchive, sessionRecordings } from '../server/recordings.js';
 import { type CliIo, EXIT } from './io.js';
 import { liveServer } from './live-server.js';
 
@@ -127,7 +130,13 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
 async function serveWithContext(ctx: Context, home: Home, options: ServeOptions, io: CliIo): Promise<number> {
   const log = ctx.log;
   // The one driver of this process's front-ends: listeners, session hooks, metrics, shutdown.
-  const driver = new GatewayDriver({ registry: ctx.metrics, log, store: ctx.store, clock: ctx.clock });
+  const driver = new GatewayDriver({
+    registry: ctx.metrics,
+    log,
+    store: ctx.store,
+    clock: ctx.clock,
+    recordings: sessionRecordings(ctx),
+  });
   const deps = frontendDeps(ctx);
   let stopping = false;
   let admin: AdminServer | null = null;
@@ -136,6 +145,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
   let proxy: ForwardProxy | null = null;
   let k8s: KubernetesListener | null = null;
   let ssh: SshFrontend | null = null;
+  const closers: Array<() => void> = [];
   try {
     await ctx.connections.checkDeclared();
     const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
@@ -198,6 +208,24 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
         : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}${k8s === null ? '' : `  kubernetes ${k8s.url} (coatcheck kubeconfig AGENT CONNECTION)\n`}${ssh === null ? '' : `  ssh        ${ssh.host}:${ssh.port} (host key ${ssh.hostKey.fingerprint})\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
     );
     log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
+    // Recording retention (recording.retention): at start, then hourly, off the request path.
+    const retain = () =>
+      applyRetention(
+        recordingArchive(ctx),
+        ctx.audit,
+        ctx.clock,
+        retentionLimits(ctx),
+        'gateway:retention',
+      ).catch((error: unknown) =>
+        log.error(
+          { code: (error as { code?: string })?.code },
+          'recording retention failed; retried in an hour',
+        ),
+      );
+    void retain();
+    const retention = setInterval(() => void retain(), 3_600_000);
+    retention.unref();
+    closers.push(() => clearInterval(retention));
     // Policies reload on change and on SIGHUP; a set that does not validate keeps the old one in force.
     const onReload = (result: ReloadResult) => {
       if (result.ok) log.info({ policies: result.policies, policy: policyInForce(ctx) }, 'policy reloaded');
@@ -228,6 +256,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
   } finally {
     // Stop accepting, drain what is in flight (on a signal), then close.
     // On a signal, work in flight may finish within shutdown.drainTimeout (default 5 s).
+    for (const close of closers) close();
     await driver.stop({ drainMs: stopping ? parseDuration(ctx.config.shutdown.drainTimeout) : 0 });
     await pg?.close();
     await ssh?.close();

@@ -28,6 +28,8 @@ export const connectionRulesSchema = z
     rowLimit: z.number().int().min(1).max(1_000_000_000).optional(),
     maskColumns: z.array(z.string().min(1).max(128)).max(64).optional(),
     scanSecrets: z.boolean().optional(),
+    /** Session recording for this connection: off, metadata (the default) or full (docs/recording.md). */
+    recording: z.enum(['off', 'metadata', 'full']).optional(),
     /** Other databases a client may pick as `<connection>/<database>` (`*`: any). */
     databases: z
       .array(z.string().regex(/^(\*|[A-Za-z0-9_][A-Za-z0-9_$-]{0,62})$/, 'must be a database name or *'))
@@ -128,6 +130,50 @@ export const configSchema = z
       .prefault({}),
     agents: z
       .object({ maxTtl: duration.default('90d') })
+      .strict()
+      .prefault({}),
+    /** Session recordings (docs/recording.md). */
+    recording: z
+      .object({
+        /** Mode of connections that name none: off, metadata or full. */
+        default: z.enum(['off', 'metadata', 'full']).default('metadata'),
+        /** Most bytes of events one session's full recording keeps (events beyond are counted, not kept). */
+        maxSessionBytes: z
+          .number()
+          .int()
+          .min(4096)
+          .max(1024 * 1024 * 1024)
+          .default(8 * 1024 * 1024),
+        /** Most bytes of one HTTP body, WebSocket message or SQL value kept per event. */
+        maxBodyBytes: z
+          .number()
+          .int()
+          .min(0)
+          .max(16 * 1024 * 1024)
+          .default(64 * 1024),
+        /** Most result rows kept per PostgreSQL statement (the row count is always kept). */
+        maxRowsPerStatement: z.number().int().min(0).max(100_000).default(100),
+        /** Full recordings waiting to be written; beyond it new sessions are refused or degraded. */
+        maxQueued: z.number().int().min(1).max(100_000).default(256),
+        /** When the queue is full: refuse new full-mode sessions, or record them as metadata only. */
+        whenFull: z.enum(['refuse', 'metadata']).default('metadata'),
+        /** Directory of sealed recordings, relative to the home unless absolute. */
+        dir: z.string().min(1).max(4096).default('recordings'),
+        retention: z
+          .object({
+            /** Recordings older than this are erased (their data key destroyed, files removed). */
+            maxAge: duration.default('30d'),
+            /** Most stored bytes of all recordings; the oldest are erased beyond it. */
+            maxBytes: z
+              .number()
+              .int()
+              .min(1024 * 1024)
+              .max(Number.MAX_SAFE_INTEGER)
+              .default(10 * 1024 * 1024 * 1024),
+          })
+          .strict()
+          .prefault({}),
+      })
       .strict()
       .prefault({}),
     audit: z

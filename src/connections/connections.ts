@@ -121,7 +121,8 @@ export function validateConnection(input: ConnectionConfig): string[] {
       'must not contain a user or password; store it with `secret add` and pass --credential',
     );
   }
-  const ruleNames = Object.keys(input.rules ?? {});
+  // `recording` applies to every type; the others are each type's own.
+  const ruleNames = Object.keys(input.rules ?? {}).filter((key) => key !== 'recording');
   if (input.type === 'kubernetes') {
     if (ruleNames.some((r) => r !== 'ca'))
       throw invalid('rules', 'a kubernetes connection takes only --ca (statement rules are for postgres)');

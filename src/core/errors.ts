@@ -359,6 +359,20 @@ export const ERROR_CODES = {
       'The gateway is shutting down: it finishes the work in flight and refuses new requests and sessions. SQLSTATE 57P01 on PostgreSQL.',
     solution: 'Retry on another replica or after the restart.',
   },
+  CC_ERR_RECORDING_BACKLOG: {
+    status: 503,
+    description:
+      'The connection records sessions in full and the recording queue is full (recording.maxQueued); with recording.whenFull: refuse the session is refused rather than run unrecorded. Counted and audited (recording.degraded). SQLSTATE 53000 on PostgreSQL.',
+    solution:
+      'Retry shortly; if it persists, check the recordings directory (disk space, permissions) and the store, or raise recording.maxQueued.',
+  },
+  CC_ERR_RECORDING_UNREADABLE: {
+    status: 500,
+    description:
+      'A stored recording does not verify or decrypt: its file was changed, truncated or removed, or its data key was destroyed (erased).',
+    solution:
+      'Run `coatcheck audit verify`: it names each recording that no longer matches its audit record.',
+  },
   CC_ERR_GATEWAY_TOO_MANY_CONNECTIONS: {
     status: 503,
     description:

@@ -6,6 +6,7 @@ import type { Registry } from 'prom-client';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
 import { newIncidentId } from '../core/ids.js';
+import type { SessionRecordings } from '../recording/recordings.js';
 import type { Store } from '../store/types.js';
 import { fanOutHooks, metricsHook, recordingHook, type SessionHooks, safeName } from './hooks.js';
 import { type GatewayMetrics, gatewayMetricsFor } from './metrics.js';
@@ -45,6 +46,8 @@ export interface DriverOptions {
   readonly hooks?: readonly SessionHooks[];
   /** The recordings' writer (default: the store, batched). */
   readonly recorder?: Recorder;
+  /** Full session recordings (ADR 0018); without it every session is recorded as metadata. */
+  readonly recordings?: SessionRecordings;
 }
 
 /** How long stop() waits for listeners' close callbacks once every socket is destroyed. */
@@ -61,6 +64,7 @@ export class GatewayDriver {
   readonly log: Logger;
   readonly clock: Clock;
   readonly store: Store;
+  readonly recordings: SessionRecordings | undefined;
   readonly #hooks: SessionHooks[];
   readonly hooks: SessionHooks;
   readonly #mounts = new Map<string, Mount>();
@@ -71,7 +75,13 @@ export class GatewayDriver {
     this.clock = options.clock;
     this.store = options.store;
     this.recorder = options.recorder ?? createStoreRecorder(options.store, options.log, this.metrics);
-    this.#hooks = [metricsHook(this.metrics), recordingHook(this.recorder), ...(options.hooks ?? [])];
+    this.recordings = options.recordings;
+    this.#hooks = [
+      metricsHook(this.metrics),
+      recordingHook(this.recorder),
+      ...(options.recordings === undefined ? [] : [options.recordings.hook]),
+      ...(options.hooks ?? []),
+    ];
     this.hooks = fanOutHooks(this.#hooks, options.log);
   }
 
@@ -108,6 +118,7 @@ export class GatewayDriver {
   async stop(options: { drainMs?: number } = {}): Promise<void> {
     await Promise.all([...this.#mounts.values()].map((m) => m.stop(options.drainMs ?? 0)));
     await this.recorder.flush();
+    await this.recordings?.flush();
   }
 }
 
@@ -177,6 +188,7 @@ export class Mount {
       metrics: this.driver.metrics,
       recorder: this.driver.recorder,
       hooks: this.driver.hooks,
+      ...(this.driver.recordings === undefined ? {} : { recordings: this.driver.recordings }),
     });
     this.#pipelines.push(pipeline);
     return pipeline;
@@ -358,6 +370,7 @@ export class Mount {
     }
     for (const pipeline of this.#pipelines) pipeline.close();
     await this.driver.recorder.flush();
+    await this.driver.recordings?.flush();
     for (const fn of this.#onStopped) fn();
   }
 }

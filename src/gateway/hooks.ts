@@ -30,7 +30,10 @@ export function recordingHook(recorder: Recorder): SessionHooks {
   return {
     open: () => undefined,
     exchange: () => undefined,
-    close: (_session, record) => recorder.record(record),
+    // `off`: the connection keeps no record of its sessions at all.
+    close: (session, record) => {
+      if (session.recordingMode !== 'off') recorder.record(record);
+    },
   };
 }
 

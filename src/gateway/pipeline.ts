@@ -5,6 +5,7 @@ import { connectionTarget, secretRefs } from '../connections/connections.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';
+import type { SessionRecordings } from '../recording/recordings.js';
 import type { Store } from '../store/types.js';
 import { formatDestination, isLoopbackHost, parseDestination, type Target } from '../vault/destinations.js';
 import type { Placement } from '../vault/placements.js';
@@ -110,6 +111,8 @@ export interface GatewayServices {
    * its metrics and recording hooks). Without it, closed sessions go to `recorder`.
    */
   readonly hooks?: SessionHooks;
+  /** Session recordings (ADR 0018): the mode per connection and the full recordings' writer. Without it, metadata only. */
+  readonly recordings?: SessionRecordings;
 }
 
 const REQUIRED: readonly (keyof GatewayServices)[] = [
@@ -263,7 +266,19 @@ export class ExchangePipeline {
       );
     }
     session.connection = name;
+    await this.beginRecording(session, view);
     return { view, url: new URL(view.url), target: connectionTarget(view) };
+  }
+
+  /**
+   * Set how the session is recorded, from its connection (a front-end that resolves its
+   * connection itself calls this once it knows it). May refuse with CC_ERR_RECORDING_BACKLOG.
+   */
+  async beginRecording(
+    session: GatewaySession,
+    connection: { readonly rules: Readonly<Record<string, unknown>> },
+  ): Promise<void> {
+    await this.services.recordings?.begin(session, connection);
   }
 
   /**

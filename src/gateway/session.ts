@@ -3,6 +3,7 @@ import type { Clock } from '../core/clock.js';
 import type { ErrorCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import type { Principal } from '../core/principal.js';
+import type { RecordingCapture, RecordingEvent, RecordingMode } from '../recording/model.js';
 import type { SessionRecord, Store, StoreChange } from '../store/types.js';
 import type { Vault } from '../vault/vault.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -37,6 +38,10 @@ export class GatewaySession {
   terminatedBy: ErrorCode | null = null;
   /** Run when the session closes (timers, listeners). */
   readonly cleanups: Array<() => void> = [];
+  /** How this session is recorded; set when its connection is known (ADR 0018). */
+  recordingMode: RecordingMode = 'metadata';
+  /** The full recording's events while the session runs (mode `full` only). */
+  recording: RecordingCapture | null = null;
 
   constructor(frontend: string, clock: Clock) {
     this.frontend = frontend;
@@ -57,10 +62,20 @@ export class GatewaySession {
     this.events.push({ at: this.#clock.now() - this.startedAt, type, data });
   }
 
+  /**
+   * Report one event for the full recording (a no-op unless the mode is `full`; check
+   * `recording !== null` before building an expensive event). What the gateway forwarded
+   * and returned after substitution was reversed: tickets, never secrets.
+   */
+  record(kind: string, dir: RecordingEvent['dir'], data: Record<string, unknown>): void {
+    this.recording?.add(kind, dir, data);
+  }
+
   terminate(code: ErrorCode): void {
     if (this.terminatedBy !== null) return;
     this.terminatedBy = code;
     this.event('session.terminated', { code });
+    this.record('session.terminated', 'gateway', { code });
     this.#abort.abort(code);
   }
 

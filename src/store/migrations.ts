@@ -152,6 +152,21 @@ ${t.postgresOnly("CREATE SEQUENCE audit_seq;\nSELECT setval('audit_seq', COALESC
 ALTER TABLE approvals ADD COLUMN preview TEXT;
 `,
   },
+  {
+    version: 9,
+    name: 'recordings',
+    // Full session recordings (docs/recording.md): the sealed chunks live in files (or an
+    // object store); this row holds the wrapped data key (NULL once erased), the chained
+    // hash the audit record vouches for, and what list filters need.
+    sql: (t) => `
+CREATE TABLE recordings (
+  id TEXT PRIMARY KEY, frontend TEXT NOT NULL, principal TEXT, connection TEXT,
+  started_at ${t.int64} NOT NULL, ended_at ${t.int64} NOT NULL, events INTEGER NOT NULL, bytes ${t.int64} NOT NULL,
+  chunks INTEGER NOT NULL, hash TEXT NOT NULL, location TEXT NOT NULL, wrapped_key ${t.bytes},
+  tickets TEXT NOT NULL, created_at ${t.int64} NOT NULL, erased_at ${t.int64});
+CREATE INDEX recordings_started ON recordings(started_at, id);
+`,
+  },
 ];
 
 /** The migrations rendered for one database, in order. */

@@ -246,6 +246,7 @@ const POSTGRES_DIALECT: SqlDialect = {
   lockToTake: ' ORDER BY id COLLATE "C" FOR NO KEY UPDATE',
   lockToRead: ' ORDER BY id COLLATE "C" FOR KEY SHARE',
   jsonParam: '?::jsonb',
+  position: 'strpos',
   idList(ids, params) {
     params.push([...ids]);
     return '= ANY(?::text[])';

@@ -14,6 +14,7 @@ import type {
   ApprovalRecord,
   AuditRecord,
   ConnectionRecord,
+  RecordingRecord,
   SecretRecord,
   SessionRecord,
   TicketRecord,
@@ -316,6 +317,62 @@ export const SESSIONS: TableDefinition<SessionRecord> = {
   }),
 };
 
+export const RECORDINGS: TableDefinition<RecordingRecord> = {
+  name: 'recordings',
+  columns: [
+    ['id', 'text'],
+    ['frontend', 'text'],
+    ['principal', 'text'],
+    ['connection', 'text'],
+    ['started_at', 'int64'],
+    ['ended_at', 'int64'],
+    ['events', 'int'],
+    ['bytes', 'int64'],
+    ['chunks', 'int'],
+    ['hash', 'text'],
+    ['location', 'text'],
+    ['wrapped_key', 'bytes'],
+    // TEXT on both: list filters search it for a whole ticket id ("tkt_…" with its quotes).
+    ['tickets', 'jsonText'],
+    ['created_at', 'int64'],
+    ['erased_at', 'int64'],
+  ],
+  values: (r) => [
+    r.id,
+    r.frontend,
+    r.principal,
+    r.connection,
+    r.startedAt,
+    r.endedAt,
+    r.events,
+    r.bytes,
+    r.chunks,
+    r.hash,
+    r.location,
+    r.wrappedKey,
+    json(r.tickets),
+    r.createdAt,
+    r.erasedAt,
+  ],
+  fromRow: (row) => ({
+    id: String(row.id),
+    frontend: String(row.frontend),
+    principal: nullableString(row.principal),
+    connection: nullableString(row.connection),
+    startedAt: Number(row.started_at),
+    endedAt: Number(row.ended_at),
+    events: Number(row.events),
+    bytes: Number(row.bytes),
+    chunks: Number(row.chunks),
+    hash: String(row.hash),
+    location: String(row.location),
+    wrappedKey: nullableBuffer(row.wrapped_key),
+    tickets: stringList(jsonColumn<unknown>(row.tickets, 'recordings', 'tickets'), 'recordings', 'tickets'),
+    createdAt: Number(row.created_at),
+    erasedAt: nullableNumber(row.erased_at),
+  }),
+};
+
 export const WORKFLOWS: TableDefinition<WorkflowRecord> = {
   name: 'workflows',
   columns: [
@@ -410,6 +467,7 @@ export const TABLES: readonly TableDefinition<never>[] = [
   CONNECTIONS,
   APPROVALS,
   SESSIONS,
+  RECORDINGS,
   WORKFLOWS,
   AUDIT,
 ] as unknown as readonly TableDefinition<never>[];

@@ -11,6 +11,7 @@ import {
   APPROVALS,
   AUDIT,
   CONNECTIONS,
+  RECORDINGS,
   type Row,
   type RowCodec,
   SECRETS,
@@ -26,6 +27,8 @@ import type {
   AuditRecord,
   ConnectionRecord,
   LivenessQuery,
+  RecordingFilter,
+  RecordingRecord,
   SecretRecord,
   SessionFilter,
   SessionRecord,
@@ -62,6 +65,8 @@ export interface SqlDialect {
   readonly lockToRead: string;
   /** The placeholder for a `json` column's value. */
   readonly jsonParam: string;
+  /** The position of a substring: `instr` (SQLite) or `strpos` (PostgreSQL); 0 when absent. */
+  readonly position: 'instr' | 'strpos';
   /** `IN (…)` or `= ANY(…)` for a list of ids, pushing its parameters. */
   idList(ids: readonly string[], params: unknown[]): string;
 }
@@ -359,6 +364,45 @@ export abstract class SqlOps implements StoreOps {
       'SELECT * FROM sessions WHERE started_at < ? AND (CAST(? AS TEXT) IS NULL OR principal = ?) ORDER BY started_at DESC, id DESC LIMIT ?',
       [filter.before ?? Number.MAX_SAFE_INTEGER, principal, principal, filter.limit],
     );
+  }
+
+  // ---- recordings -----------------------------------------------------------------------
+
+  insertRecording(r: RecordingRecord) {
+    return this.insert(RECORDINGS, r);
+  }
+  getRecording(id: string) {
+    return this.one(RECORDINGS, 'SELECT * FROM recordings WHERE id = ?', [id]);
+  }
+  listRecordings(filter: RecordingFilter) {
+    const order = filter.order === 'oldest' ? 'ASC' : 'DESC';
+    const principal = filter.principal ?? null;
+    const connection = filter.connection ?? null;
+    // A whole ticket id, with the quotes it has in the stored JSON list.
+    const ticket = filter.ticket === undefined ? null : JSON.stringify(filter.ticket);
+    return this.many(
+      RECORDINGS,
+      `SELECT * FROM recordings WHERE started_at >= ? AND started_at < ? AND (CAST(? AS TEXT) IS NULL OR principal = ?) AND (CAST(? AS TEXT) IS NULL OR connection = ?) AND (CAST(? AS TEXT) IS NULL OR ${this.dialect.position}(tickets, ?) > 0) AND (CAST(? AS INTEGER) = 0 OR erased_at IS NULL) ORDER BY started_at ${order}, id${this.dialect.textOrder} ${order} LIMIT ?`,
+      [
+        filter.since ?? 0,
+        filter.until ?? Number.MAX_SAFE_INTEGER,
+        principal,
+        principal,
+        connection,
+        connection,
+        ticket,
+        ticket,
+        filter.live === true ? 1 : 0,
+        filter.limit,
+      ],
+    );
+  }
+  async eraseRecording(id: string, at: number) {
+    const count = await this.db.run(
+      'UPDATE recordings SET wrapped_key = NULL, erased_at = ? WHERE id = ? AND erased_at IS NULL',
+      [at, id],
+    );
+    return count > 0;
   }
 
   // ---- workflows ------------------------------------------------------------------------

@@ -46,6 +46,7 @@ const SQLITE_DIALECT: SqlDialect = {
   lockToTake: '',
   lockToRead: '',
   jsonParam: '?',
+  position: 'instr',
   idList(ids, params) {
     if (ids.length > 32) {
       // A long list as one JSON parameter (SQLite binds at most 32,766 parameters).

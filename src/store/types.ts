@@ -120,6 +120,51 @@ export interface SessionRecord {
   readonly summary: Readonly<Record<string, unknown>>;
 }
 
+/**
+ * A full session recording (docs/recording.md): its sealed chunks are kept by the
+ * recording storage at `location`; the row holds what list filters need, the chained hash
+ * the audit record `recording.sealed` vouches for, and the recording's data key wrapped
+ * under the keyring's recording key (null once erased: the chunks can no longer be read).
+ */
+export interface RecordingRecord {
+  /** The session id. */
+  readonly id: string;
+  readonly frontend: string;
+  readonly principal: string | null;
+  readonly connection: string | null;
+  readonly startedAt: number;
+  readonly endedAt: number;
+  readonly events: number;
+  /** Stored (sealed) bytes. */
+  readonly bytes: number;
+  readonly chunks: number;
+  /** Hex SHA-256 over the sealed chunks, chained (recording/format.ts). */
+  readonly hash: string;
+  /** Where the storage keeps the chunks (a file name under the home's recordings directory). */
+  readonly location: string;
+  readonly wrappedKey: Buffer | null;
+  /** Ticket ids the session used or was handed (search). */
+  readonly tickets: readonly string[];
+  readonly createdAt: number;
+  readonly erasedAt: number | null;
+}
+
+export interface RecordingFilter {
+  readonly principal?: string;
+  readonly connection?: string;
+  /** A ticket id the session used or was handed. */
+  readonly ticket?: string;
+  /** Started at or after (epoch ms). */
+  readonly since?: number;
+  /** Started before (epoch ms). */
+  readonly until?: number;
+  /** Only recordings not erased. */
+  readonly live?: boolean;
+  /** `newest` (default) or `oldest` first (retention walks the oldest). */
+  readonly order?: 'newest' | 'oldest';
+  readonly limit: number;
+}
+
 /** A node of a workflow run: the root (parentId null) or a subtask. See docs/workflows.md. */
 export interface WorkflowRecord {
   readonly id: string;
@@ -207,6 +252,12 @@ export interface StoreOps {
   getSession(id: string): Promise<SessionRecord | null>;
   /** Newest first. */
   listSessions(filter: SessionFilter): Promise<SessionRecord[]>;
+
+  insertRecording(record: RecordingRecord): Promise<void>;
+  getRecording(id: string): Promise<RecordingRecord | null>;
+  listRecordings(filter: RecordingFilter): Promise<RecordingRecord[]>;
+  /** Destroy the recording's data key (its chunks become unreadable); false if absent or erased already. */
+  eraseRecording(id: string, at: number): Promise<boolean>;
 
   insertWorkflow(record: WorkflowRecord): Promise<void>;
   getWorkflow(id: string): Promise<WorkflowRecord | null>;

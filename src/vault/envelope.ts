@@ -105,6 +105,11 @@ export interface IndexKeys {
   readonly audit: Buffer;
   /** HMAC key for secret fingerprints (audit shows these, never values). */
   readonly fingerprint: Buffer;
+  /**
+   * Wraps each session recording's data key (ADR 0018). Derived from the index key, so a
+   * master-key rotation leaves recordings readable without rewrapping them.
+   */
+  readonly recording: Buffer;
 }
 
 export function deriveIndexKeys(indexKey: Buffer): IndexKeys {
@@ -114,6 +119,7 @@ export function deriveIndexKeys(indexKey: Buffer): IndexKeys {
     lookup: derive('coatcheck lookup v1'),
     audit: derive('coatcheck audit chain v1'),
     fingerprint: derive('coatcheck fingerprint v1'),
+    recording: derive('coatcheck recording key wrap v1'),
   };
 }
 

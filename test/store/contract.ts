@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type {
   AuditRecord,
+  RecordingRecord,
   SecretRecord,
   SessionRecord,
   Store,
@@ -216,6 +217,64 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
           'ses_1',
         ]);
         await expect(store.insertSession(records[0]!)).rejects.toMatchObject({
+          code: 'CC_ERR_ALREADY_EXISTS',
+        });
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('keeps full recordings: filters, order, erasure destroys the data key', async () => {
+      const store = await open();
+      try {
+        const rec = (
+          id: string,
+          startedAt: number,
+          principal: string | null,
+          connection: string,
+          tickets: string[],
+        ): RecordingRecord => ({
+          id,
+          frontend: 'postgres',
+          principal,
+          connection,
+          startedAt,
+          endedAt: startedAt + 7,
+          events: 3,
+          bytes: 1234,
+          chunks: 2,
+          hash: `h${id}`,
+          location: `${id}.ccr`,
+          wrappedKey: Buffer.from([9, 8, 7]),
+          tickets,
+          createdAt: startedAt + 8,
+          erasedAt: null,
+        });
+        const records = [
+          rec('ses_a', 10, 'agent:agt_1', 'pg', ['tkt_1']),
+          rec('ses_b', 20, 'agent:agt_2', 'api', ['tkt_2', 'tkt_10']),
+          rec('ses_c', 30, 'agent:agt_1', 'api', []),
+        ];
+        for (const r of records) await store.insertRecording(r);
+        expect(await store.getRecording('ses_b')).toEqual(records[1]);
+        expect(await store.getRecording('ses_none')).toBeNull();
+        const ids = async (filter: Parameters<Store['listRecordings']>[0]) =>
+          (await store.listRecordings(filter)).map((r) => r.id);
+        expect(await ids({ limit: 10 })).toEqual(['ses_c', 'ses_b', 'ses_a']);
+        expect(await ids({ limit: 10, order: 'oldest' })).toEqual(['ses_a', 'ses_b', 'ses_c']);
+        expect(await ids({ limit: 10, principal: 'agent:agt_1' })).toEqual(['ses_c', 'ses_a']);
+        expect(await ids({ limit: 10, connection: 'api' })).toEqual(['ses_c', 'ses_b']);
+        // A ticket id matches whole: tkt_1 is not a prefix match of tkt_10.
+        expect(await ids({ limit: 10, ticket: 'tkt_1' })).toEqual(['ses_a']);
+        expect(await ids({ limit: 10, ticket: 'tkt_10' })).toEqual(['ses_b']);
+        expect(await ids({ limit: 10, since: 20, until: 30 })).toEqual(['ses_b']);
+        expect(await ids({ limit: 1 })).toEqual(['ses_c']);
+        expect(await store.eraseRecording('ses_a', 99)).toBe(true);
+        expect(await store.eraseRecording('ses_a', 100)).toBe(false);
+        expect(await store.eraseRecording('ses_none', 100)).toBe(false);
+        expect(await store.getRecording('ses_a')).toMatchObject({ wrappedKey: null, erasedAt: 99 });
+        expect(await ids({ limit: 10, live: true })).toEqual(['ses_c', 'ses_b']);
+        await expect(store.insertRecording(records[1]!)).rejects.toMatchObject({
           code: 'CC_ERR_ALREADY_EXISTS',
         });
       } finally {

@@ -22,6 +22,8 @@ import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { MAX_HEADER_TEXT, recordedHeaders, responseRecorder } from '../../recording/http-capture.js';
+import { clip, clipText } from '../../recording/model.js';
 import type { Placement } from '../../vault/placements.js';
 import { httpPreview } from './approval-preview.js';
 import { bearer, hopByHop } from './protocol/headers.js';
@@ -343,6 +345,7 @@ export class HttpEngine implements Engine<HttpClient> {
       client.forward === undefined
         ? await this.#reverseRoute(session, req.url ?? '/')
         : this.#forwardRoute(session, client.forward);
+    if (client.forward !== undefined) await this.#pipeline.beginRecording(session, route.view);
     const connection = route;
     summary.path = scrubPath(route.path);
     summary.queryLength = route.query?.length ?? 0;
@@ -355,6 +358,22 @@ export class HttpEngine implements Engine<HttpClient> {
     if (reservation !== undefined) session.cleanups.push(() => reservation.release());
     const body = upgrade ? null : await readBody(req, this.#options.bodyLimit, reservation);
     summary.requestBytes = body?.length ?? 0;
+    // The request as the agent sent it (tickets, never what they are exchanged for).
+    if (session.recording !== null) {
+      const limit = session.recording.limits.maxBodyBytes;
+      session.record('http.request', 'in', {
+        method: clipText(method, 32),
+        url: clipText(
+          client.forward === undefined
+            ? (req.url ?? '/')
+            : `${client.forward.origin}${route.upstreamPath(route.query)}`,
+          MAX_HEADER_TEXT,
+        ),
+        httpVersion: req.httpVersion,
+        headers: recordedHeaders(req.rawHeaders),
+        ...(body === null || body.length === 0 ? {} : { body: clip(body, limit) }),
+      });
+    }
     const operation: Operation = {
       action: `http:${method}`,
       description: `${method} ${connection.url.host}${scrubPath(route.upstreamPath(null))}`,
@@ -632,11 +651,25 @@ export class HttpEngine implements Engine<HttpClient> {
       summary.status = response.statusCode;
       res.end(body);
       summary.responseBytes = body.length;
+      if (session.recording !== null) {
+        session.record('http.response', 'out', {
+          status: response.statusCode,
+          headers: recordedHeaders(out),
+          body: clip(body, session.recording.limits.maxBodyBytes),
+        });
+      }
       summary.masked = masking === null ? 0 : (mask?.length ?? 0);
       return;
     }
     res.writeHead(response.statusCode, out);
     summary.status = response.statusCode;
+    // What the agent received: headers and body after inspection (secrets already tickets).
+    const recorder = responseRecorder(
+      session,
+      response.statusCode,
+      out,
+      String(response.headers['content-type'] ?? ''),
+    );
     let sent = 0;
     if (hasBody) {
       const source = decodedBody(response.body, decoders);
@@ -644,13 +677,16 @@ export class HttpEngine implements Engine<HttpClient> {
         const clean = await this.#scannedChunk(scan, chunk as Buffer);
         if (clean.length > 0) {
           sent += clean.length;
+          recorder?.chunk(clean);
           if (!res.write(clean)) await drained(res);
           if (res.destroyed) throw new Error('client gone');
         }
       }
       const tail = await this.#scanEnd(scan);
       sent += tail.length;
+      recorder?.chunk(tail);
       res.end(tail);
+      recorder?.end();
     } else {
       await response.body.dump();
       res.end();
@@ -785,6 +821,29 @@ export class HttpEngine implements Engine<HttpClient> {
       const parser = createFrameParser();
       const assembler = createMessageAssembler();
       let queue = Promise.resolve();
+      // The full recording reads client messages off the socket as sent (tickets; the relay does not change them).
+      const wsRecording = client.session.recording;
+      if (wsRecording !== null) {
+        const clientParser = createFrameParser();
+        const clientAssembler = createMessageAssembler();
+        const onClientData = (chunk: Buffer) => {
+          try {
+            for (const frame of clientParser.push(chunk)) {
+              const unit = clientAssembler.push(frame);
+              if (unit === null || unit.kind === 'control') continue;
+              client.session.record('ws.message', 'in', {
+                opcode: unit.opcode,
+                data: clip(unit.payload, wsRecording.limits.maxBodyBytes),
+              });
+            }
+          } catch {
+            // Not readable as WebSocket frames: the upstream judges them; the recording says so once.
+            client.session.record('ws.unreadable', 'in', {});
+            socket.off('data', onClientData);
+          }
+        };
+        socket.on('data', onClientData);
+      }
       const inspectPayload = async (payload: Buffer): Promise<Buffer> => {
         const frameScan = await this.#pipeline.inspect(client.session, principal, route.target, parents);
         return Buffer.concat([await this.#scannedChunk(frameScan, payload), await this.#scanEnd(frameScan)]);
@@ -811,6 +870,12 @@ export class HttpEngine implements Engine<HttpClient> {
                 continue;
               }
               const clean = await inspectPayload(unit.payload);
+              if (wsRecording !== null) {
+                client.session.record('ws.message', 'out', {
+                  opcode: unit.opcode,
+                  data: clip(clean, wsRecording.limits.maxBodyBytes),
+                });
+              }
               socket.write(encodeFrame({ fin: true, rsv: 0, opcode: unit.opcode, payload: clean }));
             }
             upstream.resume();
@@ -872,6 +937,11 @@ export class HttpEngine implements Engine<HttpClient> {
       services.metrics.refusals.inc({ frontend: this.name, code: failure.code });
       client.summary.error = failure.code;
       this.sendError(client, failure);
+      client.session.record('gateway.refused', 'gateway', {
+        code: failure.code,
+        status: res.headersSent && !res.destroyed ? failure.status : 0,
+        message: clipText(failure.message, 1024),
+      });
       if (!req.complete) req.resume();
     } finally {
       const status = res.headersSent ? res.statusCode : 0;

@@ -27,6 +27,8 @@ import { sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { MAX_HEADER_TEXT, recordedHeaders, responseRecorder } from '../../recording/http-capture.js';
+import { clip, clipText } from '../../recording/model.js';
 import type { Target } from '../../vault/destinations.js';
 import { attachmentBytes } from './attachments.js';
 
@@ -406,6 +408,19 @@ export class LlmEngine implements Engine<LlmClient> {
       request,
     );
 
+    if (session.recording !== null) {
+      // The request as forwarded: the prompt with its secrets already tickets; the agent key
+      // (never forwarded) and the injected provider key are not in it.
+      const limit = session.recording.limits.maxBodyBytes;
+      const sent = scanned?.body ?? body;
+      session.record('http.request', 'in', {
+        method,
+        url: clipText(`${route.path}${route.query === null ? '' : `?${query!}`}`, MAX_HEADER_TEXT),
+        httpVersion: req.httpVersion,
+        headers: recordedHeaders(forwarded.flatMap(([name], i) => [name, values[i]!])),
+        ...(sent === null || sent.length === 0 ? {} : { body: clip(sent, limit) }),
+      });
+    }
     const headers: string[] = [];
     forwarded.forEach(([name], i) => {
       if (!injected.has(name)) headers.push(name, values[i]!);
@@ -491,6 +506,13 @@ export class LlmEngine implements Engine<LlmClient> {
     }
     const out = await inspection(() => scanHeaders(scan, block));
     res.writeHead(response.statusCode, out);
+    // What the agent received, after inspection (the model's answer with secrets as tickets).
+    const recorder = responseRecorder(
+      session,
+      response.statusCode,
+      out,
+      String(response.headers['content-type'] ?? ''),
+    );
     // SSE: send each event as soon as it is scanned.
     res.flushHeaders();
     summary.status = response.statusCode;
@@ -507,13 +529,16 @@ export class LlmEngine implements Engine<LlmClient> {
       const clean = await inspection(() => scan.push(chunk as Buffer));
       if (clean.length > 0) {
         sent += clean.length;
+        recorder?.chunk(clean);
         if (!res.write(clean)) await drained(res);
         if (res.destroyed) throw new Error('client gone');
       }
     }
     const tail = await inspection(() => scan.end());
     sent += tail.length;
+    recorder?.chunk(tail);
     res.end(tail);
+    recorder?.end();
     summary.responseBytes = sent;
     summary.responseSecrets = [...scan.findings.values()].reduce((a, b) => a + b, 0);
   }
@@ -539,6 +564,11 @@ export class LlmEngine implements Engine<LlmClient> {
       services.metrics.refusals.inc({ frontend: this.name, code: failure.code });
       client.summary.error = failure.code;
       this.sendError(client, failure);
+      client.session.record('gateway.refused', 'gateway', {
+        code: failure.code,
+        status: failure.status,
+        message: clipText(failure.message, 1024),
+      });
       if (!req.complete) req.resume();
     } finally {
       const status = res.headersSent ? res.statusCode : 0;

@@ -36,6 +36,7 @@ import type { FoundSecrets, JsonValue } from '../../gateway/found-secrets.js';
 import { rewriteJsonStrings } from '../../gateway/found-secrets.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import type { GatewaySession } from '../../gateway/session.js';
+import { clip } from '../../recording/model.js';
 import type { Target } from '../../vault/destinations.js';
 import { Vault } from '../../vault/vault.js';
 import { parseStdioUrl } from './command.js';
@@ -145,6 +146,22 @@ export class McpSession {
 
   async connect(transport: Transport): Promise<void> {
     await this.server.connect(transport);
+    const { session } = this.#o;
+    const recording = session.recording;
+    if (recording === null) return;
+    // The JSON-RPC messages as the client sent them (tickets) and as it received them
+    // (results already scanned: secrets are tickets).
+    const limit = recording.limits.maxBodyBytes;
+    const received = transport.onmessage;
+    transport.onmessage = (message, extra) => {
+      session.record('mcp.message', 'in', { message: clip(JSON.stringify(message), limit) });
+      received?.(message, extra);
+    };
+    const send = transport.send.bind(transport);
+    transport.send = (message, options) => {
+      session.record('mcp.message', 'out', { message: clip(JSON.stringify(message), limit) });
+      return send(message, options);
+    };
   }
 
   async close(): Promise<void> {

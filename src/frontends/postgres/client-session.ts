@@ -18,6 +18,7 @@ import {
 } from './protocol/encode.js';
 import type { FieldDescription, Frame, FrontendMessage } from './protocol/messages.js';
 import { FramePump, WriteBatcher } from './pump.js';
+import { PgRecording } from './recording.js';
 import { normalizeStatement } from './relay/normalize.js';
 import {
   type PreparedEntry,
@@ -160,6 +161,8 @@ export class RelaySession {
   readonly #services: RelayServices;
   readonly #session: GatewaySession;
   readonly #authorized: Authorized;
+  /** The full recording's view of the session (null unless the connection records in full). */
+  readonly #recording: PgRecording | null;
   readonly #principal: Principal;
   readonly #target: Target;
   readonly #rules: PostgresRules;
@@ -259,6 +262,12 @@ export class RelaySession {
       this.#upstreamPump.hold('client-full');
       client.once('drain', () => this.#upstreamPump.release('client-full'));
     });
+    const recording = context.session.recording;
+    this.#recording = recording === null ? null : new PgRecording(recording);
+    if (this.#recording !== null) {
+      const tap = this.#recording;
+      this.#toClient.tap = (data) => tap.clientBytes(data);
+    }
     this.#toUpstream = new WriteBatcher(upstream.socket, () => {
       this.#clientPump.hold('upstream-full');
       upstream.socket.once('drain', () => this.#clientPump.release('upstream-full'));
@@ -341,6 +350,7 @@ export class RelaySession {
 
   #writeClient(bytes: Buffer): void {
     if (this.#client.destroyed) return;
+    this.#recording?.clientBytes(bytes);
     if (!this.#client.write(bytes)) {
       this.#upstreamPump.hold('client-full');
       this.#client.once('drain', () => this.#upstreamPump.release('client-full'));
@@ -478,6 +488,7 @@ export class RelaySession {
   // ---- client → upstream -----------------------------------------------------------
 
   #fromClient(frame: Frame): void | Promise<void> {
+    this.#recording?.clientFrame(frame.raw);
     const m = decodeFrontend(frame);
     this.#owedCheck();
     if (this.#discarding && m.type !== 'Sync') {

@@ -436,6 +436,7 @@ export class PostgresEngine implements Engine<Client> {
         }
       }
       session.connection = view.name;
+      await this.#services.pipeline.beginRecording(session, view);
       const upstream =
         chosen === null
           ? upstreamTarget(view.url, view.name)

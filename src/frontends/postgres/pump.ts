@@ -101,6 +101,8 @@ export class WriteBatcher {
   #end = 0;
   #parts: Buffer[] = [];
   #size = 0;
+  /** Sees every byte written (the session recording); null when nothing listens. */
+  tap: ((data: Buffer) => void) | null = null;
 
   constructor(socket: Socket, onFull: () => void) {
     this.#socket = socket;
@@ -135,6 +137,7 @@ export class WriteBatcher {
     this.#parts = [];
     this.#size = 0;
     if (this.#socket.destroyed) return;
+    if (this.tap !== null) this.tap(data);
     if (!this.#socket.write(data)) this.#onFull();
   }
 }

@@ -89,7 +89,7 @@ describe('session recordings, the sessions commands and /metrics', () => {
     ]);
     const text = memoryIo();
     expect(await runCli(['--dir', gw.dir, 'sessions', 'list'], text.io)).toBe(0);
-    expect(text.out()).toMatch(/^ID +STARTED +PRINCIPAL +CONNECTION +REQUEST +STATUS +OUTCOME\n/);
+    expect(text.out()).toMatch(/^ID +STARTED +PRINCIPAL +CONNECTION +REQUEST +STATUS +OUTCOME +RECORDED\n/);
     expect(text.out()).toContain('POST /leak');
 
     const show = memoryIo();

@@ -1,0 +1,371 @@
+import type { Logger } from 'pino';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { AuditLog } from '../audit/audit-log.js';
+import type { Clock } from '../core/clock.js';
+import { CoatcheckError } from '../core/errors.js';
+import { createKnownSecretMatcher, type KnownSecretMatcher } from '../detect/known-secrets.js';
+import type { SessionHooks } from '../gateway/hooks.js';
+import type { GatewaySession } from '../gateway/session.js';
+import type { SessionRecord, Store } from '../store/types.js';
+import { sealLines } from './format.js';
+import { isRecordingMode, RecordingCapture, type RecordingLimits, type RecordingMode } from './model.js';
+import { locationFor, type RecordingStorage } from './storage.js';
+
+export interface RecordingSettings {
+  /** Mode of a connection that names none. */
+  readonly default: RecordingMode;
+  readonly limits: RecordingLimits;
+  /** Full recordings waiting to be written; beyond it `whenFull` applies. */
+  readonly maxQueued: number;
+  readonly whenFull: 'refuse' | 'metadata';
+}
+
+export interface RecordingServiceOptions {
+  readonly store: Store;
+  readonly audit: Pick<AuditLog, 'append'>;
+  readonly storage: RecordingStorage;
+  /** The keyring's recording key (`keys.index.recording`): wraps each recording's data key. */
+  readonly wrapKey: Buffer;
+  /** The vault's live secrets: every string is scrubbed against them before it is stored. */
+  readonly knownSecrets: () => Promise<ReadonlyArray<{ id: string; value: { reveal(): Buffer } }>>;
+  readonly log: Logger;
+  readonly registry: Registry;
+  readonly clock: Clock;
+  readonly settings: RecordingSettings;
+}
+
+/** Recordings the writer takes at once (sealed in parallel, committed in one transaction). */
+const BATCH = 64;
+
+interface Queued {
+  readonly record: SessionRecord;
+  readonly capture: RecordingCapture;
+  readonly tickets: readonly string[];
+}
+
+interface RecordingMetrics {
+  readonly written: Counter<'frontend'>;
+  readonly degraded: Counter<'frontend' | 'action'>;
+  readonly scrubbed: Counter<'frontend'>;
+  readonly queued: Gauge;
+}
+
+const metricsByRegistry = new WeakMap<Registry, RecordingMetrics>();
+
+function recordingMetrics(registry: Registry): RecordingMetrics {
+  let metrics = metricsByRegistry.get(registry);
+  if (metrics === undefined) {
+    metrics = {
+      written: new Counter({
+        name: 'coatcheck_recordings_written_total',
+        help: 'Full session recordings sealed and stored.',
+        labelNames: ['frontend'],
+        registers: [registry],
+      }),
+      degraded: new Counter({
+        name: 'coatcheck_recording_degraded_total',
+        help: 'Full recordings not kept: sessions refused, recorded as metadata only, or content dropped (queue full, write failed).',
+        labelNames: ['frontend', 'action'],
+        registers: [registry],
+      }),
+      scrubbed: new Counter({
+        name: 'coatcheck_recording_scrubbed_total',
+        help: 'Known secrets the writer removed from a recording before storing it (a front-end reported a value: defence in depth).',
+        labelNames: ['frontend'],
+        registers: [registry],
+      }),
+      queued: new Gauge({
+        name: 'coatcheck_recording_queue',
+        help: 'Full recordings waiting to be written.',
+        registers: [registry],
+      }),
+    };
+    metricsByRegistry.set(registry, metrics);
+  }
+  return metrics;
+}
+
+/**
+ * Session recordings (ADR 0018): decides each session's mode when its connection is known,
+ * holds the full recording's events while it runs, and writes finished recordings off the
+ * request path through a bounded queue: scrubbed against the known secrets, compressed,
+ * sealed under a per-recording data key, stored, and vouched for in the audit chain.
+ */
+export class SessionRecordings {
+  readonly settings: RecordingSettings;
+  readonly hook: SessionHooks;
+  readonly #o: RecordingServiceOptions;
+  readonly #metrics: RecordingMetrics;
+  /** Waiting to be written. */
+  readonly #queue: Queued[] = [];
+  /** Being written now. */
+  #inFlight = 0;
+  #writer: Promise<void> | null = null;
+  #matcher: { for: unknown; matcher: KnownSecretMatcher } | null = null;
+
+  constructor(options: RecordingServiceOptions) {
+    this.#o = options;
+    this.settings = options.settings;
+    this.#metrics = recordingMetrics(options.registry);
+    this.hook = {
+      open: () => undefined,
+      exchange: () => undefined,
+      close: (session, record) => this.#closed(session, record),
+    };
+  }
+
+  /** Recordings waiting or being written: what `maxQueued` bounds. */
+  get queued(): number {
+    return this.#queue.length + this.#inFlight;
+  }
+
+  /** The mode a connection's sessions are recorded in. */
+  modeFor(rules: Readonly<Record<string, unknown>>): RecordingMode {
+    return isRecordingMode(rules.recording) ? rules.recording : this.settings.default;
+  }
+
+  /**
+   * Set the session's mode once its connection is known. With the queue full, a `full`
+   * session is refused (CC_ERR_RECORDING_BACKLOG) or recorded as metadata only, as
+   * configured: counted and audited either way.
+   */
+  async begin(session: GatewaySession, connection: { readonly rules: Readonly<Record<string, unknown>> }) {
+    if (session.recording !== null) return;
+    const mode = this.modeFor(connection.rules);
+    session.recordingMode = mode;
+    if (mode !== 'full') return;
+    if (this.queued >= this.settings.maxQueued) {
+      const action = this.settings.whenFull === 'refuse' ? 'refused' : 'metadata';
+      this.#metrics.degraded.inc({ frontend: session.frontend, action });
+      await this.#o.audit.append({
+        type: 'recording.degraded',
+        actor: session.principal?.ref ?? `gateway:${session.frontend}`,
+        data: {
+          session: session.id,
+          frontend: session.frontend,
+          connection: session.connection,
+          action,
+          reason: 'queue-full',
+        },
+      });
+      if (action === 'refused') {
+        throw new CoatcheckError(
+          'CC_ERR_RECORDING_BACKLOG',
+          'coatcheck: this connection is recorded in full and the recording queue is full; retry shortly',
+        );
+      }
+      session.recordingMode = 'metadata';
+      return;
+    }
+    session.recording = new RecordingCapture(this.settings.limits, session.startedAt, () =>
+      this.#o.clock.now(),
+    );
+  }
+
+  #closed(session: GatewaySession, record: SessionRecord): void {
+    const capture = session.recording;
+    if (capture === null) return;
+    session.recording = null;
+    if (this.queued >= this.settings.maxQueued) {
+      this.#degrade(session.id, session.frontend, session.connection, 'dropped', 'queue-full');
+      return;
+    }
+    this.#queue.push({
+      record,
+      capture,
+      tickets: [...session.ticketIds],
+    });
+    this.#metrics.queued.set(this.queued);
+    this.#startWriters();
+  }
+
+  #degrade(
+    session: string,
+    frontend: string,
+    connection: string | null,
+    action: 'dropped',
+    reason: 'queue-full' | 'write-failed',
+  ): void {
+    this.#metrics.degraded.inc({ frontend, action });
+    this.#o.log.error({ session, frontend, reason }, 'a full session recording was not kept');
+    void this.#o.audit
+      .append({
+        type: 'recording.degraded',
+        actor: `gateway:${frontend}`,
+        data: { session, frontend, connection, action, reason },
+      })
+      .catch(() =>
+        this.#o.log.error({ session }, 'the recording.degraded audit record could not be written'),
+      );
+  }
+
+  /**
+   * The writer: takes up to BATCH queued recordings at a time, seals and stores each
+   * (compression on the thread pool, files in parallel), then appends their audit records
+   * (each with its row) in one tick, so one transaction carries the batch.
+   */
+  async #drain(): Promise<void> {
+    for (let batch = this.#queue.splice(0, BATCH); batch.length > 0; batch = this.#queue.splice(0, BATCH)) {
+      this.#inFlight += batch.length;
+      try {
+        const sealed = await Promise.all(
+          batch.map((item) => this.#seal(item).catch((error: unknown) => error)),
+        );
+        await Promise.all(
+          batch.map(async (item, i) => {
+            try {
+              const done = sealed[i];
+              if (!(done instanceof Function)) throw done;
+              await done();
+              this.#metrics.written.inc({ frontend: item.record.frontend });
+            } catch (error) {
+              this.#degrade(
+                item.record.id,
+                item.record.frontend,
+                item.record.connection,
+                'dropped',
+                'write-failed',
+              );
+              this.#o.log.error(
+                { session: item.record.id, code: (error as { code?: string })?.code },
+                'a session recording could not be written',
+              );
+            }
+          }),
+        );
+      } finally {
+        this.#inFlight -= batch.length;
+        this.#metrics.queued.set(this.queued);
+      }
+    }
+  }
+
+  #startWriters(): void {
+    this.#writer ??= this.#drain().finally(() => {
+      this.#writer = null;
+      if (this.#queue.length > 0) this.#startWriters();
+    });
+  }
+
+  /** Scrub, seal and store one recording; returns the step that commits its audit record and row. */
+  async #seal(item: Queued): Promise<() => Promise<unknown>> {
+    const { record } = item;
+    const matcher = await this.#knownMatcher();
+    let replaced = 0;
+    // Deferred decoding (PostgreSQL) runs here, off the request path.
+    item.capture.finish();
+    item.capture.addAt(record.endedAt - record.startedAt, 'session.end', 'gateway', {
+      outcome: record.outcome,
+    });
+    const lines = item.capture.lines.map((line) => scrubLine(line, matcher, () => replaced++));
+    if (replaced > 0) {
+      this.#metrics.scrubbed.inc({ frontend: record.frontend }, replaced);
+      this.#o.log.warn(
+        { session: record.id, frontend: record.frontend, replaced },
+        'known secrets were removed from a recording before it was stored',
+      );
+    }
+    const sealed = await sealLines(record.id, lines, this.#o.wrapKey);
+    const location = locationFor(record.id);
+    await this.#o.storage.put(location, sealed.file);
+    // The row goes in with its audit record: one transaction, group-committed with the
+    // other appends (a recording is never listed that the log does not vouch for).
+    return () =>
+      this.#o.audit.append(
+        {
+          type: 'recording.sealed',
+          actor: `gateway:${record.frontend}`,
+          data: {
+            session: record.id,
+            frontend: record.frontend,
+            connection: record.connection,
+            hash: sealed.hash,
+            chunks: sealed.chunks,
+            bytes: sealed.file.length,
+            events: lines.length,
+            dropped: item.capture.dropped,
+          },
+        },
+        async (tx) => {
+          await tx.insertRecording({
+            id: record.id,
+            frontend: record.frontend,
+            principal: record.principal,
+            connection: record.connection,
+            startedAt: record.startedAt,
+            endedAt: record.endedAt,
+            events: lines.length,
+            bytes: sealed.file.length,
+            chunks: sealed.chunks,
+            hash: sealed.hash,
+            location,
+            wrappedKey: sealed.wrappedKey,
+            tickets: item.tickets,
+            createdAt: this.#o.clock.now(),
+            erasedAt: null,
+          });
+        },
+        undefined,
+        { rowLocked: true },
+      );
+  }
+
+  async #knownMatcher(): Promise<KnownSecretMatcher> {
+    const list = await this.#o.knownSecrets();
+    if (this.#matcher?.for === list) return this.#matcher.matcher;
+    const matcher = createKnownSecretMatcher();
+    for (const secret of list) {
+      try {
+        matcher.add(secret.id, secret.value.reveal());
+      } catch {
+        // shorter than the matcher's minimum (it would match ordinary text) or too large
+      }
+    }
+    this.#matcher = { for: list, matcher };
+    return matcher;
+  }
+
+  /** Wait until every queued recording is written. */
+  async flush(): Promise<void> {
+    while (this.#writer !== null) await this.#writer;
+  }
+}
+
+/**
+ * One event's JSON line with every known secret replaced by `[secret:<id>]` (in every
+ * encoding the matcher knows: plain, JSON-escaped, base64…). The marker holds no quote or
+ * backslash; should a replacement still break the line (a match across an escape), the
+ * whole event is replaced by a `recording.scrubbed` event: nothing unscrubbed is kept.
+ */
+export function scrubLine(line: string, matcher: KnownSecretMatcher, hit: () => void): string {
+  if (matcher.size === 0) return line;
+  const matches = matcher.find(line, 'text');
+  if (matches.length === 0) return line;
+  const sorted = [...matches].sort((a, b) => a.start - b.start || b.end - a.end);
+  let out = '';
+  let at = 0;
+  for (const m of sorted) {
+    if (m.end <= at) continue;
+    out += line.slice(at, Math.max(at, m.start));
+    out += `[secret:${m.secretId}]`;
+    at = m.end;
+    hit();
+  }
+  out += line.slice(at);
+  try {
+    const event = JSON.parse(out) as { at?: unknown };
+    return out.length > 0 && typeof event === 'object' ? out : unreadableLine(event.at);
+  } catch {
+    const at = /^\{"at":(\d{1,15}(?:\.\d+)?),/.exec(line)?.[1];
+    return unreadableLine(at === undefined ? 0 : Number(at));
+  }
+}
+
+function unreadableLine(at: unknown): string {
+  return JSON.stringify({
+    at: typeof at === 'number' ? at : 0,
+    kind: 'recording.scrubbed',
+    dir: 'gateway',
+    data: {},
+  });
+}
