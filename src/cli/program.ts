@@ -692,7 +692,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
                   ? `audit log intact: ${r.records} records${anchor === undefined ? '' : `, reaching the anchor (record ${anchor.seq})`}\n`
                   : `audit log damaged at record ${r.seq} (${r.problem}): ${r.message}\n`) +
                   (r.recordings.problems.length === 0
-                    ? `recordings intact: ${r.recordings.checked} vouched for by the log\n`
+                    ? // A log without full recordings says nothing of them.
+                      r.recordings.checked === 0
+                      ? ''
+                      : `recordings intact: ${r.recordings.checked} vouched for by the log\n`
                     : r.recordings.problems
                         .map((p) => `recording damaged (${p.problem}): ${p.message}\n`)
                         .join('')),

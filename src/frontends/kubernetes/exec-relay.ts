@@ -4,6 +4,7 @@ import type { ErrorCode } from '../../core/errors.js';
 import { CoatcheckError } from '../../core/errors.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import type { GatewaySession } from '../../gateway/session.js';
+import { clip } from '../../recording/model.js';
 import {
   createFrameParser,
   createMessageAssembler,
@@ -233,6 +234,12 @@ export async function relayChannels(input: RelayInput): Promise<void> {
           channel: CHANNEL_NAMES[clientChannel] ?? String(clientChannel),
           bytes: Math.max(0, frame.payload.length - 1),
         });
+        // A full recording keeps what the client sent, as sent (tickets, never a secret).
+        if (session.recording !== null)
+          session.record('k8s.stream', 'in', {
+            channel: CHANNEL_NAMES[clientChannel] ?? String(clientChannel),
+            data: clip(frame.payload.subarray(1), session.recording.limits.maxBodyBytes),
+          });
       } else if (frame.opcode === 0) count('in', clientChannel, frame.payload.length);
       server.write(encodeMaskedFrame(frame));
     }
@@ -258,6 +265,12 @@ export async function relayChannels(input: RelayInput): Promise<void> {
         channel: CHANNEL_NAMES[channel] ?? String(channel),
         bytes: data.length,
         text: data.subarray(0, RECORDED_TEXT).toString('utf8'),
+      });
+    // A full recording keeps what the client received: the output after inspection.
+    if (data.length > 0 && session.recording !== null)
+      session.record('k8s.stream', 'out', {
+        channel: CHANNEL_NAMES[channel] ?? String(channel),
+        data: clip(data, session.recording.limits.maxBodyBytes),
       });
   };
   const flush = async () => {
