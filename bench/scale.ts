@@ -177,6 +177,8 @@ async function gateway(label: string, upstream: string, secrets: number, tickets
   let t = performance.now();
   if (secrets > 1) await bulkSecrets(ctx, secrets - 1);
   if (tickets > 1) await bulkTickets(ctx, tickets - 1, view.id, agentRef(agent.id));
+  // Written behind the vault's back: tell every cache, as another process's commit would.
+  await ctx.store.publish({ type: 'resync' });
   const setup = performance.now() - t;
   const frontend = await startHttpFrontend(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }));
   const url = `${frontend.url}/c/up/json4k`;
