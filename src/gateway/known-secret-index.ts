@@ -139,8 +139,10 @@ export interface KnownSecretIndex {
   current(): Promise<PatternSet>;
   /** The newest applied patterns, synchronously (a change being read may be missing). Throws while stale. */
   patterns(): PatternSet;
-  /** The output forms (filled on first call, in slices: wait for `current()`). Check `patterns()` before use. */
+  /** The output forms (filled on first call, in slices: wait for `formsReady()`). Check `patterns()` before use. */
   outputForms(): OutputForms;
+  /** Resolves once the output forms hold every secret the patterns held when they were first asked for. */
+  formsReady(): Promise<void>;
   /** A matcher over the secrets' forms (no hex forms), for detectors; filled on first call. */
   secretMatcher(): KnownSecretMatcher;
   /** Number of live secrets indexed. */
@@ -186,6 +188,7 @@ export function createKnownSecretIndex(
   let dropped = new Set<string>();
   let set: PatternSet = patternSet([]);
   let forms: OutputForms | null = null;
+  let formsFilled: Promise<void> = Promise.resolve();
   let secretView: KnownSecretMatcher | null = null;
   let stale: CoatcheckError | null = null;
   let retry: NodeJS.Timeout | null = null;
@@ -395,14 +398,18 @@ export function createKnownSecretIndex(
       if (forms === null) {
         const target = createOutputForms();
         forms = target;
-        void track(
-          (async () => {
-            await start();
-            await fillForms(target, [...values]);
-          })(),
-        );
+        // Not among the changes `current()` waits for: the response patterns do not need the
+        // forms, and filling them at 100k secrets takes long (hex forms are low in entropy).
+        formsFilled = (async () => {
+          await start();
+          await fillForms(target, [...values]);
+        })().catch((error: unknown) => fail(error));
       }
       return forms;
+    },
+    async formsReady() {
+      await formsFilled;
+      if (stale !== null) throw stale;
     },
     secretMatcher() {
       secretView ??= secretsOnly(this.outputForms().matcher);
@@ -416,7 +423,8 @@ export function createKnownSecretIndex(
     },
     async settled() {
       await start();
-      while (inFlight.size > 0 || merging !== null) await Promise.all([...inFlight, merging]);
+      while (inFlight.size > 0 || merging !== null) await Promise.all([...inFlight, merging, formsFilled]);
+      await formsFilled;
     },
     close() {
       closed = true;
