@@ -177,6 +177,8 @@ async function gateway(label: string, upstream: string, secrets: number, tickets
   let t = performance.now();
   if (secrets > 1) await bulkSecrets(ctx, secrets - 1);
   if (tickets > 1) await bulkTickets(ctx, tickets - 1, view.id, agentRef(agent.id));
+  // Written behind the vault's back: tell every cache, as another process's commit would.
+  await ctx.store.publish({ type: 'resync' });
   const setup = performance.now() - t;
   const frontend = await startHttpFrontend(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }));
   const url = `${frontend.url}/c/up/json4k`;
@@ -220,19 +222,26 @@ async function stallDuring(
   const until = performance.now() + STALL_SECONDS * 1000;
   let slowest = 0;
   let requests = 0;
+  let failed = 0;
   histogram.enable();
   const changing = change();
   while (performance.now() < until) {
     const started = performance.now();
-    const res = await request(gw.url, { headers: gw.headers });
-    await res.body.dump();
-    if (res.statusCode !== 200) throw new Error(`status ${res.statusCode} during the change`);
+    try {
+      const res = await request(gw.url, { headers: gw.headers });
+      await res.body.dump();
+      if (res.statusCode !== 200) failed++;
+    } catch {
+      // A connection dropped while the gateway was held up counts as a failed request.
+      failed++;
+    }
     slowest = Math.max(slowest, performance.now() - started);
     requests++;
   }
   await changing;
   histogram.disable();
   // The timer's own 1 ms period is not a stall.
+  if (failed > 0) console.log(`    (${failed} of ${requests} requests failed during the window)`);
   return { loop: Math.max(0, histogram.max / 1e6 - 1), slowest, requests };
 }
 
@@ -323,11 +332,12 @@ async function main() {
     const tickets = await gateway('tickets', upstreamUrl, 1, TICKETS);
     gateways.push(base, secrets, tickets);
     // Warm-up (JIT, connection pools).
-    for (const gw of gateways) await rps(gw.url, gw.headers);
+    const skipRps = process.env.BENCH_SKIP_RPS === '1';
+    if (!skipRps) for (const gw of gateways) await rps(gw.url, gw.headers);
 
     const runs = new Map<string, number[]>(gateways.map((g) => [g.label, []]));
     const ratios = { secrets: [] as number[], tickets: [] as number[] };
-    for (let repeat = 0; repeat < REPEATS; repeat++) {
+    for (let repeat = 0; repeat < (skipRps ? 0 : REPEATS); repeat++) {
       const order = gateways.map((_, i) => gateways[(i + repeat) % gateways.length]!);
       const row = new Map<string, number>();
       for (const gw of order) {
@@ -347,13 +357,15 @@ async function main() {
     console.log(
       '\nreq/s, one header ticket, 4 KB JSON response scanned (ratio to 1 secret / 1 ticket, median [range]):',
     );
-    console.log(`  1 secret, 1 ticket:      ${median(runs.get('base')!).toFixed(0)} req/s`);
-    console.log(
-      `  ${SECRETS} secrets:          ${median(runs.get('secrets')!).toFixed(0)} req/s  ratio ${fmtRatio(ratios.secrets)}  goal >= 0.90: ${verdict(ratios.secrets)}`,
-    );
-    console.log(
-      `  ${TICKETS} live tickets:   ${median(runs.get('tickets')!).toFixed(0)} req/s  ratio ${fmtRatio(ratios.tickets)}  goal >= 0.90: ${verdict(ratios.tickets)}`,
-    );
+    if (!skipRps) console.log(`  1 secret, 1 ticket:      ${median(runs.get('base')!).toFixed(0)} req/s`);
+    if (!skipRps)
+      console.log(
+        `  ${SECRETS} secrets:          ${median(runs.get('secrets')!).toFixed(0)} req/s  ratio ${fmtRatio(ratios.secrets)}  goal >= 0.90: ${verdict(ratios.secrets)}`,
+      );
+    if (!skipRps)
+      console.log(
+        `  ${TICKETS} live tickets:   ${median(runs.get('tickets')!).toFixed(0)} req/s  ratio ${fmtRatio(ratios.tickets)}  goal >= 0.90: ${verdict(ratios.tickets)}`,
+      );
 
     console.log(
       `\nstall at ${SECRETS} secrets (sequential requests for ${STALL_SECONDS} s from the change on):`,

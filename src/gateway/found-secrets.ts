@@ -69,6 +69,7 @@ export function createFoundSecrets(vault: TokenizerVault, index?: KnownSecretInd
     if (index !== undefined) {
       detector ??= createDetector({ knownSecrets: index.secretMatcher() });
       await index.current();
+      await index.formsReady();
       return detector;
     }
     const known = await vault.knownSecrets();

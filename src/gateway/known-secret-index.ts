@@ -63,10 +63,21 @@ export const HEX_PREFIX = 'hex\0';
 export interface OutputForms {
   readonly matcher: KnownSecretMatcher;
   readonly short: Map<string, readonly Buffer[]>;
+  /** Whether secrets get their hex forms (only the PostgreSQL output needs them; they fill slowly). */
+  hex: boolean;
 }
 
-export function createOutputForms(): OutputForms {
-  return { matcher: createKnownSecretMatcher(), short: new Map() };
+export function createOutputForms(hex = true): OutputForms {
+  return { matcher: createKnownSecretMatcher(), short: new Map(), hex };
+}
+
+/** Adds the hex forms of one secret (also when the forms are switched to hex after it was added). */
+function addHexForms(forms: OutputForms, id: string, value: Buffer): void {
+  if (value.length < MIN_SCANNED_SECRET_BYTES || value.length > KNOWN_SECRET_MAX_BYTES / 2) return;
+  if (forms.matcher.has(`${HEX_PREFIX}l${id}`)) return;
+  const hex = value.toString('hex');
+  forms.matcher.add(`${HEX_PREFIX}l${id}`, hex);
+  if (/[a-f]/.test(hex)) forms.matcher.add(`${HEX_PREFIX}u${id}`, hex.toUpperCase());
 }
 
 /** Adds one secret's forms (what `createOutputIndex` did per secret). */
@@ -83,9 +94,7 @@ export function addOutputForms(forms: OutputForms, id: string, value: Buffer): v
       patternsOf({ id, value }).map((p) => p.bytes),
     );
   else forms.matcher.add(id, value);
-  const hex = value.toString('hex');
-  forms.matcher.add(`${HEX_PREFIX}l${id}`, hex);
-  if (/[a-f]/.test(hex)) forms.matcher.add(`${HEX_PREFIX}u${id}`, hex.toUpperCase());
+  if (forms.hex) addHexForms(forms, id, value);
 }
 
 export function removeOutputForms(forms: OutputForms, id: string): void {
@@ -141,8 +150,10 @@ export interface KnownSecretIndex {
   current(): Promise<PatternSet>;
   /** The newest applied patterns, synchronously (a change being read may be missing). Throws while stale. */
   patterns(): PatternSet;
-  /** The output forms (filled on first call, in slices: wait for `current()`). Check `patterns()` before use. */
+  /** The output forms (filled on first call, in slices: wait for `formsReady()`). Check `patterns()` before use. */
   outputForms(): OutputForms;
+  /** Resolves once the output forms hold every secret the patterns held when they were first asked for. */
+  formsReady(): Promise<void>;
   /** A matcher over the secrets' forms (no hex forms), for detectors; filled on first call. */
   secretMatcher(): KnownSecretMatcher;
   /** Number of live secrets indexed. */
@@ -188,6 +199,7 @@ export function createKnownSecretIndex(
   let dropped = new Set<string>();
   let set: PatternSet = patternSet([]);
   let forms: OutputForms | null = null;
+  let formsFilled: Promise<void> = Promise.resolve();
   let secretView: KnownSecretMatcher | null = null;
   let stale: CoatcheckError | null = null;
   let retry: NodeJS.Timeout | null = null;
@@ -379,6 +391,21 @@ export function createKnownSecretIndex(
     return started;
   };
 
+  /** The forms without hex (the detectors'), made and filled on first use. */
+  const plainForms = (): OutputForms => {
+    if (forms === null) {
+      const target = createOutputForms(false);
+      forms = target;
+      // Not among the changes `current()` waits for: the response patterns do not need the
+      // forms, and filling them at 100k secrets takes long (hex forms are low in entropy).
+      formsFilled = (async () => {
+        await start();
+        await fillForms(target, [...values]);
+      })().catch((error: unknown) => fail(error));
+    }
+    return forms;
+  };
+
   return {
     async current() {
       await start();
@@ -394,20 +421,33 @@ export function createKnownSecretIndex(
       return set;
     },
     outputForms() {
-      if (forms === null) {
-        const target = createOutputForms();
-        forms = target;
-        void track(
-          (async () => {
-            await start();
-            await fillForms(target, [...values]);
-          })(),
-        );
+      const target = plainForms();
+      if (!target.hex) {
+        // PostgreSQL asks: the hex forms of every secret, in slices (formsReady waits).
+        target.hex = true;
+        const before = formsFilled;
+        formsFilled = (async () => {
+          await before;
+          let n = 0;
+          for (const [id, value] of [...values]) {
+            if (values.get(id) !== value) continue;
+            try {
+              addHexForms(target, id, value);
+            } catch {
+              // Outside the matcher's bounds: the response patterns still find it.
+            }
+            if (++n % SECRETS_PER_SLICE === 0) await yieldToLoop();
+          }
+        })().catch((error: unknown) => fail(error));
       }
-      return forms;
+      return target;
+    },
+    async formsReady() {
+      await formsFilled;
+      if (stale !== null) throw stale;
     },
     secretMatcher() {
-      secretView ??= secretsOnly(this.outputForms().matcher);
+      secretView ??= secretsOnly(plainForms().matcher);
       return secretView;
     },
     get size() {
@@ -418,7 +458,8 @@ export function createKnownSecretIndex(
     },
     async settled() {
       await start();
-      while (inFlight.size > 0 || merging !== null) await Promise.all([...inFlight, merging]);
+      while (inFlight.size > 0 || merging !== null) await Promise.all([...inFlight, merging, formsFilled]);
+      await formsFilled;
     },
     close() {
       closed = true;

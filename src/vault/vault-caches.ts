@@ -56,9 +56,19 @@ export class VaultCaches {
   #onChange(change: StoreChange): void {
     // Approvals and connections do not touch tickets or values; a new secret changes only
     // the known-secret list (found secrets are added on the response path, so the ticket
-    // cache must survive them). Anything else — revocations, erasures, rotations, ended
-    // workflows, resyncs, and any change type added later — drops both caches.
+    // cache must survive them); revocations only the tickets. Anything else — erasures,
+    // binding updates, rotations, resyncs, and any change type added later — drops both.
     if (change.type === 'approval.changed' || change.type === 'connection.changed') return;
+    // Revocations and ended workflows end tickets, never change a secret: the known-secret
+    // list stays (at 100k secrets, reloading it decrypts every value).
+    if (
+      change.type === 'ticket.revoked' ||
+      change.type === 'agent.revoked' ||
+      change.type === 'workflow.ended'
+    ) {
+      this.invalidateTickets();
+      return;
+    }
     this.invalidateKnown();
     if (change.type === 'secret.added') return;
     this.invalidateTickets();

@@ -83,6 +83,31 @@ describe('vault caches: versioned fills', () => {
     expect([tickets.counter.reads, knownReads]).toEqual([1, 2]);
   });
 
+  it('revocations and ended workflows drop the ticket cache and keep the known list', async () => {
+    const tickets = loader();
+    let knownReads = 0;
+    const loadKnown = async () => {
+      knownReads++;
+      return [] as KnownSecret[];
+    };
+    await caches.ticket('h1', 1_000, 60_000, tickets.load);
+    await caches.known(loadKnown);
+    for (const change of [
+      { type: 'ticket.revoked', ids: ['tkt_x'] },
+      { type: 'agent.revoked', id: 'agt_x' },
+      { type: 'workflow.ended', ids: ['wfn_x'] },
+    ] as const) {
+      await ctx.store.publish(change);
+      await caches.ticket('h1', 1_001, 60_000, tickets.load);
+      await caches.known(loadKnown);
+    }
+    expect([tickets.counter.reads, knownReads]).toEqual([4, 1]);
+    // An erasure changes the list.
+    await ctx.store.publish({ type: 'secret.erased', id: 'sec_x' });
+    await caches.known(loadKnown);
+    expect(knownReads).toBe(2);
+  });
+
   it('an own change (invalidate) during a read keeps it out, for both caches', async () => {
     const { counter, load } = loader(async () => caches.invalidateTickets());
     await caches.ticket('h1', 1_000, 60_000, load);

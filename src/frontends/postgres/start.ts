@@ -136,6 +136,7 @@ async function mountPostgres(
   });
   const outputIndex: OutputIndex = outputIndexOver(index.outputForms());
   await index.current();
+  await index.formsReady();
   // A session starts a new response scan when the output index it is handed changes (a
   // secret added since is in the index, so it must be in the scan too): one view of the
   // shared index per pattern set.
