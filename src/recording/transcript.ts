@@ -2,7 +2,8 @@ import type { Payload, RecordingEvent } from './model.js';
 
 /**
  * Transcripts of a recording for a human (`coatcheck sessions replay`): psql-like for
- * PostgreSQL, request/response lines for HTTP, MCP and LLM. Pure: the caller escapes
+ * PostgreSQL, request/response lines for HTTP, MCP and LLM, a terminal's view for SSH
+ * commands and Kubernetes exec streams. Pure: the caller escapes
  * terminal control characters (visibleControls) before anything reaches a terminal —
  * every string here came from the agent or the upstream.
  */
@@ -121,6 +122,26 @@ function httpLine(event: RecordingEvent): string | null {
   }
 }
 
+/** SSH and Kubernetes exec streams as a terminal showed them: the command, then its output. */
+function streamLine(event: RecordingEvent): string | null {
+  const d = event.data as Record<string, unknown>;
+  switch (event.kind) {
+    case 'ssh.exec':
+      return `$ ${String(d.command)}`;
+    case 'ssh.data':
+    case 'k8s.stream': {
+      const text = payloadText(d.data);
+      if (text === '') return null;
+      const stream = String(d.stream ?? d.channel ?? '');
+      return stream === 'stdin' ? `> ${text}` : stream === 'stderr' ? `[stderr] ${text}` : text;
+    }
+    case 'ssh.exit':
+      return `[exit ${String(d.exit)}]`;
+    default:
+      return null;
+  }
+}
+
 function gatewayLine(event: RecordingEvent): string | null {
   const d = event.data as Record<string, unknown>;
   switch (event.kind) {
@@ -145,7 +166,9 @@ export function transcript(events: readonly RecordingEvent[]): TranscriptLine[] 
       ? pgLine(event)
       : ['http.', 'sse.', 'ws.', 'mcp.'].some((prefix) => event.kind.startsWith(prefix))
         ? httpLine(event)
-        : (gatewayLine(event) ?? `-- ${event.kind} ${JSON.stringify(event.data)}`);
+        : event.kind.startsWith('ssh.') || event.kind === 'k8s.stream'
+          ? streamLine(event)
+          : (gatewayLine(event) ?? `-- ${event.kind} ${JSON.stringify(event.data)}`);
     if (text !== null) out.push({ at: event.at, text });
   }
   return out;

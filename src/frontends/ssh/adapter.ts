@@ -12,6 +12,7 @@ import { AGENT_KEY_PREFIX, isTicket, TICKET_PATTERN } from '../../core/ticket-fo
 import type { ResponseScan } from '../../gateway/inspector.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { clip, clipText } from '../../recording/model.js';
 import type { Store } from '../../store/types.js';
 import type { Target } from '../../vault/destinations.js';
 import { type ParsedCommand, parseCommandLine } from './command-line.js';
@@ -104,6 +105,7 @@ function inspectedCopy(
   sink: Writable,
   keep: number,
   idleMs: number,
+  onSent?: (out: Buffer) => void,
 ): Promise<{ bytes: number; head: Buffer }> {
   let bytes = 0;
   const head: Buffer[] = [];
@@ -111,6 +113,7 @@ function inspectedCopy(
   const send = async (out: Buffer) => {
     if (out.length === 0) return;
     bytes += out.length;
+    onSent?.(out);
     if (kept < keep) {
       const part = out.subarray(0, keep - kept);
       head.push(part);
@@ -438,6 +441,8 @@ export class SshConnection {
       }
       if (principal.expiresAt !== null) this.#endAt(principal.expiresAt, 'CC_ERR_AGENT_EXPIRED');
       session.event('authenticated', { principal: principal.ref, connection: view.name });
+      // How the session is recorded comes from its connection (off, metadata or full).
+      await pipeline.beginRecording(session, view);
       this.#login = { principal, view, target, upstream, parents, credential };
     } catch (error) {
       const e = error instanceof CoatcheckError ? error : null;
@@ -674,6 +679,7 @@ export class SshConnection {
       }
       if (this.session.terminatedBy !== null)
         throw new CoatcheckError(this.session.terminatedBy, 'coatcheck: the session was ended');
+      this.session.record('ssh.exec', 'in', { command: clipText(command, 16 * 1024) });
       const result = await this.#relay(channel, true, () =>
         new Promise<ssh2.ClientChannel>((resolve, reject) => {
           upstream.exec(line, pty === null ? {} : { pty }, (error, stream) => {
@@ -870,14 +876,34 @@ export class SshConnection {
     });
     const closed = new Promise<void>((resolve) => remote.once('close', () => resolve()));
     remote.on('error', () => undefined);
+    // A full recording (ADR 0018): what the client sent, as sent, and what it received,
+    // after inspection (tickets, never a secret).
+    const recording = this.session.recording;
+    const recorded =
+      recording === null
+        ? undefined
+        : (stream: 'stdin' | 'stdout' | 'stderr') => (data: Buffer) =>
+            this.session.record('ssh.data', stream === 'stdin' ? 'in' : 'out', {
+              stream,
+              data: clip(data, recording.limits.maxBodyBytes),
+            });
+    if (recorded !== undefined) channel.on('data', recorded('stdin'));
     channel.pipe(remote);
     channel.on('close', () => remote.close());
     let out: { bytes: number; head: Buffer };
     let err: { bytes: number; head: Buffer };
     try {
       [out, err] = await Promise.all([
-        inspectedCopy(remote, outScan, fresh, channel, inspect ? keep : 0, idleMs),
-        inspectedCopy(remote.stderr, errScan, fresh, channel.stderr, inspect ? keep : 0, idleMs),
+        inspectedCopy(remote, outScan, fresh, channel, inspect ? keep : 0, idleMs, recorded?.('stdout')),
+        inspectedCopy(
+          remote.stderr,
+          errScan,
+          fresh,
+          channel.stderr,
+          inspect ? keep : 0,
+          idleMs,
+          recorded?.('stderr'),
+        ),
       ]);
     } catch (error) {
       // Inspection failed (fail closed): nothing more reaches the client from this channel.
@@ -885,6 +911,7 @@ export class SshConnection {
       throw error;
     }
     await closed;
+    this.session.record('ssh.exit', 'out', { exit });
     try {
       const s = signal as { name: string; dump: boolean; message: string } | null;
       if (s !== null) channel.exit(s.name, s.dump, s.message);

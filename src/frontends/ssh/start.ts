@@ -9,6 +9,7 @@ import { type Frontend, GatewayDriver, type Mount } from '../../gateway/driver.j
 import { createKnownSecretInspector } from '../../gateway/inspector.js';
 import type { Decide, ExchangePipeline } from '../../gateway/pipeline.js';
 import type { Recorder } from '../../gateway/session.js';
+import type { SessionRecordings } from '../../recording/recordings.js';
 import { openSshHostKey } from '../../vault/ssh-host-key.js';
 import { type SshAdapterOptions, SshConnection } from './adapter.js';
 import { createSshDecide } from './policy.js';
@@ -42,6 +43,8 @@ export interface SshFrontend {
 export interface SshFrontendOverrides {
   readonly decide?: Decide;
   readonly options?: Partial<SshOptions>;
+  /** Full session recordings (ADR 0018) for the driver this starts; `serve` passes its own. */
+  readonly recordings?: SessionRecordings;
 }
 
 /** The SSH front-end on a driver of its own (tests, embedding). */
@@ -51,7 +54,13 @@ export async function startSshFrontend(
   log: Logger,
   overrides: SshFrontendOverrides = {},
 ): Promise<SshFrontend> {
-  const driver = new GatewayDriver({ registry: deps.metrics, log, store: deps.store, clock: deps.clock });
+  const driver = new GatewayDriver({
+    registry: deps.metrics,
+    log,
+    store: deps.store,
+    clock: deps.clock,
+    ...(overrides.recordings === undefined ? {} : { recordings: overrides.recordings }),
+  });
   return driver.start(sshFrontend(deps, listen, overrides));
 }
 

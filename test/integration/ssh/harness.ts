@@ -10,6 +10,7 @@ import { createLogger } from '../../../src/core/logger.js';
 import { agentRef } from '../../../src/core/principal.js';
 import { type SshFrontend, type SshOptions, startSshFrontend } from '../../../src/frontends/ssh/start.js';
 import { type Context, initHome, openContext } from '../../../src/server/context.js';
+import { sessionRecordings } from '../../../src/server/recordings.js';
 
 export const SSHD = '/usr/sbin/sshd';
 
@@ -144,7 +145,13 @@ export interface SshGateway {
   createAgent(name: string): Promise<{ key: string; ref: string }>;
   addSecret(name: string, value: string, allow: string[]): Promise<void>;
   issue(secret: string, principal: string, destinations?: string[]): Promise<string>;
-  addConnection(name: string, url: string, hostKey: string, credential?: string): Promise<void>;
+  addConnection(
+    name: string,
+    url: string,
+    hostKey: string,
+    credential?: string,
+    recording?: 'off' | 'metadata' | 'full',
+  ): Promise<void>;
   /** A known_hosts file naming the gateway's host key. */
   readonly knownHosts: string;
   /** OpenSSH `ssh` through the gateway, the ticket given by SSH_ASKPASS. */
@@ -161,7 +168,13 @@ export interface SshGateway {
 }
 
 export async function startSshGateway(
-  options: { policy?: string; holdTimeout?: string; sshOptions?: Partial<SshOptions> } = {},
+  options: {
+    policy?: string;
+    holdTimeout?: string;
+    sshOptions?: Partial<SshOptions>;
+    /** Wire full session recordings (connections still choose their mode). */
+    recordings?: boolean;
+  } = {},
 ): Promise<SshGateway> {
   const dir = mkdtempSync(join(tmpdir(), 'coatcheck-sshfe-'));
   const home = resolveHome(dir, {});
@@ -184,8 +197,10 @@ export async function startSshGateway(
       },
     }),
   });
+  const recordings = options.recordings === true ? sessionRecordings(ctx) : undefined;
   const frontend = await startSshFrontend(ctx, { host: '127.0.0.1', port: 0 }, log, {
     ...(options.sshOptions === undefined ? {} : { options: options.sshOptions }),
+    ...(recordings === undefined ? {} : { recordings }),
   });
   const knownHosts = join(dir, 'known_hosts');
   writeFileSync(knownHosts, `[127.0.0.1]:${frontend.port} ${frontend.hostKey.public}\n`);
@@ -227,6 +242,7 @@ export async function startSshGateway(
       await new Promise((r) => setTimeout(r, 25));
       await ctx.audit.flush();
       await frontend.recorder.flush();
+      await recordings?.flush();
     },
     async createAgent(name) {
       const { key, agent } = await ctx.agents.create({ name }, 'admin:test');
@@ -238,13 +254,13 @@ export async function startSshGateway(
     async issue(secret, principal, destinations) {
       return (await ctx.vault.issueTicket({ secret, principal, destinations }, 'admin:test')).ticket;
     },
-    async addConnection(name, url, hostKey, credential) {
+    async addConnection(name, url, hostKey, credential, recording) {
       await ctx.connections.add(
         {
           name,
           type: 'ssh',
           url,
-          rules: { hostKey },
+          rules: { hostKey, ...(recording === undefined ? {} : { recording }) },
           ...(credential === undefined ? {} : { credential }),
         },
         'admin:test',
