@@ -1,40 +1,8 @@
 import { type Command, Option } from 'commander';
-import { stringify } from 'yaml';
 import { CoatcheckError } from '../core/errors.js';
 import type { SessionCommandHelpers } from './sessions.js';
 
 const DEFAULT_GATEWAY = 'https://127.0.0.1:7443';
-
-export interface KubeconfigInput {
-  readonly agent: string;
-  readonly connection: string;
-  /** The gateway's Kubernetes listener, `https://HOST:PORT`. */
-  readonly gateway: string;
-  readonly ticket: string;
-  /** The CA the listener's certificate chains to (PEM). */
-  readonly ca: string;
-}
-
-/**
- * A kubeconfig that points an unmodified kubectl at the gateway: the cluster's server is
- * `<gateway>/k8s/<agent>/<connection>`, the user's token is the ticket, the authority is
- * the gateway's local CA (kubectl sends credentials over TLS only). No proxy settings; the
- * real credential and the cluster's CA stay at the gateway.
- */
-export function renderKubeconfig(input: KubeconfigInput): string {
-  const name = `coatcheck-${input.connection}`;
-  const server = `${input.gateway.replace(/\/+$/, '')}/k8s/${encodeURIComponent(input.agent)}/${encodeURIComponent(input.connection)}`;
-  return stringify({
-    apiVersion: 'v1',
-    kind: 'Config',
-    clusters: [
-      { name, cluster: { server, 'certificate-authority-data': Buffer.from(input.ca).toString('base64') } },
-    ],
-    users: [{ name: `${name}-${input.agent}`, user: { token: input.ticket } }],
-    contexts: [{ name, context: { cluster: name, user: `${name}-${input.agent}`, namespace: 'default' } }],
-    'current-context': name,
-  });
-}
 
 function parsePositiveInt(value: string): number {
   if (!/^[1-9][0-9]{0,9}$/.test(value)) {
@@ -73,6 +41,8 @@ export function registerKubeconfigCommand(
             details: { field: '--gateway' },
           });
         }
+        // yaml loads only for this command (every other command, --version included, skips it).
+        const { renderKubeconfig } = await import('./kubeconfig-render.js');
         await helpers.perform(
           command,
           (c) => c.call('kubeconfig', { agent, connection, ttl: opts.ttl, uses: opts.uses }),

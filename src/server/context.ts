@@ -35,8 +35,6 @@ import { openStore } from '../store/open-store.js';
 import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
 import { initializeKeyring, isInitialized, type Keyring, MasterKeys, openKeyring } from '../vault/keyring.js';
-import { ensureProxyCa } from '../vault/proxy-ca.js';
-import { ensureSshHostKey } from '../vault/ssh-host-key.js';
 import { Vault } from '../vault/vault.js';
 import { Workflows } from '../workflows/workflows.js';
 
@@ -378,6 +376,11 @@ export async function initHome(
       throw error;
     }
     // The forward proxy's CA: its key sealed under the master key, never on disk in clear.
+    // (Loaded here, not at the top: only init makes them, and ssh2 is costly to load.)
+    const [{ ensureProxyCa }, { ensureSshHostKey }] = await Promise.all([
+      import('../vault/proxy-ca.js'),
+      import('../vault/ssh-host-key.js'),
+    ]);
     await ensureProxyCa(store, keys.masters);
     // The SSH front-end's host key, sealed the same way.
     await ensureSshHostKey(store, keys.masters);

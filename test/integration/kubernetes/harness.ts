@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { renderKubeconfig } from '../../../src/cli/kubeconfig.js';
+import { renderKubeconfig } from '../../../src/cli/kubeconfig-render.js';
 import { resolveHome } from '../../../src/config/home.js';
 import { createLogger } from '../../../src/core/logger.js';
 import { agentRef } from '../../../src/core/principal.js';
