@@ -182,9 +182,10 @@ export class Connections {
   readonly #declared: readonly ConnectionConfig[];
   /**
    * Stored connections by name, so a request does not read the store to find its
-   * connection. Filled and served under the versioned-cache rules (ADR 0013): a
-   * `connection.changed` notice (this replica's or another's) or a `resync` drops what it
-   * names, and nothing is served while the change feed is stale.
+   * connection. Filled and served under the versioned-cache rules (ADR 0013): any
+   * `connection.changed` notice (this replica's or another's) or `resync` empties it (a
+   * change is rare; dropping everything is simpler than tracking names), and nothing is
+   * served while the change feed is stale.
    */
   readonly #cache = new Map<string, { view: ConnectionView; token: number }>();
   readonly #epoch: CacheEpoch;
