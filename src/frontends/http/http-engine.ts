@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { type IncomingMessage, ServerResponse } from 'node:http';
-import { isIP, connect as netConnect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
-import { connect as tlsConnect } from 'node:tls';
 import type { Dispatcher } from 'undici';
+import { WebSocket } from 'ws';
 import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import { scanHeaders } from '../../gateway/detector-inspector.js';
@@ -22,6 +22,17 @@ import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import {
+  acceptClientWebSocket,
+  checkClientHandshake,
+  closeLike,
+  OrderedRelay,
+  offeredSubprotocols,
+  openUpstreamWebSocket,
+  sendMessage,
+  UpstreamHandshakeError,
+  type UpstreamUpgrade,
+} from '../../gateway/websocket.js';
 import { MAX_HEADER_TEXT, recordedHeaders, responseRecorder } from '../../recording/http-capture.js';
 import { clip, clipText } from '../../recording/model.js';
 import type { Placement } from '../../vault/placements.js';
@@ -42,7 +53,6 @@ import {
   substituteHeader,
   substitutePath,
 } from './protocol/tickets.js';
-import { createFrameParser, createMessageAssembler, encodeFrame } from './protocol/ws-frames.js';
 
 /** Does the connection's URL cover this forward-proxy request: same scheme, host, port, and a path within its base path? */
 export function connectionCovers(
@@ -75,91 +85,11 @@ export interface HttpEngineOptions {
   readonly name?: string;
 }
 
-/** Largest upstream response head accepted on an upgrade. */
-const MAX_UPGRADE_HEAD = 64 * 1024;
-
-/** Open a raw connection to the origin (TLS verified for https) and wait until it is ready. */
-function connectRaw(origin: URL, ca: readonly string[] | undefined, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const host = origin.hostname.replace(/^\[|\]$/g, '');
-    const port = Number(origin.port || (origin.protocol === 'https:' ? 443 : 80));
-    const socket =
-      origin.protocol === 'https:'
-        ? tlsConnect({
-            host,
-            port,
-            ...(isIP(host) === 0 ? { servername: host } : {}),
-            ...(ca === undefined ? {} : { ca: [...ca] }),
-            ALPNProtocols: ['http/1.1'],
-            rejectUnauthorized: true,
-          })
-        : netConnect({ host, port });
-    const timer = setTimeout(
-      () => socket.destroy(Object.assign(new Error('timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
-      timeoutMs,
-    );
-    const ready = origin.protocol === 'https:' ? 'secureConnect' : 'connect';
-    socket.once(ready, () => {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      resolve(socket);
-    });
-    const onError = (error: Error) => {
-      clearTimeout(timer);
-      reject(error);
-    };
-    socket.once('error', onError);
-  });
-}
-
-/** Read an HTTP/1.1 response head (bounded); returns it and whatever bytes followed it. */
-function readResponseHead(
-  socket: Socket,
-): Promise<{ status: number; headers: Array<[string, string]>; rest: Buffer }> {
-  return new Promise((resolve, reject) => {
-    let buffer = Buffer.alloc(0);
-    const cleanup = () => {
-      socket.off('data', onData);
-      socket.off('error', onError);
-      socket.off('end', onEnd);
-    };
-    const onData = (chunk: Buffer) => {
-      buffer = Buffer.concat([buffer, chunk]);
-      const end = buffer.indexOf('\r\n\r\n');
-      if (end === -1) {
-        if (buffer.length > MAX_UPGRADE_HEAD) {
-          cleanup();
-          reject(new Error('upstream response head too large'));
-        }
-        return;
-      }
-      cleanup();
-      socket.pause();
-      const lines = buffer.subarray(0, end).toString('latin1').split('\r\n');
-      const status = /^HTTP\/1\.[01] (\d{3})/.exec(lines[0] ?? '');
-      if (status === null) {
-        reject(new Error('malformed upstream response'));
-        return;
-      }
-      const headers: Array<[string, string]> = [];
-      for (const line of lines.slice(1)) {
-        const colon = line.indexOf(':');
-        if (colon > 0) headers.push([line.slice(0, colon).trim(), line.slice(colon + 1).trim()]);
-      }
-      resolve({ status: Number(status[1]), headers, rest: buffer.subarray(end + 4) });
-    };
-    const onError = (error: Error) => {
-      cleanup();
-      reject(error);
-    };
-    const onEnd = () => {
-      cleanup();
-      reject(new Error('upstream closed before answering'));
-    };
-    socket.on('data', onData);
-    socket.on('error', onError);
-    socket.on('end', onEnd);
-  });
+/** The values of one header in flat [name, value, ...] pairs. */
+function headerValues(flat: readonly string[], name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) if (flat[i]!.toLowerCase() === name) out.push(flat[i + 1]!);
+  return out;
 }
 
 /**
@@ -735,9 +665,10 @@ export class HttpEngine implements Engine<HttpClient> {
    * A protocol upgrade (WebSocket) through the forward proxy: the request passes the same
    * checks as any other (authentication, policy, tickets in headers and query exchanged,
    * credentials injected, audit first), the upstream's answer head is inspected, and on
-   * 101 the two sides are joined. Server messages (reassembled from fragments), close
-   * reasons and ping/pong payloads are inspected; client frames are relayed as sent.
-   * Revoking what the session used ends it.
+   * 101 the agent's handshake is completed with what the upstream chose. Server messages
+   * (whole: the WebSocket layer reassembles fragments), close reasons and ping/pong payloads
+   * are inspected; client messages are relayed as sent. Revoking what the session used
+   * ends it.
    */
   async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, forward: ForwardRoute): Promise<void> {
     const { services } = this.#pipeline;
@@ -755,171 +686,185 @@ export class HttpEngine implements Engine<HttpClient> {
           'only WebSocket upgrades are carried (the gateway must be able to inspect what comes back)',
         );
       }
-      const { principal, route, method, path, upstreamHeaders, parents, cleared } = await this.#prepare(
-        client,
-        true,
-      );
-      let upstream: Socket;
-      this.#pipeline.forwarding(client.session, cleared);
-      try {
-        upstream = await connectRaw(
-          route.url,
-          this.#options.upstreamCa,
-          Math.min(this.#options.upstreamTimeoutMs, 10_000),
-        );
-      } catch (error) {
-        throw upstreamFailure(error, client.session.terminatedBy, true);
-      }
-      upstream.on('error', () => upstream.destroy());
-      const lines = [`${method} ${path} HTTP/1.1`, `Host: ${route.url.host}`];
-      // No extensions: compressed frames could not be inspected.
-      for (let i = 0; i + 1 < upstreamHeaders.length; i += 2)
-        if (upstreamHeaders[i]!.toLowerCase() !== 'sec-websocket-extensions')
-          lines.push(`${upstreamHeaders[i]}: ${upstreamHeaders[i + 1]}`);
-      lines.push('Connection: Upgrade', `Upgrade: ${String(req.headers.upgrade)}`);
-      upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
-      let answer: Awaited<ReturnType<typeof readResponseHead>>;
-      try {
-        answer = await readResponseHead(upstream);
-      } catch (error) {
-        upstream.destroy();
-        throw upstreamFailure(error, client.session.terminatedBy, true);
-      }
-      client.summary.upstreamStatus = answer.status;
-      if (
-        answer.status === 101 &&
-        answer.headers.some(([name]) => name.toLowerCase() === 'sec-websocket-extensions')
-      ) {
-        upstream.destroy();
+      checkClientHandshake(req);
+      const { principal, route, path, upstreamHeaders, parents, cleared } = await this.#prepare(client, true);
+      const url = new URL(`${route.url.protocol}//${route.url.host}${path}`);
+      // The WebSocket client sends the URL's normal form: a path it would rewrite (dot
+      // segments, escapes) is refused rather than sent as something other than what was decided.
+      if (`${url.pathname}${url.search}` !== path) {
         throw new CoatcheckError(
-          'CC_ERR_GATEWAY_UPSTREAM_ENCODING',
-          'the upstream negotiated a WebSocket extension the gateway did not offer; its frames cannot be inspected',
+          'CC_ERR_HTTP_BAD_REQUEST',
+          'the WebSocket request target is not in normal form (dot segments or escapes a URL parser would rewrite)',
         );
+      }
+      // Subprotocols as offered upstream (tickets in them exchanged) and as the agent sent them:
+      // the agent is told the one the upstream chose in its own words, never in the exchanged ones.
+      const upstreamProtocols = offeredSubprotocols(headerValues(upstreamHeaders, 'sec-websocket-protocol'));
+      const clientProtocols = offeredSubprotocols(req.headers['sec-websocket-protocol']);
+      if (upstreamProtocols.length !== clientProtocols.length) {
+        throw new CoatcheckError(
+          'CC_ERR_HTTP_BAD_REQUEST',
+          'the offered WebSocket subprotocols could not be exchanged one for one',
+        );
+      }
+      this.#pipeline.forwarding(client.session, cleared);
+      let upstream: UpstreamUpgrade;
+      try {
+        upstream = await openUpstreamWebSocket({
+          url,
+          headers: upstreamHeaders,
+          protocols: upstreamProtocols,
+          ...(this.#options.upstreamCa === undefined ? {} : { tls: { ca: this.#options.upstreamCa } }),
+          timeoutMs: Math.min(this.#options.upstreamTimeoutMs, 10_000),
+          signal: client.session.signal,
+        });
+      } catch (error) {
+        if (error instanceof UpstreamHandshakeError) {
+          throw new CoatcheckError(
+            'CC_ERR_GATEWAY_UPSTREAM_ENCODING',
+            'the upstream accepted the WebSocket with an extension, subprotocol or key the gateway did not offer; its frames cannot be inspected',
+          );
+        }
+        throw upstreamFailure(error, client.session.terminatedBy, true);
       }
       const scan = await this.#pipeline.inspect(client.session, principal, route.target, parents);
-      const scanned = await this.#scannedBlock(scan, answer.headers.flat());
-      const out: string[] = [];
-      for (let i = 0; i + 1 < scanned.length; i += 2) out.push(`${scanned[i]}: ${scanned[i + 1]}`);
-      if (answer.status !== 101) {
+      const scanned = await this.#scannedBlock(scan, upstream.headers.flat());
+      const answerHeaders: Array<[string, string]> = [];
+      for (let i = 0; i + 1 < scanned.length; i += 2) answerHeaders.push([scanned[i]!, scanned[i + 1]!]);
+      if (upstream.kind === 'refused') {
         // Not upgraded: the answer's head (inspected) without its body, and the connection closes.
-        upstream.destroy();
         res.detachSocket(socket as Socket);
-        const kept = out.filter((l) => !/^(content-length|transfer-encoding|connection):/i.test(l));
-        socket.end(
-          `HTTP/1.1 ${answer.status} Upstream\r\n${kept.map((l) => `${l}\r\n`).join('')}content-length: 0\r\nconnection: close\r\n\r\n`,
+        const kept = answerHeaders.filter(
+          ([name]) => !/^(content-length|transfer-encoding|connection)$/i.test(name) && !/[\r\n]/.test(name),
         );
-        client.summary.status = answer.status;
+        socket.end(
+          `HTTP/1.1 ${upstream.status} Upstream\r\n${kept.map(([n, v]) => `${n}: ${v.replace(/[\r\n]/g, ' ')}\r\n`).join('')}content-length: 0\r\nconnection: close\r\n\r\n`,
+        );
+        client.summary.status = upstream.status;
         return;
       }
+      const chosen =
+        upstream.protocol === '' ? '' : (clientProtocols[upstreamProtocols.indexOf(upstream.protocol)] ?? '');
       res.detachSocket(socket as Socket);
-      socket.write(`HTTP/1.1 101 Switching Protocols\r\n${out.map((l) => `${l}\r\n`).join('')}\r\n`);
+      const agent = await acceptClientWebSocket(req, socket, head, {
+        protocol: chosen,
+        headers: answerHeaders,
+      });
       client.summary.status = 101;
-      if (head.length > 0) upstream.write(head);
-      // Server-to-client messages are inspected whole (fragments reassembled, so a secret
-      // split across continuation frames is seen), and so are close reasons and ping/pong
-      // payloads; client frames pass as sent.
-      const parser = createFrameParser();
-      const assembler = createMessageAssembler();
-      let queue = Promise.resolve();
-      // The full recording reads client messages off the socket as sent (tickets; the relay does not change them).
-      const wsRecording = client.session.recording;
-      if (wsRecording !== null) {
-        const clientParser = createFrameParser();
-        const clientAssembler = createMessageAssembler();
-        const onClientData = (chunk: Buffer) => {
-          try {
-            for (const frame of clientParser.push(chunk)) {
-              const unit = clientAssembler.push(frame);
-              if (unit === null || unit.kind === 'control') continue;
-              client.session.record('ws.message', 'in', {
-                opcode: unit.opcode,
-                data: clip(unit.payload, wsRecording.limits.maxBodyBytes),
-              });
-            }
-          } catch {
-            // Not readable as WebSocket frames: the upstream judges them; the recording says so once.
-            client.session.record('ws.unreadable', 'in', {});
-            socket.off('data', onClientData);
-          }
-        };
-        socket.on('data', onClientData);
-      }
-      const inspectPayload = async (payload: Buffer): Promise<Buffer> => {
-        const frameScan = await this.#pipeline.inspect(client.session, principal, route.target, parents);
-        return Buffer.concat([await this.#scannedChunk(frameScan, payload), await this.#scanEnd(frameScan)]);
-      };
-      const fromUpstream = (chunk: Buffer) => {
-        upstream.pause();
-        queue = queue
-          .then(async () => {
-            for (const frame of parser.push(chunk)) {
-              const unit = assembler.push(frame);
-              if (unit === null) continue;
-              if (unit.kind === 'control') {
-                const { frame: control } = unit;
-                // A close frame: a 2-byte status code, then a reason (text) that is inspected.
-                const keep = control.opcode === 8 ? Math.min(2, control.payload.length) : 0;
-                let payload = Buffer.concat([
-                  control.payload.subarray(0, keep),
-                  await inspectPayload(control.payload.subarray(keep)),
-                ]);
-                // A ticket can be longer than what it replaced: past the control-frame limit
-                // the reason is dropped (a cut one could be invalid UTF-8), a ping is cut.
-                if (payload.length > 125) payload = payload.subarray(0, control.opcode === 8 ? keep : 125);
-                socket.write(encodeFrame({ ...control, payload }));
-                continue;
-              }
-              const clean = await inspectPayload(unit.payload);
-              if (wsRecording !== null) {
-                client.session.record('ws.message', 'out', {
-                  opcode: unit.opcode,
-                  data: clip(clean, wsRecording.limits.maxBodyBytes),
-                });
-              }
-              socket.write(encodeFrame({ fin: true, rsv: 0, opcode: unit.opcode, payload: clean }));
-            }
-            upstream.resume();
-          })
-          .catch(() => {
-            outcome = 'CC_ERR_GATEWAY_INSPECTION_FAILED';
-            socket.destroy();
-            upstream.destroy();
-          });
-      };
-      upstream.on('data', fromUpstream);
-      if (answer.rest.length > 0) fromUpstream(answer.rest);
       joined = true;
-      const end = () => {
-        socket.destroy();
-        upstream.destroy();
-      };
-      const onRevoked = () => {
-        outcome = client.session.terminatedBy ?? outcome;
-        end();
-      };
-      client.session.signal.addEventListener('abort', onRevoked, { once: true });
-      let closed = false;
-      const onClose = () => {
-        if (closed) return;
-        closed = true;
-        client.session.signal.removeEventListener('abort', onRevoked);
-        end();
+      this.#relayWebSocket(client, agent, upstream.socket, () =>
+        this.#pipeline.inspect(client.session, principal, route.target, parents),
+      ).then((code) => {
+        if (code !== null) outcome = code;
         close();
-      };
-      socket.on('close', onClose);
-      upstream.on('close', onClose);
-      socket.pipe(upstream);
-      upstream.resume();
+      });
     } catch (error) {
       const failure = mapFailure(error, services.log, this.name, { session: client.session.id });
       outcome = failure.code;
       client.summary.error = failure.code;
       services.metrics.refusals.inc({ frontend: this.name, code: failure.code });
-      this.sendError(client, failure);
-      res.once('finish', () => socket.end());
+      if (!socket.destroyed && res.socket !== null) {
+        this.sendError(client, failure);
+        res.once('finish', () => socket.end());
+      } else socket.destroy();
     } finally {
       if (!joined) close();
     }
+  }
+
+  /**
+   * Join the agent's WebSocket and the upstream's until both are closed. Upstream messages,
+   * pings, pongs and close reasons are inspected, in order, each whole; the agent's pass as
+   * sent. Resolves with the code the session ended with (null: it ended normally).
+   */
+  #relayWebSocket(
+    client: HttpClient,
+    agent: WebSocket,
+    upstream: WebSocket,
+    newScan: () => Promise<ResponseScan>,
+  ): Promise<ErrorCode | null> {
+    const { session } = client;
+    const recording = session.recording;
+    return new Promise((resolve) => {
+      let code: ErrorCode | null = null;
+      let open = 2;
+      const inspect = async (payload: Buffer): Promise<Buffer> => {
+        const scan = await newScan();
+        return Buffer.concat([await this.#scannedChunk(scan, payload), await this.#scanEnd(scan)]);
+      };
+      const fail = (failure: ErrorCode) => {
+        code ??= failure;
+        agent.terminate();
+        upstream.terminate();
+      };
+      const toAgent = new OrderedRelay(upstream, () => fail('CC_ERR_GATEWAY_INSPECTION_FAILED'));
+      const toUpstream = new OrderedRelay(agent, () => fail('CC_ERR_GATEWAY_INSPECTION_FAILED'));
+      const record = (direction: 'in' | 'out', data: Buffer, binary: boolean) => {
+        if (recording === null) return;
+        session.record('ws.message', direction, {
+          opcode: binary ? 2 : 1,
+          data: clip(data, recording.limits.maxBodyBytes),
+        });
+      };
+      // A control frame's payload is at most 125 bytes: a ticket longer than what it replaced is cut.
+      const control = (payload: Buffer) => payload.subarray(0, 125);
+      upstream.on('message', (data: Buffer, binary: boolean) =>
+        toAgent.run(async () => {
+          const clean = await inspect(data);
+          record('out', clean, binary);
+          await sendMessage(agent, clean, binary);
+        }),
+      );
+      upstream.on('ping', (data: Buffer) =>
+        toAgent.run(async () => {
+          const clean = control(await inspect(data));
+          if (agent.readyState === WebSocket.OPEN) agent.ping(clean);
+        }),
+      );
+      upstream.on('pong', (data: Buffer) =>
+        toAgent.run(async () => {
+          const clean = control(await inspect(data));
+          if (agent.readyState === WebSocket.OPEN) agent.pong(clean);
+        }),
+      );
+      agent.on('message', (data: Buffer, binary: boolean) => {
+        record('in', data, binary);
+        toUpstream.run(() => sendMessage(upstream, data, binary));
+      });
+      agent.on('ping', (data: Buffer) =>
+        toUpstream.run(() => {
+          if (upstream.readyState === WebSocket.OPEN) upstream.ping(data);
+        }),
+      );
+      agent.on('pong', (data: Buffer) =>
+        toUpstream.run(() => {
+          if (upstream.readyState === WebSocket.OPEN) upstream.pong(data);
+        }),
+      );
+      const onRevoked = () => fail(session.terminatedBy ?? 'CC_ERR_TICKET_REVOKED');
+      session.signal.addEventListener('abort', onRevoked, { once: true });
+      const closed = () => {
+        open -= 1;
+        if (open > 0) return;
+        session.signal.removeEventListener('abort', onRevoked);
+        resolve(code);
+      };
+      upstream.on('close', (status: number, reason: Buffer) => {
+        // What the upstream sent before it closed is still queued: it goes first, then the close.
+        toAgent.run(async () => closeLike(agent, status, await inspect(reason)));
+        void toAgent.idle().then(closed);
+      });
+      agent.on('close', (status: number, reason: Buffer) => {
+        toUpstream.run(() => closeLike(upstream, status, reason));
+        void toUpstream.idle().then(closed);
+      });
+      // Protocol errors (a message too long, invalid UTF-8 in text): ws closes that side; the other follows.
+      upstream.on('error', () => fail('CC_ERR_GATEWAY_UPSTREAM_ENCODING'));
+      agent.on('error', () => fail('CC_ERR_HTTP_BAD_REQUEST'));
+      if (session.signal.aborted) onRevoked();
+      upstream.resume();
+      agent.resume();
+    });
   }
 
   /** Run one request end to end: errors in the client's protocol, metrics, recording. */

@@ -39,6 +39,18 @@ const scripts: Record<string, (secret: string) => WsFrame[]> = {
   ping: (s) => [ctl(9, `p ${s}`), text('after', true)],
   pong: (s) => [ctl(10, s), text('after', true)],
   close: (s) => [ctl(8, Buffer.concat([Buffer.from([0x03, 0xe8]), Buffer.from(`bye ${s}`)]))],
+  // The close reason with the secret, and the TCP connection never ended by the server.
+  'half-open': (s) => [ctl(8, Buffer.concat([Buffer.from([0x0f, 0xa0]), Buffer.from(`gone ${s}`)]))],
+  // A secret in a text message, then one in a binary message, then a pong: order kept.
+  ordered: (s) => [
+    text(`one ${s}`, true),
+    { fin: true, rsv: 0, opcode: 2, payload: Buffer.from(`two ${s}`) },
+    ctl(10, s),
+  ],
+  // A text message that is not UTF-8: the gateway does not pass it on.
+  'bad-utf8': () => [{ fin: true, rsv: 0, opcode: 1, payload: Buffer.from([0x61, 0xff, 0xfe]) }],
+  // A message longer than the gateway reads (16 MiB), announced in the frame head only.
+  oversized: () => [{ fin: true, rsv: 0, opcode: 2, payload: Buffer.alloc(17 * 1024 * 1024, 0x61) }],
   'close-long': (s) => [
     ctl(8, Buffer.concat([Buffer.from([0x03, 0xe8]), Buffer.from(`${s}${'.'.repeat(90)}`)])),
   ],
@@ -74,7 +86,7 @@ beforeAll(async () => {
       .update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`)
       .digest('base64');
     socket.write(
-      `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
+      `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n${protocolAnswer(req.headers['sec-websocket-protocol'])}\r\n`,
     );
     const script = scripts[(req.url ?? '').split('/').pop() ?? ''] ?? (() => []);
     // Each frame in its own write, with a pause: no chance of arriving as one chunk.
@@ -82,9 +94,16 @@ beforeAll(async () => {
     const frames = script(secret);
     if (frames.at(-1)?.opcode !== 8) frames.push(ctl(8, Buffer.from([0x03, 0xe8])));
     let i = 0;
+    // A server ends its connection once it has sent its close frame; `half-open` keeps it open.
+    const holdOpen = (req.url ?? '').endsWith('/half-open');
     const next = () => {
       if (i >= frames.length || socket.destroyed) return;
-      socket.write(encodeFrame(frames[i++]!));
+      const frame = frames[i++]!;
+      if (frame.opcode === 8 && !holdOpen) {
+        socket.end(encodeFrame(frame));
+        return;
+      }
+      socket.write(encodeFrame(frame));
       setTimeout(next, 3);
     };
     next();
@@ -110,7 +129,21 @@ afterAll(async () => {
 });
 
 /** A raw client: a plain-http upgrade through the proxy, every frame the proxy sends back, until it closes. */
-async function session(script: string): Promise<WsFrame[]> {
+/** The server picks the last subprotocol offered (so it is not simply the first), echoing it as received. */
+const offeredUpstream: string[] = [];
+function protocolAnswer(offered: string | undefined): string {
+  if (offered !== undefined) offeredUpstream.push(offered);
+  const last = (offered ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p !== '')
+    .at(-1);
+  return last === undefined ? '' : `Sec-WebSocket-Protocol: ${last}\r\n`;
+}
+
+let lastHead = '';
+
+async function session(script: string, extra: string[] = [], upgraded = true): Promise<WsFrame[]> {
   const socket = connect(Number(px.address.split(':')[1]), '127.0.0.1');
   await new Promise<void>((resolve) => socket.once('connect', resolve));
   socket.write(
@@ -123,6 +156,7 @@ async function session(script: string): Promise<WsFrame[]> {
       'Upgrade: websocket',
       'Sec-WebSocket-Version: 13',
       `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
+      ...extra,
       '',
       '',
     ].join('\r\n'),
@@ -135,13 +169,19 @@ async function session(script: string): Promise<WsFrame[]> {
       socket.destroy();
       resolve(frames);
     };
-    const timer = setTimeout(done, 1500);
+    const timer = setTimeout(done, 4000);
     socket.on('data', (chunk: Buffer) => {
       received.push(chunk.toString('latin1'));
       if (head !== null) {
         head = Buffer.concat([head, chunk]);
         const end = head.indexOf('\r\n\r\n');
         if (end === -1) return;
+        lastHead = head.subarray(0, end).toString('latin1');
+        if (!upgraded) {
+          clearTimeout(timer);
+          done();
+          return;
+        }
         expect(head.subarray(0, 12).toString()).toBe('HTTP/1.1 101');
         chunk = head.subarray(end + 4);
         head = null;
@@ -208,5 +248,61 @@ describe('forward proxy WebSocket: control frames', () => {
     expect(close.opcode).toBe(8);
     expect(close.payload.length).toBeLessThanOrEqual(125);
     expect(close.payload.toString('latin1')).not.toContain(SECRET.slice(0, 8));
+  });
+});
+
+describe('forward proxy WebSocket: hostile upstream variants', () => {
+  it('an upstream that keeps its connection open after closing: the close reaches the agent, inspected', async () => {
+    const frames = await session('half-open');
+    expect(all(frames)).not.toContain(SECRET);
+    const close = frames.at(-1)!;
+    expect(close.opcode).toBe(8);
+    expect(close.payload.readUInt16BE(0)).toBe(4000);
+    expect(close.payload.subarray(2).toString()).toMatch(new RegExp(`^gone ${TICKET.source}$`));
+  });
+
+  it('text, binary and pong keep their order and their kinds, each inspected', async () => {
+    const frames = await session('ordered');
+    expect(all(frames)).not.toContain(SECRET);
+    expect(frames.map((f) => f.opcode)).toEqual([1, 2, 10, 8]);
+    expect(frames[0]!.payload.toString()).toMatch(new RegExp(`^one ${TICKET.source}$`));
+    expect(frames[1]!.payload.toString()).toMatch(new RegExp(`^two ${TICKET.source}$`));
+    expect(frames[2]!.payload.toString()).toMatch(TICKET);
+  });
+
+  it('a text message that is not UTF-8 is not passed on', async () => {
+    const frames = await session('bad-utf8');
+    expect(frames.filter((f) => f.opcode === 1)).toEqual([]);
+  });
+
+  it('a message longer than the gateway reads is not passed on, and the session ends', async () => {
+    const frames = await session('oversized');
+    expect(frames.filter((f) => f.opcode === 2)).toEqual([]);
+  });
+});
+
+describe('forward proxy WebSocket: a ticket in a subprotocol', () => {
+  it('is refused under the default placements (credential only), before anything goes upstream', async () => {
+    const frames = await session('ping', [`Sec-WebSocket-Protocol: chat, bearer.${ticket}`], false);
+    expect(frames).toEqual([]);
+    expect(lastHead).toMatch(/^HTTP\/1\.1 403 /);
+    expect(lastHead).not.toContain(SECRET);
+  });
+
+  it('where headers are allowed, is exchanged upstream, and the agent is told the subprotocol in its own words', async () => {
+    const headerSecret = `${SECRET}-hdr`;
+    await gw.addSecret('ws-hdr', headerSecret, [`http://${host}`], { placements: ['credential', 'header'] });
+    const headerTicket = await gw.issue('ws-hdr', agent.ref);
+    const frames = await session('ping', [`Sec-WebSocket-Protocol: chat, bearer.${headerTicket}`]);
+    expect(offeredUpstream.at(-1)).toBe(`chat,bearer.${headerSecret}`);
+    expect(lastHead).toContain(`Sec-WebSocket-Protocol: bearer.${headerTicket}`);
+    expect(lastHead).not.toContain(SECRET);
+    expect(all(frames)).not.toContain(SECRET);
+  });
+
+  it('an invalid subprotocol list is refused before anything goes upstream', async () => {
+    const frames = await session('ping', ['Sec-WebSocket-Protocol: chat, chat'], false);
+    expect(frames).toEqual([]);
+    expect(lastHead).toMatch(/^HTTP\/1\.1 400 /);
   });
 });
