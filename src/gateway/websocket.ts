@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer } from 'ws';
-import { CoatcheckError } from '../core/errors.js';
+import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 
 /**
  * WebSocket ends for the front-ends that carry upgrades (the HTTP forward proxy, Kubernetes
@@ -214,19 +214,19 @@ export function openUpstreamWebSocket(input: {
  * The agent's side of the handshake, checked before anything goes upstream (so a request
  * the WebSocket server would refuse never releases a credential). Throws what to answer.
  */
-export function checkClientHandshake(req: IncomingMessage): void {
+export function checkClientHandshake(
+  req: IncomingMessage,
+  refusal: ErrorCode = 'CC_ERR_HTTP_BAD_REQUEST',
+): void {
   const key = req.headers['sec-websocket-key'];
   if (req.method !== 'GET') {
-    throw new CoatcheckError('CC_ERR_HTTP_BAD_REQUEST', 'a WebSocket upgrade must be a GET request');
+    throw new CoatcheckError(refusal, 'coatcheck: a WebSocket upgrade must be a GET request');
   }
   if (typeof key !== 'string' || !/^[A-Za-z0-9+/]{22}==$/.test(key)) {
-    throw new CoatcheckError(
-      'CC_ERR_HTTP_BAD_REQUEST',
-      'the WebSocket upgrade has no valid Sec-WebSocket-Key',
-    );
+    throw new CoatcheckError(refusal, 'coatcheck: the WebSocket upgrade has no valid Sec-WebSocket-Key');
   }
   if (req.headers['sec-websocket-version'] !== '13') {
-    throw new CoatcheckError('CC_ERR_HTTP_BAD_REQUEST', 'only WebSocket version 13 is carried');
+    throw new CoatcheckError(refusal, 'coatcheck: only WebSocket version 13 is carried');
   }
 }
 
@@ -247,7 +247,12 @@ export function acceptClientWebSocket(
   req: IncomingMessage,
   socket: Duplex,
   head: Buffer,
-  answer: { readonly protocol: string; readonly headers: ReadonlyArray<readonly [string, string]> },
+  answer: {
+    readonly protocol: string;
+    readonly headers: ReadonlyArray<readonly [string, string]>;
+    /** The code a handshake the WebSocket server refuses is reported with. */
+    readonly refusal?: ErrorCode;
+  },
 ): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
     const server = new WebSocketServer({

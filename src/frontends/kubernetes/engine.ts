@@ -21,6 +21,7 @@ import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { checkClientHandshake } from '../../gateway/websocket.js';
 import { BUILTIN_POLICY_ID } from '../../policy/schema.js';
 import type { Store } from '../../store/types.js';
 import type { Target } from '../../vault/destinations.js';
@@ -698,6 +699,7 @@ export class KubernetesEngine {
           'coatcheck: SPDY streams are not carried (their channels cannot be inspected); use kubectl 1.30 or newer, which speaks WebSocket (v5.channel.k8s.io)',
         );
       }
+      checkClientHandshake(req, 'CC_ERR_K8S_REQUEST_INVALID');
       const protocols = offeredProtocols(req.headers['sec-websocket-protocol']);
       const prepared = await this.#prepare(client, true);
       this.#pipeline.forwarding(client.session, prepared.cleared);
@@ -725,8 +727,8 @@ export class KubernetesEngine {
       client.summary.protocol = upstream.protocol;
       joined = true;
       await relayChannels({
+        req,
         client: socket,
-        clientKey: String(req.headers['sec-websocket-key'] ?? ''),
         head,
         upstream,
         session: client.session,

@@ -8,11 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { type AddressInfo, connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  createFrameParser,
-  encodeFrame,
-  type WsFrame,
-} from '../../../src/frontends/http/protocol/ws-frames.js';
+import { createFrameParser, encodeFrame, type WsFrame } from '../../helpers/ws-frames.js';
 import { basic, type Proxied, startProxy } from './forward-harness.js';
 import { type Gateway, startGateway } from './harness.js';
 

@@ -183,6 +183,21 @@ describe('Kubernetes front-end: hostile requests', () => {
       `GET /k8s/builder/prod/api/v1/namespaces/default/pods/web-1/exec?command=sh&stdout=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${ticket}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: base64.channel.k8s.io, v4.tunnel\r\n\r\n`,
     );
     expect(base64).toContain('CC_ERR_K8S_STREAM_UNSUPPORTED');
+    // A handshake the gateway's WebSocket server would refuse is refused before any credential
+    // is released: no key, a key that is not 16 bytes, another version, not a GET.
+    const exec = '/k8s/builder/prod/api/v1/namespaces/default/pods/web-1/exec?command=sh&stdout=true';
+    for (const [method, key, version] of [
+      ['GET', '', '13'],
+      ['GET', 'c2hvcnQ=', '13'],
+      ['GET', 'dGhlIHNhbXBsZSBub25jZQ==', '8'],
+      ['POST', 'dGhlIHNhbXBsZSBub25jZQ==', '13'],
+    ]) {
+      const answer = await raw(
+        `${method} ${exec} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${ticket}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: ${version}\r\n${key === '' ? '' : `Sec-WebSocket-Key: ${key}\r\n`}Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n`,
+      );
+      expect(answer, `${method} ${key} ${version}`).toMatch(/^HTTP\/1\.1 400 /);
+      expect(answer).toContain('CC_ERR_K8S_REQUEST_INVALID');
+    }
     expect(gw.api.received.length).toBe(before);
   });
 

@@ -12,7 +12,6 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentRef } from '../../../src/core/principal.js';
 import { type ForwardProxy, forwardProxyFrontend } from '../../../src/frontends/http/forward-proxy.js';
-import { createFrameParser, encodeFrame } from '../../../src/frontends/http/protocol/ws-frames.js';
 import { stdioUrl } from '../../../src/frontends/mcp/command.js';
 import { GatewayDriver } from '../../../src/gateway/driver.js';
 import { loadRecording } from '../../../src/recording/archive.js';
@@ -21,6 +20,7 @@ import { type HttpFrontend, httpGateway } from '../../../src/server/frontends.js
 import { recordingArchive, recordingsDir, sessionRecordings } from '../../../src/server/recordings.js';
 import { cli } from '../../helpers/cli.js';
 import { makeTestHome, type TestHome } from '../../helpers/home.js';
+import { createFrameParser, encodeFrame } from '../../helpers/ws-frames.js';
 import { startUpstream, type Upstream } from '../http/harness.js';
 import { type FakeProvider, startFakeProvider } from '../llm/fake-provider.js';
 

@@ -1,7 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
 import { CoatcheckError } from '../../../core/errors.js';
-// The RFC 6455 codec the HTTP front-end's upgrades use: a pure codec, shared rather than copied.
-import { encodeFrame, type WsFrame } from '../../http/protocol/ws-frames.js';
 
 /**
  * The Kubernetes stream protocols over WebSocket (exec, attach): each binary message's
@@ -29,17 +26,6 @@ export const CHANNEL_NAMES: Readonly<Record<number, string>> = {
   255: 'close',
 };
 
-const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
-
-export function acceptKey(key: string): string {
-  return createHash('sha1').update(`${key}${WS_GUID}`).digest('base64');
-}
-
-/** A client's Sec-WebSocket-Key: base64 of 16 bytes. */
-export function validKey(key: string | undefined): key is string {
-  return key !== undefined && /^[A-Za-z0-9+/]{22}==$/.test(key);
-}
-
 /** The subprotocols offered that the gateway carries, in the client's order; refuses when none is. */
 export function offeredProtocols(header: string | string[] | undefined): string[] {
   const offered = (Array.isArray(header) ? header.join(',') : (header ?? ''))
@@ -54,18 +40,6 @@ export function offeredProtocols(header: string | string[] | undefined): string[
     );
   }
   return kept;
-}
-
-/** A frame as a client sends it: masked with a fresh key (RFC 6455 §5.3). */
-export function encodeMaskedFrame(frame: WsFrame): Buffer {
-  const plain = encodeFrame(frame);
-  const headLength = plain.length - frame.payload.length;
-  const key = randomBytes(4);
-  const head = Buffer.from(plain.subarray(0, headLength));
-  head[1] = head[1]! | 0x80;
-  const payload = Buffer.allocUnsafe(frame.payload.length);
-  for (let i = 0; i < payload.length; i++) payload[i] = frame.payload[i]! ^ key[i % 4]!;
-  return Buffer.concat([head, key, payload]);
 }
 
 /** A channel message: the channel byte, then the data. */

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { CoatcheckError } from '../../../core/errors.js';
+import { CoatcheckError } from '../../src/core/errors.js';
 import { createFrameParser, encodeFrame, type WsFrame } from './ws-frames.js';
 
 const frameArb = fc.record({

@@ -1,9 +1,11 @@
-import { CoatcheckError } from '../../../core/errors.js';
+import { CoatcheckError } from '../../src/core/errors.js';
 
 /**
- * WebSocket frames (RFC 6455 §5.2), for inspecting what a server sends after an upgrade
- * through the forward proxy. Pure: bytes in, frames out; frames in, bytes out. Lengths
- * are bounded before anything is buffered.
+ * WebSocket frames (RFC 6455 §5.2) for tests that must see or craft every frame (a hostile
+ * upstream splitting a secret across continuation frames, a raw client that sees control
+ * frames). The gateway itself speaks WebSocket through the `ws` library
+ * (src/gateway/websocket.ts); this independent codec checks it from outside. Pure: bytes
+ * in, frames out; frames in, bytes out. Lengths are bounded before anything is buffered.
  */
 export interface WsFrame {
   readonly fin: boolean;
