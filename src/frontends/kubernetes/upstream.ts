@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
-import { isIP, connect as netConnect, type Socket } from 'node:net';
-import { rootCertificates, connect as tlsConnect } from 'node:tls';
+import { rootCertificates } from 'node:tls';
 import { Agent } from 'undici';
 import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError } from '../../core/errors.js';
+import type { UpstreamTls } from '../../gateway/websocket.js';
 
 /**
  * The API server side: the credential a ticket was exchanged for (a bearer token, or a
@@ -46,15 +46,9 @@ const MAX_AGENTS = 32;
 
 export interface UpstreamPool {
   agent(connection: ConnectionView, credential: UpstreamCredential): Agent;
-  /** TLS options for a raw connection (WebSocket upgrades). */
-  tls(connection: ConnectionView, credential: UpstreamCredential): RawTls;
+  /** TLS options for the WebSocket client (exec and attach upgrades). */
+  tls(connection: ConnectionView, credential: UpstreamCredential): UpstreamTls;
   close(): Promise<void>;
-}
-
-export interface RawTls {
-  readonly ca?: string[];
-  readonly cert?: string;
-  readonly key?: string;
 }
 
 export function caOf(connection: ConnectionView): string[] | undefined {
@@ -64,7 +58,7 @@ export function caOf(connection: ConnectionView): string[] | undefined {
 
 export function createUpstreamPool(options: { timeoutMs: number }): UpstreamPool {
   const agents = new Map<string, Agent>();
-  const tlsOf = (connection: ConnectionView, credential: UpstreamCredential): RawTls => {
+  const tlsOf = (connection: ConnectionView, credential: UpstreamCredential): UpstreamTls => {
     const ca = caOf(connection);
     return {
       ...(ca === undefined ? {} : { ca }),
@@ -108,37 +102,4 @@ export function createUpstreamPool(options: { timeoutMs: number }): UpstreamPool
       agents.clear();
     },
   };
-}
-
-/** A raw connection to the API server (TLS verified against the connection's CA), ready to write. */
-export function connectRaw(origin: URL, tls: RawTls, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const host = origin.hostname.replace(/^\[|\]$/g, '');
-    const port = Number(origin.port || (origin.protocol === 'https:' ? 443 : 80));
-    const socket =
-      origin.protocol === 'https:'
-        ? tlsConnect({
-            host,
-            port,
-            ...(isIP(host) === 0 ? { servername: host } : {}),
-            ...tls,
-            ALPNProtocols: ['http/1.1'],
-            rejectUnauthorized: true,
-          })
-        : netConnect({ host, port });
-    const timer = setTimeout(
-      () => socket.destroy(Object.assign(new Error('timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
-      timeoutMs,
-    );
-    const onError = (error: Error) => {
-      clearTimeout(timer);
-      reject(error);
-    };
-    socket.once(origin.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      resolve(socket);
-    });
-    socket.once('error', onError);
-  });
 }
