@@ -9,8 +9,10 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import { Agent, request as undiciRequest } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cli, spawnCli } from '../helpers/cli.js';
+import { type KubeApiServer, startKubeApiServer } from '../helpers/kube-apiserver.js';
 import { startUpstream, type Upstream } from '../integration/http/harness.js';
 import { type FakeProvider, startFakeProvider } from '../integration/llm/fake-provider.js';
 
@@ -24,7 +26,8 @@ import { type FakeProvider, startFakeProvider } from '../integration/llm/fake-pr
 const SVC_SECRET = ['svc', 'canary', randomBytes(6).toString('hex')].join('-');
 const PROVIDER_KEY = ['provider', 'canary', randomBytes(6).toString('hex')].join('-');
 const PG_PASSWORD = ['pg', 'canary', randomBytes(6).toString('hex')].join('-');
-const CANARIES = [SVC_SECRET, PROVIDER_KEY, PG_PASSWORD];
+const K8S_TOKEN = ['k8s', 'canary', randomBytes(6).toString('hex')].join('-');
+const CANARIES = [SVC_SECRET, PROVIDER_KEY, PG_PASSWORD, K8S_TOKEN];
 const MCP_FIXTURE = fileURLToPath(new URL('../integration/mcp/fixture-server.mjs', import.meta.url));
 const DATABASE = `cc_audit_down_${randomBytes(4).toString('hex')}`;
 
@@ -33,14 +36,16 @@ unless {
   (action == Action::"http:POST" && resource == Connection::"svc") ||
   action == Action::"sql:write" ||
   (action == Action::"mcp:call" && context has tool && context.tool == "deploy") ||
-  action == Action::"llm:call"
+  action == Action::"llm:call" ||
+  action == Action::"k8s:delete"
 };
 @id("held") @approval("required") permit(principal, action, resource)
 when {
   (action == Action::"http:POST" && resource == Connection::"svc") ||
   action == Action::"sql:write" ||
   (action == Action::"mcp:call" && context has tool && context.tool == "deploy") ||
-  action == Action::"llm:call"
+  action == Action::"llm:call" ||
+  action == Action::"k8s:delete"
 };
 `;
 
@@ -75,7 +80,9 @@ describe('a failing audit store on every forwarding path: refused, no approval s
   let provider: FakeProvider;
   let server: ChildProcessWithoutNullStreams;
   let serverOutput = '';
-  let listening: { admin: string; http: string; proxy: string; postgres: string };
+  let listening: { admin: string; http: string; proxy: string; postgres: string; kubernetes: string };
+  let api: KubeApiServer;
+  let k8sTicket: string;
   let agentKey: string;
   let svcTicket: string;
   let pgTicket: string;
@@ -164,6 +171,7 @@ describe('a failing audit store on every forwarding path: refused, no approval s
     await setup.query('CREATE TABLE deploys (id int)');
     await setup.end();
 
+    api = await startKubeApiServer({ dir, token: K8S_TOKEN });
     await run(['init']);
     writeFileSync(join(dir, 'policy.cedar'), POLICY);
     writeFileSync(
@@ -194,6 +202,20 @@ describe('a failing audit store on every forwarding path: refused, no approval s
       '--url',
       `postgres://postgres@127.0.0.1:5432/${DATABASE}?sslmode=disable`,
     ]);
+    await run(['secret', 'add', 'k8s-token', '--allow', 'prod'], K8S_TOKEN);
+    await run([
+      'connection',
+      'add',
+      'prod',
+      '--type',
+      'kubernetes',
+      '--url',
+      api.url,
+      '--ca',
+      api.caFile,
+      '--credential',
+      'k8s-token',
+    ]);
     writeFileSync(join(dir, 'leak.txt'), '');
     await run([
       'connection',
@@ -219,6 +241,8 @@ describe('a failing audit store on every forwarding path: refused, no approval s
         '127.0.0.1:0',
         '--listen-postgres',
         '127.0.0.1:0',
+        '--listen-k8s',
+        '127.0.0.1:0',
       ],
       env(),
     );
@@ -237,6 +261,7 @@ describe('a failing audit store on every forwarding path: refused, no approval s
     // Issued through the running server (server.json now names it).
     svcTicket = await run(['token', 'issue', '--secret', 'svc-token', '--to', 'worker']);
     pgTicket = await run(['token', 'issue', '--secret', 'pg-password', '--to', 'worker']);
+    k8sTicket = await run(['token', 'issue', '--secret', 'k8s-token', '--to', 'worker']);
   }, 120_000);
 
   afterAll(async () => {
@@ -246,6 +271,7 @@ describe('a failing audit store on every forwarding path: refused, no approval s
     }
     await up?.close();
     await provider?.close();
+    await api?.close();
     const admin = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' });
     await admin.connect();
     await admin.query(`DROP DATABASE IF EXISTS ${DATABASE} WITH (FORCE)`);
@@ -419,6 +445,29 @@ describe('a failing audit store on every forwarding path: refused, no approval s
       () => provider.received.length,
     );
     expect(provider.received.at(-1)!.headers.authorization).toBe(`Bearer ${PROVIDER_KEY}`);
+  }, 60_000);
+
+  it('Kubernetes API', async () => {
+    api.put('pods', { metadata: { name: 'web-9', namespace: 'default' }, spec: {} });
+    // The gateway's Kubernetes listener serves TLS under the home's local CA; this test judges audit, not TLS.
+    const dispatcher = new Agent({ connect: { rejectUnauthorized: false } });
+    try {
+      await holdsUnderAuditFailure(
+        async () => {
+          const res = await undiciRequest(
+            `${listening.kubernetes}/k8s/worker/prod/api/v1/namespaces/default/pods/web-9`,
+            { method: 'DELETE', headers: { authorization: `Bearer ${k8sTicket}` }, dispatcher },
+          );
+          const text = await res.body.text();
+          return { ok: res.statusCode === 200, text };
+        },
+        () => api.received.filter((r) => r.method === 'DELETE').length,
+      );
+      const released = api.received.find((r) => r.method === 'DELETE')!;
+      expect(released.headers.authorization).toBe(`Bearer ${K8S_TOKEN}`);
+    } finally {
+      await dispatcher.close();
+    }
   }, 60_000);
 
   it('the audit chain still verifies after every refusal', async () => {
