@@ -15,6 +15,7 @@ import type { CoatcheckError } from '../../../src/core/errors.js';
 import { createLogger } from '../../../src/core/logger.js';
 import { agentRef } from '../../../src/core/principal.js';
 import { forwardProxyFrontend } from '../../../src/frontends/http/forward-proxy.js';
+import { kubernetesFrontend } from '../../../src/frontends/kubernetes/start.js';
 import { stdioUrl } from '../../../src/frontends/mcp/command.js';
 import { mcpStdioFrontend } from '../../../src/frontends/mcp/mcp-stdio.js';
 import { postgresFrontend } from '../../../src/frontends/postgres/start.js';
@@ -23,6 +24,7 @@ import type { SessionHooks } from '../../../src/gateway/hooks.js';
 import { type Context, initHome, openContext } from '../../../src/server/context.js';
 import { httpGateway } from '../../../src/server/frontends.js';
 import { frontendDeps } from '../../../src/server/gateway-deps.js';
+import { startKubeApiServer } from '../../helpers/kube-apiserver.js';
 import { startUpstream } from '../http/harness.js';
 
 /**
@@ -437,6 +439,63 @@ describe('the forward proxy through the driver', () => {
     } finally {
       await proxy.close();
       await up.close();
+    }
+  });
+});
+
+describe('the Kubernetes front-end through the driver', () => {
+  it('an allowed get and a refused one are sessions in the hooks and the registry (frontend kubernetes)', async () => {
+    const api = await startKubeApiServer({ dir, token: CANARY });
+    const k8s = await driver.start(kubernetesFrontend(frontendDeps(ctx), { host: '127.0.0.1', port: 0 }));
+    const tls = new Agent({ connect: { ca: k8s.ca } });
+    try {
+      await ctx.vault.addSecret(
+        { name: 'drv-k8s', value: Buffer.from(CANARY), allow: ['conn:drvk8s'] },
+        'admin:test',
+      );
+      await ctx.connections.add(
+        { name: 'drvk8s', type: 'kubernetes', url: api.url, credential: 'drv-k8s', rules: { ca: api.caPem } },
+        'admin:test',
+      );
+      const ticket = (
+        await ctx.vault.issueTicket(
+          { secret: 'drv-k8s', principal: bot.ref, destinations: ['conn:drvk8s'] },
+          'admin:test',
+        )
+      ).ticket;
+      const before = await ctx.metrics.metrics();
+      const get = (path: string) =>
+        request(`${k8s.url}/k8s/bot/drvk8s${path}`, {
+          headers: { authorization: `Bearer ${ticket}` },
+          dispatcher: tls,
+        }).then(async (res) => ({ status: res.statusCode, text: await res.body.text() }));
+      const ok = await get('/api/v1/namespaces/default/pods');
+      expect(ok.status).toBe(200);
+      const refused = await get('/api/v1/namespaces/default//secrets');
+      expect(refused.text).toContain('CC_ERR_K8S_PATH_NONCANONICAL');
+      for (const text of [ok.text, refused.text]) expect(text).not.toContain(CANARY);
+      await until(() => hooks.of('kubernetes').filter((e) => e.kind === 'close').length >= 2);
+      const events = hooks.of('kubernetes');
+      const sessions = [...new Set(events.map((e) => e.session))];
+      expect(sessions).toHaveLength(2);
+      const [allowed, denied] = sessions.map((id) => events.filter((e) => e.session === id));
+      expect(allowed!.map((e) => e.kind)[0]).toBe('open');
+      expect(allowed!.some((e) => e.kind === 'exchange')).toBe(true);
+      expect(allowed!.at(-1)).toMatchObject({ kind: 'close', detail: 'ok' });
+      expect(denied!.at(-1)).toMatchObject({ kind: 'close', detail: 'CC_ERR_K8S_PATH_NONCANONICAL' });
+      const after = await ctx.metrics.metrics();
+      const delta = (labels: string) =>
+        counter(after, 'coatcheck_sessions_total', labels) -
+        counter(before, 'coatcheck_sessions_total', labels);
+      expect(delta('frontend="kubernetes",outcome="ok"')).toBe(1);
+      expect(delta('frontend="kubernetes",outcome="CC_ERR_K8S_PATH_NONCANONICAL"')).toBe(1);
+      await driver.recorder.flush();
+      expect((await ctx.store.getSession(sessions[0]!))?.frontend).toBe('kubernetes');
+      expect(logText).not.toContain(CANARY);
+    } finally {
+      await tls.close();
+      await k8s.close();
+      await api.close();
     }
   });
 });
