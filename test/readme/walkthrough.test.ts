@@ -42,7 +42,7 @@ describe('README quick start, end to end', () => {
   });
 
   beforeAll(async () => {
-    if (!existsSync(join(root, 'dist', 'cli', 'main.js'))) {
+    if (!existsSync(join(root, 'dist', 'bin', 'coatcheck.js'))) {
       execFileSync('npm', ['run', '-s', 'build'], { cwd: root, stdio: 'ignore' });
     }
     dir = mkdtempSync(join(tmpdir(), 'coatcheck-readme-'));
@@ -150,7 +150,7 @@ describe('README quick start, end to end', () => {
     const gateway = second.listening.http!;
     expect(gateway).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     const httpOut = await bash(
-      `source ${state}\nalias coatcheck="node $PWD/dist/cli/main.js"\n${http
+      `source ${state}\nalias coatcheck="node $PWD/dist/bin/coatcheck.js"\n${http
         .replaceAll('https://api.github.com', upstreamUrl)
         .replaceAll('http://127.0.0.1:7080', gateway)
         .replace(/^curl /m, 'curl -sS --fail-with-body ')}`,
@@ -163,7 +163,7 @@ describe('README quick start, end to end', () => {
     // The console and its key, as the last paragraph says.
     const consolePage = await fetch(new URL('/console/', second.admin));
     expect(consolePage.status).toBe(200);
-    const verify = await bash(`alias coatcheck="node $PWD/dist/cli/main.js"\ncoatcheck audit verify\n`);
+    const verify = await bash(`alias coatcheck="node $PWD/dist/bin/coatcheck.js"\ncoatcheck audit verify\n`);
     expect(verify).toMatch(/ok|intact|verified/i);
   });
 });
