@@ -3,8 +3,8 @@ import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
 import { isTicket, TICKET_LENGTH } from '../../core/ticket-format.js';
 import type { Authorized } from '../../gateway/authorized.js';
-import type { PatternSet, ResponseScan } from '../../gateway/inspector.js';
-import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
+import type { ResponseScan } from '../../gateway/inspector.js';
+import type { Operation } from '../../gateway/pipeline.js';
 import type { GatewaySession } from '../../gateway/session.js';
 import type { Target } from '../../vault/destinations.js';
 import { BackendInspector, type OutputIndex, withheldNotice } from './backend-inspect.js';
@@ -19,7 +19,6 @@ import {
 import type { FieldDescription, Frame, FrontendMessage } from './protocol/messages.js';
 import { FramePump, WriteBatcher } from './pump.js';
 import { PgRecording } from './recording.js';
-import { normalizeStatement } from './relay/normalize.js';
 import {
   type PreparedEntry,
   ProtocolState,
@@ -27,18 +26,15 @@ import {
   type Run,
   type Slot,
 } from './relay/protocol-state.js';
+import type { RelayServices, StatementEvent } from './relay/relay-services.js';
 import { scrubStatement } from './relay/scrub-statement.js';
-import { kindOf, type StatementFacts, StatementSplitter } from './relay/statement-facts.js';
+import { type Decided, type DecideStep, StatementDecider } from './relay/statement-decider.js';
+import type { StatementFacts } from './relay/statement-facts.js';
 import { checkRules, columnMatcher, type PostgresRules } from './rules.js';
-import {
-  type Classification,
-  moreDangerous,
-  type SqlClassifier,
-  type StatementClass,
-} from './sql/classify.js';
-import { type LineageResult, LineageTracker, type StatementLineage } from './sql/lineage.js';
+import type { Classification, StatementClass } from './sql/classify.js';
+import { LineageTracker, type StatementLineage } from './sql/lineage.js';
 import { createPgCatalog, type PgCatalog } from './sql/pg-catalog.js';
-import type { StatementPolicy, StatementVerdict } from './statement-policy.js';
+import type { StatementVerdict } from './statement-policy.js';
 import type { Upstream, UpstreamTarget } from './upstream/connect.js';
 import { sqlstateFor, toErrorResponse } from './wire-errors.js';
 
@@ -47,16 +43,6 @@ const MAX_RECORDED_SQL = 2048;
 /** Type OIDs whose masked value can be the text `***`; other masked values become NULL. */
 const TEXT_TYPES = new Set([25, 1043, 1042, 19, 705]);
 const MASK = Buffer.from('***');
-/** Statements that create, run or drop prepared statements or cursors: always split and tracked. */
-const STATEFUL = new Set([
-  'PrepareStmt',
-  'ExecuteStmt',
-  'DeallocateStmt',
-  'DiscardStmt',
-  'DeclareCursorStmt',
-  'ClosePortalStmt',
-  'FetchStmt',
-]);
 /** Output owed to the client above which the client is not read until it drains. */
 const MAX_OWED_BYTES = 1024 * 1024;
 /** Distinct refused statements listed in one batched refusal record (the rest are counted). */
@@ -70,36 +56,6 @@ const REFUSED_PARSE = encodeFrontend({
   parameterTypes: [],
 });
 
-export interface StatementEvent {
-  readonly sql: string;
-  readonly class: StatementClass | 'unparsable' | 'unknown';
-  readonly decision: 'allow' | 'deny';
-  readonly rule: string | null;
-  readonly code: ErrorCode | null;
-  readonly durationMs: number;
-  readonly rows: number;
-  readonly outcome: 'ok' | 'error' | 'refused';
-  readonly tickets: readonly string[];
-  /** Refusals are batched: how many this event stands for, and the distinct ones. */
-  readonly count?: number;
-  readonly refused?: ReadonlyArray<{ sql: string; code: ErrorCode; class: string; count: number }>;
-  readonly omitted?: number;
-}
-
-export interface RelayServices {
-  readonly pipeline: ExchangePipeline;
-  readonly classifier: SqlClassifier;
-  readonly now: () => number;
-  /** Known secrets as search patterns, current (rebuilt in the background when the vault changes). */
-  readonly patterns: () => PatternSet;
-  /** The output fast-path index (known secrets, their hex forms, detector keywords), current. */
-  readonly outputIndex: () => OutputIndex;
-  /** Report one statement (audit + recording); a rejection ends the session (fail closed). */
-  readonly onStatement: (event: StatementEvent) => Promise<void>;
-  /** Per-statement policy and approvals; absent when no policy is configured. */
-  readonly statementPolicy?: StatementPolicy | null;
-}
-
 interface MaskPlan {
   /** Per column: 0 leave, 1 mask. */
   readonly columns: Uint8Array;
@@ -112,16 +68,6 @@ interface RefusalBatch {
   count: number;
   written: Promise<void> | null;
   done: boolean;
-}
-
-/** One statement of a simple Query, decided. */
-interface Decided {
-  readonly facts: StatementFacts;
-  readonly cls: StatementClass;
-  readonly mask: readonly string[] | undefined;
-  readonly prepared: PreparedEntry | null;
-  /** Output lineage, when masking is active. */
-  lineage?: StatementLineage | null;
 }
 
 /** A statement whose lineage could not be matched: every column masked, errors withheld. */
@@ -151,6 +97,8 @@ function renderParameter(p: Buffer | null, format: number): string | null {
  * must be masked, a row limit applies, or a refusal takes the place of its stand-in's
  * error.
  */
+export type { RelayServices, StatementEvent } from './relay/relay-services.js';
+
 export class RelaySession {
   readonly #client: Socket;
   readonly #upstream: Socket;
@@ -176,8 +124,8 @@ export class RelaySession {
   #ddlInBlock = false;
   /** Row descriptions are tracked when a connection rule or a policy may mask columns. */
   readonly #maskingActive: boolean;
-  readonly #splitter: StatementSplitter;
-  readonly #policyActive: boolean;
+  /** Classification, rules and policy for each statement: socket-free (relay/statement-decider.ts). */
+  readonly #decider: StatementDecider;
   readonly #done: Promise<void>;
   #finish!: () => void;
 
@@ -185,7 +133,6 @@ export class RelaySession {
   /** Extended protocol: a message was refused; discard until Sync (as PostgreSQL does after an error). */
   #discarding = false;
   #refusals: RefusalBatch | null = null;
-  #standardStrings = true;
   #scan: ResponseScan | null = null;
   #scanIndex: OutputIndex | null = null;
   /**
@@ -249,11 +196,25 @@ export class RelaySession {
       this.#catalog = null;
       this.#tracker = null;
     }
-    this.#splitter = new StatementSplitter(context.services.classifier);
-    this.#policyActive =
-      context.services.statementPolicy !== undefined && context.services.statementPolicy !== null;
+    this.#decider = new StatementDecider({
+      services: context.services,
+      principal: context.principal,
+      target: context.target,
+      rules: context.rules,
+      statements: this.#state.statements,
+      tracker: this.#tracker,
+      onHold: (id) => {
+        this.#toClient.flush();
+        this.#writeClient(
+          noticeResponse(
+            '01000',
+            `coatcheck: statement waits for approval ${id} (coatcheck approvals approve ${id})`,
+          ),
+        );
+      },
+    });
     for (const [name, value] of upstream.parameters) {
-      if (name === 'standard_conforming_strings') this.#standardStrings = value === 'on';
+      if (name === 'standard_conforming_strings') this.#decider.standardStrings = value === 'on';
     }
     this.#done = new Promise((resolve) => {
       this.#finish = resolve;
@@ -545,98 +506,25 @@ export class RelaySession {
     }
   }
 
-  #classify(sql: string): Classification | CoatcheckError {
-    try {
-      return this.#services.classifier.classify(sql);
-    } catch (error) {
-      if (error instanceof CoatcheckError) return error;
-      throw error;
-    }
-  }
-
-  #split(sql: string, c: Classification): readonly StatementFacts[] | CoatcheckError {
-    // Without a policy, a single statement that touches no prepared statement or cursor
-    // needs no facts beyond its classification: skip the second parse.
-    const only = c.statements.length === 1 ? c.statements[0]! : null;
-    if (only !== null && !STATEFUL.has(only) && !this.#policyActive) {
-      return [{ source: sql, node: only, kind: kindOf(only), classification: c, tables: [], functions: [] }];
-    }
-    try {
-      return this.#splitter.split(sql);
-    } catch (error) {
-      if (error instanceof CoatcheckError) return error;
-      throw error;
-    }
-  }
-
-  /** Decide one statement by policy (synchronously when no human is needed). */
-  #decide(input: {
-    cls: StatementClass;
-    kind: string;
-    tables: readonly string[];
-    functions: readonly string[];
-    text: string;
-    parameters: readonly (string | null)[] | null;
-    tickets: readonly string[];
-    preparation: boolean;
-  }): StatementVerdict | Promise<StatementVerdict> {
-    const policy = this.#services.statementPolicy;
-    if (policy === undefined || policy === null) return ALLOWED;
-    const patterns = this.#services.patterns();
-    return policy({
-      principal: this.#principal,
-      connection: this.#target.connection ?? '',
-      ...input,
-      // Scrubbed only when a human or a record needs them (a deny or an approval).
-      get shown() {
-        return scrubStatement(input.text, patterns);
-      },
-      get shownParameters() {
-        return input.parameters === null
-          ? null
-          : input.parameters.map((p) => (p === null ? null : scrubStatement(p, patterns)));
-      },
-      onHold: (id) => {
-        this.#toClient.flush();
-        this.#writeClient(
-          noticeResponse(
-            '01000',
-            `coatcheck: statement waits for approval ${id} (coatcheck approvals approve ${id})`,
-          ),
-        );
-      },
-    });
-  }
-
-  #normalized(source: string): string | CoatcheckError {
-    if (this.#services.statementPolicy === undefined || this.#services.statementPolicy === null) return '';
-    try {
-      return normalizeStatement(source, this.#standardStrings);
-    } catch (error) {
-      if (error instanceof CoatcheckError) return error;
-      throw error;
-    }
-  }
-
   // ---- simple Query ------------------------------------------------------------------
 
   #query(sql: string, frame: Frame): void | Promise<void> {
-    const c = this.#classify(sql);
+    const c = this.#decider.classify(sql);
     if (c instanceof CoatcheckError)
       return this.#refuse(false, c.code, `coatcheck: ${c.message}`, sql, 'unparsable');
     const refusal = checkRules(c, this.#rules, {
       copyOut: c.statements.includes('CopyStmt') && c.class === 'read',
     });
     if (refusal !== null) return this.#refuse(false, refusal.code, refusal.message, sql, c.class);
-    const facts = this.#split(sql, c);
+    const facts = this.#decider.split(sql, c);
     if (facts instanceof CoatcheckError)
       return this.#refuse(false, facts.code, `coatcheck: ${facts.message}`, sql, 'unparsable');
-    const tickets = this.#ticketsIn(sql);
+    const tickets = this.#decider.ticketsIn(sql);
     const decided: Decided[] = [];
     // Each statement is decided on its own facts, in order; one refusal refuses the whole
     // Query. Synchronous (no closure, no promise) unless a decision waits for a human.
     for (let i = 0; i < facts.length; i++) {
-      const step = this.#decideStatement(facts[i]!, tickets);
+      const step = this.#decider.decideStatement(facts[i]!, tickets);
       if (step instanceof Promise)
         return this.#queryDecideRest(sql, c, frame, facts, tickets, decided, i, step);
       if ('refused' in step)
@@ -663,7 +551,7 @@ export class RelaySession {
         return this.#refuse(false, step.refused.code, step.refused.message, sql, step.refused.cls);
       decided.push(step);
       if (++i >= facts.length) break;
-      const next = this.#decideStatement(facts[i]!, tickets);
+      const next = this.#decider.decideStatement(facts[i]!, tickets);
       step = next instanceof Promise ? await next : next;
     }
     return this.#queryDecided(sql, c, frame, decided, tickets);
@@ -679,106 +567,19 @@ export class RelaySession {
   ): void | Promise<void> {
     if (this.#tracker === null) return this.#queryAllowed(sql, c, frame, decided, tickets);
     // Masking by lineage: after rules and policy, before any ticket is exchanged.
-    return this.#analyze(
-      sql,
-      decided.map((d) => d.mask),
-    ).then((r) => {
-      if (!r.ok) return this.#refuse(false, r.code, r.message, sql, c.class);
-      const aligned = r.statements.length === decided.length;
-      decided.forEach((d, i) => {
-        d.lineage = aligned ? r.statements[i]! : UNKNOWN_LINEAGE;
+    return this.#decider
+      .analyze(
+        sql,
+        decided.map((d) => d.mask),
+      )
+      .then((r) => {
+        if (!r.ok) return this.#refuse(false, r.code, r.message, sql, c.class);
+        const aligned = r.statements.length === decided.length;
+        decided.forEach((d, i) => {
+          d.lineage = aligned ? r.statements[i]! : UNKNOWN_LINEAGE;
+        });
+        return this.#queryAllowed(sql, c, frame, decided, tickets);
       });
-      return this.#queryAllowed(sql, c, frame, decided, tickets);
-    });
-  }
-
-  /** Lineage of one Query or Parse; a catalog that cannot be read refuses the statement (fail closed). */
-  async #analyze(
-    sql: string,
-    masks: ReadonlyArray<readonly string[] | undefined>,
-  ): Promise<
-    { ok: true; statements: readonly StatementLineage[] } | { ok: false; code: ErrorCode; message: string }
-  > {
-    const extra = masks.flatMap((m) => m ?? []);
-    let r: LineageResult;
-    try {
-      r = await this.#tracker!.analyze(sql, extra.length === 0 ? undefined : columnMatcher(extra));
-    } catch (error) {
-      const e =
-        error instanceof CoatcheckError
-          ? error
-          : new CoatcheckError('CC_ERR_PG_UPSTREAM_UNREACHABLE', 'the upstream catalog could not be read', {
-              cause: error,
-            });
-      return {
-        ok: false,
-        code: e.code,
-        message: `coatcheck: statement refused (${e.code}): masked columns are traced through the upstream catalog, which could not be read`,
-      };
-    }
-    return r;
-  }
-
-  /** Tickets written in a Query's text (whatever their placement). */
-  #ticketsIn(sql: string): string[] {
-    if (!sql.includes('cct_')) return [];
-    const found: string[] = [];
-    for (let at = sql.indexOf('cct_'); at !== -1; at = sql.indexOf('cct_', at + 1)) {
-      const text = sql.slice(at, at + TICKET_LENGTH);
-      if (isTicket(text)) found.push(text);
-    }
-    return found;
-  }
-
-  #decideStatement(f: StatementFacts, tickets: readonly string[]): DecideStep | Promise<DecideStep> {
-    let cls = f.classification.class;
-    let prepared: PreparedEntry | null = null;
-    let kind = f.kind;
-    let tables = f.tables;
-    let functions = f.functions;
-    let text: string | CoatcheckError;
-    let parameters: string[] | null = null;
-    if (f.execute !== undefined) {
-      // EXECUTE runs the prepared statement: it is decided as that statement, with these arguments.
-      prepared = this.#state.statements.get(f.execute.name) ?? null;
-      if (prepared === null) {
-        return {
-          refused: {
-            code: 'CC_ERR_PG_STATEMENT_DENIED',
-            message: `coatcheck: statement refused: prepared statement "${f.execute.name}" is not known to the gateway`,
-            cls,
-          },
-        };
-      }
-      const rules = checkRules(prepared.classification, this.#rules, { copyOut: false });
-      if (rules !== null)
-        return { refused: { code: rules.code, message: rules.message, cls: prepared.classification.class } };
-      cls = moreDangerous(prepared.classification.class, cls === 'read' ? 'empty' : cls);
-      kind = prepared.kind;
-      tables = [...new Set([...prepared.tables, ...tables])].sort();
-      functions = [...new Set([...prepared.functions, ...functions])].sort();
-      const own = this.#normalized(f.source);
-      if (own instanceof CoatcheckError)
-        return { refused: { code: own.code, message: `coatcheck: ${own.message}`, cls } };
-      text = prepared.normalized;
-      parameters = [own];
-    } else {
-      text = this.#normalized(f.source);
-      if (text instanceof CoatcheckError)
-        return { refused: { code: text.code, message: `coatcheck: ${text.message}`, cls } };
-    }
-    const verdict = this.#decide({
-      cls,
-      kind: f.prepare?.kind ?? kind,
-      tables,
-      functions,
-      text,
-      parameters,
-      tickets,
-      preparation: f.prepare !== undefined,
-    });
-    if (verdict instanceof Promise) return verdict.then((v) => settleStatement(v, f, cls, prepared));
-    return settleStatement(verdict, f, cls, prepared);
   }
 
   #queryAllowed(
@@ -886,7 +687,7 @@ export class RelaySession {
   }
 
   #normalizedOrEmpty(source: string): string {
-    const n = this.#normalized(source);
+    const n = this.#decider.normalized(source);
     return n instanceof CoatcheckError ? '' : n;
   }
 
@@ -901,7 +702,7 @@ export class RelaySession {
     const outside = found.some(
       ({ at }) => !c.literals.some((l) => l.start < at && at + TICKET_LENGTH < l.end),
     );
-    if (outside || !this.#standardStrings) {
+    if (outside || !this.#decider.standardStrings) {
       return this.#refuse(
         false,
         'CC_ERR_PG_STATEMENT_DENIED',
@@ -986,7 +787,7 @@ export class RelaySession {
   // ---- extended protocol -------------------------------------------------------------
 
   #parse(m: Extract<FrontendMessage, { type: 'Parse' }>, frame: Frame): void | Promise<void> {
-    const c = this.#classify(m.sql);
+    const c = this.#decider.classify(m.sql);
     if (c instanceof CoatcheckError)
       return this.#refuse(true, c.code, `coatcheck: ${c.message}`, m.sql, 'unparsable');
     const refusal = checkRules(c, this.#rules, {
@@ -1002,11 +803,11 @@ export class RelaySession {
         c.class,
       );
     }
-    const facts = this.#split(m.sql, c);
+    const facts = this.#decider.split(m.sql, c);
     if (facts instanceof CoatcheckError)
       return this.#refuse(true, facts.code, `coatcheck: ${facts.message}`, m.sql, 'unparsable');
     const f = facts[0];
-    const normalized = f === undefined ? '' : this.#normalized(f.source);
+    const normalized = f === undefined ? '' : this.#decider.normalized(f.source);
     if (normalized instanceof CoatcheckError)
       return this.#refuse(true, normalized.code, `coatcheck: ${normalized.message}`, m.sql, c.class);
     const entry: PreparedEntry = {
@@ -1020,7 +821,7 @@ export class RelaySession {
       description: null,
     };
     // Decided now only to refuse early: each execution (Bind) is decided again, with its parameters.
-    const verdict = this.#decide({
+    const verdict = this.#decider.decide({
       cls: c.class,
       kind: entry.kind,
       tables: entry.tables,
@@ -1033,7 +834,7 @@ export class RelaySession {
     const settle = (v: StatementVerdict): void | Promise<void> => {
       if (!v.allow) return this.#refuse(true, v.code, v.message, m.sql, c.class);
       if (this.#tracker === null) return this.#parseAllowed(entry, frame);
-      return this.#analyze(m.sql, [v.mask]).then((r) => {
+      return this.#decider.analyze(m.sql, [v.mask]).then((r) => {
         if (!r.ok) return this.#refuse(true, r.code, r.message, m.sql, c.class);
         entry.lineage = r.statements.length === 1 ? r.statements[0]! : UNKNOWN_LINEAGE;
         this.#parseAllowed(entry, frame);
@@ -1080,7 +881,7 @@ export class RelaySession {
               m.parameterFormats.length === 1 ? m.parameterFormats[0]! : (m.parameterFormats[i] ?? 0),
             ),
           );
-    const verdict = this.#decide({
+    const verdict = this.#decider.decide({
       cls: prepared.classification.class,
       kind: prepared.kind,
       tables: prepared.tables,
@@ -1383,7 +1184,7 @@ export class RelaySession {
     // Track standard_conforming_strings (ticket placement and normalising depend on it).
     const m = decodeBackend(frame);
     if (m.type === 'ParameterStatus' && m.name === 'standard_conforming_strings')
-      this.#standardStrings = m.value === 'on';
+      this.#decider.standardStrings = m.value === 'on';
     return this.#out(frame);
   }
 
@@ -1500,21 +1301,6 @@ export class RelaySession {
     this.#exchanged.add(ticketId);
     if (this.#exchanged.size > 256) this.#exchanged.delete(this.#exchanged.values().next().value!);
   }
-}
-
-const ALLOWED: StatementVerdict = { allow: true };
-
-type DecideStep = Decided | { refused: { code: ErrorCode; message: string; cls: StatementEvent['class'] } };
-
-function settleStatement(
-  v: StatementVerdict,
-  facts: StatementFacts,
-  cls: StatementClass,
-  prepared: PreparedEntry | null,
-): DecideStep {
-  return v.allow
-    ? { facts, cls, mask: v.mask, prepared }
-    : { refused: { code: v.code, message: v.message, cls: cls as StatementEvent['class'] } };
 }
 
 function unionMask(
