@@ -272,6 +272,7 @@ export class HttpEngine implements Engine<HttpClient> {
       credential: null,
       injectHeaders: {},
       rules: {},
+      via: null,
       source: 'config',
     };
     session.connection = view.name;
