@@ -1,7 +1,7 @@
 import { connect as netConnect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
-import type { buildConnector } from 'undici';
+import { Agent, type buildConnector, type Dispatcher } from 'undici';
 import { CoatcheckError } from '../core/errors.js';
 
 /** Where a front-end wants a byte stream to: the upstream's address, and the relay to go through. */
@@ -99,5 +99,39 @@ export function relayConnector(
       },
       (error: Error) => callback(error, null),
     );
+  };
+}
+
+/** undici dispatchers for connections that go through relays: one Agent per relay, made on first use. */
+export interface RelayDispatchers {
+  /** The dispatcher for a connection's `via`. */
+  get(via: string): Dispatcher;
+  close(): Promise<void>;
+}
+
+export function createRelayDispatchers(
+  dialer: UpstreamDialer,
+  options: { timeoutMs: number; ca?: string[]; agent?: Omit<Agent.Options, 'connect'> },
+): RelayDispatchers {
+  const agents = new Map<string, Agent>();
+  return {
+    get(via) {
+      let agent = agents.get(via);
+      if (agent === undefined) {
+        agent = new Agent({
+          ...options.agent,
+          connect: relayConnector(dialer, via, {
+            timeoutMs: options.timeoutMs,
+            tls: { rejectUnauthorized: true, ...(options.ca === undefined ? {} : { ca: options.ca }) },
+          }),
+        });
+        agents.set(via, agent);
+      }
+      return agent;
+    },
+    async close() {
+      await Promise.all([...agents.values()].map((a) => a.close().catch(() => undefined)));
+      agents.clear();
+    },
   };
 }

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { type IncomingMessage, ServerResponse } from 'node:http';
-import { isIP, connect as netConnect, type Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
@@ -22,6 +22,7 @@ import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { directDialer, type RelayDispatchers, type UpstreamDialer } from '../../gateway/upstream-dial.js';
 import { MAX_HEADER_TEXT, recordedHeaders, responseRecorder } from '../../recording/http-capture.js';
 import { clip, clipText } from '../../recording/model.js';
 import type { Placement } from '../../vault/placements.js';
@@ -69,6 +70,10 @@ export interface HttpEngineOptions {
   readonly dispatcher: Dispatcher;
   /** CA certificates for upstream TLS opened directly (protocol upgrades); default: the system roots. */
   readonly upstreamCa?: readonly string[];
+  /** Dispatchers for connections that go through a relay (`via`); absent: such connections are refused. */
+  readonly relays?: RelayDispatchers;
+  /** How raw upstream connections (protocol upgrades) are opened; default: directly. */
+  readonly dial?: UpstreamDialer;
   /** The in-flight body budget shared by this process's HTTP front-ends (none: only `bodyLimit`). */
   readonly bodyBudget?: BodyBudget;
   /** The front-end's name in sessions, metrics and logs (default `http`; the forward proxy's is `http-proxy`). */
@@ -78,34 +83,41 @@ export interface HttpEngineOptions {
 /** Largest upstream response head accepted on an upgrade. */
 const MAX_UPGRADE_HEAD = 64 * 1024;
 
-/** Open a raw connection to the origin (TLS verified for https) and wait until it is ready. */
-function connectRaw(origin: URL, ca: readonly string[] | undefined, timeoutMs: number): Promise<Socket> {
+/**
+ * Open a raw connection to the origin (TLS verified for https) and wait until it is ready:
+ * through the dialer (directly, or through the connection's relay).
+ */
+async function connectRaw(
+  origin: URL,
+  ca: readonly string[] | undefined,
+  timeoutMs: number,
+  dial: UpstreamDialer,
+  via: string | null,
+): Promise<Duplex> {
+  const host = origin.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(origin.port || (origin.protocol === 'https:' ? 443 : 80));
+  const raw = await dial({ host, port, via, timeoutMs });
+  if (origin.protocol !== 'https:') return raw;
   return new Promise((resolve, reject) => {
-    const host = origin.hostname.replace(/^\[|\]$/g, '');
-    const port = Number(origin.port || (origin.protocol === 'https:' ? 443 : 80));
-    const socket =
-      origin.protocol === 'https:'
-        ? tlsConnect({
-            host,
-            port,
-            ...(isIP(host) === 0 ? { servername: host } : {}),
-            ...(ca === undefined ? {} : { ca: [...ca] }),
-            ALPNProtocols: ['http/1.1'],
-            rejectUnauthorized: true,
-          })
-        : netConnect({ host, port });
+    const socket = tlsConnect({
+      socket: raw,
+      ...(isIP(host) === 0 ? { servername: host } : {}),
+      ...(ca === undefined ? {} : { ca: [...ca] }),
+      ALPNProtocols: ['http/1.1'],
+      rejectUnauthorized: true,
+    });
     const timer = setTimeout(
       () => socket.destroy(Object.assign(new Error('timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
       timeoutMs,
     );
-    const ready = origin.protocol === 'https:' ? 'secureConnect' : 'connect';
-    socket.once(ready, () => {
+    socket.once('secureConnect', () => {
       clearTimeout(timer);
       socket.off('error', onError);
       resolve(socket);
     });
     const onError = (error: Error) => {
       clearTimeout(timer);
+      raw.destroy();
       reject(error);
     };
     socket.once('error', onError);
@@ -114,7 +126,7 @@ function connectRaw(origin: URL, ca: readonly string[] | undefined, timeoutMs: n
 
 /** Read an HTTP/1.1 response head (bounded); returns it and whatever bytes followed it. */
 function readResponseHead(
-  socket: Socket,
+  socket: Duplex,
 ): Promise<{ status: number; headers: Array<[string, string]>; rest: Buffer }> {
   return new Promise((resolve, reject) => {
     let buffer = Buffer.alloc(0);
@@ -333,6 +345,19 @@ export class HttpEngine implements Engine<HttpClient> {
    * upgrades: authenticate, route, classify, decide, find and exchange tickets, release
    * the connection's credentials (each release audited durably first), substitute.
    */
+  /** The dispatcher for a connection: the shared one, or its relay's; a relay this engine cannot reach is refused. */
+  #dispatcherFor(view: ConnectionView): Dispatcher {
+    if (view.via === null) return this.#options.dispatcher;
+    if (this.#options.relays === undefined) {
+      throw new CoatcheckError(
+        'CC_ERR_RELAY_UNAVAILABLE',
+        `connection ${view.name} goes through relay ${view.via}, which this front-end cannot use`,
+        { details: { relay: view.via } },
+      );
+    }
+    return this.#options.relays.get(view.via);
+  }
+
   async #prepare(client: HttpClient, upgrade: boolean) {
     const { req, session, summary } = client;
     const { services } = this.#pipeline;
@@ -547,7 +572,7 @@ export class HttpEngine implements Engine<HttpClient> {
     let response: Dispatcher.ResponseData;
     this.#pipeline.forwarding(session, cleared);
     try {
-      response = await this.#options.dispatcher.request({
+      response = await this.#dispatcherFor(route.view).request({
         origin: route.origin,
         path,
         method: method as Dispatcher.HttpMethod,
@@ -760,13 +785,15 @@ export class HttpEngine implements Engine<HttpClient> {
         client,
         true,
       );
-      let upstream: Socket;
+      let upstream: Duplex;
       this.#pipeline.forwarding(client.session, cleared);
       try {
         upstream = await connectRaw(
           route.url,
           this.#options.upstreamCa,
           Math.min(this.#options.upstreamTimeoutMs, 10_000),
+          this.#options.dial ?? directDialer,
+          route.view.via,
         );
       } catch (error) {
         throw upstreamFailure(error, client.session.terminatedBy, true);

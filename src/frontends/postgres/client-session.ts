@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
 import { isTicket, TICKET_LENGTH } from '../../core/ticket-format.js';
@@ -153,7 +154,7 @@ function renderParameter(p: Buffer | null, format: number): string | null {
  */
 export class RelaySession {
   readonly #client: Socket;
-  readonly #upstream: Socket;
+  readonly #upstream: Duplex;
   readonly #clientPump: FramePump;
   readonly #upstreamPump: FramePump;
   readonly #toClient: WriteBatcher;
