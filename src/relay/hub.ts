@@ -58,6 +58,10 @@ export class RelayHub {
   readonly #waiters = new Map<string, Set<() => void>>();
   readonly #unsubscribe: () => void;
   #closed = false;
+  /** Rotates the order sessions with equally many streams are tried in (load sharing). */
+  #turn = 0;
+  /** Disconnect records being written. */
+  readonly #disconnects = new Set<Promise<unknown>>();
 
   constructor(store: Store, relays: Relays, audit: AuditLog, log: Logger, options: RelayHubOptions) {
     this.#relays = relays;
@@ -70,7 +74,7 @@ export class RelayHub {
     };
     relays.sessionsOf = (id) => {
       let count = 0;
-      for (const set of this.#byName.values()) for (const s of set) if (s.relay.id === id) count++;
+      for (const set of this.#byName.values()) for (const s of set) if (s.relay.id === id && !s.closing) count++;
       return count;
     };
     this.#unsubscribe = store.subscribe((change) => {
@@ -81,7 +85,9 @@ export class RelayHub {
 
   /** Sessions open now, by relay name (for tests and `relay list`). */
   sessions(name: string): number {
-    return this.#byName.get(name)?.size ?? 0;
+    let count = 0;
+    for (const s of this.#byName.get(name) ?? []) if (!s.closing) count++;
+    return count;
   }
 
   /**
@@ -128,7 +134,7 @@ export class RelayHub {
       if (set?.size === 0) this.#byName.delete(relay.name);
       this.#failStreams(session, session.reason);
       this.#log.info({ relay: relay.id, session: session.id, reason: session.reason }, 'relay session ended');
-      void this.#audit
+      const written = this.#audit
         .append({
           type: 'relay.disconnect',
           actor: `relay:${relay.id}`,
@@ -144,6 +150,8 @@ export class RelayHub {
         .catch((error: unknown) =>
           this.#log.error({ code: (error as { code?: string }).code }, 'relay disconnect not audited'),
         );
+      this.#disconnects.add(written);
+      void written.finally(() => this.#disconnects.delete(written));
     });
     try {
       await this.#audit.append({
@@ -240,9 +248,10 @@ export class RelayHub {
   #candidates(name: string): RelaySession[] {
     const set = this.#byName.get(name);
     if (set === undefined) return [];
-    return [...set]
-      .filter((s) => !s.closing && !s.h2.destroyed)
-      .sort((a, b) => a.streams.size - b.streams.size);
+    const live = [...set].filter((s) => !s.closing && !s.h2.destroyed);
+    const shift = live.length === 0 ? 0 : this.#turn++ % live.length;
+    // Rotated, then a stable sort: fewest streams first, ties taken in turn.
+    return [...live.slice(shift), ...live.slice(0, shift)].sort((a, b) => a.streams.size - b.streams.size);
   }
 
   async #waitForSession(name: string, deadline: number): Promise<void> {
@@ -386,10 +395,19 @@ export class RelayHub {
     });
   }
 
-  close(): void {
+  /** Drop every session (their disconnect records are written before it resolves). */
+  async close(): Promise<void> {
     this.#closed = true;
     this.#unsubscribe();
+    const ending = [...this.#byName.values()].flatMap((set) =>
+      [...set].map(
+        (s) =>
+          new Promise<void>((resolve) => (s.h2.closed ? resolve() : s.h2.once('close', () => resolve()))),
+      ),
+    );
     this.#drop(() => true, 'the gateway stopped');
     for (const set of this.#waiters.values()) for (const wake of [...set]) wake();
+    await Promise.all(ending);
+    await Promise.all([...this.#disconnects]);
   }
 }

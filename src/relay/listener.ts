@@ -141,8 +141,13 @@ export async function startRelayListener(options: {
         refuse(socket, refusal);
         return;
       }
-      socket.write(
-        `HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: ${RELAY_UPGRADE}\r\n\r\n`,
+      // HTTP/2 takes over the socket's native handle: the 101 must be fully written first
+      // (a write still queued would complete into the HTTP/2 session).
+      await new Promise<void>((resolve, reject) =>
+        socket.write(
+          `HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: ${RELAY_UPGRADE}\r\n\r\n`,
+          (error) => (error ? reject(error) : resolve()),
+        ),
       );
       if (head.length > 0) socket.unshift(head);
       await hub.attach(relay, socket, source);
@@ -170,10 +175,12 @@ export async function startRelayListener(options: {
     port: bound.port,
     ca: { cert: options.ca.cert, fingerprint: options.ca.fingerprint },
     close: () =>
-      new Promise<void>((resolve) => {
-        hub.close();
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+      hub.close().then(
+        () =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeAllConnections();
+          }),
+      ),
   };
 }

@@ -297,7 +297,7 @@ function buildContext(
     health: () => checkHealth(store, audit, clock),
     async close() {
       unsubscribe();
-      relayHub?.close();
+      await relayHub?.close();
       policy.close();
       // Closes what was built over the vault too (the shared known-secret index).
       vault.close();

@@ -296,7 +296,16 @@ export class RelaySession {
     this.#client.on('close', end);
     this.#client.on('error', end);
     this.#upstream.on('close', end);
-    this.#upstream.on('error', end);
+    this.#upstream.on('error', (error) => {
+      // A relayed upstream that was lost says so (CC_ERR_RELAY_STREAM_LOST), in the client's protocol.
+      if (error instanceof CoatcheckError && !this.#closed) {
+        this.#toClient.flush();
+        this.#writeClient(
+          toErrorResponse(new CoatcheckError(error.code, `coatcheck: ${error.message}`), 'FATAL'),
+        );
+      }
+      end();
+    });
     this.#session.signal.addEventListener('abort', () => {
       const code = (this.#session.terminatedBy ?? 'CC_ERR_GATEWAY_SESSION_TERMINATED') as ErrorCode;
       this.#toClient.flush();
