@@ -373,6 +373,9 @@ export class RelayHub {
           stream.off('close', onClose);
           session.carried++;
           stream.once('close', () => session.streams.delete(stream));
+          // The consumer listens for errors too; this one keeps a lost stream with no
+          // consumer listening yet from throwing in the gateway process.
+          stream.on('error', () => undefined);
           resolve(stream);
           return;
         }

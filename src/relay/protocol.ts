@@ -29,11 +29,11 @@ export const MAX_AUTHORITY_LENGTH = 300;
 export const MAX_REFUSAL_BYTES = 4096;
 
 /** Per-stream window: big enough that one stream fills a fast link. */
-export const STREAM_WINDOW = 4 * 1024 * 1024;
+export const STREAM_WINDOW = 16 * 1024 * 1024;
 /** Connection-level window (all streams of a session). */
-export const SESSION_WINDOW = 32 * 1024 * 1024;
+export const SESSION_WINDOW = 64 * 1024 * 1024;
 /** Largest frame either side sends: fewer frames per byte than the 16 KiB default. */
-export const MAX_FRAME = 64 * 1024;
+export const MAX_FRAME = 1024 * 1024 - 1;
 
 export function relaySettings(maxStreams: number): Settings {
   return {

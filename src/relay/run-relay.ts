@@ -135,7 +135,7 @@ export function runRelay(options: RelayRunOptions): RunningRelay {
     targets.add(socket);
     socket.once('close', () => targets.delete(socket));
     const timer = setTimeout(() => socket.destroy(new Error('ETIMEDOUT')), connectTimeoutMs);
-    socket.once('error', (error: NodeJS.ErrnoException) => {
+    socket.on('error', (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       if (!stream.headersSent) {
         log.info({ target: where, reason: error.code ?? 'error' }, 'relay: target not reachable');

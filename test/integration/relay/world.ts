@@ -46,7 +46,7 @@ export interface RelayProcess {
   exited: Promise<number | null>;
 }
 
-const TARGET_HTTP = `
+export const TARGET_HTTP = `
 const http = require('node:http');
 const expected = 'Bearer ' + process.env.EXPECTED;
 const chunk = Buffer.alloc(64 * 1024, 120);
