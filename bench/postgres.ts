@@ -141,7 +141,7 @@ const LARGE = "SELECT g, md5(g::text) AS h, 'some text ' || g AS note FROM gener
 
 /** Stream the large query over an already logged-in socket; returns MB/s of protocol bytes. */
 async function streamLarge(
-  socket: import('node:net').Socket,
+  socket: import('node:stream').Duplex,
   framer: import('../src/frontends/postgres/protocol/framer.js').MessageFramer,
 ): Promise<number> {
   const started = process.hrtime.bigint();

@@ -315,6 +315,10 @@ export const operations = {
       credential: z.string().min(1).max(128).optional(),
       injectHeaders: z.record(z.string().max(256), z.string().max(4096)).optional(),
       rules: connectionRulesSchema.optional(),
+      via: z
+        .string()
+        .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/)
+        .optional(),
     }),
     run: (ctx, input, actor) => ctx.connections.add(input, actor),
   }),
@@ -357,6 +361,28 @@ export const operations = {
     summary: 'Revoke an agent: its key stops working at once.',
     input: z.object({ name }),
     run: (ctx, input, actor) => ctx.agents.revoke(input.name, actor),
+  }),
+
+  relayCreate: op({
+    method: 'POST',
+    path: '/v1/relays',
+    summary: 'Create a relay (docs/relay.md); the response carries its key, shown this once.',
+    input: z.object({ name }),
+    run: (ctx, input, actor) => ctx.relays.create(input.name, actor),
+  }),
+  relayList: op({
+    method: 'GET',
+    path: '/v1/relays',
+    summary: 'List relays with their status and when they were last seen.',
+    input: z.object({}),
+    run: (ctx) => ctx.relays.list(),
+  }),
+  relayRevoke: op({
+    method: 'POST',
+    path: '/v1/relays/:name/revoke',
+    summary: 'Revoke a relay: its sessions are dropped at once and its key is refused.',
+    input: z.object({ name }),
+    run: (ctx, input, actor) => ctx.relays.revoke(input.name, actor),
   }),
 
   tokenIssue: op({

@@ -128,8 +128,30 @@ export interface AuditEventFields {
     readonly credential: string | null;
     readonly secrets: Ids;
     readonly rules: Readonly<Record<string, unknown>>;
+    /** The relay its upstream sockets go through, when it names one. */
+    readonly via?: string;
   };
   'connection.remove': { readonly name: string };
+
+  // ---- relays (docs/relay.md) -----------------------------------------------------
+  'relay.create': { readonly relay: Id; readonly name: string };
+  'relay.revoke': { readonly relay: Id; readonly name: string };
+  'relay.connect': {
+    readonly relay: Id;
+    readonly name: string;
+    readonly session: Id;
+    readonly source: string;
+  };
+  'relay.disconnect': {
+    readonly relay: Id;
+    readonly name: string;
+    readonly session: Id;
+    readonly source: string;
+    /** Why it ended: closed by the relay, revoked, the gateway stopping, an error code. */
+    readonly reason: string;
+    readonly streams: number;
+  };
+  'relay.refuse': { readonly source: string; readonly code: string; readonly relay?: Id };
 
   // ---- workflows ----------------------------------------------------------------
   'workflow.start': WorkflowNodeFields;
@@ -311,6 +333,11 @@ export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'agent.revoke': 'an agent was revoked',
   'connection.add': 'a connection was registered',
   'connection.remove': 'a connection was removed',
+  'relay.create': 'a relay and its key were created',
+  'relay.revoke': 'a relay was revoked; its sessions were dropped',
+  'relay.connect': 'a relay opened a session to the gateway',
+  'relay.disconnect': "a relay's session ended",
+  'relay.refuse': 'a relay session was refused (unknown, malformed or revoked key)',
   'workflow.start': 'a workflow root was started',
   'workflow.spawn': 'a subtask was spawned below a workflow node',
   'workflow.end': 'a workflow node and its subtree ended; their tickets expired',

@@ -15,6 +15,7 @@ import { liveServer } from './live-server.js';
 import { registerMcpCommands } from './mcp.js';
 import { registerPolicyCommands } from './policy.js';
 import { registerProxyCommands } from './proxy.js';
+import { registerRelayCommands } from './relay.js';
 import { registerSessionCommands } from './sessions.js';
 import { registerWorkflowCommands } from './workflows.js';
 
@@ -224,6 +225,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     .option('--listen-proxy <addr>', 'forward proxy address, HTTPS_PROXY (overrides the config)')
     .option('--listen-k8s <addr>', 'Kubernetes API front-end address, for kubectl (overrides the config)')
     .option('--listen-ssh <addr>', 'SSH front-end address (overrides the config)')
+    .option('--listen-relay <addr>', 'relay listener address, relays dial in here (overrides the config)')
     .option('--upstream-ca <file>', 'extra CA certificates (PEM) trusted for forward-proxy upstreams')
     .option('--init', 'create the home first if it does not exist')
     .option('--policy <path>', 'a .cedar file or a folder of them (overrides the config)')
@@ -404,6 +406,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       '--recording <mode>',
       'session recording: off | metadata | full (default: recording.default in the config)',
     )
+    .option('--via <relay>', 'reach the upstream through this relay (`relay create`, docs/relay.md)')
     .action(async (name: string, opts, command: Command) => {
       const rules: Record<string, unknown> = {};
       if (typeof opts.hostKey === 'string') rules.hostKey = pinnedHostKey(opts.hostKey);
@@ -452,8 +455,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
             credential: opts.credential,
             injectHeaders,
             ...(Object.keys(rules).length > 0 ? { rules } : {}),
+            ...(typeof opts.via === 'string' ? { via: opts.via } : {}),
           }),
-        (r) => `added connection ${r.name} (${r.type} ${r.url})\n`,
+        (r) =>
+          `added connection ${r.name} (${r.type} ${r.url}${r.via === null ? '' : ` via relay ${r.via}`})\n`,
       );
     });
   connection
@@ -759,6 +764,13 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     },
   });
   registerWorkflowCommands(program, { perform, table });
+  registerRelayCommands(program, io, {
+    perform,
+    table,
+    exit: (code) => {
+      exitCode = code;
+    },
+  });
   // scan, scrub, tokenize: the detector. scrub and tokenize clean text with the vault's
   // secrets too, through the textClean operation (the running server's admin API, or the
   // store in process): the CLI sends text and gets it back cleaned, never a secret value.

@@ -12,6 +12,7 @@ import { type SshFrontend, sshFrontend } from '../frontends/ssh/start.js';
 import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { applyRetention } from '../recording/archive.js';
+import type { RelayListener } from '../relay/listener.js';
 import { type Context, initHome, openContext } from '../server/context.js';
 import { type HttpFrontend, httpGateway } from '../server/frontends.js';
 import { frontendDeps } from '../server/gateway-deps.js';
@@ -30,6 +31,7 @@ export interface ServeOptions {
   listenProxy?: string;
   listenK8s?: string;
   listenSsh?: string;
+  listenRelay?: string;
   upstreamCa?: string;
 }
 
@@ -145,6 +147,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
   let proxy: ForwardProxy | null = null;
   let k8s: KubernetesListener | null = null;
   let ssh: SshFrontend | null = null;
+  let relay: RelayListener | null = null;
   const closers: Array<() => void> = [];
   try {
     await ctx.connections.checkDeclared();
@@ -175,6 +178,9 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     if (sshAddress !== null && sshAddress !== undefined) {
       ssh = await driver.start(sshFrontend(deps, splitAddress(sshAddress, '--listen-ssh')));
     }
+    const relayAddress = options.listenRelay ?? ctx.config.listen.relay;
+    if (relayAddress !== null && relayAddress !== undefined)
+      relay = await startRelays(ctx, splitAddress(relayAddress, '--listen-relay'));
     admin = await startAdminServer(
       ctx,
       splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
@@ -187,6 +193,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       ...(pg === null ? {} : { postgres: `${pg.host}:${pg.port}`, postgresCert: pg.tls.cert }),
       ...(k8s === null ? {} : { kubernetes: k8s.url }),
       ...(ssh === null ? {} : { ssh: `${ssh.host}:${ssh.port}`, sshHostKey: ssh.hostKey.fingerprint }),
+      ...(relay === null ? {} : { relay: relay.url, relayCa: relay.ca.fingerprint }),
       store: `${ctx.store.driver} ${ctx.store.location}`,
       home: home.dir,
       policy: policyInForce(ctx),
@@ -197,6 +204,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     if (pg !== null) addresses.postgres = `${pg.host}:${pg.port}`;
     if (k8s !== null) addresses.kubernetes = k8s.url;
     if (ssh !== null) addresses.ssh = `${ssh.host}:${ssh.port}`;
+    if (relay !== null) addresses.relay = relay.url;
     writeFileDurably(
       home.serverFile,
       `${JSON.stringify({ pid: process.pid, admin: admin.url, listening: addresses })}\n`,
@@ -205,7 +213,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     io.stdout.write(
       options.json
         ? `${JSON.stringify(listening)}\n`
-        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}${k8s === null ? '' : `  kubernetes ${k8s.url} (coatcheck kubeconfig AGENT CONNECTION)\n`}${ssh === null ? '' : `  ssh        ${ssh.host}:${ssh.port} (host key ${ssh.hostKey.fingerprint})\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
+        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}${k8s === null ? '' : `  kubernetes ${k8s.url} (coatcheck kubeconfig AGENT CONNECTION)\n`}${ssh === null ? '' : `  ssh        ${ssh.host}:${ssh.port} (host key ${ssh.hostKey.fingerprint})\n`}${relay === null ? '' : `  relay      ${relay.url} (CA ${relay.ca.fingerprint}; coatcheck ca export)\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
     );
     log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
     // Recording retention (recording.retention): at start, then hourly, off the request path.
@@ -258,6 +266,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     // On a signal, work in flight may finish within shutdown.drainTimeout (default 5 s).
     for (const close of closers) close();
     await driver.stop({ drainMs: stopping ? parseDuration(ctx.config.shutdown.drainTimeout) : 0 });
+    await relay?.close();
     await pg?.close();
     await ssh?.close();
     await proxy?.close();
@@ -267,4 +276,21 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     rmSync(home.serverFile, { force: true });
     await ctx.close();
   }
+}
+
+/** The relay listener (docs/relay.md): a certificate under the gateway's CA, the relay hub behind it. */
+async function startRelays(ctx: Context, address: { host: string; port: number }): Promise<RelayListener> {
+  const [{ openProxyCa }, { startRelayListener }] = await Promise.all([
+    import('../vault/proxy-ca.js'),
+    import('../relay/listener.js'),
+  ]);
+  return startRelayListener({
+    address,
+    ca: await openProxyCa(ctx.store, ctx.keys.masters),
+    serverNames: ctx.config.relay.serverNames,
+    relays: ctx.relays,
+    hub: ctx.relayHub,
+    audit: ctx.audit,
+    log: ctx.log,
+  });
 }

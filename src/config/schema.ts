@@ -71,6 +71,11 @@ export const connectionSchema = z
     credential: z.string().min(1).max(128).optional(),
     injectHeaders: z.record(z.string().max(256), z.string().max(4096)).optional(),
     rules: connectionRulesSchema.optional(),
+    /** The relay (`relay create`) the gateway reaches this connection's upstream through (docs/relay.md). */
+    via: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/, 'must be a relay name')
+      .optional(),
   })
   .strict();
 
@@ -108,6 +113,22 @@ export const configSchema = z
         kubernetes: listenAddress.nullable().default(null),
         /** SSH front-end (`ssh -p PORT AGENT%CONNECTION@HOST`). */
         ssh: listenAddress.nullable().default(null),
+        /** Relays near the targets dial in here (TLS under the gateway's CA, docs/relay.md). */
+        relay: listenAddress.nullable().default(null),
+      })
+      .strict()
+      .prefault({}),
+    relay: z
+      .object({
+        /**
+         * Names (DNS names or IP addresses) relays use to reach the relay listener; its
+         * certificate names these, besides localhost, 127.0.0.1 and the listen host.
+         */
+        serverNames: z.array(z.string().min(1).max(253)).max(32).default([]),
+        /** Streams one relay session may carry at once (the gateway opens no more). */
+        maxStreamsPerSession: z.number().int().min(1).max(100_000).default(1000),
+        /** How long opening a stream through a relay (its TCP connect to the target) may take (ms). */
+        openTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
       })
       .strict()
       .prefault({}),

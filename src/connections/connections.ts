@@ -17,6 +17,8 @@ export interface ConnectionView {
   readonly injectHeaders: Readonly<Record<string, string>>;
   /** Statement rules for the PostgreSQL front-end (readOnly, blockDdl, rowLimit, maskColumns, ...). */
   readonly rules: Readonly<Record<string, unknown>>;
+  /** The relay its upstream sockets go through (docs/relay.md); null: the gateway dials the upstream itself. */
+  readonly via: string | null;
   /** Where it is declared: the config file, or the store (`connection add`). */
   readonly source: 'config' | 'store';
 }
@@ -40,6 +42,13 @@ const SERVED_TYPES: ReadonlySet<ConnectionType> = new Set<ConnectionType>([
   'llm',
   'kubernetes',
   'ssh',
+]);
+/** Connection types whose front-end dials its upstream through `via` (src/gateway/upstream-dial.ts). */
+const RELAYED_TYPES: ReadonlySet<ConnectionType> = new Set<ConnectionType>([
+  'http',
+  'postgres',
+  'llm',
+  'mcp',
 ]);
 /** Headers the gateway owns; a connection may not set them. */
 const RESERVED_HEADERS = new Set([
@@ -152,6 +161,15 @@ export function validateConnection(input: ConnectionConfig): string[] {
       'statement rules (--read-only, --block-ddl, --mask-column, ...) apply to postgres connections only',
     );
   }
+  if (input.via !== undefined) {
+    if (!RELAYED_TYPES.has(input.type as ConnectionType))
+      throw invalid(
+        '--via',
+        `${input.type} connections do not go through a relay yet (relayed: ${[...RELAYED_TYPES].join(', ')})`,
+      );
+    if (url.protocol === 'stdio:')
+      throw invalid('--via', 'a stdio MCP server runs beside the gateway; it has no upstream to relay');
+  }
   const refs: string[] = [];
   if (input.credential !== undefined) refs.push(input.credential);
   for (const [name, template] of Object.entries(input.injectHeaders ?? {})) {
@@ -224,6 +242,7 @@ export class Connections {
       credential: c.credential ?? null,
       injectHeaders: c.injectHeaders ?? {},
       rules: c.rules ?? {},
+      via: c.via ?? null,
       source: 'config',
     };
   }
@@ -236,6 +255,7 @@ export class Connections {
       credential: r.credential,
       injectHeaders: r.injectHeaders,
       rules: r.rules,
+      via: r.via,
       source: 'store',
     };
   }
@@ -296,6 +316,7 @@ export class Connections {
       credential: input.credential ?? null,
       injectHeaders: input.injectHeaders ?? {},
       rules: input.rules ?? {},
+      via: input.via ?? null,
       createdAt: this.#clock.now(),
     };
     await this.#audit.append(
@@ -310,9 +331,17 @@ export class Connections {
           credential: record.credential,
           secrets: refs,
           rules: record.rules,
+          ...(record.via === null ? {} : { via: record.via }),
         },
       },
       async (tx) => {
+        if (record.via !== null && (await tx.getRelayByName(record.via)) === null) {
+          throw new CoatcheckError(
+            'CC_ERR_NOT_FOUND',
+            `no relay named ${record.via} (create it with \`coatcheck relay create ${record.via}\`)`,
+            { details: { relay: record.via } },
+          );
+        }
         if (await tx.getConnection(record.name)) {
           throw new CoatcheckError(
             'CC_ERR_ALREADY_EXISTS',

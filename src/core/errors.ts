@@ -243,6 +243,48 @@ export const ERROR_CODES = {
     description: 'The agent was revoked.',
     solution: 'Create a new agent.',
   },
+  CC_ERR_RELAY_UNKNOWN: {
+    status: 401,
+    description: 'The relay key is not known, or no relay has that name.',
+    solution: 'Create the relay with `coatcheck relay create NAME` and give `relay run` the key it printed.',
+  },
+  CC_ERR_RELAY_KEY_MALFORMED: {
+    status: 401,
+    description:
+      'The relay key is not shaped like one (`ccr_` + 43 base62 characters) or its checksum fails.',
+    solution: 'Pass the key file exactly as `relay create` printed it.',
+  },
+  CC_ERR_RELAY_REVOKED: {
+    status: 401,
+    description: 'The relay was revoked: its sessions were dropped and it may not connect again.',
+    solution: 'Create a new relay (`relay create`) and point the connections at it with --via.',
+  },
+  CC_ERR_RELAY_UNAVAILABLE: {
+    status: 502,
+    description:
+      'The connection goes through a relay (`--via`) and no session of that relay is connected to this gateway, or every session failed to open the stream.',
+    solution:
+      'Start `coatcheck relay run` in the network of the target, and check its log and `coatcheck relay list`.',
+  },
+  CC_ERR_RELAY_TARGET_REFUSED: {
+    status: 502,
+    description:
+      "The relay could not open the upstream: the target refused or did not answer, or it is outside the relay's --allow list.",
+    solution: "Check the connection's URL from inside the relay's network, and the relay's --allow flags.",
+  },
+  CC_ERR_RELAY_STREAM_LOST: {
+    status: 502,
+    description:
+      "The relay's session ended while an upstream connection was open through it (the relay stopped, lost its network, or was revoked).",
+    solution:
+      'Retry: new connections go through another session of the relay, or the same relay once it has reconnected.',
+  },
+  CC_ERR_RELAY_HANDSHAKE: {
+    status: 400,
+    description: 'A relay session did not start as the relay protocol requires (ADR 0025).',
+    solution:
+      'Run `coatcheck relay run` of the same version as the gateway against the --listen-relay address.',
+  },
   CC_ERR_ADMIN_UNAUTHORIZED: {
     status: 401,
     description: 'The admin API request lacks a valid admin key.',

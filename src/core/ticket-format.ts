@@ -19,6 +19,9 @@ export const AGENT_KEY_LENGTH = AGENT_KEY_PREFIX.length + AGENT_KEY_RANDOM_LENGT
 /** Subtask keys (workflow nodes' credentials): the agent-key construction with its own prefix. */
 export const SUBTASK_KEY_PREFIX = 'ccs_';
 
+/** Relay keys (`relay create`): the agent-key construction with its own prefix. */
+export const RELAY_KEY_PREFIX = 'ccr_';
+
 /** Finds ticket-shaped text anywhere (checksum is verified separately). */
 export const TICKET_PATTERN = /cct_[0-9A-Za-z]{28}/g;
 
@@ -41,6 +44,10 @@ export function mintAgentKey(): string {
 
 export function mintSubtaskKey(): string {
   return mint(SUBTASK_KEY_PREFIX, AGENT_KEY_RANDOM_LENGTH);
+}
+
+export function mintRelayKey(): string {
+  return mint(RELAY_KEY_PREFIX, AGENT_KEY_RANDOM_LENGTH);
 }
 
 type Shape = 'ok' | 'malformed' | 'checksum';
@@ -95,5 +102,11 @@ export function assertSubtaskKey(text: string): void {
       'CC_ERR_WORKFLOW_KEY_MALFORMED',
       'not a subtask key, or its checksum does not match',
     );
+  }
+}
+
+export function assertRelayKey(text: string): void {
+  if (checkShape(text, RELAY_KEY_PREFIX, AGENT_KEY_RANDOM_LENGTH) !== 'ok') {
+    throw new CoatcheckError('CC_ERR_RELAY_KEY_MALFORMED', 'not a relay key, or its checksum does not match');
   }
 }

@@ -8,6 +8,7 @@ import type { Store } from '../store/types.js';
 import type { MasterKeys } from '../vault/keyring.js';
 import type { Vault } from '../vault/vault.js';
 import type { Authenticator } from './pipeline.js';
+import type { UpstreamDialer } from './upstream-dial.js';
 
 /**
  * What a front-end may use: the shared services of the data path, its own part of the
@@ -32,4 +33,6 @@ export interface FrontendDeps {
   readonly keys: { readonly masters: MasterKeys };
   /** The registry the admin listener serves at /metrics. */
   readonly metrics: Registry;
+  /** Opens upstream byte streams: directly, or through the connection's relay (docs/relay.md). */
+  readonly upstream: UpstreamDialer;
 }

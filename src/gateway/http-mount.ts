@@ -14,6 +14,7 @@ import { createIndexedInspector, sharedKnownSecretIndex } from './known-secret-i
 import { gatewayMetricsFor } from './metrics.js';
 import type { Decide, GatewayServices } from './pipeline.js';
 import { createPolicyDecide } from './policy-decide.js';
+import type { RelayDispatchers } from './upstream-dial.js';
 
 /** Replacements a test or an embedding passes to an HTTP front-end. */
 export interface HttpOverrides {
@@ -42,6 +43,8 @@ export interface HttpRoute {
 export interface HttpRouteContext {
   readonly mount: Mount;
   readonly dispatcher: Dispatcher;
+  /** Dispatchers for connections that go through a relay (`via`). */
+  readonly relays?: RelayDispatchers;
   readonly services: PipelineServices;
 }
 

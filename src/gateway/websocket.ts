@@ -101,6 +101,11 @@ export function openUpstreamWebSocket(input: {
   readonly headers: readonly string[];
   readonly protocols: readonly string[];
   readonly tls?: UpstreamTls;
+  /**
+   * Open the connection (already through TLS for wss:) another way than directly, e.g.
+   * through a relay; `tls` is then the caller's to apply.
+   */
+  readonly connect?: () => Promise<Duplex>;
   readonly timeoutMs: number;
   readonly signal: AbortSignal;
 }): Promise<UpstreamUpgrade> {
@@ -136,6 +141,18 @@ export function openUpstreamWebSocket(input: {
         ...(input.tls?.ca === undefined ? {} : { ca: [...input.tls.ca] }),
         ...(input.tls?.cert === undefined ? {} : { cert: input.tls.cert }),
         ...(input.tls?.key === undefined ? {} : { key: input.tls.key }),
+        ...(input.connect === undefined
+          ? {}
+          : {
+              // Node's HTTP client takes a socket created later through the callback.
+              createConnection: (_options: unknown, done: (error: Error | null, socket?: Duplex) => void) => {
+                input.connect!().then(
+                  (socket) => done(null, socket),
+                  (error: Error) => done(error),
+                );
+                return undefined;
+              },
+            }),
       } as ConstructorParameters<typeof WebSocket>[2]);
     } catch (error) {
       // An offered subprotocol that is not a token, or a URL ws cannot open.

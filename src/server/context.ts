@@ -27,10 +27,13 @@ import { type Clock, systemClock } from '../core/clock.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
+import { createUpstreamDialer, type UpstreamDialer } from '../gateway/upstream-dial.js';
 import { Agents } from '../identity/agents.js';
 import { Identity } from '../identity/identity.js';
 import { OidcVerifier } from '../identity/oidc.js';
 import { PolicyHolder } from '../policy/policy-holder.js';
+import { RelayHub } from '../relay/hub.js';
+import { Relays } from '../relay/relays.js';
 import { openStore } from '../store/open-store.js';
 import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
@@ -52,6 +55,12 @@ export interface Context {
   readonly vault: Vault;
   readonly agents: Agents;
   readonly connections: Connections;
+  /** Relay identities and keys (docs/relay.md). */
+  readonly relays: Relays;
+  /** This process's live relay sessions (made on first use: only `serve` needs it). */
+  readonly relayHub: RelayHub;
+  /** Opens upstream byte streams for the front-ends: directly, or through a connection's relay. */
+  readonly upstream: UpstreamDialer;
   /** Agent keys, subtask keys and OIDC JWTs: who is asking. */
   readonly identity: Identity;
   /** Workflow runs and their subtasks (a tree of principals with narrowed tickets). */
@@ -161,6 +170,16 @@ function buildContext(
     maxTtlMs: parseDuration(config.agents.maxTtl),
   });
   const connections = new Connections(store, audit, clock, config.connections);
+  const relays = new Relays(store, audit, clock, keys.index.lookup);
+  let relayHub: RelayHub | null = null;
+  const hub = (): RelayHub => {
+    relayHub ??= new RelayHub(store, relays, audit, log, {
+      maxStreamsPerSession: config.relay.maxStreamsPerSession,
+      openTimeoutMs: config.relay.openTimeoutMs,
+    });
+    return relayHub;
+  };
+  const upstream = createUpstreamDialer({ open: (...args) => hub().open(...args) });
   const oidc = new OidcVerifier(
     config.identity.oidc.map((issuer) => ({
       issuer: issuer.issuer,
@@ -254,6 +273,11 @@ function buildContext(
     vault,
     agents,
     connections,
+    relays,
+    get relayHub(): RelayHub {
+      return hub();
+    },
+    upstream,
     identity,
     workflows,
     endpoints,
@@ -273,6 +297,7 @@ function buildContext(
     health: () => checkHealth(store, audit, clock),
     async close() {
       unsubscribe();
+      await relayHub?.close();
       policy.close();
       // Closes what was built over the vault too (the shared known-secret index).
       vault.close();

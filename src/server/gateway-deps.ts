@@ -19,5 +19,6 @@ export function frontendDeps(ctx: Context): FrontendDeps {
     gate: ctx.gate,
     keys: { masters: ctx.keys.masters },
     metrics: ctx.metrics,
+    upstream: ctx.upstream,
   };
 }

@@ -167,6 +167,19 @@ CREATE TABLE recordings (
 CREATE INDEX recordings_started ON recordings(started_at, id);
 `,
   },
+  {
+    version: 12,
+    name: 'relays',
+    // Relays near the targets (docs/relay.md, ADR 0025): a name, the keyed hash of its key,
+    // when it was last seen; and the relay a connection's upstream sockets go through.
+    sql: (t) => `
+CREATE TABLE relays (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at ${t.int64} NOT NULL,
+  revoked_at ${t.int64}, last_seen_at ${t.int64}, last_address TEXT);
+CREATE UNIQUE INDEX relays_live_name ON relays(name) WHERE revoked_at IS NULL;
+ALTER TABLE connections ADD COLUMN via TEXT;
+`,
+  },
 ];
 
 /** The migrations rendered for one database, in order. */

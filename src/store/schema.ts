@@ -15,6 +15,7 @@ import type {
   AuditRecord,
   ConnectionRecord,
   RecordingRecord,
+  RelayRecord,
   SecretRecord,
   SessionRecord,
   TicketRecord,
@@ -221,6 +222,7 @@ export const CONNECTIONS: TableDefinition<ConnectionRecord> = {
     ['inject_headers', 'json'],
     ['rules', 'jsonText'],
     ['created_at', 'int64'],
+    ['via', 'text'],
   ],
   values: (r) => [
     r.id,
@@ -231,6 +233,7 @@ export const CONNECTIONS: TableDefinition<ConnectionRecord> = {
     json(r.injectHeaders),
     json(r.rules),
     r.createdAt,
+    r.via,
   ],
   fromRow: (row, codec) => ({
     id: String(row.id),
@@ -245,6 +248,30 @@ export const CONNECTIONS: TableDefinition<ConnectionRecord> = {
     ),
     rules: jsonColumn<Record<string, unknown>>(row.rules, 'connections', 'rules'),
     createdAt: Number(row.created_at),
+    via: nullableString(row.via),
+  }),
+};
+
+export const RELAYS: TableDefinition<RelayRecord> = {
+  name: 'relays',
+  columns: [
+    ['id', 'text'],
+    ['name', 'text'],
+    ['key_hash', 'text'],
+    ['created_at', 'int64'],
+    ['revoked_at', 'int64'],
+    ['last_seen_at', 'int64'],
+    ['last_address', 'text'],
+  ],
+  values: (r) => [r.id, r.name, r.keyHash, r.createdAt, r.revokedAt, r.lastSeenAt, r.lastAddress],
+  fromRow: (row) => ({
+    id: String(row.id),
+    name: String(row.name),
+    keyHash: String(row.key_hash),
+    createdAt: Number(row.created_at),
+    revokedAt: nullableNumber(row.revoked_at),
+    lastSeenAt: nullableNumber(row.last_seen_at),
+    lastAddress: nullableString(row.last_address),
   }),
 };
 
@@ -465,6 +492,7 @@ export const TABLES: readonly TableDefinition<never>[] = [
   TICKETS,
   AGENTS,
   CONNECTIONS,
+  RELAYS,
   APPROVALS,
   SESSIONS,
   RECORDINGS,

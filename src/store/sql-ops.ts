@@ -12,6 +12,7 @@ import {
   AUDIT,
   CONNECTIONS,
   RECORDINGS,
+  RELAYS,
   type Row,
   type RowCodec,
   SECRETS,
@@ -29,6 +30,7 @@ import type {
   LivenessQuery,
   RecordingFilter,
   RecordingRecord,
+  RelayRecord,
   SecretRecord,
   SessionFilter,
   SessionRecord,
@@ -316,6 +318,34 @@ export abstract class SqlOps implements StoreOps {
   }
   async deleteConnection(name: string) {
     return (await this.db.run('DELETE FROM connections WHERE name = ?', [name])) === 1;
+  }
+
+  // ---- relays ---------------------------------------------------------------------------
+
+  insertRelay(r: RelayRecord) {
+    return this.insert(RELAYS, r);
+  }
+  getRelayByName(name: string) {
+    return this.one(RELAYS, 'SELECT * FROM relays WHERE name = ? AND revoked_at IS NULL', [name]);
+  }
+  getRelayByKeyHash(keyHash: string) {
+    return this.one(RELAYS, 'SELECT * FROM relays WHERE key_hash = ?', [keyHash]);
+  }
+  listRelays() {
+    return this.many(RELAYS, `SELECT * FROM relays ORDER BY name${this.dialect.textOrder}, created_at`);
+  }
+  async revokeRelay(id: string, at: number) {
+    const count = await this.db.run(
+      `UPDATE relays SET revoked_at = ? WHERE id IN (SELECT id FROM relays WHERE id = ? AND revoked_at IS NULL${this.dialect.lockToKill})`,
+      [at, id],
+    );
+    return count === 1;
+  }
+  async touchRelay(id: string, at: number, address: string) {
+    await this.db.run(
+      'UPDATE relays SET last_seen_at = ?, last_address = ? WHERE id = ? AND revoked_at IS NULL',
+      [at, address, id],
+    );
   }
 
   // ---- approvals ------------------------------------------------------------------------

@@ -65,7 +65,21 @@ export interface ConnectionRecord {
   readonly injectHeaders: Readonly<Record<string, string>>;
   /** Statement rules (PostgreSQL front-end): readOnly, blockDdl, rowLimit, maskColumns, ... */
   readonly rules: Readonly<Record<string, unknown>>;
+  /** The relay its upstream sockets go through (docs/relay.md); null: dialled directly. */
+  readonly via: string | null;
   readonly createdAt: number;
+}
+
+export interface RelayRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly keyHash: string;
+  readonly createdAt: number;
+  readonly revokedAt: number | null;
+  /** When a session of this relay last connected or sent its heartbeat (any replica). */
+  readonly lastSeenAt: number | null;
+  /** The source address of that session, as the gateway saw it. */
+  readonly lastAddress: string | null;
 }
 
 export interface AuditRecord {
@@ -241,6 +255,15 @@ export interface StoreOps {
   listConnections(): Promise<ConnectionRecord[]>;
   deleteConnection(name: string): Promise<boolean>;
 
+  insertRelay(record: RelayRecord): Promise<void>;
+  /** The live (not revoked) relay with that name. */
+  getRelayByName(name: string): Promise<RelayRecord | null>;
+  getRelayByKeyHash(keyHash: string): Promise<RelayRecord | null>;
+  listRelays(): Promise<RelayRecord[]>;
+  revokeRelay(id: string, at: number): Promise<boolean>;
+  /** Note that a live relay's session was seen now, from `address`. */
+  touchRelay(id: string, at: number, address: string): Promise<void>;
+
   insertApproval(record: ApprovalRecord): Promise<void>;
   getApproval(id: string): Promise<ApprovalRecord | null>;
   /** Replace status, expiry and data if the stored status is still `expectedStatus`; false otherwise. */
@@ -369,6 +392,8 @@ export type StoreChange =
   | { readonly type: 'keys.rotated' }
   | { readonly type: 'approval.changed'; readonly id: string }
   | { readonly type: 'connection.changed'; readonly name: string }
+  /** A relay was revoked: every replica drops its sessions at once. */
+  | { readonly type: 'relay.revoked'; readonly id: string }
   /**
    * Caches must drop everything: changes may have been missed (the PostgreSQL adapter's
    * LISTEN connection was lost and re-established, or a change was too large to send).

@@ -58,7 +58,12 @@ export class VaultCaches {
     // the known-secret list (found secrets are added on the response path, so the ticket
     // cache must survive them); revocations only the tickets. Anything else — erasures,
     // binding updates, rotations, resyncs, and any change type added later — drops both.
-    if (change.type === 'approval.changed' || change.type === 'connection.changed') return;
+    if (
+      change.type === 'approval.changed' ||
+      change.type === 'connection.changed' ||
+      change.type === 'relay.revoked'
+    )
+      return;
     // Revocations and ended workflows end tickets, never change a secret: the known-secret
     // list stays (at 100k secrets, reloading it decrypts every value).
     if (

@@ -166,6 +166,7 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
           injectHeaders: { Authorization: 'Bearer {{secret:github}}' },
           rules: { readOnly: true, maskColumns: ['*email*', 'ssn'], rowLimit: 100 },
           createdAt: 5,
+          via: null,
         };
         await store.insertConnection(conn);
         expect(await store.getConnection('github')).toEqual(conn);
@@ -175,6 +176,45 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
         expect(await store.listConnections()).toEqual([conn]);
         expect(await store.deleteConnection('github')).toBe(true);
         expect(await store.deleteConnection('github')).toBe(false);
+        const relayed = { ...conn, id: 'con_3', name: 'db', via: 'site-a' };
+        await store.insertConnection(relayed);
+        expect(await store.getConnection('db')).toEqual(relayed);
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('keeps relays: live-name uniqueness, revocation, last seen', async () => {
+      const store = await open();
+      try {
+        const relay = {
+          id: 'rly_1',
+          name: 'site-a',
+          keyHash: 'rh1',
+          createdAt: 10,
+          revokedAt: null,
+          lastSeenAt: null,
+          lastAddress: null,
+        };
+        await store.insertRelay(relay);
+        expect(await store.getRelayByName('site-a')).toEqual(relay);
+        expect(await store.getRelayByKeyHash('rh1')).toEqual(relay);
+        await expect(store.insertRelay({ ...relay, id: 'rly_2', keyHash: 'rh2' })).rejects.toMatchObject({
+          code: 'CC_ERR_ALREADY_EXISTS',
+        });
+        await store.touchRelay('rly_1', 20, '10.0.0.2');
+        expect(await store.getRelayByName('site-a')).toMatchObject({
+          lastSeenAt: 20,
+          lastAddress: '10.0.0.2',
+        });
+        expect(await store.revokeRelay('rly_1', 30)).toBe(true);
+        expect(await store.revokeRelay('rly_1', 40)).toBe(false);
+        expect(await store.getRelayByName('site-a')).toBeNull();
+        // A revoked relay is not seen any more, and its name is free again.
+        await store.touchRelay('rly_1', 50, '10.0.0.3');
+        expect(await store.getRelayByKeyHash('rh1')).toMatchObject({ revokedAt: 30, lastSeenAt: 20 });
+        await store.insertRelay({ ...relay, id: 'rly_2', keyHash: 'rh2' });
+        expect((await store.listRelays()).map((r) => r.id).sort()).toEqual(['rly_1', 'rly_2']);
       } finally {
         await store.close();
       }

@@ -22,6 +22,7 @@ import {
 } from '../../gateway/http-mount.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { createRelayDispatchers } from '../../gateway/upstream-dial.js';
 import { openProxyCa, type ProxyCa } from '../../vault/proxy-ca.js';
 import { createHostBindings, type HostBindings } from './host-bindings.js';
 import { type ForwardRoute, HttpEngine } from './http-engine.js';
@@ -137,7 +138,20 @@ async function mountForwardProxy(
     keepAliveTimeout: 4_000,
   });
   mount.onClose(() => dispatcher.close().catch(() => undefined));
+  // A host bound to a connection with `via` is reached through that relay (docs/relay.md).
+  const relays = createRelayDispatchers(ctx.upstream, {
+    timeoutMs: Math.min(ctx.config.http.upstreamTimeoutMs, 10_000),
+    ...(ca === undefined ? {} : { ca }),
+    agent: {
+      headersTimeout: ctx.config.http.upstreamTimeoutMs,
+      bodyTimeout: ctx.config.http.upstreamTimeoutMs,
+      keepAliveTimeout: 4_000,
+    },
+  });
+  mount.onClose(() => relays.close());
   const engine = new HttpEngine(pipeline, {
+    relays,
+    dial: ctx.upstream,
     // Sessions, request metrics and logs of proxied requests say http-proxy, like their audit records.
     name: 'http-proxy',
     bodyLimit: ctx.config.http.bodyLimit,

@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto';
 import { type IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
+import { connect as tlsConnect } from 'node:tls';
 import type { Dispatcher } from 'undici';
 import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
@@ -21,6 +22,7 @@ import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { directDialer, type RelayDispatchers, type UpstreamDialer } from '../../gateway/upstream-dial.js';
 import {
   acceptClientWebSocket,
   checkClientHandshake,
@@ -76,6 +78,10 @@ export interface HttpEngineOptions {
   readonly dispatcher: Dispatcher;
   /** CA certificates for upstream TLS opened directly (protocol upgrades); default: the system roots. */
   readonly upstreamCa?: readonly string[];
+  /** Dispatchers for connections that go through a relay (`via`); absent: such connections are refused. */
+  readonly relays?: RelayDispatchers;
+  /** How raw upstream connections (protocol upgrades) are opened; default: directly. */
+  readonly dial?: UpstreamDialer;
   /** The in-flight body budget shared by this process's HTTP front-ends (none: only `bodyLimit`). */
   readonly bodyBudget?: BodyBudget;
   /** The front-end's name in sessions, metrics and logs (default `http`; the forward proxy's is `http-proxy`). */
@@ -87,6 +93,47 @@ function headerValues(flat: readonly string[], name: string): string[] {
   const out: string[] = [];
   for (let i = 0; i + 1 < flat.length; i += 2) if (flat[i]!.toLowerCase() === name) out.push(flat[i + 1]!);
   return out;
+}
+
+/**
+ * Open a raw connection to the origin (TLS verified for https) and wait until it is ready:
+ * through the dialer (directly, or through the connection's relay).
+ */
+async function connectRaw(
+  origin: URL,
+  ca: readonly string[] | undefined,
+  timeoutMs: number,
+  dial: UpstreamDialer,
+  via: string | null,
+): Promise<Duplex> {
+  const host = origin.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(origin.port || (origin.protocol === 'https:' ? 443 : 80));
+  const raw = await dial({ host, port, via, timeoutMs });
+  if (origin.protocol !== 'https:') return raw;
+  return new Promise((resolve, reject) => {
+    const socket = tlsConnect({
+      socket: raw,
+      ...(isIP(host) === 0 ? { servername: host } : {}),
+      ...(ca === undefined ? {} : { ca: [...ca] }),
+      ALPNProtocols: ['http/1.1'],
+      rejectUnauthorized: true,
+    });
+    const timer = setTimeout(
+      () => socket.destroy(Object.assign(new Error('timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
+      timeoutMs,
+    );
+    socket.once('secureConnect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      resolve(socket);
+    });
+    const onError = (error: Error) => {
+      clearTimeout(timer);
+      raw.destroy();
+      reject(error);
+    };
+    socket.once('error', onError);
+  });
 }
 
 /**
@@ -199,6 +246,7 @@ export class HttpEngine implements Engine<HttpClient> {
       credential: null,
       injectHeaders: {},
       rules: {},
+      via: null,
       source: 'config',
     };
     session.connection = view.name;
@@ -259,6 +307,19 @@ export class HttpEngine implements Engine<HttpClient> {
    * upgrades: authenticate, route, classify, decide, find and exchange tickets, release
    * the connection's credentials (each release audited durably first), substitute.
    */
+  /** The dispatcher for a connection: the shared one, or its relay's; a relay this engine cannot reach is refused. */
+  #dispatcherFor(view: ConnectionView): Dispatcher {
+    if (view.via === null) return this.#options.dispatcher;
+    if (this.#options.relays === undefined) {
+      throw new CoatcheckError(
+        'CC_ERR_RELAY_UNAVAILABLE',
+        `connection ${view.name} goes through relay ${view.via}, which this front-end cannot use`,
+        { details: { relay: view.via } },
+      );
+    }
+    return this.#options.relays.get(view.via);
+  }
+
   async #prepare(client: HttpClient, upgrade: boolean) {
     const { req, session, summary } = client;
     const { services } = this.#pipeline;
@@ -473,7 +534,7 @@ export class HttpEngine implements Engine<HttpClient> {
     let response: Dispatcher.ResponseData;
     this.#pipeline.forwarding(session, cleared);
     try {
-      response = await this.#options.dispatcher.request({
+      response = await this.#dispatcherFor(route.view).request({
         origin: route.origin,
         path,
         method: method as Dispatcher.HttpMethod,
@@ -712,6 +773,15 @@ export class HttpEngine implements Engine<HttpClient> {
           headers: upstreamHeaders,
           protocols: upstreamProtocols,
           ...(this.#options.upstreamCa === undefined ? {} : { tls: { ca: this.#options.upstreamCa } }),
+          // Through the dialer: directly, or through the connection's relay (TLS end to end).
+          connect: () =>
+            connectRaw(
+              route.url,
+              this.#options.upstreamCa,
+              Math.min(this.#options.upstreamTimeoutMs, 10_000),
+              this.#options.dial ?? directDialer,
+              route.view.via,
+            ),
           timeoutMs: Math.min(this.#options.upstreamTimeoutMs, 10_000),
           signal: client.session.signal,
         });
@@ -724,6 +794,7 @@ export class HttpEngine implements Engine<HttpClient> {
         }
         throw upstreamFailure(error, client.session.terminatedBy, true);
       }
+      client.summary.upstreamStatus = upstream.kind === 'refused' ? upstream.status : 101;
       const scan = await this.#pipeline.inspect(client.session, principal, route.target, parents);
       const scanned = await this.#scannedBlock(scan, upstream.headers.flat());
       const answerHeaders: Array<[string, string]> = [];

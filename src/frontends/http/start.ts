@@ -16,6 +16,7 @@ import {
 } from '../../gateway/http-mount.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import type { Recorder } from '../../gateway/session.js';
+import { createRelayDispatchers } from '../../gateway/upstream-dial.js';
 import { HttpEngine } from './http-engine.js';
 import { refuseRawHttp } from './protocol/raw-refusal.js';
 
@@ -81,14 +82,27 @@ async function mountHttp(
     keepAliveTimeout: 4_000,
   });
   mount.onClose(() => dispatcher.close().catch(() => undefined));
+  // Connections with `via` reach their upstream through a relay (docs/relay.md).
+  const relays = createRelayDispatchers(deps.upstream, {
+    timeoutMs: Math.min(config.upstreamTimeoutMs, 10_000),
+    ...(ca === undefined ? {} : { ca }),
+    agent: {
+      headersTimeout: config.upstreamTimeoutMs,
+      bodyTimeout: config.upstreamTimeoutMs,
+      keepAliveTimeout: 4_000,
+    },
+  });
+  mount.onClose(() => relays.close());
   const engine = new HttpEngine(pipeline, {
     bodyLimit: config.bodyLimit,
     upstreamTimeoutMs: config.upstreamTimeoutMs,
     maxTicketsPerRequest: config.maxTicketsPerRequest,
     dispatcher,
+    relays,
+    dial: deps.upstream,
     bodyBudget: bodyBudget(deps),
   });
-  const routes = (options.routes ?? []).map((factory) => factory({ mount, dispatcher, services }));
+  const routes = (options.routes ?? []).map((factory) => factory({ mount, dispatcher, relays, services }));
   for (const route of routes) if (route.close !== undefined) mount.onClose(() => route.close?.());
   const server = createServer((req, res) => {
     const route = routes.find((r) => req.url?.startsWith(r.prefix));

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
 import type { Dispatcher } from 'undici';
+import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
 import { scanHeaders } from '../../gateway/detector-inspector.js';
@@ -27,6 +28,7 @@ import { sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import type { RelayDispatchers } from '../../gateway/upstream-dial.js';
 import { MAX_HEADER_TEXT, recordedHeaders, responseRecorder } from '../../recording/http-capture.js';
 import { clip, clipText } from '../../recording/model.js';
 import type { Target } from '../../vault/destinations.js';
@@ -46,6 +48,8 @@ export interface LlmEngineOptions {
   readonly bodyBudget?: BodyBudget;
   readonly upstreamTimeoutMs: number;
   readonly dispatcher: Dispatcher;
+  /** Dispatchers for connections that go through a relay (`via`); absent: such connections are refused. */
+  readonly relays?: RelayDispatchers;
   /** Replace the scanner (tests). */
   readonly foundSecrets?: FoundSecrets;
 }
@@ -148,6 +152,19 @@ export class LlmEngine implements Engine<LlmClient> {
   client(req: IncomingMessage, res: ServerResponse): LlmClient {
     const session = this.#pipeline.openSession(new GatewaySession(this.name, this.#pipeline.services.clock));
     return { req, res, session, summary: { method: req.method } };
+  }
+
+  /** The dispatcher for a connection: the shared one, or its relay's. */
+  #dispatcherFor(view: ConnectionView): Dispatcher {
+    if (view.via === null) return this.#options.dispatcher;
+    if (this.#options.relays === undefined) {
+      throw new CoatcheckError(
+        'CC_ERR_RELAY_UNAVAILABLE',
+        `connection ${view.name} goes through relay ${view.via}, which this front-end cannot use`,
+        { details: { relay: view.via } },
+      );
+    }
+    return this.#options.relays.get(view.via);
   }
 
   async initialize(client: LlmClient): Promise<void> {
@@ -448,7 +465,7 @@ export class LlmEngine implements Engine<LlmClient> {
     let response: Dispatcher.ResponseData;
     pipeline.forwarding(session, cleared);
     try {
-      response = await this.#options.dispatcher.request({
+      response = await this.#dispatcherFor(connection.view).request({
         origin: connection.url.origin,
         path: providerPath(connection.url, route.path, route.query === null ? null : query!),
         method: method as Dispatcher.HttpMethod,

@@ -12,7 +12,7 @@ export function llmRoute(
   deps: FrontendDeps,
   overrides: { readonly inspector?: ResponseInspector } = {},
 ): (context: HttpRouteContext) => HttpRoute & { readonly engine: LlmEngine } {
-  return ({ mount, dispatcher, services }) => {
+  return ({ mount, dispatcher, relays, services }) => {
     // Model answers stream (SSE): only known vault secrets are replaced there, so nothing is held
     // back longer than the longest secret. Prompts are scanned in full before they leave.
     const pipeline = mount.pipeline('llm', {
@@ -25,6 +25,7 @@ export function llmRoute(
       bodyBudget: bodyBudget(deps),
       upstreamTimeoutMs: deps.config.http.upstreamTimeoutMs,
       dispatcher,
+      ...(relays === undefined ? {} : { relays }),
     });
     return { prefix: '/llm/', engine, serve: (req, res) => engine.serve(req, res) };
   };

@@ -10,6 +10,7 @@ import { type BodyBudget, type BodyReservation, readBody } from '../../gateway/h
 import { sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import type { RelayDispatchers } from '../../gateway/upstream-dial.js';
 import { MCP_ERROR_CODES, McpSession, type ToolVisibility } from './mcp-session.js';
 
 /**
@@ -32,6 +33,8 @@ export interface McpGatewayOptions {
   /** A session idle this long is closed (its upstream stopped). */
   readonly idleMs?: number;
   readonly foundSecrets?: FoundSecrets;
+  /** Dispatchers for connections that go through a relay (`via`). */
+  readonly relays?: RelayDispatchers;
 }
 
 interface Live {
@@ -207,6 +210,7 @@ export class McpGateway {
         visible: this.#options.visible,
         maxTickets: this.#options.maxTicketsPerRequest,
         upstreamTimeoutMs: this.#options.upstreamTimeoutMs,
+        ...(this.#options.relays === undefined ? {} : { relays: this.#options.relays }),
       });
       let live: Live | null = null;
       const transport = new StreamableHTTPServerTransport({

@@ -13,6 +13,7 @@
  * The upstream's credentials (env for stdio, headers for HTTP) are released by the
  * gateway when it starts the upstream; the client never sees them.
  */
+
 import { createHash } from 'node:crypto';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { getDefaultEnvironment, StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
@@ -29,6 +30,7 @@ import {
   McpError,
   ReadResourceRequestSchema,
 } from '@modelcontextprotocol/sdk/types.js';
+import { type Dispatcher, fetch as undiciFetch } from 'undici';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
 import type { Authorized, Cleared } from '../../gateway/authorized.js';
@@ -36,6 +38,7 @@ import type { FoundSecrets, JsonValue } from '../../gateway/found-secrets.js';
 import { rewriteJsonStrings } from '../../gateway/found-secrets.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import type { GatewaySession } from '../../gateway/session.js';
+import type { RelayDispatchers } from '../../gateway/upstream-dial.js';
 import { clip } from '../../recording/model.js';
 import type { Target } from '../../vault/destinations.js';
 import { Vault } from '../../vault/vault.js';
@@ -82,6 +85,8 @@ export interface McpSessionOptions {
   /** Most tickets one call's arguments may carry. */
   readonly maxTickets: number;
   readonly upstreamTimeoutMs: number;
+  /** Dispatchers for connections that go through a relay (`via`); absent: such connections are refused. */
+  readonly relays?: RelayDispatchers;
 }
 
 interface Upstream {
@@ -492,8 +497,26 @@ class McpSessionStarter {
         stderr: 'ignore',
       });
     } else {
+      const via = connection.view.via;
+      let relayed: Dispatcher | undefined;
+      if (via !== null) {
+        if (this.#o.relays === undefined)
+          throw new CoatcheckError(
+            'CC_ERR_RELAY_UNAVAILABLE',
+            `connection ${connection.view.name} goes through relay ${via}, which this front-end cannot use`,
+            { details: { relay: via } },
+          );
+        relayed = this.#o.relays.get(via);
+      }
       transport = new StreamableHTTPClientTransport(connection.url, {
         requestInit: { headers: Object.fromEntries(injected) },
+        // Through the relay: undici's fetch with the relay's dispatcher.
+        ...(relayed === undefined
+          ? {}
+          : {
+              fetch: ((url: string | URL, init?: RequestInit) =>
+                undiciFetch(url, { ...(init as object), dispatcher: relayed })) as unknown as typeof fetch,
+            }),
       });
     }
     const client = new Client(CLIENT_INFO, { capabilities: {} });

@@ -10,7 +10,7 @@ import { toolVisibility } from './visibility.js';
 export function mcpRoute(deps: FrontendDeps): (context: HttpRouteContext) => HttpRoute & {
   readonly engine: McpGateway;
 } {
-  return ({ mount, services }) => {
+  return ({ mount, relays, services }) => {
     const pipeline = mount.pipeline('mcp', { ...services });
     const engine = new McpGateway(pipeline, {
       bodyLimit: deps.config.http.bodyLimit,
@@ -18,6 +18,7 @@ export function mcpRoute(deps: FrontendDeps): (context: HttpRouteContext) => Htt
       upstreamTimeoutMs: deps.config.http.upstreamTimeoutMs,
       maxTicketsPerRequest: deps.config.http.maxTicketsPerRequest,
       visible: toolVisibility(deps),
+      ...(relays === undefined ? {} : { relays }),
     });
     return {
       prefix: '/mcp/',

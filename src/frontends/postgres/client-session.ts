@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import type { Principal } from '../../core/principal.js';
 import { isTicket, TICKET_LENGTH } from '../../core/ticket-format.js';
@@ -101,7 +102,7 @@ export type { RelayServices, StatementEvent } from './relay/relay-services.js';
 
 export class RelaySession {
   readonly #client: Socket;
-  readonly #upstream: Socket;
+  readonly #upstream: Duplex;
   readonly #clientPump: FramePump;
   readonly #upstreamPump: FramePump;
   readonly #toClient: WriteBatcher;
@@ -256,7 +257,16 @@ export class RelaySession {
     this.#client.on('close', end);
     this.#client.on('error', end);
     this.#upstream.on('close', end);
-    this.#upstream.on('error', end);
+    this.#upstream.on('error', (error) => {
+      // A relayed upstream that was lost says so (CC_ERR_RELAY_STREAM_LOST), in the client's protocol.
+      if (error instanceof CoatcheckError && !this.#closed) {
+        this.#toClient.flush();
+        this.#writeClient(
+          toErrorResponse(new CoatcheckError(error.code, `coatcheck: ${error.message}`), 'FATAL'),
+        );
+      }
+      end();
+    });
     this.#session.signal.addEventListener('abort', () => {
       const code = (this.#session.terminatedBy ?? 'CC_ERR_GATEWAY_SESSION_TERMINATED') as ErrorCode;
       this.#toClient.flush();

@@ -17,6 +17,7 @@ import type { PatternSet } from '../../gateway/inspector.js';
 import type { GatewayMetrics } from '../../gateway/metrics.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import type { UpstreamDialer } from '../../gateway/upstream-dial.js';
 import type { Store } from '../../store/types.js';
 import type { Target } from '../../vault/destinations.js';
 import type { OutputIndex } from './backend-inspect.js';
@@ -55,6 +56,8 @@ export interface PostgresEngineOptions {
   readonly requireTls: boolean;
   /** Audit every statement (true), or only refused ones. */
   readonly auditStatements: boolean;
+  /** How upstream sockets are opened (directly, or through a connection's relay); default: directly. */
+  readonly dial?: UpstreamDialer;
 }
 
 export interface PostgresEngineServices {
@@ -386,9 +389,13 @@ export class PostgresEngine implements Engine<Client> {
     expected.writeInt32BE(key?.secret ?? 0);
     // Unknown or wrong keys are dropped silently, as PostgreSQL does.
     if (key === undefined || !timingSafeEqual(given, expected)) return;
-    await cancelUpstream(key.target, key.processId, key.secretKey, this.#options.upstreamTimeoutMs).catch(
-      () => undefined,
-    );
+    await cancelUpstream(
+      key.target,
+      key.processId,
+      key.secretKey,
+      this.#options.upstreamTimeoutMs,
+      this.#options.dial,
+    ).catch(() => undefined);
   }
 
   async #login(client: Client, session: GatewaySession, parameters: Map<string, string>): Promise<Login> {
@@ -439,8 +446,8 @@ export class PostgresEngine implements Engine<Client> {
       await this.#services.pipeline.beginRecording(session, view);
       const upstream =
         chosen === null
-          ? upstreamTarget(view.url, view.name)
-          : { ...upstreamTarget(view.url, view.name), database: chosen };
+          ? { ...upstreamTarget(view.url, view.name), via: view.via }
+          : { ...upstreamTarget(view.url, view.name), database: chosen, via: view.via };
       const target: Target = { connection: view.name, host: upstream.host, port: upstream.port };
       const agent = await this.#services.store.getAgentByName(user);
       const now = this.#services.now();
@@ -667,6 +674,7 @@ export class PostgresEngine implements Engine<Client> {
     const upstream = await connectUpstream(login.upstream, login.password, {
       timeoutMs: this.#options.upstreamTimeoutMs,
       parameters: forwarded,
+      ...(this.#options.dial === undefined ? {} : { dial: this.#options.dial }),
     });
     let facts: UpstreamFacts;
     try {

@@ -1,4 +1,4 @@
-import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { MessageFramer } from './protocol/framer.js';
 import type { Frame } from './protocol/messages.js';
 
@@ -9,7 +9,7 @@ import type { Frame } from './protocol/messages.js';
  * let the other side pause this socket while its own writes are backed up.
  */
 export class FramePump {
-  readonly socket: Socket;
+  readonly socket: Duplex;
   readonly framer: MessageFramer;
   readonly #handle: (frame: Frame) => void | Promise<void>;
   readonly #afterBatch: () => void;
@@ -19,7 +19,7 @@ export class FramePump {
   #stopped = false;
 
   constructor(
-    socket: Socket,
+    socket: Duplex,
     framer: MessageFramer,
     handlers: {
       frame: (frame: Frame) => void | Promise<void>;
@@ -94,7 +94,7 @@ export class FramePump {
 
 /** Coalesces writes of adjacent views of the same buffer into one write. */
 export class WriteBatcher {
-  readonly #socket: Socket;
+  readonly #socket: Duplex;
   readonly #onFull: () => void;
   #buf: Buffer | null = null;
   #start = 0;
@@ -104,7 +104,7 @@ export class WriteBatcher {
   /** Sees every byte written (the session recording); null when nothing listens. */
   tap: ((data: Buffer) => void) | null = null;
 
-  constructor(socket: Socket, onFull: () => void) {
+  constructor(socket: Duplex, onFull: () => void) {
     this.#socket = socket;
     this.#onFull = onFull;
   }

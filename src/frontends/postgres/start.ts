@@ -174,6 +174,7 @@ async function mountPostgres(
       tls: context,
       requireTls: !isLoopback(listen.host),
       auditStatements: options.auditStatements,
+      dial: deps.upstream,
     },
   );
   // Connections still logging in, oldest first, and how many per source address.

@@ -41,6 +41,9 @@ const SQLSTATE: Partial<Record<ErrorCode, string>> = {
   CC_ERR_TICKET_SECRET_ERASED: '57P01',
   CC_ERR_AUDIT_UNAVAILABLE: '58000',
   CC_ERR_STORE_UNAVAILABLE: '58000',
+  // The relay carrying the upstream connection went away: connection_failure.
+  CC_ERR_RELAY_STREAM_LOST: '08006',
+  CC_ERR_RELAY_UNAVAILABLE: '08001',
 };
 
 export function sqlstateFor(code: ErrorCode): string {

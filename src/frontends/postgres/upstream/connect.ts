@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { connect as netConnect, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import { CoatcheckError } from '../../../core/errors.js';
+import { directDialer, type UpstreamDialer } from '../../../gateway/upstream-dial.js';
 import { decodeBackend } from '../protocol/decode.js';
 import { encodeFrontend, encodeStartup } from '../protocol/encode.js';
 import { MessageFramer } from '../protocol/framer.js';
@@ -18,10 +19,13 @@ export interface UpstreamTarget {
   readonly sslMode: SslMode;
   /** PEM CA bundle for verify-full (sslrootcert); the system roots when absent. */
   readonly ca?: string;
+  /** The relay the connection's upstream is reached through (`--via`); null or absent: directly. */
+  readonly via?: string | null;
 }
 
 export interface Upstream {
-  readonly socket: Socket;
+  /** A TCP socket, a TLS socket, or a stream through a relay. */
+  readonly socket: Duplex;
   /** Framer holding any bytes the server sent after ReadyForQuery. */
   readonly framer: MessageFramer;
   readonly parameters: ReadonlyArray<readonly [string, string]>;
@@ -94,11 +98,11 @@ function isLoopback(host: string): boolean {
 /** Reads backend messages from a socket during login (before the relay takes over). */
 class LoginReader {
   readonly framer: MessageFramer;
-  readonly #socket: Socket;
+  readonly #socket: Duplex;
   #waiting: (() => void) | null = null;
   #error: Error | null = null;
 
-  constructor(socket: Socket, framer = new MessageFramer({ startup: false })) {
+  constructor(socket: Duplex, framer = new MessageFramer({ startup: false })) {
     this.framer = framer;
     this.#socket = socket;
     socket.on('data', this.#onData);
@@ -143,30 +147,27 @@ class LoginReader {
   }
 }
 
-function openSocket(target: UpstreamTarget, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = netConnect({ host: target.host, port: target.port });
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(unreachable(`the upstream ${target.host}:${target.port} did not answer in ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.setNoDelay(true);
-      resolve(socket);
-    });
-    socket.once('error', (error) => {
-      clearTimeout(timer);
-      reject(unreachable(`cannot reach the upstream ${target.host}:${target.port}`, error));
-    });
-  });
+async function openSocket(target: UpstreamTarget, timeoutMs: number, dial: UpstreamDialer): Promise<Duplex> {
+  const via = target.via ?? null;
+  try {
+    return await dial({ host: target.host, port: target.port, via, timeoutMs });
+  } catch (error) {
+    if (error instanceof CoatcheckError)
+      throw unreachable(
+        `cannot reach the upstream ${target.host}:${target.port} through relay ${via}: ${error.message} (${error.code})`,
+        error,
+      );
+    if ((error as { code?: string }).code === 'ETIMEDOUT')
+      throw unreachable(`the upstream ${target.host}:${target.port} did not answer in ${timeoutMs} ms`);
+    throw unreachable(`cannot reach the upstream ${target.host}:${target.port}`, error);
+  }
 }
 
 async function negotiateTls(
-  socket: Socket,
+  socket: Duplex,
   target: UpstreamTarget,
   timeoutMs: number,
-): Promise<Socket | null> {
+): Promise<Duplex | null> {
   socket.write(encodeStartup({ type: 'SSLRequest' }));
   const answer = await new Promise<number>((resolve, reject) => {
     const onData = (chunk: Buffer) => {
@@ -223,9 +224,11 @@ export async function connectUpstream(
     timeoutMs: number;
     /** Startup parameters forwarded from the client (application_name, client_encoding, options...). */
     parameters: ReadonlyArray<readonly [string, string]>;
+    /** How upstream sockets are opened (directly, or through the connection's relay). */
+    dial?: UpstreamDialer;
   },
 ): Promise<Upstream> {
-  let socket = await openSocket(target, options.timeoutMs);
+  let socket = await openSocket(target, options.timeoutMs, options.dial ?? directDialer);
   let tls = false;
   const deadline = setTimeout(() => socket.destroy(), options.timeoutMs);
   try {
@@ -323,8 +326,9 @@ export async function cancelUpstream(
   processId: number,
   secretKey: number,
   timeoutMs: number,
+  dial: UpstreamDialer = directDialer,
 ): Promise<void> {
-  const socket = await openSocket(target, timeoutMs);
+  const socket = await openSocket(target, timeoutMs, dial);
   await new Promise<void>((resolve) => {
     socket.end(encodeStartup({ type: 'CancelRequest', processId, secretKey }), () => resolve());
     socket.once('error', () => resolve());
