@@ -12,7 +12,7 @@ import { type SshFrontend, sshFrontend } from '../frontends/ssh/start.js';
 import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { applyRetention } from '../recording/archive.js';
-import { type Context, initHome, openContext } from '../server/context.js';
+import { type Context, type InitResult, initHome, openContext, storeInitialized } from '../server/context.js';
 import { type HttpFrontend, httpGateway } from '../server/frontends.js';
 import { frontendDeps } from '../server/gateway-deps.js';
 import { recordingArchive, sessionRecordings } from '../server/recordings.js';
@@ -91,17 +91,44 @@ function listenError(error: unknown): unknown {
   });
 }
 
+/**
+ * `serve --init`: a home whose config file is in it needs init while that file is missing;
+ * one configured by COATCHECK_CONFIG (a container, a ConfigMap) while its store is not
+ * initialized — so every replica of a deployment can start with `--init`.
+ */
+async function initNeeded(home: Home, env: NodeJS.ProcessEnv): Promise<boolean> {
+  if (!home.configExternal) return !existsSync(home.configFile);
+  return !(await storeInitialized(home, env));
+}
+
+/** Init, except that another replica initializing the same store first is not an error. */
+async function initHomeOnce(home: Home, env: NodeJS.ProcessEnv): Promise<InitResult | null> {
+  try {
+    return await initHome(home, { env });
+  } catch (error) {
+    if (
+      home.configExternal &&
+      error instanceof CoatcheckError &&
+      error.code === 'CC_ERR_HOME_EXISTS' &&
+      (error.details as { reason?: unknown } | undefined)?.reason === 'store-initialized'
+    )
+      return null;
+    throw error;
+  }
+}
+
 export async function serveCommand(options: ServeOptions, io: CliIo): Promise<number> {
   const home = resolveHome(options.dir, io.env);
-  if (options.init && !existsSync(home.configFile)) {
-    await initHome(home, { env: io.env });
-    io.stderr.write(
-      `initialized coatcheck home ${home.dir} (admin key in ${home.adminKeyFile})\n` +
-        'next, in another terminal:\n' +
-        '  printf %s "$TOKEN" | coatcheck secret add NAME --allow HOST   # a secret, released only to HOST\n' +
-        '  coatcheck agent create AGENT                                  # prints the agent key once\n' +
-        '  coatcheck token issue --secret NAME --to AGENT --ttl 15m      # a ticket for the agent\n',
-    );
+  if (options.init && (await initNeeded(home, io.env))) {
+    const result = await initHomeOnce(home, io.env);
+    if (result !== null)
+      io.stderr.write(
+        `initialized coatcheck home ${home.dir} (admin key ${result.adminKeySource === 'env' ? 'from COATCHECK_ADMIN_KEY' : `in ${home.adminKeyFile}`})\n` +
+          'next, in another terminal:\n' +
+          '  printf %s "$TOKEN" | coatcheck secret add NAME --allow HOST   # a secret, released only to HOST\n' +
+          '  coatcheck agent create AGENT                                  # prints the agent key once\n' +
+          '  coatcheck token issue --secret NAME --to AGENT --ttl 15m      # a ticket for the agent\n',
+      );
   }
   if (!existsSync(home.configFile)) {
     // Let openContext give its own error (no home); nothing to claim.
@@ -179,6 +206,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       ctx,
       splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
       log,
+      { draining: () => stopping },
     );
     const listening = {
       admin: admin.url,
