@@ -121,7 +121,12 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
   const home = resolveHome(options.dir, io.env);
   if (options.init && (await initNeeded(home, io.env))) {
     const result = await initHomeOnce(home, io.env);
-    if (result !== null)
+    if (result !== null && options.json)
+      // One JSON line like the logs (a container's output is read by machines).
+      io.stderr.write(
+        `${JSON.stringify({ level: 30, service: 'coatcheck', msg: 'initialized coatcheck home', home: home.dir, store: result.store, masterKey: result.masterKeySource, adminKey: result.adminKeySource === 'env' ? 'env' : home.adminKeyFile })}\n`,
+      );
+    else if (result !== null)
       io.stderr.write(
         `initialized coatcheck home ${home.dir} (admin key ${result.adminKeySource === 'env' ? 'from COATCHECK_ADMIN_KEY' : `in ${home.adminKeyFile}`})\n` +
           'next, in another terminal:\n' +
@@ -173,6 +178,19 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
   let k8s: KubernetesListener | null = null;
   let ssh: SshFrontend | null = null;
   const closers: Array<() => void> = [];
+  // Signal handlers first: a SIGTERM that arrives while the listeners start, or just after
+  // the addresses are printed (an orchestrator may stop a container at any time), drains
+  // and exits 0 instead of killing the process mid-start.
+  const signalled = new Promise<void>((resolve) => {
+    const stop = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      resolve();
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+    closers.push(stop);
+  });
   try {
     await ctx.connections.checkDeclared();
     const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
@@ -266,16 +284,8 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     ctx.policy.watch(onReload);
     const onHangup = () => onReload(ctx.policy.reload());
     process.on('SIGHUP', onHangup);
-    await new Promise<void>((resolve) => {
-      const stop = () => {
-        process.off('SIGINT', stop);
-        process.off('SIGTERM', stop);
-        process.off('SIGHUP', onHangup);
-        resolve();
-      };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
-    });
+    await signalled;
+    process.off('SIGHUP', onHangup);
     log.info('coatcheck stopping');
     stopping = true;
     return EXIT.ok;
