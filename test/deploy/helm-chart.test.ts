@@ -112,6 +112,9 @@ function excessPropertyErrors(objects: Obj[]): string[] {
   }
 }
 
+/** A rendered manifest walked as plain JSON (what JSON.parse gives). */
+type J = ReturnType<typeof JSON.parse>;
+
 const byKind = (objects: Obj[], kind: string) => objects.filter((o) => o.kind === kind);
 
 describe.skipIf(helm === null)('Helm chart', () => {
@@ -144,7 +147,9 @@ describe.skipIf(helm === null)('Helm chart', () => {
     await expect(validateSchema(service)).rejects.toThrow(/port/);
     const misspelt = structuredClone(byKind(defaults, 'Deployment')[0]!);
     (misspelt.spec as Record<string, unknown>).replica = 2;
-    expect(excessPropertyErrors([misspelt]).join('\n')).toMatch(/'"replica"' does not exist in type 'IDeploymentSpec'/);
+    expect(excessPropertyErrors([misspelt]).join('\n')).toMatch(
+      /'"replica"' does not exist in type 'IDeploymentSpec'/,
+    );
   }, 120_000);
 
   it('defaults: one gateway Deployment of 2 replicas, admin and http Services, a PDB, no Ingress, no relay', () => {
@@ -160,7 +165,7 @@ describe.skipIf(helm === null)('Helm chart', () => {
 
   it('the gateway pod: non-root, read-only root, probes on /healthz and /readyz with Host: localhost, keys from the Secret', () => {
     const deployment = byKind(allOn, 'Deployment').find((d) => d.metadata.name === 'cc-coatcheck')!;
-    const spec = deployment.spec as any;
+    const spec = deployment.spec as J;
     const pod = spec.template.spec;
     const container = pod.containers[0];
     expect(spec.replicas).toBe(2);
@@ -184,7 +189,7 @@ describe.skipIf(helm === null)('Helm chart', () => {
       cpu: expect.any(String),
       memory: expect.any(String),
     });
-    const env = Object.fromEntries(container.env.map((e: any) => [e.name, e]));
+    const env = Object.fromEntries(container.env.map((e: J) => [e.name, e]));
     for (const [name, key] of [
       ['COATCHECK_MASTER_KEY', 'masterKey'],
       ['COATCHECK_ADMIN_KEY', 'adminKey'],
@@ -196,7 +201,7 @@ describe.skipIf(helm === null)('Helm chart', () => {
     expect(env.COATCHECK_CONFIG.value).toBe('/etc/coatcheck/coatcheck.yaml');
     expect(container.args).toEqual(['serve', '--listen-relay', '0.0.0.0:7444']);
     // Writable: the home (emptyDir), /tmp (memory) and the shared claim; nothing else.
-    const mounts = Object.fromEntries(container.volumeMounts.map((m: any) => [m.mountPath, m]));
+    const mounts = Object.fromEntries(container.volumeMounts.map((m: J) => [m.mountPath, m]));
     expect(Object.keys(mounts).sort()).toEqual([
       '/etc/coatcheck',
       '/etc/coatcheck/postgres-tls',
@@ -225,8 +230,8 @@ describe.skipIf(helm === null)('Helm chart', () => {
     expect(config.postgres.tlsCert).toBe('/etc/coatcheck/postgres-tls/tls.crt');
     expect(config.keys.dir).toBe('/var/lib/coatcheck/shared/keys');
     expect(config.admin.allowedHosts).toEqual(expect.arrayContaining(['localhost', 'console.example.test']));
-    const container = (byKind(allOn, 'Deployment')[0]!.spec as any).template.spec.containers[0];
-    const ports = Object.fromEntries(container.ports.map((p: any) => [p.name, p.containerPort]));
+    const container = (byKind(allOn, 'Deployment')[0]!.spec as J).template.spec.containers[0];
+    const ports = Object.fromEntries(container.ports.map((p: J) => [p.name, p.containerPort]));
     for (const [name, address] of Object.entries(config.listen)) {
       expect(address).not.toBeNull();
       expect({ name, port: Number(String(address).split(':').at(-1)) }).toEqual({ name, port: ports[name] });
@@ -245,34 +250,34 @@ describe.skipIf(helm === null)('Helm chart', () => {
 
   it('a Service per front-end, each selecting the gateway pods by a port the container names; the Ingress reaches the admin Service', () => {
     const deployment = byKind(allOn, 'Deployment').find((d) => d.metadata.name === 'cc-coatcheck')!;
-    const podLabels = (deployment.spec as any).template.metadata.labels as Record<string, string>;
+    const podLabels = (deployment.spec as J).template.metadata.labels as Record<string, string>;
     const portNames = new Set(
-      (deployment.spec as any).template.spec.containers[0].ports.map((p: any) => p.name as string),
+      (deployment.spec as J).template.spec.containers[0].ports.map((p: J) => p.name as string),
     );
     const services = byKind(allOn, 'Service');
     expect(services.map((s) => s.metadata.name).sort()).toEqual(
       ['admin', 'http', 'kubernetes', 'postgres', 'proxy', 'relay', 'ssh'].map((n) => `cc-coatcheck-${n}`),
     );
     for (const service of services) {
-      const spec = service.spec as any;
+      const spec = service.spec as J;
       for (const [k, v] of Object.entries(spec.selector)) expect(podLabels[k]).toBe(v);
       expect(portNames.has(spec.ports[0].targetPort)).toBe(true);
     }
     for (const pdb of byKind(allOn, 'PodDisruptionBudget')) {
-      const selector = (pdb.spec as any).selector.matchLabels as Record<string, string>;
+      const selector = (pdb.spec as J).selector.matchLabels as Record<string, string>;
       const target = byKind(allOn, 'Deployment').find((d) =>
-        Object.entries(selector).every(([k, v]) => (d.spec as any).template.metadata.labels[k] === v),
+        Object.entries(selector).every(([k, v]) => (d.spec as J).template.metadata.labels[k] === v),
       );
       expect(target).toBeDefined();
     }
     const ingress = byKind(allOn, 'Ingress')[0]!;
-    const backend = (ingress.spec as any).rules[0].http.paths[0].backend.service;
+    const backend = (ingress.spec as J).rules[0].http.paths[0].backend.service;
     expect(backend).toEqual({ name: 'cc-coatcheck-admin', port: { name: 'admin' } });
   });
 
   it('the relay side runs `coatcheck relay run --gateway URL --key-file F` from its Secret, with no Service', () => {
     const relay = byKind(allOn, 'Deployment').find((d) => d.metadata.name === 'cc-coatcheck-relay')!;
-    const pod = (relay.spec as any).template.spec;
+    const pod = (relay.spec as J).template.spec;
     expect(pod.containers[0].args).toEqual([
       'relay',
       'run',
@@ -281,7 +286,7 @@ describe.skipIf(helm === null)('Helm chart', () => {
       '--key-file',
       '/etc/coatcheck-relay/key',
     ]);
-    expect(pod.volumes.find((v: any) => v.name === 'relay-key').secret.secretName).toBe('coatcheck-relay');
+    expect(pod.volumes.find((v: J) => v.name === 'relay-key').secret.secretName).toBe('coatcheck-relay');
     expect(pod.containers[0].ports).toBeUndefined();
     // A relay-only release (in the private network) renders no gateway.
     const relayOnly = render([
