@@ -152,6 +152,19 @@ describe.skipIf(helm === null)('Helm chart', () => {
     );
   }, 120_000);
 
+  it('values.schema.json refuses a misspelt or malformed value instead of ignoring it', () => {
+    for (const [set, message] of [
+      ['gateway.replica=3', 'Additional property replica is not allowed'],
+      ['gateway.drainTimeout=soon', 'gateway.drainTimeout'],
+      ['gateway.frontends.http.port=70800', 'gateway.frontends.http.port'],
+      ['relay.enable=true', 'Additional property enable is not allowed'],
+    ] as const) {
+      const out = spawnSync(helm!, ['template', 'cc', CHART, '--set', set], { encoding: 'utf8' });
+      expect({ set, status: out.status }).toEqual({ set, status: 1 });
+      expect(out.stderr).toContain(message);
+    }
+  });
+
   it('defaults: one gateway Deployment of 2 replicas, admin and http Services, a PDB, no Ingress, no relay', () => {
     expect(defaults.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
       'ConfigMap/cc-coatcheck',
