@@ -3,17 +3,22 @@ import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
   chownSync,
+  copyFileSync,
+  cpSync,
+  existsSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
   rmSync,
   statSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 
 /**
@@ -260,4 +265,85 @@ describe.skipIf(!canUnshare)('container entrypoint, non-root on a read-only root
     expect(seen.text + addedOut).not.toContain(CANARY);
     expect(readFileSync(join(box.vol, 'coatcheck.db')).includes(Buffer.from(CANARY))).toBe(false);
   }, 120_000);
+  it('the runtime stage as the Dockerfile assembles it (dist/, console/, production dependencies only) serves an exchange', async () => {
+    box = makeBox();
+    if (!existsSync(join(ROOT, 'dist/cli/main.js')))
+      spawnSync('npm', ['run', '-s', 'build'], { cwd: ROOT, stdio: 'ignore' });
+    // /opt/coatcheck of the image: package files, `npm ci --omit=dev --ignore-scripts`, the
+    // native better-sqlite3 module (the image compiles it; here it is copied from the
+    // development install, same Node), dist/, console/ and deploy/docker/.
+    const app = join(box.work, 'opt/coatcheck');
+    mkdirSync(app, { recursive: true });
+    for (const f of ['package.json', 'package-lock.json']) copyFileSync(join(ROOT, f), join(app, f));
+    const install = spawnSync(
+      'npm',
+      ['ci', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline'],
+      { cwd: app, encoding: 'utf8' },
+    );
+    expect({ status: install.status, stderr: install.stderr.slice(-2000) }).toMatchObject({ status: 0 });
+    const native = 'node_modules/better-sqlite3/build/Release';
+    mkdirSync(join(app, native), { recursive: true });
+    copyFileSync(join(ROOT, native, 'better_sqlite3.node'), join(app, native, 'better_sqlite3.node'));
+    for (const dir of ['dist', 'console', 'deploy/docker'])
+      cpSync(join(ROOT, dir), join(app, dir), { recursive: true });
+    for (const dev of ['tsx', 'typescript', 'vitest', 'esbuild'])
+      expect({ dev, present: existsSync(join(app, 'node_modules', dev)) }).toEqual({ dev, present: false });
+    // `coatcheck` on PATH is the image's symlink to dist/cli/main.js.
+    rmSync(join(box.bin, 'coatcheck'));
+    symlinkSync(join(app, 'dist/cli/main.js'), join(box.bin, 'coatcheck'));
+    chmodSync(join(app, 'dist/cli/main.js'), 0o755);
+    const echo = spawn(process.execPath, [join(ROOT, 'deploy/compose/echo-server.mjs')], {
+      env: { PORT: '0' },
+    });
+    try {
+      const echoPort = await new Promise<number>((resolve) =>
+        echo.stdout.on('data', (c: Buffer) => {
+          const m = /"port":(\d+)/.exec(c.toString('utf8'));
+          if (m) resolve(Number(m[1]));
+        }),
+      );
+      const env = {
+        COATCHECK_HOME: box.vol,
+        COATCHECK_LISTEN_ADMIN: '127.0.0.1:0',
+        COATCHECK_LISTEN_HTTP: '127.0.0.1:0',
+        NODE_ENV: 'production',
+      };
+      const server = boxed(box, [join(app, 'deploy/docker/entrypoint.sh')], env);
+      const seen = { text: '' };
+      const listening = await waitForJsonLine(server, seen);
+      const cc = async (args: string[], stdin?: string) => {
+        const child = boxed(box!, ['coatcheck', ...args], { COATCHECK_HOME: box!.vol });
+        let out = '';
+        child.stdout.on('data', (c: Buffer) => {
+          out += c.toString('utf8');
+        });
+        child.stderr.on('data', (c: Buffer) => {
+          out += c.toString('utf8');
+        });
+        child.stdin.end(stdin ?? '');
+        const code = await new Promise((r) => child.once('exit', r));
+        expect({ args, code, out }).toMatchObject({ code: 0 });
+        return out.trim();
+      };
+      await cc(['secret', 'add', 'echo-token', '--allow', 'conn:echo'], CANARY);
+      await cc(['connection', 'add', 'echo', '--type', 'http', '--url', `http://127.0.0.1:${echoPort}`]);
+      const agentKey = await cc(['agent', 'create', 'builder']);
+      const ticket = await cc(['token', 'issue', '--secret', 'echo-token', '--to', 'builder', '--ttl', '5m']);
+      const res = await request(`${listening.http}/c/echo/hello`, {
+        headers: { 'proxy-authorization': `Bearer ${agentKey}`, authorization: `Bearer ${ticket}` },
+      });
+      const body = await res.body.text();
+      expect(res.statusCode).toBe(200);
+      // echo saw the real token; the agent gets a ticket where it was.
+      expect(body).toMatch(/"authorization":"Bearer cct_[A-Za-z0-9]{28}"/);
+      expect(body).not.toContain(CANARY);
+      server.kill('SIGTERM');
+      expect(await new Promise((r) => server.once('exit', r))).toBe(0);
+      expect(seen.text).not.toContain(CANARY);
+      for (const line of seen.text.split('\n').filter((l) => l.trim() !== ''))
+        expect(() => JSON.parse(line)).not.toThrow();
+    } finally {
+      echo.kill('SIGTERM');
+    }
+  }, 300_000);
 });
