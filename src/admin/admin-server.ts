@@ -159,6 +159,10 @@ export async function startAdminServer(
   ctx: Context,
   listen: { host: string; port: number },
   log: Logger,
+  options: {
+    /** True once the process stopped accepting work (SIGTERM): /readyz answers 503 from then on. */
+    draining?: () => boolean;
+  } = {},
 ): Promise<AdminServer> {
   const expectedHash = await ctx.store.getMeta(ADMIN_KEY_META);
   if (expectedHash === null)
@@ -187,11 +191,20 @@ export async function startAdminServer(
       res.end(text);
       return;
     }
-    if (req.method === 'GET' && (url.pathname === '/healthz' || url.pathname === '/readyz')) {
-      // Not ok while the store does not answer or audit writes fail: every exchange would be
-      // refused, so a load balancer should send agents to another replica.
+    if (req.method === 'GET' && url.pathname === '/healthz') {
+      // Liveness: the process answers. It does not probe the store: a database outage is
+      // not cured by restarting every replica (ADR 0026); /readyz takes them out of rotation.
+      send(res, 200, { ok: true });
+      return;
+    }
+    if (req.method === 'GET' && url.pathname === '/readyz') {
+      // Not ready while the store does not answer, audit writes fail, no policy set is
+      // loaded, or the process is draining: every exchange would be refused, so a load
+      // balancer should send agents to another replica.
       const health = await ctx.health();
-      send(res, health.ok ? 200 : 503, health);
+      const draining = options.draining?.() === true;
+      const ready = health.ok && !draining;
+      send(res, ready ? 200 : 503, draining ? { ...health, ok: false, draining: true } : health);
       return;
     }
     if (req.method === 'GET' && url.pathname === '/console/oidc/config') {

@@ -205,8 +205,13 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       const out = {
         home: result.home.dir,
         config: result.home.configFile,
-        masterKey: result.masterKeySource === 'env' ? 'COATCHECK_MASTER_KEY' : result.home.masterKeyFile,
-        adminKeyFile: result.home.adminKeyFile,
+        masterKey:
+          result.masterKeySource === 'env'
+            ? io.env.COATCHECK_MASTER_KEY_FILE
+              ? `COATCHECK_MASTER_KEY_FILE (${io.env.COATCHECK_MASTER_KEY_FILE})`
+              : 'COATCHECK_MASTER_KEY'
+            : result.home.masterKeyFile,
+        adminKeyFile: result.adminKeySource === 'env' ? 'COATCHECK_ADMIN_KEY' : result.home.adminKeyFile,
         store: result.store,
       };
       write(

@@ -13,7 +13,7 @@ import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { applyRetention } from '../recording/archive.js';
 import type { RelayListener } from '../relay/listener.js';
-import { type Context, initHome, openContext } from '../server/context.js';
+import { type Context, type InitResult, initHome, openContext, storeInitialized } from '../server/context.js';
 import { type HttpFrontend, httpGateway } from '../server/frontends.js';
 import { frontendDeps } from '../server/gateway-deps.js';
 import { recordingArchive, sessionRecordings } from '../server/recordings.js';
@@ -93,17 +93,49 @@ function listenError(error: unknown): unknown {
   });
 }
 
+/**
+ * `serve --init`: a home whose config file is in it needs init while that file is missing;
+ * one configured by COATCHECK_CONFIG (a container, a ConfigMap) while its store is not
+ * initialized — so every replica of a deployment can start with `--init`.
+ */
+async function initNeeded(home: Home, env: NodeJS.ProcessEnv): Promise<boolean> {
+  if (!home.configExternal) return !existsSync(home.configFile);
+  return !(await storeInitialized(home, env));
+}
+
+/** Init, except that another replica initializing the same store first is not an error. */
+async function initHomeOnce(home: Home, env: NodeJS.ProcessEnv): Promise<InitResult | null> {
+  try {
+    return await initHome(home, { env });
+  } catch (error) {
+    if (
+      home.configExternal &&
+      error instanceof CoatcheckError &&
+      error.code === 'CC_ERR_HOME_EXISTS' &&
+      (error.details as { reason?: unknown } | undefined)?.reason === 'store-initialized'
+    )
+      return null;
+    throw error;
+  }
+}
+
 export async function serveCommand(options: ServeOptions, io: CliIo): Promise<number> {
   const home = resolveHome(options.dir, io.env);
-  if (options.init && !existsSync(home.configFile)) {
-    await initHome(home, { env: io.env });
-    io.stderr.write(
-      `initialized coatcheck home ${home.dir} (admin key in ${home.adminKeyFile})\n` +
-        'next, in another terminal:\n' +
-        '  printf %s "$TOKEN" | coatcheck secret add NAME --allow HOST   # a secret, released only to HOST\n' +
-        '  coatcheck agent create AGENT                                  # prints the agent key once\n' +
-        '  coatcheck token issue --secret NAME --to AGENT --ttl 15m      # a ticket for the agent\n',
-    );
+  if (options.init && (await initNeeded(home, io.env))) {
+    const result = await initHomeOnce(home, io.env);
+    if (result !== null && options.json)
+      // One JSON line like the logs (a container's output is read by machines).
+      io.stderr.write(
+        `${JSON.stringify({ level: 30, service: 'coatcheck', msg: 'initialized coatcheck home', home: home.dir, store: result.store, masterKey: result.masterKeySource, adminKey: result.adminKeySource === 'env' ? 'env' : home.adminKeyFile })}\n`,
+      );
+    else if (result !== null)
+      io.stderr.write(
+        `initialized coatcheck home ${home.dir} (admin key ${result.adminKeySource === 'env' ? 'from COATCHECK_ADMIN_KEY' : `in ${home.adminKeyFile}`})\n` +
+          'next, in another terminal:\n' +
+          '  printf %s "$TOKEN" | coatcheck secret add NAME --allow HOST   # a secret, released only to HOST\n' +
+          '  coatcheck agent create AGENT                                  # prints the agent key once\n' +
+          '  coatcheck token issue --secret NAME --to AGENT --ttl 15m      # a ticket for the agent\n',
+      );
   }
   if (!existsSync(home.configFile)) {
     // Let openContext give its own error (no home); nothing to claim.
@@ -149,6 +181,19 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
   let ssh: SshFrontend | null = null;
   let relay: RelayListener | null = null;
   const closers: Array<() => void> = [];
+  // Signal handlers first: a SIGTERM that arrives while the listeners start, or just after
+  // the addresses are printed (an orchestrator may stop a container at any time), drains
+  // and exits 0 instead of killing the process mid-start.
+  const signalled = new Promise<void>((resolve) => {
+    const stop = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      resolve();
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+    closers.push(stop);
+  });
   try {
     await ctx.connections.checkDeclared();
     const postgres = options.listenPostgres ?? ctx.config.listen.postgres;
@@ -185,6 +230,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       ctx,
       splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
       log,
+      { draining: () => stopping },
     );
     const listening = {
       admin: admin.url,
@@ -246,16 +292,8 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     ctx.policy.watch(onReload);
     const onHangup = () => onReload(ctx.policy.reload());
     process.on('SIGHUP', onHangup);
-    await new Promise<void>((resolve) => {
-      const stop = () => {
-        process.off('SIGINT', stop);
-        process.off('SIGTERM', stop);
-        process.off('SIGHUP', onHangup);
-        resolve();
-      };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
-    });
+    await signalled;
+    process.off('SIGHUP', onHangup);
     log.info('coatcheck stopping');
     stopping = true;
     return EXIT.ok;

@@ -33,6 +33,12 @@ export const ADMIN_KEY_PREFIX = 'cck_';
 export interface Home {
   readonly dir: string;
   readonly configFile: string;
+  /**
+   * True when the config file comes from COATCHECK_CONFIG (a file outside the home, often
+   * read-only: a mounted ConfigMap). `init` then reads it and never writes one; a home is
+   * complete when its store is initialized.
+   */
+  readonly configExternal: boolean;
   readonly masterKeyFile: string;
   readonly adminKeyFile: string;
   readonly serverFile: string;
@@ -43,9 +49,12 @@ export function resolveHome(dir?: string, env: NodeJS.ProcessEnv = process.env):
     dir ??
     (env.COATCHECK_HOME !== undefined && env.COATCHECK_HOME !== '' ? env.COATCHECK_HOME : './.coatcheck');
   const abs = isAbsolute(chosen) ? chosen : resolve(chosen);
+  const external =
+    env.COATCHECK_CONFIG !== undefined && env.COATCHECK_CONFIG !== '' ? env.COATCHECK_CONFIG : null;
   return {
     dir: abs,
-    configFile: join(abs, CONFIG_FILE),
+    configFile: external === null ? join(abs, CONFIG_FILE) : resolve(external),
+    configExternal: external !== null,
     masterKeyFile: join(abs, MASTER_KEY_FILE),
     adminKeyFile: join(abs, ADMIN_KEY_FILE),
     serverFile: join(abs, SERVER_FILE),
@@ -92,8 +101,16 @@ export function writeFileExclusive(path: string, content: string, mode: number):
   }
 }
 
+/** Key files are a line of base64; anything much larger is not one (and is not read whole). */
+const MAX_KEY_FILE_BYTES = 4096;
+
 function readKeyFile(path: string, what: string): string {
   const stat = statSync(path);
+  if (!stat.isFile() || stat.size > MAX_KEY_FILE_BYTES) {
+    throw new CoatcheckError('CC_ERR_MASTER_KEY_INVALID', `${what} ${path} is not a key file`, {
+      details: { file: path },
+    });
+  }
   if ((stat.mode & 0o077) !== 0) {
     throw new CoatcheckError(
       'CC_ERR_MASTER_KEY_INVALID',
@@ -126,8 +143,8 @@ export function loadMasterKeys(
   keysDir: string = keysDirOf(home),
 ): MasterKey[] {
   const keys: MasterKey[] = [];
-  const fromEnv = env.COATCHECK_MASTER_KEY;
-  if (fromEnv !== undefined && fromEnv !== '') keys.push(MasterKey.fromBase64(fromEnv));
+  const fromEnv = envMasterKey(env);
+  if (fromEnv !== null) keys.push(fromEnv);
   else {
     if (existsSync(home.masterKeyFile))
       keys.push(MasterKey.fromBase64(readKeyFile(home.masterKeyFile, 'master key file')));
@@ -156,8 +173,40 @@ function keyFilesIn(dir: string): string[] {
     .map((name) => join(dir, name));
 }
 
+const set = (value: string | undefined): value is string => value !== undefined && value !== '';
+
+/** Whether the first master key comes from the environment (COATCHECK_MASTER_KEY or COATCHECK_MASTER_KEY_FILE), not the home. */
 export function masterKeyFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
-  return env.COATCHECK_MASTER_KEY !== undefined && env.COATCHECK_MASTER_KEY !== '';
+  return set(env.COATCHECK_MASTER_KEY) || set(env.COATCHECK_MASTER_KEY_FILE);
+}
+
+/**
+ * The first master key as the environment gives it: COATCHECK_MASTER_KEY (base64), or
+ * COATCHECK_MASTER_KEY_FILE, a file outside the home holding it (a mounted secret; the
+ * same rule as `master.key`: readable by its owner only). Null when neither is set; both
+ * set is refused rather than guessed between.
+ */
+export function envMasterKey(env: NodeJS.ProcessEnv = process.env): MasterKey | null {
+  const value = env.COATCHECK_MASTER_KEY;
+  const file = env.COATCHECK_MASTER_KEY_FILE;
+  if (set(value) && set(file)) {
+    throw new CoatcheckError(
+      'CC_ERR_MASTER_KEY_INVALID',
+      'COATCHECK_MASTER_KEY and COATCHECK_MASTER_KEY_FILE are both set; set one',
+    );
+  }
+  if (set(value)) return MasterKey.fromBase64(value);
+  if (!set(file)) return null;
+  if (!existsSync(file)) {
+    throw new CoatcheckError(
+      'CC_ERR_MASTER_KEY_MISSING',
+      `COATCHECK_MASTER_KEY_FILE names ${file}, which does not exist`,
+      {
+        details: { file },
+      },
+    );
+  }
+  return MasterKey.fromBase64(readKeyFile(file, 'master key file'));
 }
 
 /**
@@ -195,6 +244,27 @@ export function ensureHomeDir(home: Home): void {
 
 export function newAdminKey(): string {
   return ADMIN_KEY_PREFIX + randomBytes(32).toString('base64url');
+}
+
+const ADMIN_KEY_RE = /^cck_[A-Za-z0-9_-]{43,128}$/;
+
+/**
+ * The admin key `init` records, when the environment gives it (COATCHECK_ADMIN_KEY, for
+ * example from a Kubernetes Secret): `cck_` and at least 43 base64url characters (256
+ * bits). No admin.key file is written then. Null when unset.
+ */
+export function envAdminKey(env: NodeJS.ProcessEnv = process.env): string | null {
+  const value = env.COATCHECK_ADMIN_KEY;
+  if (!set(value)) return null;
+  const trimmed = value.trim();
+  if (!ADMIN_KEY_RE.test(trimmed)) {
+    throw new CoatcheckError(
+      'CC_ERR_CONFIG_INVALID',
+      'COATCHECK_ADMIN_KEY must be cck_ and 43 to 128 base64url characters (32 random bytes or more)',
+      { details: { file: 'COATCHECK_ADMIN_KEY', line: null, field: 'COATCHECK_ADMIN_KEY' } },
+    );
+  }
+  return trimmed;
 }
 
 export function readAdminKey(home: Home, env: NodeJS.ProcessEnv = process.env): string | null {

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isMap, isSeq, LineCounter, parseDocument } from 'yaml';
 import { CoatcheckError } from '../core/errors.js';
-import { type Config, configSchema } from './schema.js';
+import { type Config, configSchema, listenAddress } from './schema.js';
 
 const MAX_CONFIG_BYTES = 1024 * 1024;
 
@@ -14,6 +14,44 @@ function configError(file: string, line: number | null, field: string, problem: 
       details: { file, line, field },
     },
   );
+}
+
+/**
+ * Listeners from the environment (containers): COATCHECK_LISTEN_ADMIN, _HTTP, _POSTGRES,
+ * _PROXY, _KUBERNETES, _SSH, _RELAY, each HOST:PORT, override `listen.*` of the file. `off` turns a
+ * listener the file opens off (the admin listener cannot be turned off). `serve --listen-*`
+ * flags still win over both.
+ */
+export const LISTEN_ENV = {
+  admin: 'COATCHECK_LISTEN_ADMIN',
+  http: 'COATCHECK_LISTEN_HTTP',
+  postgres: 'COATCHECK_LISTEN_POSTGRES',
+  proxy: 'COATCHECK_LISTEN_PROXY',
+  kubernetes: 'COATCHECK_LISTEN_KUBERNETES',
+  ssh: 'COATCHECK_LISTEN_SSH',
+  relay: 'COATCHECK_LISTEN_RELAY',
+} as const;
+
+function applyListenEnv(config: Config, env: NodeJS.ProcessEnv): void {
+  for (const [field, variable] of Object.entries(LISTEN_ENV) as [keyof typeof LISTEN_ENV, string][]) {
+    const value = env[variable];
+    if (value === undefined || value === '') continue;
+    if (value === 'off' && field !== 'admin') {
+      config.listen = { ...config.listen, [field]: null };
+      continue;
+    }
+    if (value.length > 300 || !listenAddress.safeParse(value).success) {
+      throw configError(
+        variable,
+        null,
+        `listen.${field}`,
+        field === 'admin'
+          ? 'must be HOST:PORT, like 0.0.0.0:7070'
+          : 'must be HOST:PORT, like 0.0.0.0:7080, or off',
+      );
+    }
+    config.listen = { ...config.listen, [field]: value };
+  }
 }
 
 /** Parse and validate config text. Errors name the file, the line and the field. */
@@ -73,6 +111,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     }
     config.log = { level: level as (typeof levels)[number] };
   }
+  applyListenEnv(config, env);
   const url = env.COATCHECK_DATABASE_URL;
   if (url !== undefined && url !== '') {
     config.store = { ...config.store, driver: 'postgres', url };

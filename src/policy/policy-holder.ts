@@ -34,6 +34,11 @@ export class PolicyHolder {
    * The engine, loaded (and validated) on first use: a command that decides nothing does not
    * load Cedar. `serve` loads it at start, so a policy that does not validate stops it there.
    */
+  /** Whether a policy set is loaded (and validated): readiness requires it. */
+  get loaded(): boolean {
+    return this.#engine !== null;
+  }
+
   get engine(): PolicyEngine {
     this.#engine ??= this.#load();
     return this.#engine;

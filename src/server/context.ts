@@ -11,6 +11,8 @@ import { AuditLog } from '../audit/audit-log.js';
 import {
   adminKeyHash,
   ensureHomeDir,
+  envAdminKey,
+  envMasterKey,
   existingKeyFiles,
   type Home,
   keysDirOf,
@@ -73,7 +75,7 @@ export interface Context {
   readonly approvals: Approvals;
   /** What a front-end needs for the policy step: policy, approvals, audit, hold time. */
   readonly gate: GateServices;
-  /** Whether this replica can serve: the store answers and the audit log is writable. */
+  /** Whether this replica can serve: the store answers, the audit log is writable, the policy set is loaded. */
   health(): Promise<HealthReport>;
   /** The gateway logger (pino JSON on stderr, every line scrubbed). */
   readonly log: Logger;
@@ -120,6 +122,8 @@ export interface HealthReport {
   readonly checks: {
     readonly store: 'ok' | 'unavailable' | 'timeout';
     readonly audit: 'ok' | 'failing';
+    /** The policy set in force was loaded and validated (serve loads it before any listener opens). */
+    readonly policy: 'ok' | 'not-loaded';
   };
 }
 
@@ -127,7 +131,12 @@ export interface HealthReport {
 const AUDIT_FAILURE_WINDOW_MS = 30_000;
 const STORE_PROBE_TIMEOUT_MS = 2_000;
 
-async function checkHealth(store: Store, audit: AuditLog, clock: Clock): Promise<HealthReport> {
+async function checkHealth(
+  store: Store,
+  audit: AuditLog,
+  policy: PolicyHolder,
+  clock: Clock,
+): Promise<HealthReport> {
   let timer: NodeJS.Timeout | undefined;
   const storeState = await Promise.race([
     store.getMeta(ADMIN_KEY_META).then(
@@ -141,9 +150,10 @@ async function checkHealth(store: Store, audit: AuditLog, clock: Clock): Promise
   const failure = audit.lastFailure;
   const auditState =
     failure !== null && clock.now() - failure.at < AUDIT_FAILURE_WINDOW_MS ? 'failing' : 'ok';
+  const policyState = policy.loaded ? 'ok' : 'not-loaded';
   return {
-    ok: storeState === 'ok' && auditState === 'ok',
-    checks: { store: storeState, audit: auditState },
+    ok: storeState === 'ok' && auditState === 'ok' && policyState === 'ok',
+    checks: { store: storeState, audit: auditState, policy: policyState },
   };
 }
 
@@ -294,7 +304,7 @@ function buildContext(
       ).Registry();
       return registry;
     },
-    health: () => checkHealth(store, audit, clock),
+    health: () => checkHealth(store, audit, policy, clock),
     async close() {
       unsubscribe();
       await relayHub?.close();
@@ -343,10 +353,28 @@ export async function openContext(
   }
 }
 
+/**
+ * Whether a home with its config from COATCHECK_CONFIG still needs `init`: its store is
+ * not initialized yet (a SQLite file that does not exist, or a database without the
+ * keyring). `serve --init` asks this on every start of a container.
+ */
+export async function storeInitialized(home: Home, env: NodeJS.ProcessEnv = process.env): Promise<boolean> {
+  const config = loadConfigFile(home.configFile, env);
+  if (config.store.driver === 'sqlite' && !existsSync(sqlitePath(home, config))) return false;
+  const store = await openConfiguredStore(home, config, false);
+  try {
+    return await isInitialized(store);
+  } finally {
+    await store.close();
+  }
+}
+
 export interface InitResult {
   readonly home: Home;
   readonly adminKey: string;
   readonly masterKeySource: 'env' | 'file';
+  /** COATCHECK_ADMIN_KEY (no file written) or the generated admin.key. */
+  readonly adminKeySource: 'env' | 'file';
   readonly store: string;
 }
 
@@ -358,7 +386,7 @@ export async function initHome(
   const env = options.env ?? process.env;
   // Check everything before writing anything: a home with data but no config file must
   // never get a new master key (the old one is the only way into its vault).
-  if (existsSync(home.configFile)) {
+  if (!home.configExternal && existsSync(home.configFile)) {
     throw new CoatcheckError('CC_ERR_HOME_EXISTS', `a coatcheck home already exists at ${home.dir}`, {
       details: { dir: home.dir },
     });
@@ -371,18 +399,23 @@ export async function initHome(
       { details: { dir: home.dir } },
     );
   }
+  const envMaster = envMasterKey(env);
+  const fromEnv = envMaster !== null;
+  const master = envMaster ?? MasterKey.generate();
+  const envAdmin = envAdminKey(env);
+  // The config file is written last: it is what marks a home as complete. A config from
+  // COATCHECK_CONFIG is read, never written; the initialized store marks completion then.
+  const config = home.configExternal
+    ? loadConfigFile(home.configFile, env)
+    : parseConfig(DEFAULT_CONFIG_YAML, home.configFile, env);
   ensureHomeDir(home);
-  const fromEnv = masterKeyFromEnv(env);
-  const master = fromEnv ? MasterKey.fromBase64(env.COATCHECK_MASTER_KEY!) : MasterKey.generate();
-  // The config file is written last: it is what marks a home as complete.
-  const config = parseConfig(DEFAULT_CONFIG_YAML, home.configFile, env);
   const store = await openConfiguredStore(home, config, true);
   try {
     if (await isInitialized(store)) {
       throw new CoatcheckError(
         'CC_ERR_HOME_EXISTS',
         `the store ${store.location} is already initialized: restore ${basename(home.configFile)} and the master key instead of running init`,
-        { details: { dir: home.dir } },
+        { details: { dir: home.dir, reason: 'store-initialized' } },
       );
     }
     if (!fromEnv && !writeFileExclusive(home.masterKeyFile, `${master.toBase64()}\n`, 0o600)) {
@@ -409,9 +442,9 @@ export async function initHome(
     await ensureProxyCa(store, keys.masters);
     // The SSH front-end's host key, sealed the same way.
     await ensureSshHostKey(store, keys.masters);
-    const adminKey = newAdminKey();
+    const adminKey = envAdmin ?? newAdminKey();
     await store.setMeta(ADMIN_KEY_META, adminKeyHash(keys.index.lookup, adminKey));
-    if (!writeFileExclusive(home.adminKeyFile, `${adminKey}\n`, 0o600)) {
+    if (envAdmin === null && !writeFileExclusive(home.adminKeyFile, `${adminKey}\n`, 0o600)) {
       throw new CoatcheckError('CC_ERR_HOME_EXISTS', `${home.adminKeyFile} appeared while init ran`, {
         details: { dir: home.dir },
       });
@@ -431,8 +464,14 @@ export async function initHome(
     });
     await context.audit.close();
     context.vault.close();
-    writeFileDurably(home.configFile, DEFAULT_CONFIG_YAML, 0o600);
-    return { home, adminKey, masterKeySource: fromEnv ? 'env' : 'file', store: store.location };
+    if (!home.configExternal) writeFileDurably(home.configFile, DEFAULT_CONFIG_YAML, 0o600);
+    return {
+      home,
+      adminKey,
+      masterKeySource: fromEnv ? 'env' : 'file',
+      adminKeySource: envAdmin === null ? 'file' : 'env',
+      store: store.location,
+    };
   } finally {
     await store.close();
   }

@@ -151,7 +151,10 @@ export async function initializeKeyring(
   const indexKey = randomBytes(KEY_LENGTH);
   await store.transaction(async (tx) => {
     if ((await tx.getMeta(INDEX_KEY_META)) !== null) {
-      throw new CoatcheckError('CC_ERR_HOME_EXISTS', 'this store is already initialized');
+      // Another process (a replica starting at the same time) initialized it first.
+      throw new CoatcheckError('CC_ERR_HOME_EXISTS', 'this store is already initialized', {
+        details: { reason: 'store-initialized' },
+      });
     }
     await tx.setMeta(INDEX_KEY_META, master.wrap(indexKey, INDEX_KEY_AAD).toString('base64'));
     await tx.setMeta(MASTER_KID_META, master.kid);

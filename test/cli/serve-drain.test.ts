@@ -47,11 +47,29 @@ describe('serve drains on SIGTERM', () => {
       COATCHECK_HOME: t.home.dir,
     }) as ChildProcessWithoutNullStreams;
     server.stderr.resume();
+    let printed = '';
+    server.stdout.on('data', (chunk: Buffer) => {
+      printed += chunk.toString('utf8');
+    });
     const [, url] = await waitForLine(server, /http\s+(http:\/\/127\.0\.0\.1:\d+)/);
+    const adminUrl = /admin API\s+(http:\/\/127\.0\.0\.1:\d+)/.exec(printed)?.[1];
+    expect(adminUrl).toBeDefined();
+    expect((await request(`${adminUrl}/readyz`)).statusCode).toBe(200);
     const exited = new Promise<number | null>((resolve) => server!.once('exit', (code) => resolve(code)));
     const inFlight = request(`${url}/c/slow/slow`, { headers: { 'proxy-authorization': `Bearer ${key}` } });
     await slowArrived;
     server.kill('SIGTERM');
+    // While it drains, readiness is withdrawn (an orchestrator stops sending new work) and
+    // liveness holds (it must not be killed before the deadline).
+    let ready = 200;
+    for (let i = 0; i < 100 && ready === 200; i++) {
+      const res = await request(`${adminUrl}/readyz`);
+      ready = res.statusCode;
+      await res.body.dump();
+      if (ready === 200) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(ready).toBe(503);
+    expect((await request(`${adminUrl}/healthz`)).statusCode).toBe(200);
     const port = Number(new URL(url!).port);
     // The listener closes at once: poll until a new connection is refused.
     let refused = false;

@@ -40,38 +40,68 @@ describe('health under faults', () => {
     db.close();
   }
 
-  it('/healthz and /readyz answer 200 with their checks when all is well', async () => {
-    for (const path of ['/healthz', '/readyz']) {
-      expect(await probe(path)).toEqual({
-        status: 200,
-        body: { ok: true, checks: { store: 'ok', audit: 'ok' } },
-      });
+  it('/readyz answers 200 with its checks when all is well; /healthz says the process is live', async () => {
+    void ctx.policy.engine;
+    expect(await probe('/readyz')).toEqual({
+      status: 200,
+      body: { ok: true, checks: { store: 'ok', audit: 'ok', policy: 'ok' } },
+    });
+    expect(await probe('/healthz')).toEqual({ status: 200, body: { ok: true } });
+  });
+
+  it('/readyz is 503 until the policy set is loaded', async () => {
+    expect(await probe('/readyz')).toMatchObject({
+      status: 503,
+      body: { ok: false, checks: { store: 'ok', audit: 'ok', policy: 'not-loaded' } },
+    });
+    void ctx.policy.engine;
+    expect((await probe('/readyz')).status).toBe(200);
+  });
+
+  it('/readyz is 503 while the process drains; /healthz stays 200 (liveness is not readiness)', async () => {
+    void ctx.policy.engine;
+    let draining = false;
+    const second = await startAdminServer(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'silent' }), {
+      draining: () => draining,
+    });
+    try {
+      expect((await fetch(`${second.url}/readyz`)).status).toBe(200);
+      draining = true;
+      const res = await fetch(`${second.url}/readyz`);
+      expect(res.status).toBe(503);
+      expect(await res.json()).toMatchObject({ ok: false, draining: true, checks: { store: 'ok' } });
+      expect((await fetch(`${second.url}/healthz`)).status).toBe(200);
+    } finally {
+      await second.close();
     }
   });
 
-  it('a failing audit write (disk full) makes them 503 until a write succeeds again', async () => {
+  it('a failing audit write (disk full) makes /readyz 503 until a write succeeds again; /healthz stays 200', async () => {
+    void ctx.policy.engine;
     tamper(`CREATE TRIGGER audit_down BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END`);
     await expect(
       ctx.audit.append(untypedEvent({ type: 'test', actor: 'admin:test', data: {} })),
     ).rejects.toMatchObject({
       code: 'CC_ERR_AUDIT_UNAVAILABLE',
     });
-    expect(await probe('/healthz')).toMatchObject({
+    expect(await probe('/readyz')).toMatchObject({
       status: 503,
       body: { ok: false, checks: { audit: 'failing' } },
     });
-    expect((await probe('/readyz')).status).toBe(503);
+    expect((await probe('/healthz')).status).toBe(200);
     tamper('DROP TRIGGER audit_down');
     await ctx.audit.append(untypedEvent({ type: 'test', actor: 'admin:test', data: {} }));
-    expect((await probe('/healthz')).status).toBe(200);
+    expect((await probe('/readyz')).status).toBe(200);
   });
 
-  it('a store that no longer answers makes them 503', async () => {
+  it('a store that no longer answers makes /readyz 503; /healthz stays 200', async () => {
+    void ctx.policy.engine;
     await ctx.store.close();
-    expect(await probe('/healthz')).toMatchObject({
+    expect(await probe('/readyz')).toMatchObject({
       status: 503,
       body: { ok: false, checks: { store: 'unavailable' } },
     });
+    expect((await probe('/healthz')).status).toBe(200);
   });
 
   it('every failed audit write reaches the failure hook (the server logs it) with its cause and no value from the batch', async () => {
