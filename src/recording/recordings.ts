@@ -9,7 +9,7 @@ import type { GatewaySession } from '../gateway/session.js';
 import type { SessionRecord, Store } from '../store/types.js';
 import { sealLines } from './format.js';
 import { isRecordingMode, RecordingCapture, type RecordingLimits, type RecordingMode } from './model.js';
-import { locationFor, type RecordingStorage } from './storage.js';
+import type { RecordingStorage } from './storage.js';
 
 export interface RecordingSettings {
   /** Mode of a connection that names none. */
@@ -101,6 +101,8 @@ export class SessionRecordings {
   /** Being written now. */
   #inFlight = 0;
   #writer: Promise<void> | null = null;
+  /** `recording.degraded` records being appended (flush waits for them). */
+  readonly #notices = new Set<Promise<unknown>>();
   #matcher: { for: unknown; matcher: KnownSecretMatcher } | null = null;
 
   constructor(options: RecordingServiceOptions) {
@@ -188,15 +190,15 @@ export class SessionRecordings {
   ): void {
     this.#metrics.degraded.inc({ frontend, action });
     this.#o.log.error({ session, frontend, reason }, 'a full session recording was not kept');
-    void this.#o.audit
+    const notice = this.#o.audit
       .append({
         type: 'recording.degraded',
         actor: `gateway:${frontend}`,
         data: { session, frontend, connection, action, reason },
       })
-      .catch(() =>
-        this.#o.log.error({ session }, 'the recording.degraded audit record could not be written'),
-      );
+      .catch(() => this.#o.log.error({ session }, 'the recording.degraded audit record could not be written'))
+      .finally(() => this.#notices.delete(notice));
+    this.#notices.add(notice);
   }
 
   /**
@@ -227,7 +229,12 @@ export class SessionRecordings {
                 'write-failed',
               );
               this.#o.log.error(
-                { session: item.record.id, code: (error as { code?: string })?.code },
+                {
+                  session: item.record.id,
+                  code: (error as { code?: string })?.code,
+                  // Coatcheck errors say what failed without a value (the storage's names the S3 error).
+                  ...(error instanceof CoatcheckError ? { reason: error.message } : {}),
+                },
                 'a session recording could not be written',
               );
             }
@@ -266,7 +273,7 @@ export class SessionRecordings {
       );
     }
     const sealed = await sealLines(record.id, lines, this.#o.wrapKey);
-    const location = locationFor(record.id);
+    const location = this.#o.storage.locate(record.id);
     await this.#o.storage.put(location, sealed.file);
     // The row goes in with its audit record: one transaction, group-committed with the
     // other appends (a recording is never listed that the log does not vouch for).
@@ -325,9 +332,10 @@ export class SessionRecordings {
     return matcher;
   }
 
-  /** Wait until every queued recording is written. */
+  /** Wait until every queued recording is written, and every recording not kept is audited. */
   async flush(): Promise<void> {
     while (this.#writer !== null) await this.#writer;
+    await Promise.all(this.#notices);
   }
 }
 

@@ -4,12 +4,14 @@ import { CoatcheckError } from '../core/errors.js';
 
 /**
  * Where sealed recordings live. The embedded default keeps one file per recording under
- * the home (0600, directory 0700). An S3-compatible object store would be another
- * implementation of this interface (ADR 0018 says why there is none yet). Everything
- * stored here is already sealed: the storage never sees a key or plaintext.
+ * the home (0600, directory 0700); `storage-s3.ts` keeps one object per recording in an
+ * S3-compatible store (ADR 0024). Everything stored here is already sealed: the storage
+ * never sees a key or plaintext.
  */
 export interface RecordingStorage {
   readonly kind: string;
+  /** The location a new recording of `sessionId` is stored at (kept in its row). */
+  locate(sessionId: string): string;
   /** Store a new object; never overwrites one that exists. */
   put(location: string, data: Buffer): Promise<void>;
   /** The object, or null when it is gone. Refuses objects larger than `maxBytes`. */
@@ -17,7 +19,7 @@ export interface RecordingStorage {
   delete(location: string): Promise<void>;
 }
 
-/** A location is `<session id>.ccr`: no separators, nothing that could leave the directory. */
+/** A file location is `<session id>.ccr`: no separators, nothing that could leave the directory. */
 const LOCATION = /^ses_[0-9A-Za-z]{1,64}\.ccr$/;
 
 export function locationFor(sessionId: string): string {
@@ -26,7 +28,7 @@ export function locationFor(sessionId: string): string {
   return location;
 }
 
-function checkLocation(location: string): void {
+export function checkLocation(location: string): void {
   if (!LOCATION.test(location)) {
     throw new CoatcheckError(
       'CC_ERR_RECORDING_UNREADABLE',
@@ -43,6 +45,7 @@ export function fileRecordingStorage(dir: string): RecordingStorage {
   };
   return {
     kind: 'file',
+    locate: locationFor,
     async put(location, data) {
       checkLocation(location);
       await ensure();
@@ -72,5 +75,42 @@ export function fileRecordingStorage(dir: string): RecordingStorage {
       checkLocation(location);
       await rm(join(dir, location), { force: true });
     },
+  };
+}
+
+/**
+ * Storage that writes new recordings to `writer` and reads each stored one from the
+ * storage its location names: a location `s3:<name>` is in the object store, a bare
+ * `<name>` a file under the home. Switching `recording.storage` leaves the recordings
+ * already written readable where they are.
+ */
+export function routedRecordingStorage(
+  writer: RecordingStorage,
+  byKind: Readonly<Record<string, () => RecordingStorage>>,
+): RecordingStorage {
+  const cache = new Map<string, RecordingStorage>([[writer.kind, writer]]);
+  const of = (location: string): { storage: RecordingStorage; location: string } => {
+    const colon = location.indexOf(':');
+    const kind = colon < 0 ? 'file' : location.slice(0, colon);
+    let storage = cache.get(kind);
+    if (storage === undefined) {
+      const make = byKind[kind];
+      if (make === undefined) {
+        throw new CoatcheckError(
+          'CC_ERR_RECORDING_UNREADABLE',
+          `a recording is stored in ${kind === 's3' ? 'an S3-compatible store' : 'an unknown storage'} that recording.storage no longer names`,
+        );
+      }
+      storage = make();
+      cache.set(kind, storage);
+    }
+    return { storage, location };
+  };
+  return {
+    kind: writer.kind,
+    locate: (sessionId) => writer.locate(sessionId),
+    put: (location, data) => of(location).storage.put(location, data),
+    get: (location, maxBytes) => of(location).storage.get(location, maxBytes),
+    delete: (location) => of(location).storage.delete(location),
   };
 }
