@@ -19,8 +19,22 @@ export interface RecordingStorage {
   delete(location: string): Promise<void>;
 }
 
-/** A file location is `<session id>.ccr`: no separators, nothing that could leave the directory. */
-const LOCATION = /^ses_[0-9A-Za-z]{1,64}\.ccr$/;
+/**
+ * A file location is `<session id>.ccr`, or `<session id>.p<n>.ccr` for the n-th part of a
+ * recording written while its session ran: no separators, nothing that could leave the directory.
+ */
+const LOCATION = /^ses_[0-9A-Za-z]{1,64}(?:\.p[0-9]{1,7})?\.ccr$/;
+
+/** The location of part `n` of the recording whose last part is at `location`. */
+export function partLocation(location: string, n: number): string {
+  if (!location.endsWith('.ccr') || /\.p[0-9]+\.ccr$/.test(location)) {
+    throw new CoatcheckError(
+      'CC_ERR_RECORDING_UNREADABLE',
+      'a recording location is not a recording file name',
+    );
+  }
+  return `${location.slice(0, -'.ccr'.length)}.p${n}.ccr`;
+}
 
 export function locationFor(sessionId: string): string {
   const location = `${sessionId}.ccr`;

@@ -318,6 +318,46 @@ describe('recordings in an S3-compatible object store (s3rver, started by the te
     expect(await objects()).toEqual([`${PREFIX}${sessionId}.ccr`]);
   });
 
+  it('a long session is stored in parts while it runs, read back whole, and erased part by part', async () => {
+    const recordings = sessionRecordings(ctx);
+    const session = new GatewaySession('http', ctx.clock);
+    await recordings.begin(session, { rules: { recording: 'full' } });
+    for (let i = 0; i < 2600; i++) {
+      session.record('ws.message', 'in', {
+        i,
+        text: `${i}${'s'.repeat(1000)}${i % 100 === 0 ? CANARY : ''}`,
+      });
+      if (i % 200 === 0) await new Promise((r) => setImmediate(r));
+    }
+    for (let i = 0; i < 500 && !(await objects()).includes(`${PREFIX}${session.id}.p1.ccr`); i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(await objects()).toContain(`${PREFIX}${session.id}.p0.ccr`);
+    recordings.hook.close(session, session.toRecord('ok', {}, ctx.clock.now()));
+    await recordings.flush();
+    const keys = (await objects()).filter((k) => k.includes(session.id));
+    expect(keys.sort()).toEqual(
+      [`${PREFIX}${session.id}.ccr`, `${PREFIX}${session.id}.p0.ccr`, `${PREFIX}${session.id}.p1.ccr`].sort(),
+    );
+    for (const key of keys) expect((await object(key)).toString('latin1')).not.toContain(CANARY);
+    const replay = await run(['--json', 'sessions', 'replay', session.id]);
+    expect(replay.code).toBe(0);
+    const events = (JSON.parse(replay.stdout) as { events: Array<{ data: { i?: number } }> }).events;
+    expect(events.filter((e) => e.data.i !== undefined).map((e) => e.data.i)).toEqual(
+      Array.from({ length: 2600 }, (_, i) => i),
+    );
+    expect((await run(['audit', 'verify'])).code).toBe(0);
+    await s3.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: `${PREFIX}${session.id}.p1.ccr` }));
+    const removed = await run(['audit', 'verify']);
+    expect(removed.code).toBe(1);
+    expect(removed.stdout).toContain(
+      `recording damaged (removed): recording ${session.id}: its file is gone`,
+    );
+    expect((await run(['sessions', 'erase', session.id])).code).toBe(0);
+    expect((await objects()).filter((k) => k.includes(session.id))).toEqual([]);
+    expect((await run(['audit', 'verify'])).code).toBe(0);
+  });
+
   it('erasure destroys the data key and deletes the object; verify accepts the audited erasure', async () => {
     const erased = await run(['sessions', 'erase', sessionId]);
     expect(erased.code).toBe(0);
