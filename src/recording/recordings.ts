@@ -462,7 +462,10 @@ export class SessionRecordings {
  */
 export function scrubLine(line: string, matcher: KnownSecretMatcher, hit: () => void): string {
   if (matcher.size === 0) return line;
-  const matches = matcher.find(line, 'text');
+  // A JSON line whose only escapes are JSON's own short ones (\" \n \t…) holds a secret
+  // only in its plain or JSON-escaped form, which the matcher finds on the line as it is;
+  // decoded views (\u, percent, HTML escapes, a literal backslash) are needed otherwise.
+  const matches = needsViews(line) ? matcher.find(line, 'text') : matcher.findForms(line, 'text');
   if (matches.length === 0) return line;
   const sorted = [...matches].sort((a, b) => a.start - b.start || b.end - a.end);
   let out = '';
@@ -482,6 +485,10 @@ export function scrubLine(line: string, matcher: KnownSecretMatcher, hit: () => 
     const at = /^\{"at":(\d{1,15}(?:\.\d+)?),/.exec(line)?.[1];
     return unreadableLine(at === undefined ? 0 : Number(at));
   }
+}
+
+function needsViews(line: string): boolean {
+  return line.includes('\\\\') || line.includes('\\u') || line.includes('%') || line.includes('&');
 }
 
 function unreadableLine(at: unknown): string {
