@@ -1,7 +1,7 @@
 import { writeFile } from 'node:fs';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { CoatcheckError } from '../core/errors.js';
 
 /**
