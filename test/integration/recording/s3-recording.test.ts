@@ -29,6 +29,7 @@ import { agentRef } from '../../../src/core/principal.js';
 import { GatewayDriver } from '../../../src/gateway/driver.js';
 import { GatewaySession } from '../../../src/gateway/session.js';
 import { SessionRecordings } from '../../../src/recording/recordings.js';
+import { fileRecordingStorage } from '../../../src/recording/storage.js';
 import type { Context } from '../../../src/server/context.js';
 import type { HttpFrontend } from '../../../src/server/frontends.js';
 import { httpGateway } from '../../../src/server/frontends.js';
@@ -356,6 +357,33 @@ describe('recordings in an S3-compatible object store (s3rver, started by the te
     expect((await run(['sessions', 'erase', session.id])).code).toBe(0);
     expect((await objects()).filter((k) => k.includes(session.id))).toEqual([]);
     expect((await run(['audit', 'verify'])).code).toBe(0);
+  });
+
+  it('a recording written to files before the switch to S3 is still read from its file', async () => {
+    const before = new SessionRecordings({
+      store: ctx.store,
+      audit: ctx.audit,
+      storage: fileRecordingStorage(recordingsDir(ctx)),
+      wrapKey: ctx.keys.index.recording,
+      knownSecrets: () => ctx.vault.knownSecrets(),
+      log: pino({ level: 'silent' }),
+      registry: new Registry(),
+      clock: ctx.clock,
+      settings: { ...sessionRecordings(ctx).settings, default: 'full' },
+    });
+    const session = new GatewaySession('http', ctx.clock);
+    await before.begin(session, { rules: {} });
+    session.record('http.request', 'in', { method: 'GET', url: '/written-to-a-file', headers: [] });
+    before.hook.close(session, session.toRecord('ok', {}, ctx.clock.now()));
+    await before.flush();
+    expect((await ctx.store.getRecording(session.id))!.location).toBe(`${session.id}.ccr`);
+    const replay = await run(['sessions', 'replay', session.id]);
+    expect(replay.code).toBe(0);
+    expect(replay.stdout).toContain('/written-to-a-file');
+    expect((await run(['audit', 'verify'])).code).toBe(0);
+    expect((await objects()).some((k) => k.includes(session.id))).toBe(false);
+    expect((await run(['sessions', 'erase', session.id])).code).toBe(0);
+    expect(readdirSync(recordingsDir(ctx))).toEqual([]);
   });
 
   it('erasure destroys the data key and deletes the object; verify accepts the audited erasure', async () => {
