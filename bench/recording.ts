@@ -1,7 +1,9 @@
 // Added cost of full session recording over metadata-only, on the HTTP reverse proxy and
 // the PostgreSQL front-end, side by side in one run.
 //
-// Run: npm run bench:recording   (BENCH_ROUNDS=6 rounds of BENCH_REQUESTS=300 per case)
+// Run: npm run bench:recording   (BENCH_ROUNDS=6 rounds of BENCH_REQUESTS=300 per case;
+// BENCH_ONLY=http or BENCH_ONLY='http full' runs the cases whose names start so, e.g. under
+// node --cpu-prof to profile one path)
 //
 // One gateway process with two connections per protocol to the same upstream, one
 // recorded as metadata and one in full; the rounds alternate the two so machine noise
@@ -173,15 +175,17 @@ async function main() {
     'postgres full': { run: pgFull.run, concurrency: 4 },
   } as const;
   type Name = keyof typeof cases;
+  const only = process.env.BENCH_ONLY;
+  const names = (Object.keys(cases) as Name[]).filter((n) => only === undefined || n.startsWith(only));
   const results = new Map<
     Name,
     { seconds: number; count: number; latencies: number[]; cpu: number; sys: number }
   >();
   let writerMs = 0;
   // Warm up every case, then alternate.
-  for (const c of Object.values(cases)) await loop(50, c.concurrency, c.run);
+  for (const name of names) await loop(50, cases[name].concurrency, cases[name].run);
   for (let round = 0; round < ROUNDS; round++) {
-    for (const name of Object.keys(cases) as Name[]) {
+    for (const name of names) {
       const c = cases[name];
       const cpu = process.cpuUsage();
       const r = await loop(REQUESTS, c.concurrency, c.run);
@@ -217,13 +221,14 @@ async function main() {
   };
   console.log(`recording bench: ${ROUNDS} rounds x ${REQUESTS} requests per case, alternating`);
   console.log('case                   req/s     p50 ms   CPU us/req (system)');
-  for (const name of Object.keys(cases) as Name[]) {
+  for (const name of names) {
     const r = row(name);
     console.log(
       `${name.padEnd(20)} ${r.rps.toFixed(0).padStart(7)} ${r.p50.toFixed(3).padStart(10)} ${r.cpuUs.toFixed(0).padStart(12)} (${r.sysUs.toFixed(0)})`,
     );
   }
   for (const proto of ['http', 'postgres'] as const) {
+    if (!names.includes(`${proto} metadata`) || !names.includes(`${proto} full`)) continue;
     const meta = row(`${proto} metadata`);
     const full = row(`${proto} full`);
     console.log(

@@ -256,6 +256,8 @@ export interface AuditEventFields {
     readonly bytes: number;
     readonly events: number;
     readonly dropped: number;
+    /** Parts written while the session ran, before the last one (ADR 0024); absent or 0: one file. */
+    readonly parts?: number;
   };
   'recording.degraded': {
     readonly session: Id;

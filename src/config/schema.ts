@@ -180,6 +180,53 @@ export const configSchema = z
         whenFull: z.enum(['refuse', 'metadata']).default('metadata'),
         /** Directory of sealed recordings, relative to the home unless absolute. */
         dir: z.string().min(1).max(4096).default('recordings'),
+        /**
+         * Where new recordings are stored: `file` (under `dir`, the default) or `s3` (an
+         * S3-compatible object store). Recordings already stored stay where they were written.
+         */
+        storage: z
+          .discriminatedUnion('kind', [
+            z.object({ kind: z.literal('file') }).strict(),
+            z
+              .object({
+                kind: z.literal('s3'),
+                /** The service's URL (MinIO, Ceph, a local server); absent: AWS S3 in `region`. */
+                endpoint: z
+                  .url({ protocol: /^https?$/ })
+                  .max(2048)
+                  .optional(),
+                bucket: z
+                  .string()
+                  .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be an S3 bucket name')
+                  .refine((b) => !b.includes('..'), 'must be an S3 bucket name'),
+                region: z
+                  .string()
+                  .regex(/^[a-z0-9-]{1,64}$/)
+                  .default('us-east-1'),
+                /** Key prefix of every recording object (letters, digits, `.`, `_`, `-`, `/`). */
+                prefix: z
+                  .string()
+                  .max(256)
+                  .regex(/^(?:[A-Za-z0-9_-][A-Za-z0-9._-]*\/)*$/, 'must be path segments each ending in /')
+                  .default(''),
+                /** Path-style addressing (http://host/bucket/key): most S3-compatible servers need it. */
+                forcePathStyle: z.boolean().default(true),
+                /**
+                 * Where the access key comes from: a vault secret holding
+                 * {"accessKeyId","secretAccessKey"[,"sessionToken"]} as JSON, or the
+                 * environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+                 * Never logged, audited or recorded.
+                 */
+                credentials: z.union([
+                  z.object({ secret: z.string().min(1).max(128) }).strict(),
+                  z.object({ env: z.literal(true) }).strict(),
+                ]),
+                /** Most milliseconds one storage call may take before it fails. */
+                timeoutMs: z.number().int().min(100).max(600_000).default(30_000),
+              })
+              .strict(),
+          ])
+          .default({ kind: 'file' }),
         retention: z
           .object({
             /** Recordings older than this are erased (their data key destroyed, files removed). */

@@ -408,6 +408,13 @@ export const ERROR_CODES = {
     solution:
       'Retry shortly; if it persists, check the recordings directory (disk space, permissions) and the store, or raise recording.maxQueued.',
   },
+  CC_ERR_RECORDING_STORAGE: {
+    status: 503,
+    description:
+      'The S3-compatible object store that holds recordings (recording.storage) failed or refused a write, read or delete, or its access key is missing or malformed. The message names the S3 error and status, never the key.',
+    solution:
+      'Check recording.storage (endpoint, bucket, region), the access key (the vault secret or the environment) and that the bucket exists and accepts writes; a failed write is audited as recording.degraded (write-failed).',
+  },
   CC_ERR_RECORDING_UNREADABLE: {
     status: 500,
     description:

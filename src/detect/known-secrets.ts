@@ -47,6 +47,12 @@ export interface KnownSecretMatcher {
    * the Buffer as `bytes` too: it is hashed with one 32-bit load per window).
    */
   find(input: string, mode: 'text' | 'bytes', bytes?: Buffer): KnownSecretMatch[];
+  /**
+   * Like `find`, on the input as given only (no decoded views): for a caller that knows
+   * the input holds no escape a view would decode beyond what the JSON-escaped form covers
+   * (the recording writer's JSON lines without `\\`, `\u`, `%` or `&`).
+   */
+  findForms(input: string, mode: 'text' | 'bytes', bytes?: Buffer): KnownSecretMatch[];
 }
 
 /**
@@ -300,6 +306,10 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
     },
     get maxPatternLength() {
       return maxLen;
+    },
+    findForms(input, mode, bytes) {
+      const out = findForms(input, mode, bytes);
+      return out.length > 1 ? out.sort((a, b) => a.start - b.start || a.end - b.end) : out;
     },
     find(input, mode, bytes) {
       const out = findForms(input, mode, bytes);

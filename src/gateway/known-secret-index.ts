@@ -28,6 +28,7 @@ import {
   createKnownSecretMatcher,
   KNOWN_SECRET_MAX_BYTES,
   KNOWN_SECRET_MIN_BYTES,
+  type KnownSecretMatch,
   type KnownSecretMatcher,
 } from '../detect/known-secrets.js';
 import type { Store, StoreChange } from '../store/types.js';
@@ -121,12 +122,18 @@ function secretsOnly(matcher: KnownSecretMatcher): KnownSecretMatcher {
       return matcher.maxPatternLength;
     },
     find(input, mode, bytes) {
-      const found = matcher.find(input, mode, bytes);
-      return found.some((m) => m.secretId.startsWith(HEX_PREFIX))
-        ? found.filter((m) => !m.secretId.startsWith(HEX_PREFIX))
-        : found;
+      return withoutHex(matcher.find(input, mode, bytes));
+    },
+    findForms(input, mode, bytes) {
+      return withoutHex(matcher.findForms(input, mode, bytes));
     },
   };
+}
+
+function withoutHex(found: KnownSecretMatch[]): KnownSecretMatch[] {
+  return found.some((m) => m.secretId.startsWith(HEX_PREFIX))
+    ? found.filter((m) => !m.secretId.startsWith(HEX_PREFIX))
+    : found;
 }
 
 export interface KnownSecretIndexOptions {

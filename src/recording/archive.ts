@@ -4,9 +4,17 @@ import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
 import type { AuditRecord, RecordingRecord, Store } from '../store/types.js';
 import { open as openSealed } from '../vault/envelope.js';
-import { chunkAad, dataKeyAad, hashFile, openRecording, splitChunks } from './format.js';
+import {
+  chunkAad,
+  dataKeyAad,
+  hashFile,
+  joinParts,
+  openRecording,
+  PART_CHUNKS,
+  splitChunks,
+} from './format.js';
 import type { RecordingEvent } from './model.js';
-import type { RecordingStorage } from './storage.js';
+import { partLocation, type RecordingStorage } from './storage.js';
 
 /** What reading recordings needs: the store rows, the sealed files, the keyring's recording key. */
 export interface RecordingArchive {
@@ -21,8 +29,51 @@ function notFound(id: string): CoatcheckError {
   return new CoatcheckError('CC_ERR_NOT_FOUND', `no full recording of session ${id}`, { details: { id } });
 }
 
+/**
+ * A recording's sealed file. A recording written while its session ran is in parts: its
+ * last part at the row's location, and before it parts of exactly PART_CHUNKS chunks each
+ * (as many as the row's chunk count leaves); they are joined into the one file the same
+ * recording sealed at once would be. Null when any part is gone. Every part and the whole
+ * are bounded by `maxFileBytes`; the chained hash then vouches for what was joined.
+ */
+export async function recordingFile(
+  archive: RecordingArchive,
+  record: RecordingRecord,
+): Promise<Buffer | null> {
+  const last = await archive.storage.get(record.location, archive.maxFileBytes);
+  if (last === null) return null;
+  const earlier = record.chunks - splitChunks(record.id, last).length;
+  if (earlier === 0) return last;
+  if (earlier < 0 || earlier % PART_CHUNKS !== 0) {
+    throw new CoatcheckError(
+      'CC_ERR_RECORDING_UNREADABLE',
+      `recording ${record.id}: its parts do not hold the chunks its row counts`,
+      { details: { session: record.id } },
+    );
+  }
+  const parts: Buffer[] = [];
+  let total = last.length;
+  for (let n = 0; n < earlier / PART_CHUNKS; n++) {
+    const part = await archive.storage.get(partLocation(record.location, n), archive.maxFileBytes);
+    if (part === null) return null;
+    total += part.length;
+    if (total > archive.maxFileBytes) {
+      throw new CoatcheckError(
+        'CC_ERR_RECORDING_UNREADABLE',
+        `recording ${record.id} is larger than allowed`,
+        {
+          details: { session: record.id },
+        },
+      );
+    }
+    parts.push(part);
+  }
+  parts.push(last);
+  return joinParts(record.id, parts);
+}
+
 async function fileOf(archive: RecordingArchive, record: RecordingRecord): Promise<Buffer> {
-  const file = await archive.storage.get(record.location, archive.maxFileBytes);
+  const file = await recordingFile(archive, record);
   if (file === null) {
     throw new CoatcheckError('CC_ERR_RECORDING_UNREADABLE', `recording ${record.id}: its file is gone`, {
       details: { session: record.id },
@@ -223,7 +274,17 @@ export async function verifyRecordings(
       });
       continue;
     }
-    const file = await archive.storage.get(row.location, archive.maxFileBytes).catch(() => null);
+    let file: Buffer | null;
+    try {
+      file = await recordingFile(archive, row);
+    } catch (error) {
+      problems.push({
+        session: id,
+        problem: 'unreadable',
+        message: `recording ${id}: ${error instanceof CoatcheckError ? error.message.replace(/^recording \S+: /, '') : 'its file cannot be read'}`,
+      });
+      continue;
+    }
     if (file === null) {
       problems.push({ session: id, problem: 'removed', message: `recording ${id}: its file is gone` });
       continue;
@@ -302,5 +363,9 @@ export async function eraseRecording(
   await audit.append({ type: 'recording.erased', actor, data: { session: id, reason } });
   await archive.store.eraseRecording(id, clock.now());
   await archive.storage.delete(row.location);
+  // The parts written while the session ran: PART_CHUNKS chunks each, and the last part holds at least one.
+  for (let n = 0; n < Math.floor((row.chunks - 1) / PART_CHUNKS); n++) {
+    await archive.storage.delete(partLocation(row.location, n));
+  }
   return true;
 }

@@ -55,13 +55,109 @@ export interface SealedRecording {
   readonly wrappedKey: Buffer;
 }
 
-/** The NDJSON stream of `lines`, cut into pieces of CHUNK_PLAIN_BYTES (a line may span pieces). */
-function pieces(lines: readonly string[]): Buffer[] {
-  const all = Buffer.from(lines.length === 0 ? '' : `${lines.join('\n')}\n`, 'utf8');
-  const out: Buffer[] = [];
-  for (let at = 0; at < all.length; at += CHUNK_PLAIN_BYTES)
-    out.push(all.subarray(at, at + CHUNK_PLAIN_BYTES));
-  return out;
+/** Chunks per part of a recording written while its session runs (every part but the last). */
+export const PART_CHUNKS = 4;
+/** Plain NDJSON bytes per part (a session holding this much writes a part). */
+export const PART_PLAIN_BYTES = PART_CHUNKS * CHUNK_PLAIN_BYTES;
+
+/**
+ * Seals one recording's NDJSON stream chunk by chunk, under one data key and one hash
+ * chain, so a long session can be written in parts while it runs (ADR 0024): every part
+ * but the last holds exactly PART_CHUNKS full chunks; the chunks of all parts, in order,
+ * are exactly the chunks of the same recording sealed at once.
+ */
+export class RecordingSealer {
+  readonly id: string;
+  #dataKey: Buffer | null = newDataKey();
+  #hash: Buffer;
+  #chunks = 0;
+  #held: Buffer[] = [];
+  #heldBytes = 0;
+
+  constructor(id: string) {
+    this.id = id;
+    this.#hash = chainStart(id);
+  }
+
+  get chunks(): number {
+    return this.#chunks;
+  }
+
+  /** Add NDJSON lines (one event each, without newlines). */
+  push(lines: readonly string[]): void {
+    if (lines.length === 0) return;
+    const bytes = Buffer.from(`${lines.join('\n')}\n`, 'utf8');
+    this.#held.push(bytes);
+    this.#heldBytes += bytes.length;
+  }
+
+  /** Whether a whole part is held. */
+  get partReady(): boolean {
+    return this.#heldBytes >= PART_PLAIN_BYTES;
+  }
+
+  /** A part of exactly PART_CHUNKS full chunks, or null when less than that is held. */
+  async sealPart(): Promise<Buffer | null> {
+    if (!this.partReady) return null;
+    const all = Buffer.concat(this.#held);
+    this.#held = [all.subarray(PART_PLAIN_BYTES)];
+    this.#heldBytes = all.length - PART_PLAIN_BYTES;
+    return this.#sealPieces(all.subarray(0, PART_PLAIN_BYTES));
+  }
+
+  /** Everything held, as the last part (no chunk when nothing is held). */
+  async sealRest(): Promise<Buffer> {
+    const all = Buffer.concat(this.#held);
+    this.#held = [];
+    this.#heldBytes = 0;
+    return this.#sealPieces(all);
+  }
+
+  /** The chained hash, the chunk count and the data key wrapped with `wrapKey`; the key is then forgotten. */
+  finish(wrapKey: Buffer): { hash: string; chunks: number; wrappedKey: Buffer } {
+    const key = this.#key();
+    try {
+      return {
+        hash: this.#hash.toString('hex'),
+        chunks: this.#chunks,
+        wrappedKey: seal(wrapKey, key, dataKeyAad(this.id)),
+      };
+    } finally {
+      this.destroy();
+    }
+  }
+
+  /** Forget the data key (a recording abandoned: its parts can no longer be read). */
+  destroy(): void {
+    this.#dataKey?.fill(0);
+    this.#dataKey = null;
+    this.#held = [];
+    this.#heldBytes = 0;
+  }
+
+  #key(): Buffer {
+    if (this.#dataKey === null) throw new Error('recording sealer used after it finished');
+    return this.#dataKey;
+  }
+
+  async #sealPieces(all: Buffer): Promise<Buffer> {
+    const parts: Buffer[] = [MAGIC];
+    for (let at = 0; at < all.length; at += CHUNK_PLAIN_BYTES) {
+      // A 16 KiB window and a small state: most recordings are a few KiB, and zlib's setup
+      // of its default 256 KiB state cost ten times the compression itself. Small pieces
+      // are compressed at once; large ones on the thread pool.
+      const piece = all.subarray(at, at + CHUNK_PLAIN_BYTES);
+      const compressed =
+        piece.length <= SYNC_DEFLATE_BYTES ? deflateRawSync(piece, DEFLATE) : await deflate(piece, DEFLATE);
+      const sealed = seal(this.#key(), compressed, chunkAad(this.id, this.#chunks));
+      const length = Buffer.alloc(4);
+      length.writeUInt32BE(sealed.length);
+      parts.push(length, sealed);
+      this.#hash = chainNext(this.#hash, sealed);
+      this.#chunks++;
+    }
+    return Buffer.concat(parts);
+  }
 }
 
 /** Compress, seal and chain `events` under a new data key wrapped with `wrapKey`. */
@@ -83,33 +179,26 @@ export async function sealLines(
   lines: readonly string[],
   wrapKey: Buffer,
 ): Promise<SealedRecording> {
-  const dataKey = newDataKey();
+  const sealer = new RecordingSealer(id);
   try {
-    const parts: Buffer[] = [MAGIC];
-    let hash = chainStart(id);
-    const groups = pieces(lines);
-    for (let i = 0; i < groups.length; i++) {
-      // A 16 KiB window and a small state: most recordings are a few KiB, and zlib's setup
-      // of its default 256 KiB state cost ten times the compression itself. Small pieces
-      // are compressed at once; large ones on the thread pool.
-      const piece = groups[i]!;
-      const compressed =
-        piece.length <= SYNC_DEFLATE_BYTES ? deflateRawSync(piece, DEFLATE) : await deflate(piece, DEFLATE);
-      const sealed = seal(dataKey, compressed, chunkAad(id, i));
-      const length = Buffer.alloc(4);
-      length.writeUInt32BE(sealed.length);
-      parts.push(length, sealed);
-      hash = chainNext(hash, sealed);
-    }
-    return {
-      file: Buffer.concat(parts),
-      hash: hash.toString('hex'),
-      chunks: groups.length,
-      wrappedKey: seal(wrapKey, dataKey, dataKeyAad(id)),
-    };
+    sealer.push(lines);
+    const file = await sealer.sealRest();
+    return { file, ...sealer.finish(wrapKey) };
   } finally {
-    dataKey.fill(0);
+    sealer.destroy();
   }
+}
+
+/** One recording file from its parts, in order: the magic, then every part's chunks. */
+export function joinParts(id: string, parts: readonly Buffer[]): Buffer {
+  const bodies: Buffer[] = [MAGIC];
+  for (const part of parts) {
+    if (part.length < MAGIC.length || !part.subarray(0, MAGIC.length).equals(MAGIC)) {
+      throw unreadable(id, 'a part is not a recording file');
+    }
+    bodies.push(part.subarray(MAGIC.length));
+  }
+  return Buffer.concat(bodies);
 }
 
 function unreadable(id: string, why: string): CoatcheckError {

@@ -98,10 +98,19 @@ export function clipText(text: string, limit: number): string {
  */
 export class RecordingCapture {
   readonly limits: RecordingLimits;
-  /** NDJSON lines (without the newline), one per event. */
+  /** NDJSON lines (without the newline), one per event, not yet handed to the writer. */
   readonly lines: string[] = [];
+  /** Bytes of every event kept so far (what `maxSessionBytes` bounds). */
   bytes = 0;
   dropped = 0;
+  /**
+   * Called when the session holds `spillBytes` (lines, or raw bytes a front-end keeps for
+   * later decoding) since the writer last took them: the writer then takes them and writes
+   * a part while the session runs (ADR 0024), so a long session is not held until it ends.
+   */
+  onHeld: (() => void) | null = null;
+  spillBytes = Number.POSITIVE_INFINITY;
+  #held = 0;
   readonly #startedAt: number;
   readonly #now: () => number;
   readonly #deferred: Array<() => void> = [];
@@ -134,6 +143,18 @@ export class RecordingCapture {
     }
     this.bytes += line.length;
     this.lines.push(line);
+    this.hold(line.length);
+  }
+
+  /** `n` more bytes held for the writer (a front-end's raw bytes count too). */
+  hold(n: number): void {
+    this.#held += n;
+    if (this.#held >= this.spillBytes) this.onHeld?.();
+  }
+
+  /** Bytes held since the writer last took the lines. */
+  get held(): number {
+    return this.#held;
   }
 
   /** Keep nothing more; one marker says so. */
@@ -151,15 +172,16 @@ export class RecordingCapture {
 
   /**
    * Work a front-end defers to the writer, off the request path: it keeps raw bytes while
-   * the session runs and turns them into events here (PostgreSQL).
+   * the session runs and turns them into events here (PostgreSQL). It may run more than
+   * once (each time the writer takes a part) and must turn only what it has not yet.
    */
-  defer(finish: () => void): void {
-    this.#deferred.push(finish);
+  defer(work: () => void): void {
+    this.#deferred.push(work);
   }
 
-  /** Run the deferred work (once), then order the lines by time (stable). */
-  finish(): void {
-    for (const work of this.#deferred.splice(0)) {
+  /** Run the deferred work, then hand over the lines held, ordered by time (stable). */
+  take(): string[] {
+    for (const work of this.#deferred) {
       try {
         work();
       } catch {
@@ -169,6 +191,16 @@ export class RecordingCapture {
     const at = (line: string) => Number(/^\{"at":(-?[0-9.e+-]+),/.exec(line)?.[1] ?? 0);
     const keyed = this.lines.map((line, i) => ({ line, at: at(line), i }));
     keyed.sort((a, b) => a.at - b.at || a.i - b.i);
-    this.lines.splice(0, this.lines.length, ...keyed.map((k) => k.line));
+    this.lines.length = 0;
+    this.#held = 0;
+    return keyed.map((k) => k.line);
+  }
+
+  /** The session ended: the last lines (deferred work run once more, then dropped). */
+  finish(): string[] {
+    const lines = this.take();
+    this.#deferred.length = 0;
+    this.onHeld = null;
+    return lines;
   }
 }

@@ -7,9 +7,9 @@ import { createKnownSecretMatcher, type KnownSecretMatcher } from '../detect/kno
 import type { SessionHooks } from '../gateway/hooks.js';
 import type { GatewaySession } from '../gateway/session.js';
 import type { SessionRecord, Store } from '../store/types.js';
-import { sealLines } from './format.js';
+import { PART_PLAIN_BYTES, RecordingSealer, sealLines } from './format.js';
 import { isRecordingMode, RecordingCapture, type RecordingLimits, type RecordingMode } from './model.js';
-import { locationFor, type RecordingStorage } from './storage.js';
+import { partLocation, type RecordingStorage } from './storage.js';
 
 export interface RecordingSettings {
   /** Mode of a connection that names none. */
@@ -36,6 +36,19 @@ export interface RecordingServiceOptions {
 
 /** Recordings the writer takes at once (sealed in parallel, committed in one transaction). */
 const BATCH = 64;
+
+/** A recording written in parts while its session runs (ADR 0024). */
+interface Stream {
+  readonly sealer: RecordingSealer;
+  /** Parts stored so far, their bytes, the events in them. */
+  parts: number;
+  bytes: number;
+  events: number;
+  /** The part being taken, sealed and stored now. */
+  busy: Promise<void> | null;
+  /** The first failure: the recording is then not kept (audited at close). */
+  failed: unknown;
+}
 
 interface Queued {
   readonly record: SessionRecord;
@@ -101,7 +114,11 @@ export class SessionRecordings {
   /** Being written now. */
   #inFlight = 0;
   #writer: Promise<void> | null = null;
+  /** `recording.degraded` records being appended (flush waits for them). */
+  readonly #notices = new Set<Promise<unknown>>();
   #matcher: { for: unknown; matcher: KnownSecretMatcher } | null = null;
+  /** Recordings being written in parts while their sessions run. */
+  readonly #streams = new WeakMap<RecordingCapture, Stream>();
 
   constructor(options: RecordingServiceOptions) {
     this.#o = options;
@@ -157,17 +174,87 @@ export class SessionRecordings {
       session.recordingMode = 'metadata';
       return;
     }
-    session.recording = new RecordingCapture(this.settings.limits, session.startedAt, () =>
-      this.#o.clock.now(),
-    );
+    const capture = new RecordingCapture(this.settings.limits, session.startedAt, () => this.#o.clock.now());
+    // A session that holds a part's worth has it written now, not at its end.
+    capture.spillBytes = PART_PLAIN_BYTES;
+    capture.onHeld = () => this.#spill(session.id, session.frontend, capture);
+    session.recording = capture;
+  }
+
+  /**
+   * Write what a running session holds as the next part: taken, scrubbed, sealed under the
+   * recording's key and stored, one part at a time per session, after the current turn of
+   * the event loop (never inside the front-end's call).
+   */
+  #spill(id: string, frontend: string, capture: RecordingCapture): void {
+    let stream = this.#streams.get(capture);
+    if (stream === undefined) {
+      stream = { sealer: new RecordingSealer(id), parts: 0, bytes: 0, events: 0, busy: null, failed: null };
+      this.#streams.set(capture, stream);
+    }
+    if (stream.busy !== null || stream.failed !== null) return;
+    const s = stream;
+    s.busy = (async () => {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      const lines = await this.#scrubbed(id, frontend, capture.take());
+      s.events += lines.length;
+      s.sealer.push(lines);
+      await this.#storeParts(id, s);
+    })()
+      .catch((error: unknown) => {
+        s.failed = error ?? new Error('a recording part could not be written');
+        s.sealer.destroy();
+      })
+      .finally(() => {
+        s.busy = null;
+        // What arrived meanwhile is written now, not when the next event comes (it may never).
+        if (capture.held >= capture.spillBytes) capture.onHeld?.();
+      });
+  }
+
+  /** Store every whole part the sealer holds, in order. */
+  async #storeParts(id: string, stream: Stream): Promise<void> {
+    const location = this.#o.storage.locate(id);
+    for (let part = await stream.sealer.sealPart(); part !== null; part = await stream.sealer.sealPart()) {
+      await this.#o.storage.put(partLocation(location, stream.parts), part);
+      stream.parts++;
+      stream.bytes += part.length;
+    }
+  }
+
+  /** Lines with every known secret replaced (counted and logged when any was). */
+  async #scrubbed(id: string, frontend: string, lines: string[]): Promise<string[]> {
+    const matcher = await this.#knownMatcher();
+    let replaced = 0;
+    const out = lines.map((line) => scrubLine(line, matcher, () => replaced++));
+    if (replaced > 0) {
+      this.#metrics.scrubbed.inc({ frontend }, replaced);
+      this.#o.log.warn(
+        { session: id, frontend, replaced },
+        'known secrets were removed from a recording before it was stored',
+      );
+    }
+    return out;
   }
 
   #closed(session: GatewaySession, record: SessionRecord): void {
     const capture = session.recording;
     if (capture === null) return;
     session.recording = null;
+    // Whatever it still holds is written with its last part.
+    capture.onHeld = null;
     if (this.queued >= this.settings.maxQueued) {
       this.#degrade(session.id, session.frontend, session.connection, 'dropped', 'queue-full');
+      const stream = this.#streams.get(capture);
+      if (stream !== undefined) {
+        // Parts already written are not kept either: their key is forgotten, their objects removed.
+        const cleanup = (async () => {
+          await stream.busy;
+          stream.sealer.destroy();
+          await this.#removeParts(session.id, stream.parts);
+        })().finally(() => this.#notices.delete(cleanup));
+        this.#notices.add(cleanup);
+      }
       return;
     }
     this.#queue.push({
@@ -188,15 +275,15 @@ export class SessionRecordings {
   ): void {
     this.#metrics.degraded.inc({ frontend, action });
     this.#o.log.error({ session, frontend, reason }, 'a full session recording was not kept');
-    void this.#o.audit
+    const notice = this.#o.audit
       .append({
         type: 'recording.degraded',
         actor: `gateway:${frontend}`,
         data: { session, frontend, connection, action, reason },
       })
-      .catch(() =>
-        this.#o.log.error({ session }, 'the recording.degraded audit record could not be written'),
-      );
+      .catch(() => this.#o.log.error({ session }, 'the recording.degraded audit record could not be written'))
+      .finally(() => this.#notices.delete(notice));
+    this.#notices.add(notice);
   }
 
   /**
@@ -227,7 +314,12 @@ export class SessionRecordings {
                 'write-failed',
               );
               this.#o.log.error(
-                { session: item.record.id, code: (error as { code?: string })?.code },
+                {
+                  session: item.record.id,
+                  code: (error as { code?: string })?.code,
+                  // Coatcheck errors say what failed without a value (the storage's names the S3 error).
+                  ...(error instanceof CoatcheckError ? { reason: error.message } : {}),
+                },
                 'a session recording could not be written',
               );
             }
@@ -250,24 +342,45 @@ export class SessionRecordings {
   /** Scrub, seal and store one recording; returns the step that commits its audit record and row. */
   async #seal(item: Queued): Promise<() => Promise<unknown>> {
     const { record } = item;
-    const matcher = await this.#knownMatcher();
-    let replaced = 0;
-    // Deferred decoding (PostgreSQL) runs here, off the request path.
-    item.capture.finish();
+    const stream = this.#streams.get(item.capture);
+    if (stream !== undefined) {
+      await stream.busy;
+      if (stream.failed !== null) {
+        await this.#removeParts(record.id, stream.parts);
+        throw stream.failed;
+      }
+    }
     item.capture.addAt(record.endedAt - record.startedAt, 'session.end', 'gateway', {
       outcome: record.outcome,
     });
-    const lines = item.capture.lines.map((line) => scrubLine(line, matcher, () => replaced++));
-    if (replaced > 0) {
-      this.#metrics.scrubbed.inc({ frontend: record.frontend }, replaced);
-      this.#o.log.warn(
-        { session: record.id, frontend: record.frontend, replaced },
-        'known secrets were removed from a recording before it was stored',
-      );
+    // Deferred decoding (PostgreSQL) runs here, off the request path.
+    const lines = await this.#scrubbed(record.id, record.frontend, item.capture.finish());
+    const location = this.#o.storage.locate(record.id);
+    let sealed: { file: Buffer; hash: string; chunks: number; wrappedKey: Buffer };
+    let bytes: number;
+    if (stream === undefined) {
+      sealed = await sealLines(record.id, lines, this.#o.wrapKey);
+      bytes = sealed.file.length;
+    } else {
+      try {
+        stream.sealer.push(lines);
+        await this.#storeParts(record.id, stream);
+        const file = await stream.sealer.sealRest();
+        sealed = { file, ...stream.sealer.finish(this.#o.wrapKey) };
+      } catch (error) {
+        stream.sealer.destroy();
+        await this.#removeParts(record.id, stream.parts);
+        throw error;
+      }
+      bytes = stream.bytes + sealed.file.length;
     }
-    const sealed = await sealLines(record.id, lines, this.#o.wrapKey);
-    const location = locationFor(record.id);
-    await this.#o.storage.put(location, sealed.file);
+    const events = (stream?.events ?? 0) + lines.length;
+    try {
+      await this.#o.storage.put(location, sealed.file);
+    } catch (error) {
+      if (stream !== undefined) await this.#removeParts(record.id, stream.parts);
+      throw error;
+    }
     // The row goes in with its audit record: one transaction, group-committed with the
     // other appends (a recording is never listed that the log does not vouch for).
     return () =>
@@ -281,9 +394,10 @@ export class SessionRecordings {
             connection: record.connection,
             hash: sealed.hash,
             chunks: sealed.chunks,
-            bytes: sealed.file.length,
-            events: lines.length,
+            bytes,
+            events,
             dropped: item.capture.dropped,
+            ...(stream === undefined ? {} : { parts: stream.parts }),
           },
         },
         async (tx) => {
@@ -294,8 +408,8 @@ export class SessionRecordings {
             connection: record.connection,
             startedAt: record.startedAt,
             endedAt: record.endedAt,
-            events: lines.length,
-            bytes: sealed.file.length,
+            events,
+            bytes,
             chunks: sealed.chunks,
             hash: sealed.hash,
             location,
@@ -308,6 +422,14 @@ export class SessionRecordings {
         undefined,
         { rowLocked: true },
       );
+  }
+
+  /** Parts of a recording that will not be kept (their key is already forgotten): removed, best effort. */
+  async #removeParts(id: string, parts: number): Promise<void> {
+    const location = this.#o.storage.locate(id);
+    for (let n = 0; n < parts; n++) {
+      await this.#o.storage.delete(partLocation(location, n)).catch(() => undefined);
+    }
   }
 
   async #knownMatcher(): Promise<KnownSecretMatcher> {
@@ -325,9 +447,10 @@ export class SessionRecordings {
     return matcher;
   }
 
-  /** Wait until every queued recording is written. */
+  /** Wait until every queued recording is written, and every recording not kept is audited. */
   async flush(): Promise<void> {
     while (this.#writer !== null) await this.#writer;
+    await Promise.all(this.#notices);
   }
 }
 
@@ -339,7 +462,10 @@ export class SessionRecordings {
  */
 export function scrubLine(line: string, matcher: KnownSecretMatcher, hit: () => void): string {
   if (matcher.size === 0) return line;
-  const matches = matcher.find(line, 'text');
+  // A JSON line whose only escapes are JSON's own short ones (\" \n \t…) holds a secret
+  // only in its plain or JSON-escaped form, which the matcher finds on the line as it is;
+  // decoded views (\u, percent, HTML escapes, a literal backslash) are needed otherwise.
+  const matches = needsViews(line) ? matcher.find(line, 'text') : matcher.findForms(line, 'text');
   if (matches.length === 0) return line;
   const sorted = [...matches].sort((a, b) => a.start - b.start || b.end - a.end);
   let out = '';
@@ -359,6 +485,10 @@ export function scrubLine(line: string, matcher: KnownSecretMatcher, hit: () => 
     const at = /^\{"at":(\d{1,15}(?:\.\d+)?),/.exec(line)?.[1];
     return unreadableLine(at === undefined ? 0 : Number(at));
   }
+}
+
+function needsViews(line: string): boolean {
+  return line.includes('\\\\') || line.includes('\\u') || line.includes('%') || line.includes('&');
 }
 
 function unreadableLine(at: unknown): string {

@@ -1,7 +1,10 @@
 import { isAbsolute, join } from 'node:path';
+import type { Config } from '../config/schema.js';
+import { CoatcheckError } from '../core/errors.js';
 import type { RecordingArchive } from '../recording/archive.js';
 import { SessionRecordings } from '../recording/recordings.js';
-import { fileRecordingStorage, type RecordingStorage } from '../recording/storage.js';
+import { fileRecordingStorage, type RecordingStorage, routedRecordingStorage } from '../recording/storage.js';
+import { accessKeyFromEnv, parseAccessKey, s3RecordingStorage } from '../recording/storage-s3.js';
 import type { Context } from './context.js';
 
 /** The recordings directory of a home (recording.dir, relative to the home unless absolute). */
@@ -10,9 +13,48 @@ export function recordingsDir(ctx: Pick<Context, 'home' | 'config'>): string {
   return isAbsolute(dir) ? dir : join(ctx.home.dir, dir);
 }
 
-/** Where this home's sealed recordings are kept (files under the home; ADR 0018). */
-export function recordingStorage(ctx: Pick<Context, 'home' | 'config'>): RecordingStorage {
-  return fileRecordingStorage(recordingsDir(ctx));
+type S3Config = Extract<Config['recording']['storage'], { kind: 's3' }>;
+
+/** The object store `recording.storage` names, its access key from the vault or the environment. */
+function s3Storage(ctx: Pick<Context, 'vault'>, c: S3Config): RecordingStorage {
+  const credentials = c.credentials;
+  return s3RecordingStorage(
+    {
+      endpoint: c.endpoint,
+      bucket: c.bucket,
+      region: c.region,
+      prefix: c.prefix,
+      forcePathStyle: c.forcePathStyle,
+      timeoutMs: c.timeoutMs,
+    },
+    async () => {
+      if ('env' in credentials) return accessKeyFromEnv(process.env);
+      const secret = (await ctx.vault.knownSecrets()).find((s) => s.name === credentials.secret);
+      if (secret === undefined) {
+        throw new CoatcheckError(
+          'CC_ERR_RECORDING_STORAGE',
+          `recording.storage names vault secret ${credentials.secret}, which does not exist`,
+          { details: { operation: 'credentials' } },
+        );
+      }
+      return parseAccessKey(credentials.secret, secret.value.reveal());
+    },
+  );
+}
+
+/**
+ * Where this home's sealed recordings are kept: new ones where `recording.storage` says
+ * (files under the home, ADR 0018, or an S3-compatible store, ADR 0024); each stored one
+ * is read from where its location says it was written.
+ */
+export function recordingStorage(ctx: Pick<Context, 'home' | 'config' | 'vault'>): RecordingStorage {
+  const c = ctx.config.recording.storage;
+  const files = () => fileRecordingStorage(recordingsDir(ctx));
+  const s3 = c.kind === 's3' ? () => s3Storage(ctx, c) : undefined;
+  return routedRecordingStorage(c.kind === 's3' ? s3!() : files(), {
+    file: files,
+    ...(s3 === undefined ? {} : { s3 }),
+  });
 }
 
 /** Session recordings for this process's driver, from the config's `recording` section. */

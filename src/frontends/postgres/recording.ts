@@ -91,6 +91,8 @@ export class PgRecording {
       toClient,
       bytes: Buffer.from(bytes),
     });
+    // Counted as held: a long session has its bytes decoded and written in parts as it runs.
+    this.#capture.hold(bytes.length);
   }
 
   #finish(): void {
