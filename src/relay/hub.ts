@@ -74,7 +74,8 @@ export class RelayHub {
     };
     relays.sessionsOf = (id) => {
       let count = 0;
-      for (const set of this.#byName.values()) for (const s of set) if (s.relay.id === id && !s.closing) count++;
+      for (const set of this.#byName.values())
+        for (const s of set) if (s.relay.id === id && !s.closing) count++;
       return count;
     };
     this.#unsubscribe = store.subscribe((change) => {
