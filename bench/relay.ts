@@ -29,7 +29,7 @@ import { freePort, startThrowawayPostgres } from '../test/integration/postgres/h
 import { TARGET_HTTP } from '../test/integration/relay/world.js';
 
 const HTTP_BYTES = 64 * 1024 * 1024;
-const HTTP_PARALLEL = 4;
+const HTTP_PARALLEL = Number(process.env.HTTP_PARALLEL ?? 4);
 const PG_ROWS = 50_000;
 const ROUNDS = Number(process.env.ROUNDS ?? 5);
 

@@ -100,6 +100,12 @@ export class RelayHub {
       socket.destroy();
       return;
     }
+    // Registered before HTTP/2 registers its own: when the relay's connection goes, the
+    // streams it carried fail with CC_ERR_RELAY_STREAM_LOST before HTTP/2 tears them down
+    // (a consumer then tells its client why, instead of seeing a bare close).
+    let lost: ((reason: string) => void) | null = null;
+    socket.once('error', () => lost?.('the relay connection failed'));
+    socket.once('close', () => lost?.('the relay connection closed'));
     const h2session = http2Connect('http://relay.invalid', {
       createConnection: () => socket,
       settings: relaySettings(this.#options.maxStreamsPerSession),
@@ -114,6 +120,11 @@ export class RelayHub {
       carried: 0,
       closing: false,
       reason: 'closed by the relay',
+    };
+    lost = (reason) => {
+      if (!session.closing) session.reason = reason;
+      session.closing = true;
+      this.#failStreams(session, session.reason);
     };
     h2session.on('error', (error) =>
       this.#log.warn(

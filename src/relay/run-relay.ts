@@ -49,7 +49,7 @@ export interface RunningRelay {
 /** Refusals that a retry cannot cure: the relay stops. */
 const FATAL = new Set(['CC_ERR_RELAY_UNKNOWN', 'CC_ERR_RELAY_KEY_MALFORMED', 'CC_ERR_RELAY_REVOKED']);
 
-function allowed(patterns: readonly string[], host: string, port: number): boolean {
+export function allowed(patterns: readonly string[], host: string, port: number): boolean {
   if (patterns.length === 0) return true;
   const h = host.toLowerCase();
   return patterns.some((pattern) => {
