@@ -223,7 +223,16 @@ export const AGENT_SSH_KEYS: TableDefinition<AgentSshKeyRecord> = {
     ['created_at', 'int64'],
     ['removed_at', 'int64'],
   ],
-  values: (r) => [r.id, r.agentId, r.fingerprint, r.keyType, r.publicKey, r.comment, r.createdAt, r.removedAt],
+  values: (r) => [
+    r.id,
+    r.agentId,
+    r.fingerprint,
+    r.keyType,
+    r.publicKey,
+    r.comment,
+    r.createdAt,
+    r.removedAt,
+  ],
   fromRow: (row) => ({
     id: String(row.id),
     agentId: String(row.agent_id),
