@@ -120,6 +120,19 @@ export interface AuditEventFields {
     readonly expiresAt: Iso;
   };
   'agent.revoke': { readonly agent: Id; readonly name: string };
+  'agent.sshkey.add': {
+    readonly agent: Id;
+    readonly name: string;
+    readonly key: Id;
+    readonly fingerprint: string;
+    readonly keyType: string;
+  };
+  'agent.sshkey.remove': {
+    readonly agent: Id;
+    readonly name: string;
+    readonly key: Id;
+    readonly fingerprint: string;
+  };
   'connection.add': {
     readonly connection: Id;
     readonly name: string;
@@ -309,6 +322,8 @@ export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'token.refused': 'an exchange was refused (code; a keyed fingerprint of an unknown ticket)',
   'agent.create': 'an agent and its key were created',
   'agent.revoke': 'an agent was revoked',
+  'agent.sshkey.add': 'an SSH public key was registered to an agent (its SHA256 fingerprint)',
+  'agent.sshkey.remove': "an agent's SSH key was removed (its SSH sessions end)",
   'connection.add': 'a connection was registered',
   'connection.remove': 'a connection was removed',
   'workflow.start': 'a workflow root was started',

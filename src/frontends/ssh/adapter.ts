@@ -1,6 +1,6 @@
 import type { Readable, Writable } from 'node:stream';
 import type { Logger } from 'pino';
-import type ssh2 from 'ssh2';
+import ssh2 from 'ssh2';
 import type { ApprovalView } from '../../approvals/approvals.js';
 import type { PreviewScrubber } from '../../approvals/preview.js';
 import type { AuditLog } from '../../audit/audit-log.js';
@@ -12,8 +12,9 @@ import { AGENT_KEY_PREFIX, isTicket, TICKET_PATTERN } from '../../core/ticket-fo
 import type { ResponseScan } from '../../gateway/inspector.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { liveAgentSshKey, SSH_KEY_TYPES } from '../../identity/ssh-public-key.js';
 import { clip, clipText } from '../../recording/model.js';
-import type { Store } from '../../store/types.js';
+import type { AgentRecord, AgentSshKeyRecord, Store } from '../../store/types.js';
 import type { Target } from '../../vault/destinations.js';
 import { type ParsedCommand, parseCommandLine } from './command-line.js';
 import { sshOperation } from './policy.js';
@@ -63,6 +64,25 @@ interface Login {
   /** The ticket that logged in (parent of tickets minted from output), if any. */
   readonly parents: readonly string[];
   readonly credential: Buffer;
+}
+
+/** A signed public-key login request (ssh2 gives the signed data, the signature and its hash). */
+interface SignedKey {
+  readonly data: Buffer;
+  readonly blob: Buffer;
+  readonly signature: Buffer;
+  readonly hashAlgo: string | undefined;
+}
+
+function agentPrincipal(agent: AgentRecord): Principal {
+  return {
+    kind: 'agent',
+    ref: agentRef(agent.id),
+    name: agent.name,
+    groups: agent.groups,
+    attributes: {},
+    expiresAt: agent.expiresAt,
+  };
 }
 
 function loginFailed(reason: string, message: string): CoatcheckError {
@@ -303,8 +323,8 @@ export class SshConnection {
       ctx.reject();
       return;
     }
-    const methods: ssh2.AuthenticationType[] = ['password', 'keyboard-interactive'];
-    const attempt = (username: string, password: string) => {
+    const methods: ssh2.AuthenticationType[] = ['publickey', 'password', 'keyboard-interactive'];
+    const attempt = (username: string, password: string | SignedKey) => {
       this.#checking = true;
       void this.#tryLogin(username, password)
         .then(
@@ -317,6 +337,26 @@ export class SshConnection {
     };
     if (ctx.method === 'password') {
       attempt(ctx.username, ctx.password);
+      return;
+    }
+    if (ctx.method === 'publickey') {
+      // A query (no signature) is answered yes for any well-formed key of a supported type,
+      // registered or not: the answer tells no one which keys an agent has. The signed
+      // request is checked against the agent's registered keys (ADR 0023).
+      if (!SSH_KEY_TYPES.has(ctx.key.algo.replace(/^rsa-sha2-(256|512)$/, 'ssh-rsa'))) {
+        this.#rejectLogin(ctx, methods);
+        return;
+      }
+      if (ctx.signature === undefined || ctx.blob === undefined) {
+        ctx.accept();
+        return;
+      }
+      attempt(ctx.username, {
+        data: Buffer.from(ctx.key.data),
+        blob: Buffer.from(ctx.blob),
+        signature: Buffer.from(ctx.signature),
+        hashAlgo: ctx.hashAlgo,
+      });
       return;
     }
     if (ctx.method === 'keyboard-interactive') {
@@ -342,7 +382,7 @@ export class SshConnection {
     ctx.reject(methods);
   }
 
-  async #tryLogin(username: string, password: string): Promise<void> {
+  async #tryLogin(username: string, password: string | SignedKey): Promise<void> {
     const split = username.indexOf('%');
     const agentName = (split === -1 ? username : username.slice(0, split)).slice(0, MAX_NAME);
     const connectionName = (split === -1 ? '' : username.slice(split + 1)).slice(0, MAX_NAME);
@@ -355,7 +395,7 @@ export class SshConnection {
           'coatcheck: log in as AGENT%CONNECTION (ssh -p PORT agent%connection@gateway)',
         );
       }
-      if (password.length > 4096)
+      if (typeof password === 'string' && password.length > 4096)
         throw loginFailed('CC_ERR_TICKET_MALFORMED', 'coatcheck: the password is too long');
       const view = await pipeline.services.connections.get(connectionName);
       if (view === null || view.type !== 'ssh') {
@@ -378,7 +418,20 @@ export class SshConnection {
       let principal: Principal;
       let credential: Buffer;
       const parents: string[] = [];
-      if (password.startsWith(AGENT_KEY_PREFIX)) {
+      if (typeof password !== 'string') {
+        principal = agentPrincipal(agent);
+        session.principal = principal;
+        const key = await this.#verifiedKey(agent.id, password);
+        // Held from here: a removal committed after the re-read below ends the session.
+        session.sshKeyIds.add(key.id);
+        const exchanged = await this.#exchangeHeld(view, principal, target, operation);
+        // Read again after the exchange: a removal that raced the login is seen here or notified later.
+        if ((await liveAgentSshKey(this.#services.store, agent.id, password.data)) === null)
+          throw loginFailed('CC_ERR_SSH_KEY_UNKNOWN', 'coatcheck: the key was removed');
+        parents.push(exchanged.ticketId);
+        credential = Buffer.from(exchanged.value.reveal());
+        await this.#endAtTicketExpiry(exchanged.ticketId);
+      } else if (password.startsWith(AGENT_KEY_PREFIX)) {
         if (!this.#services.policyConfigured()) {
           throw loginFailed(
             'CC_ERR_PG_KEY_LOGIN_NOT_PERMITTED',
@@ -410,14 +463,7 @@ export class SshConnection {
         // A copy: the vault's buffer may be shared (a cache); this one is zeroed once used.
         credential = Buffer.from(released.value.reveal());
       } else if (isTicket(password)) {
-        principal = {
-          kind: 'agent',
-          ref: agentRef(agent.id),
-          name: agent.name,
-          groups: agent.groups,
-          attributes: {},
-          expiresAt: agent.expiresAt,
-        };
+        principal = agentPrincipal(agent);
         session.principal = principal;
         const released = await pipeline
           .exchange(session, [password], {
@@ -464,6 +510,61 @@ export class SshConnection {
       session.principal = null;
       throw error;
     }
+  }
+
+  /** The agent's registered key that signed this login, or a refusal (CC_ERR_SSH_KEY_UNKNOWN). */
+  async #verifiedKey(agentId: string, signed: SignedKey): Promise<AgentSshKeyRecord> {
+    const unknown = () =>
+      loginFailed('CC_ERR_SSH_KEY_UNKNOWN', 'coatcheck: this key is not registered to the agent');
+    const record = await liveAgentSshKey(this.#services.store, agentId, signed.data);
+    if (record === null) throw unknown();
+    // The signature is checked with the registered key (not the key the client sent).
+    const parsed = ssh2.utils.parseKey(`${record.keyType} ${record.publicKey}`);
+    if (parsed instanceof Error || Array.isArray(parsed)) throw unknown();
+    let valid: boolean | Error;
+    try {
+      valid = parsed.verify(signed.blob, signed.signature, signed.hashAlgo);
+    } catch {
+      valid = false;
+    }
+    if (valid !== true) throw unknown();
+    return record;
+  }
+
+  /**
+   * A key login's credential: the connection's `--credential`, released only through a live
+   * ticket the agent holds for it, bound to this connection (ADR 0023). The key says who the
+   * agent is; the ticket is still what grants the connection (its lifetime, uses and
+   * revocation apply, and revoking it ends the session).
+   */
+  async #exchangeHeld(
+    view: ConnectionView,
+    principal: Principal,
+    target: Target,
+    operation: ReturnType<typeof sshOperation>,
+  ) {
+    const pipeline = this.#services.pipeline;
+    if (view.credential === null)
+      throw loginFailed(
+        'CC_ERR_SSH_KEY_NO_TICKET',
+        `coatcheck: connection ${view.name} names no --credential; a key login needs one (or log in with a ticket)`,
+      );
+    const held = await pipeline.services.vault.heldTickets(principal.ref, view.credential, target);
+    if (held.length === 0)
+      throw loginFailed(
+        'CC_ERR_SSH_KEY_NO_TICKET',
+        `coatcheck: ${principal.name} holds no live ticket for connection ${view.name}`,
+      );
+    return pipeline
+      .exchangeHeld(this.session, held[0]!, {
+        authorized: pipeline.authorizeConnect(this.session, principal, view),
+        principal,
+        target,
+        operation,
+      })
+      .catch((error: unknown) => {
+        throw loginFailed(codeOf(error), `coatcheck: the held ticket was refused (${codeOf(error)})`);
+      });
   }
 
   async #endAtTicketExpiry(ticketId: string): Promise<void> {
