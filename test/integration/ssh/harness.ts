@@ -161,6 +161,13 @@ export interface SshGateway {
     args: string[],
     options?: { input?: string; extra?: string[]; timeoutMs?: number },
   ): Promise<{ stdout: string; stderr: string; code: number }>;
+  /** OpenSSH `ssh` through the gateway logging in with the private key at `keyFile` only. */
+  sshKey(
+    user: string,
+    keyFile: string,
+    args: string[],
+    options?: { input?: string; extra?: string[]; timeoutMs?: number },
+  ): Promise<{ stdout: string; stderr: string; code: number }>;
   /** Options for ssh/scp/sftp/git through the gateway (with an askpass for `password`). */
   clientEnv(password: string): NodeJS.ProcessEnv;
   clientOptions(): string[];
@@ -268,6 +275,40 @@ export async function startSshGateway(
     },
     clientEnv,
     clientOptions,
+    sshKey(user, keyFile, args, opts = {}) {
+      // ssh keeps the first value given for an option: these come before everything else.
+      return runSsh(
+        [
+          '-F',
+          '/dev/null',
+          '-o',
+          `UserKnownHostsFile=${knownHosts}`,
+          '-o',
+          'StrictHostKeyChecking=yes',
+          '-o',
+          'IdentitiesOnly=yes',
+          '-o',
+          'IdentityAgent=none',
+          '-i',
+          keyFile,
+          '-o',
+          'PreferredAuthentications=publickey',
+          '-o',
+          'BatchMode=yes',
+          '-o',
+          'ConnectTimeout=10',
+          ...(opts.extra ?? []),
+          '-p',
+          String(frontend.port),
+          '-l',
+          user,
+          '127.0.0.1',
+          ...args,
+        ],
+        { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: dir },
+        opts,
+      );
+    },
     ssh(user, password, args, opts = {}) {
       return new Promise((resolve) => {
         const child = execFile(
@@ -303,6 +344,30 @@ export async function startSshGateway(
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+function runSsh(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  opts: { input?: string; timeoutMs?: number },
+): Promise<{ stdout: string; stderr: string; code: number }> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      'ssh',
+      args,
+      { env, maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 90_000 },
+      (error, stdout, stderr) => {
+        resolve({
+          stdout,
+          stderr,
+          code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
+        });
+      },
+    );
+    child.stdin?.on('error', () => undefined);
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+    else child.stdin?.end();
+  });
 }
 
 /** Everything the gateway wrote or kept that a canary must never appear in: logs, audit, recordings. */
