@@ -207,6 +207,13 @@ export interface AuditEventFields {
     readonly tickets: Ids;
   };
   'ssh.hostkey.rotated': { readonly fingerprint: string; readonly previous: string | null };
+  'ssh.hostkey.trusted': {
+    readonly connection: string;
+    readonly host: string;
+    readonly port: number;
+    readonly keyType: string;
+    readonly fingerprint: string;
+  } & Context;
   'ssh.login.refused': {
     readonly session: Id;
     readonly user: string;
@@ -345,6 +352,8 @@ export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'llm.request': 'a request was forwarded to an LLM provider (model, counts, tickets used)',
   'ssh.hostkey.rotated':
     "the SSH front-end's host key was replaced (fingerprints of the new and the previous key)",
+  'ssh.hostkey.trusted':
+    "an ssh connection with --host-key tofu recorded its upstream's host key at the first connection (later keys must match)",
   'ssh.login.refused': 'an SSH login was refused',
   'ssh.channel':
     'an SSH channel request (exec with its cleaned command line and exit code, shell, sftp, a port forward), carried or refused',

@@ -398,7 +398,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     )
     .option(
       '--host-key <key>',
-      "ssh: the upstream's host key, a line of `ssh-keyscan -t ed25519 HOST` ('ssh-ed25519 AAAA…') or its SHA256: fingerprint",
+      "ssh: the upstream's host key, a line of `ssh-keyscan -t ed25519 HOST` ('ssh-ed25519 AAAA…') or its SHA256: fingerprint; or tofu (the key presented at the first connection is pinned, audited)",
     )
     .option(
       '--recording <mode>',

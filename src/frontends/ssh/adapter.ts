@@ -12,13 +12,19 @@ import { AGENT_KEY_PREFIX, isTicket, TICKET_PATTERN } from '../../core/ticket-fo
 import type { ResponseScan } from '../../gateway/inspector.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
-import { liveAgentSshKey, SSH_KEY_TYPES } from '../../identity/ssh-public-key.js';
+import { liveAgentSshKey, SSH_KEY_TYPES, sshKeyFingerprint } from '../../identity/ssh-public-key.js';
 import { clip, clipText } from '../../recording/model.js';
 import type { AgentRecord, AgentSshKeyRecord, Store } from '../../store/types.js';
 import type { Target } from '../../vault/destinations.js';
 import { type ParsedCommand, parseCommandLine } from './command-line.js';
 import { sshOperation } from './policy.js';
-import { connectUpstream, type UpstreamTarget, upstreamTarget } from './upstream.js';
+import {
+  connectUpstream,
+  firstUseMetaKey,
+  TRUST_ON_FIRST_USE,
+  type UpstreamTarget,
+  upstreamTarget,
+} from './upstream.js';
 
 export interface SshAdapterServices {
   readonly pipeline: ExchangePipeline;
@@ -247,26 +253,31 @@ export class SshConnection {
     client.on('ready', () => {
       clearTimeout(timer);
       const login = this.#login!;
-      this.#upstream = connectUpstream(login.upstream, login.credential, {
-        timeoutMs: this.#options.upstreamTimeoutMs,
-        connection: login.view.name,
-      }).then(
-        (upstream) => {
-          login.credential.fill(0);
-          this.#upstreamClient = upstream;
-          upstream.on('close', () => {
-            if (this.session.terminatedBy === null) client.end();
-          });
-          if (this.session.terminatedBy !== null) upstream.end();
-          this.session.event('upstream', { host: login.upstream.host, port: login.upstream.port });
-          return upstream;
-        },
-        async (error: unknown) => {
-          login.credential.fill(0);
-          await this.#auditChannel('upstream', { outcome: codeOf(error) }).catch(() => undefined);
-          throw error;
-        },
-      );
+      this.#upstream = this.#pinnedUpstream(login)
+        .then((target) =>
+          connectUpstream(target, login.credential, {
+            timeoutMs: this.#options.upstreamTimeoutMs,
+            connection: login.view.name,
+            trust: (key) => this.#trustOnFirstUse(login, key),
+          }),
+        )
+        .then(
+          (upstream) => {
+            login.credential.fill(0);
+            this.#upstreamClient = upstream;
+            upstream.on('close', () => {
+              if (this.session.terminatedBy === null) client.end();
+            });
+            if (this.session.terminatedBy !== null) upstream.end();
+            this.session.event('upstream', { host: login.upstream.host, port: login.upstream.port });
+            return upstream;
+          },
+          async (error: unknown) => {
+            login.credential.fill(0);
+            await this.#auditChannel('upstream', { outcome: codeOf(error) }).catch(() => undefined);
+            throw error;
+          },
+        );
       this.#upstream.catch(() => undefined);
     });
     client.on('session', (accept) => this.#sessionChannel(accept()));
@@ -293,6 +304,55 @@ export class SshConnection {
       this.#done();
     });
     return this.finished;
+  }
+
+  /**
+   * The upstream as pinned: with `--host-key tofu`, the key recorded at the first
+   * connection if there is one (then any other key is refused), else `tofu` (the first key
+   * is recorded before anything is sent: #trustOnFirstUse).
+   */
+  async #pinnedUpstream(login: Login): Promise<UpstreamTarget> {
+    if (login.upstream.hostKey !== TRUST_ON_FIRST_USE) return login.upstream;
+    const pin = await this.#services.store.getMeta(firstUseMetaKey(login.view.name, login.upstream));
+    return pin === null ? login.upstream : { ...login.upstream, hostKey: pin, firstUse: true };
+  }
+
+  /**
+   * Record the key an upstream presents at the first connection as the connection's pin,
+   * with its audit record (`ssh.hostkey.trusted`), in one transaction: if another
+   * connection recorded a key first, this one must be the same.
+   */
+  async #trustOnFirstUse(login: Login, key: string): Promise<boolean> {
+    const metaKey = firstUseMetaKey(login.view.name, login.upstream);
+    const blob = Buffer.from(key.split(' ')[1] ?? '', 'base64');
+    let pinned: string | null = null;
+    try {
+      await this.#services.audit.append(
+        {
+          type: 'ssh.hostkey.trusted',
+          actor: login.principal.ref,
+          data: {
+            connection: login.view.name,
+            host: login.upstream.host,
+            port: login.upstream.port,
+            keyType: key.split(' ')[0]!,
+            fingerprint: sshKeyFingerprint(blob),
+            session: this.session.id,
+          },
+        },
+        async (tx) => {
+          pinned = await tx.getMeta(metaKey);
+          // Recorded first by another connection: nothing is written here (rolled back).
+          if (pinned !== null)
+            throw new CoatcheckError('CC_ERR_SSH_UPSTREAM_HOST_KEY', 'a key was recorded first');
+          await tx.setMeta(metaKey, key);
+        },
+      );
+      return true;
+    } catch (error) {
+      if (pinned !== null) return pinned === key;
+      throw error;
+    }
   }
 
   /** Revocation (ticket, agent, secret) or expiry: tell each open channel, then drop both sides. */

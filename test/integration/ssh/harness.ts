@@ -50,6 +50,8 @@ export interface ThrowawaySshd {
   readonly password: string;
   /** A file the server can print, holding `contents`. */
   file(name: string, contents: string): string;
+  /** Restart on the same port with a new host key (a server whose key changed, or an impostor). */
+  rekey(): Promise<void>;
   stop(): void;
 }
 
@@ -108,12 +110,33 @@ export async function startThrowawaySshd(): Promise<ThrowawaySshd> {
     }
   }
   if (child === null) throw new Error('sshd did not start');
-  const hostKey = readFileSync(join(dir, 'host.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ');
-  const running = child;
+  const readHostKey = (name: string) =>
+    readFileSync(join(dir, `${name}.pub`), 'utf8')
+      .trim()
+      .split(' ')
+      .slice(0, 2)
+      .join(' ');
+  let running: ChildProcess = child;
+  let generation = 0;
   return {
     dir,
     port,
-    hostKey,
+    hostKey: readHostKey('host'),
+    async rekey() {
+      generation++;
+      const name = `host${generation}`;
+      execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, name), '-C', name]);
+      const exited = new Promise((r) => running.once('exit', r));
+      running.kill();
+      await exited;
+      writeFileSync(
+        config,
+        readFileSync(config, 'utf8').replace(/^HostKey .*$/m, `HostKey ${join(dir, name)}`),
+      );
+      running = spawn(SSHD, ['-D', '-e', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+      await waitForPort(port, 5000);
+      (this as { hostKey: string }).hostKey = readHostKey(name);
+    },
     clientKey: readFileSync(join(dir, 'client'), 'utf8'),
     passwordUser,
     password,
