@@ -218,6 +218,8 @@ export class SshConnection {
   #attempts = 0;
   #checking = false;
   #commands = 0;
+  /** Numbers the session channels in recordings (a shell's asciicast follows its channel). */
+  #channelSeq = 0;
   #channels = new Set<ssh2.ServerChannel>();
   /** Refused request kinds already audited on this connection (a client may repeat them). */
   #audited = new Set<string>();
@@ -671,6 +673,7 @@ export class SshConnection {
   }
 
   #sessionChannel(s: ssh2.Session): void {
+    const number = ++this.#channelSeq;
     let pty: ssh2.PseudoTtyInfo | null = null;
     let upstreamChannel: ssh2.ClientChannel | null = null;
     let started = false;
@@ -681,6 +684,7 @@ export class SshConnection {
     });
     s.on('window-change', (accept, _reject, info) => {
       upstreamChannel?.setWindow(info.rows, info.cols, info.height, info.width);
+      this.session.record('ssh.resize', 'in', { channel: number, cols: info.cols, rows: info.rows });
       accept?.();
     });
     s.on('signal', (accept, _reject, info) => {
@@ -705,12 +709,12 @@ export class SshConnection {
     s.on('exec', (accept, _reject, info) => {
       if (started) return;
       started = true;
-      void this.#exec(accept(), info.command, pty, attach);
+      void this.#exec(accept(), info.command, pty, attach, number);
     });
     s.on('shell', (accept) => {
       if (started) return;
       started = true;
-      void this.#shell(accept(), pty, attach);
+      void this.#shell(accept(), pty, attach, number);
     });
     s.on('subsystem', (accept, reject, info) => {
       if (started) return reject?.();
@@ -720,7 +724,7 @@ export class SshConnection {
         return;
       }
       started = true;
-      void this.#sftp(accept());
+      void this.#sftp(accept(), number);
     });
   }
 
@@ -789,6 +793,7 @@ export class SshConnection {
     command: string,
     pty: ssh2.PseudoTtyInfo | null,
     attach: (c: ssh2.ClientChannel) => void,
+    number: number,
   ): Promise<void> {
     this.#commands++;
     let shown = '';
@@ -840,8 +845,8 @@ export class SshConnection {
       }
       if (this.session.terminatedBy !== null)
         throw new CoatcheckError(this.session.terminatedBy, 'coatcheck: the session was ended');
-      this.session.record('ssh.exec', 'in', { command: clipText(command, 16 * 1024) });
-      const result = await this.#relay(channel, true, () =>
+      this.session.record('ssh.exec', 'in', { channel: number, command: clipText(command, 16 * 1024) });
+      const result = await this.#relay(channel, true, number, () =>
         new Promise<ssh2.ClientChannel>((resolve, reject) => {
           upstream.exec(line, pty === null ? {} : { pty }, (error, stream) => {
             if (error)
@@ -886,6 +891,7 @@ export class SshConnection {
     channel: ssh2.ServerChannel,
     pty: ssh2.PseudoTtyInfo | null,
     attach: (c: ssh2.ClientChannel) => void,
+    number: number,
   ): Promise<void> {
     try {
       this.#track(channel);
@@ -893,7 +899,12 @@ export class SshConnection {
       await this.#decide('ssh:shell', `ssh ${this.#login!.view.name}: interactive shell`, {
         onHold: this.#holdNotice(channel),
       });
-      const result = await this.#relay(channel, true, () =>
+      // A full recording renders this channel as an asciicast (src/recording/asciicast.ts).
+      this.session.record('ssh.shell', 'in', {
+        channel: number,
+        pty: pty === null ? null : { term: clipText(pty.term ?? '', 64), cols: pty.cols, rows: pty.rows },
+      });
+      const result = await this.#relay(channel, true, number, () =>
         new Promise<ssh2.ClientChannel>((resolve, reject) => {
           upstream.shell(pty === null ? false : pty, (error, stream) => {
             if (error)
@@ -919,7 +930,7 @@ export class SshConnection {
     }
   }
 
-  async #sftp(channel: ssh2.ServerChannel): Promise<void> {
+  async #sftp(channel: ssh2.ServerChannel, number: number): Promise<void> {
     try {
       this.#track(channel);
       const upstream = await this.#upstream!;
@@ -928,6 +939,7 @@ export class SshConnection {
       const result = await this.#relay(
         channel,
         false,
+        number,
         () =>
           new Promise<ssh2.ClientChannel>((resolve, reject) => {
             upstream.subsys('sftp', (error, stream) => {
@@ -984,7 +996,7 @@ export class SshConnection {
       channel.on('error', () => undefined);
       this.#channels.add(channel);
       channel.on('close', () => this.#channels.delete(channel));
-      const result = await this.#relay(channel, false, async () => remote);
+      const result = await this.#relay(channel, false, 0, async () => remote);
       this.session.event('forward', { target, bytes: result.out.bytes });
       await this.#auditChannel('forward', { target, outcome: 'ok' });
     } catch (error) {
@@ -1003,6 +1015,7 @@ export class SshConnection {
   async #relay(
     channel: ssh2.ServerChannel,
     inspect: boolean,
+    number: number,
     open: () => Promise<ssh2.ClientChannel>,
   ): Promise<{
     exit: number | string | null;
@@ -1045,6 +1058,7 @@ export class SshConnection {
         ? undefined
         : (stream: 'stdin' | 'stdout' | 'stderr') => (data: Buffer) =>
             this.session.record('ssh.data', stream === 'stdin' ? 'in' : 'out', {
+              channel: number,
               stream,
               data: clip(data, recording.limits.maxBodyBytes),
             });
@@ -1072,7 +1086,7 @@ export class SshConnection {
       throw error;
     }
     await closed;
-    this.session.record('ssh.exit', 'out', { exit });
+    this.session.record('ssh.exit', 'out', { channel: number, exit });
     try {
       const s = signal as { name: string; dump: boolean; message: string } | null;
       if (s !== null) channel.exit(s.name, s.dump, s.message);
