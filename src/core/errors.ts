@@ -544,9 +544,9 @@ export const ERROR_CODES = {
   CC_ERR_SSH_LOGIN_FAILED: {
     status: 401,
     description:
-      'The SSH login was refused: the user name is not AGENT%CONNECTION of a live agent and an ssh connection, or the password is neither a ticket bound to that agent and connection nor (under a configured policy) the key of that agent. The audit record (ssh.login.refused) carries the precise reason.',
+      'The SSH login was refused: the user name is not AGENT%CONNECTION of a live agent and an ssh connection, or the password is neither a ticket bound to that agent and connection nor (under a configured policy) the key of that agent, or the SSH key is not registered to that agent or the agent holds no live ticket for the connection. The audit record (ssh.login.refused) carries the precise reason.',
     solution:
-      'Connect as `ssh -p PORT AGENT%CONNECTION@GATEWAY` with a ticket issued to the agent with --dest conn:CONNECTION as the password.',
+      'Connect as `ssh -p PORT AGENT%CONNECTION@GATEWAY` with a ticket issued to the agent with --dest conn:CONNECTION as the password, or with a key registered to the agent (`agent add-ssh-key`) while it holds such a ticket.',
   },
   CC_ERR_SSH_KEY_INVALID: {
     status: 400,

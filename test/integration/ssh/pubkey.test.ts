@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLocalClient } from '../../../src/admin/client.js';
+import { cli } from '../../helpers/cli.js';
 import {
   everyOutput,
   type SshGateway,
@@ -282,6 +283,44 @@ describe('ssh: public-key login', { timeout: 120_000 }, () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain('CC_ERR_AGENT_REVOKED');
     expect((await gw.sshKey('doomed%box', key, ['id'])).code).toBe(255);
+  });
+
+  it('a held ticket with no use left, or for another secret, is no grant', async () => {
+    const spent = (await gw.createAgent('spent')).ref;
+    const key = keygen('spent');
+    await gw.ctx.agents.addSshKey('spent', pub(key), 'admin:test');
+    await gw.ctx.vault.issueTicket(
+      { secret: 'box-key', principal: spent, destinations: ['conn:box'], maxUses: 1 },
+      'admin:test',
+    );
+    // Another secret that may go to the connection, held by the agent: not the connection's credential.
+    await gw.addSecret('decoy', 'decoy-value-not-a-key-0123456789', ['conn:box']);
+    await gw.issue('decoy', spent, ['conn:box']);
+    expect((await gw.sshKey('spent%box', key, ['echo', 'once'])).stdout).toBe('once\n');
+    const again = await gw.sshKey('spent%box', key, ['echo', 'twice']);
+    expect(again.code).toBe(255);
+    expect((await refusals()).at(-1)?.reason).toBe('CC_ERR_SSH_KEY_NO_TICKET');
+  });
+
+  it('the CLI adds, lists and removes keys; a private key file is refused without being echoed', async () => {
+    const key = keygen('cli');
+    const run = (args: string[]) => cli(['--dir', gw.dir, ...args]);
+    const added = await run(['agent', 'add-ssh-key', 'other', `${key}.pub`]);
+    expect(added.code).toBe(0);
+    const fp = execFileSync('ssh-keygen', ['-lf', `${key}.pub`], { encoding: 'utf8' }).split(' ')[1]!;
+    expect(added.stdout).toContain(fp);
+    expect((await run(['agent', 'list-ssh-keys', 'other'])).stdout).toContain(fp);
+    const refused = await run(['agent', 'add-ssh-key', 'other', key]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain('CC_ERR_SSH_KEY_INVALID');
+    const secretLine = readFileSync(key, 'utf8').split('\n')[1]!;
+    expect(refused.stdout + refused.stderr).not.toContain(secretLine);
+    expect((await run(['agent', 'remove-ssh-key', 'other', fp])).code).toBe(0);
+    expect((await run(['agent', 'list-ssh-keys', 'other'])).stdout).not.toContain(fp);
+    expect((await run(['agent', 'list-ssh-keys', 'other', '--all'])).stdout).toContain(fp);
+    expect((await run(['agent', 'add-ssh-key', 'nobody', `${key}.pub`])).stderr).toContain(
+      'CC_ERR_AGENT_UNKNOWN',
+    );
   });
 
   it('nothing of the upstream key or the agents private keys leaks into logs, audit or recordings', async () => {
