@@ -570,6 +570,8 @@ export class SshConnection {
         .catch(() => undefined);
       session.event('login.refused', { code: e?.code ?? 'CC_ERR_INTERNAL' });
       session.principal = null;
+      // A refused key attempt leaves nothing behind for a later login on this connection.
+      session.sshKeyIds.clear();
       throw error;
     }
   }
