@@ -36,9 +36,14 @@ function execTrue(c: ssh2.Client): Promise<void> {
   return new Promise((resolve, reject) => {
     c.exec('true', (error, stream) => {
       if (error) return reject(error);
-      stream.on('close', (code: number) => (code === 0 ? resolve() : reject(new Error(`exit ${code}`))));
+      let stderr = '';
+      stream.on('close', (code: number) =>
+        code === 0 ? resolve() : reject(new Error(`exit ${code}: ${stderr.slice(0, 500)}`)),
+      );
       stream.resume();
-      stream.stderr.resume();
+      stream.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString('utf8');
+      });
     });
   });
 }
@@ -73,7 +78,9 @@ function median(values: number[]): number {
 
 async function main(): Promise<void> {
   const sshd = await startThrowawaySshd();
-  const gw = await startSshGateway();
+  // A loaded machine may take longer than the default 10 s to log in upstream: the bench
+  // measures throughput, not the timeout.
+  const gw = await startSshGateway({ sshOptions: { upstreamTimeoutMs: 120_000 } });
   try {
     const agent = (await gw.createAgent('bench')).ref;
     await gw.addSecret('box-key', sshd.clientKey, ['conn:box']);

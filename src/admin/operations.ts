@@ -384,6 +384,34 @@ export const operations = {
     input: z.object({ name }),
     run: (ctx, input, actor) => ctx.relays.revoke(input.name, actor),
   }),
+  agentSshKeyAdd: op({
+    method: 'POST',
+    path: '/v1/agents/:name/ssh-keys',
+    summary:
+      'Register an SSH public key (one OpenSSH key line) to an agent: it logs in to the SSH front-end with it (a ticket for the connection is still what grants it).',
+    input: z.object({
+      name,
+      publicKey: z
+        .string()
+        .min(1)
+        .max(16 * 1024),
+    }),
+    run: (ctx, input, actor) => ctx.agents.addSshKey(input.name, input.publicKey, actor),
+  }),
+  agentSshKeyList: op({
+    method: 'GET',
+    path: '/v1/agents/:name/ssh-keys',
+    summary: "List an agent's SSH keys (fingerprints, never more than the public key).",
+    input: z.object({ name, all: z.boolean().optional() }),
+    run: (ctx, input) => ctx.agents.listSshKeys(input.name, input.all ?? false),
+  }),
+  agentSshKeyRemove: op({
+    method: 'DELETE',
+    path: '/v1/agents/:name/ssh-keys/:key',
+    summary: "Remove an agent's SSH key (by SHA256 fingerprint or id); its live SSH sessions end.",
+    input: z.object({ name, key: z.string().min(1).max(128) }),
+    run: (ctx, input, actor) => ctx.agents.removeSshKey(input.name, input.key, actor),
+  }),
 
   tokenIssue: op({
     method: 'POST',

@@ -120,6 +120,19 @@ export interface AuditEventFields {
     readonly expiresAt: Iso;
   };
   'agent.revoke': { readonly agent: Id; readonly name: string };
+  'agent.sshkey.add': {
+    readonly agent: Id;
+    readonly name: string;
+    readonly key: Id;
+    readonly fingerprint: string;
+    readonly keyType: string;
+  };
+  'agent.sshkey.remove': {
+    readonly agent: Id;
+    readonly name: string;
+    readonly key: Id;
+    readonly fingerprint: string;
+  };
   'connection.add': {
     readonly connection: Id;
     readonly name: string;
@@ -216,6 +229,13 @@ export interface AuditEventFields {
     readonly tickets: Ids;
   };
   'ssh.hostkey.rotated': { readonly fingerprint: string; readonly previous: string | null };
+  'ssh.hostkey.trusted': {
+    readonly connection: string;
+    readonly host: string;
+    readonly port: number;
+    readonly keyType: string;
+    readonly fingerprint: string;
+  } & Context;
   'ssh.login.refused': {
     readonly session: Id;
     readonly user: string;
@@ -333,6 +353,8 @@ export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'token.refused': 'an exchange was refused (code; a keyed fingerprint of an unknown ticket)',
   'agent.create': 'an agent and its key were created',
   'agent.revoke': 'an agent was revoked',
+  'agent.sshkey.add': 'an SSH public key was registered to an agent (its SHA256 fingerprint)',
+  'agent.sshkey.remove': "an agent's SSH key was removed (its SSH sessions end)",
   'connection.add': 'a connection was registered',
   'connection.remove': 'a connection was removed',
   'relay.create': 'a relay and its key were created',
@@ -359,6 +381,8 @@ export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'llm.request': 'a request was forwarded to an LLM provider (model, counts, tickets used)',
   'ssh.hostkey.rotated':
     "the SSH front-end's host key was replaced (fingerprints of the new and the previous key)",
+  'ssh.hostkey.trusted':
+    "an ssh connection with --host-key tofu recorded its upstream's host key at the first connection (later keys must match)",
   'ssh.login.refused': 'an SSH login was refused',
   'ssh.channel':
     'an SSH channel request (exec with its cleaned command line and exit code, shell, sftp, a port forward), carried or refused',

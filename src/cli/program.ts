@@ -405,7 +405,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     )
     .option(
       '--host-key <key>',
-      "ssh: the upstream's host key, a line of `ssh-keyscan -t ed25519 HOST` ('ssh-ed25519 AAAA…') or its SHA256: fingerprint",
+      "ssh: the upstream's host key, a line of `ssh-keyscan -t ed25519 HOST` ('ssh-ed25519 AAAA…') or its SHA256: fingerprint; or tofu (the key presented at the first connection is pinned, audited)",
     )
     .option(
       '--recording <mode>',
@@ -527,6 +527,64 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
         command,
         (c) => c.call('agentRevoke', { name }),
         (r) => `revoked agent ${r.name} (${r.id})\n`,
+      );
+    });
+
+  agent
+    .command('add-ssh-key <name> <pubkey-file>')
+    .description(
+      'register an SSH public key (a .pub file) to an agent: it logs in to the SSH front-end with it',
+    )
+    .action(async (name: string, file: string, _opts, command: Command) => {
+      let text: string;
+      try {
+        // Bounded: a public key line is a few KiB at most.
+        const bytes = readFileSync(file);
+        if (bytes.length > 16 * 1024) throw new Error('too long');
+        text = bytes.toString('utf8');
+      } catch {
+        throw new CoatcheckError(
+          'CC_ERR_INVALID_ARGUMENT',
+          'PUBKEY_FILE cannot be read (or is longer than 16 KiB)',
+          { details: { field: 'pubkey-file' } },
+        );
+      }
+      await perform(
+        command,
+        (c) => c.call('agentSshKeyAdd', { name, publicKey: text }),
+        (r) => `registered ${r.type} key ${r.fingerprint} to agent ${r.agent} (${r.id})\n`,
+      );
+    });
+  agent
+    .command('list-ssh-keys <name>')
+    .description("list an agent's SSH keys")
+    .option('--all', 'include removed keys')
+    .action(async (name: string, opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('agentSshKeyList', { name, all: opts.all === true }),
+        (rows) =>
+          table([
+            ['FINGERPRINT', 'TYPE', 'ID', 'COMMENT', 'ADDED', 'REMOVED'],
+            ...rows.map((r) => [
+              r.fingerprint,
+              r.type,
+              r.id,
+              r.comment || '-',
+              r.createdAt,
+              r.removedAt ?? '-',
+            ]),
+          ]),
+      );
+    });
+  agent
+    .command('remove-ssh-key <name> <key>')
+    .description("remove an agent's SSH key (its SHA256:… fingerprint or id); its SSH sessions end")
+    .action(async (name: string, key: string, _opts, command: Command) => {
+      await perform(
+        command,
+        (c) => c.call('agentSshKeyRemove', { name, key }),
+        (r) => `removed key ${r.fingerprint} of agent ${r.agent}\n`,
       );
     });
 

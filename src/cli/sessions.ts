@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import type { AdminClient } from '../admin/client.js';
 import type { OperationOutput } from '../admin/operations.js';
 import { CoatcheckError } from '../core/errors.js';
+import { asciicast } from '../recording/asciicast.js';
 import type { RecordingEvent } from '../recording/model.js';
 import { transcript } from '../recording/transcript.js';
 import { visibleControls } from './io.js';
@@ -165,34 +166,72 @@ export function registerSessionCommands(program: Command, helpers: SessionComman
       'a full recording as the client saw it: psql-like for PostgreSQL, request/response for HTTP, MCP and LLM (--json: the events)',
     )
     .option('--speed <factor>', 'replay at the original pace (1), faster (>1) or slower (<1)', parseSpeed)
-    .action(async (id: string, opts: { speed?: number }, command: Command) => {
-      const json = (command.optsWithGlobals() as { json?: boolean }).json === true;
-      if (opts.speed === undefined || json) {
+    .option(
+      '--asciicast',
+      'an SSH shell of the recording as an asciicast v2 file (asciinema play FILE plays it)',
+    )
+    .option('--channel <n>', 'with --asciicast: the shell channel (default: the first shell)', (v) => {
+      if (!/^[1-9][0-9]{0,5}$/.test(v))
+        throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', '--channel must be a channel number', {
+          details: { field: '--channel' },
+        });
+      return Number(v);
+    })
+    .action(
+      async (
+        id: string,
+        opts: { speed?: number; asciicast?: boolean; channel?: number },
+        command: Command,
+      ) => {
+        const json = (command.optsWithGlobals() as { json?: boolean }).json === true;
+        if (opts.asciicast === true) {
+          await helpers.perform(
+            command,
+            async (c) => {
+              const r = await c.call('sessionRecording', { id });
+              const cast = asciicast(r.events, {
+                startedAt: r.startedAt,
+                ...(opts.channel === undefined ? {} : { channel: opts.channel }),
+              });
+              if (cast === null)
+                throw new CoatcheckError(
+                  'CC_ERR_NOT_FOUND',
+                  `recording ${id} holds no SSH shell${opts.channel === undefined ? '' : ` on channel ${opts.channel}`}`,
+                  { details: { id } },
+                );
+              return { cast };
+            },
+            (r) => r.cast,
+          );
+          return;
+        }
+        if (opts.speed === undefined || json) {
+          await helpers.perform(
+            command,
+            (c) => c.call('sessionRecording', { id }),
+            (r) => renderTranscript(r.events),
+          );
+          return;
+        }
+        const speed = opts.speed;
         await helpers.perform(
           command,
-          (c) => c.call('sessionRecording', { id }),
-          (r) => renderTranscript(r.events),
+          async (c) => {
+            const r = await c.call('sessionRecording', { id });
+            helpers.write(visibleControls(header(r)));
+            let last = 0;
+            for (const line of transcript(r.events)) {
+              const pause = Math.min(MAX_PAUSE_MS, Math.max(0, (line.at - last) / speed));
+              if (pause > 0) await new Promise((resolve) => setTimeout(resolve, pause));
+              last = line.at;
+              helpers.write(`${visibleControls(line.text)}\n`);
+            }
+            return r;
+          },
+          () => '',
         );
-        return;
-      }
-      const speed = opts.speed;
-      await helpers.perform(
-        command,
-        async (c) => {
-          const r = await c.call('sessionRecording', { id });
-          helpers.write(visibleControls(header(r)));
-          let last = 0;
-          for (const line of transcript(r.events)) {
-            const pause = Math.min(MAX_PAUSE_MS, Math.max(0, (line.at - last) / speed));
-            if (pause > 0) await new Promise((resolve) => setTimeout(resolve, pause));
-            last = line.at;
-            helpers.write(`${visibleControls(line.text)}\n`);
-          }
-          return r;
-        },
-        () => '',
-      );
-    });
+      },
+    );
   sessions
     .command('export <id>')
     .description(

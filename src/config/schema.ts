@@ -50,14 +50,15 @@ export const connectionRulesSchema = z
       .optional(),
     /**
      * SSH connections: the upstream's pinned host key, `ssh-ed25519 AAAA…` (a line of
-     * `ssh-keyscan`) or its `SHA256:…` fingerprint. The gateway refuses any other key.
+     * `ssh-keyscan`) or its `SHA256:…` fingerprint, or `tofu` (the key presented at the
+     * first connection is recorded and pinned, audited). The gateway refuses any other key.
      */
     hostKey: z
       .string()
       .max(8192)
       .regex(
-        /^(SHA256:[A-Za-z0-9+/]{43}|(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+={0,2})$/,
-        'must be an OpenSSH public key line (type and base64) or a SHA256: fingerprint',
+        /^(tofu|SHA256:[A-Za-z0-9+/]{43}|(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+={0,2})$/,
+        'must be an OpenSSH public key line (type and base64), a SHA256: fingerprint, or tofu',
       )
       .optional(),
   })

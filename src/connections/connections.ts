@@ -149,7 +149,7 @@ export function validateConnection(input: ConnectionConfig): string[] {
     if (input.rules?.hostKey === undefined) {
       throw invalid(
         '--host-key',
-        "an ssh connection needs the upstream's host key pinned (a line of `ssh-keyscan -t ed25519 HOST`, or its SHA256: fingerprint)",
+        "an ssh connection needs the upstream's host key pinned (a line of `ssh-keyscan -t ed25519 HOST`, or its SHA256: fingerprint), or --host-key tofu to trust the key presented at the first connection",
       );
     }
     if (url.username === '')

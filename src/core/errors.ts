@@ -593,9 +593,36 @@ export const ERROR_CODES = {
   CC_ERR_SSH_LOGIN_FAILED: {
     status: 401,
     description:
-      'The SSH login was refused: the user name is not AGENT%CONNECTION of a live agent and an ssh connection, or the password is neither a ticket bound to that agent and connection nor (under a configured policy) the key of that agent. The audit record (ssh.login.refused) carries the precise reason.',
+      'The SSH login was refused: the user name is not AGENT%CONNECTION of a live agent and an ssh connection, or the password is neither a ticket bound to that agent and connection nor (under a configured policy) the key of that agent, or the SSH key is not registered to that agent or the agent holds no live ticket for the connection. The audit record (ssh.login.refused) carries the precise reason.',
     solution:
-      'Connect as `ssh -p PORT AGENT%CONNECTION@GATEWAY` with a ticket issued to the agent with --dest conn:CONNECTION as the password.',
+      'Connect as `ssh -p PORT AGENT%CONNECTION@GATEWAY` with a ticket issued to the agent with --dest conn:CONNECTION as the password, or with a key registered to the agent (`agent add-ssh-key`) while it holds such a ticket.',
+  },
+  CC_ERR_SSH_KEY_INVALID: {
+    status: 400,
+    description:
+      'The SSH public key given to `agent add-ssh-key` is not one OpenSSH public key line of a supported type (ssh-ed25519, ecdsa-sha2-nistp256/384/521, ssh-rsa of 2048 bits or more): a private key, several keys, authorized_keys options, a certificate, or a damaged key.',
+    solution:
+      'Give the .pub file of the key (`ssh-keygen -t ed25519 -f agent_key` writes agent_key.pub); keep the private key with the agent.',
+  },
+  CC_ERR_SSH_KEY_UNKNOWN: {
+    status: 401,
+    description:
+      'An SSH public-key login presented a key that is not registered to the agent named in the user name (never registered, registered to another agent, or removed), or its signature did not verify. Reported as the reason of CC_ERR_SSH_LOGIN_FAILED.',
+    solution:
+      'Register the public key to the agent (`coatcheck agent add-ssh-key AGENT KEY.pub`) and log in as that agent, offering only that key (ssh -i KEY -o IdentitiesOnly=yes).',
+  },
+  CC_ERR_SSH_KEY_REMOVED: {
+    status: 401,
+    description:
+      "The agent's SSH key that opened this session was removed (`agent remove-ssh-key`); the session was ended on every replica.",
+    solution: 'Register a key again if the agent should keep access, or log in with a ticket.',
+  },
+  CC_ERR_SSH_KEY_NO_TICKET: {
+    status: 403,
+    description:
+      "An agent logged in to the SSH front-end with its registered key, but holds no live ticket for this connection's credential (--credential) bound to the connection: the key identifies the agent, a ticket is still what grants the connection. Reported as the reason of CC_ERR_SSH_LOGIN_FAILED.",
+    solution:
+      "Issue the agent a ticket for the connection's credential secret with --dest conn:CONNECTION (`coatcheck token issue --secret SECRET --to AGENT --dest conn:CONNECTION`), or log in with a ticket as the password.",
   },
   CC_ERR_SSH_COMMAND_UNCLASSIFIED: {
     status: 403,

@@ -437,6 +437,39 @@ export class ExchangePipeline {
     return released;
   }
 
+  /**
+   * Exchange a ticket the principal holds, by id, where the principal proved its identity
+   * another way (an SSH key registered to the agent: ADR 0023). The vault makes every check
+   * of `exchange`; the ticket joins the session (its revocation ends it).
+   */
+  async exchangeHeld(
+    session: GatewaySession,
+    ticketId: string,
+    request: { authorized: Authorized; principal: Principal; target: Target; operation: Operation },
+  ): Promise<Exchange> {
+    checkAuthorized(request.authorized, session.id, 'ticket exchange');
+    try {
+      const released = await this.services.vault.exchangeHeld(ticketId, {
+        principal: request.principal,
+        target: request.target,
+        placement: 'credential',
+        operation: request.operation.description,
+        context: { frontend: this.#frontend, session: session.id },
+      });
+      session.ticketIds.add(released.ticketId);
+      session.secretIds.add(released.secretId);
+      this.services.metrics.exchanges.inc({ frontend: this.#frontend, outcome: 'released' });
+      this.#step(session, { step: 'tickets', outcome: 'released', action: request.operation.action });
+      session.event('exchange', { released: [released.ticketId], refused: 0, held: true });
+      return released;
+    } catch (error) {
+      this.services.metrics.exchanges.inc({ frontend: this.#frontend, outcome: codeOf(error) });
+      this.#step(session, { step: 'tickets', outcome: codeOf(error), action: request.operation.action });
+      session.event('exchange', { released: [], refused: 1, held: true });
+      throw error;
+    }
+  }
+
   /** The connection's injected headers, each `{{secret:NAME}}` released (and audited) for this request. */
   async credentials(
     session: GatewaySession,

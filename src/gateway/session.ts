@@ -31,6 +31,8 @@ export class GatewaySession {
   readonly #abort = new AbortController();
   readonly ticketIds = new Set<string>();
   readonly secretIds = new Set<string>();
+  /** Registered SSH keys the session logged in with (removing one ends the session: ADR 0023). */
+  readonly sshKeyIds = new Set<string>();
   readonly events: SessionEvent[] = [];
   droppedEvents = 0;
   principal: Principal | null = null;
@@ -148,6 +150,11 @@ export class LiveSessions {
           if (s.principal?.ref === `agent:${change.id}`) s.terminate('CC_ERR_AGENT_REVOKED');
         }
         return;
+      case 'agent.sshkey.removed':
+        for (const s of this.#sessions) {
+          if (s.sshKeyIds.has(change.id)) s.terminate('CC_ERR_SSH_KEY_REMOVED');
+        }
+        return;
       case 'workflow.ended': {
         const ids = new Set(change.ids);
         for (const s of this.#sessions) {
@@ -191,6 +198,10 @@ export class LiveSessions {
       if (ref?.startsWith('agent:')) {
         const agent = await this.#store.getAgentById(ref.slice('agent:'.length));
         if (agent === null || agent.revokedAt !== null) s.terminate('CC_ERR_AGENT_REVOKED');
+        if (s.sshKeyIds.size > 0 && agent !== null) {
+          const live = new Set((await this.#store.listAgentSshKeys(agent.id, false)).map((k) => k.id));
+          if ([...s.sshKeyIds].some((id) => !live.has(id))) s.terminate('CC_ERR_SSH_KEY_REMOVED');
+        }
       }
     }
   }

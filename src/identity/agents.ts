@@ -5,9 +5,10 @@ import { newId } from '../core/ids.js';
 import { agentRef, type Principal } from '../core/principal.js';
 import { assertAgentKey, mintAgentKey } from '../core/ticket-format.js';
 import { CacheEpoch } from '../store/cache-epoch.js';
-import type { AgentRecord, Store } from '../store/types.js';
+import type { AgentRecord, AgentSshKeyRecord, Store } from '../store/types.js';
 import { keyedHash } from '../vault/envelope.js';
 import { validateName } from '../vault/vault.js';
+import { parseSshPublicKey } from './ssh-public-key.js';
 
 export interface AgentView {
   readonly id: string;
@@ -17,6 +18,28 @@ export interface AgentView {
   readonly expiresAt: string | null;
   readonly revokedAt: string | null;
   readonly status: 'active' | 'expired' | 'revoked';
+}
+
+export interface AgentSshKeyView {
+  readonly id: string;
+  readonly agent: string;
+  readonly fingerprint: string;
+  readonly type: string;
+  readonly comment: string;
+  readonly createdAt: string;
+  readonly removedAt: string | null;
+}
+
+function sshKeyView(agentName: string, record: AgentSshKeyRecord): AgentSshKeyView {
+  return {
+    id: record.id,
+    agent: agentName,
+    fingerprint: record.fingerprint,
+    type: record.keyType,
+    comment: record.comment,
+    createdAt: new Date(record.createdAt).toISOString(),
+    removedAt: iso(record.removedAt),
+  };
 }
 
 const GROUP_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
@@ -161,6 +184,98 @@ export class Agents {
       this.#invalidate();
     }
     return this.#view({ ...record, revokedAt: at });
+  }
+
+  // ---- SSH public keys (ADR 0023) ---------------------------------------------------
+
+  async #liveAgent(name: string): Promise<AgentRecord> {
+    const record = await this.#store.getAgentByName(name);
+    if (record === null)
+      throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', `no agent named ${name}`, { details: { name } });
+    if (record.expiresAt !== null && record.expiresAt <= this.#clock.now())
+      throw new CoatcheckError('CC_ERR_AGENT_EXPIRED', `the key of agent ${record.id} has expired`, {
+        details: { agent: record.id },
+      });
+    return record;
+  }
+
+  /**
+   * Register an SSH public key to a live agent: it then logs in to the SSH front-end with
+   * it. A key is live for one agent at a time. Audited (`agent.sshkey.add`).
+   */
+  async addSshKey(name: string, publicKeyText: string, actor: string): Promise<AgentSshKeyView> {
+    const agent = await this.#liveAgent(name);
+    const key = await parseSshPublicKey(publicKeyText);
+    const record: AgentSshKeyRecord = {
+      id: newId('ssk'),
+      agentId: agent.id,
+      fingerprint: key.fingerprint,
+      keyType: key.type,
+      publicKey: key.blob.toString('base64'),
+      comment: key.comment,
+      createdAt: this.#clock.now(),
+      removedAt: null,
+    };
+    await this.#audit.append(
+      {
+        type: 'agent.sshkey.add',
+        actor,
+        data: { agent: agent.id, name, key: record.id, fingerprint: key.fingerprint, keyType: key.type },
+      },
+      async (tx) => {
+        const existing = await tx.getLiveAgentSshKey(key.fingerprint);
+        if (existing !== null) {
+          throw new CoatcheckError(
+            'CC_ERR_ALREADY_EXISTS',
+            `SSH key ${key.fingerprint} is already registered${existing.agentId === agent.id ? ` to agent ${name}` : ' to another agent'}; a key identifies one agent`,
+            { details: { fingerprint: key.fingerprint } },
+          );
+        }
+        await tx.insertAgentSshKey(record);
+      },
+    );
+    return sshKeyView(name, record);
+  }
+
+  async listSshKeys(name: string, all = false): Promise<AgentSshKeyView[]> {
+    const agent = await this.#store.getAgentByName(name);
+    if (agent === null)
+      throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', `no agent named ${name}`, { details: { name } });
+    return (await this.#store.listAgentSshKeys(agent.id, all)).map((record) => sshKeyView(name, record));
+  }
+
+  /**
+   * Remove an agent's key (by `SHA256:` fingerprint or id): it no longer logs in, and live
+   * SSH sessions that logged in with it end on every replica. Audited (`agent.sshkey.remove`).
+   */
+  async removeSshKey(name: string, key: string, actor: string): Promise<AgentSshKeyView> {
+    const agent = await this.#store.getAgentByName(name);
+    if (agent === null)
+      throw new CoatcheckError('CC_ERR_AGENT_UNKNOWN', `no agent named ${name}`, { details: { name } });
+    const record = (await this.#store.listAgentSshKeys(agent.id, false)).find(
+      (k) => k.id === key || k.fingerprint === key,
+    );
+    if (record === undefined)
+      throw new CoatcheckError('CC_ERR_NOT_FOUND', `agent ${name} has no live SSH key ${key.slice(0, 64)}`, {
+        details: { agent: agent.id },
+      });
+    const at = this.#clock.now();
+    await this.#audit.append(
+      {
+        type: 'agent.sshkey.remove',
+        actor,
+        data: { agent: agent.id, name, key: record.id, fingerprint: record.fingerprint },
+      },
+      async (tx) => {
+        if (!(await tx.removeAgentSshKey(record.id, at)))
+          throw new CoatcheckError(
+            'CC_ERR_NOT_FOUND',
+            `agent ${name} has no live SSH key ${record.fingerprint}`,
+          );
+        await tx.notify({ type: 'agent.sshkey.removed', id: record.id });
+      },
+    );
+    return sshKeyView(name, { ...record, removedAt: at });
   }
 
   /** Authenticate a presented agent key. Errors name the agent id where known, never the key. */

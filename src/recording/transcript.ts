@@ -128,6 +128,14 @@ function streamLine(event: RecordingEvent): string | null {
   switch (event.kind) {
     case 'ssh.exec':
       return `$ ${String(d.command)}`;
+    case 'ssh.shell': {
+      const pty = d.pty as { term?: unknown; cols?: unknown; rows?: unknown } | null | undefined;
+      return pty === null || pty === undefined
+        ? '-- shell (no terminal)'
+        : `-- shell (${String(pty.term ?? '')} ${String(pty.cols)}x${String(pty.rows)}; sessions replay --asciicast plays it)`;
+    }
+    case 'ssh.resize':
+      return null;
     case 'ssh.data':
     case 'k8s.stream': {
       const text = payloadText(d.data);
@@ -161,7 +169,12 @@ function gatewayLine(event: RecordingEvent): string | null {
 /** The transcript of a recording: one block per event a person would have seen. */
 export function transcript(events: readonly RecordingEvent[]): TranscriptLine[] {
   const out: TranscriptLine[] = [];
+  // A shell on a terminal echoes what is typed: its input would show twice.
+  const echoing = new Set<unknown>();
   for (const event of events) {
+    if (event.kind === 'ssh.shell' && event.data.pty !== null) echoing.add(event.data.channel);
+    if (event.kind === 'ssh.data' && event.data.stream === 'stdin' && echoing.has(event.data.channel))
+      continue;
     const text = event.kind.startsWith('pg.')
       ? pgLine(event)
       : ['http.', 'sse.', 'ws.', 'mcp.'].some((prefix) => event.kind.startsWith(prefix))

@@ -168,7 +168,21 @@ CREATE INDEX recordings_started ON recordings(started_at, id);
 `,
   },
   {
-    version: 12,
+    version: 10,
+    name: 'agent-ssh-keys',
+    // SSH public keys registered to agents (docs/frontends/ssh.md, ADR 0023): the public key
+    // only; a key is live for one agent at a time (removed rows stay for the audit trail).
+    sql: (t) => `
+CREATE TABLE agent_ssh_keys (
+  id TEXT PRIMARY KEY, agent_id TEXT NOT NULL REFERENCES agents(id), fingerprint TEXT NOT NULL,
+  key_type TEXT NOT NULL, public_key TEXT NOT NULL, comment TEXT NOT NULL,
+  created_at ${t.int64} NOT NULL, removed_at ${t.int64});
+CREATE UNIQUE INDEX agent_ssh_keys_live ON agent_ssh_keys(fingerprint) WHERE removed_at IS NULL;
+CREATE INDEX agent_ssh_keys_agent ON agent_ssh_keys(agent_id);
+`,
+  },
+  {
+    version: 11,
     name: 'relays',
     // Relays near the targets (docs/relay.md, ADR 0025): a name, the keyed hash of its key,
     // when it was last seen; and the relay a connection's upstream sockets go through.

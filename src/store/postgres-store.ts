@@ -181,6 +181,7 @@ export function parseChange(payload: string | undefined): StoreChange | null {
     case 'secret.erased':
     case 'agent.revoked':
     case 'relay.revoked':
+    case 'agent.sshkey.removed':
       return typeof v.id === 'string' ? { type: v.type, id: v.id } : null;
     case 'approval.changed':
       return typeof v.id === 'string' ? { type: 'approval.changed', id: v.id } : null;

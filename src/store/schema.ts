@@ -11,6 +11,7 @@
 import { CoatcheckError } from '../core/errors.js';
 import type {
   AgentRecord,
+  AgentSshKeyRecord,
   ApprovalRecord,
   AuditRecord,
   ConnectionRecord,
@@ -208,6 +209,40 @@ export const AGENTS: TableDefinition<AgentRecord> = {
     createdAt: Number(row.created_at),
     expiresAt: nullableNumber(row.expires_at),
     revokedAt: nullableNumber(row.revoked_at),
+  }),
+};
+
+export const AGENT_SSH_KEYS: TableDefinition<AgentSshKeyRecord> = {
+  name: 'agent_ssh_keys',
+  columns: [
+    ['id', 'text'],
+    ['agent_id', 'text'],
+    ['fingerprint', 'text'],
+    ['key_type', 'text'],
+    ['public_key', 'text'],
+    ['comment', 'text'],
+    ['created_at', 'int64'],
+    ['removed_at', 'int64'],
+  ],
+  values: (r) => [
+    r.id,
+    r.agentId,
+    r.fingerprint,
+    r.keyType,
+    r.publicKey,
+    r.comment,
+    r.createdAt,
+    r.removedAt,
+  ],
+  fromRow: (row) => ({
+    id: String(row.id),
+    agentId: String(row.agent_id),
+    fingerprint: String(row.fingerprint),
+    keyType: String(row.key_type),
+    publicKey: String(row.public_key),
+    comment: String(row.comment),
+    createdAt: Number(row.created_at),
+    removedAt: nullableNumber(row.removed_at),
   }),
 };
 
@@ -491,6 +526,7 @@ export const TABLES: readonly TableDefinition<never>[] = [
   SECRETS,
   TICKETS,
   AGENTS,
+  AGENT_SSH_KEYS,
   CONNECTIONS,
   RELAYS,
   APPROVALS,

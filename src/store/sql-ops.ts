@@ -7,6 +7,7 @@
  * only what is truly its own: connections, transactions, migrations, change feed, errors.
  */
 import {
+  AGENT_SSH_KEYS,
   AGENTS,
   APPROVALS,
   AUDIT,
@@ -23,6 +24,7 @@ import {
 } from './schema.js';
 import type {
   AgentRecord,
+  AgentSshKeyRecord,
   ApprovalRecord,
   AuditChainHead,
   AuditRecord,
@@ -300,6 +302,31 @@ export abstract class SqlOps implements StoreOps {
   async revokeAgent(id: string, at: number) {
     const count = await this.db.run(
       `UPDATE agents SET revoked_at = ? WHERE id IN (SELECT id FROM agents WHERE id = ? AND revoked_at IS NULL${this.dialect.lockToKill})`,
+      [at, id],
+    );
+    return count === 1;
+  }
+
+  insertAgentSshKey(r: AgentSshKeyRecord) {
+    return this.insert(AGENT_SSH_KEYS, r);
+  }
+  getLiveAgentSshKey(fingerprint: string) {
+    return this.one(
+      AGENT_SSH_KEYS,
+      'SELECT * FROM agent_ssh_keys WHERE fingerprint = ? AND removed_at IS NULL',
+      [fingerprint],
+    );
+  }
+  listAgentSshKeys(agentId: string, includeRemoved: boolean) {
+    return this.many(
+      AGENT_SSH_KEYS,
+      `SELECT * FROM agent_ssh_keys WHERE agent_id = ? AND (CAST(? AS INTEGER) = 1 OR removed_at IS NULL) ORDER BY created_at, id${this.dialect.textOrder}`,
+      [agentId, includeRemoved ? 1 : 0],
+    );
+  }
+  async removeAgentSshKey(id: string, at: number) {
+    const count = await this.db.run(
+      `UPDATE agent_ssh_keys SET removed_at = ? WHERE id IN (SELECT id FROM agent_ssh_keys WHERE id = ? AND removed_at IS NULL${this.dialect.lockToKill})`,
       [at, id],
     );
     return count === 1;

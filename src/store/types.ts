@@ -54,6 +54,25 @@ export interface AgentRecord {
   readonly revokedAt: number | null;
 }
 
+/**
+ * An SSH public key registered to an agent (`agent add-ssh-key`): the agent logs in to the
+ * SSH front-end with it (ADR 0023). Only the public key is kept.
+ */
+export interface AgentSshKeyRecord {
+  readonly id: string;
+  readonly agentId: string;
+  /** `SHA256:…` of the key blob, as OpenSSH prints it. */
+  readonly fingerprint: string;
+  /** `ssh-ed25519`, `ecdsa-sha2-nistp256`, `ssh-rsa`… */
+  readonly keyType: string;
+  /** The key blob, base64 (the second field of an OpenSSH public key line). */
+  readonly publicKey: string;
+  /** The key line's comment, cleaned and bounded (shown in lists). */
+  readonly comment: string;
+  readonly createdAt: number;
+  readonly removedAt: number | null;
+}
+
 export interface ConnectionRecord {
   readonly id: string;
   readonly name: string;
@@ -249,6 +268,13 @@ export interface StoreOps {
   getAgentByKeyHash(keyHash: string): Promise<AgentRecord | null>;
   listAgents(): Promise<AgentRecord[]>;
   revokeAgent(id: string, at: number): Promise<boolean>;
+  insertAgentSshKey(record: AgentSshKeyRecord): Promise<void>;
+  /** The live (not removed) key with this fingerprint, whichever agent it is registered to. */
+  getLiveAgentSshKey(fingerprint: string): Promise<AgentSshKeyRecord | null>;
+  /** An agent's keys, oldest first; removed ones only with `includeRemoved`. */
+  listAgentSshKeys(agentId: string, includeRemoved: boolean): Promise<AgentSshKeyRecord[]>;
+  /** Mark a live key removed; false if there is no such live key. */
+  removeAgentSshKey(id: string, at: number): Promise<boolean>;
 
   insertConnection(record: ConnectionRecord): Promise<void>;
   getConnection(name: string): Promise<ConnectionRecord | null>;
@@ -387,6 +413,8 @@ export type StoreChange =
   /** A secret's destinations or placements changed: cached tickets must be re-read. */
   | { readonly type: 'secret.updated'; readonly id: string }
   | { readonly type: 'agent.revoked'; readonly id: string }
+  /** An agent's SSH key was removed (its id): SSH sessions that logged in with it end. */
+  | { readonly type: 'agent.sshkey.removed'; readonly id: string }
   /** Workflow nodes ended or revoked (ids): live sessions of their subtask keys end. */
   | { readonly type: 'workflow.ended'; readonly ids: readonly string[] }
   | { readonly type: 'keys.rotated' }

@@ -5,6 +5,7 @@ import { newId } from '../core/ids.js';
 import { workflowNodeRef } from '../core/principal.js';
 import { assertTicket, mintTicket } from '../core/ticket-format.js';
 import type { SecretRecord, Store, TicketRecord } from '../store/types.js';
+import type { Target } from './destinations.js';
 import {
   coveredByAny,
   describeTarget,
@@ -496,6 +497,67 @@ export class TicketService {
    * release happens only after its audit record is durable.
    */
   async exchange(ticket: string, request: ExchangeRequest): Promise<Exchange> {
+    return this.#exchangeResolved(
+      () => {
+        assertTicket(ticket);
+        return this.#resolveCached(ticket, this.#keys.ticketHash(ticket));
+      },
+      () => this.#keys.fingerprint(ticket.slice(0, 256)),
+      request,
+    );
+  }
+
+  /**
+   * Exchange a ticket the principal holds, named by its id rather than presented (an SSH
+   * login with a key registered to the agent: ADR 0023). The id is not a credential: the
+   * caller has authenticated the principal, and every check of `exchange` applies (the
+   * ticket must be bound to that principal and to the target, live, with a use left).
+   * Read from the store, not the cache; the commit-time check guards it as any exchange.
+   */
+  async exchangeHeld(ticketId: string, request: ExchangeRequest): Promise<Exchange> {
+    return this.#exchangeResolved(
+      async () => {
+        const record = await this.#store.getTicketById(ticketId);
+        if (record === null) throw refuse('CC_ERR_TICKET_UNKNOWN', `no ticket ${ticketId.slice(0, 64)}`);
+        const chain = await this.chain(record);
+        const secret = await this.#store.getSecretById(record.secretId);
+        if (secret === null)
+          throw refuse('CC_ERR_STORE_CORRUPT', `ticket ${record.id} names a missing secret`, {
+            ticket: record.id,
+          });
+        return { chain, secret, value: this.#keys.decrypt(secret) };
+      },
+      () => null,
+      request,
+    );
+  }
+
+  /**
+   * The live tickets bound to `principal` for the secret named `secretName` that may be
+   * released to `target`, best first (latest expiry, then newest). For `exchangeHeld`.
+   */
+  async heldTickets(principal: string, secretName: string, target: Target): Promise<string[]> {
+    const secret = await this.#store.getSecretByName(secretName);
+    if (secret === null) return [];
+    const now = this.#clock.now();
+    const records = await this.#store.listTickets({ secretId: secret.id, principal, now, limit: 1000 });
+    const live: { id: string; expiresAt: number; createdAt: number }[] = [];
+    for (const record of records) {
+      if (!record.destinations.some((d) => matchesTarget(parseDestination(d), target))) continue;
+      const chain = await this.chain(record);
+      if (this.#ticketStatus(chain, secret, now) !== 'active') continue;
+      const expiresAt = Math.min(...chain.map((t) => t.expiresAt ?? Number.MAX_SAFE_INTEGER));
+      live.push({ id: record.id, expiresAt, createdAt: record.createdAt });
+    }
+    live.sort((a, b) => b.expiresAt - a.expiresAt || b.createdAt - a.createdAt);
+    return live.map((t) => t.id);
+  }
+
+  async #exchangeResolved(
+    resolve: () => Promise<Pick<CachedTicket, 'chain' | 'secret' | 'value'>>,
+    presented: () => string | null,
+    request: ExchangeRequest,
+  ): Promise<Exchange> {
     const baseData = {
       target: describeTarget(request.target),
       placement: placementsOf(request).join(','),
@@ -505,9 +567,7 @@ export class TicketService {
     };
     let ticketId: string | null = null;
     try {
-      assertTicket(ticket);
-      const hash = this.#keys.ticketHash(ticket);
-      const { chain, secret, value } = await this.#resolveCached(ticket, hash);
+      const { chain, secret, value } = await resolve();
       const record = chain[0]!;
       ticketId = record.id;
       const now = this.#clock.now();
@@ -585,7 +645,7 @@ export class TicketService {
               code: refusal.code,
               ticket: ticketId,
               // A keyed fingerprint of what was presented: correlates repeats, reveals nothing.
-              presented: ticketId === null ? this.#keys.fingerprint(ticket.slice(0, 256)) : null,
+              presented: ticketId === null ? presented() : null,
               // Refused by the check in the audit transaction: a cache had not yet heard of the change.
               ...(refusal.details?.checkedAt === 'commit' ? { checkedAt: 'commit' } : {}),
               ...baseData,

@@ -2,6 +2,7 @@ import type { AuditLog } from '../audit/audit-log.js';
 import type { Clock } from '../core/clock.js';
 import { TICKET_PATTERN } from '../core/ticket-format.js';
 import type { Store } from '../store/types.js';
+import type { Target } from './destinations.js';
 import { FoundSecretService } from './found-secret-service.js';
 import { KeyService } from './key-service.js';
 import type { Keyring } from './keyring.js';
@@ -165,6 +166,16 @@ export class Vault {
    */
   exchange(ticket: string, request: ExchangeRequest): Promise<Exchange> {
     return this.tickets.exchange(ticket, request);
+  }
+
+  /** Exchange a ticket the principal holds, by id (see TicketService.exchangeHeld). */
+  exchangeHeld(ticketId: string, request: ExchangeRequest): Promise<Exchange> {
+    return this.tickets.exchangeHeld(ticketId, request);
+  }
+
+  /** Live tickets of `principal` for a secret releasable to `target`, best first. */
+  heldTickets(principal: string, secretName: string, target: Target): Promise<string[]> {
+    return this.tickets.heldTickets(principal, secretName, target);
   }
 
   /** Every ticket-shaped substring of `text` (for front-ends that look for tickets in bodies). */

@@ -135,6 +135,49 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
       }
     });
 
+    it('keeps agent SSH keys: one live registration per key, removed ones kept', async () => {
+      const store = await open();
+      try {
+        const agent = {
+          id: 'agt_k',
+          name: 'keyed',
+          groups: [],
+          keyHash: 'khk',
+          createdAt: 1,
+          expiresAt: null,
+          revokedAt: null,
+        };
+        await store.insertAgent(agent);
+        const key = {
+          id: 'ssk_1',
+          agentId: 'agt_k',
+          fingerprint: 'SHA256:abc',
+          keyType: 'ssh-ed25519',
+          publicKey: 'AAAAC3Nz',
+          comment: 'laptop',
+          createdAt: 10,
+          removedAt: null,
+        };
+        await store.insertAgentSshKey(key);
+        expect(await store.getLiveAgentSshKey('SHA256:abc')).toEqual(key);
+        // The same key cannot be live twice (for this agent or another).
+        await expect(store.insertAgentSshKey({ ...key, id: 'ssk_2' })).rejects.toMatchObject({
+          code: 'CC_ERR_ALREADY_EXISTS',
+        });
+        expect(await store.listAgentSshKeys('agt_k', false)).toEqual([key]);
+        expect(await store.removeAgentSshKey('ssk_1', 20)).toBe(true);
+        expect(await store.removeAgentSshKey('ssk_1', 30)).toBe(false);
+        expect(await store.getLiveAgentSshKey('SHA256:abc')).toBeNull();
+        expect(await store.listAgentSshKeys('agt_k', false)).toEqual([]);
+        expect(await store.listAgentSshKeys('agt_k', true)).toEqual([{ ...key, removedAt: 20 }]);
+        // Once removed, the key may be registered again.
+        await store.insertAgentSshKey({ ...key, id: 'ssk_3', createdAt: 40 });
+        expect((await store.getLiveAgentSshKey('SHA256:abc'))?.id).toBe('ssk_3');
+      } finally {
+        await store.close();
+      }
+    });
+
     it('keeps agents and connections', async () => {
       const store = await open();
       try {

@@ -288,6 +288,12 @@ describe('postgres store specifics', () => {
     });
     expect(parseChange('{"type":"resync"}')).toEqual({ type: 'resync' });
     expect(parseChange('{"type":"agent.revoked"}')).toBeNull();
+    // A removed SSH key reaches every replica (its live sessions end there).
+    expect(parseChange('{"type":"agent.sshkey.removed","id":"ssk_1"}')).toEqual({
+      type: 'agent.sshkey.removed',
+      id: 'ssk_1',
+    });
+    expect(parseChange('{"type":"agent.sshkey.removed","id":7}')).toBeNull();
     expect(parseChange('[]')).toBeNull();
     expect(parseChange(undefined)).toBeNull();
     // A change that cannot fit a notification degrades to "drop every cache".

@@ -1,6 +1,6 @@
 import type { Readable, Writable } from 'node:stream';
 import type { Logger } from 'pino';
-import type ssh2 from 'ssh2';
+import ssh2 from 'ssh2';
 import type { ApprovalView } from '../../approvals/approvals.js';
 import type { PreviewScrubber } from '../../approvals/preview.js';
 import type { AuditLog } from '../../audit/audit-log.js';
@@ -12,12 +12,19 @@ import { AGENT_KEY_PREFIX, isTicket, TICKET_PATTERN } from '../../core/ticket-fo
 import type { ResponseScan } from '../../gateway/inspector.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import { liveAgentSshKey, SSH_KEY_TYPES, sshKeyFingerprint } from '../../identity/ssh-public-key.js';
 import { clip, clipText } from '../../recording/model.js';
-import type { Store } from '../../store/types.js';
+import type { AgentRecord, AgentSshKeyRecord, Store } from '../../store/types.js';
 import type { Target } from '../../vault/destinations.js';
 import { type ParsedCommand, parseCommandLine } from './command-line.js';
 import { sshOperation } from './policy.js';
-import { connectUpstream, type UpstreamTarget, upstreamTarget } from './upstream.js';
+import {
+  connectUpstream,
+  firstUseMetaKey,
+  TRUST_ON_FIRST_USE,
+  type UpstreamTarget,
+  upstreamTarget,
+} from './upstream.js';
 
 export interface SshAdapterServices {
   readonly pipeline: ExchangePipeline;
@@ -63,6 +70,25 @@ interface Login {
   /** The ticket that logged in (parent of tickets minted from output), if any. */
   readonly parents: readonly string[];
   readonly credential: Buffer;
+}
+
+/** A signed public-key login request (ssh2 gives the signed data, the signature and its hash). */
+interface SignedKey {
+  readonly data: Buffer;
+  readonly blob: Buffer;
+  readonly signature: Buffer;
+  readonly hashAlgo: string | undefined;
+}
+
+function agentPrincipal(agent: AgentRecord): Principal {
+  return {
+    kind: 'agent',
+    ref: agentRef(agent.id),
+    name: agent.name,
+    groups: agent.groups,
+    attributes: {},
+    expiresAt: agent.expiresAt,
+  };
 }
 
 function loginFailed(reason: string, message: string): CoatcheckError {
@@ -192,6 +218,8 @@ export class SshConnection {
   #attempts = 0;
   #checking = false;
   #commands = 0;
+  /** Numbers the session channels in recordings (a shell's asciicast follows its channel). */
+  #channelSeq = 0;
   #channels = new Set<ssh2.ServerChannel>();
   /** Refused request kinds already audited on this connection (a client may repeat them). */
   #audited = new Set<string>();
@@ -227,26 +255,31 @@ export class SshConnection {
     client.on('ready', () => {
       clearTimeout(timer);
       const login = this.#login!;
-      this.#upstream = connectUpstream(login.upstream, login.credential, {
-        timeoutMs: this.#options.upstreamTimeoutMs,
-        connection: login.view.name,
-      }).then(
-        (upstream) => {
-          login.credential.fill(0);
-          this.#upstreamClient = upstream;
-          upstream.on('close', () => {
-            if (this.session.terminatedBy === null) client.end();
-          });
-          if (this.session.terminatedBy !== null) upstream.end();
-          this.session.event('upstream', { host: login.upstream.host, port: login.upstream.port });
-          return upstream;
-        },
-        async (error: unknown) => {
-          login.credential.fill(0);
-          await this.#auditChannel('upstream', { outcome: codeOf(error) }).catch(() => undefined);
-          throw error;
-        },
-      );
+      this.#upstream = this.#pinnedUpstream(login)
+        .then((target) =>
+          connectUpstream(target, login.credential, {
+            timeoutMs: this.#options.upstreamTimeoutMs,
+            connection: login.view.name,
+            trust: (key) => this.#trustOnFirstUse(login, key),
+          }),
+        )
+        .then(
+          (upstream) => {
+            login.credential.fill(0);
+            this.#upstreamClient = upstream;
+            upstream.on('close', () => {
+              if (this.session.terminatedBy === null) client.end();
+            });
+            if (this.session.terminatedBy !== null) upstream.end();
+            this.session.event('upstream', { host: login.upstream.host, port: login.upstream.port });
+            return upstream;
+          },
+          async (error: unknown) => {
+            login.credential.fill(0);
+            await this.#auditChannel('upstream', { outcome: codeOf(error) }).catch(() => undefined);
+            throw error;
+          },
+        );
       this.#upstream.catch(() => undefined);
     });
     client.on('session', (accept) => this.#sessionChannel(accept()));
@@ -273,6 +306,55 @@ export class SshConnection {
       this.#done();
     });
     return this.finished;
+  }
+
+  /**
+   * The upstream as pinned: with `--host-key tofu`, the key recorded at the first
+   * connection if there is one (then any other key is refused), else `tofu` (the first key
+   * is recorded before anything is sent: #trustOnFirstUse).
+   */
+  async #pinnedUpstream(login: Login): Promise<UpstreamTarget> {
+    if (login.upstream.hostKey !== TRUST_ON_FIRST_USE) return login.upstream;
+    const pin = await this.#services.store.getMeta(firstUseMetaKey(login.view.name, login.upstream));
+    return pin === null ? login.upstream : { ...login.upstream, hostKey: pin, firstUse: true };
+  }
+
+  /**
+   * Record the key an upstream presents at the first connection as the connection's pin,
+   * with its audit record (`ssh.hostkey.trusted`), in one transaction: if another
+   * connection recorded a key first, this one must be the same.
+   */
+  async #trustOnFirstUse(login: Login, key: string): Promise<boolean> {
+    const metaKey = firstUseMetaKey(login.view.name, login.upstream);
+    const blob = Buffer.from(key.split(' ')[1] ?? '', 'base64');
+    let pinned: string | null = null;
+    try {
+      await this.#services.audit.append(
+        {
+          type: 'ssh.hostkey.trusted',
+          actor: login.principal.ref,
+          data: {
+            connection: login.view.name,
+            host: login.upstream.host,
+            port: login.upstream.port,
+            keyType: key.split(' ')[0]!,
+            fingerprint: sshKeyFingerprint(blob),
+            session: this.session.id,
+          },
+        },
+        async (tx) => {
+          pinned = await tx.getMeta(metaKey);
+          // Recorded first by another connection: nothing is written here (rolled back).
+          if (pinned !== null)
+            throw new CoatcheckError('CC_ERR_SSH_UPSTREAM_HOST_KEY', 'a key was recorded first');
+          await tx.setMeta(metaKey, key);
+        },
+      );
+      return true;
+    } catch (error) {
+      if (pinned !== null) return pinned === key;
+      throw error;
+    }
   }
 
   /** Revocation (ticket, agent, secret) or expiry: tell each open channel, then drop both sides. */
@@ -303,8 +385,8 @@ export class SshConnection {
       ctx.reject();
       return;
     }
-    const methods: ssh2.AuthenticationType[] = ['password', 'keyboard-interactive'];
-    const attempt = (username: string, password: string) => {
+    const methods: ssh2.AuthenticationType[] = ['publickey', 'password', 'keyboard-interactive'];
+    const attempt = (username: string, password: string | SignedKey) => {
       this.#checking = true;
       void this.#tryLogin(username, password)
         .then(
@@ -317,6 +399,26 @@ export class SshConnection {
     };
     if (ctx.method === 'password') {
       attempt(ctx.username, ctx.password);
+      return;
+    }
+    if (ctx.method === 'publickey') {
+      // A query (no signature) is answered yes for any well-formed key of a supported type,
+      // registered or not: the answer tells no one which keys an agent has. The signed
+      // request is checked against the agent's registered keys (ADR 0023).
+      if (!SSH_KEY_TYPES.has(ctx.key.algo.replace(/^rsa-sha2-(256|512)$/, 'ssh-rsa'))) {
+        this.#rejectLogin(ctx, methods);
+        return;
+      }
+      if (ctx.signature === undefined || ctx.blob === undefined) {
+        ctx.accept();
+        return;
+      }
+      attempt(ctx.username, {
+        data: Buffer.from(ctx.key.data),
+        blob: Buffer.from(ctx.blob),
+        signature: Buffer.from(ctx.signature),
+        hashAlgo: ctx.hashAlgo,
+      });
       return;
     }
     if (ctx.method === 'keyboard-interactive') {
@@ -342,7 +444,7 @@ export class SshConnection {
     ctx.reject(methods);
   }
 
-  async #tryLogin(username: string, password: string): Promise<void> {
+  async #tryLogin(username: string, password: string | SignedKey): Promise<void> {
     const split = username.indexOf('%');
     const agentName = (split === -1 ? username : username.slice(0, split)).slice(0, MAX_NAME);
     const connectionName = (split === -1 ? '' : username.slice(split + 1)).slice(0, MAX_NAME);
@@ -355,7 +457,7 @@ export class SshConnection {
           'coatcheck: log in as AGENT%CONNECTION (ssh -p PORT agent%connection@gateway)',
         );
       }
-      if (password.length > 4096)
+      if (typeof password === 'string' && password.length > 4096)
         throw loginFailed('CC_ERR_TICKET_MALFORMED', 'coatcheck: the password is too long');
       const view = await pipeline.services.connections.get(connectionName);
       if (view === null || view.type !== 'ssh') {
@@ -378,7 +480,20 @@ export class SshConnection {
       let principal: Principal;
       let credential: Buffer;
       const parents: string[] = [];
-      if (password.startsWith(AGENT_KEY_PREFIX)) {
+      if (typeof password !== 'string') {
+        principal = agentPrincipal(agent);
+        session.principal = principal;
+        const key = await this.#verifiedKey(agent.id, password);
+        // Held from here: a removal committed after the re-read below ends the session.
+        session.sshKeyIds.add(key.id);
+        const exchanged = await this.#exchangeHeld(view, principal, target, operation);
+        // Read again after the exchange: a removal that raced the login is seen here or notified later.
+        if ((await liveAgentSshKey(this.#services.store, agent.id, password.data)) === null)
+          throw loginFailed('CC_ERR_SSH_KEY_UNKNOWN', 'coatcheck: the key was removed');
+        parents.push(exchanged.ticketId);
+        credential = Buffer.from(exchanged.value.reveal());
+        await this.#endAtTicketExpiry(exchanged.ticketId);
+      } else if (password.startsWith(AGENT_KEY_PREFIX)) {
         if (!this.#services.policyConfigured()) {
           throw loginFailed(
             'CC_ERR_PG_KEY_LOGIN_NOT_PERMITTED',
@@ -410,14 +525,7 @@ export class SshConnection {
         // A copy: the vault's buffer may be shared (a cache); this one is zeroed once used.
         credential = Buffer.from(released.value.reveal());
       } else if (isTicket(password)) {
-        principal = {
-          kind: 'agent',
-          ref: agentRef(agent.id),
-          name: agent.name,
-          groups: agent.groups,
-          attributes: {},
-          expiresAt: agent.expiresAt,
-        };
+        principal = agentPrincipal(agent);
         session.principal = principal;
         const released = await pipeline
           .exchange(session, [password], {
@@ -462,8 +570,65 @@ export class SshConnection {
         .catch(() => undefined);
       session.event('login.refused', { code: e?.code ?? 'CC_ERR_INTERNAL' });
       session.principal = null;
+      // A refused key attempt leaves nothing behind for a later login on this connection.
+      session.sshKeyIds.clear();
       throw error;
     }
+  }
+
+  /** The agent's registered key that signed this login, or a refusal (CC_ERR_SSH_KEY_UNKNOWN). */
+  async #verifiedKey(agentId: string, signed: SignedKey): Promise<AgentSshKeyRecord> {
+    const unknown = () =>
+      loginFailed('CC_ERR_SSH_KEY_UNKNOWN', 'coatcheck: this key is not registered to the agent');
+    const record = await liveAgentSshKey(this.#services.store, agentId, signed.data);
+    if (record === null) throw unknown();
+    // The signature is checked with the registered key (not the key the client sent).
+    const parsed = ssh2.utils.parseKey(`${record.keyType} ${record.publicKey}`);
+    if (parsed instanceof Error || Array.isArray(parsed)) throw unknown();
+    let valid: boolean | Error;
+    try {
+      valid = parsed.verify(signed.blob, signed.signature, signed.hashAlgo);
+    } catch {
+      valid = false;
+    }
+    if (valid !== true) throw unknown();
+    return record;
+  }
+
+  /**
+   * A key login's credential: the connection's `--credential`, released only through a live
+   * ticket the agent holds for it, bound to this connection (ADR 0023). The key says who the
+   * agent is; the ticket is still what grants the connection (its lifetime, uses and
+   * revocation apply, and revoking it ends the session).
+   */
+  async #exchangeHeld(
+    view: ConnectionView,
+    principal: Principal,
+    target: Target,
+    operation: ReturnType<typeof sshOperation>,
+  ) {
+    const pipeline = this.#services.pipeline;
+    if (view.credential === null)
+      throw loginFailed(
+        'CC_ERR_SSH_KEY_NO_TICKET',
+        `coatcheck: connection ${view.name} names no --credential; a key login needs one (or log in with a ticket)`,
+      );
+    const held = await pipeline.services.vault.heldTickets(principal.ref, view.credential, target);
+    if (held.length === 0)
+      throw loginFailed(
+        'CC_ERR_SSH_KEY_NO_TICKET',
+        `coatcheck: ${principal.name} holds no live ticket for connection ${view.name}`,
+      );
+    return pipeline
+      .exchangeHeld(this.session, held[0]!, {
+        authorized: pipeline.authorizeConnect(this.session, principal, view),
+        principal,
+        target,
+        operation,
+      })
+      .catch((error: unknown) => {
+        throw loginFailed(codeOf(error), `coatcheck: the held ticket was refused (${codeOf(error)})`);
+      });
   }
 
   async #endAtTicketExpiry(ticketId: string): Promise<void> {
@@ -510,6 +675,7 @@ export class SshConnection {
   }
 
   #sessionChannel(s: ssh2.Session): void {
+    const number = ++this.#channelSeq;
     let pty: ssh2.PseudoTtyInfo | null = null;
     let upstreamChannel: ssh2.ClientChannel | null = null;
     let started = false;
@@ -520,6 +686,7 @@ export class SshConnection {
     });
     s.on('window-change', (accept, _reject, info) => {
       upstreamChannel?.setWindow(info.rows, info.cols, info.height, info.width);
+      this.session.record('ssh.resize', 'in', { channel: number, cols: info.cols, rows: info.rows });
       accept?.();
     });
     s.on('signal', (accept, _reject, info) => {
@@ -544,12 +711,12 @@ export class SshConnection {
     s.on('exec', (accept, _reject, info) => {
       if (started) return;
       started = true;
-      void this.#exec(accept(), info.command, pty, attach);
+      void this.#exec(accept(), info.command, pty, attach, number);
     });
     s.on('shell', (accept) => {
       if (started) return;
       started = true;
-      void this.#shell(accept(), pty, attach);
+      void this.#shell(accept(), pty, attach, number);
     });
     s.on('subsystem', (accept, reject, info) => {
       if (started) return reject?.();
@@ -559,7 +726,7 @@ export class SshConnection {
         return;
       }
       started = true;
-      void this.#sftp(accept());
+      void this.#sftp(accept(), number);
     });
   }
 
@@ -628,6 +795,7 @@ export class SshConnection {
     command: string,
     pty: ssh2.PseudoTtyInfo | null,
     attach: (c: ssh2.ClientChannel) => void,
+    number: number,
   ): Promise<void> {
     this.#commands++;
     let shown = '';
@@ -679,8 +847,8 @@ export class SshConnection {
       }
       if (this.session.terminatedBy !== null)
         throw new CoatcheckError(this.session.terminatedBy, 'coatcheck: the session was ended');
-      this.session.record('ssh.exec', 'in', { command: clipText(command, 16 * 1024) });
-      const result = await this.#relay(channel, true, () =>
+      this.session.record('ssh.exec', 'in', { channel: number, command: clipText(command, 16 * 1024) });
+      const result = await this.#relay(channel, true, number, () =>
         new Promise<ssh2.ClientChannel>((resolve, reject) => {
           upstream.exec(line, pty === null ? {} : { pty }, (error, stream) => {
             if (error)
@@ -725,6 +893,7 @@ export class SshConnection {
     channel: ssh2.ServerChannel,
     pty: ssh2.PseudoTtyInfo | null,
     attach: (c: ssh2.ClientChannel) => void,
+    number: number,
   ): Promise<void> {
     try {
       this.#track(channel);
@@ -732,7 +901,12 @@ export class SshConnection {
       await this.#decide('ssh:shell', `ssh ${this.#login!.view.name}: interactive shell`, {
         onHold: this.#holdNotice(channel),
       });
-      const result = await this.#relay(channel, true, () =>
+      // A full recording renders this channel as an asciicast (src/recording/asciicast.ts).
+      this.session.record('ssh.shell', 'in', {
+        channel: number,
+        pty: pty === null ? null : { term: clipText(pty.term ?? '', 64), cols: pty.cols, rows: pty.rows },
+      });
+      const result = await this.#relay(channel, true, number, () =>
         new Promise<ssh2.ClientChannel>((resolve, reject) => {
           upstream.shell(pty === null ? false : pty, (error, stream) => {
             if (error)
@@ -758,7 +932,7 @@ export class SshConnection {
     }
   }
 
-  async #sftp(channel: ssh2.ServerChannel): Promise<void> {
+  async #sftp(channel: ssh2.ServerChannel, number: number): Promise<void> {
     try {
       this.#track(channel);
       const upstream = await this.#upstream!;
@@ -767,6 +941,7 @@ export class SshConnection {
       const result = await this.#relay(
         channel,
         false,
+        number,
         () =>
           new Promise<ssh2.ClientChannel>((resolve, reject) => {
             upstream.subsys('sftp', (error, stream) => {
@@ -823,7 +998,7 @@ export class SshConnection {
       channel.on('error', () => undefined);
       this.#channels.add(channel);
       channel.on('close', () => this.#channels.delete(channel));
-      const result = await this.#relay(channel, false, async () => remote);
+      const result = await this.#relay(channel, false, 0, async () => remote);
       this.session.event('forward', { target, bytes: result.out.bytes });
       await this.#auditChannel('forward', { target, outcome: 'ok' });
     } catch (error) {
@@ -842,6 +1017,7 @@ export class SshConnection {
   async #relay(
     channel: ssh2.ServerChannel,
     inspect: boolean,
+    number: number,
     open: () => Promise<ssh2.ClientChannel>,
   ): Promise<{
     exit: number | string | null;
@@ -884,6 +1060,7 @@ export class SshConnection {
         ? undefined
         : (stream: 'stdin' | 'stdout' | 'stderr') => (data: Buffer) =>
             this.session.record('ssh.data', stream === 'stdin' ? 'in' : 'out', {
+              channel: number,
               stream,
               data: clip(data, recording.limits.maxBodyBytes),
             });
@@ -911,7 +1088,7 @@ export class SshConnection {
       throw error;
     }
     await closed;
-    this.session.record('ssh.exit', 'out', { exit });
+    this.session.record('ssh.exit', 'out', { channel: number, exit });
     try {
       const s = signal as { name: string; dump: boolean; message: string } | null;
       if (s !== null) channel.exit(s.name, s.dump, s.message);

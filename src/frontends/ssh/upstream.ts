@@ -8,8 +8,32 @@ export interface UpstreamTarget {
   readonly host: string;
   readonly port: number;
   readonly username: string;
-  /** `ssh-ed25519 AAAA…` or `SHA256:…` */
+  /** `ssh-ed25519 AAAA…`, `SHA256:…`, or `tofu` (trust on first use: ADR 0023). */
   readonly hostKey: string;
+  /** The pin was recorded on first use (the refusal says so). */
+  readonly firstUse?: boolean;
+}
+
+/** `--host-key tofu`: the connection trusts the key its upstream presents first. */
+export const TRUST_ON_FIRST_USE = 'tofu';
+
+/** Where a first-use pin is kept (meta table): per connection and upstream address. */
+export function firstUseMetaKey(connection: string, target: { host: string; port: number }): string {
+  return `ssh_host_key_tofu:${connection}@${target.host}:${target.port}`;
+}
+
+/**
+ * Records the key an upstream presents on first use (`--host-key tofu`), atomically: true
+ * when this key is now the pin (or already was), false when another key was pinned first.
+ */
+export type FirstUseTrust = (key: string) => Promise<boolean>;
+
+/** The key type named inside a host key blob (its first SSH string), bounded. */
+export function blobKeyType(blob: Buffer): string {
+  if (blob.length < 4) return '';
+  const length = blob.readUInt32BE(0);
+  if (length > 64 || blob.length < 4 + length) return '';
+  return blob.subarray(4, 4 + length).toString('latin1');
 }
 
 export function upstreamTarget(view: ConnectionView): UpstreamTarget {
@@ -33,7 +57,7 @@ export function upstreamTarget(view: ConnectionView): UpstreamTarget {
 /** Host key algorithms to ask for, so that the server presents the pinned key's type. */
 function hostKeyAlgorithms(pin: string): string[] | undefined {
   const type = pin.split(' ')[0]!;
-  if (type.startsWith('SHA256:')) return undefined;
+  if (type.startsWith('SHA256:') || type === TRUST_ON_FIRST_USE) return undefined;
   if (type === 'ssh-rsa') return ['rsa-sha2-512', 'rsa-sha2-256', 'ssh-rsa'];
   return [type];
 }
@@ -56,11 +80,12 @@ export function hostKeyMatches(pin: string, blob: Buffer): boolean {
 export function connectUpstream(
   target: UpstreamTarget,
   credential: Buffer,
-  options: { timeoutMs: number; connection: string },
+  options: { timeoutMs: number; connection: string; trust?: FirstUseTrust },
 ): Promise<ssh2.Client> {
   return new Promise((resolve, reject) => {
     const client = new ssh2.Client();
     let wrongKey = false;
+    let trustFailure: unknown = null;
     const text = credential.toString('utf8');
     const isKey = /-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text);
     const algorithms = hostKeyAlgorithms(target.hostKey);
@@ -72,12 +97,29 @@ export function connectUpstream(
     client.once('error', (error: Error & { level?: string }) => {
       client.on('error', () => undefined);
       client.end();
+      if (trustFailure !== null) {
+        reject(
+          trustFailure instanceof CoatcheckError
+            ? trustFailure
+            : new CoatcheckError('CC_ERR_INTERNAL', 'the first-use host key could not be recorded', {
+                cause: trustFailure,
+              }),
+        );
+        return;
+      }
       if (wrongKey) {
         reject(
           new CoatcheckError(
             'CC_ERR_SSH_UPSTREAM_HOST_KEY',
-            `coatcheck: the upstream of connection ${options.connection} presented a host key other than the pinned one; nothing was sent`,
-            { details: { connection: options.connection } },
+            `coatcheck: the upstream of connection ${options.connection} presented a host key other than the ${target.firstUse === true || target.hostKey === TRUST_ON_FIRST_USE ? 'one trusted on first use' : 'pinned one'}; nothing was sent`,
+            {
+              details: {
+                connection: options.connection,
+                ...(target.firstUse === true || target.hostKey === TRUST_ON_FIRST_USE
+                  ? { firstUse: true }
+                  : {}),
+              },
+            },
           ),
         );
         return;
@@ -95,10 +137,30 @@ export function connectUpstream(
       port: target.port,
       username: target.username,
       ...(isKey ? { privateKey: text } : { password: text }),
-      hostVerifier: (key: Buffer) => {
-        const ok = hostKeyMatches(target.hostKey, key);
-        if (!ok) wrongKey = true;
-        return ok;
+      hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {
+        if (target.hostKey !== TRUST_ON_FIRST_USE) {
+          const ok = hostKeyMatches(target.hostKey, key);
+          if (!ok) wrongKey = true;
+          verify(ok);
+          return;
+        }
+        // First use: nothing is sent before the key is recorded (audited) as the pin.
+        const type = blobKeyType(key);
+        if (options.trust === undefined || type === '') {
+          wrongKey = true;
+          verify(false);
+          return;
+        }
+        options.trust(`${type} ${key.toString('base64')}`).then(
+          (ok) => {
+            if (!ok) wrongKey = true;
+            verify(ok);
+          },
+          (error: unknown) => {
+            trustFailure = error;
+            verify(false);
+          },
+        );
       },
       readyTimeout: options.timeoutMs,
       keepaliveInterval: 15_000,

@@ -50,6 +50,8 @@ export interface ThrowawaySshd {
   readonly password: string;
   /** A file the server can print, holding `contents`. */
   file(name: string, contents: string): string;
+  /** Restart on the same port with a new host key (a server whose key changed, or an impostor). */
+  rekey(): Promise<void>;
   stop(): void;
 }
 
@@ -108,12 +110,33 @@ export async function startThrowawaySshd(): Promise<ThrowawaySshd> {
     }
   }
   if (child === null) throw new Error('sshd did not start');
-  const hostKey = readFileSync(join(dir, 'host.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ');
-  const running = child;
+  const readHostKey = (name: string) =>
+    readFileSync(join(dir, `${name}.pub`), 'utf8')
+      .trim()
+      .split(' ')
+      .slice(0, 2)
+      .join(' ');
+  let running: ChildProcess = child;
+  let generation = 0;
   return {
     dir,
     port,
-    hostKey,
+    hostKey: readHostKey('host'),
+    async rekey() {
+      generation++;
+      const name = `host${generation}`;
+      execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, name), '-C', name]);
+      const exited = new Promise((r) => running.once('exit', r));
+      running.kill();
+      await exited;
+      writeFileSync(
+        config,
+        readFileSync(config, 'utf8').replace(/^HostKey .*$/m, `HostKey ${join(dir, name)}`),
+      );
+      running = spawn(SSHD, ['-D', '-e', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+      await waitForPort(port, 5000);
+      (this as { hostKey: string }).hostKey = readHostKey(name);
+    },
     clientKey: readFileSync(join(dir, 'client'), 'utf8'),
     passwordUser,
     password,
@@ -158,6 +181,13 @@ export interface SshGateway {
   ssh(
     user: string,
     password: string,
+    args: string[],
+    options?: { input?: string; extra?: string[]; timeoutMs?: number },
+  ): Promise<{ stdout: string; stderr: string; code: number }>;
+  /** OpenSSH `ssh` through the gateway logging in with the private key at `keyFile` only. */
+  sshKey(
+    user: string,
+    keyFile: string,
     args: string[],
     options?: { input?: string; extra?: string[]; timeoutMs?: number },
   ): Promise<{ stdout: string; stderr: string; code: number }>;
@@ -268,6 +298,40 @@ export async function startSshGateway(
     },
     clientEnv,
     clientOptions,
+    sshKey(user, keyFile, args, opts = {}) {
+      // ssh keeps the first value given for an option: these come before everything else.
+      return runSsh(
+        [
+          '-F',
+          '/dev/null',
+          '-o',
+          `UserKnownHostsFile=${knownHosts}`,
+          '-o',
+          'StrictHostKeyChecking=yes',
+          '-o',
+          'IdentitiesOnly=yes',
+          '-o',
+          'IdentityAgent=none',
+          '-i',
+          keyFile,
+          '-o',
+          'PreferredAuthentications=publickey',
+          '-o',
+          'BatchMode=yes',
+          '-o',
+          'ConnectTimeout=10',
+          ...(opts.extra ?? []),
+          '-p',
+          String(frontend.port),
+          '-l',
+          user,
+          '127.0.0.1',
+          ...args,
+        ],
+        { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: dir },
+        opts,
+      );
+    },
     ssh(user, password, args, opts = {}) {
       return new Promise((resolve) => {
         const child = execFile(
@@ -303,6 +367,30 @@ export async function startSshGateway(
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+function runSsh(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  opts: { input?: string; timeoutMs?: number },
+): Promise<{ stdout: string; stderr: string; code: number }> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      'ssh',
+      args,
+      { env, maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 90_000 },
+      (error, stdout, stderr) => {
+        resolve({
+          stdout,
+          stderr,
+          code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
+        });
+      },
+    );
+    child.stdin?.on('error', () => undefined);
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+    else child.stdin?.end();
+  });
 }
 
 /** Everything the gateway wrote or kept that a canary must never appear in: logs, audit, recordings. */
