@@ -14,7 +14,7 @@ import { createIndexedInspector, sharedKnownSecretIndex } from './known-secret-i
 import { gatewayMetricsFor } from './metrics.js';
 import type { Decide, GatewayServices } from './pipeline.js';
 import { createPolicyDecide } from './policy-decide.js';
-import type { RelayDispatchers } from './upstream-dial.js';
+import type { RelayDispatchers } from './relay-dispatchers.js';
 
 /** Replacements a test or an embedding passes to an HTTP front-end. */
 export interface HttpOverrides {

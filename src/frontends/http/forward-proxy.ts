@@ -21,8 +21,8 @@ import {
   upstreamCa,
 } from '../../gateway/http-mount.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
+import { createRelayDispatchers } from '../../gateway/relay-dispatchers.js';
 import { GatewaySession } from '../../gateway/session.js';
-import { createRelayDispatchers } from '../../gateway/upstream-dial.js';
 import { openProxyCa, type ProxyCa } from '../../vault/proxy-ca.js';
 import { createHostBindings, type HostBindings } from './host-bindings.js';
 import { type ForwardRoute, HttpEngine } from './http-engine.js';

@@ -21,8 +21,9 @@ import {
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
+import type { RelayDispatchers } from '../../gateway/relay-dispatchers.js';
 import { GatewaySession } from '../../gateway/session.js';
-import { directDialer, type RelayDispatchers, type UpstreamDialer } from '../../gateway/upstream-dial.js';
+import { directDialer, type UpstreamDialer } from '../../gateway/upstream-dial.js';
 import {
   acceptClientWebSocket,
   checkClientHandshake,

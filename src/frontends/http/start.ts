@@ -15,8 +15,8 @@ import {
   upstreamCa,
 } from '../../gateway/http-mount.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
+import { createRelayDispatchers } from '../../gateway/relay-dispatchers.js';
 import type { Recorder } from '../../gateway/session.js';
-import { createRelayDispatchers } from '../../gateway/upstream-dial.js';
 import { HttpEngine } from './http-engine.js';
 import { refuseRawHttp } from './protocol/raw-refusal.js';
 

@@ -9,8 +9,8 @@ import { createFoundSecrets, type FoundSecrets } from '../../gateway/found-secre
 import { type BodyBudget, type BodyReservation, readBody } from '../../gateway/http-io.js';
 import { sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
+import type { RelayDispatchers } from '../../gateway/relay-dispatchers.js';
 import { GatewaySession } from '../../gateway/session.js';
-import type { RelayDispatchers } from '../../gateway/upstream-dial.js';
 import { MCP_ERROR_CODES, McpSession, type ToolVisibility } from './mcp-session.js';
 
 /**
