@@ -219,12 +219,13 @@ export class RelayHub {
       for (const session of [...set]) if (match(session)) this.#end(session, reason);
   }
 
+  /** After a resync (change notices may have been missed): a relay not shown live is dropped. */
   async #recheckAll(): Promise<void> {
     for (const set of [...this.#byName.values()])
-      for (const session of [...set]) await this.#heartbeat(session, false);
+      for (const session of [...set]) await this.#heartbeat(session, false, true);
   }
 
-  async #heartbeat(session: RelaySession, ping = true): Promise<void> {
+  async #heartbeat(session: RelaySession, ping = true, afterResync = false): Promise<void> {
     if (session.closing) return;
     try {
       if (!(await this.#relays.isLive(session.relay.id, session.relay.keyHash))) {
@@ -233,11 +234,17 @@ export class RelayHub {
       }
       await this.#relays.touch(session.relay.id, session.source);
     } catch (error) {
-      // The store is unreachable: keep carrying (nothing is released here), say so.
       this.#log.warn(
         { relay: session.relay.id, code: (error as { code?: string }).code },
         'relay heartbeat: store unreachable',
       );
+      // After a resync a revocation may have been missed and cannot be ruled out: fail
+      // closed (the relay reconnects and is checked again). On a routine heartbeat, no
+      // notice was missed: keep carrying (nothing is released here).
+      if (afterResync) {
+        this.#end(session, 'unverified');
+        return;
+      }
     }
     if (!ping || session.closing) return;
     const answered = await new Promise<boolean>((resolve) => {

@@ -764,7 +764,12 @@ export class PostgresEngine implements Engine<Client> {
     try {
       await relay.run();
     } finally {
+      // Statements are forwarded before their batched record is durable (the session ends
+      // when a timed flush fails); the last batch, written as the session ends, can fail
+      // too: the session's outcome then says its statements were not all audited.
+      let auditLost = false;
       await statements.flush().catch((error: unknown) => {
+        auditLost = true;
         this.#services.log.error(
           { session: session.id, errName: (error as Error)?.name },
           'postgres: statement audit failed',
@@ -772,10 +777,15 @@ export class PostgresEngine implements Engine<Client> {
       });
       this.live.delete(relay);
       this.#cancels.delete(processId);
-      this.#services.pipeline.closeSession(session, session.terminatedBy ?? 'ok', {
-        statements: relay.statements,
-        rows: relay.rows,
-      });
+      this.#services.pipeline.closeSession(
+        session,
+        session.terminatedBy ?? (auditLost ? 'CC_ERR_AUDIT_UNAVAILABLE' : 'ok'),
+        {
+          statements: relay.statements,
+          rows: relay.rows,
+          ...(auditLost ? { statementAudit: 'lost' } : {}),
+        },
+      );
     }
   }
 }

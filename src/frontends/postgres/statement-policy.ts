@@ -125,8 +125,11 @@ export function createStatementPolicy(services: GateServices): StatementPolicy |
       },
       onHold: (approval) => input.onHold(approval.id),
     }).then(
-      (result): StatementVerdict =>
-        result.decision.mask.length > 0 ? { allow: true, mask: result.decision.mask } : ALLOW,
+      // An allow's policy.decision record must be durable before the statement runs.
+      async (result): Promise<StatementVerdict> => {
+        await result.recorded;
+        return result.decision.mask.length > 0 ? { allow: true, mask: result.decision.mask } : ALLOW;
+      },
       (error: unknown) => {
         if (error instanceof CoatcheckError)
           return { allow: false as const, code: error.code, message: `coatcheck: ${error.message}` };
