@@ -1088,6 +1088,10 @@ export class SshConnection {
       throw error;
     }
     await closed;
+    // The upstream channel closed first, so pipe() stopped reading the client's channel: read
+    // it to its end, or ssh2 never emits its 'close' and the channel stays counted as open.
+    channel.unpipe(remote);
+    channel.resume();
     this.session.record('ssh.exit', 'out', { channel: number, exit });
     try {
       const s = signal as { name: string; dump: boolean; message: string } | null;
