@@ -6,7 +6,8 @@
 // the table prints the median ratio and the goal (issue 17: >= 0.5 of direct round trips,
 // >= 0.7 of direct bulk throughput).
 //
-// Run: npm run bench:ssh   (BENCH_EXECS=200 BENCH_MB=64 BENCH_REPEATS=3). Needs root and
+// Run: npm run bench:ssh   (BENCH_EXECS=40 BENCH_MB=64 BENCH_REPEATS=3; the throwaway sshd
+// itself takes ~0.6 s per session on a 2-core VM, so 200 execs made a run last ~15 minutes). Needs root and
 // Debian's openssh-server (/usr/sbin/sshd); not run in CI. Ports are chosen free at run time.
 //
 // The gateway runs in this process (one Node thread; per-command Cedar decision, audit of
@@ -19,7 +20,7 @@ import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { startSshGateway, startThrowawaySshd } from '../test/integration/ssh/harness.js';
 
-const EXECS = Number(process.env.BENCH_EXECS ?? 200);
+const EXECS = Number(process.env.BENCH_EXECS ?? 40);
 const MB = Number(process.env.BENCH_MB ?? 64);
 const REPEATS = Math.max(1, Number(process.env.BENCH_REPEATS ?? 3));
 
