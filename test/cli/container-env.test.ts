@@ -229,19 +229,25 @@ describe('COATCHECK_CONFIG: a read-only config outside the home', () => {
     };
     const starts = [0, 1].map(async (i) => {
       const env = { ...shared, COATCHECK_HOME: join(dir, `replica${i}`) };
-      // A replica that lost the race to initialize may stop once on a store still being
-      // initialized; an orchestrator restarts it. Give each replica three starts.
-      for (let attempt = 0; attempt < 3; attempt++) {
+      // A replica that lost the race to initialize may stop on a store still being
+      // initialized; an orchestrator restarts it, with a pause. Give each replica five starts.
+      let why = '';
+      for (let attempt = 0; attempt < 5; attempt++) {
         const server = spawnCli(['serve', '--init', '--json'], env);
-        server.stderr.resume();
+        let stderr = '';
+        server.stderr.on('data', (chunk: Buffer) => {
+          stderr += chunk.toString('utf8');
+        });
         try {
           const [line] = await waitForLine(server, /\{.*"admin".*\}\n/);
           return { server, admin: (JSON.parse(line) as { admin: string }).admin };
         } catch {
-          // exited before listening: start again
+          // exited before listening: start again, after the pause a restart policy would make
+          why = stderr.slice(-600);
+          await new Promise((r) => setTimeout(r, 1_000));
         }
       }
-      throw new Error(`replica ${i} did not start`);
+      throw new Error(`replica ${i} did not start; its last start said: ${why}`);
     });
     const replicas = await Promise.all(starts);
     try {
