@@ -13,7 +13,14 @@ import { GatewayDriver } from '../gateway/driver.js';
 import type { ReloadResult } from '../policy/policy-holder.js';
 import { applyRetention } from '../recording/archive.js';
 import type { RelayListener } from '../relay/listener.js';
-import { type Context, type InitResult, initHome, openContext, storeInitialized } from '../server/context.js';
+import {
+  type Context,
+  type InitResult,
+  initHome,
+  openContext,
+  storeInitialized,
+  waitForStoreInit,
+} from '../server/context.js';
 import { type HttpFrontend, httpGateway } from '../server/frontends.js';
 import { frontendDeps } from '../server/gateway-deps.js';
 import { recordingArchive, sessionRecordings } from '../server/recordings.js';
@@ -100,7 +107,13 @@ function listenError(error: unknown): unknown {
  */
 async function initNeeded(home: Home, env: NodeJS.ProcessEnv): Promise<boolean> {
   if (!home.configExternal) return !existsSync(home.configFile);
-  return !(await storeInitialized(home, env));
+  try {
+    return !(await storeInitialized(home, env));
+  } catch {
+    // Its tables are not there yet (another replica's migrations are running): init, which
+    // migrates under the store's lock, then finds out whether it is the one to initialize.
+    return true;
+  }
 }
 
 /** Init, except that another replica initializing the same store first is not an error. */
@@ -137,6 +150,9 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
           '  coatcheck token issue --secret NAME --to AGENT --ttl 15m      # a ticket for the agent\n',
       );
   }
+  // Replicas started together on one store: the ones that did not initialize it wait
+  // until the one that did has finished (its keys, its admin key), then serve.
+  if (options.init && home.configExternal) await waitForStoreInit(home, io.env, 60_000);
   if (!existsSync(home.configFile)) {
     // Let openContext give its own error (no home); nothing to claim.
     await openContext(home, { env: io.env, policyPath: options.policy });

@@ -369,6 +369,38 @@ export async function storeInitialized(home: Home, env: NodeJS.ProcessEnv = proc
   }
 }
 
+/**
+ * Wait until another process's init of this store is complete (its admin key is set, the
+ * last thing init writes before its audit record): replicas started together on one store
+ * with `serve --init` — the ones that lost the race must not serve a half-made store.
+ */
+export async function waitForStoreInit(home: Home, env: NodeJS.ProcessEnv, timeoutMs: number): Promise<void> {
+  const config = loadConfigFile(home.configFile, env);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    let lastError: unknown = null;
+    try {
+      const store = await openConfiguredStore(home, config, false);
+      try {
+        if ((await isInitialized(store)) && (await store.getMeta(ADMIN_KEY_META)) !== null) return;
+      } finally {
+        await store.close();
+      }
+    } catch (error) {
+      // Tables not made yet by the initializing process (its migrations run first): not ready.
+      lastError = error;
+    }
+    if (Date.now() > deadline) {
+      throw new CoatcheckError(
+        'CC_ERR_HOME_EXISTS',
+        `the store ${config.store.driver} is being initialized by another process, which did not finish in ${Math.round(timeoutMs / 1000)} s`,
+        { details: { dir: home.dir, reason: 'init-unfinished' }, cause: lastError ?? undefined },
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
+
 export interface InitResult {
   readonly home: Home;
   readonly adminKey: string;
