@@ -1,6 +1,6 @@
-import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
+import type { ConnectionOptions } from 'node:tls';
 import { Agent, type buildConnector, type Dispatcher } from 'undici';
-import type { UpstreamDialer } from './upstream-dial.js';
+import { dialTls, type UpstreamDialer } from './upstream-dial.js';
 
 // The HTTP clients' side of relays (undici), apart from the dialer so that opening a
 // Context (every CLI command) does not load undici.
@@ -19,29 +19,17 @@ export function relayConnector(
     const https = opts.protocol === 'https:';
     const host = opts.hostname.replace(/^\[|\]$/g, '');
     const port = opts.port !== '' && opts.port !== undefined ? Number(opts.port) : https ? 443 : 80;
-    dialer({ host, port, via, timeoutMs: options.timeoutMs }).then(
-      (stream) => {
-        if (!https) {
-          callback(null, stream as never);
-          return;
-        }
-        const servername = opts.servername ?? (/^[0-9.]+$|:/.test(host) ? undefined : host);
-        const socket = tlsConnect({
+    const dial = { host, port, via, timeoutMs: options.timeoutMs };
+    const opened = https
+      ? dialTls(dialer, dial, {
           ...options.tls,
-          socket: stream,
-          ...(servername === undefined ? {} : { servername }),
-          ALPNProtocols: ['http/1.1'],
-        });
-        const onError = (error: Error) => {
-          socket.destroy();
-          callback(error, null);
-        };
-        socket.once('error', onError);
-        socket.once('secureConnect', () => {
-          socket.off('error', onError);
-          callback(null, socket);
-        });
-      },
+          ...(opts.servername === undefined || opts.servername === null
+            ? {}
+            : { servername: opts.servername }),
+        })
+      : dialer(dial);
+    opened.then(
+      (stream) => callback(null, stream as never),
       (error: Error) => callback(error, null),
     );
   };

@@ -1,5 +1,6 @@
-import { connect as netConnect } from 'node:net';
+import { isIP, connect as netConnect } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { type ConnectionOptions, connect as tlsConnect } from 'node:tls';
 import { CoatcheckError } from '../core/errors.js';
 
 /** Where a front-end wants a byte stream to: the upstream's address, and the relay to go through. */
@@ -57,3 +58,41 @@ export function createUpstreamDialer(relays: RelayTunnels | null): UpstreamDiale
 
 /** Direct dialling only (front-ends built without a relay hub: tests, tools). */
 export const directDialer: UpstreamDialer = createUpstreamDialer(null);
+
+/**
+ * Dial through `dialer` (directly or through the connection's relay), then TLS to the
+ * upstream over that stream, verified (the relay carries only ciphertext). HTTP/1.1 is the
+ * only protocol offered; the handshake is bounded by the dial's timeout.
+ */
+export async function dialTls(
+  dialer: UpstreamDialer,
+  dial: UpstreamDial,
+  tls: Omit<ConnectionOptions, 'socket' | 'rejectUnauthorized' | 'ALPNProtocols'> = {},
+): Promise<Duplex> {
+  const raw = await dialer(dial);
+  return new Promise((resolve, reject) => {
+    const servername = tls.servername ?? (isIP(dial.host) === 0 ? dial.host : undefined);
+    const socket = tlsConnect({
+      ...tls,
+      socket: raw,
+      ...(servername === undefined ? {} : { servername }),
+      ALPNProtocols: ['http/1.1'],
+      rejectUnauthorized: true,
+    });
+    const timer = setTimeout(
+      () => socket.destroy(Object.assign(new Error('timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
+      dial.timeoutMs,
+    );
+    const onError = (error: Error) => {
+      clearTimeout(timer);
+      raw.destroy();
+      reject(error);
+    };
+    socket.once('error', onError);
+    socket.once('secureConnect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      resolve(socket);
+    });
+  });
+}

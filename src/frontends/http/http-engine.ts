@@ -1,9 +1,8 @@
 import { createHash } from 'node:crypto';
 import { type IncomingMessage, ServerResponse } from 'node:http';
-import { isIP, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { pipeline as pipe } from 'node:stream';
-import { connect as tlsConnect } from 'node:tls';
 import type { Dispatcher } from 'undici';
 import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
@@ -23,7 +22,7 @@ import { methodLabel, statusLabel } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import type { RelayDispatchers } from '../../gateway/relay-dispatchers.js';
 import { GatewaySession } from '../../gateway/session.js';
-import { directDialer, type UpstreamDialer } from '../../gateway/upstream-dial.js';
+import { dialTls, directDialer, type UpstreamDialer } from '../../gateway/upstream-dial.js';
 import {
   acceptClientWebSocket,
   checkClientHandshake,
@@ -96,45 +95,19 @@ function headerValues(flat: readonly string[], name: string): string[] {
   return out;
 }
 
-/**
- * Open a raw connection to the origin (TLS verified for https) and wait until it is ready:
- * through the dialer (directly, or through the connection's relay).
- */
-async function connectRaw(
+/** A raw connection to the origin through the dialer (directly, or through the connection's relay), TLS verified for https. */
+function connectRaw(
   origin: URL,
   ca: readonly string[] | undefined,
   timeoutMs: number,
-  dial: UpstreamDialer,
+  dialer: UpstreamDialer,
   via: string | null,
 ): Promise<Duplex> {
   const host = origin.hostname.replace(/^\[|\]$/g, '');
   const port = Number(origin.port || (origin.protocol === 'https:' ? 443 : 80));
-  const raw = await dial({ host, port, via, timeoutMs });
-  if (origin.protocol !== 'https:') return raw;
-  return new Promise((resolve, reject) => {
-    const socket = tlsConnect({
-      socket: raw,
-      ...(isIP(host) === 0 ? { servername: host } : {}),
-      ...(ca === undefined ? {} : { ca: [...ca] }),
-      ALPNProtocols: ['http/1.1'],
-      rejectUnauthorized: true,
-    });
-    const timer = setTimeout(
-      () => socket.destroy(Object.assign(new Error('timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' })),
-      timeoutMs,
-    );
-    socket.once('secureConnect', () => {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      resolve(socket);
-    });
-    const onError = (error: Error) => {
-      clearTimeout(timer);
-      raw.destroy();
-      reject(error);
-    };
-    socket.once('error', onError);
-  });
+  const dial = { host, port, via, timeoutMs };
+  if (origin.protocol !== 'https:') return dialer(dial);
+  return dialTls(dialer, dial, ca === undefined ? {} : { ca: [...ca] });
 }
 
 /**
