@@ -130,7 +130,7 @@ export async function restoreStore(
   env: NodeJS.ProcessEnv,
 ): Promise<{ store: string; verify: AuditVerifyResult; anchored: boolean }> {
   if (!existsSync(backupPath)) throw invalid(`${backupPath} does not exist`);
-  const config = loadConfigFile(home.configFile, env);
+  const config = await loadConfigFile(home.configFile, env);
   if (config.store.driver !== 'sqlite')
     throw new CoatcheckError(
       'CC_ERR_BACKUP_UNSUPPORTED',

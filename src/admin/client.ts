@@ -17,8 +17,7 @@ export function createLocalClient(ctx: Context, actor = 'admin:cli'): AdminClien
     mode: 'local',
     async call(name, input) {
       // Loaded on first use: the remote client below needs neither zod nor the handlers.
-      const [{ ZodError }, { fromZodError }, { operations }] = await Promise.all([
-        import('zod'),
+      const [{ ZodError, fromZodError }, { operations }] = await Promise.all([
         import('./http-errors.js'),
         import('./operations.js'),
       ]);

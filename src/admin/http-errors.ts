@@ -2,6 +2,10 @@ import { ZodError } from 'zod';
 import { CoatcheckError } from '../core/errors.js';
 import { newIncidentId } from '../core/ids.js';
 
+// Re-exported so callers test for it without importing zod's whole namespace (a dynamic
+// import('zod') keeps every export, locales included, in the CLI bundle).
+export { ZodError };
+
 /** Turn validation failures into CC_ERR_INVALID_ARGUMENT naming the field (never echoing its value). */
 export function fromZodError(error: ZodError): CoatcheckError {
   const issue = error.issues[0];

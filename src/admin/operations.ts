@@ -1,5 +1,6 @@
-import { z } from 'zod';
-import { CONNECTION_TYPES, connectionRulesSchema } from '../config/schema.js';
+import * as z from 'zod';
+import { connectionRulesSchema } from '../config/connection-rules.js';
+import { CONNECTION_TYPES } from '../config/defaults.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import type { Principal } from '../core/principal.js';

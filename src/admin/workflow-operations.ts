@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { agentRef } from '../core/principal.js';

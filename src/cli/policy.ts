@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { resolveHome } from '../config/home.js';
 import { CoatcheckError } from '../core/errors.js';
@@ -72,7 +71,7 @@ async function holderFor(options: { policy?: string; dir?: string }, io: CliIo):
   const home = resolveHome(options.dir, io.env);
   try {
     const { loadConfigFile } = await import('../config/load-config.js');
-    const config = loadConfigFile(home.configFile, io.env);
+    const config = await loadConfigFile(home.configFile, io.env);
     return new PolicyHolder(config.policy.path, { timeZone: config.policy.timeZone, baseDir: home.dir });
   } catch (error) {
     if (error instanceof CoatcheckError && error.code === 'CC_ERR_HOME_MISSING') {
@@ -104,45 +103,6 @@ function buildRequest(input: {
     context: input.context,
     now: input.at,
   };
-}
-
-/** One expected decision in a `policy test` file. */
-interface TestCase {
-  name?: string;
-  principal: string;
-  groups?: string[];
-  action: string;
-  resource: string;
-  context?: Record<string, unknown>;
-  at?: string;
-  expect: 'allow' | 'deny' | 'approval';
-}
-
-/** Parse a `policy test` file (YAML or JSON). zod and yaml load only for this command. */
-async function readTestCases(file: string): Promise<TestCase[]> {
-  const [{ z }, { parse: parseYaml }] = await Promise.all([import('zod'), import('yaml')]);
-  const testCase = z
-    .object({
-      name: z.string().max(200).optional(),
-      principal: z.string(),
-      groups: z.array(z.string()).optional(),
-      action: z.string(),
-      resource: z.string(),
-      context: z.record(z.string(), z.any()).optional(),
-      at: z.string().optional(),
-      expect: z.enum(['allow', 'deny', 'approval']),
-    })
-    .strict();
-  try {
-    return z.array(testCase).parse(parseYaml(readFileSync(file, 'utf8')));
-  } catch (error) {
-    const issue = error instanceof z.ZodError ? error.issues[0] : undefined;
-    throw new CoatcheckError(
-      'CC_ERR_INVALID_ARGUMENT',
-      `${file}: ${issue ? `${issue.path.join('.')}: ${issue.message}` : 'cannot be read as a list of cases'}`,
-      { details: { field: 'file' } },
-    );
-  }
 }
 
 /** Groups of a known agent, from the store (through the running server when there is one); null when unknown. */
@@ -227,6 +187,7 @@ export function registerPolicyCommands(
     .option('--policy <path>', "a .cedar file or folder (default: the config's)")
     .action(async (file: string, opts, command: Command) => {
       const globals = command.optsWithGlobals() as { json?: boolean; dir?: string };
+      const { readTestCases } = await import('./policy-test-cases.js');
       const cases = await readTestCases(file);
       const holder = await holderFor({ policy: opts.policy, dir: globals.dir }, io);
       try {

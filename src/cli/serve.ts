@@ -1,8 +1,8 @@
 import { existsSync, rmSync } from 'node:fs';
 import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
 import { retentionLimits } from '../admin/operations.js';
+import { isListenAddress } from '../config/defaults.js';
 import { type Home, resolveHome, writeFileDurably, writeFileExclusive } from '../config/home.js';
-import { listenAddress } from '../config/schema.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { type ForwardProxy, forwardProxyFrontend } from '../frontends/http/forward-proxy.js';
@@ -43,7 +43,7 @@ export interface ServeOptions {
 }
 
 export function splitAddress(text: string, field: string): { host: string; port: number } {
-  if (!listenAddress.safeParse(text).success) {
+  if (!isListenAddress(text)) {
     throw new CoatcheckError('CC_ERR_INVALID_ARGUMENT', `${field} must be HOST:PORT, like 127.0.0.1:7070`, {
       details: { field },
     });

@@ -1,20 +1,10 @@
-import { readFileSync } from 'node:fs';
-import { isMap, isSeq, LineCounter, parseDocument } from 'yaml';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { CoatcheckError } from '../core/errors.js';
-import { type Config, configSchema, listenAddress } from './schema.js';
-
-const MAX_CONFIG_BYTES = 1024 * 1024;
-
-function configError(file: string, line: number | null, field: string, problem: string): CoatcheckError {
-  const where = line === null ? file : `${file}:${line}`;
-  return new CoatcheckError(
-    'CC_ERR_CONFIG_INVALID',
-    `${where}: ${field === '' ? '' : `${field}: `}${problem}`,
-    {
-      details: { file, line, field },
-    },
-  );
-}
+import { configError, MAX_CONFIG_BYTES } from './config-error.js';
+import { isListenAddress } from './defaults.js';
+import type { Config } from './schema.js';
 
 /**
  * Listeners from the environment (containers): COATCHECK_LISTEN_ADMIN, _HTTP, _POSTGRES,
@@ -40,7 +30,7 @@ function applyListenEnv(config: Config, env: NodeJS.ProcessEnv): void {
       config.listen = { ...config.listen, [field]: null };
       continue;
     }
-    if (value.length > 300 || !listenAddress.safeParse(value).success) {
+    if (value.length > 300 || !isListenAddress(value)) {
       throw configError(
         variable,
         null,
@@ -54,55 +44,8 @@ function applyListenEnv(config: Config, env: NodeJS.ProcessEnv): void {
   }
 }
 
-/** Parse and validate config text. Errors name the file, the line and the field. */
-export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): Config {
-  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES)
-    throw configError(file, null, '', 'file is larger than 1 MiB');
-  const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
-  const first = doc.errors[0];
-  if (first !== undefined) {
-    const line = first.linePos?.[0]?.line ?? lineCounter.linePos(first.pos[0]).line;
-    throw configError(file, line, '', `YAML syntax error: ${first.code.toLowerCase().replaceAll('_', ' ')}`);
-  }
-  const raw = doc.toJS() ?? {};
-  if (typeof raw !== 'object' || Array.isArray(raw))
-    throw configError(file, 1, '', 'the top level must be a mapping');
-  const result = configSchema.safeParse(raw);
-  if (!result.success) {
-    const issue = result.error.issues[0]!;
-    let path = [...issue.path] as (string | number)[];
-    if (issue.code === 'unrecognized_keys') path = [...path, ...(issue.keys as string[]).slice(0, 1)];
-    // Find the closest node that exists in the document to report its line.
-    let line: number | null = null;
-    for (let depth = path.length; depth >= 0 && line === null; depth--) {
-      const prefix = path.slice(0, depth);
-      const node = prefix.length === 0 ? doc.contents : doc.getIn(prefix, true);
-      let range: readonly number[] | null | undefined;
-      if (prefix.length > 0 && depth === path.length && issue.code === 'unrecognized_keys') {
-        // Point at the key itself.
-        const parent = doc.getIn(prefix.slice(0, -1), true) ?? doc.contents;
-        if (isMap(parent)) {
-          const pair = parent.items.find(
-            (p) => (p.key as { value?: unknown } | null)?.value === prefix.at(-1),
-          );
-          range = (pair?.key as { range?: number[] } | null)?.range;
-        }
-      }
-      if (range === undefined || range === null) {
-        range = (node as { range?: number[] } | null | undefined)?.range;
-      }
-      if (range) line = lineCounter.linePos(range[0]!).line;
-      if (node !== undefined && (isMap(node) || isSeq(node)) && line !== null) break;
-    }
-    const field = path
-      .map((p) => (typeof p === 'number' ? `[${p}]` : `.${p}`))
-      .join('')
-      .replace(/^\./, '');
-    const problem = issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message;
-    throw configError(file, line, field, problem);
-  }
-  const config = result.data;
+/** The environment's overrides (log level, listeners, database URL), applied to a checked config. */
+function applyEnv(config: Config, file: string, env: NodeJS.ProcessEnv): Config {
   const level = env.COATCHECK_LOG_LEVEL;
   if (level !== undefined && level !== '') {
     const levels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -124,24 +67,75 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
       'the postgres driver needs a URL (set COATCHECK_DATABASE_URL)',
     );
   }
-  const names = new Set<string>();
-  for (const [index, connection] of config.connections.entries()) {
-    if (names.has(connection.name)) {
-      const node = doc.getIn(['connections', index, 'name'], true) as { range?: number[] } | undefined;
-      const line = node?.range ? lineCounter.linePos(node.range[0]!).line : null;
-      throw configError(
-        file,
-        line,
-        `connections[${index}].name`,
-        `duplicate connection name ${connection.name}`,
-      );
-    }
-    names.add(connection.name);
-  }
   return config;
 }
 
-export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Config {
+// The bundled CLI (scripts/bundle-cli.mjs) defines this as a hash of the build's code. Only
+// then is a checked config cached: a cache written by one build is never read by another,
+// whose schema (defaults included) may differ. Unbundled runs (tests, tsx) always validate.
+declare const __COATCHECK_BUILD_ID__: string | undefined;
+const BUILD_ID = typeof __COATCHECK_BUILD_ID__ === 'string' ? __COATCHECK_BUILD_ID__ : null;
+
+/** Largest checked-config cache read back (the config itself is at most 1 MiB). */
+const MAX_CACHE_BYTES = 4 * MAX_CONFIG_BYTES;
+
+/**
+ * Validating a config means loading a YAML parser and building the zod schema: most of a
+ * short command's start. The result depends only on the text and the build, so it is kept
+ * beside the file (mode 0600, the same contents as the file it came from), keyed by a hash
+ * of both. Any failure to read or write it only costs the validation.
+ */
+function cacheFileOf(file: string): string {
+  return join(dirname(file), `.${basename(file)}.checked.json`);
+}
+
+function cacheKey(text: string): string | null {
+  if (BUILD_ID === null) return null;
+  return createHash('sha256').update(BUILD_ID).update('\0').update(text).digest('hex');
+}
+
+function readCachedConfig(file: string, key: string): Config | null {
+  const cacheFile = cacheFileOf(file);
+  try {
+    if (statSync(cacheFile).size > MAX_CACHE_BYTES) return null;
+    const cached = JSON.parse(readFileSync(cacheFile, 'utf8')) as { key?: unknown; config?: unknown };
+    if (cached.key !== key || typeof cached.config !== 'object' || cached.config === null) return null;
+    return cached.config as Config;
+  } catch {
+    return null; // no cache, or one that cannot be read: validate instead
+  }
+}
+
+function writeCachedConfig(file: string, key: string, config: Config): void {
+  const cacheFile = cacheFileOf(file);
+  const temporary = `${cacheFile}.${randomBytes(6).toString('hex')}.tmp`;
+  try {
+    writeFileSync(temporary, JSON.stringify({ key, config }), { mode: 0o600, flag: 'wx' });
+    renameSync(temporary, cacheFile);
+  } catch {
+    // A read-only directory (a mounted config) or a full disk: the next start validates again.
+    try {
+      unlinkSync(temporary);
+    } catch {
+      // never created
+    }
+  }
+}
+
+/** Parse and validate config text, then apply the environment. Errors name the file, the line and the field. */
+export async function parseConfig(
+  text: string,
+  file: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<Config> {
+  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES)
+    throw configError(file, null, '', 'file is larger than 1 MiB');
+  const { validateConfigText } = await import('./validate-config.js');
+  return applyEnv(validateConfigText(text, file), file, env);
+}
+
+/** Read, validate (or take the checked copy of this exact text) and apply the environment. */
+export async function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -153,5 +147,13 @@ export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.en
     }
     throw configError(file, null, '', `cannot be read (${(cause as NodeJS.ErrnoException).code ?? 'error'})`);
   }
-  return parseConfig(text, file, env);
+  if (Buffer.byteLength(text) > MAX_CONFIG_BYTES)
+    throw configError(file, null, '', 'file is larger than 1 MiB');
+  const key = cacheKey(text);
+  const cached = key === null ? null : readCachedConfig(file, key);
+  if (cached !== null) return applyEnv(cached, file, env);
+  const { validateConfigText } = await import('./validate-config.js');
+  const config = validateConfigText(text, file);
+  if (key !== null) writeCachedConfig(file, key, config);
+  return applyEnv(config, file, env);
 }

@@ -1,11 +1,15 @@
-import { z } from 'zod';
+import * as z from 'zod';
 import { parseDuration } from '../core/duration.js';
+import { connectionRulesSchema } from './connection-rules.js';
+import { CONNECTION_TYPES, LISTEN_ADDRESS_RE } from './defaults.js';
 
-const ADDRESS_RE = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/;
+// Re-exported: callers that already load zod may take them from here.
+export { CONNECTION_TYPES, DEFAULT_CONFIG_YAML } from './defaults.js';
+export { connectionRulesSchema };
 
 export const listenAddress = z
   .string()
-  .regex(ADDRESS_RE, 'must be HOST:PORT, like 127.0.0.1:7070')
+  .regex(LISTEN_ADDRESS_RE, 'must be HOST:PORT, like 127.0.0.1:7070')
   .refine((text) => Number(text.slice(text.lastIndexOf(':') + 1)) <= 65535, 'port must be at most 65535');
 
 const duration = z.string().refine((text) => {
@@ -16,53 +20,6 @@ const duration = z.string().refine((text) => {
     return false;
   }
 }, 'must look like 90s, 15m, 8h or 7d');
-
-export const CONNECTION_TYPES = ['http', 'postgres', 'mysql', 'ssh', 'mcp', 'llm', 'kubernetes'] as const;
-
-/** Per-connection statement rules (PostgreSQL front-end), until the policy engine replaces them. */
-export const connectionRulesSchema = z
-  .object({
-    readOnly: z.boolean().optional(),
-    blockDdl: z.boolean().optional(),
-    requireApprovalForWrites: z.boolean().optional(),
-    rowLimit: z.number().int().min(1).max(1_000_000_000).optional(),
-    maskColumns: z.array(z.string().min(1).max(128)).max(64).optional(),
-    scanSecrets: z.boolean().optional(),
-    /** Session recording for this connection: off, metadata (the default) or full (docs/recording.md). */
-    recording: z.enum(['off', 'metadata', 'full']).optional(),
-    /** Other databases a client may pick as `<connection>/<database>` (`*`: any). */
-    databases: z
-      .array(z.string().regex(/^(\*|[A-Za-z0-9_][A-Za-z0-9_$-]{0,62})$/, 'must be a database name or *'))
-      .max(256)
-      .optional(),
-    /** The upstream session's search_path, pinned at login; statements may not change it. */
-    searchPath: z
-      .string()
-      .min(1)
-      .max(1024)
-      .regex(/^[^\0]*$/, 'must not contain NUL')
-      .optional(),
-    /** kubernetes: the PEM CA certificates the API server's certificate is verified against (`--ca FILE`). */
-    ca: z
-      .string()
-      .max(64 * 1024)
-      .regex(/^-----BEGIN CERTIFICATE-----[\s\S]*-----END CERTIFICATE-----\s*$/, 'must be PEM certificates')
-      .optional(),
-    /**
-     * SSH connections: the upstream's pinned host key, `ssh-ed25519 AAAA…` (a line of
-     * `ssh-keyscan`) or its `SHA256:…` fingerprint, or `tofu` (the key presented at the
-     * first connection is recorded and pinned, audited). The gateway refuses any other key.
-     */
-    hostKey: z
-      .string()
-      .max(8192)
-      .regex(
-        /^(tofu|SHA256:[A-Za-z0-9+/]{43}|(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+={0,2})$/,
-        'must be an OpenSSH public key line (type and base64), a SHA256: fingerprint, or tofu',
-      )
-      .optional(),
-  })
-  .strict();
 
 export const connectionSchema = z
   .object({
@@ -436,65 +393,3 @@ export const configSchema = z
 
 export type Config = z.infer<typeof configSchema>;
 export type ConnectionConfig = z.infer<typeof connectionSchema>;
-
-export const DEFAULT_CONFIG_YAML = `# coatcheck configuration. Every field is optional; these are the defaults.
-# Docs: docs/configuration.md
-
-store:
-  driver: sqlite          # sqlite (embedded) or postgres (COATCHECK_DATABASE_URL)
-  path: coatcheck.db      # relative to this directory
-
-keys:
-  dir: keys               # master key files (<kid>.key); see docs/operations.md, key rotation
-
-listen:
-  admin: 127.0.0.1:7070   # admin API (CLI and console)
-  # http: 127.0.0.1:7080  # HTTP front-end
-  # postgres: 127.0.0.1:7432
-  # proxy: 127.0.0.1:7090  # forward proxy (HTTPS_PROXY); see docs/frontends/forward-proxy.md
-  # kubernetes: 127.0.0.1:7443  # Kubernetes API front-end; see docs/frontends/kubernetes.md
-
-tickets:
-  defaultTtl: 1h
-  maxTtl: 30d
-  cacheMs: 5000
-  foundTtl: 15m           # tickets for secrets found in responses that no request ticket explains
-
-agents:
-  maxTtl: 90d
-
-audit:
-  groupCommitMs: 0        # 0: flush at the next turn of the event loop; N: wait N ms to batch more
-  maxBatch: 512
-
-http:
-  bodyLimit: 8388608      # bytes; larger request bodies get 413 CC_ERR_BODY_TOO_LARGE
-  upstreamTimeoutMs: 30000
-  # upstreamCaFile: /path/to/extra-ca.pem
-  maxTicketsPerRequest: 64
-  detectSecrets: true     # unknown secrets in responses become tickets too
-  maxInFlightBodyBytes: 67108864          # all request bodies buffered at once; beyond: 503
-  maxInFlightBodyBytesPerAgent: 16777216  # one agent's bodies buffered at once; beyond: 429
-
-foundSecrets:
-  maxPerPrincipal: 100    # new secrets registered from responses per principal and window
-  window: 1h
-
-admin:
-  allowedHosts: []        # Host names the admin listener answers to; empty: listen address, localhost, 127.0.0.1, [::1]
-
-proxy:
-  unboundHosts: refuse    # hosts no secret or connection is bound to: refuse or tunnel
-  # upstreamCaFile: /path/to/extra-ca.pem
-
-log:
-  level: info
-
-# connections:
-#   - name: github
-#     type: http
-#     url: https://api.github.com
-#     injectHeaders:
-#       Authorization: "Bearer {{secret:github-token}}"
-connections: []
-`;

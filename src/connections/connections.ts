@@ -1,5 +1,6 @@
 import type { AuditLog } from '../audit/audit-log.js';
-import { CONNECTION_TYPES, type ConnectionConfig } from '../config/schema.js';
+import { CONNECTION_TYPES } from '../config/defaults.js';
+import type { ConnectionConfig } from '../config/schema.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
 import { newId } from '../core/ids.js';

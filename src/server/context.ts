@@ -8,6 +8,7 @@ import type { GateServices } from '../approvals/gate.js';
 import { createPreviewScrubber } from '../approvals/preview.js';
 import { createWebhookNotifier } from '../approvals/webhook.js';
 import { AuditLog } from '../audit/audit-log.js';
+import { DEFAULT_CONFIG_YAML } from '../config/defaults.js';
 import {
   adminKeyHash,
   ensureHomeDir,
@@ -23,7 +24,7 @@ import {
   writeFileExclusive,
 } from '../config/home.js';
 import { loadConfigFile, parseConfig } from '../config/load-config.js';
-import { type Config, DEFAULT_CONFIG_YAML } from '../config/schema.js';
+import type { Config } from '../config/schema.js';
 import { Connections } from '../connections/connections.js';
 import { type Clock, systemClock } from '../core/clock.js';
 import { parseDuration } from '../core/duration.js';
@@ -331,7 +332,7 @@ export async function openContext(
       { details: { dir: home.dir } },
     );
   }
-  const config = loadConfigFile(home.configFile, env);
+  const config = await loadConfigFile(home.configFile, env);
   if (options.policyPath !== undefined)
     config.policy = { ...config.policy, path: resolve(options.policyPath) };
   const keysDir = keysDirOf(home, config.keys.dir);
@@ -359,7 +360,7 @@ export async function openContext(
  * keyring). `serve --init` asks this on every start of a container.
  */
 export async function storeInitialized(home: Home, env: NodeJS.ProcessEnv = process.env): Promise<boolean> {
-  const config = loadConfigFile(home.configFile, env);
+  const config = await loadConfigFile(home.configFile, env);
   if (config.store.driver === 'sqlite' && !existsSync(sqlitePath(home, config))) return false;
   const store = await openConfiguredStore(home, config, false);
   try {
@@ -375,7 +376,7 @@ export async function storeInitialized(home: Home, env: NodeJS.ProcessEnv = proc
  * with `serve --init` — the ones that lost the race must not serve a half-made store.
  */
 export async function waitForStoreInit(home: Home, env: NodeJS.ProcessEnv, timeoutMs: number): Promise<void> {
-  const config = loadConfigFile(home.configFile, env);
+  const config = await loadConfigFile(home.configFile, env);
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     let lastError: unknown = null;
@@ -438,8 +439,8 @@ export async function initHome(
   // The config file is written last: it is what marks a home as complete. A config from
   // COATCHECK_CONFIG is read, never written; the initialized store marks completion then.
   const config = home.configExternal
-    ? loadConfigFile(home.configFile, env)
-    : parseConfig(DEFAULT_CONFIG_YAML, home.configFile, env);
+    ? await loadConfigFile(home.configFile, env)
+    : await parseConfig(DEFAULT_CONFIG_YAML, home.configFile, env);
   ensureHomeDir(home);
   const store = await openConfiguredStore(home, config, true);
   try {

@@ -1,5 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { chmodSync, closeSync, existsSync, openSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { CoatcheckError } from '../core/errors.js';
 import { SQLITE_MIGRATIONS } from './migrations.js';
@@ -178,6 +180,25 @@ export interface SqliteStoreOptions {
 /** How often a foreign commit is looked for (a PRAGMA read, microseconds). */
 const DATA_VERSION_POLL_MS = 100;
 
+/**
+ * The addon's path, given to better-sqlite3 directly: its default lookup (the `bindings`
+ * package) tries a dozen paths and reads a stack trace to find them, a measurable part of a
+ * short command's start. Falls back to that lookup when the file is elsewhere (another build).
+ */
+let nativeBinding: string | undefined;
+function sqliteAddon(): { nativeBinding?: string } {
+  if (nativeBinding === undefined) {
+    try {
+      const main = createRequire(import.meta.url).resolve('better-sqlite3');
+      const candidate = join(dirname(main), '..', 'build', 'Release', 'better_sqlite3.node');
+      nativeBinding = existsSync(candidate) ? candidate : '';
+    } catch {
+      nativeBinding = '';
+    }
+  }
+  return nativeBinding === '' ? {} : { nativeBinding };
+}
+
 export async function openSqliteStore(options: SqliteStoreOptions): Promise<Store> {
   let db: Database.Database;
   try {
@@ -185,7 +206,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
       // Owner-only from the first byte; SQLite gives the -wal and -shm files the same mode.
       closeSync(openSync(options.path, 'a', 0o600));
     }
-    db = new Database(options.path);
+    db = new Database(options.path, sqliteAddon());
     db.pragma('journal_mode = WAL');
     db.pragma('synchronous = FULL');
     db.pragma('foreign_keys = ON');
@@ -300,7 +321,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
       // for every read, while this connection (and other processes) keep writing.
       let reader: Database.Database;
       try {
-        reader = new Database(options.path, { readonly: true, fileMustExist: true });
+        reader = new Database(options.path, { readonly: true, fileMustExist: true, ...sqliteAddon() });
         reader.pragma('busy_timeout = 5000');
         reader.exec('BEGIN');
       } catch (error) {

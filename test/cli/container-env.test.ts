@@ -19,8 +19,8 @@ const newMasterKey = () => randomBytes(32).toString('base64');
 const newAdminKey = () => `cck_${randomBytes(32).toString('base64url')}`;
 
 describe('listeners from the environment', () => {
-  it('COATCHECK_LISTEN_* override listen.*; off turns a front-end off; the flags of serve still win', () => {
-    const config = parseConfig('listen:\n  http: 127.0.0.1:7080\n  ssh: 127.0.0.1:7022\n', 'c.yaml', {
+  it('COATCHECK_LISTEN_* override listen.*; off turns a front-end off; the flags of serve still win', async () => {
+    const config = await parseConfig('listen:\n  http: 127.0.0.1:7080\n  ssh: 127.0.0.1:7022\n', 'c.yaml', {
       COATCHECK_LISTEN_ADMIN: '0.0.0.0:7070',
       COATCHECK_LISTEN_POSTGRES: '0.0.0.0:7432',
       COATCHECK_LISTEN_PROXY: '[::]:7090',
@@ -39,7 +39,7 @@ describe('listeners from the environment', () => {
     });
   });
 
-  it('a malformed value is refused with CC_ERR_CONFIG_INVALID naming the variable; the admin listener cannot be off', () => {
+  it('a malformed value is refused with CC_ERR_CONFIG_INVALID naming the variable; the admin listener cannot be off', async () => {
     for (const [name, value] of [
       ['COATCHECK_LISTEN_HTTP', '7080'],
       ['COATCHECK_LISTEN_HTTP', '0.0.0.0:70800'],
@@ -50,7 +50,7 @@ describe('listeners from the environment', () => {
     ] as const) {
       let caught: unknown;
       try {
-        parseConfig('', 'c.yaml', { [name]: value });
+        await parseConfig('', 'c.yaml', { [name]: value });
       } catch (error) {
         caught = error;
       }

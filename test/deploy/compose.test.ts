@@ -57,7 +57,7 @@ describe('Compose quick start: the file', () => {
     }
   });
 
-  it('the gateway: read-only root, tmpfs /tmp, non-root, no capabilities, home on a volume, loopback ports, waits for a healthy PostgreSQL', () => {
+  it('the gateway: read-only root, tmpfs /tmp, non-root, no capabilities, home on a volume, loopback ports, waits for a healthy PostgreSQL', async () => {
     expect(gateway).toMatchObject({
       read_only: true,
       user: '10001:10001',
@@ -80,7 +80,7 @@ describe('Compose quick start: the file', () => {
     );
     // Its environment is valid coatcheck configuration, and the drain fits the stop grace period.
     const env = Object.fromEntries(Object.entries(gateway.environment).map(([k, v]) => [k, interpolate(v)]));
-    const config = parseConfig('', 'compose', env);
+    const config = await parseConfig('', 'compose', env);
     expect(config.store).toMatchObject({
       driver: 'postgres',
       url: expect.stringContaining('@postgres:5432/'),

@@ -176,7 +176,7 @@ describe.skipIf(helm === null)('Helm chart', () => {
     ]);
   });
 
-  it('the gateway pod: non-root, read-only root, probes on /healthz and /readyz with Host: localhost, keys from the Secret', () => {
+  it('the gateway pod: non-root, read-only root, probes on /healthz and /readyz with Host: localhost, keys from the Secret', async () => {
     const deployment = byKind(allOn, 'Deployment').find((d) => d.metadata.name === 'cc-coatcheck')!;
     const spec = deployment.spec as J;
     const pod = spec.template.spec;
@@ -225,7 +225,7 @@ describe.skipIf(helm === null)('Helm chart', () => {
     ]);
     expect(mounts['/etc/coatcheck'].readOnly).toBe(true);
     // Drain: the pod is given longer than preStop plus the drain deadline.
-    const config = parseConfig(byKind(allOn, 'ConfigMap')[0]!.data!['coatcheck.yaml']!, 'configmap', {
+    const config = await parseConfig(byKind(allOn, 'ConfigMap')[0]!.data!['coatcheck.yaml']!, 'configmap', {
       COATCHECK_DATABASE_URL: 'postgres://u@db/coatcheck',
     });
     const preStop = Number(container.lifecycle.preStop.exec.command[1]);
@@ -234,9 +234,9 @@ describe.skipIf(helm === null)('Helm chart', () => {
     );
   });
 
-  it('the rendered coatcheck.yaml is valid coatcheck config: PostgreSQL, listeners on the container ports, allowed hosts for probes and Ingress', () => {
+  it('the rendered coatcheck.yaml is valid coatcheck config: PostgreSQL, listeners on the container ports, allowed hosts for probes and Ingress', async () => {
     const configMap = byKind(allOn, 'ConfigMap')[0]!;
-    const config = parseConfig(configMap.data!['coatcheck.yaml']!, 'configmap', {
+    const config = await parseConfig(configMap.data!['coatcheck.yaml']!, 'configmap', {
       COATCHECK_DATABASE_URL: 'postgres://u@db/coatcheck',
     });
     expect(config.store.driver).toBe('postgres');
@@ -251,7 +251,7 @@ describe.skipIf(helm === null)('Helm chart', () => {
       expect({ name, port: Number(String(address).split(':').at(-1)) }).toEqual({ name, port: ports[name] });
     }
     // Defaults: only admin and http listen.
-    const plain = parseConfig(byKind(defaults, 'ConfigMap')[0]!.data!['coatcheck.yaml']!, 'configmap', {
+    const plain = await parseConfig(byKind(defaults, 'ConfigMap')[0]!.data!['coatcheck.yaml']!, 'configmap', {
       COATCHECK_DATABASE_URL: 'postgres://u@db/coatcheck',
     });
     expect(plain.listen).toMatchObject({

@@ -9,14 +9,16 @@ const s3 = (fields: string) =>
     .join('\n')}\n`;
 
 describe('recording.storage: the S3 settings are checked when the config is read', () => {
-  it('accepts a complete S3 section and defaults to files', () => {
-    expect(parseConfig('', 'c.yaml', {}).recording.storage).toEqual({ kind: 'file' });
-    const c = parseConfig(
-      s3(
-        'endpoint: http://127.0.0.1:9000\nbucket: coatcheck-rec\nprefix: gw1/rec/\ncredentials:\n  secret: s3-key',
-      ),
-      'c.yaml',
-      {},
+  it('accepts a complete S3 section and defaults to files', async () => {
+    expect((await parseConfig('', 'c.yaml', {})).recording.storage).toEqual({ kind: 'file' });
+    const c = (
+      await parseConfig(
+        s3(
+          'endpoint: http://127.0.0.1:9000\nbucket: coatcheck-rec\nprefix: gw1/rec/\ncredentials:\n  secret: s3-key',
+        ),
+        'c.yaml',
+        {},
+      )
     ).recording.storage;
     expect(c).toEqual({
       kind: 's3',
@@ -39,8 +41,8 @@ describe('recording.storage: the S3 settings are checked when the config is read
     ['a bucket name with a slash', 'bucket: b/rec\ncredentials:\n  env: true'],
     ['a file: endpoint', 'endpoint: file:///etc\nbucket: b-rec\ncredentials:\n  env: true'],
   ] as const) {
-    it(`refuses ${what}`, () => {
-      expect(() => parseConfig(s3(fields), 'c.yaml', {})).toThrow(/recording\.storage/);
+    it(`refuses ${what}`, async () => {
+      await expect(parseConfig(s3(fields), 'c.yaml', {})).rejects.toThrow(/recording\.storage/);
     });
   }
 
