@@ -29,7 +29,8 @@ function hashTree(hash, dir) {
 const buildHash = createHash('sha256');
 hashTree(buildHash, 'dist');
 const lock = JSON.parse(readFileSync(new URL('../package-lock.json', import.meta.url), 'utf8'));
-for (const name of [...BUNDLED].sort()) buildHash.update(`${name}@${lock.packages[`node_modules/${name}`]?.version}\0`);
+for (const name of [...BUNDLED].sort())
+  buildHash.update(`${name}@${lock.packages[`node_modules/${name}`]?.version}\0`);
 const buildId = buildHash.digest('hex').slice(0, 32);
 
 // Chunk names carry content hashes: clear the old ones so dist/bin holds one build.
