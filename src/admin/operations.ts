@@ -29,8 +29,27 @@ export interface Operation<I extends z.ZodType, O> {
   run(ctx: Context, input: z.infer<I>, actor: string, principal?: Principal | null): Promise<O>;
 }
 
-function op<I extends z.ZodType, O>(definition: Operation<I, O>): Operation<I, O> {
-  return definition;
+/** An operation as written below: its input schema is built on first use. */
+export type OperationDefinition<I extends z.ZodType, O> = Omit<Operation<I, O>, 'input'> & { input: () => I };
+
+/**
+ * Building the ~50 input schemas is a good part of a short command's start (zod objects are
+ * costly to construct), and a command uses one: each is built when first read.
+ */
+export function lazyInput<I extends z.ZodType, O>(definition: OperationDefinition<I, O>): Operation<I, O> {
+  const build = definition.input;
+  let schema: I | undefined;
+  return {
+    ...definition,
+    get input(): I {
+      schema ??= build();
+      return schema;
+    },
+  };
+}
+
+function op<I extends z.ZodType, O>(definition: OperationDefinition<I, O>): Operation<I, O> {
+  return lazyInput(definition);
 }
 
 const name = z.string().min(1).max(128);
@@ -147,7 +166,7 @@ export const operations = {
     method: 'GET',
     path: '/v1/status',
     summary: 'Gateway status: store, master key id, audit head.',
-    input: z.object({}),
+    input: () => z.object({}),
     async run(ctx) {
       const head = await ctx.store.auditHead();
       const keyring = await readKeyringState(ctx.store);
@@ -166,20 +185,21 @@ export const operations = {
     method: 'POST',
     path: '/v1/secrets',
     summary: 'Store a secret (value base64-encoded in the body; never echoed).',
-    input: z.object({
-      name,
-      valueBase64: z
-        .string()
-        .max(100_000)
-        .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64'),
-      kind: z.string().min(1).max(64).optional(),
-      allow: destinations,
-      /** Placements beyond credential: header, query, body, path. */
-      placements: placementList,
-      /** Connections whose SQL may carry the secret. */
-      allowSql: sqlConnections,
-      allowPlaintext: z.boolean().optional(),
-    }),
+    input: () =>
+      z.object({
+        name,
+        valueBase64: z
+          .string()
+          .max(100_000)
+          .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64'),
+        kind: z.string().min(1).max(64).optional(),
+        allow: destinations,
+        /** Placements beyond credential: header, query, body, path. */
+        placements: placementList,
+        /** Connections whose SQL may carry the secret. */
+        allowSql: sqlConnections,
+        allowPlaintext: z.boolean().optional(),
+      }),
     run: (ctx, input, actor) =>
       ctx.vault.addSecret(
         {
@@ -199,13 +219,14 @@ export const operations = {
     path: '/v1/secrets/:name/bindings',
     summary:
       "Change a secret's destinations (replaced when given) and placements (replaced when placements or allowSql is given).",
-    input: z.object({
-      name,
-      allow: destinations,
-      placements: placementList,
-      allowSql: sqlConnections,
-      allowPlaintext: z.boolean().optional(),
-    }),
+    input: () =>
+      z.object({
+        name,
+        allow: destinations,
+        placements: placementList,
+        allowSql: sqlConnections,
+        allowPlaintext: z.boolean().optional(),
+      }),
     run: (ctx, input, actor) =>
       ctx.vault.updateSecret(
         input.name,
@@ -223,17 +244,18 @@ export const operations = {
     path: '/v1/secrets/tokenize',
     summary:
       'Register a secret found in text and return a ticket for it, bound to an agent (value base64 in the body).',
-    input: z.object({
-      valueBase64: z
-        .string()
-        .min(1)
-        .max(100_000)
-        .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64'),
-      kind: z.string().min(1).max(64),
-      to: name,
-      destinations: destinations,
-      source: z.string().max(64).optional(),
-    }),
+    input: () =>
+      z.object({
+        valueBase64: z
+          .string()
+          .min(1)
+          .max(100_000)
+          .regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64'),
+        kind: z.string().min(1).max(64),
+        to: name,
+        destinations: destinations,
+        source: z.string().max(64).optional(),
+      }),
     async run(ctx, input, actor) {
       const principal = await principalOf(ctx, input.to);
       const issued = await ctx.vault.tokenizeFound(
@@ -255,15 +277,16 @@ export const operations = {
     path: '/v1/text/clean',
     summary:
       'Clean a text with the detector the gateway uses (every rule and every vault secret): mask each finding, or replace it with a ticket bound to an agent. Returns the cleaned text, never a value.',
-    input: z.object({
-      text: z.string().max(1024 * 1024),
-      mode: z.enum(['mask', 'tokenize']),
-      lines: z.boolean().optional(),
-      pii: z.boolean().optional(),
-      to: name.optional(),
-      destinations: destinations,
-      source: z.enum(['scrub', 'tokenize']).optional(),
-    }),
+    input: () =>
+      z.object({
+        text: z.string().max(1024 * 1024),
+        mode: z.enum(['mask', 'tokenize']),
+        lines: z.boolean().optional(),
+        pii: z.boolean().optional(),
+        to: name.optional(),
+        destinations: destinations,
+        source: z.enum(['scrub', 'tokenize']).optional(),
+      }),
     async run(ctx, input, actor) {
       if (input.mode === 'tokenize' && input.to === undefined) {
         throw new CoatcheckError(
@@ -294,14 +317,14 @@ export const operations = {
     method: 'GET',
     path: '/v1/secrets',
     summary: 'List secrets (metadata and fingerprints only).',
-    input: z.object({}),
+    input: () => z.object({}),
     run: (ctx) => ctx.vault.listSecrets(),
   }),
   secretRemove: op({
     method: 'DELETE',
     path: '/v1/secrets/:name',
     summary: 'Erase a secret: its data key is destroyed and every ticket for it stops working.',
-    input: z.object({ name, force: z.boolean().optional() }),
+    input: () => z.object({ name, force: z.boolean().optional() }),
     run: (ctx, input, actor) => ctx.vault.removeSecret(input.name, actor, { force: input.force ?? false }),
   }),
 
@@ -309,32 +332,33 @@ export const operations = {
     method: 'POST',
     path: '/v1/connections',
     summary: 'Register a connection (a named target and the credential the gateway injects).',
-    input: z.object({
-      name,
-      type: z.enum(CONNECTION_TYPES),
-      url: z.string().min(1).max(2048),
-      credential: z.string().min(1).max(128).optional(),
-      injectHeaders: z.record(z.string().max(256), z.string().max(4096)).optional(),
-      rules: connectionRulesSchema.optional(),
-      via: z
-        .string()
-        .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/)
-        .optional(),
-    }),
+    input: () =>
+      z.object({
+        name,
+        type: z.enum(CONNECTION_TYPES),
+        url: z.string().min(1).max(2048),
+        credential: z.string().min(1).max(128).optional(),
+        injectHeaders: z.record(z.string().max(256), z.string().max(4096)).optional(),
+        rules: connectionRulesSchema.optional(),
+        via: z
+          .string()
+          .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/)
+          .optional(),
+      }),
     run: (ctx, input, actor) => ctx.connections.add(input, actor),
   }),
   connectionList: op({
     method: 'GET',
     path: '/v1/connections',
     summary: 'List connections from the config file and the store.',
-    input: z.object({}),
+    input: () => z.object({}),
     run: (ctx) => ctx.connections.list(),
   }),
   connectionRemove: op({
     method: 'DELETE',
     path: '/v1/connections/:name',
     summary: 'Remove a connection added with `connection add`.',
-    input: z.object({ name }),
+    input: () => z.object({ name }),
     async run(ctx, input, actor) {
       await ctx.connections.remove(input.name, actor);
       return { name: input.name, removed: true };
@@ -345,7 +369,7 @@ export const operations = {
     method: 'POST',
     path: '/v1/agents',
     summary: 'Create an agent; the response carries its key, shown this once.',
-    input: z.object({ name, groups: z.array(z.string().max(64)).max(64).optional(), ttl: duration }),
+    input: () => z.object({ name, groups: z.array(z.string().max(64)).max(64).optional(), ttl: duration }),
     run: (ctx, input, actor) =>
       ctx.agents.create({ name: input.name, groups: input.groups, ttlMs: input.ttl }, actor),
   }),
@@ -353,14 +377,14 @@ export const operations = {
     method: 'GET',
     path: '/v1/agents',
     summary: 'List agents.',
-    input: z.object({}),
+    input: () => z.object({}),
     run: (ctx) => ctx.agents.list(),
   }),
   agentRevoke: op({
     method: 'POST',
     path: '/v1/agents/:name/revoke',
     summary: 'Revoke an agent: its key stops working at once.',
-    input: z.object({ name }),
+    input: () => z.object({ name }),
     run: (ctx, input, actor) => ctx.agents.revoke(input.name, actor),
   }),
 
@@ -368,21 +392,21 @@ export const operations = {
     method: 'POST',
     path: '/v1/relays',
     summary: 'Create a relay (docs/relay.md); the response carries its key, shown this once.',
-    input: z.object({ name }),
+    input: () => z.object({ name }),
     run: (ctx, input, actor) => ctx.relays.create(input.name, actor),
   }),
   relayList: op({
     method: 'GET',
     path: '/v1/relays',
     summary: 'List relays with their status and when they were last seen.',
-    input: z.object({}),
+    input: () => z.object({}),
     run: (ctx) => ctx.relays.list(),
   }),
   relayRevoke: op({
     method: 'POST',
     path: '/v1/relays/:name/revoke',
     summary: 'Revoke a relay: its sessions are dropped at once and its key is refused.',
-    input: z.object({ name }),
+    input: () => z.object({ name }),
     run: (ctx, input, actor) => ctx.relays.revoke(input.name, actor),
   }),
   agentSshKeyAdd: op({
@@ -390,27 +414,28 @@ export const operations = {
     path: '/v1/agents/:name/ssh-keys',
     summary:
       'Register an SSH public key (one OpenSSH key line) to an agent: it logs in to the SSH front-end with it (a ticket for the connection is still what grants it).',
-    input: z.object({
-      name,
-      publicKey: z
-        .string()
-        .min(1)
-        .max(16 * 1024),
-    }),
+    input: () =>
+      z.object({
+        name,
+        publicKey: z
+          .string()
+          .min(1)
+          .max(16 * 1024),
+      }),
     run: (ctx, input, actor) => ctx.agents.addSshKey(input.name, input.publicKey, actor),
   }),
   agentSshKeyList: op({
     method: 'GET',
     path: '/v1/agents/:name/ssh-keys',
     summary: "List an agent's SSH keys (fingerprints, never more than the public key).",
-    input: z.object({ name, all: z.boolean().optional() }),
+    input: () => z.object({ name, all: z.boolean().optional() }),
     run: (ctx, input) => ctx.agents.listSshKeys(input.name, input.all ?? false),
   }),
   agentSshKeyRemove: op({
     method: 'DELETE',
     path: '/v1/agents/:name/ssh-keys/:key',
     summary: "Remove an agent's SSH key (by SHA256 fingerprint or id); its live SSH sessions end.",
-    input: z.object({ name, key: z.string().min(1).max(128) }),
+    input: () => z.object({ name, key: z.string().min(1).max(128) }),
     run: (ctx, input, actor) => ctx.agents.removeSshKey(input.name, input.key, actor),
   }),
 
@@ -418,13 +443,14 @@ export const operations = {
     method: 'POST',
     path: '/v1/tokens',
     summary: 'Issue a ticket for a secret, bound to an agent; the response carries the ticket.',
-    input: z.object({
-      secret: name,
-      to: name,
-      destinations,
-      ttl: duration,
-      uses: z.number().int().min(1).max(1_000_000_000).optional(),
-    }),
+    input: () =>
+      z.object({
+        secret: name,
+        to: name,
+        destinations,
+        ttl: duration,
+        uses: z.number().int().min(1).max(1_000_000_000).optional(),
+      }),
     async run(ctx, input, actor) {
       const principal = await principalOf(ctx, input.to);
       return ctx.vault.issueTicket(
@@ -443,12 +469,13 @@ export const operations = {
     method: 'POST',
     path: '/v1/tokens/narrow',
     summary: 'Derive a narrower child ticket from a ticket.',
-    input: z.object({
-      ticket: ticketOrId,
-      destinations,
-      ttl: duration,
-      uses: z.number().int().min(1).max(1_000_000_000).optional(),
-    }),
+    input: () =>
+      z.object({
+        ticket: ticketOrId,
+        destinations,
+        ttl: duration,
+        uses: z.number().int().min(1).max(1_000_000_000).optional(),
+      }),
     run: (ctx, input, actor) =>
       ctx.vault.narrowTicket(
         input.ticket,
@@ -460,21 +487,21 @@ export const operations = {
     method: 'POST',
     path: '/v1/tokens/inspect',
     summary: "Show a ticket's scope and status (by ticket or id; POST keeps tickets out of URLs).",
-    input: z.object({ ticket: ticketOrId }),
+    input: () => z.object({ ticket: ticketOrId }),
     run: (ctx, input) => ctx.vault.inspectTicket(input.ticket),
   }),
   tokenRevoke: op({
     method: 'POST',
     path: '/v1/tokens/revoke',
     summary: 'Revoke a ticket (by ticket or id) and all tickets narrowed from it.',
-    input: z.object({ ticket: ticketOrId }),
+    input: () => z.object({ ticket: ticketOrId }),
     run: (ctx, input, actor) => ctx.vault.revokeTicket(input.ticket, actor),
   }),
   tokenList: op({
     method: 'GET',
     path: '/v1/tokens',
     summary: 'List tickets (active only unless all=true).',
-    input: z.object({ secret: name.optional(), agent: name.optional(), all: z.boolean().optional() }),
+    input: () => z.object({ secret: name.optional(), agent: name.optional(), all: z.boolean().optional() }),
     async run(ctx, input) {
       const principal =
         input.agent === undefined ? undefined : agentRef((await ctx.agents.get(input.agent)).id);
@@ -486,17 +513,18 @@ export const operations = {
     method: 'GET',
     path: '/v1/audit/tail',
     summary: 'The last N audit records.',
-    input: z.object({ limit: z.number().int().min(1).max(10_000).optional() }),
+    input: () => z.object({ limit: z.number().int().min(1).max(10_000).optional() }),
     run: (ctx, input) => ctx.audit.tail(input.limit ?? 20),
   }),
   auditExport: op({
     method: 'GET',
     path: '/v1/audit/records',
     summary: 'Audit records after a sequence number, in order (page through with after).',
-    input: z.object({
-      after: z.number().int().min(0).optional(),
-      limit: z.number().int().min(1).max(10_000).optional(),
-    }),
+    input: () =>
+      z.object({
+        after: z.number().int().min(0).optional(),
+        limit: z.number().int().min(1).max(10_000).optional(),
+      }),
     run: (ctx, input) => ctx.store.readAudit(input.after ?? 0, input.limit ?? 1000),
   }),
   auditVerify: op({
@@ -504,9 +532,10 @@ export const operations = {
     path: '/v1/audit/verify',
     summary:
       'Verify the audit hash chain; reports the first bad record. With an anchor (a head kept outside the store), also proves the log reaches it.',
-    input: z.object({
-      anchor: z.object({ seq: z.number().int().min(0), hash: z.string().max(128) }).optional(),
-    }),
+    input: () =>
+      z.object({
+        anchor: z.object({ seq: z.number().int().min(0), hash: z.string().max(128) }).optional(),
+      }),
     async run(ctx, input) {
       const chain = await ctx.audit.verify(input.anchor === undefined ? {} : { anchor: input.anchor });
       // Each recording's chained hash is in the log (recording.sealed): an edited or removed one shows here.
@@ -519,7 +548,7 @@ export const operations = {
     method: 'GET',
     path: '/v1/audit/anchor',
     summary: 'The current audit head (seq and hash), to keep outside the store as an anchor.',
-    input: z.object({}),
+    input: () => z.object({}),
     run: (ctx) => ctx.audit.anchor(),
   }),
   backup: op({
@@ -527,7 +556,7 @@ export const operations = {
     path: '/v1/backup',
     summary:
       'Write a consistent copy of the SQLite store to a new file on the server, with an anchor file (audit head, master key id).',
-    input: z.object({ path: z.string().min(1).max(4096) }),
+    input: () => z.object({ path: z.string().min(1).max(4096) }),
     async run(ctx, input) {
       const { backupStore } = await import('./backup.js');
       return backupStore(ctx, input.path);
@@ -539,19 +568,20 @@ export const operations = {
     path: '/v1/sessions',
     summary:
       'Recorded data-path sessions, newest first (page back with before). Filtering by connection, ticket, time or text lists full recordings only; text is searched in their decrypted events (statements, URLs, bodies).',
-    input: z.object({
-      limit: z.number().int().min(1).max(1000).optional(),
-      before: z.number().int().min(0).optional(),
-      agent: name.optional(),
-      // Coerced: the admin API reads an all-digit query value as a number (a connection
-      // named 2024, a search for 404).
-      connection: z.coerce.string().min(1).max(128).optional(),
-      /** A ticket id (tkt_…) or the ticket itself. */
-      ticket: z.coerce.string().min(1).max(64).optional(),
-      since: z.number().int().min(0).optional(),
-      until: z.number().int().min(0).optional(),
-      text: z.coerce.string().min(1).max(1024).optional(),
-    }),
+    input: () =>
+      z.object({
+        limit: z.number().int().min(1).max(1000).optional(),
+        before: z.number().int().min(0).optional(),
+        agent: name.optional(),
+        // Coerced: the admin API reads an all-digit query value as a number (a connection
+        // named 2024, a search for 404).
+        connection: z.coerce.string().min(1).max(128).optional(),
+        /** A ticket id (tkt_…) or the ticket itself. */
+        ticket: z.coerce.string().min(1).max(64).optional(),
+        since: z.number().int().min(0).optional(),
+        until: z.number().int().min(0).optional(),
+        text: z.coerce.string().min(1).max(1024).optional(),
+      }),
     async run(ctx, input) {
       const principal =
         input.agent === undefined ? undefined : agentRef((await ctx.agents.get(input.agent)).id);
@@ -594,7 +624,7 @@ export const operations = {
     path: '/v1/sessions/:id/recording',
     summary:
       "A session's full recording: its events, verified against the hash in the audit log and decrypted (what the client sent and received; tickets, never secrets).",
-    input: z.object({ id: z.string().min(1).max(64) }),
+    input: () => z.object({ id: z.string().min(1).max(64) }),
     async run(ctx, input) {
       const { recordingArchive } = await import('../server/recordings.js');
       const { loadRecording } = await import('../recording/archive.js');
@@ -618,7 +648,7 @@ export const operations = {
     path: '/v1/sessions/:id/export',
     summary:
       'A self-contained, verifiable bundle of a full recording: events, the sealed file, its data key and the audit records vouching for it.',
-    input: z.object({ id: z.string().min(1).max(64) }),
+    input: () => z.object({ id: z.string().min(1).max(64) }),
     async run(ctx, input) {
       const { recordingArchive } = await import('../server/recordings.js');
       const { exportRecording } = await import('../recording/archive.js');
@@ -629,7 +659,7 @@ export const operations = {
     method: 'POST',
     path: '/v1/sessions/:id/erase',
     summary: "Erase a session's full recording: its data key is destroyed and its file removed (audited).",
-    input: z.object({ id: z.string().min(1).max(64) }),
+    input: () => z.object({ id: z.string().min(1).max(64) }),
     async run(ctx, input, actor) {
       const { recordingArchive } = await import('../server/recordings.js');
       const { eraseRecording } = await import('../recording/archive.js');
@@ -654,7 +684,7 @@ export const operations = {
     path: '/v1/recordings/retention',
     summary:
       'Apply recording retention now: erase recordings older than recording.retention.maxAge, then the oldest beyond maxBytes.',
-    input: z.object({}),
+    input: () => z.object({}),
     async run(ctx, _input, actor) {
       const { recordingArchive } = await import('../server/recordings.js');
       const { applyRetention } = await import('../recording/archive.js');
@@ -665,7 +695,7 @@ export const operations = {
     method: 'GET',
     path: '/v1/sessions/:id',
     summary: 'One recorded session with its events (ids, sizes, codes and timings; never values).',
-    input: z.object({ id: z.string().min(1).max(64) }),
+    input: () => z.object({ id: z.string().min(1).max(64) }),
     async run(ctx, input) {
       const record = await ctx.store.getSession(input.id);
       if (record === null) {
@@ -680,7 +710,7 @@ export const operations = {
     path: '/v1/keys/rotate',
     summary:
       'Rotate the master key in phases safe with several replicas: add, activate, rewrap, retire (resumes a rotation in progress; tickets are unchanged).',
-    input: z.object({ until: z.enum(['added', 'activated', 'rewrapped', 'retired']).optional() }),
+    input: () => z.object({ until: z.enum(['added', 'activated', 'rewrapped', 'retired']).optional() }),
     async run(ctx, input, actor) {
       const { rotateMasterKey } = await import('./rotate.js');
       return rotateMasterKey(ctx, actor, input.until === undefined ? {} : { until: input.until });
@@ -691,7 +721,7 @@ export const operations = {
     path: '/v1/ca',
     summary:
       "The forward proxy's CA certificate (PEM; made now if the home predates it). Its key never leaves the vault.",
-    input: z.object({}),
+    input: () => z.object({}),
     async run(ctx) {
       const { openProxyCa } = await import('../vault/proxy-ca.js');
       const ca = await openProxyCa(ctx.store, ctx.keys.masters);
@@ -703,12 +733,13 @@ export const operations = {
     path: '/v1/kubeconfig',
     summary:
       "Issue a ticket for a kubernetes connection's credential to an agent, with the gateway's Kubernetes address: what `coatcheck kubeconfig` prints.",
-    input: z.object({
-      agent: name,
-      connection: name,
-      ttl: duration,
-      uses: z.number().int().min(1).max(1_000_000_000).optional(),
-    }),
+    input: () =>
+      z.object({
+        agent: name,
+        connection: name,
+        ttl: duration,
+        uses: z.number().int().min(1).max(1_000_000_000).optional(),
+      }),
     async run(ctx, input, actor) {
       const connection = await ctx.connections.get(input.connection);
       if (connection === null || connection.type !== 'kubernetes') {
@@ -755,7 +786,7 @@ export const operations = {
     path: '/v1/ssh/host-key',
     summary:
       "The SSH front-end's host key: the public key line for known_hosts and its SHA256 fingerprint (made now if the home predates it). Its private half never leaves the vault.",
-    input: z.object({}),
+    input: () => z.object({}),
     async run(ctx) {
       const { sshHostPublicKey } = await import('../vault/ssh-host-key.js');
       return sshHostPublicKey(ctx.store, ctx.keys.masters);
@@ -766,7 +797,7 @@ export const operations = {
     path: '/v1/ssh/host-key/rotate',
     summary:
       "Replace the SSH front-end's host key (audited); a running SSH listener serves the new key after a restart. Agents' known_hosts must be updated.",
-    input: z.object({}),
+    input: () => z.object({}),
     async run(ctx, _input, actor) {
       const { rotateSshHostKey } = await import('../vault/ssh-host-key.js');
       return rotateSshHostKey(ctx.store, ctx.keys.masters, ctx.audit, actor);
@@ -776,7 +807,7 @@ export const operations = {
     method: 'GET',
     path: '/v1/agents/:name/env',
     summary: "What an agent's process needs to use the forward proxy: its address and the CA certificate.",
-    input: z.object({ name }),
+    input: () => z.object({ name }),
     async run(ctx, input) {
       await principalOf(ctx, input.name);
       const { openProxyCa } = await import('../vault/proxy-ca.js');
@@ -798,26 +829,28 @@ export const operations = {
     method: 'GET',
     path: '/v1/approvals',
     summary: 'List approval requests (newest first), optionally by status.',
-    input: z.object({ status: z.enum(['pending', 'approved', 'denied', 'expired', 'used']).optional() }),
+    input: () =>
+      z.object({ status: z.enum(['pending', 'approved', 'denied', 'expired', 'used']).optional() }),
     run: (ctx, input) => ctx.approvals.list(input.status),
   }),
   approvalShow: op({
     method: 'GET',
     path: '/v1/approvals/:id',
     summary: 'One approval request: the exact operation, the approvers, the decisions.',
-    input: z.object({ id: z.string().min(1).max(64) }),
+    input: () => z.object({ id: z.string().min(1).max(64) }),
     run: (ctx, input) => ctx.approvals.get(input.id),
   }),
   approvalApprove: op({
     method: 'POST',
     path: '/v1/approvals/:id/approve',
     summary: 'Approve a pending request: single-use, or for a time window with `for`.',
-    input: z.object({
-      id: z.string().min(1).max(64),
-      for: duration,
-      as: z.string().min(1).max(128).optional(),
-      groups: z.array(z.string().min(1).max(64)).max(32).optional(),
-    }),
+    input: () =>
+      z.object({
+        id: z.string().min(1).max(64),
+        for: duration,
+        as: z.string().min(1).max(128).optional(),
+        groups: z.array(z.string().min(1).max(64)).max(32).optional(),
+      }),
     run: (ctx, input, actor, principal) =>
       ctx.approvals.decide(
         input.id,
@@ -833,11 +866,12 @@ export const operations = {
     method: 'POST',
     path: '/v1/approvals/:id/deny',
     summary: 'Deny a pending request.',
-    input: z.object({
-      id: z.string().min(1).max(64),
-      reason: z.string().max(500).optional(),
-      as: z.string().min(1).max(128).optional(),
-    }),
+    input: () =>
+      z.object({
+        id: z.string().min(1).max(64),
+        reason: z.string().max(500).optional(),
+        as: z.string().min(1).max(128).optional(),
+      }),
     run: (ctx, input, actor) =>
       ctx.approvals.decide(
         input.id,

@@ -3,15 +3,15 @@ import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { agentRef } from '../core/principal.js';
 import type { Context } from '../server/context.js';
-import type { Operation } from './operations.js';
+import { lazyInput, type Operation, type OperationDefinition } from './operations.js';
 
 /**
  * Workflow and subtask operations (docs/workflows.md), part of the one operations table
  * (src/admin/operations.ts): the CLI, the admin API, the OpenAPI document and the SDK
  * (src/sdk/) all reach them from there.
  */
-function op<I extends z.ZodType, O>(definition: Operation<I, O>): Operation<I, O> {
-  return definition;
+function op<I extends z.ZodType, O>(definition: OperationDefinition<I, O>): Operation<I, O> {
+  return lazyInput(definition);
 }
 
 const name = z.string().min(1).max(128);
@@ -38,7 +38,7 @@ export const workflowOperations = {
     path: '/v1/workflows',
     summary:
       'Start a workflow run for an agent; the response carries its key and tickets (shown this once) and an environment.',
-    input: z.object({ name, agent: name, secrets, destinations, ttl: duration }),
+    input: () => z.object({ name, agent: name, secrets, destinations, ttl: duration }),
     async run(ctx: Context, input, actor) {
       const agent = await ctx.agents.get(input.agent);
       if (agent.status !== 'active') {
@@ -66,14 +66,15 @@ export const workflowOperations = {
     path: '/v1/workflows/:parent/subtasks',
     summary:
       "Spawn a subtask under a workflow or subtask, with tickets narrowed from its parent's; the response carries its key, tickets and environment.",
-    input: z.object({
-      parent: nodeId,
-      name,
-      secrets,
-      destinations,
-      ttl: duration,
-      uses: z.number().int().min(1).max(1_000_000_000).optional(),
-    }),
+    input: () =>
+      z.object({
+        parent: nodeId,
+        name,
+        secrets,
+        destinations,
+        ttl: duration,
+        uses: z.number().int().min(1).max(1_000_000_000).optional(),
+      }),
     run: (ctx: Context, input, actor) =>
       ctx.workflows.spawn(
         {
@@ -91,14 +92,14 @@ export const workflowOperations = {
     method: 'POST',
     path: '/v1/workflows/:id/end',
     summary: 'End a workflow or subtask and everything under it: keys stop working, tickets expire now.',
-    input: z.object({ id: nodeId }),
+    input: () => z.object({ id: nodeId }),
     run: (ctx: Context, input, actor) => ctx.workflows.end(input.id, actor),
   }),
   workflowRevoke: op({
     method: 'POST',
     path: '/v1/workflows/:id/revoke',
     summary: 'Revoke a workflow or subtask and everything under it: keys and tickets are revoked.',
-    input: z.object({ id: nodeId }),
+    input: () => z.object({ id: nodeId }),
     run: (ctx: Context, input, actor) => ctx.workflows.revoke(input.id, actor),
   }),
   workflowTokenize: op({
@@ -106,11 +107,12 @@ export const workflowOperations = {
     path: '/v1/workflows/:id/tokenize',
     summary:
       'Replace every secret found in a text (a prompt) with a ticket bound to the workflow node, releasable only to its destinations.',
-    input: z.object({
-      id: nodeId,
-      text: z.string().max(1024 * 1024),
-      destinations,
-    }),
+    input: () =>
+      z.object({
+        id: nodeId,
+        text: z.string().max(1024 * 1024),
+        destinations,
+      }),
     async run(ctx: Context, input, actor) {
       const node = await ctx.workflows.get(input.id);
       if (node.status !== 'active') {
@@ -168,7 +170,7 @@ export const workflowOperations = {
     method: 'GET',
     path: '/v1/workflows',
     summary: 'Workflow runs (their root nodes), newest first, with their status.',
-    input: z.object({ limit: z.number().int().min(1).max(500).optional() }),
+    input: () => z.object({ limit: z.number().int().min(1).max(500).optional() }),
     run: (ctx: Context, input) => ctx.workflows.list(input.limit),
   }),
   workflowShow: op({
@@ -176,7 +178,7 @@ export const workflowOperations = {
     path: '/v1/workflows/:id',
     summary:
       'A workflow or subtask and the tree under it: tickets, and which node exchanged which secret, where and when, and what was refused.',
-    input: z.object({ id: nodeId }),
+    input: () => z.object({ id: nodeId }),
     run: (ctx: Context, input) => ctx.workflows.show(input.id),
   }),
 } as const;

@@ -6,18 +6,9 @@ import type { OperationOutput } from '../admin/operations.js';
 import { readAdminKey, resolveHome } from '../config/home.js';
 import { CoatcheckError, toCoatcheckError } from '../core/errors.js';
 import { newIncidentId } from '../core/ids.js';
-import { registerDetectCommands } from '../detect/cli.js';
 import { stdioUrl } from '../frontends/mcp/command.js';
-import { registerApprovalCommands } from './approvals.js';
 import { type CliIo, EXIT, exitCodeFor, readAllStdin, visibleControls } from './io.js';
-import { registerKubeconfigCommand } from './kubeconfig.js';
 import { liveServer } from './live-server.js';
-import { registerMcpCommands } from './mcp.js';
-import { registerPolicyCommands } from './policy.js';
-import { registerProxyCommands } from './proxy.js';
-import { registerRelayCommands } from './relay.js';
-import { registerSessionCommands } from './sessions.js';
-import { registerWorkflowCommands } from './workflows.js';
 
 interface GlobalOptions {
   dir?: string;
@@ -90,8 +81,10 @@ function commandFilter(argv: readonly string[]): (...names: string[]) => boolean
     first = word;
     break;
   }
-  if (first === null || !TOP_LEVEL_COMMANDS.has(first) || argv.includes('--help') || argv.includes('-h'))
-    return () => true;
+  const help = argv.includes('--help') || argv.includes('-h');
+  // `--version` alone prints the version and needs no command at all.
+  if (first === null && !help && (argv.includes('--version') || argv.includes('-V'))) return () => false;
+  if (first === null || !TOP_LEVEL_COMMANDS.has(first) || help) return () => true;
   const selected = first;
   return (...names) => names.includes(selected);
 }
@@ -888,7 +881,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   }
 
   if (wanted('sessions')) {
-    registerSessionCommands(program, {
+    (await import('./sessions.js')).registerSessionCommands(program, {
       perform,
       table,
       write,
@@ -898,10 +891,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     });
   }
   if (wanted('workflow')) {
-    registerWorkflowCommands(program, { perform, table });
+    (await import('./workflows.js')).registerWorkflowCommands(program, { perform, table });
   }
   if (wanted('relay')) {
-    registerRelayCommands(program, io, {
+    (await import('./relay.js')).registerRelayCommands(program, io, {
       perform,
       table,
       exit: (code) => {
@@ -914,7 +907,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     // secrets too, through the textClean operation (the running server's admin API, or the
     // store in process): the CLI sends text and gets it back cleaned, never a secret value.
     let cleanClient: Promise<AdminClient> | null = null;
-    registerDetectCommands(program, {
+    (await import('../detect/cli.js')).registerDetectCommands(program, {
       stdin: io.stdin,
       stdout: io.stdout,
       stderr: io.stderr as CliIo['stderr'] & { isTTY?: boolean },
@@ -949,16 +942,16 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     });
   }
   if (wanted('approvals')) {
-    registerApprovalCommands(program, { perform, table });
+    (await import('./approvals.js')).registerApprovalCommands(program, { perform, table });
   }
   if (wanted('mcp')) {
-    registerMcpCommands(program, io, async () => {
+    (await import('./mcp.js')).registerMcpCommands(program, io, async () => {
       const { openContext } = await import('../server/context.js');
       return openContext(resolveHome((program.opts() as GlobalOptions).dir, io.env), { env: io.env });
     });
   }
   if (wanted('policy')) {
-    registerPolicyCommands(
+    (await import('./policy.js')).registerPolicyCommands(
       program,
       io,
       (code) => {
@@ -981,10 +974,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     );
   }
   if (wanted('ca', 'ssh', 'env')) {
-    registerProxyCommands(program, { perform }, io);
+    (await import('./proxy.js')).registerProxyCommands(program, { perform }, io);
   }
   if (wanted('kubeconfig')) {
-    registerKubeconfigCommand(program, { perform });
+    (await import('./kubeconfig.js')).registerKubeconfigCommand(program, { perform });
   }
 
   if (wanted('keys')) {
