@@ -237,6 +237,16 @@ function buildContext(
       },
       'audit write failed: the operations waiting on it were refused',
     );
+  audit.onCheckpointFailure = (cause) =>
+    log.warn(
+      {
+        code: 'CC_ERR_AUDIT_UNAVAILABLE',
+        errName: (cause as Error)?.name,
+        errCode: (cause as { code?: unknown })?.code,
+        failures: audit.checkpointFailures,
+      },
+      "audit checkpoint failed: this replica chain's latest records are not yet named on the main chain (retried)",
+    );
   const { webhookUrl, consoleUrl } = config.approvals;
   const approvals = new Approvals(store, audit, clock, {
     pendingTtlMs: parseDuration(config.approvals.pendingTtl),
@@ -299,9 +309,19 @@ function buildContext(
     keysDir: keysDirOf(home, config.keys.dir),
     // Made on first use (front-ends, the admin listener): the CLI never loads prom-client.
     get metrics(): Registry {
-      registry ??= new (
-        createRequire(import.meta.url)('prom-client') as typeof import('prom-client')
-      ).Registry();
+      if (registry === null) {
+        const prom = createRequire(import.meta.url)('prom-client') as typeof import('prom-client');
+        registry = new prom.Registry();
+        new prom.Counter({
+          name: 'coatcheck_audit_checkpoint_failures_total',
+          help: 'Audit checkpoints (a replica chain named on the main chain) that could not be written.',
+          registers: [registry],
+          collect() {
+            this.reset();
+            this.inc(audit.checkpointFailures);
+          },
+        });
+      }
       return registry;
     },
     health: () => checkHealth(store, audit, policy, clock),
