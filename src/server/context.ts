@@ -247,6 +247,15 @@ function buildContext(
       },
       "audit checkpoint failed: this replica chain's latest records are not yet named on the main chain (retried)",
     );
+  workflows.onRollbackFailure = (node, cause) =>
+    log.error(
+      {
+        workflow: node,
+        code: (cause as { code?: unknown })?.code ?? 'CC_ERR_INTERNAL',
+        errName: (cause as Error)?.name,
+      },
+      'workflow rollback failed: a partly started node stays active until revoked',
+    );
   const { webhookUrl, consoleUrl } = config.approvals;
   const approvals = new Approvals(store, audit, clock, {
     pendingTtlMs: parseDuration(config.approvals.pendingTtl),
@@ -319,6 +328,15 @@ function buildContext(
           collect() {
             this.reset();
             this.inc(audit.checkpointFailures);
+          },
+        });
+        new prom.Counter({
+          name: 'coatcheck_workflow_rollback_failures_total',
+          help: 'Partly started workflow nodes whose rollback (revocation) failed; each stays active until revoked.',
+          registers: [registry],
+          collect() {
+            this.reset();
+            this.inc(workflows.rollbackFailures);
           },
         });
       }
