@@ -225,7 +225,11 @@ function buildContext(
       const known = index.sharedKnownSecretIndex(vault, store);
       // The vault's secrets are in the index before the first line is written.
       await known.settled().catch(() => undefined);
-      return createLogScrubber({ detector: createDetector({ knownSecrets: known.secretMatcher() }) });
+      // While the index is stale (a change it could not apply), lines are scrubbed conservatively.
+      return createLogScrubber({
+        detector: createDetector({ knownSecrets: known.secretMatcher() }),
+        stale: () => known.stale,
+      });
     },
   });
   audit.onFailure = (cause) =>
