@@ -127,8 +127,10 @@ export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
       for (const s of revealed) {
         try {
           matcher.add(s.id, s.value);
-        } catch {
-          // Under 8 bytes: the raw patterns (6 bytes and up) still find it.
+        } catch (error) {
+          // Under 8 bytes: the raw patterns (6 bytes and up) still find it. Anything else
+          // (a value too large for the matcher) fails the cleaning: the preview is withheld.
+          if ((error as { code?: unknown })?.code !== 'CC_ERR_DETECT_KNOWN_SECRET_TOO_SHORT') throw error;
         }
       }
       tools = {

@@ -209,6 +209,10 @@ export class AuditLog {
   lastFailure: { readonly at: number; readonly reason: string } | null = null;
   /** Told of every failed batch write (the server logs it; the cause never holds a secret value). */
   onFailure: (error: unknown) => void = () => undefined;
+  /** Checkpoints that failed to be written (each leaves a chain's tail unanchored until the next). */
+  checkpointFailures = 0;
+  /** Told of every failed checkpoint (the server logs it and counts it in its metrics). */
+  onCheckpointFailure: (error: unknown) => void = () => undefined;
 
   constructor(store: Store, auditKey: Buffer, clock: Clock, options: AuditOptions = {}) {
     this.#store = store;
@@ -434,7 +438,8 @@ export class AuditLog {
       this.#checkpointTimer = setInterval(() => {
         const chain = this.#chain;
         if (chain === null || chain.chainSeq <= chain.checkpointed) return;
-        this.#checkpoint().catch(() => undefined); // the next tick tries again
+        // The next tick tries again; until then the chain's tail is not named on the main chain.
+        this.#checkpoint().catch((error: unknown) => this.#checkpointFailed(error));
       }, this.#checkpointMs);
       this.#checkpointTimer.unref();
     }
@@ -482,7 +487,17 @@ export class AuditLog {
     // A replica that stops cleanly leaves its chain's last head on the main chain.
     const chain = this.#chain;
     if (chain !== null && chain.chainSeq > chain.checkpointed)
-      await this.#checkpoint().catch(() => undefined);
+      await this.#checkpoint().catch((error: unknown) => this.#checkpointFailed(error));
+  }
+
+  /** A checkpoint that could not be written: counted and reported (never thrown: no operation waits on it). */
+  #checkpointFailed(error: unknown): void {
+    this.checkpointFailures += 1;
+    try {
+      this.onCheckpointFailure(error);
+    } catch {
+      // A failing logger must not turn a missed checkpoint into an unhandled rejection.
+    }
   }
 
   tail(limit: number): Promise<AuditRecord[]> {

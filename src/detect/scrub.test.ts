@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { createDetector } from './detector.js';
-import { createLogScrubber, createScrubTransform, scrubText, tokenizeText } from './scrub.js';
+import { createLogScrubber, createScrubTransform, scrubText, tokenizeText, WITHHELD } from './scrub.js';
 import { ALNUM, BASE32_UPPER, createRng } from './synth.js';
 import { withBase62Crc32 } from './validators.js';
 
@@ -57,6 +57,39 @@ describe('createLogScrubber', () => {
     );
     const clean = '{"level":30,"msg":"ok"}';
     expect(scrub(clean)).toBe(clean);
+  });
+
+  it('while the known secrets are stale, keeps only what cannot carry a secret (fail closed)', () => {
+    // A vault secret the stale index has not loaded: the detector cannot know it.
+    const unloaded = 'unloaded-vault-secret-4f1e2d3c';
+    let stale = true;
+    const scrub = createLogScrubber({ detector, stale: () => stale });
+    const line = `{"level":40,"time":"2026-01-01T00:00:00.000Z","service":"coatcheck","msg":"relay heartbeat: store unreachable","code":"CC_ERR_AUDIT_UNAVAILABLE","relay":"${unloaded}","port":5432,"big":123456789,"ok":true,"token":"${gh}","nested":{"v":"${unloaded}"}}\n`;
+    const out = scrub(line);
+    expect(out).not.toContain(unloaded);
+    expect(out).not.toContain(gh);
+    expect(out.endsWith('\n')).toBe(true);
+    expect(JSON.parse(out)).toEqual({
+      level: 40,
+      time: '2026-01-01T00:00:00.000Z',
+      service: 'coatcheck',
+      msg: 'relay heartbeat: store unreachable',
+      code: 'CC_ERR_AUDIT_UNAVAILABLE',
+      relay: WITHHELD,
+      port: 5432,
+      big: WITHHELD,
+      ok: true,
+      token: WITHHELD,
+      nested: WITHHELD,
+      scrub: 'conservative',
+    });
+    // A message still passes the detector's rules.
+    expect(scrub(`{"level":30,"msg":"key ${aws}"}`)).toContain('[REDACTED:aws-access-key]');
+    // A line that is not a JSON object is withheld whole.
+    expect(scrub(`plain ${unloaded}\n`)).not.toContain(unloaded);
+    // Loaded again: lines are scrubbed as usual.
+    stale = false;
+    expect(scrub(line)).toContain(unloaded);
   });
 });
 

@@ -63,16 +63,57 @@ export async function tokenizeText(
   return { text: replaceSpans(text, findings, replacements), findings };
 }
 
+/** What a withheld field's value becomes in a line scrubbed conservatively. */
+export const WITHHELD = '[withheld: known secrets not loaded]';
+
+/**
+ * A log line kept to what cannot carry a vault secret: `level`, `time`, `service`, the
+ * message (scrubbed by the detector's rules), a `CC_ERR_` code, booleans and small numbers;
+ * every other value is withheld. A line that is not a JSON object is withheld whole.
+ */
+function conservativeLine(line: string, scrub: (text: string) => string): string {
+  const newline = line.endsWith('\n') ? '\n' : '';
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(line);
+  } catch {
+    parsed = null;
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    return `${JSON.stringify({ level: 50, msg: 'log line withheld: the known secrets to mask are not loaded' })}${newline}`;
+  }
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(parsed as Record<string, unknown>)) {
+    if (key === 'level' || key === 'time' || key === 'service') out[key] = value;
+    else if (key === 'msg' && typeof value === 'string') out[key] = scrub(value);
+    else if (typeof value === 'string' && /^CC_ERR_[A-Z0-9_]{1,64}$/.test(value)) out[key] = value;
+    else if (typeof value === 'boolean' || value === null) out[key] = value;
+    // Up to 7 digits: shorter than any known secret (8 bytes at least).
+    else if (typeof value === 'number' && Number.isInteger(value) && Math.abs(value) < 10_000_000)
+      out[key] = value;
+    else out[key] = WITHHELD;
+  }
+  out.scrub = 'conservative';
+  return `${JSON.stringify(out)}${newline}`;
+}
+
 /**
  * A hook for loggers: masks findings in one line. Reuses one detector; a line with no
- * keyword in it costs one pass of the keyword automaton.
+ * keyword in it costs one pass of the keyword automaton. While `stale()` says the known
+ * secrets the detector looks for may be incomplete (the index could not apply a change),
+ * lines are scrubbed conservatively (fail closed): only fields that cannot carry a secret
+ * are kept.
  */
-export function createLogScrubber(options: ScrubOptions = {}): (line: string) => string {
+export function createLogScrubber(
+  options: ScrubOptions & { readonly stale?: () => boolean } = {},
+): (line: string) => string {
   const detector = detectorOf(options);
-  return (line) => {
-    const findings = detector.scan(line);
-    return findings.length === 0 ? line : replaceSpans(line, findings, findings.map(maskFor));
+  const scrub = (text: string) => {
+    const findings = detector.scan(text);
+    return findings.length === 0 ? text : replaceSpans(text, findings, findings.map(maskFor));
   };
+  const stale = options.stale;
+  return (line) => (stale?.() === true ? conservativeLine(line, scrub) : scrub(line));
 }
 
 export interface ScrubTransformOptions extends ScrubOptions {

@@ -53,6 +53,28 @@ describe('createFoundSecrets', () => {
     expect(scan.replaced).toBe(3);
   });
 
+  it('a known secret too large for the matcher fails the scan instead of being left out; a short one is skipped', async () => {
+    const vault = (value: Buffer) => ({
+      knownSecrets: async () => [{ id: 'sec_x', name: 'x', allow: ['x'], value: new SecretValue(value) }],
+      reissueForResponse: async () => ({ ticket: 'cct_KNOWN', view: { id: 'tkt_1', secretId: 'sec_x' } }),
+      tokenizeFound: async () => ({ ticket: 'cct_FOUND', view: { id: 'tkt_2', secretId: 'sec_2' } }),
+    });
+    // Only a row the vault did not write can be this large (secret add refuses it).
+    await expect(
+      createFoundSecrets(vault(Buffer.alloc(64 * 1024 + 1, 'y')) as never).begin({
+        principal: 'agent:a',
+        source: 't',
+        actor: 'a',
+      }),
+    ).rejects.toMatchObject({ code: 'CC_ERR_DETECT_KNOWN_SECRET_TOO_LARGE' });
+    const scan = await createFoundSecrets(vault(Buffer.from('short7x')) as never).begin({
+      principal: 'agent:a',
+      source: 't',
+      actor: 'a',
+    });
+    expect(await scan.text('nothing here')).toBe('nothing here');
+  });
+
   it('fails closed when the vault fails', async () => {
     const vault = {
       knownSecrets: async () => known,

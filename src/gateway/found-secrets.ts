@@ -78,8 +78,11 @@ export function createFoundSecrets(vault: TokenizerVault, index?: KnownSecretInd
       for (const secret of known) {
         try {
           matcher.add(secret.id, secret.value.reveal());
-        } catch {
+        } catch (error) {
           // Under 8 bytes: cannot be matched without false positives (the rules still apply).
+          // Anything else (a value too large for the matcher) fails the inspection: never left out silently.
+          if (!(error instanceof CoatcheckError && error.code === 'CC_ERR_DETECT_KNOWN_SECRET_TOO_SHORT'))
+            throw error;
         }
       }
       detector = createDetector({ knownSecrets: matcher });

@@ -1,6 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { KNOWN_SECRET_MAX_BYTES } from '../detect/known-secrets.js';
 import type { StoreChange } from '../store/types.js';
+import { MAX_SECRET_BYTES } from '../vault/model.js';
 import {
   buildPatterns,
   type KnownSecret,
@@ -10,9 +12,11 @@ import {
 } from './inspector.js';
 import {
   addOutputForms,
+  closeSharedKnownSecretIndex,
   createKnownSecretIndex,
   createOutputForms,
   HEX_PREFIX,
+  sharedKnownSecretIndex,
 } from './known-secret-index.js';
 
 // Differential tests of the incremental known-secret index (ADR 0021): after any sequence
@@ -371,5 +375,87 @@ describe('known-secret index: fails closed', () => {
     expect(view.find(hex, 'text')).toEqual([]);
     expect(view.find('alpha-secret-0001', 'text').map((m) => m.secretId)).toEqual(['a']);
     index.close();
+  });
+
+  it('a secret too large for the detectors is never silently left out: the index is stale until it is erased', async () => {
+    // The vault refuses such values (CC_ERR_SECRET_TOO_LARGE): every value it takes fits the matcher.
+    expect(MAX_SECRET_BYTES).toBeLessThanOrEqual(KNOWN_SECRET_MAX_BYTES);
+    const largest = Buffer.alloc(KNOWN_SECRET_MAX_BYTES, 'q');
+    largest.write('largest-secret-start', 0);
+    const live = new Map<string, Buffer>([
+      ['a', Buffer.from('alpha-secret-0001')],
+      ['max', largest],
+    ]);
+    const bus = feed();
+    const errors: unknown[] = [];
+    const index = createKnownSecretIndex(vaultOf(live).source, bus, {
+      retryMs: 20,
+      onError: (e) => errors.push(e),
+    });
+    const view = index.secretMatcher();
+    await index.formsReady();
+    expect(index.stale).toBe(false);
+    // The largest value the vault takes is found by the detectors, whole.
+    const text = `before ${largest.toString('latin1')} after`;
+    expect(view.find(text, 'text').map((m) => [m.secretId, m.end - m.start])).toContainEqual([
+      'max',
+      KNOWN_SECRET_MAX_BYTES,
+    ]);
+    // One byte more (a row the vault's bound never saw), added by a change: stale, refused, reported.
+    for (const [how, id] of [
+      ['added', 'over1'],
+      ['reloaded', 'over2'],
+    ] as const) {
+      live.set(id, Buffer.alloc(KNOWN_SECRET_MAX_BYTES + 1, 'z'));
+      if (how === 'added') bus.emit({ type: 'secret.added', id });
+      else bus.emit({ type: 'resync' });
+      await expect(index.current()).rejects.toMatchObject({ code: 'CC_ERR_GATEWAY_INSPECTION_FAILED' });
+      expect(index.stale).toBe(true);
+      expect(() => index.patterns()).toThrow(
+        expect.objectContaining({ code: 'CC_ERR_GATEWAY_INSPECTION_FAILED' }),
+      );
+      expect(errors.at(-1)).toMatchObject({
+        code: 'CC_ERR_DETECT_KNOWN_SECRET_TOO_LARGE',
+        details: { secretId: id },
+      });
+      // Still stale after retries, until the secret is erased.
+      await new Promise((r) => setTimeout(r, 60));
+      expect(index.stale).toBe(true);
+      live.delete(id);
+      bus.emit({ type: 'secret.erased', id });
+      for (let i = 0; i < 100 && index.stale; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(index.stale).toBe(false);
+      expect(view.find('alpha-secret-0001', 'text').map((m) => m.secretId)).toEqual(['a']);
+    }
+    index.close();
+  });
+
+  it("the shared index tells every caller's onError, not only the first's", async () => {
+    const live = new Map<string, Buffer>([['a', Buffer.from('alpha-secret-0001')]]);
+    const vault = vaultOf(live);
+    const bus = feed();
+    const first: unknown[] = [];
+    const second: unknown[] = [];
+    const source = vault.source;
+    try {
+      // The first caller (the log scrubber, say) gives no handler; the later ones do.
+      const index = sharedKnownSecretIndex(source, bus);
+      expect(sharedKnownSecretIndex(source, bus, { onError: (e) => first.push(e) })).toBe(index);
+      sharedKnownSecretIndex(source, bus, {
+        onError: () => {
+          throw new Error('a failing handler');
+        },
+      });
+      sharedKnownSecretIndex(source, bus, { onError: (e) => second.push(e) });
+      await index.current();
+      vault.state.broken = true;
+      live.set('b', Buffer.from('bravo-secret-0002'));
+      bus.emit({ type: 'secret.added', id: 'b' });
+      await expect(index.current()).rejects.toMatchObject({ code: 'CC_ERR_GATEWAY_INSPECTION_FAILED' });
+      expect(first.length).toBeGreaterThan(0);
+      expect(second.length).toBe(first.length);
+    } finally {
+      closeSharedKnownSecretIndex(source);
+    }
   });
 });

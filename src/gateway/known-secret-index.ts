@@ -163,6 +163,12 @@ export interface KnownSecretIndex {
   formsReady(): Promise<void>;
   /** A matcher over the secrets' forms (no hex forms), for detectors; filled on first call. */
   secretMatcher(): KnownSecretMatcher;
+  /**
+   * Whether the index is stale now (a change could not be applied, or a secret could not be
+   * indexed): `current()` and `patterns()` throw then, and a consumer that cannot refuse
+   * (the log scrubber) must act as if any secret may be missing from the matcher.
+   */
+  readonly stale: boolean;
   /** Number of live secrets indexed. */
   readonly size: number;
   /** Segments in the pattern set now (1 after a merge). */
@@ -220,6 +226,22 @@ export function createKnownSecretIndex(
     set = patternSet(segments, dropped);
   };
 
+  /**
+   * The vault refuses values over KNOWN_SECRET_MAX_BYTES (CC_ERR_SECRET_TOO_LARGE); one that
+   * reaches the index anyway (a row written before that bound, restored, or by another
+   * writer) cannot be held by the detectors' matcher. Refused here, by id: the index goes
+   * stale until the secret is erased, rather than the detectors silently missing it.
+   */
+  const indexable = (id: string, value: Buffer): void => {
+    if (value.length > KNOWN_SECRET_MAX_BYTES) {
+      throw new CoatcheckError(
+        'CC_ERR_DETECT_KNOWN_SECRET_TOO_LARGE',
+        `secret ${id} is ${value.length} bytes, over the ${KNOWN_SECRET_MAX_BYTES} the detectors can look for; erase it (coatcheck secret rm)`,
+        { details: { secretId: id } },
+      );
+    }
+  };
+
   const fail = (error: unknown) => {
     stale = new CoatcheckError(
       'CC_ERR_GATEWAY_INSPECTION_FAILED',
@@ -244,15 +266,14 @@ export function createKnownSecretIndex(
 
   const addForms = (target: OutputForms, id: string, value: Buffer) => {
     if (target.matcher.has(id) || target.short.has(id)) return;
-    try {
-      addOutputForms(target, id, value);
-    } catch {
-      // Outside the matcher's bounds: the response patterns still find it.
-    }
+    // A secret the detectors' matcher cannot hold would be missing from the LLM guard, MCP,
+    // the log scrubber and recordings: the index goes stale (fail closed), never silently short.
+    addOutputForms(target, id, value);
   };
 
   const indexOne = (id: string, value: Buffer): void => {
     if (values.has(id) || erased.has(id)) return;
+    indexable(id, value);
     values.set(id, value);
     const patterns = patternsOf({ id, value });
     if (patterns.length > 0) segments = [...segments, buildSegment(patterns)];
@@ -286,6 +307,7 @@ export function createKnownSecretIndex(
         if (++n % (SECRETS_PER_SLICE * 32) === 0) await yieldToLoop();
         ids.add(secret.id);
         const value = secret.value.reveal();
+        indexable(secret.id, value);
         const held = values.get(secret.id);
         if (held?.equals(value)) continue;
         // A value changed under the same id (the vault does not do this today): drop, then add anew.
@@ -438,11 +460,8 @@ export function createKnownSecretIndex(
           let n = 0;
           for (const [id, value] of [...values]) {
             if (values.get(id) !== value) continue;
-            try {
-              addHexForms(target, id, value);
-            } catch {
-              // Outside the matcher's bounds: the response patterns still find it.
-            }
+            // Bounded by addHexForms (hex of at most half the matcher's bound); a throw makes the index stale.
+            addHexForms(target, id, value);
             if (++n % SECRETS_PER_SLICE === 0) await yieldToLoop();
           }
         })().catch((error: unknown) => fail(error));
@@ -456,6 +475,9 @@ export function createKnownSecretIndex(
     secretMatcher() {
       secretView ??= secretsOnly(plainForms().matcher);
       return secretView;
+    },
+    get stale() {
+      return stale !== null;
     },
     get size() {
       return values.size;
@@ -477,28 +499,43 @@ export function createKnownSecretIndex(
 }
 
 /**
- * One index per vault: every front-end of a process shares it (the options apply when it
- * is made, by the first caller).
+ * One index per vault: every front-end of a process shares it. The tuning options apply
+ * when it is made, by the first caller; every caller's `onError` is told of every failure
+ * (the log scrubber may make the index before the front-end that logs its failures asks).
  */
-const shared = new WeakMap<object, KnownSecretIndex>();
+const shared = new WeakMap<object, { index: KnownSecretIndex; onError: Set<(error: unknown) => void> }>();
 
 export function sharedKnownSecretIndex(
   vault: KnownSecretSource,
   store: Pick<Store, 'subscribe' | 'feedCurrent'>,
   options?: KnownSecretIndexOptions,
 ): KnownSecretIndex {
-  let index = shared.get(vault);
-  if (index === undefined) {
-    index = createKnownSecretIndex(vault, store, options);
-    shared.set(vault, index);
+  let entry = shared.get(vault);
+  if (entry === undefined) {
+    const handlers = new Set<(error: unknown) => void>();
+    const index = createKnownSecretIndex(vault, store, {
+      ...options,
+      onError: (error) => {
+        for (const handler of handlers) {
+          try {
+            handler(error);
+          } catch {
+            // One failing handler does not keep the others from being told.
+          }
+        }
+      },
+    });
+    entry = { index, onError: handlers };
+    shared.set(vault, entry);
     vault.onClose?.(() => closeSharedKnownSecretIndex(vault));
   }
-  return index;
+  if (options?.onError !== undefined) entry.onError.add(options.onError);
+  return entry.index;
 }
 
 /** Stops the shared index of `vault`, if one was made (the server context does, on close). */
 export function closeSharedKnownSecretIndex(vault: KnownSecretSource): void {
-  shared.get(vault)?.close();
+  shared.get(vault)?.index.close();
   shared.delete(vault);
 }
 

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
 import { WebSocket, WebSocketServer } from 'ws';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 
@@ -108,6 +109,8 @@ export function openUpstreamWebSocket(input: {
   readonly connect?: () => Promise<Duplex>;
   readonly timeoutMs: number;
   readonly signal: AbortSignal;
+  /** Where a refusal's cause in the ws library's words goes (the server log, scrubbed); never to the client. */
+  readonly log?: Pick<Logger, 'warn'>;
 }): Promise<UpstreamUpgrade> {
   return new Promise((resolve, reject) => {
     let settled = false;
@@ -155,14 +158,17 @@ export function openUpstreamWebSocket(input: {
             }),
       } as ConstructorParameters<typeof WebSocket>[2]);
     } catch (error) {
-      // An offered subprotocol that is not a token, or a URL ws cannot open.
+      // An offered subprotocol that is not a token, or a URL ws cannot open. The library's
+      // message may quote the request as sent upstream (tickets already exchanged): it goes
+      // to the server log (scrubbed there), never into the client's refusal.
+      input.log?.warn(
+        { errName: (error as Error)?.name, reason: String((error as Error)?.message ?? '').slice(0, 200) },
+        'websocket: the upgrade could not be sent upstream as offered',
+      );
       reject(
         new CoatcheckError(
           'CC_ERR_HTTP_BAD_REQUEST',
           'the WebSocket request cannot be sent upstream as offered',
-          {
-            details: { cause: (error as Error).message.slice(0, 120) },
-          },
         ),
       );
       return;

@@ -439,8 +439,11 @@ export class SessionRecordings {
     for (const secret of list) {
       try {
         matcher.add(secret.id, secret.value.reveal());
-      } catch {
-        // shorter than the matcher's minimum (it would match ordinary text) or too large
+      } catch (error) {
+        // Shorter than the matcher's minimum (it would match ordinary text): skipped. Too
+        // large (a row the vault did not write): the recording is not written (dropped and
+        // audited as degraded) rather than written with that secret unmasked.
+        if ((error as { code?: unknown })?.code !== 'CC_ERR_DETECT_KNOWN_SECRET_TOO_SHORT') throw error;
       }
     }
     this.#matcher = { for: list, matcher };

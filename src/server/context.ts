@@ -226,7 +226,11 @@ function buildContext(
       const known = index.sharedKnownSecretIndex(vault, store);
       // The vault's secrets are in the index before the first line is written.
       await known.settled().catch(() => undefined);
-      return createLogScrubber({ detector: createDetector({ knownSecrets: known.secretMatcher() }) });
+      // While the index is stale (a change it could not apply), lines are scrubbed conservatively.
+      return createLogScrubber({
+        detector: createDetector({ knownSecrets: known.secretMatcher() }),
+        stale: () => known.stale,
+      });
     },
   });
   audit.onFailure = (cause) =>
@@ -237,6 +241,25 @@ function buildContext(
         errCode: (cause as { code?: unknown })?.code,
       },
       'audit write failed: the operations waiting on it were refused',
+    );
+  audit.onCheckpointFailure = (cause) =>
+    log.warn(
+      {
+        code: 'CC_ERR_AUDIT_UNAVAILABLE',
+        errName: (cause as Error)?.name,
+        errCode: (cause as { code?: unknown })?.code,
+        failures: audit.checkpointFailures,
+      },
+      "audit checkpoint failed: this replica chain's latest records are not yet named on the main chain (retried)",
+    );
+  workflows.onRollbackFailure = (node, cause) =>
+    log.error(
+      {
+        workflow: node,
+        code: (cause as { code?: unknown })?.code ?? 'CC_ERR_INTERNAL',
+        errName: (cause as Error)?.name,
+      },
+      'workflow rollback failed: a partly started node stays active until revoked',
     );
   const { webhookUrl, consoleUrl } = config.approvals;
   const approvals = new Approvals(store, audit, clock, {
@@ -300,9 +323,28 @@ function buildContext(
     keysDir: keysDirOf(home, config.keys.dir),
     // Made on first use (front-ends, the admin listener): the CLI never loads prom-client.
     get metrics(): Registry {
-      registry ??= new (
-        createRequire(import.meta.url)('prom-client') as typeof import('prom-client')
-      ).Registry();
+      if (registry === null) {
+        const prom = createRequire(import.meta.url)('prom-client') as typeof import('prom-client');
+        registry = new prom.Registry();
+        new prom.Counter({
+          name: 'coatcheck_audit_checkpoint_failures_total',
+          help: 'Audit checkpoints (a replica chain named on the main chain) that could not be written.',
+          registers: [registry],
+          collect() {
+            this.reset();
+            this.inc(audit.checkpointFailures);
+          },
+        });
+        new prom.Counter({
+          name: 'coatcheck_workflow_rollback_failures_total',
+          help: 'Partly started workflow nodes whose rollback (revocation) failed; each stays active until revoked.',
+          registers: [registry],
+          collect() {
+            this.reset();
+            this.inc(workflows.rollbackFailures);
+          },
+        });
+      }
       return registry;
     },
     health: () => checkHealth(store, audit, policy, clock),

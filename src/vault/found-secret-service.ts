@@ -217,14 +217,20 @@ export class FoundSecretService {
     }
     if (entry.count >= limit.max) {
       if (!entry.refused) {
+        // Marked while the record is written (concurrent refusals do not write it twice);
+        // unmarked if it could not be, so the next refusal in the window tries again. The
+        // refusal stands either way.
         entry.refused = true;
+        const marked = entry;
         await this.#audit
           .append({
             type: 'found.limit',
             actor,
             data: { principal, limit: limit.max, windowSeconds: Math.round(limit.windowMs / 1000) },
           })
-          .catch(() => undefined); // the refusal stands whether or not it could be recorded
+          .catch(() => {
+            marked.refused = false;
+          });
       }
       throw refuse(
         'CC_ERR_FOUND_SECRETS_LIMIT',

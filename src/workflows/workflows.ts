@@ -144,6 +144,10 @@ export class Workflows {
   readonly #clock: Clock;
   readonly #lookupKey: Buffer;
   readonly #options: WorkflowsOptions;
+  /** Partly started nodes whose rollback (revocation) failed: they stay active until revoked by hand. */
+  rollbackFailures = 0;
+  /** Told of every failed rollback (the server logs it and counts it in its metrics). */
+  onRollbackFailure: (node: string, error: unknown) => void = () => undefined;
 
   constructor(
     store: Store,
@@ -360,8 +364,7 @@ export class Workflows {
       }
     } catch (error) {
       // All or nothing: a run that could not get every ticket it asked for does not start.
-      await this.revoke(id, actor).catch(() => undefined);
-      throw error;
+      return this.#rollback(id, actor, error);
     }
     const tickets = this.#named(issued);
     return { workflow: this.#view(record, [record]), key, tickets, env: this.#env(record, key, tickets) };
@@ -477,8 +480,7 @@ export class Workflows {
         });
       }
     } catch (error) {
-      await this.revoke(record.id, actor).catch(() => undefined);
-      throw error;
+      return this.#rollback(record.id, actor, error);
     }
     const tickets = this.#named(issued);
     return {
@@ -487,6 +489,40 @@ export class Workflows {
       tickets,
       env: this.#env(record, key, tickets),
     };
+  }
+
+  /**
+   * Undo a node that could not get every ticket it asked for: revoke it (and what it was
+   * issued), then throw what stopped it. A revocation that fails too is not swallowed: it
+   * is counted and reported, and the error thrown says the node is still active and how to
+   * revoke it (its tickets were never handed out, but they and the node stay live until then).
+   */
+  async #rollback(id: string, actor: string, cause: unknown): Promise<never> {
+    try {
+      await this.revoke(id, actor);
+    } catch (failure) {
+      this.rollbackFailures += 1;
+      try {
+        this.onRollbackFailure(id, failure);
+      } catch {
+        // A failing logger must not hide the error below.
+      }
+      const original = cause instanceof CoatcheckError ? cause : null;
+      throw new CoatcheckError(
+        original?.code ?? 'CC_ERR_INTERNAL',
+        `${original?.message ?? 'the workflow node could not be started'}; it could not be rolled back either: ${id} stays active until revoked (coatcheck workflow revoke ${id})`,
+        {
+          cause,
+          details: {
+            ...(original?.details ?? {}),
+            rollback: 'failed',
+            node: id,
+            rollbackCode: failure instanceof CoatcheckError ? failure.code : 'CC_ERR_INTERNAL',
+          },
+        },
+      );
+    }
+    throw cause;
   }
 
   /** Ticket ids of every node in `nodes`. */

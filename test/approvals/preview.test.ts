@@ -6,6 +6,7 @@ import { gate } from '../../src/approvals/gate.js';
 import { boundPreview, createPreviewScrubber, MAX_PREVIEW_BYTES } from '../../src/approvals/preview.js';
 import { renderApproval } from '../../src/cli/approvals.js';
 import { agentRef, type Principal } from '../../src/core/principal.js';
+import { SecretValue } from '../../src/core/secret-value.js';
 import { BUILTIN_RULES } from '../../src/detect/rules/index.js';
 import { httpPreview } from '../../src/frontends/http/approval-preview.js';
 import { statementPreview } from '../../src/frontends/postgres/statement-policy.js';
@@ -300,5 +301,23 @@ describe('approval previews', () => {
     }).catch((e: { details?: { approval?: string } }) => e);
     const view = await ctx.approvals.get((held as { details: { approval: string } }).details.approval);
     expect(view.preview).toBe('[preview unavailable: it could not be cleaned]');
+  });
+
+  it('a known secret too large for the matcher fails the cleaning instead of being left out', async () => {
+    // Only a row the vault did not write can be this large (secret add refuses it).
+    const large = Buffer.alloc(64 * 1024 + 1, 'y');
+    const scrub = createPreviewScrubber({
+      knownSecrets: async () => [{ id: 'sec_large', value: new SecretValue(large) }],
+      inspectTicket: async () => ({ id: 'tkt_none', secret: null }),
+    });
+    await expect(scrub(`body=${large.toString('latin1')}`)).rejects.toMatchObject({
+      code: 'CC_ERR_DETECT_KNOWN_SECRET_TOO_LARGE',
+    });
+    // A short one (under the matcher's floor) is still found by the raw patterns.
+    const short = createPreviewScrubber({
+      knownSecrets: async () => [{ id: 'sec_short', value: new SecretValue(Buffer.from('s3cr3tz')) }],
+      inspectTicket: async () => ({ id: 'tkt_none', secret: null }),
+    });
+    expect(await short('x=s3cr3tz')).not.toContain('s3cr3tz');
   });
 });

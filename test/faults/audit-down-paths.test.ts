@@ -1,7 +1,8 @@
-import type { ChildProcessWithoutNullStreams } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, request as httpRequest, type Server } from 'node:http';
+import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,12 +10,15 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import Database from 'better-sqlite3';
 import pg from 'pg';
+import ssh2 from 'ssh2';
 import { Agent, request as undiciRequest } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocketServer } from 'ws';
 import { cli, spawnCli } from '../helpers/cli.js';
 import { type KubeApiServer, startKubeApiServer } from '../helpers/kube-apiserver.js';
 import { startUpstream, type Upstream } from '../integration/http/harness.js';
 import { type FakeProvider, startFakeProvider } from '../integration/llm/fake-provider.js';
+import { sshdAvailable, startThrowawaySshd, type ThrowawaySshd } from '../integration/ssh/harness.js';
 
 /**
  * Every forwarding path, driven through a real `coatcheck serve`: once an approval is
@@ -27,7 +31,8 @@ const SVC_SECRET = ['svc', 'canary', randomBytes(6).toString('hex')].join('-');
 const PROVIDER_KEY = ['provider', 'canary', randomBytes(6).toString('hex')].join('-');
 const PG_PASSWORD = ['pg', 'canary', randomBytes(6).toString('hex')].join('-');
 const K8S_TOKEN = ['k8s', 'canary', randomBytes(6).toString('hex')].join('-');
-const CANARIES = [SVC_SECRET, PROVIDER_KEY, PG_PASSWORD, K8S_TOKEN];
+const WS_SECRET = ['ws', 'canary', randomBytes(6).toString('hex')].join('-');
+const CANARIES = [SVC_SECRET, PROVIDER_KEY, PG_PASSWORD, K8S_TOKEN, WS_SECRET];
 const MCP_FIXTURE = fileURLToPath(new URL('../integration/mcp/fixture-server.mjs', import.meta.url));
 const DATABASE = `cc_audit_down_${randomBytes(4).toString('hex')}`;
 
@@ -37,7 +42,9 @@ unless {
   action == Action::"sql:write" ||
   (action == Action::"mcp:call" && context has tool && context.tool == "deploy") ||
   action == Action::"llm:call" ||
-  action == Action::"k8s:delete"
+  action == Action::"k8s:delete" ||
+  (action == Action::"ssh:exec" && context has program && context.program == "touch") ||
+  (action == Action::"http:GET" && resource == Connection::"wsvc")
 };
 @id("held") @approval("required") permit(principal, action, resource)
 when {
@@ -45,7 +52,9 @@ when {
   action == Action::"sql:write" ||
   (action == Action::"mcp:call" && context has tool && context.tool == "deploy") ||
   action == Action::"llm:call" ||
-  action == Action::"k8s:delete"
+  action == Action::"k8s:delete" ||
+  (action == Action::"ssh:exec" && context has program && context.program == "touch") ||
+  (action == Action::"http:GET" && resource == Connection::"wsvc")
 };
 `;
 
@@ -80,9 +89,20 @@ describe('a failing audit store on every forwarding path: refused, no approval s
   let provider: FakeProvider;
   let server: ChildProcessWithoutNullStreams;
   let serverOutput = '';
-  let listening: { admin: string; http: string; proxy: string; postgres: string; kubernetes: string };
+  let listening: {
+    admin: string;
+    http: string;
+    proxy: string;
+    postgres: string;
+    kubernetes: string;
+    ssh: string;
+  };
   let api: KubeApiServer;
   let k8sTicket: string;
+  let sshd: ThrowawaySshd | null = null;
+  let sshTicket: string;
+  let ws: { server: Server; url: string; authorizations: string[] };
+  let wsTicket: string;
   let agentKey: string;
   let svcTicket: string;
   let pgTicket: string;
@@ -172,6 +192,20 @@ describe('a failing audit store on every forwarding path: refused, no approval s
     await setup.end();
 
     api = await startKubeApiServer({ dir, token: K8S_TOKEN });
+    // A WebSocket upstream (the ws library's server) that notes the Authorization each upgrade brought.
+    {
+      const authorizations: string[] = [];
+      const server = createHttpServer((_req, res) => res.writeHead(426).end());
+      const wss = new WebSocketServer({ noServer: true });
+      server.on('upgrade', (req, socket, head) => {
+        authorizations.push(String(req.headers.authorization ?? ''));
+        wss.handleUpgrade(req, socket, head, (client) => client.close(1000, 'bye'));
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      ws = { server, url: `http://127.0.0.1:${(server.address() as { port: number }).port}`, authorizations };
+    }
+    // SSH needs Debian's openssh-server and root (a throwaway user is made); without them the SSH case is skipped.
+    if (sshdAvailable()) sshd = await startThrowawaySshd({ logLevel: 'INFO' });
     await run(['init']);
     writeFileSync(join(dir, 'policy.cedar'), POLICY);
     writeFileSync(
@@ -216,6 +250,22 @@ describe('a failing audit store on every forwarding path: refused, no approval s
       '--credential',
       'k8s-token',
     ]);
+    await run(['secret', 'add', 'ws-token', '--allow', 'wsvc'], WS_SECRET);
+    await run(['connection', 'add', 'wsvc', '--type', 'http', '--url', ws.url]);
+    if (sshd !== null) {
+      await run(['secret', 'add', 'sshbox-key', '--allow', 'conn:sshbox'], sshd.clientKey);
+      await run([
+        'connection',
+        'add',
+        'sshbox',
+        '--type',
+        'ssh',
+        '--url',
+        `ssh://root@127.0.0.1:${sshd.port}`,
+        '--host-key',
+        sshd.hostKey,
+      ]);
+    }
     writeFileSync(join(dir, 'leak.txt'), '');
     await run([
       'connection',
@@ -243,6 +293,8 @@ describe('a failing audit store on every forwarding path: refused, no approval s
         '127.0.0.1:0',
         '--listen-k8s',
         '127.0.0.1:0',
+        '--listen-ssh',
+        '127.0.0.1:0',
       ],
       env(),
     );
@@ -262,6 +314,8 @@ describe('a failing audit store on every forwarding path: refused, no approval s
     svcTicket = await run(['token', 'issue', '--secret', 'svc-token', '--to', 'worker']);
     pgTicket = await run(['token', 'issue', '--secret', 'pg-password', '--to', 'worker']);
     k8sTicket = await run(['token', 'issue', '--secret', 'k8s-token', '--to', 'worker']);
+    wsTicket = await run(['token', 'issue', '--secret', 'ws-token', '--to', 'worker']);
+    if (sshd !== null) sshTicket = await run(['token', 'issue', '--secret', 'sshbox-key', '--to', 'worker']);
   }, 120_000);
 
   afterAll(async () => {
@@ -272,6 +326,9 @@ describe('a failing audit store on every forwarding path: refused, no approval s
     await up?.close();
     await provider?.close();
     await api?.close();
+    ws?.server.closeAllConnections();
+    await new Promise((resolve) => ws?.server.close(resolve));
+    sshd?.stop();
     const admin = new pg.Client({ host: '127.0.0.1', port: 5432, user: 'postgres', database: 'postgres' });
     await admin.connect();
     await admin.query(`DROP DATABASE IF EXISTS ${DATABASE} WITH (FORCE)`);
@@ -469,6 +526,205 @@ describe('a failing audit store on every forwarding path: refused, no approval s
       await dispatcher.close();
     }
   }, 60_000);
+
+  it('WebSocket through the forward proxy (plain ws:// upgrade)', async () => {
+    const proxy = new URL(listening.proxy);
+    const target = new URL('/socket', ws.url);
+    const upgrade = () =>
+      new Promise<{ ok: boolean; text: string }>((resolve, reject) => {
+        const socket = netConnect({ host: proxy.hostname, port: Number(proxy.port) }, () =>
+          socket.write(
+            [
+              `GET ${target.href} HTTP/1.1`,
+              `host: ${target.host}`,
+              'connection: Upgrade',
+              'upgrade: websocket',
+              `sec-websocket-key: ${randomBytes(16).toString('base64')}`,
+              'sec-websocket-version: 13',
+              `proxy-authorization: Bearer ${agentKey}`,
+              `authorization: Bearer ${wsTicket}`,
+              '',
+              '',
+            ].join('\r\n'),
+          ),
+        );
+        let text = '';
+        const done = () => resolve({ ok: /^HTTP\/1\.1 101 /.test(text), text });
+        socket.on('data', (chunk: Buffer) => {
+          text += chunk.toString('latin1');
+          // Switched: the upgrade went through; this test needs nothing more of the socket.
+          if (text.startsWith('HTTP/1.1 101 ') && text.includes('\r\n\r\n')) {
+            socket.destroy();
+            done();
+          }
+        });
+        socket.on('close', done);
+        socket.on('error', reject);
+      });
+    await holdsUnderAuditFailure(upgrade, () => ws.authorizations.length);
+    // Only the upgrade that went through brought the secret, exchanged for the ticket.
+    expect(ws.authorizations).toEqual([`Bearer ${WS_SECRET}`]);
+  }, 60_000);
+
+  /** OpenSSH's client through the gateway's SSH listener, the ticket as the password (SSH_ASKPASS). */
+  function sshRun(args: string[]): Promise<{ code: number; text: string }> {
+    const [host, port] = listening.ssh.split(':') as [string, string];
+    const askpass = join(dir, 'askpass.sh');
+    if (!existsSync(askpass)) {
+      writeFileSync(askpass, '#!/bin/sh\nprintf "%s\\n" "$CC_TEST_PASSWORD"\n');
+      chmodSync(askpass, 0o755);
+    }
+    return new Promise((resolve) => {
+      const child = execFile(
+        'ssh',
+        [
+          '-F',
+          '/dev/null',
+          // This test judges audit, not host keys.
+          '-o',
+          'StrictHostKeyChecking=no',
+          '-o',
+          'UserKnownHostsFile=/dev/null',
+          '-o',
+          'PubkeyAuthentication=no',
+          '-o',
+          'PreferredAuthentications=password',
+          '-o',
+          'NumberOfPasswordPrompts=1',
+          '-o',
+          'LogLevel=ERROR',
+          '-p',
+          port,
+          '-l',
+          'worker%sshbox',
+          host,
+          ...args,
+        ],
+        {
+          env: {
+            PATH: process.env.PATH ?? '/usr/bin:/bin',
+            HOME: dir,
+            SSH_ASKPASS: askpass,
+            SSH_ASKPASS_REQUIRE: 'force',
+            CC_TEST_PASSWORD: sshTicket,
+          },
+          timeout: 60_000,
+        },
+        (error, stdout, stderr) =>
+          resolve({
+            code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
+            text: `${stdout}${stderr}`,
+          }),
+      );
+      child.stdin?.end();
+    });
+  }
+  /** Logins the upstream sshd accepted (each one is the gateway presenting the released key). */
+  const upstreamLogins = () => (sshd!.log().match(/Accepted publickey for root/g) ?? []).length;
+
+  it.skipIf(!sshdAvailable())(
+    'SSH exec, a new login each time',
+    async () => {
+      const marker = join(sshd!.dir, 'audit-down-new-login');
+      const attempt = () => sshRun(['touch', marker]);
+      const id = await heldAndApproved(attempt);
+      expect(existsSync(marker)).toBe(false);
+      const logins = upstreamLogins();
+      const logged = serverOutput.length;
+      breakAudit();
+      try {
+        // Releasing the key is audited first: the login itself is refused, so nothing reaches sshd.
+        const refused = await attempt();
+        replies.push(refused.text);
+        expect(refused.code, refused.text).not.toBe(0);
+        expect(existsSync(marker)).toBe(false);
+        expect(upstreamLogins()).toBe(logins);
+        expect(statusOf(id)).toBe('approved');
+        // The client is told only that the login failed; the gateway's log says why.
+        expect(serverOutput.slice(logged)).toMatch(
+          /"reason":"CC_ERR_AUDIT_UNAVAILABLE"[^\n]*"msg":"ssh: login refused"/,
+        );
+      } finally {
+        repairAudit();
+      }
+      const allowed = await attempt();
+      replies.push(allowed.text);
+      expect(allowed.code, allowed.text).toBe(0);
+      expect(existsSync(marker)).toBe(true);
+      expect(upstreamLogins()).toBe(logins + 1);
+      expect(statusOf(id)).toBe('used');
+      // The private key the gateway logged in with is in nothing it printed or answered.
+      const keyBody = sshd!.clientKey.split('\n')[1]!;
+      expect(serverOutput).not.toContain(keyBody);
+      for (const reply of replies) expect(reply).not.toContain(keyBody);
+    },
+    90_000,
+  );
+
+  it.skipIf(!sshdAvailable())(
+    'SSH exec, in a session that logged in before the store failed',
+    async () => {
+      const marker = join(sshd!.dir, 'audit-down-same-session');
+      const [host, port] = listening.ssh.split(':') as [string, string];
+      let session: ssh2.Client | null = null;
+      const connect = () =>
+        new Promise<ssh2.Client>((resolve, reject) => {
+          const client = new ssh2.Client();
+          client.on('ready', () => resolve(client));
+          client.on('error', reject);
+          client.on('close', () => {
+            if (session === client) session = null;
+          });
+          client.connect({
+            host,
+            port: Number(port),
+            username: 'worker%sshbox',
+            password: sshTicket,
+            // This test judges audit, not host keys.
+            hostVerifier: () => true,
+            readyTimeout: 30_000,
+          });
+        });
+      const exec = (client: ssh2.Client, command: string) =>
+        new Promise<{ code: number; text: string }>((resolve, reject) => {
+          client.exec(command, (error, stream) => {
+            if (error) {
+              reject(error);
+              return;
+            }
+            let text = '';
+            let code = -1;
+            stream.on('data', (d: Buffer) => {
+              text += d.toString('utf8');
+            });
+            stream.stderr.on('data', (d: Buffer) => {
+              text += d.toString('utf8');
+            });
+            stream.on('exit', (status: number | null) => {
+              code = status ?? -1;
+            });
+            stream.on('close', () => resolve({ code, text }));
+          });
+        });
+      const logins = upstreamLogins();
+      try {
+        session = await connect();
+        await holdsUnderAuditFailure(
+          async () => {
+            session ??= await connect();
+            const result = await exec(session, `touch ${marker}`);
+            return { ok: result.code === 0, text: result.text };
+          },
+          () => (existsSync(marker) ? 1 : 0),
+        );
+        // One login upstream carried every attempt: the refused command never went to sshd.
+        expect(upstreamLogins()).toBe(logins + 1);
+      } finally {
+        (session as ssh2.Client | null)?.end();
+      }
+    },
+    90_000,
+  );
 
   it('the audit chain still verifies after every refusal', async () => {
     const verified = await cli(['audit', 'verify'], { env: env() });

@@ -1,4 +1,5 @@
 import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Context } from '../../src/server/context.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
@@ -103,6 +104,37 @@ describe('found-secret tickets: scope and registration cap', () => {
       maxUses: null,
     });
     expect(Date.parse(issued.view.expiresAt!)).toBeLessThanOrEqual(before + 15 * 60_000 + 2_000);
+  });
+
+  it('the first refusal past the cap is audited (found.limit); a record that could not be written is written by the next refusal', async () => {
+    const scope = { principal: me, destinations: ['conn:api'], target, kind: 'found', source: 'test' };
+    const limits = async () =>
+      (await ctx.store.readAudit(0, 10_000)).filter((r) => r.type === 'found.limit').length;
+    await ctx.vault.tokenizeFound(Buffer.from('limit-value-one-abcdef'), scope, 'gateway:test');
+    await ctx.vault.tokenizeFound(Buffer.from('limit-value-two-abcdef'), scope, 'gateway:test');
+    const { default: Database } = await import('better-sqlite3');
+    const db = new Database(join(t.home.dir, 'coatcheck.db'));
+    db.exec(
+      `CREATE TRIGGER limit_down BEFORE INSERT ON audit WHEN NEW.type = 'found.limit' BEGIN SELECT RAISE(ABORT, 'disk full'); END`,
+    );
+    try {
+      await expect(
+        ctx.vault.tokenizeFound(Buffer.from('limit-value-three-abcd'), scope, 'gateway:test'),
+      ).rejects.toMatchObject({ code: 'CC_ERR_FOUND_SECRETS_LIMIT' });
+      expect(await limits()).toBe(0);
+    } finally {
+      db.exec('DROP TRIGGER limit_down');
+      db.close();
+    }
+    await expect(
+      ctx.vault.tokenizeFound(Buffer.from('limit-value-four-abcde'), scope, 'gateway:test'),
+    ).rejects.toMatchObject({ code: 'CC_ERR_FOUND_SECRETS_LIMIT' });
+    expect(await limits()).toBe(1);
+    // Written once: later refusals in the window are only counted.
+    await expect(
+      ctx.vault.tokenizeFound(Buffer.from('limit-value-five-abcde'), scope, 'gateway:test'),
+    ).rejects.toMatchObject({ code: 'CC_ERR_FOUND_SECRETS_LIMIT' });
+    expect(await limits()).toBe(1);
   });
 
   it('caps new registrations per principal; re-found values and operator requests are not counted', async () => {

@@ -60,6 +60,46 @@ describe('workflows and subtasks', () => {
     );
   }
 
+  it('a start that fails half-way is rolled back; a rollback that fails too is counted, reported and surfaced', async () => {
+    const reported: string[] = [];
+    ctx.workflows.onRollbackFailure = (node) => reported.push(node);
+    // Rolled back: the node is revoked, its first ticket with it.
+    expect(await code(start(['users-api', 'no-such-secret']))).toBe('CC_ERR_NOT_FOUND');
+    const rolledBack = await ctx.workflows.list();
+    expect(rolledBack.map((w) => w.status)).toEqual(['revoked']);
+    expect(ctx.workflows.rollbackFailures).toBe(0);
+    // The revocation cannot be written (the audit store refuses it): not swallowed.
+    const { default: Database } = await import('better-sqlite3');
+    const db = new Database(join(t.home.dir, 'coatcheck.db'));
+    db.exec(
+      `CREATE TRIGGER revoke_down BEFORE INSERT ON audit WHEN NEW.type = 'workflow.revoke' BEGIN SELECT RAISE(ABORT, 'disk full'); END`,
+    );
+    let failure: { code?: string; message?: string; details?: Record<string, unknown> } = {};
+    try {
+      failure = await start(['users-api', 'no-such-secret']).then(
+        () => ({}),
+        (e: typeof failure) => e,
+      );
+    } finally {
+      db.exec('DROP TRIGGER revoke_down');
+      db.close();
+    }
+    expect(failure.code).toBe('CC_ERR_NOT_FOUND');
+    const node = (await ctx.workflows.list()).find((w) => w.status === 'active')!;
+    expect(failure.details).toMatchObject({
+      rollback: 'failed',
+      node: node.id,
+      rollbackCode: 'CC_ERR_AUDIT_UNAVAILABLE',
+    });
+    expect(failure.message).toContain(`coatcheck workflow revoke ${node.id}`);
+    expect(ctx.workflows.rollbackFailures).toBe(1);
+    expect(reported).toEqual([node.id]);
+    expect(await ctx.metrics.metrics()).toMatch(/^coatcheck_workflow_rollback_failures_total 1$/m);
+    // Revoked by hand, as the error says.
+    await ctx.workflows.revoke(node.id, 'admin:test');
+    expect((await ctx.workflows.get(node.id)).status).toBe('revoked');
+  });
+
   it('gives each node its own key, principal and tickets; a subtask exchanges only its own', async () => {
     const run = await start();
     expect(run.workflow.id).toMatch(/^wfl_/);

@@ -758,6 +758,7 @@ export class HttpEngine implements Engine<HttpClient> {
             ),
           timeoutMs: Math.min(this.#options.upstreamTimeoutMs, 10_000),
           signal: client.session.signal,
+          log: services.log,
         });
       } catch (error) {
         if (error instanceof UpstreamHandshakeError) {

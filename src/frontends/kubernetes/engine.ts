@@ -710,6 +710,7 @@ export class KubernetesEngine {
         tls: this.#options.pool.tls(prepared.view, prepared.credential),
         timeoutMs: Math.min(this.#options.upstreamTimeoutMs, 10_000),
         signal: client.session.signal,
+        log: services.log,
       }).catch((error: unknown) => {
         throw upstreamFailure(error, client.session.terminatedBy, true);
       });

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
 import { WebSocket } from 'ws';
 import type { ErrorCode } from '../../core/errors.js';
 import { CoatcheckError } from '../../core/errors.js';
@@ -38,6 +39,7 @@ export async function upgradeUpstream(input: {
   tls: UpstreamTls;
   timeoutMs: number;
   signal: AbortSignal;
+  log?: Pick<Logger, 'warn'>;
 }): Promise<UpgradeResult> {
   try {
     const answer = await openUpstreamWebSocket(input);

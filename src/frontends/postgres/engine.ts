@@ -182,6 +182,10 @@ class StatementAudit {
   readonly #base: PostgresSessionFields;
   #pending: StatementEvent[] = [];
   #timer: NodeJS.Timeout | null = null;
+  /** Batch writes not yet settled (a timed one may still run when the session ends). */
+  readonly #writing = new Set<Promise<void>>();
+  /** The first failed write: every later flush reports it (the trail has a gap). */
+  #failure: { readonly error: unknown } | null = null;
   /** Called when a timed flush fails (the relay ends the session). */
   onFailure: (error: unknown) => void = () => undefined;
 
@@ -204,19 +208,31 @@ class StatementAudit {
     return Promise.resolve();
   }
 
+  /**
+   * Write what is pending and wait for every write started before (a timed one may be
+   * running); rejects if any of this session's writes failed, now or earlier.
+   */
   async flush(): Promise<void> {
     if (this.#timer !== null) {
       clearTimeout(this.#timer);
       this.#timer = null;
     }
-    if (this.#pending.length === 0) return;
-    const batch = this.#pending;
-    this.#pending = [];
-    await this.#audit.append({
-      type: 'postgres.query',
-      actor: this.#actor,
-      data: { ...this.#base, statements: batch },
-    });
+    if (this.#pending.length > 0) {
+      const batch = this.#pending;
+      this.#pending = [];
+      const write: Promise<void> = this.#audit
+        .append({ type: 'postgres.query', actor: this.#actor, data: { ...this.#base, statements: batch } })
+        .then(
+          () => undefined,
+          (error: unknown) => {
+            this.#failure ??= { error };
+          },
+        )
+        .finally(() => this.#writing.delete(write));
+      this.#writing.add(write);
+    }
+    await Promise.all([...this.#writing]);
+    if (this.#failure !== null) throw this.#failure.error;
   }
 }
 

@@ -276,7 +276,7 @@ export class SshConnection {
           },
           async (error: unknown) => {
             login.credential.fill(0);
-            await this.#auditChannel('upstream', { outcome: codeOf(error) }).catch(() => undefined);
+            await this.#auditRefusal('upstream', { outcome: codeOf(error) });
             throw error;
           },
         );
@@ -554,6 +554,10 @@ export class SshConnection {
       this.#login = { principal, view, target, upstream, parents, credential };
     } catch (error) {
       const e = error instanceof CoatcheckError ? error : null;
+      const code = e?.code ?? 'CC_ERR_INTERNAL';
+      const reason = (e?.details?.reason as string | undefined) ?? code;
+      // The client is told only that the login failed: the reason is in the log and the audit.
+      this.#services.log.info({ session: session.id, code, reason }, 'ssh: login refused');
       await this.#services.audit
         .append({
           type: 'ssh.login.refused',
@@ -562,12 +566,18 @@ export class SshConnection {
             session: session.id,
             user: masked(agentName),
             connection: masked(connectionName),
-            code: e?.code ?? 'CC_ERR_INTERNAL',
-            reason: (e?.details?.reason as string | undefined) ?? e?.code ?? 'CC_ERR_INTERNAL',
+            code,
+            reason,
             remote: this.#remote,
           },
         })
-        .catch(() => undefined);
+        .catch((failure: unknown) =>
+          // The login is refused either way; a refusal the audit log could not take is logged.
+          this.#services.log.error(
+            { session: session.id, code, auditCode: (failure as { code?: unknown })?.code },
+            'ssh: login refusal not audited',
+          ),
+        );
       session.event('login.refused', { code: e?.code ?? 'CC_ERR_INTERNAL' });
       session.principal = null;
       // A refused key attempt leaves nothing behind for a later login on this connection.
@@ -666,12 +676,33 @@ export class SshConnection {
     });
   }
 
+  /**
+   * The record of a refusal (or a failed upstream): the refusal stands whether or not it is
+   * recorded, so a failed write is logged rather than thrown.
+   */
+  async #auditRefusal(
+    kind: string,
+    fields: { outcome: string; command?: string; target?: string },
+  ): Promise<void> {
+    await this.#auditChannel(kind, fields).catch((failure: unknown) =>
+      this.#services.log.error(
+        {
+          session: this.session.id,
+          kind,
+          code: fields.outcome,
+          auditCode: (failure as { code?: unknown })?.code,
+        },
+        'ssh: refusal not audited',
+      ),
+    );
+  }
+
   /** A request the gateway never carries: refused, audited once per kind and connection. */
   async #refused(kind: string): Promise<void> {
     this.session.event('request.refused', { kind });
     if (this.#audited.has(kind)) return;
     this.#audited.add(kind);
-    await this.#auditChannel(kind, { outcome: 'CC_ERR_SSH_REQUEST_REFUSED' }).catch(() => undefined);
+    await this.#auditRefusal(kind, { outcome: 'CC_ERR_SSH_REQUEST_REFUSED' });
   }
 
   #sessionChannel(s: ssh2.Session): void {
@@ -883,9 +914,7 @@ export class SshConnection {
       const e = error instanceof CoatcheckError ? error : this.#services.fail(error);
       this.session.event('exec', { command: shown, refused: e.code });
       this.#refuseChannel(channel, e);
-      await this.#auditChannel('exec', { command: shown || '(not classified)', outcome: e.code }).catch(
-        () => undefined,
-      );
+      await this.#auditRefusal('exec', { command: shown || '(not classified)', outcome: e.code });
     }
   }
 
@@ -928,7 +957,7 @@ export class SshConnection {
     } catch (error) {
       const e = error instanceof CoatcheckError ? error : this.#services.fail(error);
       this.#refuseChannel(channel, e);
-      await this.#auditChannel('shell', { outcome: e.code }).catch(() => undefined);
+      await this.#auditRefusal('shell', { outcome: e.code });
     }
   }
 
@@ -958,7 +987,7 @@ export class SshConnection {
     } catch (error) {
       const e = error instanceof CoatcheckError ? error : this.#services.fail(error);
       this.#refuseChannel(channel, e);
-      await this.#auditChannel('sftp', { outcome: e.code }).catch(() => undefined);
+      await this.#auditRefusal('sftp', { outcome: e.code });
     }
   }
 
@@ -1006,7 +1035,7 @@ export class SshConnection {
       if (accepted === null) reject();
       else accepted.close();
       this.session.event('forward', { target, refused: e.code });
-      await this.#auditChannel('forward', { target, outcome: e.code }).catch(() => undefined);
+      await this.#auditRefusal('forward', { target, outcome: e.code });
     }
   }
 

@@ -1,4 +1,5 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -19,6 +20,7 @@ import { kubernetesFrontend } from '../../../src/frontends/kubernetes/start.js';
 import { stdioUrl } from '../../../src/frontends/mcp/command.js';
 import { mcpStdioFrontend } from '../../../src/frontends/mcp/mcp-stdio.js';
 import { postgresFrontend } from '../../../src/frontends/postgres/start.js';
+import { sshFrontend } from '../../../src/frontends/ssh/start.js';
 import { type Frontend, GatewayDriver, type Mount } from '../../../src/gateway/driver.js';
 import type { SessionHooks } from '../../../src/gateway/hooks.js';
 import { type Context, initHome, openContext } from '../../../src/server/context.js';
@@ -26,6 +28,7 @@ import { httpGateway } from '../../../src/server/frontends.js';
 import { frontendDeps } from '../../../src/server/gateway-deps.js';
 import { startKubeApiServer } from '../../helpers/kube-apiserver.js';
 import { startUpstream } from '../http/harness.js';
+import { sshdAvailable, startThrowawaySshd } from '../ssh/harness.js';
 
 /**
  * The gateway driver: every front-end runs through it, so every front-end's sessions
@@ -639,4 +642,110 @@ describe('the driver around any adapter', () => {
     await stopped;
     socket.destroy();
   });
+});
+
+describe.skipIf(!sshdAvailable())('SSH through the driver', () => {
+  it('a session (login, a command) reaches the hooks, the registry (frontend ssh) and the recordings', async () => {
+    const sshd = await startThrowawaySshd();
+    const ssh = await driver.start(sshFrontend(frontendDeps(ctx), { host: '127.0.0.1', port: 0 }));
+    try {
+      await ctx.vault.addSecret(
+        { name: 'drv-ssh-key', value: Buffer.from(sshd.clientKey), allow: ['conn:drvssh'] },
+        'admin:test',
+      );
+      await ctx.connections.add(
+        {
+          name: 'drvssh',
+          type: 'ssh',
+          url: `ssh://root@127.0.0.1:${sshd.port}`,
+          rules: { hostKey: sshd.hostKey },
+        },
+        'admin:test',
+      );
+      const ticket = (
+        await ctx.vault.issueTicket(
+          { secret: 'drv-ssh-key', principal: bot.ref, destinations: ['conn:drvssh'] },
+          'admin:test',
+        )
+      ).ticket;
+      const knownHosts = join(dir, 'ssh_known_hosts');
+      writeFileSync(knownHosts, `[127.0.0.1]:${ssh.port} ${ssh.hostKey.public}\n`);
+      const askpass = join(dir, 'ssh-askpass.sh');
+      writeFileSync(askpass, '#!/bin/sh\nprintf "%s\\n" "$CC_TEST_PASSWORD"\n');
+      chmodSync(askpass, 0o755);
+      const before = await ctx.metrics.metrics();
+      // The real OpenSSH client, the ticket as the password.
+      const ran = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+        execFile(
+          'ssh',
+          [
+            '-F',
+            '/dev/null',
+            '-o',
+            `UserKnownHostsFile=${knownHosts}`,
+            '-o',
+            'StrictHostKeyChecking=yes',
+            '-o',
+            'PubkeyAuthentication=no',
+            '-o',
+            'PreferredAuthentications=password,keyboard-interactive',
+            '-o',
+            'NumberOfPasswordPrompts=1',
+            '-p',
+            String(ssh.port),
+            '-l',
+            'bot%drvssh',
+            '127.0.0.1',
+            'echo',
+            'through-the-driver',
+          ],
+          {
+            env: {
+              PATH: process.env.PATH ?? '/usr/bin:/bin',
+              HOME: dir,
+              SSH_ASKPASS: askpass,
+              SSH_ASKPASS_REQUIRE: 'force',
+              CC_TEST_PASSWORD: ticket,
+            },
+            timeout: 60_000,
+          },
+          (error, stdout, stderr) =>
+            resolve({
+              code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
+              stdout,
+              stderr,
+            }),
+        );
+      });
+      expect(ran, ran.stderr).toMatchObject({ code: 0, stdout: 'through-the-driver\n' });
+      await until(() => hooks.of('ssh').some((e) => e.kind === 'close'), 10_000);
+      const events = hooks.of('ssh');
+      const session = events[0]!.session;
+      expect(events.every((e) => e.session === session)).toBe(true);
+      expect(events[0]!.kind).toBe('open');
+      expect(events.filter((e) => e.kind === 'exchange').map((e) => e.detail)).toEqual(
+        expect.arrayContaining(['tickets:released', 'decision:allow']),
+      );
+      expect(events.at(-1)).toMatchObject({ kind: 'close', detail: 'ok' });
+      const after = await ctx.metrics.metrics();
+      const delta = (name: string, labels: string) =>
+        counter(after, name, labels) - counter(before, name, labels);
+      expect(delta('coatcheck_sessions_total', 'frontend="ssh",outcome="ok"')).toBe(1);
+      expect(
+        delta('coatcheck_session_exchanges_total', 'frontend="ssh",step="tickets",outcome="released"'),
+      ).toBe(1);
+      expect(counter(after, 'coatcheck_sessions_open', 'frontend="ssh"')).toBe(0);
+      await driver.recorder.flush();
+      await until(async () => (await ctx.store.getSession(session)) !== null);
+      const recorded = await ctx.store.getSession(session);
+      expect(recorded).toMatchObject({ frontend: 'ssh', connection: 'drvssh', outcome: 'ok' });
+      // The key the gateway logged in upstream with is in nothing it kept or logged.
+      const keyBody = sshd.clientKey.split('\n')[1]!;
+      expect(JSON.stringify(recorded)).not.toContain(keyBody);
+      expect(logText).not.toContain(keyBody);
+    } finally {
+      await ssh.close();
+      sshd.stop();
+    }
+  }, 120_000);
 });

@@ -50,6 +50,8 @@ export interface ThrowawaySshd {
   readonly password: string;
   /** A file the server can print, holding `contents`. */
   file(name: string, contents: string): string;
+  /** What sshd wrote to stderr (its log; `LogLevel` as started with). */
+  log(): string;
   /** Restart on the same port with a new host key (a server whose key changed, or an impostor). */
   rekey(): Promise<void>;
   stop(): void;
@@ -60,7 +62,14 @@ export interface ThrowawaySshd {
  * root logging in by a key pair (authorized_keys in a temp file) and a throwaway user
  * logging in by password. Needs root (the tests run as root) and Debian's openssh-server.
  */
-export async function startThrowawaySshd(): Promise<ThrowawaySshd> {
+export async function startThrowawaySshd(
+  options: { logLevel?: 'ERROR' | 'INFO' } = {},
+): Promise<ThrowawaySshd> {
+  let logText = '';
+  const collect = (child: ChildProcess) =>
+    child.stderr?.on('data', (chunk: Buffer) => {
+      logText += chunk.toString('utf8');
+    });
   const dir = mkdtempSync(join(tmpdir(), 'coatcheck-sshd-'));
   chmodSync(dir, 0o755);
   execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host'), '-C', 'host']);
@@ -97,11 +106,12 @@ export async function startThrowawaySshd(): Promise<ThrowawaySshd> {
         'Subsystem sftp internal-sftp',
         'MaxStartups 100',
         'MaxSessions 100',
-        'LogLevel ERROR',
+        `LogLevel ${options.logLevel ?? 'ERROR'}`,
         '',
       ].join('\n'),
     );
     const started = spawn(SSHD, ['-D', '-e', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+    collect(started);
     try {
       await waitForPort(port, 5000);
       child = started;
@@ -122,6 +132,7 @@ export async function startThrowawaySshd(): Promise<ThrowawaySshd> {
     dir,
     port,
     hostKey: readHostKey('host'),
+    log: () => logText,
     async rekey() {
       generation++;
       const name = `host${generation}`;
@@ -134,6 +145,7 @@ export async function startThrowawaySshd(): Promise<ThrowawaySshd> {
         readFileSync(config, 'utf8').replace(/^HostKey .*$/m, `HostKey ${join(dir, name)}`),
       );
       running = spawn(SSHD, ['-D', '-e', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+      collect(running);
       await waitForPort(port, 5000);
       (this as { hostKey: string }).hostKey = readHostKey(name);
     },
