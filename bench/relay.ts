@@ -9,6 +9,8 @@
  * PostgreSQL, all on this machine. Two connections to each target: one direct, one
  * `--via` the relay. Rounds alternate the two paths; the median of each is reported, with
  * the ratio relay / direct. Numbers depend on the machine and its load: compare ratios.
+ * `RELAY_NODE_ARGS='--cpu-prof --cpu-prof-dir=DIR'` passes node flags to the relay process
+ * (to profile it; run this script under `node --cpu-prof` for the gateway's side).
  */
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -67,6 +69,7 @@ async function main(): Promise<void> {
   const relay = spawn(
     process.execPath,
     [
+      ...(process.env.RELAY_NODE_ARGS ? process.env.RELAY_NODE_ARGS.split(' ') : []),
       '--import',
       'tsx',
       CLI_ENTRY,

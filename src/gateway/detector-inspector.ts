@@ -28,6 +28,14 @@ export function createDetectorInspector(options: DetectorOptions = {}): Response
       // Bytes not yet sent, and the last bytes sent (context for rules that look behind).
       let pending: Buffer = Buffer.alloc(0);
       let sentTail: Buffer = Buffer.alloc(0);
+      // Chunks received since the last release (pending's bytes first), joined only when
+      // something may be released.
+      let held: Buffer[] = [];
+      let heldLength = 0;
+      let heldNewline = false;
+      const collect = (): void => {
+        pending = held.length === 1 ? held[0]! : Buffer.concat(held, heldLength);
+      };
 
       const replace = async (value: Buffer, finding: Finding): Promise<Buffer> => {
         const ticket = await tokenize(value, finding.ruleId);
@@ -83,10 +91,24 @@ export function createDetectorInspector(options: DetectorOptions = {}): Response
           return out + value.slice(position);
         },
         async push(chunk) {
-          pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
-          return release(safeBoundary(pending, detector.maxMatchLength));
+          // Nothing can go out before a line feed arrives or the held line grows past
+          // MAX_HELD_LINE (safeBoundary would say 0): keep the chunk aside without copying or
+          // scanning. Small chunks (a stream carried over HTTP/2, TLS records) made both
+          // happen to the held bytes once per chunk.
+          held.push(chunk);
+          heldLength += chunk.length;
+          heldNewline ||= chunk.includes(0x0a);
+          if (!heldNewline && heldLength <= MAX_HELD_LINE) return EMPTY;
+          collect();
+          const boundary = safeBoundary(pending, detector.maxMatchLength);
+          const out = boundary === 0 ? EMPTY : await release(boundary);
+          held = pending.length === 0 ? [] : [pending];
+          heldLength = pending.length;
+          heldNewline = pending.includes(0x0a);
+          return out;
         },
         async end() {
+          collect();
           return pending.length === 0 ? Buffer.alloc(0) : release(pending.length);
         },
       };
@@ -94,6 +116,8 @@ export function createDetectorInspector(options: DetectorOptions = {}): Response
     },
   };
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /** Bytes of already-sent text kept as context (`password=` before a value, a key name). */
 const LOOKBEHIND = 256;
