@@ -299,7 +299,16 @@ export const RELAYS: TableDefinition<RelayRecord> = {
     ['last_address', 'text'],
     ['last_replica', 'text'],
   ],
-  values: (r) => [r.id, r.name, r.keyHash, r.createdAt, r.revokedAt, r.lastSeenAt, r.lastAddress, r.lastReplica],
+  values: (r) => [
+    r.id,
+    r.name,
+    r.keyHash,
+    r.createdAt,
+    r.revokedAt,
+    r.lastSeenAt,
+    r.lastAddress,
+    r.lastReplica,
+  ],
   fromRow: (row) => ({
     id: String(row.id),
     name: String(row.name),

@@ -123,7 +123,7 @@ describe('console: relays', { timeout: 120_000 }, () => {
 
   it('lists relays with status, sessions here, last seen, from where and on which replica', async () => {
     const page = await open('#/relays');
-    expect(await page.locator('h1').innerText()).toBe('Relays');
+    expect(await page.locator('h1').textContent()).toBe('Relays');
     const a = await row(page, 'site-a');
     expect(a).toMatchObject({ Status: 'connected', 'Sessions here': '1', Replica: ctx.relays.replica });
     expect(a.From).toContain('127.0.0.1');
@@ -166,7 +166,7 @@ describe('console: relays', { timeout: 120_000 }, () => {
     const page = await open('#/relays');
     await page.getByRole('button', { name: 'Revoke relay site-a' }).click();
     await expect.poll(async () => (await row(page, 'site-a')).Status, { timeout: 10_000 }).toBe('revoked');
-    expect(await page.locator('#status').innerText()).toBe('Revoked relay site-a.');
+    expect(await page.locator('#status').textContent()).toBe('Revoked relay site-a.');
     expect(ctx.relayHub.sessions('site-a')).toBe(0);
     const audit = await ctx.store.readAudit(0, 10_000);
     expect(audit.some((r) => r.type === 'relay.revoke' && r.data.name === 'site-a')).toBe(true);
