@@ -1,4 +1,5 @@
 import { type ChildProcess, execFile } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -9,6 +10,7 @@ import { createLogger } from '../../../src/core/logger.js';
 import { agentRef } from '../../../src/core/principal.js';
 import { type ForwardProxy, startForwardProxy } from '../../../src/frontends/http/forward-proxy.js';
 import { netnsUnavailable } from '../../helpers/netns.js';
+import { testCa } from '../http/forward-harness.js';
 import { type RelayProcess, type RelayWorld, startRelayWorld, until } from './world.js';
 
 /**
@@ -25,6 +27,7 @@ if (unavailable !== null) console.log(`relay http-route tests skipped: ${unavail
 const LLM_PORT = 8081;
 const MCP_PORT = 8082;
 const API_PORT = 8083;
+const TLS_PORT = 8443;
 const PROVIDER_KEY = 'sk-relay-provider-canary-6e5d4c3b2a19';
 const MCP_KEY = 'mcp-relay-key-canary-1a2b3c4d5e6f';
 const API_SECRET = 'api-relay-secret-canary-7f8e9d0c1b2a';
@@ -42,6 +45,8 @@ let relayKey: string;
 let agentKey: string;
 let mcpTicket: string;
 let apiTicket: string;
+let secureTicket: string;
+let proxyCaFile: string;
 let proxyLog = '';
 const reports: Array<Record<string, Record<string, unknown>>> = [];
 const received: string[] = [];
@@ -68,6 +73,10 @@ describe.skipIf(unavailable !== null)('forward proxy, LLM guard and MCP over HTT
   beforeAll(async () => {
     world = await startRelayWorld({ httpSecret: 'unused-in-these-cases' });
     const { ctx, net } = world;
+    // The HTTPS API's certificate names the target's address, under a CA the proxy trusts.
+    const upstream = testCa(world.dir, `IP:${net.targetIp}`);
+    writeFileSync(join(world.dir, 'target.key'), upstream.key);
+    writeFileSync(join(world.dir, 'target.crt'), upstream.cert);
     targets = net.spawnIn(
       net.targetNs,
       process.execPath,
@@ -77,8 +86,16 @@ describe.skipIf(unavailable !== null)('forward proxy, LLM guard and MCP over HTT
         String(LLM_PORT),
         String(MCP_PORT),
         String(API_PORT),
+        String(TLS_PORT),
       ],
-      { PROVIDER_KEY, MCP_KEY, API_SECRET, LEAK },
+      {
+        PROVIDER_KEY,
+        MCP_KEY,
+        API_SECRET,
+        LEAK,
+        TLS_KEY: join(world.dir, 'target.key'),
+        TLS_CERT: join(world.dir, 'target.crt'),
+      },
     );
     await new Promise<void>((resolve, reject) => {
       let pending = '';
@@ -106,7 +123,11 @@ describe.skipIf(unavailable !== null)('forward proxy, LLM guard and MCP over HTT
         },
       }),
     });
-    proxy = await startForwardProxy(ctx, { host: '127.0.0.1', port: 0 }, log);
+    proxy = await startForwardProxy(ctx, { host: '127.0.0.1', port: 0 }, log, {
+      upstreamCaFile: upstream.caFile,
+    });
+    proxyCaFile = join(world.dir, 'proxy-ca.pem');
+    writeFileSync(proxyCaFile, proxy.ca.cert);
 
     relayKey = (await ctx.relays.create('site', 'admin:test')).key;
     const created = await ctx.agents.create({ name: 'bot' }, 'admin:test');
@@ -120,7 +141,7 @@ describe.skipIf(unavailable !== null)('forward proxy, LLM guard and MCP over HTT
       );
     await secret('provider-key', PROVIDER_KEY, ['conn:model']);
     await secret('mcp-key', MCP_KEY, ['conn:tools']);
-    await secret('api-secret', API_SECRET, ['conn:api']);
+    await secret('api-secret', API_SECRET, ['conn:api', 'conn:secure']);
     await secret('db-password', PROMPT_SECRET, ['conn:tools'], ['body']);
     await secret('leaked', LEAK, ['conn:nowhere']);
     await ctx.connections.add(
@@ -147,6 +168,16 @@ describe.skipIf(unavailable !== null)('forward proxy, LLM guard and MCP over HTT
       { name: 'api', type: 'http', url: `http://${target}:${API_PORT}`, via: 'site' },
       'admin:test',
     );
+    await ctx.connections.add(
+      { name: 'secure', type: 'http', url: `https://${target}:${TLS_PORT}`, via: 'site' },
+      'admin:test',
+    );
+    secureTicket = (
+      await ctx.vault.issueTicket(
+        { secret: 'api-secret', principal, destinations: ['conn:secure'] },
+        'admin:test',
+      )
+    ).ticket;
     mcpTicket = (
       await ctx.vault.issueTicket(
         { secret: 'db-password', principal, destinations: ['conn:tools'] },
@@ -217,7 +248,7 @@ describe.skipIf(unavailable !== null)('forward proxy, LLM guard and MCP over HTT
     }
   }, 60_000);
 
-  it('forward proxy: curl with plain http:// to a host bound to a relayed connection', async () => {
+  it('forward proxy: curl with plain http:// and with https:// (CONNECT, intercepted) to hosts bound to relayed connections', async () => {
     const r = await curl([
       '--proxy',
       proxy.url,
@@ -231,7 +262,25 @@ describe.skipIf(unavailable !== null)('forward proxy, LLM guard and MCP over HTT
     const body = JSON.parse(r.stdout) as { path: string; authorized: boolean; note: string };
     expect(body).toMatchObject({ path: '/through-the-proxy', authorized: true });
     expect(body.note).toMatch(/^the key is cct_[0-9A-Za-z]{28}$/);
-    expect(last('api')).toEqual({ url: '/through-the-proxy', authorized: true });
+    expect(last('api')).toEqual({ scheme: 'http', url: '/through-the-proxy', authorized: true });
+    // HTTPS through CONNECT: the proxy intercepts the tunnel and opens its own TLS to the
+    // target over the relay's stream, verified against the target's address.
+    const tls = await curl([
+      '--proxy',
+      proxy.url,
+      '--proxy-user',
+      `bot:${agentKey}`,
+      '--cacert',
+      proxyCaFile,
+      '-H',
+      `Authorization: Bearer ${secureTicket}`,
+      `https://${world.net.targetIp}:${TLS_PORT}/through-the-tunnel`,
+    ]);
+    expect(tls.stderr).toBe('');
+    const tlsBody = JSON.parse(tls.stdout) as { path: string; authorized: boolean; note: string };
+    expect(tlsBody).toMatchObject({ path: '/through-the-tunnel', authorized: true });
+    expect(tlsBody.note).toMatch(/^the key is cct_[0-9A-Za-z]{28}$/);
+    expect(last('api')).toEqual({ scheme: 'https', url: '/through-the-tunnel', authorized: true });
     // The same request without the relay session is refused with the relay's error.
     relay.child.kill('SIGKILL');
     await relay.exited;
@@ -248,7 +297,7 @@ describe.skipIf(unavailable !== null)('forward proxy, LLM guard and MCP over HTT
     ]);
     expect(refused.stdout).toMatch(/^HTTP\/1\.1 502/);
     expect(refused.stdout).toContain('CC_ERR_RELAY_UNAVAILABLE');
-    expect(last('api')).toEqual({ url: '/through-the-proxy', authorized: true });
+    expect(last('api')).toEqual({ scheme: 'https', url: '/through-the-tunnel', authorized: true });
   }, 60_000);
 
   it('canary: no credential, ticket, key or secret in the gateway log, the audit, sessions or the relay output', async () => {
@@ -268,6 +317,7 @@ describe.skipIf(unavailable !== null)('forward proxy, LLM guard and MCP over HTT
         relayKey,
         mcpTicket,
         apiTicket,
+        secureTicket,
       ]) {
         expect(text).not.toContain(value);
       }

@@ -4,14 +4,17 @@
 // secret the vault knows: the agent must get a ticket instead). What each received is
 // reported on stdout as one JSON line, so the test can check what crossed the relay.
 //
-//   node target-services.mjs HOST LLM_PORT MCP_PORT API_PORT
-//   env: PROVIDER_KEY, MCP_KEY, API_SECRET (the credentials expected), LEAK
+//   node target-services.mjs HOST LLM_PORT MCP_PORT API_PORT TLS_PORT
+//   env: PROVIDER_KEY, MCP_KEY, API_SECRET (the credentials expected), LEAK, TLS_KEY and
+//   TLS_CERT (files: the API again, over HTTPS on TLS_PORT)
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { Server } from '@modelcontextprotocol/sdk/server/index.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { CallToolRequestSchema, ListToolsRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 
-const [host, llmPort, mcpPort, apiPort] = process.argv.slice(2);
+const [host, llmPort, mcpPort, apiPort, tlsPort] = process.argv.slice(2);
 const leak = process.env.LEAK ?? '';
 const report = (entry) => process.stdout.write(`${JSON.stringify(entry)}\n`);
 
@@ -66,21 +69,27 @@ const mcp = createServer(async (req, res) => {
   await transport.handleRequest(req, res);
 });
 
-const api = createServer(async (req, res) => {
+const apiHandler = (scheme) => async (req, res) => {
   await body(req);
   const authorized = req.headers.authorization === `Bearer ${process.env.API_SECRET}`;
-  report({ api: { url: req.url, authorized } });
+  report({ api: { scheme, url: req.url, authorized } });
   res.writeHead(200, { 'content-type': 'application/json' });
   res.end(JSON.stringify({ path: req.url, authorized, note: `the key is ${leak}` }));
-});
+};
+const api = createServer(apiHandler('http'));
+const tls = createHttpsServer(
+  { key: readFileSync(process.env.TLS_KEY), cert: readFileSync(process.env.TLS_CERT) },
+  apiHandler('https'),
+);
 
 let listening = 0;
 for (const [server, port] of [
   [llm, llmPort],
   [mcp, mcpPort],
   [api, apiPort],
+  [tls, tlsPort],
 ]) {
   server.listen(Number(port), host, () => {
-    if (++listening === 3) report({ listening: true });
+    if (++listening === 4) report({ listening: true });
   });
 }
