@@ -332,6 +332,27 @@ describe.skipIf(unavailable !== null)('kubernetes and ssh through a relay, acros
     expect(isTicket(printed.stdout.trim())).toBe(true);
   }, 120_000);
 
+  it('relay killed mid-session: a running ssh command and kubectl exec end with an error; a new relay carries new sessions', async () => {
+    const started = Date.now();
+    const sleeping = gw.ssh('builder%box', sshTicket, ['sleep', '60']);
+    const ticking = kubectl(['exec', 'web-1', '--', 'tick']);
+    await until(() => apiLog.includes('exec tick') && gw.frontend.live.size > 0, 20_000, 'both sessions');
+    await new Promise((r) => setTimeout(r, 1000));
+    const relay = relays.at(-1)!;
+    relay.child.kill('SIGKILL');
+    await relay.exited;
+    const [ssh, exec] = await Promise.all([sleeping, ticking]);
+    // Both ended when the relay went, long before the command would have.
+    expect(Date.now() - started).toBeLessThan(40_000);
+    expect(ssh.code).not.toBe(0);
+    expect(exec.code).not.toBe(0);
+    expect(exec.stdout).toContain('tick 0');
+    startRelay();
+    await until(() => gw.ctx.relayHub.sessions('site') === 1, 30_000, 'the relay to reconnect');
+    expect((await gw.ssh('builder%box', sshTicket, ['echo', 'again'])).stdout).toBe('again\n');
+    expect((await kubectl(['exec', 'web-1', '--', 'echo', 'again'])).stdout).toBe('again\n');
+  }, 120_000);
+
   it('a wrong host key pin is refused through the relay as directly, nothing sent', async () => {
     await gw.ctx.connections.add(
       {
