@@ -125,6 +125,12 @@ describe('CLI', () => {
       via: string | null;
     }>;
     expect(Object.fromEntries(json.map((c) => [c.name, c.via]))).toEqual({ relayed: 'site-a', direct: null });
+    // relay list names the replica a relay was last seen on (none yet).
+    const relays = (await cli(['relay', 'list'], { env })).stdout.split('\n');
+    expect(relays[0]).toMatch(/^NAME\s+ID\s+STATUS\s+SESSIONS\s+LAST SEEN\s+FROM\s+REPLICA$/);
+    expect(relays[1]).toMatch(/^site-a\s+rly_\S+\s+never-connected\s+-\s+-\s+-\s+-$/);
+    const relayJson = JSON.parse((await cli(['relay', 'list', '--json'], { env })).stdout) as unknown[];
+    expect(relayJson).toEqual([expect.objectContaining({ name: 'site-a', lastReplica: null })]);
   });
 
   it('every command has --json and errors carry a stable code and exit code', async () => {

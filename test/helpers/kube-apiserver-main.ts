@@ -8,7 +8,7 @@ import { startKubeApiServer } from './kube-apiserver.js';
  *
  * The cluster token comes from KUBE_TOKEN; one pod, default/web-1, has the environment
  * variable DB_PASSWORD set to POD_SECRET. Prints one JSON line (url, CA) when listening and
- * serves until killed. Each exec's command is logged on stderr as `exec <words>`.
+ * serves until killed. The JSON names the client certificate and key it accepts (PEM). Each exec's command is logged on stderr as `exec <words>`.
  */
 const [dir, host, port] = process.argv.slice(2);
 const api = await startKubeApiServer({
@@ -26,7 +26,9 @@ setInterval(() => {
   for (; seen < api.execs.length; seen++)
     process.stderr.write(`exec ${api.execs[seen]!.command.join(' ')}\n`);
 }, 50).unref();
-process.stdout.write(`${JSON.stringify({ url: api.url, caPem: api.caPem })}\n`);
+process.stdout.write(
+  `${JSON.stringify({ url: api.url, caPem: api.caPem, clientCredential: api.clientCredential })}\n`,
+);
 process.on('SIGTERM', () => {
   void api.close().then(() => process.exit(0));
 });

@@ -65,6 +65,8 @@ let keyFile: string;
 let kubeconfig: string;
 let kubeTicket: string;
 let sshTicket: string;
+let certTicket: string;
+let clientCredential: string;
 const relays: Array<{ child: ChildProcess; output: () => string; exited: Promise<number | null> }> = [];
 
 function startRelay() {
@@ -98,19 +100,15 @@ function startRelay() {
   return relay;
 }
 
-function kubectl(args: string[], input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+function kubectl(
+  args: string[],
+  input?: string,
+  config = kubeconfig,
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = execFile(
       'kubectl',
-      [
-        '--kubeconfig',
-        kubeconfig,
-        '--cache-dir',
-        join(dir, 'kube-cache'),
-        '--request-timeout',
-        '20s',
-        ...args,
-      ],
+      ['--kubeconfig', config, '--cache-dir', join(dir, 'kube-cache'), '--request-timeout', '20s', ...args],
       { env: { PATH: process.env.PATH, HOME: dir }, timeout: 40_000 },
       (error, stdout, stderr) =>
         resolve({
@@ -190,14 +188,16 @@ describe.skipIf(unavailable !== null)('kubernetes and ssh through a relay, acros
     apiServer.stderr!.on('data', (c: Buffer) => {
       apiLog += c.toString('utf8');
     });
-    const api = await new Promise<{ url: string; caPem: string }>((resolve, reject) => {
-      let text = '';
-      apiServer.stdout!.on('data', (c: Buffer) => {
-        text += c.toString('utf8');
-        if (text.includes('\n')) resolve(JSON.parse(text.slice(0, text.indexOf('\n'))));
-      });
-      apiServer.once('exit', (code) => reject(new Error(`the API server exited (${code}): ${apiLog}`)));
-    });
+    const api = await new Promise<{ url: string; caPem: string; clientCredential: string }>(
+      (resolve, reject) => {
+        let text = '';
+        apiServer.stdout!.on('data', (c: Buffer) => {
+          text += c.toString('utf8');
+          if (text.includes('\n')) resolve(JSON.parse(text.slice(0, text.indexOf('\n'))));
+        });
+        apiServer.once('exit', (code) => reject(new Error(`the API server exited (${code}): ${apiLog}`)));
+      },
+    );
     // OpenSSH in the target namespace.
     sshd = await startThrowawaySshd({ netns: { name: net.targetNs, address: net.targetIp, port: SSH_PORT } });
 
@@ -224,6 +224,20 @@ describe.skipIf(unavailable !== null)('kubernetes and ssh through a relay, acros
     await gw.addSecret('cluster-token', CLUSTER_TOKEN, ['conn:cluster']);
     await gw.addSecret('pod-secret', POD_SECRET, ['conn:nowhere']);
     await gw.addSecret('box-key', sshd.clientKey, ['conn:box']);
+    clientCredential = api.clientCredential;
+    await gw.addSecret('cluster-cert', clientCredential, ['conn:cluster-cert']);
+    await ctx.connections.add(
+      {
+        name: 'cluster-cert',
+        type: 'kubernetes',
+        url: api.url,
+        credential: 'cluster-cert',
+        rules: { ca: api.caPem },
+        via: 'site',
+      },
+      'admin:test',
+    );
+    certTicket = await gw.issue('cluster-cert', builder.ref, ['conn:cluster-cert']);
     await ctx.connections.add(
       {
         name: 'cluster',
@@ -313,6 +327,22 @@ describe.skipIf(unavailable !== null)('kubernetes and ssh through a relay, acros
     const echoed = await kubectl(['exec', '-i', 'web-1', '--', 'cat'], 'typed through the relay\n');
     expect(echoed.stdout).toBe('typed through the relay\n');
     expect(apiLog).toContain('exec echo through the relay');
+    // A client-certificate credential: the TLS handshake over the relay's stream presents it.
+    const certConfig = join(dir, 'kubeconfig-cert');
+    writeFileSync(
+      certConfig,
+      renderKubeconfig({
+        agent: 'builder',
+        connection: 'cluster-cert',
+        gateway: k8s.url,
+        ticket: certTicket,
+        ca: k8s.ca,
+      }),
+      { mode: 0o600 },
+    );
+    const byCert = await kubectl(['get', 'pods', '-o', 'name'], undefined, certConfig);
+    expect(byCert.stderr).toBe('');
+    expect(byCert.stdout.trim()).toBe('pod/web-1');
   }, 120_000);
 
   it('ssh exec and stdin through gateway → relay → sshd; the host key pin still holds', async () => {
@@ -398,7 +428,12 @@ describe.skipIf(unavailable !== null)('kubernetes and ssh through a relay, acros
     expect(relayText.length).toBeGreaterThan(0);
     const gateway = await everyOutput(gw);
     for (const text of [relayText, gateway, logText]) {
+      // The client certificate's private key.
+      expect(text).not.toContain(
+        clientCredential.slice(clientCredential.indexOf('PRIVATE KEY-----')).split('\n')[1]!,
+      );
       for (const value of [
+        certTicket,
         CLUSTER_TOKEN,
         POD_SECRET,
         sshd.clientKey.split('\n')[1]!,
