@@ -1,4 +1,6 @@
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AdminServer, startAdminServer } from '../../src/admin/admin-server.js';
@@ -17,6 +19,7 @@ import { makeTestHome, type TestHome } from '../helpers/home.js';
  * through. Text a store can hold is rendered as text (a hostile record does not run).
  */
 const CHROMIUM = process.env.COATCHECK_CHROMIUM ?? '/usr/bin/chromium';
+const SHOTS = mkdtempSync(join(tmpdir(), 'coatcheck-console-shots-'));
 const HOSTILE_NAME = '<img src=x onerror="window.__xss=1">';
 const HOSTILE_ADDRESS = '<script>window.__xss=2</script>';
 const HOSTILE_REPLICA = '"><svg onload="window.__xss=3">';
@@ -129,6 +132,8 @@ describe('console: relays', { timeout: 120_000 }, () => {
     expect(a.From).toContain('127.0.0.1');
     expect(a['Last seen']).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$/);
     expect(a.Actions).toBe('Revoke');
+    const siteA = (await ctx.relays.list()).find((r) => r.name === 'site-a')!;
+    expect(await page.locator('tbody th span', { hasText: 'site-a' }).getAttribute('title')).toBe(siteA.id);
     const b = await row(page, 'site-b');
     expect(b).toMatchObject({
       Status: 'disconnected',
@@ -141,6 +146,14 @@ describe('console: relays', { timeout: 120_000 }, () => {
     const d = await row(page, 'site-d');
     expect(d).toMatchObject({ Status: 'revoked', Actions: '—' });
     expect(d.Revoked).toMatch(/^\d{4}-/);
+    // The table fits a 1280 px window, the Revoke buttons in view.
+    const box = await page.getByRole('button', { name: 'Revoke relay site-a' }).boundingBox();
+    expect(box!.x + box!.width).toBeLessThanOrEqual(1280);
+    const scrolled = await page.$$eval('.table-wrap', (wraps) =>
+      wraps.some((w) => w.scrollWidth > w.clientWidth + 1),
+    );
+    expect(scrolled).toBe(false);
+    await page.screenshot({ path: join(SHOTS, 'relays-1280.png'), fullPage: true });
     await page.context().close();
   });
 
