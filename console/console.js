@@ -308,6 +308,7 @@ const pages = {
   secrets: secretsPage,
   agents: agentsPage,
   connections: connectionsPage,
+  relays: relaysPage,
 };
 
 function parseHash() {
@@ -1493,11 +1494,90 @@ async function connectionsPage() {
         { label: 'URL', cell: (c) => code(safeUrl(c.url)) },
         { label: 'Credential (secret)', cell: (c) => orDash(c.credential) },
         { label: 'Injected headers', cell: (c) => list(Object.keys(c.injectHeaders ?? {})) },
+        {
+          label: 'Via relay',
+          cell: (c) =>
+            c.via ? el('a', { href: '#/relays' }, c.via) : el('span', { class: 'muted' }, 'direct'),
+        },
         { label: 'Declared in', cell: (c) => (c.source === 'config' ? 'config file' : 'store') },
       ],
       rows,
       'No connections.',
     ),
+  ];
+}
+
+/** A relay's status as words a reader (and a screen reader) takes in at once. */
+const RELAY_STATUS = {
+  connected: 'connected',
+  offline: 'disconnected',
+  'never-connected': 'never connected',
+  revoked: 'revoked',
+};
+
+function relayColumns() {
+  return [
+    // The id on hover, as agents' are elsewhere: the table keeps to a 1280 px window.
+    { label: 'Name', cell: (r) => el('span', { title: r.id }, r.name) },
+    {
+      label: 'Status',
+      cell: (r) =>
+        el(
+          'span',
+          { class: `badge badge-relay-${String(r.status).replace(/[^a-z-]/g, '')}` },
+          RELAY_STATUS[r.status] ?? String(r.status),
+        ),
+    },
+    {
+      label: 'Sessions here',
+      cell: (r) => (r.sessions === undefined ? dash() : String(r.sessions)),
+    },
+    { label: 'Last seen', cell: (r) => when(r.lastSeenAt) },
+    { label: 'From', cell: (r) => (r.lastAddress ? code(r.lastAddress) : dash()) },
+    { label: 'Replica', cell: (r) => (r.lastReplica ? code(r.lastReplica) : dash()) },
+    { label: 'Created', cell: (r) => when(r.createdAt) },
+    { label: 'Revoked', cell: (r) => when(r.revokedAt) },
+    {
+      label: 'Actions',
+      cell: (r) => {
+        if (r.status === 'revoked') return dash();
+        const button = el(
+          'button',
+          { type: 'button', class: 'deny', 'aria-label': `Revoke relay ${r.name}` },
+          'Revoke',
+        );
+        button.addEventListener('click', () => {
+          if (!confirmed(`Revoke relay ${r.name}? Its sessions drop at once and its key is refused.`)) return;
+          act(button, () => api('POST', `/v1/relays/${enc(r.name)}/revoke`, {}), `Revoked relay ${r.name}.`);
+        });
+        return button;
+      },
+    },
+  ];
+}
+
+async function relaysPage({ serial }) {
+  const rows = await api('GET', '/v1/relays');
+  const render = (now) =>
+    table('Relays near the targets (coatcheck relay list)', relayColumns(), now, 'No relays.');
+  const holder = el('div', {}, render(rows));
+  watch(
+    serial,
+    REFRESH_MS,
+    () => api('GET', '/v1/relays'),
+    rows,
+    (now) => holder.replaceChildren(render(now)),
+  );
+  return [
+    heading('Relays'),
+    el(
+      'p',
+      { class: 'muted' },
+      'Relays dial out from private networks and carry the upstream connections of connections added with --via. ' +
+        'Connected: a session was seen within 30 s on any replica. Sessions here: on the replica that answered. ' +
+        'Replica: the gateway (host/process) the last session was on.',
+    ),
+    holder,
   ];
 }
 

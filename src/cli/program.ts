@@ -526,8 +526,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
           (c) => c.call('connectionList', {}),
           (rows) =>
             table([
-              ['NAME', 'TYPE', 'URL', 'CREDENTIAL', 'SOURCE'],
-              ...rows.map((r) => [r.name, r.type, r.url, r.credential ?? '-', r.source]),
+              ['NAME', 'TYPE', 'URL', 'CREDENTIAL', 'VIA', 'SOURCE'],
+              ...rows.map((r) => [r.name, r.type, r.url, r.credential ?? '-', r.via ?? '-', r.source]),
             ]),
         );
       });

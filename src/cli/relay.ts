@@ -48,14 +48,14 @@ export function registerRelayCommands(program: Command, io: CliIo, helpers: Rela
     });
   relay
     .command('list')
-    .description('list relays: status, last seen, from where')
+    .description('list relays: status, last seen, from where, on which gateway replica')
     .action(async (_opts, command: Command) => {
       await helpers.perform(
         command,
         (c) => c.call('relayList', {}),
         (rows) =>
           helpers.table([
-            ['NAME', 'ID', 'STATUS', 'SESSIONS', 'LAST SEEN', 'FROM'],
+            ['NAME', 'ID', 'STATUS', 'SESSIONS', 'LAST SEEN', 'FROM', 'REPLICA'],
             ...rows.map((r) => [
               r.name,
               r.id,
@@ -63,6 +63,7 @@ export function registerRelayCommands(program: Command, io: CliIo, helpers: Rela
               r.sessions === undefined ? '-' : String(r.sessions),
               r.lastSeenAt ?? '-',
               r.lastAddress ?? '-',
+              r.lastReplica ?? '-',
             ]),
           ]),
       );

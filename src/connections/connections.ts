@@ -50,6 +50,8 @@ const RELAYED_TYPES: ReadonlySet<ConnectionType> = new Set<ConnectionType>([
   'postgres',
   'llm',
   'mcp',
+  'kubernetes',
+  'ssh',
 ]);
 /** Headers the gateway owns; a connection may not set them. */
 const RESERVED_HEADERS = new Set([

@@ -1,5 +1,6 @@
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { mintAgentKey, mintRelayKey } from '../core/ticket-format.js';
 import { createDetector } from './detector.js';
 import { createLogScrubber, createScrubTransform, scrubText, tokenizeText, WITHHELD } from './scrub.js';
 import { ALNUM, BASE32_UPPER, createRng } from './synth.js';
@@ -50,6 +51,36 @@ describe('tokenizeText', () => {
 });
 
 describe('createLogScrubber', () => {
+  it('masks a relay key (ccr_) in a log line, and tells it from an agent key', () => {
+    const scrub = createLogScrubber({ detector });
+    const relayKey = mintRelayKey();
+    const agentKey = mintAgentKey();
+    const line = `{"level":50,"msg":"relay: refused","key":"${relayKey}","agent":"${agentKey}"}`;
+    const out = scrub(line);
+    expect(out).toBe(
+      '{"level":50,"msg":"relay: refused","key":"[REDACTED:coatcheck-relay-key]","agent":"[REDACTED:coatcheck-agent-key]"}',
+    );
+    expect(out).not.toContain(relayKey.slice(4));
+    // Bare, in a header, on an environment line.
+    for (const text of [relayKey, `Authorization: Bearer ${relayKey}`, `COATCHECK_RELAY_KEY=${relayKey}`]) {
+      expect(scrub(text)).toBe(text.replace(relayKey, '[REDACTED:coatcheck-relay-key]'));
+    }
+  });
+
+  it('leaves ccr_ text alone when its checksum does not hold (variants)', () => {
+    const scrub = createLogScrubber({ detector });
+    const relayKey = mintRelayKey();
+    const last = relayKey.at(-1)!;
+    const broken = relayKey.slice(0, -1) + (last === 'A' ? 'B' : 'A');
+    const variants = [
+      broken,
+      relayKey.slice(0, -1), // one short
+      `${relayKey}x`, // one long: not a key boundary
+      `ccr_${'x'.repeat(43)}`,
+    ];
+    for (const text of variants) expect(scrub(`key=${text}`), text).toBe(`key=${text}`);
+  });
+
   it('masks a log line and returns clean lines unchanged', () => {
     const scrub = createLogScrubber({ detector });
     expect(scrub(`{"level":30,"msg":"login","token":"${gh}"}`)).toBe(

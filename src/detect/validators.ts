@@ -1,6 +1,6 @@
 import { crc32 } from 'node:zlib';
 import { BASE62_ALPHABET, encodeBase62Fixed } from '../core/base62.js';
-import { assertAgentKey } from '../core/ticket-format.js';
+import { assertAgentKey, assertRelayKey } from '../core/ticket-format.js';
 
 /** Shannon entropy in bits per character. */
 export function shannonEntropy(value: string): number {
@@ -88,6 +88,16 @@ export function withBase62Crc32(prefix: string, random: string): string {
 export function agentKeyValid(value: string): boolean {
   try {
     assertAgentKey(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** coatcheck relay keys (ccr_…): the agent-key construction with its own prefix. */
+export function relayKeyValid(value: string): boolean {
+  try {
+    assertRelayKey(value);
     return true;
   } catch {
     return false;

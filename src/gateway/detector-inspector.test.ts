@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { mintRelayKey } from '../core/ticket-format.js';
 import { chainInspectors, createDetectorInspector } from './detector-inspector.js';
 import type { InspectionContext, ResponseInspector } from './inspector.js';
 
@@ -37,6 +38,18 @@ async function runThrough(
 
 describe('detector inspector', () => {
   const inspector = createDetectorInspector();
+
+  it('replaces a coatcheck relay key (ccr_) in a response with a ticket, split at any point', async () => {
+    const relayKey = mintRelayKey();
+    const body = Buffer.from(`{"relay":{"name":"site-a","key":"${relayKey}"}}`);
+    const at = body.indexOf(relayKey);
+    for (const cuts of [[], [at + 2], [at + 20], [at + relayKey.length - 1]]) {
+      const issued: string[] = [];
+      const out = await runThrough(inspector, body, cuts, issued);
+      expect(out).toBe('{"relay":{"name":"site-a","key":"cct_found_coatcheck-relay-key"}}');
+      expect(issued).toEqual([`coatcheck-relay-key:${relayKey.length}`]);
+    }
+  });
 
   it('replaces secrets the vault does not know with tickets, in headers and bodies', async () => {
     const issued: string[] = [];

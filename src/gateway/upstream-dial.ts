@@ -74,6 +74,9 @@ export async function dialTls(
     const servername = tls.servername ?? (isIP(dial.host) === 0 ? dial.host : undefined);
     const socket = tlsConnect({
       ...tls,
+      // Over a given socket, Node checks the certificate against servername, else host, else
+      // 'localhost': an upstream named by its IP address is checked against that address.
+      host: dial.host,
       socket: raw,
       ...(servername === undefined ? {} : { servername }),
       ALPNProtocols: ['http/1.1'],

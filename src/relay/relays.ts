@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
@@ -16,6 +17,8 @@ export interface RelayView {
   readonly revokedAt: string | null;
   readonly lastSeenAt: string | null;
   readonly lastAddress: string | null;
+  /** The gateway replica that session was on (`HOST/PID`). */
+  readonly lastReplica: string | null;
   /** `connected`: a session was seen within two heartbeats (on any replica). */
   readonly status: 'connected' | 'offline' | 'never-connected' | 'revoked';
   /** Sessions of this relay open on the replica that answered (absent when no gateway is serving). */
@@ -37,6 +40,8 @@ export class Relays {
   readonly #audit: AuditLog;
   readonly #clock: Clock;
   readonly #lookupKey: Buffer;
+  /** This replica's name in `relay list` and the console: the host name and the process id. */
+  readonly replica: string = `${hostname()}/${process.pid}`;
   /** Sessions open on this replica, by relay id (the hub reports them). */
   sessionsOf: (relayId: string) => number | undefined = () => undefined;
 
@@ -57,6 +62,7 @@ export class Relays {
       revokedAt: iso(record.revokedAt),
       lastSeenAt: iso(record.lastSeenAt),
       lastAddress: record.lastAddress,
+      lastReplica: record.lastReplica,
       status:
         record.revokedAt !== null
           ? 'revoked'
@@ -89,6 +95,7 @@ export class Relays {
       revokedAt: null,
       lastSeenAt: null,
       lastAddress: null,
+      lastReplica: null,
     };
     await this.#audit.append(
       { type: 'relay.create', actor, data: { relay: record.id, name } },
@@ -151,6 +158,6 @@ export class Relays {
   }
 
   touch(id: string, address: string): Promise<void> {
-    return this.#store.touchRelay(id, this.#clock.now(), address);
+    return this.#store.touchRelay(id, this.#clock.now(), address, this.replica);
   }
 }

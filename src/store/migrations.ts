@@ -194,6 +194,14 @@ CREATE UNIQUE INDEX relays_live_name ON relays(name) WHERE revoked_at IS NULL;
 ALTER TABLE connections ADD COLUMN via TEXT;
 `,
   },
+  {
+    version: 12,
+    name: 'relay-replica',
+    // Which gateway replica last saw a session of the relay (console and `relay list`).
+    sql: () => `
+ALTER TABLE relays ADD COLUMN last_replica TEXT;
+`,
+  },
 ];
 
 /** The migrations rendered for one database, in order. */

@@ -297,8 +297,18 @@ export const RELAYS: TableDefinition<RelayRecord> = {
     ['revoked_at', 'int64'],
     ['last_seen_at', 'int64'],
     ['last_address', 'text'],
+    ['last_replica', 'text'],
   ],
-  values: (r) => [r.id, r.name, r.keyHash, r.createdAt, r.revokedAt, r.lastSeenAt, r.lastAddress],
+  values: (r) => [
+    r.id,
+    r.name,
+    r.keyHash,
+    r.createdAt,
+    r.revokedAt,
+    r.lastSeenAt,
+    r.lastAddress,
+    r.lastReplica,
+  ],
   fromRow: (row) => ({
     id: String(row.id),
     name: String(row.name),
@@ -307,6 +317,7 @@ export const RELAYS: TableDefinition<RelayRecord> = {
     revokedAt: nullableNumber(row.revoked_at),
     lastSeenAt: nullableNumber(row.last_seen_at),
     lastAddress: nullableString(row.last_address),
+    lastReplica: nullableString(row.last_replica),
   }),
 };
 

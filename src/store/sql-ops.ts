@@ -368,10 +368,10 @@ export abstract class SqlOps implements StoreOps {
     );
     return count === 1;
   }
-  async touchRelay(id: string, at: number, address: string) {
+  async touchRelay(id: string, at: number, address: string, replica: string) {
     await this.db.run(
-      'UPDATE relays SET last_seen_at = ?, last_address = ? WHERE id = ? AND revoked_at IS NULL',
-      [at, address, id],
+      'UPDATE relays SET last_seen_at = ?, last_address = ?, last_replica = ? WHERE id = ? AND revoked_at IS NULL',
+      [at, address, replica, id],
     );
   }
 

@@ -99,6 +99,8 @@ export interface RelayRecord {
   readonly lastSeenAt: number | null;
   /** The source address of that session, as the gateway saw it. */
   readonly lastAddress: string | null;
+  /** The gateway replica that session is on (host name and process id). */
+  readonly lastReplica: string | null;
 }
 
 export interface AuditRecord {
@@ -288,7 +290,7 @@ export interface StoreOps {
   listRelays(): Promise<RelayRecord[]>;
   revokeRelay(id: string, at: number): Promise<boolean>;
   /** Note that a live relay's session was seen now, from `address`. */
-  touchRelay(id: string, at: number, address: string): Promise<void>;
+  touchRelay(id: string, at: number, address: string, replica: string): Promise<void>;
 
   insertApproval(record: ApprovalRecord): Promise<void>;
   getApproval(id: string): Promise<ApprovalRecord | null>;

@@ -106,6 +106,33 @@ describe('CLI', () => {
     }
   });
 
+  it('connection list shows the relay each connection goes through (human and --json)', async () => {
+    expect((await cli(['relay', 'create', 'site-a'], { env })).stdout).toMatch(/^ccr_/);
+    const add = (name: string, extra: string[]) =>
+      cli(['connection', 'add', name, '--type', 'http', '--url', `https://${name}.internal`, ...extra], {
+        env,
+      });
+    expect((await add('relayed', ['--via', 'site-a'])).stdout).toContain('via relay site-a');
+    expect((await add('direct', [])).code).toBe(0);
+    const listed = (await cli(['connection', 'list'], { env })).stdout.split('\n');
+    expect(listed[0]).toMatch(/^NAME\s+TYPE\s+URL\s+CREDENTIAL\s+VIA\s+SOURCE$/);
+    const viaColumn = listed[0]!.indexOf('VIA');
+    const row = (name: string) => listed.find((l) => l.startsWith(`${name} `))!;
+    expect(row('relayed').slice(viaColumn).split(/\s+/)[0]).toBe('site-a');
+    expect(row('direct').slice(viaColumn).split(/\s+/)[0]).toBe('-');
+    const json = JSON.parse((await cli(['connection', 'list', '--json'], { env })).stdout) as Array<{
+      name: string;
+      via: string | null;
+    }>;
+    expect(Object.fromEntries(json.map((c) => [c.name, c.via]))).toEqual({ relayed: 'site-a', direct: null });
+    // relay list names the replica a relay was last seen on (none yet).
+    const relays = (await cli(['relay', 'list'], { env })).stdout.split('\n');
+    expect(relays[0]).toMatch(/^NAME\s+ID\s+STATUS\s+SESSIONS\s+LAST SEEN\s+FROM\s+REPLICA$/);
+    expect(relays[1]).toMatch(/^site-a\s+rly_\S+\s+never-connected\s+-\s+-\s+-\s+-$/);
+    const relayJson = JSON.parse((await cli(['relay', 'list', '--json'], { env })).stdout) as unknown[];
+    expect(relayJson).toEqual([expect.objectContaining({ name: 'site-a', lastReplica: null })]);
+  });
+
   it('every command has --json and errors carry a stable code and exit code', async () => {
     const missing = await cli(['token', 'issue', '--secret', 'nope', '--to', 'x', '--json'], { env });
     expect(missing.code).toBe(1);

@@ -127,8 +127,8 @@ function openssl(args: string[]): void {
   execFileSync('openssl', args, { stdio: 'ignore' });
 }
 
-/** A CA, a server certificate for 127.0.0.1 and a client certificate, made now with the openssl CLI. */
-function certificates(dir: string) {
+/** A CA, a server certificate for 127.0.0.1 (and `host`) and a client certificate, made now with the openssl CLI. */
+function certificates(dir: string, host = '127.0.0.1') {
   const f = (name: string) => join(dir, name);
   openssl([
     'req',
@@ -148,7 +148,11 @@ function certificates(dir: string) {
     '/CN=test-kube-ca',
   ]);
   for (const [name, subject, ext] of [
-    ['server', '/CN=kube-apiserver', 'subjectAltName=IP:127.0.0.1,DNS:localhost'],
+    [
+      'server',
+      '/CN=kube-apiserver',
+      `subjectAltName=IP:127.0.0.1,DNS:localhost${host === '127.0.0.1' ? '' : `,IP:${host}`}`,
+    ],
     ['client', '/CN=coatcheck-test/O=system:masters', 'extendedKeyUsage=clientAuth'],
   ] as const) {
     openssl([
@@ -207,8 +211,15 @@ function status(code: number, reason: string, message: string): string {
   });
 }
 
-export async function startKubeApiServer(options: { dir: string; token: string }): Promise<KubeApiServer> {
-  const certs = certificates(options.dir);
+export async function startKubeApiServer(options: {
+  dir: string;
+  token: string;
+  /** Listen address (an IP address; default 127.0.0.1) and port (default: any free). */
+  host?: string;
+  port?: number;
+}): Promise<KubeApiServer> {
+  const host = options.host ?? '127.0.0.1';
+  const certs = certificates(options.dir, host);
   const received: Recorded[] = [];
   const execs: ExecCall[] = [];
   const store = new Map<string, Map<string, KubeObject>>();
@@ -531,10 +542,10 @@ export async function startKubeApiServer(options: { dir: string; token: string }
       }
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => server.listen(options.port ?? 0, host, resolve));
   const port = (server.address() as AddressInfo).port;
   return {
-    url: `https://127.0.0.1:${port}`,
+    url: `https://${host}:${port}`,
     caPem: certs.ca,
     caFile: certs.caFile,
     clientCredential: certs.client,

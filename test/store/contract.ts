@@ -238,6 +238,7 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
           revokedAt: null,
           lastSeenAt: null,
           lastAddress: null,
+          lastReplica: null,
         };
         await store.insertRelay(relay);
         expect(await store.getRelayByName('site-a')).toEqual(relay);
@@ -245,17 +246,22 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
         await expect(store.insertRelay({ ...relay, id: 'rly_2', keyHash: 'rh2' })).rejects.toMatchObject({
           code: 'CC_ERR_ALREADY_EXISTS',
         });
-        await store.touchRelay('rly_1', 20, '10.0.0.2');
+        await store.touchRelay('rly_1', 20, '10.0.0.2', 'gw-0/1');
         expect(await store.getRelayByName('site-a')).toMatchObject({
           lastSeenAt: 20,
           lastAddress: '10.0.0.2',
+          lastReplica: 'gw-0/1',
         });
         expect(await store.revokeRelay('rly_1', 30)).toBe(true);
         expect(await store.revokeRelay('rly_1', 40)).toBe(false);
         expect(await store.getRelayByName('site-a')).toBeNull();
         // A revoked relay is not seen any more, and its name is free again.
-        await store.touchRelay('rly_1', 50, '10.0.0.3');
-        expect(await store.getRelayByKeyHash('rh1')).toMatchObject({ revokedAt: 30, lastSeenAt: 20 });
+        await store.touchRelay('rly_1', 50, '10.0.0.3', 'gw-1/1');
+        expect(await store.getRelayByKeyHash('rh1')).toMatchObject({
+          revokedAt: 30,
+          lastSeenAt: 20,
+          lastReplica: 'gw-0/1',
+        });
         await store.insertRelay({ ...relay, id: 'rly_2', keyHash: 'rh2' });
         expect((await store.listRelays()).map((r) => r.id).sort()).toEqual(['rly_1', 'rly_2']);
       } finally {

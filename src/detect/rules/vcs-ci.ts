@@ -1,6 +1,6 @@
 import { ALNUM, ALNUM_LOWER, ALNUM_UPPER, B64URL, HEX } from '../synth.js';
 import type { Rng, Rule } from '../types.js';
-import { agentKeyValid, base62Crc32Valid, withBase62Crc32 } from '../validators.js';
+import { agentKeyValid, base62Crc32Valid, relayKeyValid, withBase62Crc32 } from '../validators.js';
 import { custom, keyed, prefixed, samplePositives } from './builders.js';
 
 const GITHUB_REF = 'https://github.blog/2021-04-05-behind-githubs-new-authentication-token-formats/';
@@ -533,6 +533,17 @@ export const VCS_CI_RULES: readonly Rule[] = [
     make: (rng) => withBase62Crc32('cca_', rng.chars(ALNUM, 37)),
     validate: agentKeyValid,
     key: 'agent_key',
+  }),
+  prefixed({
+    id: 'coatcheck-relay-key',
+    family: 'vcs-ci',
+    title: 'coatcheck relay key (ccr_)',
+    prefix: 'ccr_',
+    body: 'A-Za-z0-9',
+    length: 43,
+    make: (rng) => withBase62Crc32('ccr_', rng.chars(ALNUM, 37)),
+    validate: relayKeyValid,
+    key: 'relay_key',
   }),
   keyed({
     id: 'vault-unseal-key',

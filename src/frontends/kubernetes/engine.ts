@@ -703,12 +703,15 @@ export class KubernetesEngine {
       const protocols = offeredProtocols(req.headers['sec-websocket-protocol']);
       const prepared = await this.#prepare(client, true);
       this.#pipeline.forwarding(client.session, prepared.cleared);
+      const url = new URL(`${prepared.origin}${prepared.path}`);
+      const timeoutMs = Math.min(this.#options.upstreamTimeoutMs, 10_000);
       const upstream = await upgradeUpstream({
-        url: new URL(`${prepared.origin}${prepared.path}`),
+        url,
         headers: prepared.headers,
         protocols,
         tls: this.#options.pool.tls(prepared.view, prepared.credential),
-        timeoutMs: Math.min(this.#options.upstreamTimeoutMs, 10_000),
+        connect: this.#options.pool.connect(prepared.view, prepared.credential, url, timeoutMs),
+        timeoutMs,
         signal: client.session.signal,
         log: services.log,
       }).catch((error: unknown) => {

@@ -37,12 +37,15 @@ export async function upgradeUpstream(input: {
   headers: readonly string[];
   protocols: readonly string[];
   tls: UpstreamTls;
+  /** Opens the connection another way than directly (through the connection's relay). */
+  connect?: (() => Promise<Duplex>) | undefined;
   timeoutMs: number;
   signal: AbortSignal;
   log?: Pick<Logger, 'warn'>;
 }): Promise<UpgradeResult> {
   try {
-    const answer = await openUpstreamWebSocket(input);
+    const { connect, ...rest } = input;
+    const answer = await openUpstreamWebSocket(connect === undefined ? rest : { ...rest, connect });
     if (answer.kind === 'refused') return { kind: 'refused', status: answer.status, body: answer.body };
     return { kind: 'upgraded', socket: answer.socket, protocol: answer.protocol };
   } catch (error) {

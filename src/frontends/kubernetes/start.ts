@@ -43,7 +43,7 @@ export function kubernetesFrontend(
     async start(mount) {
       const config = deps.config.http;
       const pipeline = mount.pipeline('kubernetes', httpPipelineServices(deps, overrides));
-      const pool = createUpstreamPool({ timeoutMs: config.upstreamTimeoutMs });
+      const pool = createUpstreamPool({ timeoutMs: config.upstreamTimeoutMs, dial: deps.upstream });
       mount.onClose(() => pool.close());
       const engine = new KubernetesEngine(pipeline, {
         bodyLimit: config.bodyLimit,

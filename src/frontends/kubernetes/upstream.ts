@@ -1,8 +1,11 @@
 import { createHash } from 'node:crypto';
+import type { Duplex } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { Agent } from 'undici';
 import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError } from '../../core/errors.js';
+import { relayConnector } from '../../gateway/relay-dispatchers.js';
+import { dialTls, type UpstreamDialer } from '../../gateway/upstream-dial.js';
 import type { UpstreamTls } from '../../gateway/websocket.js';
 
 /**
@@ -48,6 +51,17 @@ export interface UpstreamPool {
   agent(connection: ConnectionView, credential: UpstreamCredential): Agent;
   /** TLS options for the WebSocket client (exec and attach upgrades). */
   tls(connection: ConnectionView, credential: UpstreamCredential): UpstreamTls;
+  /**
+   * For a connection with `via`: opens the WebSocket's connection through its relay, TLS to
+   * the API server on top (verified, with the client certificate if any). Undefined: the
+   * WebSocket client dials directly.
+   */
+  connect(
+    connection: ConnectionView,
+    credential: UpstreamCredential,
+    url: URL,
+    timeoutMs: number,
+  ): (() => Promise<Duplex>) | undefined;
   close(): Promise<void>;
 }
 
@@ -56,7 +70,7 @@ export function caOf(connection: ConnectionView): string[] | undefined {
   return typeof ca === 'string' ? [...rootCertificates, ca] : undefined;
 }
 
-export function createUpstreamPool(options: { timeoutMs: number }): UpstreamPool {
+export function createUpstreamPool(options: { timeoutMs: number; dial?: UpstreamDialer }): UpstreamPool {
   const agents = new Map<string, Agent>();
   const tlsOf = (connection: ConnectionView, credential: UpstreamCredential): UpstreamTls => {
     const ca = caOf(connection);
@@ -65,11 +79,41 @@ export function createUpstreamPool(options: { timeoutMs: number }): UpstreamPool
       ...(credential.kind === 'certificate' ? { cert: credential.cert, key: credential.key } : {}),
     };
   };
+  const dialer = (connection: ConnectionView): UpstreamDialer => {
+    if (options.dial === undefined) {
+      throw new CoatcheckError(
+        'CC_ERR_RELAY_UNAVAILABLE',
+        `connection ${connection.name} goes through relay ${connection.via}, which this front-end cannot use`,
+        { details: { relay: connection.via } },
+      );
+    }
+    return options.dial;
+  };
   return {
     tls: tlsOf,
+    connect(connection, credential, url, timeoutMs) {
+      const via = connection.via;
+      if (via === null) return undefined;
+      const dial = dialer(connection);
+      const tls = tlsOf(connection, credential);
+      const host = url.hostname.replace(/^\[|\]$/g, '');
+      const https = url.protocol === 'https:' || url.protocol === 'wss:';
+      const port = Number(url.port || (https ? 443 : 80));
+      const target = { host, port, via, timeoutMs };
+      return () =>
+        https
+          ? dialTls(dial, target, {
+              ...(tls.ca === undefined ? {} : { ca: [...tls.ca] }),
+              ...(tls.cert === undefined ? {} : { cert: tls.cert }),
+              ...(tls.key === undefined ? {} : { key: tls.key }),
+            })
+          : dial(target);
+    },
     agent(connection, credential) {
       const tls = tlsOf(connection, credential);
       const id = createHash('sha256')
+        .update(connection.via ?? '')
+        .update('\0')
         .update(String(connection.rules.ca ?? ''))
         .update('\0')
         .update(tls.cert ?? '')
@@ -78,8 +122,20 @@ export function createUpstreamPool(options: { timeoutMs: number }): UpstreamPool
         .digest('hex');
       let agent = agents.get(id);
       if (agent === undefined) {
+        const connectTimeout = Math.min(options.timeoutMs, 10_000);
         agent = new Agent({
-          connect: { timeout: Math.min(options.timeoutMs, 10_000), ...tls },
+          // Through the connection's relay (TLS to the API server over the relay's stream), or directly.
+          connect:
+            connection.via === null
+              ? { timeout: connectTimeout, ...tls }
+              : relayConnector(dialer(connection), connection.via, {
+                  timeoutMs: connectTimeout,
+                  tls: {
+                    ...(tls.ca === undefined ? {} : { ca: [...tls.ca] }),
+                    ...(tls.cert === undefined ? {} : { cert: tls.cert }),
+                    ...(tls.key === undefined ? {} : { key: tls.key }),
+                  },
+                }),
           headersTimeout: options.timeoutMs,
           // Watches and followed logs run as long as the client keeps them: no body timeout.
           bodyTimeout: 0,

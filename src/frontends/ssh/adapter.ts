@@ -12,6 +12,7 @@ import { AGENT_KEY_PREFIX, isTicket, TICKET_PATTERN } from '../../core/ticket-fo
 import type { ResponseScan } from '../../gateway/inspector.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
+import type { UpstreamDialer } from '../../gateway/upstream-dial.js';
 import { liveAgentSshKey, SSH_KEY_TYPES, sshKeyFingerprint } from '../../identity/ssh-public-key.js';
 import { clip, clipText } from '../../recording/model.js';
 import type { AgentRecord, AgentSshKeyRecord, Store } from '../../store/types.js';
@@ -28,6 +29,8 @@ import {
 
 export interface SshAdapterServices {
   readonly pipeline: ExchangePipeline;
+  /** Opens the upstream stream of a connection that goes through a relay (docs/relay.md). */
+  readonly dial?: UpstreamDialer;
   readonly store: Store;
   readonly audit: AuditLog;
   readonly clock: Clock;
@@ -261,6 +264,7 @@ export class SshConnection {
             timeoutMs: this.#options.upstreamTimeoutMs,
             connection: login.view.name,
             trust: (key) => this.#trustOnFirstUse(login, key),
+            ...(this.#services.dial === undefined ? {} : { dial: this.#services.dial }),
           }),
         )
         .then(

@@ -112,6 +112,7 @@ async function mountSsh(
     const connection = new SshConnection(
       {
         pipeline,
+        dial: deps.upstream,
         store: deps.store,
         audit: deps.audit,
         clock: deps.clock,

@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
+import type { Duplex } from 'node:stream';
 import ssh2 from 'ssh2';
 import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError } from '../../core/errors.js';
+import type { UpstreamDialer } from '../../gateway/upstream-dial.js';
 
 /** Where an ssh connection points: `ssh://USER@HOST:PORT` and its pinned host key. */
 export interface UpstreamTarget {
@@ -12,6 +14,8 @@ export interface UpstreamTarget {
   readonly hostKey: string;
   /** The pin was recorded on first use (the refusal says so). */
   readonly firstUse?: boolean;
+  /** The relay the upstream is reached through (`connection add --via`); null or absent: directly. */
+  readonly via?: string | null;
 }
 
 /** `--host-key tofu`: the connection trusts the key its upstream presents first. */
@@ -51,6 +55,7 @@ export function upstreamTarget(view: ConnectionView): UpstreamTarget {
     port: url.port === '' ? 22 : Number(url.port),
     username: decodeURIComponent(url.username),
     hostKey,
+    via: view.via,
   };
 }
 
@@ -77,11 +82,26 @@ export function hostKeyMatches(pin: string, blob: Buffer): boolean {
  * or a password. The server must present the pinned host key, or nothing is sent.
  * The credential buffer is the caller's; it is not kept.
  */
-export function connectUpstream(
+export async function connectUpstream(
   target: UpstreamTarget,
   credential: Buffer,
-  options: { timeoutMs: number; connection: string; trust?: FirstUseTrust },
+  options: { timeoutMs: number; connection: string; trust?: FirstUseTrust; dial?: UpstreamDialer },
 ): Promise<ssh2.Client> {
+  // Through the connection's relay: the stream is opened first (the relay's errors, like
+  // CC_ERR_RELAY_UNAVAILABLE, reach the client as they are), and ssh2 runs over it. The
+  // relay carries SSH's encrypted transport only.
+  const via = target.via ?? null;
+  let sock: Duplex | undefined;
+  if (via !== null) {
+    if (options.dial === undefined) {
+      throw new CoatcheckError(
+        'CC_ERR_RELAY_UNAVAILABLE',
+        `coatcheck: connection ${options.connection} goes through relay ${via}, which this front-end cannot use`,
+        { details: { relay: via } },
+      );
+    }
+    sock = await options.dial({ host: target.host, port: target.port, via, timeoutMs: options.timeoutMs });
+  }
   return new Promise((resolve, reject) => {
     const client = new ssh2.Client();
     let wrongKey = false;
@@ -133,8 +153,7 @@ export function connectUpstream(
       );
     });
     client.connect({
-      host: target.host,
-      port: target.port,
+      ...(sock === undefined ? { host: target.host, port: target.port } : { sock: sock as never }),
       username: target.username,
       ...(isKey ? { privateKey: text } : { password: text }),
       hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {

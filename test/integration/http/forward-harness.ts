@@ -10,7 +10,10 @@ import { type ForwardProxy, startForwardProxy } from '../../../src/frontends/htt
 import type { Gateway } from './harness.js';
 
 /** A test CA and a server certificate for 127.0.0.1/localhost signed by it (openssl CLI). */
-export function testCa(dir: string): { caFile: string; key: string; cert: string } {
+export function testCa(
+  dir: string,
+  subjectAltName = 'IP:127.0.0.1,DNS:localhost',
+): { caFile: string; key: string; cert: string } {
   const run = (args: string[]) => execFileSync('openssl', args, { stdio: 'ignore' });
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   const caKey = join(dir, 'test-ca.key');
@@ -36,7 +39,7 @@ export function testCa(dir: string): { caFile: string; key: string; cert: string
   const csr = join(dir, 'server.csr');
   const cert = join(dir, 'server.crt');
   const ext = join(dir, 'server.ext');
-  writeFileSync(ext, 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  writeFileSync(ext, `subjectAltName=${subjectAltName}\n`);
   run(['req', ...ec, '-keyout', key, '-out', csr, '-subj', '/CN=127.0.0.1']);
   run([
     'x509',

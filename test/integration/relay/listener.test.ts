@@ -230,18 +230,23 @@ describe('connection add --via', () => {
         'admin:test',
       ),
     ).rejects.toMatchObject({ code: 'CC_ERR_NOT_FOUND' });
-    await expect(
-      ctx.connections.add(
-        {
-          name: 'box',
-          type: 'ssh',
-          url: 'ssh://u@10.9.9.9:22',
-          rules: { hostKey: `SHA256:${'A'.repeat(43)}` },
-          via: 'edge',
-        },
-        'admin:test',
-      ),
-    ).rejects.toMatchObject({ code: 'CC_ERR_INVALID_ARGUMENT', message: expect.stringMatching(/^--via/) });
+    // SSH and Kubernetes upstreams go through relays too (test/integration/relay/k8s-ssh.test.ts).
+    const box = await ctx.connections.add(
+      {
+        name: 'box',
+        type: 'ssh',
+        url: 'ssh://u@10.9.9.9:22',
+        rules: { hostKey: `SHA256:${'A'.repeat(43)}` },
+        via: 'edge',
+      },
+      'admin:test',
+    );
+    expect(box.via).toBe('edge');
+    const cluster = await ctx.connections.add(
+      { name: 'cluster', type: 'kubernetes', url: 'https://10.9.9.9:6443', via: 'edge' },
+      'admin:test',
+    );
+    expect(cluster.via).toBe('edge');
     await expect(
       ctx.connections.add(
         { name: 'tools', type: 'mcp', url: 'stdio:node%20x.js', via: 'edge' },

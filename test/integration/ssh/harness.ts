@@ -62,14 +62,47 @@ export interface ThrowawaySshd {
  * root logging in by a key pair (authorized_keys in a temp file) and a throwaway user
  * logging in by password. Needs root (the tests run as root) and Debian's openssh-server.
  */
+/** Whether something listens on `address:port` inside network namespace `ns` (bash's /dev/tcp). */
+function listensIn(ns: string, address: string, port: number): boolean {
+  try {
+    execFileSync('ip', ['netns', 'exec', ns, 'bash', '-c', `exec 3<>/dev/tcp/${address}/${port}`], {
+      stdio: 'ignore',
+    });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function waitInNamespace(ns: string, address: string, port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!listensIn(ns, address, port)) {
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${address}:${port} in ${ns}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 export async function startThrowawaySshd(
-  options: { logLevel?: 'ERROR' | 'INFO' } = {},
+  options: {
+    /** Run sshd inside this network namespace, listening on `address:port` (tests across a relay). */
+    netns?: { name: string; address: string; port: number };
+    logLevel?: 'ERROR' | 'INFO';
+  } = {},
 ): Promise<ThrowawaySshd> {
   let logText = '';
   const collect = (child: ChildProcess) =>
     child.stderr?.on('data', (chunk: Buffer) => {
       logText += chunk.toString('utf8');
     });
+  const netns = options.netns;
+  const spawnSshd = (config: string) =>
+    netns === undefined
+      ? spawn(SSHD, ['-D', '-e', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] })
+      : spawn('ip', ['netns', 'exec', netns.name, SSHD, '-D', '-e', '-f', config], {
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+  const ready = (port: number) =>
+    netns === undefined ? waitForPort(port, 5000) : waitInNamespace(netns.name, netns.address, port, 5000);
   const dir = mkdtempSync(join(tmpdir(), 'coatcheck-sshd-'));
   chmodSync(dir, 0o755);
   execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(dir, 'host'), '-C', 'host']);
@@ -85,12 +118,12 @@ export async function startThrowawaySshd(
   let child: ChildProcess | null = null;
   let port = 0;
   for (let attempt = 0; attempt < 5 && child === null; attempt++) {
-    port = await freePort();
+    port = netns?.port ?? (await freePort());
     writeFileSync(
       config,
       [
         `Port ${port}`,
-        'ListenAddress 127.0.0.1',
+        `ListenAddress ${netns?.address ?? '127.0.0.1'}`,
         `HostKey ${join(dir, 'host')}`,
         `PidFile ${join(dir, 'sshd.pid')}`,
         `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
@@ -110,10 +143,10 @@ export async function startThrowawaySshd(
         '',
       ].join('\n'),
     );
-    const started = spawn(SSHD, ['-D', '-e', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const started = spawnSshd(config);
     collect(started);
     try {
-      await waitForPort(port, 5000);
+      await ready(port);
       child = started;
     } catch {
       started.kill();
@@ -144,9 +177,9 @@ export async function startThrowawaySshd(
         config,
         readFileSync(config, 'utf8').replace(/^HostKey .*$/m, `HostKey ${join(dir, name)}`),
       );
-      running = spawn(SSHD, ['-D', '-e', '-f', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+      running = spawnSshd(config);
       collect(running);
-      await waitForPort(port, 5000);
+      await ready(port);
       (this as { hostKey: string }).hostKey = readHostKey(name);
     },
     clientKey: readFileSync(join(dir, 'client'), 'utf8'),
