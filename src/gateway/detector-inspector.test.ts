@@ -84,6 +84,32 @@ describe('detector inspector', () => {
     );
   });
 
+  it('a long line in many small chunks (no line feed for 64 KiB and more) loses no secret and adds none', async () => {
+    // Held lines are kept aside unscanned until a line feed or the 64 KiB limit: secrets
+    // before, across and after that limit, and at chunk edges, must all still be found.
+    const filler = (n: number) => 'q'.repeat(n);
+    const text = `${filler(1000)} key=${AWS} ${filler(64 * 1024 - 1100)}token: "${GH}" ${filler(70_000)} id=${AWS} ${filler(300)}`;
+    const body = Buffer.from(text);
+    const whole = await runThrough(inspector, body, []);
+    expect(whole).not.toContain(AWS);
+    expect(whole).not.toContain(GH);
+    expect(whole.split('cct_found_').length - 1).toBe(3);
+    for (const size of [1024, 1500, 16 * 1024, 40_000]) {
+      const cuts = Array.from({ length: Math.floor(body.length / size) }, (_, i) => (i + 1) * size);
+      const issued: string[] = [];
+      expect({ size, out: await runThrough(inspector, body, cuts, issued) }).toEqual({ size, out: whole });
+      expect(issued).toHaveLength(3);
+    }
+    // Held no longer than the limit: a line without end still flows in 64 KiB steps.
+    const scan = await inspector.begin(context([]));
+    let released = 0;
+    for (let i = 0; i < 100; i++) released += (await scan.push(Buffer.from(filler(1024)))).length;
+    expect(released).toBeGreaterThan(100 * 1024 - 64 * 1024 - 1);
+    // Chunks that each end mid-secret, around the limit.
+    const at = body.indexOf(GH);
+    expect(await runThrough(inspector, body, [at + 3, at + 10, at + 11, at + GH.length - 1])).toBe(whole);
+  });
+
   it('releases complete lines at once, so event streams are not delayed', async () => {
     const scan = await inspector.begin(context([]));
     expect((await scan.push(Buffer.from('data: tick\n\n'))).toString()).toBe('data: tick\n\n');
