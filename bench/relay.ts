@@ -34,6 +34,10 @@ const HTTP_BYTES = 64 * 1024 * 1024;
 const HTTP_PARALLEL = Number(process.env.HTTP_PARALLEL ?? 4);
 const PG_ROWS = 50_000;
 const ROUNDS = Number(process.env.ROUNDS ?? 5);
+/** `http` or `pg`: measure only that path (to profile one). */
+const ONLY = process.env.BENCH_ONLY;
+const doHttp = ONLY === undefined || ONLY === 'http';
+const doPg = ONLY === undefined || ONLY === 'pg';
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
@@ -152,16 +156,20 @@ async function main(): Promise<void> {
     };
 
     // Warm both paths (TLS, pools, caches), then alternate.
-    await download('web-direct');
-    await download('web-relay');
-    await select('pg-direct');
-    await select('pg-relay');
+    if (doHttp) {
+      await download('web-direct');
+      await download('web-relay');
+    }
+    if (doPg) {
+      await select('pg-direct');
+      await select('pg-relay');
+    }
     const runs: Record<string, number[]> = { httpDirect: [], httpRelay: [], pgDirect: [], pgRelay: [] };
     for (let round = 0; round < ROUNDS; round++) {
       const order = round % 2 === 0 ? ['direct', 'relay'] : ['relay', 'direct'];
       for (const path of order) {
-        runs[path === 'direct' ? 'httpDirect' : 'httpRelay']!.push(await download(`web-${path}`));
-        runs[path === 'direct' ? 'pgDirect' : 'pgRelay']!.push(await select(`pg-${path}`));
+        if (doHttp) runs[path === 'direct' ? 'httpDirect' : 'httpRelay']!.push(await download(`web-${path}`));
+        if (doPg) runs[path === 'direct' ? 'pgDirect' : 'pgRelay']!.push(await select(`pg-${path}`));
       }
     }
     const row = (label: string, direct: number[], relayed: number[]) =>
@@ -170,12 +178,13 @@ async function main(): Promise<void> {
       );
     console.log(`relay bench: ${ROUNDS} alternating rounds, medians (MB/s)`);
     console.log(`${'path'.padEnd(44)} ${'direct'.padStart(8)} ${'relay'.padStart(8)}   relay/direct`);
-    row(
-      `HTTP download, ${HTTP_PARALLEL} streams x ${HTTP_BYTES / HTTP_PARALLEL / 1048576} MiB`,
-      runs.httpDirect!,
-      runs.httpRelay!,
-    );
-    row(`PostgreSQL SELECT, ${PG_ROWS} rows x ~520 B`, runs.pgDirect!, runs.pgRelay!);
+    if (doHttp)
+      row(
+        `HTTP download, ${HTTP_PARALLEL} streams x ${HTTP_BYTES / HTTP_PARALLEL / 1048576} MiB`,
+        runs.httpDirect!,
+        runs.httpRelay!,
+      );
+    if (doPg) row(`PostgreSQL SELECT, ${PG_ROWS} rows x ~520 B`, runs.pgDirect!, runs.pgRelay!);
   } finally {
     relay.kill('SIGTERM');
     web.kill('SIGTERM');

@@ -35,13 +35,27 @@ export class FramePump {
     this.#onError = handlers.error;
   }
 
+  /**
+   * Paused mode: each 'readable' takes everything the socket has buffered at once, so a
+   * stream that arrives in many small chunks (an upstream carried over a relay's HTTP/2
+   * stream, in DATA frames of a PostgreSQL server's 8 KiB writes) is framed, inspected and
+   * written to the other side in one batch instead of one write per chunk. While held,
+   * nothing is read: the socket's buffer fills and pushes back on its sender.
+   */
   start(): void {
-    this.socket.on('data', (chunk: Buffer) => {
-      this.framer.push(chunk);
-      this.#run();
-    });
-    this.#run();
+    this.socket.on('readable', this.#drain);
+    this.#drain();
   }
+
+  #drain = (): void => {
+    if (this.#stopped || this.#holds.size > 0) return;
+    for (;;) {
+      const chunk = this.socket.read() as Buffer | null;
+      if (chunk === null) break;
+      this.framer.push(chunk);
+    }
+    this.#run();
+  };
 
   stop(): void {
     this.#stopped = true;
@@ -49,14 +63,13 @@ export class FramePump {
 
   hold(reason: string): void {
     this.#holds.add(reason);
-    this.socket.pause();
   }
 
   release(reason: string): void {
     if (!this.#holds.delete(reason)) return;
     if (this.#holds.size === 0 && !this.#stopped) {
-      this.socket.resume();
       this.#run();
+      this.#drain();
     }
   }
 
