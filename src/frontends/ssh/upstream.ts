@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
+import { connect as netConnect } from 'node:net';
 import ssh2 from 'ssh2';
 import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError } from '../../core/errors.js';
+import { tuneSshSocket } from './socket.js';
 
 /** Where an ssh connection points: `ssh://USER@HOST:PORT` and its pinned host key. */
 export interface UpstreamTarget {
@@ -132,7 +134,11 @@ export function connectUpstream(
         ),
       );
     });
+    // Our socket, so that it is tuned (socket.ts) before ssh2 writes its first byte.
+    const sock = netConnect({ host: target.host, port: target.port });
+    tuneSshSocket(sock);
     client.connect({
+      sock,
       host: target.host,
       port: target.port,
       username: target.username,
