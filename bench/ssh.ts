@@ -1,10 +1,19 @@
 // SSH front-end overhead, in one run against the same throwaway sshd: exec round trips per
 // second (one SSH connection, BENCH_EXECS sequential `true` commands, each a new session
-// channel: open, exec, exit status, close) directly and through coatcheck, then scp
-// throughput (OpenSSH scp, a BENCH_MB MiB file upload, handshake included) directly and
-// through coatcheck. Each part runs BENCH_REPEATS times (default 3) alternating the order;
-// the table prints the median ratio and the goal (issue 17: >= 0.5 of direct round trips,
-// >= 0.7 of direct bulk throughput).
+// channel: open, exec, exit status, close) directly and through coatcheck, then OpenSSH scp
+// throughput directly and through coatcheck, a BENCH_MB MiB file each way, handshake
+// included:
+//
+// - upload and download with scp's default protocol (sftp since OpenSSH 9.0): the sftp
+//   subsystem, which the gateway carries as is (docs/frontends/ssh.md);
+// - download with the legacy protocol (`scp -O`: an exec of `scp -f PATH`), whose output
+//   goes through the output inspection like any command's (every byte scanned for known
+//   secrets and detector findings): the inspected bulk path.
+//
+// Each part runs BENCH_REPEATS times (default 3) alternating the order; the table prints
+// the median ratio and the goal (issue 17: >= 0.5 of direct round trips, >= 0.7 of direct
+// bulk throughput), and the load average before and after (other work on the machine moves
+// the ratios).
 //
 // Run: npm run bench:ssh   (BENCH_EXECS=40 BENCH_MB=64 BENCH_REPEATS=3; the throwaway sshd
 // itself takes ~0.6 s per session on a 2-core VM, so 200 execs made a run last ~15 minutes). Needs root and
@@ -15,7 +24,8 @@
 // clients are their own processes on the same machine: the ratio is the point.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { startSshGateway, startThrowawaySshd } from '../test/integration/ssh/harness.js';
@@ -104,9 +114,11 @@ async function main(): Promise<void> {
       hostVerifier: (key: Buffer) => key.equals(gatewayKey),
     };
     const file = join(gw.dir, 'bulk.bin');
-    writeFileSync(file, randomBytes(MB * 1024 * 1024));
+    const data = randomBytes(MB * 1024 * 1024);
+    writeFileSync(file, data);
+    const remoteFile = sshd.file('bulk.bin', data);
     const keyFile = join(sshd.dir, 'client');
-    const directScp = [
+    const directOptions = [
       '-q',
       '-F',
       '/dev/null',
@@ -118,39 +130,67 @@ async function main(): Promise<void> {
       `UserKnownHostsFile=${join(gw.dir, 'direct_known_hosts')}`,
       '-P',
       String(sshd.port),
-      file,
-      `root@127.0.0.1:${join(sshd.dir, 'direct.bin')}`,
     ];
-    const gatewayScp = [
-      '-q',
-      ...gw.clientOptions(),
-      '-P',
-      String(gw.port),
-      file,
-      `bench%box@127.0.0.1:${join(sshd.dir, 'through.bin')}`,
+    const gatewayOptions = ['-q', ...gw.clientOptions(), '-P', String(gw.port)];
+    const directEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: gw.dir };
+    const gatewayEnv = gw.clientEnv(ticket);
+    const at = (which: 'direct' | 'gateway') => (which === 'direct' ? 'root' : 'bench%box');
+    const transfers = [
+      {
+        name: `scp ${MB} MiB upload (sftp, carried as is), MB/s`,
+        args: (which: 'direct' | 'gateway') => [
+          file,
+          `${at(which)}@127.0.0.1:${join(sshd.dir, `${which}.up.bin`)}`,
+        ],
+        check: (which: 'direct' | 'gateway') => join(sshd.dir, `${which}.up.bin`),
+      },
+      {
+        name: `scp ${MB} MiB download (sftp, carried as is), MB/s`,
+        args: (which: 'direct' | 'gateway') => [
+          `${at(which)}@127.0.0.1:${remoteFile}`,
+          join(gw.dir, `${which}.down.bin`),
+        ],
+        check: (which: 'direct' | 'gateway') => join(gw.dir, `${which}.down.bin`),
+      },
+      {
+        name: `scp -O ${MB} MiB download (exec, inspected), MB/s`,
+        args: (which: 'direct' | 'gateway') => [
+          '-O',
+          `${at(which)}@127.0.0.1:${remoteFile}`,
+          join(gw.dir, `${which}.down-o.bin`),
+        ],
+        check: (which: 'direct' | 'gateway') => join(gw.dir, `${which}.down-o.bin`),
+      },
     ];
     const rates: { direct: number[]; gateway: number[] } = { direct: [], gateway: [] };
-    const mbs: { direct: number[]; gateway: number[] } = { direct: [], gateway: [] };
+    const mbs = transfers.map(() => ({ direct: [] as number[], gateway: [] as number[] }));
+    const loadBefore = loadavg();
     for (let r = 0; r < REPEATS; r++) {
       const order = r % 2 === 0 ? (['direct', 'gateway'] as const) : (['gateway', 'direct'] as const);
       for (const which of order) {
         rates[which].push(await execRate(which === 'direct' ? direct : through));
         console.log(`repeat ${r + 1}: ${which} exec ${rates[which].at(-1)!.toFixed(1)}/s`);
       }
-      for (const which of order) {
-        mbs[which].push(
-          await (which === 'direct'
-            ? scp(directScp, { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: gw.dir })
-            : scp(gatewayScp, gw.clientEnv(ticket))),
-        );
-        console.log(`repeat ${r + 1}: ${which} scp ${mbs[which].at(-1)!.toFixed(1)} MB/s`);
+      for (const [i, transfer] of transfers.entries()) {
+        for (const which of order) {
+          const args = [...(which === 'direct' ? directOptions : gatewayOptions), ...transfer.args(which)];
+          mbs[i]![which].push(await scp(args, which === 'direct' ? directEnv : gatewayEnv));
+          // Random bytes: the inspection changes nothing in them, so the copy must be exact.
+          if (!readFileSync(transfer.check(which)).equals(data))
+            throw new Error(`${transfer.name}: ${which} copy differs`);
+          console.log(`repeat ${r + 1}: ${which} ${transfer.name} ${mbs[i]![which].at(-1)!.toFixed(1)}`);
+        }
       }
     }
+    const loadAfter = loadavg();
     const rows = [
       ['exec round trips/s', median(rates.direct), median(rates.gateway), 0.5],
-      [`scp ${MB} MiB upload, MB/s`, median(mbs.direct), median(mbs.gateway), 0.7],
+      ...transfers.map((t, i) => [t.name, median(mbs[i]!.direct), median(mbs[i]!.gateway), 0.7] as const),
     ] as const;
-    console.log(`repeats ${REPEATS}, ${EXECS} execs per run, median of each`);
+    const load = (l: number[]) => l.map((v) => v.toFixed(2)).join(' ');
+    console.log(
+      `repeats ${REPEATS}, ${EXECS} execs per run, median of each; load average ${load(loadBefore)} before, ${load(loadAfter)} after`,
+    );
     console.log('| measure | direct | coatcheck | ratio | goal |');
     console.log('|---|---|---|---|---|');
     for (const [name, d, g, goal] of rows) {

@@ -205,6 +205,54 @@ function inspectedCopy(
 }
 
 /**
+ * Copy `source` to `sink` as is (a channel that is not inspected: sftp, port forwards),
+ * counting what was sent. Backpressure as in `inspectedCopy` (the source pauses while the
+ * sink is full), without its per-chunk promise and idle timer: bulk transfers pay one
+ * write per chunk. A sink that is gone is not written to; the source is still read to its
+ * end, so the upstream channel can close.
+ */
+function plainCopy(
+  source: Readable,
+  sink: Writable,
+  onSent?: (out: Buffer) => void,
+): Promise<{ bytes: number; head: Buffer }> {
+  return new Promise((resolve) => {
+    let bytes = 0;
+    let waiting = false;
+    const resume = () => {
+      if (!waiting) return;
+      waiting = false;
+      sink.off('drain', resume);
+      sink.off('close', resume);
+      sink.off('finish', resume);
+      source.resume();
+    };
+    source.on('data', (chunk: Buffer) => {
+      if (chunk.length === 0) return;
+      bytes += chunk.length;
+      onSent?.(chunk);
+      if (sink.destroyed || sink.writableEnded) return;
+      if (!sink.write(chunk) && !waiting) {
+        waiting = true;
+        source.pause();
+        sink.on('drain', resume);
+        sink.on('close', resume);
+        sink.on('finish', resume);
+      }
+    });
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      resume();
+      resolve({ bytes, head: Buffer.alloc(0) });
+    };
+    source.once('end', finish);
+    source.once('close', finish);
+  });
+}
+
+/**
  * One client connection of the SSH front-end: login (`AGENT%CONNECTION`, a ticket or an
  * agent key as the password), the upstream session with the connection's real credential,
  * then each channel decided by policy and relayed.
@@ -1058,20 +1106,11 @@ export class SshConnection {
     err: { bytes: number; head: Buffer };
   }> {
     const login = this.#login!;
-    const pass: ResponseScan = {
-      header: async (v) => v,
-      push: async (chunk) => chunk,
-      end: async () => Buffer.alloc(0),
-      findings: new Map(),
-    };
     const keep = this.#options.recordOutputBytes;
-    const fresh = async () =>
-      inspect
-        ? this.#services.pipeline.inspect(this.session, login.principal, login.target, login.parents)
-        : pass;
+    const fresh = () =>
+      this.#services.pipeline.inspect(this.session, login.principal, login.target, login.parents);
     // The scans are ready before the upstream channel opens: from then on its output is read at once.
-    const outScan = await fresh();
-    const errScan = await fresh();
+    const scans = inspect ? { out: await fresh(), err: await fresh() } : null;
     const idleMs = this.#options.flushIdleMs;
     const remote = await open();
     let exit: number | string | null = null;
@@ -1103,18 +1142,25 @@ export class SshConnection {
     let out: { bytes: number; head: Buffer };
     let err: { bytes: number; head: Buffer };
     try {
-      [out, err] = await Promise.all([
-        inspectedCopy(remote, outScan, fresh, channel, inspect ? keep : 0, idleMs, recorded?.('stdout')),
-        inspectedCopy(
-          remote.stderr,
-          errScan,
-          fresh,
-          channel.stderr,
-          inspect ? keep : 0,
-          idleMs,
-          recorded?.('stderr'),
-        ),
-      ]);
+      [out, err] = await Promise.all(
+        scans !== null
+          ? [
+              inspectedCopy(remote, scans.out, fresh, channel, keep, idleMs, recorded?.('stdout')),
+              inspectedCopy(
+                remote.stderr,
+                scans.err,
+                fresh,
+                channel.stderr,
+                keep,
+                idleMs,
+                recorded?.('stderr'),
+              ),
+            ]
+          : [
+              plainCopy(remote, channel, recorded?.('stdout')),
+              plainCopy(remote.stderr, channel.stderr, recorded?.('stderr')),
+            ],
+      );
     } catch (error) {
       // Inspection failed (fail closed): nothing more reaches the client from this channel.
       remote.close();

@@ -13,6 +13,7 @@ import type { SessionRecordings } from '../../recording/recordings.js';
 import { openSshHostKey } from '../../vault/ssh-host-key.js';
 import { type SshAdapterOptions, SshConnection } from './adapter.js';
 import { createSshDecide } from './policy.js';
+import { tuneSshSocket } from './socket.js';
 
 export interface SshOptions extends SshAdapterOptions {
   readonly maxConnections: number;
@@ -140,7 +141,10 @@ async function mountSsh(
       },
     );
   });
-  const server: Server = createServer((socket) => ssh.injectSocket(socket));
+  const server: Server = createServer((socket) => {
+    tuneSshSocket(socket);
+    ssh.injectSocket(socket);
+  });
   mount.onDeadline(() => {
     for (const connection of live) connection.session.terminate('CC_ERR_GATEWAY_STOPPING');
   });

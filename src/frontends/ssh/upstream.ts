@@ -1,9 +1,11 @@
 import { createHash } from 'node:crypto';
+import { connect as netConnect } from 'node:net';
 import type { Duplex } from 'node:stream';
 import ssh2 from 'ssh2';
 import type { ConnectionView } from '../../connections/connections.js';
 import { CoatcheckError } from '../../core/errors.js';
 import type { UpstreamDialer } from '../../gateway/upstream-dial.js';
+import { tuneSshSocket } from './socket.js';
 
 /** Where an ssh connection points: `ssh://USER@HOST:PORT` and its pinned host key. */
 export interface UpstreamTarget {
@@ -152,8 +154,18 @@ export async function connectUpstream(
         ),
       );
     });
+    // Directly: our socket, so that it is tuned (socket.ts) before ssh2 writes its first
+    // byte. Through a relay: the relay's stream opened above.
+    let upstreamSock = sock;
+    if (upstreamSock === undefined) {
+      const direct = netConnect({ host: target.host, port: target.port });
+      tuneSshSocket(direct);
+      upstreamSock = direct;
+    }
     client.connect({
-      ...(sock === undefined ? { host: target.host, port: target.port } : { sock: sock as never }),
+      sock: upstreamSock as never,
+      host: target.host,
+      port: target.port,
       username: target.username,
       ...(isKey ? { privateKey: text } : { password: text }),
       hostVerifier: (key: Buffer, verify: (valid: boolean) => void) => {

@@ -49,7 +49,7 @@ export interface ThrowawaySshd {
   readonly passwordUser: string;
   readonly password: string;
   /** A file the server can print, holding `contents`. */
-  file(name: string, contents: string): string;
+  file(name: string, contents: string | Buffer): string;
   /** What sshd wrote to stderr (its log; `LogLevel` as started with). */
   log(): string;
   /** Restart on the same port with a new host key (a server whose key changed, or an impostor). */

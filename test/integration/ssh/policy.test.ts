@@ -140,10 +140,15 @@ describe('ssh: revocation and host keys', { timeout: 120_000 }, () => {
     return { exited, stderr: () => stderr };
   }
 
-  async function whenRunning(): Promise<void> {
+  /**
+   * Until a connection opened since `before` (the live ones then) has its command decided:
+   * a session of the previous test may still be closing, and must not count.
+   */
+  async function whenRunning(before: ReadonlySet<unknown>): Promise<void> {
     for (let i = 0; i < 400; i++) {
       await gw.ctx.audit.flush();
-      for (const live of gw.frontend.live) if (live.session.events.some((e) => e.type === 'decision')) return;
+      for (const live of gw.frontend.live)
+        if (!before.has(live) && live.session.events.some((e) => e.type === 'decision')) return;
       await new Promise((r) => setTimeout(r, 50));
     }
     throw new Error('the command never started');
@@ -151,8 +156,9 @@ describe('ssh: revocation and host keys', { timeout: 120_000 }, () => {
 
   it('revoking the ticket ends a live session at once', async () => {
     const child = await gw.issue('box-key', builder, ['conn:box']);
+    const before = new Set(gw.frontend.live);
     const run = running(child, ['sleep', '60']);
-    await whenRunning();
+    await whenRunning(before);
     await new Promise((r) => setTimeout(r, 500));
     const revokedAt = Date.now();
     await gw.ctx.vault.revokeTicket(child, 'admin:test');
@@ -166,6 +172,7 @@ describe('ssh: revocation and host keys', { timeout: 120_000 }, () => {
     const agent = (await gw.createAgent('shortlived')).ref;
     const t = await gw.issue('box-key', agent, ['conn:box']);
     let stderr = '';
+    const before = new Set(gw.frontend.live);
     const child = execFile(
       'ssh',
       [...gw.clientOptions(), '-p', String(gw.port), '-l', 'shortlived%box', '127.0.0.1', 'sleep', '60'],
@@ -175,7 +182,7 @@ describe('ssh: revocation and host keys', { timeout: 120_000 }, () => {
       stderr += d.toString();
     });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    await whenRunning();
+    await whenRunning(before);
     await gw.ctx.agents.revoke('shortlived', 'admin:test');
     expect(await exited).not.toBe(0);
     expect(stderr).toContain('CC_ERR_AGENT_REVOKED');
