@@ -2,7 +2,7 @@ import { CoatcheckError } from '../core/errors.js';
 import { isTicket } from '../core/ticket-format.js';
 import { inEncodedBlobContext, isHashLike, isPlaceholder } from './false-positives.js';
 import { createFingerprinter, valueHash } from './fingerprint.js';
-import { createKeywordIndex, type KeywordIndex } from './keyword-index.js';
+import { createKeywordIndex, type KeywordHits, type KeywordIndex } from './keyword-index.js';
 import type { KnownSecretMatcher } from './known-secrets.js';
 import { assertRuleValid } from './rule-check.js';
 import { BUILTIN_RULES } from './rules/index.js';
@@ -171,6 +171,154 @@ function phaseDone(profile: Map<string, number>, name: string, since: number): n
 
 /** Lookbehind/lookahead context kept around each keyword window. */
 const MARGIN = 16;
+/** Context accept() reads before a value's start (inEncodedBlobContext) and after its end. */
+const CONTEXT_BEFORE = 96;
+const CONTEXT_AFTER = 2;
+
+/** The text a scan reads, as latin1/UTF-16 strings: whole, or decoded around keyword hits only. */
+interface Text {
+  readonly length: number;
+  /** Start (in input units) of the string the last around() returned. */
+  readonly segmentStart: number;
+  /** A string holding [from - CONTEXT_BEFORE, to + CONTEXT_AFTER) (clipped to the input), starting at segmentStart. */
+  around(from: number, to: number): string;
+  /** The whole input as a string. */
+  whole(): string;
+  /** Drop references to the input. */
+  release(): void;
+}
+
+class WholeText implements Text {
+  length = 0;
+  readonly segmentStart = 0;
+  private input: string | Buffer = '';
+  private text: string | undefined;
+  reset(input: string | Buffer): this {
+    this.input = input;
+    this.length = input.length;
+    this.text = typeof input === 'string' ? input : undefined;
+    return this;
+  }
+  around(): string {
+    return this.whole();
+  }
+  whole(): string {
+    if (this.text === undefined) this.text = (this.input as Buffer).toString('latin1');
+    return this.text;
+  }
+  release(): void {
+    this.input = '';
+    this.text = undefined;
+  }
+}
+
+/**
+ * A Buffer decoded only where some rule's window (plus its context) can reach from a
+ * keyword hit: decoding the whole input to latin1 cost more than the keyword pass. The
+ * reachable ranges are marked in blocks; each run of marked blocks is decoded once.
+ */
+const BLOCK_BITS = 8;
+const EMPTY = Buffer.alloc(0);
+class WindowText implements Text {
+  length = 0;
+  segmentStart = 0;
+  private input: Buffer = EMPTY;
+  private full: string | undefined;
+  /** Per block: the index of the segment it belongs to, or -1. */
+  private blockSeg = new Int32Array(64);
+  private segStart: number[] = [];
+  private segEnd: number[] = [];
+  private segText: (string | undefined)[] = [];
+  constructor(
+    private readonly reachBefore: Int32Array,
+    private readonly reachAfter: Int32Array,
+    private readonly keywordLength: Int32Array,
+  ) {}
+
+  reset(input: Buffer, hits: KeywordHits): this {
+    this.input = input;
+    this.length = input.length;
+    this.full = undefined;
+    this.segStart.length = 0;
+    this.segEnd.length = 0;
+    this.segText.length = 0;
+    if (hits.count === 0) return this;
+    const blocks = (input.length >> BLOCK_BITS) + 1;
+    if (this.blockSeg.length < blocks)
+      this.blockSeg = new Int32Array(Math.max(blocks, this.blockSeg.length * 2));
+    const mark = this.blockSeg;
+    mark.fill(0, 0, blocks);
+    let marked = 0;
+    for (let i = 0; i < hits.count; i++) {
+      const k = hits.keyword[i]!;
+      const end = hits.end[i]!;
+      const lo = Math.max(0, end - this.keywordLength[k]! - this.reachBefore[k]! - MARGIN - CONTEXT_BEFORE);
+      const hi = Math.min(input.length, end + this.reachAfter[k]! + MARGIN + CONTEXT_AFTER);
+      for (let b = lo >> BLOCK_BITS; b <= hi >> BLOCK_BITS; b++) {
+        if (mark[b] === 0) {
+          mark[b] = 1;
+          marked++;
+        }
+      }
+    }
+    if (marked * 2 > blocks) {
+      // Mostly covered: one decode of the whole input.
+      this.full = input.toString('latin1');
+      return this;
+    }
+    // Runs of marked blocks become segments (decoded on first use).
+    for (let b = 0; b < blocks; b++) {
+      if (mark[b] === 0) {
+        mark[b] = -1;
+        continue;
+      }
+      const s = this.segStart.length;
+      this.segStart.push(b << BLOCK_BITS);
+      for (; b < blocks && mark[b] === 1; b++) mark[b] = s;
+      this.segEnd.push(Math.min(input.length, b << BLOCK_BITS));
+      this.segText.push(undefined);
+      b--;
+    }
+    return this;
+  }
+
+  around(from: number, to: number): string {
+    if (this.full !== undefined) {
+      this.segmentStart = 0;
+      return this.full;
+    }
+    const s = this.blockSeg[from >> BLOCK_BITS]!;
+    const start = this.segStart[s];
+    // Every window lies in one segment (its hits marked it); anything else is a bug, not a reason to scan less.
+    if (
+      s < 0 ||
+      start === undefined ||
+      start > Math.max(0, from - CONTEXT_BEFORE) ||
+      this.segEnd[s]! < Math.min(this.length, to + CONTEXT_AFTER)
+    ) {
+      this.segmentStart = 0;
+      return this.whole();
+    }
+    let t = this.segText[s];
+    if (t === undefined) {
+      t = this.input.toString('latin1', start, this.segEnd[s]!);
+      this.segText[s] = t;
+    }
+    this.segmentStart = start;
+    return t;
+  }
+
+  whole(): string {
+    if (this.full === undefined) this.full = this.input.toString('latin1');
+    return this.full;
+  }
+
+  release(): void {
+    this.input = EMPTY;
+    this.full = undefined;
+    this.segText.length = 0;
+  }
+}
 
 export function createDetector(options: DetectorOptions = {}): Detector {
   const rules = selectRules(options);
@@ -224,6 +372,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
   const maxMatchLength = compiled.reduce((m, c) => Math.max(m, c.rule.maxLength), 0);
   const knownSkipped = allow.rules.has(KNOWN_SECRET_RULE_ID);
 
+  /** `start` is an offset in `text`, which holds at least 96 characters before it (or the input's start) and 2 after the value (or the input's end). */
   function accept(c: CompiledRule, value: string, text: string, start: number): boolean {
     const rule = c.rule;
     if (value.length === 0) return false;
@@ -246,7 +395,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
 
   function runWindow(
     c: CompiledRule,
-    text: string,
+    text: Text,
     from: number,
     to: number,
     hitStart: number[],
@@ -254,7 +403,12 @@ export function createDetector(options: DetectorOptions = {}): Detector {
     out: Candidate[],
   ): void {
     const base = Math.max(0, from - MARGIN);
-    const subject = text.slice(base, Math.min(text.length, to + MARGIN));
+    const limit = Math.min(text.length, to + MARGIN);
+    // The window's text with the context accept() reads around a value (CONTEXT_BEFORE
+    // before, CONTEXT_AFTER after): for a Buffer, only the decoded segment that holds it.
+    const ctx = text.around(base, limit);
+    const ctxBase = text.segmentStart;
+    const subject = ctx.slice(base - ctxBase, limit - ctxBase);
     const re = c.re;
     re.lastIndex = 0;
     let h = 0;
@@ -276,7 +430,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
       const value = m[1];
       if (span === undefined || value === undefined) continue;
       const start = base + span[0];
-      if (!accept(c, value, text, start)) continue;
+      if (!accept(c, value, ctx, start - ctxBase)) continue;
       out.push({ rule: c, start, end: base + span[1] });
     }
   }
@@ -359,6 +513,19 @@ export function createDetector(options: DetectorOptions = {}): Detector {
     return kept;
   }
 
+  // How far any rule's window reaches before a keyword's start and after its end.
+  const reachBefore = new Int32Array(keywordList.length);
+  const reachAfter = new Int32Array(keywordList.length);
+  rulesOfKeyword.forEach((ris, k) => {
+    for (const ri of ris) {
+      const rule = compiled[ri]!.rule;
+      reachBefore[k] = Math.max(reachBefore[k]!, rule.maxKeywordOffset ?? rule.maxLength);
+      reachAfter[k] = Math.max(reachAfter[k]!, rule.maxLength);
+    }
+  });
+  const wholeText = new WholeText();
+  const windowText = new WindowText(reachBefore, reachAfter, keywordLength);
+
   const winFrom = new Int32Array(compiled.length).fill(-1);
   const winTo = new Int32Array(compiled.length);
   const winHitStart: number[][] = compiled.map(() => []);
@@ -367,7 +534,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
   const touchedMark = new Uint8Array(compiled.length);
 
   /** Run rule `ri` over its current window and clear the window. */
-  function flush(ri: number, text: string, cands: Candidate[]): void {
+  function flush(ri: number, text: Text, cands: Candidate[]): void {
     const c = compiled[ri]!;
     const profile = options.profile;
     const t0 = profile === undefined ? 0 : performance.now();
@@ -380,7 +547,6 @@ export function createDetector(options: DetectorOptions = {}): Detector {
 
   function scan(input: string | Buffer): Finding[] {
     const bytes = typeof input !== 'string';
-    const text = bytes ? input.toString('latin1') : input;
     const cands: Candidate[] = [];
 
     // Phase timings only for bench/detect (no closure per call otherwise).
@@ -388,6 +554,9 @@ export function createDetector(options: DetectorOptions = {}): Detector {
     let tp = profile === undefined ? 0 : performance.now();
     const hits = index.find(input);
     if (profile !== undefined) tp = phaseDone(profile, '#keywords', tp);
+    // A Buffer is decoded (latin1) only around the keyword hits, unless the full text is needed anyway.
+    const needFull = fullText.length > 0 || (known !== undefined && !knownSkipped && known.size > 0);
+    const text: Text = bytes && !needFull ? windowText.reset(input, hits) : wholeText.reset(input);
     let touchedCount = 0;
     try {
       for (let i = 0; i < hits.count; i++) {
@@ -436,11 +605,11 @@ export function createDetector(options: DetectorOptions = {}): Detector {
       }
     }
     if (profile !== undefined) tp = phaseDone(profile, '#windows', tp);
-    for (const ri of fullText) runFullText(compiled[ri]!, text, cands);
+    for (const ri of fullText) runFullText(compiled[ri]!, text.whole(), cands);
     if (profile !== undefined) tp = phaseDone(profile, '#full-text', tp);
 
     if (known !== undefined && !knownSkipped && known.size > 0) {
-      for (const m of known.find(text, bytes ? 'bytes' : 'text', bytes ? input : undefined)) {
+      for (const m of known.find(text.whole(), bytes ? 'bytes' : 'text', bytes ? input : undefined)) {
         cands.push({
           rule: undefined,
           start: m.start,
@@ -451,14 +620,19 @@ export function createDetector(options: DetectorOptions = {}): Detector {
       }
     }
     if (profile !== undefined) tp = phaseDone(profile, '#known', tp);
-    if (cands.length === 0) return [];
+    if (cands.length === 0) {
+      text.release();
+      return [];
+    }
 
     const findings: Finding[] = [];
     for (const c of resolve(cands)) {
-      const raw = Buffer.from(text.slice(c.start, c.end), bytes ? 'latin1' : 'utf8');
+      const raw = bytes
+        ? Buffer.from(input.subarray(c.start, c.end))
+        : Buffer.from(input.slice(c.start, c.end), 'utf8');
       if (allow.hashes.size > 0 && allow.hashes.has(valueHash(raw))) continue;
       if (allow.patterns.length > 0) {
-        const v = text.slice(c.start, c.end);
+        const v = bytes ? input.toString('latin1', c.start, c.end) : input.slice(c.start, c.end);
         if (allow.patterns.some((p) => p.test(v))) continue;
       }
       if (c.rule === undefined) {
@@ -483,6 +657,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
         });
       }
     }
+    text.release();
     return findings;
   }
 
