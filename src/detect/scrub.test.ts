@@ -1,6 +1,7 @@
+import { randomBytes } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { mintAgentKey, mintRelayKey } from '../core/ticket-format.js';
+import { mintAgentKey, mintRelayKey, mintSubtaskKey, mintTicket } from '../core/ticket-format.js';
 import { createDetector } from './detector.js';
 import { createLogScrubber, createScrubTransform, scrubText, tokenizeText, WITHHELD } from './scrub.js';
 import { ALNUM, BASE32_UPPER, createRng } from './synth.js';
@@ -65,6 +66,33 @@ describe('createLogScrubber', () => {
     for (const text of [relayKey, `Authorization: Bearer ${relayKey}`, `COATCHECK_RELAY_KEY=${relayKey}`]) {
       expect(scrub(text)).toBe(text.replace(relayKey, '[REDACTED:coatcheck-relay-key]'));
     }
+  });
+
+  it('masks a subtask key (ccs_) and an admin key (cck_); a ticket stays as it is', () => {
+    const scrub = createLogScrubber({ detector });
+    const subtaskKey = mintSubtaskKey();
+    const adminKey = `cck_${randomBytes(32).toString('base64url')}`;
+    const ticket = mintTicket();
+    const line = `{"level":40,"msg":"spawned","key":"${subtaskKey}","admin":"${adminKey}","ticket":"${ticket}"}`;
+    expect(scrub(line)).toBe(
+      `{"level":40,"msg":"spawned","key":"[REDACTED:coatcheck-subtask-key]","admin":"[REDACTED:coatcheck-admin-key]","ticket":"${ticket}"}`,
+    );
+    for (const text of [`COATCHECK_SUBTASK_KEY=${subtaskKey}`, `export COATCHECK_ADMIN_KEY=${adminKey}`]) {
+      const out = scrub(text);
+      expect(out).toMatch(/\[REDACTED:coatcheck-(subtask|admin)-key\]$/);
+      expect(out).not.toContain(subtaskKey.slice(4, 20));
+      expect(out).not.toContain(adminKey.slice(4, 20));
+    }
+    // Variants left alone: a subtask key whose checksum fails, one character short; an admin
+    // key prefix before a word (no entropy), or too short.
+    const last = subtaskKey.at(-1)!;
+    for (const text of [
+      subtaskKey.slice(0, -1) + (last === 'A' ? 'B' : 'A'),
+      subtaskKey.slice(0, -1),
+      `cck_${'a'.repeat(43)}`,
+      adminKey.slice(0, 40),
+    ])
+      expect(scrub(`key=${text}`), text).toBe(`key=${text}`);
   });
 
   it('leaves ccr_ text alone when its checksum does not hold (variants)', () => {

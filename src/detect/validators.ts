@@ -1,6 +1,6 @@
 import { crc32 } from 'node:zlib';
 import { BASE62_ALPHABET, encodeBase62Fixed } from '../core/base62.js';
-import { assertAgentKey, assertRelayKey } from '../core/ticket-format.js';
+import { assertAgentKey, assertRelayKey, assertSubtaskKey } from '../core/ticket-format.js';
 
 /** Shannon entropy in bits per character. */
 // Counts reused across calls (the function is synchronous): a Map per call was most of its cost.
@@ -100,6 +100,16 @@ export function withBase62Crc32(prefix: string, random: string): string {
 export function agentKeyValid(value: string): boolean {
   try {
     assertAgentKey(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** coatcheck subtask keys (ccs_…) of workflow nodes: the agent-key construction with its own prefix. */
+export function subtaskKeyValid(value: string): boolean {
+  try {
+    assertSubtaskKey(value);
     return true;
   } catch {
     return false;

@@ -1,6 +1,12 @@
 import { ALNUM, ALNUM_LOWER, ALNUM_UPPER, B64URL, HEX } from '../synth.js';
 import type { Rng, Rule } from '../types.js';
-import { agentKeyValid, base62Crc32Valid, relayKeyValid, withBase62Crc32 } from '../validators.js';
+import {
+  agentKeyValid,
+  base62Crc32Valid,
+  relayKeyValid,
+  subtaskKeyValid,
+  withBase62Crc32,
+} from '../validators.js';
 import { custom, keyed, prefixed, samplePositives } from './builders.js';
 
 const GITHUB_REF = 'https://github.blog/2021-04-05-behind-githubs-new-authentication-token-formats/';
@@ -544,6 +550,30 @@ export const VCS_CI_RULES: readonly Rule[] = [
     make: (rng) => withBase62Crc32('ccr_', rng.chars(ALNUM, 37)),
     validate: relayKeyValid,
     key: 'relay_key',
+  }),
+  prefixed({
+    id: 'coatcheck-subtask-key',
+    family: 'vcs-ci',
+    title: 'coatcheck subtask key (ccs_)',
+    prefix: 'ccs_',
+    body: 'A-Za-z0-9',
+    length: 43,
+    make: (rng) => withBase62Crc32('ccs_', rng.chars(ALNUM, 37)),
+    validate: subtaskKeyValid,
+    key: 'COATCHECK_SUBTASK_KEY',
+  }),
+  prefixed({
+    // The admin key (`cck_` + 43-128 base64url, no checksum): the most powerful credential
+    // of a gateway. Entropy keeps the prefix followed by a word from counting.
+    id: 'coatcheck-admin-key',
+    family: 'vcs-ci',
+    title: 'coatcheck admin key (cck_)',
+    prefix: 'cck_',
+    body: 'A-Za-z0-9_\\-',
+    length: [43, 128],
+    make: (rng) => `cck_${rng.chars(B64URL, 43)}`,
+    minEntropy: 3.5,
+    key: 'COATCHECK_ADMIN_KEY',
   }),
   keyed({
     id: 'vault-unseal-key',
