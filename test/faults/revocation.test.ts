@@ -204,6 +204,11 @@ describe('revocation across replicas under faults (PostgreSQL)', () => {
     const cut = proxyA.cutAtCommitAfter('UPDATE tickets SET revoked_at');
     await expect(a.ctx.vault.revokeTicket(ticket, 'admin:test')).rejects.toBeInstanceOf(CoatcheckError);
     await Promise.race([cut, sleep(5000).then(() => Promise.reject(new Error('the COMMIT was never cut')))]);
+    // The proxy has passed the COMMIT on; the server commits it a moment later (under load,
+    // after the revoke has already failed on A). Wait for the commit and for B's notice of it:
+    // from then on no replica may release, and none may need the last check to refuse.
+    const heardOnB = () => bChanges.some((c) => c.type === 'ticket.revoked' && c.ids.includes(id));
+    await expect.poll(heardOnB, { timeout: 10_000, interval: 20 }).toBe(true);
     const returnedAt = Date.now();
     const seq = await revokeSeq('token.revoke', 'ticket', id);
     const attempts = (await Promise.all([a, b].map((gw) => hammer(gw, ticket, { principal }, 1000)))).flat();
