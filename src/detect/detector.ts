@@ -1,6 +1,6 @@
 import { CoatcheckError } from '../core/errors.js';
 import { isTicket } from '../core/ticket-format.js';
-import { inEncodedBlobContext, isHashLike, isPlaceholder } from './false-positives.js';
+import { inEncodedBlobContext, isBinaryLike, isHashLike, isPlaceholder } from './false-positives.js';
 import { createFingerprinter, valueHash } from './fingerprint.js';
 import { createKeywordIndex, type KeywordHits, type KeywordIndex } from './keyword-index.js';
 import type { KnownSecretMatcher } from './known-secrets.js';
@@ -372,11 +372,15 @@ export function createDetector(options: DetectorOptions = {}): Detector {
   const maxMatchLength = compiled.reduce((m, c) => Math.max(m, c.rule.maxLength), 0);
   const knownSkipped = allow.rules.has(KNOWN_SECRET_RULE_ID);
 
+  /** Whether the scan running now reads a Buffer (accept() then also checks UTF-8). */
+  let scanningBytes = false;
+
   /** `start` is an offset in `text`, which holds at least 96 characters before it (or the input's start) and 2 after the value (or the input's end). */
   function accept(c: CompiledRule, value: string, text: string, start: number): boolean {
     const rule = c.rule;
     if (value.length === 0) return false;
     if (isTicket(value)) return false;
+    if (isBinaryLike(value, scanningBytes)) return false;
     if (rule.validate !== undefined && !rule.validate(value)) return false;
     if (rule.minEntropy !== undefined && shannonEntropy(value) < rule.minEntropy) return false;
     if (rule.allowPlaceholders !== true && isPlaceholder(value)) return false;
@@ -547,6 +551,7 @@ export function createDetector(options: DetectorOptions = {}): Detector {
 
   function scan(input: string | Buffer): Finding[] {
     const bytes = typeof input !== 'string';
+    scanningBytes = bytes;
     const cands: Candidate[] = [];
 
     // Phase timings only for bench/detect (no closure per call otherwise).

@@ -131,3 +131,33 @@ export function percentDecode(value: string, times = 1): string | undefined {
   }
   return v;
 }
+
+/**
+ * Values no text credential holds: a control character (tab and line breaks aside: keys
+ * span lines) or, when the value was read from bytes (latin1, one character per byte),
+ * bytes that are not UTF-8. Binary output (an archive, an image, scp's stream) has both
+ * everywhere: `pwd:` followed by random bytes is not a password, and replacing it would
+ * corrupt the download. A sequence cut at the value's end is let through (a rule's length
+ * limit may cut a real UTF-8 character).
+ */
+export function isBinaryLike(value: string, fromBytes: boolean): boolean {
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c < 0x20) {
+      if (c !== 0x09 && c !== 0x0a && c !== 0x0d) return true;
+      continue;
+    }
+    if (c === 0x7f) return true;
+    if (c < 0x80 || !fromBytes) continue;
+    // A UTF-8 lead byte and its continuation bytes (no overlong two-byte forms, nothing past U+10FFFF).
+    const more = c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
+    if (more < 0) return true;
+    for (let k = 1; k <= more; k++) {
+      if (i + k >= value.length) return false;
+      const d = value.charCodeAt(i + k);
+      if (d < 0x80 || d > 0xbf) return true;
+    }
+    i += more;
+  }
+  return false;
+}

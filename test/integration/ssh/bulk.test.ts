@@ -5,6 +5,7 @@ import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRng } from '../../../src/detect/synth.js';
 import { type SshGateway, startSshGateway, startThrowawaySshd, type ThrowawaySshd } from './harness.js';
 
 /**
@@ -142,5 +143,28 @@ describe('ssh: bulk transfers through the gateway', { timeout: 120_000 }, () => 
     } finally {
       client.end();
     }
+  });
+  it('binary output full of secret keywords (scp -O, inspected) arrives byte for byte', async () => {
+    // Random bytes after `pwd:` or `password=` once looked like a password to the detection
+    // rules: the copy came back with a ticket in it, and scp -O hung waiting for its status byte.
+    const rng = createRng('ssh-binary-keywords');
+    const data = Buffer.allocUnsafe(4 * 1024 * 1024);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE(rng.int(2 ** 32), i);
+    const keys = ['pwd: ', 'password=', 'passwd:', 'secret=', 'api_key=', 'token: '];
+    for (let at = 1000, k = 0; at < data.length - 64; at += 16 * 1024, k++)
+      data.write(keys[k % keys.length]!, at, 'latin1');
+    const remote = sshd.file('keywords.bin', data);
+    const back = join(gw.dir, 'keywords.bin');
+    const down = await run([
+      '-q',
+      '-O',
+      ...gw.clientOptions(),
+      '-P',
+      String(gw.port),
+      `mover%bulk@127.0.0.1:${remote}`,
+      back,
+    ]);
+    expect(down).toEqual({ code: 0, stderr: '' });
+    expect(sha(readFileSync(back))).toBe(sha(data));
   });
 });
