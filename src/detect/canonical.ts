@@ -111,6 +111,168 @@ export function mayHoldEscape(s: string): boolean {
 }
 
 /**
+ * The escape that begins at `input[i]`, if one does: its length in `input` (0: none),
+ * with what it stands for left in `escapeValue` (a code point, or in `bytes` mode for
+ * `%XX` a raw byte: `escapeIsByte`). Module state rather than an object: this runs once
+ * per escape character of every scanned body.
+ */
+let escapeValue = 0;
+let escapeIsByte = false;
+
+function parseEscape(input: string, i: number, mode: ViewMode): number {
+  const n = input.length;
+  const c = input.charCodeAt(i);
+  escapeIsByte = false;
+  if (c === 0x5c) {
+    if (i + 1 >= n) return 0;
+    const d = input.charCodeAt(i + 1);
+    if (d === 0x75) {
+      const v = hexAt(input, i + 2, 4);
+      if (v < 0) return 0;
+      escapeValue = v;
+      if (v >= 0xd800 && v < 0xdc00 && input.charCodeAt(i + 6) === 0x5c && input.charCodeAt(i + 7) === 0x75) {
+        const low = hexAt(input, i + 8, 4);
+        if (low >= 0xdc00 && low < 0xe000) {
+          escapeValue = 0x10000 + ((v - 0xd800) << 10) + (low - 0xdc00);
+          return 12;
+        }
+      }
+      return 6;
+    }
+    if (d === 0x55) {
+      const v = hexAt(input, i + 2, 8);
+      if (v < 0 || v > 0x10ffff) return 0;
+      escapeValue = v;
+      return 10;
+    }
+    if (d === 0x78) {
+      const v = hexAt(input, i + 2, 2);
+      if (v < 0) return 0;
+      escapeValue = v;
+      return 4;
+    }
+    const simple = SIMPLE[d];
+    if (simple === undefined) return 0;
+    escapeValue = simple;
+    return 2;
+  }
+  if (c === 0x25) {
+    const v = hexAt(input, i + 1, 2);
+    if (v >= 0) {
+      // In bytes mode a raw byte, not a code point: %C3%A9 is two bytes of one UTF-8 character.
+      if (mode === 'bytes') {
+        escapeValue = v;
+        escapeIsByte = true;
+        return 3;
+      }
+      if (v >= 0x80) return 0;
+      escapeValue = v;
+      return 3;
+    }
+    if ((input.charCodeAt(i + 1) | 0x20) === 0x75) {
+      const u = hexAt(input, i + 2, 4);
+      if (u < 0) return 0;
+      escapeValue = u;
+      return 6;
+    }
+    return 0;
+  }
+  if (c === 0x26 && i + 2 < n) {
+    if (input.charCodeAt(i + 1) === 0x23) {
+      const hex = (input.charCodeAt(i + 2) | 0x20) === 0x78;
+      let k = i + (hex ? 3 : 2);
+      let v = 0;
+      const from = k;
+      while (k < n && k - from < 8) {
+        const ch = input.charCodeAt(k);
+        const digit = hex ? hexValue(ch) : ch >= 0x30 && ch <= 0x39 ? ch - 0x30 : -1;
+        if (digit < 0) break;
+        v = v * (hex ? 16 : 10) + digit;
+        k++;
+      }
+      if (k === from || v > 0x10ffff) return 0;
+      if (input.charCodeAt(k) === 0x3b) k++;
+      escapeValue = v;
+      return k - i;
+    }
+    // Only the next LONGEST_NAME + 1 characters: a search to the end would make a text of
+    // many `&` and no `;` quadratic.
+    let semi = -1;
+    for (let k = i + 1, last = Math.min(n - 1, i + 1 + LONGEST_NAME); k <= last; k++) {
+      if (input.charCodeAt(k) === 0x3b) {
+        semi = k;
+        break;
+      }
+    }
+    if (semi === -1) return 0;
+    const v = NAMED[input.slice(i + 1, semi)];
+    if (v === undefined) return 0;
+    escapeValue = v;
+    return semi + 1 - i;
+  }
+  return 0;
+}
+
+/**
+ * Finds, left to right, the characters that may begin an escape (`\\`, `%`, `&`): one
+ * native search per character, each remembered until passed, so a text is read at most
+ * once per character however the calls interleave.
+ */
+class EscapeCharacters {
+  readonly #text: string;
+  // Next position of `\`, `%`, `&` (-1: none left; -2: not searched yet).
+  #backslash = -2;
+  #percent = -2;
+  #ampersand = -2;
+
+  constructor(text: string) {
+    this.#text = text;
+  }
+
+  /** The first of them at or after `from`, or -1. */
+  next(from: number): number {
+    if (this.#backslash !== -1 && this.#backslash < from) this.#backslash = this.#text.indexOf('\\', from);
+    if (this.#percent !== -1 && this.#percent < from) this.#percent = this.#text.indexOf('%', from);
+    if (this.#ampersand !== -1 && this.#ampersand < from) this.#ampersand = this.#text.indexOf('&', from);
+    let best = this.#backslash;
+    if (this.#percent !== -1 && (best === -1 || this.#percent < best)) best = this.#percent;
+    if (this.#ampersand !== -1 && (best === -1 || this.#ampersand < best)) best = this.#ampersand;
+    return best;
+  }
+}
+
+/** Longest escape `decodeView` reads (`\uD83D\uDE00`, `&#x0010FFFF;`). */
+export const LONGEST_ESCAPE = 12;
+
+/**
+ * The stretches of `input` whose decoded view can differ from the input: each escape that
+ * `decodeView` would decode, widened by `margin` characters on both sides, overlapping
+ * stretches joined. Outside them the view is the input, character for character. A
+ * stretch starts at no escape's middle (an escape near its start would have widened it),
+ * so decoding a stretch alone reads its escapes as decoding the whole input does.
+ */
+export function escapeStretches(input: string, margin: number): Array<readonly [number, number]> {
+  const out: Array<readonly [number, number]> = [];
+  let from = -1;
+  let to = -1;
+  const candidates = new EscapeCharacters(input);
+  for (let i = candidates.next(0); i !== -1; i = candidates.next(i + 1)) {
+    const length = parseEscape(input, i, 'bytes');
+    if (length === 0) continue;
+    const lo = Math.max(0, i - margin);
+    const hi = Math.min(input.length, i + length + margin);
+    if (to >= 0 && lo <= to) to = Math.max(to, hi);
+    else {
+      if (to >= 0) out.push([from, to]);
+      from = lo;
+      to = hi;
+    }
+  }
+  if (to >= 0) out.push([from, to]);
+  return out;
+}
+
+/**
  * Decode one level of escapes. Returns `changed: false` (and the input as the view)
  * when there was nothing to decode.
  */
@@ -157,103 +319,28 @@ export function decodeView(input: string, mode: ViewMode): DecodedView {
     }
   };
 
+  const candidates = new EscapeCharacters(input);
   let i = 0;
   while (i < n) {
-    const c = input.charCodeAt(i);
-    let cp = -1;
-    let len = 0;
-    if (c === 0x5c && i + 1 < n) {
-      const d = input.charCodeAt(i + 1);
-      if (d === 0x75) {
-        const v = hexAt(input, i + 2, 4);
-        if (v >= 0) {
-          cp = v;
-          len = 6;
-          if (
-            v >= 0xd800 &&
-            v < 0xdc00 &&
-            input.charCodeAt(i + 6) === 0x5c &&
-            input.charCodeAt(i + 7) === 0x75
-          ) {
-            const low = hexAt(input, i + 8, 4);
-            if (low >= 0xdc00 && low < 0xe000) {
-              cp = 0x10000 + ((v - 0xd800) << 10) + (low - 0xdc00);
-              len = 12;
-            }
-          }
-        }
-      } else if (d === 0x55) {
-        const v = hexAt(input, i + 2, 8);
-        if (v >= 0 && v <= 0x10ffff) {
-          cp = v;
-          len = 10;
-        }
-      } else if (d === 0x78) {
-        const v = hexAt(input, i + 2, 2);
-        if (v >= 0) {
-          cp = v;
-          len = 4;
-        }
-      } else if (SIMPLE[d] !== undefined) {
-        cp = SIMPLE[d]!;
-        len = 2;
-      }
-    } else if (c === 0x25) {
-      const v = hexAt(input, i + 1, 2);
-      if (v >= 0) {
-        len = 3;
-        if (mode === 'bytes') {
-          // A raw byte, not a code point: %C3%A9 is two bytes of one UTF-8 character.
-          put(v, i, i + 3);
-          changed = true;
-          i += 3;
-          continue;
-        }
-        if (v < 0x80) cp = v;
-        else len = 0;
-      } else if ((input.charCodeAt(i + 1) | 0x20) === 0x75) {
-        const u = hexAt(input, i + 2, 4);
-        if (u >= 0) {
-          cp = u;
-          len = 6;
-        }
-      }
-    } else if (c === 0x26 && i + 2 < n) {
-      if (input.charCodeAt(i + 1) === 0x23) {
-        const hex = (input.charCodeAt(i + 2) | 0x20) === 0x78;
-        let k = i + (hex ? 3 : 2);
-        let v = 0;
-        const from = k;
-        while (k < n && k - from < 8) {
-          const ch = input.charCodeAt(k);
-          const digit = hex ? hexValue(ch) : ch >= 0x30 && ch <= 0x39 ? ch - 0x30 : -1;
-          if (digit < 0) break;
-          v = v * (hex ? 16 : 10) + digit;
-          k++;
-        }
-        if (k > from && v <= 0x10ffff) {
-          if (input.charCodeAt(k) === 0x3b) k++;
-          cp = v;
-          len = k - i;
-        }
-      } else {
-        const semi = input.indexOf(';', i + 1);
-        if (semi !== -1 && semi - i - 1 <= LONGEST_NAME) {
-          const v = NAMED[input.slice(i + 1, semi)];
-          if (v !== undefined) {
-            cp = v;
-            len = semi + 1 - i;
-          }
-        }
-      }
+    // Copy the run up to the next escape character as it is (most of most bodies).
+    const next = candidates.next(i);
+    const runEnd = next === -1 ? n : next;
+    for (; i < runEnd; i++) {
+      units[w] = input.charCodeAt(i);
+      start[w] = i;
+      end[w] = i + 1;
+      w++;
     }
-    if (len > 0 && cp >= 0) {
-      emitCodePoint(cp, i, i + len);
+    if (i >= n) break;
+    const len = parseEscape(input, i, mode);
+    if (len > 0) {
+      if (escapeIsByte) put(escapeValue, i, i + len);
+      else emitCodePoint(escapeValue, i, i + len);
       changed = true;
       i += len;
       continue;
     }
-    put(c, i, i + 1);
+    put(input.charCodeAt(i), i, i + 1);
     i++;
   }
   if (!changed) return { view: input, start: new Int32Array(0), end: new Int32Array(0), changed: false };

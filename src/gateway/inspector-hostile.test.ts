@@ -254,3 +254,87 @@ describe('PatternScan work bounds', () => {
     expect(Buffer.concat(out).length).toBe(chunk.length * 4);
   });
 });
+
+describe('PatternScan decodes only around escapes', () => {
+  // Decoded views are built only for stretches around each escape (binary output has an
+  // escape character every ~85 bytes but a decodable escape only every few KB). A set
+  // holding one pattern longer than the whole body widens every stretch to all of it: the
+  // same scan then decodes everything, which is the reference here.
+  const secrets = SECRETS.map((v, i) => ({ id: `e${i}`, value: Buffer.from(v) }));
+  const widening = { id: 'wide', value: Buffer.from('W'.repeat(48 * 1024)) };
+
+  const encodedSecret = fc
+    // Most characters as they are, a few escaped: a match then reaches far from its escapes.
+    .tuple(
+      fc.constantFrom(...SECRETS),
+      fc.array(fc.nat({ max: 4 * escapes.length }), { minLength: 32, maxLength: 32 }),
+    )
+    .map(([value, choice]) =>
+      [...value]
+        .map((ch, k) => {
+          const form = escapes[choice[k % 32]!];
+          if (ch.codePointAt(0)! >= 0x80) return form === undefined ? ch : encodeURIComponent(ch);
+          return form === undefined ? ch : (form(ch) ?? ch);
+        })
+        .join(''),
+    );
+  const part = fc.oneof(
+    {
+      weight: 4,
+      arbitrary: fc.uint8Array({ maxLength: 2500 }).map((b) => Buffer.from(b).toString('latin1')),
+    },
+    { weight: 2, arbitrary: encodedSecret },
+    { weight: 1, arbitrary: fc.constantFrom(...SECRETS) },
+    {
+      weight: 2,
+      arbitrary: fc.constantFrom(
+        '%',
+        '\\',
+        '&',
+        '%2',
+        '&#',
+        '\\u00',
+        '%41',
+        '\\n',
+        '&amp;',
+        '%25',
+        '\\\\',
+        '&#x',
+      ),
+    },
+  );
+  const body = fc
+    .tuple(fc.array(part, { maxLength: 14 }), fc.array(fc.nat(), { maxLength: 6 }))
+    .map(([parts, cuts]) => {
+      const input = Buffer.from(parts.join(''), 'latin1');
+      return { input, cuts: cuts.map((c) => (input.length === 0 ? 0 : c % input.length)) };
+    });
+
+  it('gives what decoding the whole body gives, for binary bodies with sparse escapes, split anywhere', async () => {
+    await fc.assert(
+      fc.asyncProperty(body, async ({ input, cuts }) => {
+        const out = await run(secrets, input, cuts);
+        expect(out).toBe(await run([...secrets, widening], input, cuts));
+        for (const s of SECRETS) expect(out).not.toContain(Buffer.from(s).toString('latin1'));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('finds an escaped secret far from the start of a large binary chunk, and one cut by the chunk border', async () => {
+    const filler = (n: number, seed: number) =>
+      Buffer.from(Array.from({ length: n }, (_, i) => (i * 131 + seed * 17 + ((i * i) >> 3)) & 0xff));
+    const escaped = 'plain%2Dsecret\\u002d0123456789';
+    const input = Buffer.concat([
+      filler(40_000, 1),
+      Buffer.from(escaped),
+      filler(30_000, 2),
+      Buffer.from(escaped),
+    ]);
+    for (const cuts of [[], [40_010], [input.length - 5], [17, 40_000 + escaped.length, 70_020]]) {
+      const out = await run(secrets, input, cuts);
+      expect(out.split(ticketOf('e1')).length - 1).toBe(2);
+      expect(out.length).toBe(input.length - 2 * escaped.length + 2 * ticketOf('e1').length);
+    }
+  });
+});

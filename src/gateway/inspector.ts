@@ -7,7 +7,13 @@
  */
 
 import { CoatcheckError } from '../core/errors.js';
-import { decodeView, mayHoldEscape, unfinishedEscapeFrom } from '../detect/canonical.js';
+import {
+  decodeView,
+  escapeStretches,
+  LONGEST_ESCAPE,
+  mayHoldEscape,
+  unfinishedEscapeFrom,
+} from '../detect/canonical.js';
 
 export interface InspectionContext {
   /** A ticket that stands for `secretId`, bound to the caller (one per secret per response). */
@@ -627,6 +633,24 @@ interface Level {
   readonly escapes: { unit: number; units: number; from: number; to: number }[];
 }
 
+/** A stretch of the chunk around escapes, with its decoded views (level 0: the raw text). */
+interface Stretch {
+  /** Where the stretch begins in the chunk (the views' maps are relative to it). */
+  readonly offset: number;
+  /** Whether it ends where the chunk ends. */
+  readonly atEnd: boolean;
+  readonly levels: Level[];
+}
+
+/**
+ * Stretches to decode: each escape widened by enough that a match using any decoded unit
+ * lies inside (the longest pattern), plus the escapes a deeper level can form from decoded
+ * units next to literal ones (each within one escape length of an escape of the level above).
+ */
+function findStretches(raw: string, longestPattern: number): Array<readonly [number, number]> {
+  return escapeStretches(raw, longestPattern + LONGEST_ESCAPE * (MAX_DECODE_LEVELS + 1));
+}
+
 function escapesOf(local: { start: Int32Array; end: Int32Array }): Level['escapes'] {
   const out: Level['escapes'] = [];
   for (let u = 0; u < local.start.length; ) {
@@ -655,7 +679,6 @@ function escapesOf(local: { start: Int32Array; end: Int32Array }): Level['escape
 function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): Analysis {
   if (set.empty || buf.length === 0) return { spans: [], hold: buf.length };
   const raw = buf.toString('latin1');
-  const levels: Level[] = [{ text: raw, start: null, end: null, escapes: [] }];
   // Where an escape cut by the chunk border begins (on the raw bytes or any view): the
   // rest waits for the next chunk, and what comes before is analysed once more without
   // it (once: a second pass must not cut again, or `%25%25%25…` would cost n² work).
@@ -665,22 +688,33 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): A
     const inner = findSpans(buf.subarray(0, cut), set, false, false);
     return { spans: inner.spans, hold: Math.min(inner.hold, cut) };
   }
+  const stretches: Stretch[] = [];
   if (mayHoldEscape(raw)) {
-    for (let level = 1; level <= MAX_DECODE_LEVELS; level++) {
-      const above = levels[level - 1]!;
-      const decoded = decodeView(above.text, 'bytes');
-      if (!decoded.changed) break;
-      // Compose with the maps of the levels above: view unit -> original span.
-      const toStart = above.start;
-      const toEnd = above.end;
-      const start: Int32Array = toStart === null ? decoded.start : decoded.start.map((u) => toStart[u]!);
-      const end: Int32Array = toEnd === null ? decoded.end : decoded.end.map((u) => toEnd[u - 1]!);
-      levels.push({ text: decoded.view, start, end, escapes: escapesOf(decoded) });
-      if (check) {
-        const at = unfinishedEscapeFrom(decoded.view);
-        if (at < decoded.view.length) cut = Math.min(cut, start[at]!);
+    // Decoded views only around escapes: elsewhere a view is the raw text, which the raw
+    // scan reads. Binary output (a `%`, `\` or `&` every ~85 bytes, a decodable escape
+    // every few KB) decodes a few hundred bytes per escape instead of all of it.
+    for (const [from, to] of findStretches(raw, set.maxLength)) {
+      const text = from === 0 && to === raw.length ? raw : raw.slice(from, to);
+      const levels: Level[] = [{ text, start: null, end: null, escapes: [] }];
+      const atEnd = to === raw.length;
+      for (let level = 1; level <= MAX_DECODE_LEVELS; level++) {
+        const above = levels[level - 1]!;
+        const decoded = decodeView(above.text, 'bytes');
+        if (!decoded.changed) break;
+        // Compose with the maps of the levels above: view unit -> span of the stretch.
+        const toStart = above.start;
+        const toEnd = above.end;
+        const start: Int32Array = toStart === null ? decoded.start : decoded.start.map((u) => toStart[u]!);
+        const end: Int32Array = toEnd === null ? decoded.end : decoded.end.map((u) => toEnd[u - 1]!);
+        levels.push({ text: decoded.view, start, end, escapes: escapesOf(decoded) });
+        // An unfinished escape can only be at the end of the stretch that ends the chunk.
+        if (check && atEnd) {
+          const at = unfinishedEscapeFrom(decoded.view);
+          if (at < decoded.view.length) cut = Math.min(cut, from + start[at]!);
+        }
+        if (!mayHoldEscape(decoded.view)) break;
       }
-      if (!mayHoldEscape(decoded.view)) break;
+      if (levels.length > 1) stretches.push({ offset: from, atEnd, levels });
     }
   }
   if (cut < raw.length) {
@@ -703,20 +737,37 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): A
       if (dropped.size > 0 && dropped.has(ref.secretId)) return;
       matches.push({ start, end, pattern: base + pattern, ref, level });
     };
-    levels.forEach((view, level) => {
+    // The raw bytes, whole.
+    const partial = automaton.scan(raw, (pattern, s, e) => add(pattern, s, e, 0));
+    if (!final && partial < raw.length) hold = Math.min(hold, partial);
+    for (const stretch of stretches) scanStretch(stretch, automaton, add);
+  }
+  /** The decoded views of one stretch (its level 0 is the raw text, scanned above). */
+  function scanStretch(
+    stretch: Stretch,
+    automaton: Automaton,
+    add: (pattern: number, start: number, end: number, level: number) => void,
+  ): void {
+    const { offset, atEnd, levels } = stretch;
+    // Held bytes come only from the stretch that ends the chunk: anywhere else, a match
+    // still open at the stretch's end would have to be longer than the margin around
+    // every escape (longer than any pattern).
+    const holds = !final && atEnd;
+    for (let level = 1; level < levels.length; level++) {
+      const view = levels[level]!;
       const states = view.escapes.length > 0 ? new Int32Array(view.text.length) : undefined;
-      const unitStart = (u: number) => (view.start === null ? u : view.start[u]!);
-      const unitEnd = (u: number) => (view.end === null ? u + 1 : view.end[u]!);
+      const unitStart = (u: number) => offset + view.start![u]!;
+      const unitEnd = (u: number) => offset + view.end![u]!;
       const partial = automaton.scan(
         view.text,
         (pattern, s, e) => add(pattern, unitStart(s), unitEnd(e - 1), level),
         states,
       );
-      if (!final && partial < view.text.length) hold = Math.min(hold, unitStart(partial));
-      if (states === undefined) return;
+      if (holds && partial < view.text.length) hold = Math.min(hold, unitStart(partial));
+      if (states === undefined) continue;
       const above = levels[level - 1]!;
-      const aboveStart = (u: number) => (above.start === null ? u : above.start[u]!);
-      const aboveEnd = (u: number) => (above.end === null ? u + 1 : above.end[u]!);
+      const aboveStart = (u: number) => offset + (above.start === null ? u : above.start[u]!);
+      const aboveEnd = (u: number) => offset + (above.end === null ? u + 1 : above.end[u]!);
       // Stream of a fork: the view before the escape (negative indices), the escape's own
       // characters, then the view after it.
       const streamAt = (esc: Level['escapes'][number], i: number, edge: 'start' | 'end'): number => {
@@ -748,11 +799,11 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): A
           if (i >= literal && automaton.depth(s) <= i - literal + 1) break;
           if (i === literal - 1 && s === 0) break;
         }
-        if (!final && i === length && automaton.depth(s) > 0) {
+        if (holds && i === length && automaton.depth(s) > 0) {
           hold = Math.min(hold, streamAt(esc, length - automaton.depth(s), 'start'));
         }
       }
-    });
+    }
   }
   if (matches.length > 1)
     matches.sort(
