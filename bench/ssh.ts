@@ -25,6 +25,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import ssh2 from 'ssh2';
@@ -33,6 +34,8 @@ import { startSshGateway, startThrowawaySshd } from '../test/integration/ssh/har
 const EXECS = Number(process.env.BENCH_EXECS ?? 40);
 const MB = Number(process.env.BENCH_MB ?? 64);
 const REPEATS = Math.max(1, Number(process.env.BENCH_REPEATS ?? 3));
+// BENCH_ONLY=exec,upload,download,inspected: run only these parts (for a profile of one).
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'exec,upload,download,inspected').split(','));
 
 function connect(config: ssh2.ConnectConfig): Promise<ssh2.Client> {
   return new Promise((resolve, reject) => {
@@ -80,6 +83,11 @@ function scp(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
       else resolve(MB / (Number(process.hrtime.bigint() - started) / 1e9));
     });
   });
+}
+
+function sshCryptoBinding(): boolean {
+  const require = createRequire(import.meta.url);
+  return (require('ssh2/lib/protocol/crypto.js') as { bindingAvailable: boolean }).bindingAvailable;
 }
 
 function median(values: number[]): number {
@@ -137,6 +145,7 @@ async function main(): Promise<void> {
     const at = (which: 'direct' | 'gateway') => (which === 'direct' ? 'root' : 'bench%box');
     const transfers = [
       {
+        part: 'upload',
         name: `scp ${MB} MiB upload (sftp, carried as is), MB/s`,
         args: (which: 'direct' | 'gateway') => [
           file,
@@ -145,6 +154,7 @@ async function main(): Promise<void> {
         check: (which: 'direct' | 'gateway') => join(sshd.dir, `${which}.up.bin`),
       },
       {
+        part: 'download',
         name: `scp ${MB} MiB download (sftp, carried as is), MB/s`,
         args: (which: 'direct' | 'gateway') => [
           `${at(which)}@127.0.0.1:${remoteFile}`,
@@ -153,6 +163,7 @@ async function main(): Promise<void> {
         check: (which: 'direct' | 'gateway') => join(gw.dir, `${which}.down.bin`),
       },
       {
+        part: 'inspected',
         name: `scp -O ${MB} MiB download (exec, inspected), MB/s`,
         args: (which: 'direct' | 'gateway') => [
           '-O',
@@ -161,13 +172,13 @@ async function main(): Promise<void> {
         ],
         check: (which: 'direct' | 'gateway') => join(gw.dir, `${which}.down-o.bin`),
       },
-    ];
+    ].filter((t) => ONLY.has(t.part));
     const rates: { direct: number[]; gateway: number[] } = { direct: [], gateway: [] };
     const mbs = transfers.map(() => ({ direct: [] as number[], gateway: [] as number[] }));
     const loadBefore = loadavg();
     for (let r = 0; r < REPEATS; r++) {
       const order = r % 2 === 0 ? (['direct', 'gateway'] as const) : (['gateway', 'direct'] as const);
-      for (const which of order) {
+      for (const which of ONLY.has('exec') ? order : []) {
         rates[which].push(await execRate(which === 'direct' ? direct : through));
         console.log(`repeat ${r + 1}: ${which} exec ${rates[which].at(-1)!.toFixed(1)}/s`);
       }
@@ -184,12 +195,19 @@ async function main(): Promise<void> {
     }
     const loadAfter = loadavg();
     const rows = [
-      ['exec round trips/s', median(rates.direct), median(rates.gateway), 0.5],
+      ...(ONLY.has('exec')
+        ? [['exec round trips/s', median(rates.direct), median(rates.gateway), 0.5] as const]
+        : []),
       ...transfers.map((t, i) => [t.name, median(mbs[i]!.direct), median(mbs[i]!.gateway), 0.7] as const),
     ] as const;
     const load = (l: number[]) => l.map((v) => v.toFixed(2)).join(' ');
     console.log(
       `repeats ${REPEATS}, ${EXECS} execs per run, median of each; load average ${load(loadBefore)} before, ${load(loadAfter)} after`,
+    );
+    // ssh2 encrypts in JavaScript unless its optional native binding was built at install
+    // (package.json allowScripts): the gateway's two SSH legs then cost several times more.
+    console.log(
+      `ssh2 native crypto binding: ${sshCryptoBinding() ? 'loaded' : 'NOT built (JavaScript ciphers)'}`,
     );
     console.log('| measure | direct | coatcheck | ratio | goal |');
     console.log('|---|---|---|---|---|');
