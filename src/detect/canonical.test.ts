@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { decodeView, unfinishedEscapeFrom } from './canonical.js';
 
@@ -20,6 +21,66 @@ describe('decodeView', () => {
   it('leaves what is not an escape alone and says when nothing changed', () => {
     expect(decodeView('100% &co \\q %zz &#;', 'bytes').changed).toBe(false);
     expect(decodeView('plain', 'text')).toMatchObject({ view: 'plain', changed: false });
+  });
+});
+
+describe('decodeView over long literal runs (copied in bulk)', () => {
+  const piece = fc.oneof(
+    fc.string({
+      unit: fc.constantFrom('a', 'Z', '0', ' ', '\n', '%', '&', '\\', 'é', '€', '\u{1f600}'),
+      maxLength: 80,
+    }),
+    fc.constantFrom(
+      '\\u0041',
+      '%41',
+      '%c3%a9',
+      '&amp;',
+      '&#x2b;',
+      '&#43',
+      '\\n',
+      '\\"',
+      '\\x7e',
+      '\\ud83d\\ude00',
+      '%u20ac',
+    ),
+  );
+  const text = fc.array(piece, { maxLength: 60 }).map((parts) => parts.join(''));
+
+  it('maps every unit back: literal units to the same character, escapes to what they decode to alone', () => {
+    fc.assert(
+      fc.property(text, fc.constantFrom('bytes' as const, 'text' as const), (input, mode) => {
+        const d = decodeView(input, mode);
+        if (!d.changed) {
+          expect(d.view).toBe(input);
+          return;
+        }
+        expect(d.start.length).toBe(d.view.length);
+        let at = 0;
+        for (let u = 0; u < d.view.length; ) {
+          const from = d.start[u]!;
+          const to = d.end[u]!;
+          expect(from).toBe(at);
+          let k = u;
+          while (k < d.view.length && d.start[k] === from) {
+            expect(d.end[k]).toBe(to);
+            k++;
+          }
+          const units = d.view.slice(u, k);
+          if (to - from === 1 && k - u === 1) {
+            // A literal unit (or a one-character escape, which decodes to itself: none exists).
+            if (mode === 'bytes' && input.charCodeAt(from) > 0xff)
+              expect(units.charCodeAt(0)).toBe(input.charCodeAt(from) & 0xff);
+            else expect(units).toBe(input[from]);
+          } else {
+            expect(decodeView(input.slice(from, to), mode).view).toBe(units);
+          }
+          at = to;
+          u = k;
+        }
+        expect(at).toBe(input.length);
+      }),
+      { numRuns: 500 },
+    );
   });
 });
 

@@ -272,12 +272,32 @@ export function escapeStretches(input: string, margin: number): Array<readonly [
   return out;
 }
 
+/** 0, 1, 2, … (at least `length` of them): copied from to fill a view's maps in bulk. */
+let IOTA = new Int32Array(0);
+/** Larger inputs fill their maps in a loop (no table of that size is kept). */
+const IOTA_MAX = 1 << 22;
+function iotaTo(length: number): Int32Array {
+  if (IOTA.length < length) {
+    let size = Math.max(1024, IOTA.length);
+    while (size < length) size *= 2;
+    IOTA = new Int32Array(size);
+    for (let k = 0; k < size; k++) IOTA[k] = k;
+  }
+  return IOTA;
+}
+
 /**
  * Decode one level of escapes. Returns `changed: false` (and the input as the view)
  * when there was nothing to decode.
  */
 export function decodeView(input: string, mode: ViewMode): DecodedView {
   const n = input.length;
+  // Most views of a view decode nothing (binary text keeps its stray `%`, `\\` and `&`):
+  // find the first escape before allocating anything.
+  const candidates = new EscapeCharacters(input);
+  let first = candidates.next(0);
+  while (first !== -1 && parseEscape(input, first, mode) === 0) first = candidates.next(first + 1);
+  if (first === -1) return { view: input, start: new Int32Array(0), end: new Int32Array(0), changed: false };
   // A decoded view is never longer than its input: every escape is at least as long as
   // what it writes (`%XX` one byte, `\uXXXX` up to three, `&#x10FFFF;` four).
   const units: Uint8Array | Uint16Array = mode === 'bytes' ? Buffer.allocUnsafe(n) : new Uint16Array(n);
@@ -319,17 +339,35 @@ export function decodeView(input: string, mode: ViewMode): DecodedView {
     }
   };
 
-  const candidates = new EscapeCharacters(input);
-  let i = 0;
+  /** Units [from, to) of the input as they are: one bulk copy per array for long runs. */
+  const copyRun = (from: number, to: number): void => {
+    const length = to - from;
+    if (length < 16 || to >= IOTA_MAX) {
+      for (let k = from; k < to; k++) {
+        units[w] = input.charCodeAt(k);
+        start[w] = k;
+        end[w] = k + 1;
+        w++;
+      }
+      return;
+    }
+    if (mode === 'bytes') (units as Buffer).write(input.substring(from, to), w, length, 'latin1');
+    else for (let k = 0; k < length; k++) units[w + k] = input.charCodeAt(from + k);
+    const iota = iotaTo(to + 1);
+    start.set(iota.subarray(from, to), w);
+    end.set(iota.subarray(from + 1, to + 1), w);
+    w += length;
+  };
+
+  copyRun(0, first);
+  let i = first;
   while (i < n) {
     // Copy the run up to the next escape character as it is (most of most bodies).
-    const next = candidates.next(i);
+    const next = i === first ? first : candidates.next(i);
     const runEnd = next === -1 ? n : next;
-    for (; i < runEnd; i++) {
-      units[w] = input.charCodeAt(i);
-      start[w] = i;
-      end[w] = i + 1;
-      w++;
+    if (runEnd > i) {
+      copyRun(i, runEnd);
+      i = runEnd;
     }
     if (i >= n) break;
     const len = parseEscape(input, i, mode);

@@ -737,8 +737,10 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): A
       if (dropped.size > 0 && dropped.has(ref.secretId)) return;
       matches.push({ start, end, pattern: base + pattern, ref, level });
     };
-    // The raw bytes, whole.
-    const partial = automaton.scan(raw, (pattern, s, e) => add(pattern, s, e, 0));
+    // The raw bytes, whole. Most chunks hold no pattern: then only where an unfinished one
+    // may begin at the end is wanted (for a few patterns, one native search each).
+    const none = automaton.partialIfNone(buf);
+    const partial = none !== -1 ? none : automaton.scan(raw, (pattern, s, e) => add(pattern, s, e, 0));
     if (!final && partial < raw.length) hold = Math.min(hold, partial);
     for (const stretch of stretches) scanStretch(stretch, automaton, add);
   }
