@@ -1,6 +1,6 @@
 import type { Connections, ConnectionView } from '../../connections/connections.js';
-import type { Store } from '../../store/types.js';
-import { type Destination, matchesTarget, parseDestination } from '../../vault/destinations.js';
+import type { Store, StoreChange } from '../../store/types.js';
+import { type Destination, parseDestination } from '../../vault/destinations.js';
 import type { Vault } from '../../vault/vault.js';
 
 export interface HostBinding {
@@ -30,66 +30,160 @@ function urlAuthority(url: string): { scheme: string; host: string; port: number
   }
 }
 
+const authorityKey = (scheme: string, host: string, port: number) => `${scheme}://${host}:${port}`;
+
+/** Index keys of one host destination: `=` exact host, `*` a wildcard's parent domain. */
+function destinationKey(dest: Extract<Destination, { kind: 'host' }>): string {
+  return `${dest.wildcard ? '*' : '='}${authorityKey(dest.scheme, dest.host, dest.port)}`;
+}
+
+/** The host destinations of a secret's allow list, as index keys. */
+function keysOf(allow: readonly string[]): string[] {
+  const keys: string[] = [];
+  for (const text of allow) {
+    const dest = parseDestination(text);
+    if (dest.kind === 'host') keys.push(destinationKey(dest));
+  }
+  return keys;
+}
+
 /**
  * Which hosts the forward proxy intercepts: those a live secret may be released to
  * (`secret add NAME --allow api.example.com`, `*.example.com`) and those an http
- * connection points at. Read from the vault and connections, cached briefly and dropped
- * on any store change (a new secret or connection is seen at once on this replica,
- * within `ttlMs` on others).
+ * connection points at.
+ *
+ * Kept as an index updated from the store's change feed: an added, changed or erased
+ * secret is read alone (by id), so a change costs the same with 100k secrets as with one,
+ * and a ticket revocation or approval costs nothing; a lookup costs one map probe per
+ * label of the host. The whole list is read at start and after a `resync` (or, while
+ * the feed is not current, at most once per `ttlMs`: changes from other replicas may
+ * have been missed). A change on this replica is seen by the next lookup.
  */
 export function createHostBindings(
   vault: Pick<Vault, 'listSecrets'>,
   connections: Pick<Connections, 'list'>,
-  store: Pick<Store, 'subscribe'>,
+  store: Pick<Store, 'subscribe' | 'getSecretById' | 'feedCurrent'>,
   options: { ttlMs?: number } = {},
 ): HostBindings {
   const ttlMs = options.ttlMs ?? 1000;
-  interface Snapshot {
-    readonly at: number;
-    readonly hosts: Destination[];
-    readonly conns: ConnectionView[];
-  }
-  let cached: Snapshot | null = null;
-  let loading: Promise<Snapshot> | null = null;
-  const unsubscribe = store.subscribe(() => {
-    cached = null;
-  });
-  const load = async (): Promise<Snapshot> => {
-    const [secrets, conns] = await Promise.all([vault.listSecrets(), connections.list()]);
-    const hosts: Destination[] = [];
-    for (const secret of secrets) {
-      for (const allow of secret.allow) {
-        const dest = parseDestination(allow);
-        if (dest.kind === 'host') hosts.push(dest);
-      }
-    }
-    return { at: Date.now(), hosts, conns: conns.filter((c) => c.type === 'http') };
+  // Index key -> how many secrets name it; secret id -> its keys (to take them out again).
+  let hosts: Map<string, number> | null = null;
+  let keysBySecret = new Map<string, string[]>();
+  let hostsLoadedAt = 0;
+  // http connections by authority (the first by name, as the list is sorted).
+  let conns: Map<string, ConnectionView> | null = null;
+  // Loads and per-secret updates run one after another, in the order the changes came.
+  let work: Promise<void> = Promise.resolve();
+  let closed = false;
+
+  const count = (key: string, by: number) => {
+    const next = (hosts!.get(key) ?? 0) + by;
+    if (next <= 0) hosts!.delete(key);
+    else hosts!.set(key, next);
   };
+  const forget = (id: string) => {
+    for (const key of keysBySecret.get(id) ?? []) count(key, -1);
+    keysBySecret.delete(id);
+  };
+  const remember = (id: string, allow: readonly string[]) => {
+    const keys = keysOf(allow);
+    keysBySecret.set(id, keys);
+    for (const key of keys) count(key, 1);
+  };
+
+  const loadHosts = async () => {
+    const secrets = await vault.listSecrets();
+    hosts = new Map();
+    keysBySecret = new Map();
+    for (const secret of secrets) remember(secret.id, secret.allow);
+    hostsLoadedAt = Date.now();
+  };
+  const loadConns = async () => {
+    const next = new Map<string, ConnectionView>();
+    for (const c of await connections.list()) {
+      if (c.type !== 'http') continue;
+      const authority = urlAuthority(c.url);
+      if (authority === null) continue;
+      const key = authorityKey(authority.scheme, authority.host, authority.port);
+      if (!next.has(key)) next.set(key, c);
+    }
+    conns = next;
+  };
+  const refreshSecret = async (id: string) => {
+    if (hosts === null) return; // the next full load reads it
+    const record = await store.getSecretById(id);
+    forget(id);
+    if (record !== null && record.erasedAt === null) remember(id, record.allow);
+  };
+  const enqueue = (step: () => Promise<void>) => {
+    // A failed step leaves the index unknown: the next lookup reads everything again.
+    work = work.then(step).catch(() => {
+      hosts = null;
+      conns = null;
+    });
+  };
+
+  const unsubscribe = store.subscribe((change: StoreChange) => {
+    switch (change.type) {
+      case 'secret.added':
+      case 'secret.updated': {
+        const { id } = change;
+        enqueue(() => refreshSecret(id));
+        return;
+      }
+      case 'secret.erased': {
+        const { id } = change;
+        enqueue(async () => {
+          if (hosts !== null) forget(id);
+        });
+        return;
+      }
+      case 'connection.changed':
+        conns = null;
+        return;
+      case 'resync':
+        hosts = null;
+        conns = null;
+        return;
+      default:
+        // Revocations, approvals, workflows, relays, keys: no destination changes.
+        return;
+    }
+  });
+
   return {
     async resolve(host, port, scheme = 'https') {
-      let snapshot = cached;
-      if (snapshot === null || Date.now() - snapshot.at > ttlMs) {
-        loading ??= load().finally(() => {
-          loading = null;
+      if (closed) return { bound: false, connection: null };
+      // Without a current feed, changes made elsewhere may be unheard: read again, as before the index.
+      if (hosts !== null && !store.feedCurrent() && Date.now() - hostsLoadedAt > ttlMs) hosts = null;
+      if (hosts === null || conns === null) {
+        const needHosts = hosts === null;
+        const needConns = conns === null;
+        enqueue(async () => {
+          if (needHosts && hosts === null) await loadHosts();
+          if (needConns && conns === null) await loadConns();
         });
-        snapshot = await loading;
-        cached = snapshot;
       }
+      await work;
+      // A load that failed: refuse to guess (no interception is the same as an unknown host;
+      // the lookup fails so the caller answers with an error, as a failed read did before).
+      if (hosts === null || conns === null) {
+        await loadHosts();
+        await loadConns();
+      }
+      const name = host.toLowerCase().replace(/\.$/, '');
       // Scheme, host and port: an https connection or secret does not make its host's plain-http side (or other ports) forwardable.
-      const target = { scheme, host, port };
-      const connection =
-        snapshot.conns.find((c) => {
-          const authority = urlAuthority(c.url);
-          return (
-            authority !== null &&
-            authority.scheme === scheme &&
-            authority.host === host.toLowerCase() &&
-            authority.port === port
-          );
-        }) ?? null;
-      const bound = connection !== null || snapshot.hosts.some((dest) => matchesTarget(dest, target));
+      const connection = conns!.get(authorityKey(scheme, name, port)) ?? null;
+      let bound = connection !== null || hosts!.has(`=${authorityKey(scheme, name, port)}`);
+      // `*.example.com` covers every name below example.com (any depth), not example.com itself.
+      for (let dot = name.indexOf('.'); !bound && dot !== -1; dot = name.indexOf('.', dot + 1)) {
+        bound = hosts!.has(`*${authorityKey(scheme, name.slice(dot + 1), port)}`);
+      }
       return { bound, connection };
     },
-    close: unsubscribe,
+    close() {
+      closed = true;
+      unsubscribe();
+    },
   };
 }

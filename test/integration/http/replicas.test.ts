@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHostBindings } from '../../../src/frontends/http/host-bindings.js';
 import { type Gateway, startGateway, startUpstream, type Upstream } from './harness.js';
 
 /** Admin URL of a server where we may create databases (as test/store/postgres.test.ts). */
@@ -93,5 +94,21 @@ describe('revocation across replicas (PostgreSQL LISTEN/NOTIFY)', () => {
     await b.http.recorder.flush();
     const [latest] = await b.ctx.store.listSessions({ limit: 1 });
     expect(latest?.outcome).toBe('CC_ERR_TICKET_REVOKED');
+  });
+  it("a secret's host added, changed or removed on one replica binds (or not) on the other's forward proxy within a second", async () => {
+    const bindings = createHostBindings(b.ctx.vault, b.ctx.connections, b.ctx.store);
+    try {
+      const bound = async (host: string) => (await bindings.resolve(host, 443, 'https')).bound;
+      expect(await bound('replicated.example.com')).toBe(false);
+      await a.addSecret('rep-host', `${SECRET}-h`, ['replicated.example.com']);
+      await expect.poll(() => bound('replicated.example.com'), { timeout: 1000, interval: 20 }).toBe(true);
+      await a.ctx.vault.updateSecret('rep-host', { allow: ['moved.example.com'] }, 'admin:test');
+      await expect.poll(() => bound('replicated.example.com'), { timeout: 1000, interval: 20 }).toBe(false);
+      expect(await bound('moved.example.com')).toBe(true);
+      await a.ctx.vault.removeSecret('rep-host', 'admin:test');
+      await expect.poll(() => bound('moved.example.com'), { timeout: 1000, interval: 20 }).toBe(false);
+    } finally {
+      bindings.close();
+    }
   });
 });
