@@ -6,7 +6,7 @@ import { CoatcheckError } from '../../core/errors.js';
 import type { FrontendDeps } from '../../gateway/deps.js';
 import { chainInspectors, createDetectorInspector } from '../../gateway/detector-inspector.js';
 import { type Frontend, GatewayDriver, type Mount } from '../../gateway/driver.js';
-import { createKnownSecretInspector } from '../../gateway/inspector.js';
+import { createIndexedInspector, sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
 import type { Decide, ExchangePipeline } from '../../gateway/pipeline.js';
 import type { Recorder } from '../../gateway/session.js';
 import type { SessionRecordings } from '../../recording/recordings.js';
@@ -95,7 +95,8 @@ async function mountSsh(
     clock: deps.clock,
     // Known secrets and detector findings in stdout/stderr become tickets, as on the other paths.
     inspector: chainInspectors(
-      createKnownSecretInspector(() => deps.vault.knownSecrets()),
+      // The shared index (ADR 0021): a secret added or erased is applied alone, never a rebuild of the whole set.
+      createIndexedInspector(sharedKnownSecretIndex(deps.vault, deps.store)),
       createDetectorInspector(),
     ),
     decide: overrides.decide ?? createSshDecide(deps.gate),
