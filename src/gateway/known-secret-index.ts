@@ -194,6 +194,19 @@ async function patternsInSlices(list: Iterable<readonly [string, Buffer]>): Prom
   return out;
 }
 
+/**
+ * The index's matcher over every secret's forms, once every change heard before the call is
+ * applied to it (for scrubbing what is stored or shown: recordings, approval previews).
+ * Throws CC_ERR_GATEWAY_INSPECTION_FAILED while the index is stale: the caller refuses.
+ */
+export async function currentSecretMatcher(index: KnownSecretIndex): Promise<KnownSecretMatcher> {
+  // Asked for first: the first call starts filling the forms that formsReady() waits for.
+  const matcher = index.secretMatcher();
+  await index.current();
+  await index.formsReady();
+  return matcher;
+}
+
 export function createKnownSecretIndex(
   source: KnownSecretSource,
   store: Pick<Store, 'subscribe' | 'feedCurrent'>,

@@ -3,7 +3,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
-import { createKnownSecretMatcher, type KnownSecretMatcher } from '../detect/known-secrets.js';
+import type { KnownSecretMatcher } from '../detect/known-secrets.js';
 import type { SessionHooks } from '../gateway/hooks.js';
 import type { GatewaySession } from '../gateway/session.js';
 import type { SessionRecord, Store } from '../store/types.js';
@@ -26,8 +26,12 @@ export interface RecordingServiceOptions {
   readonly storage: RecordingStorage;
   /** The keyring's recording key (`keys.index.recording`): wraps each recording's data key. */
   readonly wrapKey: Buffer;
-  /** The vault's live secrets: every string is scrubbed against them before it is stored. */
-  readonly knownSecrets: () => Promise<ReadonlyArray<{ id: string; value: { reveal(): Buffer } }>>;
+  /**
+   * A matcher over the vault's live secrets, current when it resolves (the shared index's:
+   * `currentSecretMatcher`): every string is scrubbed against it before it is stored. A
+   * rejection fails the write (the recording is dropped and audited as degraded).
+   */
+  readonly knownMatcher: () => Promise<KnownSecretMatcher>;
   readonly log: Logger;
   readonly registry: Registry;
   readonly clock: Clock;
@@ -116,7 +120,6 @@ export class SessionRecordings {
   #writer: Promise<void> | null = null;
   /** `recording.degraded` records being appended (flush waits for them). */
   readonly #notices = new Set<Promise<unknown>>();
-  #matcher: { for: unknown; matcher: KnownSecretMatcher } | null = null;
   /** Recordings being written in parts while their sessions run. */
   readonly #streams = new WeakMap<RecordingCapture, Stream>();
 
@@ -224,7 +227,7 @@ export class SessionRecordings {
 
   /** Lines with every known secret replaced (counted and logged when any was). */
   async #scrubbed(id: string, frontend: string, lines: string[]): Promise<string[]> {
-    const matcher = await this.#knownMatcher();
+    const matcher = await this.#o.knownMatcher();
     let replaced = 0;
     const out = lines.map((line) => scrubLine(line, matcher, () => replaced++));
     if (replaced > 0) {
@@ -430,24 +433,6 @@ export class SessionRecordings {
     for (let n = 0; n < parts; n++) {
       await this.#o.storage.delete(partLocation(location, n)).catch(() => undefined);
     }
-  }
-
-  async #knownMatcher(): Promise<KnownSecretMatcher> {
-    const list = await this.#o.knownSecrets();
-    if (this.#matcher?.for === list) return this.#matcher.matcher;
-    const matcher = createKnownSecretMatcher();
-    for (const secret of list) {
-      try {
-        matcher.add(secret.id, secret.value.reveal());
-      } catch (error) {
-        // Shorter than the matcher's minimum (it would match ordinary text): skipped. Too
-        // large (a row the vault did not write): the recording is not written (dropped and
-        // audited as degraded) rather than written with that secret unmasked.
-        if ((error as { code?: unknown })?.code !== 'CC_ERR_DETECT_KNOWN_SECRET_TOO_SHORT') throw error;
-      }
-    }
-    this.#matcher = { for: list, matcher };
-    return matcher;
   }
 
   /** Wait until every queued recording is written, and every recording not kept is audited. */

@@ -65,7 +65,14 @@ export function sessionRecordings(ctx: Context): SessionRecordings {
     audit: ctx.audit,
     storage: recordingStorage(ctx),
     wrapKey: ctx.keys.index.recording,
-    knownSecrets: () => ctx.vault.knownSecrets(),
+    // The shared index (ADR 0021): a change is applied secret by secret, never a rebuild of the whole set.
+    knownMatcher: async () => {
+      // Loaded when the first recording is written (CLI commands that read recordings never pay for it).
+      const { currentSecretMatcher, sharedKnownSecretIndex } = await import(
+        '../gateway/known-secret-index.js'
+      );
+      return currentSecretMatcher(sharedKnownSecretIndex(ctx.vault, ctx.store));
+    },
     log: ctx.log,
     registry: ctx.metrics,
     clock: ctx.clock,

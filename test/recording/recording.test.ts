@@ -4,7 +4,9 @@ import { deflateRawSync } from 'node:zlib';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CoatcheckError } from '../../src/core/errors.js';
 import { recordingHook } from '../../src/gateway/hooks.js';
+import { currentSecretMatcher, sharedKnownSecretIndex } from '../../src/gateway/known-secret-index.js';
 import { gatewayMetricsFor } from '../../src/gateway/metrics.js';
 import { createStoreRecorder, GatewaySession } from '../../src/gateway/session.js';
 import { applyRetention, loadRecording } from '../../src/recording/archive.js';
@@ -139,7 +141,7 @@ describe('session recordings: caps, the bounded queue, retention', () => {
         audit: ctx.audit,
         storage,
         wrapKey: ctx.keys.index.recording,
-        knownSecrets: () => ctx.vault.knownSecrets(),
+        knownMatcher: () => currentSecretMatcher(sharedKnownSecretIndex(ctx.vault, ctx.store)),
         log: pino({ level: 'silent' }),
         registry,
         clock: ctx.clock,
@@ -209,6 +211,43 @@ describe('session recordings: caps, the bounded queue, retention', () => {
       release();
       await recordings.flush();
     }
+  });
+
+  it('drops a recording (audited) when the known-secret index cannot say it is current, rather than store it unscrubbed', async () => {
+    const storage = fileRecordingStorage(recordingsDir(ctx));
+    const registry = new Registry();
+    const canary = `stale-index-canary-${Date.now()}`;
+    const recordings = new SessionRecordings({
+      store: ctx.store,
+      audit: ctx.audit,
+      storage,
+      wrapKey: ctx.keys.index.recording,
+      // What the shared index answers while stale: the scrub cannot run.
+      knownMatcher: async () => {
+        throw new CoatcheckError('CC_ERR_GATEWAY_INSPECTION_FAILED', 'the known-secret index is stale');
+      },
+      log: pino({ level: 'silent' }),
+      registry,
+      clock: ctx.clock,
+      settings: {
+        default: 'full',
+        limits: { maxSessionBytes: 64 * 1024, maxBodyBytes: 1024, maxRowsPerStatement: 10 },
+        maxQueued: 4,
+        whenFull: 'refuse',
+      },
+    });
+    const session = new GatewaySession('http', ctx.clock);
+    await recordings.begin(session, { rules: {} });
+    session.record('http.response', 'out', { body: canary });
+    close(recordings, session);
+    await recordings.flush();
+    const tail = await ctx.store.tailAudit(10);
+    expect(
+      tail.find(
+        (r) => r.type === 'recording.degraded' && (r.data as { session: string }).session === session.id,
+      )?.data,
+    ).toMatchObject({ action: 'dropped', reason: 'write-failed' });
+    expect(await storage.get(storage.locate(session.id), 1 << 20)).toBeNull();
   });
 
   it('caps a session at maxSessionBytes: later events are counted and one marker says so', async () => {

@@ -4,6 +4,7 @@ import pino from 'pino';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PgRecording } from '../../src/frontends/postgres/recording.js';
+import { currentSecretMatcher, sharedKnownSecretIndex } from '../../src/gateway/known-secret-index.js';
 import { GatewaySession } from '../../src/gateway/session.js';
 import { eraseRecording, loadRecording, verifyRecordings } from '../../src/recording/archive.js';
 import { PART_CHUNKS, PART_PLAIN_BYTES } from '../../src/recording/format.js';
@@ -43,7 +44,7 @@ describe('long sessions are written in parts while they run (not held until they
         audit: ctx.audit,
         storage,
         wrapKey: ctx.keys.index.recording,
-        knownSecrets: () => ctx.vault.knownSecrets(),
+        knownMatcher: () => currentSecretMatcher(sharedKnownSecretIndex(ctx.vault, ctx.store)),
         log: pino({ level: 'silent' }),
         registry,
         clock: ctx.clock,

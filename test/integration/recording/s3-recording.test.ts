@@ -27,6 +27,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { agentRef } from '../../../src/core/principal.js';
 import { GatewayDriver } from '../../../src/gateway/driver.js';
+import { currentSecretMatcher, sharedKnownSecretIndex } from '../../../src/gateway/known-secret-index.js';
 import { GatewaySession } from '../../../src/gateway/session.js';
 import { SessionRecordings } from '../../../src/recording/recordings.js';
 import { fileRecordingStorage } from '../../../src/recording/storage.js';
@@ -286,7 +287,7 @@ describe('recordings in an S3-compatible object store (s3rver, started by the te
       audit: ctx.audit,
       storage: recordingStorage(wrongHome),
       wrapKey: ctx.keys.index.recording,
-      knownSecrets: () => ctx.vault.knownSecrets(),
+      knownMatcher: () => currentSecretMatcher(sharedKnownSecretIndex(ctx.vault, ctx.store)),
       log: pino(
         { level: 'debug' },
         new Writable({
@@ -365,7 +366,7 @@ describe('recordings in an S3-compatible object store (s3rver, started by the te
       audit: ctx.audit,
       storage: fileRecordingStorage(recordingsDir(ctx)),
       wrapKey: ctx.keys.index.recording,
-      knownSecrets: () => ctx.vault.knownSecrets(),
+      knownMatcher: () => currentSecretMatcher(sharedKnownSecretIndex(ctx.vault, ctx.store)),
       log: pino({ level: 'silent' }),
       registry: new Registry(),
       clock: ctx.clock,
