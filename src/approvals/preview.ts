@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { SecretValue } from '../core/secret-value.js';
 import { TICKET_PATTERN } from '../core/ticket-format.js';
 import type { Detector } from '../detect/detector.js';
+import type { KnownSecretMatcher } from '../detect/known-secrets.js';
 import type { Finding } from '../detect/types.js';
 import type { PatternSet } from '../gateway/inspector.js';
 
@@ -112,11 +113,42 @@ function replaceKnown(
   );
 }
 
-export function createPreviewScrubber(vault: PreviewVault): PreviewScrubber {
+/** The shared known-secret index's patterns and matcher, current when resolved (refused while stale). */
+export type CurrentKnownSecrets = () => Promise<{
+  readonly patterns: PatternSet;
+  readonly matcher: KnownSecretMatcher;
+}>;
+
+/**
+ * With `known` (the gateway: the shared index, ADR 0021), a change to the vault costs the
+ * preview nothing: the index applies it secret by secret. Without (tests, tools), one
+ * pattern set and matcher are built per list of live secrets.
+ */
+export function createPreviewScrubber(vault: PreviewVault, known?: CurrentKnownSecrets): PreviewScrubber {
   // One pattern set and detector per list of live secrets (the vault hands back the same
-  // array until a secret changes).
+  // array until a secret changes), or per index pattern set and matcher.
   const cache = new WeakMap<object, Tools>();
-  const toolsFor = async () => {
+  const detectors = new WeakMap<object, Detector>();
+  const toolsFor = async (): Promise<Tools> => {
+    if (known !== undefined) {
+      const { patterns, matcher } = await known();
+      let tools = cache.get(patterns);
+      if (tools === undefined) {
+        const { createDetector, maskFor, markOccurrences } = await cleaningTools();
+        let detector = detectors.get(matcher);
+        if (detector === undefined) {
+          detector = createDetector({ knownSecrets: matcher });
+          detectors.set(matcher, detector);
+        }
+        // The longest pattern (a secret's longest encoding) bounds the longest secret.
+        tools = { patterns, detector, longest: patterns.maxLength, maskFor, markOccurrences };
+        cache.set(patterns, tools);
+      }
+      return tools;
+    }
+    return listTools();
+  };
+  const listTools = async () => {
     const known = await vault.knownSecrets();
     let tools = cache.get(known);
     if (tools === undefined) {

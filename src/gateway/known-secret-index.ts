@@ -207,6 +207,14 @@ export async function currentSecretMatcher(index: KnownSecretIndex): Promise<Kno
   return matcher;
 }
 
+/** The index's patterns and secret matcher, both current when resolved (refused while stale). */
+export async function currentKnownSecrets(
+  index: KnownSecretIndex,
+): Promise<{ patterns: PatternSet; matcher: KnownSecretMatcher }> {
+  const matcher = await currentSecretMatcher(index);
+  return { patterns: await index.current(), matcher };
+}
+
 export function createKnownSecretIndex(
   source: KnownSecretSource,
   store: Pick<Store, 'subscribe' | 'feedCurrent'>,

@@ -267,7 +267,13 @@ function buildContext(
     useWindowMs: parseDuration(config.approvals.useWindow),
     notify: webhookUrl === null ? undefined : createWebhookNotifier({ url: webhookUrl, consoleUrl, log }),
     // Approvers read the held operation cleaned: tickets by id, vault secrets and detector findings masked.
-    scrubPreview: createPreviewScrubber(vault),
+    scrubPreview: createPreviewScrubber(vault, async () => {
+      // The shared index (ADR 0021), loaded with the first preview (CLI commands never build one).
+      const { currentKnownSecrets, sharedKnownSecretIndex } = await import(
+        '../gateway/known-secret-index.js'
+      );
+      return currentKnownSecrets(sharedKnownSecretIndex(vault, store));
+    }),
   });
   const policy = new PolicyHolder(config.policy.path, {
     timeZone: config.policy.timeZone,

@@ -10,6 +10,7 @@ import { SecretValue } from '../../src/core/secret-value.js';
 import { BUILTIN_RULES } from '../../src/detect/rules/index.js';
 import { httpPreview } from '../../src/frontends/http/approval-preview.js';
 import { statementPreview } from '../../src/frontends/postgres/statement-policy.js';
+import { currentKnownSecrets, sharedKnownSecretIndex } from '../../src/gateway/known-secret-index.js';
 import type { Context } from '../../src/server/context.js';
 import { cli } from '../helpers/cli.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
@@ -62,36 +63,65 @@ describe('approval previews', () => {
     t?.remove();
   });
 
-  it('shows tickets by id and masks secrets raw, escaped and encoded, findings and keys', async () => {
-    const scrub = createPreviewScrubber(ctx.vault);
-    const raw = [
-      `ticket=${ticket}`,
-      `raw=${CANARY}`,
-      `json=${JSON.stringify(CANARY).slice(1, -1).replace('c', '\\u0063')}`,
-      `percent=${encodeURIComponent(CANARY).replace('a', '%61')}`,
-      `base64=${Buffer.from(CANARY).toString('base64')}`,
-      `short=${SHORT}`,
-      'aws=AKIAZ7QWERTYUIOPASDF',
-      `key=${agentKey}`,
-      'forged=cct_AAAAAAAAAAAAAAAAAAAAAAAAAAAA',
-    ].join('\n');
-    const out = await scrub(raw);
-    expect(out).toContain(`ticket=[ticket ${ticketId} for orders-pw]`);
-    expect(out).toContain(`raw=[secret:${secretId}]`);
-    expect(out).toContain('key=[coatcheck key]');
-    expect(out).toMatch(/forged=\[ticket [0-9a-f]{12}\]/);
-    expect(out).toMatch(/aws=\[REDACTED:[a-z0-9-]+\]/);
-    for (const leak of [
-      CANARY,
-      ticket,
-      agentKey,
-      SHORT,
-      'AKIAZ7QWERTYUIOPASDF',
-      Buffer.from(CANARY).toString('base64'),
-    ])
-      expect(out).not.toContain(leak);
-    expect(out).not.toContain('\\u0063anary-preview');
-    expect(out).not.toMatch(/percent=.*canary/);
+  it.each([
+    ['built from the list of secrets', () => createPreviewScrubber(ctx.vault)],
+    [
+      'on the shared index (the gateway)',
+      () =>
+        createPreviewScrubber(ctx.vault, () =>
+          currentKnownSecrets(sharedKnownSecretIndex(ctx.vault, ctx.store)),
+        ),
+    ],
+  ])(
+    'shows tickets by id and masks secrets raw, escaped and encoded, findings and keys (%s)',
+    async (_, make) => {
+      const scrub = make();
+      const raw = [
+        `ticket=${ticket}`,
+        `raw=${CANARY}`,
+        `json=${JSON.stringify(CANARY).slice(1, -1).replace('c', '\\u0063')}`,
+        `percent=${encodeURIComponent(CANARY).replace('a', '%61')}`,
+        `base64=${Buffer.from(CANARY).toString('base64')}`,
+        `short=${SHORT}`,
+        'aws=AKIAZ7QWERTYUIOPASDF',
+        `key=${agentKey}`,
+        'forged=cct_AAAAAAAAAAAAAAAAAAAAAAAAAAAA',
+      ].join('\n');
+      const out = await scrub(raw);
+      expect(out).toContain(`ticket=[ticket ${ticketId} for orders-pw]`);
+      expect(out).toContain(`raw=[secret:${secretId}]`);
+      expect(out).toContain('key=[coatcheck key]');
+      expect(out).toMatch(/forged=\[ticket [0-9a-f]{12}\]/);
+      expect(out).toMatch(/aws=\[REDACTED:[a-z0-9-]+\]/);
+      for (const leak of [
+        CANARY,
+        ticket,
+        agentKey,
+        SHORT,
+        'AKIAZ7QWERTYUIOPASDF',
+        Buffer.from(CANARY).toString('base64'),
+      ])
+        expect(out).not.toContain(leak);
+      expect(out).not.toContain('\\u0063anary-preview');
+      expect(out).not.toMatch(/percent=.*canary/);
+    },
+  );
+
+  it('on the shared index, masks a secret added after the first preview, and one changed, without rebuilding', async () => {
+    const scrub = createPreviewScrubber(ctx.vault, () =>
+      currentKnownSecrets(sharedKnownSecretIndex(ctx.vault, ctx.store)),
+    );
+    await scrub('warm');
+    const later = `later-preview-canary-${Math.random().toString(36).slice(2)}-Qw3`;
+    const added = await ctx.vault.addSecret(
+      { name: 'later', value: Buffer.from(later), allow: ['orders'] },
+      'admin:test',
+    );
+    const out = await scrub(`x=${later} y=${encodeURIComponent(later).replace('a', '%61')}`);
+    expect(out).toBe(`x=[secret:${added.id}] y=[secret:${added.id}]`);
+    await ctx.vault.removeSecret('later', 'admin:test');
+    // Erased: no longer a live secret (the detector may still take it for one by its shape; it is not here).
+    expect(await scrub(`x=${later}`)).toBe(`x=${later}`);
   });
 
   it('cleans the whole text before cutting it, so no cut leaves part of a secret', async () => {

@@ -6,7 +6,11 @@ import { CoatcheckError } from '../../core/errors.js';
 import type { FrontendDeps } from '../../gateway/deps.js';
 import { chainInspectors, createDetectorInspector } from '../../gateway/detector-inspector.js';
 import { type Frontend, GatewayDriver, type Mount } from '../../gateway/driver.js';
-import { createIndexedInspector, sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
+import {
+  createIndexedInspector,
+  currentKnownSecrets,
+  sharedKnownSecretIndex,
+} from '../../gateway/known-secret-index.js';
 import type { Decide, ExchangePipeline } from '../../gateway/pipeline.js';
 import type { Recorder } from '../../gateway/session.js';
 import type { SessionRecordings } from '../../recording/recordings.js';
@@ -101,7 +105,9 @@ async function mountSsh(
     ),
     decide: overrides.decide ?? createSshDecide(deps.gate),
   });
-  const clean = createPreviewScrubber(deps.vault);
+  const clean = createPreviewScrubber(deps.vault, () =>
+    currentKnownSecrets(sharedKnownSecretIndex(deps.vault, deps.store)),
+  );
   const live = new Set<SshConnection>();
   const ssh = new ssh2.Server({
     hostKeys: [hostKey.private],
