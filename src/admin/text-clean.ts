@@ -7,9 +7,9 @@
  */
 import type { Detector } from '../detect/detector.js';
 import { createDetector } from '../detect/detector.js';
-import { createKnownSecretMatcher } from '../detect/known-secrets.js';
 import { maskFor, tokenizeText } from '../detect/scrub.js';
 import type { Finding } from '../detect/types.js';
+import { currentSecretMatcher, sharedKnownSecretIndex } from '../gateway/known-secret-index.js';
 import type { Context } from '../server/context.js';
 
 export interface TextCleanRequest {
@@ -31,26 +31,25 @@ export interface TextCleanResult {
   readonly rules: string[];
 }
 
-/** One detector per vault secret list and PII setting (the vault returns the same array until a change). */
+/**
+ * One detector per matcher and PII setting. The matcher is the shared known-secret index's
+ * (ADR 0021): a vault change is applied secret by secret, so a call after a change costs
+ * no rebuild over the whole vault; while the index is stale the call is refused.
+ */
 const detectors = new WeakMap<object, Map<boolean, Detector>>();
 
-export async function cleaningDetector(ctx: Pick<Context, 'vault'>, pii: boolean): Promise<Detector> {
-  const known = await ctx.vault.knownSecrets();
-  let byPii = detectors.get(known);
+export async function cleaningDetector(
+  ctx: Pick<Context, 'vault' | 'store'>,
+  pii: boolean,
+): Promise<Detector> {
+  const matcher = await currentSecretMatcher(sharedKnownSecretIndex(ctx.vault, ctx.store));
+  let byPii = detectors.get(matcher);
   if (byPii === undefined) {
     byPii = new Map();
-    detectors.set(known, byPii);
+    detectors.set(matcher, byPii);
   }
   let detector = byPii.get(pii);
   if (detector === undefined) {
-    const matcher = createKnownSecretMatcher();
-    for (const secret of known) {
-      try {
-        matcher.add(secret.id, secret.value.reveal());
-      } catch {
-        // Under 8 bytes: cannot be matched without false positives (the rules still apply).
-      }
-    }
     detector = createDetector({ knownSecrets: matcher, pii });
     byPii.set(pii, detector);
   }
@@ -72,7 +71,7 @@ function piecesOf(text: string, lines: boolean): string[] {
 const KIND_RE = /^[a-z0-9-]{1,48}$/;
 
 export async function cleanText(
-  ctx: Pick<Context, 'vault'>,
+  ctx: Pick<Context, 'vault' | 'store'>,
   request: TextCleanRequest,
   actor: string,
 ): Promise<TextCleanResult> {

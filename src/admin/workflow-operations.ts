@@ -121,15 +121,12 @@ export const workflowOperations = {
         });
       }
       // Loaded here, not at the top: the remote CLI imports this module for its schemas.
-      const { createDetector, createKnownSecretMatcher, tokenizeText } = await import('../detect/index.js');
-      const known = createKnownSecretMatcher();
-      for (const secret of await ctx.vault.knownSecrets()) {
-        try {
-          known.add(secret.id, secret.value.reveal());
-        } catch {
-          // Too short to match without false positives; the format rules still apply.
-        }
-      }
+      const [{ tokenizeText }, { cleaningDetector }] = await Promise.all([
+        import('../detect/index.js'),
+        import('./text-clean.js'),
+      ]);
+      // Every secret rule plus the vault's live secrets, from the shared index (no rebuild per call).
+      const detector = await cleaningDetector(ctx, false);
       const context = { workflow: node.rootId, subtask: node.id, source: 'prompt' };
       const tickets: Array<{ id: string; rule: string }> = [];
       const result = await tokenizeText(
@@ -161,7 +158,7 @@ export const workflowOperations = {
           tickets.push({ id: issued.view.id, rule: finding.ruleId });
           return issued.ticket;
         },
-        { detector: createDetector({ knownSecrets: known }) },
+        { detector },
       );
       return { text: result.text, tickets };
     },
