@@ -16,7 +16,7 @@ export function recordingsDir(ctx: Pick<Context, 'home' | 'config'>): string {
 type S3Config = Extract<Config['recording']['storage'], { kind: 's3' }>;
 
 /** The object store `recording.storage` names, its access key from the vault or the environment. */
-function s3Storage(ctx: Pick<Context, 'vault'>, c: S3Config): RecordingStorage {
+function s3Storage(ctx: Pick<Context, 'vault' | 'store'>, c: S3Config): RecordingStorage {
   const credentials = c.credentials;
   return s3RecordingStorage(
     {
@@ -29,8 +29,10 @@ function s3Storage(ctx: Pick<Context, 'vault'>, c: S3Config): RecordingStorage {
     },
     async () => {
       if ('env' in credentials) return accessKeyFromEnv(process.env);
-      const secret = (await ctx.vault.knownSecrets()).find((s) => s.name === credentials.secret);
-      if (secret === undefined) {
+      // This one secret, by name (not the whole vault decrypted to find it).
+      const record = await ctx.store.getSecretByName(credentials.secret);
+      const secret = record === null ? null : await ctx.vault.knownSecret(record.id);
+      if (secret === null) {
         throw new CoatcheckError(
           'CC_ERR_RECORDING_STORAGE',
           `recording.storage names vault secret ${credentials.secret}, which does not exist`,
@@ -47,7 +49,9 @@ function s3Storage(ctx: Pick<Context, 'vault'>, c: S3Config): RecordingStorage {
  * (files under the home, ADR 0018, or an S3-compatible store, ADR 0024); each stored one
  * is read from where its location says it was written.
  */
-export function recordingStorage(ctx: Pick<Context, 'home' | 'config' | 'vault'>): RecordingStorage {
+export function recordingStorage(
+  ctx: Pick<Context, 'home' | 'config' | 'vault' | 'store'>,
+): RecordingStorage {
   const c = ctx.config.recording.storage;
   const files = () => fileRecordingStorage(recordingsDir(ctx));
   const s3 = c.kind === 's3' ? () => s3Storage(ctx, c) : undefined;
