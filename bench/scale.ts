@@ -7,7 +7,8 @@
 //
 // Run: npm run bench:scale
 //   BENCH_SECRETS=100000 BENCH_TICKETS=1000000 BENCH_SECONDS=5 BENCH_CONNECTIONS=16
-//   BENCH_REPEATS=3 BENCH_STALL_SECONDS=3   (BENCH_ONLY=index: the index section alone)
+//   BENCH_REPEATS=3 BENCH_STALL_SECONDS=3   (BENCH_ONLY=index: the index section alone;
+//   BENCH_PROFILE_DIR=DIR: a CPU profile of each stall window, to find what holds the loop)
 //
 // Secrets and tickets are written straight through the store in bulk (sealed under the
 // keyring like the vault seals them, one transaction each), so setup takes seconds, not
@@ -18,7 +19,8 @@
 // average is printed beside every number, and the ratios are the point.
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { Session as InspectorSession } from 'node:inspector';
 import { createRequire } from 'node:module';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -214,6 +216,33 @@ const median = (values: readonly number[]) => {
  * Sequential requests to `gw` for STALL_SECONDS after `change` starts: the slowest request
  * and the most the event loop was held up (monitorEventLoopDelay, 1 ms resolution).
  */
+/** BENCH_PROFILE_DIR: a CPU profile of each stall window is written there (label-repeat.cpuprofile). */
+const PROFILE_DIR = process.env.BENCH_PROFILE_DIR;
+
+async function profiled<T>(name: string, work: () => Promise<T>): Promise<T> {
+  if (PROFILE_DIR === undefined) return work();
+  const session = new InspectorSession();
+  session.connect();
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) =>
+      session.post(method, params, (error, result) => (error ? reject(error) : resolve(result))),
+    );
+  await post('Profiler.enable');
+  await post('Profiler.setSamplingInterval', { interval: 100 });
+  await post('Profiler.start');
+  try {
+    return await work();
+  } finally {
+    const { profile } = (await post('Profiler.stop')) as { profile: unknown };
+    mkdirSync(PROFILE_DIR, { recursive: true });
+    writeFileSync(
+      join(PROFILE_DIR, `${name.replace(/[^a-z0-9-]+/gi, '-')}.cpuprofile`),
+      JSON.stringify(profile),
+    );
+    session.disconnect();
+  }
+}
+
 async function stallDuring(
   gw: Gateway,
   change: () => Promise<unknown>,
@@ -403,7 +432,7 @@ async function main() {
     for (let repeat = 0; repeat < REPEATS; repeat++) {
       for (let i = 0; i < changes.length; i++) {
         const [label, change] = changes[(i + repeat) % changes.length]!;
-        const r = await stallDuring(secrets, change);
+        const r = await profiled(`${label}-${repeat + 1}`, () => stallDuring(secrets, change));
         stalls.get(label)!.loop.push(r.loop);
         stalls.get(label)!.slowest.push(r.slowest);
       }
