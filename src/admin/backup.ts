@@ -7,6 +7,7 @@ import { keysDirOf, loadMasterKeys, writeFileExclusive } from '../config/home.js
 import { loadConfigFile } from '../config/load-config.js';
 import { CoatcheckError } from '../core/errors.js';
 import { type Context, openContext, sqlitePath } from '../server/context.js';
+import { sqliteAddon } from '../store/sqlite-store.js';
 
 /** Written beside every backup: what opens it and how far its audit log must reach. */
 export interface BackupAnchor extends AuditAnchor {
@@ -64,7 +65,7 @@ export async function backupStore(
 export function keyIdsOfCopy(path: string): { active: string; keyIds: string[] } {
   let db: Database.Database;
   try {
-    db = new Database(path, { readonly: true, fileMustExist: true });
+    db = new Database(path, { readonly: true, fileMustExist: true, ...sqliteAddon() });
   } catch {
     throw invalid(`${path} is not a readable SQLite store`);
   }

@@ -186,7 +186,7 @@ const DATA_VERSION_POLL_MS = 100;
  * short command's start. Falls back to that lookup when the file is elsewhere (another build).
  */
 let nativeBinding: string | undefined;
-function sqliteAddon(): { nativeBinding?: string } {
+export function sqliteAddon(): { nativeBinding?: string } {
   if (nativeBinding === undefined) {
     try {
       const main = createRequire(import.meta.url).resolve('better-sqlite3');
