@@ -683,7 +683,7 @@ export const operations = {
     method: 'POST',
     path: '/v1/recordings/retention',
     summary:
-      'Apply recording retention now: erase recordings older than recording.retention.maxAge, then the oldest beyond maxBytes.',
+      'Apply recording retention now: erase recordings older than recording.retention.maxAge, then the oldest beyond maxBytes; delete session rows older than maxAge.',
     input: () => z.object({}),
     async run(ctx, _input, actor) {
       const { recordingArchive } = await import('../server/recordings.js');

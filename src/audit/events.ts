@@ -291,6 +291,11 @@ export interface AuditEventFields {
     readonly session: Id;
     readonly reason: 'retention-age' | 'retention-size' | 'operator';
   };
+  'sessions.pruned': {
+    /** Session rows that started before this (epoch ms) were deleted. */
+    readonly before: number;
+    readonly count: number;
+  };
 }
 
 type WorkflowNodeFields = {
@@ -392,4 +397,6 @@ export const AUDIT_EVENTS: { readonly [K in AuditEventType]: string } = {
   'recording.degraded':
     'a full recording could not be kept (queue full or write failed): the session was refused, or recorded as metadata only',
   'recording.erased': "a recording's data key was destroyed and its chunks removed (retention or operator)",
+  'sessions.pruned':
+    'session rows (the metadata of requests and sessions) older than recording.retention.maxAge were deleted; the audit records of what they did stay',
 };

@@ -281,12 +281,14 @@ export function registerSessionCommands(program: Command, helpers: SessionComman
     });
   sessions
     .command('retention')
-    .description('apply recording retention now (recording.retention.maxAge and maxBytes)')
+    .description(
+      'apply retention now: recordings (recording.retention.maxAge and maxBytes), and session rows older than maxAge',
+    )
     .action(async (_opts: unknown, command: Command) => {
       await helpers.perform(
         command,
         (c) => c.call('recordingRetention', {}),
-        (r) => `erased ${r.erased.length} recordings\n`,
+        (r) => `erased ${r.erased.length} recordings, deleted ${r.sessionsPruned} session rows\n`,
       );
     });
   sessions

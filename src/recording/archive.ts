@@ -334,7 +334,7 @@ export async function applyRetention(
   clock: Clock,
   limits: { maxAgeMs: number; maxBytes: number },
   actor: string,
-): Promise<{ erased: string[] }> {
+): Promise<{ erased: string[]; sessionsPruned: number }> {
   const now = clock.now();
   const live = await archive.store.listRecordings({ live: true, order: 'oldest', limit: 100_000 });
   let total = live.reduce((sum, r) => sum + r.bytes, 0);
@@ -346,7 +346,40 @@ export async function applyRetention(
     total -= row.bytes;
     erased.push(row.id);
   }
-  return { erased };
+  return { erased, sessionsPruned: await pruneSessions(archive.store, audit, now - limits.maxAgeMs, actor) };
+}
+
+/** Session rows deleted per statement: a large backlog goes in steps, the event loop free between them. */
+const PRUNE_BATCH = 5000;
+
+/**
+ * Delete the session rows (every request's and session's metadata) that started before
+ * `before`: the store grew by one per request and nothing removed them. Audited once per
+ * run with the count, before the rows go (a failed audit deletes nothing). What the
+ * sessions did stays in the audit log, which is never pruned.
+ */
+export async function pruneSessions(
+  store: Pick<RecordingArchive['store'], 'deleteSessionsBefore' | 'listSessions'>,
+  audit: Pick<AuditLog, 'append'>,
+  before: number,
+  actor: string,
+): Promise<number> {
+  // Anything to do? (The newest row older than the cut: one indexed read.)
+  const [oldest] = await store.listSessions({ before, limit: 1 });
+  if (oldest === undefined) return 0;
+  // The record is sealed after its mutation ran (src/audit/audit-log.ts): it carries the
+  // count deleted in the same transaction (reset if the batch is retried).
+  const data = { before, count: 0 };
+  await audit.append({ type: 'sessions.pruned', actor, data }, async (tx) => {
+    data.count = 0;
+    for (;;) {
+      const n = await tx.deleteSessionsBefore(before, PRUNE_BATCH);
+      data.count += n;
+      if (n < PRUNE_BATCH) break;
+    }
+    return undefined;
+  });
+  return data.count;
 }
 
 /** Erase one recording: audit first, then destroy its data key, then remove its file. */

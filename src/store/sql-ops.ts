@@ -423,6 +423,13 @@ export abstract class SqlOps implements StoreOps {
     );
   }
 
+  deleteSessionsBefore(before: number, limit: number) {
+    return this.db.run(
+      'DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE started_at < ? ORDER BY started_at, id LIMIT ?)',
+      [before, limit],
+    );
+  }
+
   // ---- recordings -----------------------------------------------------------------------
 
   insertRecording(r: RecordingRecord) {

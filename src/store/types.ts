@@ -303,6 +303,8 @@ export interface StoreOps {
   getSession(id: string): Promise<SessionRecord | null>;
   /** Newest first. */
   listSessions(filter: SessionFilter): Promise<SessionRecord[]>;
+  /** Delete up to `limit` session rows that started before `before` (oldest first); how many went. */
+  deleteSessionsBefore(before: number, limit: number): Promise<number>;
 
   insertRecording(record: RecordingRecord): Promise<void>;
   getRecording(id: string): Promise<RecordingRecord | null>;

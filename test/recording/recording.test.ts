@@ -329,4 +329,37 @@ describe('session recordings: caps, the bounded queue, retention', () => {
     expect(all.erased).toContain(ids[2]);
     expect(await ctx.store.listRecordings({ live: true, limit: 100 })).toEqual([]);
   });
+
+  it('retention deletes session rows older than maxAge in one audited step, and keeps the rest', async () => {
+    const now = ctx.clock.now();
+    const row = (id: string, startedAt: number) => ({
+      id,
+      frontend: 'http',
+      principal: null,
+      connection: 'api',
+      startedAt,
+      endedAt: startedAt + 3,
+      outcome: 'ok',
+      summary: { method: 'GET', status: 200 },
+    });
+    const old = ['ses_old_1', 'ses_old_2', 'ses_old_3'];
+    for (const [i, id] of old.entries()) await ctx.store.insertSession(row(id, now - 7_200_000 - i));
+    await ctx.store.insertSession(row('ses_recent', now - 60_000));
+    const limits = { maxAgeMs: 3_600_000, maxBytes: Number.MAX_SAFE_INTEGER };
+    const result = await applyRetention(recordingArchive(ctx), ctx.audit, ctx.clock, limits, 'gateway:test');
+    expect(result.sessionsPruned).toBe(3);
+    for (const id of old) expect(await ctx.store.getSession(id)).toBeNull();
+    expect(await ctx.store.getSession('ses_recent')).not.toBeNull();
+    const pruned = (await ctx.store.tailAudit(10)).filter((r) => r.type === 'sessions.pruned');
+    const record = pruned.at(-1)?.data as { before: number; count: number };
+    expect(record.count).toBe(3);
+    expect(record.before).toBeGreaterThanOrEqual(now - 3_600_000);
+    expect(record.before).toBeLessThanOrEqual(ctx.clock.now() - 3_600_000);
+    // Nothing left to prune: no record.
+    const again = await applyRetention(recordingArchive(ctx), ctx.audit, ctx.clock, limits, 'gateway:test');
+    expect(again.sessionsPruned).toBe(0);
+    expect((await ctx.store.tailAudit(10)).filter((r) => r.type === 'sessions.pruned')).toHaveLength(
+      pruned.length,
+    );
+  });
 });

@@ -308,6 +308,12 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
         await expect(store.insertSession(records[0]!)).rejects.toMatchObject({
           code: 'CC_ERR_ALREADY_EXISTS',
         });
+        // Retention: the oldest rows before the cut, at most `limit` at a time.
+        expect(await store.deleteSessionsBefore(35, 2)).toBe(2);
+        expect((await store.listSessions({ limit: 10 })).map((s) => s.id)).toEqual(['ses_4', 'ses_3']);
+        expect(await store.deleteSessionsBefore(35, 10)).toBe(1);
+        expect(await store.deleteSessionsBefore(35, 10)).toBe(0);
+        expect((await store.listSessions({ limit: 10 })).map((s) => s.id)).toEqual(['ses_4']);
       } finally {
         await store.close();
       }
