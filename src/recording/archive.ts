@@ -349,37 +349,40 @@ export async function applyRetention(
   return { erased, sessionsPruned: await pruneSessions(archive.store, audit, now - limits.maxAgeMs, actor) };
 }
 
-/** Session rows deleted per statement: a large backlog goes in steps, the event loop free between them. */
+/** Session rows deleted per transaction (and audit record): on SQLite each one holds the event loop for a few ms. */
 const PRUNE_BATCH = 5000;
 
 /**
  * Delete the session rows (every request's and session's metadata) that started before
- * `before`: the store grew by one per request and nothing removed them. Audited once per
- * run with the count, before the rows go (a failed audit deletes nothing). What the
- * sessions did stays in the audit log, which is never pruned.
+ * `before`: the store grew by one per request and nothing removed them. Each batch of up to
+ * PRUNE_BATCH rows is one transaction with its `sessions.pruned` record (a failed audit
+ * deletes nothing), and the event loop is free between batches, so a large backlog is
+ * worked off without holding requests up. What the sessions did stays in the audit log,
+ * which is never pruned.
  */
 export async function pruneSessions(
-  store: Pick<RecordingArchive['store'], 'deleteSessionsBefore' | 'listSessions'>,
+  store: Pick<RecordingArchive['store'], 'listSessions'>,
   audit: Pick<AuditLog, 'append'>,
   before: number,
   actor: string,
+  batch = PRUNE_BATCH,
 ): Promise<number> {
-  // Anything to do? (The newest row older than the cut: one indexed read.)
-  const [oldest] = await store.listSessions({ before, limit: 1 });
-  if (oldest === undefined) return 0;
-  // The record is sealed after its mutation ran (src/audit/audit-log.ts): it carries the
-  // count deleted in the same transaction (reset if the batch is retried).
-  const data = { before, count: 0 };
-  await audit.append({ type: 'sessions.pruned', actor, data }, async (tx) => {
-    data.count = 0;
-    for (;;) {
-      const n = await tx.deleteSessionsBefore(before, PRUNE_BATCH);
-      data.count += n;
-      if (n < PRUNE_BATCH) break;
-    }
-    return undefined;
-  });
-  return data.count;
+  let total = 0;
+  for (;;) {
+    // Anything (left) to do? The newest row before the cut: one indexed read.
+    const [oldest] = await store.listSessions({ before, limit: 1 });
+    if (oldest === undefined) return total;
+    // The record is sealed after its mutation ran (src/audit/audit-log.ts): it carries the
+    // count deleted in the same transaction (reset if the batch is retried).
+    const data = { before, count: 0 };
+    await audit.append({ type: 'sessions.pruned', actor, data }, async (tx) => {
+      data.count = await tx.deleteSessionsBefore(before, batch);
+      return undefined;
+    });
+    total += data.count;
+    if (data.count < batch) return total;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
 }
 
 /** Erase one recording: audit first, then destroy its data key, then remove its file. */

@@ -9,7 +9,7 @@ import { recordingHook } from '../../src/gateway/hooks.js';
 import { currentSecretMatcher, sharedKnownSecretIndex } from '../../src/gateway/known-secret-index.js';
 import { gatewayMetricsFor } from '../../src/gateway/metrics.js';
 import { createStoreRecorder, GatewaySession } from '../../src/gateway/session.js';
-import { applyRetention, loadRecording } from '../../src/recording/archive.js';
+import { applyRetention, loadRecording, pruneSessions } from '../../src/recording/archive.js';
 import {
   CHUNK_PLAIN_BYTES,
   chainNext,
@@ -361,5 +361,13 @@ describe('session recordings: caps, the bounded queue, retention', () => {
     expect((await ctx.store.tailAudit(10)).filter((r) => r.type === 'sessions.pruned')).toHaveLength(
       pruned.length,
     );
+    // A backlog goes in batches, each its own transaction and record.
+    for (let i = 0; i < 5; i++) await ctx.store.insertSession(row(`ses_backlog_${i}`, now - 7_200_000 - i));
+    expect(await pruneSessions(ctx.store, ctx.audit, now - 3_600_000, 'gateway:test', 2)).toBe(5);
+    const counts = (await ctx.store.tailAudit(10))
+      .filter((r) => r.type === 'sessions.pruned')
+      .slice(pruned.length)
+      .map((r) => (r.data as { count: number }).count);
+    expect(counts).toEqual([2, 2, 1]);
   });
 });
