@@ -292,14 +292,30 @@ describe('full HTTP session recordings: recorded after reversal, sealed, replaye
     ]);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toContain('CC_ERR_INVALID_ARGUMENT: --recording must be off, metadata or full');
-    // A connection recorded `off` leaves no session row at all.
-    const before = (await ctx.store.listSessions({ limit: 1000 })).length;
+    // A connection recorded `off` leaves no session row at all. (Not a count of rows: an
+    // earlier request's row may land meanwhile, its session closing after its answer was read.)
     const res = await request(`${http.url}/c/rec-cli/echo`, {
       headers: { 'proxy-authorization': `Bearer ${agentKey}` },
     });
+    expect(res.statusCode).toBe(200);
     await res.body.text();
+    await new Promise((resolve) => setTimeout(resolve, 100));
     await http.recorder.flush();
-    expect((await ctx.store.listSessions({ limit: 1000 })).length).toBe(before);
+    const rows = await ctx.store.listSessions({ limit: 1000 });
+    expect(
+      rows.filter((s) => s.connection === 'rec-cli' || JSON.stringify(s.summary).includes('rec-cli')),
+    ).toEqual([]);
+    // The same request on a recorded connection does leave one (the check above can fail).
+    const apiRows = async () => {
+      await http.recorder.flush();
+      return (await ctx.store.listSessions({ limit: 1000 })).filter((s) => s.connection === 'api').length;
+    };
+    const apiBefore = await apiRows();
+    const recorded = await request(`${http.url}/c/api/echo`, {
+      headers: { 'proxy-authorization': `Bearer ${agentKey}` },
+    });
+    await recorded.body.text();
+    await expect.poll(apiRows).toBeGreaterThan(apiBefore);
   });
 
   it('erasure destroys the data key: the file can no longer be read, and verify accepts the audited erasure', async () => {
