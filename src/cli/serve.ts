@@ -2,7 +2,13 @@ import { existsSync, rmSync } from 'node:fs';
 import { type AdminServer, startAdminServer } from '../admin/admin-server.js';
 import { retentionLimits } from '../admin/operations.js';
 import { isListenAddress } from '../config/defaults.js';
-import { type Home, resolveHome, writeFileDurably, writeFileExclusive } from '../config/home.js';
+import {
+  ensureHomeDir,
+  type Home,
+  resolveHome,
+  writeFileDurably,
+  writeFileExclusive,
+} from '../config/home.js';
 import { parseDuration } from '../core/duration.js';
 import { CoatcheckError } from '../core/errors.js';
 import { type ForwardProxy, forwardProxyFrontend } from '../frontends/http/forward-proxy.js';
@@ -152,7 +158,12 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
   }
   // Replicas started together on one store: the ones that did not initialize it wait
   // until the one that did has finished (its keys, its admin key), then serve.
-  if (options.init && home.configExternal) await waitForStoreInit(home, io.env, 60_000);
+  if (options.init && home.configExternal) {
+    await waitForStoreInit(home, io.env, 60_000);
+    // A replica that found the store already initialized did not init: its own (empty) home
+    // may not exist yet, and the server file is written there.
+    ensureHomeDir(home);
+  }
   if (!existsSync(home.configFile)) {
     // Let openContext give its own error (no home); nothing to claim.
     await openContext(home, { env: io.env, policyPath: options.policy });

@@ -267,6 +267,22 @@ describe('COATCHECK_CONFIG: a read-only config outside the home', () => {
       const inits = await db.query("SELECT count(*)::int AS n FROM audit WHERE type = 'home.init'");
       await db.end();
       expect(inits.rows[0].n).toBe(1);
+      // A replica added later (a scale-up) finds the store initialized and does not init: its
+      // home directory does not exist yet, and it still starts (it once stopped with ENOENT on
+      // its server file, every restart, whenever it lost the race above).
+      const later = spawnCli(['serve', '--init', '--json'], {
+        ...shared,
+        COATCHECK_HOME: join(dir, 'replica2'),
+      });
+      try {
+        const [line] = await waitForLine(later, /\{.*"admin".*\}\n/);
+        const ready = await request(`${(JSON.parse(line) as { admin: string }).admin}/readyz`);
+        expect(ready.statusCode).toBe(200);
+        await ready.body.dump();
+      } finally {
+        later.kill('SIGTERM');
+        await new Promise((r) => later.once('exit', r));
+      }
     } finally {
       for (const { server } of replicas) {
         server.kill('SIGTERM');
