@@ -61,14 +61,23 @@ describe('coatcheck serve --listen-ssh', { timeout: 120_000 }, () => {
     server.stderr!.on('data', (d: Buffer) => {
       stderr += d.toString();
     });
+    // The first stdout line: what serve listens on, or (--json) the error that stopped it.
     listening = await new Promise((resolve, reject) => {
-      server.stdout!.once('data', (d: Buffer) => resolve(JSON.parse(d.toString())));
-      server.once('exit', (code) => reject(new Error(`serve exited with ${code}: ${stderr}`)));
+      let out = '';
+      server.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        const end = out.indexOf('\n');
+        if (end === -1) return;
+        const line = JSON.parse(out.slice(0, end)) as { ssh?: string; error?: unknown };
+        if (line.ssh === undefined) reject(new Error(`serve did not start: ${out} ${stderr}`));
+        else resolve(line as { ssh: string; sshHostKey: string });
+      });
+      server.once('exit', (code) => reject(new Error(`serve exited with ${code}: ${out} ${stderr}`)));
     });
   }, 120_000);
 
   afterAll(async () => {
-    if (server?.exitCode === null) {
+    if (server?.exitCode === null && server.signalCode === null) {
       server.kill('SIGTERM');
       await new Promise((resolve) => server.once('exit', resolve));
     }
