@@ -96,25 +96,23 @@ export function withBase62Crc32(prefix: string, random: string): string {
   return prefix + random + encodeBase62Fixed(crc32(random) >>> 0, 6);
 }
 
-/** coatcheck agent keys (cca_…) carry the same kind of checksum as tickets. */
-export function agentKeyValid(value: string): boolean {
-  try {
-    assertAgentKey(value);
-    return true;
-  } catch {
-    return false;
-  }
+/** A validator from a key format's own check (which throws on a malformed key). */
+function passes(assert: (value: string) => void): (value: string) => boolean {
+  return (value) => {
+    try {
+      assert(value);
+      return true;
+    } catch {
+      return false;
+    }
+  };
 }
 
+/** coatcheck agent keys (cca_…) carry the same kind of checksum as tickets. */
+export const agentKeyValid = passes(assertAgentKey);
+
 /** coatcheck subtask keys (ccs_…) of workflow nodes: the agent-key construction with its own prefix. */
-export function subtaskKeyValid(value: string): boolean {
-  try {
-    assertSubtaskKey(value);
-    return true;
-  } catch {
-    return false;
-  }
-}
+export const subtaskKeyValid = passes(assertSubtaskKey);
 
 /** coatcheck relay keys (ccr_…): the agent-key construction with its own prefix. */
 export function relayKeyValid(value: string): boolean {

@@ -132,7 +132,11 @@ describe('session recordings: caps, the bounded queue, retention', () => {
     home.remove();
   });
 
-  const service = (storage: RecordingStorage, settings: Partial<SessionRecordings['settings']> = {}) => {
+  const service = (
+    storage: RecordingStorage,
+    settings: Partial<SessionRecordings['settings']> = {},
+    knownMatcher = () => currentSecretMatcher(sharedKnownSecretIndex(ctx.vault, ctx.store)),
+  ) => {
     const registry = new Registry();
     return {
       registry,
@@ -141,7 +145,7 @@ describe('session recordings: caps, the bounded queue, retention', () => {
         audit: ctx.audit,
         storage,
         wrapKey: ctx.keys.index.recording,
-        knownMatcher: () => currentSecretMatcher(sharedKnownSecretIndex(ctx.vault, ctx.store)),
+        knownMatcher,
         log: pino({ level: 'silent' }),
         registry,
         clock: ctx.clock,
@@ -215,26 +219,10 @@ describe('session recordings: caps, the bounded queue, retention', () => {
 
   it('drops a recording (audited) when the known-secret index cannot say it is current, rather than store it unscrubbed', async () => {
     const storage = fileRecordingStorage(recordingsDir(ctx));
-    const registry = new Registry();
     const canary = `stale-index-canary-${Date.now()}`;
-    const recordings = new SessionRecordings({
-      store: ctx.store,
-      audit: ctx.audit,
-      storage,
-      wrapKey: ctx.keys.index.recording,
-      // What the shared index answers while stale: the scrub cannot run.
-      knownMatcher: async () => {
-        throw new CoatcheckError('CC_ERR_GATEWAY_INSPECTION_FAILED', 'the known-secret index is stale');
-      },
-      log: pino({ level: 'silent' }),
-      registry,
-      clock: ctx.clock,
-      settings: {
-        default: 'full',
-        limits: { maxSessionBytes: 64 * 1024, maxBodyBytes: 1024, maxRowsPerStatement: 10 },
-        maxQueued: 4,
-        whenFull: 'refuse',
-      },
+    // What the shared index answers while stale: the scrub cannot run.
+    const { recordings } = service(storage, { maxQueued: 4 }, async () => {
+      throw new CoatcheckError('CC_ERR_GATEWAY_INSPECTION_FAILED', 'the known-secret index is stale');
     });
     const session = new GatewaySession('http', ctx.clock);
     await recordings.begin(session, { rules: {} });
