@@ -156,28 +156,24 @@ export function createHostBindings(
       if (closed) return { bound: false, connection: null };
       // Without a current feed, changes made elsewhere may be unheard: read again, as before the index.
       if (hosts !== null && !store.feedCurrent() && Date.now() - hostsLoadedAt > ttlMs) hosts = null;
-      if (hosts === null || conns === null) {
-        const needHosts = hosts === null;
-        const needConns = conns === null;
-        enqueue(async () => {
-          if (needHosts && hosts === null) await loadHosts();
-          if (needConns && conns === null) await loadConns();
-        });
-      }
+      const loadMissing = async () => {
+        if (hosts === null) await loadHosts();
+        if (conns === null) await loadConns();
+      };
+      if (hosts === null || conns === null) enqueue(loadMissing);
       await work;
-      // A load that failed: refuse to guess (no interception is the same as an unknown host;
-      // the lookup fails so the caller answers with an error, as a failed read did before).
-      if (hosts === null || conns === null) {
-        await loadHosts();
-        await loadConns();
-      }
+      // The queued load failed (the queue swallows errors to keep going) or a resync came in
+      // meanwhile: read now, so that a store error reaches the caller, which refuses.
+      // (Another resync may land during that read: read until both are there.)
+      while (hosts === null || conns === null) await loadMissing();
+      const index = hosts;
       const name = host.toLowerCase().replace(/\.$/, '');
       // Scheme, host and port: an https connection or secret does not make its host's plain-http side (or other ports) forwardable.
-      const connection = conns!.get(authorityKey(scheme, name, port)) ?? null;
-      let bound = connection !== null || hosts!.has(`=${authorityKey(scheme, name, port)}`);
+      const connection = conns.get(authorityKey(scheme, name, port)) ?? null;
+      let bound = connection !== null || index.has(`=${authorityKey(scheme, name, port)}`);
       // `*.example.com` covers every name below example.com (any depth), not example.com itself.
       for (let dot = name.indexOf('.'); !bound && dot !== -1; dot = name.indexOf('.', dot + 1)) {
-        bound = hosts!.has(`*${authorityKey(scheme, name.slice(dot + 1), port)}`);
+        bound = index.has(`*${authorityKey(scheme, name.slice(dot + 1), port)}`);
       }
       return { bound, connection };
     },
