@@ -202,6 +202,21 @@ ALTER TABLE connections ADD COLUMN via TEXT;
 ALTER TABLE relays ADD COLUMN last_replica TEXT;
 `,
   },
+  {
+    version: 13,
+    name: 'sqlite-change-log',
+    // SQLite only: the changes each transaction committed (what PostgreSQL sends with
+    // NOTIFY), so that other processes on the same file (`serve --workers`, the CLI) hear
+    // each change instead of dropping every cache on any foreign commit. Pruned by age;
+    // a process that missed pruned rows drops every cache (resync).
+    sql: (t) =>
+      t.dialect === 'sqlite'
+        ? `
+CREATE TABLE store_changes (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, origin TEXT NOT NULL, at INTEGER NOT NULL, payload TEXT NOT NULL);
+`
+        : '-- PostgreSQL replicas hear changes through LISTEN/NOTIFY',
+  },
 ];
 
 /** The migrations rendered for one database, in order. */

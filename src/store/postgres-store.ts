@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { Client, escapeIdentifier, Pool, type PoolClient, type QueryResultRow } from 'pg';
 import { CoatcheckError } from '../core/errors.js';
+import { parseChange } from './change-codec.js';
 import { POSTGRES_MIGRATIONS } from './migrations.js';
 import { Mutex } from './mutex.js';
 import { AUDIT, nullableNumber, POSTGRES_CODEC } from './schema.js';
@@ -155,46 +156,6 @@ function translate(error: unknown, context: ErrorContext): never {
 
 // ---------------------------------------------------------------------------------------
 // Change notifications.
-
-function isStringArray(value: unknown): value is string[] {
-  return Array.isArray(value) && value.every((item) => typeof item === 'string');
-}
-
-/** Validate a NOTIFY payload; anything malformed is null (ignored, never a crash). */
-export function parseChange(payload: string | undefined): StoreChange | null {
-  if (payload === undefined) return null;
-  let value: unknown;
-  try {
-    value = JSON.parse(payload);
-  } catch {
-    return null;
-  }
-  if (typeof value !== 'object' || value === null) return null;
-  const v = value as Record<string, unknown>;
-  switch (v.type) {
-    case 'ticket.revoked':
-      return isStringArray(v.ids) ? { type: 'ticket.revoked', ids: v.ids } : null;
-    case 'workflow.ended':
-      return isStringArray(v.ids) ? { type: 'workflow.ended', ids: v.ids } : null;
-    case 'secret.added':
-    case 'secret.updated':
-    case 'secret.erased':
-    case 'agent.revoked':
-    case 'relay.revoked':
-    case 'agent.sshkey.removed':
-      return typeof v.id === 'string' ? { type: v.type, id: v.id } : null;
-    case 'approval.changed':
-      return typeof v.id === 'string' ? { type: 'approval.changed', id: v.id } : null;
-    case 'connection.changed':
-      return typeof v.name === 'string' ? { type: 'connection.changed', name: v.name } : null;
-    case 'keys.rotated':
-      return { type: 'keys.rotated' };
-    case 'resync':
-      return { type: 'resync' };
-    default:
-      return null;
-  }
-}
 
 const byteLength = (text: string) => Buffer.byteLength(text, 'utf8');
 

@@ -8,6 +8,7 @@ import { SQLITE_MIGRATIONS } from './migrations.js';
 import { Mutex } from './mutex.js';
 import { AUDIT, nullableNumber, type Row, SQLITE_CODEC } from './schema.js';
 import { operationNames, type SqlDialect, SqlOps, type SqlRunner } from './sql-ops.js';
+import { SqliteChangeLog } from './sqlite-change-log.js';
 import type { AuditRecord, Store, StoreChange, StoreOps, StoreTx, TransactionOptions } from './types.js';
 
 /** Map driver errors to stable codes: a damaged file is CORRUPT, unique violations are ALREADY_EXISTS. */
@@ -127,12 +128,17 @@ class SqliteOps extends SqlOps {
 
 class SqliteTx extends SqliteOps implements StoreTx {
   #depth = 0;
-  constructor(db: Database.Database) {
+  readonly #changeLog: SqliteChangeLog;
+  constructor(db: Database.Database, changeLog: SqliteChangeLog) {
     super(db, true);
+    this.#changeLog = changeLog;
   }
   /** Changes to publish once the transaction commits (dropped on rollback). */
   pending: StoreChange[] = [];
   async notify(change: StoreChange) {
+    // In the change log within this transaction (other processes read it once committed;
+    // a savepoint's rollback takes the row with it), and to local listeners after COMMIT.
+    this.#changeLog.append(change);
     this.pending.push(change);
   }
   async savepoint<T>(fn: () => Promise<T>): Promise<T> {
@@ -217,7 +223,13 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     translate(error);
   }
   const mutex = new Mutex();
-  const tx = new SqliteTx(db);
+  const changeLog = new SqliteChangeLog(db, options.path, sqliteAddon());
+  try {
+    changeLog.start();
+  } catch (error) {
+    translate(error);
+  }
+  const tx = new SqliteTx(db, changeLog);
   const events = new EventEmitter();
   // One listener per long-lived component (caches, registries, one per front-end's session
   // registry): a server with every front-end has more than Node's default 10. A per-request
@@ -226,9 +238,10 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   const snapshotOps = new SqliteOps(db);
   const ops = lockOps(snapshotOps, mutex);
 
-  // Another process (the CLI writing to the store directly, or a tool) commits without
-  // telling this one: SQLite's data_version changes exactly when another connection
-  // committed, so a changed value makes every cache drop what it holds (resync).
+  // Another process (another `serve --workers` process, the CLI writing to the store
+  // directly) commits without telling this one: SQLite's data_version changes exactly when
+  // another connection committed. Its changes are then read from the change log and heard
+  // as if local; what cannot be read exactly makes every cache drop what it holds (resync).
   // Prepared once: it runs on every cache hit, and db.pragma() prepares anew each call
   // (about 70 µs a request on the HTTP path, against about 1 µs prepared).
   const dataVersionStatement = db.prepare('PRAGMA data_version').pluck();
@@ -236,10 +249,16 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   const checkForeignCommit = () => {
     if (!db.open) return;
     const now = dataVersionStatement.get() as number;
-    if (now !== dataVersion) {
-      dataVersion = now;
-      events.emit('change', { type: 'resync' } satisfies StoreChange);
+    if (now === dataVersion) return;
+    dataVersion = now;
+    let changes: StoreChange[] | 'resync';
+    try {
+      changes = changeLog.readForeign();
+    } catch {
+      changes = 'resync'; // the log could not be read: assume anything changed
     }
+    if (changes === 'resync') events.emit('change', { type: 'resync' } satisfies StoreChange);
+    else for (const change of changes) events.emit('change', change);
   };
   const watcher = setInterval(checkForeignCommit, DATA_VERSION_POLL_MS);
   watcher.unref();
@@ -276,6 +295,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
               );
             }).immediate();
           }
+          changeLog.start();
         } catch (error) {
           translate(error);
         }
@@ -353,7 +373,15 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
       });
     },
     async publish(change: StoreChange) {
-      // Local listeners; other processes see the commit through data_version (resync).
+      // A change made outside a transaction: into the change log on its own (other
+      // processes), then to local listeners.
+      await mutex.run(() => {
+        try {
+          db.transaction(() => changeLog.append(change)).immediate();
+        } catch (error) {
+          translate(error);
+        }
+      });
       events.emit('change', change);
     },
     feedCurrent() {
@@ -368,7 +396,10 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     },
     async close() {
       clearInterval(watcher);
-      await mutex.run(() => db.close());
+      await mutex.run(() => {
+        changeLog.close();
+        db.close();
+      });
     },
   };
   return store;

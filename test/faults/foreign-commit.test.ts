@@ -1,4 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  closeSharedKnownSecretIndex,
+  currentSecretMatcher,
+  sharedKnownSecretIndex,
+} from '../../src/gateway/known-secret-index.js';
 import type { Context } from '../../src/server/context.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
 
@@ -68,6 +73,43 @@ describe('changes committed by another process', () => {
     await settle();
     off();
     expect(seen).not.toContain('resync');
+  });
+
+  // The change log (ADR 0031): another process's change is heard as that change, so the
+  // server applies it alone instead of reloading every secret (at 100k secrets a reload
+  // decrypts all of them); a commit with no change (a ticket issued, audit) costs nothing.
+  it('a secret added by another process reaches the server’s known-secret index without a full reload', async () => {
+    await server.vault.addSecret({ name: 'first', value: Buffer.from(CANARY), allow: ['svc'] }, 'admin:test');
+    let fullReads = 0;
+    const read = server.vault.knownSecrets.bind(server.vault);
+    server.vault.knownSecrets = async () => {
+      fullReads++;
+      return read();
+    };
+    try {
+      const index = sharedKnownSecretIndex(server.vault, server.store);
+      const matcher = await currentSecretMatcher(index);
+      expect(fullReads).toBe(1); // the first load
+      const added = await other.vault.addSecret(
+        { name: 'second', value: Buffer.from(`${CANARY}-second`), allow: ['svc'] },
+        'admin:cli',
+      );
+      // Commits that carry no change: a ticket issued, audit records.
+      const agent = await other.agents.create({ name: 'quiet' }, 'admin:cli');
+      const principal = await other.agents.authenticate(agent.key);
+      await other.vault.issueTicket({ secret: 'first', principal: principal.ref }, 'admin:cli');
+      await currentSecretMatcher(index); // the feed check on the way delivers the change
+      await index.settled();
+      expect(matcher.has(added.id)).toBe(true);
+      expect(fullReads).toBe(1);
+      // The control: a change the log cannot replay exactly (a resync) does reload.
+      await other.store.transaction(async (t) => t.notify({ type: 'resync' }));
+      await currentSecretMatcher(index);
+      await index.settled();
+      expect(fullReads).toBe(2);
+    } finally {
+      closeSharedKnownSecretIndex(server.vault);
+    }
   });
 
   it('a connection removed or replaced by another process is not served from the cache', async () => {

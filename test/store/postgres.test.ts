@@ -1,7 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Client } from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { encodeChange, openPostgresStore, parseChange } from '../../src/store/postgres-store.js';
+import { parseChange } from '../../src/store/change-codec.js';
+import { encodeChange, openPostgresStore } from '../../src/store/postgres-store.js';
 import type { SecretRecord, Store, StoreChange } from '../../src/store/types.js';
 import { storeContract } from './contract.js';
 
