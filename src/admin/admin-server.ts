@@ -162,6 +162,8 @@ export async function startAdminServer(
   options: {
     /** True once the process stopped accepting work (SIGTERM): /readyz answers 503 from then on. */
     draining?: () => boolean;
+    /** The /metrics text (default: this process's registry; `serve --workers`: every worker's, summed). */
+    metrics?: () => Promise<string>;
   } = {},
 ): Promise<AdminServer> {
   const expectedHash = await ctx.store.getMeta(ADMIN_KEY_META);
@@ -186,7 +188,7 @@ export async function startAdminServer(
     if (req.method === 'GET' && url.pathname === '/metrics') {
       // Unauthenticated, like /healthz: the admin listener is loopback by default, and no
       // metric carries a secret, ticket, path or header (labels are closed sets).
-      const text = await ctx.metrics.metrics();
+      const text = options.metrics === undefined ? await ctx.metrics.metrics() : await options.metrics();
       res.writeHead(200, { 'content-type': ctx.metrics.contentType, 'cache-control': 'no-store' });
       res.end(text);
       return;

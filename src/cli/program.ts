@@ -281,6 +281,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       .option('--upstream-ca <file>', 'extra CA certificates (PEM) trusted for forward-proxy upstreams')
       .option('--init', 'create the home first if it does not exist')
       .option('--policy <path>', 'a .cedar file or a folder of them (overrides the config)')
+      .option(
+        '--workers <n>',
+        'gateway processes behind the listeners: a number, or auto for one per core (default 1; COATCHECK_WORKERS)',
+      )
       .action(async (opts, command: Command) => {
         const { serveCommand } = await import('./serve.js');
         exitCode = await serveCommand({ ...globals(command), ...opts }, io);

@@ -32,6 +32,13 @@ import { frontendDeps } from '../server/gateway-deps.js';
 import { recordingArchive, sessionRecordings } from '../server/recordings.js';
 import { type CliIo, EXIT } from './io.js';
 import { liveServer } from './live-server.js';
+import {
+  parseWorkers,
+  runPrimary,
+  type WorkerListening,
+  workerIndex,
+  workerMetrics,
+} from './serve-workers.js';
 
 export interface ServeOptions {
   dir?: string;
@@ -46,6 +53,8 @@ export interface ServeOptions {
   listenSsh?: string;
   listenRelay?: string;
   upstreamCa?: string;
+  /** `--workers N|auto` (COATCHECK_WORKERS): gateway processes behind the listeners (default 1). */
+  workers?: string;
 }
 
 export function splitAddress(text: string, field: string): { host: string; port: number } {
@@ -140,6 +149,21 @@ async function initHomeOnce(home: Home, env: NodeJS.ProcessEnv): Promise<InitRes
 
 export async function serveCommand(options: ServeOptions, io: CliIo): Promise<number> {
   const home = resolveHome(options.dir, io.env);
+  const worker = workerIndex(io.env);
+  if (worker !== null) {
+    // A `serve --workers` worker: the primary has initialized and claimed the home.
+    const ctx = await openContext(home, { env: io.env, policyPath: options.policy });
+    try {
+      return await serveWithContext(ctx, home, options, io, worker);
+    } finally {
+      // The channel to the primary would keep this process alive after it drained.
+      if (process.connected) process.disconnect();
+    }
+  }
+  const workers =
+    options.workers !== undefined
+      ? parseWorkers(options.workers, '--workers')
+      : parseWorkers(io.env.COATCHECK_WORKERS, 'COATCHECK_WORKERS');
   if (options.init && (await initNeeded(home, io.env))) {
     const result = await initHomeOnce(home, io.env);
     if (result !== null && options.json)
@@ -185,11 +209,66 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
     rmSync(home.serverFile, { force: true });
     throw error;
   }
-  return serveWithContext(ctx, home, options, io);
+  if (workers === 1) return serveWithContext(ctx, home, options, io, null);
+  return serveWithWorkers(ctx, home, options, io, workers);
 }
 
-async function serveWithContext(ctx: Context, home: Home, options: ServeOptions, io: CliIo): Promise<number> {
-  const log = ctx.log;
+/**
+ * The primary of `serve --workers N`: the context was opened only to check the start (the
+ * config, the policy); the workers open their own.
+ */
+async function serveWithWorkers(
+  ctx: Context,
+  home: Home,
+  options: ServeOptions,
+  io: CliIo,
+  workers: number,
+): Promise<number> {
+  const relayAddress = options.listenRelay ?? ctx.config.listen.relay;
+  const drainMs = parseDuration(ctx.config.shutdown.drainTimeout);
+  await ctx.close();
+  try {
+    if (relayAddress !== null && relayAddress !== undefined) {
+      // A relay's session lives in the process it dialled: connections served by the
+      // other workers could not use it.
+      throw new CoatcheckError(
+        'CC_ERR_INVALID_ARGUMENT',
+        'the relay listener runs with one worker: serve --workers 1, or run replicas (docs/relay.md)',
+        { details: { field: '--workers' } },
+      );
+    }
+    return await runPrimary({
+      workers,
+      drainMs,
+      log: (message) => io.stderr.write(`coatcheck: ${message}\n`),
+      onListening: (report: WorkerListening) => {
+        writeFileDurably(
+          home.serverFile,
+          `${JSON.stringify({ pid: process.pid, admin: report.addresses.admin, listening: report.addresses, workers })}\n`,
+          0o600,
+        );
+        io.stdout.write(
+          options.json
+            ? `${JSON.stringify({ ...report.listening, workers })}\n`
+            : report.text.replace(/ {2}store {6}/, `  workers    ${workers}\n  store      `),
+        );
+      },
+    });
+  } finally {
+    rmSync(home.serverFile, { force: true });
+  }
+}
+
+async function serveWithContext(
+  ctx: Context,
+  home: Home,
+  options: ServeOptions,
+  io: CliIo,
+  worker: number | null,
+): Promise<number> {
+  const log = worker === null ? ctx.log : ctx.log.child({ worker });
+  // Worker 0 (or the only process) serves the admin API and runs retention.
+  const leader = worker === null || worker === 0;
   // The one driver of this process's front-ends: listeners, session hooks, metrics, shutdown.
   const driver = new GatewayDriver({
     registry: ctx.metrics,
@@ -219,7 +298,12 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
-    closers.push(stop);
+    // A worker whose primary is gone stops too (nothing would supervise it).
+    if (worker !== null) process.once('disconnect', stop);
+    closers.push(() => {
+      process.off('disconnect', stop);
+      stop();
+    });
   });
   try {
     await ctx.connections.checkDeclared();
@@ -251,16 +335,19 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       ssh = await driver.start(sshFrontend(deps, splitAddress(sshAddress, '--listen-ssh')));
     }
     const relayAddress = options.listenRelay ?? ctx.config.listen.relay;
-    if (relayAddress !== null && relayAddress !== undefined)
+    if (relayAddress !== null && relayAddress !== undefined && leader)
       relay = await startRelays(ctx, splitAddress(relayAddress, '--listen-relay'));
-    admin = await startAdminServer(
-      ctx,
-      splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
-      log,
-      { draining: () => stopping },
-    );
+    // Every worker answers the primary's metrics aggregation; worker 0's /metrics sums them.
+    const metrics = worker === null ? undefined : await workerMetrics(ctx.metrics);
+    if (leader)
+      admin = await startAdminServer(
+        ctx,
+        splitAddress(options.listenAdmin ?? ctx.config.listen.admin, '--listen-admin'),
+        log,
+        { draining: () => stopping, ...(metrics === undefined ? {} : { metrics }) },
+      );
     const listening = {
-      admin: admin.url,
+      ...(admin === null ? {} : { admin: admin.url }),
       ...(http === null ? {} : { http: http.url }),
       ...(proxy === null ? {} : { proxy: proxy.url, proxyCa: proxy.ca.fingerprint }),
       ...(pg === null ? {} : { postgres: `${pg.host}:${pg.port}`, postgresCert: pg.tls.cert }),
@@ -271,24 +358,28 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
       home: home.dir,
       policy: policyInForce(ctx),
     };
-    const addresses: Record<string, string> = { admin: admin.url };
+    const addresses: Record<string, string> = admin === null ? {} : { admin: admin.url };
     if (http !== null) addresses.http = http.url;
     if (proxy !== null) addresses.proxy = proxy.url;
     if (pg !== null) addresses.postgres = `${pg.host}:${pg.port}`;
     if (k8s !== null) addresses.kubernetes = k8s.url;
     if (ssh !== null) addresses.ssh = `${ssh.host}:${ssh.port}`;
     if (relay !== null) addresses.relay = relay.url;
-    writeFileDurably(
-      home.serverFile,
-      `${JSON.stringify({ pid: process.pid, admin: admin.url, listening: addresses })}\n`,
-      0o600,
+    const text = `coatcheck listening\n${admin === null ? '' : `  admin API  ${admin.url}\n`}${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}${k8s === null ? '' : `  kubernetes ${k8s.url} (coatcheck kubeconfig AGENT CONNECTION)\n`}${ssh === null ? '' : `  ssh        ${ssh.host}:${ssh.port} (host key ${ssh.hostKey.fingerprint})\n`}${relay === null ? '' : `  relay      ${relay.url} (CA ${relay.ca.fingerprint}; coatcheck ca export)\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`;
+    if (worker !== null) {
+      process.send?.({ type: 'coatcheck.listening', listening, text, addresses } satisfies WorkerListening);
+    } else {
+      writeFileDurably(
+        home.serverFile,
+        `${JSON.stringify({ pid: process.pid, admin: admin?.url, listening: addresses })}\n`,
+        0o600,
+      );
+      io.stdout.write(options.json ? `${JSON.stringify(listening)}\n` : text);
+    }
+    log.info(
+      { admin: admin?.url ?? null, http: http?.url ?? null, store: ctx.store.driver },
+      'coatcheck started',
     );
-    io.stdout.write(
-      options.json
-        ? `${JSON.stringify(listening)}\n`
-        : `coatcheck listening\n  admin API  ${listening.admin}\n${http === null ? '' : `  http       ${http.url}\n`}${proxy === null ? '' : `  proxy      ${proxy.url} (CA ${proxy.ca.fingerprint}; coatcheck ca export)\n`}${pg === null ? '' : `  postgres   ${pg.host}:${pg.port} (TLS certificate ${pg.tls.cert})\n`}${k8s === null ? '' : `  kubernetes ${k8s.url} (coatcheck kubeconfig AGENT CONNECTION)\n`}${ssh === null ? '' : `  ssh        ${ssh.host}:${ssh.port} (host key ${ssh.hostKey.fingerprint})\n`}${relay === null ? '' : `  relay      ${relay.url} (CA ${relay.ca.fingerprint}; coatcheck ca export)\n`}  store      ${listening.store}\n  policy     ${listening.policy}\n  home       ${listening.home}\n`,
-    );
-    log.info({ admin: admin.url, http: http?.url ?? null, store: ctx.store.driver }, 'coatcheck started');
     // Recording retention (recording.retention): at start, then hourly, off the request path.
     const retain = () =>
       applyRetention(
@@ -303,10 +394,12 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
           'recording retention failed; retried in an hour',
         ),
       );
-    void retain();
-    const retention = setInterval(() => void retain(), 3_600_000);
-    retention.unref();
-    closers.push(() => clearInterval(retention));
+    if (leader) {
+      void retain();
+      const retention = setInterval(() => void retain(), 3_600_000);
+      retention.unref();
+      closers.push(() => clearInterval(retention));
+    }
     // Policies reload on change and on SIGHUP; a set that does not validate keeps the old one in force.
     const onReload = (result: ReloadResult) => {
       if (result.ok) log.info({ policies: result.policies, policy: policyInForce(ctx) }, 'policy reloaded');
@@ -338,7 +431,7 @@ async function serveWithContext(ctx: Context, home: Home, options: ServeOptions,
     await k8s?.close();
     await http?.close();
     await admin?.close();
-    rmSync(home.serverFile, { force: true });
+    if (worker === null) rmSync(home.serverFile, { force: true });
     await ctx.close();
   }
 }
