@@ -20,9 +20,9 @@
 // cores the absolute numbers say more about the machine than the gateway; the ratio is the
 // point.
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { cpus, tmpdir } from 'node:os';
+import { availableParallelism, cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
@@ -30,7 +30,7 @@ import { request } from 'undici';
 import { resolveHome } from '../src/config/home.js';
 import { agentRef } from '../src/core/principal.js';
 import { startForwardProxy } from '../src/frontends/http/forward-proxy.js';
-import { initHome, openContext } from '../src/server/context.js';
+import { type Context, initHome, openContext } from '../src/server/context.js';
 import { startHttpFrontend } from '../src/server/frontends.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -236,6 +236,76 @@ async function proxyLoad(input: ProxyLoad): Promise<Result> {
   return JSON.parse(stdout) as Result;
 }
 
+/** Processes for the every-core comparison (BENCH_WORKERS, default one per core; 1 skips it). */
+const WORKERS = Number(process.env.BENCH_WORKERS ?? availableParallelism());
+
+/** `coatcheck serve --workers N` on the bench's home, HTTP only; resolves with its URL. */
+async function spawnServe(homeDir: string, workers: number) {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', new URL('../src/cli/main.ts', import.meta.url).pathname, 'serve'].concat([
+      '--workers',
+      String(workers),
+      '--listen-http',
+      '127.0.0.1:0',
+      '--listen-admin',
+      '127.0.0.1:0',
+    ]),
+    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, COATCHECK_HOME: homeDir } },
+  );
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = out.match(/http\s+(http:\/\/\S+)\n[\s\S]*home /);
+      if (m) resolve(m[1]!);
+    });
+    child.once('exit', (code) => reject(new Error(`serve exited (${code}) before listening`)));
+  });
+  return { child, url };
+}
+
+/**
+ * Every core in use (issue 16): the peer run as N processes against `serve --workers N`,
+ * and `serve --workers 1` (the same serve, one process) for the scaling, rotated.
+ */
+async function everyCore(
+  ctx: Context,
+  homeDir: string,
+  upstreamUrl: string,
+  headers: Record<string, string>,
+) {
+  const n = Math.max(2, WORKERS);
+  // One server per home: the one-process serve gets a copy (a consistent backup of the
+  // store, the same keys, so the same ticket works).
+  const second = `${homeDir}-one`;
+  cpSync(homeDir, second, { recursive: true });
+  for (const suffix of ['', '-wal', '-shm']) rmSync(join(second, `coatcheck.db${suffix}`), { force: true });
+  await ctx.store.backupTo(join(second, 'coatcheck.db'));
+  const { child: peer, port: peerPort } = await spawnUpstream(
+    { BENCH_PEER_UPSTREAM: upstreamUrl, BENCH_PEER_WORKERS: String(n) },
+    './http-peer.ts',
+  );
+  const many = await spawnServe(homeDir, n);
+  const one = await spawnServe(second, 1);
+  try {
+    const runs = await rotated(['peer', 'many', 'one'], (target) =>
+      target === 'peer'
+        ? load(`http://127.0.0.1:${peerPort}/json4k`, {})
+        : load(`${target === 'many' ? many.url : one.url}/c/up/json4k`, { headers }),
+    );
+    const p = runs.get('peer')!;
+    const m = runs.get('many')!;
+    const o = runs.get('one')!;
+    const rps = (rs: Result[]) => median(rs.map((r) => r.rps)).toFixed(0);
+    console.log(
+      `\nevery core (${n} processes each), one ticket, 4 KB JSON response: @fastify/http-proxy ${rps(p)} req/s; coatcheck serve --workers ${n} ${rps(m)} req/s (${spread(m.map((r, i) => r.rps / p[i]!.rps))} of the peer, p50 ${median(m.map((r) => r.p50)).toFixed(1)} ms); serve --workers 1 ${rps(o)} req/s (workers ${n} / 1: ${spread(m.map((r, i) => r.rps / o[i]!.rps))})`,
+    );
+  } finally {
+    for (const child of [peer, many.child, one.child]) child.kill('SIGTERM');
+  }
+}
+
 async function main() {
   const { child: upstream, port } = await spawnUpstream();
   const upstreamUrl = `http://127.0.0.1:${port}`;
@@ -325,6 +395,10 @@ async function main() {
     // BENCH_ONLY=<substring of a case's label> runs those cases alone (then the peer and the
     // forward proxy are skipped), for alternating two builds case by case.
     const only = process.env.BENCH_ONLY;
+    if (only === 'workers') {
+      await everyCore(ctx, home.dir, upstreamUrl, { ...auth, authorization: `Bearer ${tickets[0]}` });
+      return;
+    }
     for (const [label, path, direct, through] of cases) {
       if (only !== undefined && !label.includes(only)) continue;
       const runs = await rotated(['direct', 'gateway'], async (target) => {
@@ -384,6 +458,9 @@ async function main() {
     } finally {
       peer.kill();
     }
+
+    if (WORKERS > 1)
+      await everyCore(ctx, home.dir, upstreamUrl, { ...auth, authorization: `Bearer ${tickets[0]}` });
 
     console.log('\nunloaded latency, one request at a time (ms)');
     console.log(

@@ -1,6 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { CoatcheckError } from '../core/errors.js';
+import type { SiblingWriteLock } from '../store/sqlite-store.js';
 
 /**
  * `serve --workers N` (ADR 0031): N gateway processes behind each listener. The primary
@@ -77,6 +78,54 @@ export async function workerMetrics(
     });
 }
 
+/** The store's write lock between workers: asked for, granted, given back (by id). */
+interface LockMessage {
+  readonly type: 'coatcheck.lock' | 'coatcheck.lock.granted' | 'coatcheck.unlock';
+  readonly id: number;
+}
+/** A grant that does not come within this long is not waited for (SQLite's lock still decides). */
+const LOCK_WAIT_MS = 2000;
+
+/**
+ * In a worker: the SQLite store's write lock shared with the sibling workers (ADR 0031).
+ * SQLite alone would make a waiting worker retry on a timer while the lock sits free; the
+ * primary hands it on as soon as it is given back. Never needed for correctness: without an
+ * answer (no primary, a slow one) the worker goes on to SQLite's own lock.
+ */
+export function siblingWriteLock(): SiblingWriteLock {
+  let next = 0;
+  let held: number | null = null;
+  const waiting = new Map<number, () => void>();
+  process.on('message', (message: unknown) => {
+    const m = message as Partial<LockMessage> | null;
+    if (m?.type === 'coatcheck.lock.granted' && typeof m.id === 'number') waiting.get(m.id)?.();
+  });
+  return {
+    acquire() {
+      if (!process.connected) return Promise.resolve();
+      const id = next++;
+      return new Promise<void>((resolve) => {
+        const done = (granted: boolean) => {
+          clearTimeout(timer);
+          waiting.delete(id);
+          if (granted) held = id;
+          else if (process.connected) process.send?.({ type: 'coatcheck.unlock', id } satisfies LockMessage); // a late grant is given back
+          resolve();
+        };
+        const timer = setTimeout(() => done(false), LOCK_WAIT_MS);
+        waiting.set(id, () => done(true));
+        process.send?.({ type: 'coatcheck.lock', id } satisfies LockMessage);
+      });
+    },
+    release() {
+      if (held === null) return;
+      const id = held;
+      held = null;
+      if (process.connected) process.send?.({ type: 'coatcheck.unlock', id } satisfies LockMessage);
+    },
+  };
+}
+
 /** `--workers` / COATCHECK_WORKERS: a count, or `auto` for one per core. Default 1. */
 export function parseWorkers(value: string | undefined, field: string): number {
   if (value === undefined || value === '') return 1;
@@ -116,6 +165,36 @@ export interface PrimaryOptions {
 export async function runPrimary(options: PrimaryOptions): Promise<number> {
   const { AggregatorRegistry } = await import('prom-client');
   const aggregator = new AggregatorRegistry();
+  // The workers' write lock (siblingWriteLock): one holder, the rest in arrival order.
+  let holder: { worker: Worker; id: number } | null = null;
+  const queue: Array<{ worker: Worker; id: number }> = [];
+  const grantNext = () => {
+    while (holder === null && queue.length > 0) {
+      const next = queue.shift()!;
+      if (!next.worker.isConnected()) continue;
+      holder = next;
+      next.worker.send({ type: 'coatcheck.lock.granted', id: next.id } satisfies LockMessage);
+    }
+  };
+  const onLock = (worker: Worker, m: LockMessage) => {
+    if (m.type === 'coatcheck.lock') {
+      queue.push({ worker, id: m.id });
+      grantNext();
+    } else if (m.type === 'coatcheck.unlock') {
+      if (holder !== null && holder.worker === worker && holder.id === m.id) holder = null;
+      else {
+        // Given back before it was granted (the worker stopped waiting): drop the request.
+        const at = queue.findIndex((q) => q.worker === worker && q.id === m.id);
+        if (at >= 0) queue.splice(at, 1);
+      }
+      grantNext();
+    }
+  };
+  const dropLocks = (worker: Worker) => {
+    if (holder?.worker === worker) holder = null;
+    for (let i = queue.length - 1; i >= 0; i--) if (queue[i]!.worker === worker) queue.splice(i, 1);
+    grantNext();
+  };
   return new Promise<number>((resolve) => {
     const byIndex = new Map<number, Worker>();
     const ready = new Set<number>();
@@ -129,6 +208,14 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
       const worker = cluster.fork({ [WORKER_INDEX_ENV]: String(index) });
       byIndex.set(index, worker);
       worker.on('message', (message: unknown) => {
+        const lock = message as Partial<LockMessage> | null;
+        if (
+          (lock?.type === 'coatcheck.lock' || lock?.type === 'coatcheck.unlock') &&
+          typeof lock.id === 'number'
+        ) {
+          onLock(worker, lock as LockMessage);
+          return;
+        }
         const asked = message as Partial<MetricsRequest> | null;
         if (asked?.type === 'coatcheck.metrics' && typeof asked.id === 'number') {
           const id = asked.id;
@@ -149,6 +236,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
         }
       });
       worker.on('exit', (code, signal) => {
+        dropLocks(worker);
         if (byIndex.get(index) === worker) byIndex.delete(index);
         ready.delete(index);
         if (stopping) {

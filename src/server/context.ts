@@ -38,6 +38,7 @@ import { PolicyHolder } from '../policy/policy-holder.js';
 import { RelayHub } from '../relay/hub.js';
 import { Relays } from '../relay/relays.js';
 import { openStore } from '../store/open-store.js';
+import type { SiblingWriteLock } from '../store/sqlite-store.js';
 import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
 import { initializeKeyring, isInitialized, type Keyring, MasterKeys, openKeyring } from '../vault/keyring.js';
@@ -96,7 +97,12 @@ export function sqlitePath(home: Home, config: Config): string {
   return isAbsolute(config.store.path) ? config.store.path : join(home.dir, config.store.path);
 }
 
-async function openConfiguredStore(home: Home, config: Config, create: boolean): Promise<Store> {
+async function openConfiguredStore(
+  home: Home,
+  config: Config,
+  create: boolean,
+  writeLock?: SiblingWriteLock,
+): Promise<Store> {
   if (!create && config.store.driver === 'sqlite' && !existsSync(sqlitePath(home, config))) {
     throw new CoatcheckError(
       'CC_ERR_STORE_MISSING',
@@ -107,7 +113,11 @@ async function openConfiguredStore(home: Home, config: Config, create: boolean):
   const store = await openStore(
     config.store.driver === 'postgres'
       ? { driver: 'postgres', url: config.store.url! }
-      : { driver: 'sqlite', path: sqlitePath(home, config) },
+      : {
+          driver: 'sqlite',
+          path: sqlitePath(home, config),
+          ...(writeLock === undefined ? {} : { writeLock }),
+        },
   );
   try {
     await store.migrate();
@@ -370,7 +380,13 @@ function buildContext(
 /** Open an initialized home: config, store, master key, services. */
 export async function openContext(
   home: Home,
-  options: { clock?: Clock; env?: NodeJS.ProcessEnv; policyPath?: string } = {},
+  options: {
+    clock?: Clock;
+    env?: NodeJS.ProcessEnv;
+    policyPath?: string;
+    /** SQLite: a write lock shared with sibling processes (`serve --workers`). */
+    writeLock?: SiblingWriteLock;
+  } = {},
 ): Promise<Context> {
   const env = options.env ?? process.env;
   if (!existsSync(home.configFile)) {
@@ -385,7 +401,7 @@ export async function openContext(
     config.policy = { ...config.policy, path: resolve(options.policyPath) };
   const keysDir = keysDirOf(home, config.keys.dir);
   const masters = new MasterKeys(() => loadMasterKeys(home, env, keysDir));
-  const store = await openConfiguredStore(home, config, false);
+  const store = await openConfiguredStore(home, config, false, options.writeLock);
   try {
     const keys = await openKeyring(store, masters);
     return buildContext(

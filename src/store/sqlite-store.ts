@@ -176,6 +176,18 @@ function lockOps(ops: SqliteOps, mutex: Mutex): LockedOps {
 export interface SqliteStoreOptions {
   /** File path, or ':memory:' for tests. */
   readonly path: string;
+  /**
+   * A write lock shared with sibling processes on the same file, taken before SQLite's
+   * own (`serve --workers`: the primary hands it from worker to worker over IPC, at once,
+   * where SQLite's own lock is only retried on a timer). An optimization only: SQLite's
+   * lock still decides, so a lock that fails to answer costs time, never correctness.
+   */
+  readonly writeLock?: SiblingWriteLock;
+}
+
+export interface SiblingWriteLock {
+  acquire(): Promise<void>;
+  release(): void;
 }
 
 /**
@@ -183,6 +195,8 @@ export interface SqliteStoreOptions {
  * a committed audit batch survives a crash. One connection; a mutex keeps async
  * transactions from interleaving on it.
  */
+/** How long a statement waits for another process's lock before CC_ERR_STORE_UNAVAILABLE. */
+const BUSY_TIMEOUT_MS = 5000;
 /** How often a foreign commit is looked for (a PRAGMA read, microseconds). */
 const DATA_VERSION_POLL_MS = 100;
 
@@ -218,7 +232,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     db.pragma('foreign_keys = ON');
     // Overwrite deleted content, so an erased secret's sealed key does not linger in free pages.
     db.pragma('secure_delete = ON');
-    db.pragma('busy_timeout = 5000');
+    db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
   } catch (error) {
     translate(error);
   }
@@ -263,6 +277,55 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   const watcher = setInterval(checkForeignCommit, DATA_VERSION_POLL_MS);
   watcher.unref();
 
+  // Take the write lock without blocking the event loop: another process holding it (a
+  // `serve --workers` sibling committing its audit batch, the CLI) would otherwise hold this
+  // whole process in SQLite's busy handler, which sleeps (1, 2, 5, 10 ms ...) on the thread
+  // that serves every request. Here the attempt fails at once and is retried, first after
+  // the work already queued (twice), then every 1-2 ms (a timer, not a spin: on few cores a
+  // spin would take the CPU from the process holding the lock), for as long as busy_timeout
+  // (5 s) would have waited.
+  // SQLite applies `PRAGMA busy_timeout` when the statement is prepared, not when it runs:
+  // each change is a prepare (about 7 µs).
+  const setBusyTimeout = (ms: number) => db.prepare(`PRAGMA busy_timeout = ${ms}`);
+  const begin = db.prepare('BEGIN IMMEDIATE');
+  const beginImmediate = async (): Promise<void> => {
+    const deadline = Date.now() + BUSY_TIMEOUT_MS;
+    for (let attempt = 0; ; attempt++) {
+      setBusyTimeout(0);
+      try {
+        begin.run();
+        return;
+      } catch (error) {
+        const code = (error as { code?: string }).code ?? '';
+        if (!code.startsWith('SQLITE_BUSY') || Date.now() >= deadline) translate(error);
+      } finally {
+        setBusyTimeout(BUSY_TIMEOUT_MS);
+      }
+      await new Promise<void>((resolve) =>
+        attempt < 2 ? setImmediate(resolve) : setTimeout(resolve, attempt < 6 ? 1 : 2),
+      );
+    }
+  };
+
+  /** One transaction, under the mutex (and the sibling lock when there is one). */
+  const inTransaction = async <T>(fn: (t: StoreTx) => Promise<T>): Promise<T> => {
+    await beginImmediate();
+    tx.pending = [];
+    try {
+      const result = await fn(tx);
+      db.exec('COMMIT');
+      const notices = tx.pending;
+      tx.pending = [];
+      for (const change of notices) events.emit('change', change);
+      return result;
+    } catch (error) {
+      tx.pending = [];
+      if (db.inTransaction) db.exec('ROLLBACK');
+      if (error instanceof CoatcheckError) throw error;
+      translate(error);
+    }
+  };
+
   const store: Store = {
     ...ops,
     driver: 'sqlite',
@@ -304,24 +367,11 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     // One writer: the lock option changes nothing here.
     transaction<T>(fn: (t: StoreTx) => Promise<T>, _options?: TransactionOptions): Promise<T> {
       return mutex.run(async () => {
+        await options.writeLock?.acquire();
         try {
-          db.exec('BEGIN IMMEDIATE');
-        } catch (error) {
-          translate(error);
-        }
-        tx.pending = [];
-        try {
-          const result = await fn(tx);
-          db.exec('COMMIT');
-          const notices = tx.pending;
-          tx.pending = [];
-          for (const change of notices) events.emit('change', change);
-          return result;
-        } catch (error) {
-          tx.pending = [];
-          if (db.inTransaction) db.exec('ROLLBACK');
-          if (error instanceof CoatcheckError) throw error;
-          translate(error);
+          return await inTransaction(fn);
+        } finally {
+          options.writeLock?.release();
         }
       });
     },

@@ -97,3 +97,42 @@ it('migrates an audit log written before chains existed (ADR 0015): it verifies,
     await store.close();
   }
 });
+
+// Another process holding the write lock (a `serve --workers` sibling, the CLI) must not
+// hold this process's event loop: the transaction waits on a timer, not in SQLite's busy
+// handler (which sleeps on the thread). Two connections in one process show it: if the
+// second blocked the loop, the first could never finish and the second would time out.
+it('waits for a write lock held by another connection without blocking the event loop', async () => {
+  const path = join(dir, 'lock-wait.db');
+  const holder = await openSqliteStore({ path });
+  await holder.migrate();
+  const waiter = await openSqliteStore({ path });
+  try {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const first = holder.transaction(async (t) => {
+      await held;
+      await t.notify({ type: 'agent.revoked', id: 'agt_first' });
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20)); // the holder has BEGIN IMMEDIATE
+    const order: string[] = [];
+    const second = waiter.transaction(async (t) => {
+      order.push('second');
+      await t.notify({ type: 'agent.revoked', id: 'agt_second' });
+    });
+    // The loop is free while the second waits: this timer runs, and lets the first finish.
+    setTimeout(() => {
+      order.push('timer');
+      release();
+    }, 30);
+    const started = Date.now();
+    await Promise.all([first, second]);
+    expect(order).toEqual(['timer', 'second']);
+    expect(Date.now() - started).toBeLessThan(2000);
+  } finally {
+    await waiter.close();
+    await holder.close();
+  }
+});
