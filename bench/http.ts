@@ -251,7 +251,16 @@ async function spawnServe(homeDir: string, workers: number) {
       '--listen-admin',
       '127.0.0.1:0',
     ]),
-    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, COATCHECK_HOME: homeDir } },
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: {
+        ...process.env,
+        COATCHECK_HOME: homeDir,
+        ...(process.env.BENCH_DATABASE_URL === undefined
+          ? {}
+          : { COATCHECK_DATABASE_URL: process.env.BENCH_DATABASE_URL }),
+      },
+    },
   );
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
@@ -280,8 +289,10 @@ async function everyCore(
   // store, the same keys, so the same ticket works).
   const second = `${homeDir}-one`;
   cpSync(homeDir, second, { recursive: true });
-  for (const suffix of ['', '-wal', '-shm']) rmSync(join(second, `coatcheck.db${suffix}`), { force: true });
-  await ctx.store.backupTo(join(second, 'coatcheck.db'));
+  if (ctx.store.driver === 'sqlite') {
+    for (const suffix of ['', '-wal', '-shm']) rmSync(join(second, `coatcheck.db${suffix}`), { force: true });
+    await ctx.store.backupTo(join(second, 'coatcheck.db'));
+  } // on PostgreSQL both homes name the same database
   const { child: peer, port: peerPort } = await spawnUpstream(
     { BENCH_PEER_UPSTREAM: upstreamUrl, BENCH_PEER_WORKERS: String(n) },
     './http-peer.ts',
@@ -299,7 +310,7 @@ async function everyCore(
     const o = runs.get('one')!;
     const rps = (rs: Result[]) => median(rs.map((r) => r.rps)).toFixed(0);
     console.log(
-      `\nevery core (${n} processes each), one ticket, 4 KB JSON response: @fastify/http-proxy ${rps(p)} req/s; coatcheck serve --workers ${n} ${rps(m)} req/s (${spread(m.map((r, i) => r.rps / p[i]!.rps))} of the peer, p50 ${median(m.map((r) => r.p50)).toFixed(1)} ms); serve --workers 1 ${rps(o)} req/s (workers ${n} / 1: ${spread(m.map((r, i) => r.rps / o[i]!.rps))})`,
+      `\nevery core (${n} processes each, ${ctx.store.driver} store), one ticket, 4 KB JSON response: @fastify/http-proxy ${rps(p)} req/s; coatcheck serve --workers ${n} ${rps(m)} req/s (${spread(m.map((r, i) => r.rps / p[i]!.rps))} of the peer, p50 ${median(m.map((r) => r.p50)).toFixed(1)} ms); serve --workers 1 ${rps(o)} req/s (workers ${n} / 1: ${spread(m.map((r, i) => r.rps / o[i]!.rps))})`,
     );
   } finally {
     for (const child of [peer, many.child, one.child]) child.kill('SIGTERM');
@@ -318,9 +329,14 @@ async function main() {
   });
   const tlsUrl = `https://127.0.0.1:${tlsPort}`;
   const home = resolveHome(join(dir, 'home'), {});
-  await initHome(home, { env: {} });
+  // BENCH_DATABASE_URL: the gateways on PostgreSQL instead of the embedded SQLite store.
+  const storeEnv: NodeJS.ProcessEnv =
+    process.env.BENCH_DATABASE_URL === undefined
+      ? {}
+      : { COATCHECK_DATABASE_URL: process.env.BENCH_DATABASE_URL };
+  await initHome(home, { env: storeEnv });
   writeFileSync(home.configFile, `log:\n  level: warn\nhttp:\n  upstreamCaFile: ${certs.caFile}\n`);
-  const ctx = await openContext(home, { env: {} });
+  const ctx = await openContext(home, { env: storeEnv });
   const gateway = await startHttpFrontend(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }));
   const proxy = await startForwardProxy(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }), {
     upstreamCaFile: certs.caFile,
