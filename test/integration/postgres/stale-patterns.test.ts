@@ -41,7 +41,16 @@ describe('PostgreSQL front-end when the secrets to look for cannot be loaded', (
   const setCiphertext = (id: string, ciphertext: Buffer) => {
     const db = new Database(join(gw.dir, 'coatcheck.db'));
     try {
-      db.prepare('UPDATE secrets SET ciphertext = ? WHERE id = ?').run(ciphertext, id);
+      // Behind the gateway's back, with a `resync` in the change log (ADR 0031) so that it
+      // reloads every secret (a raw edit alone is not heard, as on PostgreSQL).
+      db.transaction(() => {
+        db.prepare('UPDATE secrets SET ciphertext = ? WHERE id = ?').run(ciphertext, id);
+        db.prepare('INSERT INTO store_changes (origin, at, payload) VALUES (?, ?, ?)').run(
+          'test',
+          Date.now(),
+          JSON.stringify({ type: 'resync' }),
+        );
+      })();
     } finally {
       db.close();
     }
@@ -66,7 +75,7 @@ describe('PostgreSQL front-end when the secrets to look for cannot be loaded', (
     const before = await open();
     expect(await selectOne(before)).toEqual([{ n: 1 }]);
     const row = secretRow();
-    // Written by another process: the store notices the foreign commit and the set is rebuilt.
+    // Written by another process: the gateway reloads the set and cannot decrypt it.
     setCiphertext(row.id, Buffer.alloc(row.ciphertext.length, 7));
     let refusal: Error | null = null;
     for (let i = 0; i < 100 && refusal === null; i++) {
