@@ -1,0 +1,97 @@
+/**
+ * The known-secret scans alone, for profiling and back-to-back runs (issue 16):
+ *
+ *   node --import tsx bench/known-secret-scan.ts                 # index 1k and 100k, matcher 1k
+ *   BENCH_SECRETS=100000 BENCH_WHAT=index node --cpu-prof --cpu-prof-dir=/tmp/prof \
+ *     --import tsx bench/known-secret-scan.ts
+ *
+ * `index`: what the gateways run, the shared known-secret index's pattern set
+ * (src/gateway/known-secret-index.ts) through a PatternScan, the corpus pushed in 64 KiB
+ * chunks, as in bench/detect.ts's last section. `matcher`: the detector's matcher
+ * (createKnownSecretMatcher) `find` over the whole corpus as one latin1 text, as in its
+ * "matcher alone" figure. The corpus is bench/detect.ts's (same seed, BENCH_MB, default 10);
+ * secrets are 24-40 random characters. Prints MB per CPU-second and the load average.
+ */
+import os from 'node:os';
+import { performance } from 'node:perf_hooks';
+import { createKnownSecretMatcher } from '../src/detect/known-secrets.js';
+import { createRng } from '../src/detect/synth.js';
+import { PatternScan } from '../src/gateway/inspector.js';
+import { createKnownSecretIndex } from '../src/gateway/known-secret-index.js';
+import { buildCorpus, MB } from './detect-corpus.js';
+
+const TARGET_MB = Number(process.env['BENCH_MB'] ?? 10);
+const COUNTS = (process.env['BENCH_SECRETS'] ?? '1000,100000').split(',').map(Number);
+const WHAT = (process.env['BENCH_WHAT'] ?? 'index,matcher').split(',');
+const REPEATS = Number(process.env['BENCH_REPEATS'] ?? 3);
+const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+const rng = createRng('bench-detect');
+const corpus = buildCorpus(TARGET_MB, rng);
+const secretsRng = createRng('bench-known-secret-scan');
+const values = (n: number) =>
+  Array.from(
+    { length: n },
+    (_, i) => [`s${i}`, Buffer.from(secretsRng.chars(ALPHABET, 24 + secretsRng.int(17)))] as const,
+  );
+
+function cpuSeconds(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+const load = () => os.loadavg()[0]!.toFixed(2);
+const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+console.log(`corpus ${(corpus.length / MB).toFixed(1)} MB, node ${process.version}, load ${load()}`);
+
+for (const n of COUNTS) {
+  const secrets = values(n);
+  if (WHAT.includes('index')) {
+    const index = createKnownSecretIndex(
+      {
+        knownSecrets: async () => secrets.map(([id, value]) => ({ id, value: { reveal: () => value } })),
+        knownSecret: async () => null,
+      },
+      { subscribe: () => () => undefined, feedCurrent: () => true },
+    );
+    const t = performance.now();
+    const set = await index.current();
+    const built = (performance.now() - t) / 1000;
+    let found = 0;
+    const scanAll = async (input: Buffer) => {
+      const scan = new PatternScan(set, { reissue: async (id) => `cct_${id}` });
+      for (let at = 0; at < input.length; at += 64 * 1024)
+        await scan.push(input.subarray(at, at + 64 * 1024));
+      await scan.end();
+      for (const count of scan.findings.values()) found += count;
+    };
+    await scanAll(corpus.subarray(0, 2 * MB));
+    const rates: number[] = [];
+    for (let r = 0; r < REPEATS; r++) {
+      found = 0;
+      const c = cpuSeconds();
+      await scanAll(corpus);
+      rates.push(corpus.length / MB / (cpuSeconds() - c));
+    }
+    console.log(
+      `index   ${String(n).padStart(7)} secrets: ${median(rates).toFixed(1)} MB per CPU-second (median of ${REPEATS}: ${rates.map((x) => x.toFixed(1)).join(' ')}), ${found} found, built in ${built.toFixed(1)} s, load ${load()}`,
+    );
+    index.close();
+  }
+  if (WHAT.includes('matcher')) {
+    const known = createKnownSecretMatcher();
+    for (const [id, value] of secrets) known.add(id, value);
+    const text = corpus.toString('latin1');
+    known.find(text.slice(0, 2 * MB), 'bytes', corpus.subarray(0, 2 * MB));
+    const rates: number[] = [];
+    let found = 0;
+    for (let r = 0; r < REPEATS; r++) {
+      const c = cpuSeconds();
+      found = known.find(text, 'bytes', corpus).length;
+      rates.push(corpus.length / MB / (cpuSeconds() - c));
+    }
+    console.log(
+      `matcher ${String(n).padStart(7)} secrets: ${median(rates).toFixed(1)} MB per CPU-second (median of ${REPEATS}: ${rates.map((x) => x.toFixed(1)).join(' ')}), ${found} found, load ${load()}`,
+    );
+  }
+}
