@@ -7,13 +7,7 @@
  */
 
 import { CoatcheckError } from '../core/errors.js';
-import {
-  decodeView,
-  escapeStretches,
-  LONGEST_ESCAPE,
-  mayHoldEscape,
-  unfinishedEscapeFrom,
-} from '../detect/canonical.js';
+import { decodedStretches, unfinishedEscapeFrom } from '../detect/canonical.js';
 
 export interface InspectionContext {
   /** A ticket that stands for `secretId`, bound to the caller (one per secret per response). */
@@ -642,15 +636,6 @@ interface Stretch {
   readonly levels: Level[];
 }
 
-/**
- * Stretches to decode: each escape widened by enough that a match using any decoded unit
- * lies inside (the longest pattern), plus the escapes a deeper level can form from decoded
- * units next to literal ones (each within one escape length of an escape of the level above).
- */
-function findStretches(raw: string, longestPattern: number): Array<readonly [number, number]> {
-  return escapeStretches(raw, longestPattern + LONGEST_ESCAPE * (MAX_DECODE_LEVELS + 1));
-}
-
 function escapesOf(local: { start: Int32Array; end: Int32Array }): Level['escapes'] {
   const out: Level['escapes'] = [];
   for (let u = 0; u < local.start.length; ) {
@@ -689,33 +674,22 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): A
     return { spans: inner.spans, hold: Math.min(inner.hold, cut) };
   }
   const stretches: Stretch[] = [];
-  if (mayHoldEscape(raw)) {
-    // Decoded views only around escapes: elsewhere a view is the raw text, which the raw
-    // scan reads. Binary output (a `%`, `\` or `&` every ~85 bytes, a decodable escape
-    // every few KB) decodes a few hundred bytes per escape instead of all of it.
-    for (const [from, to] of findStretches(raw, set.maxLength)) {
-      const text = from === 0 && to === raw.length ? raw : raw.slice(from, to);
-      const levels: Level[] = [{ text, start: null, end: null, escapes: [] }];
-      const atEnd = to === raw.length;
-      for (let level = 1; level <= MAX_DECODE_LEVELS; level++) {
-        const above = levels[level - 1]!;
-        const decoded = decodeView(above.text, 'bytes');
-        if (!decoded.changed) break;
-        // Compose with the maps of the levels above: view unit -> span of the stretch.
-        const toStart = above.start;
-        const toEnd = above.end;
-        const start: Int32Array = toStart === null ? decoded.start : decoded.start.map((u) => toStart[u]!);
-        const end: Int32Array = toEnd === null ? decoded.end : decoded.end.map((u) => toEnd[u - 1]!);
-        levels.push({ text: decoded.view, start, end, escapes: escapesOf(decoded) });
-        // An unfinished escape can only be at the end of the stretch that ends the chunk.
-        if (check && atEnd) {
-          const at = unfinishedEscapeFrom(decoded.view);
-          if (at < decoded.view.length) cut = Math.min(cut, from + start[at]!);
-        }
-        if (!mayHoldEscape(decoded.view)) break;
+  // Decoded views only around escapes: elsewhere a view is the raw text, which the raw scan
+  // reads. Binary output (a `%`, `\` or `&` every ~85 bytes, a decodable escape every few
+  // KB) decodes a few hundred bytes per escape instead of all of it.
+  for (const stretch of decodedStretches(raw, 'bytes', set.maxLength, MAX_DECODE_LEVELS)) {
+    const { from, to } = stretch;
+    const atEnd = to === raw.length;
+    const levels: Level[] = [{ text: stretch.text, start: null, end: null, escapes: [] }];
+    for (const view of stretch.views) {
+      levels.push({ text: view.text, start: view.start, end: view.end, escapes: escapesOf(view.decoded) });
+      // An unfinished escape can only be at the end of the stretch that ends the chunk.
+      if (check && atEnd) {
+        const at = unfinishedEscapeFrom(view.text);
+        if (at < view.text.length) cut = Math.min(cut, from + view.start[at]!);
       }
-      if (levels.length > 1) stretches.push({ offset: from, atEnd, levels });
     }
+    stretches.push({ offset: from, atEnd, levels });
   }
   if (cut < raw.length) {
     // Decode again without the unfinished escape at the end: it may change the views.
