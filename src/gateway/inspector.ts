@@ -100,6 +100,83 @@ interface AutomatonParts {
   readonly outNext: Int32Array;
   readonly dict: Int32Array;
   readonly lengths: Int32Array;
+  /** The sampled-window index over the same patterns (null: a pattern is too short for it). */
+  readonly windows: Windows | null;
+}
+
+/**
+ * The raw pass without walking the automaton byte by byte: a window of `WINDOW_Q` bytes is
+ * read at every `WINDOW_S`-th position of the text, and every pattern is indexed by its
+ * windows at offsets 0 … `WINDOW_S` - 1, so any occurrence (at least `WINDOW_Q + WINDOW_S - 1`
+ * = 6 bytes, `MIN_SCANNED_SECRET_BYTES`) has exactly one window on a sampled position. A
+ * bitset answers most positions with one bit test; a hit is checked against the patterns of
+ * its bucket (the window's four bytes, then the rest). At 100k secrets the automaton walks
+ * ordinary text three or four states deep, each step a `Map` lookup: this does not.
+ */
+const WINDOW_Q = 4;
+const WINDOW_S = 3;
+const WINDOW_MIN = WINDOW_Q + WINDOW_S - 1;
+const WINDOW_MIX = 0x9e3779b1 | 0;
+
+interface Windows {
+  /** One bit per hash slot (`hash >>> fShift`), about 1/16 of them set. */
+  readonly filter: Int32Array;
+  readonly fShift: number;
+  /** Entries of bucket `b` (`hash >>> bShift`): `[bucket[b], bucket[b + 1])` of `words`/`refs`. */
+  readonly bucket: Int32Array;
+  readonly bShift: number;
+  /** The window's four bytes (little-endian) and where it is: pattern * WINDOW_S + offset. */
+  readonly words: Int32Array;
+  readonly refs: Int32Array;
+}
+
+function windowWord(bytes: Uint8Array, at: number): number {
+  return bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24);
+}
+
+function* windowParts(patterns: readonly Buffer[]): Generator<void, Windows | null, void> {
+  if (patterns.length === 0) return null;
+  for (const p of patterns) if (p.length < WINDOW_MIN) return null;
+  const total = patterns.length * WINDOW_S;
+  let bBits = 4;
+  while (1 << bBits < total && bBits < 30) bBits++;
+  let fBits = 10;
+  while (2 ** fBits < total * 16 && fBits < 31) fBits++;
+  const bShift = 32 - bBits;
+  const fShift = 32 - fBits;
+  const filter = new Int32Array(2 ** (fBits - 5));
+  const bucket = new Int32Array((1 << bBits) + 1);
+  const hashes = new Int32Array(total);
+  let steps = 0;
+  for (let p = 0; p < patterns.length; p++) {
+    const bytes = patterns[p]!;
+    for (let k = 0; k < WINDOW_S; k++) {
+      const h = Math.imul(windowWord(bytes, k), WINDOW_MIX);
+      hashes[p * WINDOW_S + k] = h;
+      bucket[(h >>> bShift) + 1]!++;
+      const f = h >>> fShift;
+      filter[f >>> 5]! |= 1 << (f & 31);
+    }
+    if (++steps >= BUILD_STEPS_PER_YIELD) {
+      steps = 0;
+      yield;
+    }
+  }
+  for (let b = 1; b < bucket.length; b++) bucket[b]! += bucket[b - 1]!;
+  const fill = bucket.slice(0, -1);
+  const words = new Int32Array(total);
+  const refs = new Int32Array(total);
+  for (let ref = 0; ref < total; ref++) {
+    const at = fill[hashes[ref]! >>> bShift]!++;
+    const p = (ref / WINDOW_S) | 0;
+    words[at] = windowWord(patterns[p]!, ref - p * WINDOW_S);
+    refs[at] = ref;
+    if (++steps >= BUILD_STEPS_PER_YIELD * 4) {
+      steps = 0;
+      yield;
+    }
+  }
+  return { filter, fShift, bucket, bShift, words, refs };
 }
 
 /** Steps of work (trie bytes or states) between two yields of the builder. */
@@ -190,8 +267,10 @@ function* automatonParts(patterns: readonly Buffer[]): Generator<void, Automaton
       yield;
     }
   }
+  const windows = yield* windowParts(patterns);
   return {
     root,
+    windows,
     one: one.slice(0, states),
     oneByte: oneByte.slice(0, states),
     next,
@@ -234,6 +313,7 @@ export class Automaton {
   readonly #outNext: Int32Array;
   readonly #dict: Int32Array;
   readonly #lengths: Int32Array;
+  readonly #windows: Windows | null;
 
   /** The patterns themselves, and the longest one's length (for the native search). */
   readonly #patterns: readonly Buffer[];
@@ -253,6 +333,7 @@ export class Automaton {
     this.#outNext = built.outNext;
     this.#dict = built.dict;
     this.#lengths = built.lengths;
+    this.#windows = built.windows;
   }
 
   /**
@@ -332,7 +413,74 @@ export class Automaton {
       const from = Math.max(0, bytes.length - (this.#longest - 1));
       return this.#partialFrom(bytes, from);
     }
+    // Many patterns: the sampled windows, then the automaton over those last bytes.
+    if (this.#windowed(bytes)) {
+      if (this.#windowsFind(bytes, undefined)) return -1;
+      return this.#partialFrom(bytes, bytes.length - (this.#longest - 1));
+    }
     return this.#partialFrom(bytes, 0);
+  }
+
+  /**
+   * `scan` over bytes: every occurrence (`onMatch(pattern, start, end)`, in no set order) and
+   * where the longest unfinished prefix at the end starts.
+   */
+  find(bytes: Buffer, onMatch: (pattern: number, start: number, end: number) => void): number {
+    if (!this.#windowed(bytes)) return this.scan(bytes.toString('latin1'), onMatch);
+    this.#windowsFind(bytes, onMatch);
+    // The state at the end is the longest suffix that is a prefix of a pattern: at most the
+    // longest pattern, so reading from there from the root reaches the same state.
+    return this.#tailFrom(bytes, bytes.length - this.#longest);
+  }
+
+  /** Whether the sampled windows read `bytes` (long enough that they save work). */
+  #windowed(bytes: Buffer): boolean {
+    return this.#windows !== null && bytes.length > 2 * this.#longest + 64;
+  }
+
+  /**
+   * Every occurrence in `bytes` by the sampled windows, each reported once. Without
+   * `onMatch`: stops at the first and returns true.
+   */
+  #windowsFind(
+    bytes: Buffer,
+    onMatch: ((pattern: number, start: number, end: number) => void) | undefined,
+  ): boolean {
+    const { filter, fShift, bucket, bShift, words, refs } = this.#windows!;
+    const patterns = this.#patterns;
+    const n = bytes.length;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, n);
+    let found = false;
+    for (let i = 0; i + WINDOW_Q <= n; i += WINDOW_S) {
+      const w = view.getInt32(i, true);
+      const h = Math.imul(w, WINDOW_MIX);
+      const f = h >>> fShift;
+      if ((filter[f >>> 5]! & (1 << (f & 31))) === 0) continue;
+      const b = h >>> bShift;
+      for (let e = bucket[b]!, last = bucket[b + 1]!; e < last; e++) {
+        if (words[e] !== w) continue;
+        const ref = refs[e]!;
+        const p = (ref / WINDOW_S) | 0;
+        const start = i - (ref - p * WINDOW_S);
+        const pattern = patterns[p]!;
+        const end = start + pattern.length;
+        if (start < 0 || end > n) continue;
+        let k = 0;
+        while (k < pattern.length && bytes[start + k] === pattern[k]) k++;
+        if (k < pattern.length) continue;
+        if (onMatch === undefined) return true;
+        found = true;
+        onMatch(p, start, end);
+      }
+    }
+    return found;
+  }
+
+  /** The state after reading `bytes` from `from` (from the root), as `scan` returns it. */
+  #tailFrom(bytes: Buffer, from: number): number {
+    let s = 0;
+    for (let i = Math.max(0, from); i < bytes.length; i++) s = this.step(s, bytes[i]!);
+    return bytes.length - this.#depth[s]!;
   }
 
   /** `partialIfNone` reading `bytes` from `from` (the automaton starts at the root there). */
@@ -527,17 +675,23 @@ export function patternSet(
       return findSpans(bytes, set, true).spans.length > 0;
     },
     occurrences: (bytes) => {
-      const out: Array<{ start: number; end: number; secretId: string }> = [];
-      if (live.length === 0 || bytes.length === 0) return out;
-      const text = bytes.toString('latin1');
-      for (const g of live) {
-        if (!g.automaton.occursIn(bytes)) continue;
-        g.automaton.scan(text, (p, start, end) => {
-          const secretId = g.patterns[p]!.secretId;
-          if (!dropped.has(secretId)) out.push({ start, end, secretId });
+      const found: Array<{ start: number; end: number; secretId: string; segment: number; pattern: number }> =
+        [];
+      if (live.length === 0 || bytes.length === 0) return found;
+      live.forEach((g, segment) => {
+        if (!g.automaton.occursIn(bytes)) return;
+        g.automaton.find(bytes, (pattern, start, end) => {
+          const secretId = g.patterns[pattern]!.secretId;
+          if (!dropped.has(secretId)) found.push({ start, end, secretId, segment, pattern });
         });
-      }
-      return out.sort((x, y) => x.start - y.start || x.end - y.end);
+      });
+      // Equal spans in the order the automaton's byte-at-a-time pass reported them: segment by
+      // segment, and within one the pattern added last first (`markOccurrences` writes the
+      // marks of a stretch in order of first occurrence).
+      found.sort(
+        (x, y) => x.start - y.start || x.end - y.end || x.segment - y.segment || y.pattern - x.pattern,
+      );
+      return found.map(({ start, end, secretId }) => ({ start, end, secretId }));
     },
   };
   return set;
@@ -714,7 +868,7 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): A
     // The raw bytes, whole. Most chunks hold no pattern: then only where an unfinished one
     // may begin at the end is wanted (for a few patterns, one native search each).
     const none = automaton.partialIfNone(buf);
-    const partial = none !== -1 ? none : automaton.scan(raw, (pattern, s, e) => add(pattern, s, e, 0));
+    const partial = none !== -1 ? none : automaton.find(buf, (pattern, s, e) => add(pattern, s, e, 0));
     if (!final && partial < raw.length) hold = Math.min(hold, partial);
     for (const stretch of stretches) scanStretch(stretch, automaton, add);
   }
