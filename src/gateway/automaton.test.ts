@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { createKeywordIndex } from '../detect/keyword-index.js';
-import { Automaton, buildSegment, markOccurrences, patternSet, patternsOf } from './inspector.js';
+import { Automaton, buildSegment, Children, markOccurrences, patternSet, patternsOf } from './inspector.js';
 
 // Differential tests of the two Aho-Corasick automata against the obvious quadratic
 // search: every occurrence of every pattern, overlapping and nested ones included, over
@@ -97,6 +97,39 @@ describe('Automaton (known-secret patterns)', () => {
         },
       ),
       { numRuns: 300 },
+    );
+  });
+});
+
+describe("Children (the trie's further children)", () => {
+  it('answers as a Map keyed by state and byte, through growth, for states past 2^24', () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.tuple(fc.oneof(fc.nat({ max: 40 }), fc.nat({ max: 2 ** 31 - 1 })), fc.nat({ max: 255 })),
+          {
+            maxLength: 3000,
+          },
+        ),
+        (pairs) => {
+          const table = new Children();
+          const reference = new Map<string, number>();
+          for (const [s, b] of pairs) {
+            const key = `${s}:${b}`;
+            if (!reference.has(key)) {
+              reference.set(key, reference.size + 1);
+              table.set(s, b, reference.size);
+            }
+          }
+          expect(table.size).toBe(reference.size);
+          for (const [s, b] of pairs) {
+            expect(table.get(s, b)).toBe(reference.get(`${s}:${b}`));
+            expect(table.get(s, (b + 1) % 256)).toBe(reference.get(`${s}:${(b + 1) % 256}`) ?? 0);
+            expect(table.get(s + 1, b)).toBe(reference.get(`${s + 1}:${b}`) ?? 0);
+          }
+        },
+      ),
+      { numRuns: 200 },
     );
   });
 });

@@ -93,7 +93,7 @@ interface AutomatonParts {
   readonly root: Int32Array;
   readonly one: Int32Array;
   readonly oneByte: Uint8Array;
-  readonly next: Map<number, number>;
+  readonly next: Children;
   readonly fail: Int32Array;
   readonly depth: Int32Array;
   readonly outHead: Int32Array;
@@ -183,6 +183,69 @@ function* windowParts(patterns: readonly Buffer[]): Generator<void, Windows | nu
 const BUILD_STEPS_PER_YIELD = 1024;
 
 /**
+ * The trie's second and further children ((state, byte) -> child; the first is kept inline):
+ * open addressing in typed arrays. A `Map` keyed by `state * 256 + byte` held them before;
+ * past 8M states its keys are not small integers and every lookup hashed a heap number
+ * (building a 100k-secret set spent most of its time there).
+ */
+export class Children {
+  #state = new Int32Array(16).fill(-1);
+  #byte = new Uint8Array(16);
+  #child = new Int32Array(16);
+  #shift = 28;
+  #mask = 15;
+  #count = 0;
+
+  get size(): number {
+    return this.#count;
+  }
+
+  /** The child of `s` on byte `b`, or 0 (the root is nobody's child). */
+  get(s: number, b: number): number {
+    const state = this.#state;
+    const mask = this.#mask;
+    for (
+      let k = (Math.imul(s, 0x9e3779b1) ^ Math.imul(b + 1, 0x85ebca6b)) >>> this.#shift;
+      ;
+      k = (k + 1) & mask
+    ) {
+      const at = state[k]!;
+      if (at === -1) return 0;
+      if (at === s && this.#byte[k] === b) return this.#child[k]!;
+    }
+  }
+
+  /** Sets the child of `s` on byte `b` (which has none yet). */
+  set(s: number, b: number, child: number): void {
+    if ((this.#count + 1) * 2 > this.#state.length) this.#grow();
+    this.#place(s, b, child);
+    this.#count++;
+  }
+
+  #place(s: number, b: number, child: number): void {
+    const mask = this.#mask;
+    let k = (Math.imul(s, 0x9e3779b1) ^ Math.imul(b + 1, 0x85ebca6b)) >>> this.#shift;
+    while (this.#state[k] !== -1) k = (k + 1) & mask;
+    this.#state[k] = s;
+    this.#byte[k] = b;
+    this.#child[k] = child;
+  }
+
+  #grow(): void {
+    const state = this.#state;
+    const byte = this.#byte;
+    const child = this.#child;
+    const size = state.length * 2;
+    this.#state = new Int32Array(size).fill(-1);
+    this.#byte = new Uint8Array(size);
+    this.#child = new Int32Array(size);
+    this.#shift--;
+    this.#mask = size - 1;
+    for (let k = 0; k < state.length; k++) if (state[k] !== -1) this.#place(state[k]!, byte[k]!, child[k]!);
+  }
+}
+
+/**
  * Builds an automaton's tables, yielding every few thousand steps so that a large set can
  * be built in slices between other work on the event loop (`Automaton.buildInSlices`).
  */
@@ -197,7 +260,7 @@ function* automatonParts(patterns: readonly Buffer[]): Generator<void, Automaton
   const outHead = new Int32Array(total).fill(-1);
   const outNext = new Int32Array(patterns.length).fill(-1);
   const root = new Int32Array(256);
-  const next = new Map<number, number>();
+  const next = new Children();
   let states = 1;
   let steps = 0;
   for (let index = 0; index < patterns.length; index++) {
@@ -205,17 +268,17 @@ function* automatonParts(patterns: readonly Buffer[]): Generator<void, Automaton
     let s = 0;
     for (let k = 0; k < bytes.length; k++) {
       const b = bytes[k]!;
-      let t: number | undefined;
-      if (s === 0) t = root[b] === 0 ? undefined : root[b];
-      else if (one[s] !== 0 && oneByte[s] === b) t = one[s];
-      else t = next.get(s * 256 + b);
-      if (t === undefined) {
+      let t: number;
+      if (s === 0) t = root[b]!;
+      else if (one[s] !== 0 && oneByte[s] === b) t = one[s]!;
+      else t = next.get(s, b);
+      if (t === 0) {
         t = states++;
         if (s === 0) root[b] = t;
         else if (one[s] === 0) {
           one[s] = t;
           oneByte[s] = b;
-        } else next.set(s * 256 + b, t);
+        } else next.set(s, b, t);
         parent[t] = s;
         byte[t] = b;
         depth[t] = depth[s]! + 1;
@@ -235,7 +298,7 @@ function* automatonParts(patterns: readonly Buffer[]): Generator<void, Automaton
   const goto = (s: number, b: number): number => {
     if (s === 0) return root[b]!;
     if (one[s] !== 0 && oneByte[s] === b) return one[s]!;
-    return next.get(s * 256 + b) ?? 0;
+    return next.get(s, b);
   };
   // Breadth first (states by depth): a state's fail link is known before its children's.
   let maxDepth = 0;
@@ -305,7 +368,7 @@ export class Automaton {
   /** Most states have one child: kept inline; states with more use `#next` for the rest. */
   readonly #one: Int32Array;
   readonly #oneByte: Uint8Array;
-  readonly #next: Map<number, number>;
+  readonly #next: Children;
   readonly #fail: Int32Array;
   readonly #depth: Int32Array;
   /** Patterns ending at a state (a list through `#outNext`), and the next state on the fail chain with any. */
@@ -357,7 +420,7 @@ export class Automaton {
   #goto(s: number, b: number): number {
     if (s === 0) return this.#root[b]!;
     if (this.#one[s] !== 0 && this.#oneByte[s] === b) return this.#one[s]!;
-    return this.#next.get(s * 256 + b) ?? 0;
+    return this.#next.get(s, b);
   }
 
   get empty(): boolean {
@@ -504,8 +567,8 @@ export class Automaton {
           s = one[s]!;
           break;
         }
-        const t = next.get(s * 256 + b);
-        if (t !== undefined) {
+        const t = next.get(s, b);
+        if (t !== 0) {
           s = t;
           break;
         }
@@ -543,8 +606,8 @@ export class Automaton {
           s = one[s]!;
           break;
         }
-        const t = next.get(s * 256 + b);
-        if (t !== undefined) {
+        const t = next.get(s, b);
+        if (t !== 0) {
           s = t;
           break;
         }
