@@ -101,31 +101,36 @@ interface AutomatonParts {
   readonly dict: Int32Array;
   readonly lengths: Int32Array;
   /** The sampled-window index over the same patterns (null: a pattern is too short for it). */
-  readonly windows: Windows | null;
+  readonly windows: readonly Windows[] | null;
 }
 
 /**
  * The raw pass without walking the automaton byte by byte: a window of `WINDOW_Q` bytes is
- * read at every `WINDOW_S`-th position of the text, and every pattern is indexed by its
- * windows at offsets 0 … `WINDOW_S` - 1, so any occurrence (at least `WINDOW_Q + WINDOW_S - 1`
- * = 6 bytes, `MIN_SCANNED_SECRET_BYTES`) has exactly one window on a sampled position. A
- * bitset answers most positions with one bit test; a hit is checked against the patterns of
- * its bucket (the window's four bytes, then the rest). At 100k secrets the automaton walks
- * ordinary text three or four states deep, each step a `Map` lookup: this does not.
+ * read at every `stride`-th position of the text, and every pattern is indexed by its
+ * windows at offsets 0 … stride - 1, so any occurrence (at least `WINDOW_Q + stride - 1`
+ * bytes) has exactly one window on a sampled position. A bitset answers most positions with
+ * one bit test; a hit is checked against the entries of its bucket (the window's four
+ * bytes, then the rest of the pattern). Two strides: 8 for patterns of 11 bytes or more,
+ * 3 for shorter ones (down to 6, `MIN_SCANNED_SECRET_BYTES`), each class with its own index
+ * and its own pass. At 100k secrets the automaton walks ordinary text three or four states
+ * deep at every byte: this reads one word per stride.
  */
+/** Steps of work (trie bytes or states) between two yields of the builder. */
+const BUILD_STEPS_PER_YIELD = 1024;
+
 const WINDOW_Q = 4;
-const WINDOW_S = 3;
-const WINDOW_MIN = WINDOW_Q + WINDOW_S - 1;
+const WINDOW_STRIDES = [8, 3] as const;
 const WINDOW_MIX = 0x9e3779b1 | 0;
 
 interface Windows {
-  /** One bit per hash slot (`hash >>> fShift`), about 1/16 of them set. */
+  readonly stride: number;
+  /** One bit per hash slot (`hash >>> fShift`), at most about 1/16 of them set. */
   readonly filter: Int32Array;
   readonly fShift: number;
   /** Entries of bucket `b` (`hash >>> bShift`): `[bucket[b], bucket[b + 1])` of `words`/`refs`. */
   readonly bucket: Int32Array;
   readonly bShift: number;
-  /** The window's four bytes (little-endian) and where it is: pattern * WINDOW_S + offset. */
+  /** The window's four bytes (little-endian) and where it is: pattern * stride + offset. */
   readonly words: Int32Array;
   readonly refs: Int32Array;
 }
@@ -134,12 +139,30 @@ function windowWord(bytes: Uint8Array, at: number): number {
   return bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24);
 }
 
-function* windowParts(patterns: readonly Buffer[]): Generator<void, Windows | null, void> {
+/** The window indexes of `patterns` (the longest stride each can take), or null when one is too short for any. */
+function* windowParts(patterns: readonly Buffer[]): Generator<void, Windows[] | null, void> {
   if (patterns.length === 0) return null;
-  for (const p of patterns) if (p.length < WINDOW_MIN) return null;
-  const total = patterns.length * WINDOW_S;
+  const classes: number[][] = WINDOW_STRIDES.map(() => []);
+  for (let p = 0; p < patterns.length; p++) {
+    const c = WINDOW_STRIDES.findIndex((stride) => patterns[p]!.length >= WINDOW_Q + stride - 1);
+    if (c === -1) return null;
+    classes[c]!.push(p);
+  }
+  const out: Windows[] = [];
+  for (let c = 0; c < WINDOW_STRIDES.length; c++) {
+    if (classes[c]!.length > 0) out.push(yield* windowIndex(patterns, classes[c]!, WINDOW_STRIDES[c]!));
+  }
+  return out;
+}
+
+function* windowIndex(
+  patterns: readonly Buffer[],
+  members: readonly number[],
+  stride: number,
+): Generator<void, Windows, void> {
+  const total = members.length * stride;
   let bBits = 4;
-  while (1 << bBits < total && bBits < 30) bBits++;
+  while (2 ** (bBits + 1) <= total && bBits < 30) bBits++;
   let fBits = 10;
   while (2 ** fBits < total * 16 && fBits < 31) fBits++;
   const bShift = 32 - bBits;
@@ -148,11 +171,11 @@ function* windowParts(patterns: readonly Buffer[]): Generator<void, Windows | nu
   const bucket = new Int32Array((1 << bBits) + 1);
   const hashes = new Int32Array(total);
   let steps = 0;
-  for (let p = 0; p < patterns.length; p++) {
-    const bytes = patterns[p]!;
-    for (let k = 0; k < WINDOW_S; k++) {
+  for (let m = 0; m < members.length; m++) {
+    const bytes = patterns[members[m]!]!;
+    for (let k = 0; k < stride; k++) {
       const h = Math.imul(windowWord(bytes, k), WINDOW_MIX);
-      hashes[p * WINDOW_S + k] = h;
+      hashes[m * stride + k] = h;
       bucket[(h >>> bShift) + 1]!++;
       const f = h >>> fShift;
       filter[f >>> 5]! |= 1 << (f & 31);
@@ -166,21 +189,19 @@ function* windowParts(patterns: readonly Buffer[]): Generator<void, Windows | nu
   const fill = bucket.slice(0, -1);
   const words = new Int32Array(total);
   const refs = new Int32Array(total);
-  for (let ref = 0; ref < total; ref++) {
-    const at = fill[hashes[ref]! >>> bShift]!++;
-    const p = (ref / WINDOW_S) | 0;
-    words[at] = windowWord(patterns[p]!, ref - p * WINDOW_S);
-    refs[at] = ref;
+  for (let e = 0; e < total; e++) {
+    const at = fill[hashes[e]! >>> bShift]!++;
+    const m = (e / stride) | 0;
+    const k = e - m * stride;
+    words[at] = windowWord(patterns[members[m]!]!, k);
+    refs[at] = members[m]! * stride + k;
     if (++steps >= BUILD_STEPS_PER_YIELD * 4) {
       steps = 0;
       yield;
     }
   }
-  return { filter, fShift, bucket, bShift, words, refs };
+  return { stride, filter, fShift, bucket, bShift, words, refs };
 }
-
-/** Steps of work (trie bytes or states) between two yields of the builder. */
-const BUILD_STEPS_PER_YIELD = 1024;
 
 /**
  * The trie's second and further children ((state, byte) -> child; the first is kept inline):
@@ -376,7 +397,7 @@ export class Automaton {
   readonly #outNext: Int32Array;
   readonly #dict: Int32Array;
   readonly #lengths: Int32Array;
-  readonly #windows: Windows | null;
+  readonly #windows: readonly Windows[] | null;
 
   /** The patterns themselves, and the longest one's length (for the native search). */
   readonly #patterns: readonly Buffer[];
@@ -509,12 +530,29 @@ export class Automaton {
     bytes: Buffer,
     onMatch: ((pattern: number, start: number, end: number) => void) | undefined,
   ): boolean {
-    const { filter, fShift, bucket, bShift, words, refs } = this.#windows!;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+    let found = false;
+    for (const windows of this.#windows!) {
+      if (this.#windowsPass(bytes, view, windows, onMatch)) {
+        if (onMatch === undefined) return true;
+        found = true;
+      }
+    }
+    return found;
+  }
+
+  /** One stride's pass of `#windowsFind`. */
+  #windowsPass(
+    bytes: Buffer,
+    view: DataView,
+    windows: Windows,
+    onMatch: ((pattern: number, start: number, end: number) => void) | undefined,
+  ): boolean {
+    const { stride, filter, fShift, bucket, bShift, words, refs } = windows;
     const patterns = this.#patterns;
     const n = bytes.length;
-    const view = new DataView(bytes.buffer, bytes.byteOffset, n);
     let found = false;
-    for (let i = 0; i + WINDOW_Q <= n; i += WINDOW_S) {
+    for (let i = 0; i + WINDOW_Q <= n; i += stride) {
       const w = view.getInt32(i, true);
       const h = Math.imul(w, WINDOW_MIX);
       const f = h >>> fShift;
@@ -523,8 +561,8 @@ export class Automaton {
       for (let e = bucket[b]!, last = bucket[b + 1]!; e < last; e++) {
         if (words[e] !== w) continue;
         const ref = refs[e]!;
-        const p = (ref / WINDOW_S) | 0;
-        const start = i - (ref - p * WINDOW_S);
+        const p = (ref / stride) | 0;
+        const start = i - (ref - p * stride);
         const pattern = patterns[p]!;
         const end = start + pattern.length;
         if (start < 0 || end > n) continue;
