@@ -104,6 +104,9 @@ interface AutomatonParts {
   readonly windows: readonly Windows[] | null;
 }
 
+/** Steps of work (trie bytes or states) between two yields of the builder. */
+const BUILD_STEPS_PER_YIELD = 1024;
+
 /**
  * The raw pass without walking the automaton byte by byte: a window of `WINDOW_Q` bytes is
  * read at every `stride`-th position of the text, and every pattern is indexed by its
@@ -115,9 +118,6 @@ interface AutomatonParts {
  * and its own pass. At 100k secrets the automaton walks ordinary text three or four states
  * deep at every byte: this reads one word per stride.
  */
-/** Steps of work (trie bytes or states) between two yields of the builder. */
-const BUILD_STEPS_PER_YIELD = 1024;
-
 const WINDOW_Q = 4;
 const WINDOW_STRIDES = [8, 3] as const;
 const WINDOW_MIX = 0x9e3779b1 | 0;
