@@ -249,18 +249,26 @@ export const LONGEST_ESCAPE = 12;
  * `decodeView` would decode, widened by `margin` characters on both sides, overlapping
  * stretches joined. Outside them the view is the input, character for character. A
  * stretch starts at no escape's middle (an escape near its start would have widened it),
- * so decoding a stretch alone reads its escapes as decoding the whole input does.
+ * and every escape character inside one has the `LONGEST_ESCAPE` characters after it
+ * inside too (or the input ends): decoding a stretch alone reads its escapes as decoding
+ * the whole input does. (Without that, `&#99999999`, which decodes to nothing, cut to
+ * `&#9999` by a stretch's end would decode to U+270F there.)
  */
 export function escapeStretches(input: string, margin: number): Array<readonly [number, number]> {
   const out: Array<readonly [number, number]> = [];
+  const n = input.length;
   let from = -1;
   let to = -1;
   const candidates = new EscapeCharacters(input);
   for (let i = candidates.next(0); i !== -1; i = candidates.next(i + 1)) {
     const length = parseEscape(input, i, 'bytes');
-    if (length === 0) continue;
+    if (length === 0) {
+      // Inside the open stretch: keep what parsing it reads inside too.
+      if (i < to) to = Math.max(to, Math.min(n, i + LONGEST_ESCAPE));
+      continue;
+    }
     const lo = Math.max(0, i - margin);
-    const hi = Math.min(input.length, i + length + margin);
+    const hi = Math.min(n, i + length + Math.max(margin, LONGEST_ESCAPE));
     if (to >= 0 && lo <= to) to = Math.max(to, hi);
     else {
       if (to >= 0) out.push([from, to]);
@@ -269,6 +277,70 @@ export function escapeStretches(input: string, margin: number): Array<readonly [
     }
   }
   if (to >= 0) out.push([from, to]);
+  return out;
+}
+
+/** One decoded view of a stretch (level 1 decodes the stretch's text, level 2 that view, …). */
+export interface StretchView {
+  /** The view's text. */
+  readonly text: string;
+  /** For each view unit, where what it came from starts in the stretch's text (through every level above). */
+  readonly start: Int32Array;
+  /** For each view unit, where that ends in the stretch's text. */
+  readonly end: Int32Array;
+  /** This level's own decoding of the level above (its maps point into that level's text). */
+  readonly decoded: DecodedView;
+}
+
+/** A stretch of the input around escapes, with its decoded views. */
+export interface DecodedStretch {
+  /** Where the stretch begins and ends in the input (the views' maps are relative to `from`). */
+  readonly from: number;
+  readonly to: number;
+  /** `input.slice(from, to)`. */
+  readonly text: string;
+  /** Level 1, 2, … (at least one: a stretch where nothing decodes is left out). */
+  readonly views: readonly StretchView[];
+}
+
+/**
+ * The decoded views of `input` where they can differ from it, for a search whose matches
+ * are at most `longestMatch` units long, over up to `levels` nested decodings (`%5Cu0041`:
+ * percent, then JSON). Each decodable escape is widened by the longest match (a match that
+ * uses a decoded unit lies inside) plus the escapes a deeper level can form from decoded
+ * units next to literal ones (each within one escape length of an escape of the level
+ * above). Every match of the whole input's views that uses a decoded unit is a match of one
+ * stretch's views (mapped back through `from`), and every match of a stretch's views is one
+ * of the whole input's; outside the stretches the views are the raw input, which the caller
+ * scans anyway. Used by the response inspector and the detector's known-secret matcher.
+ */
+export function decodedStretches(
+  input: string,
+  mode: ViewMode,
+  longestMatch: number,
+  levels: number,
+): DecodedStretch[] {
+  const out: DecodedStretch[] = [];
+  if (!mayHoldEscape(input)) return out;
+  for (const [from, to] of escapeStretches(input, longestMatch + LONGEST_ESCAPE * (levels + 1))) {
+    const text = from === 0 && to === input.length ? input : input.slice(from, to);
+    const views: StretchView[] = [];
+    let above = text;
+    for (let level = 1; level <= levels; level++) {
+      const decoded = decodeView(above, mode);
+      if (!decoded.changed) break;
+      // Compose with the maps of the levels above: view unit -> span of the stretch.
+      const last = views.at(-1);
+      const toStart = last?.start;
+      const toEnd = last?.end;
+      const start = toStart === undefined ? decoded.start : decoded.start.map((u) => toStart[u]!);
+      const end = toEnd === undefined ? decoded.end : decoded.end.map((u) => toEnd[u - 1]!);
+      views.push({ text: decoded.view, start, end, decoded });
+      if (!mayHoldEscape(decoded.view)) break;
+      above = decoded.view;
+    }
+    if (views.length > 0) out.push({ from, to, text, views });
+  }
   return out;
 }
 

@@ -1,9 +1,11 @@
 import { CoatcheckError } from '../core/errors.js';
-import { decodeView, mayHoldEscape } from './canonical.js';
+import { decodedStretches } from './canonical.js';
 import type { KnownSecretEncoding } from './types.js';
 
 /** Known secrets shorter than this would match ordinary text. */
 export const KNOWN_SECRET_MIN_BYTES = 8;
+/** Levels of nested escapes `find` decodes (`%5Cu0041`: percent, then JSON). */
+export const KNOWN_SECRET_DECODE_LEVELS = 2;
 /** Mirrors the vault's limit on secret values. */
 export const KNOWN_SECRET_MAX_BYTES = 64 * 1024;
 
@@ -309,38 +311,41 @@ export function createKnownSecretMatcher(): KnownSecretMatcher {
     },
     findForms(input, mode, bytes) {
       const out = findForms(input, mode, bytes);
-      return out.length > 1 ? out.sort((a, b) => a.start - b.start || a.end - b.end) : out;
+      return out.length > 1 ? out.sort(byPlace) : out;
     },
     find(input, mode, bytes) {
       const out = findForms(input, mode, bytes);
       // Escaped forms (`\u0026`, `%2b`, `&#x2b;`, nested up to two levels): match on the
-      // decoded view and report the whole original span.
-      if (mayHoldEscape(input)) {
+      // decoded views and report the whole original span. Views only around escapes that
+      // decode (elsewhere a view is the input, read above), as the response inspector does.
+      const stretches = decodedStretches(input, mode, maxLen, KNOWN_SECRET_DECODE_LEVELS);
+      if (stretches.length > 0) {
         const seen = new Set(out.map((m) => `${m.secretId}:${m.start}:${m.end}`));
-        let view = input;
-        let toStart: Int32Array | null = null;
-        let toEnd: Int32Array | null = null;
-        for (let level = 0; level < 2; level++) {
-          const decoded = decodeView(view, mode);
-          if (!decoded.changed) break;
-          const ts = toStart;
-          const te = toEnd;
-          const start: Int32Array = ts === null ? decoded.start : decoded.start.map((u) => ts[u]!);
-          const end: Int32Array = te === null ? decoded.end : decoded.end.map((u) => te[u - 1]!);
-          for (const m of findForms(decoded.view, mode)) {
-            const found = { ...m, start: start[m.start]!, end: end[m.end - 1]!, viaView: true };
-            const key = `${found.secretId}:${found.start}:${found.end}`;
-            if (seen.has(key)) continue;
-            seen.add(key);
-            out.push(found);
+        for (const { from, views } of stretches) {
+          for (const { text, start, end } of views) {
+            for (const m of findForms(text, mode)) {
+              const found = {
+                ...m,
+                start: from + start[m.start]!,
+                end: from + end[m.end - 1]!,
+                viaView: true,
+              };
+              const key = `${found.secretId}:${found.start}:${found.end}`;
+              if (seen.has(key)) continue;
+              seen.add(key);
+              out.push(found);
+            }
           }
-          view = decoded.view;
-          toStart = start;
-          toEnd = end;
-          if (!mayHoldEscape(view)) break;
         }
       }
-      return out.length > 1 ? out.sort((a, b) => a.start - b.start || a.end - b.end) : out;
+      return out.length > 1 ? out.sort(byPlace) : out;
     },
   };
+}
+
+/** Matches by start, end, then secret (the same order whatever order they were found in). */
+export function byPlace(a: KnownSecretMatch, b: KnownSecretMatch): number {
+  return (
+    a.start - b.start || a.end - b.end || (a.secretId < b.secretId ? -1 : a.secretId > b.secretId ? 1 : 0)
+  );
 }

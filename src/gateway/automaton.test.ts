@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { createKeywordIndex } from '../detect/keyword-index.js';
-import { Automaton } from './inspector.js';
+import { Automaton, buildSegment, Children, markOccurrences, patternSet, patternsOf } from './inspector.js';
 
 // Differential tests of the two Aho-Corasick automata against the obvious quadratic
 // search: every occurrence of every pattern, overlapping and nested ones included, over
@@ -97,6 +97,187 @@ describe('Automaton (known-secret patterns)', () => {
         },
       ),
       { numRuns: 300 },
+    );
+  });
+});
+
+describe("Children (the trie's further children)", () => {
+  it('answers as a Map keyed by state and byte, through growth, for states past 2^24', () => {
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.tuple(fc.oneof(fc.nat({ max: 40 }), fc.nat({ max: 2 ** 31 - 1 })), fc.nat({ max: 255 })),
+          {
+            maxLength: 3000,
+          },
+        ),
+        (pairs) => {
+          const table = new Children();
+          const reference = new Map<string, number>();
+          for (const [s, b] of pairs) {
+            const key = `${s}:${b}`;
+            if (!reference.has(key)) {
+              reference.set(key, reference.size + 1);
+              table.set(s, b, reference.size);
+            }
+          }
+          expect(table.size).toBe(reference.size);
+          for (const [s, b] of pairs) {
+            expect(table.get(s, b)).toBe(reference.get(`${s}:${b}`));
+            expect(table.get(s, (b + 1) % 256)).toBe(reference.get(`${s}:${(b + 1) % 256}`) ?? 0);
+            expect(table.get(s + 1, b)).toBe(reference.get(`${s + 1}:${b}`) ?? 0);
+          }
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+});
+
+describe('Automaton sampled windows (the raw pass at many secrets)', () => {
+  // `find` and `partialIfNone` read texts longer than twice the longest pattern through the
+  // sampled-window index (patterns of 6 bytes or more): a window every 3 bytes, each pattern
+  // indexed at offsets 0-2. The references: indexOf at every position, and the
+  // byte-at-a-time `scan` for the held-back tail.
+  const pattern = (alphabet: number) =>
+    fc
+      .uint8Array({ minLength: 6, maxLength: 40 })
+      .map((a) => Buffer.from(alphabet === 256 ? a : a.map((b) => 0x61 + (b % alphabet))));
+  const setup = fc
+    .tuple(
+      fc.constantFrom(2, 3, 256),
+      fc.integer({ min: 1, max: 40 }),
+      fc.array(fc.tuple(fc.nat({ max: 39 }), fc.nat()), { maxLength: 12 }),
+      fc.nat({ max: 600 }),
+      fc.nat(),
+    )
+    .chain(([alphabet, count, plants, length, seed]) =>
+      fc.tuple(
+        fc.array(pattern(alphabet), { minLength: count, maxLength: count }),
+        fc.constant({ alphabet, plants, length, seed }),
+        fc.nat({ max: 45 }),
+      ),
+    )
+    .map(([patterns, { alphabet, plants, length, seed }, tail]) => {
+      // Filler in the patterns' alphabet, patterns planted anywhere (at the start, overlapping,
+      // at the very end), and a prefix of one of them (or the whole) at the end.
+      let x = seed;
+      const next = () => {
+        x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+        return x >>> 8;
+      };
+      const text = Buffer.from(
+        Array.from({ length: 200 + length }, () =>
+          alphabet === 256 ? next() & 0xff : 0x61 + (next() % alphabet),
+        ),
+      );
+      for (const [which, at] of plants) {
+        const p = patterns[which % patterns.length]!;
+        p.copy(text, at % (text.length - p.length + 1));
+      }
+      const last = patterns[next() % patterns.length]!;
+      const end = last.subarray(0, Math.min(last.length, tail));
+      return { patterns, text: Buffer.concat([text, end]) };
+    });
+
+  it('find reports every occurrence once, and the same held-back tail as scan', () => {
+    fc.assert(
+      fc.property(setup, ({ patterns, text }) => {
+        const automaton = new Automaton(patterns);
+        const found: string[] = [];
+        const partial = automaton.find(text, (p, s, e) => found.push(`${p}:${s}:${e}`));
+        expect(found.sort()).toEqual(naive(text, patterns));
+        expect(partial).toBe(automaton.scan(text.toString('latin1'), () => undefined));
+        const none = automaton.partialIfNone(text);
+        if (found.length > 0) expect(none).toBe(-1);
+        else expect(none).toBe(naivePartial(text, patterns));
+      }),
+      { numRuns: 1500 },
+    );
+  });
+
+  it('finds a pattern at the start and at the end of a long text, among 30 others', () => {
+    const patterns = Array.from({ length: 30 }, (_, i) => Buffer.from(`pattern-${i}-${'x'.repeat(i)}`));
+    const text = Buffer.concat([patterns[7]!, Buffer.alloc(5000, 0x2e), patterns[29]!]);
+    const automaton = new Automaton(patterns);
+    const found: string[] = [];
+    expect(automaton.find(text, (p, s, e) => found.push(`${p}:${s}:${e}`))).toBe(
+      automaton.scan(text.toString('latin1'), () => undefined),
+    );
+    expect(found.sort()).toEqual(naive(text, patterns));
+    expect(automaton.partialIfNone(text)).toBe(-1);
+    // Without the first, and the last cut by one byte: nothing found, that prefix held back.
+    expect(automaton.partialIfNone(text.subarray(patterns[7]!.length, text.length - 1))).toBe(5000);
+  });
+});
+
+describe('PatternSet.occurrences over the sampled windows', () => {
+  // What it returned before: each segment's byte-at-a-time scan, in segment order, sorted by
+  // start and end (stably: equal spans in the order the automaton reported them).
+  function previously(set: ReturnType<typeof patternSet>, bytes: Buffer) {
+    const out: Array<{ start: number; end: number; secretId: string }> = [];
+    for (const g of set.segments) {
+      g.automaton.scan(bytes.toString('latin1'), (p, start, end) => {
+        const secretId = g.patterns[p]!.secretId;
+        if (!set.dropped.has(secretId)) out.push({ start, end, secretId });
+      });
+    }
+    return out.sort((x, y) => x.start - y.start || x.end - y.end);
+  }
+
+  /** What markOccurrences wrote from those occurrences. */
+  function marked(text: Buffer, found: ReturnType<typeof previously>): string | undefined {
+    if (found.length === 0) return undefined;
+    let out = '';
+    let at = 0;
+    for (let k = 0; k < found.length; ) {
+      let end = found[k]!.end;
+      const ids: string[] = [];
+      out += text.toString('latin1', at, found[k]!.start);
+      for (; k < found.length && found[k]!.start < end; k++) {
+        end = Math.max(end, found[k]!.end);
+        if (!ids.includes(found[k]!.secretId)) ids.push(found[k]!.secretId);
+      }
+      out += ids.map((s) => `<${s}>`).join('');
+      at = end;
+    }
+    return out + text.toString('latin1', at);
+  }
+
+  it('gives the same occurrences in the same order, equal values under several ids included', () => {
+    const value = fc
+      .uint8Array({ minLength: 6, maxLength: 14 })
+      .map((a) => Buffer.from(a.map((b) => 0x61 + (b % 2))));
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(value, { minLength: 1, maxLength: 5 }), { minLength: 1, maxLength: 3 }),
+        fc.array(fc.tuple(fc.nat(), fc.nat()), { maxLength: 10 }),
+        fc.nat({ max: 400 }),
+        fc.boolean(),
+        (groups, plants, length, drop) => {
+          let id = 0;
+          // A value repeated under another id, in the same segment and in the next one.
+          const segments = groups.map((values, g) =>
+            buildSegment(
+              [...values, values[0]!, ...(g > 0 ? [groups[g - 1]![0]!] : [])].flatMap((v) =>
+                patternsOf({ id: `s${id++ % 7}`, value: v }),
+              ),
+            ),
+          );
+          const set = patternSet(segments, drop ? new Set(['s1']) : new Set());
+          const all = groups.flat();
+          const text = Buffer.alloc(200 + length, 0x62);
+          for (const [which, at] of plants) {
+            const v = all[which % all.length]!;
+            v.copy(text, at % (text.length - v.length + 1));
+          }
+          expect(set.occurrences(text)).toEqual(previously(set, text));
+          expect(markOccurrences(text, set, (s) => `<${s}>`)?.toString('latin1')).toBe(
+            marked(text, previously(set, text)),
+          );
+        },
+      ),
+      { numRuns: 500 },
     );
   });
 });

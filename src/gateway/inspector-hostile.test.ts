@@ -1,7 +1,13 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decodeView } from '../detect/canonical.js';
-import { buildPatterns, type KnownSecret, MIN_SCANNED_SECRET_BYTES, PatternScan } from './inspector.js';
+import { decodeView, LONGEST_ESCAPE } from '../detect/canonical.js';
+import {
+  buildPatterns,
+  type KnownSecret,
+  MAX_DECODE_LEVELS,
+  MIN_SCANNED_SECRET_BYTES,
+  PatternScan,
+} from './inspector.js';
 
 /** Tickets are written with characters the secrets below never use. */
 const ticketOf = (id: string) => `<${id}>`;
@@ -300,6 +306,7 @@ describe('PatternScan decodes only around escapes', () => {
         '%25',
         '\\\\',
         '&#x',
+        '&#99999999',
       ),
     },
   );
@@ -319,6 +326,17 @@ describe('PatternScan decodes only around escapes', () => {
       }),
       { numRuns: 300 },
     );
+  });
+
+  it('reads an escape at a stretch end as the whole body does (&#99999999 is no escape; cut to &#9999 it would be)', async () => {
+    const pencil = [{ id: 'p', value: Buffer.from('abcdefgh\u270f', 'utf8') }];
+    const margin = buildPatterns(pencil).maxLength + LONGEST_ESCAPE * (MAX_DECODE_LEVELS + 1);
+    for (let shift = -16; shift <= 16; shift++) {
+      // A decodable escape opens a stretch; the numeric reference sits across where its margin ends.
+      const input = Buffer.from(`%41${'.'.repeat(margin + shift)}abcdefgh&#99999999 tail`, 'latin1');
+      expect(await run(pencil, input)).toBe(input.toString('latin1'));
+    }
+    expect(await run(pencil, Buffer.from('abcdefgh&#9999; tail'))).toBe(`${ticketOf('p')} tail`);
   });
 
   it('finds an escaped secret far from the start of a large binary chunk, and one cut by the chunk border', async () => {

@@ -7,13 +7,7 @@
  */
 
 import { CoatcheckError } from '../core/errors.js';
-import {
-  decodeView,
-  escapeStretches,
-  LONGEST_ESCAPE,
-  mayHoldEscape,
-  unfinishedEscapeFrom,
-} from '../detect/canonical.js';
+import { decodedStretches, unfinishedEscapeFrom } from '../detect/canonical.js';
 
 export interface InspectionContext {
   /** A ticket that stands for `secretId`, bound to the caller (one per secret per response). */
@@ -99,17 +93,178 @@ interface AutomatonParts {
   readonly root: Int32Array;
   readonly one: Int32Array;
   readonly oneByte: Uint8Array;
-  readonly next: Map<number, number>;
+  readonly next: Children;
   readonly fail: Int32Array;
   readonly depth: Int32Array;
   readonly outHead: Int32Array;
   readonly outNext: Int32Array;
   readonly dict: Int32Array;
   readonly lengths: Int32Array;
+  /** The sampled-window index over the same patterns (null: a pattern is too short for it). */
+  readonly windows: readonly Windows[] | null;
 }
 
 /** Steps of work (trie bytes or states) between two yields of the builder. */
 const BUILD_STEPS_PER_YIELD = 1024;
+
+/**
+ * The raw pass without walking the automaton byte by byte: a window of `WINDOW_Q` bytes is
+ * read at every `stride`-th position of the text, and every pattern is indexed by its
+ * windows at offsets 0 … stride - 1, so any occurrence (at least `WINDOW_Q + stride - 1`
+ * bytes) has exactly one window on a sampled position. A bitset answers most positions with
+ * one bit test; a hit is checked against the entries of its bucket (the window's four
+ * bytes, then the rest of the pattern). Two strides: 8 for patterns of 11 bytes or more,
+ * 3 for shorter ones (down to 6, `MIN_SCANNED_SECRET_BYTES`), each class with its own index
+ * and its own pass. At 100k secrets the automaton walks ordinary text three or four states
+ * deep at every byte: this reads one word per stride.
+ */
+const WINDOW_Q = 4;
+const WINDOW_STRIDES = [8, 3] as const;
+const WINDOW_MIX = 0x9e3779b1 | 0;
+
+interface Windows {
+  readonly stride: number;
+  /** One bit per hash slot (`hash >>> fShift`), at most about 1/16 of them set. */
+  readonly filter: Int32Array;
+  readonly fShift: number;
+  /** Entries of bucket `b` (`hash >>> bShift`): `[bucket[b], bucket[b + 1])` of `words`/`refs`. */
+  readonly bucket: Int32Array;
+  readonly bShift: number;
+  /** The window's four bytes (little-endian) and where it is: pattern * stride + offset. */
+  readonly words: Int32Array;
+  readonly refs: Int32Array;
+}
+
+function windowWord(bytes: Uint8Array, at: number): number {
+  return bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24);
+}
+
+/** The window indexes of `patterns` (the longest stride each can take), or null when one is too short for any. */
+function* windowParts(patterns: readonly Buffer[]): Generator<void, Windows[] | null, void> {
+  if (patterns.length === 0) return null;
+  const classes: number[][] = WINDOW_STRIDES.map(() => []);
+  for (let p = 0; p < patterns.length; p++) {
+    const c = WINDOW_STRIDES.findIndex((stride) => patterns[p]!.length >= WINDOW_Q + stride - 1);
+    if (c === -1) return null;
+    classes[c]!.push(p);
+  }
+  const out: Windows[] = [];
+  for (let c = 0; c < WINDOW_STRIDES.length; c++) {
+    if (classes[c]!.length > 0) out.push(yield* windowIndex(patterns, classes[c]!, WINDOW_STRIDES[c]!));
+  }
+  return out;
+}
+
+function* windowIndex(
+  patterns: readonly Buffer[],
+  members: readonly number[],
+  stride: number,
+): Generator<void, Windows, void> {
+  const total = members.length * stride;
+  let bBits = 4;
+  while (2 ** (bBits + 1) <= total && bBits < 30) bBits++;
+  let fBits = 10;
+  while (2 ** fBits < total * 16 && fBits < 31) fBits++;
+  const bShift = 32 - bBits;
+  const fShift = 32 - fBits;
+  const filter = new Int32Array(2 ** (fBits - 5));
+  const bucket = new Int32Array((1 << bBits) + 1);
+  const hashes = new Int32Array(total);
+  let steps = 0;
+  for (let m = 0; m < members.length; m++) {
+    const bytes = patterns[members[m]!]!;
+    for (let k = 0; k < stride; k++) {
+      const h = Math.imul(windowWord(bytes, k), WINDOW_MIX);
+      hashes[m * stride + k] = h;
+      bucket[(h >>> bShift) + 1]!++;
+      const f = h >>> fShift;
+      filter[f >>> 5]! |= 1 << (f & 31);
+    }
+    if (++steps >= BUILD_STEPS_PER_YIELD) {
+      steps = 0;
+      yield;
+    }
+  }
+  for (let b = 1; b < bucket.length; b++) bucket[b]! += bucket[b - 1]!;
+  const fill = bucket.slice(0, -1);
+  const words = new Int32Array(total);
+  const refs = new Int32Array(total);
+  for (let e = 0; e < total; e++) {
+    const at = fill[hashes[e]! >>> bShift]!++;
+    const m = (e / stride) | 0;
+    const k = e - m * stride;
+    words[at] = windowWord(patterns[members[m]!]!, k);
+    refs[at] = members[m]! * stride + k;
+    if (++steps >= BUILD_STEPS_PER_YIELD * 4) {
+      steps = 0;
+      yield;
+    }
+  }
+  return { stride, filter, fShift, bucket, bShift, words, refs };
+}
+
+/**
+ * The trie's second and further children ((state, byte) -> child; the first is kept inline):
+ * open addressing in typed arrays. A `Map` keyed by `state * 256 + byte` held them before;
+ * past 8M states its keys are not small integers and every lookup hashed a heap number
+ * (building a 100k-secret set spent most of its time there).
+ */
+export class Children {
+  #state = new Int32Array(16).fill(-1);
+  #byte = new Uint8Array(16);
+  #child = new Int32Array(16);
+  #shift = 28;
+  #mask = 15;
+  #count = 0;
+
+  get size(): number {
+    return this.#count;
+  }
+
+  /** The child of `s` on byte `b`, or 0 (the root is nobody's child). */
+  get(s: number, b: number): number {
+    const state = this.#state;
+    const mask = this.#mask;
+    for (
+      let k = (Math.imul(s, 0x9e3779b1) ^ Math.imul(b + 1, 0x85ebca6b)) >>> this.#shift;
+      ;
+      k = (k + 1) & mask
+    ) {
+      const at = state[k]!;
+      if (at === -1) return 0;
+      if (at === s && this.#byte[k] === b) return this.#child[k]!;
+    }
+  }
+
+  /** Sets the child of `s` on byte `b` (which has none yet). */
+  set(s: number, b: number, child: number): void {
+    if ((this.#count + 1) * 2 > this.#state.length) this.#grow();
+    this.#place(s, b, child);
+    this.#count++;
+  }
+
+  #place(s: number, b: number, child: number): void {
+    const mask = this.#mask;
+    let k = (Math.imul(s, 0x9e3779b1) ^ Math.imul(b + 1, 0x85ebca6b)) >>> this.#shift;
+    while (this.#state[k] !== -1) k = (k + 1) & mask;
+    this.#state[k] = s;
+    this.#byte[k] = b;
+    this.#child[k] = child;
+  }
+
+  #grow(): void {
+    const state = this.#state;
+    const byte = this.#byte;
+    const child = this.#child;
+    const size = state.length * 2;
+    this.#state = new Int32Array(size).fill(-1);
+    this.#byte = new Uint8Array(size);
+    this.#child = new Int32Array(size);
+    this.#shift--;
+    this.#mask = size - 1;
+    for (let k = 0; k < state.length; k++) if (state[k] !== -1) this.#place(state[k]!, byte[k]!, child[k]!);
+  }
+}
 
 /**
  * Builds an automaton's tables, yielding every few thousand steps so that a large set can
@@ -126,7 +281,7 @@ function* automatonParts(patterns: readonly Buffer[]): Generator<void, Automaton
   const outHead = new Int32Array(total).fill(-1);
   const outNext = new Int32Array(patterns.length).fill(-1);
   const root = new Int32Array(256);
-  const next = new Map<number, number>();
+  const next = new Children();
   let states = 1;
   let steps = 0;
   for (let index = 0; index < patterns.length; index++) {
@@ -134,17 +289,17 @@ function* automatonParts(patterns: readonly Buffer[]): Generator<void, Automaton
     let s = 0;
     for (let k = 0; k < bytes.length; k++) {
       const b = bytes[k]!;
-      let t: number | undefined;
-      if (s === 0) t = root[b] === 0 ? undefined : root[b];
-      else if (one[s] !== 0 && oneByte[s] === b) t = one[s];
-      else t = next.get(s * 256 + b);
-      if (t === undefined) {
+      let t: number;
+      if (s === 0) t = root[b]!;
+      else if (one[s] !== 0 && oneByte[s] === b) t = one[s]!;
+      else t = next.get(s, b);
+      if (t === 0) {
         t = states++;
         if (s === 0) root[b] = t;
         else if (one[s] === 0) {
           one[s] = t;
           oneByte[s] = b;
-        } else next.set(s * 256 + b, t);
+        } else next.set(s, b, t);
         parent[t] = s;
         byte[t] = b;
         depth[t] = depth[s]! + 1;
@@ -164,7 +319,7 @@ function* automatonParts(patterns: readonly Buffer[]): Generator<void, Automaton
   const goto = (s: number, b: number): number => {
     if (s === 0) return root[b]!;
     if (one[s] !== 0 && oneByte[s] === b) return one[s]!;
-    return next.get(s * 256 + b) ?? 0;
+    return next.get(s, b);
   };
   // Breadth first (states by depth): a state's fail link is known before its children's.
   let maxDepth = 0;
@@ -196,8 +351,10 @@ function* automatonParts(patterns: readonly Buffer[]): Generator<void, Automaton
       yield;
     }
   }
+  const windows = yield* windowParts(patterns);
   return {
     root,
+    windows,
     one: one.slice(0, states),
     oneByte: oneByte.slice(0, states),
     next,
@@ -232,7 +389,7 @@ export class Automaton {
   /** Most states have one child: kept inline; states with more use `#next` for the rest. */
   readonly #one: Int32Array;
   readonly #oneByte: Uint8Array;
-  readonly #next: Map<number, number>;
+  readonly #next: Children;
   readonly #fail: Int32Array;
   readonly #depth: Int32Array;
   /** Patterns ending at a state (a list through `#outNext`), and the next state on the fail chain with any. */
@@ -240,6 +397,7 @@ export class Automaton {
   readonly #outNext: Int32Array;
   readonly #dict: Int32Array;
   readonly #lengths: Int32Array;
+  readonly #windows: readonly Windows[] | null;
 
   /** The patterns themselves, and the longest one's length (for the native search). */
   readonly #patterns: readonly Buffer[];
@@ -259,6 +417,7 @@ export class Automaton {
     this.#outNext = built.outNext;
     this.#dict = built.dict;
     this.#lengths = built.lengths;
+    this.#windows = built.windows;
   }
 
   /**
@@ -282,7 +441,7 @@ export class Automaton {
   #goto(s: number, b: number): number {
     if (s === 0) return this.#root[b]!;
     if (this.#one[s] !== 0 && this.#oneByte[s] === b) return this.#one[s]!;
-    return this.#next.get(s * 256 + b) ?? 0;
+    return this.#next.get(s, b);
   }
 
   get empty(): boolean {
@@ -338,7 +497,91 @@ export class Automaton {
       const from = Math.max(0, bytes.length - (this.#longest - 1));
       return this.#partialFrom(bytes, from);
     }
+    // Many patterns: the sampled windows, then the automaton over those last bytes.
+    if (this.#windowed(bytes)) {
+      if (this.#windowsFind(bytes, undefined)) return -1;
+      return this.#partialFrom(bytes, bytes.length - (this.#longest - 1));
+    }
     return this.#partialFrom(bytes, 0);
+  }
+
+  /**
+   * `scan` over bytes: every occurrence (`onMatch(pattern, start, end)`, in no set order) and
+   * where the longest unfinished prefix at the end starts.
+   */
+  find(bytes: Buffer, onMatch: (pattern: number, start: number, end: number) => void): number {
+    if (!this.#windowed(bytes)) return this.scan(bytes.toString('latin1'), onMatch);
+    this.#windowsFind(bytes, onMatch);
+    // The state at the end is the longest suffix that is a prefix of a pattern: at most the
+    // longest pattern, so reading from there from the root reaches the same state.
+    return this.#tailFrom(bytes, bytes.length - this.#longest);
+  }
+
+  /** Whether the sampled windows read `bytes` (long enough that they save work). */
+  #windowed(bytes: Buffer): boolean {
+    return this.#windows !== null && bytes.length > 2 * this.#longest + 64;
+  }
+
+  /**
+   * Every occurrence in `bytes` by the sampled windows, each reported once. Without
+   * `onMatch`: stops at the first and returns true.
+   */
+  #windowsFind(
+    bytes: Buffer,
+    onMatch: ((pattern: number, start: number, end: number) => void) | undefined,
+  ): boolean {
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+    let found = false;
+    for (const windows of this.#windows!) {
+      if (this.#windowsPass(bytes, view, windows, onMatch)) {
+        if (onMatch === undefined) return true;
+        found = true;
+      }
+    }
+    return found;
+  }
+
+  /** One stride's pass of `#windowsFind`. */
+  #windowsPass(
+    bytes: Buffer,
+    view: DataView,
+    windows: Windows,
+    onMatch: ((pattern: number, start: number, end: number) => void) | undefined,
+  ): boolean {
+    const { stride, filter, fShift, bucket, bShift, words, refs } = windows;
+    const patterns = this.#patterns;
+    const n = bytes.length;
+    let found = false;
+    for (let i = 0; i + WINDOW_Q <= n; i += stride) {
+      const w = view.getInt32(i, true);
+      const h = Math.imul(w, WINDOW_MIX);
+      const f = h >>> fShift;
+      if ((filter[f >>> 5]! & (1 << (f & 31))) === 0) continue;
+      const b = h >>> bShift;
+      for (let e = bucket[b]!, last = bucket[b + 1]!; e < last; e++) {
+        if (words[e] !== w) continue;
+        const ref = refs[e]!;
+        const p = (ref / stride) | 0;
+        const start = i - (ref - p * stride);
+        const pattern = patterns[p]!;
+        const end = start + pattern.length;
+        if (start < 0 || end > n) continue;
+        let k = 0;
+        while (k < pattern.length && bytes[start + k] === pattern[k]) k++;
+        if (k < pattern.length) continue;
+        if (onMatch === undefined) return true;
+        found = true;
+        onMatch(p, start, end);
+      }
+    }
+    return found;
+  }
+
+  /** The state after reading `bytes` from `from` (from the root), as `scan` returns it. */
+  #tailFrom(bytes: Buffer, from: number): number {
+    let s = 0;
+    for (let i = Math.max(0, from); i < bytes.length; i++) s = this.step(s, bytes[i]!);
+    return bytes.length - this.#depth[s]!;
   }
 
   /** `partialIfNone` reading `bytes` from `from` (the automaton starts at the root there). */
@@ -362,8 +605,8 @@ export class Automaton {
           s = one[s]!;
           break;
         }
-        const t = next.get(s * 256 + b);
-        if (t !== undefined) {
+        const t = next.get(s, b);
+        if (t !== 0) {
           s = t;
           break;
         }
@@ -401,8 +644,8 @@ export class Automaton {
           s = one[s]!;
           break;
         }
-        const t = next.get(s * 256 + b);
-        if (t !== undefined) {
+        const t = next.get(s, b);
+        if (t !== 0) {
           s = t;
           break;
         }
@@ -533,17 +776,23 @@ export function patternSet(
       return findSpans(bytes, set, true).spans.length > 0;
     },
     occurrences: (bytes) => {
-      const out: Array<{ start: number; end: number; secretId: string }> = [];
-      if (live.length === 0 || bytes.length === 0) return out;
-      const text = bytes.toString('latin1');
-      for (const g of live) {
-        if (!g.automaton.occursIn(bytes)) continue;
-        g.automaton.scan(text, (p, start, end) => {
-          const secretId = g.patterns[p]!.secretId;
-          if (!dropped.has(secretId)) out.push({ start, end, secretId });
+      const found: Array<{ start: number; end: number; secretId: string; segment: number; pattern: number }> =
+        [];
+      if (live.length === 0 || bytes.length === 0) return found;
+      live.forEach((g, segment) => {
+        if (!g.automaton.occursIn(bytes)) return;
+        g.automaton.find(bytes, (pattern, start, end) => {
+          const secretId = g.patterns[pattern]!.secretId;
+          if (!dropped.has(secretId)) found.push({ start, end, secretId, segment, pattern });
         });
-      }
-      return out.sort((x, y) => x.start - y.start || x.end - y.end);
+      });
+      // Equal spans in the order the automaton's byte-at-a-time pass reported them: segment by
+      // segment, and within one the pattern added last first (`markOccurrences` writes the
+      // marks of a stretch in order of first occurrence).
+      found.sort(
+        (x, y) => x.start - y.start || x.end - y.end || x.segment - y.segment || y.pattern - x.pattern,
+      );
+      return found.map(({ start, end, secretId }) => ({ start, end, secretId }));
     },
   };
   return set;
@@ -642,15 +891,6 @@ interface Stretch {
   readonly levels: Level[];
 }
 
-/**
- * Stretches to decode: each escape widened by enough that a match using any decoded unit
- * lies inside (the longest pattern), plus the escapes a deeper level can form from decoded
- * units next to literal ones (each within one escape length of an escape of the level above).
- */
-function findStretches(raw: string, longestPattern: number): Array<readonly [number, number]> {
-  return escapeStretches(raw, longestPattern + LONGEST_ESCAPE * (MAX_DECODE_LEVELS + 1));
-}
-
 function escapesOf(local: { start: Int32Array; end: Int32Array }): Level['escapes'] {
   const out: Level['escapes'] = [];
   for (let u = 0; u < local.start.length; ) {
@@ -689,33 +929,22 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): A
     return { spans: inner.spans, hold: Math.min(inner.hold, cut) };
   }
   const stretches: Stretch[] = [];
-  if (mayHoldEscape(raw)) {
-    // Decoded views only around escapes: elsewhere a view is the raw text, which the raw
-    // scan reads. Binary output (a `%`, `\` or `&` every ~85 bytes, a decodable escape
-    // every few KB) decodes a few hundred bytes per escape instead of all of it.
-    for (const [from, to] of findStretches(raw, set.maxLength)) {
-      const text = from === 0 && to === raw.length ? raw : raw.slice(from, to);
-      const levels: Level[] = [{ text, start: null, end: null, escapes: [] }];
-      const atEnd = to === raw.length;
-      for (let level = 1; level <= MAX_DECODE_LEVELS; level++) {
-        const above = levels[level - 1]!;
-        const decoded = decodeView(above.text, 'bytes');
-        if (!decoded.changed) break;
-        // Compose with the maps of the levels above: view unit -> span of the stretch.
-        const toStart = above.start;
-        const toEnd = above.end;
-        const start: Int32Array = toStart === null ? decoded.start : decoded.start.map((u) => toStart[u]!);
-        const end: Int32Array = toEnd === null ? decoded.end : decoded.end.map((u) => toEnd[u - 1]!);
-        levels.push({ text: decoded.view, start, end, escapes: escapesOf(decoded) });
-        // An unfinished escape can only be at the end of the stretch that ends the chunk.
-        if (check && atEnd) {
-          const at = unfinishedEscapeFrom(decoded.view);
-          if (at < decoded.view.length) cut = Math.min(cut, from + start[at]!);
-        }
-        if (!mayHoldEscape(decoded.view)) break;
+  // Decoded views only around escapes: elsewhere a view is the raw text, which the raw scan
+  // reads. Binary output (a `%`, `\` or `&` every ~85 bytes, a decodable escape every few
+  // KB) decodes a few hundred bytes per escape instead of all of it.
+  for (const stretch of decodedStretches(raw, 'bytes', set.maxLength, MAX_DECODE_LEVELS)) {
+    const { from, to } = stretch;
+    const atEnd = to === raw.length;
+    const levels: Level[] = [{ text: stretch.text, start: null, end: null, escapes: [] }];
+    for (const view of stretch.views) {
+      levels.push({ text: view.text, start: view.start, end: view.end, escapes: escapesOf(view.decoded) });
+      // An unfinished escape can only be at the end of the stretch that ends the chunk.
+      if (check && atEnd) {
+        const at = unfinishedEscapeFrom(view.text);
+        if (at < view.text.length) cut = Math.min(cut, from + view.start[at]!);
       }
-      if (levels.length > 1) stretches.push({ offset: from, atEnd, levels });
     }
+    stretches.push({ offset: from, atEnd, levels });
   }
   if (cut < raw.length) {
     // Decode again without the unfinished escape at the end: it may change the views.
@@ -740,7 +969,7 @@ function findSpans(buf: Buffer, set: PatternSet, final: boolean, cuts = true): A
     // The raw bytes, whole. Most chunks hold no pattern: then only where an unfinished one
     // may begin at the end is wanted (for a few patterns, one native search each).
     const none = automaton.partialIfNone(buf);
-    const partial = none !== -1 ? none : automaton.scan(raw, (pattern, s, e) => add(pattern, s, e, 0));
+    const partial = none !== -1 ? none : automaton.find(buf, (pattern, s, e) => add(pattern, s, e, 0));
     if (!final && partial < raw.length) hold = Math.min(hold, partial);
     for (const stretch of stretches) scanStretch(stretch, automaton, add);
   }
