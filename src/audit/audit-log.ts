@@ -211,6 +211,9 @@ export class AuditLog {
   onFailure: (error: unknown) => void = () => undefined;
   /** Checkpoints that failed to be written (each leaves a chain's tail unanchored until the next). */
   checkpointFailures = 0;
+  /** Batches committed, and the operations they carried (records / batches: the group-commit size). */
+  batchesCommitted = 0;
+  operationsCommitted = 0;
   /** Told of every failed checkpoint (the server logs it and counts it in its metrics). */
   onCheckpointFailure: (error: unknown) => void = () => undefined;
 
@@ -325,6 +328,8 @@ export class AuditLog {
       return;
     }
     this.lastFailure = null;
+    this.batchesCommitted += 1;
+    this.operationsCommitted += batch.length;
     for (const item of batch) {
       const outcome = outcomes.get(item);
       if (outcome?.record !== undefined) item.resolve(outcome.record);

@@ -352,6 +352,24 @@ function buildContext(
           },
         });
         new prom.Counter({
+          name: 'coatcheck_audit_batches_total',
+          help: 'Audit batches committed (one store transaction each; operations / batches is the group-commit size).',
+          registers: [registry],
+          collect() {
+            this.reset();
+            this.inc(audit.batchesCommitted);
+          },
+        });
+        new prom.Counter({
+          name: 'coatcheck_audit_operations_total',
+          help: 'Audited operations committed in those batches.',
+          registers: [registry],
+          collect() {
+            this.reset();
+            this.inc(audit.operationsCommitted);
+          },
+        });
+        new prom.Counter({
           name: 'coatcheck_workflow_rollback_failures_total',
           help: 'Partly started workflow nodes whose rollback (revocation) failed; each stays active until revoked.',
           registers: [registry],

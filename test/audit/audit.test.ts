@@ -50,6 +50,9 @@ describe('audit log', () => {
     );
     expect(transactions).toBeLessThan(30);
     expect(new Set(records.map((r) => r.seq)).size).toBe(300);
+    // The counters /metrics serves (coatcheck_audit_batches_total, _operations_total).
+    expect(ctx.audit.operationsCommitted).toBe(300);
+    expect(ctx.audit.batchesCommitted).toBe(transactions);
     // Durable: every acknowledged record is in the store.
     const last = Math.max(...records.map((r) => r.seq));
     expect((await ctx.store.readAudit(last - 1, 1))[0]?.seq).toBe(last);
@@ -119,16 +122,20 @@ describe('audit log', () => {
     );
     expect(failure).toMatchObject({ code: 'CC_ERR_AUDIT_UNAVAILABLE' });
     expect(JSON.stringify(failure)).not.toContain(CANARY);
+    const committed = ctx.audit.operationsCommitted;
     // And nothing else slips through either.
     await expect(
       ctx.vault.issueTicket({ secret: 's', principal: principal.ref }, 'admin:test'),
     ).rejects.toMatchObject({
       code: 'CC_ERR_AUDIT_UNAVAILABLE',
     });
+    // A batch that failed is not counted as committed.
+    expect(ctx.audit.operationsCommitted).toBe(committed);
     tamper('DROP TRIGGER audit_down');
     await expect(
       ctx.vault.exchange(ticket, { principal, target: { connection: 'svc' } }),
     ).resolves.toBeDefined();
+    expect(ctx.audit.operationsCommitted).toBe(committed + 1);
     expect(await ctx.audit.verify()).toMatchObject({ ok: true });
   });
 
