@@ -6,10 +6,10 @@ import Database from 'better-sqlite3';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { AuditLog } from '../../src/audit/audit-log.js';
 import { systemClock } from '../../src/core/clock.js';
-import { SQLITE_MIGRATIONS } from '../../src/store/migrations.js';
 import { openSqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store, StoreChange } from '../../src/store/types.js';
 import { untypedEvent } from '../helpers/audit.js';
+import { sqliteStoreAtVersion } from './old-schema.js';
 
 // Two processes on one SQLite file (serve --workers, the CLI beside a server) are two
 // connections: each hears the other's changes through the change log (ADR 0031), as
@@ -21,6 +21,16 @@ const opened: Store[] = [];
 afterEach(async () => {
   for (const s of opened.splice(0)) await s.close();
 });
+
+/** Write to the file behind the stores' backs, as another program would. */
+function behindTheirBacks<T>(path: string, write: (db: Database.Database) => T): T {
+  const raw = new Database(path);
+  try {
+    return write(raw);
+  } finally {
+    raw.close();
+  }
+}
 
 async function pair(): Promise<{ path: string; writer: Store; reader: Store; heard: StoreChange[] }> {
   const path = join(dir, `store-${n++}.db`);
@@ -112,13 +122,13 @@ describe('the SQLite change log', () => {
     it('rows pruned before this connection read them', async () => {
       const { path, writer, reader, heard } = await pair();
       await writer.transaction((t) => t.notify({ type: 'agent.revoked', id: 'agt_pruned' }));
-      const raw = new Database(path);
-      const max = (raw.prepare('SELECT MAX(seq) AS seq FROM store_changes').get() as { seq: number }).seq;
-      raw.prepare('DELETE FROM store_changes').run();
-      raw
-        .prepare("INSERT INTO meta (key, value) VALUES ('store_changes_pruned_through', ?)")
-        .run(String(max));
-      raw.close();
+      behindTheirBacks(path, (raw) => {
+        const max = (raw.prepare('SELECT MAX(seq) AS seq FROM store_changes').get() as { seq: number }).seq;
+        raw.prepare('DELETE FROM store_changes').run();
+        raw
+          .prepare("INSERT INTO meta (key, value) VALUES ('store_changes_pruned_through', ?)")
+          .run(String(max));
+      });
       reader.feedCurrent();
       expect(heard).toEqual([{ type: 'resync' }]);
       // After the resync it follows the log again.
@@ -129,37 +139,29 @@ describe('the SQLite change log', () => {
 
     it('a row that does not parse (written by something else)', async () => {
       const { path, reader, heard } = await pair();
-      const raw = new Database(path);
-      raw
-        .prepare('INSERT INTO store_changes (origin, at, payload) VALUES (?, ?, ?)')
-        .run('other', Date.now(), '{"type":"ticket.revoked","ids":"not-a-list"}');
-      raw.close();
+      behindTheirBacks(path, (raw) =>
+        raw
+          .prepare('INSERT INTO store_changes (origin, at, payload) VALUES (?, ?, ?)')
+          .run('other', Date.now(), '{"type":"ticket.revoked","ids":"not-a-list"}'),
+      );
       reader.feedCurrent();
       expect(heard).toEqual([{ type: 'resync' }]);
     });
 
     it('a backlog longer than the replay bound', async () => {
       const { path, reader, heard } = await pair();
-      const raw = new Database(path);
-      raw.exec(`WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 10001)
-        INSERT INTO store_changes (origin, at, payload)
-        SELECT 'other', 0, '{"type":"agent.revoked","id":"agt_' || i || '"}' FROM k`);
-      raw.close();
+      behindTheirBacks(path, (raw) =>
+        raw.exec(`WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 10001)
+          INSERT INTO store_changes (origin, at, payload)
+          SELECT 'other', 0, '{"type":"agent.revoked","id":"agt_' || i || '"}' FROM k`),
+      );
       reader.feedCurrent();
       expect(heard).toEqual([{ type: 'resync' }]);
     });
 
     it('a store opened before the log existed (migrated later by another process)', async () => {
       const path = join(dir, `old-${n++}.db`);
-      const raw = new Database(path);
-      raw.exec(
-        'CREATE TABLE coatcheck_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
-      );
-      for (const m of SQLITE_MIGRATIONS.filter((x) => x.version <= 12)) {
-        raw.exec(m.sql);
-        raw.prepare('INSERT INTO coatcheck_migrations VALUES (?, ?, 0)').run(m.version, m.name);
-      }
-      raw.close();
+      sqliteStoreAtVersion(path, 12).close(); // the version before the change log
       const old = await openSqliteStore({ path }); // not migrated: no log yet
       opened.push(old);
       const heard: StoreChange[] = [];

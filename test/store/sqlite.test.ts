@@ -5,10 +5,10 @@ import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { AuditLog, chainHash } from '../../src/audit/audit-log.js';
 import { systemClock } from '../../src/core/clock.js';
-import { SQLITE_MIGRATIONS } from '../../src/store/migrations.js';
 import { openSqliteStore } from '../../src/store/sqlite-store.js';
 import { untypedEvent } from '../helpers/audit.js';
 import { storeContract } from './contract.js';
+import { sqliteStoreAtVersion } from './old-schema.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'coatcheck-sqlite-'));
 let n = 0;
@@ -33,15 +33,7 @@ it('reports a file that is not a database as CC_ERR_STORE_CORRUPT', async () => 
 
 it('migrates secrets stored before placements existed to credential only', async () => {
   const path = join(dir, 'before-placements.db');
-  const { default: Database } = await import('better-sqlite3');
-  const db = new Database(path);
-  db.exec(
-    'CREATE TABLE coatcheck_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
-  );
-  for (const m of SQLITE_MIGRATIONS.filter((x) => x.version < 6)) {
-    db.exec(m.sql);
-    db.prepare('INSERT INTO coatcheck_migrations VALUES (?, ?, 0)').run(m.version, m.name);
-  }
+  const db = sqliteStoreAtVersion(path, 5);
   db.prepare(
     "INSERT INTO secrets (id, name, kind, allow, fingerprint, created_at) VALUES ('sec_old', 'old', 'generic', '[\"conn:api\"]', 'fp', 1)",
   ).run();
@@ -58,15 +50,7 @@ it('migrates secrets stored before placements existed to credential only', async
 it('migrates an audit log written before chains existed (ADR 0015): it verifies, keeps one chain, and grows', async () => {
   const path = join(dir, 'before-chains.db');
   const key = randomBytes(32);
-  const { default: Database } = await import('better-sqlite3');
-  const db = new Database(path);
-  db.exec(
-    'CREATE TABLE coatcheck_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)',
-  );
-  for (const m of SQLITE_MIGRATIONS.filter((x) => x.version <= 6)) {
-    db.exec(m.sql);
-    db.prepare('INSERT INTO coatcheck_migrations VALUES (?, ?, 0)').run(m.version, m.name);
-  }
+  const db = sqliteStoreAtVersion(path, 6);
   let prevHash = '';
   for (let seq = 1; seq <= 12; seq++) {
     const base = { seq, ts: 1000 + seq, type: 'old.event', actor: 'admin:old', data: { seq } };
