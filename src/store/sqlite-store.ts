@@ -10,6 +10,7 @@ import { AUDIT, nullableNumber, type Row, SQLITE_CODEC } from './schema.js';
 import { operationNames, type SqlDialect, SqlOps, type SqlRunner } from './sql-ops.js';
 import { SqliteChangeLog } from './sqlite-change-log.js';
 import type { AuditRecord, Store, StoreChange, StoreOps, StoreTx, TransactionOptions } from './types.js';
+import { flushFile, WalSync } from './wal-sync.js';
 
 /** Map driver errors to stable codes: a damaged file is CORRUPT, unique violations are ALREADY_EXISTS. */
 function translate(error: unknown): never {
@@ -162,13 +163,33 @@ class SqliteTx extends SqliteOps implements StoreTx {
 
 type LockedOps = { [K in keyof StoreOps]: StoreOps[K] };
 
-function lockOps(ops: SqliteOps, mutex: Mutex): LockedOps {
+/**
+ * Every operation under the mutex. One that wrote (outside a transaction, so it committed on
+ * its own) resolves only once that write is on disk, as a transaction does.
+ */
+function lockOps(
+  ops: SqliteOps,
+  mutex: Mutex,
+  totalChanges: () => number,
+  durable: () => Promise<void>,
+): LockedOps {
   const out: Record<string, unknown> = {};
   for (const name of operationNames(ops)) {
     const method = (ops as unknown as Record<string, unknown>)[name];
     if (typeof method !== 'function') continue;
-    out[name] = (...args: unknown[]) =>
-      mutex.run(() => (method as (...a: unknown[]) => unknown).apply(ops, args));
+    out[name] = async (...args: unknown[]) => {
+      let wrote = false;
+      const result = await mutex.run(async () => {
+        const before = totalChanges();
+        try {
+          return await (method as (...a: unknown[]) => unknown).apply(ops, args);
+        } finally {
+          wrote = totalChanges() !== before;
+        }
+      });
+      if (wrote) await durable();
+      return result;
+    };
   }
   return out as unknown as LockedOps;
 }
@@ -191,9 +212,9 @@ export interface SiblingWriteLock {
 }
 
 /**
- * Embedded default store: one SQLite file in WAL mode with full synchronous commits, so
- * a committed audit batch survives a crash. One connection; a mutex keeps async
- * transactions from interleaving on it.
+ * Embedded default store: one SQLite file in WAL mode whose commits are durable before they
+ * are reported (the WAL flushed off the event loop, ADR 0032), so a committed audit batch
+ * survives a crash. One connection; a mutex keeps async transactions from interleaving on it.
  */
 /** How long a statement waits for another process's lock before CC_ERR_STORE_UNAVAILABLE. */
 const BUSY_TIMEOUT_MS = 5000;
@@ -228,7 +249,9 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     }
     db = new Database(options.path, sqliteAddon());
     db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = FULL');
+    // COMMIT writes the WAL without flushing it; WalSync flushes it on the thread pool and
+    // every write resolves only after that (ADR 0032): FULL's guarantee, off the event loop.
+    db.pragma(`synchronous = ${options.path === ':memory:' ? 'FULL' : 'NORMAL'}`);
     db.pragma('foreign_keys = ON');
     // Overwrite deleted content, so an erased secret's sealed key does not linger in free pages.
     db.pragma('secure_delete = ON');
@@ -249,8 +272,11 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   // registry): a server with every front-end has more than Node's default 10. A per-request
   // subscription would still pass this bound within one burst and be reported.
   events.setMaxListeners(64);
+  const walSync = options.path === ':memory:' ? null : new WalSync(options.path);
+  const durable = (): Promise<void> => walSync?.sync() ?? Promise.resolve();
+  const totalChangesStatement = db.prepare('SELECT total_changes()').pluck();
   const snapshotOps = new SqliteOps(db);
-  const ops = lockOps(snapshotOps, mutex);
+  const ops = lockOps(snapshotOps, mutex, () => totalChangesStatement.get() as number, durable);
 
   // Another process (another `serve --workers` process, the CLI writing to the store
   // directly) commits without telling this one: SQLite's data_version changes exactly when
@@ -363,10 +389,11 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
           translate(error);
         }
       });
+      await durable();
     },
     // One writer: the lock option changes nothing here.
-    transaction<T>(fn: (t: StoreTx) => Promise<T>, _options?: TransactionOptions): Promise<T> {
-      return mutex.run(async () => {
+    async transaction<T>(fn: (t: StoreTx) => Promise<T>, _options?: TransactionOptions): Promise<T> {
+      const result = await mutex.run(async () => {
         await options.writeLock?.acquire();
         try {
           return await inTransaction(fn);
@@ -374,6 +401,9 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
           options.writeLock?.release();
         }
       });
+      // Outside the mutex: the next transaction runs while this one's WAL frames are flushed.
+      await durable();
+      return result;
     },
     async readSnapshot<T>(fn: (ops: StoreOps) => Promise<T>): Promise<T> {
       if (options.path === ':memory:') {
@@ -407,13 +437,17 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     backupTo(path: string) {
       // Under the mutex no transaction interleaves, so the head read here is the copy's
       // head. VACUUM INTO reads one snapshot (WAL included) and fails if `path` exists.
+      // The copy holds only what is durable here (the last commits are flushed first), and
+      // is itself flushed before it is reported written.
       return mutex.run(async () => {
+        await durable();
         try {
           const row = db.prepare("SELECT value FROM meta WHERE key = 'audit_head'").get() as
             | { value: string }
             | undefined;
           db.prepare('VACUUM INTO ?').run(path);
           chmodSync(path, 0o600);
+          await flushFile(path);
           if (row === undefined) return { auditHead: null };
           const [seq, hash] = row.value.split(':');
           return { auditHead: { seq: Number(seq), hash: hash ?? '' } };
@@ -433,6 +467,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
         }
       });
       events.emit('change', change);
+      await durable();
     },
     feedCurrent() {
       // A cache hit first looks for a foreign commit (the CLI revoking directly): one

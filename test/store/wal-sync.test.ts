@@ -1,0 +1,113 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { AuditLog } from '../../src/audit/audit-log.js';
+import { systemClock } from '../../src/core/clock.js';
+import { openSqliteStore } from '../../src/store/sqlite-store.js';
+import { WalSync } from '../../src/store/wal-sync.js';
+import { untypedEvent } from '../helpers/audit.js';
+
+// Commits are durable before they are reported, with the WAL flushed off the event loop
+// (ADR 0032). A power cut cannot be staged here; what can: the flush is coalesced and
+// ordered, and a flush that fails refuses the write that waited for it, and every later one.
+
+const dir = mkdtempSync(join(tmpdir(), 'coatcheck-walsync-'));
+let n = 0;
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function walFile(): { db: string; wal: string } {
+  const db = join(dir, `db-${n++}.db`);
+  writeFileSync(`${db}-wal`, randomBytes(4096));
+  return { db, wal: `${db}-wal` };
+}
+
+describe('WalSync', () => {
+  it('coalesces: syncs asked for while one flush runs share the next one', async () => {
+    const sync = new WalSync(walFile().db);
+    await Promise.all(Array.from({ length: 50 }, () => sync.sync()));
+    expect(sync.requests).toBe(50);
+    // The first starts a flush; the 49 asked while it ran wait for exactly one more.
+    expect(sync.flushes).toBe(2);
+  });
+
+  it('never answers a sync with a flush that started before it was asked', async () => {
+    const sync = new WalSync(walFile().db);
+    const first = sync.sync();
+    const flushesWhenAsked = sync.flushes;
+    let secondFlushes = -1;
+    const second = sync.sync().then(() => {
+      secondFlushes = sync.flushes;
+    });
+    await Promise.all([first, second]);
+    expect(secondFlushes).toBeGreaterThan(flushesWhenAsked);
+  });
+
+  it('fails closed and stays failed: a flush that fails refuses its waiters and every later sync', async () => {
+    const { db, wal } = walFile();
+    const sync = new WalSync(db);
+    await sync.sync();
+    rmSync(wal);
+    await expect(sync.sync()).rejects.toMatchObject({ code: 'CC_ERR_STORE_UNAVAILABLE' });
+    writeFileSync(wal, randomBytes(16)); // the file is back: still refused, until restart
+    await expect(sync.sync()).rejects.toMatchObject({ code: 'CC_ERR_STORE_UNAVAILABLE' });
+    const waiting = [sync.sync(), sync.sync()];
+    for (const w of waiting) await expect(w).rejects.toMatchObject({ code: 'CC_ERR_STORE_UNAVAILABLE' });
+  });
+});
+
+describe('the SQLite store reports a write only once its WAL is flushed', () => {
+  async function storeWithLostWal() {
+    const path = join(dir, `store-${n++}.db`);
+    const store = await openSqliteStore({ path });
+    await store.migrate();
+    await store.setMeta('before', 'ok');
+    // The WAL's name is removed from the directory: SQLite keeps writing to its open
+    // file, but the flush (which opens it by name) fails, as a failing disk would.
+    rmSync(`${path}-wal`);
+    return store;
+  }
+
+  it('a transaction whose flush failed is refused (CC_ERR_STORE_UNAVAILABLE), and so is every later one', async () => {
+    const store = await storeWithLostWal();
+    await expect(store.transaction(async (tx) => tx.setMeta('k', 'v'))).rejects.toMatchObject({
+      code: 'CC_ERR_STORE_UNAVAILABLE',
+    });
+    await expect(store.transaction(async (tx) => tx.setMeta('k2', 'v'))).rejects.toMatchObject({
+      code: 'CC_ERR_STORE_UNAVAILABLE',
+    });
+    // Reads still answer (nothing about them waits for a flush).
+    expect(await store.getMeta('before')).toBe('ok');
+    await store.close();
+  });
+
+  it('a write outside a transaction waits for the flush too', async () => {
+    const store = await storeWithLostWal();
+    await expect(store.setMeta('k', 'v')).rejects.toMatchObject({ code: 'CC_ERR_STORE_UNAVAILABLE' });
+    await store.close();
+  });
+
+  it('an audited operation whose flush failed is refused, not released', async () => {
+    const store = await storeWithLostWal();
+    const audit = new AuditLog(store, randomBytes(32), systemClock);
+    let mutated = false;
+    await expect(
+      audit.append(untypedEvent({ type: 'test.release', actor: 'agent:a', data: {} }), async (tx) => {
+        mutated = true;
+        await tx.setMeta('released', 'yes');
+      }),
+    ).rejects.toMatchObject({ code: 'CC_ERR_AUDIT_UNAVAILABLE' });
+    expect(mutated).toBe(true); // it ran, and committed, but was never reported durable
+    await audit.close().catch(() => undefined);
+    await store.close();
+  });
+
+  it('a published change (the change log, outside a transaction) waits for the flush', async () => {
+    const store = await storeWithLostWal();
+    await expect(store.publish({ type: 'resync' })).rejects.toMatchObject({
+      code: 'CC_ERR_STORE_UNAVAILABLE',
+    });
+    await store.close();
+  });
+});
