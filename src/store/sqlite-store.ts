@@ -484,6 +484,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
       await mutex.run(() => {
         changeLog.close();
         db.close();
+        walSync?.close();
       });
     },
   };

@@ -49,11 +49,25 @@ describe('WalSync', () => {
     const sync = new WalSync(db);
     await sync.sync();
     rmSync(wal);
+    await sync.checkName(); // the timer's check, now
     await expect(sync.sync()).rejects.toMatchObject({ code: 'CC_ERR_STORE_UNAVAILABLE' });
     writeFileSync(wal, randomBytes(16)); // the file is back: still refused, until restart
     await expect(sync.sync()).rejects.toMatchObject({ code: 'CC_ERR_STORE_UNAVAILABLE' });
     const waiting = [sync.sync(), sync.sync()];
     for (const w of waiting) await expect(w).rejects.toMatchObject({ code: 'CC_ERR_STORE_UNAVAILABLE' });
+  });
+  it('refuses a flush when the WAL was replaced by another file under its name', async () => {
+    const { db, wal } = walFile();
+    const sync = new WalSync(db);
+    await sync.sync();
+    rmSync(wal);
+    writeFileSync(wal, randomBytes(4096)); // a new file: the kept descriptor flushes the old one
+    await sync.checkName();
+    await expect(sync.sync()).rejects.toMatchObject({
+      code: 'CC_ERR_STORE_UNAVAILABLE',
+      cause: { code: 'EWALREPLACED' },
+    });
+    sync.close();
   });
 });
 
@@ -63,9 +77,11 @@ describe('the SQLite store reports a write only once its WAL is flushed', () => 
     const store = await openSqliteStore({ path });
     await store.migrate();
     await store.setMeta('before', 'ok');
-    // The WAL's name is removed from the directory: SQLite keeps writing to its open
-    // file, but the flush (which opens it by name) fails, as a failing disk would.
+    // The WAL's name is removed from the directory: SQLite keeps writing to its open file,
+    // but the flush can no longer vouch for it, as with a failing disk. The store finds out
+    // within its 250 ms check.
     rmSync(`${path}-wal`);
+    await new Promise((resolve) => setTimeout(resolve, 400));
     return store;
   }
 

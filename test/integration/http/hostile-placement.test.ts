@@ -63,7 +63,9 @@ function rawRequest(url: string, text: string): Promise<string> {
     socket.on('end', () => resolve(out));
     socket.on('close', () => resolve(out));
     socket.on('error', reject);
-    socket.end(text);
+    // Not end(): a client that half-closes before its answer is treated by Node's HTTP
+    // server as gone (the request is aborted); `Connection: close` ends it after the answer.
+    socket.write(text);
   });
 }
 
