@@ -102,6 +102,8 @@ async function main() {
       stdio: ['ignore', 'pipe', 'inherit'],
     },
   );
+  // Killed on any exit (an output pipe closed early included), not only after a clean run.
+  process.on('exit', () => upstream.kill());
   const port = await new Promise<number>((resolve) =>
     upstream.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))),
   );

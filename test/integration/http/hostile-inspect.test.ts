@@ -302,3 +302,83 @@ describe('reverse proxy: overlapping secrets leak nothing', () => {
     expect(stdout).not.toContain('secret-value');
   });
 });
+
+describe('reverse proxy: small bodies of known length are inspected whole and sent in one write', () => {
+  /** The upstream declares the length and sends the body in pieces, `pause` ms apart. */
+  const pieces =
+    (body: string, cuts: number[], pause = 5) =>
+    async (res: ServerResponse) => {
+      const bytes = Buffer.from(body);
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(bytes.length) });
+      let at = 0;
+      for (const cut of [...cuts, bytes.length]) {
+        res.write(bytes.subarray(at, cut));
+        at = cut;
+        await new Promise((resolve) => setTimeout(resolve, pause));
+      }
+      res.end();
+    };
+
+  beforeAll(() => {
+    const body = (s: string) => `{"token":${JSON.stringify(s)},"pad":"${'x'.repeat(100)}"}`;
+    // The secret cut in three across the pieces, and the secret as the very last bytes.
+    reflections.set('known-length-split', (s, res) => void pieces(body(s), [12, 15, 20])(res));
+    reflections.set('known-length-tail', (s, res) => void pieces(`{"pad":"x","t":"${s}`, [5])(res));
+    // At the bound (64 KiB: whole) and one byte past it (streamed, chunked as before).
+    const sized = (s: string, size: number) => {
+      const head = `{"token":${JSON.stringify(s)},"pad":"`;
+      return `${head}${'y'.repeat(size - head.length - 2)}"}`;
+    };
+    reflections.set(
+      'known-length-at-bound',
+      (s, res) => void pieces(sized(s, 64 * 1024), [1000, 40_000])(res),
+    );
+    reflections.set(
+      'known-length-past-bound',
+      (s, res) => void pieces(sized(s, 64 * 1024 + 1), [1000, 40_000])(res),
+    );
+  });
+
+  async function reflectRaw(name: string) {
+    const res = await request(`${gw.url}/c/api/reflect?as=${name}`, {
+      headers: { 'proxy-authorization': `Bearer ${agent.key}`, authorization: `Bearer ${ticket}` },
+    });
+    const bytes = Buffer.from(await res.body.arrayBuffer());
+    seen.push(bytes.toString('latin1'), JSON.stringify(res.headers));
+    return { status: res.statusCode, bytes, headers: res.headers };
+  }
+
+  for (const name of ['known-length-split', 'known-length-tail', 'known-length-at-bound']) {
+    it(`${name}: the length after inspection, not chunked, the secret a ticket`, async () => {
+      const res = await reflectRaw(name);
+      expect(res.status).toBe(200);
+      expect(res.headers['transfer-encoding']).toBeUndefined();
+      // A ticket is shorter than the secret: the length is the body's as sent, not the upstream's.
+      expect(res.headers['content-length']).toBe(String(res.bytes.length));
+      const text = res.bytes.toString('utf8');
+      expectClean(text);
+      expect(text).toMatch(/cct_[0-9A-Za-z]{28}/);
+    });
+  }
+
+  it('one byte past the bound is streamed as before (chunked), and as clean', async () => {
+    const res = await reflectRaw('known-length-past-bound');
+    expect(res.status).toBe(200);
+    expect(res.headers['transfer-encoding']).toBe('chunked');
+    expect(res.headers['content-length']).toBeUndefined();
+    expectClean(res.bytes.toString('utf8'));
+    expect(res.bytes.toString('utf8')).toMatch(/cct_[0-9A-Za-z]{28}/);
+  });
+
+  it('an upstream that closes before its declared length is an error, and nothing of it is sent', async () => {
+    reflections.set('known-length-short', (s, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': '500' });
+      res.write(`{"token":${JSON.stringify(s)}`);
+      setTimeout(() => res.destroy(), 10);
+    });
+    const res = await reflectRaw('known-length-short');
+    expect(res.status).toBe(502);
+    expectClean(res.bytes.toString('utf8'));
+    expect(res.bytes.toString('utf8')).not.toContain('"token"');
+  });
+});
