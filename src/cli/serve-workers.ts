@@ -18,8 +18,15 @@ import type { SiblingWriteLock } from '../store/sqlite-store.js';
 /** Set in a worker's environment: its index (0 serves the admin API). */
 export const WORKER_INDEX_ENV = 'COATCHECK_WORKER_INDEX';
 const MAX_WORKERS = 64;
-/** A worker that dies is started again after this long. */
-const RESTART_DELAY_MS = 1000;
+/** A worker that dies is started again after this long, doubled for each earlier exit in the window. */
+const RESTART_DELAY_MS = 250;
+/**
+ * A worker that exits this many times within the window is crash-looping (a damaged store,
+ * a full disk): the server stops with exit 1, so its supervisor sees the failure instead of
+ * a process that restarts forever while serving with fewer workers.
+ */
+const CRASH_LOOP_EXITS = 5;
+const CRASH_LOOP_WINDOW_MS = 60_000;
 
 /** What a worker tells the primary once its listeners are up. */
 export interface WorkerListening {
@@ -203,6 +210,8 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
     let stopping = false;
     let failed = false;
     let killTimer: NodeJS.Timeout | null = null;
+    /** When each worker index last exited, within the crash-loop window. */
+    const exits = new Map<number, number[]>();
 
     const fork = (index: number) => {
       const worker = cluster.fork({ [WORKER_INDEX_ENV]: String(index) });
@@ -251,10 +260,24 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
           stop();
           return;
         }
-        options.log(`worker ${index} exited (${code ?? signal}); starting it again`);
+        const now = Date.now();
+        const recent = (exits.get(index) ?? []).filter((at) => now - at < CRASH_LOOP_WINDOW_MS);
+        recent.push(now);
+        exits.set(index, recent);
+        if (recent.length >= CRASH_LOOP_EXITS) {
+          options.log(
+            `worker ${index} exited ${recent.length} times within ${CRASH_LOOP_WINDOW_MS / 1000} s (last: ${code ?? signal}); stopping`,
+          );
+          failed = true;
+          stop();
+          return;
+        }
+        const delay = RESTART_DELAY_MS * 2 ** (recent.length - 1);
+        options.log(`worker ${index} exited (${code ?? signal}); starting it again in ${delay} ms`);
+        // Not unref'd: were every worker gone at once, this timer alone keeps the primary up.
         setTimeout(() => {
           if (!stopping) fork(index);
-        }, RESTART_DELAY_MS).unref();
+        }, delay);
       });
     };
 

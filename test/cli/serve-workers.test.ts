@@ -191,6 +191,30 @@ describe('serve --workers', () => {
     }
   }, 60_000);
 
+  it('a worker that keeps dying stops the server with exit 1 (a crash loop), and the others go with it', async () => {
+    await setUp();
+    const { output } = start('2');
+    await waitForLine(server!, LISTENING);
+    const exited = new Promise<number | null>((resolve) => server!.once('exit', (code) => resolve(code)));
+    const killed = new Set<number>();
+    let survivor: number | undefined;
+    // Worker 1 (or whichever the first kill picks) killed as soon as each restart is up.
+    for (let round = 0; round < 5; round++) {
+      await expect
+        .poll(() => childrenOf(server!.pid!).filter((pid) => !killed.has(pid)).length, { timeout: 20_000 })
+        .toBe(2);
+      const [a, b] = childrenOf(server!.pid!).filter((pid) => !killed.has(pid));
+      survivor ??= a;
+      const victim = a === survivor ? b! : a!;
+      killed.add(victim);
+      process.kill(victim, 'SIGKILL');
+    }
+    expect(await exited).toBe(1);
+    expect(output()).toMatch(/worker \d exited 5 times within 60 s \(last: SIGKILL\); stopping/);
+    expect(output()).toMatch(/starting it again in 250 ms[\s\S]*in 500 ms[\s\S]*in 1000 ms[\s\S]*in 2000 ms/);
+    expect(alive(survivor!)).toBe(false);
+  }, 60_000);
+
   it('refuses a bad count and the relay listener with more than one worker, before anything listens', async () => {
     await setUp();
     for (const [workers, message] of [
