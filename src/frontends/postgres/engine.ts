@@ -4,7 +4,6 @@ import type { Socket } from 'node:net';
 import { type SecureContext, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../../audit/audit-log.js';
-import type { PostgresSessionFields } from '../../audit/events.js';
 import type { ConnectionView } from '../../connections/connections.js';
 import type { Clock } from '../../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
@@ -35,6 +34,7 @@ import {
   type SqlClassifier,
   type UpstreamFacts,
 } from './sql/classify.js';
+import { StatementAudit, StatementAuditTick } from './statement-audit.js';
 import type { StatementPolicy } from './statement-policy.js';
 import {
   cancelUpstream,
@@ -168,74 +168,6 @@ interface Login {
   readonly expiryCode: ErrorCode;
 }
 
-/**
- * Statement audit records, batched per session: every statement is audited (class,
- * decision, duration, rows, scrubbed text) in `postgres.query` records that each carry
- * up to MAX_BATCH statements, written at most BATCH_MS after the first of them. A
- * refusal is written at once. A failed write ends the session (fail closed).
- */
-class StatementAudit {
-  static readonly MAX_BATCH = 64;
-  static readonly BATCH_MS = 50;
-  readonly #audit: AuditLog;
-  readonly #actor: string;
-  readonly #base: PostgresSessionFields;
-  #pending: StatementEvent[] = [];
-  #timer: NodeJS.Timeout | null = null;
-  /** Batch writes not yet settled (a timed one may still run when the session ends). */
-  readonly #writing = new Set<Promise<void>>();
-  /** The first failed write: every later flush reports it (the trail has a gap). */
-  #failure: { readonly error: unknown } | null = null;
-  /** Called when a timed flush fails (the relay ends the session). */
-  onFailure: (error: unknown) => void = () => undefined;
-
-  constructor(audit: AuditLog, actor: string, base: PostgresSessionFields) {
-    this.#audit = audit;
-    this.#actor = actor;
-    this.#base = base;
-  }
-
-  add(event: StatementEvent): Promise<void> {
-    this.#pending.push(event);
-    if (event.decision === 'deny' || this.#pending.length >= StatementAudit.MAX_BATCH) return this.flush();
-    if (this.#timer === null) {
-      this.#timer = setTimeout(() => {
-        this.#timer = null;
-        this.flush().catch((error: unknown) => this.onFailure(error));
-      }, StatementAudit.BATCH_MS);
-      this.#timer.unref();
-    }
-    return Promise.resolve();
-  }
-
-  /**
-   * Write what is pending and wait for every write started before (a timed one may be
-   * running); rejects if any of this session's writes failed, now or earlier.
-   */
-  async flush(): Promise<void> {
-    if (this.#timer !== null) {
-      clearTimeout(this.#timer);
-      this.#timer = null;
-    }
-    if (this.#pending.length > 0) {
-      const batch = this.#pending;
-      this.#pending = [];
-      const write: Promise<void> = this.#audit
-        .append({ type: 'postgres.query', actor: this.#actor, data: { ...this.#base, statements: batch } })
-        .then(
-          () => undefined,
-          (error: unknown) => {
-            this.#failure ??= { error };
-          },
-        )
-        .finally(() => this.#writing.delete(write));
-      this.#writing.add(write);
-    }
-    await Promise.all([...this.#writing]);
-    if (this.#failure !== null) throw this.#failure.error;
-  }
-}
-
 function loginFailed(reason: ErrorCode, message: string): CoatcheckError {
   return new CoatcheckError('CC_ERR_PG_LOGIN_FAILED', message, { details: { reason } });
 }
@@ -251,6 +183,7 @@ export class PostgresEngine implements Engine<Client> {
   readonly #options: PostgresEngineOptions;
   readonly #cancels = new Map<number, CancelKey>();
   readonly live = new Set<RelaySession>();
+  readonly #statementTick = new StatementAuditTick(StatementAudit.BATCH_MS);
 
   constructor(services: PostgresEngineServices, options: PostgresEngineOptions) {
     this.#services = services;
@@ -743,10 +676,15 @@ export class PostgresEngine implements Engine<Client> {
     hello.push(encodeBackend({ type: 'ReadyForQuery', status: 'I' }));
     client.reader.detach();
     client.socket.setNoDelay?.(true);
-    const statements = new StatementAudit(this.#services.audit, login.principal.ref, {
-      session: session.id,
-      connection: login.view.name,
-    });
+    const statements = new StatementAudit(
+      this.#services.audit,
+      login.principal.ref,
+      {
+        session: session.id,
+        connection: login.view.name,
+      },
+      this.#statementTick,
+    );
     const relay = new RelaySession(client.socket, client.reader.framer, upstream, {
       services: {
         pipeline: this.#services.pipeline,

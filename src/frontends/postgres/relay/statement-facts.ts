@@ -33,12 +33,21 @@ export interface StatementFacts {
   readonly fetch?: { readonly name: string };
 }
 
+/** kindOf per parse-tree node name, worked out once: it runs for every statement. */
+const KINDS = new Map<string, string>();
+
 /** `DeleteStmt` → `delete`, `VariableSetStmt` → `variable_set`. */
 export function kindOf(node: string): string {
-  return node
-    .replace(/Stmt$/, '')
-    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
-    .toLowerCase();
+  let kind = KINDS.get(node);
+  if (kind === undefined) {
+    kind = node
+      .replace(/Stmt$/, '')
+      .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+      .toLowerCase();
+    // Node names are the parser's (a few hundred): the map stays small.
+    if (KINDS.size < 1024) KINDS.set(node, kind);
+  }
+  return kind;
 }
 
 /** Tables and functions anywhere in a parse tree (iterative: trees can be deep). */
