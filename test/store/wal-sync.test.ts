@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -116,6 +116,22 @@ describe('the SQLite store reports a write only once its WAL is flushed', () => 
     ).rejects.toMatchObject({ code: 'CC_ERR_AUDIT_UNAVAILABLE' });
     expect(mutated).toBe(true); // it ran, and committed, but was never reported durable
     await audit.close().catch(() => undefined);
+    await store.close();
+  });
+
+  it('keeps flushing the file SQLite writes through its checkpoints and WAL restarts', async () => {
+    const path = join(dir, `store-${n++}.db`);
+    const store = await openSqliteStore({ path });
+    await store.migrate();
+    await store.setMeta('first', 'x');
+    const inode = statSync(`${path}-wal`).ino;
+    // About 9 MB of frames: past SQLite's automatic checkpoint (1,000 pages) several times.
+    for (let i = 0; i < 3000; i++)
+      await store.transaction(async (tx) => tx.setMeta(`k${i % 50}`, 'x'.repeat(3000)));
+    await new Promise((resolve) => setTimeout(resolve, 400)); // the name check ran
+    expect(statSync(`${path}-wal`).ino).toBe(inode);
+    await store.setMeta('last', 'y'); // not refused: the kept descriptor is still the WAL
+    expect(statSync(`${path}-wal`).size).toBeLessThan(9_000_000); // it was restarted, not grown
     await store.close();
   });
 
