@@ -9,6 +9,7 @@ import { Mutex } from './mutex.js';
 import { AUDIT, nullableNumber, type Row, SQLITE_CODEC } from './schema.js';
 import { operationNames, type SqlDialect, SqlOps, type SqlRunner } from './sql-ops.js';
 import { SqliteChangeLog } from './sqlite-change-log.js';
+import { BackgroundCheckpointer } from './sqlite-checkpointer.js';
 import type { AuditRecord, Store, StoreChange, StoreOps, StoreTx, TransactionOptions } from './types.js';
 import { flushFile, WalSync } from './wal-sync.js';
 
@@ -273,7 +274,12 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   // subscription would still pass this bound within one burst and be reported.
   events.setMaxListeners(64);
   const walSync = options.path === ':memory:' ? null : new WalSync(options.path);
-  const durable = (): Promise<void> => walSync?.sync() ?? Promise.resolve();
+  const checkpointer =
+    options.path === ':memory:' ? null : new BackgroundCheckpointer(db, options.path, sqliteAddon());
+  const durable = (): Promise<void> => {
+    checkpointer?.noteWrite();
+    return walSync?.sync() ?? Promise.resolve();
+  };
   const totalChangesStatement = db.prepare('SELECT total_changes()').pluck();
   const snapshotOps = new SqliteOps(db);
   const ops = lockOps(snapshotOps, mutex, () => totalChangesStatement.get() as number, durable);
@@ -481,6 +487,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     },
     async close() {
       clearInterval(watcher);
+      await checkpointer?.close();
       await mutex.run(() => {
         changeLog.close();
         db.close();
