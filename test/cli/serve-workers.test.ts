@@ -191,6 +191,47 @@ describe('serve --workers', () => {
     }
   }, 60_000);
 
+  it('every worker writing at once (audit batches through the shared write lock): all 120 exchanges answered and audited, and the log verifies', async () => {
+    const { key, ticket } = await setUp();
+    start('2');
+    const [, admin, url] = await waitForLine(server!, LISTENING);
+    const before = up!.received.length;
+    // Twelve clients, each on connections of its own, ten requests each: both workers
+    // commit audit batches at the same time and take turns at the one SQLite write lock.
+    const client = async () => {
+      const statuses: number[] = [];
+      for (let i = 0; i < 10; i++) {
+        const dispatcher = new Agent({ pipelining: 0 });
+        try {
+          const res = await request(`${url}/c/items/busy`, {
+            dispatcher,
+            headers: { 'proxy-authorization': `Bearer ${key}`, authorization: `Bearer ${ticket}` },
+          });
+          await res.body.text();
+          statuses.push(res.statusCode);
+        } finally {
+          await dispatcher.close();
+        }
+      }
+      return statuses;
+    };
+    const statuses = (await Promise.all(Array.from({ length: 12 }, client))).flat();
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    expect(up!.received.length - before).toBe(120);
+    // The one /metrics: 120 requests answered 2xx across both workers, and no audit batch failed.
+    const metrics = await (await request(`${admin}/metrics`)).body.text();
+    expect(counter(metrics, 'coatcheck_http_requests_total', 'status="2xx"')).toBe(120);
+    // Unlabelled, so printed without braces: every worker's operations, summed.
+    const operations = Number(/^coatcheck_audit_operations_total (\d+)$/m.exec(metrics)?.[1] ?? Number.NaN);
+    expect(operations).toBeGreaterThanOrEqual(120);
+    const verify = await request(`${admin}/v1/audit/verify`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${t!.adminKey}` },
+    });
+    const verdict = (await verify.body.json()) as { ok: boolean; records: number };
+    expect(verdict.ok).toBe(true);
+  }, 60_000);
+
   it('a worker that keeps dying stops the server with exit 1 (a crash loop), and the others go with it', async () => {
     await setUp();
     const { output } = start('2');
