@@ -9,8 +9,7 @@
 // BENCH_CONNECTIONS=16 BENCH_TOP=40; needs wrk: apt-get install -y wrk)
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { Session } from 'node:inspector/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pino from 'pino';
@@ -18,23 +17,13 @@ import { resolveHome } from '../src/config/home.js';
 import { agentRef } from '../src/core/principal.js';
 import { initHome, openContext } from '../src/server/context.js';
 import { startHttpFrontend } from '../src/server/frontends.js';
+import { printProfile, profiled } from './cpu-profile.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 3);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
 const TOP = Number(process.env.BENCH_TOP ?? 40);
 const run = promisify(execFile);
-
-interface ProfileNode {
-  id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  children?: number[];
-}
-interface Profile {
-  nodes: ProfileNode[];
-  samples: number[];
-  timeDeltas: number[];
-}
 
 async function wrk(url: string, headers: Record<string, string>, seconds: number): Promise<number> {
   const args = ['-t1', `-c${CONNECTIONS}`, `-d${seconds}s`];
@@ -43,49 +32,6 @@ async function wrk(url: string, headers: Record<string, string>, seconds: number
   const match = /Requests\/sec:\s+([\d.]+)/.exec(stdout);
   if (match === null) throw new Error(`wrk printed no rate:\n${stdout}`);
   return Number(match[1]);
-}
-
-/** A function's label: name, file (the part after src/ or node_modules/) and line. */
-function label(node: ProfileNode): string {
-  const { functionName, url, lineNumber } = node.callFrame;
-  const file = url.replace(/^.*\/node_modules\//, '').replace(/^.*\/(src|bench)\//, '$1/');
-  return `${functionName || '(anonymous)'} ${file}${file === '' ? '' : `:${lineNumber + 1}`}`;
-}
-
-function summarize(profile: Profile, requests: number) {
-  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-  const parent = new Map<number, number>();
-  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const timeOf = new Map<number, number>();
-  let total = 0;
-  for (let i = 0; i < profile.samples.length; i++) {
-    const dt = profile.timeDeltas[i] ?? 0;
-    timeOf.set(profile.samples[i]!, (timeOf.get(profile.samples[i]!) ?? 0) + dt);
-    total += dt;
-  }
-  const self = new Map<string, number>();
-  const inclusive = new Map<string, number>();
-  for (const [id, t] of timeOf) {
-    const node = byId.get(id)!;
-    self.set(label(node), (self.get(label(node)) ?? 0) + t);
-    const seen = new Set<string>();
-    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
-      const l = label(byId.get(cur)!);
-      if (seen.has(l)) continue;
-      seen.add(l);
-      inclusive.set(l, (inclusive.get(l) ?? 0) + t);
-    }
-  }
-  const print = (title: string, table: Map<string, number>) => {
-    console.log(`\n${title} (µs per request, % of the thread's time)`);
-    for (const [name, t] of [...table].sort((a, b) => b[1] - a[1]).slice(0, TOP)) {
-      console.log(
-        `${(t / requests).toFixed(1).padStart(8)} ${((100 * t) / total).toFixed(1).padStart(5)}%  ${name}`,
-      );
-    }
-  };
-  print('self time', self);
-  print('inclusive time', inclusive);
 }
 
 async function main() {
@@ -113,7 +59,6 @@ async function main() {
   writeFileSync(home.configFile, 'log:\n  level: warn\n');
   const ctx = await openContext(home, { env: {} });
   const gateway = await startHttpFrontend(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }));
-  const session = new Session();
   try {
     const { key, agent } = await ctx.agents.create({ name: 'bench' }, 'admin:bench');
     await ctx.vault.addSecret(
@@ -137,30 +82,20 @@ async function main() {
     }) as typeof ctx.store.transaction;
 
     await wrk(url, headers, WARMUP);
-    session.connect();
-    await session.post('Profiler.enable');
-    await session.post('Profiler.setSamplingInterval', { interval: 100 });
     const before = { tx: transactions, cpu: process.cpuUsage(), audit: ctx.audit.batchesCommitted };
-    await session.post('Profiler.start');
-    const rps = await wrk(url, headers, SECONDS);
-    const { profile } = await session.post('Profiler.stop');
+    const { result: rps, profile } = await profiled(() => wrk(url, headers, SECONDS));
     const cpu = process.cpuUsage(before.cpu);
     const requests = rps * SECONDS;
     console.log(
-      `HTTP request profile: one ticket, 4 KB JSON response, SQLite store, wrk -c${CONNECTIONS} ${SECONDS}s after ${WARMUP}s warm-up; load average ${(
-        await import('node:os')
-      )
-        .loadavg()
+      `HTTP request profile: one ticket, 4 KB JSON response, SQLite store, wrk -c${CONNECTIONS} ${SECONDS}s after ${WARMUP}s warm-up; load average ${loadavg()
         .map((l) => l.toFixed(1))
         .join(' ')}`,
     );
     console.log(
       `${rps.toFixed(0)} req/s; process CPU ${((cpu.user + cpu.system) / requests).toFixed(0)} µs/request; store transactions ${((transactions - before.tx) / requests).toFixed(3)}/request (audit batches ${((ctx.audit.batchesCommitted - before.audit) / requests).toFixed(3)})`,
     );
-    if (process.env.BENCH_PROFILE_OUT) writeFileSync(process.env.BENCH_PROFILE_OUT, JSON.stringify(profile));
-    summarize(profile as Profile, requests);
+    printProfile(profile, requests, { unit: 'request', top: TOP, digits: 1 });
   } finally {
-    session.disconnect();
     await gateway.close();
     await ctx.close();
     upstream.kill();

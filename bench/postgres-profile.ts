@@ -12,12 +12,11 @@
 // first, BENCH_PROFILE=0 skips the profiled one: to compare two trees back to back by CPU per
 // statement). Needs pgbench (the PostgreSQL client tools).
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { Session } from 'node:inspector/promises';
 import { Socket } from 'node:net';
 import { cpus, loadavg } from 'node:os';
 import { promisify } from 'node:util';
 import { pgBin, startPgGateway, startThrowawayPostgres } from '../test/integration/postgres/harness.js';
+import { printProfile, profiled } from './cpu-profile.js';
 
 const MODE = process.env.BENCH_MODE ?? 'simple';
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
@@ -35,60 +34,6 @@ const MODES: Record<string, { args: string[]; statements: number }> = {
   // BEGIN, three UPDATEs, a SELECT, an INSERT, END.
   tpcb: { args: ['-M', 'simple'], statements: 7 },
 };
-
-interface ProfileNode {
-  id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  children?: number[];
-}
-interface Profile {
-  nodes: ProfileNode[];
-  samples: number[];
-  timeDeltas: number[];
-}
-
-/** A function's label: name, file (the part after src/ or node_modules/) and line. */
-function label(node: ProfileNode): string {
-  const { functionName, url, lineNumber } = node.callFrame;
-  const file = url.replace(/^.*\/node_modules\//, '').replace(/^.*\/(src|bench|test)\//, '$1/');
-  return `${functionName || '(anonymous)'} ${file}${file === '' ? '' : `:${lineNumber + 1}`}`;
-}
-
-function summarize(profile: Profile, statements: number): void {
-  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-  const parent = new Map<number, number>();
-  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const timeOf = new Map<number, number>();
-  let total = 0;
-  for (let i = 0; i < profile.samples.length; i++) {
-    const dt = profile.timeDeltas[i] ?? 0;
-    timeOf.set(profile.samples[i]!, (timeOf.get(profile.samples[i]!) ?? 0) + dt);
-    total += dt;
-  }
-  const self = new Map<string, number>();
-  const inclusive = new Map<string, number>();
-  for (const [id, t] of timeOf) {
-    const node = byId.get(id)!;
-    self.set(label(node), (self.get(label(node)) ?? 0) + t);
-    const seen = new Set<string>();
-    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
-      const l = label(byId.get(cur)!);
-      if (seen.has(l)) continue;
-      seen.add(l);
-      inclusive.set(l, (inclusive.get(l) ?? 0) + t);
-    }
-  }
-  const print = (title: string, table: Map<string, number>) => {
-    console.log(`\n${title} (µs per statement, % of the thread's time)`);
-    for (const [name, t] of [...table].sort((a, b) => b[1] - a[1]).slice(0, TOP)) {
-      console.log(
-        `${(t / statements).toFixed(2).padStart(8)} ${((100 * t) / total).toFixed(1).padStart(5)}%  ${name}`,
-      );
-    }
-  };
-  print('self time', self);
-  print('inclusive time', inclusive);
-}
 
 async function pgbench(port: number, user: string, password: string, db: string, seconds: number) {
   const mode = MODES[MODE];
@@ -122,7 +67,6 @@ async function pgbench(port: number, user: string, password: string, db: string,
 async function main(): Promise<void> {
   const db = await startThrowawayPostgres({ fsync: true });
   const gw = await startPgGateway({ auditStatements: process.env.BENCH_AUDIT !== '0' });
-  const session = new Session();
   try {
     await run(
       pgBin('pgbench'),
@@ -179,16 +123,9 @@ async function main(): Promise<void> {
     };
     for (let i = 0; i < ROUNDS; i++) await window();
     if (process.env.BENCH_PROFILE === '0') return;
-    session.connect();
-    await session.post('Profiler.enable');
-    await session.post('Profiler.setSamplingInterval', { interval: 100 });
-    await session.post('Profiler.start');
-    const statements = await window();
-    const { profile } = await session.post('Profiler.stop');
-    if (process.env.BENCH_PROFILE_OUT) writeFileSync(process.env.BENCH_PROFILE_OUT, JSON.stringify(profile));
-    summarize(profile as Profile, statements);
+    const { result: statements, profile } = await profiled(window);
+    printProfile(profile, statements, { unit: 'statement', top: TOP, digits: 2 });
   } finally {
-    session.disconnect();
     await gw.close();
     db.stop();
   }
