@@ -634,37 +634,27 @@ export class HttpEngine implements Engine<HttpClient> {
       return;
     }
     const declaredLength = Number(response.headers['content-length'] ?? Number.NaN);
+    // A small body of known length is scanned whole and sent with its headers in one write,
+    // with its length after inspection (tickets and secrets differ in length) instead of
+    // chunked: a socket write is a system call, the largest single cost of a small exchange.
+    let whole: Buffer | null = null;
     if (
       hasBody &&
       decoders.length === 0 &&
       Number.isInteger(declaredLength) &&
       declaredLength <= WHOLE_BODY_MAX
     ) {
-      // A small body of known length is scanned whole and sent with its headers in one write,
-      // with its length after inspection (tickets and secrets differ in length) instead of
-      // chunked: a socket write is a system call, the largest single cost of a small exchange.
       const parts: Buffer[] = [];
       for await (const chunk of response.body) parts.push(await this.#scannedChunk(scan, chunk as Buffer));
       parts.push(await this.#scanEnd(scan));
-      const body = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+      whole = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
       if (signal.aborted)
         throw session.terminatedBy !== null ? new Error('terminated') : new Error('client gone');
-      res.writeHead(response.statusCode, [...out, 'content-length', String(body.length)]);
-      summary.status = response.statusCode;
-      const recorder = responseRecorder(
-        session,
-        response.statusCode,
-        out,
-        String(response.headers['content-type'] ?? ''),
-      );
-      recorder?.chunk(body);
-      res.end(body);
-      recorder?.end();
-      summary.responseBytes = body.length;
-      summary.responseSecrets = [...scan.findings.values()].reduce((a, b) => a + b, 0);
-      return;
     }
-    res.writeHead(response.statusCode, out);
+    res.writeHead(
+      response.statusCode,
+      whole === null ? out : [...out, 'content-length', String(whole.length)],
+    );
     summary.status = response.statusCode;
     // What the agent received: headers and body after inspection (secrets already tickets).
     const recorder = responseRecorder(
@@ -674,7 +664,12 @@ export class HttpEngine implements Engine<HttpClient> {
       String(response.headers['content-type'] ?? ''),
     );
     let sent = 0;
-    if (hasBody) {
+    if (whole !== null) {
+      sent = whole.length;
+      recorder?.chunk(whole);
+      res.end(whole);
+      recorder?.end();
+    } else if (hasBody) {
       const source = decodedBody(response.body, decoders);
       for await (const chunk of source) {
         const clean = await this.#scannedChunk(scan, chunk as Buffer);
