@@ -63,8 +63,12 @@ const SQLITE_DIALECT: SqlDialect = {
   },
 };
 
-/** Queries on one better-sqlite3 connection, prepared once per SQL text. */
-function sqliteRunner(db: Database.Database, inTransaction: boolean): SqlRunner {
+/**
+ * Queries on one better-sqlite3 connection, prepared once per SQL text. `writes` counts the
+ * statements run that may write (`UPDATE … RETURNING` through `all` included): a write
+ * outside a transaction must wait for the WAL's flush.
+ */
+function sqliteRunner(db: Database.Database, inTransaction: boolean): SqlRunner & { writes: number } {
   /** Preparing costs more than most of our queries. */
   const statements = new Map<string, Database.Statement>();
   const prepare = (sql: string): Database.Statement => {
@@ -77,18 +81,23 @@ function sqliteRunner(db: Database.Database, inTransaction: boolean): SqlRunner 
     }
     return statement;
   };
-  const runner: SqlRunner = {
+  const runner: SqlRunner & { writes: number } = {
     inTransaction,
+    writes: 0,
     async all(sql, params = []) {
       try {
-        return prepare(sql).all(...params) as Row[];
+        const statement = prepare(sql);
+        if (!statement.readonly) runner.writes += 1;
+        return statement.all(...params) as Row[];
       } catch (error) {
         translate(error);
       }
     },
     async run(sql, params = []) {
       try {
-        return prepare(sql).run(...params).changes;
+        const statement = prepare(sql);
+        if (!statement.readonly) runner.writes += 1;
+        return statement.run(...params).changes;
       } catch (error) {
         translate(error);
       }
@@ -101,11 +110,15 @@ function sqliteRunner(db: Database.Database, inTransaction: boolean): SqlRunner 
 }
 
 class SqliteOps extends SqlOps {
+  /** Its runner, whose `writes` counts the statements run that may have written (an instance field: not an operation). */
+  readonly counted: { readonly writes: number };
   constructor(
     protected readonly sqlite: Database.Database,
     inTransaction = false,
   ) {
-    super(sqliteRunner(sqlite, inTransaction), SQLITE_DIALECT);
+    const runner = sqliteRunner(sqlite, inTransaction);
+    super(runner, SQLITE_DIALECT);
+    this.counted = runner;
   }
 
   async allocateAuditSeqs(count: number) {
@@ -168,12 +181,7 @@ type LockedOps = { [K in keyof StoreOps]: StoreOps[K] };
  * Every operation under the mutex. One that wrote (outside a transaction, so it committed on
  * its own) resolves only once that write is on disk, as a transaction does.
  */
-function lockOps(
-  ops: SqliteOps,
-  mutex: Mutex,
-  totalChanges: () => number,
-  durable: () => Promise<void>,
-): LockedOps {
+function lockOps(ops: SqliteOps, mutex: Mutex, durable: () => Promise<void>): LockedOps {
   const out: Record<string, unknown> = {};
   for (const name of operationNames(ops)) {
     const method = (ops as unknown as Record<string, unknown>)[name];
@@ -181,11 +189,11 @@ function lockOps(
     out[name] = async (...args: unknown[]) => {
       let wrote = false;
       const result = await mutex.run(async () => {
-        const before = totalChanges();
+        const before = ops.counted.writes;
         try {
           return await (method as (...a: unknown[]) => unknown).apply(ops, args);
         } finally {
-          wrote = totalChanges() !== before;
+          wrote = ops.counted.writes !== before;
         }
       });
       if (wrote) await durable();
@@ -280,9 +288,8 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     checkpointer?.noteWrite();
     return walSync?.sync() ?? Promise.resolve();
   };
-  const totalChangesStatement = db.prepare('SELECT total_changes()').pluck();
   const snapshotOps = new SqliteOps(db);
-  const ops = lockOps(snapshotOps, mutex, () => totalChangesStatement.get() as number, durable);
+  const ops = lockOps(snapshotOps, mutex, durable);
 
   // Another process (another `serve --workers` process, the CLI writing to the store
   // directly) commits without telling this one: SQLite's data_version changes exactly when
