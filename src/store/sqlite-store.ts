@@ -227,8 +227,28 @@ export interface SiblingWriteLock {
  */
 /** How long a statement waits for another process's lock before CC_ERR_STORE_UNAVAILABLE. */
 const BUSY_TIMEOUT_MS = 5000;
-/** How often a foreign commit is looked for (a PRAGMA read, microseconds). */
+/** How often a foreign commit is looked for when nothing asks (a PRAGMA read, microseconds). */
 const DATA_VERSION_POLL_MS = 100;
+/**
+ * A cache hit looks for a foreign commit at most once per window (ADR 0033): the PRAGMA
+ * read takes a WAL read lock, 3-20 µs, and a request hits several caches. Sound because
+ * every commit that carries a change notice is reported done only CHANGE_SETTLE_MS after
+ * its COMMIT, longer than the window: whatever starts after a revocation returned looks
+ * again after that revocation committed.
+ */
+export const FOREIGN_CHECK_WINDOW_MS = 1;
+export const CHANGE_SETTLE_MS = 2;
+
+/** Resolves once CHANGE_SETTLE_MS have passed since `committedAt` (performance.now()). */
+async function settledSince(committedAt: number): Promise<void> {
+  // A timer can fire a little before its delay by this clock (libuv's loop time is read
+  // at the start of the turn), so the clock is read again after each wait.
+  for (;;) {
+    const left = committedAt + CHANGE_SETTLE_MS - performance.now();
+    if (left <= 0) return;
+    await new Promise((resolve) => setTimeout(resolve, Math.ceil(left)));
+  }
+}
 
 /**
  * The addon's path, given to better-sqlite3 directly: its default lookup (the `bindings`
@@ -299,8 +319,11 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   // (about 70 µs a request on the HTTP path, against about 1 µs prepared).
   const dataVersionStatement = db.prepare('PRAGMA data_version').pluck();
   let dataVersion = dataVersionStatement.get() as number;
+  /** When the last look began (performance.now()): it saw every commit before that. */
+  let lookedAt = Number.NEGATIVE_INFINITY;
   const checkForeignCommit = () => {
     if (!db.open) return;
+    lookedAt = performance.now();
     const now = dataVersionStatement.get() as number;
     if (now === dataVersion) return;
     dataVersion = now;
@@ -347,6 +370,8 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
   };
 
   /** One transaction, under the mutex (and the sibling lock when there is one). */
+  /** When the last commit that carried a change notice returned (performance.now()). */
+  let changeCommittedAt = Number.NEGATIVE_INFINITY;
   const inTransaction = async <T>(fn: (t: StoreTx) => Promise<T>): Promise<T> => {
     await beginImmediate();
     tx.pending = [];
@@ -355,6 +380,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
       db.exec('COMMIT');
       const notices = tx.pending;
       tx.pending = [];
+      if (notices.length > 0) changeCommittedAt = performance.now();
       for (const change of notices) events.emit('change', change);
       return result;
     } catch (error) {
@@ -406,16 +432,21 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     },
     // One writer: the lock option changes nothing here.
     async transaction<T>(fn: (t: StoreTx) => Promise<T>, _options?: TransactionOptions): Promise<T> {
+      let committedAt = Number.NEGATIVE_INFINITY;
       const result = await mutex.run(async () => {
         await options.writeLock?.acquire();
         try {
-          return await inTransaction(fn);
+          const value = await inTransaction(fn);
+          committedAt = changeCommittedAt;
+          return value;
         } finally {
           options.writeLock?.release();
         }
       });
-      // Outside the mutex: the next transaction runs while this one's WAL frames are flushed.
-      await durable();
+      // Outside the mutex: the next transaction runs while this one's WAL frames are flushed
+      // (and, for a change, while other processes' look-ups window passes: ADR 0033).
+      if (committedAt === Number.NEGATIVE_INFINITY) await durable();
+      else await Promise.all([durable(), settledSince(committedAt)]);
       return result;
     },
     async readSnapshot<T>(fn: (ops: StoreOps) => Promise<T>): Promise<T> {
@@ -472,20 +503,23 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     async publish(change: StoreChange) {
       // A change made outside a transaction: into the change log on its own (other
       // processes), then to local listeners.
-      await mutex.run(() => {
+      const committedAt = await mutex.run(() => {
         try {
           db.transaction(() => changeLog.append(change)).immediate();
+          return performance.now();
         } catch (error) {
           translate(error);
         }
       });
       events.emit('change', change);
-      await durable();
+      await Promise.all([durable(), settledSince(committedAt)]);
     },
     feedCurrent() {
       // A cache hit first looks for a foreign commit (the CLI revoking directly): one
-      // prepared PRAGMA read, so a revocation by another process is never served from cache.
-      checkForeignCommit();
+      // prepared PRAGMA read, so a revocation by another process is never served from cache
+      // once it returned. At most once per window: a look begun within the window saw every
+      // change reported done before this call (they wait CHANGE_SETTLE_MS, ADR 0033).
+      if (performance.now() - lookedAt >= FOREIGN_CHECK_WINDOW_MS) checkForeignCommit();
       return true;
     },
     subscribe(listener) {

@@ -6,7 +6,7 @@ import Database from 'better-sqlite3';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { AuditLog } from '../../src/audit/audit-log.js';
 import { systemClock } from '../../src/core/clock.js';
-import { openSqliteStore } from '../../src/store/sqlite-store.js';
+import { CHANGE_SETTLE_MS, openSqliteStore } from '../../src/store/sqlite-store.js';
 import type { Store, StoreChange } from '../../src/store/types.js';
 import { untypedEvent } from '../helpers/audit.js';
 import { sqliteStoreAtVersion } from './old-schema.js';
@@ -22,13 +22,18 @@ afterEach(async () => {
   for (const s of opened.splice(0)) await s.close();
 });
 
-/** Write to the file behind the stores' backs, as another program would. */
-function behindTheirBacks<T>(path: string, write: (db: Database.Database) => T): T {
+/**
+ * Write to the file behind the stores' backs, as another program would; then wait out the
+ * window in which a store may answer a cache hit from its last look (ADR 0033), as the
+ * store's own writers of a change do.
+ */
+async function behindTheirBacks<T>(path: string, write: (db: Database.Database) => T): Promise<T> {
   const raw = new Database(path);
   try {
     return write(raw);
   } finally {
     raw.close();
+    await new Promise((resolve) => setTimeout(resolve, CHANGE_SETTLE_MS + 1));
   }
 }
 
@@ -59,6 +64,79 @@ describe('the SQLite change log', () => {
     ]);
     reader.feedCurrent();
     expect(heard).toHaveLength(2); // each change once
+  });
+
+  // A cache hit looks for foreign commits at most once per FOREIGN_CHECK_WINDOW_MS; a
+  // change is reported done only CHANGE_SETTLE_MS after its COMMIT (ADR 0033). An agent
+  // that keeps the reader busy (hits every few microseconds, so it always looked a moment
+  // ago) must still not be served from cache once a revocation has returned.
+  async function hammered(reader: Store, during: () => Promise<void>): Promise<number> {
+    let looks = 0;
+    let stop = false;
+    const loop = (async () => {
+      while (!stop) {
+        reader.feedCurrent();
+        looks++;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    })();
+    try {
+      await during();
+    } finally {
+      stop = true;
+      await loop;
+    }
+    return looks;
+  }
+
+  it('a change reported done is heard at the next cache hit of a connection that looked a moment before', async () => {
+    const { writer, reader, heard } = await pair();
+    for (let i = 0; i < 40; i++) {
+      const id = `tkt_race_${i}`;
+      await hammered(reader, () =>
+        writer.transaction(async (t) => {
+          await t.notify({ type: 'ticket.revoked', ids: [id] });
+        }),
+      );
+      reader.feedCurrent(); // the first hit after the revocation returned
+      expect(heard).toContainEqual({ type: 'ticket.revoked', ids: [id] });
+    }
+  });
+
+  it('a published change reported done is heard at the next cache hit, likewise', async () => {
+    const { writer, reader, heard } = await pair();
+    for (let i = 0; i < 40; i++) {
+      const name = `api_${i}`;
+      await hammered(reader, () => writer.publish({ type: 'connection.changed', name }));
+      reader.feedCurrent();
+      expect(heard).toContainEqual({ type: 'connection.changed', name });
+    }
+  });
+
+  it('a revocation inside a savepoint of a larger transaction is heard likewise', async () => {
+    const { writer, reader, heard } = await pair();
+    for (let i = 0; i < 20; i++) {
+      const id = `tkt_sp_${i}`;
+      await hammered(reader, () =>
+        writer.transaction(async (t) => {
+          await t.savepoint(async () => t.notify({ type: 'ticket.revoked', ids: [id] }));
+        }),
+      );
+      reader.feedCurrent();
+      expect(heard).toContainEqual({ type: 'ticket.revoked', ids: [id] });
+    }
+  });
+
+  it('a change written by another program (no settle wait) is heard once the window has passed', async () => {
+    const { path, reader, heard } = await pair();
+    reader.feedCurrent();
+    await behindTheirBacks(path, (raw) =>
+      raw
+        .prepare('INSERT INTO store_changes (origin, at, payload) VALUES (?, ?, ?)')
+        .run('other', Date.now(), '{"type":"agent.revoked","id":"agt_by_hand"}'),
+    );
+    reader.feedCurrent();
+    expect(heard).toEqual([{ type: 'agent.revoked', id: 'agt_by_hand' }]);
   });
 
   it('delivers published changes (made outside a transaction) to the other connection', async () => {
@@ -122,7 +200,7 @@ describe('the SQLite change log', () => {
     it('rows pruned before this connection read them', async () => {
       const { path, writer, reader, heard } = await pair();
       await writer.transaction((t) => t.notify({ type: 'agent.revoked', id: 'agt_pruned' }));
-      behindTheirBacks(path, (raw) => {
+      await behindTheirBacks(path, (raw) => {
         const max = (raw.prepare('SELECT MAX(seq) AS seq FROM store_changes').get() as { seq: number }).seq;
         raw.prepare('DELETE FROM store_changes').run();
         raw
@@ -139,7 +217,7 @@ describe('the SQLite change log', () => {
 
     it('a row that does not parse (written by something else)', async () => {
       const { path, reader, heard } = await pair();
-      behindTheirBacks(path, (raw) =>
+      await behindTheirBacks(path, (raw) =>
         raw
           .prepare('INSERT INTO store_changes (origin, at, payload) VALUES (?, ?, ?)')
           .run('other', Date.now(), '{"type":"ticket.revoked","ids":"not-a-list"}'),
@@ -150,7 +228,7 @@ describe('the SQLite change log', () => {
 
     it('a backlog longer than the replay bound', async () => {
       const { path, reader, heard } = await pair();
-      behindTheirBacks(path, (raw) =>
+      await behindTheirBacks(path, (raw) =>
         raw.exec(`WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 10001)
           INSERT INTO store_changes (origin, at, payload)
           SELECT 'other', 0, '{"type":"agent.revoked","id":"agt_' || i || '"}' FROM k`),
