@@ -64,7 +64,8 @@ describe('revocation on SQLite is never late', () => {
     const { principal } = await setUp();
     for (let round = 0; round < 8; round++) {
       const issued = await server.vault.issueTicket({ secret: 's', principal: principal.ref }, 'admin:test');
-      const exchange = () => server.vault.exchange(issued.ticket, { principal, target: { connection: 'svc' } });
+      const exchange = () =>
+        server.vault.exchange(issued.ticket, { principal, target: { connection: 'svc' } });
       await exchange();
       let stop = false;
       const busy = (async () => {
