@@ -39,7 +39,7 @@ export interface WorkerListening {
 }
 
 /** Worker 0's request for every worker's metrics, and the primary's answer. */
-interface MetricsRequest {
+export interface MetricsRequest {
   readonly type: 'coatcheck.metrics';
   readonly id: number;
 }
@@ -57,7 +57,11 @@ const METRICS_TIMEOUT_MS = 5000;
  */
 export async function workerMetrics(
   registry: import('prom-client').Registry,
+  // For tests: how the request reaches the primary, and how long its answer is waited for.
+  options: { send?: (message: MetricsRequest) => void; timeoutMs?: number } = {},
 ): Promise<() => Promise<string>> {
+  const send = options.send ?? ((message: MetricsRequest) => process.send?.(message));
+  const timeoutMs = options.timeoutMs ?? METRICS_TIMEOUT_MS;
   const { AggregatorRegistry } = await import('prom-client');
   // Constructing one installs prom-client's answer to the primary's requests in this worker.
   new AggregatorRegistry();
@@ -72,16 +76,18 @@ export async function workerMetrics(
   return () =>
     new Promise<string>((resolve, reject) => {
       const id = next++;
-      const timer = setTimeout(() => settle(undefined), METRICS_TIMEOUT_MS);
+      const timer = setTimeout(() => settle(undefined), timeoutMs);
       const settle = (text: string | undefined) => {
         clearTimeout(timer);
         waiting.delete(id);
         if (text === undefined)
-          reject(new CoatcheckError('CC_ERR_INTERNAL', "the workers' metrics could not be gathered"));
+          reject(
+            new CoatcheckError('CC_ERR_METRICS_UNAVAILABLE', "the workers' metrics could not be gathered"),
+          );
         else resolve(text);
       };
       waiting.set(id, settle);
-      process.send?.({ type: 'coatcheck.metrics', id } satisfies MetricsRequest);
+      send({ type: 'coatcheck.metrics', id });
     });
 }
 

@@ -290,6 +290,13 @@ export const ERROR_CODES = {
     description: 'The admin API request lacks a valid admin key.',
     solution: 'Send `Authorization: Bearer <admin key>` (the key file is in the coatcheck home).',
   },
+  CC_ERR_METRICS_UNAVAILABLE: {
+    status: 503,
+    description:
+      "`serve --workers`: the workers' metrics could not be gathered (a worker did not answer the primary within 5 s: restarting, stuck or gone), so /metrics has no sum to give.",
+    solution:
+      'Scrape again; if it keeps failing, look in the log for a worker that exits or restarts (a crash loop stops the server after five exits in 60 s).',
+  },
   CC_ERR_AUDIT_UNAVAILABLE: {
     status: 503,
     description: 'The audit log could not be written, so the operation was refused (fail closed).',
