@@ -92,7 +92,7 @@ export async function workerMetrics(
 }
 
 /** The store's write lock between workers: asked for, granted, given back (by id). */
-interface LockMessage {
+export interface LockMessage {
   readonly type: 'coatcheck.lock' | 'coatcheck.lock.granted' | 'coatcheck.unlock';
   readonly id: number;
 }
@@ -140,6 +140,60 @@ export function siblingWriteLock(): SiblingWriteLock {
 }
 
 /** `--workers` / COATCHECK_WORKERS: a count, or `auto` for one per core. Default 1. */
+/** What the primary needs of a worker to hand it the lock (a cluster Worker). */
+export interface LockHolder {
+  isConnected(): boolean;
+  send(message: LockMessage): unknown;
+}
+
+/**
+ * In the primary: the workers' write lock (siblingWriteLock). One holder, the rest in
+ * arrival order. A worker that exits or disconnects loses what it held or asked for, so a
+ * worker killed inside a transaction never leaves its siblings waiting for a grant (they
+ * would go on to SQLite's own lock after LOCK_WAIT_MS; this hands the lock on at once).
+ */
+export class SiblingLockQueue<W extends LockHolder> {
+  #holder: { worker: W; id: number } | null = null;
+  readonly #queue: Array<{ worker: W; id: number }> = [];
+
+  /** Who holds the lock (for tests and logs). */
+  get holder(): { readonly worker: W; readonly id: number } | null {
+    return this.#holder;
+  }
+
+  onMessage(worker: W, m: LockMessage): void {
+    if (m.type === 'coatcheck.lock') {
+      this.#queue.push({ worker, id: m.id });
+    } else if (m.type === 'coatcheck.unlock') {
+      if (this.#holder !== null && this.#holder.worker === worker && this.#holder.id === m.id)
+        this.#holder = null;
+      else {
+        // Given back before it was granted (the worker stopped waiting): drop the request.
+        const at = this.#queue.findIndex((q) => q.worker === worker && q.id === m.id);
+        if (at >= 0) this.#queue.splice(at, 1);
+      }
+    }
+    this.#grantNext();
+  }
+
+  /** The worker exited or disconnected. */
+  drop(worker: W): void {
+    if (this.#holder?.worker === worker) this.#holder = null;
+    for (let i = this.#queue.length - 1; i >= 0; i--)
+      if (this.#queue[i]!.worker === worker) this.#queue.splice(i, 1);
+    this.#grantNext();
+  }
+
+  #grantNext(): void {
+    while (this.#holder === null && this.#queue.length > 0) {
+      const next = this.#queue.shift()!;
+      if (!next.worker.isConnected()) continue;
+      this.#holder = next;
+      next.worker.send({ type: 'coatcheck.lock.granted', id: next.id } satisfies LockMessage);
+    }
+  }
+}
+
 export function parseWorkers(value: string | undefined, field: string): number {
   if (value === undefined || value === '') return 1;
   if (value === 'auto') return Math.min(MAX_WORKERS, availableParallelism());
@@ -178,36 +232,7 @@ export interface PrimaryOptions {
 export async function runPrimary(options: PrimaryOptions): Promise<number> {
   const { AggregatorRegistry } = await import('prom-client');
   const aggregator = new AggregatorRegistry();
-  // The workers' write lock (siblingWriteLock): one holder, the rest in arrival order.
-  let holder: { worker: Worker; id: number } | null = null;
-  const queue: Array<{ worker: Worker; id: number }> = [];
-  const grantNext = () => {
-    while (holder === null && queue.length > 0) {
-      const next = queue.shift()!;
-      if (!next.worker.isConnected()) continue;
-      holder = next;
-      next.worker.send({ type: 'coatcheck.lock.granted', id: next.id } satisfies LockMessage);
-    }
-  };
-  const onLock = (worker: Worker, m: LockMessage) => {
-    if (m.type === 'coatcheck.lock') {
-      queue.push({ worker, id: m.id });
-      grantNext();
-    } else if (m.type === 'coatcheck.unlock') {
-      if (holder !== null && holder.worker === worker && holder.id === m.id) holder = null;
-      else {
-        // Given back before it was granted (the worker stopped waiting): drop the request.
-        const at = queue.findIndex((q) => q.worker === worker && q.id === m.id);
-        if (at >= 0) queue.splice(at, 1);
-      }
-      grantNext();
-    }
-  };
-  const dropLocks = (worker: Worker) => {
-    if (holder?.worker === worker) holder = null;
-    for (let i = queue.length - 1; i >= 0; i--) if (queue[i]!.worker === worker) queue.splice(i, 1);
-    grantNext();
-  };
+  const locks = new SiblingLockQueue<Worker>();
   return new Promise<number>((resolve) => {
     const byIndex = new Map<number, Worker>();
     const ready = new Set<number>();
@@ -228,7 +253,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
           (lock?.type === 'coatcheck.lock' || lock?.type === 'coatcheck.unlock') &&
           typeof lock.id === 'number'
         ) {
-          onLock(worker, lock as LockMessage);
+          locks.onMessage(worker, lock as LockMessage);
           return;
         }
         const asked = message as Partial<MetricsRequest> | null;
@@ -250,8 +275,10 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
           options.onListening(first);
         }
       });
+      // A worker cut off from the primary cannot give the lock back (its release sends nothing).
+      worker.on('disconnect', () => locks.drop(worker));
       worker.on('exit', (code, signal) => {
-        dropLocks(worker);
+        locks.drop(worker);
         if (byIndex.get(index) === worker) byIndex.delete(index);
         ready.delete(index);
         if (stopping) {
