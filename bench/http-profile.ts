@@ -6,7 +6,9 @@
 // per request. BENCH_PROFILE_OUT=<file.cpuprofile> keeps the raw profile for a viewer.
 //
 // Run: node --import tsx bench/http-profile.ts   (BENCH_SECONDS=5 BENCH_WARMUP=3
-// BENCH_CONNECTIONS=16 BENCH_TOP=40; needs wrk: apt-get install -y wrk)
+// BENCH_CONNECTIONS=16 BENCH_TOP=40; needs wrk: apt-get install -y wrk). BENCH_HEAP=1 samples
+// allocations instead of CPU: bytes allocated per request by function (what the collector's
+// share of the profile comes from).
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -17,7 +19,7 @@ import { resolveHome } from '../src/config/home.js';
 import { agentRef } from '../src/core/principal.js';
 import { initHome, openContext } from '../src/server/context.js';
 import { startHttpFrontend } from '../src/server/frontends.js';
-import { printProfile, profiled } from './cpu-profile.js';
+import { heapProfiled, printHeapProfile, printProfile, profiled } from './cpu-profile.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 3);
@@ -83,7 +85,11 @@ async function main() {
 
     await wrk(url, headers, WARMUP);
     const before = { tx: transactions, cpu: process.cpuUsage(), audit: ctx.audit.batchesCommitted };
-    const { result: rps, profile } = await profiled(() => wrk(url, headers, SECONDS));
+    const heap = process.env.BENCH_HEAP === '1';
+    const measured = heap
+      ? await heapProfiled(() => wrk(url, headers, SECONDS))
+      : await profiled(() => wrk(url, headers, SECONDS));
+    const rps = measured.result;
     const cpu = process.cpuUsage(before.cpu);
     const requests = rps * SECONDS;
     console.log(
@@ -94,7 +100,9 @@ async function main() {
     console.log(
       `${rps.toFixed(0)} req/s; process CPU ${((cpu.user + cpu.system) / requests).toFixed(0)} µs/request; store transactions ${((transactions - before.tx) / requests).toFixed(3)}/request (audit batches ${((ctx.audit.batchesCommitted - before.audit) / requests).toFixed(3)})`,
     );
-    printProfile(profile, requests, { unit: 'request', top: TOP, digits: 1 });
+    if ('bytesBySite' in measured)
+      printHeapProfile(measured.bytesBySite, requests, { unit: 'request', top: TOP });
+    else printProfile(measured.profile, requests, { unit: 'request', top: TOP, digits: 1 });
   } finally {
     await gateway.close();
     await ctx.close();
