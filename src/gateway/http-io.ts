@@ -223,6 +223,10 @@ export function readBody(
 
 /** Wait until `res` can take more, or is gone; leaves no listener behind. */
 export function drained(res: ServerResponse): Promise<void> {
+  // A response whose connection has closed never drains and never closes again (a write to
+  // it just returns false): waiting for either would hold the exchange, and the upstream
+  // answer it reads from, forever. The caller sees `res.destroyed` and stops.
+  if (res.destroyed || res.writableFinished) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
       res.off('drain', done);

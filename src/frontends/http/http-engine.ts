@@ -508,6 +508,8 @@ export class HttpEngine implements Engine<HttpClient> {
     };
     const onTerminated = () => gone.abort(session.signal.reason);
     client.res.once('close', onClose);
+    // Gone already (while the request was prepared): 'close' will not come again.
+    if (client.res.destroyed) onClose();
     if (session.signal.aborted) onTerminated();
     else session.signal.addEventListener('abort', onTerminated, { once: true });
     const signal = gone.signal;

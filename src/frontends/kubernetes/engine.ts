@@ -462,6 +462,7 @@ export class KubernetesEngine {
       if (!res.writableFinished) gone.abort();
     };
     res.once('close', onClose);
+    if (res.destroyed) onClose(); // gone already: 'close' will not come again
     const signal = AbortSignal.any([session.signal, gone.signal]);
     let response: Dispatcher.ResponseData;
     const upstreamStarted = performance.now();
@@ -581,7 +582,7 @@ export class KubernetesEngine {
     }
     const rewrite = json && mustDecode;
     const stop = () => {
-      if (signal.aborted)
+      if (signal.aborted || res.destroyed)
         throw session.terminatedBy !== null ? new Error('terminated') : new Error('client gone');
     };
     if (!hasBody) {

@@ -460,6 +460,7 @@ export class LlmEngine implements Engine<LlmClient> {
       if (!client.res.writableFinished) gone.abort();
     };
     client.res.once('close', onClose);
+    if (client.res.destroyed) onClose(); // gone already: 'close' will not come again
     const signal = AbortSignal.any([session.signal, gone.signal]);
     const started = performance.now();
     let response: Dispatcher.ResponseData;

@@ -109,6 +109,8 @@ function codeOf(error: unknown): ErrorCode {
 
 /** Wait until `sink` drains or closes. */
 function drained(sink: Writable): Promise<void> {
+  // Closed already: no event will come (see drained in src/gateway/http-io.ts).
+  if (sink.destroyed || sink.writableFinished || sink.closed) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
       sink.off('drain', done);

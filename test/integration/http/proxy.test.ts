@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { request } from 'undici';
@@ -366,6 +367,112 @@ describe('slow and broken upstreams do not hang the gateway', () => {
     });
     await expect(call('/c/api/half')).rejects.toThrow();
     expect((await call('/c/api/fine')).status).toBe(200);
+  });
+
+  // A client that goes away in the middle of a large answer must free what the gateway
+  // holds for it: an agent that opens downloads and drops them would otherwise pin an
+  // upstream connection (and its buffered bytes) each, and hold shutdown's drain forever.
+  describe('a client that goes away frees the upstream exchange', () => {
+    const CHUNK = Buffer.alloc(64 * 1024, 'abcdefghijklmnopqrstuvwxyz012345');
+    /** An upstream answer of `chunks` × 64 KiB, written as the reader takes it; resolves how it ended. */
+    function bigAnswer(path: string, chunks: number, headers: Record<string, string> = {}) {
+      let ended: (how: 'finished' | 'aborted') => void = () => undefined;
+      const done = new Promise<'finished' | 'aborted'>((resolve) => {
+        ended = resolve;
+      });
+      up.handle(path, (_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/plain', ...headers });
+        res.on('close', () => ended(res.writableFinished ? 'finished' : 'aborted'));
+        let sent = 0;
+        const more = () => {
+          while (sent < chunks) {
+            sent++;
+            if (!res.write(CHUNK)) {
+              res.once('drain', more);
+              return;
+            }
+          }
+          res.end();
+        };
+        more();
+      });
+      return done;
+    }
+
+    /** A raw client: sends the request, reads until `after` bytes arrived (0: none), then drops the socket. */
+    async function dropAfter(path: string, after: number): Promise<number> {
+      const { connect } = await import('node:net');
+      const { port } = new URL(gw.url);
+      return new Promise<number>((resolve, reject) => {
+        const socket = connect(Number(port), '127.0.0.1', () => {
+          socket.write(
+            `GET ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nproxy-authorization: Bearer ${agent.key}\r\n\r\n`,
+          );
+          if (after === 0) setTimeout(() => socket.destroy(), 5);
+        });
+        let got = 0;
+        socket.on('data', (chunk: Buffer) => {
+          got += chunk.length;
+          if (got >= after) socket.destroy();
+        });
+        socket.on('close', () => resolve(got));
+        socket.on('error', reject);
+      });
+    }
+
+    it('dropped mid-body (the gateway waiting for the client to drain): the upstream answer is aborted', async () => {
+      const ended = bigAnswer('/big-drop', 2048); // 128 MiB: never finished in time
+      const got = await dropAfter('/c/api/big-drop', 512 * 1024);
+      expect(got).toBeGreaterThanOrEqual(512 * 1024);
+      expect(await ended).toBe('aborted');
+    });
+
+    it('dropped before any answer arrived: the upstream answer is aborted', async () => {
+      const ended = bigAnswer('/big-early', 2048);
+      await dropAfter('/c/api/big-early', 0);
+      expect(await ended).toBe('aborted');
+    });
+
+    it('dropped mid-body of a compressed answer (inspected through the decoder): aborted too', async () => {
+      let ended: (how: 'finished' | 'aborted') => void = () => undefined;
+      const done = new Promise<'finished' | 'aborted'>((resolve) => {
+        ended = resolve;
+      });
+      // Random text compresses only to about three quarters: megabytes still on the wire.
+      const payload = gzipSync(Buffer.from(randomBytes(12 * 1024 * 1024).toString('base64')), { level: 1 });
+      up.handle('/big-gzip', (_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-encoding': 'gzip' });
+        let at = 0;
+        const more = () => {
+          while (at < payload.length) {
+            const piece = payload.subarray(at, at + 4096);
+            at += piece.length;
+            if (!res.write(piece)) {
+              res.once('drain', more);
+              return;
+            }
+          }
+          res.end();
+        };
+        res.on('close', () => ended(res.writableFinished ? 'finished' : 'aborted'));
+        more();
+      });
+      const got = await dropAfter('/c/api/big-gzip', 256 * 1024);
+      expect(got).toBeGreaterThanOrEqual(256 * 1024);
+      expect(await done).toBe('aborted');
+      expect((await call('/c/api/fine')).status).toBe(200);
+    });
+
+    it('after drops, no session is left open (shutdown would wait on it)', async () => {
+      const ended = bigAnswer('/big-many', 2048);
+      await Promise.all([dropAfter('/c/api/big-many', 300 * 1024), dropAfter('/c/api/big-many', 300 * 1024)]);
+      await ended;
+      const open = async () => {
+        const metric = (await gw.ctx.metrics.getSingleMetric('coatcheck_sessions_open')?.get())?.values ?? [];
+        return metric.filter((v) => v.labels.frontend === 'http').reduce((n, v) => n + v.value, 0);
+      };
+      await expect.poll(open, { timeout: 10_000 }).toBe(0);
+    });
   });
 
   it('answers 502 when nothing listens upstream', async () => {

@@ -1,0 +1,77 @@
+import { createServer, type ServerResponse } from 'node:http';
+import { type AddressInfo, connect } from 'node:net';
+import { describe, expect, it } from 'vitest';
+import { drained } from './http-io.js';
+
+// A streamed answer waits for the client to take more. A client that is already gone must
+// not leave that wait open: nothing would end it, and the upstream answer the loop reads
+// from would stay paused, its connection held (a hostile agent drops downloads at will).
+async function withDroppedClient(onGone: (res: ServerResponse) => Promise<string>): Promise<string> {
+  let outcome: Promise<string> = Promise.resolve('never');
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write(Buffer.alloc(1024, 'x'));
+    outcome = new Promise((resolve) => res.on('close', () => resolve(onGone(res))));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    await new Promise<void>((resolve) => {
+      const socket = connect((server.address() as AddressInfo).port, '127.0.0.1', () =>
+        socket.write('GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n'),
+      );
+      socket.on('data', () => socket.destroy());
+      socket.on('close', () => resolve());
+    });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    return await outcome;
+  } finally {
+    server.close();
+  }
+}
+
+const within = (wait: Promise<void>, ms = 1000) =>
+  Promise.race([
+    wait.then(() => 'resolved'),
+    new Promise<string>((resolve) => setTimeout(() => resolve('still waiting'), ms)),
+  ]);
+
+describe('drained', () => {
+  it('resolves at once for a response whose client already went away', async () => {
+    const result = await withDroppedClient(async (res) => {
+      expect(res.write(Buffer.alloc(64 * 1024))).toBe(false); // what the streaming loop sees
+      return within(drained(res));
+    });
+    expect(result).toBe('resolved');
+  });
+
+  it('resolves for a response ended before the wait', async () => {
+    const result = await withDroppedClient(async (res) => {
+      res.end();
+      return within(drained(res));
+    });
+    expect(result).toBe('resolved');
+  });
+
+  it('resolves when the client goes away during the wait', async () => {
+    let waited: Promise<string> = Promise.resolve('never');
+    const server = createServer((_req, res) => {
+      res.writeHead(200);
+      // Fill the socket until a write is refused, then wait; the client then drops.
+      while (res.write(Buffer.alloc(64 * 1024, 'y'))) {}
+      waited = within(drained(res), 5000);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      await new Promise<void>((resolve) => {
+        const socket = connect((server.address() as AddressInfo).port, '127.0.0.1', () =>
+          socket.write('GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n'),
+        );
+        socket.once('data', () => setTimeout(() => socket.destroy(), 50));
+        socket.on('close', () => resolve());
+      });
+      expect(await waited).toBe('resolved');
+    } finally {
+      server.close();
+    }
+  });
+});
