@@ -369,10 +369,11 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     }
   };
 
-  /** One transaction, under the mutex (and the sibling lock when there is one). */
-  /** When the last commit that carried a change notice returned (performance.now()). */
+  /** When the running transaction's COMMIT returned, if it carried a change notice (performance.now()). */
   let changeCommittedAt = Number.NEGATIVE_INFINITY;
+  /** One transaction, under the mutex (and the sibling lock when there is one). */
   const inTransaction = async <T>(fn: (t: StoreTx) => Promise<T>): Promise<T> => {
+    changeCommittedAt = Number.NEGATIVE_INFINITY;
     await beginImmediate();
     tx.pending = [];
     try {
