@@ -139,7 +139,6 @@ export function siblingWriteLock(): SiblingWriteLock {
   };
 }
 
-/** `--workers` / COATCHECK_WORKERS: a count, or `auto` for one per core. Default 1. */
 /** What the primary needs of a worker to hand it the lock (a cluster Worker). */
 export interface LockHolder {
   isConnected(): boolean;
@@ -194,6 +193,7 @@ export class SiblingLockQueue<W extends LockHolder> {
   }
 }
 
+/** `--workers` / COATCHECK_WORKERS: a count, or `auto` for one per core. Default 1. */
 export function parseWorkers(value: string | undefined, field: string): number {
   if (value === undefined || value === '') return 1;
   if (value === 'auto') return Math.min(MAX_WORKERS, availableParallelism());
