@@ -1,7 +1,7 @@
 import { createServer, type ServerResponse } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { drained } from './http-io.js';
+import { drained, readBody } from './http-io.js';
 
 // A streamed answer waits for the client to take more. A client that is already gone must
 // not leave that wait open: nothing would end it, and the upstream answer the loop reads
@@ -70,6 +70,38 @@ describe('drained', () => {
         socket.on('close', () => resolve());
       });
       expect(await waited).toBe('resolved');
+    } finally {
+      server.close();
+    }
+  });
+});
+
+describe('readBody', () => {
+  it('rejects at once for a request whose client went away before the body was read', async () => {
+    let outcome: Promise<string> = Promise.resolve('never');
+    const server = createServer((req) => {
+      // As the gateway does: the body is read only after the request was checked (awaits).
+      req.on('close', () => {
+        outcome = Promise.race([
+          readBody(req, 1 << 20).then(
+            () => 'resolved',
+            (error: { code?: string }) => `rejected ${error.code}`,
+          ),
+          new Promise<string>((resolve) => setTimeout(() => resolve('still waiting'), 1000)),
+        ]);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      await new Promise<void>((resolve) => {
+        const socket = connect((server.address() as AddressInfo).port, '127.0.0.1', () => {
+          socket.write('POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 60000\r\n\r\nabc');
+          setTimeout(() => socket.destroy(), 20);
+        });
+        socket.on('close', () => resolve());
+      });
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(await outcome).toBe('rejected CC_ERR_HTTP_BAD_REQUEST');
     } finally {
       server.close();
     }

@@ -157,6 +157,13 @@ export function readBody(
   limit: number,
   reservation?: BodyReservation,
 ): Promise<Buffer | null> {
+  // The body is read after the request was checked (awaits): a client gone by then has
+  // already had its 'error' and 'close', and neither 'end' nor 'error' would come again.
+  if (req.destroyed) {
+    return Promise.reject(
+      new CoatcheckError('CC_ERR_HTTP_BAD_REQUEST', 'the client went away before its request body was read'),
+    );
+  }
   const declared = req.headers['content-length'];
   const framed = declared !== undefined || req.headers['transfer-encoding'] !== undefined;
   const tooLarge = () => new CoatcheckError('CC_ERR_BODY_TOO_LARGE', `request body exceeds ${limit} bytes`);
