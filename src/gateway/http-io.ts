@@ -1,4 +1,5 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
+import type { Writable } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 
@@ -228,20 +229,25 @@ export function readBody(
   });
 }
 
-/** Wait until `res` can take more, or is gone; leaves no listener behind. */
-export function drained(res: ServerResponse): Promise<void> {
-  // A response whose connection has closed never drains and never closes again (a write to
-  // it just returns false): waiting for either would hold the exchange, and the upstream
-  // answer it reads from, forever. The caller sees `res.destroyed` and stops.
-  if (res.destroyed || res.writableFinished) return Promise.resolve();
+/**
+ * Wait until `sink` (a response, an SSH channel) can take more, or is gone; leaves no
+ * listener behind.
+ */
+export function drained(sink: Writable): Promise<void> {
+  // A sink whose connection has closed never drains and never closes again (a write to it
+  // just returns false): waiting for either would hold the exchange, and the upstream
+  // answer it reads from, forever. The caller sees `destroyed` and stops.
+  if (sink.destroyed || sink.closed || sink.writableFinished) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
-      res.off('drain', done);
-      res.off('close', done);
+      sink.off('drain', done);
+      sink.off('close', done);
+      sink.off('finish', done);
       resolve();
     };
-    res.on('drain', done);
-    res.on('close', done);
+    sink.on('drain', done);
+    sink.on('close', done);
+    sink.on('finish', done);
   });
 }
 

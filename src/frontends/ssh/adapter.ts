@@ -9,6 +9,7 @@ import type { Clock } from '../../core/clock.js';
 import { CoatcheckError, type ErrorCode } from '../../core/errors.js';
 import { agentRef, type Principal } from '../../core/principal.js';
 import { AGENT_KEY_PREFIX, isTicket, TICKET_PATTERN } from '../../core/ticket-format.js';
+import { drained } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import type { ExchangePipeline } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
@@ -105,23 +106,6 @@ function masked(text: string): string {
 
 function codeOf(error: unknown): ErrorCode {
   return error instanceof CoatcheckError ? error.code : 'CC_ERR_INTERNAL';
-}
-
-/** Wait until `sink` drains or closes. */
-function drained(sink: Writable): Promise<void> {
-  // Closed already: no event will come (see drained in src/gateway/http-io.ts).
-  if (sink.destroyed || sink.writableFinished || sink.closed) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      sink.off('drain', done);
-      sink.off('close', done);
-      sink.off('finish', done);
-      resolve();
-    };
-    sink.on('drain', done);
-    sink.on('close', done);
-    sink.on('finish', done);
-  });
 }
 
 /**

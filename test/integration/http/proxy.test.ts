@@ -374,79 +374,33 @@ describe('slow and broken upstreams do not hang the gateway', () => {
   // upstream connection (and its buffered bytes) each, and hold shutdown's drain forever.
   describe('a client that goes away frees the upstream exchange', () => {
     const CHUNK = Buffer.alloc(64 * 1024, 'abcdefghijklmnopqrstuvwxyz012345');
-    /** An upstream answer of `chunks` × 64 KiB, written as the reader takes it; resolves how it ended. */
-    function bigAnswer(path: string, chunks: number, headers: Record<string, string> = {}) {
-      let ended: (how: 'finished' | 'aborted') => void = () => undefined;
-      const done = new Promise<'finished' | 'aborted'>((resolve) => {
-        ended = resolve;
-      });
+    type Ending = 'finished' | 'aborted';
+
+    /**
+     * An upstream answer written as the reader takes it, piece by piece (`next` gives null at
+     * the end), begun `delayMs` after the request arrived; `received` resolves when the
+     * request is there, `ended` with how the answer ended.
+     */
+    function bigAnswer(
+      path: string,
+      next: () => Buffer | null,
+      options: { headers?: Record<string, string>; delayMs?: number } = {},
+    ): { received: Promise<void>; ended: Promise<Ending> } {
+      let received: () => void = () => undefined;
+      let ended: (how: Ending) => void = () => undefined;
+      const result = {
+        received: new Promise<void>((resolve) => {
+          received = resolve;
+        }),
+        ended: new Promise<Ending>((resolve) => {
+          ended = resolve;
+        }),
+      };
       up.handle(path, (_req, res) => {
-        res.writeHead(200, { 'content-type': 'text/plain', ...headers });
+        received();
         res.on('close', () => ended(res.writableFinished ? 'finished' : 'aborted'));
-        let sent = 0;
         const more = () => {
-          while (sent < chunks) {
-            sent++;
-            if (!res.write(CHUNK)) {
-              res.once('drain', more);
-              return;
-            }
-          }
-          res.end();
-        };
-        more();
-      });
-      return done;
-    }
-
-    /** A raw client: sends the request, reads until `after` bytes arrived (0: none), then drops the socket. */
-    async function dropAfter(path: string, after: number): Promise<number> {
-      const { connect } = await import('node:net');
-      const { port } = new URL(gw.url);
-      return new Promise<number>((resolve, reject) => {
-        const socket = connect(Number(port), '127.0.0.1', () => {
-          socket.write(
-            `GET ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nproxy-authorization: Bearer ${agent.key}\r\n\r\n`,
-          );
-          if (after === 0) setTimeout(() => socket.destroy(), 5);
-        });
-        let got = 0;
-        socket.on('data', (chunk: Buffer) => {
-          got += chunk.length;
-          if (got >= after) socket.destroy();
-        });
-        socket.on('close', () => resolve(got));
-        socket.on('error', reject);
-      });
-    }
-
-    it('dropped mid-body (the gateway waiting for the client to drain): the upstream answer is aborted', async () => {
-      const ended = bigAnswer('/big-drop', 2048); // 128 MiB: never finished in time
-      const got = await dropAfter('/c/api/big-drop', 512 * 1024);
-      expect(got).toBeGreaterThanOrEqual(512 * 1024);
-      expect(await ended).toBe('aborted');
-    });
-
-    it('dropped before any answer arrived: the upstream answer is aborted', async () => {
-      const ended = bigAnswer('/big-early', 2048);
-      await dropAfter('/c/api/big-early', 0);
-      expect(await ended).toBe('aborted');
-    });
-
-    it('dropped mid-body of a compressed answer (inspected through the decoder): aborted too', async () => {
-      let ended: (how: 'finished' | 'aborted') => void = () => undefined;
-      const done = new Promise<'finished' | 'aborted'>((resolve) => {
-        ended = resolve;
-      });
-      // Random text compresses only to about three quarters: megabytes still on the wire.
-      const payload = gzipSync(Buffer.from(randomBytes(12 * 1024 * 1024).toString('base64')), { level: 1 });
-      up.handle('/big-gzip', (_req, res) => {
-        res.writeHead(200, { 'content-type': 'text/plain', 'content-encoding': 'gzip' });
-        let at = 0;
-        const more = () => {
-          while (at < payload.length) {
-            const piece = payload.subarray(at, at + 4096);
-            at += piece.length;
+          for (let piece = next(); piece !== null; piece = next()) {
             if (!res.write(piece)) {
               res.once('drain', more);
               return;
@@ -454,19 +408,84 @@ describe('slow and broken upstreams do not hang the gateway', () => {
           }
           res.end();
         };
-        res.on('close', () => ended(res.writableFinished ? 'finished' : 'aborted'));
-        more();
+        setTimeout(() => {
+          if (res.destroyed) return; // the gateway already gave up the request: aborted
+          res.writeHead(200, { 'content-type': 'text/plain', ...options.headers });
+          more();
+        }, options.delayMs ?? 0);
       });
-      const got = await dropAfter('/c/api/big-gzip', 256 * 1024);
+      return result;
+    }
+
+    /** `count` pieces of 64 KiB. */
+    const chunks = (count: number) => {
+      let left = count;
+      return () => (left-- > 0 ? CHUNK : null);
+    };
+
+    /** A raw client: sends the request, then drops the socket once `until` resolves (given the bytes read). */
+    async function dropWhen(path: string, until: (got: () => number) => Promise<void>): Promise<number> {
+      const { connect } = await import('node:net');
+      const { port } = new URL(gw.url);
+      return new Promise<number>((resolve, reject) => {
+        let got = 0;
+        const socket = connect(Number(port), '127.0.0.1', () => {
+          socket.write(
+            `GET ${path} HTTP/1.1\r\nhost: 127.0.0.1\r\nproxy-authorization: Bearer ${agent.key}\r\n\r\n`,
+          );
+          void until(() => got).then(() => socket.destroy());
+        });
+        socket.on('data', (chunk: Buffer) => {
+          got += chunk.length;
+        });
+        socket.on('close', () => resolve(got));
+        socket.on('error', reject);
+      });
+    }
+    /** Resolves once `bytes` have been read. */
+    const afterBytes = (bytes: number) => async (got: () => number) => {
+      while (got() < bytes) await new Promise((resolve) => setTimeout(resolve, 2));
+    };
+
+    it('dropped mid-body (the gateway waiting for the client to drain): the upstream answer is aborted', async () => {
+      const answer = bigAnswer('/big-drop', chunks(2048)); // 128 MiB: never finished in time
+      const got = await dropWhen('/c/api/big-drop', afterBytes(512 * 1024));
+      expect(got).toBeGreaterThanOrEqual(512 * 1024);
+      expect(await answer.ended).toBe('aborted');
+    });
+
+    it('dropped after the request was forwarded, before any answer: the upstream answer is aborted', async () => {
+      const answer = bigAnswer('/big-early', chunks(2048), { delayMs: 100 });
+      await dropWhen('/c/api/big-early', () => answer.received);
+      expect(await answer.ended).toBe('aborted');
+    });
+
+    it('dropped mid-body of a compressed answer (inspected through the decoder): aborted too', async () => {
+      // Random text compresses only to about three quarters: megabytes still on the wire.
+      const payload = gzipSync(Buffer.from(randomBytes(12 * 1024 * 1024).toString('base64')), { level: 1 });
+      let at = 0;
+      const answer = bigAnswer(
+        '/big-gzip',
+        () => {
+          if (at >= payload.length) return null;
+          at += 4096;
+          return payload.subarray(at - 4096, at);
+        },
+        { headers: { 'content-encoding': 'gzip' } },
+      );
+      const got = await dropWhen('/c/api/big-gzip', afterBytes(256 * 1024));
       expect(got).toBeGreaterThanOrEqual(256 * 1024);
-      expect(await done).toBe('aborted');
+      expect(await answer.ended).toBe('aborted');
       expect((await call('/c/api/fine')).status).toBe(200);
     });
 
     it('after drops, no session is left open (shutdown would wait on it)', async () => {
-      const ended = bigAnswer('/big-many', 2048);
-      await Promise.all([dropAfter('/c/api/big-many', 300 * 1024), dropAfter('/c/api/big-many', 300 * 1024)]);
-      await ended;
+      const answer = bigAnswer('/big-many', chunks(2048));
+      await Promise.all([
+        dropWhen('/c/api/big-many', afterBytes(300 * 1024)),
+        dropWhen('/c/api/big-many', afterBytes(300 * 1024)),
+      ]);
+      await answer.ended;
       const open = async () => {
         const metric = (await gw.ctx.metrics.getSingleMetric('coatcheck_sessions_open')?.get())?.values ?? [];
         return metric.filter((v) => v.labels.frontend === 'http').reduce((n, v) => n + v.value, 0);
