@@ -9,7 +9,7 @@ import { Mutex } from './mutex.js';
 import { AUDIT, nullableNumber, type Row, SQLITE_CODEC } from './schema.js';
 import { operationNames, type SqlDialect, SqlOps, type SqlRunner } from './sql-ops.js';
 import { SqliteChangeLog } from './sqlite-change-log.js';
-import { BackgroundCheckpointer } from './sqlite-checkpointer.js';
+import { BackgroundCheckpointer, WAL_KEEP_BYTES } from './sqlite-checkpointer.js';
 import type { AuditRecord, Store, StoreChange, StoreOps, StoreTx, TransactionOptions } from './types.js';
 import { flushFile, WalSync } from './wal-sync.js';
 
@@ -285,6 +285,8 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     // Overwrite deleted content, so an erased secret's sealed key does not linger in free pages.
     db.pragma('secure_delete = ON');
     db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    // A WAL that a burst (or a long reader) grew past this is cut back when it starts over.
+    db.pragma(`journal_size_limit = ${WAL_KEEP_BYTES}`);
   } catch (error) {
     translate(error);
   }
