@@ -14,6 +14,10 @@
 //
 // Run: npm run bench:http   (BENCH_SECONDS=5 BENCH_CONNECTIONS=16 BENCH_REPEATS=3 by default)
 //
+// Then latency under load against the shipped gateway: an open load at half its peak req/s
+// (bench/paced-load.ts, arrivals spread evenly), and 200 clients at once (hey: apt-get
+// install -y hey; skipped without it).
+//
 // Load comes from wrk (apt-get install -y wrk; one thread), which drives HTTP harder than a
 // Node client; without wrk, autocannon is used and the header says so (it saturates its
 // own core first, so the ratios flatter the slower side). The upstream, the peer and the
@@ -45,6 +49,15 @@ const WRK = (() => {
     return true;
   } catch (error) {
     // wrk prints its usage and exits 1 for --version: it is there unless spawning failed.
+    return (error as NodeJS.ErrnoException).code !== 'ENOENT';
+  }
+})();
+/** hey (apt-get install -y hey): 200 clients at once, each on its own connection. */
+const HEY = (() => {
+  try {
+    execFileSync('hey', ['-n', '1', 'http://127.0.0.1:1/'], { stdio: 'ignore' });
+    return true;
+  } catch (error) {
     return (error as NodeJS.ErrnoException).code !== 'ENOENT';
   }
 })();
@@ -100,6 +113,32 @@ async function wrkLoad(url: string, options: LoadOptions): Promise<Result> {
     errors: number;
   };
   return { rps: r.requests / (r.duration / 1e6), p50: r.p50, p99: r.p99, errors: r.errors };
+}
+
+/** hey with `clients` workers for SECONDS, each as fast as it can (many connections, unlike wrk's one thread). */
+async function heyLoad(
+  url: string,
+  headers: Record<string, string>,
+  clients: number,
+): Promise<Result & { slowest: number }> {
+  const args = ['-c', String(clients), '-z', `${SECONDS}s`];
+  for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`);
+  const { stdout } = await run('hey', [...args, url], { maxBuffer: 16 * 1024 * 1024 });
+  const seconds = (pattern: RegExp) => {
+    const m = pattern.exec(stdout);
+    if (m === null) throw new Error(`hey printed no ${pattern.source}:\n${stdout}`);
+    return Number(m[1]) * 1000;
+  };
+  const ok = Number(/\[200\]\s+(\d+) responses/.exec(stdout)?.[1] ?? 0);
+  const all = [...stdout.matchAll(/\[\d+\]\s+(\d+) responses/g)].reduce((n, m) => n + Number(m[1]), 0);
+  const failed = [...stdout.matchAll(/^\s+\[(\d+)\]\s+Get /gm)].reduce((n, m) => n + Number(m[1]), 0);
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1] ?? Number.NaN),
+    p50: seconds(/50%+ in ([\d.]+) secs/),
+    p99: seconds(/99%+ in ([\d.]+) secs/),
+    slowest: seconds(/Slowest:\s+([\d.]+) secs/),
+    errors: all - ok + failed,
+  };
 }
 
 async function autocannonLoad(url: string, options: LoadOptions): Promise<Result> {
@@ -310,6 +349,74 @@ async function startShipped(homeDir: string) {
   return spawnServe(homeDir, 1, SHIPPED_CLI);
 }
 
+/** bench/paced-load.ts in its own process: an open load at `rate` req/s over `connections`. */
+async function pacedLoad(url: string, headers: Record<string, string>, rate: number) {
+  const { stdout } = await run(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      new URL('./paced-load.ts', import.meta.url).pathname,
+      JSON.stringify({ url, rate, seconds: SECONDS, connections: CONNECTIONS, headers }),
+    ],
+    { maxBuffer: 16 * 1024 * 1024 },
+  );
+  return JSON.parse(stdout.trim().split('\n').at(-1)!) as {
+    rate: number;
+    ok: number;
+    errors: number;
+    p50: number;
+    p99: number;
+    max: number;
+  };
+}
+
+/**
+ * Latency under load, against coatcheck as shipped (issue 16's goal: added p50 under 1 ms at
+ * half of peak load): an open load at half the req/s the shipped gateway reached, arrivals
+ * spread evenly (bench/paced-load.ts), against the upstream directly and through the
+ * gateway, rotated; the added p50 is taken within each repeat. Then 200 clients unpaced
+ * (hey; the issue's saturation case: p99 of 5-7 s when it was filed), the same way.
+ */
+async function underLoad(
+  upstreamUrl: string,
+  shippedUrl: string,
+  headers: Record<string, string>,
+  peak: number,
+) {
+  const half = peak / 2;
+  const paced = await rotated(['direct', 'coatcheck'], (target) =>
+    target === 'direct'
+      ? pacedLoad(`${upstreamUrl}/json4k`, {}, half)
+      : pacedLoad(`${shippedUrl}/c/up/json4k`, headers, half),
+  );
+  const d = paced.get('direct')!;
+  const g = paced.get('coatcheck')!;
+  const added = g.map((r, i) => r.p50 - d[i]!.p50);
+  const at = (rs: typeof d) =>
+    `${median(rs.map((r) => r.rate)).toFixed(0)} req/s, p50 ${median(rs.map((r) => r.p50)).toFixed(2)} ms, p99 ${median(rs.map((r) => r.p99)).toFixed(2)} ms, max ${median(rs.map((r) => r.max)).toFixed(0)} ms, errors ${rs.reduce((n, r) => n + r.errors, 0)}`;
+  console.log(
+    `\nlatency at half of coatcheck's peak (${half.toFixed(0)} req/s, open load, arrivals spread evenly over ${CONNECTIONS} connections): direct ${at(d)}; coatcheck as shipped ${at(g)}`,
+  );
+  console.log(
+    `goal (issue 16): added p50 under 1 ms at half of peak load: ${median(added) < 1 ? 'met' : 'missed'} (${spread(added)} ms)`,
+  );
+  if (!HEY) {
+    console.log('200 clients: skipped (needs hey: apt-get install -y hey)');
+    return;
+  }
+  const many = await rotated(['direct', 'coatcheck'], (target) =>
+    target === 'direct'
+      ? heyLoad(`${upstreamUrl}/json4k`, {}, 200)
+      : heyLoad(`${shippedUrl}/c/up/json4k`, headers, 200),
+  );
+  const line = (rs: readonly (Result & { slowest: number })[]) =>
+    `${median(rs.map((r) => r.rps)).toFixed(0)} req/s, p50 ${median(rs.map((r) => r.p50)).toFixed(1)} ms, p99 ${median(rs.map((r) => r.p99)).toFixed(1)} ms, slowest ${median(rs.map((r) => r.slowest)).toFixed(0)} ms, errors ${rs.reduce((n, r) => n + r.errors, 0)}`;
+  console.log(
+    `200 clients, unpaced (hey): direct ${line(many.get('direct')!)}; coatcheck as shipped ${line(many.get('coatcheck')!)}`,
+  );
+}
+
 /**
  * Every core in use (issue 16): the peer run as N processes against `serve --workers N`,
  * and `serve --workers 1` (the same serve, one process) for the scaling, rotated.
@@ -445,14 +552,15 @@ async function main() {
     );
     const results: Array<[string, { p50: number; p99: number }, { p50: number; p99: number }]> = [];
     // BENCH_ONLY=<substring of a case's label> runs those cases alone (then the peer and the
-    // forward proxy are skipped), for alternating two builds case by case.
+    // forward proxy are skipped), for alternating two builds case by case; BENCH_ONLY=goal
+    // runs the peer comparison and the latency under load alone.
     const only = process.env.BENCH_ONLY;
     if (only === 'workers') {
       await everyCore(ctx, home.dir, upstreamUrl, { ...auth, authorization: `Bearer ${tickets[0]}` });
       return;
     }
     for (const [label, path, direct, through] of cases) {
-      if (only !== undefined && !label.includes(only)) continue;
+      if (only === 'goal' || (only !== undefined && !label.includes(only))) continue;
       const runs = await rotated(['direct', 'gateway'], async (target) => {
         if (target === 'direct') return { ...(await load(`${upstreamUrl}${path}`, direct)), cpu: 0 };
         // The gateway runs in this process: its CPU time per request is steadier than req/s
@@ -480,7 +588,7 @@ async function main() {
           )} ${spread(g.map((r, i) => r.rps / d[i]!.rps)).padStart(22)} ${`${p(d, 'p50')}/${p(d, 'p99')}`.padStart(18)} ${`${p(g, 'p50')}/${p(g, 'p99')}`.padStart(14)} ${String([...d, ...g].reduce((n, r) => n + r.errors, 0)).padStart(7)}   gateway CPU ${median(g.map((r) => r.cpu)).toFixed(0)} µs/req`,
       );
     }
-    if (only !== undefined) return;
+    if (only !== undefined && only !== 'goal') return;
     // The reference peer: @fastify/http-proxy doing plain pass-through, in its own process,
     // against coatcheck swapping one ticket in a header and scanning a 4 KB JSON response:
     // as shipped (`npm run build`, then `serve` from the bundle in its own process, as the
@@ -520,6 +628,8 @@ async function main() {
       console.log(
         `goal (issue 16): at least the peer's req/s: ${median(goal) >= 1 ? 'met' : `missed (${median(goal).toFixed(2)} of it${s === undefined ? ', from source: BENCH_BUILD=0 and no build' : ', as shipped'})`}`,
       );
+      if (s !== undefined)
+        await underLoad(upstreamUrl, shipped!.url, ticketHeaders.headers, median(s.map((r) => r.rps)));
     } finally {
       shipped?.child.kill();
       peer.kill();
