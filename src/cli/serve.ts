@@ -281,6 +281,7 @@ async function serveWithContext(
     store: ctx.store,
     clock: ctx.clock,
     recordings: sessionRecordings(ctx),
+    listenerCopies: ctx.config.listen.acceptors - 1,
   });
   const deps = frontendDeps(ctx);
   let stopping = false;

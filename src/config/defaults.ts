@@ -26,6 +26,7 @@ listen:
   # postgres: 127.0.0.1:7432
   # proxy: 127.0.0.1:7090  # forward proxy (HTTPS_PROXY); see docs/frontends/forward-proxy.md
   # kubernetes: 127.0.0.1:7443  # Kubernetes API front-end; see docs/frontends/kubernetes.md
+  acceptors: 4            # descriptors per listener: new connections a busy turn accepts
 
 tickets:
   defaultTtl: 1h

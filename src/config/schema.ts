@@ -73,6 +73,12 @@ export const configSchema = z
         ssh: listenAddress.nullable().default(null),
         /** Relays near the targets dial in here (TLS under the gateway's CA, docs/relay.md). */
         relay: listenAddress.nullable().default(null),
+        /**
+         * Descriptors each listener of `serve` polls: a busy gateway accepts up to this many
+         * new connections per turn of its event loop, where one would make a burst queue
+         * (ADR 0034). 1 turns the copies off.
+         */
+        acceptors: z.number().int().min(1).max(32).default(4),
       })
       .strict()
       .prefault({}),

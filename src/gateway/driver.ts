@@ -9,6 +9,7 @@ import { newIncidentId } from '../core/ids.js';
 import type { SessionRecordings } from '../recording/recordings.js';
 import type { Store } from '../store/types.js';
 import { fanOutHooks, metricsHook, recordingHook, type SessionHooks, safeName } from './hooks.js';
+import { listenerCopies } from './listener-copies.js';
 import { type GatewayMetrics, gatewayMetricsFor } from './metrics.js';
 import { ExchangePipeline, type GatewayServices } from './pipeline.js';
 import { createStoreRecorder, type Recorder } from './session.js';
@@ -48,6 +49,11 @@ export interface DriverOptions {
   readonly recorder?: Recorder;
   /** Full session recordings (ADR 0018); without it every session is recorded as metadata. */
   readonly recordings?: SessionRecordings;
+  /**
+   * Extra descriptors each listener polls (`listen.acceptors` - 1): a busy process accepts
+   * one connection per descriptor per turn of its event loop (ADR 0034). Default 0.
+   */
+  readonly listenerCopies?: number;
 }
 
 /** How long stop() waits for listeners' close callbacks once every socket is destroyed. */
@@ -65,6 +71,7 @@ export class GatewayDriver {
   readonly clock: Clock;
   readonly store: Store;
   readonly recordings: SessionRecordings | undefined;
+  readonly listenerCopies: number;
   readonly #hooks: SessionHooks[];
   readonly hooks: SessionHooks;
   readonly #mounts = new Map<string, Mount>();
@@ -76,6 +83,7 @@ export class GatewayDriver {
     this.store = options.store;
     this.recorder = options.recorder ?? createStoreRecorder(options.store, options.log, this.metrics);
     this.recordings = options.recordings;
+    this.listenerCopies = options.listenerCopies ?? 0;
     this.#hooks = [
       metricsHook(this.metrics),
       recordingHook(this.recorder),
@@ -236,6 +244,8 @@ export class Mount {
         resolve();
       });
     });
+    for (const copy of await listenerCopies(server as Server, this.driver.listenerCopies))
+      this.#servers.push(copy);
     return server.address() as AddressInfo;
   }
 

@@ -36,6 +36,7 @@ describe('listeners from the environment', () => {
       kubernetes: 'gateway.internal:7443',
       ssh: null,
       relay: '0.0.0.0:7444',
+      acceptors: 4,
     });
   });
 
