@@ -38,7 +38,7 @@ process.on('message', (message, handle) => {
  * An optimization only: in a cluster worker (whose listener is the primary's), when the
  * server has no handle, or when the helper fails or does not answer within `timeoutMs`,
  * it resolves with fewer copies or none, and the server accepts alone as before. The
- * caller closes the copies with the server (a copy left open keeps the port bound).
+ * copies close when the server does (a copy left open would keep the port bound).
  */
 export async function listenerCopies(server: Server, count: number, timeoutMs = 5_000): Promise<Server[]> {
   const handle = (server as unknown as { _handle?: object | null })._handle;
@@ -73,7 +73,7 @@ export async function listenerCopies(server: Server, count: number, timeoutMs = 
     for (const copy of handles) (copy as { close(): void }).close();
     return [];
   }
-  return handles.map((copy) => {
+  const copies = handles.map((copy) => {
     const listener = new Server({ pauseOnConnect: false });
     listener.on('connection', (socket) => server.emit('connection', socket));
     // An accept error on a copy (too many open files) loses nothing: the connection stays
@@ -82,4 +82,10 @@ export async function listenerCopies(server: Server, count: number, timeoutMs = 
     listener.listen(copy);
     return listener;
   });
+  // However the server is closed, its copies go with it: one left listening would keep the
+  // port bound and take connections for a server that no longer serves.
+  server.once('close', () => {
+    for (const listener of copies) if (listener.listening) listener.close();
+  });
+  return copies;
 }

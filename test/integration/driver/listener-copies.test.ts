@@ -165,6 +165,17 @@ it('stopping the driver closes every copy: the port is free again and refuses co
   await new Promise<void>((resolve) => again.close(() => resolve()));
 });
 
+it('a server closed on its own (not through the driver) takes its copies with it', async () => {
+  const server = createServer((socket) => socket.end('ok'));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const { port } = server.address() as { port: number };
+  const copies = await listenerCopies(server, 3);
+  expect(copies).toHaveLength(3);
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  expect(copies.map((c) => c.listening)).toEqual([false, false, false]);
+  expect(await burst(port, 1)).toEqual(['error:']);
+});
+
 it('a server closed while its copies are made keeps none of them', async () => {
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
