@@ -93,6 +93,19 @@ export class GatewayDriver {
     this.hooks = fanOutHooks(this.#hooks, options.log);
   }
 
+  /** Listener copies being made (ADR 0034). */
+  readonly #copying = new Set<Promise<void>>();
+
+  noteCopying(work: Promise<void>): void {
+    this.#copying.add(work);
+    void work.finally(() => this.#copying.delete(work));
+  }
+
+  /** Resolves once every listener's copies are made (or given up): tests, benchmarks. */
+  async listenersCopied(): Promise<void> {
+    await Promise.all([...this.#copying]);
+  }
+
   /** Add a session hook (a recording sink, a test probe); it sees sessions opened from now on. */
   addHook(hook: SessionHooks): void {
     this.#hooks.push(hook);
@@ -244,8 +257,18 @@ export class Mount {
         resolve();
       });
     });
-    for (const copy of await listenerCopies(server as Server, this.driver.listenerCopies))
-      this.#servers.push(copy);
+    // The copies come from a helper process (a few hundred ms on a loaded machine): made in
+    // the background, so no listener's start waits for them; the server accepts alone until
+    // they arrive. A stop before then leaves none (listenerCopies checks, and copies close
+    // with their server).
+    this.driver.noteCopying(
+      listenerCopies(server as Server, this.driver.listenerCopies).then(
+        (copies) => {
+          for (const copy of copies) this.#servers.push(copy);
+        },
+        () => undefined,
+      ),
+    );
     return server.address() as AddressInfo;
   }
 

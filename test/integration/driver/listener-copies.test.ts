@@ -99,6 +99,7 @@ it('a busy process accepts through every copy, and every connection reaches the 
   const driver = driverWith(3);
   const accepted: Array<Server | undefined> = [];
   const { port } = await driver.start(echoFrontend(accepted));
+  await driver.listenersCopied();
   const stop = busyLoop();
   try {
     const answers = await burst(port, 40);
@@ -128,6 +129,7 @@ it('the connection limit counts connections from every copy', async () => {
     },
   };
   const { port } = await driver.start(frontend);
+  await driver.listenersCopied();
   const stop = busyLoop();
   const clients: Socket[] = [];
   const outcomes = await Promise.all(
@@ -153,9 +155,24 @@ it('the connection limit counts connections from every copy', async () => {
 it('stopping the driver closes every copy: the port is free again and refuses connections', async () => {
   const driver = driverWith(3);
   const { port } = await driver.start(echoFrontend([]));
+  await driver.listenersCopied();
   expect(await burst(port, 4)).toEqual(['ok', 'ok', 'ok', 'ok']);
   await driver.stop();
   // A copy left open would keep the socket listening: connections queued, the port bound.
+  expect(await burst(port, 1)).toEqual(['error:']);
+  const again = createServer();
+  await new Promise<void>((resolve, reject) => {
+    again.once('error', reject);
+    again.listen(port, '127.0.0.1', () => resolve());
+  });
+  await new Promise<void>((resolve) => again.close(() => resolve()));
+});
+
+it('a driver stopped while the copies are made keeps none: the port is free again', async () => {
+  const driver = driverWith(3);
+  const { port } = await driver.start(echoFrontend([]));
+  await driver.stop();
+  await driver.listenersCopied();
   expect(await burst(port, 1)).toEqual(['error:']);
   const again = createServer();
   await new Promise<void>((resolve, reject) => {
