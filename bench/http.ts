@@ -115,13 +115,21 @@ async function wrkLoad(url: string, options: LoadOptions): Promise<Result> {
   return { rps: r.requests / (r.duration / 1e6), p50: r.p50, p99: r.p99, errors: r.errors };
 }
 
-/** hey with `clients` workers for SECONDS, each as fast as it can (many connections, unlike wrk's one thread). */
+/**
+ * hey with `clients` workers, each as fast as it can (many connections, unlike wrk's one
+ * thread): for SECONDS, or for `requests` requests in all when given.
+ */
 async function heyLoad(
   url: string,
   headers: Record<string, string>,
   clients: number,
+  requests?: number,
 ): Promise<Result & { slowest: number }> {
-  const args = ['-c', String(clients), '-z', `${SECONDS}s`];
+  const args = [
+    '-c',
+    String(clients),
+    ...(requests === undefined ? ['-z', `${SECONDS}s`] : ['-n', String(requests)]),
+  ];
   for (const [k, v] of Object.entries(headers)) args.push('-H', `${k}: ${v}`);
   const { stdout } = await run('hey', [...args, url], { maxBuffer: 16 * 1024 * 1024 });
   const seconds = (pattern: RegExp) => {
@@ -414,6 +422,27 @@ async function underLoad(
     `${median(rs.map((r) => r.rps)).toFixed(0)} req/s, p50 ${median(rs.map((r) => r.p50)).toFixed(1)} ms, p99 ${median(rs.map((r) => r.p99)).toFixed(1)} ms, slowest ${median(rs.map((r) => r.slowest)).toFixed(0)} ms, errors ${rs.reduce((n, r) => n + r.errors, 0)}`;
   console.log(
     `200 clients, unpaced (hey): direct ${line(many.get('direct')!)}; coatcheck as shipped ${line(many.get('coatcheck')!)}`,
+  );
+  if (!WRK) return;
+  // A burst of 100 new connections, one request each, while 100 keep-alive connections keep
+  // the gateway busy: how long newcomers wait to be accepted (ADR 0034).
+  const wrkHeaders = Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
+  const busy = run('wrk', [
+    '-t1',
+    '-c100',
+    `-d${REPEATS * 3 + 3}s`,
+    ...wrkHeaders,
+    `${shippedUrl}/c/up/json4k`,
+  ]);
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  const bursts: Array<Result & { slowest: number }> = [];
+  for (let i = 0; i < REPEATS; i++) {
+    bursts.push(await heyLoad(`${shippedUrl}/c/up/json4k`, headers, 100, 100));
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  await busy;
+  console.log(
+    `a burst of 100 new connections (one request each) into coatcheck as shipped while 100 others keep it busy: p50 ${spread(bursts.map((r) => r.p50))} ms, slowest ${spread(bursts.map((r) => r.slowest))} ms, errors ${bursts.reduce((n, r) => n + r.errors, 0)}`,
   );
 }
 
