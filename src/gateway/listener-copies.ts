@@ -54,6 +54,11 @@ export async function listenerCopies(server: Server, count: number, timeoutMs = 
     function finish() {
       clearTimeout(timer);
       helper.off('message', received);
+      // A copy that arrives after this (the helper late past the timeout) is closed: an open
+      // descriptor nobody polls would keep the port bound after the server closes.
+      helper.on('message', (_message: unknown, late: unknown) =>
+        (late as { close?(): void } | undefined)?.close?.(),
+      );
       if (helper.exitCode === null && helper.signalCode === null) helper.kill();
       resolve();
     }
