@@ -75,6 +75,8 @@ export class GatewayDriver {
   readonly #hooks: SessionHooks[];
   readonly hooks: SessionHooks;
   readonly #mounts = new Map<string, Mount>();
+  /** Listener copies being made (ADR 0034). */
+  readonly #copying = new Set<Promise<void>>();
 
   constructor(options: DriverOptions) {
     this.metrics = gatewayMetricsFor(options.registry);
@@ -93,9 +95,7 @@ export class GatewayDriver {
     this.hooks = fanOutHooks(this.#hooks, options.log);
   }
 
-  /** Listener copies being made (ADR 0034). */
-  readonly #copying = new Set<Promise<void>>();
-
+  /** Track a listener's copies being made (Mount.listen), for listenersCopied(). */
   noteCopying(work: Promise<void>): void {
     this.#copying.add(work);
     void work.finally(() => this.#copying.delete(work));

@@ -78,6 +78,20 @@ function burst(port: number, count: number): Promise<string[]> {
   );
 }
 
+/**
+ * Nothing listens on `port` any more: a connection is refused, and the port can be bound
+ * again (a copy left open would keep it bound, connections queued).
+ */
+async function expectPortReleased(port: number): Promise<void> {
+  expect(await burst(port, 1)).toEqual(['error:']);
+  const again = createServer();
+  await new Promise<void>((resolve, reject) => {
+    again.once('error', reject);
+    again.listen(port, '127.0.0.1', () => resolve());
+  });
+  await new Promise<void>((resolve) => again.close(() => resolve()));
+}
+
 /** Keep this process's event loop busy, ~20 ms a turn, as a loaded gateway's is. */
 function busyLoop(): () => void {
   let busy = true;
@@ -158,14 +172,36 @@ it('stopping the driver closes every copy: the port is free again and refuses co
   await driver.listenersCopied();
   expect(await burst(port, 4)).toEqual(['ok', 'ok', 'ok', 'ok']);
   await driver.stop();
-  // A copy left open would keep the socket listening: connections queued, the port bound.
+  await expectPortReleased(port);
+});
+
+it('a stop closes every copy at once: while a connection drains, a new one is refused, not taken and dropped', async () => {
+  const driver = driverWith(3);
+  const frontend: Frontend<{ port: number }> = {
+    name: 'copies-drain',
+    async start(mount) {
+      // Each connection is work in flight until its client goes: the stop drains it, and the
+      // server's own close waits for it.
+      const server = createServer((socket: Socket) => {
+        socket.write('held');
+        void mount.serve(
+          () => socket.destroy(),
+          () => new Promise<void>((resolve) => socket.once('close', () => resolve())),
+        );
+      });
+      const address = await mount.listen(server, { host: '127.0.0.1', port: 0 });
+      return { port: address.port };
+    },
+  };
+  const { port } = await driver.start(frontend);
+  await driver.listenersCopied();
+  const held = connect(port, '127.0.0.1');
+  await new Promise((resolve) => held.once('data', resolve));
+  const stopping = driver.stop({ drainMs: 1_000 });
+  // A copy still listening would take this connection and the draining driver drop it ('').
   expect(await burst(port, 1)).toEqual(['error:']);
-  const again = createServer();
-  await new Promise<void>((resolve, reject) => {
-    again.once('error', reject);
-    again.listen(port, '127.0.0.1', () => resolve());
-  });
-  await new Promise<void>((resolve) => again.close(() => resolve()));
+  held.destroy();
+  await stopping;
 });
 
 it('a driver stopped while the copies are made keeps none: the port is free again', async () => {
@@ -173,13 +209,7 @@ it('a driver stopped while the copies are made keeps none: the port is free agai
   const { port } = await driver.start(echoFrontend([]));
   await driver.stop();
   await driver.listenersCopied();
-  expect(await burst(port, 1)).toEqual(['error:']);
-  const again = createServer();
-  await new Promise<void>((resolve, reject) => {
-    again.once('error', reject);
-    again.listen(port, '127.0.0.1', () => resolve());
-  });
-  await new Promise<void>((resolve) => again.close(() => resolve()));
+  await expectPortReleased(port);
 });
 
 it('a server closed on its own (not through the driver) takes its copies with it', async () => {
