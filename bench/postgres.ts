@@ -1,5 +1,6 @@
 // PostgreSQL front-end overhead: pgbench TPS, average latency and latency stddev directly to
-// a throwaway PostgreSQL (fsync=on), through PgBouncer and through coatcheck, for four mixes
+// a throwaway PostgreSQL (fsync=on), through PgBouncer, through a bare Node TCP relay
+// (bench/tcp-relay.ts: the floor of any Node front-end) and through coatcheck, for four mixes
 // (-S simple, -S prepared, TPC-B at BENCH_CLIENTS, and -S simple with one client). Each mix
 // runs BENCH_REPEATS times (default 3) with the targets' order rotated every repeat, each
 // ratio taken against the direct run of the same repeat; the table prints the median ratio,
@@ -19,7 +20,7 @@
 // (group commit), SQLite store in a temp dir. pgbench, PgBouncer and PostgreSQL run
 // as their own processes on the same machine: the ratio is the point, not the numbers.
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -168,11 +169,44 @@ async function streamLarge(
   return bytes / 1024 / 1024 / seconds;
 }
 
+const RELAY_LABEL = 'node relay (bare)';
+
+/** bench/tcp-relay.ts in its own process, relaying to PostgreSQL; resolves with its port. */
+async function startTcpRelay(
+  host: string,
+  port: number,
+): Promise<{ port: number; pid: number; stop(): void }> {
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', new URL('./tcp-relay.ts', import.meta.url).pathname, host, String(port)],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  process.on('exit', () => child.kill());
+  const relayPort = await new Promise<number>((resolve, reject) => {
+    child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    child.once('exit', (code) => reject(new Error(`the TCP relay exited (${code}) before listening`)));
+  });
+  return { port: relayPort, pid: child.pid!, stop: () => child.kill() };
+}
+
+/** User + system CPU seconds a process has used (Linux /proc; clock ticks of 1/100 s). */
+function processCpuSeconds(pid: number): number {
+  try {
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 async function main(): Promise<void> {
   const db = await startThrowawayPostgres({ fsync: true });
   const gw = await startPgGateway({ auditStatements: process.env.BENCH_AUDIT !== '0' });
   const bouncerTx = await startPgBouncer(db.port, db.password, 'transaction');
   const bouncerSession = await startPgBouncer(db.port, db.password, 'session');
+  const relay = await startTcpRelay(db.host, db.port);
   try {
     await run(
       pgBin('pgbench'),
@@ -227,6 +261,7 @@ async function main(): Promise<void> {
       const targets: Array<[string, typeof direct]> = [
         ['direct', direct],
         [peerLabel, bouncer(mix.pool === 'transaction' ? bouncerTx.port : bouncerSession.port)],
+        [RELAY_LABEL, { ...direct, host: '127.0.0.1', port: relay.port }],
         ['coatcheck', coatcheck],
       ];
       const runs = new Map<string, Array<PgbenchResult & { cpuUsPerTx: number }>>(
@@ -238,12 +273,14 @@ async function main(): Promise<void> {
         for (const [label, target] of order) {
           // The gateway runs in this process: its CPU time per transaction is the steadier
           // measure on a shared machine (TPS drifts with what else runs).
+          // The relay's from /proc (its own process; 10 ms ticks, enough over a run).
           const cpu = process.cpuUsage();
+          const relayCpu = processCpuSeconds(relay.pid);
           const result = await pgbench(target, [...mix.args], mix.clients);
           const used = process.cpuUsage(cpu);
-          runs
-            .get(label)!
-            .push({ ...result, cpuUsPerTx: (used.user + used.system) / (result.tps * SECONDS) });
+          const usedUs =
+            label === RELAY_LABEL ? (processCpuSeconds(relay.pid) - relayCpu) * 1e6 : used.user + used.system;
+          runs.get(label)!.push({ ...result, cpuUsPerTx: usedUs / (result.tps * SECONDS) });
         }
       }
       const directRuns = runs.get('direct')!;
@@ -252,7 +289,10 @@ async function main(): Promise<void> {
         const rs = runs.get(label)!;
         const ratio = rs.map((r, i) => r.tps / directRuns[i]!.tps);
         ratios.set(label, ratio);
-        const cpu = label === 'coatcheck' ? `${median(rs.map((r) => r.cpuUsPerTx)).toFixed(1)} µs/tx` : '';
+        const cpu =
+          label === 'coatcheck' || label === RELAY_LABEL
+            ? `${median(rs.map((r) => r.cpuUsPerTx)).toFixed(1)} µs/tx`
+            : '';
         console.log(
           `${mix.name.padEnd(15)} ${label.padEnd(22)} ${median(rs.map((r) => r.tps))
             .toFixed(0)
@@ -269,6 +309,10 @@ async function main(): Promise<void> {
       const peer = median(ratios.get(peerLabel)!);
       const oursStd = median(runs.get('coatcheck')!.map((r) => r.stddevMs));
       const peerStd = median(runs.get(peerLabel)!.map((r) => r.stddevMs));
+      const floor = median(ratios.get(RELAY_LABEL)!);
+      console.log(
+        `${''.padEnd(15)} floor: a Node relay that reads nothing reaches ${floor.toFixed(2)} (${(floor / peer).toFixed(2)} of ${peerLabel}'s ratio); coatcheck ${(ours / floor).toFixed(2)} of the relay`,
+      );
       console.log(
         `${''.padEnd(15)} goal: ratio ≥ ${peerLabel}'s ${peer.toFixed(2)}: ${ours >= peer ? 'met' : `missed (${(ours / peer).toFixed(2)} of it)`}; latency stddev ≤ ${peerStd.toFixed(3)} ms: ${oursStd <= peerStd ? 'met' : 'missed'}`,
       );
@@ -297,6 +341,7 @@ async function main(): Promise<void> {
       console.log(`${label.padEnd(31)} ${mbs.toFixed(1).padStart(7)} MB/s   ${(mbs / directMbs).toFixed(2)}`);
     }
   } finally {
+    relay.stop();
     bouncerTx.stop();
     bouncerSession.stop();
     await gw.close();
