@@ -124,6 +124,13 @@ function evaluate(
 
 let engines = 0;
 
+/** The decision an engine makes when it is built (see the constructor): no one's, of no resource. */
+const WARM_UP: PolicyRequest = {
+  principal: { kind: 'agent', name: 'coatcheck-warm-up', groups: ['coatcheck-warm-up'] },
+  action: 'http:GET',
+  resource: { type: 'Connection', id: 'coatcheck-warm-up', attrs: { type: 'http' } },
+};
+
 /**
  * The context attributes some policy of the set can read, or null when that cannot be told
  * from the text (the whole `context` record used as a value, an attribute named by a string
@@ -203,6 +210,11 @@ export class PolicyEngine {
     const schema = cedar().preparseSchema('coatcheck', CEDAR_SCHEMA);
     if (schema.type === 'failure')
       throw new CoatcheckError('CC_ERR_INTERNAL', 'the built-in Cedar schema does not parse');
+    // The first decision in a process compiles the WebAssembly it runs (40-120 ms measured):
+    // taken here, where the engine is built (at start, at a reload), not by the first request
+    // after a start. A later engine's first decision costs a few milliseconds. Its answer
+    // is not kept: the decision cache starts empty.
+    evaluate(this.#setId, 'Agent', WARM_UP, clockContext(Date.now(), this.#timeZone));
   }
 
   get timeZone(): string {

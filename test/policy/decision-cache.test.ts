@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { cedar } from '../../src/policy/cedar.js';
 import type { LoadedPolicy } from '../../src/policy/load-policies.js';
 import { contextAttributesRead, PolicyEngine } from '../../src/policy/policy-engine.js';
 
@@ -112,5 +113,42 @@ describe('decision cache keyed on what the policies read', () => {
       ),
       { numRuns: 150 },
     );
+  });
+});
+
+describe('the warm-up decision', () => {
+  // The first decision in a process compiles Cedar's WebAssembly paths (tens of
+  // milliseconds): an engine makes one when it is built, so the first request after a start
+  // or a reload does not wait for it. It is no one's decision: nothing of it is kept.
+  it('is made when an engine is built, and leaves the decision cache empty', () => {
+    const calls: string[] = [];
+    const module = cedar();
+    const real = module.statefulIsAuthorized;
+    module.statefulIsAuthorized = (call) => {
+      calls.push(call.principal.id);
+      return real(call);
+    };
+    try {
+      const engine = new PolicyEngine(
+        set([
+          'permit(principal, action, resource);',
+          'forbid(principal, action, resource) when { principal.name == "ann" };',
+        ]),
+      );
+      expect(calls).toEqual(['coatcheck-warm-up']);
+      const request = {
+        principal: { kind: 'agent' as const, name: 'coatcheck-warm-up', groups: ['coatcheck-warm-up'] },
+        action: 'http:GET',
+        resource: { type: 'Connection' as const, id: 'coatcheck-warm-up', attrs: { type: 'http' } },
+      };
+      // The same request decided for real is evaluated, not answered from a kept warm-up.
+      expect(engine.decide(request).effect).toBe('allow');
+      expect(calls).toEqual(['coatcheck-warm-up', 'coatcheck-warm-up']);
+      expect(engine.decide({ ...request, principal: { ...request.principal, name: 'ann' } }).effect).toBe(
+        'deny',
+      );
+    } finally {
+      module.statefulIsAuthorized = real;
+    }
   });
 });
