@@ -120,6 +120,9 @@ it('holds a write for approval: a notice names the approval; approved via the CL
     expect((await pending).rowCount).toBe(0);
 
     const denied = client.query('UPDATE pg_catalog.pg_class SET relname = relname WHERE 1 = 0');
+    // Its refusal can land while the deny command below is still returning, before the
+    // assertion is attached: handled at once, asserted after (an unhandled rejection fails the run).
+    denied.catch(() => undefined);
     await expect
       .poll(() => notices.filter((n) => n.includes('waits for approval')).length, { timeout: 15_000 })
       .toBe(2);
