@@ -1,4 +1,5 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { canonicalJson } from '../core/canonical-json.js';
 import type { Clock } from '../core/clock.js';
 import { CoatcheckError } from '../core/errors.js';
@@ -105,6 +106,8 @@ export const CHECKPOINT = 'audit.checkpoint' as const;
 /** PostgreSQL deadlock / serialization failure: the batch is retried (nothing was committed). */
 const RETRYABLE = new Set(['40P01', '40001']);
 const ATTEMPTS = 3;
+/** How long a batch's sealing and inserting holds the event loop before it lets others run. */
+const SLICE_MS = 0.4;
 
 export function chainHash(
   key: Buffer,
@@ -388,15 +391,29 @@ export class AuditLog {
     // that waited for a revocation's row lock gets a later seq than the revocation's record.
     const seqs = await tx.allocateAuditSeqs(drafts.length);
     const chainId = chain?.id ?? MAIN;
-    const records: AuditRecord[] = [];
+    // Sealed and inserted in slices of about SLICE_MS, the event loop served between them:
+    // a batch of large records (a busy PostgreSQL session's statements, 64 to a record,
+    // ~0.1 ms to seal and as long to insert) held the loop for milliseconds at once,
+    // stalling every connection. A slice is inserted once sealing it took half the time
+    // (inserting takes about as long). The transaction stays open across the pauses: the
+    // store's other operations wait for it (they take its lock), and the batch commits
+    // whole or not at all, as before.
+    let slice: AuditRecord[] = [];
+    let sliceStart = performance.now();
     for (const [i, { item, draft, first }] of drafts.entries()) {
       chainSeq += 1;
       const record = this.#seal(seqs[i]!, chainId, chainSeq, prevHash, draft);
       prevHash = record.hash;
-      records.push(record);
+      slice.push(record);
       if (first) outcomes.set(item, { record });
+      if (i < drafts.length - 1 && performance.now() - sliceStart >= SLICE_MS / 2) {
+        await tx.insertAuditRecords(slice);
+        slice = [];
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        sliceStart = performance.now();
+      }
     }
-    await tx.insertAuditRecords(records);
+    await tx.insertAuditRecords(slice);
     if (chain === null) await tx.setMeta(HEAD_META_KEY, `${chainSeq}:${prevHash}`);
     else await tx.setAuditChainHead({ chain: chain.id, chainSeq, hash: prevHash });
     return { chainSeq, hash: prevHash };

@@ -59,6 +59,93 @@ describe('audit log', () => {
     expect(await ctx.audit.verify()).toMatchObject({ ok: true });
   });
 
+  /** A record as large as a busy PostgreSQL session's (64 statements): ~0.1 ms to seal, as long to insert. */
+  const large = (i: number) =>
+    untypedEvent({
+      type: 'test.event',
+      actor: 'admin:test',
+      data: {
+        i,
+        statements: Array.from({ length: 64 }, (_, n) => ({
+          sql: `SELECT ${n} FROM t WHERE id = ${i}`,
+          rows: n,
+        })),
+      },
+    });
+
+  /** Wraps the store's transactions: reports whether a macrotask ran while one was open. */
+  function watchTransactions() {
+    const original = ctx.store.transaction.bind(ctx.store);
+    let open = false;
+    let ranWhileOpen = 0;
+    (ctx.store as { transaction: typeof original }).transaction = (fn, options) =>
+      original(async (tx) => {
+        open = true;
+        try {
+          return await fn(tx);
+        } finally {
+          open = false;
+        }
+      }, options);
+    let probing = true;
+    const probe = () => {
+      if (open) ranWhileOpen++;
+      if (probing) setImmediate(probe);
+    };
+    setImmediate(probe);
+    return {
+      ranWhileOpen: () => ranWhileOpen,
+      stop: () => {
+        probing = false;
+      },
+    };
+  }
+
+  it('a batch of large records lets the event loop run between slices, and commits whole, in order', async () => {
+    const watch = watchTransactions();
+    const records = await Promise.all(Array.from({ length: 60 }, (_, i) => ctx.audit.append(large(i))));
+    watch.stop();
+    // Without slices the batch is sealed and inserted in one run of the loop: nothing else
+    // runs while its transaction is open (its steps resolve as microtasks).
+    expect(watch.ranWhileOpen()).toBeGreaterThan(0);
+    expect(records.map((r) => r.seq)).toEqual(records.map((_, i) => records[0]!.seq + i));
+    expect(await ctx.audit.verify()).toMatchObject({ ok: true });
+  });
+
+  it('a batch that fails in a later slice leaves none of its records: all are refused, and the log goes on', async () => {
+    const original = ctx.store.transaction.bind(ctx.store);
+    let inserts = 0;
+    (ctx.store as { transaction: typeof original }).transaction = (fn, options) =>
+      original(
+        (tx) =>
+          fn(
+            new Proxy(tx, {
+              get(target, name, receiver) {
+                if (name !== 'insertAuditRecords') return Reflect.get(target, name, receiver);
+                return (batch: Parameters<typeof tx.insertAuditRecords>[0]) => {
+                  // The first slice is inserted; the second fails (a full disk, say).
+                  if (++inserts === 2)
+                    return Promise.reject(Object.assign(new Error('disk full'), { code: 'SQLITE_FULL' }));
+                  return target.insertAuditRecords(batch);
+                };
+              },
+            }),
+          ),
+        options,
+      );
+    const before = (await ctx.audit.tail(1))[0]?.seq ?? 0;
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 60 }, (_, i) => ctx.audit.append(large(i))),
+    );
+    expect(inserts).toBeGreaterThanOrEqual(2);
+    expect(outcomes.every((o) => o.status === 'rejected')).toBe(true);
+    expect(await ctx.store.readAudit(before, 100)).toEqual([]);
+    (ctx.store as { transaction: typeof original }).transaction = original;
+    const next = await ctx.audit.append(large(99));
+    expect(next.seq).toBe(before + 1);
+    expect(await ctx.audit.verify()).toMatchObject({ ok: true });
+  });
+
   it('verify accepts an intact chain', async () => {
     await fill(50);
     expect(await ctx.audit.verify()).toEqual({ ok: true, records: 51, headSeq: 51 }); // + home.init

@@ -125,7 +125,7 @@ describe('the warm-up decision', () => {
     const module = cedar();
     const real = module.statefulIsAuthorized;
     module.statefulIsAuthorized = (call) => {
-      calls.push(call.principal.id);
+      calls.push((call.principal as { id: string }).id);
       return real(call);
     };
     try {
