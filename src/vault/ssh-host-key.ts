@@ -37,16 +37,45 @@ export function sshFingerprint(publicLine: string): string {
   return `SHA256:${createHash('sha256').update(raw).digest('base64').replace(/=+$/, '')}`;
 }
 
+/** Whether `privateKey` (OpenSSH format) parses and its public half is `publicLine`'s. */
+function keyMatches(privateKey: Buffer, publicLine: string): boolean {
+  const parsed = ssh2.utils.parseKey(privateKey);
+  return (
+    !(parsed instanceof Error) && parsed.getPublicSSH().toString('base64') === publicLine.split(/\s+/)[1]
+  );
+}
+
+/** Attempts at a well-formed key pair before giving up (each fails with probability 1/256). */
+const MAKE_ATTEMPTS = 8;
+
+/**
+ * A new ed25519 host key pair, checked. The ssh2 library writes an ed25519 public key whose
+ * first byte is zero as if it were a number, without that byte (31 bytes, not 32): the
+ * pair it returns then does not parse. That is one key in 256 (76 of 20,000 measured); such
+ * a key, once stored, kept the SSH front-end from starting. A pair that does not check is
+ * made again.
+ */
+function makeKeyPair(): { private: Buffer; public: string } {
+  for (let attempt = 0; attempt < MAKE_ATTEMPTS; attempt++) {
+    const made = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'coatcheck' });
+    const privateKey = Buffer.from(made.private);
+    const publicLine = made.public.trim();
+    if (keyMatches(privateKey, publicLine)) return { private: privateKey, public: publicLine };
+    privateKey.fill(0);
+  }
+  throw new CoatcheckError('CC_ERR_INTERNAL', 'no well-formed SSH host key could be made');
+}
+
 async function writeKey(store: Store, masters: MasterKeys): Promise<void> {
-  const made = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'coatcheck' });
-  const privateKey = Buffer.from(made.private);
+  const made = makeKeyPair();
+  const privateKey = made.private;
   try {
     await store.transaction(async (tx) => {
       if ((await tx.getMeta(SSH_HOST_PUBLIC_META)) !== null) return;
       const master = await sealingKey(tx, masters);
       await tx.setMeta(SSH_HOST_KEY_META, master.wrap(privateKey, SSH_HOST_KEY_AAD).toString('base64'));
       await tx.setMeta(SSH_HOST_KID_META, master.kid);
-      await tx.setMeta(SSH_HOST_PUBLIC_META, made.public.trim());
+      await tx.setMeta(SSH_HOST_PUBLIC_META, made.public);
     });
   } finally {
     privateKey.fill(0);
@@ -69,9 +98,9 @@ export async function rotateSshHostKey(
   audit: AuditLog,
   actor: string,
 ): Promise<{ public: string; fingerprint: string }> {
-  const made = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'coatcheck' });
-  const privateKey = Buffer.from(made.private);
-  const publicLine = made.public.trim();
+  const made = makeKeyPair();
+  const privateKey = made.private;
+  const publicLine = made.public;
   const fingerprint = sshFingerprint(publicLine);
   const previous = await store.getMeta(SSH_HOST_PUBLIC_META);
   try {
@@ -126,10 +155,13 @@ export async function openSshHostKey(store: Store, masters: MasterKeys): Promise
   if (privateKey === null) {
     throw new CoatcheckError('CC_ERR_STORE_CORRUPT', 'the sealed SSH host key does not authenticate');
   }
-  const parsed = ssh2.utils.parseKey(privateKey);
-  if (parsed instanceof Error || parsed.getPublicSSH().toString('base64') !== publicLine.split(/\s+/)[1]) {
+  if (!keyMatches(privateKey, publicLine)) {
     privateKey.fill(0);
-    throw new CoatcheckError('CC_ERR_STORE_CORRUPT', 'the SSH host key does not match its public half');
+    // A key made before makeKeyPair checked them may be one of these: a new one mends it.
+    throw new CoatcheckError(
+      'CC_ERR_STORE_CORRUPT',
+      'the SSH host key does not match its public half; replace it with `coatcheck ssh host-key --rotate` (agents must then accept the new host key)',
+    );
   }
   return { private: privateKey, public: publicLine, fingerprint: sshFingerprint(publicLine) };
 }
