@@ -114,7 +114,9 @@ it('a reader of old frames holds the WAL, not the writer; once it ends the WAL s
   }
   // No RESTART was tried behind the reader (no pass caught up), so no commit waited on one.
   expect(checkpointer.restarts).toBe(0);
-  expect(slowest).toBeLessThan(100);
+  // A commit held up by a checkpoint would wait for the busy timeout (5 s here); a loaded
+  // machine's disk may stall one for tens of milliseconds, which is not that.
+  expect(slowest).toBeLessThan(1000);
   const grown = statSync(`${path}-wal`).size;
   expect(grown).toBeGreaterThan(4 * keep);
   expect((reader.prepare('SELECT COUNT(*) AS c FROM t').get() as { c: number }).c).toBe(1);
