@@ -69,7 +69,7 @@ describe('README quick start, end to end', () => {
 
   afterAll(async () => {
     await stopServer();
-    await new Promise((r) => upstream?.close(r));
+    await new Promise<void>((r) => (upstream ? upstream.close(() => r()) : r()));
     rmSync(dir, { recursive: true, force: true });
   });
 

@@ -36,7 +36,7 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(async () => {
-  await new Promise((r) => web?.close(r));
+  await new Promise<void>((r) => (web ? web.close(() => r()) : r()));
   await gw?.close();
   sshd?.stop();
 });
