@@ -3,7 +3,9 @@
 // pgbench load, after a warm-up, with a CPU profile of the gateway's thread taken over the
 // measured window only. Prints TPS, statements per second, CPU per statement (the whole
 // process: V8's collector threads included), store transactions per statement, and the
-// profile's self and inclusive time by function, as µs per statement.
+// profile's self and inclusive time by function, as µs per statement. Each window also
+// prints the event loop's delay (p99, max) and the store's COMMITs timed on the event loop
+// (a commit that starts the WAL over syncs its header there: the tail of c=1).
 // BENCH_PROFILE_OUT=<file.cpuprofile> keeps the raw profile for a viewer.
 //
 // Run: node --import tsx bench/postgres-profile.ts   (BENCH_MODE=simple|prepared|tpcb
@@ -14,7 +16,9 @@
 import { execFile } from 'node:child_process';
 import { Socket } from 'node:net';
 import { cpus, loadavg } from 'node:os';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
+import Database from 'better-sqlite3';
 import { pgBin, startPgGateway, startThrowawayPostgres } from '../test/integration/postgres/harness.js';
 import { printProfile, profiled } from './cpu-profile.js';
 
@@ -98,6 +102,21 @@ async function main(): Promise<void> {
       };
     }
 
+    // Time the store's COMMITs, on the event loop: a commit that starts the WAL over syncs
+    // its header there (docs/frontends/postgres.md, Performance).
+    const commits: number[] = [];
+    const database = Database.prototype as unknown as { exec(sql: string): unknown };
+    const exec = database.exec;
+    database.exec = function (this: unknown, sql: string) {
+      if (sql !== 'COMMIT') return exec.call(this, sql);
+      const started = performance.now();
+      try {
+        return exec.call(this, sql);
+      } finally {
+        commits.push(performance.now() - started);
+      }
+    };
+
     await pgbench(gw.port, 'bench', ticket, 'bench', WARMUP);
     console.log(
       `PostgreSQL statement profile: pgbench ${MODES[MODE]!.args.join(' ')} -c${CLIENTS} ${SECONDS}s after ${WARMUP}s warm-up, scale ${SCALE}, audit ${process.env.BENCH_AUDIT === '0' ? 'refusals only' : 'every statement'}`,
@@ -111,13 +130,21 @@ async function main(): Promise<void> {
         cpu: process.cpuUsage(),
         audit: gw.ctx.audit.batchesCommitted,
       };
+      commits.length = 0;
+      const delay = monitorEventLoopDelay({ resolution: 1 });
+      delay.enable();
       const { tps, statements: perTx } = await pgbench(gw.port, 'bench', ticket, 'bench', SECONDS);
+      delay.disable();
       const cpu = process.cpuUsage(before.cpu);
       const statements = tps * SECONDS * perTx;
       console.log(
         `${tps.toFixed(0)} TPS, ${(tps * perTx).toFixed(0)} statements/s; process CPU ${((cpu.user + cpu.system) / statements).toFixed(1)} µs/statement (user ${(cpu.user / statements).toFixed(1)}, system ${(cpu.system / statements).toFixed(1)}); socket writes ${((writes - before.writes) / statements).toFixed(2)}/statement; store transactions ${((transactions - before.tx) / statements).toFixed(4)}/statement (audit batches ${((gw.ctx.audit.batchesCommitted - before.audit) / statements).toFixed(4)}); load average ${loadavg()
           .map((l) => l.toFixed(2))
           .join(' ')}`,
+      );
+      const sorted = [...commits].sort((a, b) => a - b);
+      console.log(
+        `event-loop delay (1 ms timer) p99 ${(delay.percentile(99) / 1e6).toFixed(2)} ms, max ${(delay.max / 1e6).toFixed(2)} ms; store COMMITs ${sorted.length}: p50 ${(sorted[sorted.length >> 1] ?? 0).toFixed(3)} ms, max ${(sorted.at(-1) ?? 0).toFixed(2)} ms, ${sorted.filter((t) => t > 1).length} over 1 ms`,
       );
       return statements;
     };
