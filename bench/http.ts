@@ -39,6 +39,7 @@ import { agentRef } from '../src/core/principal.js';
 import { startForwardProxy } from '../src/frontends/http/forward-proxy.js';
 import { type Context, initHome, openContext } from '../src/server/context.js';
 import { startHttpFrontend } from '../src/server/frontends.js';
+import { processCpuSeconds } from './process-cpu.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
@@ -326,18 +327,6 @@ async function spawnServe(homeDir: string, workers: number, cli = SOURCE_CLI) {
     child.once('exit', (code) => reject(new Error(`serve exited (${code}) before listening`)));
   });
   return { child, url };
-}
-
-/** User + system CPU seconds a process has used (Linux /proc; clock ticks of 1/100 s). */
-function processCpuSeconds(pid: number): number {
-  try {
-    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return Number.NaN;
-  }
 }
 
 /**

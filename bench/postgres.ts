@@ -20,7 +20,7 @@
 // (group commit), SQLite store in a temp dir. pgbench, PgBouncer and PostgreSQL run
 // as their own processes on the same machine: the ratio is the point, not the numbers.
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -34,6 +34,7 @@ import {
   startThrowawayPostgres,
 } from '../test/integration/postgres/harness.js';
 import { RawClient } from '../test/integration/postgres/raw-client.js';
+import { processCpuSeconds } from './process-cpu.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
@@ -187,18 +188,6 @@ async function startTcpRelay(
     child.once('exit', (code) => reject(new Error(`the TCP relay exited (${code}) before listening`)));
   });
   return { port: relayPort, pid: child.pid!, stop: () => child.kill() };
-}
-
-/** User + system CPU seconds a process has used (Linux /proc; clock ticks of 1/100 s). */
-function processCpuSeconds(pid: number): number {
-  try {
-    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return Number.NaN;
-  }
 }
 
 async function main(): Promise<void> {
