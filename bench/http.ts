@@ -26,7 +26,7 @@
 // commit as configured by default, session recordings on). All share the machine: on few
 // cores the absolute numbers say more about the machine than the gateway; the ratio is the
 // point.
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism, cpus, tmpdir } from 'node:os';
@@ -287,6 +287,20 @@ async function proxyLoad(input: ProxyLoad): Promise<Result> {
   return JSON.parse(stdout) as Result;
 }
 
+/**
+ * Stop a child and wait for it to exit: a `serve` drains on SIGTERM (in-flight requests, its
+ * queued session rows), and its home must not be removed under it meanwhile (that made a
+ * draining worker report recordings it could not write, with the store's files gone).
+ */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
 /** Processes for the every-core comparison (BENCH_WORKERS, default one per core; 1 skips it). */
 const WORKERS = Number(process.env.BENCH_WORKERS ?? availableParallelism());
 
@@ -474,7 +488,7 @@ async function everyCore(
       `\nevery core (${n} processes each, ${ctx.store.driver} store), one ticket, 4 KB JSON response: @fastify/http-proxy ${rps(p)} req/s; coatcheck serve --workers ${n} ${rps(m)} req/s (${spread(m.map((r, i) => r.rps / p[i]!.rps))} of the peer, p50 ${median(m.map((r) => r.p50)).toFixed(1)} ms); serve --workers 1 ${rps(o)} req/s (workers ${n} / 1: ${spread(m.map((r, i) => r.rps / o[i]!.rps))})`,
     );
   } finally {
-    for (const child of [peer, many.child, one.child]) child.kill('SIGTERM');
+    await Promise.all([peer, many.child, one.child].map(stopChild));
   }
 }
 
@@ -649,8 +663,9 @@ async function main() {
       if (s !== undefined)
         await underLoad(upstreamUrl, shipped!.url, ticketHeaders.headers, median(s.map((r) => r.rps)));
     } finally {
-      shipped?.child.kill();
-      peer.kill();
+      await Promise.all(
+        [shipped?.child, peer].flatMap((child) => (child === undefined ? [] : [stopChild(child)])),
+      );
     }
 
     if (WORKERS > 1)

@@ -1,7 +1,6 @@
 import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { CoatcheckError } from '../core/errors.js';
-import type { SiblingWriteLock } from '../store/sqlite-store.js';
 
 /**
  * `serve --workers N` (ADR 0031): N gateway processes behind each listener. The primary
@@ -91,108 +90,6 @@ export async function workerMetrics(
     });
 }
 
-/** The store's write lock between workers: asked for, granted, given back (by id). */
-export interface LockMessage {
-  readonly type: 'coatcheck.lock' | 'coatcheck.lock.granted' | 'coatcheck.unlock';
-  readonly id: number;
-}
-/** A grant that does not come within this long is not waited for (SQLite's lock still decides). */
-const LOCK_WAIT_MS = 2000;
-
-/**
- * In a worker: the SQLite store's write lock shared with the sibling workers (ADR 0031).
- * SQLite alone would make a waiting worker retry on a timer while the lock sits free; the
- * primary hands it on as soon as it is given back. Never needed for correctness: without an
- * answer (no primary, a slow one) the worker goes on to SQLite's own lock.
- */
-export function siblingWriteLock(): SiblingWriteLock {
-  let next = 0;
-  let held: number | null = null;
-  const waiting = new Map<number, () => void>();
-  process.on('message', (message: unknown) => {
-    const m = message as Partial<LockMessage> | null;
-    if (m?.type === 'coatcheck.lock.granted' && typeof m.id === 'number') waiting.get(m.id)?.();
-  });
-  return {
-    acquire() {
-      if (!process.connected) return Promise.resolve();
-      const id = next++;
-      return new Promise<void>((resolve) => {
-        const done = (granted: boolean) => {
-          clearTimeout(timer);
-          waiting.delete(id);
-          if (granted) held = id;
-          else if (process.connected) process.send?.({ type: 'coatcheck.unlock', id } satisfies LockMessage); // a late grant is given back
-          resolve();
-        };
-        const timer = setTimeout(() => done(false), LOCK_WAIT_MS);
-        waiting.set(id, () => done(true));
-        process.send?.({ type: 'coatcheck.lock', id } satisfies LockMessage);
-      });
-    },
-    release() {
-      if (held === null) return;
-      const id = held;
-      held = null;
-      if (process.connected) process.send?.({ type: 'coatcheck.unlock', id } satisfies LockMessage);
-    },
-  };
-}
-
-/** What the primary needs of a worker to hand it the lock (a cluster Worker). */
-export interface LockHolder {
-  isConnected(): boolean;
-  send(message: LockMessage): unknown;
-}
-
-/**
- * In the primary: the workers' write lock (siblingWriteLock). One holder, the rest in
- * arrival order. A worker that exits or disconnects loses what it held or asked for, so a
- * worker killed inside a transaction never leaves its siblings waiting for a grant (they
- * would go on to SQLite's own lock after LOCK_WAIT_MS; this hands the lock on at once).
- */
-export class SiblingLockQueue<W extends LockHolder> {
-  #holder: { worker: W; id: number } | null = null;
-  readonly #queue: Array<{ worker: W; id: number }> = [];
-
-  /** Who holds the lock (for tests and logs). */
-  get holder(): { readonly worker: W; readonly id: number } | null {
-    return this.#holder;
-  }
-
-  onMessage(worker: W, m: LockMessage): void {
-    if (m.type === 'coatcheck.lock') {
-      this.#queue.push({ worker, id: m.id });
-    } else if (m.type === 'coatcheck.unlock') {
-      if (this.#holder !== null && this.#holder.worker === worker && this.#holder.id === m.id)
-        this.#holder = null;
-      else {
-        // Given back before it was granted (the worker stopped waiting): drop the request.
-        const at = this.#queue.findIndex((q) => q.worker === worker && q.id === m.id);
-        if (at >= 0) this.#queue.splice(at, 1);
-      }
-    }
-    this.#grantNext();
-  }
-
-  /** The worker exited or disconnected. */
-  drop(worker: W): void {
-    if (this.#holder?.worker === worker) this.#holder = null;
-    for (let i = this.#queue.length - 1; i >= 0; i--)
-      if (this.#queue[i]!.worker === worker) this.#queue.splice(i, 1);
-    this.#grantNext();
-  }
-
-  #grantNext(): void {
-    while (this.#holder === null && this.#queue.length > 0) {
-      const next = this.#queue.shift()!;
-      if (!next.worker.isConnected()) continue;
-      this.#holder = next;
-      next.worker.send({ type: 'coatcheck.lock.granted', id: next.id } satisfies LockMessage);
-    }
-  }
-}
-
 /** `--workers` / COATCHECK_WORKERS: a count, or `auto` for one per core. Default 1. */
 export function parseWorkers(value: string | undefined, field: string): number {
   if (value === undefined || value === '') return 1;
@@ -232,7 +129,6 @@ export interface PrimaryOptions {
 export async function runPrimary(options: PrimaryOptions): Promise<number> {
   const { AggregatorRegistry } = await import('prom-client');
   const aggregator = new AggregatorRegistry();
-  const locks = new SiblingLockQueue<Worker>();
   return new Promise<number>((resolve) => {
     const byIndex = new Map<number, Worker>();
     const ready = new Set<number>();
@@ -248,14 +144,6 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
       const worker = cluster.fork({ [WORKER_INDEX_ENV]: String(index) });
       byIndex.set(index, worker);
       worker.on('message', (message: unknown) => {
-        const lock = message as Partial<LockMessage> | null;
-        if (
-          (lock?.type === 'coatcheck.lock' || lock?.type === 'coatcheck.unlock') &&
-          typeof lock.id === 'number'
-        ) {
-          locks.onMessage(worker, lock as LockMessage);
-          return;
-        }
         const asked = message as Partial<MetricsRequest> | null;
         if (asked?.type === 'coatcheck.metrics' && typeof asked.id === 'number') {
           const id = asked.id;
@@ -275,10 +163,7 @@ export async function runPrimary(options: PrimaryOptions): Promise<number> {
           options.onListening(first);
         }
       });
-      // A worker cut off from the primary cannot give the lock back (its release sends nothing).
-      worker.on('disconnect', () => locks.drop(worker));
       worker.on('exit', (code, signal) => {
-        locks.drop(worker);
         if (byIndex.get(index) === worker) byIndex.delete(index);
         ready.delete(index);
         if (stopping) {

@@ -35,7 +35,6 @@ import { liveServer } from './live-server.js';
 import {
   parseWorkers,
   runPrimary,
-  siblingWriteLock,
   type WorkerListening,
   workerIndex,
   workerMetrics,
@@ -153,11 +152,7 @@ export async function serveCommand(options: ServeOptions, io: CliIo): Promise<nu
   const worker = workerIndex(io.env);
   if (worker !== null) {
     // A `serve --workers` worker: the primary has initialized and claimed the home.
-    const ctx = await openContext(home, {
-      env: io.env,
-      policyPath: options.policy,
-      writeLock: siblingWriteLock(),
-    });
+    const ctx = await openContext(home, { env: io.env, policyPath: options.policy });
     try {
       return await serveWithContext(ctx, home, options, io, worker);
     } finally {

@@ -38,7 +38,6 @@ import { PolicyHolder } from '../policy/policy-holder.js';
 import { RelayHub } from '../relay/hub.js';
 import { Relays } from '../relay/relays.js';
 import { openStore } from '../store/open-store.js';
-import type { SiblingWriteLock } from '../store/sqlite-store.js';
 import type { Store } from '../store/types.js';
 import { MasterKey } from '../vault/envelope.js';
 import { initializeKeyring, isInitialized, type Keyring, MasterKeys, openKeyring } from '../vault/keyring.js';
@@ -97,12 +96,7 @@ export function sqlitePath(home: Home, config: Config): string {
   return isAbsolute(config.store.path) ? config.store.path : join(home.dir, config.store.path);
 }
 
-async function openConfiguredStore(
-  home: Home,
-  config: Config,
-  create: boolean,
-  writeLock?: SiblingWriteLock,
-): Promise<Store> {
+async function openConfiguredStore(home: Home, config: Config, create: boolean): Promise<Store> {
   if (!create && config.store.driver === 'sqlite' && !existsSync(sqlitePath(home, config))) {
     throw new CoatcheckError(
       'CC_ERR_STORE_MISSING',
@@ -113,11 +107,7 @@ async function openConfiguredStore(
   const store = await openStore(
     config.store.driver === 'postgres'
       ? { driver: 'postgres', url: config.store.url! }
-      : {
-          driver: 'sqlite',
-          path: sqlitePath(home, config),
-          ...(writeLock === undefined ? {} : { writeLock }),
-        },
+      : { driver: 'sqlite', path: sqlitePath(home, config) },
   );
   try {
     await store.migrate();
@@ -402,8 +392,6 @@ export async function openContext(
     clock?: Clock;
     env?: NodeJS.ProcessEnv;
     policyPath?: string;
-    /** SQLite: a write lock shared with sibling processes (`serve --workers`). */
-    writeLock?: SiblingWriteLock;
   } = {},
 ): Promise<Context> {
   const env = options.env ?? process.env;
@@ -419,7 +407,7 @@ export async function openContext(
     config.policy = { ...config.policy, path: resolve(options.policyPath) };
   const keysDir = keysDirOf(home, config.keys.dir);
   const masters = new MasterKeys(() => loadMasterKeys(home, env, keysDir));
-  const store = await openConfiguredStore(home, config, false, options.writeLock);
+  const store = await openConfiguredStore(home, config, false);
   try {
     const keys = await openKeyring(store, masters);
     return buildContext(

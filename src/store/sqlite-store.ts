@@ -206,18 +206,6 @@ function lockOps(ops: SqliteOps, mutex: Mutex, durable: () => Promise<void>): Lo
 export interface SqliteStoreOptions {
   /** File path, or ':memory:' for tests. */
   readonly path: string;
-  /**
-   * A write lock shared with sibling processes on the same file, taken before SQLite's
-   * own (`serve --workers`: the primary hands it from worker to worker over IPC, at once,
-   * where SQLite's own lock is only retried on a timer). An optimization only: SQLite's
-   * lock still decides, so a lock that fails to answer costs time, never correctness.
-   */
-  readonly writeLock?: SiblingWriteLock;
-}
-
-export interface SiblingWriteLock {
-  acquire(): Promise<void>;
-  release(): void;
 }
 
 /**
@@ -373,7 +361,7 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
 
   /** When the running transaction's COMMIT returned, if it carried a change notice (performance.now()). */
   let changeCommittedAt = Number.NEGATIVE_INFINITY;
-  /** One transaction, under the mutex (and the sibling lock when there is one). */
+  /** One transaction, under the mutex. */
   const inTransaction = async <T>(fn: (t: StoreTx) => Promise<T>): Promise<T> => {
     changeCommittedAt = Number.NEGATIVE_INFINITY;
     await beginImmediate();
@@ -437,14 +425,9 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Stor
     async transaction<T>(fn: (t: StoreTx) => Promise<T>, _options?: TransactionOptions): Promise<T> {
       let committedAt = Number.NEGATIVE_INFINITY;
       const result = await mutex.run(async () => {
-        await options.writeLock?.acquire();
-        try {
-          const value = await inTransaction(fn);
-          committedAt = changeCommittedAt;
-          return value;
-        } finally {
-          options.writeLock?.release();
-        }
+        const value = await inTransaction(fn);
+        committedAt = changeCommittedAt;
+        return value;
       });
       // Outside the mutex: the next transaction runs while this one's WAL frames are flushed
       // (and, for a change, while other processes' look-ups window passes: ADR 0033).
