@@ -113,6 +113,8 @@ describe('console: agent names and tables that fit', { timeout: 120_000 }, () =>
     const who = page.locator('td .who').first();
     await expect.poll(() => who.textContent()).toBe(`agent:${NAME}`);
     expect(await who.getAttribute('title')).toBe(agentRef(agentId));
+    // The rendered text (a Playwright locator's innerText), not the DOM's textContent.
+    // biome-ignore lint/performance/useDomNodeTextContent: a locator method, not a DOM node's property
     expect(await page.locator('table').innerText()).not.toContain(agentId);
     await withinViewport(page, 'button:text("Revoke")', 1280);
     await page.screenshot({ path: join(SHOTS, 'tickets-1280.png'), fullPage: true });

@@ -215,8 +215,8 @@ describe('PostgreSQL through the driver', () => {
 function toyFrontend(name: string): Frontend<{ url: string; release(): void; started: Promise<void> }> & {
   readonly handle: { release(): void };
 } {
-  let release = () => undefined as void;
-  let started = () => undefined as void;
+  let release: () => void = () => undefined;
+  let started: () => void = () => undefined;
   const startedP = new Promise<void>((r) => {
     started = r;
   });
