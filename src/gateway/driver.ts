@@ -394,6 +394,21 @@ export class Mount {
       Promise.all(closed),
       new Promise<void>((resolve) => setTimeout(resolve, CLOSE_GRACE_MS).unref()),
     ]);
+    // Work the closed sockets could not cut short (an audit append waiting for the store's
+    // lock or its flush) still ends with its session: wait for it (bounded), so that its
+    // recording is queued before the last flush below, not after it (and lost when the
+    // store closes).
+    if (this.#inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, CLOSE_GRACE_MS);
+        timer.unref();
+        this.#idle = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#idle = null;
+    }
     for (const fn of this.#onClose.reverse()) {
       try {
         await fn();

@@ -8,6 +8,7 @@ import { PassThrough, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Client as McpClient } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
+import Database from 'better-sqlite3';
 import pg from 'pg';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -390,6 +391,81 @@ describe('graceful shutdown of a real front-end', () => {
       await stopped;
       expect(mount.connections).toBe(0);
     } finally {
+      await http.close();
+      await up.close();
+    }
+  });
+});
+
+describe('a front-end stopped with work in flight', () => {
+  it('HTTP: a request cut at the drain deadline is recorded before the stop resolves (its session row is not left behind a flush)', async () => {
+    const up = await startUpstream();
+    let hangArrived: () => void = () => undefined;
+    const arrived = new Promise<void>((r) => {
+      hangArrived = r;
+    });
+    // An upstream that never answers: the request is still in flight at the deadline.
+    up.handle('/hang', () => hangArrived());
+    const http = await driver.start({
+      ...httpGateway(frontendDeps(ctx), { host: '127.0.0.1', port: 0 }),
+      name: 'http-cut',
+    });
+    await ctx.connections.add({ name: 'drvhang', type: 'http', url: up.url }, 'admin:test');
+    try {
+      const before = logText.length;
+      const hung = request(`${http.url}/c/drvhang/hang`, {
+        headers: { 'proxy-authorization': `Bearer ${bot.key}` },
+      }).catch((error: unknown) => error);
+      await arrived;
+      const mount = driver.mounts.find((m) => m.name === 'http-cut')!;
+      expect(mount.inFlight).toBe(1);
+      await http.close(0);
+      // Nothing waited for after the stop: the cut request's session is already in the store.
+      const sessions = await ctx.store.listSessions({ limit: 50 });
+      const cut = sessions.find((s) => s.connection === 'drvhang');
+      expect(cut).toBeDefined();
+      expect(cut!.outcome).not.toBe('ok');
+      expect(mount.inFlight).toBe(0);
+      expect(await hung).toBeInstanceOf(Error);
+      expect(logText.slice(before)).not.toContain('could not be written');
+    } finally {
+      await http.close();
+      await up.close();
+    }
+  });
+
+  it('HTTP: work the closed sockets cannot abort (an audit append waiting for the store) is waited for, and recorded, before the stop resolves', async () => {
+    const up = await startUpstream();
+    up.handle('/fine', (_req, res) => res.end('fine'));
+    const http = await driver.start({
+      ...httpGateway(frontendDeps(ctx), { host: '127.0.0.1', port: 0 }),
+      name: 'http-cut-audit',
+    });
+    await ctx.connections.add({ name: 'drvaudit', type: 'http', url: up.url }, 'admin:test');
+    // Another process's connection holds the store's write lock: the request's audit
+    // append (durable before anything is released) waits for it, whatever the client does.
+    const holder = new Database(join(dir, 'coatcheck.db'));
+    try {
+      const before = logText.length;
+      const mount = driver.mounts.find((m) => m.name === 'http-cut-audit')!;
+      holder.exec('BEGIN IMMEDIATE');
+      const pending = request(`${http.url}/c/drvaudit/fine`, {
+        headers: { 'proxy-authorization': `Bearer ${bot.key}` },
+      }).catch((error: unknown) => error);
+      await until(() => mount.inFlight === 1);
+      await new Promise((r) => setTimeout(r, 100));
+      // The lock is given back only after the stop began and the sockets were closed.
+      setTimeout(() => holder.exec('COMMIT'), 300);
+      await http.close(0);
+      expect(mount.inFlight).toBe(0);
+      // Nothing waited for after the stop: the request's session is already in the store.
+      const sessions = await ctx.store.listSessions({ limit: 50 });
+      expect(sessions.find((s) => s.connection === 'drvaudit')).toBeDefined();
+      expect(await pending).toBeInstanceOf(Error);
+      expect(logText.slice(before)).not.toContain('could not be written');
+    } finally {
+      if (holder.inTransaction) holder.exec('COMMIT');
+      holder.close();
       await http.close();
       await up.close();
     }
