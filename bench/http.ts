@@ -39,7 +39,7 @@ import { agentRef } from '../src/core/principal.js';
 import { startForwardProxy } from '../src/frontends/http/forward-proxy.js';
 import { type Context, initHome, openContext } from '../src/server/context.js';
 import { startHttpFrontend } from '../src/server/frontends.js';
-import { processCpuSeconds } from './process-cpu.js';
+import { processCpuSeconds, processTreeCpuSeconds } from './process-cpu.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
@@ -475,17 +475,21 @@ async function everyCore(
   const many = await spawnServe(homeDir, n);
   const one = await spawnServe(second, 1);
   try {
-    const runs = await rotated(['peer', 'many', 'one'], (target) =>
-      target === 'peer'
-        ? load(`http://127.0.0.1:${peerPort}/json4k`, {})
-        : load(`${target === 'many' ? many.url : one.url}/c/up/json4k`, { headers }),
-    );
+    const runs = await rotated(['peer', 'many', 'one'], async (target) => {
+      if (target === 'peer') return { ...(await load(`http://127.0.0.1:${peerPort}/json4k`, {})), cpu: 0 };
+      // CPU of the whole serve: the primary and every worker.
+      const pid = (target === 'many' ? many : one).child.pid!;
+      const before = processTreeCpuSeconds(pid);
+      const r = await load(`${target === 'many' ? many.url : one.url}/c/up/json4k`, { headers });
+      const used = processTreeCpuSeconds(pid) - before;
+      return { ...r, cpu: (used * 1e6) / Math.max(1, r.rps * SECONDS) };
+    });
     const p = runs.get('peer')!;
     const m = runs.get('many')!;
     const o = runs.get('one')!;
     const rps = (rs: Result[]) => median(rs.map((r) => r.rps)).toFixed(0);
     console.log(
-      `\nevery core (${n} processes each, ${ctx.store.driver} store), one ticket, 4 KB JSON response: @fastify/http-proxy ${rps(p)} req/s; coatcheck serve --workers ${n} ${rps(m)} req/s (${spread(m.map((r, i) => r.rps / p[i]!.rps))} of the peer, p50 ${median(m.map((r) => r.p50)).toFixed(1)} ms); serve --workers 1 ${rps(o)} req/s (workers ${n} / 1: ${spread(m.map((r, i) => r.rps / o[i]!.rps))})`,
+      `\nevery core (${n} processes each, ${ctx.store.driver} store), one ticket, 4 KB JSON response: @fastify/http-proxy ${rps(p)} req/s; coatcheck serve --workers ${n} ${rps(m)} req/s (${spread(m.map((r, i) => r.rps / p[i]!.rps))} of the peer, p50 ${median(m.map((r) => r.p50)).toFixed(1)} ms); serve --workers 1 ${rps(o)} req/s (workers ${n} / 1: ${spread(m.map((r, i) => r.rps / o[i]!.rps))}); CPU a request, every process of each serve: ${median(m.map((r) => r.cpu)).toFixed(0)} µs with ${n} workers, ${median(o.map((r) => r.cpu)).toFixed(0)} µs with one`,
     );
   } finally {
     await Promise.all([peer, many.child, one.child].map(stopChild));
