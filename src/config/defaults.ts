@@ -38,7 +38,7 @@ agents:
   maxTtl: 90d
 
 audit:
-  groupCommitMs: 0        # 0: flush at the next turn of the event loop; N: wait N ms to batch more
+  groupCommitMs: 0        # 0: the next turn of the event loop (2 ms while it is saturated); N: wait N ms
   maxBatch: 512
 
 http:
