@@ -357,6 +357,20 @@ export class Mount {
     return this.#stopping;
   }
 
+  /** Resolves when no work is in flight, or after `ms`, whichever comes first. */
+  async #inFlightDone(ms: number): Promise<void> {
+    if (this.#inFlight === 0) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      timer.unref();
+      this.#idle = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.#idle = null;
+  }
+
   async #stop(drainMs: number): Promise<void> {
     this.#draining = true;
     const closed = this.#servers.map(
@@ -370,17 +384,7 @@ export class Mount {
         }),
     );
     for (const server of this.#servers) (server as HttpServer).closeIdleConnections?.();
-    if (this.#inFlight > 0 && drainMs > 0) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, drainMs);
-        timer.unref();
-        this.#idle = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-    }
-    this.#idle = null;
+    if (drainMs > 0) await this.#inFlightDone(drainMs);
     for (const fn of this.#onDeadline) {
       try {
         fn();
@@ -398,17 +402,7 @@ export class Mount {
     // lock or its flush) still ends with its session: wait for it (bounded), so that its
     // recording is queued before the last flush below, not after it (and lost when the
     // store closes).
-    if (this.#inFlight > 0) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, CLOSE_GRACE_MS);
-        timer.unref();
-        this.#idle = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.#idle = null;
-    }
+    await this.#inFlightDone(CLOSE_GRACE_MS);
     for (const fn of this.#onClose.reverse()) {
       try {
         await fn();
