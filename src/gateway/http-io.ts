@@ -1,4 +1,5 @@
-import type { IncomingMessage } from 'node:http';
+import { EventEmitter } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Writable } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import { CoatcheckError, type ErrorCode } from '../core/errors.js';
@@ -8,6 +9,48 @@ import { CoatcheckError, type ErrorCode } from '../core/errors.js';
  * proxy, LLM guard): bounded body reading, backpressure, content decoding, and one
  * mapping of upstream failures to stable codes.
  */
+
+/**
+ * The abort of one upstream exchange: the client went away (its response closed before it
+ * finished), or the session was ended (a revocation). Handed to undici as the request's
+ * `signal`, which may be an EventEmitter: an AbortController linked to the session's signal
+ * costs ~10 µs of CPU a request (EventTarget listeners, undici's own on top), this a
+ * fraction of one. `release` once the exchange is over.
+ */
+export class UpstreamAbort extends EventEmitter {
+  aborted = false;
+  reason: unknown = undefined;
+  readonly #res: ServerResponse;
+  readonly #offTerminated: () => void;
+
+  constructor(
+    session: { onTerminated(listener: (code: ErrorCode) => void): () => void },
+    res: ServerResponse,
+  ) {
+    super();
+    this.#res = res;
+    res.once('close', this.#onClose);
+    // Gone already (while the request was prepared): 'close' will not come again.
+    if (res.destroyed) this.#onClose();
+    this.#offTerminated = session.onTerminated((code) => this.abort(code));
+  }
+
+  #onClose = (): void => {
+    if (!this.#res.writableFinished) this.abort();
+  };
+
+  abort(reason?: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.emit('abort');
+  }
+
+  release(): void {
+    this.#res.off('close', this.#onClose);
+    this.#offTerminated();
+  }
+}
 
 const TLS_CERT_ERRORS = new Set([
   'UNABLE_TO_VERIFY_LEAF_SIGNATURE',

@@ -291,7 +291,14 @@ export class ExchangePipeline {
     session: GatewaySession,
     request: Omit<DecisionInput, 'session' | 'signal'>,
   ): Promise<Authorized> {
-    const input: DecisionInput = { ...request, session: session.id, signal: session.signal };
+    const input: DecisionInput = {
+      ...request,
+      session: session.id,
+      // Read only by an approval wait: the session makes its AbortSignal on first use.
+      get signal() {
+        return session.signal;
+      },
+    };
     let decision: Decision;
     try {
       decision = await this.services.decide(input);

@@ -56,7 +56,10 @@ export function createPolicyDecide(services: GateServices): Decide {
         detail: { ...attributes },
         ...(input.operation.preview === undefined ? {} : { preview: input.operation.preview }),
       },
-      signal: input.signal,
+      // Read only when an approval is waited for (the session's signal is made on first use).
+      get signal() {
+        return input.signal;
+      },
     });
     return {
       verdict: 'allow',

@@ -28,7 +28,10 @@ export class GatewaySession {
   readonly frontend: string;
   readonly startedAt: number;
   readonly #clock: Clock;
-  readonly #abort = new AbortController();
+  /** Made on first use of `signal`: most sessions (one HTTP request each) never need one. */
+  #abort: AbortController | null = null;
+  /** Told of the end by `onTerminated`: far cheaper than an EventTarget listener on `signal`. */
+  #terminatedListeners: Array<(code: ErrorCode) => void> | null = null;
   readonly ticketIds = new Set<string>();
   readonly secretIds = new Set<string>();
   /** Registered SSH keys the session logged in with (removing one ends the session: ADR 0023). */
@@ -53,7 +56,29 @@ export class GatewaySession {
 
   /** Aborted when the session must end (revocation); engines tear their streams down on it. */
   get signal(): AbortSignal {
+    if (this.#abort === null) {
+      this.#abort = new AbortController();
+      if (this.terminatedBy !== null) this.#abort.abort(this.terminatedBy);
+    }
     return this.#abort.signal;
+  }
+
+  /**
+   * Run `listener` when the session ends (at once if it already has); returns the undo.
+   * The per-request path's way to hear of a revocation without an AbortSignal.
+   */
+  onTerminated(listener: (code: ErrorCode) => void): () => void {
+    if (this.terminatedBy !== null) {
+      listener(this.terminatedBy);
+      return () => undefined;
+    }
+    this.#terminatedListeners ??= [];
+    const listeners = this.#terminatedListeners;
+    listeners.push(listener);
+    return () => {
+      const at = listeners.indexOf(listener);
+      if (at >= 0) listeners.splice(at, 1);
+    };
   }
 
   event(type: string, data: Record<string, unknown>): void {
@@ -78,7 +103,10 @@ export class GatewaySession {
     this.terminatedBy = code;
     this.event('session.terminated', { code });
     this.record('session.terminated', 'gateway', { code });
-    this.#abort.abort(code);
+    this.#abort?.abort(code);
+    const listeners = this.#terminatedListeners;
+    this.#terminatedListeners = null;
+    if (listeners !== null) for (const listener of listeners) listener(code);
   }
 
   toRecord(outcome: string, summary: Record<string, unknown>, endedAt: number): SessionRecord {

@@ -6,7 +6,7 @@ import { agentRef, type Principal } from '../core/principal.js';
 import { assertAgentKey, mintAgentKey } from '../core/ticket-format.js';
 import { CacheEpoch } from '../store/cache-epoch.js';
 import type { AgentRecord, AgentSshKeyRecord, Store } from '../store/types.js';
-import { keyedHash } from '../vault/envelope.js';
+import { KeyedHashMemo, keyedHash } from '../vault/envelope.js';
 import { validateName } from '../vault/vault.js';
 import { parseSshPublicKey } from './ssh-public-key.js';
 
@@ -54,6 +54,8 @@ export class Agents {
   readonly #audit: AuditLog;
   readonly #clock: Clock;
   readonly #lookupKey: Buffer;
+  /** Hashes of keys already seen: the data path authenticates every request with one. */
+  readonly #keyHashes: KeyedHashMemo;
   readonly #maxTtlMs: number;
 
   constructor(store: Store, audit: AuditLog, clock: Clock, lookupKey: Buffer, options: { maxTtlMs: number }) {
@@ -61,6 +63,7 @@ export class Agents {
     this.#audit = audit;
     this.#clock = clock;
     this.#lookupKey = lookupKey;
+    this.#keyHashes = new KeyedHashMemo(lookupKey);
     this.#maxTtlMs = options.maxTtlMs;
     this.#epoch = new CacheEpoch(store);
     // Revocations (from any replica) and resyncs drop cached keys at once, and keep reads
@@ -281,7 +284,7 @@ export class Agents {
   /** Authenticate a presented agent key. Errors name the agent id where known, never the key. */
   async authenticate(key: string): Promise<Principal> {
     assertAgentKey(key);
-    const hash = keyedHash(this.#lookupKey, key);
+    const hash = this.#keyHashes.hash(key);
     const now = this.#clock.now();
     const hit = this.#cache.get(hash);
     let record: AgentRecord | null;

@@ -126,3 +126,41 @@ export function deriveIndexKeys(indexKey: Buffer): IndexKeys {
 export function keyedHash(key: Buffer, text: string | Buffer): string {
   return createHmac('sha256', key).update(text).digest('hex');
 }
+
+/**
+ * `keyedHash` of credentials the data path sees again and again (an agent's key, a ticket:
+ * every request carries them, and an HMAC is one of the larger costs of a small request).
+ * A pure function, so nothing here can outlive a revocation: the record looked up by the
+ * hash is cached, or not, by its owner. Bounded: emptied when full. It holds the texts it
+ * was given, as the process already holds the keys that would open everything else.
+ */
+export class KeyedHashMemo {
+  readonly #key: Buffer;
+  readonly #max: number;
+  readonly #memo = new Map<string, string>();
+
+  constructor(key: Buffer, max = 4096) {
+    this.#key = key;
+    this.#max = max;
+  }
+
+  /** The key this memo hashes under (a caller whose key can change makes a new memo). */
+  get key(): Buffer {
+    return this.#key;
+  }
+
+  /** Texts held now (never more than the bound). */
+  get size(): number {
+    return this.#memo.size;
+  }
+
+  hash(text: string): string {
+    let hash = this.#memo.get(text);
+    if (hash === undefined) {
+      hash = keyedHash(this.#key, text);
+      if (this.#memo.size >= this.#max) this.#memo.clear();
+      this.#memo.set(text, hash);
+    }
+    return hash;
+  }
+}

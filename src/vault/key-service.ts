@@ -1,6 +1,6 @@
 import { SecretValue } from '../core/secret-value.js';
 import type { SecretRecord, StoreTx } from '../store/types.js';
-import { keyedHash, newDataKey, open, seal } from './envelope.js';
+import { KeyedHashMemo, keyedHash, newDataKey, open, seal } from './envelope.js';
 import { dataKeyAad, type Keyring, sealingKey, unwrapDataKey, valueAad } from './keyring.js';
 import { refuse } from './model.js';
 
@@ -12,13 +12,17 @@ import { refuse } from './model.js';
  */
 export class KeyService {
   readonly #keys: Keyring;
+  #tickets: KeyedHashMemo | null = null;
 
   constructor(keys: Keyring) {
     this.#keys = keys;
   }
 
   ticketHash(ticket: string): string {
-    return keyedHash(this.#keys.index.lookup, ticket);
+    const key = this.#keys.index.lookup;
+    // A new memo if the lookup key is ever another Buffer: never a hash under an old key.
+    if (this.#tickets?.key !== key) this.#tickets = new KeyedHashMemo(key);
+    return this.#tickets.hash(ticket);
   }
 
   /** Keyed fingerprint of a value: stable, comparable, useless without the index key. */

@@ -15,6 +15,7 @@ import {
   drained,
   readBody,
   responseDecoders,
+  UpstreamAbort,
   upstreamFailure,
 } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
@@ -500,19 +501,7 @@ export class HttpEngine implements Engine<HttpClient> {
     const connection = route;
 
     // forward
-    // One signal for the upstream exchange: the client went away, or the session was ended
-    // (a revocation). Linked by hand: AbortSignal.any costs tens of µs a request (weak refs).
-    const gone = new AbortController();
-    const onClose = () => {
-      if (!client.res.writableFinished) gone.abort();
-    };
-    const onTerminated = () => gone.abort(session.signal.reason);
-    client.res.once('close', onClose);
-    // Gone already (while the request was prepared): 'close' will not come again.
-    if (client.res.destroyed) onClose();
-    if (session.signal.aborted) onTerminated();
-    else session.signal.addEventListener('abort', onTerminated, { once: true });
-    const signal = gone.signal;
+    const signal = new UpstreamAbort(session, client.res);
     const upstreamStarted = performance.now();
     let response: Dispatcher.ResponseData;
     this.#pipeline.forwarding(session, cleared);
@@ -528,8 +517,7 @@ export class HttpEngine implements Engine<HttpClient> {
         bodyTimeout: this.#options.upstreamTimeoutMs,
       });
     } catch (error) {
-      client.res.off('close', onClose);
-      session.signal.removeEventListener('abort', onTerminated);
+      signal.release();
       throw upstreamFailure(error, session.terminatedBy, client.forward !== undefined);
     }
     const upstreamMs = performance.now() - upstreamStarted;
@@ -544,8 +532,7 @@ export class HttpEngine implements Engine<HttpClient> {
       response.body.destroy();
       throw upstreamFailure(error, session.terminatedBy);
     } finally {
-      client.res.off('close', onClose);
-      session.signal.removeEventListener('abort', onTerminated);
+      signal.release();
       summary.totalMs = Math.round(performance.now() - started);
     }
   }
@@ -555,7 +542,7 @@ export class HttpEngine implements Engine<HttpClient> {
     response: Dispatcher.ResponseData,
     principal: Parameters<ExchangePipeline['inspect']>[1],
     target: Parameters<ExchangePipeline['inspect']>[2],
-    signal: AbortSignal,
+    signal: { readonly aborted: boolean },
     mask?: readonly string[],
     parents: readonly string[] = [],
   ): Promise<void> {

@@ -15,6 +15,7 @@ import {
   drained,
   readBody,
   responseDecoders,
+  UpstreamAbort,
   upstreamFailure,
 } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
@@ -457,13 +458,7 @@ export class KubernetesEngine {
       );
     }
     const prepared = await this.#prepare(client, false);
-    const gone = new AbortController();
-    const onClose = () => {
-      if (!res.writableFinished) gone.abort();
-    };
-    res.once('close', onClose);
-    if (res.destroyed) onClose(); // gone already: 'close' will not come again
-    const signal = AbortSignal.any([session.signal, gone.signal]);
+    const signal = new UpstreamAbort(session, res);
     let response: Dispatcher.ResponseData;
     const upstreamStarted = performance.now();
     this.#pipeline.forwarding(session, prepared.cleared);
@@ -478,6 +473,7 @@ export class KubernetesEngine {
         headersTimeout: this.#options.upstreamTimeoutMs,
       });
     } catch (error) {
+      signal.release();
       throw upstreamFailure(error, session.terminatedBy, true);
     }
     summary.upstreamMs = Math.round(performance.now() - upstreamStarted);
@@ -489,7 +485,7 @@ export class KubernetesEngine {
       response.body.destroy();
       throw upstreamFailure(error, session.terminatedBy, true);
     } finally {
-      res.off('close', onClose);
+      signal.release();
     }
   }
 
@@ -540,7 +536,7 @@ export class KubernetesEngine {
     res: ServerResponse,
     response: Dispatcher.ResponseData,
     prepared: Prepared,
-    signal: AbortSignal,
+    signal: { readonly aborted: boolean },
   ): Promise<void> {
     const { req, session, summary } = client;
     const type = String(response.headers['content-type'] ?? '').toLowerCase();

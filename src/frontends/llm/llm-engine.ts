@@ -21,6 +21,7 @@ import {
   drained,
   readBody,
   responseDecoders,
+  UpstreamAbort,
   upstreamFailure,
 } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
@@ -455,13 +456,7 @@ export class LlmEngine implements Engine<LlmClient> {
     const cleared = await pipeline.clear(session, decision);
     await recorded;
 
-    const gone = new AbortController();
-    const onClose = () => {
-      if (!client.res.writableFinished) gone.abort();
-    };
-    client.res.once('close', onClose);
-    if (client.res.destroyed) onClose(); // gone already: 'close' will not come again
-    const signal = AbortSignal.any([session.signal, gone.signal]);
+    const signal = new UpstreamAbort(session, client.res);
     const started = performance.now();
     let response: Dispatcher.ResponseData;
     pipeline.forwarding(session, cleared);
@@ -477,7 +472,7 @@ export class LlmEngine implements Engine<LlmClient> {
         bodyTimeout: this.#options.upstreamTimeoutMs,
       });
     } catch (error) {
-      client.res.off('close', onClose);
+      signal.release();
       throw upstreamFailure(error, session.terminatedBy);
     }
     summary.upstreamStatus = response.statusCode;
@@ -488,7 +483,7 @@ export class LlmEngine implements Engine<LlmClient> {
       response.body.destroy();
       throw upstreamFailure(error, session.terminatedBy);
     } finally {
-      client.res.off('close', onClose);
+      signal.release();
       summary.upstreamMs = Math.round(performance.now() - started);
     }
   }
