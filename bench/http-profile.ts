@@ -8,7 +8,8 @@
 // Run: node --import tsx bench/http-profile.ts   (BENCH_SECONDS=5 BENCH_WARMUP=3
 // BENCH_CONNECTIONS=16 BENCH_TOP=40; needs wrk: apt-get install -y wrk). BENCH_HEAP=1 samples
 // allocations instead of CPU: bytes allocated per request by function (what the collector's
-// share of the profile comes from).
+// share of the profile comes from); with BENCH_HEAP_SURVIVORS=1 only what outlived a young-
+// generation collection (what each scavenge copies, and may promote to the old generation).
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
