@@ -38,9 +38,15 @@ beforeAll(async () => {
   // Long enough that only the abort, never the timeout, can close a held request in a test.
   gw = await startGateway({ extraConfig: 'http:\n  upstreamTimeoutMs: 60000\n' });
   agent = await gw.createAgent('waiter');
-  await gw.addSecret('tok', 'upstream-token-abort-test-0123456789', ['slow']);
+  await gw.addSecret('tok', 'upstream-token-abort-test-0123456789', ['slow', 'model']);
   await gw.addConnection('slow', up.url);
   for (const path of ['/hold', '/hold-agent', '/hold-gone', '/hold-many']) up.handle(path, holdForever);
+  // The LLM engine takes the same abort: a model call the provider has not answered yet.
+  await gw.ctx.connections.add(
+    { name: 'model', type: 'llm', url: `${up.url}/v1`, credential: 'tok' },
+    'admin:test',
+  );
+  up.handle('/v1/chat/completions', holdForever);
 });
 
 afterAll(async () => {
@@ -112,5 +118,22 @@ describe('an upstream exchange waiting for its answer', () => {
     await gw.ctx.vault.revokeTicket(mine, 'admin:test');
     expect(await within(held.at(-1)!.closed)).toBe('closed');
     expect((await answer).body.error?.code).toBe('CC_ERR_TICKET_REVOKED');
+  });
+
+  it('is closed at the model provider when the agent of a model call is revoked', async () => {
+    const caller = await gw.createAgent('model-caller');
+    const arrival = nextArrival();
+    const answer = request(`${gw.url}/llm/model/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${caller.key}` },
+      body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hello' }] }),
+    }).then(async (res) => ({
+      status: res.statusCode,
+      body: (await res.body.json()) as { error?: { code?: string } },
+    }));
+    await arrival;
+    await gw.ctx.agents.revoke('model-caller', 'admin:test');
+    expect(await within(held.at(-1)!.closed)).toBe('closed');
+    expect((await answer).body.error?.code).toBe('CC_ERR_AGENT_REVOKED');
   });
 });

@@ -105,3 +105,38 @@ describe('backpressure on a watch', () => {
     await reader.catch(() => undefined);
   }, 90_000);
 });
+
+describe('a watch whose ticket is revoked', () => {
+  let gw: K8sGateway;
+  const tls = new Agent({ connect: { rejectUnauthorized: false } });
+  afterAll(async () => {
+    await gw?.close();
+    await tls.close();
+  });
+
+  it('is closed at the API server at once, and the client stream ends', async () => {
+    gw = await startK8sGateway();
+    const { ticket } = await gw.kubeconfig('builder');
+    const res = await request(`${gw.k8s.url}/k8s/builder/prod/api/v1/namespaces/default/pods?watch=true`, {
+      headers: { authorization: `Bearer ${ticket}` },
+      dispatcher: tls,
+    });
+    expect(res.statusCode).toBe(200);
+    await expect.poll(() => gw.api.watches(), { timeout: 10_000 }).toBe(1);
+    // Settled from the start: the stream is cut while the test waits on the API server.
+    const reading = (async () => {
+      try {
+        for await (const _ of res.body) {
+          // events until the gateway ends the stream
+        }
+        return 'ended';
+      } catch {
+        return 'cut off';
+      }
+    })();
+    await gw.ctx.vault.revokeTicket(ticket, 'admin:test');
+    // The gateway's side of the watch goes (the upstream request aborted), not only the client's.
+    await expect.poll(() => gw.api.watches(), { timeout: 5_000 }).toBe(0);
+    expect(await reading).toBe('cut off');
+  });
+});
