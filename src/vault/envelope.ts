@@ -131,17 +131,25 @@ export function keyedHash(key: Buffer, text: string | Buffer): string {
  * `keyedHash` of credentials the data path sees again and again (an agent's key, a ticket:
  * every request carries them, and an HMAC is one of the larger costs of a small request).
  * A pure function, so nothing here can outlive a revocation: the record looked up by the
- * hash is cached, or not, by its owner. Bounded: emptied when full. It holds the texts it
- * was given, as the process already holds the keys that would open everything else.
+ * hash is cached, or not, by its owner. Bounded in size and in time (emptied when full, and
+ * once `maxAgeMs` has passed since it was last emptied): it holds the credential texts it
+ * was given, which a process that holds the keys to everything else adds little to, but
+ * not for longer than a minute by default.
  */
 export class KeyedHashMemo {
   readonly #key: Buffer;
   readonly #max: number;
+  readonly #maxAgeMs: number;
+  readonly #now: () => number;
   readonly #memo = new Map<string, string>();
+  #emptiedAt: number;
 
-  constructor(key: Buffer, max = 4096) {
+  constructor(key: Buffer, options: { max?: number; maxAgeMs?: number; now?: () => number } = {}) {
     this.#key = key;
-    this.#max = max;
+    this.#max = options.max ?? 4096;
+    this.#maxAgeMs = options.maxAgeMs ?? 60_000;
+    this.#now = options.now ?? (() => performance.now());
+    this.#emptiedAt = this.#now();
   }
 
   /** The key this memo hashes under (a caller whose key can change makes a new memo). */
@@ -155,10 +163,18 @@ export class KeyedHashMemo {
   }
 
   hash(text: string): string {
+    const now = this.#now();
+    if (now - this.#emptiedAt >= this.#maxAgeMs) {
+      this.#memo.clear();
+      this.#emptiedAt = now;
+    }
     let hash = this.#memo.get(text);
     if (hash === undefined) {
       hash = keyedHash(this.#key, text);
-      if (this.#memo.size >= this.#max) this.#memo.clear();
+      if (this.#memo.size >= this.#max) {
+        this.#memo.clear();
+        this.#emptiedAt = now;
+      }
       this.#memo.set(text, hash);
     }
     return hash;

@@ -24,12 +24,30 @@ describe('KeyedHashMemo', () => {
 
   it('stays bounded: full, it starts over, and still answers right', () => {
     const key = randomBytes(32);
-    const memo = new KeyedHashMemo(key, 3);
+    const memo = new KeyedHashMemo(key, { max: 3 });
     const texts = ['t1', 't2', 't3', 't4', 't5', 't1', 't4'];
     for (const text of texts) {
       expect(memo.hash(text)).toBe(reference(key, text));
       expect(memo.size).toBeLessThanOrEqual(3);
     }
+  });
+});
+
+describe('KeyedHashMemo in time', () => {
+  it('holds no credential text longer than its age bound, and still answers right after', () => {
+    const key = randomBytes(32);
+    let now = 1_000;
+    const memo = new KeyedHashMemo(key, { maxAgeMs: 60_000, now: () => now });
+    memo.hash('cc_ak_old');
+    now += 59_999;
+    memo.hash('cc_ak_newer');
+    expect(memo.size).toBe(2);
+    now += 1; // a minute since it was emptied: everything held goes, whatever was used last
+    expect(memo.hash('cc_ak_newer')).toBe(reference(key, 'cc_ak_newer'));
+    expect(memo.size).toBe(1);
+    now += 60_000;
+    expect(memo.hash('cc_ak_old')).toBe(reference(key, 'cc_ak_old'));
+    expect(memo.size).toBe(1);
   });
 });
 
