@@ -103,7 +103,7 @@ export async function heapProfiled<T>(
     await session.post('HeapProfiler.startSampling', {
       samplingInterval: 8192,
       includeObjectsCollectedByMajorGC: true,
-      includeObjectsCollectedByMinorGC: process.env.BENCH_HEAP_SURVIVORS !== "1",
+      includeObjectsCollectedByMinorGC: process.env.BENCH_HEAP_SURVIVORS !== '1',
     });
     const result = await measure();
     const { profile } = await session.post('HeapProfiler.stopSampling');
