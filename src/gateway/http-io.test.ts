@@ -106,4 +106,59 @@ describe('readBody', () => {
       server.close();
     }
   });
+
+  // Raw requests on one keep-alive connection; each answer names the body readBody saw.
+  async function bodiesSeen(wire: string, answers: number): Promise<string[]> {
+    const seen: string[] = [];
+    const server = createServer((req, res) => {
+      // As the gateway does: the body is read after awaits, once the parser has seen more.
+      setImmediate(() => {
+        readBody(req, 1 << 20).then(
+          (body) => {
+            seen.push(body === null ? 'null' : `[${body.toString('latin1')}]`);
+            res.end('ok');
+          },
+          (error: { code?: string }) => {
+            seen.push(`rejected ${error.code}`);
+            res.end('no');
+          },
+        );
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      await new Promise<void>((resolve) => {
+        let text = '';
+        const socket = connect((server.address() as AddressInfo).port, '127.0.0.1', () => socket.write(wire));
+        socket.on('data', (d: Buffer) => {
+          text += d.toString('latin1');
+          if ((text.match(/HTTP\/1\.1 200/g) ?? []).length >= answers) socket.destroy();
+        });
+        socket.on('close', () => resolve());
+        setTimeout(() => socket.destroy(), 2000);
+      });
+      return seen;
+    } finally {
+      server.close();
+    }
+  }
+
+  it('gives no body for an HTTP/1 request with neither Content-Length nor Transfer-Encoding', async () => {
+    expect(await bodiesSeen('GET /a HTTP/1.1\r\nhost: x\r\n\r\n', 1)).toEqual(['null']);
+  });
+
+  it('reads bytes after an unframed request as the next request, never as its body', async () => {
+    // A hostile client smuggling a "body" behind a GET: the parser makes it a second request.
+    const wire =
+      'GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello';
+    expect(await bodiesSeen(wire, 2)).toEqual(['null', '[hello]']);
+  });
+
+  it('still reads framed bodies whole: a declared length, chunks, and an empty declared body', async () => {
+    const wire =
+      'POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc' +
+      'POST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\nde\r\n1\r\nf\r\n0\r\n\r\n' +
+      'POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n';
+    expect(await bodiesSeen(wire, 3)).toEqual(['[abc]', '[def]', '[]']);
+  });
 });

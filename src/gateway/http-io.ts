@@ -210,6 +210,9 @@ export function readBody(
   }
   const declared = req.headers['content-length'];
   const framed = declared !== undefined || req.headers['transfer-encoding'] !== undefined;
+  // HTTP/1 with neither header has no body (RFC 9112, 6.3), and the parser has seen its end:
+  // nothing to wait for (the server dumps the empty stream when the response ends).
+  if (!framed && req.httpVersionMajor === 1 && req.complete) return Promise.resolve(null);
   const tooLarge = () => new CoatcheckError('CC_ERR_BODY_TOO_LARGE', `request body exceeds ${limit} bytes`);
   if (declared !== undefined && Number(declared) > limit) {
     req.resume();
