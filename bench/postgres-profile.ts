@@ -6,7 +6,9 @@
 // profile's self and inclusive time by function, as µs per statement. Each window also
 // prints the event loop's delay (p99, max) and the store's COMMITs timed on the event loop
 // (a commit that starts the WAL over syncs its header there: the tail of c=1).
-// BENCH_PROFILE_OUT=<file.cpuprofile> keeps the raw profile for a viewer.
+// BENCH_PROFILE_OUT=<file.cpuprofile> keeps the raw profile for a viewer. BENCH_HEAP=1 samples
+// allocations instead (bytes per statement by function; with BENCH_HEAP_SURVIVORS=1 only what
+// outlived a young-generation collection).
 //
 // Run: node --import tsx bench/postgres-profile.ts   (BENCH_MODE=simple|prepared|tpcb
 // BENCH_CLIENTS=8 BENCH_SECONDS=5 BENCH_WARMUP=3 BENCH_SCALE=10 BENCH_TOP=40; BENCH_AUDIT=0
@@ -20,7 +22,7 @@ import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { pgBin, startPgGateway, startThrowawayPostgres } from '../test/integration/postgres/harness.js';
-import { printProfile, profiled } from './cpu-profile.js';
+import { heapProfiled, printHeapProfile, printProfile, profiled } from './cpu-profile.js';
 
 const MODE = process.env.BENCH_MODE ?? 'simple';
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
@@ -150,6 +152,11 @@ async function main(): Promise<void> {
     };
     for (let i = 0; i < ROUNDS; i++) await window();
     if (process.env.BENCH_PROFILE === '0') return;
+    if (process.env.BENCH_HEAP === '1') {
+      const { result: statements, bytesBySite } = await heapProfiled(window);
+      printHeapProfile(bytesBySite, statements, { unit: 'statement', top: TOP });
+      return;
+    }
     const { result: statements, profile } = await profiled(window);
     printProfile(profile, statements, { unit: 'statement', top: TOP, digits: 2 });
   } finally {
