@@ -48,4 +48,22 @@ describe('GatewaySession termination', () => {
     session.terminate('CC_ERR_WORKFLOW_ENDED');
     expect(heard).toEqual(['kept']);
   });
+
+  it('tells every listener even when one throws, and says so without the error text', async () => {
+    const session = new GatewaySession('http', systemClock);
+    const signal = session.signal;
+    const heard: string[] = [];
+    session.onTerminated(() => heard.push('first'));
+    session.onTerminated(() => {
+      throw new TypeError('listener broke: sk_live_should_not_be_echoed');
+    });
+    session.onTerminated(() => heard.push('third'));
+    const warned = new Promise<Error>((resolve) => process.once('warning', resolve));
+    expect(() => session.terminate('CC_ERR_TICKET_REVOKED')).not.toThrow();
+    expect(heard).toEqual(['first', 'third']);
+    expect(signal.aborted).toBe(true);
+    const warning = await warned;
+    expect(warning.message).toContain('TypeError');
+    expect(warning.message).not.toContain('sk_live');
+  });
 });

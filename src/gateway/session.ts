@@ -106,7 +106,20 @@ export class GatewaySession {
     this.#abort?.abort(code);
     const listeners = this.#terminatedListeners;
     this.#terminatedListeners = null;
-    if (listeners !== null) for (const listener of listeners) listener(code);
+    if (listeners === null) return;
+    // Every listener is told, whatever one of them does (an AbortSignal's listeners are
+    // isolated the same way): a revocation must reach every exchange of the session, and
+    // the caller goes on to end other sessions.
+    for (const listener of listeners) {
+      try {
+        listener(code);
+      } catch (error) {
+        process.emitWarning(
+          `a session termination listener failed (${(error as Error | null)?.name ?? 'error'})`,
+          { code: 'COATCHECK_SESSION_LISTENER' },
+        );
+      }
+    }
   }
 
   toRecord(outcome: string, summary: Record<string, unknown>, endedAt: number): SessionRecord {
