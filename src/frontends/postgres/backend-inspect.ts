@@ -146,6 +146,9 @@ export class BackendInspector {
   readonly #scan: () => Promise<ResponseScan>;
   /** Names of the last RowDescription's columns, where a name holds a detector keyword (else null). */
   #keyColumns: Array<Buffer | null> = [];
+  /** The RowDescription body `#keyColumns` was read from (a copy), and the index that read it. */
+  #described: Buffer = Buffer.alloc(0);
+  #describedWith: OutputIndex | null = null;
   /** COPY in progress from the server: 0 text/CSV, 1 binary; null none. */
   #copyFormat: 0 | 1 | null = null;
   /** Binary COPY: the file header has been read. */
@@ -186,8 +189,14 @@ export class BackendInspector {
         return this.#fields(frame, notificationParts, encodeNotification);
       case BACKEND_CODES.RowDescription: {
         const index = this.#index();
-        const names = rowDescriptionParts(frame.body).values as Buffer[];
-        this.#keyColumns = names.map((n) => (index.keywordHit(n) ? Buffer.from(n) : null));
+        // A session repeats its statements' descriptions: their names are read again only
+        // when the bytes (or the index, whose keywords decide) differ from the last ones.
+        if (index !== this.#describedWith || !this.#described.equals(frame.body)) {
+          const names = rowDescriptionParts(frame.body).values as Buffer[];
+          this.#keyColumns = names.map((n) => (index.keywordHit(n) ? Buffer.from(n) : null));
+          this.#described = Buffer.from(frame.body);
+          this.#describedWith = index;
+        }
         return this.#fields(frame, rowDescriptionParts, encodeRowDescription);
       }
       case BACKEND_CODES.DataRow:

@@ -478,6 +478,26 @@ describe('backend inspection: values found by their key', () => {
   });
 });
 
+describe('backend inspection: one session, descriptions that change', () => {
+  it('reads each statement by its own columns: a keyed column after a plain one of the same length', async () => {
+    // The inspector keeps the last description's reading while the bytes repeat. A reading
+    // kept across a different description of the same shape (same count, same length)
+    // would miss the keyed column and leak the value beside it.
+    const c = await session();
+    const inspector = fullInspector();
+    const plain = 'SELECT id, password AS pa55word FROM creds';
+    const keyed = 'SELECT id, password FROM creds';
+    for (const sql of [plain, keyed, keyed, plain, keyed]) {
+      const r = await run(c, inspector, sql);
+      if (sql === keyed) {
+        expectClean(r.out);
+        expect(rowValues(r.messages)[0]![1]).toMatch(/^cct_[0-9A-Za-z]{28}$/);
+      }
+    }
+    c.close();
+  });
+});
+
 describe('backend inspection: extended protocol', () => {
   it('binary-format result values (text and bytea) and the ErrorResponse of a bound parameter', async () => {
     const c = await session();
