@@ -15,6 +15,9 @@ let agent: { key: string; ref: string };
 
 /** Requests the upstream holds unanswered; each resolves `closed` when the gateway drops it. */
 const held: Array<{ path: string; closed: Promise<void> }> = [];
+/** Every answer the clients got (searched for the canary at the end). */
+const answers: string[] = [];
+const SECRET = 'upstream-token-abort-test-0123456789';
 let arrived: (() => void) | null = null;
 
 function holdForever(req: IncomingMessage): void {
@@ -38,7 +41,7 @@ beforeAll(async () => {
   // Long enough that only the abort, never the timeout, can close a held request in a test.
   gw = await startGateway({ extraConfig: 'http:\n  upstreamTimeoutMs: 60000\n' });
   agent = await gw.createAgent('waiter');
-  await gw.addSecret('tok', 'upstream-token-abort-test-0123456789', ['slow', 'model']);
+  await gw.addSecret('tok', SECRET, ['slow', 'model']);
   await gw.addConnection('slow', up.url);
   for (const path of ['/hold', '/hold-agent', '/hold-gone', '/hold-many']) up.handle(path, holdForever);
   // The LLM engine takes the same abort: a model call the provider has not answered yet.
@@ -58,7 +61,9 @@ async function send(path: string, ticket: string, key = agent.key) {
   const res = await request(`${gw.url}/c/slow${path}`, {
     headers: { 'proxy-authorization': `Bearer ${key}`, authorization: `Bearer ${ticket}` },
   });
-  return { status: res.statusCode, body: (await res.body.json()) as { error?: { code?: string } } };
+  const text = await res.body.text();
+  answers.push(text);
+  return { status: res.statusCode, body: JSON.parse(text) as { error?: { code?: string } } };
 }
 
 describe('an upstream exchange waiting for its answer', () => {
@@ -127,13 +132,38 @@ describe('an upstream exchange waiting for its answer', () => {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${caller.key}` },
       body: JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hello' }] }),
-    }).then(async (res) => ({
-      status: res.statusCode,
-      body: (await res.body.json()) as { error?: { code?: string } },
-    }));
+    }).then(async (res) => {
+      const text = await res.body.text();
+      answers.push(text);
+      return { status: res.statusCode, body: JSON.parse(text) as { error?: { code?: string } } };
+    });
     await arrival;
     await gw.ctx.agents.revoke('model-caller', 'admin:test');
     expect(await within(held.at(-1)!.closed)).toBe('closed');
     expect((await answer).body.error?.code).toBe('CC_ERR_AGENT_REVOKED');
+  });
+
+  it('leaves the secret and the tickets out of logs, audit, recordings, metrics and answers', async () => {
+    // Runs last: every abort above (revocations, a client gone, a model call) has been logged,
+    // audited and recorded by now.
+    await gw.http.recorder.flush();
+    // The control: the secret did travel, to the upstream only.
+    expect(up.received.some((r) => r.headers.authorization === `Bearer ${SECRET}`)).toBe(true);
+    const places = {
+      logs: gw.logs(),
+      audit: JSON.stringify(await gw.ctx.store.readAudit(0, 10_000)),
+      recordings: JSON.stringify(await gw.ctx.store.listSessions({ limit: 1000 })),
+      metrics: await gw.ctx.metrics.metrics(),
+      answers: answers.join('\n'),
+    };
+    for (const [place, text] of Object.entries(places)) {
+      expect(text.includes(SECRET), `${place} holds the secret`).toBe(false);
+      expect(text.includes(Buffer.from(SECRET).toString('base64')), `${place} holds it in base64`).toBe(
+        false,
+      );
+      expect(/cct_[0-9A-Za-z]{28}/.test(text), `${place} holds a ticket`).toBe(false);
+    }
+    expect(answers.length).toBeGreaterThanOrEqual(4);
+    expect(places.recordings).toContain('CC_ERR_TICKET_REVOKED');
   });
 });
