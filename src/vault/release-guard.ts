@@ -12,9 +12,14 @@ export function releaseGuard(principal: Principal, tickets: readonly string[], s
   const agent =
     principal.kind === 'agent' && principal.ref.startsWith('agent:') ? principal.ref.slice(6) : null;
   const node = principal.kind === 'subtask' ? principal.attributes.subtask : undefined;
+  // A subtask's key works only while the agent that started its run is live: checked here
+  // too, as the agent's own key is, since the key's check may be served from a cache.
+  const startedBy = principal.kind === 'subtask' ? principal.attributes.startedBy : undefined;
+  const starter = typeof startedBy === 'string' && startedBy.startsWith('agent:') ? startedBy.slice(6) : null;
+  const agents = agent !== null ? [agent] : starter !== null ? [starter] : [];
   const ids = {
     tickets,
-    agents: agent === null ? [] : [agent],
+    agents,
     workflows: typeof node === 'string' ? [node] : [],
     secrets: [secretId],
   };
@@ -26,6 +31,16 @@ export function releaseGuard(principal: Principal, tickets: readonly string[], s
       if (id === agent) {
         const code = reason === 'expired' ? 'CC_ERR_AGENT_EXPIRED' : 'CC_ERR_AGENT_REVOKED';
         return refuse(code, `agent ${id} is no longer live`, { ...details, agent: id });
+      }
+      if (id === starter) {
+        return refuse(
+          'CC_ERR_WORKFLOW_REVOKED',
+          `the agent that started workflow node ${String(node)} is no longer live`,
+          {
+            ...details,
+            subtask: node,
+          },
+        );
       }
       if (id === node) {
         const code = reason === 'expired' ? 'CC_ERR_WORKFLOW_EXPIRED' : 'CC_ERR_WORKFLOW_ENDED';

@@ -4,8 +4,9 @@ import { CoatcheckError, type ErrorCode } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { type Principal, workflowNodeRef } from '../core/principal.js';
 import { assertSubtaskKey, mintSubtaskKey } from '../core/ticket-format.js';
-import type { AuditRecord, Store, WorkflowRecord } from '../store/types.js';
-import { keyedHash } from '../vault/envelope.js';
+import { CacheEpoch } from '../store/cache-epoch.js';
+import type { AgentRecord, AuditRecord, Store, WorkflowRecord } from '../store/types.js';
+import { KeyedHashMemo, keyedHash } from '../vault/envelope.js';
 import { MAX_WORKFLOW_DEPTH, type TicketView, type Vault, validateName } from '../vault/vault.js';
 
 /** A node's status: the stored one, or `expired` once its deadline (or an ancestor's) has passed. */
@@ -137,6 +138,16 @@ function refuse(code: ErrorCode, message: string, details?: Record<string, unkno
  * Ending a node expires its tickets and those of every node below it; revoking does the
  * same with revocation. See docs/workflows.md and docs/adr/0006-workflows-and-subtasks.md.
  */
+/** What a subtask key's check reads, as cached (see Workflows.#keys). */
+interface KeyStanding {
+  /** The key's node, then its ancestors, nearest first. */
+  readonly chain: readonly WorkflowRecord[];
+  /** The agent that started the run (null: no longer in the store); undefined when no agent did. */
+  readonly starter: AgentRecord | null | undefined;
+  readonly at: number;
+  readonly epoch: number;
+}
+
 export class Workflows {
   readonly #store: Store;
   readonly #audit: AuditLog;
@@ -163,6 +174,56 @@ export class Workflows {
     this.#clock = clock;
     this.#lookupKey = lookupKey;
     this.#options = options;
+    this.#keyHashes = new KeyedHashMemo(lookupKey);
+    this.#epoch = new CacheEpoch(store);
+    // What a subtask key's standing is read from changes only by these notices (a node's
+    // tree ended or revoked, the starting agent revoked) or by a change the feed may have
+    // missed: each drops every cached key at once, and keeps reads in flight out (ADR 0013).
+    store.subscribe((change) => {
+      if (
+        change.type === 'workflow.ended' ||
+        change.type === 'agent.revoked' ||
+        change.type === 'resync' ||
+        change.type === 'keys.rotated'
+      ) {
+        this.#epoch.bump();
+        this.#keys.clear();
+      }
+    });
+  }
+
+  /** Hashes of subtask keys already seen: every request of a subtask presents its key. */
+  readonly #keyHashes: KeyedHashMemo;
+  readonly #epoch: CacheEpoch;
+  /**
+   * What a subtask key's check reads (its node, the node's ancestors, the agent that started
+   * the run), by key hash, for a few seconds: a subtask authenticates every request, and a
+   * node three levels down took five store reads. Deadlines and the agent's expiry are
+   * checked against the clock on every use; every change that can end a node or the agent
+   * drops the whole cache.
+   */
+  readonly #keys = new Map<string, KeyStanding>();
+  static readonly KEY_CACHE_MS = 5_000;
+  static readonly KEY_CACHE_MAX = 10_000;
+
+  /** The records a subtask key's check needs, from the cache or the store (null: no such key). */
+  async #standing(hash: string, now: number): Promise<KeyStanding | null> {
+    const hit = this.#keys.get(hash);
+    if (hit !== undefined && now - hit.at < Workflows.KEY_CACHE_MS && this.#epoch.mayServe(hit.epoch))
+      return hit;
+    const token = this.#epoch.begin();
+    const record = await this.#store.getWorkflowByKeyHash(hash);
+    if (record === null) return null;
+    const chain = await this.#chain(record);
+    const starter = record.startedBy.startsWith('agent:')
+      ? await this.#store.getAgentById(record.startedBy.slice('agent:'.length))
+      : undefined;
+    const standing: KeyStanding = { chain, starter, at: now, epoch: token };
+    if (this.#epoch.mayKeep(token)) {
+      if (this.#keys.size >= Workflows.KEY_CACHE_MAX) this.#keys.clear();
+      this.#keys.set(hash, standing);
+    }
+    return standing;
   }
 
   /** The node's status now, taking its ancestors (and their deadlines) into account. */
@@ -589,10 +650,12 @@ export class Workflows {
    */
   async authenticate(key: string): Promise<Principal> {
     assertSubtaskKey(key);
-    const record = await this.#store.getWorkflowByKeyHash(keyedHash(this.#lookupKey, key));
-    if (record === null) throw refuse('CC_ERR_WORKFLOW_UNKNOWN', 'the subtask key is not known');
-    const chain = await this.#chain(record);
-    const status = this.#status(chain, this.#clock.now());
+    const now = this.#clock.now();
+    const standing = await this.#standing(this.#keyHashes.hash(key), now);
+    if (standing === null) throw refuse('CC_ERR_WORKFLOW_UNKNOWN', 'the subtask key is not known');
+    const { chain, starter } = standing;
+    const record = chain[0]!;
+    const status = this.#status(chain, now);
     const details = { workflow: record.rootId, subtask: record.id };
     if (status === 'revoked')
       throw refuse('CC_ERR_WORKFLOW_REVOKED', `workflow node ${record.id} was revoked`, details);
@@ -604,12 +667,12 @@ export class Workflows {
         `the deadline of workflow node ${record.id} has passed`,
         details,
       );
-    if (record.startedBy.startsWith('agent:')) {
-      const agent = await this.#store.getAgentById(record.startedBy.slice('agent:'.length));
+    // `starter` is undefined when the run was not started by an agent, null when its agent is gone.
+    if (starter !== undefined) {
       if (
-        agent === null ||
-        agent.revokedAt !== null ||
-        (agent.expiresAt !== null && agent.expiresAt <= this.#clock.now())
+        starter === null ||
+        starter.revokedAt !== null ||
+        (starter.expiresAt !== null && starter.expiresAt <= now)
       ) {
         throw refuse(
           'CC_ERR_WORKFLOW_REVOKED',
