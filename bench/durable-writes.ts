@@ -14,19 +14,15 @@
 //
 // Run: node --import tsx bench/durable-writes.ts   (BENCH_SECONDS=5 BENCH_WARMUP=3
 // BENCH_ROUNDS=3; needs wrk: apt-get install -y wrk)
-import { execFile, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { loadavg } from 'node:os';
 import { promisify } from 'node:util';
 import pino from 'pino';
 import type { AuditDraft } from '../src/audit/audit-log.js';
-import { resolveHome } from '../src/config/home.js';
-import { agentRef } from '../src/core/principal.js';
 import { GatewayDriver } from '../src/gateway/driver.js';
-import { initHome, openContext } from '../src/server/context.js';
 import { httpGateway } from '../src/server/frontends.js';
 import type { AuditRecord } from '../src/store/types.js';
+import { openReferenceHome, startUpstream } from './reference-case.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 3);
@@ -46,25 +42,9 @@ async function wrk(url: string, headers: Record<string, string>, seconds: number
 
 /** One variant in this process: a gateway on a new home, warmed up, then measured. */
 async function measure(variant: Variant, upstreamPort: number): Promise<{ rps: number; cpu: number }> {
-  const dir = mkdtempSync(join(tmpdir(), 'coatcheck-bench-writes-'));
-  const home = resolveHome(join(dir, 'home'), {});
-  await initHome(home, { env: {} });
-  writeFileSync(home.configFile, 'log:\n  level: warn\n');
-  const ctx = await openContext(home, { env: {} });
+  const reference = await openReferenceHome(upstreamPort, 'coatcheck-bench-writes-');
+  const { ctx, headers } = reference;
   try {
-    const { key, agent } = await ctx.agents.create({ name: 'bench' }, 'admin:bench');
-    await ctx.vault.addSecret(
-      { name: 's0', value: Buffer.from('bench-secret-value-0-0123456789abcdef'), allow: ['up'] },
-      'admin:bench',
-    );
-    const { ticket } = await ctx.vault.issueTicket(
-      { secret: 's0', principal: agentRef(agent.id) },
-      'admin:bench',
-    );
-    await ctx.connections.add(
-      { name: 'up', type: 'http', url: `http://127.0.0.1:${upstreamPort}` },
-      'admin:bench',
-    );
     if (variant === 'no durable writes') {
       // Measurement stub: answers as a committed record would, writes nothing.
       let seq = 1_000_000;
@@ -73,10 +53,9 @@ async function measure(variant: Variant, upstreamPort: number): Promise<{ rps: n
         return { ...draft, seq, chain: '', chainSeq: seq, ts: Date.now(), prevHash: '', hash: '' };
       };
     }
-    const log = pino({ level: 'warn' });
     const driver = new GatewayDriver({
       registry: ctx.metrics,
-      log,
+      log: pino({ level: 'warn' }),
       store: ctx.store,
       clock: ctx.clock,
       ...(variant === 'as shipped'
@@ -85,8 +64,7 @@ async function measure(variant: Variant, upstreamPort: number): Promise<{ rps: n
     });
     const gateway = await driver.start(httpGateway(ctx, { host: '127.0.0.1', port: 0 }, {}));
     try {
-      const url = `${gateway.url}/c/up/json4k`;
-      const headers = { 'proxy-authorization': `Bearer ${key}`, authorization: `Bearer ${ticket}` };
+      const url = `${gateway.url}${reference.path}`;
       await wrk(url, headers, WARMUP);
       const before = process.cpuUsage();
       const rps = await wrk(url, headers, SECONDS);
@@ -96,8 +74,7 @@ async function measure(variant: Variant, upstreamPort: number): Promise<{ rps: n
       await gateway.close();
     }
   } finally {
-    await ctx.close();
-    rmSync(dir, { recursive: true, force: true });
+    await reference.close();
   }
 }
 
@@ -113,26 +90,18 @@ async function main() {
     );
     return;
   }
-  const upstream = spawn(
-    process.execPath,
-    ['--import', 'tsx', new URL('./http-upstream.ts', import.meta.url).pathname],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  process.on('exit', () => upstream.kill());
-  const port = await new Promise<number>((resolve) =>
-    upstream.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))),
-  );
+  const upstream = await startUpstream();
   const results = new Map<Variant, Array<{ rps: number; cpu: number }>>(VARIANTS.map((v) => [v, []]));
   for (let round = 0; round < ROUNDS; round++) {
     for (let i = 0; i < VARIANTS.length; i++) {
       const variant = VARIANTS[(i + round) % VARIANTS.length]!;
       const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL(import.meta.url).pathname], {
-        env: { ...process.env, BENCH_DURABLE_VARIANT: variant, BENCH_UPSTREAM_PORT: String(port) },
+        env: { ...process.env, BENCH_DURABLE_VARIANT: variant, BENCH_UPSTREAM_PORT: String(upstream.port) },
       });
       results.get(variant)!.push(JSON.parse(stdout.trim().split('\n').at(-1)!));
     }
   }
-  upstream.kill();
+  upstream.stop();
   console.log(
     `durable writes on the event loop: one ticket, 4 KB JSON response, SQLite store, wrk -c16 ${SECONDS}s after ${WARMUP}s, ${ROUNDS} rounds in rotated order; load average ${loadavg()
       .map((l) => l.toFixed(1))

@@ -10,17 +10,13 @@
 // allocations instead of CPU: bytes allocated per request by function (what the collector's
 // share of the profile comes from); with BENCH_HEAP_SURVIVORS=1 only what outlived a young-
 // generation collection (what each scavenge copies, and may promote to the old generation).
-import { execFile, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { execFile, execFileSync } from 'node:child_process';
+import { loadavg } from 'node:os';
 import { promisify } from 'node:util';
 import pino from 'pino';
-import { resolveHome } from '../src/config/home.js';
-import { agentRef } from '../src/core/principal.js';
-import { initHome, openContext } from '../src/server/context.js';
 import { startHttpFrontend } from '../src/server/frontends.js';
 import { heapProfiled, printHeapProfile, printProfile, profiled } from './cpu-profile.js';
+import { openReferenceHome, startUpstream } from './reference-case.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 3);
@@ -44,37 +40,12 @@ async function main() {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT')
       throw new Error('wrk is needed: apt-get install -y wrk');
   }
-  const upstream = spawn(
-    process.execPath,
-    ['--import', 'tsx', new URL('./http-upstream.ts', import.meta.url).pathname],
-    {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  // Killed on any exit (an output pipe closed early included), not only after a clean run.
-  process.on('exit', () => upstream.kill());
-  const port = await new Promise<number>((resolve) =>
-    upstream.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))),
-  );
-  const dir = mkdtempSync(join(tmpdir(), 'coatcheck-bench-profile-'));
-  const home = resolveHome(join(dir, 'home'), {});
-  await initHome(home, { env: {} });
-  writeFileSync(home.configFile, 'log:\n  level: warn\n');
-  const ctx = await openContext(home, { env: {} });
+  const upstream = await startUpstream();
+  const reference = await openReferenceHome(upstream.port, 'coatcheck-bench-profile-');
+  const { ctx, headers } = reference;
   const gateway = await startHttpFrontend(ctx, { host: '127.0.0.1', port: 0 }, pino({ level: 'warn' }));
   try {
-    const { key, agent } = await ctx.agents.create({ name: 'bench' }, 'admin:bench');
-    await ctx.vault.addSecret(
-      { name: 's0', value: Buffer.from('bench-secret-value-0-0123456789abcdef'), allow: ['up'] },
-      'admin:bench',
-    );
-    const { ticket } = await ctx.vault.issueTicket(
-      { secret: 's0', principal: agentRef(agent.id) },
-      'admin:bench',
-    );
-    await ctx.connections.add({ name: 'up', type: 'http', url: `http://127.0.0.1:${port}` }, 'admin:bench');
-    const url = `${gateway.url}/c/up/json4k`;
-    const headers = { 'proxy-authorization': `Bearer ${key}`, authorization: `Bearer ${ticket}` };
+    const url = `${gateway.url}${reference.path}`;
 
     // Count store transactions (each is a BEGIN IMMEDIATE and a COMMIT on SQLite).
     let transactions = 0;
@@ -106,9 +77,8 @@ async function main() {
     else printProfile(measured.profile, requests, { unit: 'request', top: TOP, digits: 1 });
   } finally {
     await gateway.close();
-    await ctx.close();
-    upstream.kill();
-    rmSync(dir, { recursive: true, force: true });
+    await reference.close();
+    upstream.stop();
   }
 }
 
