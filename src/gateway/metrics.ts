@@ -1,3 +1,5 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 /**
@@ -38,6 +40,24 @@ export function methodLabel(method: string | undefined): string {
 
 export function statusLabel(status: number): string {
   return `${Math.floor(status / 100)}xx`;
+}
+
+/**
+ * A finished HTTP request counted (method and status class) and timed (`phase: total`, from
+ * `startedMs` on performance.now()'s clock), its status noted in the session summary unless
+ * already there. Returns the status: 0 when no answer was sent.
+ */
+export function countHttpRequest(
+  metrics: Pick<GatewayMetrics, 'requests' | 'duration'>,
+  frontend: string,
+  exchange: { req: IncomingMessage; res: ServerResponse; summary: Record<string, unknown> },
+  startedMs: number,
+): number {
+  const status = exchange.res.headersSent ? exchange.res.statusCode : 0;
+  exchange.summary.status ??= status;
+  metrics.requests.inc({ frontend, method: methodLabel(exchange.req.method), status: statusLabel(status) });
+  metrics.duration.observe({ frontend, phase: 'total' }, (performance.now() - startedMs) / 1000);
+  return status;
 }
 
 export function createGatewayMetrics(registry: Registry): GatewayMetrics {

@@ -19,7 +19,7 @@ import {
   upstreamFailure,
 } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
-import { methodLabel, statusLabel } from '../../gateway/metrics.js';
+import { countHttpRequest } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation, ResolvedConnection } from '../../gateway/pipeline.js';
 import type { RelayDispatchers } from '../../gateway/relay-dispatchers.js';
 import { GatewaySession } from '../../gateway/session.js';
@@ -863,16 +863,11 @@ export class HttpEngine implements Engine<HttpClient> {
       });
       if (!req.complete) req.resume();
     } finally {
-      const status = res.headersSent ? res.statusCode : 0;
-      client.summary.status ??= status;
-      services.metrics.requests.inc({
-        frontend: this.name,
-        method: methodLabel(req.method),
-        status: statusLabel(status),
-      });
-      services.metrics.duration.observe(
-        { frontend: this.name, phase: 'total' },
-        (performance.now() - started) / 1000,
+      const status = countHttpRequest(
+        services.metrics,
+        this.name,
+        { req, res, summary: client.summary },
+        started,
       );
       services.log.debug(
         {

@@ -19,7 +19,7 @@ import {
   upstreamFailure,
 } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
-import { methodLabel, statusLabel } from '../../gateway/metrics.js';
+import { countHttpRequest } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
 import { GatewaySession } from '../../gateway/session.js';
 import { checkClientHandshake } from '../../gateway/websocket.js';
@@ -434,17 +434,7 @@ export class KubernetesEngine {
       client.summary.error = failure.code;
       sendStatus(req, res, failure);
     } finally {
-      const status = res.headersSent ? res.statusCode : 0;
-      client.summary.status ??= status;
-      services.metrics.requests.inc({
-        frontend: this.name,
-        method: methodLabel(req.method),
-        status: statusLabel(status),
-      });
-      services.metrics.duration.observe(
-        { frontend: this.name, phase: 'total' },
-        (performance.now() - started) / 1000,
-      );
+      countHttpRequest(services.metrics, this.name, { req, res, summary: client.summary }, started);
       this.#pipeline.closeSession(client.session, outcome, client.summary);
     }
   }

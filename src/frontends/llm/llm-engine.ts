@@ -26,7 +26,7 @@ import {
 } from '../../gateway/http-io.js';
 import type { ResponseScan } from '../../gateway/inspector.js';
 import { sharedKnownSecretIndex } from '../../gateway/known-secret-index.js';
-import { methodLabel, statusLabel } from '../../gateway/metrics.js';
+import { countHttpRequest } from '../../gateway/metrics.js';
 import type { ExchangePipeline, Operation } from '../../gateway/pipeline.js';
 import type { RelayDispatchers } from '../../gateway/relay-dispatchers.js';
 import { GatewaySession } from '../../gateway/session.js';
@@ -584,17 +584,7 @@ export class LlmEngine implements Engine<LlmClient> {
       });
       if (!req.complete) req.resume();
     } finally {
-      const status = res.headersSent ? res.statusCode : 0;
-      client.summary.status ??= status;
-      services.metrics.requests.inc({
-        frontend: this.name,
-        method: methodLabel(req.method),
-        status: statusLabel(status),
-      });
-      services.metrics.duration.observe(
-        { frontend: this.name, phase: 'total' },
-        (performance.now() - started) / 1000,
-      );
+      countHttpRequest(services.metrics, this.name, { req, res, summary: client.summary }, started);
       this.#pipeline.closeSession(client.session, outcome, client.summary);
     }
   }
