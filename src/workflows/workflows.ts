@@ -132,12 +132,6 @@ function refuse(code: ErrorCode, message: string, details?: Record<string, unkno
   return new CoatcheckError(code, message, details === undefined ? undefined : { details });
 }
 
-/**
- * Workflow runs and their subtasks: a tree of principals. Each node has its own key and
- * its own tickets, derived from its parent's (never wider: the vault's narrowing rules).
- * Ending a node expires its tickets and those of every node below it; revoking does the
- * same with revocation. See docs/workflows.md and docs/adr/0006-workflows-and-subtasks.md.
- */
 /** What a subtask key's check reads, as cached (see Workflows.#keys). */
 interface KeyStanding {
   /** The key's node, then its ancestors, nearest first. */
@@ -148,6 +142,12 @@ interface KeyStanding {
   readonly epoch: number;
 }
 
+/**
+ * Workflow runs and their subtasks: a tree of principals. Each node has its own key and
+ * its own tickets, derived from its parent's (never wider: the vault's narrowing rules).
+ * Ending a node expires its tickets and those of every node below it; revoking does the
+ * same with revocation. See docs/workflows.md and docs/adr/0006-workflows-and-subtasks.md.
+ */
 export class Workflows {
   readonly #store: Store;
   readonly #audit: AuditLog;
