@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { createRemoteJWKSet, JWTPayload } from 'jose';
 
 /** jose loads on the first token verified: a CLI command or a gateway without OIDC never pays for it. */
@@ -38,7 +39,24 @@ interface IssuerState {
   readonly config: OidcIssuerConfig;
   jwks: ReturnType<typeof createRemoteJWKSet> | null;
   discovery: Promise<ReturnType<typeof createRemoteJWKSet>> | null;
+  /** jose's record of the key set it holds (`jwksCache`): each fetch puts a new `jwks` object here. */
+  readonly keyCache: { uat?: number; jwks?: unknown };
 }
+
+/** A token verified a moment ago (see OidcVerifier.#verified). */
+interface VerifiedToken {
+  readonly principal: Principal;
+  /** The token's `exp`, in ms: never served at or past it (no clock skew on a cached answer). */
+  readonly expiresAt: number;
+  readonly verifiedAt: number;
+  readonly issuer: IssuerState;
+  /** The issuer's key set before the signature was checked: a reload since drops the entry. */
+  readonly keys: unknown;
+}
+
+/** How long a verified token is reused before its signature is checked again. */
+const VERIFIED_REUSE_MS = 60_000;
+const VERIFIED_MAX = 10_000;
 
 /**
  * Verifies JWTs from configured OIDC issuers: discovery document, then the JWKS (cached,
@@ -47,10 +65,27 @@ interface IssuerState {
  */
 export class OidcVerifier {
   readonly #issuers = new Map<string, IssuerState>();
+  readonly #now: () => number;
+  /**
+   * Tokens verified in the last minute, by SHA-256 of the token (the text is not kept): a
+   * client presents the same bearer token on every request, and checking its signature
+   * costs 125-180 µs of CPU (RS256, ES256, EdDSA here). An entry is served only before the
+   * token's `exp` (a cached answer gets no clock skew), for at most VERIFIED_REUSE_MS, and
+   * only while the issuer's key set is the one it was checked against.
+   */
+  readonly #verified = new Map<string, VerifiedToken>();
+  /** Signatures checked, and answers served from the cache (for tests and metrics). */
+  readonly counts = { verified: 0, reused: 0 };
 
-  constructor(issuers: readonly OidcIssuerConfig[]) {
+  constructor(issuers: readonly OidcIssuerConfig[], options: { now?: () => number } = {}) {
     for (const config of issuers)
-      this.#issuers.set(config.issuer.replace(/\/$/, ''), { config, jwks: null, discovery: null });
+      this.#issuers.set(config.issuer.replace(/\/$/, ''), {
+        config,
+        jwks: null,
+        discovery: null,
+        keyCache: {},
+      });
+    this.#now = options.now ?? Date.now;
   }
 
   get configured(): boolean {
@@ -76,8 +111,9 @@ export class OidcVerifier {
       }
       if (typeof document.jwks_uri !== 'string')
         throw fail('CC_ERR_OIDC_UNAVAILABLE', `the discovery document of ${issuer} has no jwks_uri`);
-      const { createRemoteJWKSet } = await jose();
+      const { createRemoteJWKSet, jwksCache } = await jose();
       const jwks = createRemoteJWKSet(new URL(document.jwks_uri), {
+        [jwksCache]: state.keyCache,
         cooldownDuration: state.config.jwksCooldownMs ?? 30_000,
         cacheMaxAge: 10 * 60_000,
         timeoutDuration: 5000,
@@ -93,6 +129,43 @@ export class OidcVerifier {
 
   async verify(token: string): Promise<Principal> {
     if (!looksLikeJwt(token)) throw fail('CC_ERR_OIDC_MALFORMED', 'the bearer token is not a JWT');
+    const digest = createHash('sha256').update(token).digest('base64url');
+    const now = this.#now();
+    const hit = this.#verified.get(digest);
+    if (hit !== undefined) {
+      if (
+        now < hit.expiresAt &&
+        now >= hit.verifiedAt &&
+        now - hit.verifiedAt < VERIFIED_REUSE_MS &&
+        hit.issuer.keyCache.jwks === hit.keys
+      ) {
+        this.counts.reused += 1;
+        const p = hit.principal;
+        // A copy: what one caller does with it cannot reach the next request.
+        return { ...p, groups: [...p.groups], attributes: { ...p.attributes } };
+      }
+      this.#verified.delete(digest);
+    }
+    const { principal, issuer, keys } = await this.#verifySignature(token, now);
+    this.counts.verified += 1;
+    if (principal.expiresAt !== null && keys !== undefined) {
+      if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
+      this.#verified.set(digest, {
+        principal: { ...principal, groups: [...principal.groups], attributes: { ...principal.attributes } },
+        expiresAt: principal.expiresAt,
+        verifiedAt: now,
+        issuer,
+        keys,
+      });
+    }
+    return principal;
+  }
+
+  /** The full check: the token's issuer, its key set, the signature and the claims. */
+  async #verifySignature(
+    token: string,
+    now: number,
+  ): Promise<{ principal: Principal; issuer: IssuerState; keys: unknown }> {
     const { decodeJwt, jwtVerify, errors } = await jose();
     let unverified: JWTPayload;
     try {
@@ -104,12 +177,15 @@ export class OidcVerifier {
     const state = this.#issuers.get(issuer);
     if (state === undefined) throw fail('CC_ERR_OIDC_ISSUER', "the token's issuer is not configured");
     const jwks = await this.#keySet(state);
+    // Read before the check: a reload while it runs leaves the entry unfit to serve.
+    const keys = state.keyCache.jwks;
     let payload: JWTPayload;
     try {
       ({ payload } = await jwtVerify(token, jwks, {
         issuer: state.config.issuer,
         audience: state.config.audience as string | string[],
         clockTolerance: state.config.clockSkewSeconds ?? 60,
+        currentDate: new Date(now),
         algorithms: ALGORITHMS,
         requiredClaims: ['sub', 'exp'],
       }));
@@ -137,7 +213,7 @@ export class OidcVerifier {
       [payload.email, payload.preferred_username, payload.sub].find(
         (v): v is string => typeof v === 'string',
       ) ?? 'unknown';
-    return {
+    const principal: Principal = {
       kind: 'oidc',
       ref: `oidc:${issuer}#${payload.sub}`,
       name,
@@ -145,6 +221,7 @@ export class OidcVerifier {
       attributes,
       expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : null,
     };
+    return { principal, issuer: state, keys };
   }
 
   #translate(error: unknown, joseErrors: Jose['errors']): CoatcheckError {
