@@ -24,6 +24,9 @@ import type { VaultCaches } from './vault-caches.js';
  * use. Every change commits with its audit record and drops the caches it affects, even
  * when its outcome is unknown.
  */
+/** How long a connection's credential is served from the cache (any change to a secret drops it sooner). */
+const CREDENTIAL_CACHE_MS = 5_000;
+
 export class SecretService {
   readonly #store: Store;
   readonly #keys: KeyService;
@@ -229,8 +232,15 @@ export class SecretService {
    * Audited before release, like an exchange.
    */
   async releaseCredential(name: string, request: ExchangeRequest): Promise<Exchange> {
-    const record = await this.#store.getSecretByName(name);
-    if (record === null) throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+    // A connection's credential is released on every request through it: the row and its
+    // value come from a cache every change to a secret drops (an erasure is checked again
+    // in the audit transaction below, as for tickets).
+    const cached = await this.#caches.credential(name, this.#clock.now(), CREDENTIAL_CACHE_MS, async () => {
+      const secret = await this.#store.getSecretByName(name);
+      return secret === null ? null : { secret, value: this.#keys.decrypt(secret) };
+    });
+    if (cached === null) throw refuse('CC_ERR_NOT_FOUND', `no secret named ${name}`, { name });
+    const record = cached.secret;
     // The secret's allow list binds the connection's own credential too (checked at add,
     // and here again: the secret or the connection may have changed since).
     if (!record.allow.some((d) => matchesTarget(parseDestination(d), request.target))) {
@@ -240,7 +250,7 @@ export class SecretService {
         { secret: record.id },
       );
     }
-    const value = this.#keys.decrypt(record);
+    const value = cached.value;
     if (value === null)
       throw refuse('CC_ERR_TICKET_SECRET_ERASED', `secret ${record.id} was erased`, { secret: record.id });
     const audited = await this.#audit.append(

@@ -13,12 +13,24 @@ export interface CachedTicket {
   readonly epoch: number;
 }
 
+/** A connection's credential (a secret read by name) as the credential path keeps it. */
+export interface CachedCredential {
+  readonly secret: SecretRecord;
+  readonly value: SecretValue | null;
+  readonly cachedAt: number;
+  /** The known-secret epoch the row was read at: every change to a secret drops it. */
+  readonly epoch: number;
+}
+
 /** Most resolved tickets kept before the cache is dropped whole. */
 const MAX_CACHED_TICKETS = 100_000;
+/** Most credentials kept (a connection names one or a few). */
+const MAX_CACHED_CREDENTIALS = 10_000;
 
 /**
- * The vault's two caches and their epochs (ADR 0013, ADR 0017): resolved tickets, and the
- * list of live secrets the response scanners use. Every fill is versioned: a read during
+ * The vault's caches and their epochs (ADR 0013, ADR 0017): resolved tickets, the list of
+ * live secrets the response scanners use, and connections' credentials by secret name (on
+ * the known list's epoch: whatever changes a secret changes both). Every fill is versioned: a read during
  * which a change notice arrived (or the feed went stale) is served once and never kept.
  * The services never touch a cache map or an epoch directly; they go through this class.
  */
@@ -27,6 +39,7 @@ export class VaultCaches {
   /** Fills of the ticket cache are versioned: a change during a read keeps it out (ADR 0013). */
   readonly #ticketEpoch: CacheEpoch;
   #known: ReadonlyArray<KnownSecret> | null = null;
+  readonly #credentials = new Map<string, CachedCredential>();
   #knownAt = -1;
   readonly #knownEpoch: CacheEpoch;
   readonly #unsubscribe: () => void;
@@ -43,14 +56,17 @@ export class VaultCaches {
     this.#tickets.clear();
   }
 
+  /** Drop the known-secret list and the credentials, and make every read of them in flight unfit to keep. */
   invalidateKnown(): void {
     this.#knownEpoch.bump();
     this.#known = null;
+    this.#credentials.clear();
   }
 
   close(): void {
     this.#unsubscribe();
     this.#tickets.clear();
+    this.#credentials.clear();
   }
 
   #onChange(change: StoreChange): void {
@@ -99,6 +115,31 @@ export class VaultCaches {
     if (this.#ticketEpoch.mayKeep(token)) {
       if (this.#tickets.size > MAX_CACHED_TICKETS) this.#tickets.clear();
       this.#tickets.set(hash, entry);
+    }
+    return entry;
+  }
+
+  /**
+   * The secret named `name`, for a connection's credential: from the cache while it is
+   * younger than `maxAgeMs` and no secret changed since it was read; otherwise read by
+   * `load` (null: no such secret, never kept) and kept only if nothing changed meanwhile.
+   */
+  async credential(
+    name: string,
+    now: number,
+    maxAgeMs: number,
+    load: () => Promise<Omit<CachedCredential, 'cachedAt' | 'epoch'> | null>,
+  ): Promise<CachedCredential | null> {
+    const cached = this.#credentials.get(name);
+    if (cached !== undefined && now - cached.cachedAt < maxAgeMs && this.#knownEpoch.mayServe(cached.epoch))
+      return cached;
+    const token = this.#knownEpoch.begin();
+    const loaded = await load();
+    if (loaded === null) return null;
+    const entry: CachedCredential = { ...loaded, cachedAt: now, epoch: token };
+    if (this.#knownEpoch.mayKeep(token)) {
+      if (this.#credentials.size >= MAX_CACHED_CREDENTIALS) this.#credentials.clear();
+      this.#credentials.set(name, entry);
     }
     return entry;
   }
