@@ -1,8 +1,9 @@
-// What authenticating one credential costs, by kind: the data path does it on every request.
-// An agent key, a subtask key three levels down a workflow, an OIDC ID token (ES256, from a
-// real issuer on loopback: discovery and JWKS over HTTP). Each is presented 5,000 times in a
-// row after a warm-up, as a client presents the same credential on every request; prints CPU
-// per authentication (the process's, this loop alone running).
+// What the data path does on every request before anything is forwarded, by kind: the
+// caller authenticated (an agent key, a subtask key three levels down a workflow, an OIDC ID
+// token, ES256, from a real issuer on loopback: discovery and JWKS over HTTP), and a
+// connection's own credential released (audited, durable, as on every request that injects
+// it). Each is repeated 5,000 times after a warm-up, as a client presents the same credential
+// on every request; prints CPU per operation (the process's, this loop alone running).
 //
 // Run: node --import tsx bench/authenticate.ts   (BENCH_N=5000)
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -40,7 +41,7 @@ try {
       node = await ctx.workflows.spawn({ parent: node.workflow.id, name: `step${depth}` }, 'admin:bench');
     const jwt = await idToken(idp.issuer, signing, { sub: 'user-1', groups: ['ops'] });
     console.log(
-      `authentication, ${N} times each after a warm-up; load average ${loadavg()
+      `authentication and a connection's credential release, ${N} times each after a warm-up; load average ${loadavg()
         .map((l) => l.toFixed(1))
         .join(' ')}`,
     );
@@ -53,8 +54,29 @@ try {
       const before = process.cpuUsage();
       for (let i = 0; i < N; i++) await ctx.identity.authenticate(credential);
       const cpu = process.cpuUsage(before);
-      console.log(`${name.padEnd(22)} ${((cpu.user + cpu.system) / N).toFixed(1)} µs CPU an authentication`);
+      console.log(`${name.padEnd(24)} ${((cpu.user + cpu.system) / N).toFixed(1)} µs CPU an authentication`);
     }
+    await ctx.connections.add(
+      { name: 'up', type: 'http', url: 'https://api.example.com', credential: 's0' },
+      'admin:bench',
+    );
+    const principal = await ctx.identity.authenticate(key);
+    const target = { connection: 'up', scheme: 'https' as const, host: 'api.example.com', port: 443 };
+    const release = async (n: number) => {
+      // 16 at a time, as concurrent requests share the audit's group commits.
+      await Promise.all(
+        Array.from({ length: 16 }, async () => {
+          for (let i = 0; i < n / 16; i++) await ctx.vault.releaseCredential('s0', { principal, target });
+        }),
+      );
+    };
+    await release(800);
+    const before = process.cpuUsage();
+    await release(N);
+    const cpu = process.cpuUsage(before);
+    console.log(
+      `${"connection's credential".padEnd(24)} ${((cpu.user + cpu.system) / N).toFixed(1)} µs CPU a release (audited)`,
+    );
   } finally {
     await ctx.close();
   }
