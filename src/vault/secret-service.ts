@@ -18,15 +18,15 @@ import { DEFAULT_PLACEMENTS, normalizePlacements } from './placements.js';
 import { releaseGuard } from './release-guard.js';
 import type { VaultCaches } from './vault-caches.js';
 
+/** How long a connection's credential is served from the cache (any change to a secret drops it sooner). */
+const CREDENTIAL_CACHE_MS = 5_000;
+
 /**
  * Secrets (ADR 0017): add, change where they may go, list, erase (crypto-shredding), the
  * gateway's own credential release, and the list of live values the response scanners
  * use. Every change commits with its audit record and drops the caches it affects, even
  * when its outcome is unknown.
  */
-/** How long a connection's credential is served from the cache (any change to a secret drops it sooner). */
-const CREDENTIAL_CACHE_MS = 5_000;
-
 export class SecretService {
   readonly #store: Store;
   readonly #keys: KeyService;

@@ -30,8 +30,9 @@ const MAX_CACHED_CREDENTIALS = 10_000;
 /**
  * The vault's caches and their epochs (ADR 0013, ADR 0017): resolved tickets, the list of
  * live secrets the response scanners use, and connections' credentials by secret name (on
- * the known list's epoch: whatever changes a secret changes both). Every fill is versioned: a read during
- * which a change notice arrived (or the feed went stale) is served once and never kept.
+ * the known list's epoch: whatever changes a secret changes both). Every fill is
+ * versioned: a read during which a change notice arrived (or the feed went stale) is
+ * served once and never kept.
  * The services never touch a cache map or an epoch directly; they go through this class.
  */
 export class VaultCaches {
