@@ -16,7 +16,13 @@ const dir = mkdtempSync(join(tmpdir(), 'coatcheck-group-commit-'));
 let n = 0;
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** Two appends a millisecond apart (the second while the first may still wait or flush), through a log made with `options`. */
+/**
+ * Two appends one turn of the event loop apart, through a log made with `options`: the
+ * second is made from a `setImmediate` queued after the first append, so it comes after the
+ * first batch's own `setImmediate` (a loop with time to spare starts that batch first) and
+ * before any timer (a window of 2 ms or more is still open), however slow the machine. A
+ * timer of 1 ms here fired after the 2 ms window on a loaded machine.
+ */
 async function twoAppendsApart(options: AuditOptions): Promise<{ transactions: number; batches: number }> {
   const store = await openSqliteStore({ path: join(dir, `audit-${n++}.db`) });
   await store.migrate();
@@ -29,7 +35,7 @@ async function twoAppendsApart(options: AuditOptions): Promise<{ transactions: n
   const log = new AuditLog(store, randomBytes(32), systemClock, options);
   try {
     const first = log.append(draft(1));
-    await new Promise((resolve) => setTimeout(resolve, 1));
+    await new Promise((resolve) => setImmediate(resolve));
     const second = log.append(draft(2));
     const [a, b] = await Promise.all([first, second]);
     expect(b!.seq).toBe(a!.seq + 1);
@@ -45,7 +51,7 @@ const draft = (i: number) => untypedEvent({ type: 'test.event', actor: 'agent:te
 
 it.each([
   {
-    name: 'a saturated event loop: appends a millisecond apart share one batch (one transaction, one flush)',
+    name: 'a saturated event loop: appends a turn apart share one batch (one transaction, one flush)',
     options: { loopUtilization: () => 0.95 },
     batches: 1,
   },
