@@ -54,6 +54,11 @@ interface VerifiedToken {
   readonly keys: unknown;
 }
 
+/** A principal's copy: what one caller does with it cannot reach the next request. */
+function copied(principal: Principal): Principal {
+  return { ...principal, groups: [...principal.groups], attributes: { ...principal.attributes } };
+}
+
 /** How long a verified token is reused before its signature is checked again. */
 const VERIFIED_REUSE_MS = 60_000;
 const VERIFIED_MAX = 10_000;
@@ -74,7 +79,7 @@ export class OidcVerifier {
    * only while the issuer's key set is the one it was checked against.
    */
   readonly #verified = new Map<string, VerifiedToken>();
-  /** Signatures checked, and answers served from the cache (for tests and metrics). */
+  /** Signatures checked, and answers served from the cache (read by tests; not exported as metrics yet). */
   readonly counts = { verified: 0, reused: 0 };
 
   constructor(issuers: readonly OidcIssuerConfig[], options: { now?: () => number } = {}) {
@@ -140,9 +145,7 @@ export class OidcVerifier {
         hit.issuer.keyCache.jwks === hit.keys
       ) {
         this.counts.reused += 1;
-        const p = hit.principal;
-        // A copy: what one caller does with it cannot reach the next request.
-        return { ...p, groups: [...p.groups], attributes: { ...p.attributes } };
+        return copied(hit.principal);
       }
       this.#verified.delete(digest);
     }
@@ -151,7 +154,7 @@ export class OidcVerifier {
     if (principal.expiresAt !== null && keys !== undefined) {
       if (this.#verified.size >= VERIFIED_MAX) this.#verified.clear();
       this.#verified.set(digest, {
-        principal: { ...principal, groups: [...principal.groups], attributes: { ...principal.attributes } },
+        principal: copied(principal),
         expiresAt: principal.expiresAt,
         verifiedAt: now,
         issuer,

@@ -3,7 +3,6 @@ import { manualClock } from '../../src/core/clock.js';
 import { CoatcheckError } from '../../src/core/errors.js';
 import type { Principal } from '../../src/core/principal.js';
 import type { Context } from '../../src/server/context.js';
-import type { Workflows } from '../../src/workflows/workflows.js';
 import { makeTestHome, type TestHome } from '../helpers/home.js';
 
 const CANARY = 'canary-subtask-cache-7f3e9a1c5b2d';
@@ -58,17 +57,29 @@ describe('subtask keys checked from a cache', () => {
     t.remove();
   });
 
-  /** A run and a chain of three subtasks below it; the deepest node's key checked once (cached). */
-  async function deepNode(workflows: Workflows = ctx.workflows) {
-    const agent = await ctx.agents.get('planner');
-    const run = await workflows.start(
-      { name: 'run', principal: `agent:${agent.id}`, groups: agent.groups, secrets: ['users-api'] },
+  /** A run started by agent `by` (`ttlMs`: the run's deadline; the workflows' default if unset). */
+  async function startRun(by: string, ttlMs?: number) {
+    const agent = await ctx.agents.get(by);
+    const run = await ctx.workflows.start(
+      {
+        name: 'run',
+        principal: `agent:${agent.id}`,
+        groups: agent.groups,
+        secrets: ['users-api'],
+        ...(ttlMs === undefined ? {} : { ttlMs }),
+      },
       'admin:test',
     );
+    return { agent, run };
+  }
+
+  /** A run and a chain of three subtasks below it; the deepest node's key checked once (cached). */
+  async function deepNode() {
+    const { agent, run } = await startRun('planner');
     let node = run;
     const nodes = [run];
     for (let depth = 1; depth <= 3; depth++) {
-      node = await workflows.spawn({ parent: node.workflow.id, name: `step${depth}` }, 'admin:test');
+      node = await ctx.workflows.spawn({ parent: node.workflow.id, name: `step${depth}` }, 'admin:test');
       nodes.push(node);
     }
     const principal = await ctx.identity.authenticate(node.key);
@@ -106,11 +117,7 @@ describe('subtask keys checked from a cache', () => {
     });
 
     await ctx.agents.create({ name: 'short', ttlMs: 60_000 }, 'admin:test');
-    const short = await ctx.agents.get('short');
-    const run = await ctx.workflows.start(
-      { name: 'brief', principal: `agent:${short.id}`, groups: [], secrets: ['users-api'], ttlMs: 30_000 },
-      'admin:test',
-    );
+    const { run } = await startRun('short', 30_000);
     await ctx.identity.authenticate(run.key);
     // The run's own deadline is 30 s and the agent's 60 s: past the run's, refused as expired.
     clock.advance(30_001);
@@ -121,12 +128,8 @@ describe('subtask keys checked from a cache', () => {
 
   it("the agent's expiry is read against the clock on every use, not when the key was cached", async () => {
     await ctx.agents.create({ name: 'brief', ttlMs: 60_000 }, 'admin:test');
-    const agent = await ctx.agents.get('brief');
-    const run = await ctx.workflows.start(
-      // The run may outlive its agent's key: the agent's expiry still ends it.
-      { name: 'long', principal: `agent:${agent.id}`, groups: [], secrets: ['users-api'], ttlMs: 3_600_000 },
-      'admin:test',
-    );
+    // The run may outlive its agent's key: the agent's expiry still ends it.
+    const { run } = await startRun('brief', 3_600_000);
     clock.advance(57_000);
     await ctx.identity.authenticate(run.key); // cached 3 s before the agent's expiry
     const before = reads;
@@ -138,11 +141,7 @@ describe('subtask keys checked from a cache', () => {
   });
 
   it('a deadline that passes while the key is cached is refused at once', async () => {
-    const agent = await ctx.agents.get('planner');
-    const run = await ctx.workflows.start(
-      { name: 'run', principal: `agent:${agent.id}`, groups: [], secrets: ['users-api'], ttlMs: 3_000 },
-      'admin:test',
-    );
+    const { run } = await startRun('planner', 3_000);
     await ctx.identity.authenticate(run.key);
     clock.advance(3_001);
     expect(await outcome(ctx.identity.authenticate(run.key))).toMatchObject({
@@ -170,11 +169,7 @@ describe('subtask keys checked from a cache', () => {
   });
 
   it('a revocation that lands while the key is being read is not kept: the next request is refused', async () => {
-    const agent = await ctx.agents.get('planner');
-    const run = await ctx.workflows.start(
-      { name: 'run', principal: `agent:${agent.id}`, groups: [], secrets: ['users-api'] },
-      'admin:test',
-    );
+    const { run } = await startRun('planner');
     // The first read returns the node as it was, and the revocation commits before the
     // check finishes: that answer must not fill the cache.
     const read = ctx.store.getWorkflowByKeyHash;
