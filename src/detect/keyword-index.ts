@@ -127,66 +127,124 @@ export function createKeywordIndex(keywords: readonly string[]): KeywordIndex {
   const byteClass = new Uint8Array(256);
   byteClass.set(classOf);
 
-  // Hit buffers reused across calls (find is synchronous): allocating typed arrays on
-  // every call cost more than the pass itself on short inputs such as one header value.
-  let kwArr = new Int32Array(64);
-  let endArr = new Int32Array(64);
-  let count = 0;
-  const grow = (): void => {
-    const k2 = new Int32Array(kwArr.length * 2);
-    k2.set(kwArr);
-    kwArr = k2;
-    const e2 = new Int32Array(endArr.length * 2);
-    e2.set(endArr);
-    endArr = e2;
+  const dfa: Dfa = {
+    table,
+    classOf,
+    byteClass,
+    firstOut,
+    outStart,
+    outList,
+    kwArr: new Int32Array(64),
+    endArr: new Int32Array(64),
   };
-  const record = (st: number, i: number): void => {
-    for (let o = outStart[st]!; o < outStart[st + 1]!; o++) {
-      if (count === kwArr.length) grow();
-      kwArr[count] = outList[o]!;
-      endArr[count] = i + 1;
-      count++;
-    }
-  };
-
   return {
     keywords,
-    find(input: string | Buffer): KeywordHits {
-      count = 0;
-      let st = 0;
-      if (typeof input === 'string') {
-        const n = input.length;
-        for (let i = 0; i < n; i++) {
-          const c = input.charCodeAt(i);
-          st = table[(st << CLASS_BITS) | (c < 128 ? classOf[c]! : 0)]!;
-          if (st >= firstOut) record(st, i);
-        }
-      } else {
-        const n = input.length;
-        for (let i = 0; i < n; i++) {
-          st = table[(st << CLASS_BITS) | byteClass[input[i]!]!]!;
-          if (st >= firstOut) record(st, i);
-        }
-      }
-      return { keyword: kwArr, end: endArr, count };
-    },
-    has(input: string | Buffer): boolean {
-      let st = 0;
-      if (typeof input === 'string') {
-        const n = input.length;
-        for (let i = 0; i < n; i++) {
-          const c = input.charCodeAt(i);
-          st = table[(st << CLASS_BITS) | (c < 128 ? classOf[c]! : 0)]!;
-          if (st >= firstOut) return true;
-        }
-      } else {
-        const n = input.length;
-        for (let i = 0; i < n; i++) {
-          st = table[(st << CLASS_BITS) | byteClass[input[i]!]!]!;
-          if (st >= firstOut) return true;
-        }
-      }
-      return false;
-    },
+    find: (input) => (typeof input === 'string' ? findInString(dfa, input) : findInBytes(dfa, input)),
+    has: (input) => (typeof input === 'string' ? hasInString(dfa, input) : hasInBytes(dfa, input)),
   };
+}
+
+/**
+ * The automaton's tables. The passes below are module functions that read them into locals:
+ * as closures made anew for each index (the detector has several), the same loops ran at
+ * half the speed (one shared, unspecialized compilation reloading every table from its
+ * context on each character, and the hit recorder a call that was not inlined).
+ */
+interface Dfa {
+  readonly table: Uint16Array | Int32Array;
+  readonly classOf: Uint8Array;
+  readonly byteClass: Uint8Array;
+  /** States from here on have output. */
+  readonly firstOut: number;
+  readonly outStart: Int32Array;
+  readonly outList: Int32Array;
+  /** Hit buffers reused across calls (find is synchronous): allocating on every call cost more than the pass on a short input. */
+  kwArr: Int32Array;
+  endArr: Int32Array;
+}
+
+/** Append state `st`'s keywords, ending at `end`, after the first `count` hits; returns the new count. */
+function recordHits(dfa: Dfa, st: number, end: number, count: number): number {
+  const outStart = dfa.outStart;
+  const outList = dfa.outList;
+  let n = count;
+  for (let o = outStart[st]!; o < outStart[st + 1]!; o++) {
+    if (n === dfa.kwArr.length) {
+      const keyword = new Int32Array(n * 2);
+      keyword.set(dfa.kwArr);
+      dfa.kwArr = keyword;
+      const ends = new Int32Array(n * 2);
+      ends.set(dfa.endArr);
+      dfa.endArr = ends;
+    }
+    dfa.kwArr[n] = outList[o]!;
+    dfa.endArr[n] = end;
+    n++;
+  }
+  return n;
+}
+
+function findInBytes(dfa: Dfa, input: Buffer): KeywordHits {
+  const table = dfa.table;
+  const byteClass = dfa.byteClass;
+  const firstOut = dfa.firstOut;
+  const n = input.length;
+  let count = 0;
+  let st = 0;
+  for (let i = 0; i < n; i++) {
+    // The inner loop only reads (no call, no store): the compiler keeps the tables in registers.
+    for (; i < n; i++) {
+      st = table[(st << CLASS_BITS) | byteClass[input[i]!]!]!;
+      if (st >= firstOut) break;
+    }
+    if (i === n) break;
+    count = recordHits(dfa, st, i + 1, count);
+  }
+  return { keyword: dfa.kwArr, end: dfa.endArr, count };
+}
+
+function findInString(dfa: Dfa, input: string): KeywordHits {
+  const table = dfa.table;
+  const classOf = dfa.classOf;
+  const firstOut = dfa.firstOut;
+  const n = input.length;
+  let count = 0;
+  let st = 0;
+  for (let i = 0; i < n; i++) {
+    for (; i < n; i++) {
+      const c = input.charCodeAt(i);
+      st = table[(st << CLASS_BITS) | (c < 128 ? classOf[c]! : 0)]!;
+      if (st >= firstOut) break;
+    }
+    if (i === n) break;
+    count = recordHits(dfa, st, i + 1, count);
+  }
+  return { keyword: dfa.kwArr, end: dfa.endArr, count };
+}
+
+function hasInBytes(dfa: Dfa, input: Buffer): boolean {
+  const table = dfa.table;
+  const byteClass = dfa.byteClass;
+  const firstOut = dfa.firstOut;
+  const n = input.length;
+  let st = 0;
+  for (let i = 0; i < n; i++) {
+    st = table[(st << CLASS_BITS) | byteClass[input[i]!]!]!;
+    if (st >= firstOut) return true;
+  }
+  return false;
+}
+
+function hasInString(dfa: Dfa, input: string): boolean {
+  const table = dfa.table;
+  const classOf = dfa.classOf;
+  const firstOut = dfa.firstOut;
+  const n = input.length;
+  let st = 0;
+  for (let i = 0; i < n; i++) {
+    const c = input.charCodeAt(i);
+    st = table[(st << CLASS_BITS) | (c < 128 ? classOf[c]! : 0)]!;
+    if (st >= firstOut) return true;
+  }
+  return false;
 }

@@ -211,4 +211,41 @@ describe('keyword automaton finds what a naive search finds', () => {
       { numRuns: 300 },
     );
   });
+
+  /** Hits in the order `find` returns them. */
+  function inOrder(h: ReturnType<typeof index.find>): Array<{ keyword: number; end: number }> {
+    return Array.from({ length: h.count }, (_, i) => ({ keyword: h.keyword[i]!, end: h.end[i]! }));
+  }
+
+  it('in order of end offset, the longer keyword first at one end (the detector widens windows in that order); has() agrees', () => {
+    const kw = fc.constantFrom(...keywords).map((k) => (Math.random() < 0.5 ? k.toUpperCase() : k));
+    fc.assert(
+      fc.property(fc.array(fc.oneof(kw, fc.string({ maxLength: 4 })), { maxLength: 30 }), (parts) => {
+        const text = parts.join('');
+        for (const input of [text, Buffer.from(text, 'latin1')]) {
+          const hits = inOrder(index.find(input));
+          for (let i = 1; i < hits.length; i++) {
+            const [a, b] = [hits[i - 1]!, hits[i]!];
+            expect(
+              a.end < b.end || (a.end === b.end && keywords[a.keyword]!.length > keywords[b.keyword]!.length),
+            ).toBe(true);
+          }
+          expect(index.has(input)).toBe(hits.length > 0);
+        }
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('thousands of hits in one input (the hit buffers grow), and two indexes used in turn keep their own', () => {
+    const text = keywords.join(' ').repeat(3);
+    const bytes = Buffer.from(text, 'latin1');
+    const other = createKeywordIndex(['zz', 'zzz']);
+    expect(found(text)).toEqual(naive(text));
+    expect(other.find('a zzz b').count).toBe(3); // zz twice, zzz once
+    expect(found(bytes)).toEqual(naive(text));
+    expect(found(bytes).length).toBeGreaterThan(3 * keywords.length);
+    expect(inOrder(other.find(Buffer.from('zz')))).toEqual([{ keyword: 0, end: 2 }]);
+    expect(other.has(bytes)).toBe(text.includes('zz'));
+  });
 });
