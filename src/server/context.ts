@@ -360,6 +360,17 @@ function buildContext(
           },
         });
         new prom.Counter({
+          name: 'coatcheck_oidc_tokens_total',
+          help: 'OIDC bearer tokens accepted: signature checked (verified), or a checked token presented again within its reuse window (reused).',
+          labelNames: ['outcome'],
+          registers: [registry],
+          collect() {
+            this.reset();
+            this.inc({ outcome: 'verified' }, oidc.counts.verified);
+            this.inc({ outcome: 'reused' }, oidc.counts.reused);
+          },
+        });
+        new prom.Counter({
           name: 'coatcheck_workflow_rollback_failures_total',
           help: 'Partly started workflow nodes whose rollback (revocation) failed; each stays active until revoked.',
           registers: [registry],
