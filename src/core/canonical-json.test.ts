@@ -53,6 +53,20 @@ describe('canonicalJson', () => {
     );
   });
 
+  it('orders many keys (past the small-object sort) and keys that differ only past a surrogate pair', () => {
+    const many = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`k${(i * 7919) % 40}`, i]));
+    expect(canonicalJson(many)).toBe(canonicalJsonReference(many));
+    const near = { '\u{1f600}b': 1, '\uffffa': 2, '\u{1f600}a': 3, z: 4, '\ud83d': 5 };
+    expect(canonicalJson(near)).toBe(canonicalJsonReference(near));
+    expect(Object.keys(JSON.parse(canonicalJson(near)))).toEqual([
+      'z',
+      '\ud83d',
+      '\u{1f600}a',
+      '\u{1f600}b',
+      '\uffffa',
+    ]);
+  });
+
   it('sorts keys at every level and leaves out undefined members', () => {
     expect(canonicalJson({ b: 1, a: { d: [1, undefined, 'x'], c: undefined }, '10': 0, '9': 0 })).toBe(
       '{"10":0,"9":0,"a":{"d":[1,null,"x"]},"b":1}',

@@ -46,8 +46,7 @@ function sortedCopy(value: unknown): unknown {
     return out;
   }
   const record = value as Record<string, unknown>;
-  // The default sort orders by UTF-16 code units, as the reference's `<` comparison does.
-  const keys = Object.keys(record).sort();
+  const keys = sortKeys(Object.keys(record));
   const out: Record<string, unknown> = {};
   for (let i = 0; i < keys.length; i++) {
     const key = keys[i]!;
@@ -59,6 +58,22 @@ function sortedCopy(value: unknown): unknown {
     out[key] = c;
   }
   return out;
+}
+
+/**
+ * Keys in UTF-16 code unit order, as the reference's `<` comparison orders them. A record's
+ * object has a few keys: sorted in place by insertion (the built-in sort allocated a work
+ * copy for every object of every audit record).
+ */
+function sortKeys(keys: string[]): string[] {
+  if (keys.length > 32) return keys.sort();
+  for (let i = 1; i < keys.length; i++) {
+    const key = keys[i]!;
+    let j = i - 1;
+    for (; j >= 0 && keys[j]! > key; j--) keys[j + 1] = keys[j]!;
+    keys[j + 1] = key;
+  }
+  return keys;
 }
 
 /** The definition: what `canonicalJson` gives, byte for byte. */
