@@ -138,18 +138,16 @@ describe('HTTP front-end under policy, approvals and OIDC identities', () => {
         status: r.statusCode,
         text: await r.body.text(),
       }));
-    const tokens = async () =>
-      (await gw.ctx.metrics.getSingleMetric('coatcheck_oidc_tokens_total')?.get())?.values.map(
-        (v) => `${v.labels.outcome}=${v.value}`,
-      );
-    const before = await tokens();
+    const tokens = async (outcome: 'verified' | 'reused') =>
+      (await gw.ctx.metrics.getSingleMetric('coatcheck_oidc_tokens_total')?.get())?.values.find(
+        (v) => v.labels.outcome === outcome,
+      )?.value ?? 0;
+    const before = { verified: await tokens('verified'), reused: await tokens('reused') };
     for (let i = 0; i < 3; i++) expect((await put(ops)).status).toBe(200);
     // The first two calls checked the signature (the first fetched the issuer's key set while
     // it checked, so its answer is not kept); the third was served from the reuse window.
-    const [verified, reused] = [before, await tokens()].map((list) =>
-      ['verified', 'reused'].map((o) => Number(list?.find((e) => e.startsWith(`${o}=`))?.split('=')[1] ?? 0)),
-    ) as [number[], number[]];
-    expect(reused).toEqual([verified[0]! + 2, verified[1]! + 1]);
+    expect(await tokens('verified')).toBe(before.verified + 2);
+    expect(await tokens('reused')).toBe(before.reused + 1);
     const refused = await put(dev);
     expect(refused.status).toBe(403);
     expect(JSON.parse(refused.text).error.code).toBe('CC_ERR_POLICY_DENIED');
